@@ -1,0 +1,7 @@
+//! Process checkpoint and restore: freezing, tree discovery, dumping tasks,
+//! threads, registers, memory and file descriptors into an image, and
+//! restoring them.
+//!
+//! For now it holds [`host`], the probe of the facilities this kernel offers,
+//! which every later operation consults before it touches a process.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The stasis image format, version 1.
+#![forbid(unsafe_code)]
