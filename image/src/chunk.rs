@@ -1,0 +1,125 @@
+//! Content-addressed chunks and the chunk table.
+//!
+//! A chunk's id is the BLAKE3 hash of its uncompressed bytes; it is stored
+//! once per image as its own zstd frame in `chunks.pack`, whatever the number
+//! of places that reference it. The id doubles as the chunk's checksum: a
+//! chunk is good when its frame decompresses to exactly its recorded length
+//! and hashes to its id.
+//!
+//! The table is fixed-width binary rather than protobuf because it is the one
+//! part of the metadata that grows with memory size: 48 bytes per chunk,
+//! sorted by id, looked up by binary search without decoding.
+
+use std::fmt;
+
+/// Bytes per table entry: id (32), offset (8), stored length (4), raw length (4).
+pub const ENTRY_LEN: usize = 48;
+
+/// The BLAKE3 hash of a chunk's uncompressed contents.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> Self {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl fmt::Display for ChunkId {
+    /// The first 16 hex digits: enough to tell chunks apart in a message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+/// Where a chunk's frame lies in this image's pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// The decoded chunk table of one image, sorted by id.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkTable {
+    entries: Vec<ChunkEntry>,
+}
+
+impl ChunkTable {
+    /// Build from entries in any order; ids must be unique.
+    pub(crate) fn from_entries(mut entries: Vec<ChunkEntry>) -> Self {
+        entries.sort_unstable_by_key(|e| e.id);
+        ChunkTable { entries }
+    }
+
+    pub fn get(&self, id: &ChunkId) -> Option<&ChunkEntry> {
+        self.entries.binary_search_by_key(id, |e| e.id).ok().map(|i| &self.entries[i])
+    }
+
+    pub fn entries(&self) -> &[ChunkEntry] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        for e in &self.entries {
+            out.extend_from_slice(&e.id.0);
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.stored_len.to_le_bytes());
+            out.extend_from_slice(&e.raw_len.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decode and validate against the pack length and chunk size; `Err`
+    /// says what is wrong.
+    pub(crate) fn decode(bytes: &[u8], pack_len: u64, chunk_size: u32) -> Result<Self, String> {
+        if bytes.len() % ENTRY_LEN != 0 {
+            return Err(format!("length {} is not a multiple of {ENTRY_LEN}", bytes.len()));
+        }
+        let max_stored = zstd::zstd_safe::compress_bound(chunk_size as usize) as u64;
+        let mut entries = Vec::with_capacity(bytes.len() / ENTRY_LEN);
+        for raw in bytes.chunks_exact(ENTRY_LEN) {
+            let e = ChunkEntry {
+                id: ChunkId(raw[..32].try_into().expect("32 bytes")),
+                offset: u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes")),
+                stored_len: u32::from_le_bytes(raw[40..44].try_into().expect("4 bytes")),
+                raw_len: u32::from_le_bytes(raw[44..48].try_into().expect("4 bytes")),
+            };
+            if let Some(prev) = entries.last().map(|p: &ChunkEntry| p.id) {
+                if prev >= e.id {
+                    return Err(format!("chunk {} is out of order or repeated", e.id));
+                }
+            }
+            if e.raw_len == 0 || e.raw_len > chunk_size {
+                return Err(format!("chunk {} claims {} bytes, chunk size is {chunk_size}", e.id, e.raw_len));
+            }
+            if u64::from(e.stored_len) > max_stored
+                || e.offset.checked_add(e.stored_len.into()).is_none_or(|end| end > pack_len)
+            {
+                return Err(format!("chunk {} lies outside chunks.pack", e.id));
+            }
+            entries.push(e);
+        }
+        Ok(ChunkTable { entries })
+    }
+}

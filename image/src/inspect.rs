@@ -1,0 +1,136 @@
+//! A summary of an image, for people (`stasis inspect`) and for programs
+//! (`stasis inspect --json`).
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::chunk::ChunkId;
+use crate::reader::Image;
+
+/// What `stasis inspect` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub format_version: u32,
+    pub incompat_features: u32,
+    pub compat_features: u32,
+    /// Hex of the 16-byte image id.
+    pub image_id: String,
+    /// Hex of the BLAKE3 of the manifest.
+    pub manifest_hash: String,
+    pub tool_version: String,
+    pub created_unix_ms: u64,
+    pub hostname: String,
+    pub kernel_release: String,
+    pub chunk_size: u32,
+    pub parent: Option<ParentSummary>,
+    pub sections: Vec<SectionSummary>,
+    pub memory: MemorySummary,
+    pub chunks: ChunkSummary,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ParentSummary {
+    /// As recorded (relative to this image).
+    pub path: String,
+    pub manifest_hash: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SectionSummary {
+    pub kind: String,
+    pub required: bool,
+    pub offset: u64,
+    pub length: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemorySummary {
+    pub address_spaces: usize,
+    pub regions: Vec<RegionSummary>,
+    /// Bytes of memory the image describes.
+    pub logical_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionSummary {
+    pub mm: u32,
+    pub start: u64,
+    pub length: u64,
+    pub chunks: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkSummary {
+    /// Chunks stored in this image's pack.
+    pub stored: usize,
+    /// Their bytes before compression.
+    pub stored_raw_bytes: u64,
+    /// Bytes of `chunks.pack`.
+    pub pack_bytes: u64,
+    /// Distinct chunks the memory index references.
+    pub referenced: usize,
+    /// Of those, how many a parent image holds.
+    pub from_parent: usize,
+    /// Bytes of the manifest.
+    pub manifest_bytes: u64,
+}
+
+pub(crate) fn inspect(image: &Image) -> Inspection {
+    let info = image.info();
+    let mut referenced = BTreeSet::new();
+    let regions = image
+        .memory()
+        .iter()
+        .map(|r| {
+            referenced.extend(r.chunk_ids.chunks_exact(32).map(|c| ChunkId(c.try_into().expect("32 bytes"))));
+            RegionSummary { mm: r.mm, start: r.start, length: r.len, chunks: r.chunk_ids.len() / 32 }
+        })
+        .collect::<Vec<_>>();
+    let from_parent = referenced.iter().filter(|id| image.chunks().get(id).is_none()).count();
+    Inspection {
+        path: image.dir().display().to_string(),
+        format_version: image.header().version,
+        incompat_features: image.header().incompat,
+        compat_features: image.header().compat,
+        image_id: hex(&info.image_id),
+        manifest_hash: hex(image.manifest_hash()),
+        tool_version: info.tool_version.clone(),
+        created_unix_ms: info.created_unix_ms,
+        hostname: info.hostname.clone(),
+        kernel_release: info.kernel_release.clone(),
+        chunk_size: info.chunk_size,
+        parent: info
+            .parent
+            .as_ref()
+            .map(|p| ParentSummary { path: p.path.clone(), manifest_hash: hex(&p.manifest_hash) }),
+        sections: image
+            .sections()
+            .iter()
+            .map(|s| SectionSummary {
+                kind: s.kind.to_string(),
+                required: s.flags & crate::format::SECTION_REQUIRED != 0,
+                offset: s.offset,
+                length: s.len,
+            })
+            .collect(),
+        memory: MemorySummary {
+            address_spaces: regions.iter().map(|r| r.mm).collect::<BTreeSet<_>>().len(),
+            logical_bytes: regions.iter().map(|r| r.length).sum(),
+            regions,
+        },
+        chunks: ChunkSummary {
+            stored: image.chunks().len(),
+            stored_raw_bytes: image.chunks().entries().iter().map(|e| u64::from(e.raw_len)).sum(),
+            pack_bytes: info.pack_len,
+            referenced: referenced.len(),
+            from_parent,
+            manifest_bytes: image.manifest_len(),
+        },
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

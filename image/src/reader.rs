@@ -1,0 +1,369 @@
+//! Opening, reading and verifying an image.
+//!
+//! [`Image::open`] reads the manifest whole (bounded by
+//! [`format::MAX_MANIFEST_LEN`]), checks the header and every section
+//! checksum, decodes the sections and validates every size, count and
+//! address in them, then opens the parent chain the same way. It does not
+//! read chunk contents; [`Image::verify`] does, for every chunk of every
+//! image in the chain.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::chunk::{ChunkEntry, ChunkId, ChunkTable};
+use crate::error::ReadError;
+use crate::format::{self, Header, SectionEntry, SectionKind, MAX_MANIFEST_LEN, SECTION_REQUIRED};
+use crate::records::{ImageInfo, MemoryIndex, MemoryRegion};
+use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
+
+/// Longest parent chain followed; also what stops a loop of parents.
+pub const MAX_PARENT_DEPTH: usize = 64;
+/// Highest user-space address on x86_64 with 5-level paging.
+const MAX_ADDRESS: u64 = 1 << 57;
+
+/// An opened, structurally valid image.
+#[derive(Debug)]
+pub struct Image {
+    dir: PathBuf,
+    manifest_hash: [u8; 32],
+    manifest_len: u64,
+    header: Header,
+    sections: Vec<SectionEntry>,
+    info: ImageInfo,
+    chunks: ChunkTable,
+    memory: MemoryIndex,
+    pack: File,
+    parent: Option<Box<Image>>,
+}
+
+impl Image {
+    /// Open the image in `dir` and its parents.
+    pub fn open(dir: &Path) -> Result<Image, ReadError> {
+        Self::open_at_depth(dir, 0)
+    }
+
+    fn open_at_depth(dir: &Path, depth: usize) -> Result<Image, ReadError> {
+        let path = dir.join(MANIFEST_NAME);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ReadError::Io { path, source }
+        };
+        let file = match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReadError::Missing { path: dir.to_owned(), what: MANIFEST_NAME });
+            }
+            other => other.map_err(io(&path))?,
+        };
+        let len = file.metadata().map_err(io(&path))?.len();
+        if len > MAX_MANIFEST_LEN {
+            return Err(ReadError::Header {
+                path,
+                what: format!("{len} bytes is more than a manifest may be ({MAX_MANIFEST_LEN})"),
+            });
+        }
+        let mut bytes = vec![0; len as usize];
+        file.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
+        let Manifest { header, sections, info, chunks, memory, hash: manifest_hash, len } =
+            Manifest::decode(&path, &bytes)?;
+
+        let pack_path = dir.join(PACK_NAME);
+        let pack = match File::open(&pack_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReadError::Missing { path: dir.to_owned(), what: PACK_NAME });
+            }
+            other => other.map_err(io(&pack_path))?,
+        };
+        let pack_len = pack.metadata().map_err(io(&pack_path))?.len();
+        if pack_len != info.pack_len {
+            return Err(ReadError::Header {
+                path: pack_path,
+                what: format!("{pack_len} bytes, the manifest says {} (truncated or replaced)", info.pack_len),
+            });
+        }
+
+        let parent = match &info.parent {
+            None => None,
+            Some(p) => {
+                if depth + 1 >= MAX_PARENT_DEPTH {
+                    return Err(ReadError::ParentChain { path, max: MAX_PARENT_DEPTH });
+                }
+                // Canonical, so messages name the parent as a user would.
+                let parent_dir = dir.join(&p.path);
+                let parent_dir = fs::canonicalize(&parent_dir).unwrap_or(parent_dir);
+                let parent = Self::open_at_depth(&parent_dir, depth + 1).map_err(|e| match e {
+                    chain @ ReadError::ParentChain { .. } => chain,
+                    other => {
+                        ReadError::Parent { path: path.clone(), parent: parent_dir.clone(), source: Box::new(other) }
+                    }
+                })?;
+                if parent.manifest_hash[..] != p.manifest_hash[..] {
+                    return Err(ReadError::ParentMismatch { path, parent: parent_dir });
+                }
+                Some(Box::new(parent))
+            }
+        };
+
+        Ok(Image {
+            dir: dir.to_owned(),
+            manifest_hash,
+            manifest_len: len,
+            header,
+            sections,
+            info,
+            chunks,
+            memory,
+            pack,
+            parent,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// BLAKE3 of the whole manifest: the image's identity.
+    pub fn manifest_hash(&self) -> &[u8; 32] {
+        &self.manifest_hash
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn sections(&self) -> &[SectionEntry] {
+        &self.sections
+    }
+
+    pub fn info(&self) -> &ImageInfo {
+        &self.info
+    }
+
+    pub fn chunks(&self) -> &ChunkTable {
+        &self.chunks
+    }
+
+    pub fn memory(&self) -> &[MemoryRegion] {
+        &self.memory.regions
+    }
+
+    pub fn parent(&self) -> Option<&Image> {
+        self.parent.as_deref()
+    }
+
+    /// The image in this chain that stores chunk `id`, and where.
+    pub fn find_chunk(&self, id: &ChunkId) -> Option<(&Image, &ChunkEntry)> {
+        let mut image = Some(self);
+        while let Some(i) = image {
+            if let Some(e) = i.chunks.get(id) {
+                return Some((i, e));
+            }
+            image = i.parent.as_deref();
+        }
+        None
+    }
+
+    /// The contents of chunk `id`, checked against its id.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, ReadError> {
+        let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
+        image.read_own_chunk(entry)
+    }
+
+    fn read_own_chunk(&self, e: &ChunkEntry) -> Result<Vec<u8>, ReadError> {
+        let path = self.dir.join(PACK_NAME);
+        let mut frame = vec![0; e.stored_len as usize];
+        self.pack.read_exact_at(&mut frame, e.offset).map_err(|source| ReadError::Io { path: path.clone(), source })?;
+        let corrupt = |what: String| ReadError::Chunk { path: path.clone(), id: e.id, what };
+        // The capacity bounds what a hostile frame can make us allocate.
+        let data = zstd::bulk::decompress(&frame, e.raw_len as usize)
+            .map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+        if data.len() != e.raw_len as usize {
+            return Err(corrupt(format!("decompresses to {} bytes, not {}", data.len(), e.raw_len)));
+        }
+        if ChunkId::of(&data) != e.id {
+            return Err(corrupt("contents do not match its id".into()));
+        }
+        Ok(data)
+    }
+
+    /// The bytes of one memory region of this image, assembled from chunks.
+    pub fn read_region(&self, region: &MemoryRegion) -> Result<Vec<u8>, ReadError> {
+        let mut out = Vec::with_capacity(region.len as usize);
+        for ((_, len), id) in
+            chunk_windows(region.start, region.len, self.info.chunk_size).zip(region.chunk_ids.chunks_exact(32))
+        {
+            let id = ChunkId(id.try_into().expect("32 bytes"));
+            let data = self.read_chunk(&id)?;
+            if data.len() as u64 != len {
+                return Err(ReadError::Chunk {
+                    path: self.dir.join(MANIFEST_NAME),
+                    id,
+                    what: format!("holds {} bytes where the memory index needs {len}", data.len()),
+                });
+            }
+            out.extend_from_slice(&data);
+        }
+        Ok(out)
+    }
+
+    /// Check every chunk of every image in the chain, and that every chunk
+    /// the memory index references exists with the right length. Returns
+    /// the first problem found.
+    pub fn verify(&self) -> Result<VerifyReport, ReadError> {
+        let mut report = VerifyReport::default();
+        let mut image = Some(self);
+        while let Some(i) = image {
+            for e in i.chunks.entries() {
+                i.read_own_chunk(e)?;
+                report.chunks_checked += 1;
+                report.bytes_checked += u64::from(e.raw_len);
+            }
+            for region in &i.memory.regions {
+                for ((_, len), id) in
+                    chunk_windows(region.start, region.len, i.info.chunk_size).zip(region.chunk_ids.chunks_exact(32))
+                {
+                    let id = ChunkId(id.try_into().expect("32 bytes"));
+                    let (_, e) = i.find_chunk(&id).ok_or(ReadError::ChunkMissing { id })?;
+                    if u64::from(e.raw_len) != len {
+                        return Err(ReadError::Chunk {
+                            path: i.dir.join(MANIFEST_NAME),
+                            id,
+                            what: format!("holds {} bytes where the memory index needs {len}", e.raw_len),
+                        });
+                    }
+                    report.references_checked += 1;
+                }
+            }
+            report.images += 1;
+            image = i.parent.as_deref();
+        }
+        Ok(report)
+    }
+
+    /// A summary of the image for `stasis inspect`.
+    pub fn inspect(&self) -> crate::Inspection {
+        crate::inspect::inspect(self)
+    }
+
+    pub(crate) fn manifest_len(&self) -> u64 {
+        self.manifest_len
+    }
+}
+
+/// A decoded, validated manifest: everything of an image but its chunks.
+#[derive(Debug)]
+pub struct Manifest {
+    pub header: Header,
+    pub sections: Vec<SectionEntry>,
+    pub info: ImageInfo,
+    pub chunks: ChunkTable,
+    pub memory: MemoryIndex,
+    /// BLAKE3 of the manifest bytes.
+    pub hash: [u8; 32],
+    pub len: u64,
+}
+
+impl Manifest {
+    /// Check and decode manifest `bytes`; `path` is only for messages. Never
+    /// panics and allocates at most in proportion to `bytes`, whatever they
+    /// hold (this is what the fuzz target drives).
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Manifest, ReadError> {
+        if bytes.len() as u64 > MAX_MANIFEST_LEN {
+            return Err(ReadError::Header { path: path.to_owned(), what: "manifest is too large".into() });
+        }
+        let (header, sections) = format::decode(path, bytes)?;
+        let section = |kind: SectionKind| {
+            sections.iter().find(|e| e.kind == kind).map(|e| &bytes[e.offset as usize..(e.offset + e.len) as usize])
+        };
+        let malformed = |kind, what: String| ReadError::Section { path: path.to_owned(), kind, what };
+        for e in &sections {
+            if matches!(e.kind, SectionKind::Unknown(_)) && e.flags & SECTION_REQUIRED != 0 {
+                return Err(ReadError::UnknownRequiredSection { path: path.to_owned(), kind: e.kind });
+            }
+        }
+
+        let info_bytes = section(SectionKind::Info).ok_or_else(|| malformed(SectionKind::Info, "missing".into()))?;
+        let info = ImageInfo::decode(info_bytes).map_err(|e| malformed(SectionKind::Info, e.to_string()))?;
+        let cs = info.chunk_size;
+        if cs % PAGE_SIZE as u32 != 0 || !(4096..=4 << 20).contains(&cs) {
+            return Err(malformed(SectionKind::Info, format!("chunk size {cs} is invalid")));
+        }
+        if info.image_id.len() != 16 {
+            return Err(malformed(SectionKind::Info, "image id is not 16 bytes".into()));
+        }
+        if let Some(p) = &info.parent {
+            if p.manifest_hash.len() != 32 || p.path.is_empty() || p.path.contains('\0') || p.path.len() > 4096 {
+                return Err(malformed(SectionKind::Info, "parent reference is malformed".into()));
+            }
+        }
+
+        let table_bytes =
+            section(SectionKind::Chunks).ok_or_else(|| malformed(SectionKind::Chunks, "missing".into()))?;
+        let chunks =
+            ChunkTable::decode(table_bytes, info.pack_len, cs).map_err(|what| malformed(SectionKind::Chunks, what))?;
+
+        let memory_bytes =
+            section(SectionKind::Memory).ok_or_else(|| malformed(SectionKind::Memory, "missing".into()))?;
+        let memory = MemoryIndex::decode(memory_bytes).map_err(|e| malformed(SectionKind::Memory, e.to_string()))?;
+        validate_memory(&memory, cs).map_err(|what| malformed(SectionKind::Memory, what))?;
+
+        Ok(Manifest {
+            header,
+            sections,
+            info,
+            chunks,
+            memory,
+            hash: *blake3::hash(bytes).as_bytes(),
+            len: bytes.len() as u64,
+        })
+    }
+}
+
+/// What [`Image::verify`] checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Images in the chain, this one included.
+    pub images: usize,
+    /// Chunks decompressed and hashed.
+    pub chunks_checked: u64,
+    /// Their uncompressed bytes.
+    pub bytes_checked: u64,
+    /// Chunk references of the memory indexes resolved.
+    pub references_checked: u64,
+}
+
+/// Sizes, alignment, overlap and id counts of a memory index. Uses only
+/// arithmetic on the lengths, so a hostile length cannot make us allocate.
+fn validate_memory(memory: &MemoryIndex, chunk_size: u32) -> Result<(), String> {
+    let mut spans: Vec<(u32, u64, u64)> = Vec::with_capacity(memory.regions.len());
+    for r in &memory.regions {
+        let end = r.start.checked_add(r.len).filter(|&e| e <= MAX_ADDRESS);
+        if r.start % PAGE_SIZE != 0 || r.len % PAGE_SIZE != 0 || r.len == 0 || end.is_none() {
+            return Err(format!("region at {:#x} of length {:#x} is not page-aligned or out of range", r.start, r.len));
+        }
+        let windows = crate::chunk_window_count(r.start, r.len, chunk_size);
+        if r.chunk_ids.len() as u64 != windows * 32 {
+            return Err(format!(
+                "region at {:#x} names {} bytes of chunk ids, needs {}",
+                r.start,
+                r.chunk_ids.len(),
+                windows * 32
+            ));
+        }
+        spans.push((r.mm, r.start, end.expect("checked above")));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[0].0 == w[1].0 && w[0].2 > w[1].1 {
+            return Err(format!("regions at {:#x} and {:#x} of address space {} overlap", w[0].1, w[1].1, w[0].0));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds a manifest at all (complete or not).
+pub fn looks_like_image(dir: &Path) -> bool {
+    fs::metadata(dir.join(MANIFEST_NAME)).is_ok()
+}

@@ -1,0 +1,310 @@
+//! Writing an image.
+//!
+//! The pack (`chunks.pack`) is written first and synced; the manifest
+//! (`stasis.img`) is written to a temporary name, synced, and renamed into
+//! place last, then the directory is synced. Until that rename there is no
+//! manifest, and without a manifest nothing takes the directory for an image:
+//! a crash or a full disk part-way leaves at worst a stray pack, which the
+//! writer's drop removes on the error paths it sees.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use crate::chunk::{ChunkEntry, ChunkId, ChunkTable};
+use crate::error::WriteError;
+use crate::format::{self, Header, SectionKind, FORMAT_VERSION, SECTION_REQUIRED};
+use crate::reader::Image;
+use crate::records::{ImageInfo, MemoryIndex, MemoryRegion, ParentRef};
+use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
+
+/// A chunk's id, and its compressed frame unless it is already stored.
+type Hashed = (ChunkId, Option<Vec<u8>>);
+
+/// How to write an image.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    /// Chunk size in bytes: a multiple of 4096, from 4 KiB to 4 MiB.
+    pub chunk_size: u32,
+    /// zstd level; 1 favours speed, which is what a frozen workload wants.
+    pub zstd_level: i32,
+    /// Reference chunks this image already holds instead of storing them.
+    pub parent: Option<PathBuf>,
+    /// Worker threads for hashing and compression; 0 means one per CPU.
+    pub threads: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { chunk_size: 64 * 1024, zstd_level: 1, parent: None, threads: 0 }
+    }
+}
+
+/// What writing stored, for the caller's statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriteStats {
+    /// Bytes of memory described by the image.
+    pub logical_bytes: u64,
+    /// Bytes of `chunks.pack` (compressed frames of new chunks).
+    pub stored_bytes: u64,
+    /// Chunks stored in this image.
+    pub chunks_stored: u64,
+    /// Chunk references satisfied by a chunk stored earlier in this image.
+    pub chunks_deduplicated: u64,
+    /// Chunk references satisfied by the parent chain.
+    pub chunks_from_parent: u64,
+    /// Bytes of the manifest.
+    pub manifest_bytes: u64,
+}
+
+/// The result of a finished write.
+#[derive(Clone, Debug)]
+pub struct WriteSummary {
+    pub dir: PathBuf,
+    pub manifest_hash: [u8; 32],
+    pub stats: WriteStats,
+}
+
+/// An image being written. Dropping it before [`ImageWriter::finish`]
+/// removes what it wrote.
+#[derive(Debug)]
+pub struct ImageWriter {
+    dir: PathBuf,
+    opts: WriteOptions,
+    pack_path: PathBuf,
+    pack: Option<BufWriter<File>>,
+    pack_len: u64,
+    table: HashMap<ChunkId, ChunkEntry>,
+    parent: Option<(Image, ParentRef)>,
+    regions: Vec<MemoryRegion>,
+    /// End of each region per address space, to refuse overlaps.
+    spans: BTreeMap<(u32, u64), u64>,
+    stats: WriteStats,
+}
+
+impl ImageWriter {
+    /// Start an image in `dir`, creating the directory if needed. Refuses a
+    /// directory that already holds an image.
+    pub fn create(dir: &Path, opts: WriteOptions) -> Result<Self, WriteError> {
+        let cs = opts.chunk_size;
+        if cs % PAGE_SIZE as u32 != 0 || !(4096..=4 << 20).contains(&cs) {
+            return Err(WriteError::ChunkSize(cs));
+        }
+        fs::create_dir_all(dir).map_err(|source| WriteError::CreateDir { path: dir.to_owned(), source })?;
+        if dir.join(MANIFEST_NAME).exists() {
+            return Err(WriteError::AlreadyExists { path: dir.to_owned() });
+        }
+        let parent = match &opts.parent {
+            None => None,
+            Some(p) => {
+                let image = Image::open(p).map_err(|e| WriteError::Parent { path: p.clone(), source: Box::new(e) })?;
+                let path = relative_path(dir, p).map_err(|source| WriteError::Io { path: p.clone(), source })?;
+                let pref = ParentRef {
+                    path: path.to_string_lossy().into_owned(),
+                    manifest_hash: image.manifest_hash().to_vec(),
+                };
+                Some((image, pref))
+            }
+        };
+        let pack_path = dir.join(PACK_NAME);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&pack_path)
+            .map_err(|source| WriteError::Io { path: pack_path.clone(), source })?;
+        Ok(ImageWriter {
+            dir: dir.to_owned(),
+            opts,
+            pack_path,
+            pack: Some(BufWriter::with_capacity(1 << 20, file)),
+            pack_len: 0,
+            table: HashMap::new(),
+            parent,
+            regions: Vec::new(),
+            spans: BTreeMap::new(),
+            stats: WriteStats::default(),
+        })
+    }
+
+    /// Record `data` as the contents of `[start, start + data.len())` in
+    /// address space `mm`. Both ends must be page-aligned, and the range must
+    /// not overlap one added before for the same address space.
+    pub fn add_memory(&mut self, mm: u32, start: u64, data: &[u8]) -> Result<(), WriteError> {
+        let len = data.len() as u64;
+        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || start.checked_add(len).is_none() {
+            return Err(WriteError::Unaligned { start, len });
+        }
+        let before = self.spans.range(..=(mm, start)).next_back();
+        let after = self.spans.range((mm, start)..).next();
+        let overlaps_before = before.is_some_and(|(&(m, _), &end)| m == mm && end > start);
+        let overlaps_after = after.is_some_and(|(&(m, s), _)| m == mm && s < start + len);
+        if overlaps_before || overlaps_after {
+            return Err(WriteError::Overlap { mm, start });
+        }
+
+        let windows: Vec<(u64, u64)> = chunk_windows(start, len, self.opts.chunk_size).collect();
+        let mut ids = Vec::with_capacity(windows.len() * 32);
+        let threads = match self.opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Batches bound the compressed bytes held in memory at once.
+        for batch in windows.chunks(threads * 16) {
+            let slices: Vec<&[u8]> =
+                batch.iter().map(|&(s, l)| &data[(s - start) as usize..(s - start + l) as usize]).collect();
+            let done = self.hash_and_compress(&slices, threads)?;
+            for ((id, frame), slice) in done.into_iter().zip(&slices) {
+                self.stats.logical_bytes += slice.len() as u64;
+                ids.extend_from_slice(&id.0);
+                self.store(id, frame, slice.len() as u32)?;
+            }
+        }
+        self.spans.insert((mm, start), start + len);
+        self.regions.push(MemoryRegion { mm, start, len, chunk_ids: ids });
+        Ok(())
+    }
+
+    /// Hash every slice and compress those not already stored here or in the
+    /// parent chain. Runs on `threads` scoped threads for large batches.
+    fn hash_and_compress(&self, slices: &[&[u8]], threads: usize) -> Result<Vec<Hashed>, WriteError> {
+        let level = self.opts.zstd_level;
+        let known = |id: &ChunkId| {
+            self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
+        };
+        let work = |part: &[&[u8]]| -> Result<Vec<Hashed>, WriteError> {
+            part.iter()
+                .map(|s| {
+                    let id = ChunkId::of(s);
+                    if known(&id) {
+                        return Ok((id, None));
+                    }
+                    let frame = zstd::bulk::compress(s, level).map_err(|source| WriteError::Compress { id, source })?;
+                    Ok((id, Some(frame)))
+                })
+                .collect()
+        };
+        if threads <= 1 || slices.len() < 4 {
+            return work(slices);
+        }
+        let per = slices.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = slices.chunks(per).map(|part| scope.spawn(move || work(part))).collect();
+            let mut out = Vec::with_capacity(slices.len());
+            for h in handles {
+                out.extend(h.join().expect("compression worker panicked")?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn store(&mut self, id: ChunkId, frame: Option<Vec<u8>>, raw_len: u32) -> Result<(), WriteError> {
+        if self.table.contains_key(&id) {
+            self.stats.chunks_deduplicated += 1;
+            return Ok(());
+        }
+        let Some(frame) = frame else {
+            self.stats.chunks_from_parent += 1;
+            return Ok(());
+        };
+        let pack = self.pack.as_mut().expect("pack is open until finish");
+        pack.write_all(&frame).map_err(|source| WriteError::Io { path: self.pack_path.clone(), source })?;
+        let entry = ChunkEntry { id, offset: self.pack_len, stored_len: frame.len() as u32, raw_len };
+        self.pack_len += frame.len() as u64;
+        self.stats.stored_bytes += frame.len() as u64;
+        self.stats.chunks_stored += 1;
+        self.table.insert(id, entry);
+        Ok(())
+    }
+
+    /// Make the image durable and visible. Until this returns Ok, the
+    /// directory holds no image.
+    pub fn finish(mut self) -> Result<WriteSummary, WriteError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| WriteError::Io { path, source }
+        };
+        let pack = self.pack.take().expect("pack is open until finish");
+        let file =
+            pack.into_inner().map_err(|e| WriteError::Io { path: self.pack_path.clone(), source: e.into_error() })?;
+        file.sync_all().map_err(io(&self.pack_path))?;
+        drop(file);
+
+        let info = ImageInfo {
+            image_id: rand::random::<[u8; 16]>().to_vec(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            chunk_size: self.opts.chunk_size,
+            parent: self.parent.as_ref().map(|(_, r)| r.clone()),
+            pack_len: self.pack_len,
+            hostname: fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
+            kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        };
+        let table = ChunkTable::from_entries(self.table.values().copied().collect());
+        let memory = MemoryIndex { regions: std::mem::take(&mut self.regions) };
+        let header = Header { version: FORMAT_VERSION, incompat: 0, compat: 0 };
+        let bytes = format::encode(
+            &header,
+            &[
+                (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),
+                (SectionKind::Chunks, SECTION_REQUIRED, table.encode()),
+                (SectionKind::Memory, SECTION_REQUIRED, memory.encode_to_vec()),
+            ],
+        );
+
+        let tmp = self.dir.join(format!(".{MANIFEST_NAME}.tmp"));
+        let manifest = self.dir.join(MANIFEST_NAME);
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&bytes).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, &manifest).map_err(io(&manifest))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&manifest);
+            return Err(e);
+        }
+        // The image is complete: the drop below must not remove the pack.
+        self.pack_len = u64::MAX;
+        self.stats.manifest_bytes = bytes.len() as u64;
+        Ok(WriteSummary {
+            dir: self.dir.clone(),
+            manifest_hash: *blake3::hash(&bytes).as_bytes(),
+            stats: self.stats.clone(),
+        })
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        if self.pack_len != u64::MAX {
+            drop(self.pack.take());
+            let _ = fs::remove_file(&self.pack_path);
+        }
+    }
+}
+
+/// `target` as seen from `from`: relative when both resolve, so an image and
+/// its parent can be moved together.
+fn relative_path(from: &Path, target: &Path) -> std::io::Result<PathBuf> {
+    let from = fs::canonicalize(from)?;
+    let target = fs::canonicalize(target)?;
+    let common = from.components().zip(target.components()).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in from.components().skip(common) {
+        rel.push(Component::ParentDir);
+    }
+    for c in target.components().skip(common) {
+        rel.push(c);
+    }
+    if rel.as_os_str().is_empty() {
+        rel.push(Component::CurDir);
+    }
+    Ok(rel)
+}

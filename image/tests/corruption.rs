@@ -1,0 +1,191 @@
+//! An image is untrusted input: every flipped byte and every truncation must
+//! be caught by open or verify, as an error and never a panic.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{noise, sample_regions, small_chunks, write};
+use stasis_image::format::{self, SECTION_REQUIRED};
+use stasis_image::{Image, Manifest, ReadError, SectionKind, MANIFEST_NAME, PACK_NAME};
+
+fn open_and_verify(dir: &Path) -> Result<(), ReadError> {
+    Image::open(dir)?.verify().map(drop)
+}
+
+#[test]
+fn every_flipped_manifest_byte_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    let path = dir.path().join(MANIFEST_NAME);
+    let good = fs::read(&path).unwrap();
+    let (_, sections) = format::decode(&path, &good).unwrap();
+    let mut seen_kinds = std::collections::BTreeSet::new();
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        fs::write(&path, &bad).unwrap();
+        let err = open_and_verify(dir.path()).expect_err(&format!("flip of manifest byte {i} not caught"));
+        if let ReadError::SectionChecksum { kind, .. } = err {
+            let s = sections.iter().find(|s| s.kind == kind).unwrap();
+            assert!((s.offset..s.offset + s.len).contains(&(i as u64)), "byte {i} blamed on section {kind}");
+            seen_kinds.insert(kind.to_string());
+        }
+    }
+    // Every section was hit, and each error named the section it was in.
+    assert_eq!(seen_kinds.into_iter().collect::<Vec<_>>(), ["chunks", "info", "memory"]);
+    fs::write(&path, &good).unwrap();
+    open_and_verify(dir.path()).unwrap();
+}
+
+#[test]
+fn every_truncated_manifest_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    let path = dir.path().join(MANIFEST_NAME);
+    let good = fs::read(&path).unwrap();
+    for n in 0..good.len() {
+        fs::write(&path, &good[..n]).unwrap();
+        assert!(open_and_verify(dir.path()).is_err(), "truncation to {n} bytes not caught");
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    fs::write(&path, &longer).unwrap();
+    assert!(open_and_verify(dir.path()).is_err(), "appended byte not caught");
+}
+
+#[test]
+fn flipped_chunk_bytes_are_caught_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    let entries = Image::open(dir.path()).unwrap().chunks().entries().to_vec();
+    let path = dir.path().join(PACK_NAME);
+    let good = fs::read(&path).unwrap();
+    // First, last and middle byte of every frame, and every 61st byte.
+    let mut offsets: Vec<usize> = entries
+        .iter()
+        .flat_map(|e| {
+            let (s, l) = (e.offset as usize, e.stored_len as usize);
+            [s, s + l / 2, s + l - 1]
+        })
+        .chain((0..good.len()).step_by(61))
+        .collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    for i in offsets {
+        let mut bad = good.clone();
+        bad[i] ^= 0x10;
+        fs::write(&path, &bad).unwrap();
+        let err = open_and_verify(dir.path()).expect_err(&format!("flip of pack byte {i} not caught"));
+        let owner = entries.iter().find(|e| (e.offset..e.offset + u64::from(e.stored_len)).contains(&(i as u64))).unwrap();
+        match err {
+            ReadError::Chunk { id, .. } => assert_eq!(id, owner.id, "byte {i} blamed on the wrong chunk"),
+            other => panic!("flip of pack byte {i}: unexpected error {other}"),
+        }
+    }
+}
+
+#[test]
+fn truncated_or_missing_pack_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    let path = dir.path().join(PACK_NAME);
+    let good = fs::read(&path).unwrap();
+    for n in (0..good.len()).step_by(997).chain([good.len() - 1]) {
+        fs::write(&path, &good[..n]).unwrap();
+        assert!(Image::open(dir.path()).is_err(), "truncation of pack to {n} bytes not caught at open");
+    }
+    fs::remove_file(&path).unwrap();
+    assert!(matches!(Image::open(dir.path()), Err(ReadError::Missing { what: PACK_NAME, .. })));
+}
+
+#[test]
+fn missing_parent_chunk_is_caught() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, child) = (root.path().join("base"), root.path().join("child"));
+    write(&base, &[(1, 0, noise(5, 64 * 1024))], small_chunks());
+    let opts = stasis_image::WriteOptions { parent: Some(base.clone()), ..small_chunks() };
+    write(&child, &[(1, 0, noise(5, 64 * 1024))], opts);
+    // Corrupt a chunk the child only references through its parent.
+    let pack = base.join(PACK_NAME);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&pack, &bytes).unwrap();
+    let err = open_and_verify(&child).unwrap_err();
+    assert!(matches!(err, ReadError::Chunk { ref path, .. } if path.starts_with(&base)), "{err}");
+}
+
+/// Rebuild the manifest of `dir` with one more section.
+fn add_section(dir: &Path, kind: u32, flags: u32) {
+    let path = dir.join(MANIFEST_NAME);
+    let bytes = fs::read(&path).unwrap();
+    let (header, sections) = format::decode(&path, &bytes).unwrap();
+    let mut parts: Vec<_> = sections
+        .iter()
+        .map(|s| (s.kind, s.flags, bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec()))
+        .collect();
+    parts.push((SectionKind::from_code(kind), flags, b"from the future".to_vec()));
+    fs::write(&path, format::encode(&header, &parts)).unwrap();
+}
+
+#[test]
+fn unknown_optional_section_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    add_section(dir.path(), 900, 0);
+    open_and_verify(dir.path()).unwrap();
+}
+
+#[test]
+fn unknown_required_section_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    add_section(dir.path(), 901, SECTION_REQUIRED);
+    let err = Image::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ReadError::UnknownRequiredSection { kind: SectionKind::Unknown(901), .. }), "{err}");
+    assert!(err.to_string().contains("newer stasis"));
+}
+
+#[test]
+fn garbage_manifests_are_errors() {
+    let path = Path::new("garbage");
+    for seed in 0..2000u64 {
+        let mut bytes = noise(seed, (seed % 300) as usize);
+        if seed % 2 == 0 && bytes.len() >= 8 {
+            bytes[..8].copy_from_slice(&format::MAGIC);
+        }
+        assert!(Manifest::decode(path, &bytes).is_err());
+    }
+}
+
+#[test]
+fn full_disk_leaves_no_image() {
+    // A 512 KiB tmpfs: the 2 MiB of noise below cannot fit.
+    let mnt = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .expect("run mount (this test needs root and the mount command)");
+    assert!(status.success(), "mounting a tmpfs failed: this test needs root");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.path());
+
+    let dir = mnt.path().join("img");
+    let result = (|| {
+        let mut w = stasis_image::ImageWriter::create(&dir, small_chunks())?;
+        w.add_memory(1, 0, &noise(11, 2 * 1024 * 1024))?;
+        w.finish()
+    })();
+    let err = result.expect_err("writing 2 MiB into 512 KiB succeeded");
+    assert!(err.to_string().contains("cannot write"), "{err}");
+    assert!(!dir.join(MANIFEST_NAME).exists());
+    assert!(!dir.join(PACK_NAME).exists(), "the partial pack was left behind");
+    assert!(matches!(Image::open(&dir), Err(ReadError::Missing { .. })));
+}

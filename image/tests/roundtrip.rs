@@ -1,0 +1,145 @@
+//! Writing and reading images: contents, dedup, incremental parents.
+
+mod common;
+
+use std::fs;
+
+use common::{noise, sample_regions, small_chunks, write};
+use stasis_image::{Image, ImageWriter, ReadError, WriteError, WriteOptions, PACK_NAME};
+
+#[test]
+fn contents_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = sample_regions();
+    let summary = write(dir.path(), &regions, small_chunks());
+    let image = Image::open(dir.path()).unwrap();
+    assert_eq!(image.manifest_hash(), &summary.manifest_hash);
+    assert_eq!(image.memory().len(), regions.len());
+    for (r, (mm, start, data)) in image.memory().iter().zip(&regions) {
+        assert_eq!((r.mm, r.start, r.len), (*mm, *start, data.len() as u64));
+        assert_eq!(&image.read_region(r).unwrap(), data);
+    }
+    let report = image.verify().unwrap();
+    assert_eq!(report.images, 1);
+    assert_eq!(report.chunks_checked, image.chunks().len() as u64);
+}
+
+#[test]
+fn identical_chunks_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = write(dir.path(), &sample_regions(), small_chunks());
+    let s = &summary.stats;
+    // 96 KiB of noise = 6 chunks (stored once, referenced twice), 128 KiB of
+    // zeros = 8 references to one chunk, 64 KiB of pattern = 4 references to
+    // one chunk.
+    assert_eq!(s.chunks_stored, 6 + 1 + 1);
+    assert_eq!(s.chunks_deduplicated, 6 + 7 + 3);
+    let pack = fs::metadata(dir.path().join(PACK_NAME)).unwrap().len();
+    assert_eq!(pack, s.stored_bytes);
+    // Six incompressible 16 KiB chunks and two tiny frames.
+    assert!(pack < 6 * 16 * 1024 + 1024, "pack is {pack} bytes");
+    assert_eq!(s.logical_bytes, (96 + 128 + 64 + 96) * 1024);
+}
+
+#[test]
+fn incremental_image_stores_only_new_chunks() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, child) = (root.path().join("base"), root.path().join("child"));
+    let mut data = noise(7, 1024 * 1024);
+    let base_summary = write(&base, &[(1, 0x1000_0000, data.clone())], small_chunks());
+    let base_pack = fs::metadata(base.join(PACK_NAME)).unwrap().len();
+    assert!(base_pack >= 1024 * 1024, "noise should not compress");
+
+    // Change three pages, in three different 16 KiB chunks.
+    for page in [0usize, 20, 200] {
+        data[page * 4096..(page + 1) * 4096].copy_from_slice(&noise(100 + page as u64, 4096));
+    }
+    let opts = WriteOptions { parent: Some(base.clone()), ..small_chunks() };
+    let child_summary = write(&child, &[(1, 0x1000_0000, data.clone())], opts);
+    assert_eq!(child_summary.stats.chunks_stored, 3);
+    assert_eq!(child_summary.stats.chunks_from_parent, 64 - 3);
+    let child_pack = fs::metadata(child.join(PACK_NAME)).unwrap().len();
+    assert!(child_pack <= 3 * (16 * 1024 + 64), "child pack is {child_pack} bytes");
+    assert!(child_pack * 20 < base_pack);
+
+    let image = Image::open(&child).unwrap();
+    assert_eq!(image.parent().unwrap().manifest_hash(), &base_summary.manifest_hash);
+    assert_eq!(image.read_region(&image.memory()[0]).unwrap(), data);
+    let report = image.verify().unwrap();
+    assert_eq!(report.images, 2);
+    let inspection = image.inspect();
+    assert_eq!(inspection.chunks.from_parent, 61);
+    assert_eq!(inspection.parent.unwrap().path, "../base");
+
+    // The pair can move together: the parent is named relative to the child.
+    let moved = tempfile::tempdir().unwrap();
+    fs::rename(&base, moved.path().join("base")).unwrap();
+    fs::rename(&child, moved.path().join("child")).unwrap();
+    let image = Image::open(&moved.path().join("child")).unwrap();
+    assert_eq!(image.read_region(&image.memory()[0]).unwrap(), data);
+}
+
+#[test]
+fn replaced_parent_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, child) = (root.path().join("base"), root.path().join("child"));
+    write(&base, &[(1, 0, noise(1, 64 * 1024))], small_chunks());
+    write(&child, &[(1, 0, noise(1, 64 * 1024))], WriteOptions { parent: Some(base.clone()), ..small_chunks() });
+    fs::remove_dir_all(&base).unwrap();
+    write(&base, &[(1, 0, noise(1, 64 * 1024))], small_chunks());
+    let err = Image::open(&child).unwrap_err();
+    assert!(matches!(err, ReadError::ParentMismatch { .. }), "{err}");
+    fs::remove_dir_all(&base).unwrap();
+    let err = Image::open(&child).unwrap_err();
+    assert!(matches!(err, ReadError::Parent { .. }), "{err}");
+}
+
+#[test]
+fn existing_image_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(dir.path(), &sample_regions(), small_chunks());
+    let err = ImageWriter::create(dir.path(), small_chunks()).unwrap_err();
+    assert!(matches!(err, WriteError::AlreadyExists { .. }), "{err}");
+    assert_eq!(Image::open(dir.path()).unwrap().manifest_hash(), &first.manifest_hash);
+}
+
+#[test]
+fn bad_regions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ImageWriter::create(dir.path(), WriteOptions::default()).unwrap();
+    assert!(matches!(w.add_memory(1, 0x1001, &[0; 4096]), Err(WriteError::Unaligned { .. })));
+    assert!(matches!(w.add_memory(1, 0x1000, &[0; 100]), Err(WriteError::Unaligned { .. })));
+    w.add_memory(1, 0x10000, &[1; 8192]).unwrap();
+    assert!(matches!(w.add_memory(1, 0x11000, &[0; 4096]), Err(WriteError::Overlap { .. })));
+    assert!(matches!(w.add_memory(1, 0xf000, &[0; 8192]), Err(WriteError::Overlap { .. })));
+    // Another address space may use the same addresses.
+    w.add_memory(2, 0x10000, &[1; 8192]).unwrap();
+    w.finish().unwrap();
+    assert!(ImageWriter::create(tempfile::tempdir().unwrap().path(), WriteOptions { chunk_size: 5000, ..Default::default() })
+        .is_err());
+}
+
+#[test]
+fn unfinished_write_leaves_no_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ImageWriter::create(dir.path(), small_chunks()).unwrap();
+    w.add_memory(1, 0, &noise(3, 256 * 1024)).unwrap();
+    drop(w);
+    let err = Image::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ReadError::Missing { .. }), "{err}");
+    assert!(!dir.path().join(PACK_NAME).exists());
+}
+
+#[test]
+fn parallel_and_serial_writes_agree() {
+    let data = noise(9, 3 * 1024 * 1024);
+    let mut hashes = Vec::new();
+    for threads in [1, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = write(dir.path(), &[(1, 0x10000, data.clone())], WriteOptions { threads, ..Default::default() });
+        let image = Image::open(dir.path()).unwrap();
+        assert_eq!(image.read_region(&image.memory()[0]).unwrap(), data);
+        hashes.push((s.stats.chunks_stored, s.stats.stored_bytes, image.chunks().entries().to_vec()));
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}
