@@ -1,1 +1,72 @@
-fn main() {}
+//! `stasis`: capture a running workload into an image and bring it back.
+//!
+//! The binary is glue: it parses arguments, sets up logging, turns each
+//! subcommand into a call of the library crates, and prints the result for
+//! people or, with `--json`, for programs. Errors end as one line on stderr
+//! (the whole cause chain); `-v` or `RUST_LOG` shows more.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Capture a running Linux workload (its processes, and the copy-on-write
+/// snapshot of the volume it writes to) into one image, and bring it back.
+#[derive(Debug, Parser)]
+#[command(name = "stasis", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log more: -v for progress, -vv for details. RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Check(commands::check::Args),
+    Inspect(commands::inspect::Args),
+    Verify(commands::verify::Args),
+}
+
+/// Exit status of a command that ran to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1: what was checked is not as wanted (a corrupt image, a missing
+    /// facility). The command has already said why.
+    Failure,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Check(args) => commands::check::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Verify(args) => commands::verify::run(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failure) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("stasis: error: {}", output::error_chain(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(verbose > 1).init();
+}

@@ -3,5 +3,9 @@
 //! restoring them.
 //!
 //! For now it holds [`host`], the probe of the facilities this kernel offers,
-//! which every later operation consults before it touches a process.
+//! which every later operation consults before it touches a process, and
+//! [`freezer`], the cgroup v2 / v1 freezers the dump will freeze trees with.
 #![forbid(unsafe_code)]
+
+pub mod freezer;
+pub mod host;

@@ -78,7 +78,8 @@ fn flipped_chunk_bytes_are_caught_and_named() {
         bad[i] ^= 0x10;
         fs::write(&path, &bad).unwrap();
         let err = open_and_verify(dir.path()).expect_err(&format!("flip of pack byte {i} not caught"));
-        let owner = entries.iter().find(|e| (e.offset..e.offset + u64::from(e.stored_len)).contains(&(i as u64))).unwrap();
+        let owner =
+            entries.iter().find(|e| (e.offset..e.offset + u64::from(e.stored_len)).contains(&(i as u64))).unwrap();
         match err {
             ReadError::Chunk { id, .. } => assert_eq!(id, owner.id, "byte {i} blamed on the wrong chunk"),
             other => panic!("flip of pack byte {i}: unexpected error {other}"),

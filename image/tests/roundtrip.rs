@@ -115,8 +115,11 @@ fn bad_regions_are_refused() {
     // Another address space may use the same addresses.
     w.add_memory(2, 0x10000, &[1; 8192]).unwrap();
     w.finish().unwrap();
-    assert!(ImageWriter::create(tempfile::tempdir().unwrap().path(), WriteOptions { chunk_size: 5000, ..Default::default() })
-        .is_err());
+    assert!(ImageWriter::create(
+        tempfile::tempdir().unwrap().path(),
+        WriteOptions { chunk_size: 5000, ..Default::default() }
+    )
+    .is_err());
 }
 
 #[test]

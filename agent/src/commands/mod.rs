@@ -1,0 +1,6 @@
+//! One module per subcommand: each turns its arguments into library calls
+//! and prints the result.
+
+pub mod check;
+pub mod inspect;
+pub mod verify;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole stasis test suite, as CI runs it: installs the Debian packages the
+# tests need (when missing; needs root, as the tests do), checks formatting
+# and lints, then runs every test with cargo-nextest.
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh -E 'test(image)'   # extra arguments go to nextest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the tests freeze, seize and mount things; run them as root" >&2
+    exit 1
+fi
+
+# Debian packages the tests use, by the command that proves each is there.
+declare -A packages=(
+    [mkfs.btrfs]=btrfs-progs
+)
+missing=()
+for cmd in "${!packages[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${packages[$cmd]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "scripts/test.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "scripts/test.sh: cargo-nextest is missing; installing it from crates.io"
+    cargo install cargo-nextest --locked
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo nextest run --workspace --locked --no-fail-fast "$@"

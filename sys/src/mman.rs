@@ -1,0 +1,115 @@
+//! Anonymous private mappings owned by the agent, unmapped on drop.
+//!
+//! Used as scratch memory whose page-level state the agent inspects
+//! (pagemap, userfaultfd write-protect, soft-dirty): a Rust `Vec` gives no
+//! page alignment and may share pages with other allocations, which would
+//! make page counts meaningless.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+
+/// Errors of mapping creation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// mmap(2) failed.
+    #[error("cannot map {len} bytes of anonymous memory")]
+    Map {
+        /// The requested length.
+        len: usize,
+        /// The kernel's answer.
+        #[source]
+        errno: Errno,
+    },
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// A private anonymous read-write mapping.
+#[derive(Debug)]
+pub struct AnonMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value alone; moving the
+// owner to another thread moves the only access path with it.
+unsafe impl Send for AnonMapping {}
+
+impl AnonMapping {
+    /// Maps `pages` fresh pages (never touched, so not yet present).
+    pub fn new(pages: usize) -> Result<Self, Error> {
+        let len = pages.saturating_mul(page_size());
+        let nz = NonZeroUsize::new(len).ok_or(Error::Map { len, errno: Errno::EINVAL })?;
+        // SAFETY: a fresh anonymous private mapping at an address the kernel
+        // chooses aliases no existing Rust object.
+        let ptr = unsafe {
+            mman::mmap_anonymous(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE)
+        }
+        .map_err(|errno| Error::Map { len, errno })?;
+        Ok(AnonMapping { ptr: ptr.cast(), len })
+    }
+
+    /// The start address.
+    pub fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: `new` refuses zero pages).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address range `[start, end)`.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.addr()..self.addr() + self.len as u64
+    }
+
+    /// The memory, readable.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is a live read-write mapping owned by self,
+        // zero-filled by the kernel (so initialised), and only reachable
+        // through self, whose borrow this slice holds.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The memory, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice; the exclusive borrow of self makes this the
+        // only reference to the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Writes one byte at the start of page `index`, faulting the page in
+    /// for writing. The store is volatile so it cannot be elided even though
+    /// nothing in Rust reads it back: its side effect is the page-table
+    /// change that pagemap and userfaultfd observe.
+    pub fn touch_page(&mut self, index: usize, value: u8) {
+        let offset = index * page_size();
+        assert!(offset < self.len, "page {index} outside the mapping");
+        let byte: *mut u8 = &mut self.as_mut_slice()[offset];
+        // SAFETY: `byte` comes from a live &mut u8 into the mapping, so it is
+        // aligned, writable and unaliased.
+        unsafe { byte.write_volatile(value) };
+    }
+}
+
+impl Drop for AnonMapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, and no reference
+        // into the mapping outlives self (all slices borrow self).
+        let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };
+    }
+}

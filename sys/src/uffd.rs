@@ -1,0 +1,324 @@
+//! userfaultfd(2): user-space handling of page faults, used by stasis for
+//! write-protect dirty tracking (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7) and,
+//! later, lazy restore (include/uapi/linux/userfaultfd.h,
+//! Documentation/admin-guide/mm/userfaultfd.rst).
+//!
+//! With `WP_ASYNC` the kernel resolves write-protect faults itself by just
+//! clearing the uffd-wp bit, so no thread has to read fault events and the
+//! tracked process never blocks; PAGEMAP_SCAN then reports the pages whose
+//! bit was cleared as `PAGE_IS_WRITTEN` ([`crate::pagemap`]).
+//! `WP_UNPOPULATED` makes write-protecting a range also mark pages that were
+//! never touched, so a first write to them counts as well.
+//!
+//! Creation: the userfaultfd syscall honours `vm.unprivileged_userfaultfd`
+//! and otherwise needs CAP_SYS_PTRACE; /dev/userfaultfd (Linux 6.1) with
+//! `USERFAULTFD_IOC_NEW` is the fallback when the syscall is filtered
+//! (seccomp) but the device is accessible. The `UFFDIO_API` handshake may be
+//! done once per descriptor; asking for a feature the kernel lacks fails with
+//! EINVAL, so [`supported_features`] asks on a separate descriptor first.
+
+use std::fs::OpenOptions;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+/// `UFFD_API` of include/uapi/linux/userfaultfd.h.
+const UFFD_API: u64 = 0xaa;
+
+/// `UFFD_FEATURE_WP_UNPOPULATED` (Linux 6.4).
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `UFFD_FEATURE_WP_ASYNC` (Linux 6.7).
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// `UFFD_FEATURE_MOVE` (Linux 6.8).
+pub const FEATURE_MOVE: u64 = 1 << 16;
+
+/// `UFFDIO_REGISTER_MODE_MISSING`.
+pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// `UFFDIO_REGISTER_MODE_WP`.
+pub const REGISTER_MODE_WP: u64 = 1 << 1;
+/// `UFFDIO_REGISTER_MODE_MINOR`.
+pub const REGISTER_MODE_MINOR: u64 = 1 << 2;
+
+/// `UFFDIO_WRITEPROTECT_MODE_WP`.
+const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
+/// `UFFD_USER_MODE_ONLY`: only faults from user mode are handled, which is
+/// all an unprivileged caller may ask for.
+pub const USER_MODE_ONLY: libc::c_int = 1;
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+nix::ioctl_readwrite!(uffdio_api, 0xaa, 0x3f, UffdioApi);
+nix::ioctl_readwrite!(uffdio_register, 0xaa, 0x00, UffdioRegister);
+// The header declares UNREGISTER as _IOR although the kernel reads the range.
+nix::ioctl_read!(uffdio_unregister, 0xaa, 0x01, UffdioRange);
+nix::ioctl_readwrite!(uffdio_writeprotect, 0xaa, 0x06, UffdioWriteprotect);
+nix::ioctl_write_int_bad!(userfaultfd_ioc_new, nix::request_code_none!(0xaa, 0x00));
+
+/// Errors of userfaultfd operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Neither the syscall nor /dev/userfaultfd gave a descriptor.
+    #[error("cannot create a userfaultfd (syscall: {syscall}; /dev/userfaultfd: {device})")]
+    Create {
+        /// What the userfaultfd syscall returned.
+        syscall: Errno,
+        /// What opening /dev/userfaultfd + USERFAULTFD_IOC_NEW returned.
+        device: Errno,
+    },
+    /// UFFDIO_API failed; EINVAL means a requested feature is unsupported.
+    #[error("UFFDIO_API handshake with features {features:#x} failed")]
+    Api {
+        /// The features asked for.
+        features: u64,
+        /// The kernel's answer.
+        #[source]
+        errno: Errno,
+    },
+    /// The kernel granted fewer features than requested.
+    #[error("userfaultfd features {missing:#x} are not supported")]
+    Unsupported {
+        /// The requested features the kernel lacks.
+        missing: u64,
+    },
+    /// UFFDIO_REGISTER failed.
+    #[error("UFFDIO_REGISTER of {start:#x}..{end:#x} with mode {mode:#x} failed")]
+    Register {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+        /// The register mode.
+        mode: u64,
+        /// The kernel's answer.
+        #[source]
+        errno: Errno,
+    },
+    /// UFFDIO_UNREGISTER failed.
+    #[error("UFFDIO_UNREGISTER of {start:#x}..{end:#x} failed")]
+    Unregister {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+        /// The kernel's answer.
+        #[source]
+        errno: Errno,
+    },
+    /// UFFDIO_WRITEPROTECT failed.
+    #[error("UFFDIO_WRITEPROTECT (protect: {protect}) of {start:#x}..{end:#x} failed")]
+    WriteProtect {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+        /// Whether protecting (true) or unprotecting.
+        protect: bool,
+        /// The kernel's answer.
+        #[source]
+        errno: Errno,
+    },
+}
+
+/// A userfaultfd after a successful `UFFDIO_API` handshake; closing it (on
+/// drop) unregisters every range it had registered.
+#[derive(Debug)]
+pub struct Userfaultfd {
+    fd: OwnedFd,
+    features: u64,
+}
+
+fn create(flags: libc::c_int) -> Result<OwnedFd, Error> {
+    // SAFETY: the userfaultfd syscall takes one flags word by value.
+    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if ret >= 0 {
+        // SAFETY: the syscall returned a new descriptor nobody else owns; fds
+        // fit in c_int.
+        return Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) });
+    }
+    let syscall = Errno::last();
+    let device = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/userfaultfd")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|dev| {
+            // SAFETY: USERFAULTFD_IOC_NEW takes its flags as the ioctl
+            // argument by value and returns a new descriptor.
+            unsafe { userfaultfd_ioc_new(dev.as_raw_fd(), flags) }
+        });
+    match device {
+        // SAFETY: the ioctl returned a new descriptor nobody else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(device) => Err(Error::Create { syscall, device }),
+    }
+}
+
+fn handshake(fd: &OwnedFd, features: u64) -> Result<UffdioApi, Error> {
+    let mut api = UffdioApi { api: UFFD_API, features, ioctls: 0 };
+    // SAFETY: api is a valid uffdio_api the kernel reads and writes back,
+    // and fd is a live userfaultfd.
+    unsafe { uffdio_api(fd.as_raw_fd(), &mut api) }.map_err(|errno| Error::Api { features, errno })?;
+    Ok(api)
+}
+
+/// The features this kernel offers, asked on a throwaway descriptor.
+pub fn supported_features() -> Result<u64, Error> {
+    let fd = create(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+    Ok(handshake(&fd, 0)?.features)
+}
+
+fn range_of(range: &Range<u64>) -> UffdioRange {
+    UffdioRange { start: range.start, len: range.end.saturating_sub(range.start) }
+}
+
+impl Userfaultfd {
+    /// Creates a non-blocking, close-on-exec userfaultfd and enables exactly
+    /// `features`; fails with [`Error::Unsupported`] naming what is missing.
+    pub fn new(features: u64) -> Result<Self, Error> {
+        let available = supported_features()?;
+        if features & !available != 0 {
+            return Err(Error::Unsupported { missing: features & !available });
+        }
+        let fd = create(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+        let api = handshake(&fd, features)?;
+        Ok(Userfaultfd { fd, features: api.features })
+    }
+
+    /// The features the handshake enabled.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Registers `range` (page-aligned, within this process's mappings)
+    /// with `mode` (`REGISTER_MODE_*`); returns the ioctls now allowed on it.
+    pub fn register(&self, range: Range<u64>, mode: u64) -> Result<u64, Error> {
+        let mut reg = UffdioRegister { range: range_of(&range), mode, ioctls: 0 };
+        // SAFETY: reg is a valid uffdio_register; the kernel validates the
+        // range against our own VMAs and touches no Rust object.
+        unsafe { uffdio_register(self.fd.as_raw_fd(), &mut reg) }.map_err(|errno| Error::Register {
+            start: range.start,
+            end: range.end,
+            mode,
+            errno,
+        })?;
+        Ok(reg.ioctls)
+    }
+
+    /// Unregisters `range`.
+    pub fn unregister(&self, range: Range<u64>) -> Result<(), Error> {
+        let mut r = range_of(&range);
+        // SAFETY: r is a valid uffdio_range the kernel only reads.
+        unsafe { uffdio_unregister(self.fd.as_raw_fd(), &mut r) }.map_err(|errno| Error::Unregister {
+            start: range.start,
+            end: range.end,
+            errno,
+        })?;
+        Ok(())
+    }
+
+    /// Write-protects (`protect`) or unprotects `range`, which must be
+    /// registered with `REGISTER_MODE_WP`.
+    pub fn write_protect(&self, range: Range<u64>, protect: bool) -> Result<(), Error> {
+        let mut wp =
+            UffdioWriteprotect { range: range_of(&range), mode: if protect { WRITEPROTECT_MODE_WP } else { 0 } };
+        // SAFETY: wp is a valid uffdio_writeprotect; the kernel changes page
+        // table bits of our own registered range, which Rust code observes
+        // only as (possibly resolved-by-kernel) write faults.
+        unsafe { uffdio_writeprotect(self.fd.as_raw_fd(), &mut wp) }.map_err(|errno| Error::WriteProtect {
+            start: range.start,
+            end: range.end,
+            protect,
+            errno,
+        })?;
+        Ok(())
+    }
+}
+
+impl AsFd for Userfaultfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mman::{page_size, AnonMapping};
+    use crate::pagemap::{Categories, Pagemap, ScanRequest, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
+
+    fn written(pm: &Pagemap, map: &AnonMapping, flags: u64) -> Vec<usize> {
+        let regions = pm
+            .scan(&ScanRequest {
+                range: map.range(),
+                flags,
+                required: Categories::WRITTEN,
+                any_of: Categories::NONE,
+                inverted: Categories::NONE,
+                report: Categories::WRITTEN,
+            })
+            .expect("PAGEMAP_SCAN");
+        let p = page_size() as u64;
+        regions
+            .iter()
+            .flat_map(|r| ((r.start - map.addr()) / p)..((r.end - map.addr()) / p))
+            .map(|i| i as usize)
+            .collect()
+    }
+
+    #[test]
+    fn wp_async_tracks_exactly_the_written_pages() {
+        let features = supported_features().expect("userfaultfd");
+        assert!(features & FEATURE_WP_ASYNC != 0, "UFFD_FEATURE_WP_ASYNC missing (features {features:#x})");
+        let mut map = AnonMapping::new(16).unwrap();
+        let uffd = Userfaultfd::new(FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED).expect("uffd");
+        uffd.register(map.range(), REGISTER_MODE_WP).expect("register");
+        uffd.write_protect(map.range(), true).expect("write-protect");
+        for i in [2, 5, 11] {
+            map.touch_page(i, 7);
+        }
+        let pm = Pagemap::open(nix::unistd::getpid()).unwrap();
+        assert_eq!(written(&pm, &map, 0), [2, 5, 11]);
+        // Report and re-protect at once, as a pre-copy round does.
+        assert_eq!(written(&pm, &map, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC), [2, 5, 11]);
+        assert_eq!(written(&pm, &map, 0), Vec::<usize>::new());
+        map.touch_page(5, 8);
+        assert_eq!(written(&pm, &map, 0), [5]);
+        uffd.unregister(map.range()).expect("unregister");
+    }
+
+    #[test]
+    fn asking_for_an_unknown_feature_names_it() {
+        let err = Userfaultfd::new(1 << 62).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { missing } if missing == 1 << 62));
+    }
+}
