@@ -28,7 +28,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Check(commands::check::Args),
+    Dump(commands::dump::Args),
     Inspect(commands::inspect::Args),
+    Restore(commands::restore::Args),
     Verify(commands::verify::Args),
 }
 
@@ -47,7 +49,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args),
+        Command::Dump(args) => commands::dump::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Restore(args) => commands::restore::run(args),
         Command::Verify(args) => commands::verify::run(args),
     };
     match result {

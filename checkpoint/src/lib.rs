@@ -7,5 +7,27 @@
 //! [`freezer`], the cgroup v2 / v1 freezers the dump will freeze trees with.
 #![forbid(unsafe_code)]
 
+pub mod dump;
+pub mod fd;
+pub mod freeze;
 pub mod freezer;
 pub mod host;
+pub mod journal;
+pub mod proc;
+pub mod restore;
+
+/// An error and its causes as one line, for errors that are flattened into a
+/// message (the typed source would otherwise be lost).
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -44,6 +44,8 @@ pub enum SectionKind {
     Chunks,
     /// [`crate::records::MemoryIndex`], protobuf.
     Memory,
+    /// [`crate::records::ProcessTree`], protobuf.
+    Processes,
     /// A kind this version does not know.
     Unknown(u32),
 }
@@ -54,6 +56,7 @@ impl SectionKind {
             SectionKind::Info => 1,
             SectionKind::Chunks => 2,
             SectionKind::Memory => 3,
+            SectionKind::Processes => 4,
             SectionKind::Unknown(c) => c,
         }
     }
@@ -63,6 +66,7 @@ impl SectionKind {
             1 => SectionKind::Info,
             2 => SectionKind::Chunks,
             3 => SectionKind::Memory,
+            4 => SectionKind::Processes,
             c => SectionKind::Unknown(c),
         }
     }
@@ -74,6 +78,7 @@ impl fmt::Display for SectionKind {
             SectionKind::Info => f.write_str("info"),
             SectionKind::Chunks => f.write_str("chunks"),
             SectionKind::Memory => f.write_str("memory"),
+            SectionKind::Processes => f.write_str("processes"),
             SectionKind::Unknown(c) => write!(f, "#{c}"),
         }
     }

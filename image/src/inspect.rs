@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::chunk::ChunkId;
 use crate::reader::Image;
+use crate::records::{fd, Process, VmaKind};
 
 /// What `stasis inspect` shows.
 #[derive(Clone, Debug, Serialize)]
@@ -28,6 +29,58 @@ pub struct Inspection {
     pub sections: Vec<SectionSummary>,
     pub memory: MemorySummary,
     pub chunks: ChunkSummary,
+    /// The processes, for an image of processes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessSummary>,
+    /// How the dump went, for an image of processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpSummary>,
+}
+
+/// One process of the image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessSummary {
+    pub pid: i32,
+    pub ppid: i32,
+    pub mm: u32,
+    pub exe: String,
+    pub cwd: String,
+    pub threads: Vec<i32>,
+    pub vmas: Vec<VmaSummary>,
+    pub fds: Vec<FdSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VmaSummary {
+    pub start: u64,
+    pub end: u64,
+    /// Like /proc/PID/maps: "rw-p".
+    pub perms: String,
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FdSummary {
+    pub fd: i32,
+    pub kind: String,
+    pub target: String,
+    pub pos: u64,
+    pub flags: u32,
+}
+
+/// Times and counts of the dump that wrote the image.
+#[derive(Clone, Debug, Serialize)]
+pub struct DumpSummary {
+    pub frozen_us: u64,
+    pub total_us: u64,
+    pub phases: Vec<(String, u64)>,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub pages_skipped: u64,
+    pub bytes_logical: u64,
+    pub bytes_stored: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -128,6 +181,62 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
             from_parent,
             manifest_bytes: image.manifest_len(),
         },
+        processes: image.processes().map(|t| t.processes.iter().map(process_summary).collect()).unwrap_or_default(),
+        dump: image.processes().and_then(|t| t.stats.as_ref()).map(|s| DumpSummary {
+            frozen_us: s.frozen_us,
+            total_us: s.total_us,
+            phases: s.phases.iter().map(|p| (p.name.clone(), p.us)).collect(),
+            pages_scanned: s.pages_scanned,
+            pages_written: s.pages_written,
+            pages_skipped: s.pages_skipped,
+            bytes_logical: s.bytes_logical,
+            bytes_stored: s.bytes_stored,
+        }),
+    }
+}
+
+fn process_summary(p: &Process) -> ProcessSummary {
+    ProcessSummary {
+        pid: p.pid,
+        ppid: p.ppid,
+        mm: p.mm,
+        exe: p.exe.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+        cwd: p.cwd.clone(),
+        threads: p.threads.iter().map(|t| t.tid).collect(),
+        vmas: p
+            .vmas
+            .iter()
+            .map(|v| {
+                let bit = |b: u32, c: char| if v.prot & b != 0 { c } else { '-' };
+                let shared = if v.flags & 1 != 0 { 's' } else { 'p' };
+                VmaSummary {
+                    start: v.start,
+                    end: v.end,
+                    perms: [bit(1, 'r'), bit(2, 'w'), bit(4, 'x'), shared].iter().collect(),
+                    kind: VmaKind::try_from(v.kind)
+                        .map_or_else(|_| v.kind.to_string(), |k| format!("{k:?}").to_lowercase()),
+                    path: v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+                }
+            })
+            .collect(),
+        fds: p
+            .fds
+            .iter()
+            .map(|f| {
+                let (kind, target) = match &f.kind {
+                    Some(fd::Kind::File(r)) if r.deleted => ("file", format!("{} (deleted)", r.path)),
+                    Some(fd::Kind::File(r)) => ("file", r.path.clone()),
+                    Some(fd::Kind::Pipe(id)) => ("pipe", format!("pipe:[{id}]")),
+                    Some(fd::Kind::Fifo(fifo)) => {
+                        ("fifo", fifo.file.as_ref().map(|r| r.path.clone()).unwrap_or_default())
+                    }
+                    Some(fd::Kind::Device(d)) => ("device", d.path.clone()),
+                    Some(fd::Kind::Tty(t)) => ("tty", t.path.clone()),
+                    None => ("unknown", String::new()),
+                };
+                FdSummary { fd: f.fd, kind: kind.into(), target, pos: f.pos, flags: f.flags }
+            })
+            .collect(),
     }
 }
 

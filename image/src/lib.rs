@@ -25,12 +25,16 @@ pub mod format;
 mod inspect;
 mod reader;
 pub mod records;
+pub mod validate;
 mod writer;
 
 pub use chunk::{ChunkEntry, ChunkId, ChunkTable};
 pub use error::{ReadError, WriteError};
 pub use format::SectionKind;
-pub use inspect::{ChunkSummary, Inspection, MemorySummary, ParentSummary, RegionSummary, SectionSummary};
+pub use inspect::{
+    ChunkSummary, DumpSummary, FdSummary, Inspection, MemorySummary, ParentSummary, ProcessSummary, RegionSummary,
+    SectionSummary, VmaSummary,
+};
 pub use reader::{looks_like_image, Image, Manifest, VerifyReport, MAX_PARENT_DEPTH};
 pub use writer::{ImageWriter, WriteOptions, WriteStats, WriteSummary};
 

@@ -16,7 +16,8 @@ use prost::Message;
 use crate::chunk::{ChunkEntry, ChunkId, ChunkTable};
 use crate::error::ReadError;
 use crate::format::{self, Header, SectionEntry, SectionKind, MAX_MANIFEST_LEN, SECTION_REQUIRED};
-use crate::records::{ImageInfo, MemoryIndex, MemoryRegion};
+use crate::records::{ImageInfo, MemoryIndex, MemoryRegion, ProcessTree};
+use crate::validate::validate_processes;
 use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
 
 /// Longest parent chain followed; also what stops a loop of parents.
@@ -35,6 +36,7 @@ pub struct Image {
     info: ImageInfo,
     chunks: ChunkTable,
     memory: MemoryIndex,
+    processes: Option<ProcessTree>,
     pack: File,
     parent: Option<Box<Image>>,
 }
@@ -66,7 +68,7 @@ impl Image {
         }
         let mut bytes = vec![0; len as usize];
         file.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
-        let Manifest { header, sections, info, chunks, memory, hash: manifest_hash, len } =
+        let Manifest { header, sections, info, chunks, memory, processes, hash: manifest_hash, len } =
             Manifest::decode(&path, &bytes)?;
 
         let pack_path = dir.join(PACK_NAME);
@@ -115,6 +117,7 @@ impl Image {
             info,
             chunks,
             memory,
+            processes,
             pack,
             parent,
         })
@@ -147,6 +150,11 @@ impl Image {
 
     pub fn memory(&self) -> &[MemoryRegion] {
         &self.memory.regions
+    }
+
+    /// The process tree, for an image of processes.
+    pub fn processes(&self) -> Option<&ProcessTree> {
+        self.processes.as_ref()
     }
 
     pub fn parent(&self) -> Option<&Image> {
@@ -260,6 +268,7 @@ pub struct Manifest {
     pub info: ImageInfo,
     pub chunks: ChunkTable,
     pub memory: MemoryIndex,
+    pub processes: Option<ProcessTree>,
     /// BLAKE3 of the manifest bytes.
     pub hash: [u8; 32],
     pub len: u64,
@@ -309,12 +318,22 @@ impl Manifest {
         let memory = MemoryIndex::decode(memory_bytes).map_err(|e| malformed(SectionKind::Memory, e.to_string()))?;
         validate_memory(&memory, cs).map_err(|what| malformed(SectionKind::Memory, what))?;
 
+        let processes = match section(SectionKind::Processes) {
+            None => None,
+            Some(b) => {
+                let tree = ProcessTree::decode(b).map_err(|e| malformed(SectionKind::Processes, e.to_string()))?;
+                validate_processes(&tree).map_err(|what| malformed(SectionKind::Processes, what))?;
+                Some(tree)
+            }
+        };
+
         Ok(Manifest {
             header,
             sections,
             info,
             chunks,
             memory,
+            processes,
             hash: *blake3::hash(bytes).as_bytes(),
             len: bytes.len() as u64,
         })

@@ -76,3 +76,448 @@ pub struct MemoryRegion {
     #[prost(bytes = "vec", tag = "4")]
     pub chunk_ids: Vec<u8>,
 }
+
+/// Section `processes`: the process tree and every kernel object its
+/// processes hold. Memory contents are in the `memory` section, keyed by
+/// each process's `mm`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProcessTree {
+    /// Parents before children; the first is the root of the dump.
+    #[prost(message, repeated, tag = "1")]
+    pub processes: Vec<Process>,
+    /// Pipes held by the tree, each once, with their buffered data.
+    #[prost(message, repeated, tag = "2")]
+    pub pipes: Vec<Pipe>,
+    /// How the dump went: times and counts.
+    #[prost(message, optional, tag = "3")]
+    pub stats: Option<DumpStats>,
+    /// The layout of the kernel's special mappings at dump time, for the
+    /// same-kernel check at restore.
+    #[prost(message, optional, tag = "4")]
+    pub kernel: Option<KernelLayout>,
+}
+
+/// One process (thread group).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Process {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub ppid: i32,
+    #[prost(int32, tag = "3")]
+    pub pgid: i32,
+    #[prost(int32, tag = "4")]
+    pub sid: i32,
+    /// Its address space in the memory index.
+    #[prost(uint32, tag = "5")]
+    pub mm: u32,
+    /// The main thread (tid == pid) first.
+    #[prost(message, repeated, tag = "6")]
+    pub threads: Vec<Thread>,
+    /// In address order.
+    #[prost(message, repeated, tag = "7")]
+    pub vmas: Vec<Vma>,
+    /// In fd order.
+    #[prost(message, repeated, tag = "8")]
+    pub fds: Vec<Fd>,
+    /// One per signal 1..=64 except SIGKILL and SIGSTOP.
+    #[prost(message, repeated, tag = "9")]
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process, in queue order.
+    #[prost(message, repeated, tag = "10")]
+    pub shared_pending: Vec<SigInfo>,
+    #[prost(message, optional, tag = "11")]
+    pub mm_fields: Option<MmFields>,
+    #[prost(message, optional, tag = "12")]
+    pub creds: Option<Creds>,
+    #[prost(string, tag = "13")]
+    pub cwd: String,
+    #[prost(string, tag = "14")]
+    pub root: String,
+    #[prost(message, optional, tag = "15")]
+    pub exe: Option<FileRef>,
+    #[prost(uint32, tag = "16")]
+    pub umask: u32,
+    #[prost(message, repeated, tag = "17")]
+    pub rlimits: Vec<Rlimit>,
+    #[prost(uint32, tag = "18")]
+    pub personality: u32,
+    #[prost(bool, tag = "19")]
+    pub no_new_privs: bool,
+    #[prost(int32, tag = "20")]
+    pub pdeathsig: i32,
+    #[prost(int32, tag = "21")]
+    pub dumpable: i32,
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, in that order.
+    #[prost(message, repeated, tag = "22")]
+    pub itimers: Vec<Itimer>,
+    #[prost(bool, tag = "23")]
+    pub child_subreaper: bool,
+    #[prost(bool, tag = "24")]
+    pub thp_disable: bool,
+    /// The signal the parent gets when this process exits.
+    #[prost(int32, tag = "25")]
+    pub exit_signal: i32,
+}
+
+/// One thread.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Thread {
+    #[prost(int32, tag = "1")]
+    pub tid: i32,
+    /// `struct user_regs_struct` (x86_64: 27 little-endian u64).
+    #[prost(bytes = "vec", tag = "2")]
+    pub gpregs: Vec<u8>,
+    /// The `NT_X86_XSTATE` regset as `PTRACE_GETREGSET` returned it.
+    #[prost(bytes = "vec", tag = "3")]
+    pub xstate: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub sigmask: u64,
+    /// Signals pending for this thread only, in queue order.
+    #[prost(message, repeated, tag = "5")]
+    pub pending: Vec<SigInfo>,
+    #[prost(message, optional, tag = "6")]
+    pub altstack: Option<AltStack>,
+    #[prost(message, optional, tag = "7")]
+    pub rseq: Option<Rseq>,
+    #[prost(uint64, tag = "8")]
+    pub robust_list: u64,
+    #[prost(uint64, tag = "9")]
+    pub robust_list_len: u64,
+    #[prost(uint64, tag = "10")]
+    pub clear_child_tid: u64,
+    #[prost(string, tag = "11")]
+    pub comm: String,
+    #[prost(uint64, tag = "12")]
+    pub timer_slack_ns: u64,
+    #[prost(int32, tag = "13")]
+    pub nice: i32,
+}
+
+/// One mapping of an address space.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Vma {
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC.
+    #[prost(uint32, tag = "3")]
+    pub prot: u32,
+    /// MAP_SHARED or MAP_PRIVATE, plus MAP_GROWSDOWN where it applies.
+    #[prost(uint32, tag = "4")]
+    pub flags: u32,
+    /// File offset of `start`, in bytes.
+    #[prost(uint64, tag = "5")]
+    pub offset: u64,
+    /// A [`VmaKind`] value.
+    #[prost(enumeration = "VmaKind", tag = "6")]
+    pub kind: i32,
+    /// The file behind a file mapping.
+    #[prost(message, optional, tag = "7")]
+    pub file: Option<FileRef>,
+    /// [`madvise`] bits that change behaviour and must be set again.
+    #[prost(uint32, tag = "8")]
+    pub madvise: u32,
+    /// Whether the memory index holds (some of) this mapping's pages.
+    #[prost(bool, tag = "9")]
+    pub has_pages: bool,
+}
+
+/// What a mapping is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VmaKind {
+    Anonymous = 0,
+    File = 1,
+    Heap = 2,
+    Stack = 3,
+    Vdso = 4,
+    Vvar = 5,
+    VvarVclock = 6,
+    Vsyscall = 7,
+    /// System V shared memory or another kernel-internal shared object.
+    SharedInternal = 8,
+}
+
+/// Bits of [`Vma::madvise`].
+pub mod madvise {
+    pub const DONTFORK: u32 = 1;
+    pub const WIPEONFORK: u32 = 2;
+    pub const HUGEPAGE: u32 = 4;
+    pub const NOHUGEPAGE: u32 = 8;
+    pub const DONTDUMP: u32 = 16;
+    pub const MERGEABLE: u32 = 32;
+    pub const LOCKED: u32 = 64;
+}
+
+/// A file as it was at dump time: where it was and what it was, so restore
+/// can refuse a file that changed since.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileRef {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(uint64, tag = "2")]
+    pub dev: u64,
+    #[prost(uint64, tag = "3")]
+    pub ino: u64,
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    #[prost(int64, tag = "5")]
+    pub mtime_ns: i64,
+    #[prost(uint32, tag = "6")]
+    pub mode: u32,
+    /// Unlinked while open: its contents are in the memory index, at
+    /// address 0 of address space `contents_mm`.
+    #[prost(bool, tag = "7")]
+    pub deleted: bool,
+    #[prost(uint32, tag = "8")]
+    pub contents_mm: u32,
+}
+
+/// One open file descriptor.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fd {
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    /// Status flags and access mode, as F_GETFL reports them.
+    #[prost(uint32, tag = "2")]
+    pub flags: u32,
+    #[prost(bool, tag = "3")]
+    pub cloexec: bool,
+    /// File position, where the kind has one.
+    #[prost(uint64, tag = "4")]
+    pub pos: u64,
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9")]
+    pub kind: Option<fd::Kind>,
+    /// A lower fd of the same process that shares this fd's open file
+    /// description (made by dup or inherited): restore dups that one.
+    #[prost(int32, optional, tag = "10")]
+    pub same_as: Option<i32>,
+}
+
+pub mod fd {
+    /// What an fd refers to.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// A regular file or a directory.
+        #[prost(message, tag = "5")]
+        File(super::FileRef),
+        /// One end of a pipe in [`super::ProcessTree::pipes`].
+        #[prost(uint64, tag = "6")]
+        Pipe(u64),
+        /// A FIFO opened by path; its buffered data is in the pipe with
+        /// this id.
+        #[prost(message, tag = "7")]
+        Fifo(super::Fifo),
+        /// A character device other than a terminal (/dev/null, ...).
+        #[prost(message, tag = "8")]
+        Device(super::Device),
+        /// A terminal.
+        #[prost(message, tag = "9")]
+        Tty(super::Tty),
+    }
+}
+
+/// A pipe's buffer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Pipe {
+    /// The pipe's inode number at dump time: its identity within the image.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// F_GETPIPE_SZ.
+    #[prost(uint32, tag = "2")]
+    pub capacity: u32,
+    /// Bytes that were buffered, read without consuming them.
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fifo {
+    #[prost(message, optional, tag = "1")]
+    pub file: Option<FileRef>,
+    #[prost(uint64, tag = "2")]
+    pub pipe: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Device {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// Device number (major and minor, as in st_rdev).
+    #[prost(uint64, tag = "2")]
+    pub rdev: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Tty {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(uint64, tag = "2")]
+    pub rdev: u64,
+    /// The terminal stasis itself ran on when dumping: a restore maps it to
+    /// the restoring stasis's terminal (like `criu --shell-job`).
+    #[prost(bool, tag = "3")]
+    pub dumper_terminal: bool,
+}
+
+/// A signal's disposition, as `rt_sigaction` reports it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SigAction {
+    #[prost(int32, tag = "1")]
+    pub signal: i32,
+    /// Handler address, or SIG_DFL (0) / SIG_IGN (1).
+    #[prost(uint64, tag = "2")]
+    pub handler: u64,
+    #[prost(uint64, tag = "3")]
+    pub flags: u64,
+    #[prost(uint64, tag = "4")]
+    pub restorer: u64,
+    #[prost(uint64, tag = "5")]
+    pub mask: u64,
+}
+
+/// A queued signal: the raw `siginfo_t` (128 bytes) as the kernel gave it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SigInfo {
+    #[prost(bytes = "vec", tag = "1")]
+    pub raw: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AltStack {
+    #[prost(uint64, tag = "1")]
+    pub sp: u64,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    #[prost(int32, tag = "3")]
+    pub flags: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rseq {
+    #[prost(uint64, tag = "1")]
+    pub abi: u64,
+    #[prost(uint32, tag = "2")]
+    pub len: u32,
+    #[prost(uint32, tag = "3")]
+    pub signature: u32,
+    #[prost(uint32, tag = "4")]
+    pub flags: u32,
+}
+
+/// The fields of `struct prctl_mm_map` and the auxiliary vector.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MmFields {
+    #[prost(uint64, tag = "1")]
+    pub start_code: u64,
+    #[prost(uint64, tag = "2")]
+    pub end_code: u64,
+    #[prost(uint64, tag = "3")]
+    pub start_data: u64,
+    #[prost(uint64, tag = "4")]
+    pub end_data: u64,
+    #[prost(uint64, tag = "5")]
+    pub start_brk: u64,
+    #[prost(uint64, tag = "6")]
+    pub brk: u64,
+    #[prost(uint64, tag = "7")]
+    pub start_stack: u64,
+    #[prost(uint64, tag = "8")]
+    pub arg_start: u64,
+    #[prost(uint64, tag = "9")]
+    pub arg_end: u64,
+    #[prost(uint64, tag = "10")]
+    pub env_start: u64,
+    #[prost(uint64, tag = "11")]
+    pub env_end: u64,
+    /// The auxiliary vector as u64 words (type, value pairs).
+    #[prost(uint64, repeated, tag = "12")]
+    pub auxv: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Creds {
+    /// real, effective, saved, filesystem
+    #[prost(uint32, repeated, tag = "1")]
+    pub uids: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub gids: Vec<u32>,
+    #[prost(uint32, repeated, tag = "3")]
+    pub groups: Vec<u32>,
+    #[prost(uint64, tag = "4")]
+    pub cap_inheritable: u64,
+    #[prost(uint64, tag = "5")]
+    pub cap_permitted: u64,
+    #[prost(uint64, tag = "6")]
+    pub cap_effective: u64,
+    #[prost(uint64, tag = "7")]
+    pub cap_bounding: u64,
+    #[prost(uint64, tag = "8")]
+    pub cap_ambient: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rlimit {
+    /// RLIMIT_* number.
+    #[prost(uint32, tag = "1")]
+    pub resource: u32,
+    /// u64::MAX is RLIM_INFINITY.
+    #[prost(uint64, tag = "2")]
+    pub soft: u64,
+    #[prost(uint64, tag = "3")]
+    pub hard: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Itimer {
+    #[prost(uint64, tag = "1")]
+    pub interval_us: u64,
+    #[prost(uint64, tag = "2")]
+    pub value_us: u64,
+}
+
+/// The kernel's special mappings at dump time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KernelLayout {
+    #[prost(string, tag = "1")]
+    pub release: String,
+    /// BLAKE3 of the vdso's bytes: equal only on the same kernel build.
+    #[prost(bytes = "vec", tag = "2")]
+    pub vdso_hash: Vec<u8>,
+    /// Names and sizes of the special mappings, e.g. "[vvar] 16384".
+    #[prost(string, repeated, tag = "3")]
+    pub special_mappings: Vec<String>,
+}
+
+/// Times and counts of one dump.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DumpStats {
+    /// From the first task stopped to the last one let go (or killed).
+    #[prost(uint64, tag = "1")]
+    pub frozen_us: u64,
+    #[prost(uint64, tag = "2")]
+    pub total_us: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub phases: Vec<Phase>,
+    #[prost(uint64, tag = "4")]
+    pub pages_scanned: u64,
+    #[prost(uint64, tag = "5")]
+    pub pages_written: u64,
+    /// Pages left out: not present, or clean file pages referenced by file.
+    #[prost(uint64, tag = "6")]
+    pub pages_skipped: u64,
+    #[prost(uint64, tag = "7")]
+    pub bytes_logical: u64,
+    #[prost(uint64, tag = "8")]
+    pub bytes_stored: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Phase {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub us: u64,
+}

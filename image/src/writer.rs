@@ -19,7 +19,7 @@ use crate::chunk::{ChunkEntry, ChunkId, ChunkTable};
 use crate::error::WriteError;
 use crate::format::{self, Header, SectionKind, FORMAT_VERSION, SECTION_REQUIRED};
 use crate::reader::Image;
-use crate::records::{ImageInfo, MemoryIndex, MemoryRegion, ParentRef};
+use crate::records::{ImageInfo, MemoryIndex, MemoryRegion, ParentRef, ProcessTree};
 use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
 
 /// A chunk's id, and its compressed frame unless it is already stored.
@@ -83,6 +83,7 @@ pub struct ImageWriter {
     regions: Vec<MemoryRegion>,
     /// End of each region per address space, to refuse overlaps.
     spans: BTreeMap<(u32, u64), u64>,
+    processes: Option<ProcessTree>,
     stats: WriteStats,
 }
 
@@ -127,6 +128,7 @@ impl ImageWriter {
             parent,
             regions: Vec::new(),
             spans: BTreeMap::new(),
+            processes: None,
             stats: WriteStats::default(),
         })
     }
@@ -221,6 +223,16 @@ impl ImageWriter {
         Ok(())
     }
 
+    /// What has been stored so far.
+    pub fn stats(&self) -> &WriteStats {
+        &self.stats
+    }
+
+    /// Record the process tree (replacing one set before).
+    pub fn set_processes(&mut self, tree: ProcessTree) {
+        self.processes = Some(tree);
+    }
+
     /// Make the image durable and visible. Until this returns Ok, the
     /// directory holds no image.
     pub fn finish(mut self) -> Result<WriteSummary, WriteError> {
@@ -247,14 +259,15 @@ impl ImageWriter {
         let table = ChunkTable::from_entries(self.table.values().copied().collect());
         let memory = MemoryIndex { regions: std::mem::take(&mut self.regions) };
         let header = Header { version: FORMAT_VERSION, incompat: 0, compat: 0 };
-        let bytes = format::encode(
-            &header,
-            &[
-                (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),
-                (SectionKind::Chunks, SECTION_REQUIRED, table.encode()),
-                (SectionKind::Memory, SECTION_REQUIRED, memory.encode_to_vec()),
-            ],
-        );
+        let mut sections = vec![
+            (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),
+            (SectionKind::Chunks, SECTION_REQUIRED, table.encode()),
+            (SectionKind::Memory, SECTION_REQUIRED, memory.encode_to_vec()),
+        ];
+        if let Some(tree) = self.processes.take() {
+            sections.push((SectionKind::Processes, SECTION_REQUIRED, tree.encode_to_vec()));
+        }
+        let bytes = format::encode(&header, &sections);
 
         let tmp = self.dir.join(format!(".{MANIFEST_NAME}.tmp"));
         let manifest = self.dir.join(MANIFEST_NAME);

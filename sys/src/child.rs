@@ -230,6 +230,15 @@ impl Child {
     }
 }
 
+impl Child {
+    /// Gives up ownership: the process is no longer killed on drop. For a
+    /// restored process, which must outlive the agent that made it.
+    pub fn disown(mut self) -> Pid {
+        self.reaped = true;
+        self.pid
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         if !self.reaped {

@@ -15,6 +15,9 @@ pub mod btrfs;
 pub mod child;
 pub mod clone3;
 pub mod dm;
+#[cfg(target_arch = "x86_64")]
+pub mod inject;
+pub mod kcmp;
 pub mod mman;
 pub mod ns;
 pub mod pagemap;
@@ -23,6 +26,8 @@ pub mod prctl;
 pub mod process_vm;
 pub mod procmem;
 pub mod ptrace;
+#[cfg(target_arch = "x86_64")]
+pub mod regs;
 pub mod rlimit;
 pub mod tcp;
 pub mod uffd;

@@ -270,6 +270,47 @@ impl Drop for Seized {
     }
 }
 
+/// Requests used by syscall injection ([`crate::inject`]), which needs to
+/// steer a tracee between syscall-stops and `PTRACE_EVENT_STOP`.
+impl Seized {
+    /// Takes hold of a thread that the kernel attached to us on its own: a
+    /// thread created by a tracee with `CLONE_PTRACE`, or under
+    /// `PTRACE_O_TRACECLONE`/`TRACEFORK`, inherits our `PTRACE_SEIZE` and
+    /// starts with a pending `PTRACE_EVENT_STOP` (kernel/ptrace.c
+    /// `ptrace_init_task`), so it stops before running any user code. Waits
+    /// at most `timeout` for that first stop.
+    pub fn adopt_auto_attached(tid: Pid, timeout: Duration) -> Result<Self, Error> {
+        let mut seized = Seized { pid: tid, state: State::Running, pending: None, _tracer_thread: PhantomData };
+        seized.wait_stop(timeout)?;
+        Ok(seized)
+    }
+
+    /// `PTRACE_SYSCALL`: resumes a stopped tracee until its next
+    /// syscall-enter or syscall-exit stop, delivering the intercepted
+    /// signal if there is one (see [`Seized::take_pending_signal`]).
+    pub fn resume_to_syscall(&mut self) -> Result<(), Error> {
+        let sig = self.pending.take();
+        ptrace::syscall(self.pid, sig).map_err(|errno| Error::Resume { pid: self.pid, errno })?;
+        self.state = State::Running;
+        Ok(())
+    }
+
+    /// `PTRACE_INTERRUPT` sent to a tracee that is already stopped: it takes
+    /// effect once the tracee is resumed, which then stops again in
+    /// `PTRACE_EVENT_STOP` inside `get_signal()`, before it can return to
+    /// user mode (kernel/signal.c `get_signal` handles `JOBCTL_TRAP_STOP`
+    /// before dequeuing any signal).
+    pub fn interrupt_after_resume(&self) -> Result<(), Error> {
+        ptrace::interrupt(self.pid).map_err(|errno| Error::Interrupt { pid: self.pid, errno })
+    }
+
+    /// Forgets the signal intercepted in a signal-delivery-stop, so that the
+    /// next resume suppresses it.
+    pub fn take_pending_signal(&mut self) -> Option<Signal> {
+        self.pending.take()
+    }
+}
+
 fn is_our_child(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

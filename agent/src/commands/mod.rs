@@ -2,5 +2,7 @@
 //! and prints the result.
 
 pub mod check;
+pub mod dump;
 pub mod inspect;
+pub mod restore;
 pub mod verify;

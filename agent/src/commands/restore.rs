@@ -1,0 +1,69 @@
+//! `stasis restore`: bring a process back from an image.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use stasis_checkpoint::restore::{self, RestoreOptions};
+
+use crate::output::json;
+use crate::Outcome;
+
+/// Bring a process back from an image, at its original pid and thread ids,
+/// continuing exactly where it was when it was dumped.
+///
+/// The restored process runs detached: it goes on after stasis exits.
+/// Before anything is created, the image is verified, and every file the
+/// process had open or mapped is checked against the image (a file that
+/// changed since the dump is refused unless --allow-changed-files). If the
+/// original pid is still taken (a process just killed keeps it until it is
+/// reaped), stasis waits up to --pid-timeout. If the restore fails, nothing
+/// it created is left behind.
+///
+/// Exit status: 0 when the process runs again (its pid is printed), 1
+/// otherwise, 2 for bad arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The image directory.
+    #[arg(long, value_name = "DIR")]
+    images: PathBuf,
+    /// Write the restored process's pid to this file.
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+    /// Restore even if files the process had open changed since the dump.
+    #[arg(long)]
+    allow_changed_files: bool,
+    /// Seconds to wait for the original pid to become free.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pid_timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&cancel)).context("cannot install signal handlers")?;
+    }
+    let opts = RestoreOptions {
+        images: args.images.clone(),
+        allow_changed_files: args.allow_changed_files,
+        pid_timeout: Duration::from_secs(args.pid_timeout),
+        cancel: Some(cancel),
+    };
+    let report = restore::restore(&opts).with_context(|| format!("restore from {} failed", args.images.display()))?;
+    if let Some(file) = &args.pidfile {
+        std::fs::write(file, format!("{}\n", report.pid)).with_context(|| {
+            format!("process {} runs, but its pid could not be written to {}", report.pid, file.display())
+        })?;
+    }
+    if args.json {
+        json(&report)?;
+    } else {
+        println!("{}", report.pid);
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,229 @@
+//! The memory of a process: which mappings it has, and which of their pages
+//! the image must hold.
+//!
+//! Only pages that hold something a fresh mapping would not are stored:
+//! present or swapped pages of anonymous mappings (private and shared), and
+//! the private copies (COW) of private file mappings. Clean file pages are
+//! referenced by the file; never-touched pages and the shared zero page are
+//! left out, so restore leaves them unpopulated too. PAGEMAP_SCAN
+//! (Documentation/admin-guide/mm/pagemap.rst) returns these pages as ranges,
+//! one ioctl per mapping.
+
+use stasis_image::records::{madvise, FileRef, Vma, VmaKind};
+use stasis_image::ImageWriter;
+use stasis_sys::pagemap::{Categories, Pagemap, ScanRequest};
+use stasis_sys::process_vm::{self, RemoteAddr};
+use stasis_sys::procmem::ProcMem;
+use stasis_sys::Pid;
+
+use crate::proc::Mapping;
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+pub const MAP_SHARED: u32 = 0x01;
+pub const MAP_PRIVATE: u32 = 0x02;
+pub const MAP_GROWSDOWN: u32 = 0x0100;
+
+/// Which pages of a mapping go into the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    /// None: the kernel or a file provides them.
+    None,
+    /// Every present or swapped page (anonymous memory).
+    All,
+    /// Only pages that are no longer the file's (private file mappings).
+    Anonymous,
+}
+
+/// A mapping as it will be recorded, and which of its pages to store.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub vma: Vma,
+    pub pages: Pages,
+}
+
+/// Decide how each mapping is recorded. `Err` names a mapping stasis
+/// cannot restore, as a sentence for the pre-flight list.
+pub fn plan(m: &Mapping) -> Result<Planned, String> {
+    let prot = (u32::from(m.read) * PROT_READ) | (u32::from(m.write) * PROT_WRITE) | (u32::from(m.exec) * PROT_EXEC);
+    let mut flags = if m.shared { MAP_SHARED } else { MAP_PRIVATE };
+    if m.has_flag("gd") {
+        flags |= MAP_GROWSDOWN;
+    }
+    let what = || format!("mapping {:#x}-{:#x} {}", m.start, m.end, m.name);
+    let special = m.name.starts_with('[') && m.name.ends_with(']');
+    if !special && (m.has_flag("io") || m.has_flag("pf")) {
+        return Err(format!("{} maps device memory", what()));
+    }
+    let (kind, pages, file) = match m.name.as_str() {
+        "[vdso]" => (VmaKind::Vdso, Pages::None, None),
+        "[vvar]" => (VmaKind::Vvar, Pages::None, None),
+        "[vvar_vclock]" => (VmaKind::VvarVclock, Pages::None, None),
+        "[vsyscall]" => (VmaKind::Vsyscall, Pages::None, None),
+        "[heap]" => (VmaKind::Heap, Pages::All, None),
+        "[stack]" => (VmaKind::Stack, Pages::All, None),
+        "" => (VmaKind::Anonymous, Pages::All, None),
+        name if name.starts_with("[anon:") || name.starts_with("[anon_shmem:") => {
+            (VmaKind::Anonymous, Pages::All, None)
+        }
+        "/dev/zero (deleted)" if m.shared => (VmaKind::Anonymous, Pages::All, None),
+        name if name.starts_with("/SYSV") => {
+            return Err(format!("{} is System V shared memory (not supported yet)", what()))
+        }
+        name if name.starts_with("/memfd:") => return Err(format!("{} is a memfd (not supported yet)", what())),
+        _ if m.deleted() => return Err(format!("{} maps a deleted file (not supported yet)", what())),
+        name if name.starts_with('/') => {
+            let file = FileRef { path: name.to_owned(), dev: m.dev, ino: m.inode, ..FileRef::default() };
+            let pages = if m.shared { Pages::None } else { Pages::Anonymous };
+            (VmaKind::File, pages, Some(file))
+        }
+        name => return Err(format!("{} is a kind of mapping stasis does not know ({name})", what())),
+    };
+    let advice = [
+        ("dc", madvise::DONTFORK),
+        ("wf", madvise::WIPEONFORK),
+        ("hg", madvise::HUGEPAGE),
+        ("nh", madvise::NOHUGEPAGE),
+        ("dd", madvise::DONTDUMP),
+        ("mg", madvise::MERGEABLE),
+        ("lo", madvise::LOCKED),
+    ]
+    .iter()
+    .filter(|(f, _)| m.has_flag(f))
+    .fold(0, |acc, (_, bit)| acc | bit);
+    Ok(Planned {
+        vma: Vma {
+            start: m.start,
+            end: m.end,
+            prot,
+            flags,
+            offset: m.offset,
+            kind: kind as i32,
+            file,
+            madvise: advice,
+            has_pages: pages != Pages::None,
+        },
+        pages,
+    })
+}
+
+/// Counts for the dump's statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryStats {
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+}
+
+/// Largest piece read and handed to the writer at once: bounds the agent's
+/// memory use, and is a multiple of every chunk size so pieces cut chunks
+/// where a single read would.
+const PIECE: u64 = 8 << 20;
+const PAGE: u64 = 4096;
+
+/// Store the pages `plans` call for into address space `mm` of `writer`.
+pub fn store(pid: Pid, plans: &[Planned], mm: u32, writer: &mut ImageWriter) -> Result<MemoryStats, MemoryError> {
+    let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
+    let mut mem: Option<ProcMem> = None;
+    let mut stats = MemoryStats::default();
+    let mut buf = Vec::new();
+    for plan in plans {
+        let v = &plan.vma;
+        stats.pages_scanned += (v.end - v.start) / PAGE;
+        let req = match plan.pages {
+            Pages::None => continue,
+            // Present or swapped, and not the shared zero page.
+            Pages::All => ScanRequest {
+                range: v.start..v.end,
+                flags: 0,
+                required: Categories::PFNZERO,
+                any_of: Categories::PRESENT | Categories::SWAPPED,
+                inverted: Categories::PFNZERO,
+                report: Categories::PRESENT,
+            },
+            // Additionally not a page of the file.
+            Pages::Anonymous => ScanRequest {
+                range: v.start..v.end,
+                flags: 0,
+                required: Categories::PFNZERO | Categories::FILE,
+                any_of: Categories::PRESENT | Categories::SWAPPED,
+                inverted: Categories::PFNZERO | Categories::FILE,
+                report: Categories::PRESENT,
+            },
+        };
+        let regions =
+            pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
+        let readable = v.prot & PROT_READ != 0;
+        for r in regions {
+            let mut at = r.start;
+            while at < r.end {
+                let end = ((at / PIECE + 1) * PIECE).min(r.end);
+                buf.resize((end - at) as usize, 0);
+                let read = if readable {
+                    process_vm::read_exact(pid, RemoteAddr(at), &mut buf).map_err(|e| e.to_string())
+                } else {
+                    // process_vm_readv honours protections; /proc/PID/mem
+                    // reads PROT_NONE pages too (FOLL_FORCE).
+                    let mem = match &mem {
+                        Some(m) => m,
+                        None => mem.insert(ProcMem::open(pid, false).map_err(|e| MemoryError::Read {
+                            pid,
+                            start: at,
+                            what: e.to_string(),
+                        })?),
+                    };
+                    mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| e.to_string())
+                };
+                read.map_err(|what| MemoryError::Read { pid, start: at, what })?;
+                writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
+                stats.pages_written += (end - at) / PAGE;
+                at = end;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Why memory could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot find the pages of process {pid} at {start:#x}: {what}")]
+    Scan { pid: Pid, start: u64, what: String },
+    #[error("cannot read memory of process {pid} at {start:#x}: {what}")]
+    Read { pid: Pid, start: u64, what: String },
+    #[error(transparent)]
+    Write(stasis_image::WriteError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proc::parse_smaps;
+
+    #[test]
+    fn plans_of_common_mappings() {
+        let maps = parse_smaps(
+            "00400000-00401000 r-xp 00000000 fe:00 12 /usr/bin/x\n\
+             00600000-00601000 rw-s 00000000 fe:00 13 /data/shared\n\
+             7f0000000000-7f0000001000 rw-s 00000000 00:01 99 /dev/zero (deleted)\n\
+             7f0000100000-7f0000101000 rw-p 00000000 00:00 0 \n\
+             VmFlags: rd wr mr mw me ac dc\n\
+             7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n\
+             VmFlags: rd wr mr mw me gd ac\n\
+             7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0 [vdso]\n\
+             7f0000200000-7f0000201000 rw-s 00000000 00:01 7 /SYSV00000000 (deleted)\n",
+        )
+        .unwrap();
+        let plans: Vec<_> = maps.iter().map(plan).collect();
+        let ok = |i: usize| plans[i].as_ref().unwrap();
+        assert_eq!(ok(0).pages, Pages::Anonymous);
+        assert_eq!(ok(0).vma.prot, PROT_READ | PROT_EXEC);
+        assert_eq!(ok(1).pages, Pages::None);
+        assert_eq!(ok(1).vma.flags, MAP_SHARED);
+        assert_eq!((ok(2).pages, ok(2).vma.kind, ok(2).vma.flags), (Pages::All, VmaKind::Anonymous as i32, MAP_SHARED));
+        assert_eq!(ok(3).vma.madvise, madvise::DONTFORK);
+        assert_eq!(ok(4).vma.flags, MAP_PRIVATE | MAP_GROWSDOWN);
+        assert_eq!((ok(5).pages, ok(5).vma.kind), (Pages::None, VmaKind::Vdso as i32));
+        assert!(plans[6].as_ref().unwrap_err().contains("System V"));
+    }
+}

@@ -1,0 +1,234 @@
+//! The state of a stopped process and its threads: registers and signal
+//! state through ptrace, attributes through /proc, and what only the task
+//! itself can report through injected system calls.
+
+use std::fs;
+
+use stasis_image::records::{
+    AltStack, Creds, Itimer, KernelLayout, MmFields, Process, Rlimit, Rseq, SigAction, SigInfo, Thread,
+};
+use stasis_sys::inject::{find_syscall_site, Injection};
+use stasis_sys::nix::libc;
+use stasis_sys::ptrace::Seized;
+use stasis_sys::Pid;
+
+use super::DumpError;
+use crate::freeze::Frozen;
+use crate::proc::{self, Mapping, Stat};
+
+/// The process record without memory and fds.
+pub(super) fn process(frozen: &mut Frozen, stat: &Stat) -> Result<Process, DumpError> {
+    let pid = frozen.pid();
+    let proc_err = |what: &str| {
+        let what = what.to_owned();
+        move |source| DumpError::Proc { pid, what, source }
+    };
+    let status = proc::parse_status(&proc::read(pid, "status").map_err(proc_err("status"))?);
+    let link = |name: &str| fs::read_link(proc::path(pid, name)).map(|p| p.to_string_lossy().into_owned());
+    let exe_path = link("exe").map_err(proc_err("exe"))?;
+    let exe = fs::metadata(proc::path(pid, "exe")).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        stasis_image::records::FileRef {
+            path: exe_path.strip_suffix(" (deleted)").unwrap_or(&exe_path).to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            mode: m.mode(),
+            deleted: exe_path.ends_with(" (deleted)"),
+            contents_mm: 0,
+        }
+    });
+    let auxv = fs::read(proc::path(pid, "auxv")).map_err(proc_err("auxv"))?;
+    let personality =
+        u32::from_str_radix(proc::read(pid, "personality").map_err(proc_err("personality"))?.trim(), 16).unwrap_or(0);
+    let rlimits = proc::parse_limits(&proc::read(pid, "limits").map_err(proc_err("limits"))?)
+        .into_iter()
+        .map(|(resource, soft, hard)| Rlimit { resource, soft, hard })
+        .collect();
+
+    let main = frozen.threads()[0].pid();
+    debug_assert_eq!(main, pid);
+    let mut threads = Vec::new();
+    for seized in frozen.threads().iter_mut() {
+        threads.push(thread(pid, seized)?);
+    }
+    let shared_pending = frozen.threads()[0]
+        .peek_siginfo(true)
+        .map_err(|e| DumpError::Thread { tid: pid, what: crate::chain(&e) })?
+        .into_iter()
+        .map(|s| SigInfo { raw: s.0.to_vec() })
+        .collect();
+    let injected = injected(pid, &mut frozen.threads()[0])?;
+
+    Ok(Process {
+        pid: pid.as_raw(),
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        mm: 0,
+        threads,
+        vmas: Vec::new(),
+        fds: Vec::new(),
+        sigactions: injected.sigactions,
+        shared_pending,
+        mm_fields: Some(MmFields {
+            start_code: stat.start_code,
+            end_code: stat.end_code,
+            start_data: stat.start_data,
+            end_data: stat.end_data,
+            start_brk: stat.start_brk,
+            brk: injected.brk,
+            start_stack: stat.start_stack,
+            arg_start: stat.arg_start,
+            arg_end: stat.arg_end,
+            env_start: stat.env_start,
+            env_end: stat.env_end,
+            auxv: proc::parse_auxv(&auxv),
+        }),
+        creds: Some(Creds {
+            uids: status.uids,
+            gids: status.gids,
+            groups: status.groups,
+            cap_inheritable: status.cap_inh,
+            cap_permitted: status.cap_prm,
+            cap_effective: status.cap_eff,
+            cap_bounding: status.cap_bnd,
+            cap_ambient: status.cap_amb,
+        }),
+        cwd: link("cwd").map_err(proc_err("cwd"))?,
+        root: link("root").map_err(proc_err("root"))?,
+        exe,
+        umask: status.umask,
+        rlimits,
+        personality,
+        no_new_privs: status.no_new_privs,
+        pdeathsig: injected.pdeathsig,
+        dumpable: injected.dumpable,
+        itimers: injected.itimers,
+        child_subreaper: injected.child_subreaper,
+        thp_disable: !status.thp_enabled,
+        exit_signal: stat.exit_signal,
+    })
+}
+
+/// One thread's registers, signal state and attributes.
+fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
+    let tid = s.pid();
+    let err = |what: String| DumpError::Thread { tid, what };
+    let regs = s.get_regs().map_err(|e| err(crate::chain(&e)))?;
+    let xstate = s.get_xstate().map_err(|e| err(crate::chain(&e)))?;
+    let sigmask = s.get_sigmask().map_err(|e| err(crate::chain(&e)))?;
+    let pending = s.peek_siginfo(false).map_err(|e| err(crate::chain(&e)))?;
+    let rseq = s.rseq_configuration().map_err(|e| err(crate::chain(&e)))?;
+    let stat =
+        proc::parse_stat(&fs::read_to_string(proc::task_path(pid, tid, "stat")).map_err(|e| err(crate::chain(&e)))?)
+            .map_err(err)?;
+    // Per thread, but only under /proc/TID (there is no task/TID entry).
+    let slack =
+        fs::read_to_string(proc::path(tid, "timerslack_ns")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(50_000);
+    let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
+    let (altstack, clear_child_tid, robust) = {
+        let mut inj = s.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
+        let alt = inj.sigaltstack().map_err(|e| err(crate::chain(&e)))?;
+        let ctid = inj.get_tid_address().map_err(|e| err(crate::chain(&e)))?;
+        let robust = robust_list(&mut inj).map_err(|e| err(crate::chain(&e)))?;
+        inj.finish().map_err(|e| err(crate::chain(&e)))?;
+        (alt, ctid, robust)
+    };
+    Ok(Thread {
+        tid: tid.as_raw(),
+        gpregs: regs.to_bytes().to_vec(),
+        xstate: xstate.into_bytes(),
+        sigmask,
+        pending: pending.into_iter().map(|p| SigInfo { raw: p.0.to_vec() }).collect(),
+        altstack: Some(AltStack { sp: altstack.sp, flags: altstack.flags, size: altstack.size }),
+        rseq: rseq.map(|r| Rseq {
+            abi: r.rseq_abi_pointer,
+            len: r.rseq_abi_size,
+            signature: r.signature,
+            flags: r.flags,
+        }),
+        robust_list: robust.0,
+        robust_list_len: robust.1,
+        clear_child_tid,
+        comm: stat.comm,
+        timer_slack_ns: slack,
+        nice: stat.nice,
+    })
+}
+
+/// `get_robust_list(0, &head, &len)` of the injected thread.
+fn robust_list(inj: &mut Injection<'_>) -> Result<(u64, u64), stasis_sys::inject::Error> {
+    let at = inj.scratch()?.addr().0;
+    inj.syscall_ok(libc::SYS_get_robust_list, [0, at, at + 8, 0, 0, 0])?;
+    let mut raw = [0u8; 16];
+    inj.scratch()?.read(0, &mut raw)?;
+    Ok((u64::from_le_bytes(raw[..8].try_into().expect("8")), u64::from_le_bytes(raw[8..].try_into().expect("8"))))
+}
+
+/// Process-wide state only the process itself can report.
+struct Injected {
+    sigactions: Vec<SigAction>,
+    itimers: Vec<Itimer>,
+    pdeathsig: i32,
+    dumpable: i32,
+    child_subreaper: bool,
+    brk: u64,
+}
+
+fn injected(pid: Pid, main: &mut Seized) -> Result<Injected, DumpError> {
+    let err = |what: String| DumpError::Thread { tid: pid, what };
+    let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
+    let mut inj = main.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
+    let mut sigactions = Vec::new();
+    // Every signal but SIGKILL and SIGSTOP, whose disposition is fixed.
+    for sig in (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
+        let a = inj.sigaction(sig).map_err(|e| err(format!("sigaction({sig}): {e}")))?;
+        sigactions.push(SigAction {
+            signal: sig,
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        });
+    }
+    let mut itimers = Vec::new();
+    for which in 0..3 {
+        let t = inj.getitimer(which).map_err(|e| err(format!("getitimer({which}): {e}")))?;
+        itimers.push(Itimer { interval_us: t.interval_us, value_us: t.value_us });
+    }
+    let pdeathsig = inj.prctl_get_int(libc::PR_GET_PDEATHSIG).map_err(|e| err(crate::chain(&e)))?;
+    let dumpable = inj.prctl(libc::PR_GET_DUMPABLE, [0; 4]).map_err(|e| err(crate::chain(&e)))? as i32;
+    let child_subreaper = inj.prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).map_err(|e| err(crate::chain(&e)))? != 0;
+    let brk = inj.syscall(libc::SYS_brk, [0; 6]).map_err(|e| err(format!("brk(0): {e}")))? as u64;
+    inj.finish().map_err(|e| err(crate::chain(&e)))?;
+    Ok(Injected { sigactions, itimers, pdeathsig, dumpable, child_subreaper, brk })
+}
+
+/// The layout of the kernel's special mappings, and the vdso's hash.
+pub(super) fn kernel_layout(pid: Pid, maps: &[Mapping]) -> KernelLayout {
+    let special: Vec<&Mapping> = maps.iter().filter(|m| m.name.starts_with('[') && m.name.ends_with(']')).collect();
+    let vdso_hash = special
+        .iter()
+        .find(|m| m.name == "[vdso]")
+        .and_then(|m| {
+            let mut buf = vec![0; (m.end - m.start) as usize];
+            stasis_sys::process_vm::read_exact(pid, stasis_sys::process_vm::RemoteAddr(m.start), &mut buf).ok()?;
+            Some(blake3_hash(&buf))
+        })
+        .unwrap_or_default();
+    KernelLayout {
+        release: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        vdso_hash,
+        special_mappings: special
+            .iter()
+            .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+            .map(|m| format!("{} {}", m.name, m.end - m.start))
+            .collect(),
+    }
+}
+
+fn blake3_hash(data: &[u8]) -> Vec<u8> {
+    stasis_image::ChunkId::of(data).0.to_vec()
+}

@@ -1,0 +1,11 @@
+//! Memory character devices (major 1): /dev/null, /dev/zero, /dev/full,
+//! /dev/random, /dev/urandom. They have no state; restore opens the same
+//! device node again.
+
+use stasis_image::records::{fd::Kind, Device};
+
+use super::Seen;
+
+pub fn dump(seen: &Seen) -> Kind {
+    Kind::Device(Device { path: seen.target.clone(), rdev: seen.rdev })
+}

@@ -1,0 +1,142 @@
+//! File descriptors, one module per kind behind one table (as CRIU's
+//! `files-reg.c`, `pipes.c`, ...): adding a kind is one file and one arm of
+//! [`Kind`].
+//!
+//! Classifying needs only /proc (`readlink` and `stat` of /proc/PID/fd/N), so
+//! the pre-flight check can list every unsupported fd without stopping or
+//! touching the target. Dumping works on the agent's own copy of the fd,
+//! taken with pidfd_getfd(2), which reads pipe buffers and deleted files'
+//! contents without running code in the target.
+
+pub mod device;
+pub mod file;
+pub mod pipe;
+pub mod tty;
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use stasis_image::records::{self, fd::Kind as RecordKind};
+use stasis_sys::Pid;
+
+use crate::proc;
+
+/// The kinds of fd stasis can dump and restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file or a directory, deleted or not.
+    File,
+    /// An anonymous pipe.
+    Pipe,
+    /// A named pipe opened by path.
+    Fifo,
+    /// A memory character device: /dev/null, /dev/zero, /dev/full,
+    /// /dev/random, /dev/urandom.
+    Device,
+    /// A terminal.
+    Tty,
+}
+
+/// One fd of the target as pre-flight saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub fd: i32,
+    /// The /proc/PID/fd/N link target.
+    pub target: String,
+    pub kind: Result<Kind, String>,
+    pub info: proc::FdInfo,
+    pub rdev: u64,
+    pub ino: u64,
+}
+
+/// Every fd of `pid`, classified. An fd that closes while we look is left out.
+pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(proc::path(pid, "fd"))? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let (Ok(target), Ok(meta), Ok(info)) = (
+            fs::read_link(entry.path()),
+            fs::metadata(entry.path()),
+            fs::read_to_string(proc::path(pid, &format!("fdinfo/{fd}"))),
+        ) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        let kind = classify(&target, &meta);
+        out.push(Seen { fd, target, kind, info: proc::parse_fdinfo(&info), rdev: meta.rdev(), ino: meta.ino() });
+    }
+    out.sort_by_key(|s| s.fd);
+    Ok(out)
+}
+
+/// Which module handles an fd, or a name for what it is when none does.
+pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
+    let ft = meta.file_type();
+    if let Some(rest) = target.strip_prefix("anon_inode:") {
+        return Err(rest.trim_matches(['[', ']']).to_owned());
+    }
+    if target.starts_with("socket:") || ft.is_socket() {
+        return Err("socket".into());
+    }
+    if target.starts_with("pipe:") {
+        return Ok(Kind::Pipe);
+    }
+    if target.starts_with("/memfd:") {
+        return Err("memfd".into());
+    }
+    if ft.is_fifo() {
+        return Ok(Kind::Fifo);
+    }
+    if ft.is_file() || ft.is_dir() {
+        return Ok(Kind::File);
+    }
+    if ft.is_char_device() {
+        let major = rustix_major(meta.rdev());
+        return match major {
+            1 => Ok(Kind::Device),
+            4 | 5 | 136..=143 => Ok(Kind::Tty),
+            m => Err(format!("character device {m}:{}", rustix_minor(meta.rdev()))),
+        };
+    }
+    if ft.is_block_device() {
+        return Err("block device".into());
+    }
+    Err(format!("unknown object {target}"))
+}
+
+/// `major(dev)` as glibc decodes it.
+pub fn rustix_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
+}
+
+/// `minor(dev)` as glibc decodes it.
+pub fn rustix_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
+}
+
+/// What dumping one fd produced besides its record.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// A pipe buffer, to be stored once per pipe.
+    pub pipe: Option<records::Pipe>,
+    /// Contents of a deleted file, to be stored in the memory index.
+    pub contents: Option<Vec<u8>>,
+}
+
+/// Dump one fd from the agent's copy of it.
+pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra), String> {
+    match seen.kind.clone()? {
+        Kind::File => file::dump(seen, copy),
+        Kind::Pipe => {
+            pipe::dump(seen, copy).map(|(id, p)| (RecordKind::Pipe(id), Extra { pipe: Some(p), ..Extra::default() }))
+        }
+        Kind::Fifo => pipe::dump_fifo(seen, copy),
+        Kind::Device => Ok((device::dump(seen), Extra::default())),
+        Kind::Tty => Ok((tty::dump(seen), Extra::default())),
+    }
+}
+
+/// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.
+pub const FDINFO_CLOEXEC: u32 = 0o2000000;

@@ -1,0 +1,205 @@
+//! Re-creating a process's file descriptors in the agent: each object is
+//! opened or built here, with its position and status flags set on the open
+//! file description, and then handed to the puppet (see `mod.rs`), which
+//! receives a reference to the same description.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+use stasis_image::records::{fd::Kind, FileRef, Pipe};
+use stasis_image::Image;
+use stasis_sys::nix::fcntl::{fcntl, FcntlArg, OFlag};
+use stasis_sys::nix::unistd::{lseek, pipe2, Whence};
+use stasis_sys::nix::{self, libc};
+
+/// What the puppet's fd `fd` will be.
+#[derive(Debug)]
+pub enum Planned {
+    /// A new reference to this description.
+    Object { fd: i32, object: OwnedFd, cloexec: bool },
+    /// A dup of the puppet's fd `of`, which comes earlier.
+    Dup { fd: i32, of: i32, cloexec: bool },
+}
+
+/// Why an fd could not be re-created.
+#[derive(Debug, thiserror::Error)]
+pub enum FdError {
+    #[error("fd {fd}: {path} changed since the dump ({what}); pass --allow-changed-files to restore anyway")]
+    Changed { fd: i32, path: String, what: String },
+    #[error("fd {fd}: cannot open {path}: {source}")]
+    Open { fd: i32, path: String, source: std::io::Error },
+    #[error("fd {fd}: {what}")]
+    Other { fd: i32, what: String },
+}
+
+/// Status flags that open(2) must not see again (they act at open time).
+const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY;
+
+/// Whether the file at `f.path` is still the one the image recorded.
+pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata) -> Result<(), String> {
+    if meta.dev() != f.dev || meta.ino() != f.ino {
+        return Err(format!(
+            "it is another file now (device {} inode {}, was {} {})",
+            meta.dev(),
+            meta.ino(),
+            f.dev,
+            f.ino
+        ));
+    }
+    if meta.size() != f.size {
+        return Err(format!("size {} bytes, was {}", meta.size(), f.size));
+    }
+    let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    if mtime != f.mtime_ns && meta.is_file() {
+        return Err("modified since".into());
+    }
+    Ok(())
+}
+
+/// Build every fd of a process record.
+pub fn plan(
+    image: &Image,
+    fds: &[stasis_image::records::Fd],
+    pipes: &[Pipe],
+    allow_changed: bool,
+) -> Result<Vec<Planned>, FdError> {
+    let mut out = Vec::with_capacity(fds.len());
+    // One pipe per id, made on first use: (read end, write end).
+    let mut made: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
+    let mut filled = HashSet::new();
+    for r in fds {
+        let fd = r.fd;
+        if let Some(of) = r.same_as {
+            out.push(Planned::Dup { fd, of, cloexec: r.cloexec });
+            continue;
+        }
+        let other = |what: String| FdError::Other { fd, what };
+        let flags = r.flags as i32 & !OPEN_ONLY;
+        let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
+            Kind::File(f) if f.deleted => deleted_file(image, fd, f, flags, r.pos)?,
+            Kind::File(f) => {
+                let file = open(fd, &f.path, flags)?;
+                let meta = file.metadata().map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
+                if !allow_changed {
+                    check_unchanged(f, &meta).map_err(|what| FdError::Changed { fd, path: f.path.clone(), what })?;
+                }
+                if meta.is_file() {
+                    lseek(&file, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
+                }
+                file.into()
+            }
+            Kind::Pipe(id) => {
+                let pipe = pipes.iter().find(|p| p.id == *id).ok_or_else(|| other(format!("pipe {id} is missing")))?;
+                if !made.contains_key(id) {
+                    made.insert(*id, new_pipe(pipe).map_err(other)?);
+                }
+                let (rd, wr) = &made[id];
+                let end = if flags & libc::O_ACCMODE == libc::O_RDONLY { rd } else { wr };
+                // A pipe end seen a second time (not as a dup) was a separate
+                // description: open another through /proc.
+                reopen_with_flags(end, flags).map_err(other)?
+            }
+            Kind::Fifo(fifo) => {
+                let file = fifo.file.as_ref().ok_or_else(|| other("FIFO without a path".into()))?;
+                // Hold the FIFO open read-write while filling it and opening
+                // it as recorded, so no open blocks and the data stays.
+                let holder = open(fd, &file.path, libc::O_RDWR | libc::O_NONBLOCK)?;
+                if filled.insert(fifo.pipe) {
+                    if let Some(p) = pipes.iter().find(|p| p.id == fifo.pipe) {
+                        fill(&holder, p).map_err(other)?;
+                    }
+                }
+                let object = open(fd, &file.path, flags | libc::O_NONBLOCK)?;
+                fcntl(&object, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)))
+                    .map_err(|e| other(format!("F_SETFL: {e}")))?;
+                object.into()
+            }
+            Kind::Device(d) => open(fd, &d.path, flags)?.into(),
+            Kind::Tty(t) => {
+                let path =
+                    if t.dumper_terminal { own_terminal().unwrap_or_else(|| t.path.clone()) } else { t.path.clone() };
+                open(fd, &path, flags)?.into()
+            }
+        };
+        out.push(Planned::Object { fd, object, cloexec: r.cloexec });
+    }
+    Ok(out)
+}
+
+fn open(fd: i32, path: &str, flags: i32) -> Result<fs::File, FdError> {
+    let acc = flags & libc::O_ACCMODE;
+    OpenOptions::new()
+        .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .open(path)
+        .map_err(|source| FdError::Open { fd, path: path.to_owned(), source })
+}
+
+/// The terminal the restoring stasis runs on, if any.
+fn own_terminal() -> Option<String> {
+    (0..3).find_map(|fd| {
+        let link = fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+        let s = link.to_string_lossy().into_owned();
+        (s.starts_with("/dev/pts/") || s.starts_with("/dev/tty")).then_some(s)
+    })
+}
+
+/// A new pipe with the capacity and contents of `p`.
+fn new_pipe(p: &Pipe) -> Result<(OwnedFd, OwnedFd), String> {
+    let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
+    fcntl(&wr, FcntlArg::F_SETPIPE_SZ(p.capacity as i32)).map_err(|e| format!("F_SETPIPE_SZ({}): {e}", p.capacity))?;
+    fill(&wr, p)?;
+    Ok((rd, wr))
+}
+
+fn fill(end: impl AsFd, p: &Pipe) -> Result<(), String> {
+    let mut at = 0;
+    while at < p.data.len() {
+        at += nix::unistd::write(end.as_fd(), &p.data[at..]).map_err(|e| format!("writing pipe data: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A new open file description of the pipe behind `end`, with `flags`.
+fn reopen_with_flags(end: &OwnedFd, flags: i32) -> Result<OwnedFd, String> {
+    let path = format!("/proc/self/fd/{}", end.as_raw_fd());
+    let f = open(-1, &path, flags).map_err(|e| e.to_string())?;
+    Ok(f.into())
+}
+
+/// Re-create a file that was deleted while open: made at its old path when
+/// that is free (so /proc shows the same name), filled, and unlinked.
+fn deleted_file(image: &Image, fd: i32, f: &FileRef, flags: i32, pos: u64) -> Result<OwnedFd, FdError> {
+    let other = |what: String| FdError::Other { fd, what };
+    let mut data = Vec::new();
+    if f.size > 0 {
+        let region = image
+            .memory()
+            .iter()
+            .find(|r| r.mm == f.contents_mm)
+            .ok_or_else(|| other(format!("contents of deleted {} are missing from the image", f.path)))?;
+        data = image.read_region(region).map_err(|e| other(e.to_string()))?;
+        data.truncate(f.size as usize);
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(f.mode & 0o7777)
+        .open(&f.path)
+        .map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
+    let unlinked = fs::remove_file(&f.path);
+    file.write_all(&data).map_err(|e| other(format!("writing {}: {e}", f.path)))?;
+    unlinked.map_err(|e| other(format!("unlinking {}: {e}", f.path)))?;
+    let object: OwnedFd = if flags & libc::O_ACCMODE == libc::O_RDWR {
+        file.into()
+    } else {
+        reopen_with_flags(&file.into(), flags).map_err(other)?
+    };
+    lseek(&object, pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
+    Ok(object)
+}

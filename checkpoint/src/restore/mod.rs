@@ -1,0 +1,803 @@
+//! `restore`: bring a process back from an image, at its original pid and
+//! thread ids, driven entirely from outside ("puppet" restore).
+//!
+//! 1. Open and verify the image; check this kernel has the image's vdso
+//!    layout and this CPU its register state; re-create every fd object in
+//!    the agent (refusing files that changed since the dump); wait until the
+//!    pid and thread ids are free.
+//! 2. Create the puppet: a child of the agent at the original pid
+//!    (clone3 with set_tid), which stops itself at once and is seized.
+//! 3. Through injected system calls ([`stasis_sys::inject`]): map a
+//!    trampoline (`syscall`) and a scratch page in a gap free in both the
+//!    puppet's and the image's layout, close every inherited fd, unmap all
+//!    the agent's memory, move the vdso and vvar to the image's addresses,
+//!    map every recorded mapping, and write the stored pages through
+//!    /proc/PID/mem. Then the mm fields (PR_SET_MM_MAP), fds (fetched with
+//!    pidfd_getfd from the agent), cwd, umask, rlimits, signal handlers,
+//!    itimers, process attributes, threads (clone3 with set_tid, each
+//!    stopped before running), per-thread state, and pending signals.
+//! 4. Unmap the trampoline, set every thread's registers (with the
+//!    syscall-restart fix-ups of [`resume`]) and signal mask, and detach:
+//!    the process runs on, and is no longer the agent's concern.
+//!
+//! On any failure the puppet is killed before anything of it can run:
+//! nothing is ever left half-restored.
+
+mod fds;
+mod layout;
+mod resume;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stasis_image::records::{fd, Process, ProcessTree, VmaKind};
+use stasis_image::{Image, ReadError};
+use stasis_sys::child::{Child, ChildAction};
+use stasis_sys::inject::{find_syscall_site, Injection};
+use stasis_sys::nix::libc;
+use stasis_sys::process_vm::RemoteAddr;
+use stasis_sys::procmem::ProcMem;
+use stasis_sys::ptrace::{Options, Seized};
+use stasis_sys::regs::{GpRegs, XState};
+use stasis_sys::{clone3, Pid, Signal};
+
+pub use fds::FdError;
+
+use crate::proc;
+use layout::Current;
+
+/// What to restore and how.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub images: PathBuf,
+    /// Restore even when a file the process had open changed since.
+    pub allow_changed_files: bool,
+    /// How long to wait for the original pid to become free.
+    pub pid_timeout: Duration,
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// What a successful restore did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RestoreReport {
+    pub pid: i32,
+    pub threads: usize,
+    pub total_us: u64,
+    pub phases: Vec<(String, u64)>,
+    pub pages_written: u64,
+}
+
+/// Why a restore failed. Nothing it created is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot use image {dir}")]
+    Image { dir: PathBuf, source: ReadError },
+    #[error("image {0} holds no processes")]
+    NoProcesses(PathBuf),
+    #[error("cannot restore this image: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Incompatible(String),
+    #[error("pid {pid} is taken by a running process ({comm}); stop it or restore elsewhere")]
+    PidTaken { pid: i32, comm: String },
+    #[error(transparent)]
+    Fd(#[from] FdError),
+    #[error("cannot create the process at pid {pid}: {what}")]
+    Create { pid: i32, what: String },
+    #[error("restoring {step} failed: {what}")]
+    Step { step: String, what: String },
+    #[error("cancelled; nothing was left behind")]
+    Cancelled,
+}
+
+fn step(name: &str) -> impl Fn(String) -> RestoreError + '_ {
+    move |what| RestoreError::Step { step: name.to_owned(), what }
+}
+
+/// Restore the image; see the module docs for the steps.
+pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
+    let start = Instant::now();
+    let mut last = start;
+    let mut phases = Vec::new();
+    let mut phase = |name: &str| {
+        let now = Instant::now();
+        phases.push((name.to_owned(), (now - last).as_micros() as u64));
+        last = now;
+    };
+    let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
+    let image_err = |source| RestoreError::Image { dir: opts.images.clone(), source };
+
+    let image = Image::open(&opts.images).map_err(image_err)?;
+    image.verify().map_err(image_err)?;
+    let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
+    if tree.processes.len() != 1 {
+        return Err(RestoreError::Unsupported(format!(
+            "it holds {} processes; restoring process trees is not supported yet",
+            tree.processes.len()
+        )));
+    }
+    let p = &tree.processes[0];
+    check_kernel(tree)?;
+    check_mapped_files(p, opts.allow_changed_files)?;
+    phase("check");
+
+    let planned = fds::plan(&image, &p.fds, &tree.pipes, opts.allow_changed_files)?;
+    phase("fds");
+    wait_free(p, opts.pid_timeout)?;
+    if cancelled() {
+        return Err(RestoreError::Cancelled);
+    }
+
+    let mut puppet = Puppet::create(p.pid)?;
+    phase("create");
+    let pages = puppet.build(&image, p, planned, &mut phase)?;
+    if cancelled() {
+        return Err(RestoreError::Cancelled);
+    }
+    let threads = puppet.release(p)?;
+    phase("resume");
+    Ok(RestoreReport {
+        pid: p.pid,
+        threads,
+        total_us: start.elapsed().as_micros() as u64,
+        phases,
+        pages_written: pages,
+    })
+}
+
+/// The vdso must be this kernel's: the process has code addresses in it.
+fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
+    let Some(k) = &tree.kernel else { return Ok(()) };
+    let maps = proc::parse_smaps(&std::fs::read_to_string("/proc/self/maps").unwrap_or_default()).unwrap_or_default();
+    let ours = maps.iter().find(|m| m.name == "[vdso]");
+    let our_hash = ours.and_then(|m| {
+        let mut buf = vec![0; (m.end - m.start) as usize];
+        stasis_sys::process_vm::read_exact(Pid::this(), RemoteAddr(m.start), &mut buf).ok()?;
+        Some(stasis_image::ChunkId::of(&buf).0.to_vec())
+    });
+    if !k.vdso_hash.is_empty() && our_hash.as_deref() != Some(&k.vdso_hash[..]) {
+        let here = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        return Err(RestoreError::Incompatible(format!(
+            "the image was made on kernel {} whose vdso differs from this kernel's ({}); restore needs the same kernel",
+            k.release,
+            here.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Files behind mappings must be the same files (device and inode) as at
+/// dump time: the process has their pages mapped, not copies.
+fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
+        let Some(f) = &v.file else { continue };
+        let meta = std::fs::metadata(&f.path)
+            .map_err(|e| RestoreError::Incompatible(format!("mapped file {} is not there: {e}", f.path)))?;
+        if !allow_changed && (meta.dev() != f.dev || meta.ino() != f.ino) {
+            return Err(RestoreError::Incompatible(format!(
+                "mapped file {} was replaced since the dump; pass --allow-changed-files to restore anyway",
+                f.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Wait until the pid and every thread id is free. A process that was
+/// just killed keeps its pid until its parent reaps it, and PID 1 on some
+/// machines reaps orphans a second or two late.
+fn wait_free(p: &Process, timeout: Duration) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + timeout;
+    for t in &p.threads {
+        let path = format!("/proc/{}", t.tid);
+        loop {
+            let stat = std::fs::read_to_string(format!("{path}/stat"));
+            let Ok(stat) = stat else { break };
+            if Instant::now() >= deadline {
+                let comm = proc::parse_stat(&stat).map(|s| s.comm).unwrap_or_default();
+                return Err(RestoreError::PidTaken { pid: t.tid, comm });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Size of the trampoline (one page of code) and scratch (the rest).
+const TRAMPOLINE_LEN: u64 = 64 * 1024;
+const SCRATCH_OFFSET: u64 = 4096;
+const PAGE: u64 = 4096;
+/// rseq(2) flag.
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+/// `sizeof(struct robust_list_head)`, the only length set_robust_list takes.
+const ROBUST_LIST_HEAD_LEN: u64 = 24;
+
+/// The process being built. Dropping it kills it (before its threads are
+/// detached), so an error never leaves a half-restored process running.
+struct Puppet {
+    pid: Pid,
+    /// Declared before `child`: detached after the kill below.
+    main: Option<Seized>,
+    threads: Vec<Seized>,
+    child: Option<Child>,
+    /// Base of the trampoline page, then the scratch pages.
+    tramp: u64,
+    host_xfeatures: u64,
+}
+
+impl Drop for Puppet {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = stasis_sys::nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Puppet {
+    fn create(pid: i32) -> Result<Puppet, RestoreError> {
+        let create = |what: String| RestoreError::Create { pid, what };
+        let child =
+            clone3::spawn_with_tid(&[Pid::from_raw(pid)], ChildAction::StopSelf).map_err(|e| create(e.to_string()))?;
+        let pid = child.pid();
+        // EXITKILL: if stasis dies half-way, the puppet dies with it.
+        let opts = Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL;
+        let mut puppet =
+            Puppet { pid, main: None, threads: Vec::new(), child: Some(child), tramp: 0, host_xfeatures: 0 };
+        let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
+        // It stops itself with SIGSTOP: take that stop, then bring it into
+        // the PTRACE_EVENT_STOP injections start from.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stop = main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))?;
+            match stop {
+                stasis_sys::ptrace::Stop::Event { event: stasis_sys::ptrace::PTRACE_EVENT_STOP, .. } => break,
+                _ if Instant::now() < deadline => {
+                    // A signal-delivery stop of its SIGSTOP: suppress it and
+                    // go round again.
+                    main.take_pending_signal();
+                    main.interrupt_after_resume().map_err(|e| create(e.to_string()))?;
+                    main.resume().map_err(|e| create(e.to_string()))?;
+                }
+                other => return Err(create(format!("unexpected stop {other:?}"))),
+            }
+        }
+        puppet.host_xfeatures = main.get_xstate().ok().and_then(|x| x.xfeatures()).unwrap_or(0);
+        puppet.main = Some(main);
+        Ok(puppet)
+    }
+
+    /// Steps 3 of the module docs. Returns the pages written.
+    fn build(
+        &mut self,
+        image: &Image,
+        p: &Process,
+        planned: Vec<fds::Planned>,
+        phase: &mut dyn FnMut(&str),
+    ) -> Result<u64, RestoreError> {
+        let pid = self.pid;
+        for t in &p.threads {
+            let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
+            if xf & !self.host_xfeatures != 0 {
+                return Err(RestoreError::Incompatible(format!(
+                    "thread {} used CPU register state (xfeatures {xf:#x}) this CPU lacks (it has {:#x})",
+                    t.tid, self.host_xfeatures
+                )));
+            }
+        }
+
+        // The trampoline goes where neither the agent's copy nor the image
+        // has anything.
+        let current = current_maps(pid)?;
+        let mut taken: Vec<(u64, u64)> = current.iter().map(|c| (c.start, c.end)).collect();
+        taken.extend(p.vmas.iter().map(|v| (v.start, v.end)));
+        self.tramp = layout::free_gap(&taken, TRAMPOLINE_LEN, 1 << 32, 1 << 46).ok_or_else(|| RestoreError::Step {
+            step: "layout".into(),
+            what: "no free gap for the trampoline".into(),
+        })?;
+        let moves = layout::special_moves(&current, &p.vmas).map_err(RestoreError::Incompatible)?;
+
+        let main = self.main.as_mut().expect("seized in create");
+        let rseq = main.rseq_configuration().map_err(|e| step("rseq")(crate::chain(&e)))?;
+        let vdso_site = find_syscall_site(pid).map_err(|e| step("injection")(crate::chain(&e)))?;
+        // Phase A: through the vdso, map the trampoline.
+        {
+            let mut inj = main.begin_injection(vdso_site).map_err(|e| step("injection")(crate::chain(&e)))?;
+            let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+            let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+            let at = inj
+                .syscall_ok(libc::SYS_mmap, [self.tramp, TRAMPOLINE_LEN, prot, flags, u64::MAX, 0])
+                .map_err(|e| step("trampoline")(crate::chain(&e)))?;
+            if at != self.tramp {
+                return Err(step("trampoline")(format!("mapped at {at:#x}, not {:#x}", self.tramp)));
+            }
+            // syscall; int3
+            stasis_sys::process_vm::write_exact(pid, RemoteAddr(self.tramp), &[0x0f, 0x05, 0xcc])
+                .map_err(|e| step("trampoline")(crate::chain(&e)))?;
+            // The puppet inherited the agent's rseq registration, which the
+            // kernel writes to on every return to user space: drop it while
+            // the agent's memory is still there.
+            if let Some(rs) = rseq.filter(|r| r.rseq_abi_pointer != 0) {
+                inj.syscall_ok(
+                    libc::SYS_rseq,
+                    [
+                        rs.rseq_abi_pointer,
+                        u64::from(rs.rseq_abi_size),
+                        RSEQ_FLAG_UNREGISTER,
+                        u64::from(rs.signature),
+                        0,
+                        0,
+                    ],
+                )
+                .map_err(|e| step("rseq")(crate::chain(&e)))?;
+            }
+            inj.finish().map_err(|e| step("injection")(crate::chain(&e)))?;
+        }
+        phase("trampoline");
+
+        let tramp = self.tramp;
+        let scratch = tramp + SCRATCH_OFFSET;
+        let mut inj = main.begin_injection(RemoteAddr(tramp)).map_err(|e| step("injection")(crate::chain(&e)))?;
+        let mut r = Remote { inj: &mut inj, pid, scratch };
+
+        // Nothing of the agent stays: its fds, then its memory.
+        r.call("close fds", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
+        for c in &current {
+            let special = matches!(c.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]");
+            if special || (c.start >= tramp && c.end <= tramp + TRAMPOLINE_LEN) {
+                continue;
+            }
+            r.call("unmap", libc::SYS_munmap, [c.start, c.end - c.start, 0, 0, 0, 0])?;
+        }
+        // The special mappings move by one distance; through a free spot
+        // first when the two places overlap.
+        if let Some(first) = moves.first() {
+            let lo = moves.iter().map(|m| m.from.min(m.to)).min().unwrap_or(0);
+            let hi = moves.iter().map(|m| m.from.max(m.to) + m.len).max().unwrap_or(0);
+            let span = moves.iter().map(|m| m.from + m.len).max().unwrap_or(0) - first.from;
+            let mut taken: Vec<(u64, u64)> = p.vmas.iter().map(|v| (v.start, v.end)).collect();
+            taken.push((lo, hi));
+            taken.push((tramp, tramp + TRAMPOLINE_LEN));
+            let temp = layout::free_gap(&taken, span, 1 << 32, 1 << 46)
+                .ok_or_else(|| step("vdso")("no free gap to move the vdso through".into()))?;
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            for m in &moves {
+                r.call("vdso", libc::SYS_mremap, [m.from, m.len, m.len, flags, temp + (m.from - first.from), 0])?;
+            }
+            for m in &moves {
+                r.call("vdso", libc::SYS_mremap, [temp + (m.from - first.from), m.len, m.len, flags, m.to, 0])?;
+            }
+        }
+        for c in current.iter().filter(|c| matches!(c.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]")) {
+            if !moves.iter().any(|m| m.name == c.name) {
+                r.call("unmap", libc::SYS_munmap, [c.start, c.end - c.start, 0, 0, 0, 0])?;
+            }
+        }
+        phase("unmap");
+
+        for v in &p.vmas {
+            r.map_vma(v)?;
+        }
+        phase("map");
+        let pages = write_memory(image, pid, p.mm)?;
+        phase("memory");
+
+        r.mm_fields(p)?;
+        r.install_fds(planned)?;
+        phase("fds");
+        r.attributes(p)?;
+        r.signals(p)?;
+        phase("attributes");
+
+        // Threads, each stopped before it runs; then what is per thread.
+        let mut threads = Vec::new();
+        for t in p.threads.iter().skip(1) {
+            let seized =
+                r.inj.clone_thread(Pid::from_raw(t.tid), None).map_err(|e| step("threads")(crate::chain(&e)))?;
+            threads.push(seized);
+        }
+        {
+            let main_record = &p.threads[0];
+            r.per_thread(main_record)?;
+        }
+        for (seized, t) in threads.iter_mut().zip(p.threads.iter().skip(1)) {
+            let mut inj = seized.begin_injection(RemoteAddr(tramp)).map_err(|e| step("threads")(crate::chain(&e)))?;
+            let mut tr = Remote { inj: &mut inj, pid, scratch };
+            tr.per_thread(t)?;
+            inj.finish().map_err(|e| step("threads")(crate::chain(&e)))?;
+        }
+        // Process-wide pending signals last: every thread blocks all signals
+        // until its registers and mask are set, so none is delivered early.
+        r.shared_pending(p)?;
+        phase("threads");
+        inj.finish().map_err(|e| step("injection")(crate::chain(&e)))?;
+        // Last, the trampoline itself: the call returns to a stop, and the
+        // thread never executes there again.
+        let mut inj = main.begin_injection(RemoteAddr(tramp)).map_err(|e| step("injection")(crate::chain(&e)))?;
+        inj.syscall_ok(libc::SYS_munmap, [tramp, TRAMPOLINE_LEN, 0, 0, 0, 0])
+            .map_err(|e| step("trampoline")(crate::chain(&e)))?;
+        inj.finish().map_err(|e| step("injection")(crate::chain(&e)))?;
+        self.threads = threads;
+        Ok(pages)
+    }
+
+    /// Step 4: registers and masks, then let go.
+    fn release(mut self, p: &Process) -> Result<usize, RestoreError> {
+        let mut all: Vec<Seized> = Vec::new();
+        all.push(self.main.take().expect("main thread"));
+        all.append(&mut self.threads);
+        for (seized, t) in all.iter().zip(&p.threads) {
+            let err = |e: stasis_sys::regs::Error| step("registers")(format!("thread {}: {e}", t.tid));
+            let mut raw = [0u8; GpRegs::SIZE];
+            raw.copy_from_slice(&t.gpregs);
+            let mut regs = GpRegs::from_bytes(&raw);
+            resume::fix_restart(&mut regs.0);
+            seized.set_regs(&regs).map_err(err)?;
+            seized.set_xstate(&XState::from_bytes(t.xstate.clone())).map_err(err)?;
+            seized.set_sigmask(t.sigmask).map_err(err)?;
+        }
+        let n = all.len();
+        for seized in all {
+            let tid = seized.pid();
+            seized.detach().map_err(|e| step("resume")(format!("thread {tid}: {e}")))?;
+        }
+        // The process is on its own now: neither killed nor reaped by us.
+        if let Some(child) = self.child.take() {
+            child.disown();
+        }
+        Ok(n)
+    }
+}
+
+/// The puppet's mappings now.
+fn current_maps(pid: Pid) -> Result<Vec<Current>, RestoreError> {
+    let text = proc::read(pid, "maps").map_err(|e| step("layout")(crate::chain(&e)))?;
+    let maps = proc::parse_smaps(&text).map_err(step("layout"))?;
+    Ok(maps.into_iter().map(|m| Current { start: m.start, end: m.end, name: m.name }).collect())
+}
+
+/// Write the stored pages of address space `mm` through /proc/PID/mem,
+/// which also writes read-only and PROT_NONE pages (FOLL_FORCE).
+fn write_memory(image: &Image, pid: Pid, mm: u32) -> Result<u64, RestoreError> {
+    let mem = ProcMem::open(pid, true).map_err(|e| step("memory")(crate::chain(&e)))?;
+    let mut pages = 0;
+    for region in image.memory().iter().filter(|r| r.mm == mm) {
+        let data = image.read_region(region).map_err(|e| step("memory")(crate::chain(&e)))?;
+        mem.write_all_at(RemoteAddr(region.start), &data)
+            .map_err(|e| step("memory")(format!("at {:#x}: {e}", region.start)))?;
+        pages += region.len / PAGE;
+    }
+    Ok(pages)
+}
+
+/// Injected calls into one puppet thread, with the scratch area at hand.
+struct Remote<'i, 'a> {
+    inj: &'i mut Injection<'a>,
+    pid: Pid,
+    scratch: u64,
+}
+
+/// Bytes of scratch: the trampoline region less its code page.
+const SCRATCH_LEN: usize = (TRAMPOLINE_LEN - SCRATCH_OFFSET) as usize;
+
+impl Remote<'_, '_> {
+    fn call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64, RestoreError> {
+        self.inj.syscall_ok(nr, args).map_err(|e| step(what)(crate::chain(&e)))
+    }
+
+    /// Put `data` at `offset` into the scratch area; returns its address.
+    fn put(&mut self, offset: usize, data: &[u8]) -> Result<u64, RestoreError> {
+        if offset + data.len() > SCRATCH_LEN {
+            return Err(step("scratch")(format!("{} bytes do not fit", data.len())));
+        }
+        stasis_sys::process_vm::write_exact(self.pid, RemoteAddr(self.scratch + offset as u64), data)
+            .map_err(|e| step("scratch")(crate::chain(&e)))?;
+        Ok(self.scratch + offset as u64)
+    }
+
+    /// A NUL-terminated path in the scratch area.
+    fn path(&mut self, offset: usize, path: &str) -> Result<u64, RestoreError> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        self.put(offset, &bytes)
+    }
+
+    fn map_vma(&mut self, v: &stasis_image::records::Vma) -> Result<(), RestoreError> {
+        let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Anonymous);
+        let len = v.end - v.start;
+        let what = format!("mapping {:#x}-{:#x}", v.start, v.end);
+        let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        match kind {
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => return Ok(()),
+            VmaKind::File => {
+                let file = v.file.as_ref().ok_or_else(|| step(&what)("file mapping without a file".into()))?;
+                let shared_write = v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
+                let mode = if shared_write { libc::O_RDWR } else { libc::O_RDONLY };
+                let path = self.path(0, &file.path)?;
+                let fd = self.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, path, mode as u64, 0, 0, 0])?;
+                let mapped =
+                    self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
+                self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                mapped.map_err(|e| step(&what)(format!("{}: {e}", file.path)))?;
+            }
+            _ => {
+                flags |= libc::MAP_ANONYMOUS as u64;
+                self.call(&what, libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, u64::MAX, 0])?;
+            }
+        }
+        use stasis_image::records::madvise as m;
+        for (bit, advice) in [
+            (m::DONTFORK, libc::MADV_DONTFORK),
+            (m::WIPEONFORK, libc::MADV_WIPEONFORK),
+            (m::HUGEPAGE, libc::MADV_HUGEPAGE),
+            (m::NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
+            (m::DONTDUMP, libc::MADV_DONTDUMP),
+            (m::MERGEABLE, libc::MADV_MERGEABLE),
+        ] {
+            if v.madvise & bit != 0 {
+                self.call(&what, libc::SYS_madvise, [v.start, len, advice as u64, 0, 0, 0])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// brk, code, data, stack, args, env and auxv (PR_SET_MM_MAP), and the
+    /// exe link.
+    fn mm_fields(&mut self, p: &Process) -> Result<(), RestoreError> {
+        let Some(m) = &p.mm_fields else { return Ok(()) };
+        let exe_fd = match &p.exe {
+            Some(exe) if !exe.deleted => {
+                let path = self.path(1024, &exe.path)?;
+                let fd =
+                    self.call("exe", libc::SYS_openat, [libc::AT_FDCWD as u64, path, libc::O_RDONLY as u64, 0, 0, 0])?;
+                Some(fd)
+            }
+            _ => None,
+        };
+        let auxv: Vec<u8> = m.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let auxv_at = self.put(512, &auxv)?;
+        // struct prctl_mm_map (include/uapi/linux/prctl.h)
+        let mut map = Vec::with_capacity(104);
+        for v in [
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
+            auxv_at,
+        ] {
+            map.extend_from_slice(&v.to_le_bytes());
+        }
+        map.extend_from_slice(&(auxv.len() as u32).to_le_bytes());
+        map.extend_from_slice(&exe_fd.map_or(u32::MAX, |fd| fd as u32).to_le_bytes());
+        let at = self.put(0, &map)?;
+        let set = self.call(
+            "mm fields",
+            libc::SYS_prctl,
+            [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, at, map.len() as u64, 0, 0],
+        );
+        if let Some(fd) = exe_fd {
+            self.call("exe", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+        set.map(drop)
+    }
+
+    /// Every fd: each object fetched from the agent with pidfd_getfd and
+    /// moved to its number, or dup'd from the fd it shares a description
+    /// with.
+    fn install_fds(&mut self, planned: Vec<fds::Planned>) -> Result<(), RestoreError> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let max = planned.iter().map(|p| match p {
+            fds::Planned::Object { fd, .. } | fds::Planned::Dup { fd, .. } => *fd,
+        });
+        let high = max.max().unwrap_or(0) as u64 + 1;
+        let agent = std::process::id() as u64;
+        let pidfd = self.call("fds", libc::SYS_pidfd_open, [agent, 0, 0, 0, 0, 0])?;
+        // Out of the way of the numbers being installed.
+        let pidfd_high = self.call("fds", libc::SYS_fcntl, [pidfd, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
+        self.call("fds", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+        for p in &planned {
+            match p {
+                fds::Planned::Object { fd, object, cloexec } => {
+                    use std::os::fd::AsRawFd;
+                    let what = format!("fd {fd}");
+                    let got =
+                        self.call(&what, libc::SYS_pidfd_getfd, [pidfd_high, object.as_raw_fd() as u64, 0, 0, 0, 0])?;
+                    let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                    if got == *fd as u64 {
+                        let fdflags = if *cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
+                        self.call(&what, libc::SYS_fcntl, [got, libc::F_SETFD as u64, fdflags, 0, 0, 0])?;
+                    } else {
+                        self.call(&what, libc::SYS_dup3, [got, *fd as u64, flags, 0, 0, 0])?;
+                        self.call(&what, libc::SYS_close, [got, 0, 0, 0, 0, 0])?;
+                    }
+                }
+                fds::Planned::Dup { fd, of, cloexec } => {
+                    let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                    self.call(&format!("fd {fd}"), libc::SYS_dup3, [*of as u64, *fd as u64, flags, 0, 0, 0])?;
+                }
+            }
+        }
+        self.call("fds", libc::SYS_close, [pidfd_high, 0, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// cwd, root, umask, rlimits, personality and prctl attributes.
+    fn attributes(&mut self, p: &Process) -> Result<(), RestoreError> {
+        let cwd = self.path(0, &p.cwd)?;
+        self.call(&format!("cwd {}", p.cwd), libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        if p.root != "/" {
+            let root = self.path(0, &p.root)?;
+            self.call(&format!("root {}", p.root), libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
+        }
+        self.call("umask", libc::SYS_umask, [u64::from(p.umask), 0, 0, 0, 0, 0])?;
+        for l in &p.rlimits {
+            let mut raw = l.soft.to_le_bytes().to_vec();
+            raw.extend_from_slice(&l.hard.to_le_bytes());
+            let at = self.put(0, &raw)?;
+            let r = self.inj.syscall(libc::SYS_prlimit64, [0, u64::from(l.resource), at, 0, 0, 0]);
+            match r {
+                Ok(0) => {}
+                // Raising a hard limit needs CAP_SYS_RESOURCE: keep the
+                // hard limit we have, set the soft one within it.
+                Ok(e) if e == -(libc::EPERM as i64) => {
+                    tracing::warn!(
+                        "cannot raise the hard limit of resource {} to {}; keeping the current one",
+                        l.resource,
+                        l.hard
+                    );
+                    let cur = self.put(16, &[0u8; 16])?;
+                    self.call("rlimit", libc::SYS_prlimit64, [0, u64::from(l.resource), 0, cur, 0, 0])?;
+                    let mut old = [0u8; 16];
+                    stasis_sys::process_vm::read_exact(self.pid, RemoteAddr(cur), &mut old)
+                        .map_err(|e| step("rlimit")(crate::chain(&e)))?;
+                    let hard = u64::from_le_bytes(old[8..].try_into().expect("8 bytes"));
+                    let mut raw = l.soft.min(hard).to_le_bytes().to_vec();
+                    raw.extend_from_slice(&hard.to_le_bytes());
+                    let at = self.put(0, &raw)?;
+                    self.call("rlimit", libc::SYS_prlimit64, [0, u64::from(l.resource), at, 0, 0, 0])?;
+                }
+                Ok(e) => return Err(step("rlimit")(format!("resource {}: errno {}", l.resource, -e))),
+                Err(e) => return Err(step("rlimit")(e.to_string())),
+            }
+        }
+        self.call("personality", libc::SYS_personality, [u64::from(p.personality), 0, 0, 0, 0, 0])?;
+        let prctl = |opt: i32, arg: u64| (libc::SYS_prctl, [opt as u64, arg, 0, 0, 0, 0]);
+        for (what, (nr, args)) in [
+            ("pdeathsig", prctl(libc::PR_SET_PDEATHSIG, p.pdeathsig as u64)),
+            // 2 (suid_dumpable) is the kernel's to set, not prctl's.
+            ("dumpable", prctl(libc::PR_SET_DUMPABLE, u64::from(p.dumpable != 0))),
+            ("child subreaper", prctl(libc::PR_SET_CHILD_SUBREAPER, u64::from(p.child_subreaper))),
+            ("thp disable", prctl(libc::PR_SET_THP_DISABLE, u64::from(p.thp_disable))),
+        ] {
+            self.call(what, nr, args)?;
+        }
+        // A session or group leader leads its own again; other ids belong to
+        // processes outside the image.
+        if p.sid == p.pid {
+            self.call("session", libc::SYS_setsid, [0; 6])?;
+        } else if p.pgid == p.pid {
+            self.call("process group", libc::SYS_setpgid, [0; 6])?;
+        }
+        self.creds(p)?;
+        if p.no_new_privs {
+            self.call("no_new_privs", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+
+    /// Groups, gids and uids, when they differ from the agent's.
+    fn creds(&mut self, p: &Process) -> Result<(), RestoreError> {
+        let Some(c) = &p.creds else { return Ok(()) };
+        let ours = proc::parse_status(&std::fs::read_to_string("/proc/self/status").unwrap_or_default());
+        if c.uids == ours.uids && c.gids == ours.gids && c.groups == ours.groups && c.cap_effective == ours.cap_eff {
+            return Ok(());
+        }
+        if c.uids.len() != 4 || c.gids.len() != 4 {
+            return Err(step("credentials")("malformed ids in the image".into()));
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let at = self.put(0, &groups)?;
+        self.call("groups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+        self.call("gids", libc::SYS_setresgid, [c.gids[0].into(), c.gids[1].into(), c.gids[2].into(), 0, 0, 0])?;
+        self.call("uids", libc::SYS_setresuid, [c.uids[0].into(), c.uids[1].into(), c.uids[2].into(), 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// Handlers of every signal, and itimers.
+    fn signals(&mut self, p: &Process) -> Result<(), RestoreError> {
+        for a in &p.sigactions {
+            let mut raw = Vec::with_capacity(32);
+            for v in [a.handler, a.flags, a.restorer, a.mask] {
+                raw.extend_from_slice(&v.to_le_bytes());
+            }
+            let at = self.put(0, &raw)?;
+            self.call(
+                &format!("handler of signal {}", a.signal),
+                libc::SYS_rt_sigaction,
+                [a.signal as u64, at, 0, 8, 0, 0],
+            )?;
+        }
+        for (which, t) in p.itimers.iter().enumerate() {
+            let tv = |us: u64| [us / 1_000_000, us % 1_000_000];
+            let raw: Vec<u8> =
+                tv(t.interval_us).iter().chain(tv(t.value_us).iter()).flat_map(|v| v.to_le_bytes()).collect();
+            let at = self.put(0, &raw)?;
+            self.call("itimer", libc::SYS_setitimer, [which as u64, at, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+
+    /// State each thread sets for itself.
+    fn per_thread(&mut self, t: &stasis_image::records::Thread) -> Result<(), RestoreError> {
+        let what = format!("thread {}", t.tid);
+        if let Some(alt) = &t.altstack {
+            // stack_t { ss_sp; ss_flags; ss_size }; SS_ONSTACK is a state,
+            // not a setting.
+            let flags = (alt.flags & !libc::SS_ONSTACK) as u32;
+            let mut raw = alt.sp.to_le_bytes().to_vec();
+            raw.extend_from_slice(&u64::from(flags).to_le_bytes());
+            raw.extend_from_slice(&alt.size.to_le_bytes());
+            let at = self.put(0, &raw)?;
+            self.call(&what, libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0])?;
+        }
+        self.call(&what, libc::SYS_set_robust_list, [t.robust_list, ROBUST_LIST_HEAD_LEN, 0, 0, 0, 0])?;
+        self.call(&what, libc::SYS_set_tid_address, [t.clear_child_tid, 0, 0, 0, 0, 0])?;
+        if let Some(rs) = &t.rseq {
+            if rs.abi != 0 {
+                self.call(&what, libc::SYS_rseq, [rs.abi, u64::from(rs.len), 0, u64::from(rs.signature), 0, 0])?;
+            }
+        }
+        let name = self.path(0, &t.comm)?;
+        self.call(&what, libc::SYS_prctl, [libc::PR_SET_NAME as u64, name, 0, 0, 0, 0])?;
+        self.call(&what, libc::SYS_prctl, [libc::PR_SET_TIMERSLACK as u64, t.timer_slack_ns, 0, 0, 0, 0])?;
+        self.call(&what, libc::SYS_setpriority, [libc::PRIO_PROCESS as u64, 0, t.nice as u64, 0, 0, 0])?;
+        // The kernel lets only the thread itself queue a signal with the
+        // sender information of kill() or tgkill() to a thread. Signals stay
+        // blocked until the thread's own mask is set at release.
+        for s in &t.pending {
+            let at = self.put(0, &s.raw)?;
+            self.call(
+                &what,
+                libc::SYS_rt_tgsigqueueinfo,
+                [self.pid.as_raw() as u64, t.tid as u64, signo(&s.raw), at, 0, 0],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Queue the process-wide pending signals again, in order, with their
+    /// siginfo.
+    fn shared_pending(&mut self, p: &Process) -> Result<(), RestoreError> {
+        for s in &p.shared_pending {
+            let at = self.put(0, &s.raw)?;
+            self.call("pending signal", libc::SYS_rt_sigqueueinfo, [p.pid as u64, signo(&s.raw), at, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+}
+
+fn signo(raw: &[u8]) -> u64 {
+    i32::from_le_bytes(raw[..4].try_into().expect("4 bytes")) as u64
+}
+
+/// Which fd kinds a restore re-creates (for messages and docs).
+pub fn describe_fd(kind: &fd::Kind) -> &'static str {
+    match kind {
+        fd::Kind::File(_) => "file",
+        fd::Kind::Pipe(_) => "pipe",
+        fd::Kind::Fifo(_) => "fifo",
+        fd::Kind::Device(_) => "device",
+        fd::Kind::Tty(_) => "tty",
+    }
+}

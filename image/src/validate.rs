@@ -1,0 +1,135 @@
+//! Validation of the process records: every count, size, number and
+//! reference in them, so that restore can use them without re-checking.
+//! An image is untrusted input; these checks turn a hostile or damaged
+//! record into an error naming it, before any process is created.
+
+use std::collections::HashSet;
+
+use crate::records::{fd, FileRef, ProcessTree, VmaKind};
+use crate::PAGE_SIZE;
+
+/// The kernel's highest possible pid (PID_MAX_LIMIT on 64-bit).
+pub const MAX_PID: i32 = 4 * 1024 * 1024;
+/// More processes than any tree we restore; bounds the work of a check.
+pub const MAX_PROCESSES: usize = 1 << 16;
+/// Larger than any x86 XSAVE area (AVX-512 with AMX is under 12 KiB).
+pub const MAX_XSTATE: usize = 64 * 1024;
+/// PATH_MAX.
+pub const MAX_PATH: usize = 4096;
+/// Pipe capacities beyond this need a sysctl no sane host sets.
+pub const MAX_PIPE: u32 = 64 << 20;
+/// `struct user_regs_struct` on x86_64.
+pub const GPREGS_LEN: usize = 27 * 8;
+/// `siginfo_t`.
+pub const SIGINFO_LEN: usize = 128;
+/// Highest user address with 5-level paging.
+const MAX_ADDRESS: u64 = 1 << 57;
+
+pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
+    if tree.processes.len() > MAX_PROCESSES {
+        return Err(format!("{} processes is more than {MAX_PROCESSES}", tree.processes.len()));
+    }
+    let mut pipes = HashSet::new();
+    for p in &tree.pipes {
+        if !pipes.insert(p.id) {
+            return Err(format!("pipe {} appears twice", p.id));
+        }
+        if p.capacity > MAX_PIPE || p.data.len() > p.capacity as usize {
+            return Err(format!("pipe {} holds {} bytes in a capacity of {}", p.id, p.data.len(), p.capacity));
+        }
+    }
+    let mut ids = HashSet::new();
+    for p in &tree.processes {
+        let at = |what: String| format!("process {}: {what}", p.pid);
+        if !(1..=MAX_PID).contains(&p.pid) || !ids.insert(p.pid) {
+            return Err(at("pid is out of range or repeated".into()));
+        }
+        if p.threads.is_empty() || p.threads[0].tid != p.pid {
+            return Err(at("the main thread must come first".into()));
+        }
+        for t in &p.threads {
+            if !(1..=MAX_PID).contains(&t.tid) || (t.tid != p.pid && !ids.insert(t.tid)) {
+                return Err(at(format!("thread id {} is out of range or repeated", t.tid)));
+            }
+            if t.gpregs.len() != GPREGS_LEN {
+                return Err(at(format!(
+                    "thread {} has {} bytes of registers, not {GPREGS_LEN}",
+                    t.tid,
+                    t.gpregs.len()
+                )));
+            }
+            if t.xstate.len() > MAX_XSTATE || t.xstate.len() < 576 {
+                return Err(at(format!("thread {} has an xstate of {} bytes", t.tid, t.xstate.len())));
+            }
+            if t.pending.iter().any(|s| s.raw.len() != SIGINFO_LEN) {
+                return Err(at(format!("thread {} has a malformed pending signal", t.tid)));
+            }
+            check_str(&t.comm, 16).map_err(|e| at(format!("thread {} name {e}", t.tid)))?;
+        }
+        if p.shared_pending.iter().any(|s| s.raw.len() != SIGINFO_LEN) {
+            return Err(at("malformed pending signal".into()));
+        }
+        if p.sigactions.iter().any(|a| !(1..=64).contains(&a.signal)) {
+            return Err(at("signal action for a signal outside 1..=64".into()));
+        }
+        let mut end = 0;
+        for v in &p.vmas {
+            let ok = v.start % PAGE_SIZE == 0 && v.end % PAGE_SIZE == 0 && v.start < v.end && v.end <= MAX_ADDRESS;
+            if !ok || v.start < end {
+                return Err(at(format!("mapping {:#x}-{:#x} is malformed or out of order", v.start, v.end)));
+            }
+            end = v.end;
+            if VmaKind::try_from(v.kind).is_err() {
+                return Err(at(format!("mapping {:#x}-{:#x} has unknown kind {}", v.start, v.end, v.kind)));
+            }
+            if let Some(f) = &v.file {
+                check_file(f).map_err(|e| at(format!("mapping {:#x}: {e}", v.start)))?;
+            }
+        }
+        let mut fds = HashSet::new();
+        for f in &p.fds {
+            if !(0..1 << 20).contains(&f.fd) || !fds.insert(f.fd) {
+                return Err(at(format!("fd {} is out of range or repeated", f.fd)));
+            }
+            let bad = |e: String| at(format!("fd {}: {e}", f.fd));
+            match &f.kind {
+                None => return Err(bad("has no kind".into())),
+                Some(fd::Kind::File(file)) => check_file(file).map_err(bad)?,
+                Some(fd::Kind::Pipe(id)) if !pipes.contains(id) => return Err(bad(format!("names unknown pipe {id}"))),
+                Some(fd::Kind::Pipe(_)) => {}
+                Some(fd::Kind::Fifo(fifo)) => {
+                    if !pipes.contains(&fifo.pipe) {
+                        return Err(bad(format!("names unknown pipe {}", fifo.pipe)));
+                    }
+                    check_file(fifo.file.as_ref().ok_or_else(|| bad("FIFO without a path".into()))?).map_err(bad)?;
+                }
+                Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH).map_err(bad)?,
+                Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH).map_err(bad)?,
+            }
+        }
+        check_str(&p.cwd, MAX_PATH).map_err(|e| at(format!("cwd {e}")))?;
+        check_str(&p.root, MAX_PATH).map_err(|e| at(format!("root {e}")))?;
+        if let Some(exe) = &p.exe {
+            check_file(exe).map_err(|e| at(format!("exe: {e}")))?;
+        }
+        if p.mm_fields.as_ref().is_some_and(|m| m.auxv.len() > 1024) {
+            return Err(at("auxiliary vector is too long".into()));
+        }
+    }
+    Ok(())
+}
+
+fn check_file(f: &FileRef) -> Result<(), String> {
+    check_str(&f.path, MAX_PATH)?;
+    if !f.path.starts_with('/') {
+        return Err(format!("path {:?} is not absolute", f.path));
+    }
+    Ok(())
+}
+
+fn check_str(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max || s.contains('\0') {
+        return Err(format!("{:?} is too long or holds a NUL", s.chars().take(64).collect::<String>()));
+    }
+    Ok(())
+}

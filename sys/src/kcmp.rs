@@ -1,0 +1,50 @@
+//! kcmp(2) `KCMP_FILE`: whether two fds (of the same or different
+//! processes) refer to the same open file description. Two fds made by
+//! dup(2) or inherited over fork share one description, and so share the
+//! file offset and status flags; a restore must share it again.
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// `KCMP_FILE` from include/uapi/linux/kcmp.h.
+const KCMP_FILE: libc::c_long = 0;
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file
+/// description. Needs ptrace access to both processes.
+pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers and dereferences no pointer for
+    // KCMP_FILE; an invalid pid or fd yields an errno, never UB.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1.as_raw() as libc::c_long,
+            pid2.as_raw() as libc::c_long,
+            KCMP_FILE,
+            fd1 as libc::c_long,
+            fd2 as libc::c_long,
+        )
+    };
+    match r {
+        0 => Ok(true),
+        1..=2 => Ok(false),
+        _ => Err(Errno::last()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn dup_shares_and_reopen_does_not() {
+        let me = Pid::this();
+        let a = std::fs::File::open("/proc/self/status").unwrap();
+        let b = a.try_clone().unwrap();
+        let c = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(same_file(me, a.as_raw_fd(), me, b.as_raw_fd()).unwrap());
+        assert!(!same_file(me, a.as_raw_fd(), me, c.as_raw_fd()).unwrap());
+        assert_eq!(same_file(me, a.as_raw_fd(), me, 9999), Err(Errno::EBADF));
+    }
+}

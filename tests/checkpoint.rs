@@ -1,0 +1,85 @@
+//! Dump and restore of the self-checking workloads (tests/workloads/): each
+//! is started, dumped, killed, restored at its pid, and then verifies its
+//! own state (memory, registers, fds, signals, ...) and reports.
+
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use util::run;
+use util::workload::Workload;
+
+fn dump(w: &Workload, images: &Path, extra: &[&str]) {
+    let pid = w.pid.to_string();
+    let mut args = vec!["dump", "--pid", &pid, "--images", images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(&args);
+    assert_eq!(r.code, Some(0), "dump of {} failed\n{}\n--- workload log:\n{}", w.name, r.dump(), w.log());
+}
+
+fn restore(w: &Workload, images: &Path) {
+    let r = run(["restore", "--images", images.to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "restore of {} failed\n{}", w.name, r.dump());
+    assert_eq!(r.stdout.trim(), w.pid.to_string(), "restored at another pid\n{}", r.dump());
+}
+
+/// Dump (killing the process), restore, and have it check itself.
+fn round_trip(name: &str, args: &[&str]) {
+    let mut w = Workload::start(name, args);
+    let before = w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    restore(&w, images.path());
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+}
+
+/// Dump with --leave-running: the original runs on (and still checks out);
+/// then it is killed, and the restored copy holds the state at dump time.
+fn leave_running(name: &str, args: &[&str]) {
+    let mut w = Workload::start(name, args);
+    w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &["--leave-running"]);
+    let at_dump = w.progress().unwrap_or(0);
+    // The original goes on computing after the dump...
+    let later = w.wait_progress(at_dump, Duration::from_secs(30));
+    w.kill();
+    restore(&w, images.path());
+    let outcome = w.check_ok();
+    // ...but the image holds it as it was when dumped, not later.
+    assert!(outcome.generation < later + 1_000_000, "implausible generation {}", outcome.generation);
+}
+
+macro_rules! workload_tests {
+    ($($name:ident: $workload:literal $(, $arg:literal)*;)*) => {
+        mod round_trip {
+            use super::*;
+            $(#[test] fn $name() { round_trip($workload, &[$($arg),*]); })*
+        }
+        mod leave_running {
+            use super::*;
+            $(#[test] fn $name() { leave_running($workload, &[$($arg),*]); })*
+        }
+    };
+}
+
+workload_tests! {
+    mem_dense_16m: "mem_dense", "16";
+    mem_layout: "mem_layout";
+    mem_filemap: "mem_filemap";
+    threads: "threads";
+    signals: "signals";
+    avx512_spin: "avx512", "spin";
+    avx512_sleep: "avx512", "sleep";
+    pipes: "pipes";
+    files: "files";
+    attrs: "attrs";
+}
+
+#[test]
+fn dense_256m_round_trip() {
+    round_trip("mem_dense", &["256"]);
+}
