@@ -232,6 +232,9 @@ fn process_summary(p: &Process) -> ProcessSummary {
                     }
                     Some(fd::Kind::Device(d)) => ("device", d.path.clone()),
                     Some(fd::Kind::Tty(t)) => ("tty", t.path.clone()),
+                    Some(fd::Kind::Epoll(e)) => {
+                        ("epoll", format!("watching {:?}", e.targets.iter().map(|t| t.fd).collect::<Vec<_>>()))
+                    }
                     None => ("unknown", String::new()),
                 };
                 FdSummary { fd: f.fd, kind: kind.into(), target, pos: f.pos, flags: f.flags }

@@ -273,6 +273,11 @@ pub struct FileRef {
     pub deleted: bool,
     #[prost(uint32, tag = "8")]
     pub contents_mm: u32,
+    /// BLAKE3 of the whole file at dump time, for files a process could
+    /// change without changing their size or mtime (shared writable
+    /// mappings); empty when not taken.
+    #[prost(bytes = "vec", tag = "9")]
+    pub content_hash: Vec<u8>,
 }
 
 /// One open file descriptor.
@@ -288,7 +293,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -316,7 +321,28 @@ pub mod fd {
         /// A terminal.
         #[prost(message, tag = "9")]
         Tty(super::Tty),
+        /// An epoll instance and what it watches.
+        #[prost(message, tag = "11")]
+        Epoll(super::Epoll),
     }
+}
+
+/// An epoll instance: its registrations, by the process's own fd numbers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Epoll {
+    #[prost(message, repeated, tag = "1")]
+    pub targets: Vec<EpollTarget>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EpollTarget {
+    #[prost(int32, tag = "1")]
+    pub fd: i32,
+    /// EPOLLIN, EPOLLET, EPOLLONESHOT, ... as registered.
+    #[prost(uint32, tag = "2")]
+    pub events: u32,
+    #[prost(uint64, tag = "3")]
+    pub data: u64,
 }
 
 /// A pipe's buffer.

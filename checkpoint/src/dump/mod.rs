@@ -336,6 +336,9 @@ fn collect(frozen: &mut Frozen, stat: &Stat) -> Result<Collected, DumpError> {
         return Err(DumpError::Unsupported { pid, problems });
     }
 
+    for plan in &mut plans {
+        identify_mapped_file(pid, &mut plan.vma).map_err(proc_err("mapped files"))?;
+    }
     let (fds, pipes, contents) = dump_fds(pid, &seen)?;
     let mut process = task::process(frozen, stat)?;
     process.mm = 1;
@@ -352,6 +355,32 @@ struct Collected {
     plans: Vec<Planned>,
     /// Contents of deleted files, padded to whole pages, by address space.
     contents: Vec<(u32, Vec<u8>)>,
+}
+
+/// Files up to this size behind shared writable mappings are hashed: writes
+/// through such a mapping need not change the file's mtime, so size and
+/// mtime alone cannot tell restore that the file moved on.
+const HASH_SHARED_FILES_UP_TO: u64 = 64 << 20;
+
+/// Size, mtime (and for shared writable mappings, a hash) of the file behind
+/// a mapping, read through /proc/PID/map_files so it is the very file mapped.
+fn identify_mapped_file(pid: Pid, vma: &mut records::Vma) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(file) = vma.file.as_mut() else { return Ok(()) };
+    let path = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
+    let meta = std::fs::metadata(&path)?;
+    // As stat(2) reports them, which is what restore compares against
+    // (maps shows the inode's device, which differs on btrfs subvolumes).
+    file.dev = meta.dev();
+    file.ino = meta.ino();
+    file.size = meta.size();
+    file.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    file.mode = meta.mode();
+    let shared_writable = vma.flags & memory::MAP_SHARED != 0 && vma.prot & memory::PROT_WRITE != 0;
+    if shared_writable && meta.size() <= HASH_SHARED_FILES_UP_TO {
+        file.content_hash = stasis_image::ChunkId::of(&std::fs::read(&path)?).0.to_vec();
+    }
+    Ok(())
 }
 
 /// Address spaces of deleted files' contents start above the processes'.
@@ -384,7 +413,7 @@ fn dump_fds(pid: Pid, seen: &[Seen]) -> Result<DumpedFds, DumpError> {
                 Default::default(),
             )
         } else {
-            fd::dump(s, &copy).map_err(fd_err)?
+            fd::dump(pid, s, &copy).map_err(fd_err)?
         };
         if let Some(p) = extra.pipe {
             pipes.entry(p.id).or_insert(p);

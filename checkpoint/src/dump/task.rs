@@ -37,6 +37,7 @@ pub(super) fn process(frozen: &mut Frozen, stat: &Stat) -> Result<Process, DumpE
             mode: m.mode(),
             deleted: exe_path.ends_with(" (deleted)"),
             contents_mm: 0,
+            content_hash: Vec::new(),
         }
     });
     let auxv = fs::read(proc::path(pid, "auxv")).map_err(proc_err("auxv"))?;

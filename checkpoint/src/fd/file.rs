@@ -29,6 +29,7 @@ pub fn file_ref(path: &str, fd: impl AsFd) -> Result<FileRef, String> {
         mode: st.st_mode,
         deleted,
         contents_mm: 0,
+        content_hash: Vec::new(),
     })
 }
 

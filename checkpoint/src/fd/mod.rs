@@ -9,6 +9,7 @@
 //! contents without running code in the target.
 
 pub mod device;
+pub mod epoll;
 pub mod file;
 pub mod pipe;
 pub mod tty;
@@ -36,6 +37,8 @@ pub enum Kind {
     Device,
     /// A terminal.
     Tty,
+    /// An epoll instance.
+    Epoll,
 }
 
 /// One fd of the target as pre-flight saw it.
@@ -74,6 +77,9 @@ pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
 /// Which module handles an fd, or a name for what it is when none does.
 pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
     let ft = meta.file_type();
+    if target == "anon_inode:[eventpoll]" {
+        return Ok(Kind::Epoll);
+    }
     if let Some(rest) = target.strip_prefix("anon_inode:") {
         return Err(rest.trim_matches(['[', ']']).to_owned());
     }
@@ -126,7 +132,7 @@ pub struct Extra {
 }
 
 /// Dump one fd from the agent's copy of it.
-pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra), String> {
+pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra), String> {
     match seen.kind.clone()? {
         Kind::File => file::dump(seen, copy),
         Kind::Pipe => {
@@ -135,6 +141,7 @@ pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra), String> 
         Kind::Fifo => pipe::dump_fifo(seen, copy),
         Kind::Device => Ok((device::dump(seen), Extra::default())),
         Kind::Tty => Ok((tty::dump(seen), Extra::default())),
+        Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
     }
 }
 

@@ -22,6 +22,16 @@ pub enum Planned {
     Object { fd: i32, object: OwnedFd, cloexec: bool },
     /// A dup of the puppet's fd `of`, which comes earlier.
     Dup { fd: i32, of: i32, cloexec: bool },
+    /// An epoll instance, made inside the puppet once every other fd is in.
+    Epoll { fd: i32, cloexec: bool, targets: Vec<stasis_image::records::EpollTarget> },
+}
+
+impl Planned {
+    pub fn fd(&self) -> i32 {
+        match self {
+            Planned::Object { fd, .. } | Planned::Dup { fd, .. } | Planned::Epoll { fd, .. } => *fd,
+        }
+    }
 }
 
 /// Why an fd could not be re-created.
@@ -118,6 +128,10 @@ pub fn plan(
                 object.into()
             }
             Kind::Device(d) => open(fd, &d.path, flags)?.into(),
+            Kind::Epoll(e) => {
+                out.push(Planned::Epoll { fd, cloexec: r.cloexec, targets: e.targets.clone() });
+                continue;
+            }
             Kind::Tty(t) => {
                 let path =
                     if t.dumper_terminal { own_terminal().unwrap_or_else(|| t.path.clone()) } else { t.path.clone() };

@@ -168,19 +168,32 @@ fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Files behind mappings must be the same files (device and inode) as at
-/// dump time: the process has their pages mapped, not copies.
+/// Files behind mappings must be the same files, unchanged, as at dump
+/// time: the process has their pages mapped, not copies.
 fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreError> {
-    use std::os::unix::fs::MetadataExt;
+    let mut checked = std::collections::HashSet::new();
     for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
         let Some(f) = &v.file else { continue };
+        if !checked.insert((&f.path, f.ino)) {
+            continue;
+        }
         let meta = std::fs::metadata(&f.path)
             .map_err(|e| RestoreError::Incompatible(format!("mapped file {} is not there: {e}", f.path)))?;
-        if !allow_changed && (meta.dev() != f.dev || meta.ino() != f.ino) {
-            return Err(RestoreError::Incompatible(format!(
-                "mapped file {} was replaced since the dump; pass --allow-changed-files to restore anyway",
+        if allow_changed {
+            continue;
+        }
+        let changed = |what: String| {
+            RestoreError::Incompatible(format!(
+                "mapped file {} changed since the dump ({what}); pass --allow-changed-files to restore anyway",
                 f.path
-            )));
+            ))
+        };
+        fds::check_unchanged(f, &meta).map_err(changed)?;
+        if !f.content_hash.is_empty() {
+            let now = std::fs::read(&f.path).map_err(|e| changed(format!("cannot read it: {e}")))?;
+            if stasis_image::ChunkId::of(&now).0[..] != f.content_hash[..] {
+                return Err(changed("its contents differ".into()));
+            }
         }
     }
     Ok(())
@@ -239,30 +252,19 @@ impl Drop for Puppet {
 impl Puppet {
     fn create(pid: i32) -> Result<Puppet, RestoreError> {
         let create = |what: String| RestoreError::Create { pid, what };
+        // The puppet only pauses: a self-sent SIGSTOP could still be queued
+        // when we take it, and would stop the restored process later.
         let child =
-            clone3::spawn_with_tid(&[Pid::from_raw(pid)], ChildAction::StopSelf).map_err(|e| create(e.to_string()))?;
+            clone3::spawn_with_tid(&[Pid::from_raw(pid)], ChildAction::Pause).map_err(|e| create(e.to_string()))?;
         let pid = child.pid();
         // EXITKILL: if stasis dies half-way, the puppet dies with it.
         let opts = Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL;
         let mut puppet =
             Puppet { pid, main: None, threads: Vec::new(), child: Some(child), tramp: 0, host_xfeatures: 0 };
         let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
-        // It stops itself with SIGSTOP: take that stop, then bring it into
-        // the PTRACE_EVENT_STOP injections start from.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let stop = main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))?;
-            match stop {
-                stasis_sys::ptrace::Stop::Event { event: stasis_sys::ptrace::PTRACE_EVENT_STOP, .. } => break,
-                _ if Instant::now() < deadline => {
-                    // A signal-delivery stop of its SIGSTOP: suppress it and
-                    // go round again.
-                    main.take_pending_signal();
-                    main.interrupt_after_resume().map_err(|e| create(e.to_string()))?;
-                    main.resume().map_err(|e| create(e.to_string()))?;
-                }
-                other => return Err(create(format!("unexpected stop {other:?}"))),
-            }
+        match main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))? {
+            stasis_sys::ptrace::Stop::Event { event: stasis_sys::ptrace::PTRACE_EVENT_STOP, .. } => {}
+            other => return Err(create(format!("unexpected stop {other:?}"))),
         }
         puppet.host_xfeatures = main.get_xstate().ok().and_then(|x| x.xfeatures()).unwrap_or(0);
         puppet.main = Some(main);
@@ -597,10 +599,7 @@ impl Remote<'_, '_> {
         if planned.is_empty() {
             return Ok(());
         }
-        let max = planned.iter().map(|p| match p {
-            fds::Planned::Object { fd, .. } | fds::Planned::Dup { fd, .. } => *fd,
-        });
-        let high = max.max().unwrap_or(0) as u64 + 1;
+        let high = planned.iter().map(fds::Planned::fd).max().unwrap_or(0) as u64 + 1;
         let agent = std::process::id() as u64;
         let pidfd = self.call("fds", libc::SYS_pidfd_open, [agent, 0, 0, 0, 0, 0])?;
         // Out of the way of the numbers being installed.
@@ -626,9 +625,33 @@ impl Remote<'_, '_> {
                     let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
                     self.call(&format!("fd {fd}"), libc::SYS_dup3, [*of as u64, *fd as u64, flags, 0, 0, 0])?;
                 }
+                fds::Planned::Epoll { .. } => {}
             }
         }
         self.call("fds", libc::SYS_close, [pidfd_high, 0, 0, 0, 0, 0])?;
+        // Epoll last: its registrations name the fds installed above.
+        for p in &planned {
+            let fds::Planned::Epoll { fd, cloexec, targets } = p else { continue };
+            let what = format!("epoll fd {fd}");
+            let flags = if *cloexec { libc::EPOLL_CLOEXEC as u64 } else { 0 };
+            let made = self.call(&what, libc::SYS_epoll_create1, [flags, 0, 0, 0, 0, 0])?;
+            if made != *fd as u64 {
+                let dflags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                self.call(&what, libc::SYS_dup3, [made, *fd as u64, dflags, 0, 0, 0])?;
+                self.call(&what, libc::SYS_close, [made, 0, 0, 0, 0, 0])?;
+            }
+            for t in targets {
+                // struct epoll_event is packed on x86_64: u32 events, u64 data.
+                let mut ev = t.events.to_le_bytes().to_vec();
+                ev.extend_from_slice(&t.data.to_le_bytes());
+                let at = self.put(0, &ev)?;
+                self.call(
+                    &format!("{what} watching fd {}", t.fd),
+                    libc::SYS_epoll_ctl,
+                    [*fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at, 0, 0],
+                )?;
+            }
+        }
         Ok(())
     }
 
@@ -799,5 +822,6 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Fifo(_) => "fifo",
         fd::Kind::Device(_) => "device",
         fd::Kind::Tty(_) => "tty",
+        fd::Kind::Epoll(_) => "epoll",
     }
 }
