@@ -47,6 +47,11 @@ pub enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // A stasis killed while it held a cgroup frozen left a journal entry:
+    // thaw that workload before anything else.
+    for cgroup in stasis_checkpoint::journal::recover() {
+        eprintln!("stasis: thawed {}, left frozen by a stasis that did not finish", cgroup.display());
+    }
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args),
         Command::Dump(args) => commands::dump::run(args),
