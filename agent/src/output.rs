@@ -37,6 +37,52 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A progress bar for a long phase, drawn on stderr only when stdout is a
+/// terminal and the phase has run for more than a second (short operations
+/// stay quiet). Dropping it clears it.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// The bar and the callback to hand to the library, or `None` when
+    /// stdout is not a terminal.
+    pub fn new(label: &'static str) -> Option<(Progress, stasis_checkpoint::ProgressFn)> {
+        use std::io::IsTerminal;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        if !std::io::stdout().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(label);
+        let start = Instant::now();
+        let shown = Arc::new(AtomicBool::new(false));
+        let b = bar.clone();
+        let callback = move |done: u64, total: u64| {
+            b.set_length(total);
+            b.set_position(done);
+            if start.elapsed() > Duration::from_secs(1) && !shown.swap(true, Ordering::Relaxed) {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+        };
+        Some((Progress { bar }, stasis_checkpoint::ProgressFn(Arc::new(callback))))
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 /// Print `value` as pretty JSON on stdout.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

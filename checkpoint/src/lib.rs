@@ -16,6 +16,17 @@ pub mod journal;
 pub mod proc;
 pub mod restore;
 
+/// Told the bytes done so far, and the total, during a long phase (memory
+/// of a dump or a restore).
+#[derive(Clone)]
+pub struct ProgressFn(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressFn")
+    }
+}
+
 /// An error and its causes as one line, for errors that are flattened into a
 /// message (the typed source would otherwise be lost).
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {

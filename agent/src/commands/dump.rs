@@ -48,6 +48,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let bar = crate::output::Progress::new("dumping memory");
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&cancel)).context("cannot install signal handlers")?;
@@ -59,8 +60,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         cgroup: args.cgroup,
         write: WriteOptions { parent: args.parent, ..WriteOptions::default() },
         cancel: Some(cancel),
+        progress: bar.as_ref().map(|(_, f)| f.clone()),
     };
-    let report = dump::dump(&opts).with_context(|| format!("dump of process {} failed", args.pid))?;
+    let result = dump::dump(&opts);
+    drop(bar);
+    let report = result.with_context(|| format!("dump of process {} failed", args.pid))?;
     if args.json {
         json(&report)?;
     } else {

@@ -71,6 +71,33 @@ fn print_text(i: &Inspection) {
         bytes(u64::from(i.chunk_size))
     );
     println!("manifest   {} (blake3 {})", bytes(i.chunks.manifest_bytes), &i.manifest_hash[..16]);
+    if let Some(d) = &i.dump {
+        let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+        println!(
+            "dump       frozen {} of {} in all; {} of {} pages written ({} stored)",
+            ms(d.frozen_us),
+            ms(d.total_us),
+            d.pages_written,
+            d.pages_scanned,
+            bytes(d.bytes_stored)
+        );
+        let phases: Vec<String> = d.phases.iter().map(|(n, us)| format!("{n} {}", ms(*us))).collect();
+        println!("phases     {}", phases.join(", "));
+    }
+    for p in &i.processes {
+        println!();
+        println!("process    {} (parent {}), {}", p.pid, p.ppid, p.exe);
+        println!("  cwd      {}", p.cwd);
+        println!("  threads  {}", p.threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "));
+        println!("  fds");
+        for f in &p.fds {
+            println!("    {:>4}  {:<6} {} (pos {}, flags {:#o})", f.fd, f.kind, f.target, f.pos, f.flags);
+        }
+        println!("  mappings");
+        for v in &p.vmas {
+            println!("    {:016x}-{:016x} {} {:<8} {}", v.start, v.end, v.perms, v.kind, v.path);
+        }
+    }
     if !i.memory.regions.is_empty() {
         println!();
         println!("  {:>4}  {:>33}  {:>10}  {:>6}", "mm", "range", "size", "chunks");

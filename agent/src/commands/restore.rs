@@ -44,6 +44,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let bar = crate::output::Progress::new("restoring memory");
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&cancel)).context("cannot install signal handlers")?;
@@ -53,6 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         allow_changed_files: args.allow_changed_files,
         pid_timeout: Duration::from_secs(args.pid_timeout),
         cancel: Some(cancel),
+        progress: bar.as_ref().map(|(_, f)| f.clone()),
     };
     let report = restore::restore(&opts).with_context(|| format!("restore from {} failed", args.images.display()))?;
     if let Some(file) = &args.pidfile {

@@ -121,12 +121,22 @@ pub struct MemoryStats {
 const PIECE: u64 = 8 << 20;
 const PAGE: u64 = 4096;
 
+/// Reports progress of a long phase: bytes done of bytes in all.
+pub type Progress<'a> = &'a dyn Fn(u64, u64);
+
 /// Store the pages `plans` call for into address space `mm` of `writer`.
-pub fn store(pid: Pid, plans: &[Planned], mm: u32, writer: &mut ImageWriter) -> Result<MemoryStats, MemoryError> {
+/// All mappings are scanned first, so `progress` knows the total.
+pub fn store(
+    pid: Pid,
+    plans: &[Planned],
+    mm: u32,
+    writer: &mut ImageWriter,
+    progress: Progress<'_>,
+) -> Result<MemoryStats, MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-    let mut mem: Option<ProcMem> = None;
     let mut stats = MemoryStats::default();
-    let mut buf = Vec::new();
+    // (start, end, readable) of every run of pages to store.
+    let mut runs = Vec::new();
     for plan in plans {
         let v = &plan.vma;
         stats.pages_scanned += (v.end - v.start) / PAGE;
@@ -153,32 +163,39 @@ pub fn store(pid: Pid, plans: &[Planned], mm: u32, writer: &mut ImageWriter) -> 
         };
         let regions =
             pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
-        let readable = v.prot & PROT_READ != 0;
-        for r in regions {
-            let mut at = r.start;
-            while at < r.end {
-                let end = ((at / PIECE + 1) * PIECE).min(r.end);
-                buf.resize((end - at) as usize, 0);
-                let read = if readable {
-                    process_vm::read_exact(pid, RemoteAddr(at), &mut buf).map_err(|e| e.to_string())
-                } else {
-                    // process_vm_readv honours protections; /proc/PID/mem
-                    // reads PROT_NONE pages too (FOLL_FORCE).
-                    let mem = match &mem {
-                        Some(m) => m,
-                        None => mem.insert(ProcMem::open(pid, false).map_err(|e| MemoryError::Read {
-                            pid,
-                            start: at,
-                            what: e.to_string(),
-                        })?),
-                    };
-                    mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| e.to_string())
+        runs.extend(regions.into_iter().map(|r| (r.start, r.end, v.prot & PROT_READ != 0)));
+    }
+
+    let total: u64 = runs.iter().map(|(s, e, _)| e - s).sum();
+    let mut done = 0;
+    let mut mem: Option<ProcMem> = None;
+    let mut buf = Vec::new();
+    for (start, end, readable) in runs {
+        let mut at = start;
+        while at < end {
+            let piece_end = ((at / PIECE + 1) * PIECE).min(end);
+            buf.resize((piece_end - at) as usize, 0);
+            let read = if readable {
+                process_vm::read_exact(pid, RemoteAddr(at), &mut buf).map_err(|e| crate::chain(&e))
+            } else {
+                // process_vm_readv honours protections; /proc/PID/mem reads
+                // PROT_NONE pages too (FOLL_FORCE).
+                let mem = match &mem {
+                    Some(m) => m,
+                    None => mem.insert(ProcMem::open(pid, false).map_err(|e| MemoryError::Read {
+                        pid,
+                        start: at,
+                        what: crate::chain(&e),
+                    })?),
                 };
-                read.map_err(|what| MemoryError::Read { pid, start: at, what })?;
-                writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
-                stats.pages_written += (end - at) / PAGE;
-                at = end;
-            }
+                mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| crate::chain(&e))
+            };
+            read.map_err(|what| MemoryError::Read { pid, start: at, what })?;
+            writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
+            stats.pages_written += (piece_end - at) / PAGE;
+            done += piece_end - at;
+            progress(done, total);
+            at = piece_end;
         }
     }
     Ok(stats)

@@ -46,6 +46,8 @@ pub struct DumpOptions {
     /// Set from outside (e.g. on SIGINT) to stop the dump at the next phase
     /// boundary; the process is then let go unchanged.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Told the bytes of memory stored so far, and the total.
+    pub progress: Option<crate::ProgressFn>,
 }
 
 /// What a successful dump did.
@@ -141,7 +143,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     let mut writer = ImageWriter::create(&opts.images, opts.write.clone())?;
     let mm = tree.processes[0].mm;
-    let mem_stats = memory::store(pid, &plans, mm, &mut writer)?;
+    let progress = |done, total| {
+        if let Some(p) = &opts.progress {
+            (p.0)(done, total);
+        }
+    };
+    let mem_stats = memory::store(pid, &plans, mm, &mut writer, &progress)?;
     for (mm, data) in contents {
         writer.add_memory(mm, 0, &data)?;
     }

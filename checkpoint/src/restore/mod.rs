@@ -57,6 +57,8 @@ pub struct RestoreOptions {
     /// How long to wait for the original pid to become free.
     pub pid_timeout: Duration,
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Told the bytes of memory written so far, and the total.
+    pub progress: Option<crate::ProgressFn>,
 }
 
 /// What a successful restore did.
@@ -132,7 +134,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
 
     let mut puppet = Puppet::create(p.pid)?;
     phase("create");
-    let pages = puppet.build(&image, p, planned, &mut phase)?;
+    let progress = |done, total| {
+        if let Some(f) = &opts.progress {
+            (f.0)(done, total);
+        }
+    };
+    let pages = puppet.build(&image, p, planned, &mut phase, &progress)?;
     if cancelled() {
         return Err(RestoreError::Cancelled);
     }
@@ -278,6 +285,7 @@ impl Puppet {
         p: &Process,
         planned: Vec<fds::Planned>,
         phase: &mut dyn FnMut(&str),
+        progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
         let pid = self.pid;
         for t in &p.threads {
@@ -383,7 +391,7 @@ impl Puppet {
             r.map_vma(v)?;
         }
         phase("map");
-        let pages = write_memory(image, pid, p.mm)?;
+        let pages = write_memory(image, pid, p.mm, progress)?;
         phase("memory");
 
         r.mm_fields(p)?;
@@ -462,14 +470,16 @@ fn current_maps(pid: Pid) -> Result<Vec<Current>, RestoreError> {
 
 /// Write the stored pages of address space `mm` through /proc/PID/mem,
 /// which also writes read-only and PROT_NONE pages (FOLL_FORCE).
-fn write_memory(image: &Image, pid: Pid, mm: u32) -> Result<u64, RestoreError> {
+fn write_memory(image: &Image, pid: Pid, mm: u32, progress: &dyn Fn(u64, u64)) -> Result<u64, RestoreError> {
     let mem = ProcMem::open(pid, true).map_err(|e| step("memory")(crate::chain(&e)))?;
+    let total: u64 = image.memory().iter().filter(|r| r.mm == mm).map(|r| r.len).sum();
     let mut pages = 0;
     for region in image.memory().iter().filter(|r| r.mm == mm) {
         let data = image.read_region(region).map_err(|e| step("memory")(crate::chain(&e)))?;
         mem.write_all_at(RemoteAddr(region.start), &data)
             .map_err(|e| step("memory")(format!("at {:#x}: {e}", region.start)))?;
         pages += region.len / PAGE;
+        progress(pages * PAGE, total);
     }
     Ok(pages)
 }
