@@ -167,38 +167,68 @@ pub fn store(
     }
 
     let total: u64 = runs.iter().map(|(s, e, _)| e - s).sum();
-    let mut done = 0;
-    let mut mem: Option<ProcMem> = None;
-    let mut buf = Vec::new();
+    // Cut the runs into pieces, read them on worker threads (process_vm_readv
+    // needs no ptrace, so any thread may read), and store them here as they
+    // arrive: the image does not care about order. The channel's bound keeps
+    // at most a few pieces in flight.
+    let mut pieces = Vec::new();
     for (start, end, readable) in runs {
         let mut at = start;
         while at < end {
             let piece_end = ((at / PIECE + 1) * PIECE).min(end);
-            buf.resize((piece_end - at) as usize, 0);
-            let read = if readable {
-                process_vm::read_exact(pid, RemoteAddr(at), &mut buf).map_err(|e| crate::chain(&e))
-            } else {
-                // process_vm_readv honours protections; /proc/PID/mem reads
-                // PROT_NONE pages too (FOLL_FORCE).
-                let mem = match &mem {
-                    Some(m) => m,
-                    None => mem.insert(ProcMem::open(pid, false).map_err(|e| MemoryError::Read {
-                        pid,
-                        start: at,
-                        what: crate::chain(&e),
-                    })?),
-                };
-                mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| crate::chain(&e))
-            };
-            read.map_err(|what| MemoryError::Read { pid, start: at, what })?;
-            writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
-            stats.pages_written += (piece_end - at) / PAGE;
-            done += piece_end - at;
-            progress(done, total);
+            pieces.push((at, piece_end, readable));
             at = piece_end;
         }
     }
+    let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done = 0;
+    std::thread::scope(|scope| -> Result<(), MemoryError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>), MemoryError>>(readers * 2);
+        for _ in 0..readers {
+            let tx = tx.clone();
+            let (pieces, next) = (&pieces, &next);
+            scope.spawn(move || {
+                let mut mem: Option<ProcMem> = None;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(at, end, readable)) = pieces.get(i) else { return };
+                    let read = read_piece(pid, at, end, readable, &mut mem);
+                    if tx.send(read.map(|buf| (at, buf))).is_err() {
+                        return; // the store failed and stopped listening
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for piece in rx {
+            let (at, buf) = piece?;
+            writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
+            stats.pages_written += buf.len() as u64 / PAGE;
+            done += buf.len() as u64;
+            progress(done, total);
+        }
+        Ok(())
+    })?;
     Ok(stats)
+}
+
+/// Read `[at, end)` of `pid`: process_vm_readv for readable memory,
+/// /proc/PID/mem (which reads PROT_NONE pages too, with FOLL_FORCE) for the
+/// rest.
+fn read_piece(pid: Pid, at: u64, end: u64, readable: bool, mem: &mut Option<ProcMem>) -> Result<Vec<u8>, MemoryError> {
+    let mut buf = vec![0; (end - at) as usize];
+    let err = |what: String| MemoryError::Read { pid, start: at, what };
+    if readable {
+        process_vm::read_exact(pid, RemoteAddr(at), &mut buf).map_err(|e| err(crate::chain(&e)))?;
+    } else {
+        let mem = match mem {
+            Some(m) => m,
+            None => mem.insert(ProcMem::open(pid, false).map_err(|e| err(crate::chain(&e)))?),
+        };
+        mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| err(crate::chain(&e)))?;
+    }
+    Ok(buf)
 }
 
 /// Why memory could not be stored.
