@@ -28,10 +28,22 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let image = Image::open(&args.image).with_context(|| format!("cannot read image {}", args.image.display()))?;
     let i = image.inspect();
+    let restores = stasis_checkpoint::restore::history(&args.image);
     if args.json {
-        json(&i)?;
+        let mut v = serde_json::to_value(&i)?;
+        v["restores"] = serde_json::Value::Array(restores);
+        json(&v)?;
     } else {
         print_text(&i);
+        for r in &restores {
+            let r = &r["report"];
+            println!(
+                "restored   at pid {} in {:.1} ms ({} pages written)",
+                r["pid"],
+                r["total_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                r["pages_written"]
+            );
+        }
     }
     Ok(Outcome::Success)
 }

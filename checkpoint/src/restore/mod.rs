@@ -145,13 +145,45 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     let threads = puppet.release(p)?;
     phase("resume");
-    Ok(RestoreReport {
+    let report = RestoreReport {
         pid: p.pid,
         threads,
         total_us: start.elapsed().as_micros() as u64,
         phases,
         pages_written: pages,
-    })
+    };
+    record(&opts.images, &report);
+    Ok(report)
+}
+
+/// Name of the file in an image directory where each restore appends its
+/// figures (one JSON object a line). It is not part of the image: the
+/// manifest and its checksums never change.
+pub const RESTORE_LOG: &str = "restores.jsonl";
+
+/// Append the figures of a restore to the image's restore log; a read-only
+/// image directory only costs a warning.
+fn record(dir: &std::path::Path, report: &RestoreReport) {
+    use std::io::Write;
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let line = serde_json::json!({ "unix_ms": at, "report": report });
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(RESTORE_LOG))
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = written {
+        tracing::warn!("cannot record the restore in {}: {e}", dir.join(RESTORE_LOG).display());
+    }
+}
+
+/// The restores recorded for an image, oldest first.
+pub fn history(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join(RESTORE_LOG))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// The vdso must be this kernel's: the process has code addresses in it.
