@@ -284,6 +284,12 @@ impl Drop for Puppet {
     fn drop(&mut self) {
         if self.child.is_some() {
             let _ = stasis_sys::nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+            // Traced threads that die wait for their tracer to reap them, and
+            // the process cannot be reaped before its threads are.
+            use stasis_sys::nix::sys::wait::{waitpid, WaitPidFlag};
+            for t in &self.threads {
+                let _ = waitpid(t.pid(), Some(WaitPidFlag::__WALL));
+            }
         }
     }
 }
