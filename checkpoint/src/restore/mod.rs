@@ -440,17 +440,18 @@ impl Puppet {
         phase("attributes");
 
         // Threads, each stopped before it runs; then what is per thread.
-        let mut threads = Vec::new();
+        // Kept in self at once, so that a failure kills them with the rest
+        // before they are detached.
         for t in p.threads.iter().skip(1) {
             let seized =
                 r.inj.clone_thread(Pid::from_raw(t.tid), None).map_err(|e| step("threads")(crate::chain(&e)))?;
-            threads.push(seized);
+            self.threads.push(seized);
         }
         {
             let main_record = &p.threads[0];
             r.per_thread(main_record)?;
         }
-        for (seized, t) in threads.iter_mut().zip(p.threads.iter().skip(1)) {
+        for (seized, t) in self.threads.iter_mut().zip(p.threads.iter().skip(1)) {
             let mut inj = seized.begin_injection(RemoteAddr(tramp)).map_err(|e| step("threads")(crate::chain(&e)))?;
             let mut tr = Remote { inj: &mut inj, pid, scratch };
             tr.per_thread(t)?;
@@ -467,7 +468,6 @@ impl Puppet {
         inj.syscall_ok(libc::SYS_munmap, [tramp, TRAMPOLINE_LEN, 0, 0, 0, 0])
             .map_err(|e| step("trampoline")(crate::chain(&e)))?;
         inj.finish().map_err(|e| step("injection")(crate::chain(&e)))?;
-        self.threads = threads;
         Ok(pages)
     }
 
