@@ -10,7 +10,12 @@
 //! freezer straight into a ptrace stop without running user code
 //! (cgroup v1 tasks only act on the interrupt once thawed; v2 tasks leave the
 //! freezer trap for it at once: kernel/signal.c `do_freezer_trap`). The
-//! freeze is recorded in the [`crate::journal`] first.
+//! cgroup must be thawed while stasis works: a task resumed for an injected
+//! system call would otherwise go straight back into the freezer. A cgroup
+//! that was frozen before the dump is frozen again before its tasks are let
+//! go, so the dump leaves it as it found it. Every freeze is recorded in the
+//! [`crate::journal`] first, which restores the cgroup's state if stasis is
+//! killed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +38,20 @@ pub struct Frozen {
     threads: Vec<Seized>,
     /// When the first thread stopped.
     since: Instant,
+    /// A cgroup that was frozen before the dump, to freeze again before the
+    /// threads are let go, and the journal entry that stands for it.
+    refreeze: Option<(CgroupFreezer, journal::Recorded)>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // Before the threads detach (the fields drop after this).
+        if let Some((freezer, _entry)) = self.refreeze.take() {
+            if let Err(e) = freezer.freeze(STOP_TIMEOUT) {
+                tracing::error!("cannot freeze {} again: {e}", freezer.dir().display());
+            }
+        }
+    }
 }
 
 impl Frozen {
@@ -48,10 +67,20 @@ impl Frozen {
         self.since
     }
 
-    /// Detach from every thread: the process runs on as it was.
-    pub fn release(self) -> Result<(), FreezeError> {
+    /// Detach from every thread: the process runs on as it was (frozen
+    /// again, if its cgroup was frozen before).
+    pub fn release(mut self) -> Result<(), FreezeError> {
         let mut first = None;
-        for t in self.threads {
+        if let Some((freezer, entry)) = self.refreeze.take() {
+            if let Err(e) = freezer.freeze(STOP_TIMEOUT) {
+                first = Some(FreezeError::Cgroup {
+                    cgroup: freezer.dir().to_owned(),
+                    what: format!("freezing it again: {e}"),
+                });
+            }
+            drop(entry);
+        }
+        for t in std::mem::take(&mut self.threads) {
             let tid = t.pid();
             if let Err(e) = t.detach() {
                 first.get_or_insert(FreezeError::Detach { tid, what: crate::chain(&e) });
@@ -131,7 +160,7 @@ fn freeze_ptrace(pid: Pid) -> Result<Frozen, FreezeError> {
         return Err(FreezeError::NoProcess(pid));
     }
     threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
-    Ok(Frozen { pid, threads, since: since.unwrap_or_else(Instant::now) })
+    Ok(Frozen { pid, threads, since: since.unwrap_or_else(Instant::now), refreeze: None })
 }
 
 /// Which freezer a cgroup directory has: v2 (`cgroup.freeze`) or v1
@@ -149,6 +178,24 @@ pub fn cgroup_freezer(dir: &Path) -> Result<CgroupFreezer, FreezeError> {
     }
 }
 
+/// The cgroup (v2, or v1 freezer) that holds `pid` frozen, if any. A
+/// process in a frozen cgroup can be seized but not made to run injected
+/// system calls: the dump must go through that cgroup's freezer.
+pub fn frozen_cgroup_of(pid: Pid) -> Option<PathBuf> {
+    let mounts = freezer::parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").ok()?);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let candidates = [
+        freezer::cgroup2_mount(&mounts).zip(freezer::own_cgroup(&own, None)),
+        freezer::freezer_v1_mount(&mounts).zip(freezer::own_cgroup(&own, Some("freezer"))),
+    ];
+    let found = candidates.into_iter().flatten().find_map(|(mount, rel)| {
+        let dir = mount.mount_point.join(rel.strip_prefix("/").unwrap_or(&rel));
+        let freezer = cgroup_freezer(&dir).ok()?;
+        freezer.is_frozen().ok()?.then_some(dir)
+    });
+    found
+}
+
 fn freeze_cgroup(pid: Pid, dir: &Path) -> Result<Frozen, FreezeError> {
     let cg_err = |what: String| FreezeError::Cgroup { cgroup: dir.to_owned(), what };
     let freezer = cgroup_freezer(dir)?;
@@ -157,7 +204,7 @@ fn freeze_cgroup(pid: Pid, dir: &Path) -> Result<Frozen, FreezeError> {
         return Err(FreezeError::NotInCgroup { pid, cgroup: dir.to_owned() });
     }
     let was_frozen = freezer.is_frozen().map_err(|e| cg_err(e.to_string()))?;
-    let _entry = journal::record_freeze(&freezer, was_frozen).map_err(|e| cg_err(format!("journal: {e}")))?;
+    let entry = journal::record_freeze(&freezer, was_frozen).map_err(|e| cg_err(format!("journal: {e}")))?;
     freezer.freeze(STOP_TIMEOUT).map_err(|e| cg_err(e.to_string()))?;
     let since = Instant::now();
     // From here the cgroup must be thawed on every path.
@@ -174,13 +221,19 @@ fn freeze_cgroup(pid: Pid, dir: &Path) -> Result<Frozen, FreezeError> {
         }
         Ok(threads)
     })();
-    let thawed = if was_frozen { Ok(()) } else { freezer.thaw(STOP_TIMEOUT).map_err(|e| cg_err(e.to_string())) };
-    let mut threads = result?;
+    // Thawed even if it was frozen before: the tasks stay in their ptrace
+    // stops, and are frozen again before they are let go.
+    let thawed = freezer.thaw(STOP_TIMEOUT).map_err(|e| cg_err(e.to_string()));
+    let threads = result?;
+    let mut frozen = Frozen { pid, threads, since, refreeze: None };
+    if was_frozen {
+        frozen.refreeze = Some((freezer, entry));
+    }
     thawed?;
-    for s in &mut threads {
+    for s in &mut frozen.threads {
         let tid = s.pid();
         s.wait_stop(STOP_TIMEOUT).map_err(|e| FreezeError::Stop { tid, what: crate::chain(&e) })?;
     }
-    threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
-    Ok(Frozen { pid, threads, since })
+    frozen.threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
+    Ok(frozen)
 }

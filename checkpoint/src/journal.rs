@@ -26,7 +26,8 @@ struct Entry {
     agent: i32,
     cgroup: PathBuf,
     v2: bool,
-    /// Whether the cgroup was frozen before stasis froze it: then it stays so.
+    /// Whether the cgroup was frozen before stasis froze it: then that is
+    /// the state to leave it in.
     was_frozen: bool,
 }
 
@@ -73,6 +74,13 @@ pub fn recover() -> Vec<PathBuf> {
             continue; // its stasis is still at work
         }
         let freezer = CgroupFreezer::new(&e.cgroup, if e.v2 { Kind::V2 } else { Kind::V1 });
+        if e.was_frozen && e.cgroup.exists() {
+            // It was frozen before stasis thawed it to work: freeze it again.
+            if let Err(err) = freezer.freeze(Duration::from_secs(5)) {
+                tracing::error!("cannot freeze {} again for stasis {}: {err}", e.cgroup.display(), e.agent);
+                continue;
+            }
+        }
         if !e.was_frozen && e.cgroup.exists() {
             match freezer.thaw(Duration::from_secs(5)) {
                 Ok(()) => {

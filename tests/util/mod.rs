@@ -74,3 +74,7 @@ pub fn copy_image(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// Real programs (python3, bash, sleep) started by the tests, and dump and
+/// restore helpers for them.
+pub mod spawned;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use stasis_image::records::{self, DumpStats, Fd, Phase, ProcessTree};
 use stasis_image::{Image, ImageWriter, WriteOptions, WriteStats};
@@ -121,7 +121,22 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let mut clock = Clock::new();
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
 
+    // The image directory is checked before the process is touched.
+    if holds_image(&opts.images) {
+        return Err(DumpError::Write(stasis_image::WriteError::AlreadyExists { path: opts.images.clone() }));
+    }
     let stat = preflight(pid)?;
+    if opts.cgroup.is_none() {
+        if let Some(cg) = freeze::frozen_cgroup_of(pid) {
+            return Err(DumpError::Refused {
+                pid,
+                reason: format!(
+                    "it is in frozen cgroup {0}; pass --cgroup {0} to dump it (it stays frozen)",
+                    cg.display()
+                ),
+            });
+        }
+    }
     clock.phase("preflight");
     if cancelled() {
         return Err(DumpError::Cancelled(pid));
@@ -157,11 +172,22 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         return Err(DumpError::Cancelled(pid));
     }
 
-    // Frozen time ends when the process is killed or let go; the image must
-    // record it, so it is measured up to the write and completed below.
-    let frozen_until_write = frozen.since().elapsed();
+    // With --leave-running the process is let go as soon as everything of
+    // it is captured: writing the image out and verifying it need not keep
+    // it stopped. Killing waits for the verified image.
+    let killed = !opts.leave_running;
+    let mut frozen = Some(frozen);
+    let mut frozen_for = None;
+    if !killed {
+        let f = frozen.take().expect("still held");
+        frozen_for = Some(f.since().elapsed());
+        f.release().map_err(|source| DumpError::Freeze { pid, source })?;
+        clock.phase("release");
+    }
+    let held_so_far = frozen.as_ref().map_or(Duration::ZERO, |f| f.since().elapsed());
     tree.stats = Some(DumpStats {
-        frozen_us: frozen_until_write.as_micros() as u64,
+        // For a killed process: stopped until the image was written.
+        frozen_us: frozen_for.unwrap_or(held_so_far).as_micros() as u64,
         total_us: clock.start.elapsed().as_micros() as u64,
         phases: clock.phases.iter().map(|(n, us)| Phase { name: n.clone(), us: *us }).collect(),
         pages_scanned: mem_stats.pages_scanned,
@@ -184,17 +210,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     clock.phase("verify");
 
-    let killed = !opts.leave_running;
-    if killed {
+    if let Some(f) = frozen.take() {
         let pidfd = PidFd::open(pid).map_err(|e| DumpError::Kill { pid, what: crate::chain(&e) })?;
         pidfd.send_signal(Signal::SIGKILL).map_err(|e| DumpError::Kill { pid, what: crate::chain(&e) })?;
+        frozen_for = Some(f.since().elapsed());
+        // Detaching from threads that are dying may fail; they are gone.
+        let _ = f.release();
+        clock.phase("kill");
     }
-    let frozen_for = frozen.since().elapsed();
-    frozen
-        .release()
-        .or_else(|e| if killed { Ok(()) } else { Err(e) })
-        .map_err(|source| DumpError::Freeze { pid, source })?;
-    clock.phase(if killed { "kill" } else { "release" });
+    let frozen_for = frozen_for.unwrap_or_default();
 
     Ok(DumpReport {
         pid: pid.as_raw(),

@@ -1,0 +1,316 @@
+//! Failure paths of dump and restore: each must end with exit 1 and one
+//! clear line on stderr naming what is wrong, and leave the target running
+//! and unchanged (shown by the workload's own self-check, or by its progress
+//! and its still working sockets).
+
+mod util;
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use util::spawned::{dump_ok, python3, tempdir, tool, Spawned};
+use util::workload::{is_alive, Workload};
+use util::{run, Run};
+
+/// The single `stasis: error: ...` line of a failed command (exit 1).
+fn error_line(r: &Run) -> String {
+    assert_eq!(r.code, Some(1), "expected exit 1\n{}", r.dump());
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr\n{}", r.dump());
+    assert!(lines[0].starts_with("stasis: error: "), "{}", r.dump());
+    lines[0].to_string()
+}
+
+fn dump(pid: i32, images: &Path, extra: &[&str]) -> Run {
+    let p = pid.to_string();
+    let mut args = vec!["dump", "--pid", &p, "--images", images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// The tracer pid in /proc/PID/status (0: not traced).
+fn tracer_of(pid: i32) -> i32 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no TracerPid in /proc/{pid}/status"))
+}
+
+/// A workload that checks itself and went on computing: the failed command
+/// left it running and unchanged.
+fn assert_unchanged(w: &Workload) {
+    assert!(is_alive(w.pid), "workload {} (pid {}) is gone\n{}", w.name, w.pid, w.log());
+    assert_eq!(tracer_of(w.pid), 0, "workload {} is still traced", w.name);
+    let past = w.progress().unwrap_or(0);
+    w.wait_progress(past, Duration::from_secs(30));
+    w.check_ok();
+}
+
+#[test]
+fn dump_of_missing_pid_names_it() {
+    let pid_max: i32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let pid = (300..pid_max).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).expect("a free pid");
+    let images = tempdir("missing-pid");
+    let line = error_line(&dump(pid, &images.path().join("img"), &[]));
+    assert!(line.contains(&format!("no process {pid}")), "{line}");
+    assert!(!images.path().join("img").exists(), "a refused dump created its image directory");
+}
+
+/// Listens on 127.0.0.1 and holds an eventfd; every ~20 ms it adds 1 to the
+/// eventfd and publishes its iteration (as a symlink, DIR/progress); each
+/// connection is answered with the eventfd's count.
+const SOCKET_SCRIPT: &str = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+s.setblocking(False)
+e = os.eventfd(0)
+with open(os.path.join(d, "port.tmp"), "w") as f:
+    f.write(str(s.getsockname()[1]))
+os.replace(os.path.join(d, "port.tmp"), os.path.join(d, "port"))
+i = 0
+while True:
+    i += 1
+    os.eventfd_write(e, 1)
+    os.symlink(str(i), os.path.join(d, "progress.tmp"))
+    os.replace(os.path.join(d, "progress.tmp"), os.path.join(d, "progress"))
+    try:
+        c, _ = s.accept()
+        c.setblocking(True)
+        n = os.eventfd_read(e)
+        c.sendall(b"%d\n" % n)
+        c.close()
+    except BlockingIOError:
+        pass
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn dump_refuses_socket_and_eventfd_in_one_error() {
+    let dir = tempdir("socket");
+    let script = dir.path().join("socket.py");
+    fs::write(&script, SOCKET_SCRIPT).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let p = Spawned::start("socket", cmd, dir);
+    let progress = |d: &Path| fs::read_link(d.join("progress")).ok()?.to_str()?.parse::<u64>().ok();
+    let port: u16 =
+        p.wait_for(Duration::from_secs(30), "DIR/port", || fs::read_to_string(p.dir.join("port")).ok()?.parse().ok());
+    p.wait_for(Duration::from_secs(30), "progress", || progress(&p.dir));
+
+    let images = tempdir("socket-img");
+    let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
+    assert!(line.contains(&format!("process {}", p.pid)), "{line}");
+    assert!(line.contains("socket"), "the error does not name the socket: {line}");
+    assert!(line.contains("eventfd"), "the error does not name the eventfd: {line}");
+    assert!(!images.path().join("img").join("stasis.img").exists());
+
+    // It runs on, untraced, and both objects still work.
+    assert_eq!(tracer_of(p.pid), 0);
+    let now = progress(&p.dir).unwrap();
+    p.wait_for(Duration::from_secs(30), "progress after the refused dump", || progress(&p.dir).filter(|&i| i > now));
+    let mut answer = String::new();
+    let mut conn =
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}\n{}", p.log()));
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.read_to_string(&mut answer).unwrap();
+    let count: u64 = answer.trim().parse().unwrap_or_else(|_| panic!("answer {answer:?}\n{}", p.log()));
+    assert!(count >= 1, "eventfd count {count}");
+    assert!(p.alive(), "{}", p.log());
+}
+
+#[test]
+fn dump_refuses_process_with_live_child() {
+    let dir = tempdir("parent");
+    // The child's argv[0] holds our directory, to find and kill it by pid.
+    let mut cmd = Command::new(tool("bash"));
+    cmd.arg("-c").arg(r#"(exec -a "$1/child" sleep 100) & wait"#).arg("parent").arg(dir.path());
+    let mut p = Spawned::start("parent", cmd, dir);
+    let marker = p.dir.join("child");
+    let find_child = || -> Option<i32> {
+        fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline.split(|&b| b == 0).next() == Some(marker.as_os_str().as_encoded_bytes())).then_some(pid)
+        })
+    };
+    let child = p.wait_for(Duration::from_secs(30), "the child sleep", find_child);
+    struct KillChild(i32);
+    impl Drop for KillChild {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _kill_child = KillChild(child);
+
+    let images = tempdir("parent-img");
+    let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
+    assert!(line.contains("child process") && line.contains(&child.to_string()), "{line}");
+    for pid in [p.pid, child] {
+        assert!(is_alive(pid), "pid {pid} is gone after the refused dump");
+        assert_eq!(tracer_of(pid), 0, "pid {pid} is traced after the refused dump");
+    }
+    // The parent still waits for its child: it exits when the child does.
+    drop(_kill_child);
+    p.wait_exit(Duration::from_secs(30));
+}
+
+/// A tmpfs mounted for one test, unmounted on drop (even on panic).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempdir("tmpfs");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount a {size} tmpfs on {}: {e}", dir.path().display()));
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("cannot unmount {}: {e}", self.0.path().display());
+        }
+    }
+}
+
+#[test]
+fn dump_into_full_disk_leaves_target_running() {
+    let w = Workload::start("mem_dense", &["16"]);
+    w.wait_running();
+    let disk = Tmpfs::mount("1m");
+    let images = disk.path().join("img");
+    let line = error_line(&dump(w.pid, &images, &[]));
+    assert!(
+        line.contains(&format!("cannot write {}", images.display())),
+        "the error does not say which image file could not be written: {line}"
+    );
+    assert!(line.contains("No space left on device"), "the error does not say why: {line}");
+    assert!(!images.join("stasis.img").exists(), "a failed dump left a manifest in {}", images.display());
+    let left: Vec<_> = fs::read_dir(&images).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a failed dump left {left:?} in {}", images.display());
+    assert_unchanged(&w);
+    let r = run(["verify", images.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "a half-written image verifies\n{}", r.dump());
+}
+
+#[test]
+fn dump_into_directory_holding_an_image_is_refused() {
+    let w = Workload::start("threads", &[]);
+    w.wait_running();
+    let images = tempdir("existing-img");
+    dump_ok(w.pid, images.path(), &["--leave-running"]);
+    let read = |name: &str| fs::read(images.path().join(name)).unwrap();
+    let (manifest, pack) = (read("stasis.img"), read("chunks.pack"));
+
+    let line = error_line(&dump(w.pid, images.path(), &["--leave-running"]));
+    assert!(line.contains("already holds an image") && line.contains(images.path().to_str().unwrap()), "{line}");
+    let line = error_line(&dump(w.pid, images.path(), &[]));
+    assert!(line.contains("already holds an image"), "{line}");
+    assert!(read("stasis.img") == manifest && read("chunks.pack") == pack, "the refused dump changed the old image");
+    run(["verify", images.path().to_str().unwrap()]).success();
+    assert_unchanged(&w);
+}
+
+#[test]
+fn restore_of_corrupt_chunk_names_it_and_creates_nothing() {
+    let mut w = Workload::start("mem_dense", &["16"]);
+    w.wait_running();
+    let images = tempdir("corrupt-img");
+    dump_ok(w.pid, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let pack = images.path().join("chunks.pack");
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+
+    // verify names the chunk; restore must refuse with the same chunk.
+    let v = run(["verify", images.path().to_str().unwrap()]);
+    assert_eq!(v.code, Some(1), "{}", v.dump());
+    let chunk = v
+        .stdout
+        .split_whitespace()
+        .chain(v.stderr.split_whitespace())
+        .skip_while(|w| *w != "chunk")
+        .nth(1)
+        .unwrap_or_else(|| panic!("verify names no chunk\n{}", v.dump()))
+        .trim_end_matches(':')
+        .to_string();
+    let line = error_line(&run(["restore", "--images", images.path().to_str().unwrap()]));
+    assert!(
+        line.contains(&format!("chunk {chunk}")) && line.contains("corrupt"),
+        "the error does not name chunk {chunk}: {line}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!is_alive(w.pid), "a refused restore left pid {} running", w.pid);
+}
+
+#[test]
+fn restore_while_pid_taken_names_it_and_leaves_original() {
+    let w = Workload::start("mem_dense", &["16"]);
+    w.wait_running();
+    let images = tempdir("taken-img");
+    dump_ok(w.pid, images.path(), &["--leave-running"]);
+    let line = error_line(&run(["restore", "--images", images.path().to_str().unwrap(), "--pid-timeout", "1"]));
+    assert!(line.contains(&w.pid.to_string()), "the error does not name pid {}: {line}", w.pid);
+    assert_unchanged(&w);
+}
+
+/// PTRACE_SEIZEs the pid in argv[2] (without stopping it), says so in
+/// DIR/seized, then sleeps until killed.
+const TRACER_SCRIPT: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_SEIZE = 0x4206
+if libc.ptrace(PTRACE_SEIZE, int(sys.argv[2]), None, None) != 0:
+    sys.exit("PTRACE_SEIZE: " + os.strerror(ctypes.get_errno()))
+open(os.path.join(sys.argv[1], "seized"), "w").close()
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn dump_of_traced_process_names_the_tracer() {
+    let w = Workload::start("mem_dense", &["16"]);
+    w.wait_running();
+    let dir = tempdir("tracer");
+    let script = dir.path().join("tracer.py");
+    fs::write(&script, TRACER_SCRIPT).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path()).arg(w.pid.to_string());
+    let mut tracer = Spawned::start("tracer", cmd, dir);
+    let seized: PathBuf = tracer.dir.join("seized");
+    tracer.wait_for(Duration::from_secs(30), "DIR/seized", || seized.exists().then_some(()));
+    assert_eq!(tracer_of(w.pid), tracer.pid);
+
+    let images = tempdir("traced-img");
+    let line = error_line(&dump(w.pid, &images.path().join("img"), &[]));
+    assert!(line.contains(&format!("traced by process {}", tracer.pid)), "{line}");
+    assert_eq!(tracer_of(w.pid), tracer.pid, "the refused dump changed the tracer");
+    // Still runs while traced, and once the tracer is gone it checks out.
+    let past = w.progress().unwrap_or(0);
+    w.wait_progress(past, Duration::from_secs(30));
+    tracer.kill();
+    assert_unchanged(&w);
+}

@@ -1,0 +1,253 @@
+//! Dump and restore of real programs from Debian (python3, bash, coreutils
+//! sleep) rather than our own C workloads: each must carry on after the
+//! restore exactly as if it had never stopped, which the tests see in what
+//! the program itself computes and writes.
+
+mod util;
+
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use util::spawned::{dump_ok, python3, restore_ok, tempdir, tool, Spawned};
+use util::workload::{is_alive, wait_gone, Workload};
+
+/// Builds a 300k-entry dict deterministically, then walks a hash chain
+/// through it for STEPS steps, rewriting the entry it visits (so the result
+/// depends on the whole dict surviving the restore intact), and writes the
+/// final value and a checksum of the dict to DIR/result.
+///
+/// Progress is published as a symlink whose target is the step (symlink,
+/// then rename over DIR/progress): the script never holds an fd on its
+/// directory while it computes, so a --leave-running dump cannot catch a
+/// transient fd on a file the original then moves on (which restore would
+/// rightly refuse as changed).
+const DICT_SCRIPT: &str = r#"
+import os, sys
+d_dir, n_steps = sys.argv[1], int(sys.argv[2])
+
+def publish(step):
+    tmp = os.path.join(d_dir, "progress.tmp")
+    os.symlink(str(step), tmp)
+    os.replace(tmp, os.path.join(d_dir, "progress"))
+
+M = (1 << 64) - 1
+N = 300_000
+d = {i: (i * 6364136223846793005 + 1442695040888963407) & M for i in range(N)}
+x = 1
+every = max(1, n_steps // 20)
+for step in range(n_steps):
+    k = x % N
+    x = ((x * 6364136223846793005) ^ d[k]) & M
+    d[k] = (x >> 7) ^ step
+    if step % every == 0:
+        publish(step)
+with open(os.path.join(d_dir, "result.tmp"), "w") as f:
+    f.write("%d %d %d\n" % (x, len(d), sum(d.values()) & M))
+os.replace(os.path.join(d_dir, "result.tmp"), os.path.join(d_dir, "result"))
+"#;
+
+/// About 2-4 s of computation on an idle core.
+const DICT_STEPS: u64 = 800_000;
+const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn start_dict(name: &str) -> Spawned {
+    let dir = tempdir(name);
+    let script = dir.path().join("dict.py");
+    fs::write(&script, DICT_SCRIPT).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path()).arg(DICT_STEPS.to_string()).current_dir(dir.path());
+    Spawned::start(name, cmd, dir)
+}
+
+fn dict_progress(dir: &Path) -> Option<u64> {
+    fs::read_link(dir.join("progress")).ok()?.to_str()?.parse().ok()
+}
+
+fn dict_result(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join("result")).ok()
+}
+
+/// The result of an uninterrupted run.
+fn dict_expected() -> String {
+    let mut p = start_dict("dict-expected");
+    let result = p.wait_for(RESULT_TIMEOUT, "DIR/result", || dict_result(&p.dir));
+    let status = p.wait_exit(Duration::from_secs(30)).expect("our child");
+    assert!(status.success(), "uninterrupted python run failed: {status}\n{}", p.log());
+    assert_eq!(result.split_whitespace().count(), 3, "bad result {result:?}");
+    result
+}
+
+/// Wait until the script is inside its loop (past its first progress step).
+fn wait_in_loop(p: &Spawned) -> u64 {
+    p.wait_for(Duration::from_secs(60), "progress past step 0", || dict_progress(&p.dir).filter(|&s| s > 0))
+}
+
+/// Wait for DIR/result, checking on the way that the progress never drops
+/// below `floor` (a restored process resumes, it does not start over).
+fn wait_dict_result(p: &Spawned, floor: u64) -> String {
+    p.wait_for(RESULT_TIMEOUT, "DIR/result", || {
+        if let Some(s) = dict_progress(&p.dir) {
+            assert!(s >= floor, "progress went back from {floor} to {s}: the restored script started over");
+        }
+        dict_result(&p.dir)
+    })
+}
+
+#[test]
+fn python_large_dict_round_trip() {
+    let want = dict_expected();
+    let mut p = start_dict("dict-rt");
+    wait_in_loop(&p);
+    let images = tempdir("dict-rt-img");
+    dump_ok(p.pid, images.path(), &[]);
+    let status = p.wait_exit(Duration::from_secs(30)).expect("our child");
+    assert_eq!(status.signal(), Some(9), "the dump should have killed python: {status}");
+    let at_dump = dict_progress(&p.dir).unwrap();
+    assert!(dict_result(&p.dir).is_none(), "python finished before the dump; raise DICT_STEPS");
+    restore_ok(p.pid, images.path());
+    assert_eq!(wait_dict_result(&p, at_dump), want, "the restored run computed another result\n{}", p.log());
+}
+
+#[test]
+fn python_large_dict_leave_running() {
+    let want = dict_expected();
+    let mut p = start_dict("dict-lr");
+    wait_in_loop(&p);
+    let images = tempdir("dict-lr-img");
+    dump_ok(p.pid, images.path(), &["--leave-running"]);
+    let at_dump = dict_progress(&p.dir).unwrap();
+    // The original computes on after the dump...
+    p.wait_for(Duration::from_secs(60), "progress after the dump", || dict_progress(&p.dir).filter(|&s| s > at_dump));
+    p.kill();
+    assert!(dict_result(&p.dir).is_none(), "the original finished before it was killed; raise DICT_STEPS");
+    // ...and the copy restored from the image finishes the same computation.
+    restore_ok(p.pid, images.path());
+    assert_eq!(wait_dict_result(&p, 0), want, "the restored run computed another result\n{}", p.log());
+}
+
+#[test]
+fn python_large_dict_checkpointed_twice() {
+    let want = dict_expected();
+    let mut p = start_dict("dict-twice");
+    wait_in_loop(&p);
+    let first = tempdir("dict-twice-img1");
+    dump_ok(p.pid, first.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    let at_first = dict_progress(&p.dir).unwrap();
+    restore_ok(p.pid, first.path());
+    // The restored process computes (its progress moves), then is dumped again.
+    let moved = p.wait_for(Duration::from_secs(60), "progress after the first restore", || {
+        dict_progress(&p.dir).filter(|&s| s > at_first)
+    });
+    let second = tempdir("dict-twice-img2");
+    dump_ok(p.pid, second.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    assert!(dict_result(&p.dir).is_none(), "python finished before the second dump; raise DICT_STEPS");
+    restore_ok(p.pid, second.path());
+    assert_eq!(wait_dict_result(&p, moved), want, "the twice restored run computed another result\n{}", p.log());
+}
+
+#[test]
+fn sleep_sleeps_the_remaining_time() {
+    const SLEEP: Duration = Duration::from_secs(6);
+    let dir = tempdir("sleep");
+    let mut cmd = Command::new(tool("sleep"));
+    // argv[0] names our directory, to recognise the restored process.
+    cmd.arg0(dir.path().join("sleep")).arg(SLEEP.as_secs().to_string());
+    let started = Instant::now();
+    let mut p = Spawned::start("sleep", cmd, dir);
+    sleep(Duration::from_secs(1));
+    assert!(p.alive(), "sleep exited early\n{}", p.log());
+    let images = tempdir("sleep-img");
+    dump_ok(p.pid, images.path(), &[]);
+    let status = p.wait_exit(Duration::from_secs(30)).expect("our child");
+    assert_eq!(status.signal(), Some(9), "the dump should have killed sleep: {status}");
+    restore_ok(p.pid, images.path());
+    let restored = Instant::now();
+    sleep(Duration::from_secs(2));
+    assert!(
+        p.alive() && p.is_ours(),
+        "the restored sleep exited within 2 s of the restore ({:?} after it first started), not after the rest of its {SLEEP:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_gone(p.pid, Duration::from_secs(60)),
+        "the restored sleep still runs {:?} after it started",
+        started.elapsed()
+    );
+    let total = started.elapsed();
+    assert!(
+        total + Duration::from_millis(300) >= SLEEP,
+        "sleep {SLEEP:?} was gone {total:?} after it started (restored {:?} in)",
+        restored - started
+    );
+    assert!(total < Duration::from_secs(60), "sleep {SLEEP:?} took {total:?}");
+}
+
+#[test]
+fn bash_builtin_loop_counts_on() {
+    let dir = tempdir("bash-loop");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Builtins only: an external command would fork a child, and a process
+    // with children cannot be dumped yet. `read -t` on the FIFO (held open
+    // read-write, so it never sees EOF) paces the loop without a fork.
+    let script = r#"exec 3<>"$1/fifo"; i=0; while :; do i=$((i+1)); printf '%s\n' "$i" > "$1/count"; read -t 0.05 -u 3 || true; done"#;
+    let mut cmd = Command::new(tool("bash"));
+    cmd.arg("-c").arg(script).arg("bash-loop").arg(dir.path());
+    let mut p = Spawned::start("bash-loop", cmd, dir);
+    let count = |dir: &Path| fs::read_to_string(dir.join("count")).ok()?.trim().parse::<u64>().ok();
+    p.wait_for(Duration::from_secs(30), "count 5", || count(&p.dir).filter(|&c| c >= 5));
+    let images = tempdir("bash-loop-img");
+    dump_ok(p.pid, images.path(), &[]);
+    let status = p.wait_exit(Duration::from_secs(30)).expect("our child");
+    assert_eq!(status.signal(), Some(9), "the dump should have killed bash: {status}");
+    let at_dump = count(&p.dir).expect("a count at dump time");
+    restore_ok(p.pid, images.path());
+    let mut last = at_dump;
+    p.wait_for(Duration::from_secs(30), "count 20 past the dump", || {
+        // An empty read is a write in progress (truncate, then printf).
+        if let Some(c) = count(&p.dir) {
+            assert!(c >= last, "count went from {last} to {c} (dumped at {at_dump}): bash started over");
+            last = c;
+        }
+        (last >= at_dump + 20).then_some(())
+    });
+    assert!(is_alive(p.pid), "restored bash is gone\n{}", p.log());
+    p.kill();
+}
+
+/// dump, restore, dump the restored process, restore again, self-check.
+fn checkpoint_twice(name: &str, args: &[&str]) {
+    let mut w = Workload::start(name, args);
+    let before = w.wait_running();
+    let first = tempdir(&format!("{name}-img1"));
+    dump_ok(w.pid, first.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    restore_ok(w.pid, first.path());
+    let moved = w.wait_running();
+    let second = tempdir(&format!("{name}-img2"));
+    dump_ok(w.pid, second.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    restore_ok(w.pid, second.path());
+    let outcome = w.check_ok();
+    assert!(
+        outcome.generation >= moved && moved > before,
+        "generations: {before} before, {moved} after the first restore, {} at the end",
+        outcome.generation
+    );
+}
+
+#[test]
+fn mem_dense_checkpointed_twice() {
+    checkpoint_twice("mem_dense", &["16"]);
+}
+
+#[test]
+fn threads_checkpointed_twice() {
+    checkpoint_twice("threads", &[]);
+}
