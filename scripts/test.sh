@@ -16,6 +16,10 @@ fi
 # Debian packages the tests use, by the command that proves each is there.
 declare -A packages=(
     [mkfs.btrfs]=btrfs-progs
+    [python3]=python3
+    [gcc]=gcc
+    [bash]=bash
+    [unshare]=util-linux
 )
 missing=()
 for cmd in "${!packages[@]}"; do
