@@ -22,7 +22,8 @@ struct Pty {
 
 fn pty() -> Pty {
     let p = openpty(None, None).expect("openpty (needs /dev/ptmx)");
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", p.slave.as_raw_fd())).unwrap().to_string_lossy().into_owned();
+    let name =
+        std::fs::read_link(format!("/proc/self/fd/{}", p.slave.as_raw_fd())).unwrap().to_string_lossy().into_owned();
     fcntl(&p.master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
     Pty { master: p.master.into(), slave: p.slave, name }
 }
@@ -78,7 +79,16 @@ fn terminal_fds_follow_the_restoring_terminal() {
         .stderr(first.stdio())
         .status()
         .unwrap();
-    assert!(dumped.success(), "dump failed: {}", first.read_until("stasis: error", Duration::from_secs(2)).lines().filter(|l| !l.starts_with("tick")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        dumped.success(),
+        "dump failed: {}",
+        first
+            .read_until("stasis: error", Duration::from_secs(2))
+            .lines()
+            .filter(|l| !l.starts_with("tick"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     target.wait().unwrap();
     let v = util::run(["inspect", "--json", images.to_str().unwrap()]).success().json();
     // bash moves fds about while it reads (its stdin is saved elsewhere

@@ -8,6 +8,7 @@
 
 mod commands;
 mod output;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -27,11 +28,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Bench(commands::bench::Args),
     Check(commands::check::Args),
+    Demo(commands::demo::Args),
     Dump(commands::dump::Args),
     Inspect(commands::inspect::Args),
     Restore(commands::restore::Args),
     Verify(commands::verify::Args),
+    #[command(hide = true)]
+    Workload(workload::Args),
 }
 
 /// Exit status of a command that ran to its end.
@@ -48,16 +53,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     // A stasis killed while it held a cgroup frozen left a journal entry:
-    // thaw that workload before anything else.
-    for cgroup in stasis_checkpoint::journal::recover() {
-        eprintln!("stasis: thawed {}, left frozen by a stasis that did not finish", cgroup.display());
+    // thaw that workload before anything else. (Not in a bundled workload,
+    // which is no agent and may be the very process being dumped.)
+    if !matches!(cli.command, Command::Workload(_)) {
+        for cgroup in stasis_checkpoint::journal::recover() {
+            eprintln!("stasis: thawed {}, left frozen by a stasis that did not finish", cgroup.display());
+        }
     }
     let result = match cli.command {
+        Command::Bench(args) => commands::bench::run(args),
         Command::Check(args) => commands::check::run(args),
+        Command::Demo(args) => commands::demo::run(args),
         Command::Dump(args) => commands::dump::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Restore(args) => commands::restore::run(args),
         Command::Verify(args) => commands::verify::run(args),
+        Command::Workload(args) => workload::run(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use stasis_sys::nix::errno::Errno;
 use stasis_sys::nix::sys::signal::{kill, Signal};
 use stasis_sys::nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use stasis_sys::nix::unistd::Pid;
+use stasis_sys::nix::unistd::{close, Pid};
 
 use crate::Outcome;
 
@@ -82,10 +82,32 @@ impl Pattern {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    close_inherited_fds()?;
     match args.kind {
         Kind::Counter { dir, interval_ms } => counter(&dir, Duration::from_millis(interval_ms)),
         Kind::Memory { mib, pattern, dir } => memory(&dir, mib, pattern),
     }
+}
+
+/// Close every fd but stdin, stdout and stderr. std::process::Command
+/// leaves fds without FD_CLOEXEC open across exec, and whatever started
+/// the driver may have passed some (a pipe to a supervisor, say) that
+/// stasis could not dump. Runs first thing, while no fd above 2 belongs to
+/// anything in this process.
+fn close_inherited_fds() -> anyhow::Result<()> {
+    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+        .context("cannot list /proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // The directory's own fd, listed above, is closed by now: EBADF.
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        match close(fd) {
+            Ok(()) | Err(Errno::EBADF) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot close inherited fd {fd}")),
+        }
+    }
+    Ok(())
 }
 
 /// How often a sleeping workload looks for `DIR/check`.
@@ -150,7 +172,12 @@ fn counter(dir: &Path, interval: Duration) -> anyhow::Result<Outcome> {
     let mut ticks: u64 = 0;
     let mut sum = CHAIN_SEED;
     write_atomic(dir, "ready", &format!("{}\n", std::process::id()))?;
-    println!("counter: pid {}, ticking every {} ms into {}", std::process::id(), interval.as_millis(), log_path.display());
+    println!(
+        "counter: pid {}, ticking every {} ms into {}",
+        std::process::id(),
+        interval.as_millis(),
+        log_path.display()
+    );
     loop {
         if check.exists() {
             return finish(dir, check_counter(&log_path, ticks, sum));
@@ -208,7 +235,8 @@ impl XorShift {
 fn fill_text(buf: &mut [u8], rng: &mut XorShift) {
     const HOSTS: [&str; 4] = ["web-01", "web-02", "db-01", "cache-01"];
     const METHODS: [&str; 4] = ["GET", "GET", "POST", "PUT"];
-    const PATHS: [&str; 6] = ["/api/v1/items", "/api/v1/users", "/api/v1/orders", "/static/app.js", "/health", "/login"];
+    const PATHS: [&str; 6] =
+        ["/api/v1/items", "/api/v1/users", "/api/v1/orders", "/static/app.js", "/health", "/login"];
     const STATUS: [&str; 4] = ["200 OK", "200 OK", "304 Not Modified", "404 Not Found"];
     let mut line = String::with_capacity(160);
     let mut at = 0;
@@ -325,11 +353,11 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Start `stasis workload ARGS...` in `dir` (created if needed), with
-    /// stdin from /dev/null and stdout and stderr to `dir/stdout.log`.
-    pub fn spawn(dir: &Path, args: &[String]) -> anyhow::Result<Workload> {
+    /// Start `EXE workload ARGS...` (EXE from [`stasis_exe`]) in `dir`
+    /// (created if needed), with stdin from /dev/null and stdout and stderr
+    /// to `dir/stdout.log`.
+    pub fn spawn(exe: &Path, dir: &Path, args: &[String]) -> anyhow::Result<Workload> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let exe = std::env::current_exe().context("cannot find the stasis executable")?;
         let out_path = dir.join("stdout.log");
         let out = File::options()
             .create(true)
@@ -337,7 +365,7 @@ impl Workload {
             .open(&out_path)
             .with_context(|| format!("cannot create {}", out_path.display()))?;
         let err = out.try_clone().context("cannot duplicate the output file")?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.arg("workload").args(args).stdin(Stdio::null()).stdout(out).stderr(err).env_remove("RUST_LOG");
         let child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
         let pid = i32::try_from(child.id()).context("pid out of range")?;
@@ -345,9 +373,8 @@ impl Workload {
     }
 
     /// The command line `spawn` runs, for people.
-    pub fn command_line(args: &[String]) -> String {
-        let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "stasis".into());
-        format!("{exe} workload {}", args.join(" "))
+    pub fn command_line(exe: &Path, args: &[String]) -> String {
+        format!("{} workload {}", exe.display(), args.join(" "))
     }
 
     /// Wait for `DIR/ready`.
@@ -477,6 +504,11 @@ impl Drop for Workload {
     }
 }
 
+/// The stasis executable, which runs the workload as a hidden subcommand.
+pub fn stasis_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the stasis executable")
+}
+
 /// A fresh directory `PREFIX-PID-N` under `base` (not a predictable name
 /// that someone else could have made: create_dir fails if it exists).
 pub fn fresh_dir(base: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
@@ -496,7 +528,9 @@ pub fn fresh_dir(base: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
 /// Bytes of the files in `dir` (an image directory is flat).
 pub fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
-        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .map(|entries| {
+            entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        })
         .unwrap_or(0)
 }
 

@@ -597,8 +597,17 @@ impl Remote<'_, '_> {
     /// exe link.
     fn mm_fields(&mut self, p: &Process) -> Result<(), RestoreError> {
         let Some(m) = &p.mm_fields else { return Ok(()) };
+        // The puppet's exe link names the stasis binary. When the image's
+        // process ran that same file, the link is already right, and the
+        // kernel would refuse to change it anyway while the file is mapped
+        // (EBUSY, kernel/sys.c `prctl_set_mm_exe_file`).
+        let ours = std::fs::metadata("/proc/self/exe").ok();
+        let same_exe = |exe: &stasis_image::records::FileRef| {
+            use std::os::unix::fs::MetadataExt;
+            ours.as_ref().is_some_and(|m| m.dev() == exe.dev && m.ino() == exe.ino)
+        };
         let exe_fd = match &p.exe {
-            Some(exe) if !exe.deleted => {
+            Some(exe) if !exe.deleted && !same_exe(exe) => {
                 let path = self.path(1024, &exe.path)?;
                 let fd =
                     self.call("exe", libc::SYS_openat, [libc::AT_FDCWD as u64, path, libc::O_RDONLY as u64, 0, 0, 0])?;

@@ -1,0 +1,270 @@
+//! `stasis bench`: time dumps and restores of a process holding memory of a
+//! given size and kind, and check every restore.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use stasis_checkpoint::dump::{self, DumpOptions};
+use stasis_checkpoint::restore::{self, RestoreOptions};
+use stasis_image::WriteOptions;
+use stasis_sys::Pid;
+
+use crate::output::{bytes, json};
+use crate::workload::{self, dir_bytes, Cancel, Pattern, Workload};
+use crate::Outcome;
+
+/// Time dump and restore of a process holding N MiB of memory, filled with
+/// random or with compressible data, and check each restore.
+///
+/// For each size and pattern, --runs times: start a workload (stasis
+/// itself) that fills its memory and records its checksum, dump it (which
+/// kills it) into a fresh image, restore it, and have it check its memory.
+/// Prints, per case, the median (and min-max) of: the time the process was
+/// frozen, the whole dump, the dump's throughput (memory / dump time), the
+/// image's size on disk and the restore. Images are removed after each run.
+///
+/// These are figures, not a pass/fail test of speed. Exit status: 0 when
+/// every restore verified, 1 otherwise, 2 for bad arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Memory sizes, in MiB.
+    #[arg(long, value_name = "MIB,...", value_delimiter = ',', default_values_t = [256, 1024])]
+    mib: Vec<u64>,
+    /// What fills the memory.
+    #[arg(long, value_name = "PATTERN,...", value_enum, value_delimiter = ',', default_values_t = [Pattern::Random, Pattern::Compressible])]
+    pattern: Vec<Pattern>,
+    /// Runs per size and pattern.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Where to write the images and the workloads' files (a new directory
+    /// is made inside, and removed at the end).
+    #[arg(long, value_name = "PATH", default_value_os_t = std::env::temp_dir())]
+    dir: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Figures of one dump and restore.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Run {
+    frozen_us: u64,
+    dump_us: u64,
+    /// Memory described by the image, over the whole dump time.
+    dump_mib_per_s: f64,
+    /// Memory described by the image.
+    logical_bytes: u64,
+    /// Files of the image directory (pack and manifest).
+    image_bytes: u64,
+    restore_us: u64,
+    /// The workload's verdict on its memory after the restore.
+    verdict: String,
+    verified: bool,
+}
+
+/// Median, min and max of one figure over the runs.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Spread { median, min: v[0], max: v[n - 1] }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Case {
+    mib: u64,
+    pattern: Pattern,
+    frozen_ms: Spread,
+    dump_ms: Spread,
+    dump_mib_per_s: Spread,
+    image_bytes: Spread,
+    restore_ms: Spread,
+    verified: bool,
+    runs: Vec<Run>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    command: String,
+    kernel: String,
+    cpus: usize,
+    cases: Vec<Case>,
+    all_verified: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    let cancel = workload::cancel_on_signals()?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let root = workload::fresh_dir(&args.dir, "stasis-bench")?;
+    let result = bench(&args, &root, &cancel);
+    if let Err(e) = fs::remove_dir_all(&root) {
+        eprintln!("stasis: cannot remove {}: {e}", root.display());
+    }
+    let cases = result?;
+    let report = Report {
+        command,
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        all_verified: cases.iter().all(|c| c.verified),
+        cases,
+    };
+    if args.json {
+        json(&report)?;
+    } else {
+        print_table(&report);
+    }
+    Ok(if report.all_verified { Outcome::Success } else { Outcome::Failure })
+}
+
+fn bench(args: &Args, root: &Path, cancel: &Cancel) -> anyhow::Result<Vec<Case>> {
+    let exe = workload::stasis_exe()?;
+    let mut cases = Vec::new();
+    for &mib in &args.mib {
+        for &pattern in &args.pattern {
+            let mut runs = Vec::new();
+            for n in 1..=args.runs {
+                let dir = root.join(format!("{mib}-{}-{n}", pattern.name()));
+                let run = one_run(&exe, mib, pattern, &dir, cancel)
+                    .with_context(|| format!("run {n} of {mib} MiB {} failed", pattern.name()))?;
+                eprintln!(
+                    "stasis bench: {mib} MiB {} run {n}/{}: frozen {:.1} ms, dump {:.1} ms, image {}, restore {:.1} ms, {}",
+                    pattern.name(),
+                    args.runs,
+                    run.frozen_us as f64 / 1e3,
+                    run.dump_us as f64 / 1e3,
+                    bytes(run.image_bytes),
+                    run.restore_us as f64 / 1e3,
+                    run.verdict
+                );
+                fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+                runs.push(run);
+            }
+            let spread = |f: fn(&Run) -> f64| Spread::of(runs.iter().map(f).collect());
+            cases.push(Case {
+                mib,
+                pattern,
+                frozen_ms: spread(|r| r.frozen_us as f64 / 1e3),
+                dump_ms: spread(|r| r.dump_us as f64 / 1e3),
+                dump_mib_per_s: spread(|r| r.dump_mib_per_s),
+                image_bytes: spread(|r| r.image_bytes as f64),
+                restore_ms: spread(|r| r.restore_us as f64 / 1e3),
+                verified: runs.iter().all(|r| r.verified),
+                runs,
+            });
+        }
+    }
+    Ok(cases)
+}
+
+fn one_run(exe: &Path, mib: u64, pattern: Pattern, dir: &Path, cancel: &Cancel) -> anyhow::Result<Run> {
+    let work = dir.join("work");
+    let images = dir.join("image");
+    let wl_args = vec![
+        "memory".to_owned(),
+        "--mib".to_owned(),
+        mib.to_string(),
+        "--pattern".to_owned(),
+        pattern.name().to_owned(),
+        "--dir".to_owned(),
+        work.display().to_string(),
+    ];
+    // Filling and checksumming take about a second per GiB in a debug
+    // build; allow far more.
+    let slack = Duration::from_secs(30 + mib / 16);
+    let mut wl = Workload::spawn(exe, &work, &wl_args)?;
+    wl.wait_ready(slack, cancel)?;
+
+    let opts = DumpOptions {
+        pid: Pid::from_raw(wl.pid),
+        images: images.clone(),
+        leave_running: false,
+        cgroup: None,
+        write: WriteOptions::default(),
+        cancel: Some(Cancel::clone(cancel)),
+        progress: None,
+    };
+    let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
+    let image_bytes = dir_bytes(&images);
+    wl.reap_killed()?;
+
+    let opts = RestoreOptions {
+        images: images.clone(),
+        allow_changed_files: false,
+        pid_timeout: Duration::from_secs(10),
+        cancel: Some(Cancel::clone(cancel)),
+        progress: None,
+    };
+    let restored = restore::restore(&opts).with_context(|| format!("restore from {} failed", images.display()))?;
+    wl.restored(restored.pid);
+    let verdict = wl.check(slack, cancel)?;
+
+    let logical = dumped.write.logical_bytes;
+    Ok(Run {
+        frozen_us: dumped.frozen_us,
+        dump_us: dumped.total_us,
+        dump_mib_per_s: logical as f64 / (1 << 20) as f64 / (dumped.total_us.max(1) as f64 / 1e6),
+        logical_bytes: logical,
+        image_bytes,
+        restore_us: restored.total_us,
+        verified: verdict.starts_with("ok"),
+        verdict,
+    })
+}
+
+fn print_table(r: &Report) {
+    println!("command: {}", r.command);
+    println!("host:    kernel {}, {} CPUs", r.kernel, r.cpus);
+    println!("figures: median (min-max) of {} run(s) each", r.cases.first().map_or(0, |c| c.runs.len()));
+    println!();
+    let header =
+        ["memory", "pattern", "frozen ms", "dump ms", "dump MiB/s", "image", "image/memory", "restore ms", "verified"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    let ms = |s: Spread| format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
+    for c in &r.cases {
+        let logical = c.runs.iter().map(|r| r.logical_bytes).max().unwrap_or(0).max(1);
+        rows.push(vec![
+            format!("{} MiB", c.mib),
+            c.pattern.name().to_owned(),
+            ms(c.frozen_ms),
+            ms(c.dump_ms),
+            format!("{:.0} ({:.0}-{:.0})", c.dump_mib_per_s.median, c.dump_mib_per_s.min, c.dump_mib_per_s.max),
+            bytes(c.image_bytes.median as u64),
+            format!("{:.1}%", c.image_bytes.median / logical as f64 * 100.0),
+            ms(c.restore_ms),
+            if c.verified { "ok".into() } else { "FAILED".into() },
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| if i < 2 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_middle() {
+        let s = Spread::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(vec![4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+}

@@ -1,0 +1,85 @@
+//! `stasis demo`, `stasis bench` and the hidden `stasis workload` they run.
+//! Demo and bench dump and restore real processes: run as root.
+
+mod util;
+
+use util::run;
+
+/// The N of the first "LABEL tick N checksum X" line of the demo's output.
+fn narrated_tick(stdout: &str, label: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"));
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("tick"), "{line:?}");
+    words.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no tick number in {line:?}"))
+}
+
+#[test]
+fn demo_restored_counter_carries_on_from_the_dump() {
+    let r = run(["demo"]).success();
+    let before = narrated_tick(&r.stdout, "before dump:");
+    let after = narrated_tick(&r.stdout, "after restore:");
+    assert!(before >= 2, "the workload ran before the dump\n{}", r.dump());
+    assert_eq!(after, before + 1, "the first tick after restore follows the last one before\n{}", r.dump());
+    assert!(r.stdout.contains("verdict: ok "), "{}", r.dump());
+    assert!(r.stdout.contains("demo passed"), "{}", r.dump());
+}
+
+#[test]
+fn demo_keep_leaves_the_image() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().to_str().expect("temp dir is UTF-8");
+    let r = run(["demo", "--keep", "--run-for", "0.5", "--dir", dir]).success();
+    let kept: Vec<_> = std::fs::read_dir(base.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(kept.len(), 1, "{}", r.dump());
+    let image = kept[0].join("image");
+    run(["verify".as_ref(), image.as_os_str()]).success();
+    assert!(r.stdout.contains(&format!("kept {}", kept[0].display())), "{}", r.dump());
+}
+
+#[test]
+fn bench_json_has_both_patterns_and_compressible_images_are_smaller() {
+    let r = run(["bench", "--mib", "16", "--pattern", "random,compressible", "--runs", "1", "--json"]).success();
+    let v = r.json();
+    assert_eq!(v["all_verified"], true, "{}", r.dump());
+    assert!(v["command"].as_str().unwrap().contains("bench --mib 16"), "{}", r.dump());
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2, "{}", r.dump());
+    let case = |pattern: &str| {
+        cases.iter().find(|c| c["pattern"] == pattern).unwrap_or_else(|| panic!("no {pattern} case\n{}", r.dump()))
+    };
+    for c in cases {
+        assert_eq!(c["mib"], 16);
+        assert_eq!(c["verified"], true, "{}", r.dump());
+        let runs = c["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert!(runs[0]["verdict"].as_str().unwrap().starts_with("ok"), "{}", r.dump());
+        assert!(runs[0]["logical_bytes"].as_u64().unwrap() >= 16 << 20, "{}", r.dump());
+        for figure in ["frozen_ms", "dump_ms", "dump_mib_per_s", "image_bytes", "restore_ms"] {
+            let s = &c[figure];
+            let (min, median, max) =
+                (s["min"].as_f64().unwrap(), s["median"].as_f64().unwrap(), s["max"].as_f64().unwrap());
+            assert!(0.0 < min && min <= median && median <= max, "{figure}: {s}\n{}", r.dump());
+        }
+    }
+    let random = case("random")["image_bytes"]["median"].as_f64().unwrap();
+    let compressible = case("compressible")["image_bytes"]["median"].as_f64().unwrap();
+    assert!(random >= (16 << 20) as f64, "random memory does not compress: {random}\n{}", r.dump());
+    assert!(
+        compressible < random * 0.5,
+        "compressible image {compressible} bytes, random {random} bytes\n{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn workload_is_hidden_from_help() {
+    let r = run(["--help"]).success();
+    assert!(r.stdout.contains("demo") && r.stdout.contains("bench"), "{}", r.dump());
+    assert!(!r.stdout.lines().any(|l| l.trim_start().starts_with("workload")), "{}", r.dump());
+    // Hidden, but there.
+    run(["workload", "--help"]).success();
+}
