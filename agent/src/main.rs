@@ -6,6 +6,7 @@
 //! (the whole cause chain); `-v` or `RUST_LOG` shows more.
 #![forbid(unsafe_code)]
 
+mod cancel;
 mod commands;
 mod output;
 mod workload;

@@ -319,17 +319,7 @@ fn memory(dir: &Path, mib: u64, pattern: Pattern) -> anyhow::Result<Outcome> {
 
 const POLL: Duration = Duration::from_millis(10);
 
-/// Whether the operator asked to stop (SIGINT or SIGTERM).
-pub type Cancel = std::sync::Arc<std::sync::atomic::AtomicBool>;
-
-/// A flag set on SIGINT and SIGTERM, for the waits below and the library.
-pub fn cancel_on_signals() -> anyhow::Result<Cancel> {
-    let cancel = Cancel::default();
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Cancel::clone(&cancel)).context("cannot install signal handlers")?;
-    }
-    Ok(cancel)
-}
+pub use crate::cancel::{cancel_on_signals, Cancel};
 
 fn check_cancel(cancel: &Cancel) -> anyhow::Result<()> {
     if cancel.load(std::sync::atomic::Ordering::Relaxed) {

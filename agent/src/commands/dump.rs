@@ -1,8 +1,6 @@
 //! `stasis dump`: capture a running process into an image.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::Context;
 use stasis_checkpoint::dump::{self, DumpOptions};
@@ -49,10 +47,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("dumping memory");
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&cancel)).context("cannot install signal handlers")?;
-    }
+    let cancel = crate::cancel::cancel_on_signals()?;
     let opts = DumpOptions {
         pid: Pid::from_raw(args.pid),
         images: args.images.clone(),

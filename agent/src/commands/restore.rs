@@ -1,8 +1,6 @@
 //! `stasis restore`: bring a process back from an image.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -45,10 +43,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("restoring memory");
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&cancel)).context("cannot install signal handlers")?;
-    }
+    let cancel = crate::cancel::cancel_on_signals()?;
     let opts = RestoreOptions {
         images: args.images.clone(),
         allow_changed_files: args.allow_changed_files,
