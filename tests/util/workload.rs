@@ -80,6 +80,19 @@ pub fn build(name: &str) -> PathBuf {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // Tests build in parallel: a binary another test already published may
+    // be running, and replacing it would make that process's executable
+    // "(deleted)", which stasis rightly refuses to dump. So a missing binary
+    // is published with link(2), which fails if another test won the race
+    // (its build of the same sources is as good); only a stale one is
+    // replaced.
+    if mtime(&out).is_none() {
+        let _ = fs::hard_link(&tmp, &out);
+        if mtime(&out).is_some() {
+            let _ = fs::remove_file(&tmp);
+            return out;
+        }
+    }
     fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), out.display()));
     out
 }

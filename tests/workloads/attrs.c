@@ -20,6 +20,8 @@
 
 #include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/capability.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -80,9 +82,35 @@ int main(int argc, char **argv)
 		wl_die("setpriority: %s", strerror(errno));
 	if (setsid() < 0 && getsid(0) != getpid())
 		wl_die("setsid: %s", strerror(errno));
+	/* Give up some capabilities: CAP_NET_RAW from the bounding set too,
+	 * CAP_SYS_TIME from the effective set only, and make CAP_CHOWN
+	 * inheritable. */
+	WL_CHECK_SYS(prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0));
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct caps[2];
+	WL_CHECK_SYS(syscall(SYS_capget, &hdr, caps));
+	caps[0].effective &= ~(1u << CAP_NET_RAW | 1u << CAP_SYS_TIME);
+	caps[0].permitted &= ~(1u << CAP_NET_RAW);
+	caps[0].inheritable |= 1u << CAP_CHOWN;
+	WL_CHECK_SYS(syscall(SYS_capset, &hdr, caps));
+	struct __user_cap_data_struct want_caps[2];
+	WL_CHECK_SYS(syscall(SYS_capget, &hdr, want_caps));
 
 	wl_ready(dir);
 	wl_loop(dir, NULL);
+
+	struct __user_cap_data_struct now_caps[2];
+	WL_CHECK_SYS(syscall(SYS_capget, &hdr, now_caps));
+	for (int i = 0; i < 2; i++)
+		if (now_caps[i].effective != want_caps[i].effective || now_caps[i].permitted != want_caps[i].permitted ||
+		    now_caps[i].inheritable != want_caps[i].inheritable)
+			wl_fail("capabilities word %d: effective %#x permitted %#x inheritable %#x, expected %#x %#x %#x", i,
+				now_caps[i].effective, now_caps[i].permitted, now_caps[i].inheritable,
+				want_caps[i].effective, want_caps[i].permitted, want_caps[i].inheritable);
+	if (prctl(PR_CAPBSET_READ, CAP_NET_RAW, 0, 0, 0) != 0)
+		wl_fail("CAP_NET_RAW is back in the bounding set");
+	if (prctl(PR_CAPBSET_READ, CAP_SYS_TIME, 0, 0, 0) != 1)
+		wl_fail("CAP_SYS_TIME left the bounding set");
 
 	if (!getcwd(path, sizeof(path)))
 		wl_fail("getcwd: %s", strerror(errno));

@@ -447,14 +447,13 @@ impl Puppet {
                 r.inj.clone_thread(Pid::from_raw(t.tid), None).map_err(|e| step("threads")(crate::chain(&e)))?;
             self.threads.push(seized);
         }
-        {
-            let main_record = &p.threads[0];
-            r.per_thread(main_record)?;
-        }
+        // Credentials are per thread, and each sets its own last: clone3 with
+        // set_tid above needed the agent's privileges.
+        r.per_thread(&p.threads[0], p)?;
         for (seized, t) in self.threads.iter_mut().zip(p.threads.iter().skip(1)) {
             let mut inj = seized.begin_injection(RemoteAddr(tramp)).map_err(|e| step("threads")(crate::chain(&e)))?;
             let mut tr = Remote { inj: &mut inj, pid, scratch };
-            tr.per_thread(t)?;
+            tr.per_thread(t, p)?;
             inj.finish().map_err(|e| step("threads")(crate::chain(&e)))?;
         }
         // Process-wide pending signals last: every thread blocks all signals
@@ -769,28 +768,64 @@ impl Remote<'_, '_> {
         } else if p.pgid == p.pid {
             self.call("process group", libc::SYS_setpgid, [0; 6])?;
         }
-        self.creds(p)?;
         if p.no_new_privs {
             self.call("no_new_privs", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
         }
         Ok(())
     }
 
-    /// Groups, gids and uids, when they differ from the agent's.
+    /// Groups, gids, uids and capabilities, when they differ from the
+    /// agent's. The bounding set is cut first (that needs CAP_SETPCAP, which
+    /// the ids may take away), capabilities are kept across the uid change,
+    /// then set exactly, and the ambient ones raised.
     fn creds(&mut self, p: &Process) -> Result<(), RestoreError> {
         let Some(c) = &p.creds else { return Ok(()) };
         let ours = proc::parse_status(&std::fs::read_to_string("/proc/self/status").unwrap_or_default());
-        if c.uids == ours.uids && c.gids == ours.gids && c.groups == ours.groups && c.cap_effective == ours.cap_eff {
+        let same_ids = c.uids == ours.uids && c.gids == ours.gids && c.groups == ours.groups;
+        let same_caps = c.cap_effective == ours.cap_eff
+            && c.cap_permitted == ours.cap_prm
+            && c.cap_inheritable == ours.cap_inh
+            && c.cap_bounding == ours.cap_bnd
+            && c.cap_ambient == ours.cap_amb;
+        if same_ids && same_caps {
             return Ok(());
         }
         if c.uids.len() != 4 || c.gids.len() != 4 {
             return Err(step("credentials")("malformed ids in the image".into()));
         }
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let at = self.put(0, &groups)?;
-        self.call("groups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
-        self.call("gids", libc::SYS_setresgid, [c.gids[0].into(), c.gids[1].into(), c.gids[2].into(), 0, 0, 0])?;
-        self.call("uids", libc::SYS_setresuid, [c.uids[0].into(), c.uids[1].into(), c.uids[2].into(), 0, 0, 0])?;
+        for cap in 0..64u64 {
+            if ours.cap_bnd & (1 << cap) != 0 && c.cap_bounding & (1 << cap) == 0 {
+                self.call("bounding set", libc::SYS_prctl, [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0])?;
+            }
+        }
+        self.call("keep capabilities", libc::SYS_prctl, [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0, 0])?;
+        if !same_ids {
+            let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+            let at = self.put(0, &groups)?;
+            self.call("groups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
+            self.call("gids", libc::SYS_setresgid, [c.gids[0].into(), c.gids[1].into(), c.gids[2].into(), 0, 0, 0])?;
+            self.call("uids", libc::SYS_setresuid, [c.uids[0].into(), c.uids[1].into(), c.uids[2].into(), 0, 0, 0])?;
+        }
+        // capset(2): header { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then
+        // { effective, permitted, inheritable } for bits 0-31 and 32-63.
+        let mut raw = Vec::with_capacity(32);
+        raw.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+        raw.extend_from_slice(&0i32.to_le_bytes());
+        for half in [0, 32] {
+            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+                raw.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+            }
+        }
+        let at = self.put(0, &raw)?;
+        self.call("capabilities", libc::SYS_capset, [at, at + 8, 0, 0, 0, 0])?;
+        self.call("keep capabilities", libc::SYS_prctl, [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0])?;
+        for cap in (0..64u64).filter(|cap| c.cap_ambient & (1 << cap) != 0) {
+            self.call(
+                "ambient capabilities",
+                libc::SYS_prctl,
+                [libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0, 0],
+            )?;
+        }
         Ok(())
     }
 
@@ -819,7 +854,7 @@ impl Remote<'_, '_> {
     }
 
     /// State each thread sets for itself.
-    fn per_thread(&mut self, t: &stasis_image::records::Thread) -> Result<(), RestoreError> {
+    fn per_thread(&mut self, t: &stasis_image::records::Thread, p: &Process) -> Result<(), RestoreError> {
         let what = format!("thread {}", t.tid);
         if let Some(alt) = &t.altstack {
             // stack_t { ss_sp; ss_flags; ss_size }; SS_ONSTACK is a state,
@@ -853,7 +888,7 @@ impl Remote<'_, '_> {
                 [self.pid.as_raw() as u64, t.tid as u64, signo(&s.raw), at, 0, 0],
             )?;
         }
-        Ok(())
+        self.creds(p)
     }
 
     /// Queue the process-wide pending signals again, in order, with their
