@@ -108,6 +108,7 @@ workload_tests! {
     avx512_sleep: "avx512", "sleep";
     pipes: "pipes";
     attrs: "attrs";
+    eventfds: "eventfds";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";

@@ -75,6 +75,11 @@ fn attrs() {
     selfcheck("attrs", &[]);
 }
 
+#[test]
+fn eventfds() {
+    selfcheck("eventfds", &[]);
+}
+
 /// Ask `w` to check itself: it must report a failure mentioning `needle`.
 fn expect_failure(w: &Workload, needle: &str) {
     let outcome = w.check_fails();

@@ -232,6 +232,12 @@ fn process_summary(p: &Process) -> ProcessSummary {
                     }
                     Some(fd::Kind::Device(d)) => ("device", d.path.clone()),
                     Some(fd::Kind::Tty(t)) => ("tty", t.path.clone()),
+                    Some(fd::Kind::Eventfd(e)) => ("eventfd", format!("count {}", e.count)),
+                    Some(fd::Kind::Timerfd(t)) => (
+                        "timerfd",
+                        format!("clock {}, next in {} ns, every {} ns", t.clockid, t.value_ns, t.interval_ns),
+                    ),
+                    Some(fd::Kind::Signalfd(sg)) => ("signalfd", format!("mask {:#x}", sg.mask)),
                     Some(fd::Kind::Epoll(e)) => {
                         ("epoll", format!("watching {:?}", e.targets.iter().map(|t| t.fd).collect::<Vec<_>>()))
                     }

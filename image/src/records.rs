@@ -293,7 +293,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -324,6 +324,15 @@ pub mod fd {
         /// An epoll instance and what it watches.
         #[prost(message, tag = "11")]
         Epoll(super::Epoll),
+        /// An eventfd.
+        #[prost(message, tag = "12")]
+        Eventfd(super::Eventfd),
+        /// A timerfd.
+        #[prost(message, tag = "13")]
+        Timerfd(super::Timerfd),
+        /// A signalfd.
+        #[prost(message, tag = "14")]
+        Signalfd(super::Signalfd),
     }
 }
 
@@ -343,6 +352,42 @@ pub struct EpollTarget {
     pub events: u32,
     #[prost(uint64, tag = "3")]
     pub data: u64,
+}
+
+/// An eventfd's counter.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Eventfd {
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    /// EFD_SEMAPHORE.
+    #[prost(bool, tag = "2")]
+    pub semaphore: bool,
+}
+
+/// A timerfd: its clock and the time left, as at dump time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Timerfd {
+    /// CLOCK_REALTIME (0), CLOCK_MONOTONIC (1), CLOCK_BOOTTIME (7), ...
+    #[prost(int32, tag = "1")]
+    pub clockid: i32,
+    /// Expirations not yet read.
+    #[prost(uint64, tag = "2")]
+    pub ticks: u64,
+    /// Time to the next expiry, 0 when disarmed.
+    #[prost(uint64, tag = "3")]
+    pub value_ns: u64,
+    #[prost(uint64, tag = "4")]
+    pub interval_ns: u64,
+    /// The flags of the last timerfd_settime (TFD_TIMER_ABSTIME, ...).
+    #[prost(uint32, tag = "5")]
+    pub settime_flags: u32,
+}
+
+/// A signalfd: the signals it reads.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Signalfd {
+    #[prost(uint64, tag = "1")]
+    pub mask: u64,
 }
 
 /// A pipe's buffer.

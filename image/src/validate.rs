@@ -105,6 +105,7 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                 }
                 Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH).map_err(bad)?,
                 Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH).map_err(bad)?,
+                Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
                 Some(fd::Kind::Epoll(e)) => {
                     if let Some(t) = e.targets.iter().find(|t| !p.fds.iter().any(|f| f.fd == t.fd)) {
                         return Err(bad(format!("epoll watches fd {}, which the process does not have", t.fd)));

@@ -82,16 +82,13 @@ pub fn build(name: &str) -> PathBuf {
     }
     // Tests build in parallel: a binary another test already published may
     // be running, and replacing it would make that process's executable
-    // "(deleted)", which stasis rightly refuses to dump. So a missing binary
-    // is published with link(2), which fails if another test won the race
-    // (its build of the same sources is as good); only a stale one is
-    // replaced.
-    if mtime(&out).is_none() {
-        let _ = fs::hard_link(&tmp, &out);
-        if mtime(&out).is_some() {
-            let _ = fs::remove_file(&tmp);
-            return out;
-        }
+    // "(deleted)", which stasis rightly refuses to dump. So the binary is
+    // published with link(2), which fails if another test won the race (its
+    // build of the same sources is as good); only a stale one is replaced.
+    let fresh = |out: &Path| mtime(out).is_some_and(|built| built >= newest_input);
+    if fs::hard_link(&tmp, &out).is_ok() || fresh(&out) {
+        let _ = fs::remove_file(&tmp);
+        return out;
     }
     fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), out.display()));
     out

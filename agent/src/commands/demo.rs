@@ -233,7 +233,7 @@ fn describe_image(dir: &Path) -> anyhow::Result<()> {
                         FdKind::File(r) => r.path.as_str(),
                         FdKind::Device(d) => d.path.as_str(),
                         FdKind::Tty(t) => t.path.as_str(),
-                        FdKind::Fifo(_) | FdKind::Pipe(_) | FdKind::Epoll(_) => "",
+                        _ => "",
                     };
                     format!("{} {path}", describe_fd(kind))
                 }

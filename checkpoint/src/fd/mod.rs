@@ -10,6 +10,7 @@
 
 pub mod device;
 pub mod epoll;
+pub mod event;
 pub mod file;
 pub mod pipe;
 pub mod tty;
@@ -39,6 +40,12 @@ pub enum Kind {
     Tty,
     /// An epoll instance.
     Epoll,
+    /// An eventfd.
+    Eventfd,
+    /// A timerfd.
+    Timerfd,
+    /// A signalfd.
+    Signalfd,
 }
 
 /// One fd of the target as pre-flight saw it.
@@ -77,8 +84,12 @@ pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
 /// Which module handles an fd, or a name for what it is when none does.
 pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
     let ft = meta.file_type();
-    if target == "anon_inode:[eventpoll]" {
-        return Ok(Kind::Epoll);
+    match target {
+        "anon_inode:[eventpoll]" => return Ok(Kind::Epoll),
+        "anon_inode:[eventfd]" => return Ok(Kind::Eventfd),
+        "anon_inode:[timerfd]" => return Ok(Kind::Timerfd),
+        "anon_inode:[signalfd]" => return Ok(Kind::Signalfd),
+        _ => {}
     }
     if let Some(rest) = target.strip_prefix("anon_inode:") {
         return Err(rest.trim_matches(['[', ']']).to_owned());
@@ -142,6 +153,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Device => Ok((device::dump(seen), Extra::default())),
         Kind::Tty => Ok((tty::dump(seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
+        Kind::Eventfd | Kind::Timerfd | Kind::Signalfd => Ok((event::dump(pid, seen)?, Extra::default())),
     }
 }
 

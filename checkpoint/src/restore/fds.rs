@@ -24,12 +24,18 @@ pub enum Planned {
     Dup { fd: i32, of: i32, cloexec: bool },
     /// An epoll instance, made inside the puppet once every other fd is in.
     Epoll { fd: i32, cloexec: bool, targets: Vec<stasis_image::records::EpollTarget> },
+    /// A signalfd, made inside the puppet (its mask may hold real-time
+    /// signals, which nix's signal sets cannot name).
+    Signalfd { fd: i32, cloexec: bool, flags: i32, mask: u64 },
 }
 
 impl Planned {
     pub fn fd(&self) -> i32 {
         match self {
-            Planned::Object { fd, .. } | Planned::Dup { fd, .. } | Planned::Epoll { fd, .. } => *fd,
+            Planned::Object { fd, .. }
+            | Planned::Dup { fd, .. }
+            | Planned::Epoll { fd, .. }
+            | Planned::Signalfd { fd, .. } => *fd,
         }
     }
 }
@@ -132,6 +138,26 @@ pub fn plan(
                 out.push(Planned::Epoll { fd, cloexec: r.cloexec, targets: e.targets.clone() });
                 continue;
             }
+            Kind::Signalfd(sg) => {
+                out.push(Planned::Signalfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, mask: sg.mask });
+                continue;
+            }
+            Kind::Eventfd(e) => {
+                use stasis_sys::nix::sys::eventfd::{EfdFlags, EventFd};
+                let mut efd_flags = EfdFlags::EFD_CLOEXEC;
+                if e.semaphore {
+                    efd_flags |= EfdFlags::EFD_SEMAPHORE;
+                }
+                // eventfd2 takes a 32-bit start value; a write adds any count.
+                let efd = EventFd::from_value_and_flags(0, efd_flags).map_err(|e| other(format!("eventfd: {e}")))?;
+                if e.count > 0 {
+                    efd.write(e.count).map_err(|err| other(format!("eventfd count {}: {err}", e.count)))?;
+                }
+                let object: OwnedFd = efd.into();
+                set_status_flags(&object, flags).map_err(other)?;
+                object
+            }
+            Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
             Kind::Tty(t) => {
                 let path =
                     if t.dumper_terminal { own_terminal().unwrap_or_else(|| t.path.clone()) } else { t.path.clone() };
@@ -141,6 +167,41 @@ pub fn plan(
         out.push(Planned::Object { fd, object, cloexec: r.cloexec });
     }
     Ok(out)
+}
+
+/// Set O_NONBLOCK (and the other settable status flags) on a description.
+fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<(), String> {
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags))).map(drop).map_err(|e| format!("F_SETFL: {e}"))
+}
+
+/// A timerfd on the same clock, firing after the time that was left, then
+/// every interval; expirations not read at dump time fire at once.
+fn timerfd(t: &stasis_image::records::Timerfd, flags: i32) -> Result<OwnedFd, String> {
+    use stasis_sys::nix::sys::time::TimeSpec;
+    use stasis_sys::nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+    use std::time::Duration;
+    let clock = match t.clockid {
+        libc::CLOCK_REALTIME => ClockId::CLOCK_REALTIME,
+        libc::CLOCK_MONOTONIC => ClockId::CLOCK_MONOTONIC,
+        libc::CLOCK_BOOTTIME => ClockId::CLOCK_BOOTTIME,
+        libc::CLOCK_REALTIME_ALARM => ClockId::CLOCK_REALTIME_ALARM,
+        libc::CLOCK_BOOTTIME_ALARM => ClockId::CLOCK_BOOTTIME_ALARM,
+        c => return Err(format!("timerfd on clock {c} is not supported")),
+    };
+    let tfd = TimerFd::new(clock, TimerFlags::TFD_CLOEXEC).map_err(|e| format!("timerfd_create: {e}"))?;
+    let value = if t.ticks > 0 { 1 } else { t.value_ns };
+    if value > 0 {
+        let ts = |ns: u64| TimeSpec::from_duration(Duration::from_nanos(ns));
+        let expiration = if t.interval_ns > 0 {
+            Expiration::IntervalDelayed(ts(value), ts(t.interval_ns))
+        } else {
+            Expiration::OneShot(ts(value))
+        };
+        tfd.set(expiration, TimerSetTimeFlags::empty()).map_err(|e| format!("timerfd_settime: {e}"))?;
+    }
+    let object: OwnedFd = tfd.into();
+    set_status_flags(&object, flags)?;
+    Ok(object)
 }
 
 fn open(fd: i32, path: &str, flags: i32) -> Result<fs::File, FdError> {

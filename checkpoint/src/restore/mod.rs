@@ -681,6 +681,20 @@ impl Remote<'_, '_> {
                     let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
                     self.call(&format!("fd {fd}"), libc::SYS_dup3, [*of as u64, *fd as u64, flags, 0, 0, 0])?;
                 }
+                fds::Planned::Signalfd { fd, cloexec, flags, mask } => {
+                    let what = format!("signalfd {fd}");
+                    let at = self.put(0, &mask.to_le_bytes())?;
+                    let mut sfd_flags = *flags as u64;
+                    if *cloexec {
+                        sfd_flags |= libc::SFD_CLOEXEC as u64;
+                    }
+                    let made = self.call(&what, libc::SYS_signalfd4, [u64::MAX, at, 8, sfd_flags, 0, 0])?;
+                    if made != *fd as u64 {
+                        let dflags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                        self.call(&what, libc::SYS_dup3, [made, *fd as u64, dflags, 0, 0, 0])?;
+                        self.call(&what, libc::SYS_close, [made, 0, 0, 0, 0, 0])?;
+                    }
+                }
                 fds::Planned::Epoll { .. } => {}
             }
         }
@@ -915,5 +929,8 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Device(_) => "device",
         fd::Kind::Tty(_) => "tty",
         fd::Kind::Epoll(_) => "epoll",
+        fd::Kind::Eventfd(_) => "eventfd",
+        fd::Kind::Timerfd(_) => "timerfd",
+        fd::Kind::Signalfd(_) => "signalfd",
     }
 }

@@ -1,0 +1,123 @@
+/*
+ * eventfds: eventfd, timerfd and signalfd state, and an epoll over an
+ * eventfd, a timerfd and a pipe.
+ *
+ * Holds, at fixed fds:
+ *   40  eventfd, count 5
+ *   41  eventfd, EFD_SEMAPHORE | EFD_NONBLOCK, count 3
+ *   42  timerfd (CLOCK_MONOTONIC), first expiry in 1 h, then every 1 h
+ *   43  timerfd (CLOCK_MONOTONIC), one-shot that expired and was not read
+ *   44  signalfd for SIGUSR1 and SIGRTMIN+3, both blocked and pending
+ *       (SIGRTMIN+3 queued with value 77)
+ *   45  timerfd, every 20 ms (never read: it keeps ticking)
+ *   46/47 a pipe holding "ping"
+ *   48  epoll watching 40 (EPOLLIN, data 40), 45 (EPOLLIN | EPOLLET, data
+ *       45) and 46 (EPOLLIN, data 46)
+ * Verifies after restore: the counts (5; then 1, 1, 1 and EAGAIN), the
+ * armed timer's interval and that it has at most 1 h left, at least one
+ * expiry on the one-shot, both signals through the signalfd with the
+ * value, and that epoll reports all three watched fds ready.
+ */
+#include "workload.h"
+
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+
+#define HOUR_NS 3600000000000ull
+
+static void arm(int fd, uint64_t value_ns, uint64_t interval_ns)
+{
+	struct itimerspec its = {
+		.it_value = { .tv_sec = value_ns / 1000000000, .tv_nsec = value_ns % 1000000000 },
+		.it_interval = { .tv_sec = interval_ns / 1000000000, .tv_nsec = interval_ns % 1000000000 },
+	};
+	WL_CHECK_SYS(timerfd_settime(fd, 0, &its, NULL));
+}
+
+int main(int argc, char **argv)
+{
+	const char *dir = wl_init(argc, argv);
+
+	wl_move_fd(eventfd(5, 0), 40, 0);
+	wl_move_fd(eventfd(3, EFD_SEMAPHORE | EFD_NONBLOCK), 41, 0);
+	int t1 = wl_move_fd(timerfd_create(CLOCK_MONOTONIC, 0), 42, 0);
+	arm(t1, HOUR_NS, HOUR_NS);
+	int t2 = wl_move_fd(timerfd_create(CLOCK_MONOTONIC, 0), 43, 0);
+	arm(t2, 1000000, 0);
+	wl_sleep_ms(20);
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGRTMIN + 3);
+	WL_CHECK_SYS(sigprocmask(SIG_BLOCK, &set, NULL));
+	wl_move_fd(signalfd(-1, &set, SFD_CLOEXEC), 44, O_CLOEXEC);
+	WL_CHECK_SYS(kill(getpid(), SIGUSR1));
+	WL_CHECK_SYS(sigqueue(getpid(), SIGRTMIN + 3, (union sigval){ .sival_int = 77 }));
+
+	int t3 = wl_move_fd(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), 45, 0);
+	arm(t3, 20000000, 20000000);
+	int p[2];
+	WL_CHECK_SYS(pipe(p));
+	wl_move_fd(p[0], 46, 0);
+	wl_move_fd(p[1], 47, 0);
+	wl_write_all(47, "ping", 4);
+	int ep = wl_move_fd(epoll_create1(0), 48, 0);
+	struct { int fd; uint32_t events; } watch[] = { { 40, EPOLLIN }, { 45, EPOLLIN | EPOLLET }, { 46, EPOLLIN } };
+	for (unsigned i = 0; i < 3; i++) {
+		struct epoll_event ev = { .events = watch[i].events, .data.u64 = (uint64_t)watch[i].fd };
+		WL_CHECK_SYS(epoll_ctl(ep, EPOLL_CTL_ADD, watch[i].fd, &ev));
+	}
+
+	wl_ready(dir);
+	wl_loop(dir, NULL);
+
+	int seen = 0;
+	for (int round = 0; round < 50 && seen != 7; round++) {
+		struct epoll_event evs[8];
+		int k = epoll_wait(ep, evs, 8, 100);
+		for (int i = 0; i < k; i++)
+			seen |= evs[i].data.u64 == 40 ? 1 : evs[i].data.u64 == 45 ? 2 : evs[i].data.u64 == 46 ? 4 : 0;
+	}
+	if (seen != 7)
+		wl_fail("epoll reported ready %s%s%s only", seen & 1 ? "eventfd " : "", seen & 2 ? "timerfd " : "",
+			seen & 4 ? "pipe" : "");
+	char buf[8] = { 0 };
+	if (read(46, buf, sizeof(buf)) != 4 || memcmp(buf, "ping", 4) != 0)
+		wl_fail("pipe under epoll holds \"%s\", expected \"ping\"", buf);
+	uint64_t v = 0;
+	if (read(40, &v, 8) != 8 || v != 5)
+		wl_fail("eventfd 40 read %llu, expected 5", (unsigned long long)v);
+	for (int i = 0; i < 3; i++) {
+		v = 0;
+		if (read(41, &v, 8) != 8 || v != 1)
+			wl_fail("semaphore eventfd read %d gave %llu, expected 1", i, (unsigned long long)v);
+	}
+	if (read(41, &v, 8) != -1 || errno != EAGAIN)
+		wl_fail("semaphore eventfd still had a count after 3 reads (or is blocking)");
+
+	struct itimerspec its;
+	WL_CHECK_SYS(timerfd_gettime(t1, &its));
+	uint64_t left = (uint64_t)its.it_value.tv_sec * 1000000000ull + (uint64_t)its.it_value.tv_nsec;
+	if (its.it_interval.tv_sec != 3600 || its.it_interval.tv_nsec != 0)
+		wl_fail("timerfd 42 interval is %ld.%09ld s, expected 3600 s", (long)its.it_interval.tv_sec,
+			(long)its.it_interval.tv_nsec);
+	if (left == 0 || left > HOUR_NS)
+		wl_fail("timerfd 42 has %llu ns left, expected between 0 and 1 h", (unsigned long long)left);
+	v = 0;
+	if (read(t2, &v, 8) != 8 || v < 1)
+		wl_fail("expired one-shot timerfd 43 read %llu expirations, expected at least 1", (unsigned long long)v);
+
+	struct signalfd_siginfo si[2];
+	ssize_t n = read(44, si, sizeof(si));
+	if (n != (ssize_t)sizeof(si))
+		wl_fail("signalfd read %zd bytes, expected two signals", n);
+	else if (si[0].ssi_signo != SIGUSR1 || si[1].ssi_signo != (uint32_t)(SIGRTMIN + 3) || si[1].ssi_int != 77)
+		wl_fail("signalfd gave signals %u and %u (value %d), expected %d and %d (value 77)", si[0].ssi_signo,
+			si[1].ssi_signo, si[1].ssi_int, SIGUSR1, SIGRTMIN + 3);
+
+	wl_finish(dir);
+}
