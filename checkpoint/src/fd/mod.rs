@@ -74,11 +74,27 @@ pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
             continue;
         };
         let target = target.to_string_lossy().into_owned();
-        let kind = classify(&target, &meta);
+        let kind = special_filesystem(&entry.path()).map_or_else(|| classify(&target, &meta), Err);
         out.push(Seen { fd, target, kind, info: proc::parse_fdinfo(&info), rdev: meta.rdev(), ino: meta.ino() });
     }
     out.sort_by_key(|s| s.fd);
     Ok(out)
+}
+
+/// Files that look regular but live on a filesystem whose objects cannot be
+/// reopened by the path /proc shows: POSIX message queues (whose path is
+/// relative to the mqueue filesystem) and pinned BPF objects. `None` for
+/// every other filesystem.
+fn special_filesystem(fd_link: &std::path::Path) -> Option<String> {
+    use stasis_sys::nix::sys::statfs::{statfs, FsType};
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let FsType(magic) = statfs(fd_link).ok()?.filesystem_type();
+    match magic as i64 {
+        MQUEUE_MAGIC => Some("POSIX message queue".into()),
+        BPF_FS_MAGIC => Some("BPF object".into()),
+        _ => None,
+    }
 }
 
 /// Which module handles an fd, or a name for what it is when none does.
@@ -159,3 +175,25 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
 
 /// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.
 pub const FDINFO_CLOEXEC: u32 = 0o2000000;
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn message_queues_are_named_not_reopened() {
+        use stasis_sys::nix::mqueue::{mq_open, mq_unlink, MQ_OFlag, MqAttr};
+        use stasis_sys::nix::sys::stat::Mode;
+        let name = format!("/stasis-test-{}", std::process::id());
+        let attr = MqAttr::new(0, 4, 64, 0);
+        let q =
+            mq_open(name.as_str(), MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR, Mode::from_bits_truncate(0o600), Some(&attr))
+                .expect("mq_open (the kernel must have POSIX message queues)");
+        let _ = mq_unlink(name.as_str());
+        let fd = q.as_raw_fd();
+        let seen = scan(Pid::this()).unwrap().into_iter().find(|s| s.fd == fd).expect("our queue fd");
+        assert_eq!(seen.kind, Err("POSIX message queue".to_string()), "{seen:?}");
+    }
+}
