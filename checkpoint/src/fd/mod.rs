@@ -90,7 +90,7 @@ fn special_filesystem(fd_link: &std::path::Path) -> Option<String> {
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let FsType(magic) = statfs(fd_link).ok()?.filesystem_type();
-    match magic as i64 {
+    match magic {
         MQUEUE_MAGIC => Some("POSIX message queue".into()),
         BPF_FS_MAGIC => Some("BPF object".into()),
         _ => None,
