@@ -109,6 +109,7 @@ workload_tests! {
     pipes: "pipes";
     attrs: "attrs";
     eventfds: "eventfds";
+    timers: "timers";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";

@@ -80,6 +80,11 @@ fn eventfds() {
     selfcheck("eventfds", &[]);
 }
 
+#[test]
+fn timers() {
+    selfcheck("timers", &[]);
+}
+
 /// Ask `w` to check itself: it must report a failure mentioning `needle`.
 fn expect_failure(w: &Workload, needle: &str) {
     let outcome = w.check_fails();

@@ -158,6 +158,36 @@ pub struct Process {
     /// The signal the parent gets when this process exits.
     #[prost(int32, tag = "25")]
     pub exit_signal: i32,
+    /// POSIX timers (timer_create), by id.
+    #[prost(message, repeated, tag = "26")]
+    pub posix_timers: Vec<PosixTimer>,
+}
+
+/// A POSIX timer (timer_create(2)).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PosixTimer {
+    /// The timer id the process knows it by.
+    #[prost(int32, tag = "1")]
+    pub id: i32,
+    #[prost(int32, tag = "2")]
+    pub clockid: i32,
+    /// SIGEV_SIGNAL (0), SIGEV_NONE (1), with SIGEV_THREAD_ID (4) added for
+    /// a timer that signals one thread.
+    #[prost(int32, tag = "3")]
+    pub notify: i32,
+    #[prost(int32, tag = "4")]
+    pub signal: i32,
+    /// sigev_value.
+    #[prost(uint64, tag = "5")]
+    pub value: u64,
+    /// The thread signalled, with SIGEV_THREAD_ID.
+    #[prost(int32, tag = "6")]
+    pub tid: i32,
+    /// Time to the next expiry, 0 when disarmed.
+    #[prost(uint64, tag = "7")]
+    pub value_ns: u64,
+    #[prost(uint64, tag = "8")]
+    pub interval_ns: u64,
 }
 
 /// One thread.

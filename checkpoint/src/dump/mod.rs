@@ -13,6 +13,7 @@
 
 mod memory;
 mod task;
+mod timers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

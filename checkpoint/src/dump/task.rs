@@ -60,7 +60,9 @@ pub(super) fn process(frozen: &mut Frozen, stat: &Stat) -> Result<Process, DumpE
         .into_iter()
         .map(|s| SigInfo { raw: s.0.to_vec() })
         .collect();
-    let injected = injected(pid, &mut frozen.threads()[0])?;
+    let mut posix_timers = super::timers::parse(&proc::read(pid, "timers").map_err(proc_err("timers"))?)
+        .map_err(|e| proc_err("timers")(std::io::Error::other(e)))?;
+    let injected = injected(pid, &mut frozen.threads()[0], &mut posix_timers)?;
 
     Ok(Process {
         pid: pid.as_raw(),
@@ -110,6 +112,7 @@ pub(super) fn process(frozen: &mut Frozen, stat: &Stat) -> Result<Process, DumpE
         child_subreaper: injected.child_subreaper,
         thp_disable: !status.thp_enabled,
         exit_signal: stat.exit_signal,
+        posix_timers,
     })
 }
 
@@ -178,7 +181,11 @@ struct Injected {
     brk: u64,
 }
 
-fn injected(pid: Pid, main: &mut Seized) -> Result<Injected, DumpError> {
+fn injected(
+    pid: Pid,
+    main: &mut Seized,
+    timers: &mut [stasis_image::records::PosixTimer],
+) -> Result<Injected, DumpError> {
     let err = |what: String| DumpError::Thread { tid: pid, what };
     let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
     let mut inj = main.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
@@ -203,6 +210,17 @@ fn injected(pid: Pid, main: &mut Seized) -> Result<Injected, DumpError> {
     let dumpable = inj.prctl(libc::PR_GET_DUMPABLE, [0; 4]).map_err(|e| err(crate::chain(&e)))? as i32;
     let child_subreaper = inj.prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).map_err(|e| err(crate::chain(&e)))? != 0;
     let brk = inj.syscall(libc::SYS_brk, [0; 6]).map_err(|e| err(format!("brk(0): {e}")))? as u64;
+    for t in timers.iter_mut() {
+        // struct itimerspec { it_interval, it_value }, each { sec, nsec }.
+        let at = inj.scratch().map_err(|e| err(crate::chain(&e)))?.addr().0;
+        inj.syscall_ok(libc::SYS_timer_gettime, [t.id as u64, at, 0, 0, 0, 0])
+            .map_err(|e| err(format!("timer_gettime({}): {}", t.id, crate::chain(&e))))?;
+        let mut raw = [0u8; 32];
+        inj.scratch().map_err(|e| err(crate::chain(&e)))?.read(0, &mut raw).map_err(|e| err(crate::chain(&e)))?;
+        let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        t.interval_ns = w(0) * 1_000_000_000 + w(1);
+        t.value_ns = w(2) * 1_000_000_000 + w(3);
+    }
     inj.finish().map_err(|e| err(crate::chain(&e)))?;
     Ok(Injected { sigactions, itimers, pdeathsig, dumpable, child_subreaper, brk })
 }

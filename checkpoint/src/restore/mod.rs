@@ -447,6 +447,8 @@ impl Puppet {
                 r.inj.clone_thread(Pid::from_raw(t.tid), None).map_err(|e| step("threads")(crate::chain(&e)))?;
             self.threads.push(seized);
         }
+        // Timers may signal one thread: created once every thread exists.
+        r.posix_timers(p)?;
         // Credentials are per thread, and each sets its own last: clone3 with
         // set_tid above needed the agent's privileges.
         r.per_thread(&p.threads[0], p)?;
@@ -903,6 +905,45 @@ impl Remote<'_, '_> {
             )?;
         }
         self.creds(p)
+    }
+
+    /// POSIX timers at their original ids (PR_TIMER_CREATE_RESTORE_IDS),
+    /// armed with the time that was left.
+    fn posix_timers(&mut self, p: &Process) -> Result<(), RestoreError> {
+        if p.posix_timers.is_empty() {
+            return Ok(());
+        }
+        const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+        self.call("POSIX timers", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0])?;
+        for t in &p.posix_timers {
+            let what = format!("POSIX timer {}", t.id);
+            // struct sigevent: sigev_value, sigev_signo, sigev_notify, then a
+            // union whose first int is the thread id; 64 bytes in all.
+            let mut sev = [0u8; 64];
+            sev[..8].copy_from_slice(&t.value.to_le_bytes());
+            sev[8..12].copy_from_slice(&t.signal.to_le_bytes());
+            sev[12..16].copy_from_slice(&t.notify.to_le_bytes());
+            sev[16..20].copy_from_slice(&t.tid.to_le_bytes());
+            let sev_at = self.put(0, &sev)?;
+            // The id asked for goes in where the kernel writes the new one.
+            let id_at = self.put(64, &t.id.to_le_bytes())?;
+            self.call(&what, libc::SYS_timer_create, [t.clockid as u64, sev_at, id_at, 0, 0, 0])?;
+            let mut got = [0u8; 4];
+            stasis_sys::process_vm::read_exact(self.pid, RemoteAddr(id_at), &mut got)
+                .map_err(|e| step(&what)(crate::chain(&e)))?;
+            if i32::from_le_bytes(got) != t.id {
+                return Err(step(&what)(format!("created as timer {}", i32::from_le_bytes(got))));
+            }
+            if t.value_ns > 0 {
+                let ns = |v: u64| [v / 1_000_000_000, v % 1_000_000_000];
+                let its: Vec<u8> =
+                    ns(t.interval_ns).iter().chain(ns(t.value_ns).iter()).flat_map(|v| v.to_le_bytes()).collect();
+                let its_at = self.put(128, &its)?;
+                self.call(&what, libc::SYS_timer_settime, [t.id as u64, 0, its_at, 0, 0, 0])?;
+            }
+        }
+        self.call("POSIX timers", libc::SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0])?;
+        Ok(())
     }
 
     /// Queue the process-wide pending signals again, in order, with their
