@@ -110,11 +110,40 @@ workload_tests! {
     attrs: "attrs";
     eventfds: "eventfds";
     timers: "timers";
+    sockets: "sockets";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";
     files: "files";
     ]
+}
+
+/// After a restore, the listening sockets take connections from outside the
+/// process (into their accept queue, whether or not it accepts), and the
+/// bound UDP socket receives; then the workload checks and uses its sockets.
+#[test]
+fn restored_sockets_take_connections_from_outside() {
+    use std::net::{Ipv6Addr, TcpStream, UdpSocket};
+    let mut w = Workload::start("sockets", &[]);
+    w.wait_running();
+    let port = |key: &str| u16::try_from(w.info_u64(key)).unwrap();
+    let (tcp, tcp6, udp, nonblock) = (port("tcp_port"), port("tcp6_port"), port("udp_port"), port("nonblock_port"));
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    // Its ports are free while it is not running.
+    drop(std::net::TcpListener::bind(("127.0.0.1", tcp)).expect("the dumped process's port is free again"));
+    restore(&w, images.path());
+    let connect = |addr: std::net::SocketAddr| {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect to restored listener {addr}: {e}\n{}", w.log()))
+    };
+    let _a = connect(([127, 0, 0, 1], tcp).into());
+    let _b = connect((Ipv6Addr::LOCALHOST, tcp6).into());
+    let _c = connect(([127, 0, 0, 1], nonblock).into());
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.send_to(b"hello", ("127.0.0.1", udp)).expect("send to the restored UDP socket");
+    w.check_ok();
 }
 
 #[test]

@@ -85,6 +85,11 @@ fn timers() {
     selfcheck("timers", &[]);
 }
 
+#[test]
+fn sockets() {
+    selfcheck("sockets", &[]);
+}
+
 /// Ask `w` to check itself: it must report a failure mentioning `needle`.
 fn expect_failure(w: &Workload, needle: &str) {
     let outcome = w.check_fails();

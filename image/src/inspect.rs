@@ -238,6 +238,8 @@ fn process_summary(p: &Process) -> ProcessSummary {
                         format!("clock {}, next in {} ns, every {} ns", t.clockid, t.value_ns, t.interval_ns),
                     ),
                     Some(fd::Kind::Signalfd(sg)) => ("signalfd", format!("mask {:#x}", sg.mask)),
+                    Some(fd::Kind::TcpListen(s)) => ("tcp-listen", s.describe()),
+                    Some(fd::Kind::Udp(s)) => ("udp", s.describe()),
                     Some(fd::Kind::Epoll(e)) => {
                         ("epoll", format!("watching {:?}", e.targets.iter().map(|t| t.fd).collect::<Vec<_>>()))
                     }

@@ -323,7 +323,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -363,6 +363,13 @@ pub mod fd {
         /// A signalfd.
         #[prost(message, tag = "14")]
         Signalfd(super::Signalfd),
+        /// A listening TCP socket (connections waiting to be accepted are
+        /// not kept).
+        #[prost(message, tag = "15")]
+        TcpListen(super::InetSocket),
+        /// A UDP socket (queued datagrams are not kept).
+        #[prost(message, tag = "16")]
+        Udp(super::InetSocket),
     }
 }
 
@@ -418,6 +425,106 @@ pub struct Timerfd {
 pub struct Signalfd {
     #[prost(uint64, tag = "1")]
     pub mask: u64,
+}
+
+/// An IPv4 or IPv6 socket: a listening TCP socket or a UDP socket.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InetSocket {
+    /// AF_INET (2) or AF_INET6 (10).
+    #[prost(int32, tag = "1")]
+    pub family: i32,
+    /// The bound address (getsockname); port 0 means not bound.
+    #[prost(message, optional, tag = "2")]
+    pub local: Option<InetAddr>,
+    /// The peer of a connected UDP socket (getpeername); none when not
+    /// connected.
+    #[prost(message, optional, tag = "3")]
+    pub peer: Option<InetAddr>,
+    /// listen(2) backlog of a TCP socket (sk_max_ack_backlog).
+    #[prost(uint32, tag = "4")]
+    pub backlog: u32,
+    #[prost(bool, tag = "5")]
+    pub reuseaddr: bool,
+    #[prost(bool, tag = "6")]
+    pub reuseport: bool,
+    /// IPV6_V6ONLY (AF_INET6 only).
+    #[prost(bool, tag = "7")]
+    pub v6only: bool,
+    /// TCP_NODELAY (TCP only; accepted connections inherit it).
+    #[prost(bool, tag = "8")]
+    pub nodelay: bool,
+    /// SO_BROADCAST.
+    #[prost(bool, tag = "9")]
+    pub broadcast: bool,
+    /// SO_KEEPALIVE (accepted connections inherit it).
+    #[prost(bool, tag = "10")]
+    pub keepalive: bool,
+    /// SO_RCVBUF as getsockopt reports it (the kernel's doubled value),
+    /// when it was set explicitly (SO_BUF_LOCK); 0 when left to the kernel.
+    #[prost(uint32, tag = "11")]
+    pub rcvbuf: u32,
+    /// SO_SNDBUF, as `rcvbuf`.
+    #[prost(uint32, tag = "12")]
+    pub sndbuf: u32,
+}
+
+/// An IP address and port.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InetAddr {
+    /// 4 bytes (IPv4) or 16 (IPv6), in network order.
+    #[prost(bytes = "vec", tag = "1")]
+    pub addr: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// sin6_scope_id of a link-local IPv6 address.
+    #[prost(uint32, tag = "3")]
+    pub scope_id: u32,
+}
+
+impl InetSocket {
+    /// "127.0.0.1:8080", "[::1]:53 -> [::1]:5353", "unbound".
+    pub fn describe(&self) -> String {
+        let show = |a: &Option<InetAddr>| match a.as_ref().map(|a| (a, a.to_socket_addr())) {
+            Some((_, Some(sa))) => sa.to_string(),
+            Some((a, None)) => format!("<{} address bytes, port {}>", a.addr.len(), a.port),
+            None => "unbound".into(),
+        };
+        let local = if self.local.as_ref().is_some_and(|l| l.port != 0) { show(&self.local) } else { "unbound".into() };
+        match &self.peer {
+            Some(_) => format!("{local} -> {}", show(&self.peer)),
+            None => local,
+        }
+    }
+}
+
+impl InetAddr {
+    /// As a standard socket address; `None` when the address has neither
+    /// 4 nor 16 bytes or the port does not fit 16 bits.
+    pub fn to_socket_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+        let port = u16::try_from(self.port).ok()?;
+        Some(match self.addr.len() {
+            4 => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(<[u8; 4]>::try_from(&self.addr[..]).ok()?), port)),
+            16 => SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(<[u8; 16]>::try_from(&self.addr[..]).ok()?),
+                port,
+                0,
+                self.scope_id,
+            )),
+            _ => return None,
+        })
+    }
+
+    pub fn from_socket_addr(a: &std::net::SocketAddr) -> InetAddr {
+        match a {
+            std::net::SocketAddr::V4(v4) => {
+                InetAddr { addr: v4.ip().octets().to_vec(), port: v4.port().into(), scope_id: 0 }
+            }
+            std::net::SocketAddr::V6(v6) => {
+                InetAddr { addr: v6.ip().octets().to_vec(), port: v6.port().into(), scope_id: v6.scope_id() }
+            }
+        }
+    }
 }
 
 /// A pipe's buffer.
@@ -621,4 +728,41 @@ pub struct Phase {
     pub name: String,
     #[prost(uint64, tag = "2")]
     pub us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn inet_socket_round_trip() {
+        let local = InetAddr::from_socket_addr(&"[fe80::1%3]:8080".parse().unwrap());
+        assert_eq!((local.addr.len(), local.port, local.scope_id), (16, 8080, 3));
+        let s = InetSocket {
+            family: 10,
+            local: Some(local),
+            peer: Some(InetAddr::from_socket_addr(&"127.0.0.1:53".parse().unwrap())),
+            backlog: 7,
+            reuseaddr: true,
+            v6only: true,
+            nodelay: true,
+            rcvbuf: 65536,
+            ..Default::default()
+        };
+        for kind in [fd::Kind::TcpListen(s.clone()), fd::Kind::Udp(s.clone())] {
+            let f = Fd { fd: 5, flags: 0o4002, kind: Some(kind), ..Default::default() };
+            assert_eq!(Fd::decode(&f.encode_to_vec()[..]).unwrap(), f);
+        }
+        assert_eq!(s.describe(), "[fe80::1%3]:8080 -> 127.0.0.1:53");
+        let unbound = InetSocket {
+            family: 2,
+            local: Some(InetAddr { addr: vec![0; 4], port: 0, scope_id: 0 }),
+            ..Default::default()
+        };
+        assert_eq!(unbound.describe(), "unbound");
+        let bad = InetAddr { addr: vec![1, 2, 3], port: 1, scope_id: 0 };
+        assert_eq!(bad.to_socket_addr(), None);
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::records::{fd, FileRef, ProcessTree, VmaKind};
+use crate::records::{fd, FileRef, InetSocket, ProcessTree, VmaKind};
 use crate::PAGE_SIZE;
 
 /// The kernel's highest possible pid (PID_MAX_LIMIT on 64-bit).
@@ -106,6 +106,7 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                 Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH).map_err(bad)?,
                 Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH).map_err(bad)?,
                 Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
+                Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s).map_err(bad)?,
                 Some(fd::Kind::Epoll(e)) => {
                     if let Some(t) = e.targets.iter().find(|t| !p.fds.iter().any(|f| f.fd == t.fd)) {
                         return Err(bad(format!("epoll watches fd {}, which the process does not have", t.fd)));
@@ -125,6 +126,31 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
     Ok(())
 }
 
+/// AF_INET and AF_INET6.
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+
+fn check_inet(s: &InetSocket) -> Result<(), String> {
+    let len = match s.family {
+        AF_INET => 4,
+        AF_INET6 => 16,
+        f => return Err(format!("socket of unknown address family {f}")),
+    };
+    for (what, a) in [("local", &s.local), ("peer", &s.peer)] {
+        if let Some(a) = a {
+            if a.addr.len() != len || a.port > u32::from(u16::MAX) {
+                return Err(format!(
+                    "{what} address has {} bytes and port {} (family {})",
+                    a.addr.len(),
+                    a.port,
+                    s.family
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_file(f: &FileRef) -> Result<(), String> {
     check_str(&f.path, MAX_PATH)?;
     if !f.path.starts_with('/') {
@@ -138,4 +164,22 @@ fn check_str(s: &str, max: usize) -> Result<(), String> {
         return Err(format!("{:?} is too long or holds a NUL", s.chars().take(64).collect::<String>()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::InetAddr;
+
+    #[test]
+    fn inet_address_lengths() {
+        let addr = |n: usize, port: u32| Some(InetAddr { addr: vec![0; n], port, scope_id: 0 });
+        let ok = InetSocket { family: AF_INET, local: addr(4, 80), peer: addr(4, 53), ..Default::default() };
+        assert_eq!(check_inet(&ok), Ok(()));
+        assert_eq!(check_inet(&InetSocket { family: AF_INET6, local: addr(16, 80), ..Default::default() }), Ok(()));
+        assert!(check_inet(&InetSocket { family: AF_INET6, ..ok.clone() }).is_err());
+        assert!(check_inet(&InetSocket { peer: addr(5, 1), ..ok.clone() }).is_err());
+        assert!(check_inet(&InetSocket { local: addr(4, 70000), ..ok.clone() }).is_err());
+        assert!(check_inet(&InetSocket { family: 1, ..ok }).is_err());
+    }
 }

@@ -29,6 +29,7 @@ pub mod ptrace;
 #[cfg(target_arch = "x86_64")]
 pub mod regs;
 pub mod rlimit;
+pub mod sock;
 pub mod tcp;
 pub mod uffd;
 

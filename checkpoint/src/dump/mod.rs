@@ -293,6 +293,10 @@ fn fd_problems(fds: &[Seen]) -> Vec<String> {
     let mut pipe_ends: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
     for s in fds {
         match &s.kind {
+            // Socket kinds carry their own article ("an established TCP ...").
+            Err(what) if what.starts_with("a ") || what.starts_with("an ") => {
+                problems.push(format!("fd {} is {what} ({})", s.fd, s.target))
+            }
             Err(what) => problems.push(format!("fd {} is a {what} ({})", s.fd, s.target)),
             Ok(fd::Kind::Pipe) => {
                 let ends = pipe_ends.entry(s.ino).or_default();

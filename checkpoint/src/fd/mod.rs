@@ -2,7 +2,8 @@
 //! `files-reg.c`, `pipes.c`, ...): adding a kind is one file and one arm of
 //! [`Kind`].
 //!
-//! Classifying needs only /proc (`readlink` and `stat` of /proc/PID/fd/N), so
+//! Classifying needs only /proc (`readlink` and `stat` of /proc/PID/fd/N; for
+//! sockets also its `system.sockprotoname` and /proc/PID/net/*), so
 //! the pre-flight check can list every unsupported fd without stopping or
 //! touching the target. Dumping works on the agent's own copy of the fd,
 //! taken with pidfd_getfd(2), which reads pipe buffers and deleted files'
@@ -13,6 +14,7 @@ pub mod epoll;
 pub mod event;
 pub mod file;
 pub mod pipe;
+pub mod socket;
 pub mod tty;
 
 use std::fs;
@@ -46,6 +48,10 @@ pub enum Kind {
     Timerfd,
     /// A signalfd.
     Signalfd,
+    /// A listening TCP socket, IPv4 or IPv6.
+    TcpListen,
+    /// A UDP socket, IPv4 or IPv6.
+    Udp,
 }
 
 /// One fd of the target as pre-flight saw it.
@@ -63,6 +69,7 @@ pub struct Seen {
 /// Every fd of `pid`, classified. An fd that closes while we look is left out.
 pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
     let mut out = Vec::new();
+    let mut sockets: Option<socket::Tables> = None;
     for entry in fs::read_dir(proc::path(pid, "fd"))? {
         let entry = entry?;
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
@@ -74,7 +81,12 @@ pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
             continue;
         };
         let target = target.to_string_lossy().into_owned();
-        let kind = special_filesystem(&entry.path()).map_or_else(|| classify(&target, &meta), Err);
+        let kind = if target.starts_with("socket:") && meta.file_type().is_socket() {
+            let tables = sockets.get_or_insert_with(|| socket::Tables::read(pid));
+            tables.classify(socket::protocol_name(&entry.path()).as_deref(), meta.ino())
+        } else {
+            special_filesystem(&entry.path()).map_or_else(|| classify(&target, &meta), Err)
+        };
         out.push(Seen { fd, target, kind, info: proc::parse_fdinfo(&info), rdev: meta.rdev(), ino: meta.ino() });
     }
     out.sort_by_key(|s| s.fd);
@@ -170,6 +182,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Tty => Ok((tty::dump(seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd => Ok((event::dump(pid, seen)?, Extra::default())),
+        Kind::TcpListen | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
     }
 }
 

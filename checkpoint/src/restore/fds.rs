@@ -158,6 +158,11 @@ pub fn plan(
                 object
             }
             Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
+            Kind::TcpListen(s) | Kind::Udp(s) => {
+                let object = crate::fd::socket::create(s, matches!(r.kind, Some(Kind::TcpListen(_)))).map_err(other)?;
+                set_status_flags(&object, flags).map_err(other)?;
+                object
+            }
             Kind::Tty(t) => {
                 let path =
                     if t.dumper_terminal { own_terminal().unwrap_or_else(|| t.path.clone()) } else { t.path.clone() };

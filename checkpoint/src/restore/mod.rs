@@ -973,5 +973,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Eventfd(_) => "eventfd",
         fd::Kind::Timerfd(_) => "timerfd",
         fd::Kind::Signalfd(_) => "signalfd",
+        fd::Kind::TcpListen(_) => "tcp-listen",
+        fd::Kind::Udp(_) => "udp",
     }
 }

@@ -1,0 +1,489 @@
+//! Sockets: listening TCP sockets and UDP sockets, IPv4 and IPv6.
+//!
+//! Pre-flight tells sockets apart from /proc only: the protocol from the
+//! socket inode's `system.sockprotoname` attribute, and the state from the
+//! target's own network namespace's tables, /proc/PID/net/{tcp,tcp6,udp,
+//! udp6,unix}, matched by inode. Every other socket is refused by name.
+//!
+//! The dump reads the socket through the agent's pidfd_getfd copy
+//! (getsockname, getpeername, getsockopt) and the listen backlog from
+//! NETLINK_SOCK_DIAG (`idiag_wqueue` of a listening socket is
+//! sk_max_ack_backlog). Restore makes a new socket in the agent, sets the
+//! options, binds, and listens or connects.
+//!
+//! Not kept: connections waiting in a listener's accept queue, datagrams
+//! queued on a UDP socket, multicast memberships, SO_BINDTODEVICE and
+//! options other than those in [`InetSocket`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use stasis_image::records::{fd::Kind as RecordKind, InetAddr, InetSocket};
+use stasis_sys::nix::errno::Errno;
+use stasis_sys::nix::libc;
+use stasis_sys::nix::sys::socket::{
+    self, getpeername, getsockname, getsockopt, setsockopt, sockopt, AddressFamily, SockFlag, SockProtocol, SockType,
+    SockaddrLike, SockaddrStorage,
+};
+use stasis_sys::Pid;
+
+use super::{Kind, Seen};
+use crate::proc;
+
+/// TCP_LISTEN in /proc/net/tcp's `st` column and in inet_diag.
+const TCP_LISTEN: u8 = 0x0a;
+
+/// One row of /proc/PID/net/{tcp,tcp6,udp,udp6}: the socket's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InetRow {
+    pub state: u8,
+}
+
+/// Parse /proc/net/tcp, tcp6, udp or udp6 into inode -> row.
+/// Columns: `sl local_address rem_address st tx_queue:rx_queue tr:tm->when
+/// retrnsmt uid timeout inode ...`.
+pub fn parse_inet_table(text: &str) -> HashMap<u64, InetRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let state = u8::from_str_radix(cols.get(3)?, 16).ok()?;
+            let inode = cols.get(9)?.parse().ok()?;
+            Some((inode, InetRow { state }))
+        })
+        .collect()
+}
+
+/// Parse /proc/net/unix into inode -> socket type (SOCK_STREAM, ...).
+/// Columns: `Num RefCount Protocol Flags Type St Inode Path`.
+pub fn parse_unix_table(text: &str) -> HashMap<u64, u16> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let ty = u16::from_str_radix(cols.get(4)?, 16).ok()?;
+            let inode = cols.get(6)?.parse().ok()?;
+            Some((inode, ty))
+        })
+        .collect()
+}
+
+/// TCP state names, as in include/net/tcp_states.h.
+fn tcp_state_name(st: u8) -> &'static str {
+    match st {
+        0x01 => "ESTABLISHED",
+        0x02 => "SYN_SENT",
+        0x03 => "SYN_RECV",
+        0x04 => "FIN_WAIT1",
+        0x05 => "FIN_WAIT2",
+        0x06 => "TIME_WAIT",
+        0x07 => "CLOSE",
+        0x08 => "CLOSE_WAIT",
+        0x09 => "LAST_ACK",
+        0x0a => "LISTEN",
+        0x0b => "CLOSING",
+        _ => "unknown",
+    }
+}
+
+/// The target's socket tables, read once per scan when a socket is seen.
+#[derive(Debug, Default)]
+pub struct Tables {
+    tcp: HashMap<u64, InetRow>,
+    unix: HashMap<u64, u16>,
+}
+
+impl Tables {
+    pub fn read(pid: Pid) -> Tables {
+        let mut t = Tables::default();
+        for name in ["net/tcp", "net/tcp6"] {
+            if let Ok(text) = proc::read(pid, name) {
+                t.tcp.extend(parse_inet_table(&text));
+            }
+        }
+        if let Ok(text) = proc::read(pid, "net/unix") {
+            t.unix = parse_unix_table(&text);
+        }
+        t
+    }
+
+    /// What the socket with inode `ino` is, given the protocol name the
+    /// kernel gives it (`system.sockprotoname`: "TCP", "UDPv6", "UNIX", ...).
+    pub fn classify(&self, proto: Option<&str>, ino: u64) -> Result<Kind, String> {
+        let unsupported = |what: &str| Err(format!("{what} (not supported yet)"));
+        match proto {
+            Some("TCP" | "TCPv6") => match self.tcp.get(&ino).map(|r| r.state) {
+                Some(TCP_LISTEN) => Ok(Kind::TcpListen),
+                Some(0x01) => unsupported("an established TCP connection"),
+                Some(st) => unsupported(&format!("a TCP socket in state {}", tcp_state_name(st))),
+                None => unsupported("a TCP socket that is neither listening nor connected"),
+            },
+            // An unbound UDP socket is in no table, and is supported too.
+            Some("UDP" | "UDPv6") => Ok(Kind::Udp),
+            // "UNIX" (datagram, seqpacket) or "UNIX-STREAM" (Linux 5.15+).
+            Some(p) if p.starts_with("UNIX") => {
+                let ty = match self.unix.get(&ino).map(|&t| i32::from(t)) {
+                    Some(libc::SOCK_STREAM) => "stream ",
+                    Some(libc::SOCK_DGRAM) => "datagram ",
+                    Some(libc::SOCK_SEQPACKET) => "seqpacket ",
+                    _ if p == "UNIX-STREAM" => "stream ",
+                    _ => "",
+                };
+                unsupported(&format!("a unix {ty}socket"))
+            }
+            Some("NETLINK") => unsupported("a netlink socket"),
+            Some("PACKET") => unsupported("a packet socket"),
+            Some("RAW" | "RAWv6") => unsupported("a raw IP socket"),
+            Some("PING" | "PINGv6") => unsupported("an ICMP ping socket"),
+            Some("UDP-Lite" | "UDPLITEv6") => unsupported("a UDP-Lite socket"),
+            Some(other) => unsupported(&format!("a {other} socket")),
+            None => unsupported("a socket of unknown protocol"),
+        }
+    }
+}
+
+pub use stasis_sys::sock::protocol_name;
+
+fn inet_addr(sa: &SockaddrStorage) -> Option<InetAddr> {
+    if let Some(v4) = sa.as_sockaddr_in() {
+        return Some(InetAddr::from_socket_addr(&SocketAddr::V4((*v4).into())));
+    }
+    sa.as_sockaddr_in6().map(|v6| InetAddr::from_socket_addr(&SocketAddr::V6((*v6).into())))
+}
+
+/// Dump the socket from the agent's copy of it.
+pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String> {
+    let err = |what: &'static str| move |e: Errno| format!("{what}: {e}");
+    let ty = getsockopt(copy, sockopt::SockType).map_err(err("SO_TYPE"))?;
+    let local_sa = getsockname::<SockaddrStorage>(copy.as_raw_fd()).map_err(err("getsockname"))?;
+    let family = match local_sa.family() {
+        Some(AddressFamily::Inet) => libc::AF_INET,
+        Some(AddressFamily::Inet6) => libc::AF_INET6,
+        f => return Err(format!("socket of address family {f:?}")),
+    };
+    let local = inet_addr(&local_sa).ok_or("getsockname: not an IP address")?;
+    let peer = match getpeername::<SockaddrStorage>(copy.as_raw_fd()) {
+        Ok(sa) => Some(inet_addr(&sa).ok_or("getpeername: not an IP address")?),
+        Err(Errno::ENOTCONN) => None,
+        Err(e) => return Err(format!("getpeername: {e}")),
+    };
+    let mut s = InetSocket {
+        family,
+        local: Some(local),
+        peer,
+        reuseaddr: getsockopt(copy, sockopt::ReuseAddr).map_err(err("SO_REUSEADDR"))?,
+        reuseport: getsockopt(copy, sockopt::ReusePort).map_err(err("SO_REUSEPORT"))?,
+        broadcast: getsockopt(copy, sockopt::Broadcast).map_err(err("SO_BROADCAST"))?,
+        keepalive: getsockopt(copy, sockopt::KeepAlive).map_err(err("SO_KEEPALIVE"))?,
+        ..InetSocket::default()
+    };
+    if family == libc::AF_INET6 {
+        s.v6only = getsockopt(copy, sockopt::Ipv6V6Only).map_err(err("IPV6_V6ONLY"))?;
+    }
+    // SO_BUF_LOCK (Linux 5.14) tells which buffer sizes were set explicitly;
+    // the others follow the kernel's autotuning and are left to it.
+    let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
+    if locks & stasis_sys::sock::RCVBUF_LOCK != 0 {
+        s.rcvbuf = getsockopt(copy, sockopt::RcvBuf).map_err(err("SO_RCVBUF"))? as u32;
+    }
+    if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
+        s.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
+    }
+    match seen.kind {
+        Ok(Kind::TcpListen) => {
+            if ty != SockType::Stream || !getsockopt(copy, sockopt::AcceptConn).map_err(err("SO_ACCEPTCONN"))? {
+                return Err(format!("{} is no longer a listening TCP socket", seen.target));
+            }
+            s.nodelay = getsockopt(copy, sockopt::TcpNoDelay).map_err(err("TCP_NODELAY"))?;
+            let (backlog, queued) = listen_backlog(pid, family, seen.ino)?;
+            if queued > 0 {
+                tracing::warn!(
+                    fd = seen.fd,
+                    "{queued} connection(s) waiting to be accepted on {} are not kept",
+                    s.describe()
+                );
+            }
+            s.backlog = backlog;
+            Ok(RecordKind::TcpListen(s))
+        }
+        Ok(Kind::Udp) => {
+            if ty != SockType::Datagram {
+                return Err(format!("{} is not a UDP socket", seen.target));
+            }
+            Ok(RecordKind::Udp(s))
+        }
+        _ => Err(format!("{} is not a supported socket", seen.target)),
+    }
+}
+
+/// A NETLINK_SOCK_DIAG socket in the network namespace of `pid` (the
+/// agent's own when they are the same; else made by a thread that joined
+/// the target's: a socket stays in the namespace it was made in).
+fn diag_socket(pid: Pid) -> Result<OwnedFd, String> {
+    let make = || {
+        socket::socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .map_err(|e| format!("NETLINK_SOCK_DIAG socket: {e}"))
+    };
+    let ns = proc::path(pid, "ns/net");
+    let same = match (std::fs::metadata(&ns), std::fs::metadata("/proc/self/ns/net")) {
+        (Ok(a), Ok(b)) => {
+            use std::os::unix::fs::MetadataExt;
+            (a.dev(), a.ino()) == (b.dev(), b.ino())
+        }
+        _ => true,
+    };
+    if same {
+        return make();
+    }
+    let nsfile = std::fs::File::open(&ns).map_err(|e| format!("{}: {e}", ns.display()))?;
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            use stasis_sys::nix::sched::{setns, CloneFlags};
+            setns(nsfile.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns into the target's net: {e}"))?;
+            make()
+        })
+        .join()
+        .map_err(|_| "netlink thread panicked".to_string())?
+    })
+}
+
+/// Build an inet_diag dump request for listening sockets of `family` over
+/// TCP (struct nlmsghdr + struct inet_diag_req_v2).
+fn diag_request(family: i32) -> Vec<u8> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    let mut req = Vec::with_capacity(16 + 56);
+    req.extend_from_slice(&(16u32 + 56).to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.push(family as u8);
+    req.push(libc::IPPROTO_TCP as u8);
+    req.push(0); // idiag_ext
+    req.push(0); // pad
+    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // idiag_states
+    req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: all wildcards
+    req
+}
+
+/// One inet_diag_msg: (inode, rqueue, wqueue).
+fn parse_diag_msg(msg: &[u8]) -> Option<(u64, u32, u32)> {
+    let u32_at = |o: usize| Some(u32::from_ne_bytes(msg.get(o..o + 4)?.try_into().ok()?));
+    Some((u64::from(u32_at(68)?), u32_at(56)?, u32_at(60)?))
+}
+
+/// Parse a netlink reply buffer; `Ok(true)` when the dump is done.
+fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<(u32, u32)>) -> Result<bool, String> {
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
+        if len < 16 || at + len > buf.len() {
+            return Err("malformed netlink reply".into());
+        }
+        let body = &buf[at + 16..at + len];
+        match i32::from(ty) {
+            libc::NLMSG_DONE => return Ok(true),
+            libc::NLMSG_ERROR => {
+                let errno = body.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                return Err(format!("inet_diag: {}", Errno::from_raw(-errno)));
+            }
+            _ => {
+                if let Some((i, rq, wq)) = parse_diag_msg(body) {
+                    if i == ino {
+                        *found = Some((wq, rq));
+                    }
+                }
+            }
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Ok(false)
+}
+
+/// The backlog (sk_max_ack_backlog) of the listening socket with inode
+/// `ino`, and how many connections wait in its accept queue.
+fn listen_backlog(pid: Pid, family: i32, ino: u64) -> Result<(u32, u32), String> {
+    let sock = diag_socket(pid)?;
+    socket::send(sock.as_raw_fd(), &diag_request(family), socket::MsgFlags::empty())
+        .map_err(|e| format!("inet_diag request: {e}"))?;
+    let mut found = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = socket::recv(sock.as_raw_fd(), &mut buf, socket::MsgFlags::empty())
+            .map_err(|e| format!("inet_diag reply: {e}"))?;
+        if n == 0 || parse_diag_reply(&buf[..n], ino, &mut found)? {
+            break;
+        }
+    }
+    found.ok_or_else(|| format!("inet_diag does not list the listening socket with inode {ino}"))
+}
+
+/// A new socket as recorded: options, bind, then listen or connect.
+pub fn create(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
+    let (family, ty, proto) = match (s.family, tcp) {
+        (libc::AF_INET, true) => (AddressFamily::Inet, SockType::Stream, SockProtocol::Tcp),
+        (libc::AF_INET6, true) => (AddressFamily::Inet6, SockType::Stream, SockProtocol::Tcp),
+        (libc::AF_INET, false) => (AddressFamily::Inet, SockType::Datagram, SockProtocol::Udp),
+        (libc::AF_INET6, false) => (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp),
+        (f, _) => return Err(format!("socket of address family {f}")),
+    };
+    let sock = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).map_err(|e| format!("socket: {e}"))?;
+    let set = |what: &str, r: Result<(), Errno>| r.map_err(|e| format!("{what}: {e}"));
+    // Before bind: these decide whether and how the bind succeeds.
+    set("SO_REUSEADDR", setsockopt(&sock, sockopt::ReuseAddr, &s.reuseaddr))?;
+    set("SO_REUSEPORT", setsockopt(&sock, sockopt::ReusePort, &s.reuseport))?;
+    if s.family == libc::AF_INET6 {
+        set("IPV6_V6ONLY", setsockopt(&sock, sockopt::Ipv6V6Only, &s.v6only))?;
+    }
+    set("SO_BROADCAST", setsockopt(&sock, sockopt::Broadcast, &s.broadcast))?;
+    set("SO_KEEPALIVE", setsockopt(&sock, sockopt::KeepAlive, &s.keepalive))?;
+    if tcp {
+        set("TCP_NODELAY", setsockopt(&sock, sockopt::TcpNoDelay, &s.nodelay))?;
+    }
+    // The recorded sizes are the kernel's doubled values: the FORCE options
+    // (we are root) double half of it back, past net.core.[rw]mem_max.
+    if s.rcvbuf > 0 {
+        let half = (s.rcvbuf / 2) as usize;
+        setsockopt(&sock, sockopt::RcvBufForce, &half)
+            .or_else(|_| setsockopt(&sock, sockopt::RcvBuf, &half))
+            .map_err(|e| format!("SO_RCVBUF {}: {e}", s.rcvbuf))?;
+    }
+    if s.sndbuf > 0 {
+        let half = (s.sndbuf / 2) as usize;
+        setsockopt(&sock, sockopt::SndBufForce, &half)
+            .or_else(|_| setsockopt(&sock, sockopt::SndBuf, &half))
+            .map_err(|e| format!("SO_SNDBUF {}: {e}", s.sndbuf))?;
+    }
+    let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
+    if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
+        let sa = addr(local)?;
+        socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| match e {
+            Errno::EADDRINUSE => format!("cannot bind {sa}: address in use"),
+            e => format!("cannot bind {sa}: {}", e.desc().to_lowercase()),
+        })?;
+    }
+    if tcp {
+        let backlog = socket::Backlog::new(s.backlog.min(i32::MAX as u32) as i32)
+            .map_err(|e| format!("backlog {}: {e}", s.backlog))?;
+        socket::listen(&sock, backlog).map_err(|e| format!("listen: {e}"))?;
+    } else if let Some(peer) = &s.peer {
+        let sa = addr(peer)?;
+        socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| format!("connect to {sa}: {e}"))?;
+    }
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 123457 1 0000000000000000 20 4 30 10 -1
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 223344 1 0000000000000000 100 0 0 10 0
+";
+    const UDP: &str = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  485: 0100007F:A1B2 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 33333 2 0000000000000000 0
+  486: 0100007F:C3D4 0100007F:A1B2 01 00000000:00000000 00:00000000 00000000     0        0 33334 2 0000000000000000 0
+";
+    const UNIX: &str = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 5551 /run/some.sock
+0000000000000000: 00000002 00000000 00000000 0002 01 5552
+0000000000000000: 00000003 00000000 00000000 0005 03 5553 @abstract
+";
+
+    #[test]
+    fn proc_net_fixtures() {
+        let tcp = parse_inet_table(TCP);
+        assert_eq!(tcp.len(), 2);
+        assert_eq!(tcp[&123456].state, TCP_LISTEN);
+        assert_eq!(tcp[&123457].state, 1);
+        assert_eq!(parse_inet_table(TCP6)[&223344].state, TCP_LISTEN);
+        let udp = parse_inet_table(UDP);
+        assert_eq!((udp[&33333].state, udp[&33334].state), (7, 1));
+        let unix = parse_unix_table(UNIX);
+        assert_eq!((unix[&5551], unix[&5552], unix[&5553]), (1, 2, 5));
+
+        let mut t = Tables { tcp, unix };
+        t.tcp.extend(parse_inet_table(TCP6));
+        assert_eq!(t.classify(Some("TCP"), 123456), Ok(Kind::TcpListen));
+        assert_eq!(t.classify(Some("TCPv6"), 223344), Ok(Kind::TcpListen));
+        assert_eq!(
+            t.classify(Some("TCP"), 123457),
+            Err("an established TCP connection (not supported yet)".to_string())
+        );
+        assert_eq!(t.classify(Some("UDP"), 33333), Ok(Kind::Udp));
+        assert_eq!(t.classify(Some("UDPv6"), 1), Ok(Kind::Udp));
+        assert_eq!(t.classify(Some("UNIX"), 5551), Err("a unix stream socket (not supported yet)".to_string()));
+        let stream = Err("a unix stream socket (not supported yet)".to_string());
+        assert_eq!(t.classify(Some("UNIX-STREAM"), 1), stream);
+        assert_eq!(t.classify(Some("UNIX"), 5552), Err("a unix datagram socket (not supported yet)".to_string()));
+        assert_eq!(t.classify(Some("UNIX"), 5553), Err("a unix seqpacket socket (not supported yet)".to_string()));
+        assert_eq!(t.classify(Some("NETLINK"), 9), Err("a netlink socket (not supported yet)".to_string()));
+    }
+
+    #[test]
+    fn diag_reply_fixture() {
+        // nlmsghdr (type 20) + inet_diag_msg, then NLMSG_DONE.
+        let mut msg = vec![0u8; 72];
+        msg[56..60].copy_from_slice(&2u32.to_ne_bytes());
+        msg[60..64].copy_from_slice(&7u32.to_ne_bytes());
+        msg[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&(16u32 + 72).to_ne_bytes());
+        buf.extend_from_slice(&20u16.to_ne_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        buf.extend_from_slice(&msg);
+        let mut found = None;
+        assert_eq!(parse_diag_reply(&buf, 4242, &mut found), Ok(false));
+        assert_eq!(found, Some((7, 2)));
+        let mut done = Vec::new();
+        done.extend_from_slice(&20u32.to_ne_bytes());
+        done.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        done.extend_from_slice(&[0; 14]);
+        assert_eq!(parse_diag_reply(&done, 4242, &mut found), Ok(true));
+    }
+
+    /// Our own listening socket: the inet_diag backlog, protocol name and
+    /// table lookup, and a dump/create round trip.
+    #[test]
+    fn live_listener_and_udp() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = OwnedFd::from(l);
+        socket::listen(&l, socket::Backlog::new(5).unwrap()).unwrap();
+        let me = Pid::this();
+        let link = proc::path(me, &format!("fd/{}", l.as_raw_fd()));
+        assert_eq!(protocol_name(&link).as_deref(), Some("TCP"));
+        let seen = super::super::scan(me).unwrap().into_iter().find(|s| s.fd == l.as_raw_fd()).unwrap();
+        assert_eq!(seen.kind, Ok(Kind::TcpListen));
+        let RecordKind::TcpListen(rec) = dump(me, &seen, &l).unwrap() else { panic!("not a listener") };
+        assert_eq!(rec.backlog, 5);
+        assert_eq!(rec.family, libc::AF_INET);
+        drop(l);
+        let again = create(&rec, true).unwrap();
+        assert!(getsockopt(&again, sockopt::AcceptConn).unwrap());
+        let sa = getsockname::<SockaddrStorage>(again.as_raw_fd()).unwrap();
+        assert_eq!(inet_addr(&sa), rec.local);
+
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.connect(std::net::TcpListener::local_addr(&std::net::TcpListener::from(again)).unwrap()).unwrap();
+        let u = OwnedFd::from(u);
+        let seen = super::super::scan(me).unwrap().into_iter().find(|s| s.fd == u.as_raw_fd()).unwrap();
+        assert_eq!(seen.kind, Ok(Kind::Udp));
+        let RecordKind::Udp(rec) = dump(me, &seen, &u).unwrap() else { panic!("not udp") };
+        assert!(rec.peer.is_some());
+        let err = create(&rec, false).unwrap_err();
+        assert!(err.contains("address in use"), "{err}");
+        drop(u);
+        create(&rec, false).unwrap();
+    }
+}
