@@ -76,21 +76,20 @@ fn check_leaves_nothing_behind() {
     // As a subreaper, this test adopts anything `stasis check` leaves running
     // (or dead but unreaped) when it exits, so leftovers show up as children.
     nix::sys::prctl::set_child_subreaper(true).unwrap();
-    let cgroups = || {
-        let mut found = Vec::new();
-        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/freezer"] {
-            if let Ok(dir) = std::fs::read_dir(root) {
-                found.extend(
-                    dir.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.starts_with("stasis-probe")),
-                );
-            }
+    // Probe cgroups are named after the stasis that makes them
+    // (stasis-probe-PID-N); other tests run `stasis check` at the same time.
+    let mut child = util::stasis().arg("check").stdout(std::process::Stdio::null()).spawn().unwrap();
+    let prefix = format!("stasis-probe-{}-", child.id());
+    assert!(child.wait().unwrap().success(), "stasis check failed");
+    let mut found = Vec::new();
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/freezer"] {
+        if let Ok(dir) = std::fs::read_dir(root) {
+            found.extend(
+                dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&prefix)),
+            );
         }
-        found
-    };
-    run(["check"]).success();
-    assert_eq!(cgroups(), Vec::<String>::new(), "probe cgroups left behind");
+    }
+    assert_eq!(found, Vec::<String>::new(), "probe cgroups left behind");
     let me = std::process::id().to_string();
     let adopted: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()

@@ -1034,7 +1034,9 @@ mod tests {
                 for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let path = entry.path();
                     if path.is_dir() {
-                        if entry.file_name().to_string_lossy().starts_with("stasis-probe-") {
+                        // Only ours: other test processes probe at the same time.
+                        let ours = format!("stasis-probe-{}-", std::process::id());
+                        if entry.file_name().to_string_lossy().starts_with(&ours) {
                             found.push(path.clone());
                         }
                         stack.push(path);
