@@ -323,7 +323,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -370,6 +370,9 @@ pub mod fd {
         /// A UDP socket (queued datagrams are not kept).
         #[prost(message, tag = "16")]
         Udp(super::InetSocket),
+        /// A pidfd, by the pid it names.
+        #[prost(message, tag = "17")]
+        Pidfd(super::Pidfd),
     }
 }
 
@@ -389,6 +392,14 @@ pub struct EpollTarget {
     pub events: u32,
     #[prost(uint64, tag = "3")]
     pub data: u64,
+}
+
+/// A pidfd (pidfd_open(2)).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Pidfd {
+    /// The process it names.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
 }
 
 /// An eventfd's counter.

@@ -106,6 +106,10 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                 Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH).map_err(bad)?,
                 Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH).map_err(bad)?,
                 Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
+                Some(fd::Kind::Pidfd(pf)) if !(1..=MAX_PID).contains(&pf.pid) => {
+                    return Err(bad(format!("pidfd names pid {}", pf.pid)));
+                }
+                Some(fd::Kind::Pidfd(_)) => {}
                 Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s).map_err(bad)?,
                 Some(fd::Kind::Epoll(e)) => {
                     if let Some(t) = e.targets.iter().find(|t| !p.fds.iter().any(|f| f.fd == t.fd)) {

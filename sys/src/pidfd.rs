@@ -57,6 +57,12 @@ pub struct PidFd {
     pid: Pid,
 }
 
+impl From<PidFd> for OwnedFd {
+    fn from(p: PidFd) -> OwnedFd {
+        p.fd
+    }
+}
+
 impl PidFd {
     /// pidfd_open(pid, 0). The fd is close-on-exec (always, per the man page).
     pub fn open(pid: Pid) -> Result<Self, Error> {

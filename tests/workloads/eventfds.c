@@ -13,10 +13,13 @@
  *   46/47 a pipe holding "ping"
  *   48  epoll watching 40 (EPOLLIN, data 40), 45 (EPOLLIN | EPOLLET, data
  *       45) and 46 (EPOLLIN, data 46)
+ *   49  a pidfd of the process itself
+ *   50  a pidfd of its parent (the test, still running at restore)
  * Verifies after restore: the counts (5; then 1, 1, 1 and EAGAIN), the
  * armed timer's interval and that it has at most 1 h left, at least one
  * expiry on the one-shot, both signals through the signalfd with the
- * value, and that epoll reports all three watched fds ready.
+ * value, that epoll reports all three watched fds ready, and that the
+ * pidfds name the same processes (the own one still signals itself).
  */
 #include "workload.h"
 
@@ -24,6 +27,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 
 #define HOUR_NS 3600000000000ull
@@ -72,8 +76,29 @@ int main(int argc, char **argv)
 		WL_CHECK_SYS(epoll_ctl(ep, EPOLL_CTL_ADD, watch[i].fd, &ev));
 	}
 
+	wl_move_fd((int)syscall(SYS_pidfd_open, getpid(), 0), 49, 0);
+	pid_t parent = getppid();
+	wl_move_fd((int)syscall(SYS_pidfd_open, parent, 0), 50, 0);
+
 	wl_ready(dir);
 	wl_loop(dir, NULL);
+
+	for (int fd = 49; fd <= 50; fd++) {
+		char path[64], info[512] = { 0 };
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+		int f = open(path, O_RDONLY);
+		if (f < 0 || read(f, info, sizeof(info) - 1) < 0)
+			wl_fail("cannot read %s", path);
+		if (f >= 0)
+			close(f);
+		char *p = strstr(info, "\nPid:");
+		long named = p ? strtol(p + 6, NULL, 10) : -2;
+		long want = fd == 49 ? (long)getpid() : (long)parent;
+		if (named != want)
+			wl_fail("pidfd %d names process %ld, expected %ld", fd, named, want);
+	}
+	if (syscall(SYS_pidfd_send_signal, 49, 0, NULL, 0) != 0)
+		wl_fail("pidfd 49 cannot signal the process itself: %s", strerror(errno));
 
 	/* Wait in time, not in rounds: the eventfd and the pipe are always
 	 * ready (level-triggered), so epoll_wait returns at once until the

@@ -1,6 +1,11 @@
-//! eventfd, timerfd and signalfd: kernel objects whose whole state is in
-//! /proc/PID/fdinfo (fs/eventfd.c, fs/timerfd.c, fs/signalfd.c
-//! `*_show_fdinfo`), re-created in the agent at restore.
+//! eventfd, timerfd, signalfd and pidfd: kernel objects whose whole state
+//! is in /proc/PID/fdinfo (fs/eventfd.c, fs/timerfd.c, fs/signalfd.c,
+//! kernel/pid.c `*_show_fdinfo`), re-created at restore.
+//!
+//! A pidfd names a process: the restored process itself (made again inside
+//! it once it exists), or another process, which must still be running at
+//! restore (a pidfd cannot name a process that is gone). A pidfd whose
+//! process had already exited at dump time (`Pid: -1`) is refused.
 //!
 //! A timerfd is restored relative: it fires after the time that was left at
 //! dump time, counted from the restore (the time the process was not
@@ -20,6 +25,7 @@ pub fn dump(pid: Pid, seen: &Seen) -> Result<Kind, String> {
         Ok(super::Kind::Eventfd) => parse_eventfd(&text).map(Kind::Eventfd),
         Ok(super::Kind::Timerfd) => parse_timerfd(&text).map(Kind::Timerfd),
         Ok(super::Kind::Signalfd) => parse_signalfd(&text).map(Kind::Signalfd),
+        Ok(super::Kind::Pidfd) => parse_pidfd(&text).map(Kind::Pidfd),
         _ => Err(format!("{} is not an event fd", seen.target)),
     }
 }
@@ -58,6 +64,14 @@ pub fn parse_timerfd(text: &str) -> Result<Timerfd, String> {
     })
 }
 
+pub fn parse_pidfd(text: &str) -> Result<stasis_image::records::Pidfd, String> {
+    let pid: i32 = field(text, "Pid")?.parse().map_err(|_| "bad Pid in fdinfo".to_string())?;
+    if pid <= 0 {
+        return Err("a pidfd of a process that has exited (not supported)".into());
+    }
+    Ok(stasis_image::records::Pidfd { pid })
+}
+
 pub fn parse_signalfd(text: &str) -> Result<Signalfd, String> {
     Ok(Signalfd { mask: u64::from_str_radix(field(text, "sigmask")?, 16).map_err(|e| format!("sigmask: {e}"))? })
 }
@@ -80,5 +94,7 @@ mod tests {
         assert_eq!((t.clockid, t.ticks, t.settime_flags), (1, 3, 1));
         assert_eq!((t.value_ns, t.interval_ns), (99_999_936_453, 3_600_000_000_000));
         assert_eq!(parse_signalfd("sigmask:\t0000000000000200\n").unwrap().mask, 0x200);
+        assert_eq!(parse_pidfd("pos:\t0\nPid:\t20850\nNSpid:\t20850\n").unwrap().pid, 20850);
+        assert!(parse_pidfd("Pid:\t-1\nNSpid:\t-1\n").is_err());
     }
 }

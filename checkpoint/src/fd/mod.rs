@@ -48,6 +48,8 @@ pub enum Kind {
     Timerfd,
     /// A signalfd.
     Signalfd,
+    /// A pidfd.
+    Pidfd,
     /// A listening TCP socket, IPv4 or IPv6.
     TcpListen,
     /// A UDP socket, IPv4 or IPv6.
@@ -117,6 +119,7 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         "anon_inode:[eventfd]" => return Ok(Kind::Eventfd),
         "anon_inode:[timerfd]" => return Ok(Kind::Timerfd),
         "anon_inode:[signalfd]" => return Ok(Kind::Signalfd),
+        "anon_inode:[pidfd]" => return Ok(Kind::Pidfd),
         _ => {}
     }
     if let Some(rest) = target.strip_prefix("anon_inode:") {
@@ -181,7 +184,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Device => Ok((device::dump(seen), Extra::default())),
         Kind::Tty => Ok((tty::dump(seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
-        Kind::Eventfd | Kind::Timerfd | Kind::Signalfd => Ok((event::dump(pid, seen)?, Extra::default())),
+        Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
     }
 }

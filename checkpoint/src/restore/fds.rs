@@ -27,6 +27,8 @@ pub enum Planned {
     /// A signalfd, made inside the puppet (its mask may hold real-time
     /// signals, which nix's signal sets cannot name).
     Signalfd { fd: i32, cloexec: bool, flags: i32, mask: u64 },
+    /// A pidfd of the restored process itself, made inside it.
+    OwnPidfd { fd: i32, cloexec: bool, flags: i32 },
 }
 
 impl Planned {
@@ -35,7 +37,8 @@ impl Planned {
             Planned::Object { fd, .. }
             | Planned::Dup { fd, .. }
             | Planned::Epoll { fd, .. }
-            | Planned::Signalfd { fd, .. } => *fd,
+            | Planned::Signalfd { fd, .. }
+            | Planned::OwnPidfd { fd, .. } => *fd,
         }
     }
 }
@@ -78,6 +81,7 @@ pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata) -> Result<(), String> {
 /// Build every fd of a process record.
 pub fn plan(
     image: &Image,
+    process_pid: i32,
     fds: &[stasis_image::records::Fd],
     pipes: &[Pipe],
     allow_changed: bool,
@@ -141,6 +145,17 @@ pub fn plan(
             Kind::Signalfd(sg) => {
                 out.push(Planned::Signalfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, mask: sg.mask });
                 continue;
+            }
+            Kind::Pidfd(pf) if pf.pid == process_pid => {
+                out.push(Planned::OwnPidfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK });
+                continue;
+            }
+            Kind::Pidfd(pf) => {
+                let pidfd = stasis_sys::pidfd::PidFd::open(stasis_sys::Pid::from_raw(pf.pid))
+                    .map_err(|e| other(format!("a pidfd of process {}, which is not running now: {e}", pf.pid)))?;
+                let object: OwnedFd = pidfd.into();
+                set_status_flags(&object, flags).map_err(other)?;
+                object
             }
             Kind::Eventfd(e) => {
                 use stasis_sys::nix::sys::eventfd::{EfdFlags, EventFd};

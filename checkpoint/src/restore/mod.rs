@@ -125,7 +125,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     check_mapped_files(p, opts.allow_changed_files)?;
     phase("check");
 
-    let planned = fds::plan(&image, &p.fds, &tree.pipes, opts.allow_changed_files)?;
+    let planned = fds::plan(&image, p.pid, &p.fds, &tree.pipes, opts.allow_changed_files)?;
     phase("fds");
     wait_free(p, opts.pid_timeout)?;
     if cancelled() {
@@ -697,6 +697,18 @@ impl Remote<'_, '_> {
                         self.call(&what, libc::SYS_close, [made, 0, 0, 0, 0, 0])?;
                     }
                 }
+                fds::Planned::OwnPidfd { fd, cloexec, flags } => {
+                    let what = format!("pidfd {fd}");
+                    let pid = self.pid.as_raw() as u64;
+                    let made = self.call(&what, libc::SYS_pidfd_open, [pid, *flags as u64, 0, 0, 0, 0])?;
+                    let dflags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                    if made != *fd as u64 {
+                        self.call(&what, libc::SYS_dup3, [made, *fd as u64, dflags, 0, 0, 0])?;
+                        self.call(&what, libc::SYS_close, [made, 0, 0, 0, 0, 0])?;
+                    } else if !*cloexec {
+                        self.call(&what, libc::SYS_fcntl, [made, libc::F_SETFD as u64, 0, 0, 0, 0])?;
+                    }
+                }
                 fds::Planned::Epoll { .. } => {}
             }
         }
@@ -973,6 +985,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Eventfd(_) => "eventfd",
         fd::Kind::Timerfd(_) => "timerfd",
         fd::Kind::Signalfd(_) => "signalfd",
+        fd::Kind::Pidfd(_) => "pidfd",
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::Udp(_) => "udp",
     }
