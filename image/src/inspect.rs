@@ -232,6 +232,10 @@ fn process_summary(p: &Process) -> ProcessSummary {
                     }
                     Some(fd::Kind::Device(d)) => ("device", d.path.clone()),
                     Some(fd::Kind::Tty(t)) => ("tty", t.path.clone()),
+                    Some(fd::Kind::Inotify(n)) => (
+                        "inotify",
+                        n.watches.iter().map(|w| format!("{} {}", w.wd, w.path)).collect::<Vec<_>>().join(", "),
+                    ),
                     Some(fd::Kind::Pidfd(p)) => ("pidfd", format!("process {}", p.pid)),
                     Some(fd::Kind::Eventfd(e)) => ("eventfd", format!("count {}", e.count)),
                     Some(fd::Kind::Timerfd(t)) => (

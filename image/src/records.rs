@@ -323,7 +323,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -373,6 +373,9 @@ pub mod fd {
         /// A pidfd, by the pid it names.
         #[prost(message, tag = "17")]
         Pidfd(super::Pidfd),
+        /// An inotify instance and its watches.
+        #[prost(message, tag = "18")]
+        Inotify(super::Inotify),
     }
 }
 
@@ -392,6 +395,27 @@ pub struct EpollTarget {
     pub events: u32,
     #[prost(uint64, tag = "3")]
     pub data: u64,
+}
+
+/// An inotify instance: its watches, by watch descriptor.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Inotify {
+    #[prost(message, repeated, tag = "1")]
+    pub watches: Vec<InotifyWatch>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InotifyWatch {
+    /// The watch descriptor the process knows it by.
+    #[prost(int32, tag = "1")]
+    pub wd: i32,
+    /// IN_* event bits and IN_ONLYDIR, IN_DONT_FOLLOW, IN_EXCL_UNLINK,
+    /// IN_ONESHOT.
+    #[prost(uint32, tag = "2")]
+    pub mask: u32,
+    /// The watched file or directory.
+    #[prost(string, tag = "3")]
+    pub path: String,
 }
 
 /// A pidfd (pidfd_open(2)).

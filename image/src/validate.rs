@@ -110,6 +110,14 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                     return Err(bad(format!("pidfd names pid {}", pf.pid)));
                 }
                 Some(fd::Kind::Pidfd(_)) => {}
+                Some(fd::Kind::Inotify(n)) => {
+                    for w in &n.watches {
+                        if w.wd <= 0 {
+                            return Err(bad(format!("inotify watch descriptor {}", w.wd)));
+                        }
+                        check_str(&w.path, MAX_PATH).map_err(bad)?;
+                    }
+                }
                 Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s).map_err(bad)?,
                 Some(fd::Kind::Epoll(e)) => {
                     if let Some(t) = e.targets.iter().find(|t| !p.fds.iter().any(|f| f.fd == t.fd)) {

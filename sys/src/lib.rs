@@ -15,8 +15,10 @@ pub mod btrfs;
 pub mod child;
 pub mod clone3;
 pub mod dm;
+pub mod fhandle;
 #[cfg(target_arch = "x86_64")]
 pub mod inject;
+pub mod inotify;
 pub mod kcmp;
 pub mod mman;
 pub mod ns;

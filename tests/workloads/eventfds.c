@@ -15,11 +15,15 @@
  *       45) and 46 (EPOLLIN, data 46)
  *   49  a pidfd of the process itself
  *   50  a pidfd of its parent (the test, still running at restore)
+ *   51  inotify: wd 1 on DIR/inbox (IN_CREATE), wd 2 removed again, wd 3
+ *       on DIR/watched (IN_DELETE)
  * Verifies after restore: the counts (5; then 1, 1, 1 and EAGAIN), the
  * armed timer's interval and that it has at most 1 h left, at least one
  * expiry on the one-shot, both signals through the signalfd with the
  * value, that epoll reports all three watched fds ready, and that the
- * pidfds name the same processes (the own one still signals itself).
+ * pidfds name the same processes (the own one still signals itself), and
+ * that inotify reports a file made in DIR/inbox under wd 1 and one deleted in
+ * DIR/watched under wd 3, with nothing before them.
  */
 #include "workload.h"
 
@@ -27,6 +31,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 
@@ -80,8 +86,49 @@ int main(int argc, char **argv)
 	pid_t parent = getppid();
 	wl_move_fd((int)syscall(SYS_pidfd_open, parent, 0), 50, 0);
 
+	char inbox[4200], watched[4200], doomed[4300], made[4300];
+	snprintf(inbox, sizeof(inbox), "%s/inbox", dir);
+	snprintf(watched, sizeof(watched), "%s/watched", dir);
+	snprintf(doomed, sizeof(doomed), "%s/doomed", watched);
+	snprintf(made, sizeof(made), "%s/made-after-restore", inbox);
+	WL_CHECK_SYS(mkdir(inbox, 0700));
+	WL_CHECK_SYS(mkdir(watched, 0700));
+	WL_CHECK_SYS(close(open(doomed, O_CREAT | O_WRONLY, 0600)));
+	int in = wl_move_fd(inotify_init1(IN_NONBLOCK), 51, 0);
+	if (inotify_add_watch(in, inbox, IN_CREATE) != 1)
+		wl_die("first watch is not wd 1");
+	int gone = inotify_add_watch(in, watched, IN_ACCESS);
+	WL_CHECK_SYS(inotify_rm_watch(in, gone));
+	if (inotify_add_watch(in, watched, IN_DELETE) != 3)
+		wl_die("third watch is not wd 3");
+	char drain[4096];
+	while (read(in, drain, sizeof(drain)) > 0)
+		;
+
 	wl_ready(dir);
 	wl_loop(dir, NULL);
+
+	WL_CHECK_SYS(close(open(made, O_CREAT | O_WRONLY, 0600)));
+	WL_CHECK_SYS(unlink(doomed));
+	char evbuf[4096] __attribute__((aligned(8)));
+	ssize_t got = 0;
+	for (int i = 0; i < 100 && got <= 0; i++) {
+		got = read(in, evbuf, sizeof(evbuf));
+		if (got <= 0)
+			wl_sleep_ms(10);
+	}
+	int want_wd[2] = { 1, 3 }, idx = 0;
+	const char *want_name[2] = { "made-after-restore", "doomed" };
+	for (char *p = evbuf; got > 0 && p < evbuf + got && idx < 2;) {
+		struct inotify_event *ev = (struct inotify_event *)p;
+		if (ev->wd != want_wd[idx] || strcmp(ev->name, want_name[idx]) != 0)
+			wl_fail("inotify event %d: wd %d name \"%s\" mask %#x, expected wd %d \"%s\"", idx, ev->wd,
+				ev->len ? ev->name : "", ev->mask, want_wd[idx], want_name[idx]);
+		idx++;
+		p += sizeof(*ev) + ev->len;
+	}
+	if (idx != 2)
+		wl_fail("inotify reported %d of the 2 events", idx);
 
 	for (int fd = 49; fd <= 50; fd++) {
 		char path[64], info[512] = { 0 };

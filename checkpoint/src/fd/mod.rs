@@ -13,6 +13,7 @@ pub mod device;
 pub mod epoll;
 pub mod event;
 pub mod file;
+pub mod inotify;
 pub mod pipe;
 pub mod socket;
 pub mod tty;
@@ -50,6 +51,8 @@ pub enum Kind {
     Signalfd,
     /// A pidfd.
     Pidfd,
+    /// An inotify instance.
+    Inotify,
     /// A listening TCP socket, IPv4 or IPv6.
     TcpListen,
     /// A UDP socket, IPv4 or IPv6.
@@ -120,6 +123,7 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         "anon_inode:[timerfd]" => return Ok(Kind::Timerfd),
         "anon_inode:[signalfd]" => return Ok(Kind::Signalfd),
         "anon_inode:[pidfd]" => return Ok(Kind::Pidfd),
+        "anon_inode:inotify" => return Ok(Kind::Inotify),
         _ => {}
     }
     if let Some(rest) = target.strip_prefix("anon_inode:") {
@@ -184,6 +188,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Device => Ok((device::dump(seen), Extra::default())),
         Kind::Tty => Ok((tty::dump(seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
+        Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
     }

@@ -157,6 +157,7 @@ pub fn plan(
                 set_status_flags(&object, flags).map_err(other)?;
                 object
             }
+            Kind::Inotify(n) => crate::fd::inotify::restore(n, flags).map_err(other)?,
             Kind::Eventfd(e) => {
                 use stasis_sys::nix::sys::eventfd::{EfdFlags, EventFd};
                 let mut efd_flags = EfdFlags::EFD_CLOEXEC;

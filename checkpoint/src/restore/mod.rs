@@ -986,6 +986,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Timerfd(_) => "timerfd",
         fd::Kind::Signalfd(_) => "signalfd",
         fd::Kind::Pidfd(_) => "pidfd",
+        fd::Kind::Inotify(_) => "inotify",
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::Udp(_) => "udp",
     }
