@@ -57,24 +57,7 @@ pub fn tempdir(name: &str) -> tempfile::TempDir {
 /// rightly refuses a process holding one end of a pipe whose other end is
 /// outside.
 pub fn cloexec_inherited_fds() {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
-        .expect("list /proc/self/fd")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
-        .collect();
-    for fd in fds {
-        // SAFETY: the borrow lasts for two fcntl calls only, which cannot
-        // harm any fd: one that was closed meanwhile (read_dir's own) makes
-        // them fail with EBADF, and a reused number just gets FD_CLOEXEC,
-        // which std sets on every fd it opens anyway.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        if let Ok(flags) = fcntl(borrowed, FcntlArg::F_GETFD) {
-            let flags = FdFlag::from_bits_truncate(flags) | FdFlag::FD_CLOEXEC;
-            let _ = fcntl(borrowed, FcntlArg::F_SETFD(flags));
-        }
-    }
+    stasis_sys::fdtable::cloexec_from(3).expect("close_range(CLOSE_RANGE_CLOEXEC)");
 }
 
 /// A started program.
