@@ -16,7 +16,7 @@
 //! [`Image::verify`] checks every chunk. [`ImageWriter`] makes an image
 //! appear atomically. The full specification is `docs/image-format.md`.
 //!
-//! This crate does no system calls beyond file I/O and holds no unsafe code.
+//! This crate does no system calls beyond file I/O (`forbid(unsafe_code)`).
 #![forbid(unsafe_code)]
 
 pub mod chunk;
