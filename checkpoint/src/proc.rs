@@ -109,6 +109,19 @@ pub fn parse_smaps(text: &str) -> Result<Vec<Mapping>, String> {
     Ok(out)
 }
 
+/// BLAKE3 of `pid`'s vdso, as found in `maps`: equal only for the same
+/// kernel build. Empty when there is no vdso or it cannot be read.
+pub fn vdso_hash(pid: Pid, maps: &[Mapping]) -> Vec<u8> {
+    maps.iter()
+        .find(|m| m.name == "[vdso]")
+        .and_then(|m| {
+            let mut buf = vec![0; (m.end - m.start) as usize];
+            stasis_sys::process_vm::read_exact(pid, stasis_sys::process_vm::RemoteAddr(m.start), &mut buf).ok()?;
+            Some(stasis_image::ChunkId::of(&buf).0.to_vec())
+        })
+        .unwrap_or_default()
+}
+
 /// The fields of /proc/PID/status a dump uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {

@@ -26,7 +26,7 @@ use stasis_image::{Image, ImageWriter, WriteOptions, WriteStats};
 use stasis_sys::pidfd::PidFd;
 use stasis_sys::{kcmp, Pid, Signal};
 
-pub use memory::{plan as plan_mapping, MemoryError, Pages, Planned};
+pub use memory::{MemoryError, Pages, Planned};
 
 use crate::fd::{self, Seen};
 use crate::freeze::{self, FreezeError, Frozen};

@@ -228,26 +228,13 @@ fn injected(
 /// The layout of the kernel's special mappings, and the vdso's hash.
 pub(super) fn kernel_layout(pid: Pid, maps: &[Mapping]) -> KernelLayout {
     let special: Vec<&Mapping> = maps.iter().filter(|m| m.name.starts_with('[') && m.name.ends_with(']')).collect();
-    let vdso_hash = special
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .and_then(|m| {
-            let mut buf = vec![0; (m.end - m.start) as usize];
-            stasis_sys::process_vm::read_exact(pid, stasis_sys::process_vm::RemoteAddr(m.start), &mut buf).ok()?;
-            Some(blake3_hash(&buf))
-        })
-        .unwrap_or_default();
     KernelLayout {
         release: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
-        vdso_hash,
+        vdso_hash: proc::vdso_hash(pid, maps),
         special_mappings: special
             .iter()
             .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
             .map(|m| format!("{} {}", m.name, m.end - m.start))
             .collect(),
     }
-}
-
-fn blake3_hash(data: &[u8]) -> Vec<u8> {
-    stasis_image::ChunkId::of(data).0.to_vec()
 }

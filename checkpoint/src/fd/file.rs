@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::stat::fstat;
 use stasis_image::records::{fd::Kind, FileRef};
-use stasis_sys::nix;
+use stasis_sys::nix::{self, libc};
 
 use super::{Extra, Seen};
 
@@ -37,16 +37,12 @@ pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(Kind, Extra), String> {
     let file = file_ref(&seen.target, copy)?;
     let mut extra = Extra::default();
     if file.deleted {
-        if file.mode & libc_s_ifmt() != 0o100000 {
+        if file.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(format!("deleted {} is not a regular file", file.path));
         }
         extra.contents = Some(read_all(copy, file.size)?);
     }
     Ok((Kind::File(file), extra))
-}
-
-fn libc_s_ifmt() -> u32 {
-    0o170000
 }
 
 /// All `size` bytes of a file through `fd`, without moving its offset.

@@ -145,11 +145,11 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         return Ok(Kind::File);
     }
     if ft.is_char_device() {
-        let major = rustix_major(meta.rdev());
+        let major = dev_major(meta.rdev());
         return match major {
             1 => Ok(Kind::Device),
             4 | 5 | 136..=143 => Ok(Kind::Tty),
-            m => Err(format!("character device {m}:{}", rustix_minor(meta.rdev()))),
+            m => Err(format!("character device {m}:{}", dev_minor(meta.rdev()))),
         };
     }
     if ft.is_block_device() {
@@ -159,12 +159,12 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
 }
 
 /// `major(dev)` as glibc decodes it.
-pub fn rustix_major(dev: u64) -> u64 {
+pub fn dev_major(dev: u64) -> u64 {
     ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)
 }
 
 /// `minor(dev)` as glibc decodes it.
-pub fn rustix_minor(dev: u64) -> u64 {
+pub fn dev_minor(dev: u64) -> u64 {
     ((dev >> 12) & 0xffff_ff00) | (dev & 0xff)
 }
 

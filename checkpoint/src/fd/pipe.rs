@@ -33,7 +33,7 @@ pub fn peek(fd: &OwnedFd) -> Result<(u32, Vec<u8>), String> {
     let capacity = fcntl(fd, FcntlArg::F_GETPIPE_SZ).map_err(|e| format!("F_GETPIPE_SZ: {e}"))? as u32;
     let reader = OpenOptions::new()
         .read(true)
-        .custom_flags(libc_o_nonblock())
+        .custom_flags(OFlag::O_NONBLOCK.bits())
         .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(|e| format!("cannot open a read end: {e}"))?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| format!("pipe2: {e}"))?;
@@ -53,10 +53,6 @@ pub fn peek(fd: &OwnedFd) -> Result<(u32, Vec<u8>), String> {
         return Err(format!("tee copied {copied} bytes but {} came out", data.len()));
     }
     Ok((capacity, data))
-}
-
-fn libc_o_nonblock() -> i32 {
-    OFlag::O_NONBLOCK.bits()
 }
 
 #[cfg(test)]

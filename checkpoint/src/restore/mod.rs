@@ -190,13 +190,7 @@ pub fn history(dir: &std::path::Path) -> Vec<serde_json::Value> {
 fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
     let Some(k) = &tree.kernel else { return Ok(()) };
     let maps = proc::parse_smaps(&std::fs::read_to_string("/proc/self/maps").unwrap_or_default()).unwrap_or_default();
-    let ours = maps.iter().find(|m| m.name == "[vdso]");
-    let our_hash = ours.and_then(|m| {
-        let mut buf = vec![0; (m.end - m.start) as usize];
-        stasis_sys::process_vm::read_exact(Pid::this(), RemoteAddr(m.start), &mut buf).ok()?;
-        Some(stasis_image::ChunkId::of(&buf).0.to_vec())
-    });
-    if !k.vdso_hash.is_empty() && our_hash.as_deref() != Some(&k.vdso_hash[..]) {
+    if !k.vdso_hash.is_empty() && proc::vdso_hash(Pid::this(), &maps) != k.vdso_hash {
         let here = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         return Err(RestoreError::Incompatible(format!(
             "the image was made on kernel {} whose vdso differs from this kernel's ({}); restore needs the same kernel",
