@@ -29,14 +29,7 @@ const MAX_ADDRESS: u64 = 1 << 57;
 #[derive(Debug)]
 pub struct Image {
     dir: PathBuf,
-    manifest_hash: [u8; 32],
-    manifest_len: u64,
-    header: Header,
-    sections: Vec<SectionEntry>,
-    info: ImageInfo,
-    chunks: ChunkTable,
-    memory: MemoryIndex,
-    processes: Option<ProcessTree>,
+    manifest: Manifest,
     pack: File,
     parent: Option<Box<Image>>,
 }
@@ -68,8 +61,8 @@ impl Image {
         }
         let mut bytes = vec![0; len as usize];
         file.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
-        let Manifest { header, sections, info, chunks, memory, processes, hash: manifest_hash, len } =
-            Manifest::decode(&path, &bytes)?;
+        let manifest = Manifest::decode(&path, &bytes)?;
+        let info = &manifest.info;
 
         let pack_path = dir.join(PACK_NAME);
         let pack = match File::open(&pack_path) {
@@ -101,26 +94,14 @@ impl Image {
                         ReadError::Parent { path: path.clone(), parent: parent_dir.clone(), source: Box::new(other) }
                     }
                 })?;
-                if parent.manifest_hash[..] != p.manifest_hash[..] {
+                if parent.manifest.hash[..] != p.manifest_hash[..] {
                     return Err(ReadError::ParentMismatch { path, parent: parent_dir });
                 }
                 Some(Box::new(parent))
             }
         };
 
-        Ok(Image {
-            dir: dir.to_owned(),
-            manifest_hash,
-            manifest_len: len,
-            header,
-            sections,
-            info,
-            chunks,
-            memory,
-            processes,
-            pack,
-            parent,
-        })
+        Ok(Image { dir: dir.to_owned(), manifest, pack, parent })
     }
 
     pub fn dir(&self) -> &Path {
@@ -129,32 +110,32 @@ impl Image {
 
     /// BLAKE3 of the whole manifest: the image's identity.
     pub fn manifest_hash(&self) -> &[u8; 32] {
-        &self.manifest_hash
+        &self.manifest.hash
     }
 
     pub fn header(&self) -> &Header {
-        &self.header
+        &self.manifest.header
     }
 
     pub fn sections(&self) -> &[SectionEntry] {
-        &self.sections
+        &self.manifest.sections
     }
 
     pub fn info(&self) -> &ImageInfo {
-        &self.info
+        &self.manifest.info
     }
 
     pub fn chunks(&self) -> &ChunkTable {
-        &self.chunks
+        &self.manifest.chunks
     }
 
     pub fn memory(&self) -> &[MemoryRegion] {
-        &self.memory.regions
+        &self.manifest.memory.regions
     }
 
     /// The process tree, for an image of processes.
     pub fn processes(&self) -> Option<&ProcessTree> {
-        self.processes.as_ref()
+        self.manifest.processes.as_ref()
     }
 
     pub fn parent(&self) -> Option<&Image> {
@@ -165,7 +146,7 @@ impl Image {
     pub fn find_chunk(&self, id: &ChunkId) -> Option<(&Image, &ChunkEntry)> {
         let mut image = Some(self);
         while let Some(i) = image {
-            if let Some(e) = i.chunks.get(id) {
+            if let Some(e) = i.manifest.chunks.get(id) {
                 return Some((i, e));
             }
             image = i.parent.as_deref();
@@ -199,8 +180,8 @@ impl Image {
     /// The bytes of one memory region of this image, assembled from chunks.
     pub fn read_region(&self, region: &MemoryRegion) -> Result<Vec<u8>, ReadError> {
         let mut out = Vec::with_capacity(region.len as usize);
-        for ((_, len), id) in
-            chunk_windows(region.start, region.len, self.info.chunk_size).zip(region.chunk_ids.chunks_exact(32))
+        for ((_, len), id) in chunk_windows(region.start, region.len, self.manifest.info.chunk_size)
+            .zip(region.chunk_ids.chunks_exact(32))
         {
             let id = ChunkId(id.try_into().expect("32 bytes"));
             let data = self.read_chunk(&id)?;
@@ -223,14 +204,14 @@ impl Image {
         let mut report = VerifyReport::default();
         let mut image = Some(self);
         while let Some(i) = image {
-            for e in i.chunks.entries() {
+            for e in i.manifest.chunks.entries() {
                 i.read_own_chunk(e)?;
                 report.chunks_checked += 1;
                 report.bytes_checked += u64::from(e.raw_len);
             }
-            for region in &i.memory.regions {
-                for ((_, len), id) in
-                    chunk_windows(region.start, region.len, i.info.chunk_size).zip(region.chunk_ids.chunks_exact(32))
+            for region in &i.manifest.memory.regions {
+                for ((_, len), id) in chunk_windows(region.start, region.len, i.manifest.info.chunk_size)
+                    .zip(region.chunk_ids.chunks_exact(32))
                 {
                     let id = ChunkId(id.try_into().expect("32 bytes"));
                     let (_, e) = i.find_chunk(&id).ok_or(ReadError::ChunkMissing { id })?;
@@ -256,7 +237,7 @@ impl Image {
     }
 
     pub(crate) fn manifest_len(&self) -> u64 {
-        self.manifest_len
+        self.manifest.len
     }
 }
 
