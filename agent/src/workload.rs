@@ -494,6 +494,30 @@ impl Drop for Workload {
     }
 }
 
+/// How demo and bench dump the workload: killed once the image is verified.
+pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoint::dump::DumpOptions {
+    stasis_checkpoint::dump::DumpOptions {
+        pid: Pid::from_raw(pid),
+        images: images.to_path_buf(),
+        leave_running: false,
+        cgroup: None,
+        write: stasis_image::WriteOptions::default(),
+        cancel: Some(Cancel::clone(cancel)),
+        progress: None,
+    }
+}
+
+/// How demo and bench restore it.
+pub fn restore_options(images: &Path, cancel: &Cancel) -> stasis_checkpoint::restore::RestoreOptions {
+    stasis_checkpoint::restore::RestoreOptions {
+        images: images.to_path_buf(),
+        allow_changed_files: false,
+        pid_timeout: Duration::from_secs(10),
+        cancel: Some(Cancel::clone(cancel)),
+        progress: None,
+    }
+}
+
 /// The stasis executable, which runs the workload as a hidden subcommand.
 pub fn stasis_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find the stasis executable")

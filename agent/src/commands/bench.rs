@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use stasis_checkpoint::dump::{self, DumpOptions};
-use stasis_checkpoint::restore::{self, RestoreOptions};
-use stasis_image::WriteOptions;
-use stasis_sys::Pid;
+use stasis_checkpoint::dump;
+use stasis_checkpoint::restore;
 
 use crate::output::{bytes, json};
 use crate::workload::{self, dir_bytes, Cancel, Pattern, Workload};
@@ -185,26 +183,12 @@ fn one_run(exe: &Path, mib: u64, pattern: Pattern, dir: &Path, cancel: &Cancel) 
     let mut wl = Workload::spawn(exe, &work, &wl_args)?;
     wl.wait_ready(slack, cancel)?;
 
-    let opts = DumpOptions {
-        pid: Pid::from_raw(wl.pid),
-        images: images.clone(),
-        leave_running: false,
-        cgroup: None,
-        write: WriteOptions::default(),
-        cancel: Some(Cancel::clone(cancel)),
-        progress: None,
-    };
+    let opts = workload::dump_options(wl.pid, &images, cancel);
     let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
     let image_bytes = dir_bytes(&images);
     wl.reap_killed()?;
 
-    let opts = RestoreOptions {
-        images: images.clone(),
-        allow_changed_files: false,
-        pid_timeout: Duration::from_secs(10),
-        cancel: Some(Cancel::clone(cancel)),
-        progress: None,
-    };
+    let opts = workload::restore_options(&images, cancel);
     let restored = restore::restore(&opts).with_context(|| format!("restore from {} failed", images.display()))?;
     wl.restored(restored.pid);
     let verdict = wl.check(slack, cancel)?;

@@ -7,11 +7,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stasis_checkpoint::dump::{self, DumpOptions};
-use stasis_checkpoint::restore::{self, describe_fd, RestoreOptions};
+use stasis_checkpoint::dump;
+use stasis_checkpoint::restore::{self, describe_fd};
 use stasis_image::records::fd::Kind as FdKind;
-use stasis_image::{Image, WriteOptions};
-use stasis_sys::Pid;
+use stasis_image::Image;
 
 use crate::output::bytes;
 use crate::workload::{self, parse_tick, Cancel, Workload};
@@ -103,15 +102,7 @@ fn demo(root: &Path, args: &Args, cancel: &Cancel) -> anyhow::Result<Outcome> {
     println!();
     println!("[2/6] Dumping process {} to {}", wl.pid, images.display());
     println!("      (it is frozen while captured, and killed once the image is verified on disk)");
-    let opts = DumpOptions {
-        pid: Pid::from_raw(wl.pid),
-        images: images.clone(),
-        leave_running: false,
-        cgroup: None,
-        write: WriteOptions::default(),
-        cancel: Some(Cancel::clone(cancel)),
-        progress: None,
-    };
+    let opts = workload::dump_options(wl.pid, &images, cancel);
     let report = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
     println!(
         "      frozen {:.1} ms, dump took {:.1} ms in all; {} of memory, stored in {} ({} pack + {} manifest)",
@@ -136,13 +127,7 @@ fn demo(root: &Path, args: &Args, cancel: &Cancel) -> anyhow::Result<Outcome> {
 
     println!();
     println!("[5/6] Restoring from {}", images.display());
-    let opts = RestoreOptions {
-        images: images.clone(),
-        allow_changed_files: false,
-        pid_timeout: Duration::from_secs(10),
-        cancel: Some(Cancel::clone(cancel)),
-        progress: None,
-    };
+    let opts = workload::restore_options(&images, cancel);
     let report = restore::restore(&opts).with_context(|| format!("restore from {} failed", images.display()))?;
     wl.restored(report.pid);
     println!(
