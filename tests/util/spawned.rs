@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::workload::{is_alive, wait_gone};
+use super::workload::{clean_up, is_alive, wait_gone};
 
 /// The path of `name` on PATH; panics naming the tool when it is missing.
 pub fn tool(name: &str) -> PathBuf {
@@ -155,19 +155,8 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if is_alive(self.pid) && self.is_ours() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        }
-        if wait_gone(self.pid, Duration::from_secs(10)) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            if let Some(guard) = self.guard.take() {
-                eprintln!("{} directory kept: {}", self.name, guard.keep().display());
-            }
-        }
+        let ours = self.alive() && self.is_ours();
+        clean_up(self.pid, ours, self.child.take(), self.guard.take(), &self.name);
     }
 }
 

@@ -343,19 +343,27 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        if is_alive(self.pid) && self.is_ours() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let ours = is_alive(self.pid) && self.is_ours();
+        clean_up(self.pid, ours, self.child.take(), self.guard.take(), &format!("workload {}", self.name));
+    }
+}
+
+/// What a test's process guard does when dropped: SIGKILL the process if it
+/// is still `ours`, reap it if it is our `child`, and keep its directory
+/// (printing where) when the test failed. Never panics; a process stuck in D
+/// state is left behind.
+pub fn clean_up(pid: i32, ours: bool, child: Option<Child>, guard: Option<tempfile::TempDir>, what: &str) {
+    if ours {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if wait_gone(pid, Duration::from_secs(10)) {
+        if let Some(mut child) = child {
+            let _ = child.wait();
         }
-        // Never panic in drop; a process stuck in D state is left behind.
-        if wait_gone(self.pid, Duration::from_secs(10)) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            if let Some(guard) = self.guard.take() {
-                eprintln!("workload {} directory kept: {}", self.name, guard.keep().display());
-            }
+    }
+    if std::thread::panicking() {
+        if let Some(guard) = guard {
+            eprintln!("{what} directory kept: {}", guard.keep().display());
         }
     }
 }
