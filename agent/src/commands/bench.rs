@@ -27,8 +27,9 @@ use crate::Outcome;
 /// every restore verified, 1 otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Memory sizes, in MiB.
-    #[arg(long, value_name = "MIB,...", value_delimiter = ',', default_values_t = [256, 1024])]
+    /// Memory sizes, in MiB (at least 1).
+    #[arg(long, value_name = "MIB,...", value_delimiter = ',', default_values_t = [256, 1024],
+          value_parser = clap::value_parser!(u64).range(1..))]
     mib: Vec<u64>,
     /// What fills the memory.
     #[arg(long, value_name = "PATTERN,...", value_enum, value_delimiter = ',', default_values_t = [Pattern::Random, Pattern::Compressible])]

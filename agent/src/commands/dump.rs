@@ -17,8 +17,8 @@ use crate::Outcome;
 /// is killed once the image is complete and verified on disk; with it, it
 /// runs on unchanged. If anything fails, or stasis is interrupted, the
 /// process is let go unchanged. Before stopping the process, stasis checks
-/// it for anything it cannot capture (sockets, event fds, ...) and lists
-/// them all.
+/// it for anything it cannot capture (unix sockets, established TCP
+/// connections, child processes, ...) and lists them all.
 ///
 /// Exit status: 0 when the image was written (and the process killed, unless
 /// --leave-running), 1 otherwise, 2 for bad arguments.
