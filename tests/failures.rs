@@ -135,21 +135,30 @@ fn dump_refuses_unsupported_sockets_in_one_error() {
 }
 
 #[test]
-fn dump_refuses_process_with_live_child() {
+fn dump_refuses_tree_whose_child_holds_what_is_unsupported() {
     let dir = tempdir("parent");
-    // The child's argv[0] holds our directory, to find and kill it by pid.
+    // The child's last argument holds our directory, to find and kill it by
+    // pid. It holds a unix socketpair, which a dump cannot capture yet.
     let mut cmd = Command::new(tool("bash"));
-    cmd.arg("-c").arg(r#"(exec -a "$1/child" sleep 100) & wait"#).arg("parent").arg(dir.path());
+    let child = r#"import socket, sys, time
+a, b = socket.socketpair()
+open(sys.argv[1] + "-ready", "w").close()
+time.sleep(100)"#;
+    cmd.arg("-c").arg(r#"python3 -c "$2" "$1/child" & wait"#).arg("parent").arg(dir.path()).arg(child);
     let mut p = Spawned::start("parent", cmd, dir);
     let marker = p.dir.join("child");
+    let ready = p.dir.join("child-ready");
     let find_child = || -> Option<i32> {
+        if !ready.exists() {
+            return None;
+        }
         fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmdline = fs::read(e.path().join("cmdline")).ok()?;
-            (cmdline.split(|&b| b == 0).next() == Some(marker.as_os_str().as_encoded_bytes())).then_some(pid)
+            cmdline.split(|&b| b == 0).any(|a| a == marker.as_os_str().as_encoded_bytes()).then_some(pid)
         })
     };
-    let child = p.wait_for(Duration::from_secs(30), "the child sleep", find_child);
+    let child = p.wait_for(Duration::from_secs(30), "the child python", find_child);
     struct KillChild(i32);
     impl Drop for KillChild {
         fn drop(&mut self) {
@@ -160,7 +169,7 @@ fn dump_refuses_process_with_live_child() {
 
     let images = tempdir("parent-img");
     let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
-    assert!(line.contains("child process") && line.contains(&child.to_string()), "{line}");
+    assert!(line.contains(&format!("process {child}: fd 3 is a unix stream socket")), "{line}");
     for pid in [p.pid, child] {
         assert!(is_alive(pid), "pid {pid} is gone after the refused dump");
         assert_eq!(tracer_of(pid), 0, "pid {pid} is traced after the refused dump");

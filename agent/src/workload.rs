@@ -497,7 +497,7 @@ impl Drop for Workload {
 /// How demo and bench dump the workload: killed once the image is verified.
 pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoint::dump::DumpOptions {
     stasis_checkpoint::dump::DumpOptions {
-        pid: Pid::from_raw(pid),
+        target: stasis_checkpoint::freeze::Target::Tree(Pid::from_raw(pid)),
         images: images.to_path_buf(),
         leave_running: false,
         cgroup: None,

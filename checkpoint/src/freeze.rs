@@ -29,18 +29,37 @@ use crate::{journal, proc};
 /// How long one thread may take to stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A process whose threads are all stopped under ptrace. Dropping it lets
-/// them run on (detach), and restores the cgroup's freezer state.
+/// A process tree whose threads are all stopped under ptrace. Dropping it
+/// lets them run on (detach), and restores the cgroup's freezer state.
 #[derive(Debug)]
 pub struct Frozen {
-    pid: Pid,
-    /// The main thread first.
-    threads: Vec<Seized>,
+    /// Parents before children; the first is the root of the dump.
+    processes: Vec<FrozenProcess>,
+    /// Children that had exited and await their (stopped) parent's wait.
+    zombies: Vec<Pid>,
     /// When the first thread stopped.
     since: Instant,
     /// A cgroup that was frozen before the dump, to freeze again before the
     /// threads are let go, and the journal entry that stands for it.
     refreeze: Option<(CgroupFreezer, journal::Recorded)>,
+}
+
+/// One stopped process of a [`Frozen`] tree.
+#[derive(Debug)]
+pub struct FrozenProcess {
+    pid: Pid,
+    /// The main thread first.
+    threads: Vec<Seized>,
+}
+
+impl FrozenProcess {
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn threads(&mut self) -> &mut [Seized] {
+        &mut self.threads
+    }
 }
 
 impl Drop for Frozen {
@@ -55,20 +74,25 @@ impl Drop for Frozen {
 }
 
 impl Frozen {
+    /// The root of the dump.
     pub fn pid(&self) -> Pid {
-        self.pid
+        self.processes[0].pid
     }
 
-    pub fn threads(&mut self) -> &mut [Seized] {
-        &mut self.threads
+    pub fn processes(&mut self) -> &mut [FrozenProcess] {
+        &mut self.processes
+    }
+
+    pub fn zombies(&self) -> &[Pid] {
+        &self.zombies
     }
 
     pub fn since(&self) -> Instant {
         self.since
     }
 
-    /// Detach from every thread: the process runs on as it was (frozen
-    /// again, if its cgroup was frozen before).
+    /// Detach from every thread: the processes run on as they were (frozen
+    /// again, if their cgroup was frozen before).
     pub fn release(mut self) -> Result<(), FreezeError> {
         let mut first = None;
         if let Some((freezer, entry)) = self.refreeze.take() {
@@ -80,10 +104,12 @@ impl Frozen {
             }
             drop(entry);
         }
-        for t in std::mem::take(&mut self.threads) {
-            let tid = t.pid();
-            if let Err(e) = t.detach() {
-                first.get_or_insert(FreezeError::Detach { tid, what: crate::chain(&e) });
+        for p in std::mem::take(&mut self.processes) {
+            for t in p.threads {
+                let tid = t.pid();
+                if let Err(e) = t.detach() {
+                    first.get_or_insert(FreezeError::Detach { tid, what: crate::chain(&e) });
+                }
             }
         }
         first.map_or(Ok(()), Err)
@@ -116,15 +142,60 @@ pub fn seize_options() -> Options {
     Options::PTRACE_O_TRACESYSGOOD
 }
 
-/// Stop every thread of `pid`, through `cgroup`'s freezer when given.
-pub fn freeze(pid: Pid, cgroup: Option<&Path>) -> Result<Frozen, FreezeError> {
-    if !proc::path(pid, "").exists() {
-        return Err(FreezeError::NoProcess(pid));
-    }
+/// What to freeze: the tree of a process, or every process of a cgroup
+/// with their descendants.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Tree(Pid),
+    Cgroup(PathBuf),
+}
+
+/// Stop every thread of the target's processes, through `cgroup`'s freezer
+/// when given.
+pub fn freeze(target: &Target, cgroup: Option<&Path>) -> Result<Frozen, FreezeError> {
+    let roots = match target {
+        Target::Tree(pid) if !proc::path(*pid, "").exists() => return Err(FreezeError::NoProcess(*pid)),
+        Target::Tree(pid) => vec![*pid],
+        Target::Cgroup(dir) => cgroup_roots(dir)?,
+    };
     match cgroup {
-        None => freeze_ptrace(pid),
-        Some(dir) => freeze_cgroup(pid, dir),
+        None => freeze_ptrace(&roots),
+        Some(dir) => freeze_cgroup(&roots, dir),
     }
+}
+
+/// Every process of a cgroup and of the cgroups below it, ascending.
+fn cgroup_members(dir: &Path) -> Result<Vec<i32>, FreezeError> {
+    let err = |what: String| FreezeError::Cgroup { cgroup: dir.to_owned(), what };
+    let mut all = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).map_err(|e| err(format!("{}: {e}", d.display())))?;
+        all.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        for e in std::fs::read_dir(&d).map_err(|e| err(e.to_string()))?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            }
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    Ok(all)
+}
+
+/// The processes of a cgroup (and of the cgroups below it) whose parent is
+/// not one of them, ascending.
+pub fn cgroup_roots(dir: &Path) -> Result<Vec<Pid>, FreezeError> {
+    let all = cgroup_members(dir)?;
+    let roots: Vec<Pid> = all
+        .iter()
+        .filter(|&&p| proc::stat(Pid::from_raw(p)).is_ok_and(|s| all.binary_search(&s.ppid).is_err()))
+        .map(|&p| Pid::from_raw(p))
+        .collect();
+    if roots.is_empty() {
+        return Err(FreezeError::Cgroup { cgroup: dir.to_owned(), what: "it holds no process".into() });
+    }
+    Ok(roots)
 }
 
 fn seize(tid: Pid) -> Result<Option<Seized>, FreezeError> {
@@ -136,17 +207,46 @@ fn seize(tid: Pid) -> Result<Option<Seized>, FreezeError> {
     }
 }
 
-fn freeze_ptrace(pid: Pid) -> Result<Frozen, FreezeError> {
+/// What freezing one process found.
+enum Caught {
+    Stopped(FrozenProcess),
+    Zombie,
+    Gone,
+}
+
+/// Whether `pid` has exited and waits for its parent (a lone zombie main
+/// thread; a main thread that exited before its other threads is not one).
+fn is_zombie(pid: Pid) -> bool {
+    proc::stat(pid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')
+        && proc::tids(pid).is_ok_and(|t| t.len() <= 1)
+}
+
+/// Seize and stop every thread of one process, reading its thread list
+/// again until a pass finds no new thread.
+fn freeze_process(pid: Pid, since: &mut Option<Instant>) -> Result<Caught, FreezeError> {
+    if is_zombie(pid) {
+        return Ok(Caught::Zombie);
+    }
     let mut threads: Vec<Seized> = Vec::new();
-    let mut since = None;
     loop {
-        let tids = proc::tids(pid).map_err(|source| FreezeError::Threads { pid, source })?;
+        let tids = match proc::tids(pid) {
+            Ok(tids) => tids,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Caught::Gone),
+            Err(source) => return Err(FreezeError::Threads { pid, source }),
+        };
         let new: Vec<Pid> = tids.into_iter().filter(|t| !threads.iter().any(|s| s.pid() == *t)).collect();
         if new.is_empty() {
             break;
         }
         for tid in new {
-            let Some(mut s) = seize(tid)? else { continue };
+            let s = match seize(tid) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                // Exited under our feet: a zombie main thread cannot be seized.
+                Err(_) if tid == pid && is_zombie(pid) => return Ok(Caught::Zombie),
+                Err(e) => return Err(e),
+            };
+            let mut s = s;
             match s.interrupt(STOP_TIMEOUT) {
                 Ok(_) => {}
                 Err(stasis_sys::ptrace::Error::Gone { .. }) => continue,
@@ -157,10 +257,59 @@ fn freeze_ptrace(pid: Pid) -> Result<Frozen, FreezeError> {
         }
     }
     if !threads.iter().any(|t| t.pid() == pid) {
-        return Err(FreezeError::NoProcess(pid));
+        return Ok(if is_zombie(pid) { Caught::Zombie } else { Caught::Gone });
     }
     threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
-    Ok(Frozen { pid, threads, since: since.unwrap_or_else(Instant::now), refreeze: None })
+    Ok(Caught::Stopped(FrozenProcess { pid, threads }))
+}
+
+/// Add to `frozen` every process below those it holds, stopping each
+/// before its children are listed: a stopped process cannot fork, so the
+/// walk ends with the whole tree caught.
+fn complete(frozen: &mut Frozen, mut queue: std::collections::VecDeque<Pid>) -> Result<(), FreezeError> {
+    let mut since = Some(frozen.since);
+    let known = |f: &Frozen, pid: Pid| f.processes.iter().any(|p| p.pid == pid) || f.zombies.contains(&pid);
+    while let Some(pid) = queue.pop_front() {
+        if known(frozen, pid) {
+            continue;
+        }
+        match freeze_process(pid, &mut since)? {
+            Caught::Stopped(p) => {
+                frozen.processes.push(p);
+                queue.extend(children(pid)?);
+            }
+            Caught::Zombie => frozen.zombies.push(pid),
+            Caught::Gone => {}
+        }
+    }
+    Ok(())
+}
+
+fn children(pid: Pid) -> Result<Vec<Pid>, FreezeError> {
+    proc::children(pid).map_err(|source| FreezeError::Threads { pid, source })
+}
+
+fn freeze_ptrace(roots: &[Pid]) -> Result<Frozen, FreezeError> {
+    let mut frozen = Frozen { processes: Vec::new(), zombies: Vec::new(), since: Instant::now(), refreeze: None };
+    let mut since = None;
+    // The roots first, so that they lead the list whatever else is found.
+    for &pid in roots {
+        match freeze_process(pid, &mut since)? {
+            Caught::Stopped(p) => frozen.processes.push(p),
+            _ if roots.len() == 1 => return Err(FreezeError::NoProcess(pid)),
+            _ => {}
+        }
+    }
+    if frozen.processes.is_empty() {
+        return Err(FreezeError::NoProcess(roots[0]));
+    }
+    frozen.since = since.unwrap_or_else(Instant::now);
+    let mut queue = std::collections::VecDeque::new();
+    for p in &frozen.processes {
+        queue.extend(children(p.pid)?);
+    }
+    complete(&mut frozen, queue)?;
+    Ok(frozen)
 }
 
 /// Which freezer a cgroup directory has: v2 (`cgroup.freeze`) or v1
@@ -196,44 +345,68 @@ pub fn frozen_cgroup_of(pid: Pid) -> Option<PathBuf> {
     found
 }
 
-fn freeze_cgroup(pid: Pid, dir: &Path) -> Result<Frozen, FreezeError> {
+fn freeze_cgroup(roots: &[Pid], dir: &Path) -> Result<Frozen, FreezeError> {
     let cg_err = |what: String| FreezeError::Cgroup { cgroup: dir.to_owned(), what };
     let freezer = cgroup_freezer(dir)?;
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(|e| cg_err(e.to_string()))?;
-    if !procs.lines().any(|l| l.trim() == pid.to_string()) {
+    let members = cgroup_members(dir)?;
+    if let Some(&pid) = roots.iter().find(|p| members.binary_search(&p.as_raw()).is_err()) {
         return Err(FreezeError::NotInCgroup { pid, cgroup: dir.to_owned() });
     }
     let was_frozen = freezer.is_frozen().map_err(|e| cg_err(e.to_string()))?;
     let entry = journal::record_freeze(&freezer, was_frozen).map_err(|e| cg_err(format!("journal: {e}")))?;
     freezer.freeze(STOP_TIMEOUT).map_err(|e| cg_err(e.to_string()))?;
     let since = Instant::now();
-    // From here the cgroup must be thawed on every path.
+    // From here the cgroup must be thawed on every path. Nothing in it can
+    // fork while it is frozen: the tree is listed once, and every thread is
+    // seized and asked to stop.
     let result = (|| {
-        let tids = proc::tids(pid).map_err(|source| FreezeError::Threads { pid, source })?;
-        let mut threads = Vec::new();
-        for tid in tids {
-            let Some(s) = seize(tid)? else { continue };
-            match nix::sys::ptrace::interrupt(tid) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => return Err(FreezeError::Stop { tid, what: crate::chain(&e) }),
+        let mut processes = Vec::new();
+        let mut zombies = Vec::new();
+        let mut queue: std::collections::VecDeque<Pid> = roots.iter().copied().collect();
+        while let Some(pid) = queue.pop_front() {
+            if processes.iter().any(|p: &FrozenProcess| p.pid == pid) || zombies.contains(&pid) {
+                continue;
             }
-            threads.push(s);
+            if is_zombie(pid) {
+                zombies.push(pid);
+                continue;
+            }
+            let Ok(tids) = proc::tids(pid) else { continue };
+            let mut threads = Vec::new();
+            for tid in tids {
+                let Some(s) = seize(tid)? else { continue };
+                match nix::sys::ptrace::interrupt(tid) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => return Err(FreezeError::Stop { tid, what: crate::chain(&e) }),
+                }
+                threads.push(s);
+            }
+            threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
+            queue.extend(children(pid)?);
+            processes.push(FrozenProcess { pid, threads });
         }
-        Ok(threads)
+        Ok((processes, zombies))
     })();
     // Thawed even if it was frozen before: the tasks stay in their ptrace
     // stops, and are frozen again before they are let go.
     let thawed = freezer.thaw(STOP_TIMEOUT).map_err(|e| cg_err(e.to_string()));
-    let threads = result?;
-    let mut frozen = Frozen { pid, threads, since, refreeze: None };
+    let (processes, zombies) = result?;
+    let mut frozen = Frozen { processes, zombies, since, refreeze: None };
     if was_frozen {
         frozen.refreeze = Some((freezer, entry));
     }
     thawed?;
-    for s in &mut frozen.threads {
-        let tid = s.pid();
-        s.wait_stop(STOP_TIMEOUT).map_err(|e| FreezeError::Stop { tid, what: crate::chain(&e) })?;
+    for p in &mut frozen.processes {
+        for s in &mut p.threads {
+            let tid = s.pid();
+            s.wait_stop(STOP_TIMEOUT).map_err(|e| FreezeError::Stop { tid, what: crate::chain(&e) })?;
+        }
     }
-    frozen.threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
+    if frozen.processes.first().is_none_or(|p| !p.threads.iter().any(|t| t.pid() == p.pid)) {
+        return Err(FreezeError::NoProcess(roots[0]));
+    }
+    // Processes outside the cgroup's freezer may have forked meanwhile.
+    let queue = frozen.processes.iter().map(|p| p.pid).map(children).collect::<Result<Vec<_>, _>>()?;
+    complete(&mut frozen, queue.into_iter().flatten().collect())?;
     Ok(frozen)
 }

@@ -30,6 +30,27 @@ pub fn tids(pid: Pid) -> io::Result<Vec<Pid>> {
     Ok(tids)
 }
 
+/// The children of a process (of all its threads), ascending.
+pub fn children(pid: Pid) -> io::Result<Vec<Pid>> {
+    let mut children = Vec::new();
+    for tid in tids(pid)? {
+        match fs::read_to_string(task_path(pid, tid, "children")) {
+            Ok(text) => children.extend(text.split_whitespace().filter_map(|c| c.parse().ok()).map(Pid::from_raw)),
+            // The thread exited meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && path(pid, "").exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    children.sort_unstable();
+    children.dedup();
+    Ok(children)
+}
+
+/// The state letter and parent of a process, read once.
+pub fn stat(pid: Pid) -> io::Result<Stat> {
+    parse_stat(&read(pid, "stat")?).map_err(io::Error::other)
+}
+
 /// One line of /proc/PID/maps, with the VmFlags of /proc/PID/smaps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -200,6 +221,8 @@ pub struct Stat {
     pub arg_end: u64,
     pub env_start: u64,
     pub env_end: u64,
+    /// For a zombie, what waitpid(2) will report (field 52).
+    pub exit_code: i32,
 }
 
 /// PF_KTHREAD in `flags`.
@@ -236,6 +259,7 @@ pub fn parse_stat(text: &str) -> Result<Stat, String> {
         arg_end: unum(49)?,
         env_start: unum(50)?,
         env_end: unum(51)?,
+        exit_code: num(52).unwrap_or(0) as i32,
     })
 }
 

@@ -16,9 +16,13 @@ use crate::error::ReadError;
 pub const MAGIC: [u8; 8] = *b"STASISIM";
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Incompatible feature bits this reader understands (none yet). A reader
-/// refuses an image that sets any other incompatible bit.
-pub const KNOWN_INCOMPAT: u32 = 0;
+/// Incompatible feature bit: the image holds a process tree (more than one
+/// process, zombies, fds or memory shared between processes). A reader that
+/// restored only the first process would silently lose the rest.
+pub const INCOMPAT_TREE: u32 = 1;
+/// Incompatible feature bits this reader understands. A reader refuses an
+/// image that sets any other incompatible bit.
+pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE;
 /// Upper bound on the manifest file: far above any real image's metadata
 /// (the chunk table of a 1 TiB image at 64 KiB chunks is 768 MiB... of which
 /// a real process never comes close), and what bounds our allocation.

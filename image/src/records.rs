@@ -95,6 +95,51 @@ pub struct ProcessTree {
     /// same-kernel check at restore.
     #[prost(message, optional, tag = "4")]
     pub kernel: Option<KernelLayout>,
+    /// Children that had exited and were not yet reaped by their parent
+    /// (which is in `processes`).
+    #[prost(message, repeated, tag = "5")]
+    pub zombies: Vec<Zombie>,
+    /// Shared memory objects (MAP_SHARED anonymous memory, memfd, SysV and
+    /// POSIX shared memory) each stored once, with their pages in the
+    /// memory index under their own address space.
+    #[prost(message, repeated, tag = "6")]
+    pub shmem: Vec<Shmem>,
+}
+
+/// A process that had exited, kept until its parent waits for it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Zombie {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub ppid: i32,
+    #[prost(int32, tag = "3")]
+    pub pgid: i32,
+    #[prost(int32, tag = "4")]
+    pub sid: i32,
+    /// What waitpid(2) will report: exit code or signal.
+    #[prost(int32, tag = "5")]
+    pub wait_status: i32,
+    #[prost(string, tag = "6")]
+    pub comm: String,
+    /// The signal its parent gets for it (SIGCHLD, as a rule).
+    #[prost(int32, tag = "7")]
+    pub exit_signal: i32,
+}
+
+/// A shared memory object: the pages of one shmem inode, however many
+/// mappings in however many processes refer to it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Shmem {
+    /// The id mappings refer to ([`Vma::shmem`]); nonzero.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Size in bytes (a multiple of the page size).
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// Address space of its pages in the memory index (offset = address).
+    #[prost(uint32, tag = "3")]
+    pub mm: u32,
 }
 
 /// One process (thread group).
@@ -252,6 +297,10 @@ pub struct Vma {
     /// Whether the memory index holds (some of) this mapping's pages.
     #[prost(bool, tag = "9")]
     pub has_pages: bool,
+    /// The [`Shmem`] object this mapping shows, from byte `offset` of it;
+    /// 0 for none. Its pages are the object's, not the mapping's.
+    #[prost(uint64, tag = "10")]
+    pub shmem: u64,
 }
 
 /// What a mapping is.
@@ -329,6 +378,20 @@ pub struct Fd {
     /// description (made by dup or inherited): restore dups that one.
     #[prost(int32, optional, tag = "10")]
     pub same_as: Option<i32>,
+    /// An fd of an earlier process in the tree that shares this fd's open
+    /// file description (inherited over fork, or passed): restore hands
+    /// over that very description.
+    #[prost(message, optional, tag = "19")]
+    pub shared_with: Option<FdRef>,
+}
+
+/// One fd of one process.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FdRef {
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    #[prost(int32, tag = "2")]
+    pub fd: i32,
 }
 
 pub mod fd {

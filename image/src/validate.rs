@@ -3,7 +3,7 @@
 //! An image is untrusted input; these checks turn a hostile or damaged
 //! record into an error naming it, before any process is created.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::records::{fd, FileRef, InetSocket, ProcessTree, VmaKind};
 use crate::PAGE_SIZE;
@@ -133,6 +133,71 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
         }
         if p.mm_fields.as_ref().is_some_and(|m| m.auxv.len() > 1024) {
             return Err(at("auxiliary vector is too long".into()));
+        }
+    }
+    validate_tree(tree)
+}
+
+/// The links between processes: parents come before their children, every
+/// zombie's parent is a live process of the tree, shared fds and shared
+/// memory name what exists.
+fn validate_tree(tree: &ProcessTree) -> Result<(), String> {
+    let mut seen: HashMap<i32, usize> = HashMap::new();
+    for (i, p) in tree.processes.iter().enumerate() {
+        if let Some(&parent) = seen.get(&p.ppid) {
+            debug_assert!(parent < i);
+        } else if tree.processes[i..].iter().any(|q| q.pid == p.ppid) {
+            return Err(format!("process {} comes before its parent {}", p.pid, p.ppid));
+        }
+        for f in &p.fds {
+            let Some(r) = &f.shared_with else { continue };
+            let earlier = seen.get(&r.pid).map(|&j| &tree.processes[j]);
+            if !earlier.is_some_and(|q| q.fds.iter().any(|g| g.fd == r.fd)) {
+                return Err(format!(
+                    "process {}: fd {} shares fd {} of process {}, which no earlier process has",
+                    p.pid, f.fd, r.fd, r.pid
+                ));
+            }
+        }
+        seen.insert(p.pid, i);
+    }
+    if tree.zombies.len() > MAX_PROCESSES {
+        return Err(format!("{} zombies is more than {MAX_PROCESSES}", tree.zombies.len()));
+    }
+    for z in &tree.zombies {
+        if !(1..=MAX_PID).contains(&z.pid) || seen.insert(z.pid, usize::MAX).is_some() {
+            return Err(format!("zombie {}: pid is out of range or repeated", z.pid));
+        }
+        if !tree.processes.iter().any(|p| p.pid == z.ppid) {
+            return Err(format!("zombie {}: its parent {} is not a process of the image", z.pid, z.ppid));
+        }
+        check_str(&z.comm, 16).map_err(|e| format!("zombie {}: name {e}", z.pid))?;
+        if !(0..=64).contains(&z.exit_signal) {
+            return Err(format!("zombie {}: exit signal {}", z.pid, z.exit_signal));
+        }
+    }
+    let mut shmem = HashMap::new();
+    for m in &tree.shmem {
+        if m.id == 0 || m.size % PAGE_SIZE != 0 || m.size > MAX_ADDRESS || shmem.insert(m.id, m.size).is_some() {
+            return Err(format!("shared memory object {} is malformed or repeated", m.id));
+        }
+    }
+    for p in &tree.processes {
+        for v in p.vmas.iter().filter(|v| v.shmem != 0) {
+            let fits = shmem.get(&v.shmem).is_some_and(|&size| {
+                v.offset % PAGE_SIZE == 0 && v.offset.checked_add(v.end - v.start).is_some_and(|e| e <= size)
+            });
+            if !fits {
+                return Err(format!(
+                    "process {}: mapping {:#x}-{:#x} shows {:#x} bytes past offset {:#x} of shared memory object {}, which does not hold them",
+                    p.pid,
+                    v.start,
+                    v.end,
+                    v.end - v.start,
+                    v.offset,
+                    v.shmem
+                ));
+            }
         }
     }
     Ok(())

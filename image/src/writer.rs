@@ -258,7 +258,14 @@ impl ImageWriter {
         };
         let table = ChunkTable::from_entries(self.table.values().copied().collect());
         let memory = MemoryIndex { regions: std::mem::take(&mut self.regions) };
-        let header = Header { version: FORMAT_VERSION, incompat: 0, compat: 0 };
+        let is_tree = self.processes.as_ref().is_some_and(|t| {
+            t.processes.len() > 1
+                || !t.zombies.is_empty()
+                || !t.shmem.is_empty()
+                || t.processes.iter().flat_map(|p| &p.fds).any(|f| f.shared_with.is_some())
+        });
+        let incompat = if is_tree { format::INCOMPAT_TREE } else { 0 };
+        let header = Header { version: FORMAT_VERSION, incompat, compat: 0 };
         let mut sections = vec![
             (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),
             (SectionKind::Chunks, SECTION_REQUIRED, table.encode()),

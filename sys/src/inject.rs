@@ -652,17 +652,38 @@ impl Injection<'_> {
     /// `(lowest address, size)`. Needs CAP_CHECKPOINT_RESTORE in the
     /// tracee; a taken tid is [`Error::Failed`] with EEXIST.
     pub fn clone_thread(&mut self, tid: Pid, stack: Option<(RemoteAddr, u64)>) -> Result<Seized, Error> {
+        // exit_signal must be 0 with CLONE_THREAD.
+        self.clone_task(THREAD_FLAGS, 0, tid, stack)
+    }
+
+    /// Creates a child process of the tracee at `pid` by injecting clone3
+    /// with `set_tid` (a fork: a copy of the tracee's memory, fds and signal
+    /// handlers), and returns it seized and stopped in its initial
+    /// `PTRACE_EVENT_STOP`, before it ran any user code. Its parent gets
+    /// `exit_signal` when it exits. Registers and signal mask are as for
+    /// [`Injection::clone_thread`].
+    pub fn clone_process(&mut self, pid: Pid, exit_signal: i32) -> Result<Seized, Error> {
+        self.clone_task(libc::CLONE_PTRACE as u64, exit_signal as u64, pid, None)
+    }
+
+    fn clone_task(
+        &mut self,
+        flags: u64,
+        exit_signal: u64,
+        tid: Pid,
+        stack: Option<(RemoteAddr, u64)>,
+    ) -> Result<Seized, Error> {
         let me = self.tid();
         let base = self.scratch()?.addr().0;
         let set_tid_offset = 128;
         let (stack_addr, stack_size) = stack.map_or((0, 0), |(addr, size)| (addr.0, size));
         // struct clone_args (include/uapi/linux/sched.h), CLONE_ARGS_SIZE_VER2.
         let args: [u64; 11] = [
-            THREAD_FLAGS,
+            flags,
             0, // pidfd
             0, // child_tid
             0, // parent_tid
-            0, // exit_signal: must be 0 with CLONE_THREAD
+            exit_signal,
             stack_addr,
             stack_size,
             0, // tls: set later with the registers (fs_base)

@@ -4,29 +4,40 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use stasis_checkpoint::dump::{self, DumpOptions};
+use stasis_checkpoint::freeze::Target;
 use stasis_image::WriteOptions;
 use stasis_sys::Pid;
 
 use crate::output::{bytes, json};
 use crate::Outcome;
 
-/// Capture a running process (all its threads, memory, registers, signal
-/// state and open files) into an image directory.
+/// Capture a running process tree (every process's threads, memory,
+/// registers, signal state and open files, and the links between them)
+/// into an image directory.
 ///
-/// The process is stopped while it is captured. Without --leave-running it
-/// is killed once the image is complete and verified on disk; with it, it
-/// runs on unchanged. If anything fails, or stasis is interrupted, the
-/// process is let go unchanged. Before stopping the process, stasis checks
-/// it for anything it cannot capture (unix sockets, established TCP
-/// connections, child processes, ...) and lists them all.
+/// What is captured is the process given by --pid and all its descendants
+/// (zombies too): the whole tree, always. With --cgroup alone, it is every
+/// process of that cgroup (and of the cgroups below it) with their
+/// descendants.
+///
+/// The processes are stopped while they are captured. Without
+/// --leave-running they are killed once the image is complete and verified
+/// on disk; with it, they run on unchanged. If anything fails, or stasis is
+/// interrupted, they are let go unchanged. Before stopping anything, stasis
+/// checks the tree for what it cannot capture (unix sockets, established
+/// TCP connections, memory shared between processes, ...) and lists it all.
 ///
 /// Exit status: 0 when the image was written (and the process killed, unless
 /// --leave-running), 1 otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The process to capture.
+    /// The process to capture, with all its descendants.
+    #[arg(long, required_unless_present = "cgroup")]
+    pid: Option<i32>,
+    /// Accepted for clarity: a process is always captured with its
+    /// descendants.
     #[arg(long)]
-    pid: i32,
+    tree: bool,
     /// Directory to write the image to (created; must not hold an image).
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
@@ -34,7 +45,9 @@ pub struct Args {
     #[arg(long)]
     leave_running: bool,
     /// Freeze through this cgroup's freezer (v2 cgroup.freeze or v1
-    /// freezer.state); the process must be in it.
+    /// freezer.state): nothing in it can fork while the tree is stopped.
+    /// With --pid, that process must be in it; without, every process of
+    /// the cgroup is captured.
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
     /// Store only the memory chunks this earlier image does not hold.
@@ -48,8 +61,18 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("dumping memory");
     let cancel = crate::cancel::cancel_on_signals()?;
+    let _ = args.tree;
+    let target = match (args.pid, &args.cgroup) {
+        (Some(pid), _) => Target::Tree(Pid::from_raw(pid)),
+        (None, Some(dir)) => Target::Cgroup(dir.clone()),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let what = match &target {
+        Target::Tree(pid) => format!("process {pid}"),
+        Target::Cgroup(dir) => format!("cgroup {}", dir.display()),
+    };
     let opts = DumpOptions {
-        pid: Pid::from_raw(args.pid),
+        target,
         images: args.images.clone(),
         leave_running: args.leave_running,
         cgroup: args.cgroup,
@@ -59,21 +82,39 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let result = dump::dump(&opts);
     drop(bar);
-    let report = result.with_context(|| format!("dump of process {} failed", args.pid))?;
+    let report = result.with_context(|| format!("dump of {what} failed"))?;
     if args.json {
         json(&report)?;
     } else {
+        let what = if report.processes + report.zombies == 1 {
+            format!("process {}", report.pid)
+        } else {
+            let zombies = match report.zombies {
+                0 => String::new(),
+                1 => " and 1 zombie".into(),
+                n => format!(" and {n} zombies"),
+            };
+            format!("the tree of process {} ({} processes{zombies}", report.pid, report.processes)
+                + &format!(", {} threads)", report.threads)
+        };
+        let threads = if report.processes + report.zombies == 1 {
+            format!(" ({} thread{})", report.threads, if report.threads == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        };
         println!(
-            "dumped process {} ({} thread{}) to {}: {} of memory in {} stored; frozen {:.1} ms, total {:.1} ms; {}",
-            report.pid,
-            report.threads,
-            if report.threads == 1 { "" } else { "s" },
+            "dumped {what}{threads} to {}: {} of memory in {} stored; frozen {:.1} ms, total {:.1} ms; {}",
             report.images.display(),
             bytes(report.write.logical_bytes),
             bytes(report.write.stored_bytes + report.write.manifest_bytes),
             report.frozen_us as f64 / 1000.0,
             report.total_us as f64 / 1000.0,
-            if report.killed { "process killed" } else { "process left running" },
+            match (report.killed, report.processes) {
+                (true, 1) => "process killed",
+                (true, _) => "processes killed",
+                (false, 1) => "process left running",
+                (false, _) => "processes left running",
+            },
         );
     }
     Ok(Outcome::Success)

@@ -103,6 +103,7 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
             file,
             madvise: advice,
             has_pages: pages != Pages::None,
+            shmem: 0,
         },
         pages,
     })

@@ -1,15 +1,20 @@
-//! `dump`: capture a running process into an image.
+//! `dump`: capture a running process tree into an image.
+//!
+//! The tree is the target process and all its descendants (or every
+//! process of a cgroup, and theirs), zombies included.
 //!
 //! 1. Pre-flight: read /proc only, and list every object stasis cannot
-//!    handle (fd kinds, mapping kinds, a tracer, seccomp, children) in one
-//!    error, with the target untouched.
-//! 2. Freeze: stop every thread under ptrace (through the cgroup freezer when
-//!    asked); see [`crate::freeze`].
-//! 3. Collect: threads' registers and signal state, the process's attributes,
-//!    its fds (from pidfd_getfd copies), and the pages of its memory.
+//!    handle (fd kinds, mapping kinds, a tracer, seccomp, links between
+//!    processes it cannot re-create) in one error, with the tree untouched.
+//! 2. Freeze: stop every thread of every process under ptrace (through the
+//!    cgroup freezer when asked); see [`crate::freeze`].
+//! 3. Collect, process by process: threads' registers and signal state,
+//!    attributes, fds (from pidfd_getfd copies; an open file description
+//!    shared between processes is recorded once, by kcmp), and the pages of
+//!    its memory.
 //! 4. Write the image, then open and verify it from disk.
-//! 5. Kill the process, or with `leave_running` let it go unchanged. On
-//!    every error path the threads are detached and run on as they were.
+//! 5. Kill the tree, or with `leave_running` let it go unchanged. On every
+//!    error path the threads are detached and run on as they were.
 
 mod memory;
 mod task;
@@ -29,19 +34,20 @@ use stasis_sys::{kcmp, Pid, Signal};
 pub use memory::{MemoryError, Pages, Planned};
 
 use crate::fd::{self, Seen};
-use crate::freeze::{self, FreezeError, Frozen};
+use crate::freeze::{self, FreezeError, Frozen, Target};
 use crate::proc::{self, Stat};
 
 /// What to dump and how.
 #[derive(Clone, Debug)]
 pub struct DumpOptions {
-    pub pid: Pid,
+    /// A process and its descendants, or every process of a cgroup.
+    pub target: Target,
     /// The image directory (created; must not hold an image yet).
     pub images: PathBuf,
     /// Let the process run on after the dump instead of killing it.
     pub leave_running: bool,
     /// Freeze through this cgroup's freezer (v1 or v2) instead of ptrace
-    /// alone. The process must be in it.
+    /// alone. The target must be in it.
     pub cgroup: Option<PathBuf>,
     pub write: WriteOptions,
     /// Set from outside (e.g. on SIGINT) to stop the dump at the next phase
@@ -54,8 +60,13 @@ pub struct DumpOptions {
 /// What a successful dump did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DumpReport {
+    /// The root of the tree (the first root, for a cgroup).
     pub pid: i32,
     pub images: PathBuf,
+    /// Live processes, and zombies, in the image.
+    pub processes: usize,
+    pub zombies: usize,
+    /// Threads of all processes.
     pub threads: usize,
     pub killed: bool,
     pub frozen_us: u64,
@@ -116,9 +127,8 @@ impl Clock {
     }
 }
 
-/// Dump a process; see the module docs for the steps.
+/// Dump a process tree; see the module docs for the steps.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
-    let pid = opts.pid;
     let mut clock = Clock::new();
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
 
@@ -126,16 +136,19 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     if holds_image(&opts.images) {
         return Err(DumpError::Write(stasis_image::WriteError::AlreadyExists { path: opts.images.clone() }));
     }
-    let stat = preflight(pid)?;
+    let listed = preflight(&opts.target)?;
+    let pid = listed.root;
     if opts.cgroup.is_none() {
-        if let Some(cg) = freeze::frozen_cgroup_of(pid) {
-            return Err(DumpError::Refused {
-                pid,
-                reason: format!(
-                    "it is in frozen cgroup {0}; pass --cgroup {0} to dump it (it stays frozen)",
-                    cg.display()
-                ),
-            });
+        for p in &listed.pids {
+            if let Some(cg) = freeze::frozen_cgroup_of(*p) {
+                return Err(DumpError::Refused {
+                    pid: *p,
+                    reason: format!(
+                        "it is in frozen cgroup {0}; pass --cgroup {0} to dump it (it stays frozen)",
+                        cg.display()
+                    ),
+                });
+            }
         }
     }
     clock.phase("preflight");
@@ -143,28 +156,35 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         return Err(DumpError::Cancelled(pid));
     }
 
-    let mut frozen = freeze::freeze(pid, opts.cgroup.as_deref()).map_err(|source| match source {
+    let mut frozen = freeze::freeze(&opts.target, opts.cgroup.as_deref()).map_err(|source| match source {
         FreezeError::NoProcess(p) => DumpError::NoProcess(p),
         source => DumpError::Freeze { pid, source },
     })?;
+    let pid = frozen.pid();
     clock.phase("freeze");
 
     // From here until release or kill, `frozen` detaches on drop: every `?`
-    // lets the process go unchanged.
-    let Collected { mut tree, plans, contents } = collect(&mut frozen, &stat)?;
+    // lets the tree go unchanged.
+    let Collected { mut tree, plans, contents } = collect(&mut frozen)?;
     clock.phase("collect");
     if cancelled() {
         return Err(DumpError::Cancelled(pid));
     }
 
     let mut writer = ImageWriter::create(&opts.images, opts.write.clone())?;
-    let mm = tree.processes[0].mm;
-    let progress = |done, total| {
-        if let Some(p) = &opts.progress {
-            (p.0)(done, total);
-        }
-    };
-    let mem_stats = memory::store(pid, &plans, mm, &mut writer, &progress)?;
+    let mut mem_stats = memory::MemoryStats::default();
+    let mut stored_before = 0;
+    for (p, plans) in tree.processes.iter().zip(&plans) {
+        let progress = |done, total| {
+            if let Some(f) = &opts.progress {
+                (f.0)(stored_before + done, stored_before + total);
+            }
+        };
+        let stats = memory::store(Pid::from_raw(p.pid), plans, p.mm, &mut writer, &progress)?;
+        stored_before += stats.pages_written * 4096;
+        mem_stats.pages_scanned += stats.pages_scanned;
+        mem_stats.pages_written += stats.pages_written;
+    }
     for (mm, data) in contents {
         writer.add_memory(mm, 0, &data)?;
     }
@@ -173,9 +193,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         return Err(DumpError::Cancelled(pid));
     }
 
-    // With --leave-running the process is let go as soon as everything of
-    // it is captured: writing the image out and verifying it need not keep
-    // it stopped. Killing waits for the verified image.
+    // With --leave-running the tree is let go as soon as everything of it
+    // is captured: writing the image out and verifying it need not keep it
+    // stopped. Killing waits for the verified image.
     let killed = !opts.leave_running;
     let mut frozen = Some(frozen);
     let mut frozen_for = None;
@@ -187,7 +207,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     let held_so_far = frozen.as_ref().map_or(Duration::ZERO, |f| f.since().elapsed());
     tree.stats = Some(DumpStats {
-        // For a killed process: stopped until the image was written.
+        // For a killed tree: stopped until the image was written.
         frozen_us: frozen_for.unwrap_or(held_so_far).as_micros() as u64,
         total_us: clock.start.elapsed().as_micros() as u64,
         phases: clock.phases.iter().map(|(n, us)| Phase { name: n.clone(), us: *us }).collect(),
@@ -197,7 +217,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         bytes_logical: writer.stats().logical_bytes,
         bytes_stored: writer.stats().stored_bytes,
     });
-    let threads = tree.processes[0].threads.len();
+    let threads = tree.processes.iter().map(|p| p.threads.len()).sum();
+    let (processes, zombies) = (tree.processes.len(), tree.zombies.len());
     writer.set_processes(tree);
     let summary = writer.finish()?;
     clock.phase("write");
@@ -211,9 +232,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     clock.phase("verify");
 
-    if let Some(f) = frozen.take() {
-        let pidfd = PidFd::open(pid).map_err(|e| DumpError::Kill { pid, what: crate::chain(&e) })?;
-        pidfd.send_signal(Signal::SIGKILL).map_err(|e| DumpError::Kill { pid, what: crate::chain(&e) })?;
+    if let Some(mut f) = frozen.take() {
+        // Every process, then the threads let go: a stopped process dies
+        // at once, and none of them runs another instruction.
+        for p in f.processes().iter() {
+            let kill = || -> Result<(), stasis_sys::pidfd::Error> { PidFd::open(p.pid())?.send_signal(Signal::SIGKILL) };
+            kill().map_err(|e| DumpError::Kill { pid: p.pid(), what: crate::chain(&e) })?;
+        }
         frozen_for = Some(f.since().elapsed());
         // Detaching from threads that are dying may fail; they are gone.
         let _ = f.release();
@@ -224,6 +249,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     Ok(DumpReport {
         pid: pid.as_raw(),
         images: opts.images.clone(),
+        processes,
+        zombies,
         threads,
         killed,
         frozen_us: frozen_for.as_micros() as u64,
@@ -235,86 +262,194 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     })
 }
 
-/// Look at the process without stopping it, and refuse it, listing every
-/// problem, when it holds something stasis cannot restore.
-pub fn preflight(pid: Pid) -> Result<Stat, DumpError> {
-    let proc_err = |what: &str| {
-        let what = what.to_owned();
-        move |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                DumpError::NoProcess(pid)
-            } else {
-                DumpError::Proc { pid, what, source }
-            }
-        }
-    };
-    let stat_text = proc::read(pid, "stat").map_err(proc_err("stat"))?;
-    let stat = proc::parse_stat(&stat_text).map_err(|e| DumpError::Proc {
-        pid,
-        what: "stat".into(),
-        source: std::io::Error::other(e),
-    })?;
-    let refuse = |reason: String| Err(DumpError::Refused { pid, reason });
-    if stat.flags & proc::PF_KTHREAD != 0 {
-        return refuse("it is a kernel thread".into());
-    }
-    if stat.state == 'Z' || stat.state == 'X' {
-        return refuse("it has exited (zombie)".into());
-    }
-    if is_self_or_ancestor(pid) {
-        return refuse("it is stasis itself or one of its ancestors".into());
-    }
-
-    let mut problems = Vec::new();
-    let status = proc::parse_status(&proc::read(pid, "status").map_err(proc_err("status"))?);
-    if status.tracer_pid != 0 {
-        problems.push(format!("it is being traced by process {}", status.tracer_pid));
-    }
-    if status.seccomp != 0 {
-        problems.push("it uses seccomp (not supported yet)".into());
-    }
-    let children = children_of(pid);
-    if !children.is_empty() {
-        problems.push(format!("it has child processes {children:?} (dumping process trees is not supported yet)"));
-    }
-    let maps = proc::parse_smaps(&proc::read(pid, "smaps").map_err(proc_err("smaps"))?)
-        .map_err(|e| DumpError::Proc { pid, what: "smaps".into(), source: std::io::Error::other(e) })?;
-    problems.extend(maps.iter().filter_map(|m| memory::plan(m).err()));
-    let fds = fd::scan(pid).map_err(proc_err("fds"))?;
-    problems.extend(fd_problems(&fds));
-    if !problems.is_empty() {
-        return Err(DumpError::Unsupported { pid, problems });
-    }
-    Ok(stat)
+/// The tree as pre-flight saw it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The root (the first root, for a cgroup).
+    pub root: Pid,
+    /// Every live process, parents before children.
+    pub pids: Vec<Pid>,
+    pub zombies: Vec<Pid>,
 }
 
-fn fd_problems(fds: &[Seen]) -> Vec<String> {
+/// Look at the tree without stopping it, and refuse it, listing every
+/// problem, when it holds something stasis cannot restore.
+pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
+    let roots = match target {
+        Target::Tree(pid) => vec![*pid],
+        Target::Cgroup(dir) => freeze::cgroup_roots(dir)
+            .map_err(|source| DumpError::Freeze { pid: Pid::from_raw(0), source })?,
+    };
+    let root = roots[0];
+    let mut pids = Vec::new();
+    let mut zombies = Vec::new();
+    let mut stats = Vec::new();
+    let mut queue: std::collections::VecDeque<Pid> = roots.iter().copied().collect();
+    while let Some(pid) = queue.pop_front() {
+        if pids.contains(&pid) || zombies.contains(&pid) {
+            continue;
+        }
+        let stat = match proc::stat(pid) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && roots.contains(&pid) => {
+                return Err(DumpError::NoProcess(pid))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(DumpError::Proc { pid, what: "stat".into(), source }),
+        };
+        let refuse = |reason: String| Err(DumpError::Refused { pid, reason });
+        if stat.flags & proc::PF_KTHREAD != 0 {
+            return refuse("it is a kernel thread".into());
+        }
+        if stat.state == 'Z' || stat.state == 'X' {
+            if roots.contains(&pid) {
+                return refuse("it has exited (zombie)".into());
+            }
+            zombies.push(pid);
+            stats.push((pid, stat));
+            continue;
+        }
+        if is_self_or_ancestor(pid) {
+            return refuse("it is stasis itself or one of its ancestors".into());
+        }
+        queue.extend(proc::children(pid).unwrap_or_default());
+        pids.push(pid);
+        stats.push((pid, stat));
+    }
+
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    let mut maps = Vec::new();
+    let tree = pids.len() + zombies.len() > 1;
+    for &pid in &pids {
+        let proc_err = |what: &str| {
+            let what = what.to_owned();
+            move |source: std::io::Error| DumpError::Proc { pid, what, source }
+        };
+        let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let status = match proc::read(pid, "status") {
+            Err(e) if gone(&e) && pid != root => continue,
+            r => proc::parse_status(&r.map_err(proc_err("status"))?),
+        };
+        if status.tracer_pid != 0 {
+            problems.push(at(format!("it is being traced by process {}", status.tracer_pid)));
+        }
+        if status.seccomp != 0 {
+            problems.push(at("it uses seccomp (not supported yet)".into()));
+        }
+        let m = match proc::read(pid, "smaps") {
+            Err(e) if gone(&e) && pid != root => continue,
+            r => proc::parse_smaps(&r.map_err(proc_err("smaps"))?)
+                .map_err(|e| DumpError::Proc { pid, what: "smaps".into(), source: std::io::Error::other(e) })?,
+        };
+        problems.extend(m.iter().filter_map(|m| memory::plan(m).err()).map(at));
+        maps.push((pid, m));
+        let fds = match fd::scan(pid) {
+            Err(e) if gone(&e) && pid != root => continue,
+            r => r.map_err(proc_err("fds"))?,
+        };
+        seen.push((pid, fds));
+    }
+    problems.extend(fd_problems(&seen));
+    problems.extend(shared_memory_problems(&maps));
+    problems.extend(link_problems(&stats));
+    if !problems.is_empty() {
+        return Err(DumpError::Unsupported { pid: root, problems });
+    }
+    Ok(Listed { root, pids, zombies })
+}
+
+/// Every fd that cannot be dumped, and pipes with an end outside the tree.
+fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
+    let tree = seen.len() > 1;
     let mut problems = Vec::new();
     let mut pipe_ends: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
-    for s in fds {
-        match &s.kind {
-            // Socket kinds carry their own article ("an established TCP ...").
-            Err(what) if what.starts_with("a ") || what.starts_with("an ") => {
-                problems.push(format!("fd {} is {what} ({})", s.fd, s.target))
-            }
-            Err(what) => problems.push(format!("fd {} is a {what} ({})", s.fd, s.target)),
-            Ok(fd::Kind::Pipe) => {
-                let ends = pipe_ends.entry(s.ino).or_default();
-                match s.info.flags & 3 {
-                    0 => ends.0 = true,
-                    1 => ends.1 = true,
-                    _ => *ends = (true, true),
+    for (pid, fds) in seen {
+        let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
+        for s in fds {
+            match &s.kind {
+                // Socket kinds carry their own article ("an established TCP ...").
+                Err(what) if what.starts_with("a ") || what.starts_with("an ") => {
+                    problems.push(at(format!("fd {} is {what} ({})", s.fd, s.target)))
                 }
+                Err(what) => problems.push(at(format!("fd {} is a {what} ({})", s.fd, s.target))),
+                Ok(fd::Kind::Pipe) => {
+                    let ends = pipe_ends.entry(s.ino).or_default();
+                    match s.info.flags & 3 {
+                        0 => ends.0 = true,
+                        1 => ends.1 = true,
+                        _ => *ends = (true, true),
+                    }
+                }
+                Ok(_) => {}
             }
-            Ok(_) => {}
         }
     }
+    let whole = if tree { "tree" } else { "process" };
     for (ino, (read, write)) in pipe_ends {
         if !(read && write) {
             let held = if read { "read" } else { "write" };
             problems.push(format!(
-                "pipe:[{ino}] has only its {held} end in the process; the other end is outside (not supported yet)"
+                "pipe:[{ino}] has only its {held} end in the {whole}; the other end is outside (not supported yet)"
             ));
+        }
+    }
+    problems
+}
+
+/// Shared anonymous memory seen by more than one process: each would get
+/// a copy of its own at restore.
+fn shared_memory_problems(maps: &[(Pid, Vec<proc::Mapping>)]) -> Vec<String> {
+    let mut holders: BTreeMap<(u64, u64), Vec<Pid>> = BTreeMap::new();
+    for (pid, maps) in maps {
+        for m in maps.iter().filter(|m| m.shared && m.name == "/dev/zero (deleted)") {
+            let h = holders.entry((m.dev, m.inode)).or_default();
+            if !h.contains(pid) {
+                h.push(*pid);
+            }
+        }
+    }
+    holders
+        .into_values()
+        .filter(|h| h.len() > 1)
+        .map(|h| format!("processes {h:?} share anonymous memory (MAP_SHARED over fork; not supported yet)"))
+        .collect()
+}
+
+/// Sessions and process groups restore cannot re-create: every process
+/// inherits its session from its parent (or leads one), and joins a group
+/// led by a process of the tree in its session (or inherits the root's).
+fn link_problems(stats: &[(Pid, Stat)]) -> Vec<String> {
+    let by_pid: std::collections::HashMap<i32, &Stat> = stats.iter().map(|(p, s)| (p.as_raw(), s)).collect();
+    let root_of = |mut pid: i32| {
+        while let Some(s) = by_pid.get(&pid).filter(|s| by_pid.contains_key(&s.ppid)) {
+            pid = s.ppid;
+        }
+        by_pid[&pid]
+    };
+    let mut problems = Vec::new();
+    for (pid, s) in stats {
+        let pid = pid.as_raw();
+        if let Some(parent) = by_pid.get(&s.ppid) {
+            if s.session != pid && s.session != parent.session {
+                problems.push(format!(
+                    "process {pid} is in session {} but its parent {} is in session {} (a process that changed \
+                     parents across sessions; not supported yet)",
+                    s.session, s.ppid, parent.session
+                ));
+            }
+        }
+        if s.pgrp != pid {
+            let led_here = by_pid.get(&s.pgrp).is_some_and(|l| l.pgrp == s.pgrp && l.session == s.session);
+            let root = root_of(pid);
+            let roots_group = !by_pid.contains_key(&s.pgrp) && s.pgrp == root.pgrp && s.session == root.session;
+            if !led_here && !roots_group {
+                problems.push(format!(
+                    "process {pid} is in process group {} whose leader is not in the tree (not supported yet)",
+                    s.pgrp
+                ));
+            }
         }
     }
     problems
@@ -331,64 +466,94 @@ fn is_self_or_ancestor(pid: Pid) -> bool {
     false
 }
 
-/// Live children of `pid` (zombies awaiting a reaper do not count).
-fn children_of(pid: Pid) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| {
-            proc::read(Pid::from_raw(p), "stat")
-                .ok()
-                .and_then(|s| proc::parse_stat(&s).ok())
-                .is_some_and(|s| s.ppid == pid.as_raw() && s.state != 'Z' && s.state != 'X')
-        })
-        .collect()
-}
-
-/// Everything but memory contents, gathered while the process is stopped.
-fn collect(frozen: &mut Frozen, stat: &Stat) -> Result<Collected, DumpError> {
-    let pid = frozen.pid();
-    let proc_err = |what: &str| {
-        let what = what.to_owned();
-        move |source| DumpError::Proc { pid, what, source }
-    };
-
+/// Everything but memory contents, gathered while the tree is stopped.
+fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     // Read again now that it is stopped: it may have changed since pre-flight.
-    let maps = proc::parse_smaps(&proc::read(pid, "smaps").map_err(proc_err("smaps"))?)
-        .map_err(|e| proc_err("smaps")(std::io::Error::other(e)))?;
-    let mut plans = Vec::new();
+    let mut listed = Vec::new();
     let mut problems = Vec::new();
-    for m in &maps {
-        match memory::plan(m) {
-            // The kernel maps [vsyscall] at a fixed address in every process.
-            Ok(p) if p.vma.kind == records::VmaKind::Vsyscall as i32 => {}
-            Ok(p) => plans.push(p),
-            Err(e) => problems.push(e),
+    let tree = frozen.processes().len() + frozen.zombies().len() > 1;
+    for p in frozen.processes().iter() {
+        let pid = p.pid();
+        let proc_err = |what: &str| {
+            let what = what.to_owned();
+            move |source| DumpError::Proc { pid, what, source }
+        };
+        let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
+        let stat = proc::stat(pid).map_err(proc_err("stat"))?;
+        let maps = proc::parse_smaps(&proc::read(pid, "smaps").map_err(proc_err("smaps"))?)
+            .map_err(|e| proc_err("smaps")(std::io::Error::other(e)))?;
+        let mut plans = Vec::new();
+        for m in &maps {
+            match memory::plan(m) {
+                // The kernel maps [vsyscall] at a fixed address in every process.
+                Ok(p) if p.vma.kind == records::VmaKind::Vsyscall as i32 => {}
+                Ok(p) => plans.push(p),
+                Err(e) => problems.push(at(e)),
+            }
         }
+        let seen = fd::scan(pid).map_err(proc_err("fds"))?;
+        listed.push((pid, stat, maps, plans, seen));
     }
-    let seen = fd::scan(pid).map_err(proc_err("fds"))?;
+    let mut stats: Vec<(Pid, Stat)> = listed.iter().map(|l| (l.0, l.1.clone())).collect();
+    let mut zombies = Vec::new();
+    for &z in frozen.zombies() {
+        let stat = proc::stat(z).map_err(|source| DumpError::Proc { pid: z, what: "stat".into(), source })?;
+        zombies.push(records::Zombie {
+            pid: z.as_raw(),
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            wait_status: stat.exit_code,
+            comm: stat.comm.clone(),
+            exit_signal: stat.exit_signal,
+        });
+        stats.push((z, stat));
+    }
+    let seen: Vec<(Pid, Vec<Seen>)> = listed.iter().map(|l| (l.0, l.4.clone())).collect();
     problems.extend(fd_problems(&seen));
+    let maps: Vec<(Pid, Vec<proc::Mapping>)> = listed.iter().map(|l| (l.0, l.2.clone())).collect();
+    problems.extend(shared_memory_problems(&maps));
+    problems.extend(link_problems(&stats));
     if !problems.is_empty() {
-        return Err(DumpError::Unsupported { pid, problems });
+        return Err(DumpError::Unsupported { pid: frozen.pid(), problems });
     }
 
-    for plan in &mut plans {
-        identify_mapped_file(pid, &mut plan.vma).map_err(proc_err("mapped files"))?;
+    let mut fds = FdDumper::default();
+    let mut processes = Vec::new();
+    let mut all_plans = Vec::new();
+    let mut kernel = None;
+    for (i, (fp, (pid, stat, maps, mut plans, seen))) in frozen.processes().iter_mut().zip(listed).enumerate() {
+        let proc_err = |what: &str| {
+            let what = what.to_owned();
+            move |source| DumpError::Proc { pid, what, source }
+        };
+        for plan in &mut plans {
+            identify_mapped_file(pid, &mut plan.vma).map_err(proc_err("mapped files"))?;
+        }
+        let mut process = task::process(fp, &stat)?;
+        process.mm = i as u32 + 1;
+        process.vmas = plans.iter().map(|p| p.vma.clone()).collect();
+        process.fds = fds.dump(pid, &seen, &processes)?;
+        kernel.get_or_insert_with(|| task::kernel_layout(pid, &maps));
+        processes.push(process);
+        all_plans.push(plans);
     }
-    let (fds, pipes, contents) = dump_fds(pid, &seen)?;
-    let mut process = task::process(frozen, stat)?;
-    process.mm = 1;
-    process.vmas = plans.iter().map(|p| p.vma.clone()).collect();
-    process.fds = fds;
-    let kernel = task::kernel_layout(pid, &maps);
-    let tree = ProcessTree { processes: vec![process], pipes, stats: None, kernel: Some(kernel) };
-    Ok(Collected { tree, plans, contents })
+    let tree = ProcessTree {
+        processes,
+        pipes: fds.pipes.into_values().collect(),
+        stats: None,
+        kernel,
+        zombies,
+        shmem: Vec::new(),
+    };
+    Ok(Collected { tree, plans: all_plans, contents: fds.contents })
 }
 
 /// What [`collect`] gathered.
 struct Collected {
     tree: ProcessTree,
-    plans: Vec<Planned>,
+    /// The mappings of each process, in the order of `tree.processes`.
+    plans: Vec<Vec<Planned>>,
     /// Contents of deleted files, padded to whole pages, by address space.
     contents: Vec<(u32, Vec<u8>)>,
 }
@@ -422,55 +587,85 @@ fn identify_mapped_file(pid: Pid, vma: &mut records::Vma) -> std::io::Result<()>
 /// Address spaces of deleted files' contents start above the processes'.
 const FIRST_CONTENTS_MM: u32 = 1 << 16;
 
-/// Fds, pipes, and deleted files' contents by address space.
-type DumpedFds = (Vec<Fd>, Vec<records::Pipe>, Vec<(u32, Vec<u8>)>);
+/// Fds of the tree, process after process: pipes and deleted files'
+/// contents are gathered for the whole tree, and an open file description
+/// met again (by kcmp) is recorded as shared with its first holder.
+#[derive(Default)]
+struct FdDumper {
+    pipes: BTreeMap<u64, records::Pipe>,
+    /// Deleted files' contents by address space.
+    contents: Vec<(u32, Vec<u8>)>,
+    /// Every fd dumped so far: (pid, what /proc showed).
+    earlier: Vec<(Pid, Seen)>,
+}
 
-/// Dump every fd from a pidfd_getfd copy.
-fn dump_fds(pid: Pid, seen: &[Seen]) -> Result<DumpedFds, DumpError> {
-    let pidfd = PidFd::open(pid).map_err(|e| DumpError::Fd { pid, fd: -1, what: crate::chain(&e) })?;
-    let mut fds: Vec<Fd> = Vec::new();
-    let mut pipes: BTreeMap<u64, records::Pipe> = BTreeMap::new();
-    let mut contents = Vec::new();
-    for s in seen {
-        let fd_err = |what: String| DumpError::Fd { pid, fd: s.fd, what };
-        let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-        // An fd sharing its open file description with a lower one is
-        // recorded as a dup of it. Only fds on the same object can share.
-        let mut same_as = None;
-        for earlier in seen.iter().take_while(|e| e.fd < s.fd).filter(|e| e.ino == s.ino && e.target == s.target) {
-            if kcmp::same_file(pid, earlier.fd, pid, s.fd).map_err(|e| fd_err(format!("kcmp: {e}")))? {
-                same_as = Some(earlier.fd);
-                break;
+impl FdDumper {
+    /// Dump every fd of `pid` from a pidfd_getfd copy; `done` are the
+    /// processes dumped before, whose fds this one may share.
+    fn dump(&mut self, pid: Pid, seen: &[Seen], done: &[records::Process]) -> Result<Vec<Fd>, DumpError> {
+        let pidfd = PidFd::open(pid).map_err(|e| DumpError::Fd { pid, fd: -1, what: crate::chain(&e) })?;
+        let mut fds: Vec<Fd> = Vec::new();
+        for s in seen {
+            let fd_err = |what: String| DumpError::Fd { pid, fd: s.fd, what };
+            // An fd sharing its open file description with a lower one of
+            // this process is recorded as a dup of it, one sharing it with
+            // an earlier process as shared with that. Only fds on the same
+            // object can share.
+            let mut same_as = None;
+            let mut shared_with = None;
+            let same_object = |e: &Seen| e.ino == s.ino && e.target == s.target;
+            for earlier in seen.iter().take_while(|e| e.fd < s.fd).filter(|e| same_object(e)) {
+                if kcmp::same_file(pid, earlier.fd, pid, s.fd).map_err(|e| fd_err(format!("kcmp: {e}")))? {
+                    same_as = Some(earlier.fd);
+                    break;
+                }
             }
-        }
-        let (mut kind, extra) = if let Some(first) = same_as {
-            (
-                fds.iter().find(|f| f.fd == first).and_then(|f| f.kind.clone()).expect("dumped before"),
-                Default::default(),
-            )
-        } else {
-            fd::dump(pid, s, &copy).map_err(fd_err)?
-        };
-        if let Some(p) = extra.pipe {
-            pipes.entry(p.id).or_insert(p);
-        }
-        if let (Some(mut data), records::fd::Kind::File(file)) = (extra.contents, &mut kind) {
-            file.contents_mm = FIRST_CONTENTS_MM + contents.len() as u32;
-            if !data.is_empty() {
-                data.resize(data.len().div_ceil(4096) * 4096, 0);
-                contents.push((file.contents_mm, data));
+            if same_as.is_none() {
+                for (other, earlier) in self.earlier.iter().filter(|(_, e)| same_object(e)) {
+                    if kcmp::same_file(*other, earlier.fd, pid, s.fd).map_err(|e| fd_err(format!("kcmp: {e}")))? {
+                        shared_with = Some(records::FdRef { pid: other.as_raw(), fd: earlier.fd });
+                        break;
+                    }
+                }
             }
+            let (mut kind, extra) = if let Some(first) = same_as {
+                (
+                    fds.iter().find(|f| f.fd == first).and_then(|f| f.kind.clone()).expect("dumped before"),
+                    Default::default(),
+                )
+            } else if let Some(r) = &shared_with {
+                let holder = done.iter().find(|p| p.pid == r.pid).expect("dumped before");
+                (
+                    holder.fds.iter().find(|f| f.fd == r.fd).and_then(|f| f.kind.clone()).expect("dumped before"),
+                    Default::default(),
+                )
+            } else {
+                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                fd::dump(pid, s, &copy).map_err(fd_err)?
+            };
+            if let Some(p) = extra.pipe {
+                self.pipes.entry(p.id).or_insert(p);
+            }
+            if let (Some(mut data), records::fd::Kind::File(file)) = (extra.contents, &mut kind) {
+                file.contents_mm = FIRST_CONTENTS_MM + self.contents.len() as u32;
+                if !data.is_empty() {
+                    data.resize(data.len().div_ceil(4096) * 4096, 0);
+                    self.contents.push((file.contents_mm, data));
+                }
+            }
+            fds.push(Fd {
+                fd: s.fd,
+                flags: s.info.flags & !fd::FDINFO_CLOEXEC,
+                cloexec: s.info.flags & fd::FDINFO_CLOEXEC != 0,
+                pos: s.info.pos,
+                kind: Some(kind),
+                same_as,
+                shared_with,
+            });
         }
-        fds.push(Fd {
-            fd: s.fd,
-            flags: s.info.flags & !fd::FDINFO_CLOEXEC,
-            cloexec: s.info.flags & fd::FDINFO_CLOEXEC != 0,
-            pos: s.info.pos,
-            kind: Some(kind),
-            same_as,
-        });
+        self.earlier.extend(seen.iter().map(|s| (pid, s.clone())));
+        Ok(fds)
     }
-    Ok((fds, pipes.into_values().collect(), contents))
 }
 
 /// Whether `dir` exists and holds an image (for refusing early).
@@ -484,13 +679,13 @@ mod tests {
 
     #[test]
     fn missing_process_is_named() {
-        let err = preflight(Pid::from_raw(4_000_000)).unwrap_err();
+        let err = preflight(&Target::Tree(Pid::from_raw(4_000_000))).unwrap_err();
         assert!(matches!(err, DumpError::NoProcess(_)), "{err}");
     }
 
     #[test]
     fn stasis_refuses_itself() {
-        let err = preflight(Pid::this()).unwrap_err();
+        let err = preflight(&Target::Tree(Pid::this())).unwrap_err();
         assert!(err.to_string().contains("stasis itself"), "{err}");
     }
 }

@@ -13,11 +13,11 @@ use stasis_sys::ptrace::Seized;
 use stasis_sys::Pid;
 
 use super::DumpError;
-use crate::freeze::Frozen;
+use crate::freeze::FrozenProcess;
 use crate::proc::{self, Mapping, Stat};
 
 /// The process record without memory and fds.
-pub(super) fn process(frozen: &mut Frozen, stat: &Stat) -> Result<Process, DumpError> {
+pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process, DumpError> {
     let pid = frozen.pid();
     let proc_err = |what: &str| {
         let what = what.to_owned();

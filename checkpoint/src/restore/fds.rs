@@ -27,8 +27,12 @@ pub enum Planned {
     /// A signalfd, made inside the puppet (its mask may hold real-time
     /// signals, which nix's signal sets cannot name).
     Signalfd { fd: i32, cloexec: bool, flags: i32, mask: u64 },
-    /// A pidfd of the restored process itself, made inside it.
-    OwnPidfd { fd: i32, cloexec: bool, flags: i32 },
+    /// A pidfd of a process of the restored tree (itself included), made
+    /// inside the puppet once every process exists.
+    Pidfd { fd: i32, cloexec: bool, flags: i32, pid: i32 },
+    /// The open file description of fd `of` of process `pid`, restored
+    /// before this one: fetched from it once it is built.
+    Shared { fd: i32, pid: i32, of: i32, cloexec: bool },
 }
 
 impl Planned {
@@ -38,7 +42,8 @@ impl Planned {
             | Planned::Dup { fd, .. }
             | Planned::Epoll { fd, .. }
             | Planned::Signalfd { fd, .. }
-            | Planned::OwnPidfd { fd, .. } => *fd,
+            | Planned::Pidfd { fd, .. }
+            | Planned::Shared { fd, .. } => *fd,
         }
     }
 }
@@ -78,24 +83,41 @@ pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-/// Build every fd of a process record.
-pub fn plan(
-    image: &Image,
-    process_pid: i32,
-    fds: &[stasis_image::records::Fd],
-    pipes: &[Pipe],
+/// Re-creates the fds of a tree's processes, one process after the
+/// other: a pipe is made once for the whole tree, whichever process holds
+/// its ends.
+pub struct Planner<'a> {
+    image: &'a Image,
+    pipes: &'a [Pipe],
     allow_changed: bool,
-) -> Result<Vec<Planned>, FdError> {
-    let mut out = Vec::with_capacity(fds.len());
-    // One pipe per id, made on first use: (read end, write end).
-    let mut made: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
-    let mut filled = HashSet::new();
-    for r in fds {
-        let fd = r.fd;
-        if let Some(of) = r.same_as {
-            out.push(Planned::Dup { fd, of, cloexec: r.cloexec });
-            continue;
-        }
+    /// The pids of the tree (processes and zombies).
+    tree: HashSet<i32>,
+    /// One pipe per id, made on first use: (read end, write end).
+    made: HashMap<u64, (OwnedFd, OwnedFd)>,
+    /// FIFOs whose data is in already.
+    filled: HashSet<u64>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(image: &'a Image, pipes: &'a [Pipe], allow_changed: bool, tree: HashSet<i32>) -> Self {
+        Planner { image, pipes, allow_changed, tree, made: HashMap::new(), filled: HashSet::new() }
+    }
+
+    /// Build every fd of a process record.
+    pub fn plan(&mut self, fds: &[stasis_image::records::Fd]) -> Result<Vec<Planned>, FdError> {
+        let (image, pipes, allow_changed) = (self.image, self.pipes, self.allow_changed);
+        let (made, filled) = (&mut self.made, &mut self.filled);
+        let mut out = Vec::with_capacity(fds.len());
+        for r in fds {
+            let fd = r.fd;
+            if let Some(of) = r.same_as {
+                out.push(Planned::Dup { fd, of, cloexec: r.cloexec });
+                continue;
+            }
+            if let Some(s) = &r.shared_with {
+                out.push(Planned::Shared { fd, pid: s.pid, of: s.fd, cloexec: r.cloexec });
+                continue;
+            }
         let other = |what: String| FdError::Other { fd, what };
         let flags = r.flags as i32 & !OPEN_ONLY;
         let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
@@ -146,8 +168,8 @@ pub fn plan(
                 out.push(Planned::Signalfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, mask: sg.mask });
                 continue;
             }
-            Kind::Pidfd(pf) if pf.pid == process_pid => {
-                out.push(Planned::OwnPidfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK });
+            Kind::Pidfd(pf) if self.tree.contains(&pf.pid) => {
+                out.push(Planned::Pidfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, pid: pf.pid });
                 continue;
             }
             Kind::Pidfd(pf) => {
@@ -188,6 +210,7 @@ pub fn plan(
         out.push(Planned::Object { fd, object, cloexec: r.cloexec });
     }
     Ok(out)
+    }
 }
 
 /// Set O_NONBLOCK (and the other settable status flags) on a description.

@@ -27,6 +27,7 @@ mod fds;
 mod layout;
 mod resume;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,7 +65,11 @@ pub struct RestoreOptions {
 /// What a successful restore did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RestoreReport {
+    /// The first process of the image (the root of its tree).
     pub pid: i32,
+    pub processes: usize,
+    pub zombies: usize,
+    /// Threads of all processes.
     pub threads: usize,
     pub total_us: u64,
     pub phases: Vec<(String, u64)>,
@@ -114,39 +119,64 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let image = Image::open(&opts.images).map_err(image_err)?;
     image.verify().map_err(image_err)?;
     let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
-    if tree.processes.len() != 1 {
-        return Err(RestoreError::Unsupported(format!(
-            "it holds {} processes; restoring process trees is not supported yet",
-            tree.processes.len()
-        )));
+    if tree.processes.is_empty() {
+        return Err(RestoreError::NoProcesses(opts.images.clone()));
     }
-    let p = &tree.processes[0];
     check_kernel(tree)?;
-    check_mapped_files(p, opts.allow_changed_files)?;
+    for p in &tree.processes {
+        check_mapped_files(p, opts.allow_changed_files)?;
+    }
     phase("check");
 
-    let planned = fds::plan(&image, p.pid, &p.fds, &tree.pipes, opts.allow_changed_files)?;
+    let members: HashSet<i32> =
+        tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
+    let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members);
+    let mut planned = Vec::with_capacity(tree.processes.len());
+    for p in &tree.processes {
+        planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
+    }
+    drop(planner);
     phase("fds");
-    wait_free(p, opts.pid_timeout)?;
+    wait_free(tree, opts.pid_timeout)?;
     if cancelled() {
         return Err(RestoreError::Cancelled);
     }
 
-    let mut puppet = Puppet::create(p.pid)?;
+    let (mut puppets, zombies) = create_tree(tree)?;
     phase("create");
+    for (zombie, z) in zombies.into_iter().zip(&tree.zombies) {
+        zombie.exit_as(z)?;
+    }
+    for z in &tree.zombies {
+        wait_zombie(z.pid)?;
+    }
     let progress = |done, total| {
         if let Some(f) = &opts.progress {
             (f.0)(done, total);
         }
     };
-    let pages = puppet.build(&image, p, planned, &mut phase, &progress)?;
-    if cancelled() {
-        return Err(RestoreError::Cancelled);
+    let mut pages = 0;
+    for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
+        let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
+        let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
+        pages += puppets[i].build(&image, p, planned, reap, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
+        if cancelled() {
+            return Err(RestoreError::Cancelled);
+        }
     }
-    let threads = puppet.release(p)?;
+    // Every process ready before any runs: then all go at once.
+    for (puppet, p) in puppets.iter_mut().zip(&tree.processes) {
+        puppet.set_final_state(p).map_err(|e| in_process(tree, p.pid, e))?;
+    }
+    let mut threads = 0;
+    for puppet in puppets {
+        threads += puppet.release()?;
+    }
     phase("resume");
     let report = RestoreReport {
-        pid: p.pid,
+        pid: tree.processes[0].pid,
+        processes: tree.processes.len(),
+        zombies: tree.zombies.len(),
         threads,
         total_us: start.elapsed().as_micros() as u64,
         phases,
@@ -154,6 +184,111 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     };
     record(&opts.images, &report);
     Ok(report)
+}
+
+/// Name the process an error is about, when the image holds several.
+fn in_process(tree: &ProcessTree, pid: i32, e: RestoreError) -> RestoreError {
+    if tree.processes.len() + tree.zombies.len() == 1 {
+        return e;
+    }
+    match e {
+        RestoreError::Step { step, what } => RestoreError::Step { step: format!("process {pid}: {step}"), what },
+        RestoreError::Fd(f) => RestoreError::Step { step: format!("process {pid}"), what: f.to_string() },
+        other => other,
+    }
+}
+
+/// Create every process of the tree as a puppet, parents first: a root as
+/// the agent's child, every other by its parent (an injected clone3 with
+/// its pid), so that parent links are the image's. A session leader calls
+/// setsid before its children are made (they inherit the session); process
+/// groups are joined once everyone exists, leaders first. Returns the
+/// puppets of `tree.processes` and of `tree.zombies`, in their order.
+fn create_tree(tree: &ProcessTree) -> Result<(Vec<Puppet>, Vec<Puppet>), RestoreError> {
+    let mut puppets: Vec<Puppet> = Vec::with_capacity(tree.processes.len());
+    for p in &tree.processes {
+        let mut puppet = match puppets.iter_mut().find(|q| q.pid.as_raw() == p.ppid) {
+            Some(parent) => parent.fork(p.pid, p.exit_signal)?,
+            None => Puppet::create(p.pid)?,
+        };
+        if p.sid == p.pid {
+            puppet.simple_call("session", libc::SYS_setsid, [0; 6])?;
+        }
+        puppets.push(puppet);
+    }
+    let mut zombies = Vec::with_capacity(tree.zombies.len());
+    for z in &tree.zombies {
+        let parent = puppets.iter_mut().find(|q| q.pid.as_raw() == z.ppid).ok_or_else(|| {
+            RestoreError::Unsupported(format!("the parent {} of zombie {} is not in the image", z.ppid, z.pid))
+        })?;
+        let mut zombie = parent.fork(z.pid, z.exit_signal)?;
+        if z.sid == z.pid {
+            zombie.simple_call("session", libc::SYS_setsid, [0; 6])?;
+        }
+        zombies.push(zombie);
+    }
+
+    // (pid, pgid, sid) of everyone; a group led by nobody in the tree is
+    // the root's, from outside, which every puppet started in.
+    let ids: Vec<(i32, i32, i32)> = tree
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.pgid, p.sid))
+        .chain(tree.zombies.iter().map(|z| (z.pid, z.pgid, z.sid)))
+        .collect();
+    let outside_group = stasis_sys::nix::unistd::getpgrp().as_raw();
+    let all = puppets.iter_mut().chain(zombies.iter_mut());
+    let mut all: Vec<&mut Puppet> = all.collect();
+    for (puppet, &(pid, pgid, sid)) in all.iter_mut().zip(&ids) {
+        if pgid == pid && sid != pid {
+            puppet.simple_call("process group", libc::SYS_setpgid, [0; 6])?;
+        }
+    }
+    for (puppet, &(pid, pgid, _)) in all.iter_mut().zip(&ids) {
+        if pgid == pid {
+            continue;
+        }
+        let target = if ids.iter().any(|&(p, g, _)| p == pgid && g == pgid) { pgid } else { outside_group };
+        let now = proc::stat(puppet.pid).map_err(|e| step("process group")(e.to_string()))?.pgrp;
+        if now != target {
+            let what = format!("process group {target}");
+            puppet.simple_call(&what, libc::SYS_setpgid, [0, target as u64, 0, 0, 0, 0])?;
+        }
+    }
+    Ok((puppets, zombies))
+}
+
+/// Wait until a zombie puppet has exited (it runs its exit on its own).
+fn wait_zombie(pid: i32) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match proc::stat(Pid::from_raw(pid)) {
+            Ok(s) if s.state == 'Z' => return Ok(()),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(s) => return Err(step("zombie")(format!("process {pid} did not exit (state {})", s.state))),
+            Err(e) => return Err(step("zombie")(format!("process {pid} is gone: {e}"))),
+        }
+    }
+}
+
+/// Fds that share a description with a process restored earlier, fetched
+/// from it (pidfd_getfd), now that it has them.
+fn fetch_shared(planned: Vec<fds::Planned>, built: &[Puppet]) -> Result<Vec<fds::Planned>, RestoreError> {
+    planned
+        .into_iter()
+        .map(|p| match p {
+            fds::Planned::Shared { fd, pid, of, cloexec } => {
+                let what = format!("fd {fd} (fd {of} of process {pid})");
+                if !built.iter().any(|b| b.pid.as_raw() == pid) {
+                    return Err(step(&what)("that process is not restored before this one".into()));
+                }
+                let holder = stasis_sys::pidfd::PidFd::open(Pid::from_raw(pid)).map_err(|e| step(&what)(crate::chain(&e)))?;
+                let object = holder.get_fd(of).map_err(|e| step(&what)(crate::chain(&e)))?;
+                Ok(fds::Planned::Object { fd, object, cloexec })
+            }
+            other => Ok(other),
+        })
+        .collect()
 }
 
 /// Name of the file in an image directory where each restore appends its
@@ -204,7 +339,7 @@ fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
 /// Files behind mappings must be the same files, unchanged, as at dump
 /// time: the process has their pages mapped, not copies.
 fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreError> {
-    let mut checked = std::collections::HashSet::new();
+    let mut checked = HashSet::new();
     for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
         let Some(f) = &v.file else { continue };
         if !checked.insert((&f.path, f.ino)) {
@@ -232,19 +367,20 @@ fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreErr
     Ok(())
 }
 
-/// Wait until the pid and every thread id is free. A process that was
-/// just killed keeps its pid until its parent reaps it, and PID 1 on some
-/// machines reaps orphans a second or two late.
-fn wait_free(p: &Process, timeout: Duration) -> Result<(), RestoreError> {
+/// Wait until every pid and thread id of the tree is free. A process that
+/// was just killed keeps its pid until its parent reaps it, and PID 1 on
+/// some machines reaps orphans a second or two late.
+fn wait_free(tree: &ProcessTree, timeout: Duration) -> Result<(), RestoreError> {
     let deadline = Instant::now() + timeout;
-    for t in &p.threads {
-        let path = format!("/proc/{}", t.tid);
+    let ids = tree.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)).chain(tree.zombies.iter().map(|z| z.pid));
+    for tid in ids {
+        let path = format!("/proc/{tid}");
         loop {
             let stat = std::fs::read_to_string(format!("{path}/stat"));
             let Ok(stat) = stat else { break };
             if Instant::now() >= deadline {
                 let comm = proc::parse_stat(&stat).map(|s| s.comm).unwrap_or_default();
-                return Err(RestoreError::PidTaken { pid: t.tid, comm });
+                return Err(RestoreError::PidTaken { pid: tid, comm });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -261,14 +397,18 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// `sizeof(struct robust_list_head)`, the only length set_robust_list takes.
 const ROBUST_LIST_HEAD_LEN: u64 = 24;
 
-/// The process being built. Dropping it kills it (before its threads are
+/// A process being built. Dropping it kills it (before its threads are
 /// detached), so an error never leaves a half-restored process running.
 struct Puppet {
     pid: Pid,
     /// Declared before `child`: detached after the kill below.
     main: Option<Seized>,
     threads: Vec<Seized>,
+    /// The agent's handle on a puppet it created itself (a root of the
+    /// tree); the others are children of their parent puppets.
     child: Option<Child>,
+    /// Killed when dropped (until released).
+    alive: bool,
     /// Base of the trampoline page, then the scratch pages.
     tramp: u64,
     host_xfeatures: u64,
@@ -276,19 +416,24 @@ struct Puppet {
 
 impl Drop for Puppet {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.alive {
             let _ = stasis_sys::nix::sys::signal::kill(self.pid, Signal::SIGKILL);
             // Traced threads that die wait for their tracer to reap them, and
-            // the process cannot be reaped before its threads are.
+            // the process cannot be reaped before its threads are. The
+            // agent's own child is reaped by `child`.
             use stasis_sys::nix::sys::wait::{waitpid, WaitPidFlag};
             for t in &self.threads {
                 let _ = waitpid(t.pid(), Some(WaitPidFlag::__WALL));
+            }
+            if self.child.is_none() {
+                let _ = waitpid(self.pid, Some(WaitPidFlag::__WALL));
             }
         }
     }
 }
 
 impl Puppet {
+    /// A root of the tree: a child of the agent at `pid`.
     fn create(pid: i32) -> Result<Puppet, RestoreError> {
         let create = |what: String| RestoreError::Create { pid, what };
         // The puppet only pauses: a self-sent SIGSTOP could still be queued
@@ -296,10 +441,18 @@ impl Puppet {
         let child =
             clone3::spawn_with_tid(&[Pid::from_raw(pid)], ChildAction::Pause).map_err(|e| create(e.to_string()))?;
         let pid = child.pid();
-        // EXITKILL: if stasis dies half-way, the puppet dies with it.
+        // EXITKILL: if stasis dies half-way, the puppet dies with it (and so
+        // do the puppets it forks, which inherit the options).
         let opts = Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL;
-        let mut puppet =
-            Puppet { pid, main: None, threads: Vec::new(), child: Some(child), tramp: 0, host_xfeatures: 0 };
+        let mut puppet = Puppet {
+            pid,
+            main: None,
+            threads: Vec::new(),
+            child: Some(child),
+            alive: true,
+            tramp: 0,
+            host_xfeatures: 0,
+        };
         let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
         match main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))? {
             stasis_sys::ptrace::Stop::Event { event: stasis_sys::ptrace::PTRACE_EVENT_STOP, .. } => {}
@@ -310,12 +463,99 @@ impl Puppet {
         Ok(puppet)
     }
 
-    /// Steps 3 of the module docs. Returns the pages written.
+    /// A child of this (still unbuilt) puppet at `pid`: a copy of it, made
+    /// by an injected clone3, seized from birth.
+    fn fork(&mut self, pid: i32, exit_signal: i32) -> Result<Puppet, RestoreError> {
+        let create = |what: String| RestoreError::Create { pid, what };
+        let site = find_syscall_site(self.pid).map_err(|e| create(crate::chain(&e)))?;
+        let main = self.main.as_mut().expect("seized in create");
+        let mut inj = main.begin_injection(site).map_err(|e| create(crate::chain(&e)))?;
+        let made = inj.clone_process(Pid::from_raw(pid), exit_signal);
+        inj.finish().map_err(|e| create(crate::chain(&e)))?;
+        let made = made.map_err(|e| create(crate::chain(&e)))?;
+        Ok(Puppet {
+            pid: made.pid(),
+            main: Some(made),
+            threads: Vec::new(),
+            child: None,
+            alive: true,
+            tramp: 0,
+            host_xfeatures: self.host_xfeatures,
+        })
+    }
+
+    /// One system call without memory arguments, in a puppet not built yet.
+    fn simple_call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64, RestoreError> {
+        let err = |e: stasis_sys::inject::Error| step(what)(format!("process {}: {}", self.pid, crate::chain(&e)));
+        let site = find_syscall_site(self.pid).map_err(|e| step(what)(crate::chain(&e)))?;
+        let main = self.main.as_mut().expect("seized in create");
+        let mut inj = main.begin_injection(site).map_err(err)?;
+        let r = inj.syscall_ok(nr, args);
+        inj.finish().map_err(err)?;
+        r.map_err(err)
+    }
+
+    /// Turn this unbuilt puppet into the zombie `z`: named like it, it runs
+    /// exit_group with its code, or kills itself with its signal (without a
+    /// core dump), once let go. Its parent is a puppet, stopped: the zombie
+    /// stays until the restored parent waits for it.
+    fn exit_as(mut self, z: &stasis_image::records::Zombie) -> Result<(), RestoreError> {
+        let what = format!("zombie {}", z.pid);
+        let err = |e: String| step(&what)(e);
+        let site = find_syscall_site(self.pid).map_err(|e| err(crate::chain(&e)))?;
+        let status = z.wait_status;
+        let signal = status & 0x7f;
+        let main = self.main.as_mut().expect("seized in create");
+        {
+            let mut inj = main.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
+            let mut r = (|| -> Result<(), stasis_sys::inject::Error> {
+                let scratch = inj.scratch()?.addr().0;
+                let mut name = z.comm.as_bytes().to_vec();
+                name.push(0);
+                inj.scratch()?.write(0, &name)?;
+                inj.syscall_ok(libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
+                if signal != 0 {
+                    // Default action (the puppet has the agent's handlers),
+                    // and no core file.
+                    inj.scratch()?.write(0, &[0u8; 32])?;
+                    inj.syscall_ok(libc::SYS_rt_sigaction, [signal as u64, scratch, 0, 8, 0, 0])?;
+                    inj.syscall_ok(libc::SYS_prlimit64, [0, libc::RLIMIT_CORE as u64, scratch, 0, 0, 0])?;
+                }
+                Ok(())
+            })();
+            let finished = inj.finish();
+            r = r.and(finished);
+            r.map_err(|e| err(crate::chain(&e)))?;
+        }
+        let mut regs = main.get_regs().map_err(|e| err(e.to_string()))?;
+        let (nr, a0, a1) = if signal != 0 {
+            (libc::SYS_kill, self.pid.as_raw() as u64, signal as u64)
+        } else {
+            (libc::SYS_exit_group, ((status >> 8) & 0xff) as u64, 0)
+        };
+        regs.0.rip = site.0;
+        regs.0.rax = nr as u64;
+        // Not a system call to restart.
+        regs.0.orig_rax = u64::MAX;
+        regs.0.rdi = a0;
+        regs.0.rsi = a1;
+        main.set_regs(&regs).map_err(|e| err(e.to_string()))?;
+        main.set_sigmask(0).map_err(|e| err(e.to_string()))?;
+        let main = self.main.take().expect("seized");
+        main.detach().map_err(|e| err(e.to_string()))?;
+        self.alive = false;
+        Ok(())
+    }
+
+    /// Steps 3 of the module docs. Returns the pages written. `reap`: the
+    /// process has zombie children, whose exits queued SIGCHLD that the
+    /// process did not get then.
     fn build(
         &mut self,
         image: &Image,
         p: &Process,
         planned: Vec<fds::Planned>,
+        reap: bool,
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
@@ -358,6 +598,19 @@ impl Puppet {
             // syscall; int3
             stasis_sys::process_vm::write_exact(pid, RemoteAddr(self.tramp), &[0x0f, 0x05, 0xcc])
                 .map_err(|e| step("trampoline")(crate::chain(&e)))?;
+            if reap {
+                // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}) until none is left.
+                let at = self.tramp + SCRATCH_OFFSET;
+                let mut raw = (1u64 << (libc::SIGCHLD - 1)).to_le_bytes().to_vec();
+                raw.extend_from_slice(&[0u8; 16]);
+                stasis_sys::process_vm::write_exact(pid, RemoteAddr(at), &raw)
+                    .map_err(|e| step("zombies")(crate::chain(&e)))?;
+                while inj
+                    .syscall(libc::SYS_rt_sigtimedwait, [at, 0, at + 8, 8, 0, 0])
+                    .map_err(|e| step("zombies")(crate::chain(&e)))?
+                    == libc::SIGCHLD as i64
+                {}
+            }
             // The puppet inherited the agent's rseq registration, which the
             // kernel writes to on every return to user space: drop it while
             // the agent's memory is still there.
@@ -466,12 +719,10 @@ impl Puppet {
         Ok(pages)
     }
 
-    /// Step 4: registers and masks, then let go.
-    fn release(mut self, p: &Process) -> Result<usize, RestoreError> {
-        let mut all: Vec<Seized> = Vec::new();
-        all.push(self.main.take().expect("main thread"));
-        all.append(&mut self.threads);
-        for (seized, t) in all.iter().zip(&p.threads) {
+    /// Step 4, first half: every thread's registers and signal mask.
+    fn set_final_state(&mut self, p: &Process) -> Result<(), RestoreError> {
+        let main = self.main.as_ref().expect("main thread");
+        for (seized, t) in std::iter::once(main).chain(&self.threads).zip(&p.threads) {
             let err = |e: stasis_sys::regs::Error| step("registers")(format!("thread {}: {e}", t.tid));
             let mut raw = [0u8; GpRegs::SIZE];
             raw.copy_from_slice(&t.gpregs);
@@ -481,14 +732,23 @@ impl Puppet {
             seized.set_xstate(&XState::from_bytes(t.xstate.clone())).map_err(err)?;
             seized.set_sigmask(t.sigmask).map_err(err)?;
         }
+        Ok(())
+    }
+
+    /// Step 4, second half: let go. Returns the number of threads.
+    fn release(mut self) -> Result<usize, RestoreError> {
+        let mut all: Vec<Seized> = Vec::new();
+        all.push(self.main.take().expect("main thread"));
+        all.append(&mut self.threads);
         let n = all.len();
+        // The process is on its own now: neither killed nor reaped by us.
+        self.alive = false;
+        if let Some(child) = self.child.take() {
+            child.disown();
+        }
         for seized in all {
             let tid = seized.pid();
             seized.detach().map_err(|e| step("resume")(format!("thread {tid}: {e}")))?;
-        }
-        // The process is on its own now: neither killed nor reaped by us.
-        if let Some(child) = self.child.take() {
-            child.disown();
         }
         Ok(n)
     }
@@ -691,9 +951,9 @@ impl Remote<'_, '_> {
                         self.call(&what, libc::SYS_close, [made, 0, 0, 0, 0, 0])?;
                     }
                 }
-                fds::Planned::OwnPidfd { fd, cloexec, flags } => {
-                    let what = format!("pidfd {fd}");
-                    let pid = self.pid.as_raw() as u64;
+                fds::Planned::Pidfd { fd, cloexec, flags, pid } => {
+                    let what = format!("pidfd {fd} (of process {pid})");
+                    let pid = *pid as u64;
                     let made = self.call(&what, libc::SYS_pidfd_open, [pid, *flags as u64, 0, 0, 0, 0])?;
                     let dflags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
                     if made != *fd as u64 {
@@ -704,6 +964,7 @@ impl Remote<'_, '_> {
                     }
                 }
                 fds::Planned::Epoll { .. } => {}
+                fds::Planned::Shared { .. } => unreachable!("fetched before the build"),
             }
         }
         self.call("fds", libc::SYS_close, [pidfd_high, 0, 0, 0, 0, 0])?;
@@ -782,13 +1043,6 @@ impl Remote<'_, '_> {
             ("thp disable", prctl(libc::PR_SET_THP_DISABLE, u64::from(p.thp_disable))),
         ] {
             self.call(what, nr, args)?;
-        }
-        // A session or group leader leads its own again; other ids belong to
-        // processes outside the image.
-        if p.sid == p.pid {
-            self.call("session", libc::SYS_setsid, [0; 6])?;
-        } else if p.pgid == p.pid {
-            self.call("process group", libc::SYS_setpgid, [0; 6])?;
         }
         if p.no_new_privs {
             self.call("no_new_privs", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
