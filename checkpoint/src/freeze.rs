@@ -170,7 +170,8 @@ fn cgroup_members(dir: &Path) -> Result<Vec<i32>, FreezeError> {
     let mut all = Vec::new();
     let mut dirs = vec![dir.to_owned()];
     while let Some(d) = dirs.pop() {
-        let procs = std::fs::read_to_string(d.join("cgroup.procs")).map_err(|e| err(format!("{}: {e}", d.display())))?;
+        let procs =
+            std::fs::read_to_string(d.join("cgroup.procs")).map_err(|e| err(format!("{}: {e}", d.display())))?;
         all.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
         for e in std::fs::read_dir(&d).map_err(|e| err(e.to_string()))?.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -217,8 +218,7 @@ enum Caught {
 /// Whether `pid` has exited and waits for its parent (a lone zombie main
 /// thread; a main thread that exited before its other threads is not one).
 fn is_zombie(pid: Pid) -> bool {
-    proc::stat(pid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')
-        && proc::tids(pid).is_ok_and(|t| t.len() <= 1)
+    proc::stat(pid).is_ok_and(|s| s.state == 'Z' || s.state == 'X') && proc::tids(pid).is_ok_and(|t| t.len() <= 1)
 }
 
 /// Seize and stop every thread of one process, reading its thread list

@@ -237,6 +237,7 @@ fn process_summary(p: &Process) -> ProcessSummary {
                         n.watches.iter().map(|w| format!("{} {}", w.wd, w.path)).collect::<Vec<_>>().join(", "),
                     ),
                     Some(fd::Kind::Pidfd(p)) => ("pidfd", format!("process {}", p.pid)),
+                    Some(fd::Kind::Memfd(id)) => ("memfd", format!("shared memory object {id}")),
                     Some(fd::Kind::Eventfd(e)) => ("eventfd", format!("count {}", e.count)),
                     Some(fd::Kind::Timerfd(t)) => (
                         "timerfd",

@@ -134,12 +134,21 @@ pub struct Shmem {
     /// The id mappings refer to ([`Vma::shmem`]); nonzero.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    /// Size in bytes (a multiple of the page size).
+    /// Size in bytes, as fstat reports it.
     #[prost(uint64, tag = "2")]
     pub size: u64,
     /// Address space of its pages in the memory index (offset = address).
     #[prost(uint32, tag = "3")]
     pub mm: u32,
+    /// A memfd (memfd_create), rather than MAP_SHARED anonymous memory.
+    #[prost(bool, tag = "4")]
+    pub memfd: bool,
+    /// The memfd's name (without the "memfd:" prefix).
+    #[prost(string, tag = "5")]
+    pub name: String,
+    /// A memfd's seals (F_GET_SEALS).
+    #[prost(uint32, tag = "6")]
+    pub seals: u32,
 }
 
 /// One process (thread group).
@@ -317,6 +326,8 @@ pub enum VmaKind {
     Vsyscall = 7,
     /// System V shared memory or another kernel-internal shared object.
     SharedInternal = 8,
+    /// A mapping of a memfd ([`Vma::shmem`] names it).
+    Shmem = 9,
 }
 
 /// Bits of [`Vma::madvise`].
@@ -372,7 +383,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -439,6 +450,9 @@ pub mod fd {
         /// An inotify instance and its watches.
         #[prost(message, tag = "18")]
         Inotify(super::Inotify),
+        /// A memfd: the [`super::Shmem`] object with this id.
+        #[prost(uint64, tag = "20")]
+        Memfd(u64),
     }
 }
 

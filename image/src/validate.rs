@@ -110,6 +110,10 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                     return Err(bad(format!("pidfd names pid {}", pf.pid)));
                 }
                 Some(fd::Kind::Pidfd(_)) => {}
+                Some(fd::Kind::Memfd(id)) if !tree.shmem.iter().any(|m| m.id == *id && m.memfd) => {
+                    return Err(bad(format!("names unknown memfd {id}")));
+                }
+                Some(fd::Kind::Memfd(_)) => {}
                 Some(fd::Kind::Inotify(n)) => {
                     for w in &n.watches {
                         if w.wd <= 0 {
@@ -178,7 +182,8 @@ fn validate_tree(tree: &ProcessTree) -> Result<(), String> {
     }
     let mut shmem = HashMap::new();
     for m in &tree.shmem {
-        if m.id == 0 || m.size % PAGE_SIZE != 0 || m.size > MAX_ADDRESS || shmem.insert(m.id, m.size).is_some() {
+        check_str(&m.name, 249).map_err(|e| format!("shared memory object {}: name {e}", m.id))?;
+        if m.id == 0 || m.size > MAX_ADDRESS || shmem.insert(m.id, m.size.next_multiple_of(PAGE_SIZE)).is_some() {
             return Err(format!("shared memory object {} is malformed or repeated", m.id));
         }
     }

@@ -32,7 +32,7 @@ pub fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
-/// A private anonymous read-write mapping.
+/// An anonymous read-write mapping (private, or shared with [`AnonMapping::shared`]).
 #[derive(Debug)]
 pub struct AnonMapping {
     ptr: NonNull<u8>,
@@ -46,14 +46,24 @@ unsafe impl Send for AnonMapping {}
 impl AnonMapping {
     /// Maps `pages` fresh pages (never touched, so not yet present).
     pub fn new(pages: usize) -> Result<Self, Error> {
+        Self::map(pages, MapFlags::MAP_PRIVATE)
+    }
+
+    /// Maps `pages` fresh pages of a new MAP_SHARED anonymous object (a
+    /// shmem file, which /proc/self/map_files opens for other processes
+    /// to map).
+    pub fn shared(pages: usize) -> Result<Self, Error> {
+        Self::map(pages, MapFlags::MAP_SHARED)
+    }
+
+    fn map(pages: usize, flags: MapFlags) -> Result<Self, Error> {
         let len = pages.saturating_mul(page_size());
         let nz = NonZeroUsize::new(len).ok_or(Error::Map { len, errno: Errno::EINVAL })?;
-        // SAFETY: a fresh anonymous private mapping at an address the kernel
-        // chooses aliases no existing Rust object.
-        let ptr = unsafe {
-            mman::mmap_anonymous(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_PRIVATE)
-        }
-        .map_err(|errno| Error::Map { len, errno })?;
+        // SAFETY: a fresh anonymous mapping (private, or a new shared object
+        // nobody else maps yet) at an address the kernel chooses aliases no
+        // existing Rust object.
+        let ptr = unsafe { mman::mmap_anonymous(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags) }
+            .map_err(|errno| Error::Map { len, errno })?;
         Ok(AnonMapping { ptr: ptr.cast(), len })
     }
 

@@ -43,6 +43,17 @@ pub struct Planned {
     pub pages: Pages,
 }
 
+/// Whether a mapping shows a shared memory object, stored once for every
+/// process that maps it: `Some(None)` for MAP_SHARED anonymous memory,
+/// `Some(Some(name))` for a memfd.
+pub fn shmem_object(m: &Mapping) -> Option<Option<String>> {
+    if let Some(rest) = m.name.strip_prefix("/memfd:") {
+        return Some(Some(rest.strip_suffix(" (deleted)").unwrap_or(rest).to_owned()));
+    }
+    let anon = m.name == "/dev/zero (deleted)" || m.name.starts_with("[anon_shmem:");
+    (m.shared && anon).then_some(None)
+}
+
 /// Decide how each mapping is recorded. `Err` names a mapping stasis
 /// cannot restore, as a sentence for the pre-flight list.
 pub fn plan(m: &Mapping) -> Result<Planned, String> {
@@ -64,14 +75,17 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         "[heap]" => (VmaKind::Heap, Pages::All, None),
         "[stack]" => (VmaKind::Stack, Pages::All, None),
         "" => (VmaKind::Anonymous, Pages::All, None),
+        // Shared memory objects: their pages are stored with the object.
+        _ if m.shared && shmem_object(m) == Some(None) => (VmaKind::Anonymous, Pages::None, None),
         name if name.starts_with("[anon:") || name.starts_with("[anon_shmem:") => {
             (VmaKind::Anonymous, Pages::All, None)
         }
-        "/dev/zero (deleted)" if m.shared => (VmaKind::Anonymous, Pages::All, None),
         name if name.starts_with("/SYSV") => {
             return Err(format!("{} is System V shared memory (not supported yet)", what()))
         }
-        name if name.starts_with("/memfd:") => return Err(format!("{} is a memfd (not supported yet)", what())),
+        name if name.starts_with("/memfd:") => {
+            (VmaKind::Shmem, if m.shared { Pages::None } else { Pages::Anonymous }, None)
+        }
         _ if m.deleted() => return Err(format!("{} maps a deleted file (not supported yet)", what())),
         name if name.starts_with('/') => {
             let file = FileRef { path: name.to_owned(), dev: m.dev, ino: m.inode, ..FileRef::default() };
@@ -232,9 +246,59 @@ fn read_piece(pid: Pid, at: u64, end: u64, readable: bool, mem: &mut Option<Proc
     Ok(buf)
 }
 
+/// Store the data of a shared memory object of `size` bytes into address
+/// space `mm` (offset = address), leaving its holes out (SEEK_DATA and
+/// SEEK_HOLE: pages never written are not there). Unlike a process's page
+/// tables, the object also holds pages no process has mapped in (written
+/// by a process that is gone, or swapped out). Returns the bytes stored.
+pub fn store_object(
+    file: &std::fs::File,
+    id: u64,
+    size: u64,
+    mm: u32,
+    writer: &mut ImageWriter,
+) -> Result<u64, MemoryError> {
+    use stasis_sys::nix::unistd::{lseek, Whence};
+    use std::os::unix::fs::FileExt;
+    let err = |what: String| MemoryError::Object { id, what };
+    let mut stored = 0;
+    let mut at = 0;
+    while at < size {
+        let data = match lseek(file, at as i64, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(stasis_sys::Errno::ENXIO) => break,
+            Err(e) => return Err(err(format!("SEEK_DATA at {at}: {e}"))),
+        };
+        let hole = lseek(file, data as i64, Whence::SeekHole).map_err(|e| err(format!("SEEK_HOLE at {data}: {e}")))?;
+        let (start, end) = (data / PAGE * PAGE, (hole as u64).min(size).next_multiple_of(PAGE));
+        let mut piece = start;
+        while piece < end {
+            let piece_end = (piece + PIECE).min(end);
+            // The last page may reach past the end of the object: zeros.
+            let mut buf = vec![0; (piece_end - piece) as usize];
+            let mut got = 0;
+            while got < buf.len() {
+                match file.read_at(&mut buf[got..], piece + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(err(format!("reading at {}: {e}", piece + got as u64))),
+                }
+            }
+            writer.add_memory(mm, piece, &buf).map_err(MemoryError::Write)?;
+            stored += buf.len() as u64;
+            piece = piece_end;
+        }
+        at = end;
+    }
+    Ok(stored)
+}
+
 /// Why memory could not be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    #[error("cannot store shared memory object {id}: {what}")]
+    Object { id: u64, what: String },
     #[error("cannot find the pages of process {pid} at {start:#x}: {what}")]
     Scan { pid: Pid, start: u64, what: String },
     #[error("cannot read memory of process {pid} at {start:#x}: {what}")]
@@ -259,7 +323,8 @@ mod tests {
              7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n\
              VmFlags: rd wr mr mw me gd ac\n\
              7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0 [vdso]\n\
-             7f0000200000-7f0000201000 rw-s 00000000 00:01 7 /SYSV00000000 (deleted)\n",
+             7f0000200000-7f0000201000 rw-s 00000000 00:01 7 /SYSV00000000 (deleted)\n\
+             7f0000300000-7f0000301000 r--p 00000000 00:01 8 /memfd:jit (deleted)\n",
         )
         .unwrap();
         let plans: Vec<_> = maps.iter().map(plan).collect();
@@ -268,10 +333,19 @@ mod tests {
         assert_eq!(ok(0).vma.prot, PROT_READ | PROT_EXEC);
         assert_eq!(ok(1).pages, Pages::None);
         assert_eq!(ok(1).vma.flags, MAP_SHARED);
-        assert_eq!((ok(2).pages, ok(2).vma.kind, ok(2).vma.flags), (Pages::All, VmaKind::Anonymous as i32, MAP_SHARED));
+        // Shared anonymous memory: its pages go with the shared object.
+        assert_eq!(
+            (ok(2).pages, ok(2).vma.kind, ok(2).vma.flags),
+            (Pages::None, VmaKind::Anonymous as i32, MAP_SHARED)
+        );
+        assert_eq!(shmem_object(&maps[2]), Some(None));
+        assert_eq!(shmem_object(&maps[3]), None);
         assert_eq!(ok(3).vma.madvise, madvise::DONTFORK);
         assert_eq!(ok(4).vma.flags, MAP_PRIVATE | MAP_GROWSDOWN);
         assert_eq!((ok(5).pages, ok(5).vma.kind), (Pages::None, VmaKind::Vdso as i32));
         assert!(plans[6].as_ref().unwrap_err().contains("System V"));
+        // A private mapping of a memfd keeps its own copies of pages.
+        assert_eq!((ok(7).pages, ok(7).vma.kind), (Pages::Anonymous, VmaKind::Shmem as i32));
+        assert_eq!(shmem_object(&maps[7]), Some(Some("jit".into())));
     }
 }

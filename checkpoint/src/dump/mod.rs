@@ -165,7 +165,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     // From here until release or kill, `frozen` detaches on drop: every `?`
     // lets the tree go unchanged.
-    let Collected { mut tree, plans, contents } = collect(&mut frozen)?;
+    let Collected { mut tree, plans, contents, objects } = collect(&mut frozen)?;
     clock.phase("collect");
     if cancelled() {
         return Err(DumpError::Cancelled(pid));
@@ -184,6 +184,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         stored_before += stats.pages_written * 4096;
         mem_stats.pages_scanned += stats.pages_scanned;
         mem_stats.pages_written += stats.pages_written;
+    }
+    for (id, size, mm, file) in objects {
+        let stored = memory::store_object(&file, id, size, mm, &mut writer)?;
+        mem_stats.pages_scanned += size.div_ceil(4096);
+        mem_stats.pages_written += stored / 4096;
     }
     for (mm, data) in contents {
         writer.add_memory(mm, 0, &data)?;
@@ -236,7 +241,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         // Every process, then the threads let go: a stopped process dies
         // at once, and none of them runs another instruction.
         for p in f.processes().iter() {
-            let kill = || -> Result<(), stasis_sys::pidfd::Error> { PidFd::open(p.pid())?.send_signal(Signal::SIGKILL) };
+            let kill =
+                || -> Result<(), stasis_sys::pidfd::Error> { PidFd::open(p.pid())?.send_signal(Signal::SIGKILL) };
             kill().map_err(|e| DumpError::Kill { pid: p.pid(), what: crate::chain(&e) })?;
         }
         frozen_for = Some(f.since().elapsed());
@@ -277,8 +283,9 @@ pub struct Listed {
 pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
     let roots = match target {
         Target::Tree(pid) => vec![*pid],
-        Target::Cgroup(dir) => freeze::cgroup_roots(dir)
-            .map_err(|source| DumpError::Freeze { pid: Pid::from_raw(0), source })?,
+        Target::Cgroup(dir) => {
+            freeze::cgroup_roots(dir).map_err(|source| DumpError::Freeze { pid: Pid::from_raw(0), source })?
+        }
     };
     let root = roots[0];
     let mut pids = Vec::new();
@@ -319,7 +326,6 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
 
     let mut problems = Vec::new();
     let mut seen = Vec::new();
-    let mut maps = Vec::new();
     let tree = pids.len() + zombies.len() > 1;
     for &pid in &pids {
         let proc_err = |what: &str| {
@@ -340,11 +346,13 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         }
         let m = match proc::read(pid, "smaps") {
             Err(e) if gone(&e) && pid != root => continue,
-            r => proc::parse_smaps(&r.map_err(proc_err("smaps"))?)
-                .map_err(|e| DumpError::Proc { pid, what: "smaps".into(), source: std::io::Error::other(e) })?,
+            r => proc::parse_smaps(&r.map_err(proc_err("smaps"))?).map_err(|e| DumpError::Proc {
+                pid,
+                what: "smaps".into(),
+                source: std::io::Error::other(e),
+            })?,
         };
         problems.extend(m.iter().filter_map(|m| memory::plan(m).err()).map(at));
-        maps.push((pid, m));
         let fds = match fd::scan(pid) {
             Err(e) if gone(&e) && pid != root => continue,
             r => r.map_err(proc_err("fds"))?,
@@ -352,7 +360,6 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         seen.push((pid, fds));
     }
     problems.extend(fd_problems(&seen));
-    problems.extend(shared_memory_problems(&maps));
     problems.extend(link_problems(&stats));
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: root, problems });
@@ -396,25 +403,6 @@ fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
         }
     }
     problems
-}
-
-/// Shared anonymous memory seen by more than one process: each would get
-/// a copy of its own at restore.
-fn shared_memory_problems(maps: &[(Pid, Vec<proc::Mapping>)]) -> Vec<String> {
-    let mut holders: BTreeMap<(u64, u64), Vec<Pid>> = BTreeMap::new();
-    for (pid, maps) in maps {
-        for m in maps.iter().filter(|m| m.shared && m.name == "/dev/zero (deleted)") {
-            let h = holders.entry((m.dev, m.inode)).or_default();
-            if !h.contains(pid) {
-                h.push(*pid);
-            }
-        }
-    }
-    holders
-        .into_values()
-        .filter(|h| h.len() > 1)
-        .map(|h| format!("processes {h:?} share anonymous memory (MAP_SHARED over fork; not supported yet)"))
-        .collect()
 }
 
 /// Sessions and process groups restore cannot re-create: every process
@@ -471,6 +459,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     // Read again now that it is stopped: it may have changed since pre-flight.
     let mut listed = Vec::new();
     let mut problems = Vec::new();
+    let mut shmem = ShmemTable::default();
     let tree = frozen.processes().len() + frozen.zombies().len() > 1;
     for p in frozen.processes().iter() {
         let pid = p.pid();
@@ -487,7 +476,14 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
             match memory::plan(m) {
                 // The kernel maps [vsyscall] at a fixed address in every process.
                 Ok(p) if p.vma.kind == records::VmaKind::Vsyscall as i32 => {}
-                Ok(p) => plans.push(p),
+                Ok(mut p) => {
+                    if let Some(name) = memory::shmem_object(m) {
+                        let path = proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
+                        let file = std::fs::File::open(&path).map_err(proc_err("shared memory"))?;
+                        p.vma.shmem = shmem.id(file, name).map_err(proc_err("shared memory"))?;
+                    }
+                    plans.push(p)
+                }
                 Err(e) => problems.push(at(e)),
             }
         }
@@ -511,8 +507,6 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     }
     let seen: Vec<(Pid, Vec<Seen>)> = listed.iter().map(|l| (l.0, l.4.clone())).collect();
     problems.extend(fd_problems(&seen));
-    let maps: Vec<(Pid, Vec<proc::Mapping>)> = listed.iter().map(|l| (l.0, l.2.clone())).collect();
-    problems.extend(shared_memory_problems(&maps));
     problems.extend(link_problems(&stats));
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems });
@@ -533,7 +527,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         let mut process = task::process(fp, &stat)?;
         process.mm = i as u32 + 1;
         process.vmas = plans.iter().map(|p| p.vma.clone()).collect();
-        process.fds = fds.dump(pid, &seen, &processes)?;
+        process.fds = fds.dump(pid, &seen, &processes, &mut shmem)?;
         kernel.get_or_insert_with(|| task::kernel_layout(pid, &maps));
         processes.push(process);
         all_plans.push(plans);
@@ -544,13 +538,59 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         stats: None,
         kernel,
         zombies,
-        shmem: Vec::new(),
+        shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
     };
-    Ok(Collected { tree, plans: all_plans, contents: fds.contents })
+    let objects = shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file)).collect();
+    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects })
+}
+
+/// Address spaces of shared memory objects' pages start here, above those
+/// of processes and of deleted files' contents.
+const FIRST_SHMEM_MM: u32 = 1 << 24;
+
+/// The shared memory objects of the tree, each once, by device and inode.
+#[derive(Default)]
+struct ShmemTable {
+    ids: BTreeMap<(u64, u64), u64>,
+    /// With a file open on each, to read its pages from.
+    objects: Vec<(records::Shmem, std::fs::File)>,
+}
+
+impl ShmemTable {
+    /// The id of the object `file` is open on, new or met before. `name`:
+    /// a memfd's, `None` for MAP_SHARED anonymous memory.
+    fn id(&mut self, file: std::fs::File, name: Option<String>) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        if let Some(&id) = self.ids.get(&(meta.dev(), meta.ino())) {
+            return Ok(id);
+        }
+        let id = self.objects.len() as u64 + 1;
+        let seals = match name {
+            Some(_) => {
+                use stasis_sys::nix::fcntl::{fcntl, FcntlArg};
+                fcntl(&file, FcntlArg::F_GET_SEALS).map_err(std::io::Error::from)? as u32
+            }
+            None => 0,
+        };
+        let record = records::Shmem {
+            id,
+            size: meta.size(),
+            mm: FIRST_SHMEM_MM + id as u32,
+            memfd: name.is_some(),
+            name: name.unwrap_or_default(),
+            seals,
+        };
+        self.ids.insert((meta.dev(), meta.ino()), id);
+        self.objects.push((record, file));
+        Ok(id)
+    }
 }
 
 /// What [`collect`] gathered.
 struct Collected {
+    /// Shared memory objects to store: (id, size, address space, file).
+    objects: Vec<(u64, u64, u32, std::fs::File)>,
     tree: ProcessTree,
     /// The mappings of each process, in the order of `tree.processes`.
     plans: Vec<Vec<Planned>>,
@@ -602,7 +642,13 @@ struct FdDumper {
 impl FdDumper {
     /// Dump every fd of `pid` from a pidfd_getfd copy; `done` are the
     /// processes dumped before, whose fds this one may share.
-    fn dump(&mut self, pid: Pid, seen: &[Seen], done: &[records::Process]) -> Result<Vec<Fd>, DumpError> {
+    fn dump(
+        &mut self,
+        pid: Pid,
+        seen: &[Seen],
+        done: &[records::Process],
+        shmem: &mut ShmemTable,
+    ) -> Result<Vec<Fd>, DumpError> {
         let pidfd = PidFd::open(pid).map_err(|e| DumpError::Fd { pid, fd: -1, what: crate::chain(&e) })?;
         let mut fds: Vec<Fd> = Vec::new();
         for s in seen {
@@ -639,6 +685,12 @@ impl FdDumper {
                     holder.fds.iter().find(|f| f.fd == r.fd).and_then(|f| f.kind.clone()).expect("dumped before"),
                     Default::default(),
                 )
+            } else if matches!(s.kind, Ok(fd::Kind::Memfd)) {
+                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                let name = s.target.strip_prefix("/memfd:").unwrap_or(&s.target);
+                let name = name.strip_suffix(" (deleted)").unwrap_or(name).to_owned();
+                let id = shmem.id(copy.into(), Some(name)).map_err(|e| fd_err(e.to_string()))?;
+                (records::fd::Kind::Memfd(id), Default::default())
             } else {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
                 fd::dump(pid, s, &copy).map_err(fd_err)?

@@ -53,6 +53,8 @@ pub enum Kind {
     Pidfd,
     /// An inotify instance.
     Inotify,
+    /// A memfd: dumped with the tree's shared memory objects.
+    Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
     TcpListen,
     /// A UDP socket, IPv4 or IPv6.
@@ -136,7 +138,7 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         return Ok(Kind::Pipe);
     }
     if target.starts_with("/memfd:") {
-        return Err("memfd".into());
+        return Ok(Kind::Memfd);
     }
     if ft.is_fifo() {
         return Ok(Kind::Fifo);
@@ -191,6 +193,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
+        Kind::Memfd => Err("a memfd is dumped with the shared memory objects, not alone".into()),
     }
 }
 

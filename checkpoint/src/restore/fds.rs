@@ -96,11 +96,19 @@ pub struct Planner<'a> {
     made: HashMap<u64, (OwnedFd, OwnedFd)>,
     /// FIFOs whose data is in already.
     filled: HashSet<u64>,
+    /// The shared memory objects, made already (memfds among them).
+    shmem: &'a HashMap<u64, OwnedFd>,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(image: &'a Image, pipes: &'a [Pipe], allow_changed: bool, tree: HashSet<i32>) -> Self {
-        Planner { image, pipes, allow_changed, tree, made: HashMap::new(), filled: HashSet::new() }
+    pub fn new(
+        image: &'a Image,
+        pipes: &'a [Pipe],
+        allow_changed: bool,
+        tree: HashSet<i32>,
+        shmem: &'a HashMap<u64, OwnedFd>,
+    ) -> Self {
+        Planner { image, pipes, allow_changed, tree, made: HashMap::new(), filled: HashSet::new(), shmem }
     }
 
     /// Build every fd of a process record.
@@ -118,98 +126,120 @@ impl<'a> Planner<'a> {
                 out.push(Planned::Shared { fd, pid: s.pid, of: s.fd, cloexec: r.cloexec });
                 continue;
             }
-        let other = |what: String| FdError::Other { fd, what };
-        let flags = r.flags as i32 & !OPEN_ONLY;
-        let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
-            Kind::File(f) if f.deleted => deleted_file(image, fd, f, flags, r.pos)?,
-            Kind::File(f) => {
-                let file = open(fd, &f.path, flags)?;
-                let meta = file.metadata().map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
-                if !allow_changed {
-                    check_unchanged(f, &meta).map_err(|what| FdError::Changed { fd, path: f.path.clone(), what })?;
-                }
-                if meta.is_file() {
-                    lseek(&file, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
-                }
-                file.into()
-            }
-            Kind::Pipe(id) => {
-                let pipe = pipes.iter().find(|p| p.id == *id).ok_or_else(|| other(format!("pipe {id} is missing")))?;
-                if !made.contains_key(id) {
-                    made.insert(*id, new_pipe(pipe).map_err(other)?);
-                }
-                let (rd, wr) = &made[id];
-                let end = if flags & libc::O_ACCMODE == libc::O_RDONLY { rd } else { wr };
-                // A pipe end seen a second time (not as a dup) was a separate
-                // description: open another through /proc.
-                reopen_with_flags(end, flags).map_err(other)?
-            }
-            Kind::Fifo(fifo) => {
-                let file = fifo.file.as_ref().ok_or_else(|| other("FIFO without a path".into()))?;
-                // Hold the FIFO open read-write while filling it and opening
-                // it as recorded, so no open blocks and the data stays.
-                let holder = open(fd, &file.path, libc::O_RDWR | libc::O_NONBLOCK)?;
-                if filled.insert(fifo.pipe) {
-                    if let Some(p) = pipes.iter().find(|p| p.id == fifo.pipe) {
-                        fill(&holder, p).map_err(other)?;
+            let other = |what: String| FdError::Other { fd, what };
+            let flags = r.flags as i32 & !OPEN_ONLY;
+            let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
+                Kind::File(f) if f.deleted => deleted_file(image, fd, f, flags, r.pos)?,
+                Kind::File(f) => {
+                    let file = open(fd, &f.path, flags)?;
+                    let meta = file.metadata().map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
+                    if !allow_changed {
+                        check_unchanged(f, &meta).map_err(|what| FdError::Changed {
+                            fd,
+                            path: f.path.clone(),
+                            what,
+                        })?;
                     }
+                    if meta.is_file() {
+                        lseek(&file, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
+                    }
+                    file.into()
                 }
-                let object = open(fd, &file.path, flags | libc::O_NONBLOCK)?;
-                fcntl(&object, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)))
-                    .map_err(|e| other(format!("F_SETFL: {e}")))?;
-                object.into()
-            }
-            Kind::Device(d) => open(fd, &d.path, flags)?.into(),
-            Kind::Epoll(e) => {
-                out.push(Planned::Epoll { fd, cloexec: r.cloexec, targets: e.targets.clone() });
-                continue;
-            }
-            Kind::Signalfd(sg) => {
-                out.push(Planned::Signalfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, mask: sg.mask });
-                continue;
-            }
-            Kind::Pidfd(pf) if self.tree.contains(&pf.pid) => {
-                out.push(Planned::Pidfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, pid: pf.pid });
-                continue;
-            }
-            Kind::Pidfd(pf) => {
-                let pidfd = stasis_sys::pidfd::PidFd::open(stasis_sys::Pid::from_raw(pf.pid))
-                    .map_err(|e| other(format!("a pidfd of process {}, which is not running now: {e}", pf.pid)))?;
-                let object: OwnedFd = pidfd.into();
-                set_status_flags(&object, flags).map_err(other)?;
-                object
-            }
-            Kind::Inotify(n) => crate::fd::inotify::restore(n, flags).map_err(other)?,
-            Kind::Eventfd(e) => {
-                use stasis_sys::nix::sys::eventfd::{EfdFlags, EventFd};
-                let mut efd_flags = EfdFlags::EFD_CLOEXEC;
-                if e.semaphore {
-                    efd_flags |= EfdFlags::EFD_SEMAPHORE;
+                Kind::Pipe(id) => {
+                    let pipe =
+                        pipes.iter().find(|p| p.id == *id).ok_or_else(|| other(format!("pipe {id} is missing")))?;
+                    if !made.contains_key(id) {
+                        made.insert(*id, new_pipe(pipe).map_err(other)?);
+                    }
+                    let (rd, wr) = &made[id];
+                    let end = if flags & libc::O_ACCMODE == libc::O_RDONLY { rd } else { wr };
+                    // A pipe end seen a second time (not as a dup) was a separate
+                    // description: open another through /proc.
+                    reopen_with_flags(end, flags).map_err(other)?
                 }
-                // eventfd2 takes a 32-bit start value; a write adds any count.
-                let efd = EventFd::from_value_and_flags(0, efd_flags).map_err(|e| other(format!("eventfd: {e}")))?;
-                if e.count > 0 {
-                    efd.write(e.count).map_err(|err| other(format!("eventfd count {}: {err}", e.count)))?;
+                Kind::Fifo(fifo) => {
+                    let file = fifo.file.as_ref().ok_or_else(|| other("FIFO without a path".into()))?;
+                    // Hold the FIFO open read-write while filling it and opening
+                    // it as recorded, so no open blocks and the data stays.
+                    let holder = open(fd, &file.path, libc::O_RDWR | libc::O_NONBLOCK)?;
+                    if filled.insert(fifo.pipe) {
+                        if let Some(p) = pipes.iter().find(|p| p.id == fifo.pipe) {
+                            fill(&holder, p).map_err(other)?;
+                        }
+                    }
+                    let object = open(fd, &file.path, flags | libc::O_NONBLOCK)?;
+                    fcntl(&object, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)))
+                        .map_err(|e| other(format!("F_SETFL: {e}")))?;
+                    object.into()
                 }
-                let object: OwnedFd = efd.into();
-                set_status_flags(&object, flags).map_err(other)?;
-                object
-            }
-            Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
-            Kind::TcpListen(s) | Kind::Udp(s) => {
-                let object = crate::fd::socket::create(s, matches!(r.kind, Some(Kind::TcpListen(_)))).map_err(other)?;
-                set_status_flags(&object, flags).map_err(other)?;
-                object
-            }
-            Kind::Tty(t) => {
-                let path =
-                    if t.dumper_terminal { own_terminal().unwrap_or_else(|| t.path.clone()) } else { t.path.clone() };
-                open(fd, &path, flags)?.into()
-            }
-        };
-        out.push(Planned::Object { fd, object, cloexec: r.cloexec });
-    }
-    Ok(out)
+                Kind::Device(d) => open(fd, &d.path, flags)?.into(),
+                Kind::Epoll(e) => {
+                    out.push(Planned::Epoll { fd, cloexec: r.cloexec, targets: e.targets.clone() });
+                    continue;
+                }
+                Kind::Signalfd(sg) => {
+                    out.push(Planned::Signalfd {
+                        fd,
+                        cloexec: r.cloexec,
+                        flags: flags & libc::O_NONBLOCK,
+                        mask: sg.mask,
+                    });
+                    continue;
+                }
+                Kind::Pidfd(pf) if self.tree.contains(&pf.pid) => {
+                    out.push(Planned::Pidfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, pid: pf.pid });
+                    continue;
+                }
+                Kind::Pidfd(pf) => {
+                    let pidfd = stasis_sys::pidfd::PidFd::open(stasis_sys::Pid::from_raw(pf.pid))
+                        .map_err(|e| other(format!("a pidfd of process {}, which is not running now: {e}", pf.pid)))?;
+                    let object: OwnedFd = pidfd.into();
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
+                Kind::Inotify(n) => crate::fd::inotify::restore(n, flags).map_err(other)?,
+                Kind::Memfd(id) => {
+                    let memfd = self.shmem.get(id).ok_or_else(|| other(format!("memfd {id} was not made")))?;
+                    // A description of its own, with its flags and position.
+                    let object = reopen_with_flags(memfd, flags).map_err(other)?;
+                    lseek(&object, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
+                    object
+                }
+                Kind::Eventfd(e) => {
+                    use stasis_sys::nix::sys::eventfd::{EfdFlags, EventFd};
+                    let mut efd_flags = EfdFlags::EFD_CLOEXEC;
+                    if e.semaphore {
+                        efd_flags |= EfdFlags::EFD_SEMAPHORE;
+                    }
+                    // eventfd2 takes a 32-bit start value; a write adds any count.
+                    let efd =
+                        EventFd::from_value_and_flags(0, efd_flags).map_err(|e| other(format!("eventfd: {e}")))?;
+                    if e.count > 0 {
+                        efd.write(e.count).map_err(|err| other(format!("eventfd count {}: {err}", e.count)))?;
+                    }
+                    let object: OwnedFd = efd.into();
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
+                Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
+                Kind::TcpListen(s) | Kind::Udp(s) => {
+                    let object =
+                        crate::fd::socket::create(s, matches!(r.kind, Some(Kind::TcpListen(_)))).map_err(other)?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
+                Kind::Tty(t) => {
+                    let path = if t.dumper_terminal {
+                        own_terminal().unwrap_or_else(|| t.path.clone())
+                    } else {
+                        t.path.clone()
+                    };
+                    open(fd, &path, flags)?.into()
+                }
+            };
+            out.push(Planned::Object { fd, object, cloexec: r.cloexec });
+        }
+        Ok(out)
     }
 }
 

@@ -26,8 +26,9 @@
 mod fds;
 mod layout;
 mod resume;
+mod shmem;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -130,7 +131,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
 
     let members: HashSet<i32> =
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
-    let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members);
+    let objects = shmem::create(&image, &tree.shmem)?;
+    let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects);
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
@@ -159,11 +161,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        pages += puppets[i].build(&image, p, planned, reap, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
+        let recipe = Recipe { image: &image, process: p, fds: planned, objects: &objects, reap };
+        pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
         if cancelled() {
             return Err(RestoreError::Cancelled);
         }
     }
+    shmem::seal(&tree.shmem, &objects)?;
     // Every process ready before any runs: then all go at once.
     for (puppet, p) in puppets.iter_mut().zip(&tree.processes) {
         puppet.set_final_state(p).map_err(|e| in_process(tree, p.pid, e))?;
@@ -282,7 +286,8 @@ fn fetch_shared(planned: Vec<fds::Planned>, built: &[Puppet]) -> Result<Vec<fds:
                 if !built.iter().any(|b| b.pid.as_raw() == pid) {
                     return Err(step(&what)("that process is not restored before this one".into()));
                 }
-                let holder = stasis_sys::pidfd::PidFd::open(Pid::from_raw(pid)).map_err(|e| step(&what)(crate::chain(&e)))?;
+                let holder =
+                    stasis_sys::pidfd::PidFd::open(Pid::from_raw(pid)).map_err(|e| step(&what)(crate::chain(&e)))?;
                 let object = holder.get_fd(of).map_err(|e| step(&what)(crate::chain(&e)))?;
                 Ok(fds::Planned::Object { fd, object, cloexec })
             }
@@ -372,7 +377,8 @@ fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreErr
 /// some machines reaps orphans a second or two late.
 fn wait_free(tree: &ProcessTree, timeout: Duration) -> Result<(), RestoreError> {
     let deadline = Instant::now() + timeout;
-    let ids = tree.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)).chain(tree.zombies.iter().map(|z| z.pid));
+    let ids =
+        tree.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)).chain(tree.zombies.iter().map(|z| z.pid));
     for tid in ids {
         let path = format!("/proc/{tid}");
         loop {
@@ -396,6 +402,18 @@ const PAGE: u64 = 4096;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// `sizeof(struct robust_list_head)`, the only length set_robust_list takes.
 const ROBUST_LIST_HEAD_LEN: u64 = 24;
+
+/// What one puppet is built from.
+struct Recipe<'a> {
+    image: &'a Image,
+    process: &'a Process,
+    fds: Vec<fds::Planned>,
+    /// The tree's shared memory objects, by id.
+    objects: &'a HashMap<u64, std::os::fd::OwnedFd>,
+    /// The process has zombie children, whose exits queued SIGCHLD that the
+    /// process did not get then.
+    reap: bool,
+}
 
 /// A process being built. Dropping it kills it (before its threads are
 /// detached), so an error never leaves a half-restored process running.
@@ -547,18 +565,14 @@ impl Puppet {
         Ok(())
     }
 
-    /// Steps 3 of the module docs. Returns the pages written. `reap`: the
-    /// process has zombie children, whose exits queued SIGCHLD that the
-    /// process did not get then.
+    /// Steps 3 of the module docs. Returns the pages written.
     fn build(
         &mut self,
-        image: &Image,
-        p: &Process,
-        planned: Vec<fds::Planned>,
-        reap: bool,
+        recipe: Recipe<'_>,
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
+        let Recipe { image, process: p, fds: planned, objects, reap } = recipe;
         let pid = self.pid;
         for t in &p.threads {
             let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
@@ -635,7 +649,7 @@ impl Puppet {
         let tramp = self.tramp;
         let scratch = tramp + SCRATCH_OFFSET;
         let mut inj = main.begin_injection(RemoteAddr(tramp)).map_err(|e| step("injection")(crate::chain(&e)))?;
-        let mut r = Remote { inj: &mut inj, pid, scratch };
+        let mut r = Remote { inj: &mut inj, pid, scratch, agent_pidfd: None };
 
         // Nothing of the agent stays: its fds, then its memory.
         r.call("close fds", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
@@ -673,7 +687,10 @@ impl Puppet {
         phase("unmap");
 
         for v in &p.vmas {
-            r.map_vma(v)?;
+            r.map_vma(v, objects)?;
+        }
+        if let Some(fd) = r.agent_pidfd.take() {
+            r.call("shared memory", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
         phase("map");
         let pages = write_memory(image, pid, p.mm, progress)?;
@@ -701,7 +718,7 @@ impl Puppet {
         r.per_thread(&p.threads[0], p)?;
         for (seized, t) in self.threads.iter_mut().zip(p.threads.iter().skip(1)) {
             let mut inj = seized.begin_injection(RemoteAddr(tramp)).map_err(|e| step("threads")(crate::chain(&e)))?;
-            let mut tr = Remote { inj: &mut inj, pid, scratch };
+            let mut tr = Remote { inj: &mut inj, pid, scratch, agent_pidfd: None };
             tr.per_thread(t, p)?;
             inj.finish().map_err(|e| step("threads")(crate::chain(&e)))?;
         }
@@ -782,6 +799,8 @@ struct Remote<'i, 'a> {
     inj: &'i mut Injection<'a>,
     pid: Pid,
     scratch: u64,
+    /// A pidfd of the agent in the puppet, to fetch its fds with.
+    agent_pidfd: Option<u64>,
 }
 
 /// Bytes of scratch: the trampoline region less its code page.
@@ -809,13 +828,36 @@ impl Remote<'_, '_> {
         self.put(offset, &bytes)
     }
 
-    fn map_vma(&mut self, v: &stasis_image::records::Vma) -> Result<(), RestoreError> {
+    fn map_vma(
+        &mut self,
+        v: &stasis_image::records::Vma,
+        objects: &HashMap<u64, std::os::fd::OwnedFd>,
+    ) -> Result<(), RestoreError> {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Anonymous);
         let len = v.end - v.start;
         let what = format!("mapping {:#x}-{:#x}", v.start, v.end);
         let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
         match kind {
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => return Ok(()),
+            _ if v.shmem != 0 => {
+                use std::os::fd::AsRawFd;
+                let object = objects
+                    .get(&v.shmem)
+                    .ok_or_else(|| step(&what)(format!("shared memory object {} was not made", v.shmem)))?;
+                let pidfd = match self.agent_pidfd {
+                    Some(fd) => fd,
+                    None => {
+                        let agent = std::process::id() as u64;
+                        let fd = self.call(&what, libc::SYS_pidfd_open, [agent, 0, 0, 0, 0, 0])?;
+                        *self.agent_pidfd.insert(fd)
+                    }
+                };
+                let fd = self.call(&what, libc::SYS_pidfd_getfd, [pidfd, object.as_raw_fd() as u64, 0, 0, 0, 0])?;
+                let mapped =
+                    self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
+                self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                mapped.map_err(|e| step(&what)(format!("shared memory object {}: {e}", v.shmem)))?;
+            }
             VmaKind::File => {
                 let file = v.file.as_ref().ok_or_else(|| step(&what)("file mapping without a file".into()))?;
                 let shared_write = v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
@@ -1235,6 +1277,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Signalfd(_) => "signalfd",
         fd::Kind::Pidfd(_) => "pidfd",
         fd::Kind::Inotify(_) => "inotify",
+        fd::Kind::Memfd(_) => "memfd",
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::Udp(_) => "udp",
     }

@@ -1,0 +1,116 @@
+//! Process trees: a fork tree with zombies and pipes, a session with two
+//! process groups, and processes sharing memory, fds and a pipe. Each is
+//! dumped (killed, or left running), restored at its pids, and checks
+//! itself: parents, sessions, groups, data in flight, shared writes.
+
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use util::run;
+use util::workload::{proc_state, Workload};
+
+fn dump(w: &Workload, images: &Path, extra: &[&str]) -> String {
+    let pid = w.pid.to_string();
+    let mut args = vec!["dump", "--pid", &pid, "--images", images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(&args);
+    assert_eq!(r.code, Some(0), "dump of {} failed\n{}\n--- workload log:\n{}", w.name, r.dump(), w.log());
+    r.stdout
+}
+
+fn restore(w: &Workload, images: &Path) {
+    let r = run(["restore", "--images", images.to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "restore of {} failed\n{}\n--- workload log:\n{}", w.name, r.dump(), w.log());
+    assert_eq!(r.stdout.trim(), w.pid.to_string(), "restored at another pid\n{}", r.dump());
+}
+
+/// Parent, process group and session of a process, from /proc.
+fn links(pid: i32) -> (i32, i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<i32> = after.split_whitespace().skip(1).take(3).map(|v| v.parse().unwrap_or(0)).collect();
+    (f[0], f[1], f[2])
+}
+
+fn pids(w: &Workload) -> Vec<i32> {
+    w.info("pids").split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+/// Dump killing the tree, restore, and compare the links of every process
+/// with those before; the workload then checks itself.
+fn round_trip(name: &str) {
+    let mut w = Workload::start(name, &[]);
+    let before = w.wait_running();
+    let members = pids(&w);
+    let links_before: Vec<_> = members.iter().map(|&p| links(p)).collect();
+    let images = tempfile::tempdir().unwrap();
+    let out = dump(&w, images.path(), &[]);
+    assert!(out.contains(&format!("{} processes", members.len() + 1)), "{out}");
+    w.wait_exit(Duration::from_secs(30));
+    restore(&w, images.path());
+    for (&p, l) in members.iter().zip(&links_before) {
+        assert_eq!(links(p), *l, "process {p}: (parent, group, session) changed\n{}", w.log());
+    }
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+}
+
+/// Dump leaving the tree running; the original goes on, is killed, and the
+/// restored tree starts from the dump.
+fn leave_running(name: &str) {
+    let mut w = Workload::start(name, &[]);
+    w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &["--leave-running"]);
+    let at_dump = w.progress().unwrap_or(0);
+    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
+    w.kill();
+    restore(&w, images.path());
+    let outcome = w.check_ok();
+    assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
+}
+
+#[test]
+fn fork_tree_with_zombies_round_trip() {
+    let mut w = Workload::start("tree", &[]);
+    w.wait_running();
+    let zombies = [w.info("zombie"), w.info("zombie_a2")];
+    let images = tempfile::tempdir().unwrap();
+    let out = dump(&w, images.path(), &[]);
+    assert!(out.contains("2 zombies"), "{out}");
+    w.wait_exit(Duration::from_secs(30));
+    restore(&w, images.path());
+    for z in &zombies {
+        let pid: i32 = z.parse().unwrap();
+        assert_eq!(proc_state(pid), Some('Z'), "zombie {pid} is not a zombie after restore");
+    }
+    // The parents reap them with their exit codes (checked by the workload).
+    w.check_ok();
+}
+
+#[test]
+fn fork_tree_links_are_restored() {
+    round_trip("tree");
+}
+
+#[test]
+fn fork_tree_leave_running() {
+    leave_running("tree");
+}
+
+#[test]
+fn session_with_two_process_groups_round_trip() {
+    round_trip("session");
+}
+
+#[test]
+fn shared_memory_round_trip() {
+    round_trip("shared_mem");
+}
+
+#[test]
+fn shared_memory_leave_running() {
+    leave_running("shared_mem");
+}
