@@ -9,31 +9,32 @@ use stasis_checkpoint::restore::{self, RestoreOptions};
 use crate::output::json;
 use crate::Outcome;
 
-/// Bring a process back from an image, at its original pid and thread ids,
-/// continuing exactly where it was when it was dumped.
+/// Bring a process tree back from an image, every process at its original
+/// pid and thread ids, with its parent, session and process group, zombies
+/// included, continuing exactly where it was when it was dumped.
 ///
-/// The restored process runs detached: it goes on after stasis exits.
-/// Before anything is created, the image is verified, and every file the
-/// process had open or mapped is checked against the image (a file that
-/// changed since the dump is refused unless --allow-changed-files). If the
-/// original pid is still taken (a process just killed keeps it until it is
-/// reaped), stasis waits up to --pid-timeout. If the restore fails, nothing
-/// it created is left behind.
+/// The restored tree runs detached: it goes on after stasis exits. Before
+/// anything is created, the image is verified, and every file the processes
+/// had open or mapped is checked against the image (a file that changed
+/// since the dump is refused unless --allow-changed-files). If an original
+/// pid is still taken (a process just killed keeps it until it is reaped),
+/// stasis waits up to --pid-timeout. No process runs before all are
+/// rebuilt. If the restore fails, nothing it created is left behind.
 ///
-/// Exit status: 0 when the process runs again (its pid is printed), 1
+/// Exit status: 0 when the tree runs again (the root's pid is printed), 1
 /// otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image directory.
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
-    /// Write the restored process's pid to this file.
+    /// Write the restored root process's pid to this file.
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
     /// Restore even if files the process had open changed since the dump.
     #[arg(long)]
     allow_changed_files: bool,
-    /// Seconds to wait for the original pid to become free.
+    /// Seconds to wait for the original pids to become free.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pid_timeout: u64,
     /// Print the result as JSON.
