@@ -358,3 +358,25 @@ fn existing_image_is_refused_before_the_target_is_touched() {
     run(["verify", images.path().to_str().unwrap()]).success();
     w.check_ok();
 }
+
+/// `--cgroup` alone captures every process of the cgroup: here a whole
+/// fork tree (its zombies too, found as children of its processes), which
+/// restores and checks itself.
+#[test]
+fn dump_of_a_whole_cgroup_takes_its_tree() {
+    let cg = Cgroup::create(Kind::V2, "tree");
+    let mut w = Workload::start("tree", &[]);
+    let members: Vec<i32> = w.info("pids").split_whitespace().map(|p| p.parse().unwrap()).collect();
+    for &p in std::iter::once(&w.pid).chain(&members) {
+        cg.add(p);
+    }
+    w.wait_running();
+    let images = tempdir("cgroup-tree-img");
+    let r = run(["dump", "--cgroup", cg.path(), "--images", images.path().join("img").to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+    assert!(r.stdout.contains(&format!("{} processes and 2 zombies", members.len() + 1)), "{}", r.dump());
+    assert!(cg.thawed(), "{} is not thawed after the dump: {}", cg.dir.display(), cg.state());
+    w.wait_exit(Duration::from_secs(30));
+    restore_ok(w.pid, &images.path().join("img"));
+    w.check_ok();
+}
