@@ -80,6 +80,11 @@ fn fork_tree_with_zombies_round_trip() {
     let images = tempfile::tempdir().unwrap();
     let out = dump(&w, images.path(), &[]);
     assert!(out.contains("2 zombies"), "{out}");
+    let shown = run(["inspect", images.path().to_str().unwrap()]).success().stdout;
+    for z in &zombies {
+        assert!(shown.contains(&format!("zombie     {z} (parent ")), "zombie {z} not shown:\n{shown}");
+    }
+    assert!(shown.contains("exited with 7") && shown.contains("exited with 3"), "{shown}");
     w.wait_exit(Duration::from_secs(30));
     restore(&w, images.path());
     for z in &zombies {

@@ -32,6 +32,12 @@ pub struct Inspection {
     /// The processes, for an image of processes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<ProcessSummary>,
+    /// Exited children awaiting their parent's wait.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zombies: Vec<ZombieSummary>,
+    /// Shared memory objects, each stored once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shmem: Vec<ShmemSummary>,
     /// How the dump went, for an image of processes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpSummary>,
@@ -42,12 +48,36 @@ pub struct Inspection {
 pub struct ProcessSummary {
     pub pid: i32,
     pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
     pub mm: u32,
     pub exe: String,
     pub cwd: String,
     pub threads: Vec<i32>,
     pub vmas: Vec<VmaSummary>,
     pub fds: Vec<FdSummary>,
+}
+
+/// A zombie of the image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ZombieSummary {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    /// As waitpid(2) reports it.
+    pub wait_status: i32,
+}
+
+/// A shared memory object.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShmemSummary {
+    pub id: u64,
+    pub size: u64,
+    /// "memfd:NAME", or "anonymous" for MAP_SHARED anonymous memory.
+    pub kind: String,
+    pub seals: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +96,9 @@ pub struct FdSummary {
     pub fd: i32,
     pub kind: String,
     pub target: String,
+    /// "fd N" or "process P fd N" whose open file description this shares.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub shares: String,
     pub pos: u64,
     pub flags: u32,
 }
@@ -182,6 +215,36 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
             manifest_bytes: image.manifest_len(),
         },
         processes: image.processes().map(|t| t.processes.iter().map(process_summary).collect()).unwrap_or_default(),
+        zombies: image
+            .processes()
+            .map(|t| {
+                t.zombies
+                    .iter()
+                    .map(|z| ZombieSummary {
+                        pid: z.pid,
+                        ppid: z.ppid,
+                        pgid: z.pgid,
+                        sid: z.sid,
+                        comm: z.comm.clone(),
+                        wait_status: z.wait_status,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        shmem: image
+            .processes()
+            .map(|t| {
+                t.shmem
+                    .iter()
+                    .map(|m| ShmemSummary {
+                        id: m.id,
+                        size: m.size,
+                        kind: if m.memfd { format!("memfd:{}", m.name) } else { "anonymous".into() },
+                        seals: m.seals,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         dump: image.processes().and_then(|t| t.stats.as_ref()).map(|s| DumpSummary {
             frozen_us: s.frozen_us,
             total_us: s.total_us,
@@ -199,6 +262,8 @@ fn process_summary(p: &Process) -> ProcessSummary {
     ProcessSummary {
         pid: p.pid,
         ppid: p.ppid,
+        pgid: p.pgid,
+        sid: p.sid,
         mm: p.mm,
         exe: p.exe.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
         cwd: p.cwd.clone(),
@@ -251,7 +316,12 @@ fn process_summary(p: &Process) -> ProcessSummary {
                     }
                     None => ("unknown", String::new()),
                 };
-                FdSummary { fd: f.fd, kind: kind.into(), target, pos: f.pos, flags: f.flags }
+                let shares = match (&f.same_as, &f.shared_with) {
+                    (Some(of), _) => format!("fd {of}"),
+                    (None, Some(r)) => format!("process {} fd {}", r.pid, r.fd),
+                    (None, None) => String::new(),
+                };
+                FdSummary { fd: f.fd, kind: kind.into(), target, shares, pos: f.pos, flags: f.flags }
             })
             .collect(),
     }

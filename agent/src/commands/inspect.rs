@@ -26,6 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    stasis_sys::fdtable::die_on_sigpipe();
     let image = Image::open(&args.image).with_context(|| format!("cannot read image {}", args.image.display()))?;
     let i = image.inspect();
     let restores = stasis_checkpoint::restore::history(&args.image);
@@ -98,16 +99,32 @@ fn print_text(i: &Inspection) {
     }
     for p in &i.processes {
         println!();
-        println!("process    {} (parent {}), {}", p.pid, p.ppid, p.exe);
+        println!("process    {} (parent {}, group {}, session {}), {}", p.pid, p.ppid, p.pgid, p.sid, p.exe);
         println!("  cwd      {}", p.cwd);
         println!("  threads  {}", p.threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "));
         println!("  fds");
         for f in &p.fds {
-            println!("    {:>4}  {:<6} {} (pos {}, flags {:#o})", f.fd, f.kind, f.target, f.pos, f.flags);
+            let shares = if f.shares.is_empty() { String::new() } else { format!(", shares {}", f.shares) };
+            println!("    {:>4}  {:<6} {} (pos {}, flags {:#o}{shares})", f.fd, f.kind, f.target, f.pos, f.flags);
         }
         println!("  mappings");
         for v in &p.vmas {
             println!("    {:016x}-{:016x} {} {:<8} {}", v.start, v.end, v.perms, v.kind, v.path);
+        }
+    }
+    for z in &i.zombies {
+        println!();
+        let status = match (z.wait_status & 0x7f, (z.wait_status >> 8) & 0xff) {
+            (0, code) => format!("exited with {code}"),
+            (sig, _) => format!("killed by signal {sig}"),
+        };
+        println!("zombie     {} (parent {}, group {}, session {}), {}, {status}", z.pid, z.ppid, z.pgid, z.sid, z.comm);
+    }
+    if !i.shmem.is_empty() {
+        println!();
+        for m in &i.shmem {
+            let seals = if m.seals != 0 { format!(", seals {:#x}", m.seals) } else { String::new() };
+            println!("shared     object {}: {}, {}{seals}", m.id, m.kind, bytes(m.size));
         }
     }
     if !i.memory.regions.is_empty() {
