@@ -176,14 +176,23 @@ impl Seized {
 
     /// Waits at most `timeout` for the next stop of the tracee.
     pub fn wait_stop(&mut self, timeout: Duration) -> Result<Stop, Error> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut pause = Duration::from_micros(100);
         loop {
             let status = self.next_status()?;
             let stop = match status {
                 WaitStatus::StillAlive => {
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if now >= deadline {
                         return Err(Error::StopTimeout { pid: self.pid, timeout });
+                    }
+                    // An injected system call stops again within
+                    // microseconds: yield first, and sleep (which costs far
+                    // more than the call itself) only for a slow stop.
+                    if now - start < YIELD_FOR {
+                        thread::yield_now();
+                        continue;
                     }
                     thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(10));
@@ -263,6 +272,9 @@ impl Seized {
         }
     }
 }
+
+/// How long [`Seized::wait_stop`] polls without sleeping.
+const YIELD_FOR: Duration = Duration::from_micros(500);
 
 impl Drop for Seized {
     fn drop(&mut self) {
