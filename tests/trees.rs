@@ -119,3 +119,32 @@ fn shared_memory_round_trip() {
 fn shared_memory_leave_running() {
     leave_running("shared_mem");
 }
+
+/// A restore that fails half-way through a tree (the child's working
+/// directory is gone; the root is rebuilt by then) leaves no process of
+/// the tree running, and says which process failed.
+#[test]
+fn failed_tree_restore_leaves_nothing_running() {
+    use std::process::Command;
+    use util::spawned::{tempdir, tool, Spawned};
+    let dir = tempdir("tree-fail");
+    let mut cmd = Command::new(tool("bash"));
+    cmd.arg("-c")
+        .arg(r#"mkdir "$1/sub" && cd "$1/sub" && { sleep 1000 & } && cd / && echo $! > "$1/child.tmp" && mv "$1/child.tmp" "$1/child" && wait"#)
+        .arg("tree-fail")
+        .arg(dir.path());
+    let mut p = Spawned::start("tree-fail", cmd, dir);
+    let child: i32 = p.wait_for(Duration::from_secs(30), "the child's pid", || {
+        std::fs::read_to_string(p.dir.join("child")).ok()?.trim().parse().ok()
+    });
+    let images = tempfile::tempdir().unwrap();
+    let r = run(["dump", "--pid", &p.pid.to_string(), "--images", images.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+    p.wait_exit(Duration::from_secs(30));
+    std::fs::remove_dir(p.dir.join("sub")).unwrap();
+    let r = run(["restore", "--images", images.path().to_str().unwrap()]).expect_code(1);
+    assert!(r.stderr.contains(&format!("process {child}")) && r.stderr.contains("cwd"), "{}", r.dump());
+    for pid in [p.pid, child] {
+        assert!(util::workload::wait_gone(pid, Duration::from_secs(10)), "pid {pid} runs after a failed restore");
+    }
+}

@@ -15,6 +15,17 @@ pub fn cloexec_from(first: u32) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Let SIGPIPE end the process again (Rust ignores it, so printing into a
+/// closed pipe, e.g. `stasis inspect IMAGE | head`, panics instead). Only
+/// for commands that do nothing but print: one that holds processes must
+/// see EPIPE as an error, not die of it.
+pub fn die_on_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code, so nothing runs in signal
+    // context; the previous disposition (SIG_IGN) is not needed back.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
@@ -28,15 +39,4 @@ mod tests {
         let flags = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0, "fd {} is not close-on-exec", r.as_raw_fd());
     }
-}
-
-/// Let SIGPIPE end the process again (Rust ignores it, so printing into a
-/// closed pipe, e.g. `stasis inspect IMAGE | head`, panics instead). Only
-/// for commands that do nothing but print: one that holds processes must
-/// see EPIPE as an error, not die of it.
-pub fn die_on_sigpipe() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: SIG_DFL installs no handler code, so nothing runs in signal
-    // context; the previous disposition (SIG_IGN) is not needed back.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
