@@ -330,3 +330,21 @@ fn dump_of_traced_process_names_the_tracer() {
     tracer.kill();
     assert_unchanged(&w);
 }
+
+/// A parent suspended in vfork with its child running on the parent's
+/// memory is refused (one address space, two processes), and both go on:
+/// the child's writes still land in the parent's memory.
+#[test]
+fn dump_refuses_processes_sharing_an_address_space() {
+    let w = Workload::start("vfork", &[]);
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", w.pid)).unwrap();
+    let child: i32 = children.split_whitespace().next().expect("the vfork child").parse().unwrap();
+    let images = tempdir("vfork-img");
+    let line = error_line(&dump(w.pid, &images.path().join("img"), &[]));
+    assert!(line.contains(&format!("processes {} and {child} share one address space", w.pid)), "{line}");
+    for pid in [w.pid, child] {
+        assert_eq!(tracer_of(pid), 0, "pid {pid} is traced after the refused dump");
+    }
+    assert!(is_alive(child), "the vfork child is gone after the refused dump");
+    w.check_ok();
+}

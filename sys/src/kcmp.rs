@@ -6,8 +6,23 @@
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-/// `KCMP_FILE` from include/uapi/linux/kcmp.h.
+/// `KCMP_FILE` and `KCMP_VM` from include/uapi/linux/kcmp.h.
 const KCMP_FILE: libc::c_long = 0;
+const KCMP_VM: libc::c_long = 1;
+
+/// Whether two processes share one address space (CLONE_VM without
+/// CLONE_THREAD, as vfork does). Needs ptrace access to both.
+pub fn same_vm(pid1: Pid, pid2: Pid) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers; KCMP_VM reads no further argument.
+    let r = unsafe {
+        libc::syscall(libc::SYS_kcmp, pid1.as_raw() as libc::c_long, pid2.as_raw() as libc::c_long, KCMP_VM, 0, 0)
+    };
+    match r {
+        0 => Ok(true),
+        1..=2 => Ok(false),
+        _ => Err(Errno::last()),
+    }
+}
 
 /// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file
 /// description. Needs ptrace access to both processes.
@@ -46,5 +61,12 @@ mod tests {
         assert!(same_file(me, a.as_raw_fd(), me, b.as_raw_fd()).unwrap());
         assert!(!same_file(me, a.as_raw_fd(), me, c.as_raw_fd()).unwrap());
         assert_eq!(same_file(me, a.as_raw_fd(), me, 9999), Err(Errno::EBADF));
+    }
+
+    #[test]
+    fn a_forked_child_has_its_own_address_space() {
+        let child = crate::child::spawn(crate::child::ChildAction::Pause).unwrap();
+        assert!(same_vm(Pid::this(), Pid::this()).unwrap());
+        assert!(!same_vm(Pid::this(), child.pid()).unwrap());
     }
 }

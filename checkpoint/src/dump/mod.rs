@@ -361,6 +361,7 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
     }
     problems.extend(fd_problems(&seen));
     problems.extend(link_problems(&stats));
+    problems.extend(shared_vm_problems(&pids)?);
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: root, problems });
     }
@@ -403,6 +404,26 @@ fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Processes sharing one address space: a vfork child (or a CLONE_VM one)
+/// runs on its parent's memory, which restore would split in two. (The
+/// parent waits in vfork, where no ptrace interrupt can stop it: this must
+/// be found before the freeze.)
+fn shared_vm_problems(pids: &[Pid]) -> Result<Vec<String>, DumpError> {
+    let mut problems = Vec::new();
+    for (i, &a) in pids.iter().enumerate() {
+        for &b in &pids[i + 1..] {
+            match kcmp::same_vm(a, b) {
+                Ok(true) => problems.push(format!(
+                    "processes {a} and {b} share one address space (vfork or CLONE_VM; not supported yet)"
+                )),
+                Ok(false) | Err(stasis_sys::Errno::ESRCH) => {}
+                Err(e) => return Err(DumpError::Proc { pid: b, what: "kcmp".into(), source: e.into() }),
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// Sessions and process groups restore cannot re-create: every process
@@ -507,6 +528,8 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     }
     let seen: Vec<(Pid, Vec<Seen>)> = listed.iter().map(|l| (l.0, l.4.clone())).collect();
     problems.extend(fd_problems(&seen));
+    let pids: Vec<Pid> = listed.iter().map(|l| l.0).collect();
+    problems.extend(shared_vm_problems(&pids)?);
     problems.extend(link_problems(&stats));
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems });
