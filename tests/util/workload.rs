@@ -54,9 +54,13 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 /// is renamed into place, so a reader never sees a half-written binary.
 pub fn build(name: &str) -> PathBuf {
     let src = source_dir().join(format!("{name}.c"));
-    let header = source_dir().join("workload.h");
     let src_time = mtime(&src).unwrap_or_else(|| panic!("workload source {} does not exist", src.display()));
-    let newest_input = src_time.max(mtime(&header).expect("tests/workloads/workload.h exists"));
+    // Any header may be included (workload.h, kids.h): the newest counts.
+    let headers = fs::read_dir(source_dir()).expect("tests/workloads exists").flatten().map(|e| e.path());
+    let newest_input = headers
+        .filter(|p| p.extension().is_some_and(|e| e == "h"))
+        .filter_map(|p| mtime(&p))
+        .fold(src_time, SystemTime::max);
 
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("workloads");
     fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("create {}: {e}", out_dir.display()));

@@ -43,20 +43,14 @@
  * "pgid_g2", "pid_NAME" for each process (pid_s, pid_g1, pid_m1, pid_g2,
  * pid_m2), and the root's own "root_sid" and "root_pgid".
  */
-#include "workload.h"
+#include "kids.h"
 
 #include <ctype.h>
-#include <poll.h>
-#include <sys/ioctl.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 
 #define MAX_KIDS 3
 #define MAX_MEMBERS 8
 /* How long a parent waits for its children's verdicts, per level below it. */
 #define LEVEL_MS 10000
-
-enum { PARENT_DOWN = 10, PARENT_UP, PARENT_BEAT, KID_FD0 = 20 };
 
 enum group_op { STAY, SETSID, NEW_GROUP, JOIN_GROUP };
 
@@ -81,22 +75,6 @@ struct member {
 struct roster {
 	int32_t n;
 	struct member m[MAX_MEMBERS];
-};
-
-struct verdict {
-	uint64_t counter;
-	uint32_t ok, len;
-};
-
-struct kid {
-	const struct role *role;
-	pid_t pid;
-	int down, up, beat; /* our ends */
-	uint64_t last_beat;
-	uint8_t carry[8];
-	size_t carry_len;
-	bool beat_eof;
-	char beat_err[256];
 };
 
 /* The process's own place in the tree (reset in each child). */
@@ -149,63 +127,19 @@ static void add_member(const struct member *from)
 	self.roster.m[self.roster.n++] = *from;
 }
 
-static int buffered(int fd)
-{
-	int n = -1;
-	if (ioctl(fd, FIONREAD, &n) < 0)
-		return -1;
-	return n;
-}
-
-/* write(2) all of BUF; -1 (errno set) on failure. */
-static int send_all(int fd, const void *buf, size_t len)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = write(fd, (const char *)buf + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
-/* Right after fork in the child: die with the parent, or exit if it is already gone. */
-static void become_child(pid_t parent)
-{
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-		_exit(2);
-	if (getppid() != parent)
-		_exit(2);
-	wl_failures[0] = 0;
-	wl_nfail = 0;
-	wl_generation = 0;
-}
-
 static void run_node(const struct role *r, pid_t parent) __attribute__((noreturn));
 
 static void spawn(const struct role *r)
 {
 	int down[2], up[2], beat[2];
-	WL_CHECK_SYS(pipe(down));
-	WL_CHECK_SYS(pipe(up));
-	WL_CHECK_SYS(pipe(beat));
-	if (down[0] >= PARENT_DOWN || down[1] >= PARENT_DOWN || up[0] >= PARENT_DOWN || up[1] >= PARENT_DOWN ||
-	    beat[0] >= PARENT_DOWN || beat[1] >= PARENT_DOWN)
-		wl_die("pipe fds above %d", PARENT_DOWN - 1);
+	kid_pipes(down, up, beat);
 
 	pid_t parent = getpid();
 	pid_t pid = fork();
 	WL_CHECK_SYS(pid);
 	if (pid == 0) {
 		become_child(parent);
-		wl_move_fd(down[0], PARENT_DOWN, 0);
-		wl_move_fd(up[1], PARENT_UP, 0);
-		wl_move_fd(beat[1], PARENT_BEAT, 0);
-		close_range(3, PARENT_DOWN - 1, 0);
-		close_range(PARENT_BEAT + 1, ~0U, 0);
+		kid_child_fds(down, up, beat);
 		run_node(r, parent);
 	}
 	role_pid[role_index(r->name)] = pid;
@@ -220,25 +154,12 @@ static void spawn(const struct role *r)
 	if (self.nkids >= MAX_KIDS)
 		wl_die("too many children");
 	struct kid *k = &self.kids[self.nkids];
-	int base = KID_FD0 + 4 * self.nkids++;
-	memset(k, 0, sizeof(*k));
-	k->role = r;
-	k->pid = pid;
-	k->down = wl_move_fd(down[1], base, 0);
-	k->up = wl_move_fd(up[0], base + 1, 0);
-	k->beat = wl_move_fd(beat[0], base + 2, 0);
-	WL_CHECK_SYS(fcntl(k->beat, F_SETFL, O_NONBLOCK));
+	kid_attach(k, r, pid, KID_FD0 + 4 * self.nkids++, down, up, beat);
 
 	struct roster ros;
-	size_t got = 0;
-	while (got < sizeof(ros)) {
-		ssize_t n = read(k->up, (char *)&ros + got, sizeof(ros) - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			wl_die("%s (pid %d) sent %zu of %zu roster bytes", r->name, (int)pid, got, sizeof(ros));
-		got += (size_t)n;
-	}
+	size_t got = read_all(k->up, &ros, sizeof(ros));
+	if (got != sizeof(ros))
+		wl_die("%s (pid %d) sent %zu of %zu roster bytes", r->name, (int)pid, got, sizeof(ros));
 	if (ros.n < 1 || ros.n > MAX_MEMBERS || ros.m[0].pid != pid)
 		wl_die("%s (pid %d) sent a bad roster", r->name, (int)pid);
 	for (int i = 0; i < ros.n; i++)
@@ -252,40 +173,6 @@ static void spawn_children(void)
 			spawn(&roles[i]);
 }
 
-/* Read the beats buffered from K (non-blocking); they must count 1, 2, 3, ... */
-static void drain(struct kid *k)
-{
-	uint8_t buf[4096 + 8];
-	while (!k->beat_eof) {
-		memcpy(buf, k->carry, k->carry_len);
-		ssize_t n = read(k->beat, buf + k->carry_len, 4096);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			if (errno != EAGAIN && !k->beat_err[0])
-				snprintf(k->beat_err, sizeof(k->beat_err), "reading its beats: %s", strerror(errno));
-			return;
-		}
-		if (n == 0) {
-			k->beat_eof = true;
-			if (k->carry_len && !k->beat_err[0])
-				snprintf(k->beat_err, sizeof(k->beat_err), "its beat pipe ended in a partial record");
-			return;
-		}
-		size_t len = k->carry_len + (size_t)n, off = 0;
-		for (; off + 8 <= len; off += 8) {
-			uint64_t v;
-			memcpy(&v, buf + off, 8);
-			if (v != k->last_beat + 1 && !k->beat_err[0])
-				snprintf(k->beat_err, sizeof(k->beat_err), "its beat %llu followed beat %llu",
-					 (unsigned long long)v, (unsigned long long)k->last_beat);
-			k->last_beat = v;
-		}
-		k->carry_len = len - off;
-		memcpy(k->carry, buf + off, k->carry_len);
-	}
-}
-
 static void drain_all(uint64_t gen)
 {
 	(void)gen;
@@ -293,111 +180,12 @@ static void drain_all(uint64_t gen)
 		drain(&self.kids[i]);
 }
 
-static int ms_left(uint64_t deadline)
-{
-	uint64_t now = wl_monotonic_ns();
-	return now >= deadline ? 0 : (int)((deadline - now) / 1000000 + 1);
-}
-
-/* Read LEN bytes from a blocking FD, giving up at DEADLINE. Returns the bytes read. */
-static size_t read_until(int fd, void *buf, size_t len, uint64_t deadline, const char **why)
-{
-	size_t got = 0;
-	*why = "";
-	while (got < len) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		int r = poll(&p, 1, ms_left(deadline));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			*why = strerror(errno);
-			break;
-		}
-		if (r == 0) {
-			*why = "timed out";
-			break;
-		}
-		ssize_t n = read(fd, (char *)buf + got, len - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			*why = n < 0 ? strerror(errno) : "end of file";
-			break;
-		}
-		got += (size_t)n;
-	}
-	return got;
-}
-
-/* Wait for K to exit (reaping it) until DEADLINE. Returns its wait status, or -1. */
-static int reap(struct kid *k, const char *who, uint64_t deadline)
-{
-	for (;;) {
-		int st;
-		pid_t r = waitpid(k->pid, &st, WNOHANG);
-		if (r == k->pid)
-			return st;
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			wl_fail("%s: waitpid: %s", who, strerror(errno));
-			return -1;
-		}
-		if (!ms_left(deadline)) {
-			wl_fail("%s: still running after its verdict", who);
-			return -1;
-		}
-		wl_sleep_ms(1);
-	}
-}
-
 /* Collect K's verdict, beats and exit status; record what is wrong. */
 static void gather(struct kid *k, uint64_t deadline)
 {
 	char who[64];
-	const char *why;
 	snprintf(who, sizeof(who), "%s (pid %d)", k->role->name, (int)k->pid);
-
-	struct verdict v = { 0 };
-	char text[4096] = "";
-	bool have = false;
-	size_t got = read_until(k->up, &v, sizeof(v), deadline, &why);
-	if (got != sizeof(v))
-		wl_fail("%s: no verdict (%zu of %zu bytes: %s)", who, got, sizeof(v), why);
-	else if (v.len >= sizeof(text))
-		wl_fail("%s: verdict of %u bytes", who, v.len);
-	else if ((got = read_until(k->up, text, v.len, deadline, &why)) != v.len)
-		wl_fail("%s: verdict text cut at %zu of %u bytes (%s)", who, got, v.len, why);
-	else
-		have = true;
-	text[have ? v.len : 0] = 0;
-
-	int st = reap(k, who, deadline);
-	if (st != -1 && WIFSIGNALED(st))
-		wl_fail("%s: killed by signal %d", who, WTERMSIG(st));
-	else if (st != -1 && have && (!WIFEXITED(st) || WEXITSTATUS(st) != (v.ok ? 0 : 1)))
-		wl_fail("%s: exit status %d after a verdict of %s", who, WEXITSTATUS(st), v.ok ? "ok" : "fail");
-	else if (st != -1 && !have)
-		wl_fail("%s: exited with status %d", who, WEXITSTATUS(st));
-	if (st != -1) {
-		drain(k);
-		if (!k->beat_eof)
-			wl_fail("%s: its beat pipe is still open after it exited", who);
-		char extra;
-		if (read(k->up, &extra, 1) != 0)
-			wl_fail("%s: its up pipe holds more than the verdict or is still open", who);
-	}
-	if (k->beat_err[0])
-		wl_fail("%s: %s", who, k->beat_err);
-	if (!have)
-		return;
-	if (!v.ok)
-		wl_fail("%s: [%s]", who, text);
-	if (v.counter == 0)
-		wl_fail("%s: its counter is 0", who);
-	if (k->last_beat != v.counter)
-		wl_fail("%s: reported counter %llu, its last beat was %llu", who, (unsigned long long)v.counter,
-			(unsigned long long)k->last_beat);
+	kid_gather(k, who, true, deadline);
 }
 
 /* Verification common to every process, then the children's verdicts. */
@@ -444,29 +232,13 @@ static void check_tree(void)
 	for (int i = 0; i < self.nkids; i++)
 		gather(&self.kids[i], deadline);
 
-	int st;
-	pid_t left = waitpid(-1, &st, WNOHANG);
-	if (left > 0)
-		wl_fail("an unexpected child (pid %d) exited with wait status 0x%x", (int)left, st);
-	else if (left == 0)
-		wl_fail("an unexpected child is still running");
-	else if (errno != ECHILD)
-		wl_fail("waitpid(-1): %s", strerror(errno));
+	expect_no_children();
 }
 
 static void check_parent_pipe(void)
 {
 	uint8_t buf[2];
-	size_t got = 0;
-	fcntl(PARENT_DOWN, F_SETFL, O_NONBLOCK);
-	while (got < sizeof(buf)) {
-		ssize_t n = read(PARENT_DOWN, buf + got, sizeof(buf) - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
+	size_t got = read_buffered(PARENT_DOWN, buf, sizeof(buf));
 	if (got != 1 || buf[0] != 'C')
 		wl_fail("down pipe held %zu bytes at check (first 0x%02x), expected just 'C'", got, got ? buf[0] : 0);
 }
@@ -505,35 +277,11 @@ static void run_node(const struct role *r, pid_t parent)
 	wl_write_all(PARENT_UP, &self.roster, sizeof(self.roster));
 
 	/* Count, beat, drain the children's beats, until the check byte arrives. */
-	char beat_err[128] = "";
-	for (;;) {
-		uint64_t gen = wl_generation + 1;
-		wl_generation = gen;
-		ssize_t n;
-		do
-			n = write(PARENT_BEAT, &gen, 8);
-		while (n < 0 && errno == EINTR);
-		if (n != 8 && !beat_err[0])
-			snprintf(beat_err, sizeof(beat_err), "beat %llu: %s", (unsigned long long)gen,
-				 n < 0 ? strerror(errno) : "short write");
-		drain_all(gen);
-		if (buffered(PARENT_DOWN) != 0)
-			break;
-		wl_sleep_ms(10);
-	}
-	wl_log("%s: check at counter %llu", r->name, (unsigned long long)wl_generation);
-	if (beat_err[0])
-		wl_fail("%s", beat_err);
+	kid_beat_until_check(r->name, 0, drain_all);
 	check_parent_pipe();
 	check_tree();
 
-	pthread_mutex_lock(&wl_fail_lock);
-	struct verdict v = { .counter = wl_generation, .ok = wl_nfail == 0, .len = (uint32_t)strlen(wl_failures) };
-	pthread_mutex_unlock(&wl_fail_lock);
-	close(PARENT_BEAT);
-	if (send_all(PARENT_UP, &v, sizeof(v)) < 0 || send_all(PARENT_UP, wl_failures, v.len) < 0)
-		wl_log("%s: cannot send the verdict: %s", r->name, strerror(errno));
-	_exit(v.ok ? 0 : 1);
+	kid_send_verdict(r->name);
 }
 
 int main(int argc, char **argv)

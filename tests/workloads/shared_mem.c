@@ -54,14 +54,10 @@
  * ("big_addr", "small_addr", "memfd_addr"; C's own memfd mapping is
  * "memfd_addr_c").
  */
-#include "workload.h"
+#include "kids.h"
 
-#include <poll.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #define PAGE 4096
 #define BIG_LEN (4u << 20)
@@ -160,80 +156,6 @@ static void echo(uint8_t *ping_base, size_t ping, uint8_t *pong_base, size_t pon
 	uint64_t v = load(ping_base, ping);
 	if (v && load(pong_base, pong) != v + 1)
 		store(pong_base, pong, v + 1);
-}
-
-static int buffered(int fd)
-{
-	int n = -1;
-	if (ioctl(fd, FIONREAD, &n) < 0)
-		return -1;
-	return n;
-}
-
-static int send_all(int fd, const void *buf, size_t len)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = write(fd, (const char *)buf + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
-/* Read what FD (made non-blocking) holds, up to LEN bytes. */
-static size_t read_buffered(int fd, void *buf, size_t len)
-{
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-	size_t got = 0;
-	while (got < len) {
-		ssize_t n = read(fd, (char *)buf + got, len - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
-	return got;
-}
-
-static int ms_left(uint64_t deadline)
-{
-	uint64_t now = wl_monotonic_ns();
-	return now >= deadline ? 0 : (int)((deadline - now) / 1000000 + 1);
-}
-
-/* Read LEN bytes from a blocking FD, giving up at DEADLINE. Returns the bytes read. */
-static size_t read_until(int fd, void *buf, size_t len, uint64_t deadline, const char **why)
-{
-	size_t got = 0;
-	*why = "";
-	while (got < len) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		int r = poll(&p, 1, ms_left(deadline));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			*why = strerror(errno);
-			break;
-		}
-		if (r == 0) {
-			*why = "timed out";
-			break;
-		}
-		ssize_t n = read(fd, (char *)buf + got, len - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			*why = n < 0 ? strerror(errno) : "end of file";
-			break;
-		}
-		got += (size_t)n;
-	}
-	return got;
 }
 
 /* Every byte of BUF[0, LEN) is zero; else record where. */
@@ -450,15 +372,9 @@ int main(int argc, char **argv)
 	close(C_DOWN);
 	close(C_UP);
 	struct setup_report rep;
-	size_t got = 0;
-	while (got < sizeof(rep)) {
-		ssize_t n = read(ROOT_UP, (char *)&rep + got, sizeof(rep) - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			wl_die("C (pid %d) did not report its setup", (int)pid);
-		got += (size_t)n;
-	}
+	size_t got = read_all(ROOT_UP, &rep, sizeof(rep));
+	if (got != sizeof(rep))
+		wl_die("C (pid %d) did not report its setup", (int)pid);
 
 	wl_info(dir,
 		"pids %d\npid_c %d\nmemfd_fd %d\nshared_pipe_read %d\nshared_pipe_write %d\nbig_addr %lu\n"
@@ -487,20 +403,11 @@ int main(int argc, char **argv)
 		wl_fail("C (pid %d): cannot send the check message: %s", (int)pid, strerror(errno));
 
 	uint64_t deadline = wl_monotonic_ns() + VERDICT_MS * 1000000ull;
+	char who[32];
+	snprintf(who, sizeof(who), "C (pid %d)", (int)pid);
 	struct verdict v = { 0 };
 	char text[4096] = "";
-	const char *why;
-	bool have = false;
-	got = read_until(ROOT_UP, &v, sizeof(v), deadline, &why);
-	if (got != sizeof(v))
-		wl_fail("C (pid %d): no verdict (%zu of %zu bytes: %s)", (int)pid, got, sizeof(v), why);
-	else if (v.len >= sizeof(text))
-		wl_fail("C (pid %d): verdict of %u bytes", (int)pid, v.len);
-	else if ((got = read_until(ROOT_UP, text, v.len, deadline, &why)) != v.len)
-		wl_fail("C (pid %d): verdict text cut at %zu of %u bytes (%s)", (int)pid, got, v.len, why);
-	else
-		have = true;
-	text[have ? v.len : 0] = 0;
+	bool have = read_verdict(ROOT_UP, who, &v, sizeof(v), &v.len, text, sizeof(text), deadline);
 
 	int st = -1;
 	for (;;) {
@@ -516,13 +423,7 @@ int main(int argc, char **argv)
 		}
 		wl_sleep_ms(1);
 	}
-	if (st != -1 && WIFSIGNALED(st))
-		wl_fail("C (pid %d): killed by signal %d", (int)pid, WTERMSIG(st));
-	else if (st != -1 && have && (!WIFEXITED(st) || WEXITSTATUS(st) != (v.ok ? 0 : 1)))
-		wl_fail("C (pid %d): exit status %d after a verdict of %s", (int)pid, WEXITSTATUS(st),
-			v.ok ? "ok" : "fail");
-	else if (st != -1 && !have)
-		wl_fail("C (pid %d): exited with status %d", (int)pid, WEXITSTATUS(st));
+	check_exit(who, st, have, v.ok);
 
 	if (have) {
 		if (!v.ok)
@@ -558,12 +459,6 @@ int main(int argc, char **argv)
 	free(copy);
 	wl_expect_eq("memfd offset", (long long)cm.memfd_offset, lseek(MEMFD, 0, SEEK_CUR));
 
-	int left = waitpid(-1, &st, WNOHANG);
-	if (left > 0)
-		wl_fail("an unexpected child (pid %d) exited with wait status 0x%x", left, st);
-	else if (left == 0)
-		wl_fail("an unexpected child is still running");
-	else if (errno != ECHILD)
-		wl_fail("waitpid(-1): %s", strerror(errno));
+	expect_no_children();
 	wl_finish(dir);
 }
