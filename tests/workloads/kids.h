@@ -52,20 +52,6 @@ static inline int buffered(int fd)
 	return n;
 }
 
-/* write(2) all of BUF; -1 (errno set) on failure. */
-static inline int send_all(int fd, const void *buf, size_t len)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = write(fd, (const char *)buf + done, len - done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		done += (size_t)n;
-	}
-	return 0;
-}
 
 /* read(2) LEN bytes from a blocking FD, stopping early at end of file or an error. Returns the bytes read. */
 static inline size_t read_all(int fd, void *buf, size_t len)

@@ -399,8 +399,8 @@ static inline ssize_t wl_pread_all(int fd, void *buf, size_t len, off_t off)
 	return (ssize_t)done;
 }
 
-/* write(2) all of BUF, dying on error (setup only). */
-static inline void wl_write_all(int fd, const void *buf, size_t len)
+/* write(2) all of BUF; -1 on failure (errno set, or left alone by a write of 0). */
+static inline int send_all(int fd, const void *buf, size_t len)
 {
 	size_t done = 0;
 	while (done < len) {
@@ -408,9 +408,18 @@ static inline void wl_write_all(int fd, const void *buf, size_t len)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			wl_die("write fd %d: %s", fd, n < 0 ? strerror(errno) : "short write");
+			return -1;
 		done += (size_t)n;
 	}
+	return 0;
+}
+
+/* write(2) all of BUF, dying on error (setup only). */
+static inline void wl_write_all(int fd, const void *buf, size_t len)
+{
+	errno = 0;
+	if (send_all(fd, buf, len) < 0)
+		wl_die("write fd %d: %s", fd, errno ? strerror(errno) : "short write");
 }
 
 /* Move FD to the fixed number TARGET (closing FD); FLAGS may be O_CLOEXEC. */
