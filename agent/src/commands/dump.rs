@@ -25,14 +25,15 @@ use crate::Outcome;
 /// on disk; with it, they run on unchanged. If anything fails, or stasis is
 /// interrupted, they are let go unchanged. Before stopping anything, stasis
 /// checks the tree for what it cannot capture (unix sockets, established
-/// TCP connections, memory shared between processes, ...) and lists it all.
+/// TCP connections, System V shared memory, ...) and lists it all.
 ///
-/// Exit status: 0 when the image was written (and the process killed, unless
-/// --leave-running), 1 otherwise, 2 for bad arguments.
+/// Exit status: 0 when the image was written (and the processes killed,
+/// unless --leave-running), 1 otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").args(["pid", "cgroup"]).required(true).multiple(true)))]
 pub struct Args {
     /// The process to capture, with all its descendants.
-    #[arg(long, required_unless_present = "cgroup")]
+    #[arg(long)]
     pid: Option<i32>,
     /// Accepted for clarity: a process is always captured with its
     /// descendants.
@@ -41,7 +42,7 @@ pub struct Args {
     /// Directory to write the image to (created; must not hold an image).
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
-    /// Let the process run on after the dump instead of killing it.
+    /// Let the processes run on after the dump instead of killing them.
     #[arg(long)]
     leave_running: bool,
     /// Freeze through this cgroup's freezer (v2 cgroup.freeze or v1
