@@ -1,5 +1,6 @@
 //! Process trees: a fork tree with zombies and pipes, a session with two
-//! process groups, and processes sharing memory, fds and a pipe. Each is
+//! process groups, processes sharing memory, fds and a pipe, unix sockets
+//! of every type between two processes, and a TCP connection between them. Each is
 //! dumped (killed, or left running), restored at its pids, and checks
 //! itself: parents, sessions, groups, data in flight, shared writes.
 
@@ -118,6 +119,26 @@ fn shared_memory_round_trip() {
 #[test]
 fn shared_memory_leave_running() {
     leave_running("shared_mem");
+}
+
+#[test]
+fn unix_sockets_round_trip() {
+    round_trip("unix_sockets");
+}
+
+#[test]
+fn unix_sockets_leave_running() {
+    leave_running("unix_sockets");
+}
+
+#[test]
+fn tcp_connection_inside_the_tree_round_trip() {
+    round_trip("tcp_pair");
+}
+
+#[test]
+fn tcp_connection_inside_the_tree_leave_running() {
+    leave_running("tcp_pair");
 }
 
 /// A restore that fails half-way through a tree (the child's working

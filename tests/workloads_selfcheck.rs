@@ -90,6 +90,16 @@ fn sockets() {
     selfcheck("sockets", &[]);
 }
 
+#[test]
+fn unix_sockets() {
+    selfcheck("unix_sockets", &[]);
+}
+
+#[test]
+fn tcp_pair() {
+    selfcheck("tcp_pair", &[]);
+}
+
 /// Ask `w` to check itself: it must report a failure mentioning `needle`.
 fn expect_failure(w: &Workload, needle: &str) {
     let outcome = w.check_fails();

@@ -13,6 +13,7 @@ pub mod freeze;
 pub mod freezer;
 pub mod host;
 pub mod journal;
+pub mod netlock;
 pub mod proc;
 pub mod restore;
 

@@ -20,9 +20,14 @@ pub const FORMAT_VERSION: u32 = 1;
 /// process, zombies, fds or memory shared between processes). A reader that
 /// restored only the first process would silently lose the rest.
 pub const INCOMPAT_TREE: u32 = 1;
+/// Incompatible feature bit: the image holds unix sockets (a table of its
+/// own, and fds that name it) or established TCP connections (with a
+/// network lock to remove). A reader that did not know them would see fds
+/// without a kind.
+pub const INCOMPAT_SOCKETS: u32 = 2;
 /// Incompatible feature bits this reader understands. A reader refuses an
 /// image that sets any other incompatible bit.
-pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE;
+pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE | INCOMPAT_SOCKETS;
 /// Upper bound on the manifest file: far above any real image's metadata
 /// (the chunk table of a 1 TiB image at 64 KiB chunks is 768 MiB... of which
 /// a real process never comes close), and what bounds our allocation.

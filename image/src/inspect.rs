@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::chunk::ChunkId;
 use crate::reader::Image;
-use crate::records::{fd, Process, VmaKind};
+use crate::records::{fd, Process, UnixSocket, VmaKind};
 
 /// What `stasis inspect` shows.
 #[derive(Clone, Debug, Serialize)]
@@ -214,7 +214,10 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
             from_parent,
             manifest_bytes: image.manifest_len(),
         },
-        processes: image.processes().map(|t| t.processes.iter().map(process_summary).collect()).unwrap_or_default(),
+        processes: image
+            .processes()
+            .map(|t| t.processes.iter().map(|p| process_summary(p, &t.unix_sockets)).collect())
+            .unwrap_or_default(),
         zombies: image
             .processes()
             .map(|t| {
@@ -258,7 +261,7 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
     }
 }
 
-fn process_summary(p: &Process) -> ProcessSummary {
+fn process_summary(p: &Process, unix: &[UnixSocket]) -> ProcessSummary {
     ProcessSummary {
         pid: p.pid,
         ppid: p.ppid,
@@ -311,6 +314,29 @@ fn process_summary(p: &Process) -> ProcessSummary {
                     Some(fd::Kind::Signalfd(sg)) => ("signalfd", format!("mask {:#x}", sg.mask)),
                     Some(fd::Kind::TcpListen(s)) => ("tcp-listen", s.describe()),
                     Some(fd::Kind::Udp(s)) => ("udp", s.describe()),
+                    Some(fd::Kind::Tcp(c)) => (
+                        "tcp",
+                        format!(
+                            "{}, {} bytes to send, {} received",
+                            c.socket.as_ref().map(|s| s.describe()).unwrap_or_default(),
+                            c.send_queue.len(),
+                            c.recv_queue.len()
+                        ),
+                    ),
+                    Some(fd::Kind::Unix(id)) => (
+                        "unix",
+                        match unix.iter().find(|u| u.id == *id) {
+                            Some(u) => {
+                                let queued: usize = u.queue.iter().map(Vec::len).sum();
+                                let peer = match unix.iter().find(|p| p.id == u.peer && u.peer != 0) {
+                                    Some(_) => format!(" (to socket {})", u.peer),
+                                    None => String::new(),
+                                };
+                                format!("{}{peer}, {queued} bytes queued", u.describe())
+                            }
+                            None => format!("unix socket {id} (missing)"),
+                        },
+                    ),
                     Some(fd::Kind::Epoll(e)) => {
                         ("epoll", format!("watching {:?}", e.targets.iter().map(|t| t.fd).collect::<Vec<_>>()))
                     }

@@ -104,6 +104,15 @@ pub struct ProcessTree {
     /// memory index under their own address space.
     #[prost(message, repeated, tag = "6")]
     pub shmem: Vec<Shmem>,
+    /// Unix sockets held by the tree, each once, with the data queued
+    /// for reading on them.
+    #[prost(message, repeated, tag = "7")]
+    pub unix_sockets: Vec<UnixSocket>,
+    /// The nftables table that drops the incoming packets of the tree's
+    /// established TCP connections from the dump until their restore
+    /// (empty: none); restore removes it.
+    #[prost(string, tag = "8")]
+    pub netlock: String,
 }
 
 /// A process that had exited, kept until its parent waits for it.
@@ -383,7 +392,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -453,6 +462,12 @@ pub mod fd {
         /// A memfd: the [`super::Shmem`] object with this id.
         #[prost(uint64, tag = "20")]
         Memfd(u64),
+        /// A unix socket: the [`super::UnixSocket`] with this id.
+        #[prost(uint64, tag = "21")]
+        Unix(u64),
+        /// An established TCP connection.
+        #[prost(message, tag = "22")]
+        Tcp(super::TcpConn),
     }
 }
 
@@ -578,6 +593,153 @@ pub struct InetSocket {
     /// SO_SNDBUF, as `rcvbuf`.
     #[prost(uint32, tag = "12")]
     pub sndbuf: u32,
+}
+
+/// A unix domain socket (stream, datagram or seqpacket).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnixSocket {
+    /// The socket's inode number at dump time: its identity in the image.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
+    #[prost(int32, tag = "2")]
+    pub ty: i32,
+    /// Listening (stream and seqpacket).
+    #[prost(bool, tag = "3")]
+    pub listening: bool,
+    /// The address it is bound to, as sun_path bytes: a path, or an
+    /// abstract name starting with a zero byte. Empty: unnamed. A socket
+    /// accepted from a named listener carries the listener's name (and is
+    /// made again by connecting to that listener).
+    #[prost(bytes = "vec", tag = "4")]
+    pub name: Vec<u8>,
+    /// The socket it is connected to (its id); 0: not connected.
+    #[prost(uint64, tag = "5")]
+    pub peer: u64,
+    /// The address of the peer, when the peer is not in the image (a
+    /// datagram socket connected to a socket outside the tree, such as
+    /// /dev/log): restore connects to it by name.
+    #[prost(bytes = "vec", tag = "6")]
+    pub peer_name: Vec<u8>,
+    /// listen(2) backlog of a listening socket.
+    #[prost(uint32, tag = "7")]
+    pub backlog: u32,
+    /// Data received and not yet read: one entry per datagram or record
+    /// (datagram, seqpacket), or one entry holding the byte stream.
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    pub queue: Vec<Vec<u8>>,
+    /// RCV_SHUTDOWN (1) and SEND_SHUTDOWN (2) of the socket itself.
+    #[prost(uint32, tag = "9")]
+    pub shutdown: u32,
+    /// SO_PASSCRED.
+    #[prost(bool, tag = "10")]
+    pub passcred: bool,
+    /// SO_PEEK_OFF; -1: off.
+    #[prost(int32, tag = "11")]
+    pub peek_off: i32,
+    /// SO_RCVBUF and SO_SNDBUF as getsockopt reports them, when set
+    /// explicitly (SO_BUF_LOCK); 0 when left to the kernel.
+    #[prost(uint32, tag = "12")]
+    pub rcvbuf: u32,
+    #[prost(uint32, tag = "13")]
+    pub sndbuf: u32,
+    /// Mode, owner and group of the socket file of a path name.
+    #[prost(uint32, tag = "14")]
+    pub mode: u32,
+    #[prost(uint32, tag = "15")]
+    pub uid: u32,
+    #[prost(uint32, tag = "16")]
+    pub gid: u32,
+    /// Was connected (a stream whose peer has closed keeps this, with
+    /// `peer` 0).
+    #[prost(bool, tag = "17")]
+    pub connected: bool,
+}
+
+impl UnixSocket {
+    /// "stream", "datagram", "seqpacket".
+    pub fn type_name(&self) -> &'static str {
+        match self.ty {
+            1 => "stream",
+            2 => "datagram",
+            5 => "seqpacket",
+            _ => "unknown-type",
+        }
+    }
+
+    /// The name for people: a path, "@abstract", or "unnamed".
+    pub fn describe_name(name: &[u8]) -> String {
+        match name.split_first() {
+            None => "unnamed".into(),
+            Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+            Some(_) => String::from_utf8_lossy(name).into_owned(),
+        }
+    }
+
+    /// "unix stream socket /run/x.sock, listening", "unix datagram socket unnamed, connected to @log".
+    pub fn describe(&self) -> String {
+        let mut s = format!("unix {} socket {}", self.type_name(), Self::describe_name(&self.name));
+        if self.listening {
+            s.push_str(", listening");
+        } else if !self.peer_name.is_empty() {
+            s.push_str(&format!(", connected to {}", Self::describe_name(&self.peer_name)));
+        } else if self.peer != 0 {
+            s.push_str(", connected");
+        }
+        s
+    }
+}
+
+/// An established TCP connection, as TCP_REPAIR reads it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TcpConn {
+    /// Family, local and peer addresses, and socket options.
+    #[prost(message, optional, tag = "1")]
+    pub socket: Option<InetSocket>,
+    /// The sequence number after the last byte written (write_seq).
+    #[prost(uint32, tag = "2")]
+    pub snd_seq: u32,
+    /// The sequence number after the last byte received (rcv_nxt).
+    #[prost(uint32, tag = "3")]
+    pub rcv_seq: u32,
+    /// Bytes written and not yet acknowledged by the peer, sent or not.
+    #[prost(bytes = "vec", tag = "4")]
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` were never sent.
+    #[prost(uint32, tag = "5")]
+    pub unsent: u32,
+    /// Bytes received and not yet read.
+    #[prost(bytes = "vec", tag = "6")]
+    pub recv_queue: Vec<u8>,
+    /// Maximum segment size (TCP_MAXSEG).
+    #[prost(uint32, tag = "7")]
+    pub mss: u32,
+    /// Options negotiated at the handshake: TCPI_OPT_TIMESTAMPS (1),
+    /// TCPI_OPT_SACK (2), TCPI_OPT_WSCALE (4).
+    #[prost(uint32, tag = "8")]
+    pub options: u32,
+    #[prost(uint32, tag = "9")]
+    pub snd_wscale: u32,
+    #[prost(uint32, tag = "10")]
+    pub rcv_wscale: u32,
+    /// The socket's timestamp clock (TCP_TIMESTAMP).
+    #[prost(uint32, tag = "11")]
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW.
+    #[prost(uint32, tag = "12")]
+    pub snd_wl1: u32,
+    #[prost(uint32, tag = "13")]
+    pub snd_wnd: u32,
+    #[prost(uint32, tag = "14")]
+    pub max_window: u32,
+    #[prost(uint32, tag = "15")]
+    pub rcv_wnd: u32,
+    #[prost(uint32, tag = "16")]
+    pub rcv_wup: u32,
+    /// The socket can no longer send (shutdown(SHUT_WR) was called):
+    /// not supported yet, always false.
+    #[prost(bool, tag = "17")]
+    pub send_shutdown: bool,
 }
 
 /// An IP address and port.

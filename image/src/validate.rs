@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::records::{fd, FileRef, InetSocket, ProcessTree, VmaKind};
+use crate::records::{fd, FileRef, InetSocket, ProcessTree, UnixSocket, VmaKind};
 use crate::PAGE_SIZE;
 
 /// The kernel's highest possible pid (PID_MAX_LIMIT on 64-bit).
@@ -37,6 +37,16 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
         if p.capacity > MAX_PIPE || p.data.len() > p.capacity as usize {
             return Err(format!("pipe {} holds {} bytes in a capacity of {}", p.id, p.data.len(), p.capacity));
         }
+    }
+    let mut unix = HashSet::new();
+    for u in &tree.unix_sockets {
+        check_unix(u)?;
+        if !unix.insert(u.id) {
+            return Err(format!("unix socket {} appears twice", u.id));
+        }
+    }
+    if let Some(u) = tree.unix_sockets.iter().find(|u| u.peer != 0 && !unix.contains(&u.peer)) {
+        return Err(format!("unix socket {} is connected to unknown socket {}", u.id, u.peer));
     }
     let mut ids = HashSet::new();
     for p in &tree.processes {
@@ -114,6 +124,10 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                     return Err(bad(format!("names unknown memfd {id}")));
                 }
                 Some(fd::Kind::Memfd(_)) => {}
+                Some(fd::Kind::Unix(id)) if !unix.contains(id) => {
+                    return Err(bad(format!("names unknown unix socket {id}")));
+                }
+                Some(fd::Kind::Unix(_)) => {}
                 Some(fd::Kind::Inotify(n)) => {
                     for w in &n.watches {
                         if w.wd <= 0 {
@@ -123,6 +137,16 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                     }
                 }
                 Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s).map_err(bad)?,
+                Some(fd::Kind::Tcp(c)) => {
+                    let s = c.socket.as_ref().ok_or_else(|| bad("TCP connection without addresses".into()))?;
+                    check_inet(s).map_err(bad)?;
+                    if s.local.is_none() || s.peer.is_none() {
+                        return Err(bad("TCP connection without addresses".into()));
+                    }
+                    if c.unsent as usize > c.send_queue.len() || c.snd_wscale > 14 || c.rcv_wscale > 14 {
+                        return Err(bad("malformed TCP connection state".into()));
+                    }
+                }
                 Some(fd::Kind::Epoll(e)) => {
                     if let Some(t) = e.targets.iter().find(|t| !p.fds.iter().any(|f| f.fd == t.fd)) {
                         return Err(bad(format!("epoll watches fd {}, which the process does not have", t.fd)));
@@ -211,6 +235,35 @@ fn validate_tree(tree: &ProcessTree) -> Result<(), String> {
 /// AF_INET and AF_INET6.
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
+
+/// A sun_path holds at most 108 bytes.
+const MAX_SUN_PATH: usize = 108;
+/// Queued data of one socket: far above any socket buffer the kernel allows.
+const MAX_UNIX_QUEUE: usize = 1 << 30;
+
+fn check_unix(u: &UnixSocket) -> Result<(), String> {
+    let bad = |what: String| Err(format!("unix socket {}: {what}", u.id));
+    if ![libc_sock::STREAM, libc_sock::DGRAM, libc_sock::SEQPACKET].contains(&u.ty) {
+        return bad(format!("unknown type {}", u.ty));
+    }
+    if u.name.len() > MAX_SUN_PATH || u.peer_name.len() > MAX_SUN_PATH {
+        return bad("name longer than a sun_path".into());
+    }
+    if u.listening && (u.ty == libc_sock::DGRAM || u.peer != 0) {
+        return bad("listening, but a datagram socket or connected".into());
+    }
+    if u.queue.iter().map(Vec::len).sum::<usize>() > MAX_UNIX_QUEUE {
+        return bad("more queued data than any socket can hold".into());
+    }
+    Ok(())
+}
+
+/// Socket types, as in <sys/socket.h>.
+mod libc_sock {
+    pub const STREAM: i32 = 1;
+    pub const DGRAM: i32 = 2;
+    pub const SEQPACKET: i32 = 5;
+}
 
 fn check_inet(s: &InetSocket) -> Result<(), String> {
     let len = match s.family {

@@ -19,7 +19,7 @@ use crate::chunk::{ChunkEntry, ChunkId, ChunkTable};
 use crate::error::WriteError;
 use crate::format::{self, Header, SectionKind, FORMAT_VERSION, SECTION_REQUIRED};
 use crate::reader::Image;
-use crate::records::{ImageInfo, MemoryIndex, MemoryRegion, ParentRef, ProcessTree};
+use crate::records::{fd, ImageInfo, MemoryIndex, MemoryRegion, ParentRef, ProcessTree};
 use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
 
 /// A chunk's id, and its compressed frame unless it is already stored.
@@ -264,7 +264,12 @@ impl ImageWriter {
                 || !t.shmem.is_empty()
                 || t.processes.iter().flat_map(|p| &p.fds).any(|f| f.shared_with.is_some())
         });
-        let incompat = if is_tree { format::INCOMPAT_TREE } else { 0 };
+        let has_sockets = self.processes.as_ref().is_some_and(|t| {
+            !t.unix_sockets.is_empty()
+                || t.processes.iter().flat_map(|p| &p.fds).any(|f| matches!(f.kind, Some(fd::Kind::Tcp(_))))
+        });
+        let incompat =
+            if is_tree { format::INCOMPAT_TREE } else { 0 } | if has_sockets { format::INCOMPAT_SOCKETS } else { 0 };
         let header = Header { version: FORMAT_VERSION, incompat, compat: 0 };
         let mut sections = vec![
             (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),

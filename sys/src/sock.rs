@@ -37,6 +37,81 @@ pub fn buf_lock(fd: impl AsFd) -> Result<u32, Errno> {
     Errno::result(r).map(|_| v as u32)
 }
 
+/// An integer socket option nix does not name (SO_PEEK_OFF, TCP_REPAIR, ...).
+pub fn int_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int) -> Result<i32, Errno> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of their sizes for the call.
+    let r = unsafe { libc::getsockopt(fd.as_fd().as_raw_fd(), level, name, (&raw mut v).cast(), &raw mut len) };
+    Errno::result(r).map(|_| v)
+}
+
+/// Set an integer socket option nix does not name.
+pub fn set_int_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, value: i32) -> Result<(), Errno> {
+    // SAFETY: value is valid for reads of its size for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// One message (or stream bytes) read with MSG_PEEK: see [`peek`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked {
+    /// Bytes copied, or the message's whole length when it was truncated.
+    pub len: usize,
+    /// The message was longer than the buffer.
+    pub truncated: bool,
+    /// File descriptors passed with it (SCM_RIGHTS), which were closed
+    /// again at once; or `usize::MAX` when the control data was cut short.
+    pub fds_passed: usize,
+}
+
+/// recvmsg with MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC: the next message (at
+/// the socket's SO_PEEK_OFF, if set) without consuming it. `None` when
+/// nothing is queued.
+pub fn peek(fd: impl AsFd, buf: &mut [u8]) -> Result<Option<Peeked>, Errno> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC | MsgFlags::MSG_CMSG_CLOEXEC;
+    let mut cmsg = nix::cmsg_space!([RawFd; 253], libc::ucred);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = match recvmsg::<()>(fd.as_fd().as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+        Ok(m) => m,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut fds_passed = 0;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            fds_passed += fds.len();
+            for fd in fds {
+                // SAFETY: the kernel has just installed this fd for us
+                // (MSG_PEEK hands out copies) and nothing else knows it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        fds_passed = usize::MAX;
+    }
+    Ok(Some(Peeked { len: msg.bytes, truncated: msg.flags.contains(MsgFlags::MSG_TRUNC), fds_passed }))
+}
+
+/// accept4(2) with SOCK_CLOEXEC, owning the new connection's fd.
+pub fn accept(listener: impl AsFd) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    let fd = nix::sys::socket::accept4(listener.as_fd().as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 just returned this new fd; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// `SOCK_SNDBUF_LOCK` in [`buf_lock`].
 pub const SNDBUF_LOCK: u32 = 1;
 /// `SOCK_RCVBUF_LOCK` in [`buf_lock`].

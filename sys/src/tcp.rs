@@ -7,9 +7,11 @@
 //! sequence numbers and queues without sending anything; restore sets it on
 //! a fresh socket to rebuild an established connection. Leaving a socket in
 //! repair mode would freeze its connection, so [`RepairMode`] leaves it on
-//! drop. Pure setsockopt(2): nix's safe wrapper suffices, no unsafe here.
+//! drop. The queue, window and option calls below are what a dump reads
+//! and a restore writes (net/ipv4/tcp.c `tcp_repair_set_window`,
+//! `tcp_repair_options_est`, `tcp_peek_sndq`).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType};
@@ -80,6 +82,179 @@ pub fn in_repair(fd: impl AsFd) -> Result<bool, Error> {
 pub fn new_socket() -> Result<OwnedFd, Error> {
     socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(Error::Socket)
 }
+
+/// `TCP_REPAIR_OFF_NO_WP`: leave repair mode without sending a window
+/// probe (the connection is untouched, as after a dump that lets the
+/// process run on).
+pub const REPAIR_OFF_NO_PROBE: i32 = -1;
+
+/// Set TCP_REPAIR: 1 on, 0 off (sending a window probe), or
+/// [`REPAIR_OFF_NO_PROBE`].
+pub fn set_repair(fd: impl AsFd, value: i32) -> Result<(), Errno> {
+    crate::sock::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, value)
+}
+
+/// The queues of a socket in repair mode that TCP_QUEUE_SEQ, send(2) and
+/// recv(2) act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    None = 0,
+    Recv = 1,
+    Send = 2,
+}
+
+/// Select the queue (TCP_REPAIR_QUEUE).
+pub fn select_queue(fd: impl AsFd, q: Queue) -> Result<(), Errno> {
+    crate::sock::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, q as i32)
+}
+
+/// TCP_QUEUE_SEQ of the selected queue: write_seq (send) or rcv_nxt (recv).
+pub fn queue_seq(fd: impl AsFd) -> Result<u32, Errno> {
+    crate::sock::int_option(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ).map(|v| v as u32)
+}
+
+/// Set the first sequence number of the selected queue (before connect).
+pub fn set_queue_seq(fd: impl AsFd, seq: u32) -> Result<(), Errno> {
+    crate::sock::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ, seq as i32)
+}
+
+/// `struct tcp_repair_window`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
+}
+
+/// TCP_REPAIR_WINDOW.
+pub fn window(fd: impl AsFd) -> Result<Window, Errno> {
+    let mut w = Window::default();
+    let mut len = size_of::<Window>() as libc::socklen_t;
+    // SAFETY: w and len are valid for writes of their sizes for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR_WINDOW,
+            (&raw mut w).cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(r).map(|_| w)
+}
+
+/// Set TCP_REPAIR_WINDOW (connected, in repair mode).
+pub fn set_window(fd: impl AsFd, w: &Window) -> Result<(), Errno> {
+    // SAFETY: w is valid for reads of its size for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR_WINDOW,
+            (w as *const Window).cast(),
+            size_of::<Window>() as libc::socklen_t,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// TCPOPT_MAXSEG, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP: the
+/// option codes of TCP_REPAIR_OPTIONS.
+pub const OPT_MSS: u32 = 2;
+pub const OPT_WINDOW: u32 = 3;
+pub const OPT_SACK_PERM: u32 = 4;
+pub const OPT_TIMESTAMP: u32 = 8;
+
+/// Set TCP_REPAIR_OPTIONS: (option code, value) pairs, as `struct
+/// tcp_repair_opt`, negotiated at the handshake (connected, in repair mode).
+pub fn set_repair_options(fd: impl AsFd, opts: &[(u32, u32)]) -> Result<(), Errno> {
+    let raw: Vec<[u32; 2]> = opts.iter().map(|&(c, v)| [c, v]).collect();
+    // SAFETY: raw is valid for reads of its length in bytes for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR_OPTIONS,
+            raw.as_ptr().cast(),
+            (raw.len() * size_of::<[u32; 2]>()) as libc::socklen_t,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// What TCP_INFO tells of the options negotiated at the handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// TCPI_OPT_TIMESTAMPS (1), TCPI_OPT_SACK (2), TCPI_OPT_WSCALE (4).
+    pub options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+}
+
+pub const TCPI_OPT_TIMESTAMPS: u8 = 1;
+pub const TCPI_OPT_SACK: u8 = 2;
+pub const TCPI_OPT_WSCALE: u8 = 4;
+
+/// The negotiated options, from TCP_INFO (`tcpi_options` and the
+/// `tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4` byte after it).
+pub fn negotiated(fd: impl AsFd) -> Result<Negotiated, Errno> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len are valid for writes of their sizes for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(r)?;
+    if len < 7 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(Negotiated { options: buf[5], snd_wscale: buf[6] & 0x0f, rcv_wscale: buf[6] >> 4 })
+}
+
+fn ioctl_int(fd: impl AsFd, request: libc::Ioctl) -> Result<u32, Errno> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the SIOC*Q requests write one int through the pointer.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), request, &raw mut v) };
+    Errno::result(r).map(|_| v as u32)
+}
+
+/// Bytes in the send queue, sent or not (SIOCOUTQ).
+pub fn outq(fd: impl AsFd) -> Result<u32, Errno> {
+    ioctl_int(fd, libc::TIOCOUTQ)
+}
+
+/// Bytes in the send queue not sent yet (SIOCOUTQNSD).
+pub fn outq_unsent(fd: impl AsFd) -> Result<u32, Errno> {
+    const SIOCOUTQNSD: libc::Ioctl = 0x894B;
+    ioctl_int(fd, SIOCOUTQNSD)
+}
+
+/// Bytes in the receive queue (SIOCINQ).
+pub fn inq(fd: impl AsFd) -> Result<u32, Errno> {
+    ioctl_int(fd, libc::FIONREAD)
+}
+
+/// TCP_TIMESTAMP: the socket's timestamp clock (with its offset), to be
+/// set again so the peer sees timestamps go on.
+pub fn timestamp(fd: impl AsFd) -> Result<u32, Errno> {
+    crate::sock::int_option(fd, libc::IPPROTO_TCP, TCP_TIMESTAMP).map(|v| v as u32)
+}
+
+/// Set TCP_TIMESTAMP (in repair mode).
+pub fn set_timestamp(fd: impl AsFd, ts: u32) -> Result<(), Errno> {
+    crate::sock::set_int_option(fd, libc::IPPROTO_TCP, TCP_TIMESTAMP, ts as i32)
+}
+
+const TCP_TIMESTAMP: libc::c_int = 24;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@
 
 mod memory;
 mod task;
+mod tcp_hold;
 mod timers;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ pub use memory::{MemoryError, Pages, Planned};
 use crate::fd::{self, Seen};
 use crate::freeze::{self, FreezeError, Frozen, Target};
 use crate::proc::{self, Stat};
+use tcp_hold::TcpHold;
 
 /// What to dump and how.
 #[derive(Clone, Debug)]
@@ -165,7 +167,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     // From here until release or kill, `frozen` detaches on drop: every `?`
     // lets the tree go unchanged.
-    let Collected { mut tree, plans, contents, objects } = collect(&mut frozen)?;
+    let Collected { mut tree, plans, contents, objects, tcp } = collect(&mut frozen)?;
     clock.phase("collect");
     if cancelled() {
         return Err(DumpError::Cancelled(pid));
@@ -204,9 +206,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let killed = !opts.leave_running;
     let mut frozen = Some(frozen);
     let mut frozen_for = None;
+    let mut tcp = Some(tcp);
     if !killed {
         let f = frozen.take().expect("still held");
         frozen_for = Some(f.since().elapsed());
+        // Connections leave repair mode before their processes run.
+        tcp.take().expect("still held").let_go().map_err(|what| DumpError::Fd { pid, fd: -1, what })?;
         f.release().map_err(|source| DumpError::Freeze { pid, source })?;
         clock.phase("release");
     }
@@ -248,6 +253,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         frozen_for = Some(f.since().elapsed());
         // Detaching from threads that are dying may fail; they are gone.
         let _ = f.release();
+        // The connections' sockets went away in repair mode, silently; the
+        // lock holds their peers off until restore.
+        if let Some(t) = tcp.take() {
+            t.keep();
+        }
         clock.phase("kill");
     }
     let frozen_for = frozen_for.unwrap_or_default();
@@ -535,6 +545,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems });
     }
 
+    let tcp = TcpHold::take(frozen.pid(), &seen)?;
     let mut fds = FdDumper::default();
     let mut processes = Vec::new();
     let mut all_plans = Vec::new();
@@ -555,8 +566,11 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         processes.push(process);
         all_plans.push(plans);
     }
+    let unix_sockets = fds.unix_sockets()?;
     let tree = ProcessTree {
         processes,
+        unix_sockets,
+        netlock: tcp.lock.clone().unwrap_or_default(),
         pipes: fds.pipes.into_values().collect(),
         stats: None,
         kernel,
@@ -564,7 +578,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
     };
     let objects = shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file)).collect();
-    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects })
+    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp })
 }
 
 /// Address spaces of shared memory objects' pages start here, above those
@@ -619,6 +633,8 @@ struct Collected {
     plans: Vec<Vec<Planned>>,
     /// Contents of deleted files, padded to whole pages, by address space.
     contents: Vec<(u32, Vec<u8>)>,
+    /// The tree's established TCP connections, locked and in repair mode.
+    tcp: TcpHold,
 }
 
 /// Files up to this size behind shared writable mappings are hashed: writes
@@ -660,6 +676,23 @@ struct FdDumper {
     contents: Vec<(u32, Vec<u8>)>,
     /// Every fd dumped so far: (pid, what /proc showed).
     earlier: Vec<(Pid, Seen)>,
+    /// Unix sockets, each once, with the process and fd it was found at.
+    unix: Vec<(Pid, i32, records::UnixSocket)>,
+}
+
+impl FdDumper {
+    /// The tree's unix sockets, once every process is dumped: peers
+    /// outside the tree resolved or refused.
+    fn unix_sockets(&mut self) -> Result<Vec<records::UnixSocket>, DumpError> {
+        let found: Vec<(Pid, i32, u64)> = self.unix.iter().map(|(p, fd, s)| (*p, *fd, s.id)).collect();
+        let mut sockets: Vec<records::UnixSocket> = self.unix.drain(..).map(|(_, _, s)| s).collect();
+        let pid_of = |id: u64| found.iter().find(|f| f.2 == id).map(|f| f.0);
+        fd::unix::resolve_peers(&pid_of, &mut sockets).map_err(|(id, what)| {
+            let (pid, fd, _) = found.iter().find(|f| f.2 == id).copied().expect("a socket we found");
+            DumpError::Fd { pid, fd, what }
+        })?;
+        Ok(sockets)
+    }
 }
 
 impl FdDumper {
@@ -714,6 +747,12 @@ impl FdDumper {
                 let name = name.strip_suffix(" (deleted)").unwrap_or(name).to_owned();
                 let id = shmem.id(copy.into(), Some(name)).map_err(|e| fd_err(e.to_string()))?;
                 (records::fd::Kind::Memfd(id), Default::default())
+            } else if matches!(s.kind, Ok(fd::Kind::Unix)) {
+                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                let socket = fd::unix::dump(pid, s, &copy).map_err(fd_err)?;
+                let id = socket.id;
+                self.unix.push((pid, s.fd, socket));
+                (records::fd::Kind::Unix(id), Default::default())
             } else {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
                 fd::dump(pid, s, &copy).map_err(fd_err)?

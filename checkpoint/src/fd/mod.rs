@@ -16,7 +16,9 @@ pub mod file;
 pub mod inotify;
 pub mod pipe;
 pub mod socket;
+pub mod tcp;
 pub mod tty;
+pub mod unix;
 
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -57,8 +59,12 @@ pub enum Kind {
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
     TcpListen,
+    /// An established TCP connection, IPv4 or IPv6.
+    TcpEstablished,
     /// A UDP socket, IPv4 or IPv6.
     Udp,
+    /// A unix socket: dumped into the tree's table of them.
+    Unix,
 }
 
 /// One fd of the target as pre-flight saw it.
@@ -192,8 +198,9 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
-        Kind::TcpListen | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
+        Kind::TcpListen | Kind::TcpEstablished | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
         Kind::Memfd => Err("a memfd is dumped with the shared memory objects, not alone".into()),
+        Kind::Unix => Err("a unix socket is dumped into the tree's table, not alone".into()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Sockets: listening TCP sockets and UDP sockets, IPv4 and IPv6.
+//! Sockets: listening TCP sockets and UDP sockets, IPv4 and IPv6 (unix
+//! sockets are in `unix.rs`).
 //!
 //! Pre-flight tells sockets apart from /proc only: the protocol from the
 //! socket inode's `system.sockprotoname` attribute, and the state from the
@@ -115,23 +116,17 @@ impl Tables {
         match proto {
             Some("TCP" | "TCPv6") => match self.tcp.get(&ino).map(|r| r.state) {
                 Some(TCP_LISTEN) => Ok(Kind::TcpListen),
-                Some(0x01) => unsupported("an established TCP connection"),
+                Some(0x01) => Ok(Kind::TcpEstablished),
                 Some(st) => unsupported(&format!("a TCP socket in state {}", tcp_state_name(st))),
                 None => unsupported("a TCP socket that is neither listening nor connected"),
             },
             // An unbound UDP socket is in no table, and is supported too.
             Some("UDP" | "UDPv6") => Ok(Kind::Udp),
             // "UNIX" (datagram, seqpacket) or "UNIX-STREAM" (Linux 5.15+).
-            Some(p) if p.starts_with("UNIX") => {
-                let ty = match self.unix.get(&ino).map(|&t| i32::from(t)) {
-                    Some(libc::SOCK_STREAM) => "stream ",
-                    Some(libc::SOCK_DGRAM) => "datagram ",
-                    Some(libc::SOCK_SEQPACKET) => "seqpacket ",
-                    _ if p == "UNIX-STREAM" => "stream ",
-                    _ => "",
-                };
-                unsupported(&format!("a unix {ty}socket"))
-            }
+            Some(p) if p.starts_with("UNIX") => match self.unix.get(&ino).map(|&t| i32::from(t)) {
+                Some(libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) | None => Ok(Kind::Unix),
+                Some(t) => unsupported(&format!("a unix socket of type {t}")),
+            },
             Some("NETLINK") => unsupported("a netlink socket"),
             Some("PACKET") => unsupported("a packet socket"),
             Some("RAW" | "RAWv6") => unsupported("a raw IP socket"),
@@ -207,6 +202,13 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             s.backlog = backlog;
             Ok(RecordKind::TcpListen(s))
         }
+        Ok(Kind::TcpEstablished) => {
+            if ty != SockType::Stream || s.peer.is_none() {
+                return Err(format!("{} is no longer a connected TCP socket", seen.target));
+            }
+            s.nodelay = getsockopt(copy, sockopt::TcpNoDelay).map_err(err("TCP_NODELAY"))?;
+            Ok(RecordKind::Tcp(super::tcp::dump(copy, s)?))
+        }
         Ok(Kind::Udp) => {
             if ty != SockType::Datagram {
                 return Err(format!("{} is not a UDP socket", seen.target));
@@ -220,7 +222,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
 /// A NETLINK_SOCK_DIAG socket in the network namespace of `pid` (the
 /// agent's own when they are the same; else made by a thread that joined
 /// the target's: a socket stays in the namespace it was made in).
-fn diag_socket(pid: Pid) -> Result<OwnedFd, String> {
+pub(super) fn diag_socket(pid: Pid) -> Result<OwnedFd, String> {
     let make = || {
         socket::socket(
             AddressFamily::Netlink,
@@ -325,8 +327,35 @@ fn listen_backlog(pid: Pid, family: i32, ino: u64) -> Result<(u32, u32), String>
     found.ok_or_else(|| format!("inet_diag does not list the listening socket with inode {ino}"))
 }
 
+/// A new TCP socket with the options of `s`, neither bound nor connected.
+pub(super) fn new_tcp(s: &InetSocket) -> Result<OwnedFd, String> {
+    new_socket(s, true)
+}
+
 /// A new socket as recorded: options, bind, then listen or connect.
 pub fn create(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
+    let sock = new_socket(s, tcp)?;
+    let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
+    if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
+        let sa = addr(local)?;
+        socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| match e {
+            Errno::EADDRINUSE => format!("cannot bind {sa}: address in use"),
+            e => format!("cannot bind {sa}: {}", e.desc().to_lowercase()),
+        })?;
+    }
+    if tcp {
+        let backlog = socket::Backlog::new(s.backlog.min(i32::MAX as u32) as i32)
+            .map_err(|e| format!("backlog {}: {e}", s.backlog))?;
+        socket::listen(&sock, backlog).map_err(|e| format!("listen: {e}"))?;
+    } else if let Some(peer) = &s.peer {
+        let sa = addr(peer)?;
+        socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| format!("connect to {sa}: {e}"))?;
+    }
+    Ok(sock)
+}
+
+/// A new socket of the family and protocol of `s`, with its options.
+fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
     let (family, ty, proto) = match (s.family, tcp) {
         (libc::AF_INET, true) => (AddressFamily::Inet, SockType::Stream, SockProtocol::Tcp),
         (libc::AF_INET6, true) => (AddressFamily::Inet6, SockType::Stream, SockProtocol::Tcp),
@@ -360,22 +389,6 @@ pub fn create(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
         setsockopt(&sock, sockopt::SndBufForce, &half)
             .or_else(|_| setsockopt(&sock, sockopt::SndBuf, &half))
             .map_err(|e| format!("SO_SNDBUF {}: {e}", s.sndbuf))?;
-    }
-    let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
-    if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
-        let sa = addr(local)?;
-        socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| match e {
-            Errno::EADDRINUSE => format!("cannot bind {sa}: address in use"),
-            e => format!("cannot bind {sa}: {}", e.desc().to_lowercase()),
-        })?;
-    }
-    if tcp {
-        let backlog = socket::Backlog::new(s.backlog.min(i32::MAX as u32) as i32)
-            .map_err(|e| format!("backlog {}: {e}", s.backlog))?;
-        socket::listen(&sock, backlog).map_err(|e| format!("listen: {e}"))?;
-    } else if let Some(peer) = &s.peer {
-        let sa = addr(peer)?;
-        socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| format!("connect to {sa}: {e}"))?;
     }
     Ok(sock)
 }
@@ -417,17 +430,12 @@ mod tests {
         t.tcp.extend(parse_inet_table(TCP6));
         assert_eq!(t.classify(Some("TCP"), 123456), Ok(Kind::TcpListen));
         assert_eq!(t.classify(Some("TCPv6"), 223344), Ok(Kind::TcpListen));
-        assert_eq!(
-            t.classify(Some("TCP"), 123457),
-            Err("an established TCP connection (not supported yet)".to_string())
-        );
+        assert_eq!(t.classify(Some("TCP"), 123457), Ok(Kind::TcpEstablished));
         assert_eq!(t.classify(Some("UDP"), 33333), Ok(Kind::Udp));
         assert_eq!(t.classify(Some("UDPv6"), 1), Ok(Kind::Udp));
-        assert_eq!(t.classify(Some("UNIX"), 5551), Err("a unix stream socket (not supported yet)".to_string()));
-        let stream = Err("a unix stream socket (not supported yet)".to_string());
-        assert_eq!(t.classify(Some("UNIX-STREAM"), 1), stream);
-        assert_eq!(t.classify(Some("UNIX"), 5552), Err("a unix datagram socket (not supported yet)".to_string()));
-        assert_eq!(t.classify(Some("UNIX"), 5553), Err("a unix seqpacket socket (not supported yet)".to_string()));
+        for (proto, ino) in [("UNIX", 5551), ("UNIX-STREAM", 1), ("UNIX", 5552), ("UNIX", 5553)] {
+            assert_eq!(t.classify(Some(proto), ino), Ok(Kind::Unix));
+        }
         assert_eq!(t.classify(Some("NETLINK"), 9), Err("a netlink socket (not supported yet)".to_string()));
     }
 

@@ -98,6 +98,11 @@ pub struct Planner<'a> {
     filled: HashSet<u64>,
     /// The shared memory objects, made already (memfds among them).
     shmem: &'a HashMap<u64, OwnedFd>,
+    /// The tree's unix sockets, made already, taken by the fd naming each.
+    unix: HashMap<u64, OwnedFd>,
+    /// TCP connections made in repair mode, with their SO_REUSEADDR: they
+    /// leave it when the tree is let go.
+    pub repaired: Vec<(OwnedFd, bool)>,
 }
 
 impl<'a> Planner<'a> {
@@ -107,8 +112,19 @@ impl<'a> Planner<'a> {
         allow_changed: bool,
         tree: HashSet<i32>,
         shmem: &'a HashMap<u64, OwnedFd>,
+        unix: HashMap<u64, OwnedFd>,
     ) -> Self {
-        Planner { image, pipes, allow_changed, tree, made: HashMap::new(), filled: HashSet::new(), shmem }
+        Planner {
+            image,
+            pipes,
+            allow_changed,
+            tree,
+            made: HashMap::new(),
+            filled: HashSet::new(),
+            shmem,
+            unix,
+            repaired: Vec::new(),
+        }
     }
 
     /// Build every fd of a process record.
@@ -225,6 +241,21 @@ impl<'a> Planner<'a> {
                 Kind::TcpListen(s) | Kind::Udp(s) => {
                     let object =
                         crate::fd::socket::create(s, matches!(r.kind, Some(Kind::TcpListen(_)))).map_err(other)?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
+                Kind::Tcp(c) => {
+                    let object = crate::fd::tcp::restore(c).map_err(|e| {
+                        let shown = c.socket.as_ref().map(|s| s.describe()).unwrap_or_default();
+                        other(format!("TCP connection {shown}: {e}"))
+                    })?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    let copy = object.try_clone().map_err(|e| other(format!("dup: {e}")))?;
+                    self.repaired.push((copy, c.socket.as_ref().is_some_and(|s| s.reuseaddr)));
+                    object
+                }
+                Kind::Unix(id) => {
+                    let object = self.unix.remove(id).ok_or_else(|| other(format!("unix socket {id} was not made")))?;
                     set_status_flags(&object, flags).map_err(other)?;
                     object
                 }

@@ -132,11 +132,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let members: HashSet<i32> =
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
-    let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects);
+    let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
+    let unix = crate::fd::unix::make_all(&tree.unix_sockets).map_err(step("unix sockets"))?;
+    let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects, unix);
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
     }
+    let repaired = std::mem::take(&mut planner.repaired);
     drop(planner);
     phase("fds");
     wait_free(tree, opts.pid_timeout)?;
@@ -172,6 +175,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for (puppet, p) in puppets.iter_mut().zip(&tree.processes) {
         puppet.set_final_state(p).map_err(|e| in_process(tree, p.pid, e))?;
     }
+    // Connections: the peers' packets let through, then each socket leaves
+    // repair mode with a window probe, so both sides resume at once.
+    netlock.release().map_err(step("network unlock"))?;
+    for (sock, reuseaddr) in &repaired {
+        crate::fd::tcp::leave(sock, *reuseaddr).map_err(|e| step("TCP connections")(format!("TCP_REPAIR off: {e}")))?;
+    }
+    drop(repaired);
     let mut threads = 0;
     for puppet in puppets {
         threads += puppet.release()?;
@@ -188,6 +198,57 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     };
     record(&opts.images, &report);
     Ok(report)
+}
+
+/// The network lock over the image's TCP connections while they are
+/// rebuilt: taken again (it is there already after a dump that killed the
+/// tree, not after one that let it run on), so neither the peers' packets
+/// nor those of one restored end to another not yet made meet a closed
+/// port and reset the connection. Removed once the tree is ready; a failed
+/// restore leaves it as it found it.
+struct RestoreLock {
+    name: Option<String>,
+    existed: bool,
+}
+
+impl RestoreLock {
+    fn take(tree: &ProcessTree) -> Result<RestoreLock, String> {
+        let conns: Vec<_> = tree
+            .processes
+            .iter()
+            .flat_map(|p| &p.fds)
+            .filter_map(|f| match &f.kind {
+                Some(fd::Kind::Tcp(c)) => crate::fd::tcp::lock_conn(c),
+                _ => None,
+            })
+            .collect();
+        if conns.is_empty() {
+            return Ok(RestoreLock { name: None, existed: false });
+        }
+        let name = if tree.netlock.is_empty() {
+            crate::fd::tcp::lock_name(tree.processes[0].pid)
+        } else {
+            tree.netlock.clone()
+        };
+        let existed = crate::netlock::is_locked(&name)?;
+        crate::netlock::lock(&name, &conns)?;
+        Ok(RestoreLock { name: Some(name), existed })
+    }
+
+    fn release(mut self) -> Result<(), String> {
+        match self.name.take() {
+            Some(name) => crate::netlock::unlock(&name),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RestoreLock {
+    fn drop(&mut self) {
+        if let (Some(name), false) = (&self.name, self.existed) {
+            let _ = crate::netlock::unlock(name);
+        }
+    }
 }
 
 /// Name the process an error is about, when the image holds several.
@@ -1280,5 +1341,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Memfd(_) => "memfd",
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::Udp(_) => "udp",
+        fd::Kind::Unix(_) => "unix",
+        fd::Kind::Tcp(_) => "tcp",
     }
 }

@@ -1,0 +1,722 @@
+//! Unix domain sockets: stream, datagram and seqpacket; socketpairs,
+//! sockets bound to a path or an abstract name, listening sockets,
+//! connections within the tree, and datagram sockets connected to a named
+//! socket outside it (such as /dev/log).
+//!
+//! Dump: NETLINK_SOCK_DIAG's unix_diag, asked about one inode, gives the
+//! type, state, name, peer (by inode) and shutdown state. The data queued
+//! for reading is read from the agent's pidfd_getfd copy with MSG_PEEK,
+//! stepping through the queue with SO_PEEK_OFF (set back afterwards), so
+//! nothing is consumed and message boundaries are kept. Each socket is
+//! recorded once, in the tree's table; fds name it by id.
+//!
+//! Restore makes every socket of the tree in the agent before any process's
+//! fds ([`make_all`]): two sockets connected to each other become a
+//! socketpair; the others are made alone and bound (a stale socket file at
+//! the path, which no socket is bound to any more, is replaced) and set
+//! listening; queued data is sent again, by the peer or from a helper
+//! socket; datagram sockets are then connected by name, and shutdowns
+//! applied last.
+//!
+//! Refused at dump, naming the fd: data passed with SCM_RIGHTS and not yet
+//! received, a stream or seqpacket socket connected to a process outside
+//! the tree, a socket bound to a relative path. Not kept: connections
+//! waiting to be accepted (a warning says how many), the credentials and
+//! sender addresses attached to queued messages, and the name of a socket
+//! accepted from a named listener (after restore it is unnamed, as a
+//! socketpair's ends are).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use stasis_image::records::UnixSocket;
+use stasis_sys::nix::errno::Errno;
+use stasis_sys::nix::libc;
+use stasis_sys::nix::sys::socket::{
+    self, getsockopt, setsockopt, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use stasis_sys::sock::{int_option, set_int_option};
+use stasis_sys::Pid;
+
+use super::Seen;
+
+/// TCP_LISTEN and TCP_ESTABLISHED, which unix_diag reports as the state.
+const STATE_LISTEN: u8 = 10;
+const STATE_ESTABLISHED: u8 = 1;
+/// sk_shutdown bits.
+const RCV_SHUTDOWN: u32 = 1;
+const SEND_SHUTDOWN: u32 = 2;
+
+/// What unix_diag tells about one socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diag {
+    pub ty: u8,
+    pub state: u8,
+    pub ino: u32,
+    pub name: Vec<u8>,
+    /// Inode of the socket it is connected to; 0: none (or closed).
+    pub peer: u32,
+    /// Listening: connections waiting to be accepted; otherwise bytes
+    /// queued for reading (datagram: the first datagram's length).
+    pub rqueue: u32,
+    /// Listening: the backlog.
+    pub wqueue: u32,
+    pub shutdown: u8,
+}
+
+/// unix_diag_req asking for one socket by inode (struct nlmsghdr + struct
+/// unix_diag_req): its name, peer, receive queue length and shutdown state.
+fn diag_request(ino: u32) -> Vec<u8> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_NAME: u32 = 0x01;
+    const UDIAG_SHOW_PEER: u32 = 0x04;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    let mut req = Vec::with_capacity(16 + 24);
+    req.extend_from_slice(&(16u32 + 24).to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.push(libc::AF_UNIX as u8);
+    req.push(0); // protocol
+    req.extend_from_slice(&0u16.to_ne_bytes()); // pad
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    req
+}
+
+/// Parse the reply to [`diag_request`]: one unix_diag_msg and its
+/// attributes, or an error.
+pub fn parse_diag_reply(buf: &[u8]) -> Result<Diag, Errno> {
+    const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_RQLEN: u16 = 4;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
+    let malformed = Errno::EBADMSG;
+    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap()));
+    let len = u32_at(buf, 0).ok_or(malformed)? as usize;
+    let ty = buf.get(4..6).map(|s| u16::from_ne_bytes(s.try_into().unwrap())).ok_or(malformed)?;
+    let msg = buf.get(16..len).ok_or(malformed)?;
+    if i32::from(ty) == libc::NLMSG_ERROR {
+        let errno = u32_at(msg, 0).ok_or(malformed)? as i32;
+        return Err(Errno::from_raw(-errno));
+    }
+    if msg.len() < 16 {
+        return Err(malformed);
+    }
+    let mut d = Diag { ty: msg[1], state: msg[2], ino: u32_at(msg, 4).unwrap(), ..Diag::default() };
+    let mut at = 16;
+    while at + 4 <= msg.len() {
+        let alen = usize::from(u16::from_ne_bytes(msg[at..at + 2].try_into().unwrap()));
+        let atype = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().unwrap()) & 0x3fff;
+        let payload = msg.get(at + 4..at + alen).ok_or(malformed)?;
+        match atype {
+            UNIX_DIAG_NAME => d.name = payload.to_vec(),
+            UNIX_DIAG_PEER => d.peer = u32_at(payload, 0).ok_or(malformed)?,
+            UNIX_DIAG_RQLEN => {
+                d.rqueue = u32_at(payload, 0).ok_or(malformed)?;
+                d.wqueue = u32_at(payload, 4).ok_or(malformed)?;
+            }
+            UNIX_DIAG_SHUTDOWN => d.shutdown = *payload.first().ok_or(malformed)?,
+            _ => {}
+        }
+        at += alen.max(4).div_ceil(4) * 4;
+    }
+    Ok(d)
+}
+
+/// unix_diag about the socket with inode `ino`, in the network namespace
+/// of `pid`.
+pub fn diag(pid: Pid, ino: u64) -> Result<Diag, String> {
+    let sock = super::socket::diag_socket(pid)?;
+    let ino32 = u32::try_from(ino).map_err(|_| format!("socket inode {ino} does not fit unix_diag"))?;
+    socket::send(sock.as_raw_fd(), &diag_request(ino32), MsgFlags::empty())
+        .map_err(|e| format!("unix_diag request: {e}"))?;
+    let mut buf = vec![0u8; 8192];
+    let n = socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|e| format!("unix_diag reply: {e}"))?;
+    parse_diag_reply(&buf[..n]).map_err(|e| match e {
+        Errno::ENOENT => format!("unix_diag does not know socket {ino}"),
+        e => format!("unix_diag: {e}"),
+    })
+}
+
+/// Dump the unix socket behind `copy` (the agent's copy of fd `seen.fd`).
+/// Its peer, if outside the tree, is looked at later ([`resolve_peers`]).
+pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<UnixSocket, String> {
+    let d = diag(pid, seen.ino)?;
+    let err = |what: &'static str| move |e: Errno| format!("{what}: {e}");
+    let mut u = UnixSocket {
+        id: seen.ino,
+        ty: i32::from(d.ty),
+        listening: d.state == STATE_LISTEN,
+        connected: d.state == STATE_ESTABLISHED || d.peer != 0,
+        peer: u64::from(d.peer),
+        shutdown: u32::from(d.shutdown),
+        passcred: getsockopt(copy, sockopt::PassCred).map_err(err("SO_PASSCRED"))?,
+        peek_off: int_option(copy, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(err("SO_PEEK_OFF"))?,
+        ..UnixSocket::default()
+    };
+    let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
+    if locks & stasis_sys::sock::RCVBUF_LOCK != 0 {
+        u.rcvbuf = getsockopt(copy, sockopt::RcvBuf).map_err(err("SO_RCVBUF"))? as u32;
+    }
+    if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
+        u.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
+    }
+    // An accepted socket carries its listener's name, but is not bound to
+    // it: only a socket not connected, or a datagram one, owns its name
+    // (and has a file to take mode and owner from).
+    let owns_name = u.listening || !u.connected || u.ty == libc::SOCK_DGRAM;
+    let name = trim_name(d.name);
+    if !name.is_empty() {
+        if name[0] != 0 && owns_name {
+            if name[0] != b'/' {
+                return Err(format!(
+                    "a unix socket bound to the relative path {:?} (not supported)",
+                    String::from_utf8_lossy(&name)
+                ));
+            }
+            if let Ok(meta) = std::fs::symlink_metadata(OsStr::from_bytes(&name)) {
+                (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+            }
+        }
+        u.name = name;
+    }
+    if u.listening {
+        u.backlog = d.wqueue;
+        if d.rqueue > 0 {
+            tracing::warn!(
+                fd = seen.fd,
+                "{} connection(s) waiting to be accepted on {} are not kept",
+                d.rqueue,
+                u.describe()
+            );
+        }
+    } else {
+        u.queue = read_queue(copy, u.ty, d.rqueue).map_err(|e| format!("{}: {e}", u.describe()))?;
+    }
+    Ok(u)
+}
+
+/// A path may have been bound with its terminating NUL counted: drop it
+/// (an abstract name is taken as it is).
+fn trim_name(mut name: Vec<u8>) -> Vec<u8> {
+    if name.first().is_some_and(|&b| b != 0) {
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        name.truncate(end);
+    }
+    name
+}
+
+/// Every message (or the byte stream) queued for reading on `sock`, read
+/// without consuming it; SO_PEEK_OFF is set back afterwards.
+fn read_queue(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<Vec<Vec<u8>>, String> {
+    let old = int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let result = peek_all(sock, ty, rqueue);
+    set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    result
+}
+
+fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<Vec<Vec<u8>>, String> {
+    let stream = ty == libc::SOCK_STREAM;
+    if stream && rqueue == 0 {
+        return Ok(Vec::new());
+    }
+    let mut off: usize = 0;
+    set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    let mut buf = vec![0u8; if stream { (rqueue as usize).clamp(4096, 8 << 20) } else { 256 << 10 }];
+    let mut bytes = Vec::new();
+    let mut messages = Vec::new();
+    loop {
+        let (n, truncated) = match peek_one(sock, &mut buf)? {
+            None => break,
+            Some(r) => r,
+        };
+        if stream {
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+            if bytes.len() >= rqueue as usize {
+                break;
+            }
+        } else if truncated {
+            // The peek moved the offset into the middle of the message: go
+            // back to its start and take it whole.
+            buf.resize(n, 0);
+            set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off as i32)
+                .map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+        } else {
+            messages.push(buf[..n].to_vec());
+            off += n;
+        }
+    }
+    if stream {
+        messages.push(bytes);
+    }
+    Ok(messages)
+}
+
+/// One MSG_PEEK: (bytes, whether the message was longer than `buf`), or
+/// `None` when nothing more is queued. Fds passed with the message make
+/// it an error.
+fn peek_one(sock: &OwnedFd, buf: &mut [u8]) -> Result<Option<(usize, bool)>, String> {
+    match stasis_sys::sock::peek(sock, buf).map_err(|e| format!("reading its queue: {e}"))? {
+        None => Ok(None),
+        Some(p) if p.fds_passed > 0 => {
+            Err("it holds file descriptors passed with SCM_RIGHTS and not yet received (not supported)".into())
+        }
+        Some(p) => Ok(Some((p.len, p.truncated))),
+    }
+}
+
+/// Once every process is dumped: a socket whose peer is not in the tree
+/// keeps the peer's name when it is a datagram socket connected to a named
+/// socket; a connection to another process is refused. Errors name the
+/// socket's id (inode).
+pub fn resolve_peers(pid_of: &dyn Fn(u64) -> Option<Pid>, sockets: &mut [UnixSocket]) -> Result<(), (u64, String)> {
+    let ids: std::collections::HashSet<u64> = sockets.iter().map(|s| s.id).collect();
+    for s in sockets.iter_mut().filter(|s| s.peer != 0 && !ids.contains(&s.peer)) {
+        let outside = |what: &str| {
+            let holder = holder_of(s.peer).map_or_else(
+                || format!("socket {}", s.peer),
+                |(pid, fd, comm)| format!("fd {fd} of process {pid} ({comm})"),
+            );
+            (s.id, format!("{} is connected to {holder}, outside the dump; {what}", s.describe()))
+        };
+        if s.ty != libc::SOCK_DGRAM {
+            return Err(outside("dump that process too (not supported yet otherwise)"));
+        }
+        let pid = pid_of(s.id).unwrap_or(Pid::this());
+        let peer = diag(pid, s.peer).map_err(|e| (s.id, e))?;
+        if peer.name.is_empty() {
+            return Err(outside("it has no name to connect to again"));
+        }
+        s.peer_name = trim_name(peer.name);
+        s.peer = 0;
+    }
+    for s in sockets.iter() {
+        let partnered = s.peer != 0 && sockets.iter().any(|p| p.id == s.peer && p.peer == s.id);
+        // A datagram socket connected to one in the tree that is not
+        // connected back connects again by that one's name.
+        if s.peer != 0 && !partnered && sockets.iter().any(|p| p.id == s.peer && p.name.is_empty()) {
+            return Err((s.id, format!("{}: the socket it is connected to has no name", s.describe())));
+        }
+        // Queued datagrams go back through the socket's peer or its name.
+        if s.ty != libc::SOCK_STREAM && !s.queue.is_empty() && !partnered && s.name.is_empty() {
+            return Err((s.id, format!("{}: its queued messages cannot be sent to it again", s.describe())));
+        }
+    }
+    Ok(())
+}
+
+/// The process and fd holding socket inode `ino`, for error messages.
+fn holder_of(ino: u64) -> Option<(i32, i32, String)> {
+    let want = format!("socket:[{ino}]");
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        for f in fds.flatten() {
+            if std::fs::read_link(f.path()).is_ok_and(|t| t.as_os_str() == want.as_str()) {
+                let fd = f.file_name().to_str().and_then(|s| s.parse().ok()).unwrap_or(-1);
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim().to_owned();
+                return Some((pid, fd, comm));
+            }
+        }
+    }
+    None
+}
+
+fn sock_type(ty: i32) -> Result<SockType, String> {
+    match ty {
+        libc::SOCK_STREAM => Ok(SockType::Stream),
+        libc::SOCK_DGRAM => Ok(SockType::Datagram),
+        libc::SOCK_SEQPACKET => Ok(SockType::SeqPacket),
+        t => Err(format!("unix socket of type {t}")),
+    }
+}
+
+fn address(name: &[u8]) -> Result<UnixAddr, String> {
+    let r = match name.split_first() {
+        Some((0, abstract_name)) => UnixAddr::new_abstract(abstract_name),
+        _ => UnixAddr::new(Path::new(OsStr::from_bytes(name))),
+    };
+    r.map_err(|e| format!("address {}: {e}", UnixSocket::describe_name(name)))
+}
+
+/// Make every unix socket of the tree, connected, bound, listening, with
+/// their queued data and options; by id. See the module docs.
+pub fn make_all(sockets: &[UnixSocket]) -> Result<HashMap<u64, OwnedFd>, String> {
+    let by_id: HashMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, s)).collect();
+    let mut made: HashMap<u64, OwnedFd> = HashMap::new();
+    // The other end of each socketpair, to send queued data through: the
+    // peer's id, or none for the stand-in end of a connection whose peer
+    // had closed (dropped once the data is in, which shuts this end down).
+    let mut partner: HashMap<u64, Option<u64>> = HashMap::new();
+    let mut stand_ins: HashMap<u64, OwnedFd> = HashMap::new();
+    // Connections accepted from a listener of the tree: (accepted end,
+    // connecting end, listener), made once the listener is.
+    let mut accepted: Vec<(u64, u64, u64)> = Vec::new();
+    for s in sockets {
+        if made.contains_key(&s.id) || accepted.iter().any(|a| a.0 == s.id || a.1 == s.id) {
+            continue;
+        }
+        let ctx = |e: String| format!("{}: {e}", s.describe());
+        let ty = sock_type(s.ty)?;
+        let pair_with = by_id.get(&s.peer).filter(|p| p.peer == s.id && s.peer != 0);
+        if let Some(p) = pair_with.filter(|_| s.ty != libc::SOCK_DGRAM) {
+            // The accepted end carries its listener's name, the other none.
+            let ends = match (s.name.is_empty(), p.name.is_empty()) {
+                (false, true) => Some((s, *p)),
+                (true, false) => Some((*p, s)),
+                _ => None,
+            };
+            let listener =
+                ends.and_then(|(acc, _)| sockets.iter().find(|l| l.listening && l.ty == s.ty && l.name == acc.name));
+            if let (Some((acc, cli)), Some(l)) = (ends, listener) {
+                accepted.push((acc.id, cli.id, l.id));
+                continue;
+            }
+        }
+        // Two datagram sockets that are both named and connected to each
+        // other keep their names: made alone, connected later.
+        let named_dgrams =
+            s.ty == libc::SOCK_DGRAM && pair_with.is_some_and(|p| !p.name.is_empty() && !s.name.is_empty());
+        if let (Some(p), false) = (pair_with, named_dgrams) {
+            let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| ctx(format!("socketpair: {e}")))?;
+            partner.insert(s.id, Some(p.id));
+            partner.insert(p.id, Some(s.id));
+            made.insert(s.id, a);
+            made.insert(p.id, b);
+            continue;
+        }
+        if s.connected && s.peer == 0 && s.peer_name.is_empty() && s.ty != libc::SOCK_DGRAM {
+            // A connection whose other end had closed.
+            let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(|e| ctx(format!("socketpair: {e}")))?;
+            partner.insert(s.id, None);
+            stand_ins.insert(s.id, b);
+            made.insert(s.id, a);
+            continue;
+        }
+        let sock = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| ctx(format!("socket: {e}")))?;
+        if !s.name.is_empty() {
+            bind(&sock, s).map_err(ctx)?;
+        }
+        if s.listening {
+            let backlog = socket::Backlog::new(s.backlog.min(i32::MAX as u32) as i32)
+                .map_err(|e| ctx(format!("backlog {}: {e}", s.backlog)))?;
+            socket::listen(&sock, backlog).map_err(|e| ctx(format!("listen: {e}")))?;
+        }
+        made.insert(s.id, sock);
+    }
+    for &(acc, cli, l) in &accepted {
+        let s = by_id[&acc];
+        let (client, server) = connect_through(&made[&l], s).map_err(|e| format!("{}: {e}", s.describe()))?;
+        partner.insert(acc, Some(cli));
+        partner.insert(cli, Some(acc));
+        made.insert(acc, server);
+        made.insert(cli, client);
+    }
+    // Queued data, before connecting: a connected datagram socket takes
+    // messages from its peer only.
+    for s in sockets.iter().filter(|s| !s.queue.is_empty()) {
+        let ctx = |e: String| format!("{}: queued data: {e}", s.describe());
+        match partner.get(&s.id) {
+            Some(Some(p)) => fill(&made[p], None, s).map_err(ctx)?,
+            Some(None) => fill(&stand_ins[&s.id], None, s).map_err(ctx)?,
+            None => {
+                let helper = socket::socket(AddressFamily::Unix, sock_type(s.ty)?, SockFlag::SOCK_CLOEXEC, None)
+                    .map_err(|e| ctx(format!("socket: {e}")))?;
+                fill(&helper, Some(&address(&s.name)?), s).map_err(ctx)?;
+            }
+        }
+    }
+    drop(stand_ins);
+    for s in sockets {
+        let ctx = |e: String| format!("{}: {e}", s.describe());
+        let sock = &made[&s.id];
+        let to = if s.peer != 0 && !partner.contains_key(&s.id) {
+            Some(&by_id[&s.peer].name)
+        } else if !s.peer_name.is_empty() {
+            Some(&s.peer_name)
+        } else {
+            None
+        };
+        if let Some(name) = to {
+            let addr = address(name)?;
+            socket::connect(sock.as_raw_fd(), &addr)
+                .map_err(|e| ctx(format!("connect to {}: {e}", UnixSocket::describe_name(name))))?;
+        }
+        set_options(sock, s).map_err(ctx)?;
+    }
+    for s in sockets.iter().filter(|s| s.shutdown != 0 && partner.get(&s.id) != Some(&None)) {
+        let how = match (s.shutdown & RCV_SHUTDOWN != 0, s.shutdown & SEND_SHUTDOWN != 0) {
+            (true, true) => socket::Shutdown::Both,
+            (true, false) => socket::Shutdown::Read,
+            _ => socket::Shutdown::Write,
+        };
+        // A connected socket's shutdown also marks its peer: it may be
+        // shut down already, which is fine.
+        match socket::shutdown(made[&s.id].as_raw_fd(), how) {
+            Ok(()) | Err(Errno::ENOTCONN) => {}
+            Err(e) => return Err(format!("{}: shutdown: {e}", s.describe())),
+        }
+    }
+    Ok(made)
+}
+
+/// A connection accepted from `listener` (made already, bound to the name
+/// of `accepted`): a new socket connects to it and the listener accepts,
+/// so the accepted end has the listener's name and the connecting end
+/// sees it as its peer's. Connections others made to the new listener in
+/// the meantime are closed. Returns (connecting end, accepted end).
+fn connect_through(listener: &OwnedFd, accepted: &UnixSocket) -> Result<(OwnedFd, OwnedFd), String> {
+    let ty = sock_type(accepted.ty)?;
+    let client = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    let name = UnixSocket::describe_name(&accepted.name);
+    socket::connect(client.as_raw_fd(), &address(&accepted.name)?)
+        .map_err(|e| format!("connect to the restored listener {name}: {e}"))?;
+    let me = std::process::id() as i32;
+    loop {
+        let server =
+            stasis_sys::sock::accept(listener).map_err(|e| format!("accept on the restored listener {name}: {e}"))?;
+        if getsockopt(&server, sockopt::PeerCredentials).is_ok_and(|c| c.pid() == me) {
+            return Ok((client, server));
+        }
+        tracing::warn!("a connection to {name} made during restore was closed");
+    }
+}
+
+/// Bind `sock` to the name of `s`. A socket file left at the path by a
+/// socket that no longer exists (the dumped process, killed) is removed
+/// first; a live one is an error. The file gets its recorded mode and owner.
+fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
+    let addr = address(&s.name)?;
+    let shown = UnixSocket::describe_name(&s.name);
+    let path = (s.name[0] != 0).then(|| Path::new(OsStr::from_bytes(&s.name)));
+    match socket::bind(sock.as_raw_fd(), &addr) {
+        Ok(()) => {}
+        Err(Errno::EADDRINUSE) if path.is_some_and(|p| is_stale(p, s.ty)) => {
+            let p = path.unwrap();
+            std::fs::remove_file(p).map_err(|e| format!("removing the stale socket file {shown}: {e}"))?;
+            socket::bind(sock.as_raw_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
+        }
+        Err(Errno::EADDRINUSE) => return Err(format!("cannot bind {shown}: address in use")),
+        Err(e) => return Err(format!("cannot bind {shown}: {}", e.desc().to_lowercase())),
+    }
+    if let (Some(p), true) = (path, s.mode != 0) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(s.mode))
+            .map_err(|e| format!("chmod {shown}: {e}"))?;
+        std::os::unix::fs::lchown(p, Some(s.uid), Some(s.gid)).map_err(|e| format!("chown {shown}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether the socket file at `path` is left over: nothing answers a
+/// connect to it any more.
+fn is_stale(path: &Path, ty: i32) -> bool {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        return false;
+    }
+    let Ok(ty) = sock_type(ty) else { return false };
+    let Ok(probe) = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
+    else {
+        return false;
+    };
+    let Ok(addr) = UnixAddr::new(path) else { return false };
+    matches!(socket::connect(probe.as_raw_fd(), &addr), Err(Errno::ECONNREFUSED))
+}
+
+/// Send the messages queued on `s` again, from `from` (its peer, or a
+/// helper sending to `to`). The sender's buffer is made big enough for all
+/// of it, then set back.
+fn fill(from: &OwnedFd, to: Option<&UnixAddr>, s: &UnixSocket) -> Result<(), String> {
+    let total: usize = s.queue.iter().map(|m| m.len() + 1024).sum();
+    let old = getsockopt(from, sockopt::SndBuf).map_err(|e| format!("SO_SNDBUF: {e}"))?;
+    let locks = stasis_sys::sock::buf_lock(from).unwrap_or(0);
+    if total > old / 2 {
+        setsockopt(from, sockopt::SndBufForce, &(total + old)).map_err(|e| format!("SO_SNDBUFFORCE: {e}"))?;
+    }
+    for m in &s.queue {
+        let mut at = 0;
+        loop {
+            let n = match to {
+                Some(addr) => socket::sendto(from.as_raw_fd(), &m[at..], addr, MsgFlags::MSG_DONTWAIT),
+                None => socket::send(from.as_raw_fd(), &m[at..], MsgFlags::MSG_DONTWAIT),
+            }
+            .map_err(|e| format!("sending {} bytes: {e}", m.len() - at))?;
+            at += n;
+            // A message goes whole; a stream may take it in parts.
+            if at >= m.len() || s.ty != libc::SOCK_STREAM {
+                break;
+            }
+        }
+    }
+    if total > old / 2 {
+        setsockopt(from, sockopt::SndBufForce, &(old / 2)).map_err(|e| format!("SO_SNDBUFFORCE: {e}"))?;
+        set_int_option(from, libc::SOL_SOCKET, libc::SO_BUF_LOCK, locks as i32)
+            .map_err(|e| format!("SO_BUF_LOCK: {e}"))?;
+    }
+    Ok(())
+}
+
+fn set_options(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
+    let set = |what: &str, r: Result<(), Errno>| r.map_err(|e| format!("{what}: {e}"));
+    if s.passcred {
+        set("SO_PASSCRED", setsockopt(sock, sockopt::PassCred, &true))?;
+    }
+    if s.peek_off >= 0 {
+        set("SO_PEEK_OFF", set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, s.peek_off))?;
+    }
+    // Recorded sizes are the kernel's doubled values.
+    if s.rcvbuf > 0 {
+        set("SO_RCVBUF", setsockopt(sock, sockopt::RcvBufForce, &(s.rcvbuf as usize / 2)))?;
+    }
+    if s.sndbuf > 0 {
+        set("SO_SNDBUF", setsockopt(sock, sockopt::SndBufForce, &(s.sndbuf as usize / 2)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fd::{scan, Kind};
+
+    fn dump_own(fd: &OwnedFd) -> UnixSocket {
+        let seen = scan(Pid::this()).unwrap().into_iter().find(|s| s.fd == fd.as_raw_fd()).expect("our socket");
+        assert_eq!(seen.kind, Ok(Kind::Unix), "{seen:?}");
+        dump(Pid::this(), &seen, fd).unwrap()
+    }
+
+    fn recv_all(fd: &OwnedFd, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n + 1];
+        let got = socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).unwrap();
+        buf.truncate(got);
+        buf
+    }
+
+    #[test]
+    fn diag_reply_fixture() {
+        // nlmsghdr, unix_diag_msg (dgram, state 7, ino 4242), NAME "\0ab",
+        // PEER 77, RQLEN (5, 0), SHUTDOWN 2.
+        let mut msg = vec![1u8, 2, 7, 0];
+        msg.extend_from_slice(&4242u32.to_ne_bytes());
+        msg.extend_from_slice(&[0xff; 8]);
+        let mut attr = |ty: u16, payload: &[u8]| {
+            msg.extend_from_slice(&(4 + payload.len() as u16).to_ne_bytes());
+            msg.extend_from_slice(&ty.to_ne_bytes());
+            msg.extend_from_slice(payload);
+            msg.resize(msg.len().div_ceil(4) * 4, 0);
+        };
+        attr(0, b"\0ab");
+        attr(2, &77u32.to_ne_bytes());
+        attr(4, &[5, 0, 0, 0, 0, 0, 0, 0]);
+        attr(6, &[2]);
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&(16 + msg.len() as u32).to_ne_bytes());
+        buf.extend_from_slice(&20u16.to_ne_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        buf.extend_from_slice(&msg);
+        let d = parse_diag_reply(&buf).unwrap();
+        let want =
+            Diag { ty: 2, state: 7, ino: 4242, name: b"\0ab".to_vec(), peer: 77, rqueue: 5, wqueue: 0, shutdown: 2 };
+        assert_eq!(d, want);
+        assert_eq!(parse_diag_reply(&buf[..20]), Err(Errno::EBADMSG));
+    }
+
+    /// Socketpairs with data queued both ways and datagrams of several
+    /// sizes (one empty) come back as pairs with the same data, and the
+    /// dump consumed nothing.
+    #[test]
+    fn pairs_round_trip_with_queued_data() {
+        let (a, b) = socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let (c, d) = socket::socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        setsockopt(&c, sockopt::SndBuf, &(1 << 20)).unwrap();
+        socket::send(a.as_raw_fd(), b"hello", MsgFlags::empty()).unwrap();
+        socket::send(b.as_raw_fd(), b"world!", MsgFlags::empty()).unwrap();
+        let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        for m in [&b"x"[..], b"", &big[..], b"last"] {
+            socket::send(c.as_raw_fd(), m, MsgFlags::empty()).unwrap();
+        }
+        let mut dumped: Vec<UnixSocket> = [&a, &b, &c, &d].iter().map(|s| dump_own(s)).collect();
+        assert_eq!(dumped[0].queue, vec![b"world!".to_vec()]);
+        assert_eq!(dumped[1].queue, vec![b"hello".to_vec()]);
+        assert_eq!(dumped[3].queue, vec![b"x".to_vec(), vec![], big.clone(), b"last".to_vec()]);
+        assert_eq!(dumped[0].peer, dumped[1].id);
+        // Nothing was consumed, and the peek offset is off again.
+        assert_eq!(recv_all(&b, 100), b"hello");
+        assert_eq!(int_option(&b, libc::SOL_SOCKET, libc::SO_PEEK_OFF), Ok(-1));
+
+        resolve_peers(&|_| Some(Pid::this()), &mut dumped).unwrap();
+        let made = make_all(&dumped).unwrap();
+        let get = |i: usize| &made[&dumped[i].id];
+        assert_eq!(recv_all(get(0), 100), b"world!");
+        assert_eq!(recv_all(get(1), 100), b"hello");
+        assert_eq!(recv_all(get(3), 10), b"x");
+        assert_eq!(recv_all(get(3), 10), b"");
+        assert_eq!(recv_all(get(3), 80_000), big);
+        assert_eq!(recv_all(get(3), 10), b"last");
+        // Still connected to each other.
+        socket::send(get(0).as_raw_fd(), b"again", MsgFlags::empty()).unwrap();
+        assert_eq!(recv_all(get(1), 100), b"again");
+    }
+
+    /// A listener bound to a path whose socket file is left over is bound
+    /// again; a datagram socket bound to an abstract name gets its queued
+    /// datagrams back and the name; a client connects to the listener.
+    #[test]
+    fn named_sockets_are_bound_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sock");
+        let listener = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        socket::listen(&listener, socket::Backlog::new(5).unwrap()).unwrap();
+        let name = format!("stasis-unix-test-{}", std::process::id());
+        let abs = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        socket::bind(abs.as_raw_fd(), &UnixAddr::new_abstract(name.as_bytes()).unwrap()).unwrap();
+        let sender = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let abs_addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        socket::sendto(sender.as_raw_fd(), b"queued", &abs_addr, MsgFlags::empty()).unwrap();
+        let mut dumped = vec![dump_own(&listener), dump_own(&abs)];
+        assert!(dumped[0].listening && dumped[0].backlog == 5, "{:?}", dumped[0]);
+        assert_eq!(dumped[1].name, [&[0u8][..], name.as_bytes()].concat());
+        // The originals go away, leaving the socket file.
+        drop((listener, abs));
+        assert!(path.exists());
+        resolve_peers(&|_| Some(Pid::this()), &mut dumped).unwrap();
+        let made = make_all(&dumped).unwrap();
+        assert_eq!(recv_all(&made[&dumped[1].id], 100), b"queued");
+        let client = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        socket::connect(client.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        let served = socket::accept(made[&dumped[0].id].as_raw_fd()).unwrap();
+        drop(served);
+        // Bound while the made one lives: the name is taken.
+        let err = make_all(&dumped[1..]).unwrap_err();
+        assert!(err.contains("address in use"), "{err}");
+    }
+
+    #[test]
+    fn passed_fds_in_flight_are_refused() {
+        let (a, b) = socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let fds = [a.as_raw_fd()];
+        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(b"f")];
+        socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let seen = scan(Pid::this()).unwrap().into_iter().find(|s| s.fd == b.as_raw_fd()).unwrap();
+        let err = dump(Pid::this(), &seen, &b).unwrap_err();
+        assert!(err.contains("SCM_RIGHTS"), "{err}");
+        assert_eq!(recv_all(&b, 10), b"f", "the dump consumed the message");
+    }
+}
