@@ -158,6 +158,25 @@ pub struct Shmem {
     /// A memfd's seals (F_GET_SEALS).
     #[prost(uint32, tag = "6")]
     pub seals: u32,
+    /// A System V shared memory segment (neither memfd nor anonymous).
+    #[prost(bool, tag = "7")]
+    pub sysv: bool,
+    /// Its key (0: IPC_PRIVATE) and id.
+    #[prost(int32, tag = "8")]
+    pub sysv_key: i32,
+    #[prost(int32, tag = "9")]
+    pub sysv_id: i32,
+    /// Permission bits, owner and group of the segment.
+    #[prost(uint32, tag = "10")]
+    pub mode: u32,
+    #[prost(uint32, tag = "11")]
+    pub uid: u32,
+    #[prost(uint32, tag = "12")]
+    pub gid: u32,
+    /// Removed (IPC_RMID) while still attached: it goes with its last
+    /// attachment.
+    #[prost(bool, tag = "13")]
+    pub removed: bool,
 }
 
 /// One process (thread group).

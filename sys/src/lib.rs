@@ -33,6 +33,7 @@ pub mod ptrace;
 pub mod regs;
 pub mod rlimit;
 pub mod sock;
+pub mod sysv;
 pub mod tcp;
 pub mod uffd;
 

@@ -24,8 +24,13 @@ use crate::Outcome;
 /// --leave-running they are killed once the image is complete and verified
 /// on disk; with it, they run on unchanged. If anything fails, or stasis is
 /// interrupted, they are let go unchanged. Before stopping anything, stasis
-/// checks the tree for what it cannot capture (unix sockets, established
-/// TCP connections, System V shared memory, ...) and lists it all.
+/// checks the tree for what it cannot capture (netlink sockets, io_uring,
+/// POSIX message queues, ...) and lists it all.
+///
+/// Established TCP connections are captured through TCP_REPAIR. While the
+/// dump reads them, and from a dump that kills the tree until its restore,
+/// an nftables table of stasis's (stasis_<pid>_<time>) drops their incoming
+/// packets, so peers retransmit instead of being reset; restore removes it.
 ///
 /// Exit status: 0 when the image was written (and the processes killed,
 /// unless --leave-running), 1 otherwise, 2 for bad arguments.

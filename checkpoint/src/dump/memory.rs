@@ -44,14 +44,27 @@ pub struct Planned {
 }
 
 /// Whether a mapping shows a shared memory object, stored once for every
-/// process that maps it: `Some(None)` for MAP_SHARED anonymous memory,
-/// `Some(Some(name))` for a memfd.
-pub fn shmem_object(m: &Mapping) -> Option<Option<String>> {
+/// process that maps it, and which kind.
+pub fn shmem_object(m: &Mapping) -> Option<Object> {
     if let Some(rest) = m.name.strip_prefix("/memfd:") {
-        return Some(Some(rest.strip_suffix(" (deleted)").unwrap_or(rest).to_owned()));
+        return Some(Object::Memfd(rest.strip_suffix(" (deleted)").unwrap_or(rest).to_owned()));
+    }
+    if m.shared && m.name.starts_with("/SYSV") {
+        return Some(Object::Sysv);
     }
     let anon = m.name == "/dev/zero (deleted)" || m.name.starts_with("[anon_shmem:");
-    (m.shared && anon).then_some(None)
+    (m.shared && anon).then_some(Object::Anonymous)
+}
+
+/// The kinds of shared memory object a mapping can be of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// MAP_SHARED anonymous memory.
+    Anonymous,
+    /// A memfd, by name.
+    Memfd(String),
+    /// A System V shared memory segment (its id is the inode number).
+    Sysv,
 }
 
 /// Decide how each mapping is recorded. `Err` names a mapping stasis
@@ -76,12 +89,13 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         "[stack]" => (VmaKind::Stack, Pages::All, None),
         "" => (VmaKind::Anonymous, Pages::All, None),
         // Shared memory objects: their pages are stored with the object.
-        _ if m.shared && shmem_object(m) == Some(None) => (VmaKind::Anonymous, Pages::None, None),
+        _ if m.shared && shmem_object(m) == Some(Object::Anonymous) => (VmaKind::Anonymous, Pages::None, None),
+        _ if shmem_object(m) == Some(Object::Sysv) => (VmaKind::Shmem, Pages::None, None),
         name if name.starts_with("[anon:") || name.starts_with("[anon_shmem:") => {
             (VmaKind::Anonymous, Pages::All, None)
         }
         name if name.starts_with("/SYSV") => {
-            return Err(format!("{} is System V shared memory (not supported yet)", what()))
+            return Err(format!("{} is System V shared memory mapped privately", what()))
         }
         name if name.starts_with("/memfd:") => {
             (VmaKind::Shmem, if m.shared { Pages::None } else { Pages::Anonymous }, None)
@@ -294,6 +308,30 @@ pub fn store_object(
     Ok(stored)
 }
 
+/// Store the pages of System V segment `shmid` that are not all zeros,
+/// read through an attachment of the agent's (its file cannot be read).
+pub fn store_sysv(shmid: i32, id: u64, mm: u32, writer: &mut ImageWriter) -> Result<u64, MemoryError> {
+    let err = |what: String| MemoryError::Object { id, what };
+    let seg = stasis_sys::sysv::Attached::new(shmid, false)
+        .map_err(|e| err(format!("attaching System V segment {shmid}: {e}")))?;
+    let data = seg.as_slice();
+    let mut stored = 0;
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + PIECE as usize).min(data.len());
+        let piece = &data[at..end];
+        if piece.iter().any(|&b| b != 0) {
+            // Whole pages: the last one is padded with zeros.
+            let mut buf = piece.to_vec();
+            buf.resize(buf.len().next_multiple_of(PAGE as usize), 0);
+            writer.add_memory(mm, at as u64, &buf).map_err(MemoryError::Write)?;
+            stored += buf.len() as u64;
+        }
+        at = end;
+    }
+    Ok(stored)
+}
+
 /// Why memory could not be stored.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -338,14 +376,15 @@ mod tests {
             (ok(2).pages, ok(2).vma.kind, ok(2).vma.flags),
             (Pages::None, VmaKind::Anonymous as i32, MAP_SHARED)
         );
-        assert_eq!(shmem_object(&maps[2]), Some(None));
+        assert_eq!(shmem_object(&maps[2]), Some(Object::Anonymous));
         assert_eq!(shmem_object(&maps[3]), None);
         assert_eq!(ok(3).vma.madvise, madvise::DONTFORK);
         assert_eq!(ok(4).vma.flags, MAP_PRIVATE | MAP_GROWSDOWN);
         assert_eq!((ok(5).pages, ok(5).vma.kind), (Pages::None, VmaKind::Vdso as i32));
-        assert!(plans[6].as_ref().unwrap_err().contains("System V"));
+        assert_eq!((ok(6).pages, ok(6).vma.kind), (Pages::None, VmaKind::Shmem as i32));
+        assert_eq!(shmem_object(&maps[6]), Some(Object::Sysv));
         // A private mapping of a memfd keeps its own copies of pages.
         assert_eq!((ok(7).pages, ok(7).vma.kind), (Pages::Anonymous, VmaKind::Shmem as i32));
-        assert_eq!(shmem_object(&maps[7]), Some(Some("jit".into())));
+        assert_eq!(shmem_object(&maps[7]), Some(Object::Memfd("jit".into())));
     }
 }

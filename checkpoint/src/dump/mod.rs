@@ -187,8 +187,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         mem_stats.pages_scanned += stats.pages_scanned;
         mem_stats.pages_written += stats.pages_written;
     }
-    for (id, size, mm, file) in objects {
-        let stored = memory::store_object(&file, id, size, mm, &mut writer)?;
+    for (id, size, mm, file, sysv) in objects {
+        let stored = match sysv {
+            Some(shmid) => memory::store_sysv(shmid, id, mm, &mut writer)?,
+            None => memory::store_object(&file, id, size, mm, &mut writer)?,
+        };
         mem_stats.pages_scanned += size.div_ceil(4096);
         mem_stats.pages_written += stored / 4096;
     }
@@ -508,10 +511,10 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
                 // The kernel maps [vsyscall] at a fixed address in every process.
                 Ok(p) if p.vma.kind == records::VmaKind::Vsyscall as i32 => {}
                 Ok(mut p) => {
-                    if let Some(name) = memory::shmem_object(m) {
+                    if let Some(object) = memory::shmem_object(m) {
                         let path = proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end));
                         let file = std::fs::File::open(&path).map_err(proc_err("shared memory"))?;
-                        p.vma.shmem = shmem.id(file, name).map_err(proc_err("shared memory"))?;
+                        p.vma.shmem = shmem.id(pid, file, object).map_err(proc_err("shared memory"))?;
                     }
                     plans.push(p)
                 }
@@ -577,7 +580,8 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         zombies,
         shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
     };
-    let objects = shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file)).collect();
+    let objects =
+        shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file, m.sysv.then_some(m.sysv_id))).collect();
     Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp })
 }
 
@@ -594,30 +598,41 @@ struct ShmemTable {
 }
 
 impl ShmemTable {
-    /// The id of the object `file` is open on, new or met before. `name`:
-    /// a memfd's, `None` for MAP_SHARED anonymous memory.
-    fn id(&mut self, file: std::fs::File, name: Option<String>) -> std::io::Result<u64> {
+    /// The id of the object `file` is open on (found in process `pid`),
+    /// new or met before.
+    fn id(&mut self, pid: Pid, file: std::fs::File, object: memory::Object) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let meta = file.metadata()?;
         if let Some(&id) = self.ids.get(&(meta.dev(), meta.ino())) {
             return Ok(id);
         }
         let id = self.objects.len() as u64 + 1;
-        let seals = match name {
-            Some(_) => {
+        let mut record = records::Shmem { id, size: meta.size(), mm: FIRST_SHMEM_MM + id as u32, ..Default::default() };
+        match object {
+            memory::Object::Anonymous => {}
+            memory::Object::Memfd(name) => {
                 use stasis_sys::nix::fcntl::{fcntl, FcntlArg};
-                fcntl(&file, FcntlArg::F_GET_SEALS).map_err(std::io::Error::from)? as u32
+                record.seals = fcntl(&file, FcntlArg::F_GET_SEALS).map_err(std::io::Error::from)? as u32;
+                (record.memfd, record.name) = (true, name);
             }
-            None => 0,
-        };
-        let record = records::Shmem {
-            id,
-            size: meta.size(),
-            mm: FIRST_SHMEM_MM + id as u32,
-            memfd: name.is_some(),
-            name: name.unwrap_or_default(),
-            seals,
-        };
+            memory::Object::Sysv => {
+                // The segment's id is its file's inode number; its key and
+                // owner are only in the IPC namespace's table.
+                let ours = std::fs::metadata("/proc/self/ns/ipc")?.ino();
+                if std::fs::metadata(proc::path(pid, "ns/ipc"))?.ino() != ours {
+                    return Err(std::io::Error::other(
+                        "System V shared memory of another IPC namespace (not supported yet)",
+                    ));
+                }
+                let shmid = meta.ino() as i32;
+                let info = stasis_sys::sysv::stat(shmid)
+                    .map_err(|e| std::io::Error::other(format!("System V segment {shmid}: {e}")))?;
+                record.sysv = true;
+                (record.sysv_key, record.sysv_id, record.size) = (info.key, shmid, info.size);
+                (record.mode, record.uid, record.gid) = (info.mode & 0o777, info.uid, info.gid);
+                record.removed = info.mode & stasis_sys::sysv::SHM_DEST != 0;
+            }
+        }
         self.ids.insert((meta.dev(), meta.ino()), id);
         self.objects.push((record, file));
         Ok(id)
@@ -626,8 +641,9 @@ impl ShmemTable {
 
 /// What [`collect`] gathered.
 struct Collected {
-    /// Shared memory objects to store: (id, size, address space, file).
-    objects: Vec<(u64, u64, u32, std::fs::File)>,
+    /// Shared memory objects to store: (id, size, address space, file,
+    /// System V segment id).
+    objects: Vec<(u64, u64, u32, std::fs::File, Option<i32>)>,
     tree: ProcessTree,
     /// The mappings of each process, in the order of `tree.processes`.
     plans: Vec<Vec<Planned>>,
@@ -745,7 +761,7 @@ impl FdDumper {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
                 let name = s.target.strip_prefix("/memfd:").unwrap_or(&s.target);
                 let name = name.strip_suffix(" (deleted)").unwrap_or(name).to_owned();
-                let id = shmem.id(copy.into(), Some(name)).map_err(|e| fd_err(e.to_string()))?;
+                let id = shmem.id(pid, copy.into(), memory::Object::Memfd(name)).map_err(|e| fd_err(e.to_string()))?;
                 (records::fd::Kind::Memfd(id), Default::default())
             } else if matches!(s.kind, Ok(fd::Kind::Unix)) {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;

@@ -2,6 +2,7 @@
 //! pages, and handed to every process that maps them (or holds a memfd fd
 //! on them): a write by one is seen by the others, as before the dump.
 //!
+//! A System V segment is made with its key and id (see [`sysv_segment`]).
 //! MAP_SHARED anonymous memory is made as such (a shared anonymous mapping
 //! of the agent, opened through /proc/self/map_files so /proc shows
 //! "/dev/zero (deleted)" in the restored processes as before); a memfd
@@ -30,7 +31,9 @@ pub fn create(image: &Image, objects: &[Shmem]) -> Result<HashMap<u64, OwnedFd>,
         let what = format!("shared memory object {}", m.id);
         let err = |e: String| step(&what)(e);
         let regions = image.memory().iter().filter(|r| r.mm == m.mm);
-        let fd: OwnedFd = if m.memfd {
+        let fd: OwnedFd = if m.sysv {
+            sysv_segment(image, m).map_err(err)?
+        } else if m.memfd {
             let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
             let file = File::from(memfd_create(m.name.as_str(), flags).map_err(|e| err(format!("memfd_create: {e}")))?);
             file.set_len(m.size).map_err(|e| err(format!("ftruncate: {e}")))?;
@@ -43,31 +46,94 @@ pub fn create(image: &Image, objects: &[Shmem]) -> Result<HashMap<u64, OwnedFd>,
         } else {
             let pages = m.size.div_ceil(PAGE) as usize;
             let mut mapping = AnonMapping::shared(pages).map_err(|e| err(e.to_string()))?;
-            for r in regions {
-                let data = image.read_region(r).map_err(|e| err(e.to_string()))?;
-                let at = r.start as usize;
-                let dst = mapping
-                    .as_mut_slice()
-                    .get_mut(at..at + data.len())
-                    .ok_or_else(|| err(format!("{} bytes at {at} do not fit in {} bytes", data.len(), m.size)))?;
-                dst.copy_from_slice(&data);
-            }
-            let range = mapping.range();
-            let path = format!("/proc/self/map_files/{:x}-{:x}", range.start, range.end);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| err(format!("opening {path}: {e}")))?;
-            file.into()
+            fill(image, m, mapping.as_mut_slice()).map_err(err)?;
+            open_mapped(mapping.range()).map_err(err)?
         };
         made.insert(m.id, fd);
     }
     Ok(made)
 }
 
-/// Seal the memfds as they were.
+/// A System V segment with the key, id (when free: `kernel.shm_next_id`),
+/// size, owner and contents of `m`, as a file to map (opened through an
+/// attachment of the agent's, which goes again: each mapping of the file
+/// is an attachment of its own). A segment with the same key that nobody
+/// has attached and that has the recorded id is the one the dumped tree
+/// left when it was killed: it is replaced. Any other is an error.
+fn sysv_segment(image: &Image, m: &Shmem) -> Result<OwnedFd, String> {
+    use stasis_sys::sysv;
+    let key = m.sysv_key;
+    if key != 0 {
+        if let Some(old) = sysv::find(key).map_err(|e| format!("looking up key {key:#x}: {e}"))? {
+            let info = sysv::stat(old).map_err(|e| format!("System V segment {old}: {e}"))?;
+            if old != m.sysv_id || info.nattch != 0 {
+                return Err(format!(
+                    "System V shared memory key {key:#x} is in use (segment {old}, {} attached)",
+                    info.nattch
+                ));
+            }
+            sysv::remove(old).map_err(|e| format!("removing the dumped tree's segment {old}: {e}"))?;
+        }
+    }
+    let asked = sysv::set_next_id(m.sysv_id).is_ok();
+    let created = sysv::create(key, m.size, 0o600);
+    if asked {
+        let _ = sysv::set_next_id(-1);
+    }
+    let id = created.map_err(|e| format!("shmget key {key:#x}, {} bytes: {e}", m.size))?;
+    let made = (|| {
+        if id != m.sysv_id {
+            tracing::warn!("System V segment {} is restored as segment {id} (its id was taken)", m.sysv_id);
+        }
+        let mut seg = sysv::Attached::new(id, true).map_err(|e| format!("shmat {id}: {e}"))?;
+        fill(image, m, seg.as_mut_slice())?;
+        let file = open_mapped(seg.range())?;
+        sysv::set_owner(id, m.uid, m.gid, m.mode).map_err(|e| format!("IPC_SET on segment {id}: {e}"))?;
+        Ok(file)
+    })();
+    if made.is_err() {
+        let _ = sysv::remove(id);
+    }
+    made
+}
+
+/// Copy the object's pages from the image into `dst` (its memory, mapped
+/// in the agent); bytes past its size are dropped.
+fn fill(image: &Image, m: &Shmem, dst: &mut [u8]) -> Result<(), String> {
+    for r in image.memory().iter().filter(|r| r.mm == m.mm) {
+        let mut data = image.read_region(r).map_err(|e| e.to_string())?;
+        data.truncate(m.size.saturating_sub(r.start) as usize);
+        let at = r.start as usize;
+        let to = dst
+            .get_mut(at..at + data.len())
+            .ok_or_else(|| format!("{} bytes at {at} do not fit in {} bytes", data.len(), m.size))?;
+        to.copy_from_slice(&data);
+    }
+    Ok(())
+}
+
+/// The object mapped at `range` in the agent, opened through
+/// /proc/self/map_files for the processes to map.
+fn open_mapped(range: std::ops::Range<u64>) -> Result<OwnedFd, String> {
+    let path = format!("/proc/self/map_files/{:x}-{:x}", range.start, range.end);
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+    Ok(file.into())
+}
+
+/// Seal the memfds as they were, and remove the System V segments that
+/// had been removed while attached (they go with their last attachment).
 pub fn seal(objects: &[Shmem], made: &HashMap<u64, OwnedFd>) -> Result<(), RestoreError> {
+    for m in objects.iter().filter(|m| m.sysv && m.removed) {
+        use std::os::unix::fs::MetadataExt;
+        let what = format!("System V segment {}", m.sysv_id);
+        let fd = made.get(&m.id).ok_or_else(|| step(&what)("it was not made".into()))?;
+        let id = File::from(fd.try_clone().map_err(|e| step(&what)(e.to_string()))?)
+            .metadata()
+            .map_err(|e| step(&what)(e.to_string()))?
+            .ino() as i32;
+        stasis_sys::sysv::remove(id).map_err(|e| step(&what)(format!("IPC_RMID: {e}")))?;
+    }
     for m in objects.iter().filter(|m| m.memfd && m.seals != 0) {
         let what = format!("seals of memfd {}", m.name);
         let fd = made.get(&m.id).ok_or_else(|| step(&what)("the memfd was not made".into()))?;
