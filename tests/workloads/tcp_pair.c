@@ -18,11 +18,10 @@
  *                     neither); 41 had SO_RCVBUF set to 16 KiB before
  *                     connect(), so its receive window is small
  *
- * Records: each direction is a stream of numbered records. Record n is
- * rec_len(n) bytes (16 to 256): n as 8 bytes, then a pattern of n and the
- * direction's seed. A direction ends with an END record: the next number
- * with END_BIT set. A reader requires 1, 2, 3, ... then END, each intact: a
- * lost, repeated, reordered or cut record shows as a wrong number or pattern.
+ * Records: each direction is a stream of numbered records (records.h), 16
+ * to 256 bytes, the seed of a direction its sender's fd. A reader requires
+ * 1, 2, 3, ... then END, each intact: a lost, repeated, reordered or cut
+ * record shows as a wrong number or pattern.
  *
  * While running (~10 ms iterations):
  *   root -> C: the root sends two records per iteration while its send
@@ -53,6 +52,7 @@
  * and "client_port" (C's end of the connection).
  */
 #include "kids.h"
+#include "records.h"
 
 #include <arpa/inet.h>
 #include <linux/sockios.h>
@@ -61,18 +61,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-/* Records a reader leaves queued while running; each side sends at least as many before ready. */
-#define KEEP 2
-#define END_BIT (1ull << 63)
-#define MAX_REC 256
 /* Bytes of the root's records C reads per iteration: about half what the root sends. */
 #define C_BUDGET 128
 /* The root's send queue is kept at SENDQ bytes, well within its SO_SNDBUF and above C's window. */
 #define SENDQ (48 << 10)
 #define ROOT_SNDBUF (128 << 10)
 #define C_RCVBUF (16 << 10)
-/* How long one send may wait for room, setup may take to fill the queues, and the check for the peer. */
-#define IO_MS 10000
+/* How long setup may take to fill the queues, and the check for the peer. */
 #define FILL_MS 10000
 #define VERDICT_MS 30000
 
@@ -89,128 +84,18 @@ static int port, client_port;
 static int root_sndbuf, c_rcvbuf; /* as getsockopt reported them at setup */
 static struct kid kid;
 
-/* One direction of the connection: the records this process sends on FD, or reads from it. */
+/* One direction of the connection as its reader sees it: read in pieces, a partial record kept in rec. */
 struct stream {
-	const char *name;
-	int fd;
-	uint64_t seed; /* the direction's pattern */
-	uint64_t n;    /* records sent, or read in order */
-	bool ended;    /* the END record was sent, or read */
-	bool broken;   /* a failure was recorded: no more traffic */
-	size_t have;   /* bytes of the next record read so far, in rec */
-	uint8_t rec[MAX_REC];
+	struct chan c;
+	size_t have; /* bytes of the next record read so far, in rec */
+	uint8_t rec[REC_MAX];
 };
 
 /* The seed of a direction is the sender's fd. */
-static struct stream root_tx = { .name = "root 31 -> C 41", .fd = ROOT_CONN, .seed = ROOT_CONN };
-static struct stream root_rx = { .name = "C 41 -> root 31", .fd = ROOT_CONN, .seed = C_CONN };
-static struct stream c_tx = { .name = "C 41 -> root 31", .fd = C_CONN, .seed = C_CONN };
-static struct stream c_rx = { .name = "root 31 -> C 41", .fd = C_CONN, .seed = ROOT_CONN };
-
-static size_t rec_len(uint64_t n)
-{
-	return 16 + (size_t)(n * 7919 % (MAX_REC - 15));
-}
-
-/* Record N (the END record if END) of the direction with SEED into BUF; returns its length. */
-static size_t rec_make(uint8_t *buf, uint64_t seed, uint64_t n, bool end)
-{
-	size_t len = rec_len(n);
-	wl_fill(buf, len, seed << 32 ^ n);
-	uint64_t head = n | (end ? END_BIT : 0);
-	memcpy(buf, &head, 8);
-	return len;
-}
-
-/* Record the first failure of S (later ones follow from it). */
-__attribute__((format(printf, 2, 3))) static void stream_fail(struct stream *s, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (!s->broken)
-		wl_fail("%s: %s", s->name, msg);
-	s->broken = true;
-}
-
-static uint64_t deadline_in(unsigned ms)
-{
-	return wl_monotonic_ns() + (uint64_t)ms * 1000000u;
-}
-
-/* Send all of BUF, waiting in poll while the socket is full, until DEADLINE. Returns NULL or what went wrong. */
-static const char *send_rec(int fd, const void *buf, size_t len, uint64_t deadline)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = send(fd, (const char *)buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n > 0) {
-			done += (size_t)n;
-			continue;
-		}
-		if (n == 0)
-			return "send returned 0";
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN)
-			return strerror(errno);
-		struct pollfd p = { .fd = fd, .events = POLLOUT };
-		int r = poll(&p, 1, ms_left(deadline));
-		if (r == 0)
-			return "timed out waiting for room";
-		if (r < 0 && errno != EINTR)
-			return strerror(errno);
-	}
-	return NULL;
-}
-
-/* Send S's next record, or its END record. */
-static void stream_send(struct stream *s, bool end)
-{
-	uint8_t buf[MAX_REC];
-	if (s->broken || s->ended)
-		return;
-	uint64_t n = s->n + 1;
-	size_t len = rec_make(buf, s->seed, n, end);
-	const char *why = send_rec(s->fd, buf, len, deadline_in(IO_MS));
-	if (why)
-		stream_fail(s, "sending record %llu: %s", (unsigned long long)n, why);
-	else if (end)
-		s->ended = true;
-	else
-		s->n = n;
-}
-
-/* S's next record is complete in s->rec: it must be record n or END, intact. */
-static void stream_take(struct stream *s)
-{
-	uint8_t want[MAX_REC];
-	uint64_t n = s->n + 1, head;
-	size_t len = rec_len(n);
-	s->have = 0;
-	memcpy(&head, s->rec, 8);
-	bool end = head & END_BIT;
-	if ((head & ~END_BIT) != n) {
-		stream_fail(s, "expected record %llu, found record %llu%s", (unsigned long long)n,
-			    (unsigned long long)(head & ~END_BIT), end ? " (END)" : "");
-		return;
-	}
-	rec_make(want, s->seed, n, end);
-	if (memcmp(s->rec, want, len) != 0) {
-		size_t i = 8;
-		while (s->rec[i] == want[i])
-			i++;
-		stream_fail(s, "record %llu%s: byte %zu of %zu is 0x%02x, expected 0x%02x", (unsigned long long)n,
-			    end ? " (END)" : "", i, len, s->rec[i], want[i]);
-		return;
-	}
-	if (end)
-		s->ended = true;
-	else
-		s->n = n;
-}
+static struct chan root_tx = CHAN("root 31 -> C 41", ROOT_CONN, SOCK_STREAM, ROOT_CONN);
+static struct stream root_rx = { .c = CHAN("C 41 -> root 31", ROOT_CONN, SOCK_STREAM, C_CONN) };
+static struct chan c_tx = CHAN("C 41 -> root 31", C_CONN, SOCK_STREAM, C_CONN);
+static struct stream c_rx = { .c = CHAN("root 31 -> C 41", C_CONN, SOCK_STREAM, ROOT_CONN) };
 
 /*
  * Read up to BUDGET bytes of S's records without waiting, never past its END
@@ -219,24 +104,26 @@ static void stream_take(struct stream *s)
 static size_t stream_read(struct stream *s, size_t budget)
 {
 	size_t total = 0;
-	while (budget > 0 && !s->broken && !s->ended) {
-		uint64_t n = s->n + 1;
+	while (budget > 0 && !s->c.broken && !s->c.ended) {
+		uint64_t n = s->c.n + 1;
 		size_t len = rec_len(n), want = len - s->have;
-		ssize_t r = recv(s->fd, s->rec + s->have, want < budget ? want : budget, MSG_DONTWAIT);
+		ssize_t r = recv(s->c.fd, s->rec + s->have, want < budget ? want : budget, MSG_DONTWAIT);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && errno == EAGAIN)
 			break;
 		if (r <= 0) {
-			stream_fail(s, "record %llu, after %zu of its %zu bytes: %s", (unsigned long long)n, s->have,
-				    len, r < 0 ? strerror(errno) : "end of file");
+			chan_fail(&s->c, "record %llu, after %zu of its %zu bytes: %s", (unsigned long long)n, s->have,
+				  len, r < 0 ? strerror(errno) : "end of file");
 			break;
 		}
 		s->have += (size_t)r;
 		budget -= (size_t)r;
 		total += (size_t)r;
-		if (s->have == len)
-			stream_take(s);
+		if (s->have == len) {
+			s->have = 0;
+			chan_take(&s->c, s->rec);
+		}
 	}
 	return total;
 }
@@ -244,51 +131,42 @@ static size_t stream_read(struct stream *s, size_t budget)
 /* While running: read S's records while more than KEEP complete ones are queued. */
 static void stream_drain(struct stream *s)
 {
-	while (!s->broken && !s->ended) {
-		size_t need = 0;
-		for (uint64_t k = 1; k <= KEEP + 1; k++)
-			need += rec_len(s->n + k);
-		int queued = buffered(s->fd);
-		if (queued < 0)
-			stream_fail(s, "FIONREAD: %s", strerror(errno));
-		if (queued < 0 || (size_t)queued + s->have < need)
-			return;
-		stream_read(s, rec_len(s->n + 1) - s->have);
-	}
+	while (chan_over_keep(&s->c, s->have))
+		stream_read(s, rec_len(s->c.n + 1) - s->have);
 }
 
 /* At check: read S's records up to its END, waiting until DEADLINE. */
 static void stream_finish(struct stream *s, uint64_t deadline)
 {
-	while (!s->broken && !s->ended) {
+	while (!s->c.broken && !s->c.ended) {
 		if (stream_read(s, SIZE_MAX))
 			continue;
-		struct pollfd p = { .fd = s->fd, .events = POLLIN };
+		struct pollfd p = { .fd = s->c.fd, .events = POLLIN };
 		int r = poll(&p, 1, ms_left(deadline));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)
-			stream_fail(s, "record %llu, after %zu of its %zu bytes: %s", (unsigned long long)s->n + 1,
-				    s->have, rec_len(s->n + 1), r < 0 ? strerror(errno) : "timed out");
+			chan_fail(&s->c, "record %llu, after %zu of its %zu bytes: %s", (unsigned long long)s->c.n + 1,
+				  s->have, rec_len(s->c.n + 1), r < 0 ? strerror(errno) : "timed out");
 	}
 }
 
 /*
- * After both ENDs, on S's socket: send OUT (unless 0), then read IN (unless
- * 0, or S is broken: where its data stands is unknown), the very next byte.
+ * After both ENDs, on C's socket: send OUT (unless 0), then read IN (unless
+ * 0, or C is broken: where its data stands is unknown), the very next byte.
  */
-static void final_byte(struct stream *s, char out, char in, uint64_t deadline)
+static void final_byte(struct chan *c, char out, char in, uint64_t deadline)
 {
 	const char *why = "";
 	char b = 0;
-	if (s->broken)
+	if (c->broken)
 		in = 0;
-	if (out && (why = send_rec(s->fd, &out, 1, deadline)))
-		wl_fail("%s: final byte '%c': %s", s->name, out, why);
-	else if (in && read_until(s->fd, &b, 1, deadline, &why) != 1)
-		wl_fail("%s: no final byte '%c' after END (%s)", s->name, in, why);
+	if (out && (why = send_rec(c->fd, &out, 1, deadline)))
+		wl_fail("%s: final byte '%c': %s", c->name, out, why);
+	else if (in && read_until(c->fd, &b, 1, deadline, &why) != 1)
+		wl_fail("%s: no final byte '%c' after END (%s)", c->name, in, why);
 	else if (in && b != in)
-		wl_fail("%s: byte 0x%02x after END, expected '%c'", s->name, (unsigned char)b, in);
+		wl_fail("%s: byte 0x%02x after END, expected '%c'", c->name, (unsigned char)b, in);
 }
 
 static int getint(int fd, int level, int name)
@@ -362,7 +240,7 @@ static void expect_opt(int fd, const char *name, int level, int opt, int want)
 static void c_tick(uint64_t gen)
 {
 	(void)gen;
-	stream_send(&c_tx, false);
+	chan_send(&c_tx, false);
 	stream_read(&c_rx, C_BUDGET);
 }
 
@@ -383,7 +261,7 @@ static void run_child(int down[2], int up[2], int beat[2])
 	struct sockaddr_in to = lo(port);
 	WL_CHECK_SYS(connect(C_CONN, (struct sockaddr *)&to, sizeof(to)));
 	for (int k = 0; k < KEEP; k++)
-		stream_send(&c_tx, false);
+		chan_send(&c_tx, false);
 	if (wl_nfail)
 		wl_die("C: %s", wl_failures);
 	struct setup_report rep = { .ready = 'R', .port = (uint32_t)port_of(C_CONN, false) };
@@ -397,9 +275,9 @@ static void run_child(int down[2], int up[2], int beat[2])
 	if (got != 1 || msg[0] != 'C')
 		wl_fail("down pipe held %zu bytes at check, expected just 'C'", got);
 	uint64_t deadline = deadline_in(VERDICT_MS);
-	stream_send(&c_tx, true);
+	chan_send(&c_tx, true);
 	stream_finish(&c_rx, deadline);
-	final_byte(&c_rx, 'F', 'G', deadline);
+	final_byte(&c_rx.c, 'F', 'G', deadline);
 
 	wl_expect_eq("getpid()", child_pid, getpid());
 	wl_expect_eq("getppid()", root_pid, getppid());
@@ -426,10 +304,10 @@ static void root_tick(uint64_t gen)
 	for (int i = 0; i < 2; i++) {
 		int outq = -1;
 		if (ioctl(ROOT_CONN, SIOCOUTQ, &outq) < 0)
-			stream_fail(&root_tx, "SIOCOUTQ: %s", strerror(errno));
+			chan_fail(&root_tx, "SIOCOUTQ: %s", strerror(errno));
 		if (outq < 0 || outq >= SENDQ)
 			break;
-		stream_send(&root_tx, false);
+		chan_send(&root_tx, false);
 	}
 	stream_drain(&root_rx);
 }
@@ -526,7 +404,7 @@ int main(int argc, char **argv)
 		if (!ms_left(deadline))
 			wl_die("the send queue holds %d bytes (%d unsent) after %d ms", outq, unsent, FILL_MS);
 		if (outq < SENDQ)
-			stream_send(&root_tx, false);
+			chan_send(&root_tx, false);
 		else
 			wl_sleep_ms(1);
 		if (wl_nfail)
@@ -544,7 +422,7 @@ int main(int argc, char **argv)
 	if (write(kid.down, "C", 1) != 1)
 		wl_fail("C (pid %d): cannot send the check byte: %s", (int)pid, strerror(errno));
 	deadline = deadline_in(VERDICT_MS);
-	stream_send(&root_tx, true);
+	chan_send(&root_tx, true);
 
 	wl_expect_eq("getpid()", root_pid, getpid());
 	expect_opt(LISTENER, "SO_ACCEPTCONN", SOL_SOCKET, SO_ACCEPTCONN, 1);
@@ -559,8 +437,8 @@ int main(int argc, char **argv)
 	expect_opt(ROOT_CONN, "SO_SNDBUF", SOL_SOCKET, SO_SNDBUF, root_sndbuf);
 
 	stream_finish(&root_rx, deadline);
-	final_byte(&root_rx, 0, 'F', deadline);
-	final_byte(&root_rx, 'G', 0, deadline);
+	final_byte(&root_rx.c, 0, 'F', deadline);
+	final_byte(&root_rx.c, 'G', 0, deadline);
 	accept_again(deadline);
 
 	char who[32];
@@ -569,9 +447,9 @@ int main(int argc, char **argv)
 	/* C is gone: its end closed after 'F', nothing else followed. */
 	char b;
 	const char *why;
-	size_t extra = root_rx.broken ? 0 : read_until(ROOT_CONN, &b, 1, deadline, &why);
-	if (!root_rx.broken && (extra || strcmp(why, "end of file") != 0))
-		wl_fail("%s: after 'F' and C's exit: %s", root_rx.name, extra ? "more data" : why);
+	size_t extra = root_rx.c.broken ? 0 : read_until(ROOT_CONN, &b, 1, deadline, &why);
+	if (!root_rx.c.broken && (extra || strcmp(why, "end of file") != 0))
+		wl_fail("%s: after 'F' and C's exit: %s", root_rx.c.name, extra ? "more data" : why);
 	expect_no_children();
 	wl_finish(dir);
 }

@@ -25,14 +25,13 @@
  *                     connect()ed to that name; it sent records 1-3 (the
  *                     third of 20000 bytes) at setup, unread until check
  *
- * Records: data moves as numbered records. Record n of a direction is
- * rec_len(n) bytes (16 to 256, and 20000 when n % 64 == 3): n as 8 bytes,
- * then a pattern of n and the direction's seed. A direction ends with an END
- * record: the next number with END_BIT set. A reader requires 1, 2, 3, ...
- * then END, each intact, and nothing after END: a lost, repeated, reordered,
- * cut or foreign record shows as a wrong number, length or pattern. On
- * SOCK_SEQPACKET and SOCK_DGRAM each message must be exactly one record
- * (recv with MSG_TRUNC gives its real length: the boundaries are checked).
+ * Records: data moves as numbered records (records.h), 16 to 256 bytes and
+ * REC_BIG (20000) when n % 64 == 3, the seed of a direction its sender's fd.
+ * A reader requires 1, 2, 3, ... then END, each intact, and nothing after
+ * END: a lost, repeated, reordered, cut or foreign record shows as a wrong
+ * number, length or pattern. On SOCK_SEQPACKET and SOCK_DGRAM each message
+ * must be exactly one record (recv with MSG_TRUNC gives its real length: the
+ * boundaries are checked).
  *
  * While running: on 30/40, 33/43 and 35/45 both processes send a record
  * every ~10 ms iteration and read the peer's only while more than KEEP (2)
@@ -61,19 +60,18 @@
  */
 #include "kids.h"
 
+/* Record n is this long when n % 64 == 3 (records.h). */
+#define REC_BIG 20000
+#include "records.h"
+
 #include <poll.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
-/* Records a reader leaves queued while running; each side sends as many before ready. */
-#define KEEP 2
-#define BIG_REC 20000
-#define END_BIT (1ull << 63)
 #define QUEUED_DGRAMS 4
 #define QUEUED_ABSTRACT 3
-/* How long one send may wait for room, and the check for the peer. */
-#define IO_MS 10000
+/* How long the check may wait for the peer. */
 #define VERDICT_MS 30000
 
 enum { ROOT_STREAM = 30, ROOT_DGRAM_TX, ROOT_DGRAM_RX, ROOT_SEQPACKET, LISTENER, ROOT_CONN, ABSTRACT };
@@ -89,17 +87,6 @@ static struct uaddr listen_addr, abstract_addr, unnamed = { .sa.sun_family = AF_
 static pid_t root_pid, child_pid;
 static struct kid kid;
 
-/* One direction of traffic: the records this process sends on FD, or reads from it. */
-struct chan {
-	const char *name;
-	int fd, type;
-	uint64_t seed; /* the direction's pattern */
-	uint64_t n;    /* records sent, or read in order */
-	bool ended;    /* the END record was sent, or read */
-	bool broken;   /* a failure was recorded: no more traffic */
-};
-
-#define CHAN(NAME, FD, TYPE, SEED) { .name = NAME, .fd = FD, .type = TYPE, .seed = SEED }
 /* The seed of a direction is the sender's fd. */
 static struct chan root_tx[] = {
 	CHAN("stream pair root 30 -> C 40", ROOT_STREAM, SOCK_STREAM, ROOT_STREAM),
@@ -151,65 +138,6 @@ static const struct sock_spec c_socks[] = {
 	{ C_DGRAM, SOCK_DGRAM, false, false, &unnamed, &abstract_addr },
 };
 
-static size_t rec_len(uint64_t n)
-{
-	return n % 64 == 3 ? BIG_REC : 16 + (size_t)(n * 7919 % 241);
-}
-
-/* Record N (the END record if END) of the direction with SEED into BUF; returns its length. */
-static size_t rec_make(uint8_t *buf, uint64_t seed, uint64_t n, bool end)
-{
-	size_t len = rec_len(n);
-	wl_fill(buf, len, seed << 32 ^ n);
-	uint64_t head = n | (end ? END_BIT : 0);
-	memcpy(buf, &head, 8);
-	return len;
-}
-
-/* Record the first failure of C (later ones follow from it). */
-__attribute__((format(printf, 2, 3))) static void chan_fail(struct chan *c, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (!c->broken)
-		wl_fail("%s: %s", c->name, msg);
-	c->broken = true;
-}
-
-static uint64_t deadline_in(unsigned ms)
-{
-	return wl_monotonic_ns() + (uint64_t)ms * 1000000u;
-}
-
-/* Send all of BUF, waiting in poll while the socket is full, until DEADLINE. Returns NULL or what went wrong. */
-static const char *send_rec(int fd, const uint8_t *buf, size_t len, uint64_t deadline)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = send(fd, buf + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n > 0) {
-			done += (size_t)n;
-			continue;
-		}
-		if (n == 0)
-			return "send returned 0";
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN)
-			return strerror(errno);
-		struct pollfd p = { .fd = fd, .events = POLLOUT };
-		int r = poll(&p, 1, ms_left(deadline));
-		if (r == 0)
-			return "timed out waiting for room";
-		if (r < 0 && errno != EINTR)
-			return strerror(errno);
-	}
-	return NULL;
-}
-
 /* Wait until DEADLINE for a message on FD and read it; returns its real length (MSG_TRUNC), or -1 and *WHY. */
 static ssize_t recv_msg(int fd, void *buf, size_t size, uint64_t deadline, const char **why)
 {
@@ -231,27 +159,10 @@ static ssize_t recv_msg(int fd, void *buf, size_t size, uint64_t deadline, const
 	}
 }
 
-/* Send C's next record, or its END record. */
-static void chan_send(struct chan *c, bool end)
-{
-	static uint8_t buf[BIG_REC];
-	if (c->broken || c->ended)
-		return;
-	uint64_t n = c->n + 1;
-	size_t len = rec_make(buf, c->seed, n, end);
-	const char *why = send_rec(c->fd, buf, len, deadline_in(IO_MS));
-	if (why)
-		chan_fail(c, "sending record %llu: %s", (unsigned long long)n, why);
-	else if (end)
-		c->ended = true;
-	else
-		c->n = n;
-}
-
 /* Read C's next record (waiting until DEADLINE): it must be record n or END, intact. */
 static void chan_recv(struct chan *c, uint64_t deadline)
 {
-	static uint8_t buf[BIG_REC + 1], want[BIG_REC];
+	static uint8_t buf[REC_MAX + 1];
 	uint64_t n = c->n + 1;
 	size_t len = rec_len(n);
 	const char *why;
@@ -273,43 +184,14 @@ static void chan_recv(struct chan *c, uint64_t deadline)
 			return;
 		}
 	}
-	uint64_t head;
-	memcpy(&head, buf, 8);
-	bool end = head & END_BIT;
-	if ((head & ~END_BIT) != n) {
-		chan_fail(c, "expected record %llu, found record %llu%s", (unsigned long long)n,
-			  (unsigned long long)(head & ~END_BIT), end ? " (END)" : "");
-		return;
-	}
-	rec_make(want, c->seed, n, end);
-	if (memcmp(buf, want, len) != 0) {
-		size_t i = 8;
-		while (buf[i] == want[i])
-			i++;
-		chan_fail(c, "record %llu%s: byte %zu of %zu is 0x%02x, expected 0x%02x", (unsigned long long)n,
-			  end ? " (END)" : "", i, len, buf[i], want[i]);
-		return;
-	}
-	if (end)
-		c->ended = true;
-	else
-		c->n = n;
+	chan_take(c, buf);
 }
 
 /* While running: read C's records while more than KEEP complete ones are queued. */
 static void chan_drain(struct chan *c)
 {
-	while (!c->broken && !c->ended) {
-		size_t need = 0;
-		for (uint64_t i = 1; i <= KEEP + 1; i++)
-			need += rec_len(c->n + i);
-		int queued = buffered(c->fd);
-		if (queued < 0)
-			chan_fail(c, "FIONREAD: %s", strerror(errno));
-		if (queued < 0 || (size_t)queued < need)
-			return;
+	while (chan_over_keep(c, 0))
 		chan_recv(c, deadline_in(IO_MS));
-	}
 }
 
 /* At check: read C's records up to its END; nothing may follow. */
@@ -431,7 +313,7 @@ static void c_connect_again(uint64_t deadline)
 	const char *why = "";
 	if (s < 0 || connect(s, (struct sockaddr *)&listen_addr.sa, listen_addr.len) < 0)
 		wl_fail("connect a new socket to %s: %s", listen_addr.sa.sun_path, strerror(errno));
-	else if ((why = send_rec(s, (uint8_t *)&b, 1, deadline)))
+	else if ((why = send_rec(s, &b, 1, deadline)))
 		wl_fail("new connection to %s: cannot send: %s", listen_addr.sa.sun_path, why);
 	else if (read_until(s, &b, 1, deadline, &why) != 1 || b != 'a')
 		wl_fail("new connection to %s: no answer 'a' (%s)", listen_addr.sa.sun_path, why[0] ? why : "wrong byte");
@@ -529,7 +411,7 @@ static void accept_again(uint64_t deadline)
 		const char *why;
 		if (read_until(s, &b, 1, deadline, &why) != 1 || b != 'n')
 			wl_fail("listener: C's new connection: no byte 'n' (%s)", why[0] ? why : "wrong byte");
-		else if ((why = send_rec(s, (uint8_t *)"a", 1, deadline)))
+		else if ((why = send_rec(s, "a", 1, deadline)))
 			wl_fail("listener: C's new connection: cannot answer: %s", why);
 		close(s);
 		return;
