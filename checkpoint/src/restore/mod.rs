@@ -747,8 +747,10 @@ impl Puppet {
         }
         phase("unmap");
 
+        let shmem_records = image.processes().map(|t| t.shmem.as_slice()).unwrap_or_default();
         for v in &p.vmas {
-            r.map_vma(v, objects)?;
+            let sysv = shmem_records.iter().find(|m| m.id == v.shmem && m.sysv && v.shmem != 0).map(|m| m.size);
+            r.map_vma(v, objects, sysv)?;
         }
         if let Some(fd) = r.agent_pidfd.take() {
             r.call("shared memory", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
@@ -889,10 +891,13 @@ impl Remote<'_, '_> {
         self.put(offset, &bytes)
     }
 
+    /// Map one recorded mapping; `sysv_size`: the size of the System V
+    /// segment it shows, if it is one.
     fn map_vma(
         &mut self,
         v: &stasis_image::records::Vma,
         objects: &HashMap<u64, std::os::fd::OwnedFd>,
+        sysv_size: Option<u64>,
     ) -> Result<(), RestoreError> {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Anonymous);
         let len = v.end - v.start;
@@ -900,6 +905,24 @@ impl Remote<'_, '_> {
         let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
         match kind {
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => return Ok(()),
+            // A whole System V segment is attached with shmat, so the
+            // kernel counts the attachment (shm_nattch), as before.
+            _ if sysv_size.is_some_and(|size| v.offset == 0 && size.next_multiple_of(4096) == len) => {
+                use std::os::unix::fs::MetadataExt;
+                let object = objects
+                    .get(&v.shmem)
+                    .ok_or_else(|| step(&what)(format!("shared memory object {} was not made", v.shmem)))?;
+                let file = std::fs::File::from(object.try_clone().map_err(|e| step(&what)(e.to_string()))?);
+                let shmid = file.metadata().map_err(|e| step(&what)(e.to_string()))?.ino();
+                let write = v.prot & libc::PROT_WRITE as u32 != 0;
+                let exec = v.prot & libc::PROT_EXEC as u32 != 0;
+                let shmflg =
+                    libc::SHM_REMAP | if write { 0 } else { libc::SHM_RDONLY } | if exec { libc::SHM_EXEC } else { 0 };
+                self.call(&what, libc::SYS_shmat, [shmid, v.start, shmflg as u64, 0, 0, 0])?;
+                if v.prot & libc::PROT_READ as u32 == 0 {
+                    self.call(&what, libc::SYS_mprotect, [v.start, len, u64::from(v.prot), 0, 0, 0])?;
+                }
+            }
             _ if v.shmem != 0 => {
                 use std::os::fd::AsRawFd;
                 let object = objects
