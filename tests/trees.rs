@@ -39,10 +39,48 @@ fn pids(w: &Workload) -> Vec<i32> {
     w.info("pids").split_whitespace().map(|p| p.parse().unwrap()).collect()
 }
 
+/// The System V segment a workload created (DIR/info "sysv_key", in hex:
+/// shared_mem), removed when dropped if a failed or killed run left it
+/// behind. Declared before the [`Workload`], so it is dropped after it:
+/// it waits for the tree's processes to be gone, then removes the segment
+/// of that key if nothing is attached to it any more.
+#[derive(Debug, Default)]
+struct SysvLeftover {
+    key: Option<i32>,
+    pids: Vec<i32>,
+}
+
+impl SysvLeftover {
+    fn watch(&mut self, w: &Workload) {
+        let info = std::fs::read_to_string(w.dir.join("info")).unwrap_or_default();
+        let value = |key: &str| info.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ').map(str::to_owned));
+        self.key =
+            value("sysv_key").and_then(|k| u32::from_str_radix(k.trim_start_matches("0x"), 16).ok()).map(|k| k as i32);
+        let members = value("pids").unwrap_or_default();
+        self.pids = std::iter::once(w.pid).chain(members.split_whitespace().filter_map(|p| p.parse().ok())).collect();
+    }
+}
+
+impl Drop for SysvLeftover {
+    fn drop(&mut self) {
+        use stasis_sys::sysv;
+        let Some(key) = self.key else { return };
+        for &pid in &self.pids {
+            util::workload::wait_gone(pid, Duration::from_secs(10));
+        }
+        let Ok(Some(id)) = sysv::find(key) else { return };
+        if sysv::stat(id).is_ok_and(|s| s.nattch == 0) && sysv::remove(id).is_ok() {
+            eprintln!("removed System V segment {id} (key {key:#x}) that the workload left behind");
+        }
+    }
+}
+
 /// Dump killing the tree, restore, and compare the links of every process
 /// with those before; the workload then checks itself.
 fn round_trip(name: &str) {
+    let mut sysv = SysvLeftover::default();
     let mut w = Workload::start(name, &[]);
+    sysv.watch(&w);
     let before = w.wait_running();
     let members = pids(&w);
     let links_before: Vec<_> = members.iter().map(|&p| links(p)).collect();
@@ -61,7 +99,9 @@ fn round_trip(name: &str) {
 /// Dump leaving the tree running; the original goes on, is killed, and the
 /// restored tree starts from the dump.
 fn leave_running(name: &str) {
+    let mut sysv = SysvLeftover::default();
     let mut w = Workload::start(name, &[]);
+    sysv.watch(&w);
     w.wait_running();
     let images = tempfile::tempdir().unwrap();
     dump(&w, images.path(), &["--leave-running"]);

@@ -1,6 +1,7 @@
 /*
  * shared_mem: a parent and a child sharing MAP_SHARED memory, a sealed
- * memfd and inherited pipe and memfd fds (one open file each, shared).
+ * memfd, two System V shared memory segments (one of them removed while
+ * attached) and inherited pipe and memfd fds (one open file each, shared).
  *
  * Usage: shared_mem DIR
  *
@@ -22,41 +23,75 @@
  *         (C inherits that mapping) and mapped again by C after the fork. C
  *         writes its counter at 8192 through its own mapping; ping at 8200,
  *         pong at 8208; the rest past 5000 stays zero.
+ *   sysv  64 KiB System V segment: shmget(KEY, 65536, IPC_CREAT|IPC_EXCL|0640)
+ *         with KEY = 0x57A50000 | (the root's pid & 0xffff) (setup fails if
+ *         the key is taken: EEXIST), attached with shmat by the root, so C
+ *         inherits the attachment (2 attached). C's counter at offset 0 (C
+ *         adds 1 every iteration, after writing big's, small's and the
+ *         memfd's); ping at 8 (root) / pong at 16 (C); pages 1-11 hold a
+ *         known pattern, the rest stays zero.
+ *   sysv_gone 8 KiB System V segment: shmget(IPC_PRIVATE, 8192, IPC_CREAT|0600),
+ *         attached by the root (C inherits it), pattern in page 1, ping at 0
+ *         / pong at 8, the rest of page 0 zero. Right after the fork, once
+ *         C reported its setup, the root marks it removed (IPC_RMID): it
+ *         lives on only through the two attachments (SHM_DEST, key
+ *         IPC_PRIVATE) and goes with the last of them.
  *   pipe  fds 40/41, both ends held by both processes, 100 bytes of known
  *         data buffered, untouched until check.
  *   control pipes: root 20 -> C 10 (the check message), C 11 -> root 21
  *         (C's setup report, then its verdict).
- * While running, C checks that big's counter still holds its own last value
- * and that the root's generation never goes back; the root checks that C's
- * counters in big and in the memfd never go back (and the memfd's is not
- * ahead of big's, C writes big first).
+ * While running, C checks that big's and sysv's counters still hold its own
+ * last value and that the root's generation never goes back; the root checks
+ * that C's counters in big, in the memfd and in sysv never go back (and the
+ * memfd's is not ahead of big's, nor sysv's ahead of the memfd's: C writes
+ * big first, sysv last).
  *
  * Check: sharing must be real, not equal copies. The root writes a fresh
  * random token to ping in big, in small (its first touch: after checking
- * small's pattern) and in the memfd (with pwrite), and C, which echoes any
- * ping as ping + 1, must answer in pong (read back through the root's
- * mapping, and with pread for the memfd) within 10000 tries 1 ms apart.
+ * small's pattern), in the memfd (with pwrite), in sysv and in sysv_gone,
+ * and C, which echoes any ping as ping + 1, must answer in pong (read back
+ * through the root's mapping, and with pread for the memfd) within 10000
+ * tries 1 ms apart. The root then checks the segments with IPC_STAT while C
+ * still runs: sysv through the id shmget(KEY, 0, 0) finds now, which must be
+ * the id it created (its key, size 65536, mode & 0777 == 0640, not SHM_DEST,
+ * our uid and gid, 2 attached); sysv_gone through the id it remembered (key
+ * IPC_PRIVATE, size 8192, mode 0600, SHM_DEST, 2 attached).
  * Then the root sets O_NONBLOCK on fd 40 and moves the memfd's offset with
  * lseek, and sends C the check message with that offset. C verifies: pids,
  * PR_GET_PDEATHSIG is SIGKILL, fd 40 is O_NONBLOCK and the memfd is at the
  * root's offset (one open file each), the seals, ftruncate refused (EPERM),
  * the size, the 100 bytes in the shared pipe (then it is empty), every
- * pattern through its own mappings; it writes 100 bytes of its own into the
- * shared pipe and sends its verdict with its counter, the last generation of
- * the root it saw, and the inodes of its memfd and pipe. The root verifies:
- * the verdict and exit status, that C's counter is in big, small and the
- * memfd, not behind what the root saw, that C never saw a generation ahead of
- * the root's, that the inodes are its own, that the shared pipe holds exactly
- * C's 100 bytes, and every pattern and zero through its mappings and the fd.
+ * pattern (and the zeros of sysv and sysv_gone) through its own mappings,
+ * the same IPC_STAT of both segments through the ids it inherited; it writes
+ * 100 bytes of its own into the shared pipe and sends its verdict with its
+ * counter, the last generation of the root it saw, and the inodes of its
+ * memfd and pipe. The root verifies: the verdict and exit status, that C's
+ * counter is in big, small, the memfd and sysv, not behind what the root
+ * saw, that C never saw a generation ahead of the root's, that the inodes
+ * are its own, that the shared pipe holds exactly C's 100 bytes, every
+ * pattern and zero through its mappings and the fd, and that both segments
+ * are down to 1 attachment (its own) now that C is gone.
+ *
+ * System V leftovers: after its checks, ok or not, the root removes sysv
+ * (IPC_RMID; it goes when the root exits) and checks that KEY is free, so a
+ * finished run leaves nothing in the kernel; a setup failure (wl_die, exit)
+ * removes whatever the root had created (atexit). A run that is killed
+ * (SIGKILL, or a dump that kills the tree) after DIR/ready leaves at most
+ * sysv, with nothing attached: sysv_gone is already removed by then and goes
+ * with its last attachment. Only a kill during setup, before the root marked
+ * sysv_gone removed, may leave sysv_gone too (IPC_PRIVATE, 8 KiB). A test
+ * cleans up with DIR/info "sysv_key" / "sysv_id" (ipcrm -m ID).
  *
  * Publishes in DIR/info: "pids" and "pid_c" (C), the fd numbers
- * ("memfd_fd", "shared_pipe_read", "shared_pipe_write") and the addresses
- * ("big_addr", "small_addr", "memfd_addr"; C's own memfd mapping is
- * "memfd_addr_c").
+ * ("memfd_fd", "shared_pipe_read", "shared_pipe_write"), the addresses
+ * ("big_addr", "small_addr", "memfd_addr", "sysv_addr", "sysv_gone_addr";
+ * C's own memfd mapping is "memfd_addr_c"), sysv's key in hex ("sysv_key",
+ * 0x57a5....) and id ("sysv_id"), and sysv_gone's id ("sysv_gone_id").
  */
 #include "kids.h"
 
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 
 #define PAGE 4096
@@ -77,12 +112,26 @@
 #define MEMFD_PING 8200
 #define MEMFD_PONG 8208
 #define MEMFD_SEALS (F_SEAL_SHRINK | F_SEAL_GROW)
+#define SYSV_KEY_BASE 0x57A50000
+#define SYSV_LEN (64u << 10)
+#define SYSV_MODE 0640
+#define SYSV_COUNTER 0
+#define SYSV_PING 8
+#define SYSV_PONG 16
+#define SYSV_DATA PAGE
+#define SYSV_DATA_END (12 * PAGE)
+#define GONE_LEN (8u << 10)
+#define GONE_MODE 0600
+#define GONE_PING 0
+#define GONE_PONG 8
+#define GONE_DATA PAGE
 #define PIPE_MSG 100
 #define ROUND_TRIES 10000
 #define VERDICT_MS 30000
 
 enum { C_DOWN = 10, C_UP = 11, ROOT_DOWN = 20, ROOT_UP = 21, MEMFD = 30, SHARED_R = 40, SHARED_W = 41 };
 enum { SEED_BIG = 0x5b16, SEED_SMALL = 0x5a11, SEED_MEMFD = 0x3e3f, SEED_PIPE_ROOT = 0x9100, SEED_PIPE_C = 0x91c0 };
+enum { SEED_SYSV = 0x5755, SEED_GONE = 0x5760 };
 
 /* C -> root before ready, so the root knows C finished setting up. */
 struct setup_report {
@@ -100,11 +149,17 @@ struct verdict {
 	uint32_t ok, len;
 };
 
-static uint8_t *big, *small, *memfd_map, *memfd_map_c;
+static uint8_t *big, *small, *memfd_map, *memfd_map_c, *sysv, *sysv_gone;
 static pid_t root_pid, child_pid;
 static char tick_error[256];
 /* Root: C's counters last seen. C: the root's generation last seen. */
-static uint64_t seen_big, seen_memfd, seen_root_gen;
+static uint64_t seen_big, seen_memfd, seen_sysv, seen_root_gen;
+/* The segments' key and ids as created (C inherits them). */
+static key_t sysv_key;
+static int sysv_id = -1, sysv_gone_id = -1;
+/* The root's segments still to remove if it exits early (see remove_segments). */
+static pid_t creator;
+static bool sysv_owned, sysv_gone_owned;
 
 static uint64_t *slot(uint8_t *base, size_t off)
 {
@@ -139,7 +194,14 @@ static void tick_fail(const char *fmt, unsigned long long a, unsigned long long 
 static void root_tick(uint64_t gen)
 {
 	store(big, BIG_GEN, gen);
+	/* Read before the memfd's and big's: C writes sysv's last. */
+	uint64_t s = load(sysv, SYSV_COUNTER);
 	uint64_t m = load(memfd_map, MEMFD_COUNTER), b = load(big, BIG_COUNTER);
+	if (s > m)
+		tick_fail("C's counter in sysv (%llu) is ahead of the one in the memfd (%llu)", s, m);
+	if (s < seen_sysv)
+		tick_fail("C's counter in sysv went back from %llu to %llu", seen_sysv, s);
+	seen_sysv = s;
 	if (m > b)
 		tick_fail("C's counter in the memfd (%llu) is ahead of the one in big (%llu)", m, b);
 	if (b < seen_big)
@@ -197,6 +259,94 @@ static ino_t inode(int fd)
 	return fstat(fd, &st) < 0 ? 0 : st.st_ino;
 }
 
+/* Setup: create a System V segment (IPC_CREAT | IPC_EXCL) and attach it. */
+static int sysv_create(const char *what, key_t key, size_t len, int mode)
+{
+	int id = shmget(key, len, IPC_CREAT | IPC_EXCL | mode);
+	if (id < 0 && errno == EEXIST)
+		wl_die("%s: System V key 0x%08x is taken by another segment (a leftover of an earlier run? "
+		       "see ipcs -m, remove it with ipcrm -M 0x%08x)",
+		       what, (unsigned)key, (unsigned)key);
+	if (id < 0)
+		wl_die("%s: shmget key 0x%08x, %zu bytes: %s", what, (unsigned)key, len, strerror(errno));
+	return id;
+}
+
+static uint8_t *sysv_attach(const char *what, int id)
+{
+	void *p = shmat(id, NULL, 0);
+	if (p == (void *)-1)
+		wl_die("%s: shmat segment %d: %s", what, id, strerror(errno));
+	return p;
+}
+
+/*
+ * Root: remove the segment sysv_key names (IPC_RMID; it goes with its last
+ * attachment). By key, not by the id remembered: a restore that could not
+ * give sysv its id back made it under another. Returns the id, or -1.
+ */
+static int remove_sysv(void)
+{
+	int id = shmget(sysv_key, 0, 0);
+	if (id < 0 || shmctl(id, IPC_RMID, NULL) < 0)
+		return -1;
+	sysv_owned = false;
+	return id;
+}
+
+/* atexit in the root: an exit before the end (wl_die in setup) leaves no segment behind. */
+static void remove_segments(void)
+{
+	if (getpid() != creator)
+		return;
+	if (sysv_owned)
+		remove_sysv();
+	if (sysv_gone_owned && shmctl(sysv_gone_id, IPC_RMID, NULL) == 0)
+		sysv_gone_owned = false;
+}
+
+/* IPC_STAT of segment ID: its key, size, permission bits, SHM_DEST, owner and attachments. */
+static void check_segment(const char *what, int id, key_t key, size_t len, int mode, bool removed, int nattch)
+{
+	struct shmid_ds ds;
+	char w[128];
+	if (shmctl(id, IPC_STAT, &ds) < 0) {
+		wl_fail("%s: IPC_STAT on System V segment %d: %s", what, id, strerror(errno));
+		return;
+	}
+	if (ds.shm_perm.__key != key)
+		wl_fail("%s (segment %d): key 0x%08x, expected 0x%08x", what, id, (unsigned)ds.shm_perm.__key,
+			(unsigned)key);
+	snprintf(w, sizeof(w), "%s (segment %d) size", what, id);
+	wl_expect_eq(w, (long long)len, (long long)ds.shm_segsz);
+	snprintf(w, sizeof(w), "%s (segment %d) mode & 0777", what, id);
+	wl_expect_eq(w, mode, ds.shm_perm.mode & 0777);
+	snprintf(w, sizeof(w), "%s (segment %d) SHM_DEST in its mode (0%o)", what, id, ds.shm_perm.mode);
+	wl_expect_eq(w, removed ? SHM_DEST : 0, ds.shm_perm.mode & SHM_DEST);
+	snprintf(w, sizeof(w), "%s (segment %d) owner uid", what, id);
+	wl_expect_eq(w, geteuid(), ds.shm_perm.uid);
+	snprintf(w, sizeof(w), "%s (segment %d) owner gid", what, id);
+	wl_expect_eq(w, getegid(), ds.shm_perm.gid);
+	snprintf(w, sizeof(w), "%s (segment %d) shm_nattch", what, id);
+	wl_expect_eq(w, nattch, (long long)ds.shm_nattch);
+}
+
+/* Both segments' patterns and zeros through this process's attachments. */
+static void check_segments_data(const char *who)
+{
+	char w[96];
+	snprintf(w, sizeof(w), "sysv, %s view, after the slots", who);
+	expect_zero(w, sysv + SYSV_PONG + 8, SYSV_DATA - SYSV_PONG - 8);
+	snprintf(w, sizeof(w), "sysv, %s view", who);
+	wl_expect_fill(w, sysv + SYSV_DATA, SYSV_DATA_END - SYSV_DATA, SEED_SYSV);
+	snprintf(w, sizeof(w), "sysv, %s view, after the data", who);
+	expect_zero(w, sysv + SYSV_DATA_END, SYSV_LEN - SYSV_DATA_END);
+	snprintf(w, sizeof(w), "sysv_gone, %s view, after the slots", who);
+	expect_zero(w, sysv_gone + GONE_PONG + 8, GONE_DATA - GONE_PONG - 8);
+	snprintf(w, sizeof(w), "sysv_gone, %s view", who);
+	wl_expect_fill(w, sysv_gone + GONE_DATA, GONE_LEN - GONE_DATA, SEED_GONE);
+}
+
 static void run_child(void) __attribute__((noreturn));
 
 static void run_child(void)
@@ -220,6 +370,10 @@ static void run_child(void)
 		store(big, BIG_COUNTER, gen);
 		store(small, SMALL_COUNTER, gen);
 		store(memfd_map_c, MEMFD_COUNTER, gen);
+		had = load(sysv, SYSV_COUNTER);
+		if (had != gen - 1)
+			tick_fail("sysv's counter held %llu, C's own last value is %llu", had, gen - 1);
+		store(sysv, SYSV_COUNTER, gen);
 		uint64_t rg = load(big, BIG_GEN);
 		if (rg < seen_root_gen)
 			tick_fail("the root's generation in big went back from %llu to %llu", seen_root_gen, rg);
@@ -228,6 +382,8 @@ static void run_child(void)
 		echo(small, SMALL_PING, small, SMALL_PONG);
 		/* Ping read through C's own mapping, pong written through the inherited one. */
 		echo(memfd_map_c, MEMFD_PING, memfd_map, MEMFD_PONG);
+		echo(sysv, SYSV_PING, sysv, SYSV_PONG);
+		echo(sysv_gone, GONE_PING, sysv_gone, GONE_PONG);
 		if (buffered(C_DOWN) != 0)
 			break;
 		wl_sleep_ms(10);
@@ -270,6 +426,10 @@ static void run_child(void)
 	wl_expect_fill("small, C's view", small + SMALL_DATA, SMALL_LEN - SMALL_DATA, SEED_SMALL);
 	check_memfd("C's own", memfd_map_c);
 	check_memfd("C's inherited", memfd_map);
+	check_segments_data("C's");
+	/* Through the ids C inherited; the root is attached too until C's verdict. */
+	check_segment("sysv, C's IPC_STAT", sysv_id, sysv_key, SYSV_LEN, SYSV_MODE, false, 2);
+	check_segment("sysv_gone, C's IPC_STAT", sysv_gone_id, IPC_PRIVATE, GONE_LEN, GONE_MODE, true, 2);
 
 	pthread_mutex_lock(&wl_fail_lock);
 	struct verdict v = {
@@ -344,6 +504,20 @@ int main(int argc, char **argv)
 	WL_CHECK_SYS(fcntl(MEMFD, F_ADD_SEALS, MEMFD_SEALS));
 	memfd_map = map(MEMFD_LEN, MAP_SHARED, MEMFD);
 
+	/* The System V segments: removed again if the root exits before it is done with them. */
+	creator = getpid();
+	if (atexit(remove_segments) != 0)
+		wl_die("atexit failed");
+	sysv_key = (key_t)(SYSV_KEY_BASE | (getpid() & 0xffff));
+	sysv_id = sysv_create("sysv", sysv_key, SYSV_LEN, SYSV_MODE);
+	sysv_owned = true;
+	sysv = sysv_attach("sysv", sysv_id);
+	wl_fill(sysv + SYSV_DATA, SYSV_DATA_END - SYSV_DATA, SEED_SYSV);
+	sysv_gone_id = sysv_create("sysv_gone", IPC_PRIVATE, GONE_LEN, GONE_MODE);
+	sysv_gone_owned = true;
+	sysv_gone = sysv_attach("sysv_gone", sysv_gone_id);
+	wl_fill(sysv_gone + GONE_DATA, GONE_LEN - GONE_DATA, SEED_GONE);
+
 	int p[2];
 	WL_CHECK_SYS(pipe(p));
 	wl_move_fd(p[0], SHARED_R, 0);
@@ -375,12 +549,18 @@ int main(int argc, char **argv)
 	size_t got = read_all(ROOT_UP, &rep, sizeof(rep));
 	if (got != sizeof(rep))
 		wl_die("C (pid %d) did not report its setup", (int)pid);
+	/* From now on sysv_gone lives only through the root's and C's attachments. */
+	if (shmctl(sysv_gone_id, IPC_RMID, NULL) < 0)
+		wl_die("sysv_gone: IPC_RMID segment %d: %s", sysv_gone_id, strerror(errno));
+	sysv_gone_owned = false;
 
 	wl_info(dir,
 		"pids %d\npid_c %d\nmemfd_fd %d\nshared_pipe_read %d\nshared_pipe_write %d\nbig_addr %lu\n"
-		"small_addr %lu\nmemfd_addr %lu\nmemfd_addr_c %lu\n",
+		"small_addr %lu\nmemfd_addr %lu\nmemfd_addr_c %lu\nsysv_addr %lu\nsysv_gone_addr %lu\n"
+		"sysv_key 0x%08x\nsysv_id %d\nsysv_gone_id %d\n",
 		(int)pid, (int)pid, MEMFD, SHARED_R, SHARED_W, (unsigned long)big, (unsigned long)small,
-		(unsigned long)memfd_map, (unsigned long)rep.memfd_addr);
+		(unsigned long)memfd_map, (unsigned long)rep.memfd_addr, (unsigned long)sysv,
+		(unsigned long)sysv_gone, (unsigned)sysv_key, sysv_id, sysv_gone_id);
 	wl_ready(dir);
 	wl_loop(dir, root_tick);
 
@@ -393,6 +573,17 @@ int main(int argc, char **argv)
 	round_trip("big", big, BIG_PING, BIG_PONG, &rng);
 	round_trip("small", small, SMALL_PING, SMALL_PONG, &rng);
 	round_trip_fd(&rng);
+	round_trip("sysv", sysv, SYSV_PING, SYSV_PONG, &rng);
+	round_trip("sysv_gone", sysv_gone, GONE_PING, GONE_PONG, &rng);
+	/* While C still runs (it exits after its verdict): both attached. */
+	int id = shmget(sysv_key, 0, 0);
+	if (id < 0)
+		wl_fail("sysv: shmget key 0x%08x: %s", (unsigned)sysv_key, strerror(errno));
+	else
+		wl_expect_eq("sysv: the id of its key", sysv_id, id);
+	if (id >= 0)
+		check_segment("sysv, the root's IPC_STAT", id, sysv_key, SYSV_LEN, SYSV_MODE, false, 2);
+	check_segment("sysv_gone, the root's IPC_STAT", sysv_gone_id, IPC_PRIVATE, GONE_LEN, GONE_MODE, true, 2);
 
 	/* Changes to the open files that C must see through its own fds. */
 	WL_CHECK_SYS(fcntl(SHARED_R, F_SETFL, fcntl(SHARED_R, F_GETFL) | O_NONBLOCK));
@@ -438,6 +629,7 @@ int main(int argc, char **argv)
 		wl_expect_eq("C's counter in small", (long long)v.counter, (long long)load(small, SMALL_COUNTER));
 		wl_expect_eq("C's counter in the memfd", (long long)v.counter,
 			     (long long)load(memfd_map, MEMFD_COUNTER));
+		wl_expect_eq("C's counter in sysv", (long long)v.counter, (long long)load(sysv, SYSV_COUNTER));
 		wl_expect_eq("memfd inode in C", (long long)inode(MEMFD), (long long)v.memfd_ino);
 		wl_expect_eq("shared pipe inode in C", (long long)inode(SHARED_R), (long long)v.pipe_ino);
 	}
@@ -459,6 +651,20 @@ int main(int argc, char **argv)
 	free(copy);
 	wl_expect_eq("memfd offset", (long long)cm.memfd_offset, lseek(MEMFD, 0, SEEK_CUR));
 
+	check_segments_data("the root's");
+	if (st != -1) {
+		/* C is reaped: its attachments are gone, the root's remain. */
+		check_segment("sysv after C exited", sysv_id, sysv_key, SYSV_LEN, SYSV_MODE, false, 1);
+		check_segment("sysv_gone after C exited", sysv_gone_id, IPC_PRIVATE, GONE_LEN, GONE_MODE, true, 1);
+	}
+
 	expect_no_children();
+
+	/* Leave nothing in the kernel: sysv goes when the root exits, like sysv_gone. */
+	if (remove_sysv() < 0)
+		wl_fail("sysv: removing the segment of key 0x%08x: %s", (unsigned)sysv_key, strerror(errno));
+	else if ((id = shmget(sysv_key, 0, 0)) >= 0 || errno != ENOENT)
+		wl_fail("sysv: key 0x%08x after IPC_RMID: %s", (unsigned)sysv_key,
+			id >= 0 ? "still names a segment" : strerror(errno));
 	wl_finish(dir);
 }
