@@ -100,6 +100,21 @@ fn tcp_pair() {
     selfcheck("tcp_pair", &[]);
 }
 
+#[test]
+fn tree() {
+    selfcheck("tree", &[]);
+}
+
+#[test]
+fn session() {
+    selfcheck("session", &[]);
+}
+
+#[test]
+fn shared_mem() {
+    selfcheck("shared_mem", &[]);
+}
+
 /// Ask `w` to check itself: it must report a failure mentioning `needle`.
 fn expect_failure(w: &Workload, needle: &str) {
     let outcome = w.check_fails();
