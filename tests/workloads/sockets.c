@@ -19,26 +19,13 @@
  * one back (datagrams others sent to 42 are skipped).
  */
 #include "workload.h"
+#include "sockopt.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
-
-static int getint(int fd, int level, int name)
-{
-	int v = -1;
-	socklen_t len = sizeof(v);
-	if (getsockopt(fd, level, name, &v, &len) < 0)
-		wl_fail("fd %d: getsockopt(%d, %d): %s", fd, level, name, strerror(errno));
-	return v;
-}
-
-static void setint(int fd, int level, int name, int v)
-{
-	WL_CHECK_SYS(setsockopt(fd, level, name, &v, sizeof(v)));
-}
 
 static int port_of(int fd)
 {

@@ -52,6 +52,7 @@
  * and "client_port" (C's end of the connection).
  */
 #include "kids.h"
+#include "sockopt.h"
 #include "records.h"
 
 #include <arpa/inet.h>
@@ -167,20 +168,6 @@ static void final_byte(struct chan *c, char out, char in, uint64_t deadline)
 		wl_fail("%s: no final byte '%c' after END (%s)", c->name, in, why);
 	else if (in && b != in)
 		wl_fail("%s: byte 0x%02x after END, expected '%c'", c->name, (unsigned char)b, in);
-}
-
-static int getint(int fd, int level, int name)
-{
-	int v = -1;
-	socklen_t len = sizeof(v);
-	if (getsockopt(fd, level, name, &v, &len) < 0)
-		wl_fail("fd %d: getsockopt(%d, %d): %s", fd, level, name, strerror(errno));
-	return v;
-}
-
-static void setint(int fd, int level, int name, int v)
-{
-	WL_CHECK_SYS(setsockopt(fd, level, name, &v, sizeof(v)));
 }
 
 static struct sockaddr_in lo(int p)

@@ -59,6 +59,7 @@
  * "abstract_name" (the name without its leading NUL byte).
  */
 #include "kids.h"
+#include "sockopt.h"
 
 /* Record n is this long when n % 64 == 3 (records.h). */
 #define REC_BIG 20000
@@ -207,15 +208,6 @@ static void chan_finish(struct chan *c, uint64_t deadline)
 		chan_fail(c, "data after the END record (which followed record %llu)", (unsigned long long)c->n);
 	else if (n < 0 && errno != EAGAIN)
 		chan_fail(c, "after the END record: %s", strerror(errno));
-}
-
-static int getint(int fd, int level, int name)
-{
-	int v = -1;
-	socklen_t len = sizeof(v);
-	if (getsockopt(fd, level, name, &v, &len) < 0)
-		wl_fail("fd %d: getsockopt(%d, %d): %s", fd, level, name, strerror(errno));
-	return v;
 }
 
 static void addr_str(char *out, size_t n, const struct uaddr *a)
