@@ -28,13 +28,7 @@ pub fn protocol_name(path: &Path) -> Option<String> {
 /// SO_BUF_LOCK: `SOCK_SNDBUF_LOCK` (1) | `SOCK_RCVBUF_LOCK` (2), the buffer
 /// sizes set explicitly with SO_SNDBUF/SO_RCVBUF (Linux 5.14).
 pub fn buf_lock(fd: impl AsFd) -> Result<u32, Errno> {
-    let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid for writes of their sizes for the call.
-    let r = unsafe {
-        libc::getsockopt(fd.as_fd().as_raw_fd(), libc::SOL_SOCKET, libc::SO_BUF_LOCK, (&raw mut v).cast(), &raw mut len)
-    };
-    Errno::result(r).map(|_| v as u32)
+    int_option(fd, libc::SOL_SOCKET, libc::SO_BUF_LOCK).map(|v| v as u32)
 }
 
 /// An integer socket option nix does not name (SO_PEEK_OFF, TCP_REPAIR, ...).

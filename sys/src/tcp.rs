@@ -50,8 +50,7 @@ pub struct RepairMode<'fd> {
 impl<'fd> RepairMode<'fd> {
     /// Enters repair mode on `fd`.
     pub fn enter(fd: BorrowedFd<'fd>) -> Result<Self, Error> {
-        socket::setsockopt(&fd, sockopt::TcpRepair, &REPAIR_ON)
-            .map_err(|errno| Error::Set { value: REPAIR_ON, errno })?;
+        set_repair(fd, REPAIR_ON as i32).map_err(|errno| Error::Set { value: REPAIR_ON, errno })?;
         Ok(RepairMode { fd })
     }
 
@@ -64,7 +63,7 @@ impl<'fd> RepairMode<'fd> {
 }
 
 fn set_off(fd: BorrowedFd<'_>) -> Result<(), Error> {
-    socket::setsockopt(&fd, sockopt::TcpRepair, &REPAIR_OFF).map_err(|errno| Error::Set { value: REPAIR_OFF, errno })
+    set_repair(fd, REPAIR_OFF as i32).map_err(|errno| Error::Set { value: REPAIR_OFF, errno })
 }
 
 impl Drop for RepairMode<'_> {

@@ -709,9 +709,7 @@ impl FdDumper {
         })?;
         Ok(sockets)
     }
-}
 
-impl FdDumper {
     /// Dump every fd of `pid` from a pidfd_getfd copy; `done` are the
     /// processes dumped before, whose fds this one may share.
     fn dump(

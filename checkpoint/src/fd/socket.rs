@@ -140,11 +140,16 @@ impl Tables {
 
 pub use stasis_sys::sock::protocol_name;
 
-fn inet_addr(sa: &SockaddrStorage) -> Option<InetAddr> {
+/// The IP address and port of `sa`; `None` for another family.
+pub(super) fn socket_addr(sa: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = sa.as_sockaddr_in() {
-        return Some(InetAddr::from_socket_addr(&SocketAddr::V4((*v4).into())));
+        return Some(SocketAddr::V4((*v4).into()));
     }
-    sa.as_sockaddr_in6().map(|v6| InetAddr::from_socket_addr(&SocketAddr::V6((*v6).into())))
+    sa.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+fn inet_addr(sa: &SockaddrStorage) -> Option<InetAddr> {
+    socket_addr(sa).map(|a| InetAddr::from_socket_addr(&a))
 }
 
 /// Dump the socket from the agent's copy of it.

@@ -165,11 +165,7 @@ fn send_all(sock: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
 /// The local and peer addresses of a connected socket.
 pub fn addresses(sock: &OwnedFd) -> Result<(SocketAddr, SocketAddr), String> {
     let get = |sa: Result<SockaddrStorage, Errno>, what: &str| -> Result<SocketAddr, String> {
-        let sa = sa.map_err(|e| format!("{what}: {e}"))?;
-        if let Some(v4) = sa.as_sockaddr_in() {
-            return Ok(SocketAddr::V4((*v4).into()));
-        }
-        sa.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())).ok_or_else(|| format!("{what}: not IP"))
+        super::socket::socket_addr(&sa.map_err(|e| format!("{what}: {e}"))?).ok_or_else(|| format!("{what}: not IP"))
     };
     Ok((
         get(socket::getsockname(sock.as_raw_fd()), "getsockname")?,

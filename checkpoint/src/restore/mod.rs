@@ -908,12 +908,10 @@ impl Remote<'_, '_> {
             // A whole System V segment is attached with shmat, so the
             // kernel counts the attachment (shm_nattch), as before.
             _ if sysv_size.is_some_and(|size| v.offset == 0 && size.next_multiple_of(4096) == len) => {
-                use std::os::unix::fs::MetadataExt;
                 let object = objects
                     .get(&v.shmem)
                     .ok_or_else(|| step(&what)(format!("shared memory object {} was not made", v.shmem)))?;
-                let file = std::fs::File::from(object.try_clone().map_err(|e| step(&what)(e.to_string()))?);
-                let shmid = file.metadata().map_err(|e| step(&what)(e.to_string()))?.ino();
+                let shmid = shmem::sysv_id(object).map_err(|e| step(&what)(format!("fstat: {e}")))? as u64;
                 let write = v.prot & libc::PROT_WRITE as u32 != 0;
                 let exec = v.prot & libc::PROT_EXEC as u32 != 0;
                 let shmflg =

@@ -55,9 +55,10 @@ pub fn create(image: &Image, objects: &[Shmem]) -> Result<HashMap<u64, OwnedFd>,
 }
 
 /// A System V segment with the key, id (when free: `kernel.shm_next_id`),
-/// size, owner and contents of `m`, as a file to map (opened through an
-/// attachment of the agent's, which goes again: each mapping of the file
-/// is an attachment of its own). A segment with the same key that nobody
+/// size, owner and contents of `m`, as its file (opened through an
+/// attachment of the agent's, which goes again): processes attach the
+/// segment by the file's inode number, its id ([`sysv_id`]); a mapping of
+/// part of it maps the file. A segment with the same key that nobody
 /// has attached and that has the recorded id is the one the dumped tree
 /// left when it was killed: it is replaced. Any other is an error.
 fn sysv_segment(image: &Image, m: &Shmem) -> Result<OwnedFd, String> {
@@ -97,6 +98,11 @@ fn sysv_segment(image: &Image, m: &Shmem) -> Result<OwnedFd, String> {
     made
 }
 
+/// The id of the System V segment whose file is `fd` (its inode number).
+pub fn sysv_id(fd: &OwnedFd) -> Result<i32, stasis_sys::Errno> {
+    stasis_sys::nix::sys::stat::fstat(fd).map(|st| st.st_ino as i32)
+}
+
 /// Copy the object's pages from the image into `dst` (its memory, mapped
 /// in the agent); bytes past its size are dropped.
 fn fill(image: &Image, m: &Shmem, dst: &mut [u8]) -> Result<(), String> {
@@ -125,13 +131,9 @@ fn open_mapped(range: std::ops::Range<u64>) -> Result<OwnedFd, String> {
 /// had been removed while attached (they go with their last attachment).
 pub fn seal(objects: &[Shmem], made: &HashMap<u64, OwnedFd>) -> Result<(), RestoreError> {
     for m in objects.iter().filter(|m| m.sysv && m.removed) {
-        use std::os::unix::fs::MetadataExt;
         let what = format!("System V segment {}", m.sysv_id);
         let fd = made.get(&m.id).ok_or_else(|| step(&what)("it was not made".into()))?;
-        let id = File::from(fd.try_clone().map_err(|e| step(&what)(e.to_string()))?)
-            .metadata()
-            .map_err(|e| step(&what)(e.to_string()))?
-            .ino() as i32;
+        let id = sysv_id(fd).map_err(|e| step(&what)(e.to_string()))?;
         stasis_sys::sysv::remove(id).map_err(|e| step(&what)(format!("IPC_RMID: {e}")))?;
     }
     for m in objects.iter().filter(|m| m.memfd && m.seals != 0) {
