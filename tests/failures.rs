@@ -349,3 +349,58 @@ fn dump_refuses_processes_sharing_an_address_space() {
     assert!(is_alive(child), "the vfork child is gone after the refused dump");
     w.check_ok();
 }
+
+/// Holds an established TCP connection (to itself, fds 4 and 5: dumped
+/// before the socketpair) and a unix socketpair with a file descriptor in
+/// flight; every ~20 ms it sends a byte over the
+/// connection, reads it back at the other end, and publishes the round
+/// trips done (as a symlink, DIR/progress).
+const IN_FLIGHT_SCRIPT: &str = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+conn = socket.create_connection(s.getsockname())
+accepted, _ = s.accept()
+a, b = socket.socketpair()
+socket.send_fds(a, [b"x"], [conn.fileno()])
+accepted.settimeout(60)
+i = 0
+while True:
+    conn.sendall(b"p")
+    if accepted.recv(1) != b"p":
+        sys.exit("lost the byte")
+    i += 1
+    os.symlink(str(i), os.path.join(d, "progress.tmp"))
+    os.replace(os.path.join(d, "progress.tmp"), os.path.join(d, "progress"))
+    time.sleep(0.02)
+"#;
+
+/// A dump that fails after it has locked the network and put a TCP
+/// connection in repair mode (a unix socket with an fd in flight is found
+/// later) gives the connection back: no lock is left and the process goes
+/// on using it.
+#[test]
+fn failed_dump_gives_tcp_connections_back() {
+    let dir = tempdir("in-flight");
+    let script = dir.path().join("in_flight.py");
+    fs::write(&script, IN_FLIGHT_SCRIPT).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let p = Spawned::start("in-flight", cmd, dir);
+    let progress = |d: &Path| fs::read_link(d.join("progress")).ok()?.to_str()?.parse::<u64>().ok();
+    p.wait_for(Duration::from_secs(30), "progress", || progress(&p.dir));
+
+    let images = tempdir("in-flight-img");
+    let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
+    assert!(line.contains("SCM_RIGHTS"), "{line}");
+    let locks = stasis_checkpoint::netlock::locks().unwrap();
+    assert!(!locks.iter().any(|l| l.starts_with(&format!("{}_", p.pid))), "a lock is left: {locks:?}");
+    assert_eq!(tracer_of(p.pid), 0);
+    let now = progress(&p.dir).unwrap();
+    p.wait_for(Duration::from_secs(30), "round trips over the connection after the failed dump", || {
+        progress(&p.dir).filter(|&i| i > now + 5)
+    });
+    assert!(p.alive(), "{}", p.log());
+}
