@@ -21,6 +21,13 @@ use crate::Outcome;
 /// stasis waits up to --pid-timeout. No process runs before all are
 /// rebuilt. If the restore fails, nothing it created is left behind.
 ///
+/// Established TCP connections are rebuilt with TCP_REPAIR under the dump's
+/// network lock (an nftables table stasis_<pid>_<time> dropping their
+/// peers' packets), which is removed once the tree runs; a failed restore
+/// leaves the lock as it found it, so it can be tried again. Unix sockets
+/// are made again, bound to their names (a socket file left by the killed
+/// tree is replaced); System V segments again with their key and id.
+///
 /// Exit status: 0 when the tree runs again (the root's pid is printed), 1
 /// otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]

@@ -132,6 +132,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let members: HashSet<i32> =
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
+    let segments = shmem::Segments::made(&tree.shmem, &objects);
     let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
     let unix = crate::fd::unix::make_all(&tree.unix_sockets).map_err(step("unix sockets"))?;
     let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects, unix);
@@ -186,6 +187,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for puppet in puppets {
         threads += puppet.release()?;
     }
+    segments.keep();
     phase("resume");
     let report = RestoreReport {
         pid: tree.processes[0].pid,

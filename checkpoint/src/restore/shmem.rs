@@ -98,6 +98,30 @@ fn sysv_segment(image: &Image, m: &Shmem) -> Result<OwnedFd, String> {
     made
 }
 
+/// The System V segments a restore made: removed again if it fails (the
+/// image still holds them), unless [`Segments::keep`].
+pub struct Segments(Vec<i32>);
+
+impl Segments {
+    pub fn made(objects: &[Shmem], made: &HashMap<u64, OwnedFd>) -> Segments {
+        let ids = objects.iter().filter(|m| m.sysv).filter_map(|m| made.get(&m.id).and_then(|fd| sysv_id(fd).ok()));
+        Segments(ids.collect())
+    }
+
+    /// The restore succeeded: they belong to the restored tree.
+    pub fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Segments {
+    fn drop(&mut self) {
+        for &id in &self.0 {
+            let _ = stasis_sys::sysv::remove(id);
+        }
+    }
+}
+
 /// The id of the System V segment whose file is `fd` (its inode number).
 pub fn sysv_id(fd: &OwnedFd) -> Result<i32, stasis_sys::Errno> {
     stasis_sys::nix::sys::stat::fstat(fd).map(|st| st.st_ino as i32)
