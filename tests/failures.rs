@@ -283,13 +283,15 @@ fn restore_of_corrupt_chunk_names_it_and_creates_nothing() {
 }
 
 #[test]
-fn restore_while_pid_taken_names_it_and_leaves_original() {
+fn restore_without_namespace_while_pid_taken_names_it_and_leaves_original() {
     let w = Workload::start("mem_dense", &["16"]);
     w.wait_running();
     let images = tempdir("taken-img");
     dump_ok(w.pid, images.path(), &["--leave-running"]);
-    let line = error_line(&run(["restore", "--images", images.path().to_str().unwrap(), "--pid-timeout", "1"]));
+    let images = images.path().to_str().unwrap();
+    let line = error_line(&run(["restore", "--images", images, "--pid-timeout", "1", "--no-pid-namespace"]));
     assert!(line.contains(&w.pid.to_string()), "the error does not name pid {}: {line}", w.pid);
+    assert!(line.contains("new PID namespace"), "the error does not say what else to do: {line}");
     assert_unchanged(&w);
 }
 

@@ -113,6 +113,120 @@ fn leave_running(name: &str) {
     assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
 }
 
+/// Processes that hold pids, so that a restore finds them taken: paused
+/// children of the test, killed and reaped when dropped.
+struct Squatters(#[allow(dead_code)] Vec<stasis_sys::child::Child>);
+
+fn squat(pids: &[i32]) -> Squatters {
+    use stasis_sys::child::ChildAction;
+    let held = pids
+        .iter()
+        .map(|&pid| {
+            // A killed process keeps its pid until it is reaped.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match stasis_sys::clone3::spawn_with_tid(&[stasis_sys::Pid::from_raw(pid)], ChildAction::Pause) {
+                    Ok(child) => break child,
+                    Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => panic!("cannot take pid {pid}: {e:?}"),
+                }
+            }
+        })
+        .collect();
+    Squatters(held)
+}
+
+/// The namespace's init, killed when dropped: that ends every process of
+/// the namespace (a failed test leaves nothing behind).
+struct NamespaceInit(i32);
+
+impl Drop for NamespaceInit {
+    fn drop(&mut self) {
+        use stasis_sys::nix::sys::signal::kill;
+        let _ = kill(stasis_sys::Pid::from_raw(self.0), stasis_sys::Signal::SIGKILL);
+    }
+}
+
+/// Parent (this host's pid), process group and session inside the
+/// process's own PID namespace, and its pid there.
+fn ns_links(host: i32) -> (i32, i32, i32) {
+    let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
+    let last = |key: &str| -> i32 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+            .unwrap_or(-1)
+    };
+    (last("NSpid:"), last("NSpgid:"), last("NSsid:"))
+}
+
+/// Host pids of every descendant of `root`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut out = vec![];
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for c in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// Dump killing the tree, take every pid it had with other processes, and
+/// restore: into a new PID namespace (by itself, or as asked), where each
+/// process has its pid, group and session; the workload checks itself.
+fn round_trip_in_new_pid_namespace(name: &str, extra: &[&str]) {
+    let mut sysv = SysvLeftover::default();
+    let mut w = Workload::start(name, &[]);
+    sysv.watch(&w);
+    let before = w.wait_running();
+    let members = pids(&w);
+    let original = w.pid;
+    let all: Vec<i32> = std::iter::once(original).chain(members.iter().copied()).collect();
+    let links_before: Vec<_> = all.iter().map(|&p| links(p)).collect();
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let _taken = squat(&all);
+    let mut args = vec!["restore", "--images", images.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(&args);
+    assert_eq!(r.code, Some(0), "restore of {name} failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    assert!(r.stderr.contains("new PID namespace"), "no notice of the namespace\n{}", r.dump());
+    let host: i32 = r.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid printed\n{}", r.dump()));
+    assert_ne!(host, original, "{}", r.dump());
+    let init = links(host).0;
+    let _init = NamespaceInit(init);
+    assert_eq!(ns_links(init).0, 1, "the root's parent is not the namespace's init");
+    let found: Vec<i32> = std::iter::once(host).chain(descendants(host)).collect();
+    for (&p, &(_, pgid, sid)) in all.iter().zip(&links_before) {
+        let Some(&h) = found.iter().find(|&&h| ns_links(h).0 == p) else {
+            panic!("process {p} is not in the namespace (found {found:?})\n{}", w.log());
+        };
+        // Groups and sessions led from outside the tree show as 0 inside.
+        let outside = |id: i32| if all.contains(&id) { id } else { 0 };
+        assert_eq!(ns_links(h), (p, outside(pgid), outside(sid)), "process {p} (host pid {h})\n{}", w.log());
+    }
+    w.pid = host;
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+}
+
+#[test]
+fn fork_tree_in_a_new_pid_namespace_when_its_pids_are_taken() {
+    round_trip_in_new_pid_namespace("tree", &[]);
+}
+
+#[test]
+fn session_in_a_new_pid_namespace_when_asked() {
+    round_trip_in_new_pid_namespace("session", &["--pid-namespace"]);
+}
+
 #[test]
 fn fork_tree_with_zombies_round_trip() {
     let mut w = Workload::start("tree", &[]);

@@ -513,6 +513,7 @@ pub fn restore_options(images: &Path, cancel: &Cancel) -> stasis_checkpoint::res
         images: images.to_path_buf(),
         allow_changed_files: false,
         pid_timeout: Duration::from_secs(10),
+        pid_namespace: Default::default(),
         cancel: Some(Cancel::clone(cancel)),
         progress: None,
     }

@@ -695,11 +695,16 @@ impl Injection<'_> {
         let scratch = self.scratch()?;
         scratch.write(0, &bytes)?;
         scratch.write(set_tid_offset, &tid.as_raw().to_le_bytes())?;
+        self.last_event_msg = None;
         let created = self.syscall_ok(libc::SYS_clone3, [base, bytes.len() as u64, 0, 0, 0, 0])?;
         let created = Pid::from_raw(created as libc::pid_t);
         if created != tid {
             return Err(Error::WrongTid { tid: me, requested: tid, created });
         }
+        // clone3 returned the tid in the tracee's PID namespace; the clone
+        // event tells it in ours (they differ when the tracee is in a child
+        // namespace).
+        let created = self.last_event_msg.map_or(created, |msg| Pid::from_raw(msg as libc::pid_t));
         let thread = Seized::adopt_auto_attached(created, self.timeout).map_err(|e| match e {
             ptrace::Error::Gone { status, .. } => Error::Died { tid: created, status },
             other => Error::Ptrace(other),

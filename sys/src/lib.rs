@@ -25,6 +25,7 @@ pub mod mman;
 pub mod ns;
 pub mod pagemap;
 pub mod pidfd;
+pub mod pidns;
 pub mod prctl;
 pub mod process_vm;
 pub mod procmem;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use stasis_checkpoint::restore::{self, RestoreOptions};
+use stasis_checkpoint::restore::{self, PidNamespaceMode, RestoreOptions};
 
 use crate::output::json;
 use crate::Outcome;
@@ -17,9 +17,15 @@ use crate::Outcome;
 /// anything is created, the image is verified, and every file the processes
 /// had open or mapped is checked against the image (a file that changed
 /// since the dump is refused unless --allow-changed-files). If an original
-/// pid is still taken (a process just killed keeps it until it is reaped),
-/// stasis waits up to --pid-timeout. No process runs before all are
-/// rebuilt. If the restore fails, nothing it created is left behind.
+/// pid is still taken by a process being reaped (one just killed keeps it
+/// until its parent reaps it), stasis waits up to --pid-timeout. If a live
+/// process holds one, the tree is restored into a new PID namespace, with a
+/// warning saying so: there every process has its original pid, under a
+/// small init of stasis's (pid 1 inside), which adopts the tree's orphans,
+/// passes the signals sent to it on to the root, and exits with the root's
+/// status when the last process of the namespace ends. The pid printed is
+/// then the root's on this host. No process runs before all are rebuilt.
+/// If the restore fails, nothing it created is left behind.
 ///
 /// Established TCP connections are rebuilt with TCP_REPAIR under the dump's
 /// network lock (an nftables table stasis_<pid>_<time> dropping their
@@ -44,6 +50,13 @@ pub struct Args {
     /// Seconds to wait for the original pids to become free.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pid_timeout: u64,
+    /// Restore into a new PID namespace even if the original pids are free.
+    #[arg(long, conflicts_with = "no_pid_namespace")]
+    pid_namespace: bool,
+    /// Never restore into a new PID namespace: a pid taken by a live
+    /// process is an error.
+    #[arg(long)]
+    no_pid_namespace: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -58,12 +71,23 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         pid_timeout: Duration::from_secs(args.pid_timeout),
         cancel: Some(cancel),
         progress: bar.as_ref().map(|(_, f)| f.clone()),
+        pid_namespace: match (args.pid_namespace, args.no_pid_namespace) {
+            (true, _) => PidNamespaceMode::Always,
+            (_, true) => PidNamespaceMode::Never,
+            _ => PidNamespaceMode::Auto,
+        },
     };
     let report = restore::restore(&opts).with_context(|| format!("restore from {} failed", args.images.display()))?;
     if let Some(file) = &args.pidfile {
         std::fs::write(file, format!("{}\n", report.pid)).with_context(|| {
             format!("process {} runs, but its pid could not be written to {}", report.pid, file.display())
         })?;
+    }
+    if let Some(ns) = &report.namespace {
+        eprintln!(
+            "stasis: restored into a new PID namespace ({}): the root is pid {} here and {} inside; its init is pid {}",
+            ns.reason, report.pid, ns.pid_inside, ns.init
+        );
     }
     if args.json {
         json(&report)?;

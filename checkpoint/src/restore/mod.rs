@@ -4,16 +4,18 @@
 //! 1. Open and verify the image; check this kernel has the image's vdso
 //!    layout and this CPU its register state; re-create every fd object in
 //!    the agent (refusing files that changed since the dump); wait until the
-//!    pid and thread ids are free.
+//!    pid and thread ids are free, or, when a live process holds one, go
+//!    into a new PID namespace where they all are ([`PidNamespaceMode`]).
 //! 2. Create the puppet: a child of the agent at the original pid
-//!    (clone3 with set_tid), which stops itself at once and is seized.
+//!    (clone3 with set_tid), which pauses and is seized; in a new PID
+//!    namespace, a child of its init ([`stasis_sys::pidns`]) at that pid.
 //! 3. Through injected system calls ([`stasis_sys::inject`]): map a
 //!    trampoline (`syscall`) and a scratch page in a gap free in both the
 //!    puppet's and the image's layout, close every inherited fd, unmap all
 //!    the agent's memory, move the vdso and vvar to the image's addresses,
 //!    map every recorded mapping, and write the stored pages through
 //!    /proc/PID/mem. Then the mm fields (PR_SET_MM_MAP), fds (fetched with
-//!    pidfd_getfd from the agent), cwd, umask, rlimits, signal handlers,
+//!    pidfd_getfd through a pidfd of the agent the puppet inherited), cwd, umask, rlimits, signal handlers,
 //!    itimers, process attributes, threads (clone3 with set_tid, each
 //!    stopped before running), per-thread state, and pending signals.
 //! 4. Unmap the trampoline, set every thread's registers (with the
@@ -39,6 +41,7 @@ use stasis_image::{Image, ReadError};
 use stasis_sys::child::{Child, ChildAction};
 use stasis_sys::inject::{find_syscall_site, Injection};
 use stasis_sys::nix::libc;
+use stasis_sys::pidns::PidNamespace;
 use stasis_sys::process_vm::RemoteAddr;
 use stasis_sys::procmem::ProcMem;
 use stasis_sys::ptrace::{Options, Seized};
@@ -61,13 +64,43 @@ pub struct RestoreOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Told the bytes of memory written so far, and the total.
     pub progress: Option<crate::ProgressFn>,
+    /// When to restore into a new PID namespace.
+    pub pid_namespace: PidNamespaceMode,
+}
+
+/// When a restore puts the tree into a new PID namespace, where every
+/// process has its original pid whatever this host's processes hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PidNamespaceMode {
+    /// Only when a pid of the image is held by a live process (a process
+    /// being reaped is waited for), with a warning naming it.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never: a taken pid is an error.
+    Never,
+}
+
+/// The PID namespace a tree was restored into.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NamespaceReport {
+    /// The namespace's init (stasis's), in this host's pids.
+    pub init: i32,
+    /// The root of the tree inside the namespace: its original pid.
+    pub pid_inside: i32,
+    /// Why the namespace was made.
+    pub reason: String,
 }
 
 /// What a successful restore did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RestoreReport {
-    /// The first process of the image (the root of its tree).
+    /// The first process of the image (the root of its tree), in this
+    /// host's pids: its original pid, unless it went into a new namespace.
     pub pid: i32,
+    /// Set when the tree was restored into a new PID namespace.
+    pub namespace: Option<NamespaceReport>,
     pub processes: usize,
     pub zombies: usize,
     /// Threads of all processes.
@@ -88,7 +121,7 @@ pub enum RestoreError {
     Unsupported(String),
     #[error("{0}")]
     Incompatible(String),
-    #[error("pid {pid} is taken by a running process ({comm}); stop it or restore elsewhere")]
+    #[error("pid {pid} is taken by a running process ({comm}); stop it, or restore into a new PID namespace")]
     PidTaken { pid: i32, comm: String },
     #[error(transparent)]
     Fd(#[from] FdError),
@@ -129,6 +162,33 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     phase("check");
 
+    let namespace = match opts.pid_namespace {
+        PidNamespaceMode::Always => Some("--pid-namespace was given".to_owned()),
+        PidNamespaceMode::Never => {
+            wait_free(tree, opts.pid_timeout, false)?;
+            None
+        }
+        PidNamespaceMode::Auto => match wait_free(tree, opts.pid_timeout, true) {
+            Ok(()) => None,
+            Err(RestoreError::PidTaken { pid, comm }) => {
+                let reason = format!("pid {pid} is taken by a running process ({comm})");
+                tracing::warn!(
+                    "{reason}: restoring into a new PID namespace, where every process has its original pid"
+                );
+                Some(reason)
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    if namespace.is_some() {
+        if let Some(p) = tree.processes.iter().find(|p| p.pid == 1) {
+            return Err(RestoreError::Unsupported(format!(
+                "process {} has pid 1, which in a new PID namespace is its init",
+                p.pid
+            )));
+        }
+    }
+
     let members: HashSet<i32> =
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
@@ -143,18 +203,30 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let repaired = std::mem::take(&mut planner.repaired);
     drop(planner);
     phase("fds");
-    wait_free(tree, opts.pid_timeout)?;
     if cancelled() {
         return Err(RestoreError::Cancelled);
     }
 
-    let (mut puppets, zombies) = create_tree(tree)?;
+    // Every puppet inherits this at one fd number, and fetches its fds
+    // from the agent through it.
+    let agent = stasis_sys::pidfd::PidFd::open(Pid::this()).map_err(|e| step("pidfd")(crate::chain(&e)))?;
+    let agent: std::os::fd::OwnedFd = agent.into();
+    let mut pidns = match &namespace {
+        Some(_) => {
+            use std::os::fd::AsFd;
+            let ns = PidNamespace::create(agent.as_fd()).map_err(|e| step("PID namespace")(crate::chain(&e)))?;
+            Some(ns)
+        }
+        None => None,
+    };
+    let (mut puppets, zombies) = create_tree(tree, pidns.as_mut())?;
     phase("create");
+    let zombie_pids: Vec<Pid> = zombies.iter().map(|z| z.pid).collect();
     for (zombie, z) in zombies.into_iter().zip(&tree.zombies) {
         zombie.exit_as(z)?;
     }
-    for z in &tree.zombies {
-        wait_zombie(z.pid)?;
+    for (pid, z) in zombie_pids.into_iter().zip(&tree.zombies) {
+        wait_zombie(pid, z.pid)?;
     }
     let progress = |done, total| {
         if let Some(f) = &opts.progress {
@@ -165,7 +237,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        let recipe = Recipe { image: &image, process: p, fds: planned, objects: &objects, reap };
+        let agent_fd = std::os::fd::AsRawFd::as_raw_fd(&agent);
+        let recipe = Recipe { image: &image, process: p, fds: planned, objects: &objects, reap, agent_fd };
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
         if cancelled() {
             return Err(RestoreError::Cancelled);
@@ -183,14 +256,23 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         crate::fd::tcp::leave(sock, *reuseaddr).map_err(|e| step("TCP connections")(format!("TCP_REPAIR off: {e}")))?;
     }
     drop(repaired);
+    let root = puppets[0].pid.as_raw();
     let mut threads = 0;
     for puppet in puppets {
         threads += puppet.release()?;
     }
+    let namespace = match (pidns, namespace) {
+        (Some(ns), Some(reason)) => {
+            let init = ns.release().map_err(|e| step("PID namespace")(crate::chain(&e)))?;
+            Some(NamespaceReport { init: init.as_raw(), pid_inside: tree.processes[0].pid, reason })
+        }
+        _ => None,
+    };
     segments.keep();
     phase("resume");
     let report = RestoreReport {
-        pid: tree.processes[0].pid,
+        pid: root,
+        namespace,
         processes: tree.processes.len(),
         zombies: tree.zombies.len(),
         threads,
@@ -271,12 +353,16 @@ fn in_process(tree: &ProcessTree, pid: i32, e: RestoreError) -> RestoreError {
 /// setsid before its children are made (they inherit the session); process
 /// groups are joined once everyone exists, leaders first. Returns the
 /// puppets of `tree.processes` and of `tree.zombies`, in their order.
-fn create_tree(tree: &ProcessTree) -> Result<(Vec<Puppet>, Vec<Puppet>), RestoreError> {
+/// In a new PID namespace, the roots are children of its init.
+fn create_tree(
+    tree: &ProcessTree,
+    mut pidns: Option<&mut PidNamespace>,
+) -> Result<(Vec<Puppet>, Vec<Puppet>), RestoreError> {
     let mut puppets: Vec<Puppet> = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
-        let mut puppet = match puppets.iter_mut().find(|q| q.pid.as_raw() == p.ppid) {
+        let mut puppet = match puppets.iter_mut().find(|q| q.ns_pid == p.ppid) {
             Some(parent) => parent.fork(p.pid, p.exit_signal)?,
-            None => Puppet::create(p.pid)?,
+            None => Puppet::create(p.pid, pidns.as_deref_mut())?,
         };
         if p.sid == p.pid {
             puppet.simple_call("session", libc::SYS_setsid, [0; 6])?;
@@ -285,7 +371,7 @@ fn create_tree(tree: &ProcessTree) -> Result<(Vec<Puppet>, Vec<Puppet>), Restore
     }
     let mut zombies = Vec::with_capacity(tree.zombies.len());
     for z in &tree.zombies {
-        let parent = puppets.iter_mut().find(|q| q.pid.as_raw() == z.ppid).ok_or_else(|| {
+        let parent = puppets.iter_mut().find(|q| q.ns_pid == z.ppid).ok_or_else(|| {
             RestoreError::Unsupported(format!("the parent {} of zombie {} is not in the image", z.ppid, z.pid))
         })?;
         let mut zombie = parent.fork(z.pid, z.exit_signal)?;
@@ -296,14 +382,15 @@ fn create_tree(tree: &ProcessTree) -> Result<(Vec<Puppet>, Vec<Puppet>), Restore
     }
 
     // (pid, pgid, sid) of everyone; a group led by nobody in the tree is
-    // the root's, from outside, which every puppet started in.
+    // the root's, from outside, which every puppet started in (and which
+    // shows as 0 inside a new PID namespace).
     let ids: Vec<(i32, i32, i32)> = tree
         .processes
         .iter()
         .map(|p| (p.pid, p.pgid, p.sid))
         .chain(tree.zombies.iter().map(|z| (z.pid, z.pgid, z.sid)))
         .collect();
-    let outside_group = stasis_sys::nix::unistd::getpgrp().as_raw();
+    let outside_group = if pidns.is_some() { 0 } else { stasis_sys::nix::unistd::getpgrp().as_raw() };
     let all = puppets.iter_mut().chain(zombies.iter_mut());
     let mut all: Vec<&mut Puppet> = all.collect();
     for (puppet, &(pid, pgid, sid)) in all.iter_mut().zip(&ids) {
@@ -316,8 +403,13 @@ fn create_tree(tree: &ProcessTree) -> Result<(Vec<Puppet>, Vec<Puppet>), Restore
             continue;
         }
         let target = if ids.iter().any(|&(p, g, _)| p == pgid && g == pgid) { pgid } else { outside_group };
-        let now = proc::stat(puppet.pid).map_err(|e| step("process group")(e.to_string()))?.pgrp;
+        let now = puppet.simple_call("process group", libc::SYS_getpgid, [0; 6])? as i32;
         if now != target {
+            if target == 0 {
+                return Err(RestoreError::Unsupported(format!(
+                    "process {pid} is in a process group outside the tree, which a new PID namespace cannot hold"
+                )));
+            }
             let what = format!("process group {target}");
             puppet.simple_call(&what, libc::SYS_setpgid, [0, target as u64, 0, 0, 0, 0])?;
         }
@@ -325,15 +417,16 @@ fn create_tree(tree: &ProcessTree) -> Result<(Vec<Puppet>, Vec<Puppet>), Restore
     Ok((puppets, zombies))
 }
 
-/// Wait until a zombie puppet has exited (it runs its exit on its own).
-fn wait_zombie(pid: i32) -> Result<(), RestoreError> {
+/// Wait until a zombie puppet (`pid` here, `was` in the image) has exited
+/// (it runs its exit on its own).
+fn wait_zombie(pid: Pid, was: i32) -> Result<(), RestoreError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match proc::stat(Pid::from_raw(pid)) {
+        match proc::stat(pid) {
             Ok(s) if s.state == 'Z' => return Ok(()),
             Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            Ok(s) => return Err(step("zombie")(format!("process {pid} did not exit (state {})", s.state))),
-            Err(e) => return Err(step("zombie")(format!("process {pid} is gone: {e}"))),
+            Ok(s) => return Err(step("zombie")(format!("process {was} did not exit (state {})", s.state))),
+            Err(e) => return Err(step("zombie")(format!("process {was} is gone: {e}"))),
         }
     }
 }
@@ -346,11 +439,10 @@ fn fetch_shared(planned: Vec<fds::Planned>, built: &[Puppet]) -> Result<Vec<fds:
         .map(|p| match p {
             fds::Planned::Shared { fd, pid, of, cloexec } => {
                 let what = format!("fd {fd} (fd {of} of process {pid})");
-                if !built.iter().any(|b| b.pid.as_raw() == pid) {
+                let Some(built) = built.iter().find(|b| b.ns_pid == pid) else {
                     return Err(step(&what)("that process is not restored before this one".into()));
-                }
-                let holder =
-                    stasis_sys::pidfd::PidFd::open(Pid::from_raw(pid)).map_err(|e| step(&what)(crate::chain(&e)))?;
+                };
+                let holder = stasis_sys::pidfd::PidFd::open(built.pid).map_err(|e| step(&what)(crate::chain(&e)))?;
                 let object = holder.get_fd(of).map_err(|e| step(&what)(crate::chain(&e)))?;
                 Ok(fds::Planned::Object { fd, object, cloexec })
             }
@@ -437,8 +529,11 @@ fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreErr
 
 /// Wait until every pid and thread id of the tree is free. A process that
 /// was just killed keeps its pid until its parent reaps it, and PID 1 on
-/// some machines reaps orphans a second or two late.
-fn wait_free(tree: &ProcessTree, timeout: Duration) -> Result<(), RestoreError> {
+/// some machines reaps orphans a second or two late. With `only_dying`, a
+/// pid held by a live process (not a zombie, still there after a moment)
+/// fails at once.
+fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<(), RestoreError> {
+    let start = Instant::now();
     let deadline = Instant::now() + timeout;
     let ids =
         tree.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)).chain(tree.zombies.iter().map(|z| z.pid));
@@ -447,8 +542,11 @@ fn wait_free(tree: &ProcessTree, timeout: Duration) -> Result<(), RestoreError> 
         loop {
             let stat = std::fs::read_to_string(format!("{path}/stat"));
             let Ok(stat) = stat else { break };
-            if Instant::now() >= deadline {
-                let comm = proc::parse_stat(&stat).map(|s| s.comm).unwrap_or_default();
+            let parsed = proc::parse_stat(&stat).ok();
+            let live = parsed.as_ref().is_some_and(|s| !matches!(s.state, 'Z' | 'X'));
+            let patience = start.elapsed() >= Duration::from_millis(300);
+            if Instant::now() >= deadline || (only_dying && live && patience) {
+                let comm = parsed.map(|s| s.comm).unwrap_or_default();
                 return Err(RestoreError::PidTaken { pid: tid, comm });
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -476,12 +574,17 @@ struct Recipe<'a> {
     /// The process has zombie children, whose exits queued SIGCHLD that the
     /// process did not get then.
     reap: bool,
+    /// The fd number at which the puppet inherited a pidfd of the agent.
+    agent_fd: i32,
 }
 
 /// A process being built. Dropping it kills it (before its threads are
 /// detached), so an error never leaves a half-restored process running.
 struct Puppet {
+    /// In the agent's PID namespace.
     pid: Pid,
+    /// In its own: the image's pid.
+    ns_pid: i32,
     /// Declared before `child`: detached after the kill below.
     main: Option<Seized>,
     threads: Vec<Seized>,
@@ -514,26 +617,31 @@ impl Drop for Puppet {
 }
 
 impl Puppet {
-    /// A root of the tree: a child of the agent at `pid`.
-    fn create(pid: i32) -> Result<Puppet, RestoreError> {
-        let create = |what: String| RestoreError::Create { pid, what };
+    /// A root of the tree: a child of the agent at `pid`, or of the init
+    /// of `pidns` at `pid` inside it.
+    fn create(ns_pid: i32, pidns: Option<&mut PidNamespace>) -> Result<Puppet, RestoreError> {
+        let create = |what: String| RestoreError::Create { pid: ns_pid, what };
         // The puppet only pauses: a self-sent SIGSTOP could still be queued
         // when we take it, and would stop the restored process later.
-        let child =
-            clone3::spawn_with_tid(&[Pid::from_raw(pid)], ChildAction::Pause).map_err(|e| create(e.to_string()))?;
-        let pid = child.pid();
+        let (pid, child) = match pidns {
+            Some(ns) => (ns.spawn_paused(Pid::from_raw(ns_pid)).map_err(|e| create(crate::chain(&e)))?, None),
+            None => {
+                let child = clone3::spawn_with_tid(&[Pid::from_raw(ns_pid)], ChildAction::Pause)
+                    .map_err(|e| create(e.to_string()))?;
+                (child.pid(), Some(child))
+            }
+        };
         // EXITKILL: if stasis dies half-way, the puppet dies with it (and so
         // do the puppets it forks, which inherit the options).
-        let opts = Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE | Options::PTRACE_O_EXITKILL;
-        let mut puppet = Puppet {
-            pid,
-            main: None,
-            threads: Vec::new(),
-            child: Some(child),
-            alive: true,
-            tramp: 0,
-            host_xfeatures: 0,
-        };
+        // TRACEFORK and TRACECLONE: the event of a process it makes tells
+        // that process's pid here (its own, inside a new PID namespace,
+        // differs); a fork with exit signal SIGCHLD reports only with the first.
+        let opts = Options::PTRACE_O_TRACESYSGOOD
+            | Options::PTRACE_O_TRACECLONE
+            | Options::PTRACE_O_TRACEFORK
+            | Options::PTRACE_O_EXITKILL;
+        let mut puppet =
+            Puppet { pid, ns_pid, main: None, threads: Vec::new(), child, alive: true, tramp: 0, host_xfeatures: 0 };
         let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
         match main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))? {
             stasis_sys::ptrace::Stop::Event { event: stasis_sys::ptrace::PTRACE_EVENT_STOP, .. } => {}
@@ -556,6 +664,7 @@ impl Puppet {
         let made = made.map_err(|e| create(crate::chain(&e)))?;
         Ok(Puppet {
             pid: made.pid(),
+            ns_pid: pid,
             main: Some(made),
             threads: Vec::new(),
             child: None,
@@ -610,7 +719,7 @@ impl Puppet {
         }
         let mut regs = main.get_regs().map_err(|e| err(e.to_string()))?;
         let (nr, a0, a1) = if signal != 0 {
-            (libc::SYS_kill, self.pid.as_raw() as u64, signal as u64)
+            (libc::SYS_kill, self.ns_pid as u64, signal as u64)
         } else {
             (libc::SYS_exit_group, ((status >> 8) & 0xff) as u64, 0)
         };
@@ -635,7 +744,7 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let Recipe { image, process: p, fds: planned, objects, reap } = recipe;
+        let Recipe { image, process: p, fds: planned, objects, reap, agent_fd } = recipe;
         let pid = self.pid;
         for t in &p.threads {
             let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
@@ -714,8 +823,15 @@ impl Puppet {
         let mut inj = main.begin_injection(RemoteAddr(tramp)).map_err(|e| step("injection")(crate::chain(&e)))?;
         let mut r = Remote { inj: &mut inj, pid, scratch, agent_pidfd: None };
 
-        // Nothing of the agent stays: its fds, then its memory.
-        r.call("close fds", libc::SYS_close_range, [0, u32::MAX as u64, 0, 0, 0, 0])?;
+        // Nothing of the agent stays: its fds, then its memory. Its pidfd
+        // only, moved above the fds to install, until they are.
+        let high = planned.iter().map(fds::Planned::fd).max().map_or(0, |fd| fd as u64 + 1);
+        let agent = r.call("fds", libc::SYS_fcntl, [agent_fd as u64, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
+        if agent > 0 {
+            r.call("close fds", libc::SYS_close_range, [0, agent - 1, 0, 0, 0, 0])?;
+        }
+        r.call("close fds", libc::SYS_close_range, [agent + 1, u32::MAX as u64, 0, 0, 0, 0])?;
+        r.agent_pidfd = Some(agent);
         for c in &current {
             let special = matches!(c.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]");
             if special || (c.start >= tramp && c.end <= tramp + TRAMPOLINE_LEN) {
@@ -754,15 +870,15 @@ impl Puppet {
             let sysv = shmem_records.iter().find(|m| m.id == v.shmem && m.sysv && v.shmem != 0).map(|m| m.size);
             r.map_vma(v, objects, sysv)?;
         }
-        if let Some(fd) = r.agent_pidfd.take() {
-            r.call("shared memory", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        }
         phase("map");
         let pages = write_memory(image, pid, p.mm, progress)?;
         phase("memory");
 
         r.mm_fields(p)?;
         r.install_fds(planned)?;
+        if let Some(fd) = r.agent_pidfd.take() {
+            r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
         phase("fds");
         r.attributes(p)?;
         r.signals(p)?;
@@ -864,7 +980,8 @@ struct Remote<'i, 'a> {
     inj: &'i mut Injection<'a>,
     pid: Pid,
     scratch: u64,
-    /// A pidfd of the agent in the puppet, to fetch its fds with.
+    /// A pidfd of the agent in the puppet, to fetch its fds with; above
+    /// every fd to install.
     agent_pidfd: Option<u64>,
 }
 
@@ -928,14 +1045,7 @@ impl Remote<'_, '_> {
                 let object = objects
                     .get(&v.shmem)
                     .ok_or_else(|| step(&what)(format!("shared memory object {} was not made", v.shmem)))?;
-                let pidfd = match self.agent_pidfd {
-                    Some(fd) => fd,
-                    None => {
-                        let agent = std::process::id() as u64;
-                        let fd = self.call(&what, libc::SYS_pidfd_open, [agent, 0, 0, 0, 0, 0])?;
-                        *self.agent_pidfd.insert(fd)
-                    }
-                };
+                let pidfd = self.agent_pidfd.ok_or_else(|| step(&what)("no pidfd of the agent".into()))?;
                 let fd = self.call(&what, libc::SYS_pidfd_getfd, [pidfd, object.as_raw_fd() as u64, 0, 0, 0, 0])?;
                 let mapped =
                     self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
@@ -1037,12 +1147,7 @@ impl Remote<'_, '_> {
         if planned.is_empty() {
             return Ok(());
         }
-        let high = planned.iter().map(fds::Planned::fd).max().unwrap_or(0) as u64 + 1;
-        let agent = std::process::id() as u64;
-        let pidfd = self.call("fds", libc::SYS_pidfd_open, [agent, 0, 0, 0, 0, 0])?;
-        // Out of the way of the numbers being installed.
-        let pidfd_high = self.call("fds", libc::SYS_fcntl, [pidfd, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
-        self.call("fds", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+        let pidfd_high = self.agent_pidfd.ok_or_else(|| step("fds")("no pidfd of the agent".into()))?;
         for p in &planned {
             match p {
                 fds::Planned::Object { fd, object, cloexec } => {
@@ -1093,7 +1198,6 @@ impl Remote<'_, '_> {
                 fds::Planned::Shared { .. } => unreachable!("fetched before the build"),
             }
         }
-        self.call("fds", libc::SYS_close, [pidfd_high, 0, 0, 0, 0, 0])?;
         // Epoll last: its registrations name the fds installed above.
         for p in &planned {
             let fds::Planned::Epoll { fd, cloexec, targets } = p else { continue };
@@ -1284,11 +1388,7 @@ impl Remote<'_, '_> {
         // blocked until the thread's own mask is set at release.
         for s in &t.pending {
             let at = self.put(0, &s.raw)?;
-            self.call(
-                &what,
-                libc::SYS_rt_tgsigqueueinfo,
-                [self.pid.as_raw() as u64, t.tid as u64, signo(&s.raw), at, 0, 0],
-            )?;
+            self.call(&what, libc::SYS_rt_tgsigqueueinfo, [p.pid as u64, t.tid as u64, signo(&s.raw), at, 0, 0])?;
         }
         self.creds(p)
     }
