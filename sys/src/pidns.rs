@@ -224,18 +224,19 @@ fn close_all_but(keep: &mut [RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
 
-/// Reads or writes exactly `len` bytes at `buf`; false on error or EOF.
-fn transfer(fd: RawFd, buf: *mut u8, len: usize, write: bool) -> bool {
+/// Reads or writes all of `buf`; false on error or end-of-file.
+fn transfer(fd: RawFd, buf: &mut [u8; 4], write: bool) -> bool {
     let mut done = 0;
-    while done < len {
-        // SAFETY: `buf` points to `len` bytes the caller owns; read/write
-        // are async-signal-safe.
-        let n = unsafe {
-            if write {
-                libc::write(fd, buf.add(done) as *const libc::c_void, len - done)
-            } else {
-                libc::read(fd, buf.add(done) as *mut libc::c_void, len - done)
-            }
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let n = if write {
+            // SAFETY: `rest` is valid for reading its length; write(2) is
+            // async-signal-safe.
+            unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) }
+        } else {
+            // SAFETY: `rest` is valid for writing its length; read(2) is
+            // async-signal-safe.
+            unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) }
         };
         if n < 0 && last_errno() == libc::EINTR {
             continue;
@@ -248,6 +249,26 @@ fn transfer(fd: RawFd, buf: *mut u8, len: usize, write: bool) -> bool {
     true
 }
 
+/// close(2), async-signal-safe, errors ignored.
+fn close(fd: RawFd) {
+    // SAFETY: closes an fd of this process's own table that nothing else in
+    // it uses.
+    unsafe { libc::close(fd) };
+}
+
+/// Blocks every signal (`all`) or none.
+fn block_signals(all: bool) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data for which all-zero is a valid value.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    if all {
+        // SAFETY: writes only `set`.
+        unsafe { libc::sigfillset(&mut set) };
+    }
+    // SAFETY: reads `set` and changes only the calling thread's mask.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    set
+}
+
 /// The init: see the module docs. Async-signal-safe calls only: no
 /// allocation, no locks, no stdio.
 fn init_main(fds: InitFds) -> ! {
@@ -257,37 +278,29 @@ fn init_main(fds: InitFds) -> ! {
     unsafe { libc::chdir(c"/".as_ptr()) };
     // Every signal blocked, to be taken with sigwaitinfo: a blocked signal
     // reaches a namespace's init even without a handler.
-    // SAFETY: sigset_t is plain data; sigfillset and sigprocmask write only
-    // the set passed and the thread's mask.
-    let mut all: libc::sigset_t = unsafe { mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-    }
+    let all = block_signals(true);
     let mut root: libc::pid_t = 0;
     loop {
-        let mut order: i32 = 0;
-        if !transfer(fds.orders, &mut order as *mut i32 as *mut u8, 4, false) {
+        let mut order = [0u8; 4];
+        if !transfer(fds.orders, &mut order, false) {
             // The agent gave up or died: the namespace ends with the init.
             exit_now(1);
         }
+        let order = i32::from_ne_bytes(order);
         if order == ORDER_RUN {
             break;
         }
-        let mut made = spawn_paused(order, fds);
+        let made = spawn_paused(order, fds);
         if made > 0 && root == 0 {
             root = made;
         }
-        if !transfer(fds.answers, &mut made as *mut i32 as *mut u8, 4, true) {
+        if !transfer(fds.answers, &mut made.to_ne_bytes(), true) {
             exit_now(1);
         }
     }
-    // SAFETY: closing fds this process owns.
-    unsafe {
-        libc::close(fds.orders);
-        libc::close(fds.answers);
-        libc::close(fds.keep);
-    }
+    close(fds.orders);
+    close(fds.answers);
+    close(fds.keep);
     let mut root_status: i32 = 0;
     loop {
         loop {
@@ -310,8 +323,9 @@ fn init_main(fds: InitFds) -> ! {
             }
             break;
         }
-        // SAFETY: siginfo_t is plain data that sigwaitinfo fills.
+        // SAFETY: siginfo_t is plain data for which all-zero is valid.
         let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+        // SAFETY: reads `all`, writes `info`.
         let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
         if sig > 0 && sig != libc::SIGCHLD && root > 0 {
             // SAFETY: kill takes integers by value.
@@ -335,17 +349,14 @@ fn spawn_paused(pid: i32, fds: InitFds) -> i32 {
     match ret {
         -1 => -last_errno(),
         0 => {
-            // SAFETY: closing the init's pipes in this copy of its table,
-            // and unblocking signals (the restore sets the mask it needs).
-            unsafe {
-                libc::close(fds.orders);
-                libc::close(fds.answers);
-                let mut none: libc::sigset_t = mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                loop {
-                    libc::pause();
-                }
+            // Not the init's pipes; signals as a new process has them (the
+            // restore sets the mask it needs).
+            close(fds.orders);
+            close(fds.answers);
+            block_signals(false);
+            loop {
+                // SAFETY: pause(2) only blocks until a signal arrives.
+                unsafe { libc::pause() };
             }
         }
         made => made as i32,
