@@ -15,6 +15,9 @@
 //! [`dump`], [`Server::wait_tree_gone`], [`restore`], compare,
 //! [`drop_cleanly`].
 //!
+//! Each server is also restored while other processes hold its pids: into
+//! a new PID namespace, where it has them, under stasis's init.
+//!
 //! Between dump and restore, a new connection to a server is refused (its
 //! listener is gone); a connection that was established is held by the
 //! network lock, and a request sent on it meanwhile is answered after the
@@ -34,6 +37,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use util::pidns::{ns_ids, parent, squat, NamespaceInit, Squatters};
 use util::servers::{
     cmdline, descendants, nginx_big_body, redis_value, Nginx, Postgres, Redis, RedisClient, Reply, Server, NGINX_BIG,
     NGINX_HELLO, NGINX_WORKERS, PGBENCH_TABLES,
@@ -590,4 +594,158 @@ fn shm_of(pid: i32) -> Vec<ShmCheck> {
         }
     }
     found
+}
+
+// ---------------------------------------------------------------- PID namespaces
+
+/// A server restored into a new PID namespace: what must live as long as
+/// it (the processes holding its original pids, the namespace's init).
+struct InNamespace {
+    _taken: Squatters,
+    init: NamespaceInit,
+}
+
+impl InNamespace {
+    /// Once the server is dropped: the init exits with the last process of
+    /// its namespace.
+    fn assert_init_gone(&self) {
+        assert!(self.init.wait_gone(Duration::from_secs(10)), "the namespace's init {} outlived its tree", self.init.0);
+    }
+}
+
+/// Take every pid of the killed tree (`pids`, main process first) with
+/// other processes, then `stasis restore --json` with no option: stasis
+/// says it restores into a new PID namespace, where every process has its
+/// pid, process group and session of before (`links`: inside ids), the
+/// main process a child of the namespace's init. The server's main process
+/// is then its new pid on this host.
+fn restore_in_namespace(
+    test: &str,
+    server: &mut Server,
+    images: &Path,
+    pids: &[i32],
+    links: &[(i32, i32)],
+) -> InNamespace {
+    let taken = squat(pids);
+    let start = Instant::now();
+    let r = util::run(["restore", "--json", "--images", images.to_str().unwrap()]);
+    let wall = start.elapsed();
+    if r.code != Some(0) {
+        server.fail(&format!("restore while its pids are taken failed\n{}", r.dump()));
+    }
+    assert!(r.stderr.contains("new PID namespace"), "no notice of the namespace\n{}", r.dump());
+    let report = r.json();
+    eprintln!(
+        "stasis-timing test={test} op=restore wall_ms={:.1} total_ms={} processes={}",
+        wall.as_secs_f64() * 1000.0,
+        ms(&report["total_us"]),
+        report["processes"],
+    );
+    let ns = &report["namespace"];
+    assert_eq!(ns["pid_inside"], pids[0], "{}", r.dump());
+    let host = report["pid"].as_i64().unwrap() as i32;
+    assert_ne!(host, pids[0], "{}", r.dump());
+    let init = NamespaceInit(ns["init"].as_i64().unwrap() as i32);
+    assert!(init.alive(), "the init {} is not pid 1 of a namespace", init.0);
+    assert_eq!(parent(host), init.0, "the main process is not the init's child");
+    server.spawned.pid = host;
+    assert!(server.spawned.is_ours(), "pid {host} runs {:?}", cmdline(host));
+    let mut inside: Vec<(i32, i32, i32)> = server.pids().into_iter().map(ns_ids).collect();
+    inside.sort();
+    let mut before: Vec<(i32, i32, i32)> = pids.iter().zip(links).map(|(&p, &(g, s))| (p, g, s)).collect();
+    before.sort();
+    assert_eq!(inside, before, "(pid, group, session) inside the namespace");
+    InNamespace { _taken: taken, init }
+}
+
+/// Process group and session of each pid, as a namespace of the tree's
+/// own sees them: ids of processes outside the tree show as 0.
+fn inside_links(pids: &[i32]) -> Vec<(i32, i32)> {
+    let outside = |id: i32| if pids.contains(&id) { id } else { 0 };
+    pids.iter()
+        .map(|&p| {
+            let (_, g, s) = links(p).unwrap_or_else(|| panic!("pid {p} vanished"));
+            (outside(g), outside(s))
+        })
+        .collect()
+}
+
+#[test]
+fn redis_restored_into_a_new_pid_namespace_while_its_pid_is_taken() {
+    const TEST: &str = "redis_pid_namespace";
+    const KEYS: usize = 100_000;
+    let (mut redis, mut c1) = redis_with_client(KEYS);
+    let id = c1.command(&["CLIENT", "ID"]).int();
+    let before = redis_state(&mut c1);
+    let pids = redis.pids();
+    let original = redis.pid();
+    let links = inside_links(&pids);
+
+    let images = Images::new(TEST);
+    dump(TEST, &redis, images.path(), false);
+    redis.wait_tree_gone(&pids);
+    let ns = restore_in_namespace(TEST, &mut redis, images.path(), &pids, &links);
+    assert_no_lock(original);
+
+    assert_eq!(c1.command(&["CLIENT", "ID"]).int(), id, "C1 is another client of redis");
+    assert_eq!(redis_state(&mut c1), before, "DBSIZE and DEBUG DIGEST through C1");
+    assert_eq!(c1.command(&["SET", "probe", "2"]), Reply::Simple("OK".into()));
+    let mut c2 = redis.client();
+    assert_eq!(c2.get("probe"), Some(b"2".to_vec()));
+    assert_redis_keys(&redis, &sample(200, KEYS), KEYS);
+    drop_cleanly(redis);
+    ns.assert_init_gone();
+}
+
+#[test]
+fn nginx_restored_into_a_new_pid_namespace_while_its_pids_are_taken() {
+    const TEST: &str = "nginx_pid_namespace";
+    let (mut nginx, mut k) = nginx_with_client();
+    let pids = nginx.pids();
+    let workers = nginx.workers();
+    let links = inside_links(&pids);
+
+    let images = Images::new(TEST);
+    dump(TEST, &nginx, images.path(), false);
+    nginx.wait_tree_gone(&pids);
+    let ns = restore_in_namespace(TEST, &mut nginx, images.path(), &pids, &links);
+    assert_no_lock(pids[0]);
+    let mut inside: Vec<i32> = nginx.workers().into_iter().map(|w| ns_ids(w).0).collect();
+    inside.sort();
+    let mut expected = workers.clone();
+    expected.sort();
+    assert_eq!(inside, expected, "the workers at their pids inside");
+
+    assert_serves("K after the restore", &mut k);
+    let mut fresh = nginx.client();
+    assert_serves("a new connection", &mut fresh);
+    drop_cleanly(nginx);
+    ns.assert_init_gone();
+}
+
+#[test]
+fn postgres_restored_into_a_new_pid_namespace_while_its_pids_are_taken() {
+    const TEST: &str = "postgres_pid_namespace";
+    let mut pg = Postgres::start();
+    assert_no_test_fds(&pg);
+    pg.pgbench_init(1);
+    let first = pg.pgbench(1, 2).wait_ok(Duration::from_secs(60));
+    let sums = pg.pgbench_checksum();
+    assert!(sums.contains(&format!("pgbench_history {first} ")), "{sums}");
+    let pids = pg.pids();
+    let links = inside_links(&pids);
+
+    let images = Images::new(TEST);
+    dump(TEST, &pg, images.path(), false);
+    pg.wait_tree_gone(&pids);
+    let ns = restore_in_namespace(TEST, &mut pg, images.path(), &pids, &links);
+    assert_no_lock(pids[0]);
+    assert_eq!(pg.pgbench_checksum(), sums, "tables differ from those at dump time");
+    eprintln!("amcheck after the restore into a namespace: {}", pg.amcheck_ok());
+    // New backends are forked inside the namespace, and work.
+    let second = pg.pgbench(1, 2).wait_ok(Duration::from_secs(60));
+    let now = pg.pgbench_checksum();
+    assert!(now.contains(&format!("pgbench_history {} ", first + second)), "{first} + {second} transactions:\n{now}");
+    drop_cleanly(pg);
+    ns.assert_init_gone();
 }

@@ -9,6 +9,7 @@ mod util;
 use std::path::Path;
 use std::time::Duration;
 
+use util::pidns::{ns_ids, squat, NamespaceInit};
 use util::run;
 use util::workload::{proc_state, Workload};
 
@@ -113,54 +114,6 @@ fn leave_running(name: &str) {
     assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
 }
 
-/// Processes that hold pids, so that a restore finds them taken: paused
-/// children of the test, killed and reaped when dropped.
-struct Squatters(#[allow(dead_code)] Vec<stasis_sys::child::Child>);
-
-fn squat(pids: &[i32]) -> Squatters {
-    use stasis_sys::child::ChildAction;
-    let held = pids
-        .iter()
-        .map(|&pid| {
-            // A killed process keeps its pid until it is reaped.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                match stasis_sys::clone3::spawn_with_tid(&[stasis_sys::Pid::from_raw(pid)], ChildAction::Pause) {
-                    Ok(child) => break child,
-                    Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                    Err(e) => panic!("cannot take pid {pid}: {e:?}"),
-                }
-            }
-        })
-        .collect();
-    Squatters(held)
-}
-
-/// The namespace's init, killed when dropped: that ends every process of
-/// the namespace (a failed test leaves nothing behind).
-struct NamespaceInit(i32);
-
-impl Drop for NamespaceInit {
-    fn drop(&mut self) {
-        use stasis_sys::nix::sys::signal::kill;
-        let _ = kill(stasis_sys::Pid::from_raw(self.0), stasis_sys::Signal::SIGKILL);
-    }
-}
-
-/// Parent (this host's pid), process group and session inside the
-/// process's own PID namespace, and its pid there.
-fn ns_links(host: i32) -> (i32, i32, i32) {
-    let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap_or_default();
-    let last = |key: &str| -> i32 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().last()?.parse().ok())
-            .unwrap_or(-1)
-    };
-    (last("NSpid:"), last("NSpgid:"), last("NSsid:"))
-}
-
 /// Host pids of every descendant of `root`.
 fn descendants(root: i32) -> Vec<i32> {
     let mut out = vec![];
@@ -202,15 +155,15 @@ fn round_trip_in_new_pid_namespace(name: &str, extra: &[&str]) {
     assert_ne!(host, original, "{}", r.dump());
     let init = links(host).0;
     let _init = NamespaceInit(init);
-    assert_eq!(ns_links(init).0, 1, "the root's parent is not the namespace's init");
+    assert_eq!(ns_ids(init).0, 1, "the root's parent is not the namespace's init");
     let found: Vec<i32> = std::iter::once(host).chain(descendants(host)).collect();
     for (&p, &(_, pgid, sid)) in all.iter().zip(&links_before) {
-        let Some(&h) = found.iter().find(|&&h| ns_links(h).0 == p) else {
+        let Some(&h) = found.iter().find(|&&h| ns_ids(h).0 == p) else {
             panic!("process {p} is not in the namespace (found {found:?})\n{}", w.log());
         };
         // Groups and sessions led from outside the tree show as 0 inside.
         let outside = |id: i32| if all.contains(&id) { id } else { 0 };
-        assert_eq!(ns_links(h), (p, outside(pgid), outside(sid)), "process {p} (host pid {h})\n{}", w.log());
+        assert_eq!(ns_ids(h), (p, outside(pgid), outside(sid)), "process {p} (host pid {h})\n{}", w.log());
     }
     w.pid = host;
     let outcome = w.check_ok();

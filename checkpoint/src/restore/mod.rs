@@ -530,10 +530,8 @@ fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreErr
 /// Wait until every pid and thread id of the tree is free. A process that
 /// was just killed keeps its pid until its parent reaps it, and PID 1 on
 /// some machines reaps orphans a second or two late. With `only_dying`, a
-/// pid held by a live process (not a zombie, still there after a moment)
-/// fails at once.
+/// pid held by a process that is not dying fails at once.
 fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<(), RestoreError> {
-    let start = Instant::now();
     let deadline = Instant::now() + timeout;
     let ids =
         tree.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)).chain(tree.zombies.iter().map(|z| z.pid));
@@ -543,9 +541,7 @@ fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<
             let stat = std::fs::read_to_string(format!("{path}/stat"));
             let Ok(stat) = stat else { break };
             let parsed = proc::parse_stat(&stat).ok();
-            let live = parsed.as_ref().is_some_and(|s| !matches!(s.state, 'Z' | 'X'));
-            let patience = start.elapsed() >= Duration::from_millis(300);
-            if Instant::now() >= deadline || (only_dying && live && patience) {
+            if Instant::now() >= deadline || (only_dying && parsed.as_ref().is_some_and(|s| !dying(tid, s))) {
                 let comm = parsed.map(|s| s.comm).unwrap_or_default();
                 return Err(RestoreError::PidTaken { pid: tid, comm });
             }
@@ -553,6 +549,17 @@ fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<
         }
     }
     Ok(())
+}
+
+/// Whether the task holding `tid` is on its way out: a zombie, exiting
+/// (PF_EXITING), or with a SIGKILL pending that it has not acted on yet.
+fn dying(tid: i32, stat: &proc::Stat) -> bool {
+    const PF_EXITING: u32 = 0x4;
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map(|t| proc::parse_status(&t));
+    matches!(stat.state, 'Z' | 'X')
+        || stat.flags & PF_EXITING != 0
+        || status.is_ok_and(|s| (s.sig_pnd | s.shd_pnd) & sigkill != 0)
 }
 
 /// Size of the trampoline (one page of code) and scratch (the rest).
