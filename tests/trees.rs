@@ -166,6 +166,11 @@ fn round_trip_in_new_pid_namespace(name: &str, extra: &[&str]) {
         assert_eq!(ns_ids(h), (p, outside(pgid), outside(sid)), "process {p} (host pid {h})\n{}", w.log());
     }
     w.pid = host;
+    // Dumping it again is refused (not supported yet), and harms nothing.
+    let again = tempfile::tempdir().unwrap();
+    let r = run(["dump", "--pid", &host.to_string(), "--images", again.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{}", r.dump());
+    assert!(r.stderr.contains(&format!("as pid {original}")) && r.stderr.contains("PID namespace"), "{}", r.dump());
     let outcome = w.check_ok();
     assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
 }

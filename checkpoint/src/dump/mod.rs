@@ -357,6 +357,12 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         if status.seccomp != 0 {
             problems.push(at("it uses seccomp (not supported yet)".into()));
         }
+        if let Some(inside) = nested_pid(pid) {
+            problems.push(at(format!(
+                "it runs in a PID namespace below stasis's, as pid {inside} (a tree a restore put into a new PID \
+                 namespace, or a container's); dumping processes of another PID namespace is not supported yet"
+            )));
+        }
         let m = match proc::read(pid, "smaps") {
             Err(e) if gone(&e) && pid != root => continue,
             r => proc::parse_smaps(&r.map_err(proc_err("smaps"))?).map_err(|e| DumpError::Proc {
@@ -417,6 +423,17 @@ fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The pid a process has inside its own PID namespace, when that is not
+/// the agent's.
+fn nested_pid(pid: Pid) -> Option<i32> {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let theirs = ns(&pid.to_string())?;
+    if Some(&theirs) == ns("self").as_ref() {
+        return None;
+    }
+    stasis_sys::pidns::ns_pids(pid).last().copied()
 }
 
 /// Processes sharing one address space: a vfork child (or a CLONE_VM one)
