@@ -153,7 +153,50 @@ fn dump_through(kind: Kind) {
     w.wait_progress(at_dump + 2, Duration::from_secs(30));
     w.kill();
     restore_ok(w.pid, images.path());
+    assert!(cg.holds(w.pid), "the restored workload is not back in {}", cg.dir.display());
     w.check_ok();
+}
+
+/// A tree whose processes are in cgroups of their own (v2, and the v1
+/// freezer hierarchy's) is restored into them, each process into its own;
+/// a cgroup removed since the dump (as systemd removes an empty one) is
+/// made again.
+#[test]
+fn restored_tree_goes_back_into_its_cgroups() {
+    let v2 = Cgroup::create(Kind::V2, "home");
+    let v2_child = Cgroup::create(Kind::V2, "home-child");
+    let v1 = Cgroup::create(Kind::V1, "home");
+    let mut w = Workload::start("tree", &[]);
+    w.wait_running();
+    let members: Vec<i32> = w.info("pids").split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let (first, rest) = members.split_first().expect("the tree has children");
+    for &p in std::iter::once(&w.pid).chain(rest) {
+        v2.add(p);
+        v1.add(p);
+    }
+    v2_child.add(*first);
+    v1.add(*first);
+    let images = tempdir("cgroup-home-img");
+    dump_ok(w.pid, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = fs::remove_dir(&v2_child.dir) {
+        assert!(Instant::now() < deadline, "cannot remove {}: {e}", v2_child.dir.display());
+        sleep(Duration::from_millis(20));
+    }
+    let r = restore_ok(w.pid, images.path());
+    assert!(v2_child.dir.is_dir(), "the removed cgroup was not made again\n{}", r.dump());
+    for &p in std::iter::once(&w.pid).chain(rest) {
+        assert!(v2.holds(p), "process {p} is not back in {}", v2.dir.display());
+        assert!(v1.holds(p), "process {p} is not back in {}", v1.dir.display());
+    }
+    assert!(v2_child.holds(*first), "process {first} is not back in {}", v2_child.dir.display());
+    assert!(v1.holds(*first), "process {first} is not back in {}", v1.dir.display());
+    w.check_ok();
+    w.kill();
+    for p in members {
+        util::workload::wait_gone(p, Duration::from_secs(10));
+    }
 }
 
 #[test]

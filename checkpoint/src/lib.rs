@@ -7,6 +7,7 @@
 //! [`freezer`], the cgroup v2 / v1 freezers the dump will freeze trees with.
 #![forbid(unsafe_code)]
 
+pub mod cgroups;
 pub mod dump;
 pub mod fd;
 pub mod freeze;

@@ -243,6 +243,21 @@ pub struct Process {
     /// POSIX timers (timer_create), by id.
     #[prost(message, repeated, tag = "26")]
     pub posix_timers: Vec<PosixTimer>,
+    /// The cgroups it was in, one per hierarchy (/proc/PID/cgroup).
+    #[prost(message, repeated, tag = "27")]
+    pub cgroups: Vec<CgroupPlace>,
+}
+
+/// A process's cgroup in one hierarchy: a line of /proc/PID/cgroup.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CgroupPlace {
+    /// The hierarchy's controllers ("memory", "cpu,cpuacct",
+    /// "name=systemd"); empty for the cgroup v2 hierarchy.
+    #[prost(string, tag = "1")]
+    pub controllers: String,
+    /// The cgroup's path from the hierarchy's root.
+    #[prost(string, tag = "2")]
+    pub path: String,
 }
 
 /// A POSIX timer (timer_create(2)).

@@ -113,6 +113,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         thp_disable: !status.thp_enabled,
         exit_signal: stat.exit_signal,
         posix_timers,
+        cgroups: crate::cgroups::parse(&proc::read(pid, "cgroup").map_err(proc_err("cgroup"))?),
     })
 }
 

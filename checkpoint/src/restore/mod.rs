@@ -220,6 +220,13 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         None => None,
     };
     let (mut puppets, zombies) = create_tree(tree, pidns.as_mut())?;
+    // Into the image's cgroups before the threads exist (they follow).
+    let cgroups = crate::cgroups::Host::here();
+    for (puppet, p) in puppets.iter().zip(&tree.processes) {
+        for warning in cgroups.place(puppet.pid.as_raw(), p.pid, &p.cgroups) {
+            tracing::warn!("{warning}");
+        }
+    }
     phase("create");
     let zombie_pids: Vec<Pid> = zombies.iter().map(|z| z.pid).collect();
     for (zombie, z) in zombies.into_iter().zip(&tree.zombies) {

@@ -1,0 +1,153 @@
+//! Which cgroups a process is in, and putting a restored process back into
+//! them.
+//!
+//! A dump records every line of /proc/PID/cgroup: one cgroup per mounted
+//! hierarchy (the v2 one, `0::/path`, and on hybrid hosts each v1 one,
+//! `N:controllers:/path`). A restore writes each rebuilt process into the
+//! same cgroup of every hierarchy mounted here, before its threads exist
+//! (they follow it), making a missing cgroup first (after a migration, or
+//! once the killed tree's cgroup was removed). Trouble here costs a warning,
+//! not the restore: the process runs on in stasis's cgroup of that
+//! hierarchy, and the warning names both.
+
+use std::path::{Path, PathBuf};
+
+use stasis_image::records::CgroupPlace;
+
+use crate::freezer::{parse_mountinfo, Mount};
+
+/// The lines of /proc/PID/cgroup.
+pub fn parse(text: &str) -> Vec<CgroupPlace> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            let controllers = parts.next()?.to_owned();
+            let path = parts.next()?.to_owned();
+            Some(CgroupPlace { controllers, path })
+        })
+        .collect()
+}
+
+/// Where `place`'s hierarchy is mounted here: the cgroup2 mount for the
+/// v2 hierarchy, else the v1 mount with exactly its controllers (of the
+/// `known` ones, or a `name=`; its other options are not controllers).
+fn mount_of<'m>(mounts: &'m [Mount], known: &[String], place: &CgroupPlace) -> Option<&'m Mount> {
+    if place.controllers.is_empty() {
+        return mounts.iter().find(|m| m.fstype == "cgroup2");
+    }
+    let mut want: Vec<&str> = place.controllers.split(',').collect();
+    want.sort_unstable();
+    mounts.iter().find(|m| {
+        let mut have: Vec<&str> = m
+            .super_options
+            .iter()
+            .map(String::as_str)
+            .filter(|o| o.starts_with("name=") || known.iter().any(|k| k == o))
+            .collect();
+        have.sort_unstable();
+        m.fstype == "cgroup" && have == want
+    })
+}
+
+/// The controllers this kernel has: the first column of /proc/cgroups.
+fn controllers() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The cgroups stasis itself is in.
+#[derive(Debug)]
+pub struct Host {
+    mounts: Vec<Mount>,
+    known: Vec<String>,
+    own: Vec<CgroupPlace>,
+}
+
+impl Host {
+    pub fn here() -> Host {
+        let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        let own = parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+        Host { mounts, known: controllers(), own }
+    }
+
+    /// Put process `pid` (this host's pid; `was` in the image) into the
+    /// cgroups of `places`; returns what could not be done, a line each.
+    pub fn place(&self, pid: i32, was: i32, places: &[CgroupPlace]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for place in places {
+            if self.own.contains(place) {
+                continue;
+            }
+            let hierarchy =
+                if place.controllers.is_empty() { "v2".to_owned() } else { format!("v1 {}", place.controllers) };
+            let Some(mount) = mount_of(&self.mounts, &self.known, place) else {
+                warnings.push(format!(
+                    "process {was} stays in stasis's cgroup: the cgroup {hierarchy} hierarchy of {} is not mounted here",
+                    place.path
+                ));
+                continue;
+            };
+            let dir = mount.mount_point.join(place.path.trim_start_matches('/'));
+            if let Err(e) = enter(&dir, pid) {
+                warnings.push(format!("process {was} stays in stasis's cgroup: {}: {e}", dir.display()));
+            }
+        }
+        warnings
+    }
+}
+
+/// Make `dir` if missing, and move `pid` into it, unless it is frozen (a
+/// puppet frozen half-way could not be finished).
+fn enter(dir: &Path, pid: i32) -> Result<(), String> {
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot make it: {e}"))?;
+        tracing::info!("made cgroup {}", dir.display());
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    if read("cgroup.events").lines().any(|l| l.trim() == "frozen 1")
+        || matches!(read("freezer.state").trim(), "FROZEN" | "FREEZING")
+    {
+        return Err("it is frozen".into());
+    }
+    let procs: PathBuf = dir.join("cgroup.procs");
+    std::fs::write(&procs, pid.to_string()).map_err(|e| format!("cannot write to cgroup.procs: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hybrid_and_v2_lines() {
+        let places = parse("9:name=systemd:/\n4:memory:/a/b\n2:cpu,cpuacct:/\n0::/user.slice/x\n");
+        assert_eq!(places.len(), 4);
+        assert_eq!(places[1], CgroupPlace { controllers: "memory".into(), path: "/a/b".into() });
+        assert_eq!(places[3], CgroupPlace { controllers: String::new(), path: "/user.slice/x".into() });
+    }
+
+    #[test]
+    fn finds_each_hierarchy_by_its_controllers() {
+        let mounts = parse_mountinfo(
+            "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n\
+             35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+             40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd\n\
+             41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n",
+        );
+        let at = |controllers: &str| {
+            let place = CgroupPlace { controllers: controllers.into(), path: "/".into() };
+            let known: Vec<String> = ["cpu", "cpuacct", "memory", "pids"].map(String::from).to_vec();
+            mount_of(&mounts, &known, &place).map(|m| m.mount_point.display().to_string())
+        };
+        assert_eq!(at("").as_deref(), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(at("memory").as_deref(), Some("/sys/fs/cgroup/memory"));
+        assert_eq!(at("cpu,cpuacct").as_deref(), Some("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(at("name=systemd").as_deref(), Some("/sys/fs/cgroup/systemd"), "xattr is not a controller");
+        assert_eq!(at("cpu"), None, "cpu is mounted with cpuacct");
+        assert_eq!(at("pids"), None);
+    }
+}
