@@ -613,20 +613,23 @@ impl InNamespace {
     }
 }
 
-/// Take every pid of the killed tree (`pids`, main process first) with
-/// other processes, then `stasis restore --json` with no option: stasis
-/// says it restores into a new PID namespace, where every process has its
-/// pid, process group and session of before (`links`: inside ids), the
-/// main process a child of the namespace's init. The server's main process
+/// Take every pid of the image's (killed) tree with other processes, then
+/// `stasis restore --json` with no option: stasis says it restores into a
+/// new PID namespace, where every process has its pid, process group and
+/// session of the image, the main process a child of the namespace's init. The server's main process
 /// is then its new pid on this host.
-fn restore_in_namespace(
-    test: &str,
-    server: &mut Server,
-    images: &Path,
-    pids: &[i32],
-    links: &[(i32, i32)],
-) -> InNamespace {
-    let taken = squat(pids);
+fn restore_in_namespace(test: &str, server: &mut Server, images: &Path) -> InNamespace {
+    // The processes of the image, with their group and session as a
+    // namespace of the tree's own sees them (0: led from outside).
+    let shown = util::run(["inspect", "--json", images.to_str().unwrap()]).success().json();
+    let id = |p: &Value, key: &str| p[key].as_i64().unwrap() as i32;
+    let processes = shown["processes"].as_array().expect("processes in the image").clone();
+    let pids: Vec<i32> = processes.iter().map(|p| id(p, "pid")).collect();
+    let outside = |v: i32| if pids.contains(&v) { v } else { 0 };
+    let mut before: Vec<(i32, i32, i32)> =
+        processes.iter().map(|p| (id(p, "pid"), outside(id(p, "pgid")), outside(id(p, "sid")))).collect();
+    before.sort();
+    let taken = squat(&pids);
     let start = Instant::now();
     let r = util::run(["restore", "--json", "--images", images.to_str().unwrap()]);
     let wall = start.elapsed();
@@ -652,22 +655,8 @@ fn restore_in_namespace(
     assert!(server.spawned.is_ours(), "pid {host} runs {:?}", cmdline(host));
     let mut inside: Vec<(i32, i32, i32)> = server.pids().into_iter().map(ns_ids).collect();
     inside.sort();
-    let mut before: Vec<(i32, i32, i32)> = pids.iter().zip(links).map(|(&p, &(g, s))| (p, g, s)).collect();
-    before.sort();
     assert_eq!(inside, before, "(pid, group, session) inside the namespace");
     InNamespace { _taken: taken, init }
-}
-
-/// Process group and session of each pid, as a namespace of the tree's
-/// own sees them: ids of processes outside the tree show as 0.
-fn inside_links(pids: &[i32]) -> Vec<(i32, i32)> {
-    let outside = |id: i32| if pids.contains(&id) { id } else { 0 };
-    pids.iter()
-        .map(|&p| {
-            let (_, g, s) = links(p).unwrap_or_else(|| panic!("pid {p} vanished"));
-            (outside(g), outside(s))
-        })
-        .collect()
 }
 
 #[test]
@@ -679,12 +668,11 @@ fn redis_restored_into_a_new_pid_namespace_while_its_pid_is_taken() {
     let before = redis_state(&mut c1);
     let pids = redis.pids();
     let original = redis.pid();
-    let links = inside_links(&pids);
 
     let images = Images::new(TEST);
     dump(TEST, &redis, images.path(), false);
     redis.wait_tree_gone(&pids);
-    let ns = restore_in_namespace(TEST, &mut redis, images.path(), &pids, &links);
+    let ns = restore_in_namespace(TEST, &mut redis, images.path());
     assert_no_lock(original);
 
     assert_eq!(c1.command(&["CLIENT", "ID"]).int(), id, "C1 is another client of redis");
@@ -703,12 +691,11 @@ fn nginx_restored_into_a_new_pid_namespace_while_its_pids_are_taken() {
     let (mut nginx, mut k) = nginx_with_client();
     let pids = nginx.pids();
     let workers = nginx.workers();
-    let links = inside_links(&pids);
 
     let images = Images::new(TEST);
     dump(TEST, &nginx, images.path(), false);
     nginx.wait_tree_gone(&pids);
-    let ns = restore_in_namespace(TEST, &mut nginx, images.path(), &pids, &links);
+    let ns = restore_in_namespace(TEST, &mut nginx, images.path());
     assert_no_lock(pids[0]);
     let mut inside: Vec<i32> = nginx.workers().into_iter().map(|w| ns_ids(w).0).collect();
     inside.sort();
@@ -732,13 +719,17 @@ fn postgres_restored_into_a_new_pid_namespace_while_its_pids_are_taken() {
     let first = pg.pgbench(1, 2).wait_ok(Duration::from_secs(60));
     let sums = pg.pgbench_checksum();
     assert!(sums.contains(&format!("pgbench_history {first} ")), "{sums}");
-    let pids = pg.pids();
-    let links = inside_links(&pids);
+    // The backends of pgbench and psql end a moment after their clients.
+    let pids = pg.wait_for(Duration::from_secs(30), "no client backend left", || {
+        let pids = pg.pids();
+        let backends = pids.iter().any(|&p| cmdline(p).contains("[local]") || cmdline(p).contains("127.0.0.1"));
+        (!backends).then_some(pids)
+    });
 
     let images = Images::new(TEST);
     dump(TEST, &pg, images.path(), false);
     pg.wait_tree_gone(&pids);
-    let ns = restore_in_namespace(TEST, &mut pg, images.path(), &pids, &links);
+    let ns = restore_in_namespace(TEST, &mut pg, images.path());
     assert_no_lock(pids[0]);
     assert_eq!(pg.pgbench_checksum(), sums, "tables differ from those at dump time");
     eprintln!("amcheck after the restore into a namespace: {}", pg.amcheck_ok());
