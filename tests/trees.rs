@@ -165,6 +165,9 @@ fn round_trip_in_new_pid_namespace(name: &str, extra: &[&str]) {
         let outside = |id: i32| if all.contains(&id) { id } else { 0 };
         assert_eq!(ns_ids(h), (p, outside(pgid), outside(sid)), "process {p} (host pid {h})\n{}", w.log());
     }
+    // Its /proc is the namespace's: /proc/N there is its own process N.
+    let own = std::fs::read_to_string(format!("/proc/{host}/root/proc/{original}/stat")).unwrap_or_default();
+    assert!(own.starts_with(&format!("{original} (")), "/proc/{original} inside the namespace shows {own:?}");
     w.pid = host;
     // Dumping it again is refused (not supported yet), and harms nothing.
     let again = tempfile::tempdir().unwrap();

@@ -27,6 +27,10 @@
 //! inherit at the same number: a restore passes a pidfd of the agent there,
 //! through which each process fetches its fds (a process in the namespace
 //! cannot open a pidfd of the agent by pid: the agent is not in it).
+//!
+//! The init also gets a mount namespace of its own, a copy of the agent's
+//! with every mount made a slave, where it mounts a proc of the new PID
+//! namespace on /proc: the tree's `/proc/N` is then its own process N.
 
 use std::fs;
 use std::mem;
@@ -99,7 +103,8 @@ impl PidNamespace {
         // SAFETY: clone_args is a plain struct of u64 fields for which
         // all-zero is the documented "no options" value.
         let mut args: libc::clone_args = unsafe { mem::zeroed() };
-        args.flags = libc::CLONE_NEWPID as u64;
+        // A mount namespace too, for a /proc of the new PID namespace.
+        args.flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
         args.exit_signal = libc::SIGCHLD as u64;
         // SAFETY: `args` is a valid clone_args of the size passed. Without
         // CLONE_VM the child runs on a copy-on-write copy of our memory and
@@ -273,6 +278,7 @@ fn block_signals(all: bool) -> libc::sigset_t {
 /// allocation, no locks, no stdio.
 fn init_main(fds: InitFds) -> ! {
     close_all_but(&mut [fds.orders, fds.answers, fds.keep]);
+    mount_own_proc();
     // SAFETY: chdir takes a NUL-terminated path; the init must not pin the
     // agent's working directory (and its mount).
     unsafe { libc::chdir(c"/".as_ptr()) };
@@ -334,6 +340,23 @@ fn init_main(fds: InitFds) -> ! {
     }
 }
 
+/// In the init's new mount namespace (a copy of the agent's): make every
+/// mount a slave (mounts of the host still show inside, none made inside
+/// reaches the host), then mount a proc of the new PID namespace on /proc,
+/// so that /proc/N inside is the namespace's process N. Without it the tree
+/// keeps seeing the host's /proc; nothing else depends on it.
+fn mount_own_proc() {
+    let flags = (libc::MS_REC | libc::MS_SLAVE) as libc::c_ulong;
+    // SAFETY: mount takes NUL-terminated strings (or null) and integers.
+    let slave = unsafe { libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    if slave != 0 {
+        return;
+    }
+    let flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong;
+    // SAFETY: as above.
+    unsafe { libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) };
+}
+
 /// In the init: a child at `pid` that pauses; returns its pid or -errno.
 fn spawn_paused(pid: i32, fds: InitFds) -> i32 {
     let tid: libc::pid_t = pid;
@@ -377,6 +400,10 @@ mod tests {
         let host = ns.spawn_paused(Pid::from_raw(4242)).unwrap();
         assert_eq!(ns_pids(host).last(), Some(&4242));
         assert_eq!(ns_pids(host).first(), Some(&host.as_raw()));
+        let inside = fs::read_to_string(format!("/proc/{host}/root/proc/4242/stat")).unwrap_or_default();
+        assert!(inside.starts_with("4242 "), "the namespace's /proc shows {inside:?} as its process 4242");
+        let host_proc = fs::read_link("/proc/self").unwrap();
+        assert_ne!(host_proc, std::path::PathBuf::from("1"), "the host's /proc was replaced");
         let kept = fs::read_link(format!("/proc/{host}/fd/{}", keep.as_raw_fd())).unwrap();
         assert_eq!(kept, std::path::Path::new("/dev/null"), "the kept fd is inherited at its number");
         let taken = ns.spawn_paused(Pid::from_raw(4242)).unwrap_err();
