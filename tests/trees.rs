@@ -261,6 +261,18 @@ fn tcp_connection_inside_the_tree_leave_running() {
 /// the tree running, and says which process failed.
 #[test]
 fn failed_tree_restore_leaves_nothing_running() {
+    failed_tree_restore(&[]);
+}
+
+/// The same into a new PID namespace: no process of it is left either,
+/// not even its init (a copy of the `stasis restore`, whose command line
+/// names the image).
+#[test]
+fn failed_tree_restore_in_a_new_pid_namespace_leaves_nothing_running() {
+    failed_tree_restore(&["--pid-namespace"]);
+}
+
+fn failed_tree_restore(extra: &[&str]) {
     use std::process::Command;
     use util::spawned::{tempdir, tool, Spawned};
     let dir = tempdir("tree-fail");
@@ -278,9 +290,29 @@ fn failed_tree_restore_leaves_nothing_running() {
     assert_eq!(r.code, Some(0), "{}", r.dump());
     p.wait_exit(Duration::from_secs(30));
     std::fs::remove_dir(p.dir.join("sub")).unwrap();
-    let r = run(["restore", "--images", images.path().to_str().unwrap()]).expect_code(1);
+    let mut args = vec!["restore", "--images", images.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(&args).expect_code(1);
     assert!(r.stderr.contains(&format!("process {child}")) && r.stderr.contains("cwd"), "{}", r.dump());
     for pid in [p.pid, child] {
         assert!(util::workload::wait_gone(pid, Duration::from_secs(10)), "pid {pid} runs after a failed restore");
+    }
+    let named = images.path().to_str().unwrap().as_bytes().to_vec();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<i32>().is_ok()))
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.windows(named.len()).any(|w| w == named))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "processes of the failed restore left: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
