@@ -37,7 +37,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use util::pidns::{ns_ids, parent, squat, NamespaceInit, Squatters};
+use util::pidns::{ns_ids, squat, NamespaceInit, Squatters};
 use util::servers::{
     cmdline, descendants, nginx_big_body, redis_value, Nginx, Postgres, Redis, RedisClient, Reply, Server, NGINX_BIG,
     NGINX_HELLO, NGINX_WORKERS, PGBENCH_TABLES,
@@ -104,6 +104,14 @@ fn dump(test: &str, server: &Server, images: &Path, leave_running: bool) -> Valu
 /// `stasis restore --json --images DIR`, asserting success at the server's
 /// pid; prints its figures. Its JSON report.
 fn restore(test: &str, server: &Server, images: &Path) -> Value {
+    let (r, report) = run_restore(test, server, images);
+    assert_eq!(report["pid"], server.pid(), "restored at another pid\n{}", r.dump());
+    report
+}
+
+/// `stasis restore --json --images DIR`, asserting success; prints its
+/// figures. The run and its JSON report.
+fn run_restore(test: &str, server: &Server, images: &Path) -> (util::Run, Value) {
     let start = Instant::now();
     let r = util::run(["restore", "--json", "--images", images.to_str().unwrap()]);
     let wall = start.elapsed();
@@ -117,8 +125,7 @@ fn restore(test: &str, server: &Server, images: &Path) -> Value {
         ms(&report["total_us"]),
         report["processes"],
     );
-    assert_eq!(report["pid"], server.pid(), "restored at another pid\n{}", r.dump());
-    report
+    (r, report)
 }
 
 /// Parent, process group and session of PID, from /proc.
@@ -630,27 +637,15 @@ fn restore_in_namespace(test: &str, server: &mut Server, images: &Path) -> InNam
         processes.iter().map(|p| (id(p, "pid"), outside(id(p, "pgid")), outside(id(p, "sid")))).collect();
     before.sort();
     let taken = squat(&pids);
-    let start = Instant::now();
-    let r = util::run(["restore", "--json", "--images", images.to_str().unwrap()]);
-    let wall = start.elapsed();
-    if r.code != Some(0) {
-        server.fail(&format!("restore while its pids are taken failed\n{}", r.dump()));
-    }
+    let (r, report) = run_restore(test, server, images);
     assert!(r.stderr.contains("new PID namespace"), "no notice of the namespace\n{}", r.dump());
-    let report = r.json();
-    eprintln!(
-        "stasis-timing test={test} op=restore wall_ms={:.1} total_ms={} processes={}",
-        wall.as_secs_f64() * 1000.0,
-        ms(&report["total_us"]),
-        report["processes"],
-    );
     let ns = &report["namespace"];
     assert_eq!(ns["pid_inside"], pids[0], "{}", r.dump());
     let host = report["pid"].as_i64().unwrap() as i32;
     assert_ne!(host, pids[0], "{}", r.dump());
     let init = NamespaceInit(ns["init"].as_i64().unwrap() as i32);
     assert!(init.alive(), "the init {} is not pid 1 of a namespace", init.0);
-    assert_eq!(parent(host), init.0, "the main process is not the init's child");
+    assert_eq!(util::servers::ppid(host), Some(init.0), "the main process is not the init's child");
     server.spawned.pid = host;
     assert!(server.spawned.is_ours(), "pid {host} runs {:?}", cmdline(host));
     let mut inside: Vec<(i32, i32, i32)> = server.pids().into_iter().map(ns_ids).collect();

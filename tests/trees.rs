@@ -114,22 +114,6 @@ fn leave_running(name: &str) {
     assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
 }
 
-/// Host pids of every descendant of `root`.
-fn descendants(root: i32) -> Vec<i32> {
-    let mut out = vec![];
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for c in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
-                out.push(c);
-                todo.push(c);
-            }
-        }
-    }
-    out
-}
-
 /// Dump killing the tree, take every pid it had with other processes, and
 /// restore: into a new PID namespace (by itself, or as asked), where each
 /// process has its pid, group and session; the workload checks itself.
@@ -156,7 +140,7 @@ fn round_trip_in_new_pid_namespace(name: &str, extra: &[&str]) {
     let init = links(host).0;
     let _init = NamespaceInit(init);
     assert_eq!(ns_ids(init).0, 1, "the root's parent is not the namespace's init");
-    let found: Vec<i32> = std::iter::once(host).chain(descendants(host)).collect();
+    let found: Vec<i32> = std::iter::once(host).chain(util::servers::descendants(host)).collect();
     for (&p, &(_, pgid, sid)) in all.iter().zip(&links_before) {
         let Some(&h) = found.iter().find(|&&h| ns_ids(h).0 == p) else {
             panic!("process {p} is not in the namespace (found {found:?})\n{}", w.log());

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use stasis_image::records::CgroupPlace;
 
-use crate::freezer::{parse_mountinfo, Mount};
+use crate::freezer::{cgroup2_mount, parse_mountinfo, Mount};
 
-/// The lines of /proc/PID/cgroup.
+/// The lines of /proc/PID/cgroup (`ID:CONTROLLERS:PATH`; the v2 one has no
+/// controllers).
 pub fn parse(text: &str) -> Vec<CgroupPlace> {
     text.lines()
         .filter_map(|line| {
@@ -34,7 +35,7 @@ pub fn parse(text: &str) -> Vec<CgroupPlace> {
 /// `known` ones, or a `name=`; its other options are not controllers).
 fn mount_of<'m>(mounts: &'m [Mount], known: &[String], place: &CgroupPlace) -> Option<&'m Mount> {
     if place.controllers.is_empty() {
-        return mounts.iter().find(|m| m.fstype == "cgroup2");
+        return cgroup2_mount(mounts);
     }
     let mut want: Vec<&str> = place.controllers.split(',').collect();
     want.sort_unstable();

@@ -199,16 +199,12 @@ pub fn freezer_v1_mount(mounts: &[Mount]) -> Option<&Mount> {
 /// /proc/PID/cgroup: `None` selects the v2 line (`0::/path`), `Some(c)` the
 /// v1 line whose controller list holds `c`.
 pub fn own_cgroup(proc_cgroup: &str, want: Option<&str>) -> Option<PathBuf> {
-    proc_cgroup.lines().find_map(|line| {
-        let mut parts = line.splitn(3, ':');
-        let id = parts.next()?;
-        let controllers = parts.next()?;
-        let path = parts.next()?;
+    crate::cgroups::parse(proc_cgroup).into_iter().find_map(|place| {
         let hit = match want {
-            None => id == "0" && controllers.is_empty(),
-            Some(c) => controllers.split(',').any(|x| x == c),
+            None => place.controllers.is_empty(),
+            Some(c) => place.controllers.split(',').any(|x| x == c),
         };
-        hit.then(|| PathBuf::from(path))
+        hit.then(|| PathBuf::from(place.path))
     })
 }
 

@@ -84,13 +84,14 @@ pub enum Error {
 const ORDER_RUN: i32 = 0;
 
 /// A PID namespace with a stasis init, while a tree is restored into it.
-/// Dropping it without [`PidNamespace::release`] ends the init, and so
-/// every process of the namespace.
+/// Dropping it without [`PidNamespace::release`] ends the init (`Child`
+/// kills it; so would the end-of-file on its orders), and so every process
+/// of the namespace.
 #[derive(Debug)]
 pub struct PidNamespace {
-    init: Option<Child>,
-    orders: Option<OwnedFd>,
-    answers: Option<OwnedFd>,
+    init: Child,
+    orders: OwnedFd,
+    answers: OwnedFd,
 }
 
 impl PidNamespace {
@@ -117,16 +118,16 @@ impl PidNamespace {
             -1 => Err(Error::Create(Errno::last())),
             0 => init_main(fds),
             pid => Ok(PidNamespace {
-                init: Some(Child::from_pid(Pid::from_raw(pid as libc::pid_t))),
-                orders: Some(orders_w),
-                answers: Some(answers_r),
+                init: Child::from_pid(Pid::from_raw(pid as libc::pid_t)),
+                orders: orders_w,
+                answers: answers_r,
             }),
         }
     }
 
     /// The init's pid, in the agent's namespace.
     pub fn init_pid(&self) -> Pid {
-        self.init.as_ref().expect("the init lives until release").pid()
+        self.init.pid()
     }
 
     /// Has the init make a process at `pid` inside the namespace that
@@ -134,11 +135,9 @@ impl PidNamespace {
     pub fn spawn_paused(&mut self, pid: Pid) -> Result<Pid, Error> {
         let init = self.init_pid();
         let gone = |errno| Error::InitGone { init, errno };
-        let orders = self.orders.as_ref().expect("open until release");
-        nix::unistd::write(orders, &pid.as_raw().to_ne_bytes()).map_err(gone)?;
+        nix::unistd::write(&self.orders, &pid.as_raw().to_ne_bytes()).map_err(gone)?;
         let mut answer = [0u8; 4];
-        let answers = self.answers.as_ref().expect("open until release");
-        let n = nix::unistd::read(answers, &mut answer).map_err(gone)?;
+        let n = nix::unistd::read(&self.answers, &mut answer).map_err(gone)?;
         if n != answer.len() {
             return Err(gone(Errno::EPIPE));
         }
@@ -172,22 +171,11 @@ impl PidNamespace {
 
     /// Tells the init that the tree runs, and lets it go on alone: it no
     /// longer takes orders, and outlives the agent. Returns its pid.
-    pub fn release(mut self) -> Result<Pid, Error> {
-        let init = self.init_pid();
-        let orders = self.orders.take().expect("open until release");
-        nix::unistd::write(&orders, &ORDER_RUN.to_ne_bytes()).map_err(|errno| Error::InitGone { init, errno })?;
-        drop(orders);
-        self.answers = None;
-        Ok(self.init.take().expect("the init lives until release").disown())
-    }
-}
-
-impl Drop for PidNamespace {
-    fn drop(&mut self) {
-        // End-of-file on its orders: the init exits, and the kernel kills
-        // every process of the namespace. `Child` kills and reaps it too.
-        self.orders = None;
-        self.answers = None;
+    pub fn release(self) -> Result<Pid, Error> {
+        let PidNamespace { init, orders, answers: _ } = self;
+        let written = nix::unistd::write(&orders, &ORDER_RUN.to_ne_bytes());
+        written.map_err(|errno| Error::InitGone { init: init.pid(), errno })?;
+        Ok(init.disown())
     }
 }
 

@@ -80,9 +80,3 @@ fn status_last(host: i32, key: &str) -> i32 {
 pub fn ns_ids(host: i32) -> (i32, i32, i32) {
     (status_last(host, "NSpid:"), status_last(host, "NSpgid:"), status_last(host, "NSsid:"))
 }
-
-/// The parent (this host's pid) of `host`.
-pub fn parent(host: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{host}/stat")).unwrap_or_default();
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok()).unwrap_or(-1)
-}

@@ -15,9 +15,10 @@
 //!    the agent's memory, move the vdso and vvar to the image's addresses,
 //!    map every recorded mapping, and write the stored pages through
 //!    /proc/PID/mem. Then the mm fields (PR_SET_MM_MAP), fds (fetched with
-//!    pidfd_getfd through a pidfd of the agent the puppet inherited), cwd, umask, rlimits, signal handlers,
-//!    itimers, process attributes, threads (clone3 with set_tid, each
-//!    stopped before running), per-thread state, and pending signals.
+//!    pidfd_getfd through a pidfd of the agent the puppet inherited), cwd,
+//!    umask, rlimits, signal handlers, itimers, process attributes, threads
+//!    (clone3 with set_tid, each stopped before running), per-thread state,
+//!    and pending signals.
 //! 4. Unmap the trampoline, set every thread's registers (with the
 //!    syscall-restart fix-ups of [`resume`]) and signal mask, and detach:
 //!    the process runs on, and is no longer the agent's concern.
@@ -212,11 +213,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let agent = stasis_sys::pidfd::PidFd::open(Pid::this()).map_err(|e| step("pidfd")(crate::chain(&e)))?;
     let agent: std::os::fd::OwnedFd = agent.into();
     let mut pidns = match &namespace {
-        Some(_) => {
-            use std::os::fd::AsFd;
-            let ns = PidNamespace::create(agent.as_fd()).map_err(|e| step("PID namespace")(crate::chain(&e)))?;
-            Some(ns)
-        }
+        Some(_) => Some(
+            PidNamespace::create(std::os::fd::AsFd::as_fd(&agent))
+                .map_err(|e| step("PID namespace")(crate::chain(&e)))?,
+        ),
         None => None,
     };
     let (mut puppets, zombies) = create_tree(tree, pidns.as_mut())?;
@@ -241,10 +241,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     };
     let mut pages = 0;
+    let agent_fd = std::os::fd::AsRawFd::as_raw_fd(&agent);
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        let agent_fd = std::os::fd::AsRawFd::as_raw_fd(&agent);
         let recipe = Recipe { image: &image, process: p, fds: planned, objects: &objects, reap, agent_fd };
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
         if cancelled() {
@@ -563,7 +563,7 @@ fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<
 fn dying(tid: i32, stat: &proc::Stat) -> bool {
     const PF_EXITING: u32 = 0x4;
     let sigkill = 1u64 << (libc::SIGKILL - 1);
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map(|t| proc::parse_status(&t));
+    let status = proc::read(Pid::from_raw(tid), "status").map(|t| proc::parse_status(&t));
     matches!(stat.state, 'Z' | 'X')
         || stat.flags & PF_EXITING != 0
         || status.is_ok_and(|s| (s.sig_pnd | s.shd_pnd) & sigkill != 0)
@@ -1161,14 +1161,14 @@ impl Remote<'_, '_> {
         if planned.is_empty() {
             return Ok(());
         }
-        let pidfd_high = self.agent_pidfd.ok_or_else(|| step("fds")("no pidfd of the agent".into()))?;
+        let agent = self.agent_pidfd.ok_or_else(|| step("fds")("no pidfd of the agent".into()))?;
         for p in &planned {
             match p {
                 fds::Planned::Object { fd, object, cloexec } => {
                     use std::os::fd::AsRawFd;
                     let what = format!("fd {fd}");
                     let got =
-                        self.call(&what, libc::SYS_pidfd_getfd, [pidfd_high, object.as_raw_fd() as u64, 0, 0, 0, 0])?;
+                        self.call(&what, libc::SYS_pidfd_getfd, [agent, object.as_raw_fd() as u64, 0, 0, 0, 0])?;
                     let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
                     if got == *fd as u64 {
                         let fdflags = if *cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
