@@ -23,9 +23,11 @@ use crate::Outcome;
 /// warning saying so: there every process has its original pid, under a
 /// small init of stasis's (pid 1 inside), which adopts the tree's orphans,
 /// passes the signals sent to it on to the root, and exits with the root's
-/// status when the last process of the namespace ends. The pid printed is
-/// then the root's on this host. No process runs before all are rebuilt.
-/// If the restore fails, nothing it created is left behind.
+/// status when the last process of the namespace ends; the tree also gets a
+/// /proc of that namespace. The pid printed is then the root's on this
+/// host. Each process goes back into the cgroups it was in (made again if
+/// removed; a warning when that cannot be done). No process runs before all
+/// are rebuilt. If the restore fails, nothing it created is left behind.
 ///
 /// Established TCP connections are rebuilt with TCP_REPAIR under the dump's
 /// network lock (an nftables table stasis_<pid>_<time> dropping their
