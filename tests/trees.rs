@@ -240,6 +240,81 @@ fn tcp_connection_inside_the_tree_leave_running() {
     leave_running("tcp_pair");
 }
 
+/// Start the `daemon` workload and follow its daemon: the process the
+/// harness started exits once the daemon is set up.
+fn start_daemon() -> (Workload, i32) {
+    let mut w = Workload::start("daemon", &[]);
+    w.wait_exit(Duration::from_secs(30));
+    w.pid = w.info("pid_d").parse().unwrap();
+    let e = w.info("pid_e").parse().unwrap();
+    let session: i32 = w.info("pid_a").parse().unwrap();
+    let group: i32 = w.info("pid_c").parse().unwrap();
+    assert_eq!(links(w.pid).1, session, "the daemon does not lead group {session}\n{}", w.log());
+    assert_eq!(links(e).1, group, "E is not in group {group}\n{}", w.log());
+    for gone in [session, group] {
+        assert!(!util::workload::is_alive(gone), "leader {gone} is still running\n{}", w.log());
+    }
+    (w, e)
+}
+
+/// A daemon made by a double fork: its session and group, and its child's
+/// group, lost their leaders. The dump records them as leaderless, the
+/// restore makes them again through helpers at the leaders' pids (and
+/// lets the helpers go); the daemon's child, reparented to it (a child
+/// subreaper), is its child again.
+#[test]
+fn daemon_whose_session_leader_exited_round_trip() {
+    let (mut w, e) = start_daemon();
+    let before = w.wait_running();
+    let links_before = [links(w.pid), links(e)];
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    let shown = run(["inspect", images.path().to_str().unwrap()]).success().stdout;
+    let (session, group) = (w.info("pid_a"), w.info("pid_c"));
+    assert!(shown.contains(&format!("leaderless sessions {session} ")), "{shown}");
+    let mut groups: Vec<i32> = [&session, &group].iter().map(|g| g.parse().unwrap()).collect();
+    groups.sort();
+    assert!(shown.contains(&format!("leaderless groups   {}, {} ", groups[0], groups[1])), "{shown}");
+    w.wait_exit(Duration::from_secs(30));
+    restore(&w, images.path());
+    assert_eq!([links(w.pid), links(e)], links_before, "(parent, group, session) of D and E changed\n{}", w.log());
+    for helper in [w.info("pid_a"), w.info("pid_c")] {
+        let pid: i32 = helper.parse().unwrap();
+        assert!(!util::workload::is_alive(pid), "the restore's helper {pid} is still running");
+    }
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+}
+
+/// The same daemon into a new PID namespace: the session and both groups
+/// have their ids inside, and the daemon is the one the init serves.
+#[test]
+fn daemon_whose_session_leader_exited_in_a_new_pid_namespace() {
+    let (mut w, e) = start_daemon();
+    let before = w.wait_running();
+    let (d, session, group) = (w.pid, w.info("pid_a").parse().unwrap(), w.info("pid_c").parse().unwrap());
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let r = run(["restore", "--images", images.path().to_str().unwrap(), "--pid-namespace"]);
+    assert_eq!(r.code, Some(0), "restore failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    let host: i32 = r.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid printed\n{}", r.dump()));
+    let init = links(host).0;
+    let _init = NamespaceInit(init);
+    assert_eq!(ns_ids(init).0, 1, "the daemon's parent is not the namespace's init\n{}", r.dump());
+    assert_eq!(ns_ids(host), (d, session, session), "the daemon inside\n{}", w.log());
+    let kids = util::servers::descendants(host);
+    let Some(&child) = kids.iter().find(|&&h| ns_ids(h).0 == e) else {
+        panic!("E ({e}) is not the daemon's child in the namespace: {kids:?}\n{}", w.log())
+    };
+    assert_eq!(ns_ids(child), (e, group, session), "E inside\n{}", w.log());
+    assert_eq!(kids.len(), 1, "the daemon has other descendants than E: {kids:?}");
+    w.pid = host;
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+    assert!(_init.wait_gone(Duration::from_secs(10)), "the namespace's init outlived the daemon");
+}
+
 /// A restore that fails half-way through a tree (the child's working
 /// directory is gone; the root is rebuilt by then) leaves no process of
 /// the tree running, and says which process failed.

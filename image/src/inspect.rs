@@ -35,6 +35,12 @@ pub struct Inspection {
     /// Exited children awaiting their parent's wait.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub zombies: Vec<ZombieSummary>,
+    /// Sessions whose leader had exited at dump time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leaderless_sessions: Vec<i32>,
+    /// Process groups whose leader had exited at dump time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leaderless_groups: Vec<i32>,
     /// Shared memory objects, each stored once.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shmem: Vec<ShmemSummary>,
@@ -234,6 +240,8 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
                     .collect()
             })
             .unwrap_or_default(),
+        leaderless_sessions: image.processes().map(|t| t.leaderless_sessions.clone()).unwrap_or_default(),
+        leaderless_groups: image.processes().map(|t| t.leaderless_groups.clone()).unwrap_or_default(),
         shmem: image
             .processes()
             .map(|t| {

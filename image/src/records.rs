@@ -113,6 +113,15 @@ pub struct ProcessTree {
     /// (empty: none); restore removes it.
     #[prost(string, tag = "8")]
     pub netlock: String,
+    /// Sessions of the tree whose leader had exited at dump time (a daemon
+    /// that forked after setsid): restore makes each again through a
+    /// short-lived process at the leader's pid, which forks the roots in it.
+    #[prost(int32, repeated, tag = "9")]
+    pub leaderless_sessions: Vec<i32>,
+    /// Process groups of the tree whose leader had exited at dump time:
+    /// made again the same way, and left once every member has joined.
+    #[prost(int32, repeated, tag = "10")]
+    pub leaderless_groups: Vec<i32>,
 }
 
 /// A process that had exited, kept until its parent waits for it.

@@ -204,6 +204,17 @@ fn validate_tree(tree: &ProcessTree) -> Result<(), String> {
             return Err(format!("zombie {}: exit signal {}", z.pid, z.exit_signal));
         }
     }
+    let leaderless = tree.leaderless_sessions.iter().chain(&tree.leaderless_groups);
+    if tree.leaderless_sessions.len() + tree.leaderless_groups.len() > 2 * MAX_PROCESSES {
+        return Err("too many leaderless sessions and groups".into());
+    }
+    for &id in leaderless {
+        if !(1..=MAX_PID).contains(&id) || seen.contains_key(&id) {
+            return Err(format!(
+                "leaderless session or group {id}: out of range, or the pid of a process of the image"
+            ));
+        }
+    }
     let mut shmem = HashMap::new();
     for m in &tree.shmem {
         check_str(&m.name, 249).map_err(|e| format!("shared memory object {}: name {e}", m.id))?;
@@ -316,5 +327,22 @@ mod tests {
         assert!(check_inet(&InetSocket { peer: addr(5, 1), ..ok.clone() }).is_err());
         assert!(check_inet(&InetSocket { local: addr(4, 70000), ..ok.clone() }).is_err());
         assert!(check_inet(&InetSocket { family: 1, ..ok }).is_err());
+    }
+
+    #[test]
+    fn a_leaderless_session_or_group_is_no_process_of_the_image() {
+        use crate::records::{Process, ProcessTree};
+        let p = Process { pid: 100, ppid: 1, pgid: 50, sid: 50, ..Default::default() };
+        let tree = ProcessTree {
+            processes: vec![p],
+            leaderless_sessions: vec![50],
+            leaderless_groups: vec![50],
+            ..Default::default()
+        };
+        assert_eq!(validate_tree(&tree), Ok(()));
+        let taken = ProcessTree { leaderless_groups: vec![100], ..tree.clone() };
+        assert!(validate_tree(&taken).unwrap_err().contains("leaderless session or group 100"));
+        let negative = ProcessTree { leaderless_sessions: vec![-3], ..tree };
+        assert!(validate_tree(&negative).is_err());
     }
 }

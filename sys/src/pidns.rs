@@ -11,7 +11,9 @@
 //!    the init makes a child at that pid in its namespace (`clone3` with a
 //!    one-level `set_tid`), which only pauses until the agent seizes it and
 //!    turns it into a restored process. The roots of the tree are therefore
-//!    the init's children from the start, and see 1 as their parent;
+//!    the init's children from the start, and see 1 as their parent (a root
+//!    forked by a helper that leads its session, [`PidNamespace::set_root`],
+//!    becomes the init's child when the helper exits);
 //! 2. once told the tree runs, reaps every process that ends in the
 //!    namespace, passes every signal sent to it to the root, and exits with
 //!    the root's status when no process is left.
@@ -146,6 +148,23 @@ impl PidNamespace {
             return Err(Error::Spawn { pid, errno: Errno::from_raw(-made) });
         }
         self.host_pid(pid)
+    }
+
+    /// Names the process (by its pid inside) whose signals the init
+    /// forwards and whose status it exits with: by default the first it
+    /// made, which is not the root when that one is a short-lived helper
+    /// (one that leads a session whose leader had exited, and forks the
+    /// root into it).
+    pub fn set_root(&mut self, pid: Pid) -> Result<(), Error> {
+        let init = self.init_pid();
+        let gone = |errno| Error::InitGone { init, errno };
+        nix::unistd::write(&self.orders, &(-pid.as_raw()).to_ne_bytes()).map_err(gone)?;
+        let mut answer = [0u8; 4];
+        let n = nix::unistd::read(&self.answers, &mut answer).map_err(gone)?;
+        if n != answer.len() {
+            return Err(gone(Errno::EPIPE));
+        }
+        Ok(())
     }
 
     /// The pid, in the agent's namespace, of the init's child that has
@@ -284,10 +303,17 @@ fn init_main(fds: InitFds) -> ! {
         if order == ORDER_RUN {
             break;
         }
-        let made = spawn_paused(order, fds);
-        if made > 0 && root == 0 {
-            root = made;
-        }
+        let made = if order < 0 {
+            // Not a process to make: the root, made by another.
+            root = -order;
+            0
+        } else {
+            let made = spawn_paused(order, fds);
+            if made > 0 && root == 0 {
+                root = made;
+            }
+            made
+        };
         if !transfer(fds.answers, &mut made.to_ne_bytes(), true) {
             exit_now(1);
         }
@@ -416,5 +442,27 @@ mod tests {
         let status = init_child.wait_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(status, nix::sys::wait::WaitStatus::Exited(init, 128 + libc::SIGTERM));
         assert!(ns_pids(root).last() != Some(&77));
+    }
+
+    #[test]
+    fn a_root_named_with_set_root_is_the_one_the_init_serves() {
+        let keep = fs::File::open("/dev/null").unwrap();
+        let mut ns = PidNamespace::create(keep.as_fd()).unwrap();
+        let helper = ns.spawn_paused(Pid::from_raw(78)).unwrap();
+        let root = ns.spawn_paused(Pid::from_raw(79)).unwrap();
+        ns.set_root(Pid::from_raw(79)).unwrap();
+        let init = ns.init_pid();
+        let mut init_child = Child::from_pid(init);
+        ns.release().unwrap();
+        nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns_pids(root).last() == Some(&79) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(ns_pids(root).last() != Some(&79), "SIGTERM did not reach the named root");
+        assert_eq!(ns_pids(helper).last(), Some(&78), "the first process made got the signal too");
+        nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let status = init_child.wait_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(init, 128 + libc::SIGTERM), "the root's status");
     }
 }

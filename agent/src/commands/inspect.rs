@@ -120,6 +120,22 @@ fn print_text(i: &Inspection) {
         };
         println!("zombie     {} (parent {}, group {}, session {}), {}, {status}", z.pid, z.ppid, z.pgid, z.sid, z.comm);
     }
+    if !i.leaderless_sessions.is_empty() || !i.leaderless_groups.is_empty() {
+        println!();
+        let list = |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+        if !i.leaderless_sessions.is_empty() {
+            println!(
+                "leaderless sessions {} (their leader had exited; made again at restore)",
+                list(&i.leaderless_sessions)
+            );
+        }
+        if !i.leaderless_groups.is_empty() {
+            println!(
+                "leaderless groups   {} (their leader had exited; made again at restore)",
+                list(&i.leaderless_groups)
+            );
+        }
+    }
     if !i.shmem.is_empty() {
         println!();
         for m in &i.shmem {

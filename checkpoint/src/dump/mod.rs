@@ -21,7 +21,7 @@ mod task;
 mod tcp_hold;
 mod timers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -379,7 +379,7 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         seen.push((pid, fds));
     }
     problems.extend(fd_problems(&seen));
-    problems.extend(link_problems(&stats));
+    problems.extend(link_problems(&stats, &Leaderless::find(&stats)));
     problems.extend(shared_vm_problems(&pids)?);
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: root, problems });
@@ -456,10 +456,39 @@ fn shared_vm_problems(pids: &[Pid]) -> Result<Vec<String>, DumpError> {
     Ok(problems)
 }
 
+/// Sessions and process groups whose leader had exited (no process has
+/// their id as its pid, or one that does leads no such session or group
+/// any more): restore re-creates each through a short-lived process at
+/// the leader's pid. The others not led from inside the tree are led from
+/// outside it, and restored processes take the restorer's.
+#[derive(Debug, Default)]
+struct Leaderless {
+    sessions: BTreeSet<i32>,
+    groups: BTreeSet<i32>,
+}
+
+impl Leaderless {
+    fn find(stats: &[(Pid, Stat)]) -> Leaderless {
+        let in_tree: BTreeSet<i32> = stats.iter().map(|(p, _)| p.as_raw()).collect();
+        let leader = |id: i32| proc::stat(Pid::from_raw(id)).ok();
+        let mut out = Leaderless::default();
+        for (_, s) in stats {
+            if !in_tree.contains(&s.session) && leader(s.session).is_none_or(|l| l.session != s.session) {
+                out.sessions.insert(s.session);
+            }
+            if !in_tree.contains(&s.pgrp) && leader(s.pgrp).is_none_or(|l| l.pgrp != s.pgrp) {
+                out.groups.insert(s.pgrp);
+            }
+        }
+        out
+    }
+}
+
 /// Sessions and process groups restore cannot re-create: every process
-/// inherits its session from its parent (or leads one), and joins a group
-/// led by a process of the tree in its session (or inherits the root's).
-fn link_problems(stats: &[(Pid, Stat)]) -> Vec<String> {
+/// inherits its session from its parent (or leads one, or is a root in a
+/// session whose leader is gone), and joins a group led by a process of the
+/// tree in its session, a group whose leader is gone, or the root's.
+fn link_problems(stats: &[(Pid, Stat)], leaderless: &Leaderless) -> Vec<String> {
     let by_pid: std::collections::HashMap<i32, &Stat> = stats.iter().map(|(p, s)| (p.as_raw(), s)).collect();
     let root_of = |mut pid: i32| {
         while let Some(s) = by_pid.get(&pid).filter(|s| by_pid.contains_key(&s.ppid)) {
@@ -483,9 +512,10 @@ fn link_problems(stats: &[(Pid, Stat)]) -> Vec<String> {
             let led_here = by_pid.get(&s.pgrp).is_some_and(|l| l.pgrp == s.pgrp && l.session == s.session);
             let root = root_of(pid);
             let roots_group = !by_pid.contains_key(&s.pgrp) && s.pgrp == root.pgrp && s.session == root.session;
-            if !led_here && !roots_group {
+            if !led_here && !roots_group && !leaderless.groups.contains(&s.pgrp) {
                 problems.push(format!(
-                    "process {pid} is in process group {} whose leader is not in the tree (not supported yet)",
+                    "process {pid} is in process group {}, led by a process outside the tree (dump that process \
+                     too)",
                     s.pgrp
                 ));
             }
@@ -560,7 +590,8 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     problems.extend(fd_problems(&seen));
     let pids: Vec<Pid> = listed.iter().map(|l| l.0).collect();
     problems.extend(shared_vm_problems(&pids)?);
-    problems.extend(link_problems(&stats));
+    let leaderless = Leaderless::find(&stats);
+    problems.extend(link_problems(&stats, &leaderless));
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems });
     }
@@ -595,6 +626,8 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         stats: None,
         kernel,
         zombies,
+        leaderless_sessions: leaderless.sessions.into_iter().collect(),
+        leaderless_groups: leaderless.groups.into_iter().collect(),
         shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
     };
     let objects =

@@ -361,15 +361,39 @@ fn in_process(tree: &ProcessTree, pid: i32, e: RestoreError) -> RestoreError {
 /// groups are joined once everyone exists, leaders first. Returns the
 /// puppets of `tree.processes` and of `tree.zombies`, in their order.
 /// In a new PID namespace, the roots are children of its init.
+///
+/// A session or group whose leader had exited at dump time is made again
+/// by a helper at the leader's pid: a session's is made first, calls
+/// setsid and forks the roots in that session; a group's is forked by a
+/// process of its session and calls setpgid. Each exits once the members
+/// are in (a group or session outlives its leader), and is reaped at once.
 fn create_tree(
     tree: &ProcessTree,
     mut pidns: Option<&mut PidNamespace>,
 ) -> Result<(Vec<Puppet>, Vec<Puppet>), RestoreError> {
+    let is_root = |p: &Process| !tree.processes.iter().any(|q| q.pid == p.ppid);
+    let mut session_helpers: Vec<Puppet> = Vec::new();
+    for &sid in &tree.leaderless_sessions {
+        if tree.processes.iter().any(|p| p.sid == sid && is_root(p)) {
+            let mut helper = Puppet::create(sid, pidns.as_deref_mut())?;
+            helper.simple_call(&format!("session {sid}"), libc::SYS_setsid, [0; 6])?;
+            session_helpers.push(helper);
+        }
+    }
     let mut puppets: Vec<Puppet> = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         let mut puppet = match puppets.iter_mut().find(|q| q.ns_pid == p.ppid) {
             Some(parent) => parent.fork(p.pid, p.exit_signal)?,
-            None => Puppet::create(p.pid, pidns.as_deref_mut())?,
+            None => match session_helpers.iter_mut().find(|h| h.ns_pid == p.sid) {
+                Some(helper) => {
+                    let puppet = helper.fork(p.pid, p.exit_signal)?;
+                    if let (Some(ns), true) = (pidns.as_deref_mut(), puppets.is_empty()) {
+                        ns.set_root(Pid::from_raw(p.pid)).map_err(|e| step("PID namespace")(crate::chain(&e)))?;
+                    }
+                    puppet
+                }
+                None => Puppet::create(p.pid, pidns.as_deref_mut())?,
+            },
         };
         if p.sid == p.pid {
             puppet.simple_call("session", libc::SYS_setsid, [0; 6])?;
@@ -391,25 +415,45 @@ fn create_tree(
     // (pid, pgid, sid) of everyone; a group led by nobody in the tree is
     // the root's, from outside, which every puppet started in (and which
     // shows as 0 inside a new PID namespace).
-    let ids: Vec<(i32, i32, i32)> = tree
+    let mut ids: Vec<(i32, i32, i32)> = tree
         .processes
         .iter()
         .map(|p| (p.pid, p.pgid, p.sid))
         .chain(tree.zombies.iter().map(|z| (z.pid, z.pgid, z.sid)))
         .collect();
+    // The helpers of groups whose leader is gone, each with the index, in
+    // `ids`, of the process that forked it (and reaps it).
+    let mut group_helpers: Vec<(Puppet, usize)> = Vec::new();
+    for &pgid in &tree.leaderless_groups {
+        let Some(&(_, _, sid)) = ids.iter().find(|&&(_, g, _)| g == pgid) else { continue };
+        if session_helpers.iter().any(|h| h.ns_pid == pgid) {
+            continue;
+        }
+        let Some(by) = ids.iter().position(|&(_, _, s)| s == sid) else { continue };
+        let parent = if by < puppets.len() { &mut puppets[by] } else { &mut zombies[by - puppets.len()] };
+        let helper = parent.fork(pgid, 0)?;
+        group_helpers.push((helper, by));
+        ids.push((pgid, pgid, sid));
+    }
     let outside_group = if pidns.is_some() { 0 } else { stasis_sys::nix::unistd::getpgrp().as_raw() };
-    let all = puppets.iter_mut().chain(zombies.iter_mut());
-    let mut all: Vec<&mut Puppet> = all.collect();
+    let helpers = group_helpers.iter_mut().map(|(h, _)| h);
+    let mut all: Vec<&mut Puppet> = puppets.iter_mut().chain(zombies.iter_mut()).chain(helpers).collect();
     for (puppet, &(pid, pgid, sid)) in all.iter_mut().zip(&ids) {
         if pgid == pid && sid != pid {
             puppet.simple_call("process group", libc::SYS_setpgid, [0; 6])?;
         }
     }
+    let led: Vec<i32> = ids
+        .iter()
+        .filter(|&&(p, g, _)| p == g)
+        .map(|&(p, _, _)| p)
+        .chain(tree.leaderless_sessions.iter().copied())
+        .collect();
     for (puppet, &(pid, pgid, _)) in all.iter_mut().zip(&ids) {
         if pgid == pid {
             continue;
         }
-        let target = if ids.iter().any(|&(p, g, _)| p == pgid && g == pgid) { pgid } else { outside_group };
+        let target = if led.contains(&pgid) { pgid } else { outside_group };
         let now = puppet.simple_call("process group", libc::SYS_getpgid, [0; 6])? as i32;
         if now != target {
             if target == 0 {
@@ -420,6 +464,17 @@ fn create_tree(
             let what = format!("process group {target}");
             puppet.simple_call(&what, libc::SYS_setpgid, [0, target as u64, 0, 0, 0, 0])?;
         }
+    }
+    drop(all);
+    for (helper, by) in group_helpers {
+        let pid = helper.ns_pid;
+        helper.leave()?;
+        let parent = if by < puppets.len() { &mut puppets[by] } else { &mut zombies[by - puppets.len()] };
+        let what = format!("process group {pid}");
+        parent.simple_call(&what, libc::SYS_wait4, [pid as u64, 0, libc::__WALL as u64, 0, 0, 0])?;
+    }
+    for helper in session_helpers {
+        helper.leave()?;
     }
     Ok((puppets, zombies))
 }
@@ -540,8 +595,15 @@ fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreErr
 /// pid held by a process that is not dying fails at once.
 fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<(), RestoreError> {
     let deadline = Instant::now() + timeout;
-    let ids =
-        tree.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.tid)).chain(tree.zombies.iter().map(|z| z.pid));
+    // The helpers that make sessions and groups whose leader is gone take
+    // the leaders' pids for a moment.
+    let helpers = tree.leaderless_sessions.iter().chain(&tree.leaderless_groups).copied();
+    let ids = tree
+        .processes
+        .iter()
+        .flat_map(|p| p.threads.iter().map(|t| t.tid))
+        .chain(tree.zombies.iter().map(|z| z.pid))
+        .chain(helpers);
     for tid in ids {
         let path = format!("/proc/{tid}");
         loop {
@@ -697,6 +759,30 @@ impl Puppet {
         let r = inj.syscall_ok(nr, args);
         inj.finish().map_err(err)?;
         r.map_err(err)
+    }
+
+    /// Let this unbuilt puppet, a helper, exit with status 0. The agent's
+    /// own child is reaped here; a child of a puppet is reaped by it, one
+    /// of a namespace's init by the init.
+    fn leave(mut self) -> Result<(), RestoreError> {
+        let what = format!("helper {}", self.ns_pid);
+        let err = |e: String| step(&what)(e);
+        let site = find_syscall_site(self.pid).map_err(|e| err(crate::chain(&e)))?;
+        let main = self.main.as_mut().expect("seized in create");
+        let mut regs = main.get_regs().map_err(|e| err(e.to_string()))?;
+        regs.0.rip = site.0;
+        regs.0.rax = libc::SYS_exit_group as u64;
+        // Not a system call to restart.
+        regs.0.orig_rax = u64::MAX;
+        regs.0.rdi = 0;
+        main.set_regs(&regs).map_err(|e| err(e.to_string()))?;
+        let main = self.main.take().expect("seized");
+        main.detach().map_err(|e| err(e.to_string()))?;
+        self.alive = false;
+        if let Some(mut child) = self.child.take() {
+            child.wait_timeout(Duration::from_secs(10)).map_err(|e| err(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Turn this unbuilt puppet into the zombie `z`: named like it, it runs
