@@ -230,6 +230,19 @@ fn unix_sockets_leave_running() {
     leave_running("unix_sockets");
 }
 
+/// Fds in flight: sent with SCM_RIGHTS on a stream and a datagram socket
+/// and not yet received (a file, a pipe end, an eventfd, a unix socket with
+/// data queued on it, and a file description the sender still holds).
+#[test]
+fn passed_fds_in_flight_round_trip() {
+    round_trip("passed_fds");
+}
+
+#[test]
+fn passed_fds_in_flight_leave_running() {
+    leave_running("passed_fds");
+}
+
 #[test]
 fn tcp_connection_inside_the_tree_round_trip() {
     round_trip("tcp_pair");

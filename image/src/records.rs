@@ -697,6 +697,24 @@ pub struct UnixSocket {
     /// `peer` 0).
     #[prost(bool, tag = "17")]
     pub connected: bool,
+    /// File descriptors sent with queued messages (SCM_RIGHTS) and not yet
+    /// received, by message (a stream's queue is then cut into segments,
+    /// each sent alone).
+    #[prost(message, repeated, tag = "18")]
+    pub passed: Vec<PassedFds>,
+}
+
+/// The file descriptors passed with one queued message of a unix socket.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PassedFds {
+    /// Index of the message in the socket's `queue`.
+    #[prost(uint32, tag = "1")]
+    pub message: u32,
+    /// In the order they were sent; `fd` is the position. An fd whose open
+    /// file description a process of the tree holds too names it in
+    /// `shared_with`.
+    #[prost(message, repeated, tag = "2")]
+    pub fds: Vec<Fd>,
 }
 
 impl UnixSocket {

@@ -101,58 +101,7 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
             if !(0..1 << 20).contains(&f.fd) || !fds.insert(f.fd) {
                 return Err(at(format!("fd {} is out of range or repeated", f.fd)));
             }
-            let bad = |e: String| at(format!("fd {}: {e}", f.fd));
-            match &f.kind {
-                None => return Err(bad("has no kind".into())),
-                Some(fd::Kind::File(file)) => check_file(file).map_err(bad)?,
-                Some(fd::Kind::Pipe(id)) if !pipes.contains(id) => return Err(bad(format!("names unknown pipe {id}"))),
-                Some(fd::Kind::Pipe(_)) => {}
-                Some(fd::Kind::Fifo(fifo)) => {
-                    if !pipes.contains(&fifo.pipe) {
-                        return Err(bad(format!("names unknown pipe {}", fifo.pipe)));
-                    }
-                    check_file(fifo.file.as_ref().ok_or_else(|| bad("FIFO without a path".into()))?).map_err(bad)?;
-                }
-                Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH).map_err(bad)?,
-                Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH).map_err(bad)?,
-                Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
-                Some(fd::Kind::Pidfd(pf)) if !(1..=MAX_PID).contains(&pf.pid) => {
-                    return Err(bad(format!("pidfd names pid {}", pf.pid)));
-                }
-                Some(fd::Kind::Pidfd(_)) => {}
-                Some(fd::Kind::Memfd(id)) if !tree.shmem.iter().any(|m| m.id == *id && m.memfd) => {
-                    return Err(bad(format!("names unknown memfd {id}")));
-                }
-                Some(fd::Kind::Memfd(_)) => {}
-                Some(fd::Kind::Unix(id)) if !unix.contains(id) => {
-                    return Err(bad(format!("names unknown unix socket {id}")));
-                }
-                Some(fd::Kind::Unix(_)) => {}
-                Some(fd::Kind::Inotify(n)) => {
-                    for w in &n.watches {
-                        if w.wd <= 0 {
-                            return Err(bad(format!("inotify watch descriptor {}", w.wd)));
-                        }
-                        check_str(&w.path, MAX_PATH).map_err(bad)?;
-                    }
-                }
-                Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s).map_err(bad)?,
-                Some(fd::Kind::Tcp(c)) => {
-                    let s = c.socket.as_ref().ok_or_else(|| bad("TCP connection without addresses".into()))?;
-                    check_inet(s).map_err(bad)?;
-                    if s.local.is_none() || s.peer.is_none() {
-                        return Err(bad("TCP connection without addresses".into()));
-                    }
-                    if c.unsent as usize > c.send_queue.len() || c.snd_wscale > 14 || c.rcv_wscale > 14 {
-                        return Err(bad("malformed TCP connection state".into()));
-                    }
-                }
-                Some(fd::Kind::Epoll(e)) => {
-                    if let Some(t) = e.targets.iter().find(|t| !p.fds.iter().any(|f| f.fd == t.fd)) {
-                        return Err(bad(format!("epoll watches fd {}, which the process does not have", t.fd)));
-                    }
-                }
-            }
+            check_fd(f, &p.fds, &pipes, &unix, tree).map_err(|e| at(format!("fd {}: {e}", f.fd)))?;
         }
         check_str(&p.cwd, MAX_PATH).map_err(|e| at(format!("cwd {e}")))?;
         check_str(&p.root, MAX_PATH).map_err(|e| at(format!("root {e}")))?;
@@ -163,7 +112,94 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
             return Err(at("auxiliary vector is too long".into()));
         }
     }
+    for u in &tree.unix_sockets {
+        for m in &u.passed {
+            let at = |what: String| format!("unix socket {}: message {}: {what}", u.id, m.message);
+            if m.message as usize >= u.queue.len() || m.fds.is_empty() || m.fds.len() > MAX_PASSED_FDS {
+                return Err(at("malformed passed fds".into()));
+            }
+            for (i, f) in m.fds.iter().enumerate() {
+                if f.fd != i as i32 || f.same_as.is_some() {
+                    return Err(at(format!("passed fd {} is out of place", f.fd)));
+                }
+                if let Some(r) = &f.shared_with {
+                    let holder = tree.processes.iter().find(|p| p.pid == r.pid);
+                    if !holder.is_some_and(|p| p.fds.iter().any(|g| g.fd == r.fd)) {
+                        return Err(at(format!(
+                            "passed fd {i} shares fd {} of process {}, which is not in the image",
+                            r.fd, r.pid
+                        )));
+                    }
+                    continue;
+                }
+                check_fd(f, &m.fds, &pipes, &unix, tree).map_err(|e| at(format!("passed fd {i}: {e}")))?;
+            }
+        }
+    }
     validate_tree(tree)
+}
+
+/// One fd record: what it names exists, its fields are in range. `fds` are
+/// the fds it sits among (an epoll's targets must be one of them).
+fn check_fd(
+    f: &crate::records::Fd,
+    fds: &[crate::records::Fd],
+    pipes: &HashSet<u64>,
+    unix: &HashSet<u64>,
+    tree: &ProcessTree,
+) -> Result<(), String> {
+    match &f.kind {
+        None => return Err("has no kind".into()),
+        Some(fd::Kind::File(file)) => check_file(file)?,
+        Some(fd::Kind::Pipe(id)) if !pipes.contains(id) => return Err(format!("names unknown pipe {id}")),
+        Some(fd::Kind::Pipe(_)) => {}
+        Some(fd::Kind::Fifo(fifo)) => {
+            if !pipes.contains(&fifo.pipe) {
+                return Err(format!("names unknown pipe {}", fifo.pipe));
+            }
+            check_file(fifo.file.as_ref().ok_or_else(|| "FIFO without a path".to_string())?)?;
+        }
+        Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH)?,
+        Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH)?,
+        Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
+        Some(fd::Kind::Pidfd(pf)) if !(1..=MAX_PID).contains(&pf.pid) => {
+            return Err(format!("pidfd names pid {}", pf.pid));
+        }
+        Some(fd::Kind::Pidfd(_)) => {}
+        Some(fd::Kind::Memfd(id)) if !tree.shmem.iter().any(|m| m.id == *id && m.memfd) => {
+            return Err(format!("names unknown memfd {id}"));
+        }
+        Some(fd::Kind::Memfd(_)) => {}
+        Some(fd::Kind::Unix(id)) if !unix.contains(id) => {
+            return Err(format!("names unknown unix socket {id}"));
+        }
+        Some(fd::Kind::Unix(_)) => {}
+        Some(fd::Kind::Inotify(n)) => {
+            for w in &n.watches {
+                if w.wd <= 0 {
+                    return Err(format!("inotify watch descriptor {}", w.wd));
+                }
+                check_str(&w.path, MAX_PATH)?;
+            }
+        }
+        Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s)?,
+        Some(fd::Kind::Tcp(c)) => {
+            let s = c.socket.as_ref().ok_or_else(|| "TCP connection without addresses".to_string())?;
+            check_inet(s)?;
+            if s.local.is_none() || s.peer.is_none() {
+                return Err("TCP connection without addresses".into());
+            }
+            if c.unsent as usize > c.send_queue.len() || c.snd_wscale > 14 || c.rcv_wscale > 14 {
+                return Err("malformed TCP connection state".into());
+            }
+        }
+        Some(fd::Kind::Epoll(e)) => {
+            if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|f| f.fd == t.fd)) {
+                return Err(format!("epoll watches fd {}, which the process does not have", t.fd));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The links between processes: parents come before their children, every
@@ -247,6 +283,8 @@ fn validate_tree(tree: &ProcessTree) -> Result<(), String> {
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
 
+/// SCM_MAX_FD: the most fds one message can pass.
+const MAX_PASSED_FDS: usize = 253;
 /// A sun_path holds at most 108 bytes.
 const MAX_SUN_PATH: usize = 108;
 /// Queued data of one socket: far above any socket buffer the kernel allows.

@@ -56,20 +56,22 @@ pub fn set_int_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, valu
 }
 
 /// One message (or stream bytes) read with MSG_PEEK: see [`peek`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Peeked {
     /// Bytes copied, or the message's whole length when it was truncated.
     pub len: usize,
     /// The message was longer than the buffer.
     pub truncated: bool,
-    /// File descriptors passed with it (SCM_RIGHTS), which were closed
-    /// again at once; or `usize::MAX` when the control data was cut short.
-    pub fds_passed: usize,
+    /// Copies of the file descriptors passed with it (SCM_RIGHTS): a peek
+    /// installs them in the caller as a receive would, and leaves them in
+    /// the message.
+    pub fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// recvmsg with MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC: the next message (at
 /// the socket's SO_PEEK_OFF, if set) without consuming it. `None` when
-/// nothing is queued.
+/// nothing is queued. EMSGSIZE when the fds passed with it did not all fit
+/// (the kernel closed the rest).
 pub fn peek(fd: impl AsFd, buf: &mut [u8]) -> Result<Option<Peeked>, Errno> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -81,21 +83,18 @@ pub fn peek(fd: impl AsFd, buf: &mut [u8]) -> Result<Option<Peeked>, Errno> {
         Err(Errno::EAGAIN) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut fds_passed = 0;
+    let mut passed = Vec::new();
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
-            fds_passed += fds.len();
-            for fd in fds {
-                // SAFETY: the kernel has just installed this fd for us
-                // (MSG_PEEK hands out copies) and nothing else knows it.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+            // SAFETY: the kernel has just installed these fds for us
+            // (MSG_PEEK hands out copies) and nothing else knows them.
+            passed.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        fds_passed = usize::MAX;
+        return Err(Errno::EMSGSIZE);
     }
-    Ok(Some(Peeked { len: msg.bytes, truncated: msg.flags.contains(MsgFlags::MSG_TRUNC), fds_passed }))
+    Ok(Some(Peeked { len: msg.bytes, truncated: msg.flags.contains(MsgFlags::MSG_TRUNC), fds: passed }))
 }
 
 /// accept4(2) with SOCK_CLOEXEC, owning the new connection's fd.

@@ -22,6 +22,7 @@ mod tcp_hold;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -744,12 +745,33 @@ struct FdDumper {
     earlier: Vec<(Pid, Seen)>,
     /// Unix sockets, each once, with the process and fd it was found at.
     unix: Vec<(Pid, i32, records::UnixSocket)>,
+    /// Fds passed with messages queued on those sockets, dumped once every
+    /// process is (they may share a description with any process's fd).
+    in_flight: Vec<(usize, fd::unix::InFlight)>,
 }
 
 impl FdDumper {
     /// The tree's unix sockets, once every process is dumped: peers
     /// outside the tree resolved or refused.
     fn unix_sockets(&mut self) -> Result<Vec<records::UnixSocket>, DumpError> {
+        for (at, flight) in std::mem::take(&mut self.in_flight) {
+            let (pid, fd) = (self.unix[at].0, self.unix[at].1);
+            let mut fds = Vec::with_capacity(flight.fds.len());
+            for (i, copy) in flight.fds.into_iter().enumerate() {
+                let passed = self.dump_passed(i as i32, copy).map_err(|what| DumpError::Fd {
+                    pid,
+                    fd,
+                    what: format!(
+                        "{}: file descriptor {} of those passed with queued message {}: {what}",
+                        self.unix[at].2.describe(),
+                        i + 1,
+                        flight.message + 1
+                    ),
+                })?;
+                fds.push(passed);
+            }
+            self.unix[at].2.passed.push(records::PassedFds { message: flight.message, fds });
+        }
         let found: Vec<(Pid, i32, u64)> = self.unix.iter().map(|(p, fd, s)| (*p, *fd, s.id)).collect();
         let mut sockets: Vec<records::UnixSocket> = self.unix.drain(..).map(|(_, _, s)| s).collect();
         let pid_of = |id: u64| found.iter().find(|f| f.2 == id).map(|f| f.0);
@@ -813,24 +835,16 @@ impl FdDumper {
                 (records::fd::Kind::Memfd(id), Default::default())
             } else if matches!(s.kind, Ok(fd::Kind::Unix)) {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                let socket = fd::unix::dump(pid, s, &copy).map_err(fd_err)?;
+                let (socket, in_flight) = fd::unix::dump(pid, s, &copy).map_err(fd_err)?;
                 let id = socket.id;
+                self.in_flight.extend(in_flight.into_iter().map(|f| (self.unix.len(), f)));
                 self.unix.push((pid, s.fd, socket));
                 (records::fd::Kind::Unix(id), Default::default())
             } else {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
                 fd::dump(pid, s, &copy).map_err(fd_err)?
             };
-            if let Some(p) = extra.pipe {
-                self.pipes.entry(p.id).or_insert(p);
-            }
-            if let (Some(mut data), records::fd::Kind::File(file)) = (extra.contents, &mut kind) {
-                file.contents_mm = FIRST_CONTENTS_MM + self.contents.len() as u32;
-                if !data.is_empty() {
-                    data.resize(data.len().div_ceil(4096) * 4096, 0);
-                    self.contents.push((file.contents_mm, data));
-                }
-            }
+            self.keep(&mut kind, extra);
             fds.push(Fd {
                 fd: s.fd,
                 flags: s.info.flags & !fd::FDINFO_CLOEXEC,
@@ -843,6 +857,87 @@ impl FdDumper {
         }
         self.earlier.extend(seen.iter().map(|s| (pid, s.clone())));
         Ok(fds)
+    }
+
+    /// Store what dumping an fd produced besides its record.
+    fn keep(&mut self, kind: &mut records::fd::Kind, extra: fd::Extra) {
+        if let Some(p) = extra.pipe {
+            self.pipes.entry(p.id).or_insert(p);
+        }
+        if let (Some(mut data), records::fd::Kind::File(file)) = (extra.contents, kind) {
+            file.contents_mm = FIRST_CONTENTS_MM + self.contents.len() as u32;
+            if !data.is_empty() {
+                data.resize(data.len().div_ceil(4096) * 4096, 0);
+                self.contents.push((file.contents_mm, data));
+            }
+        }
+    }
+
+    /// The record of fd number `i` passed with a queued message, from the
+    /// agent's copy: a unix socket by its id (dumped into the table if no
+    /// process holds it), the fd of a process that holds the same open file
+    /// description, or the object dumped on its own.
+    fn dump_passed(&mut self, i: i32, copy: OwnedFd) -> Result<Fd, String> {
+        let seen = fd::see_own(&copy).ok_or("it closed while being looked at")?;
+        let kind = seen.kind.clone().map_err(|what| format!("a {what} (not supported)"))?;
+        let mut record = Fd {
+            fd: i,
+            flags: seen.info.flags & !fd::FDINFO_CLOEXEC,
+            cloexec: false,
+            pos: seen.info.pos,
+            kind: None,
+            same_as: None,
+            shared_with: None,
+        };
+        match kind {
+            fd::Kind::Unix => {
+                if !self.unix.iter().any(|u| u.2.id == seen.ino) {
+                    let (socket, nested) = fd::unix::dump(Pid::this(), &seen, &copy)?;
+                    if !nested.is_empty() {
+                        return Err(format!(
+                            "{}, held by no process, itself holds passed fds (not supported)",
+                            socket.describe()
+                        ));
+                    }
+                    self.unix.push((Pid::this(), seen.fd, socket));
+                }
+                record.kind = Some(records::fd::Kind::Unix(seen.ino));
+                return Ok(record);
+            }
+            // Made inside the process that holds them, or with state tied
+            // to one connection or memory object.
+            fd::Kind::Epoll
+            | fd::Kind::Signalfd
+            | fd::Kind::Pidfd
+            | fd::Kind::Memfd
+            | fd::Kind::TcpEstablished
+            | fd::Kind::Inotify => {
+                let what = match kind {
+                    fd::Kind::Epoll => "an epoll instance",
+                    fd::Kind::Signalfd => "a signalfd",
+                    fd::Kind::Pidfd => "a pidfd",
+                    fd::Kind::Memfd => "a memfd",
+                    fd::Kind::Inotify => "an inotify instance",
+                    _ => "an established TCP connection",
+                };
+                return Err(format!(
+                    "it is {what}, which cannot be passed in flight (not supported; files, pipes, FIFOs, devices, \
+                     terminals, eventfds, timerfds, unix sockets, TCP listeners and UDP sockets can)"
+                ));
+            }
+            _ => {}
+        }
+        let me = Pid::this();
+        for (other, e) in self.earlier.iter().filter(|(_, e)| e.ino == seen.ino && e.target == seen.target) {
+            if kcmp::same_file(me, seen.fd, *other, e.fd).map_err(|e| format!("kcmp: {e}"))? {
+                record.shared_with = Some(records::FdRef { pid: other.as_raw(), fd: e.fd });
+                return Ok(record);
+            }
+        }
+        let (mut kind, extra) = fd::dump(me, &seen, &copy)?;
+        self.keep(&mut kind, extra);
+        record.kind = Some(kind);
+        Ok(record)
     }
 }
 

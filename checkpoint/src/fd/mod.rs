@@ -86,24 +86,33 @@ pub fn scan(pid: Pid) -> std::io::Result<Vec<Seen>> {
     for entry in fs::read_dir(proc::path(pid, "fd"))? {
         let entry = entry?;
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let (Ok(target), Ok(meta), Ok(info)) = (
-            fs::read_link(entry.path()),
-            fs::metadata(entry.path()),
-            fs::read_to_string(proc::path(pid, &format!("fdinfo/{fd}"))),
-        ) else {
-            continue;
-        };
-        let target = target.to_string_lossy().into_owned();
-        let kind = if target.starts_with("socket:") && meta.file_type().is_socket() {
-            let tables = sockets.get_or_insert_with(|| socket::Tables::read(pid));
-            tables.classify(socket::protocol_name(&entry.path()).as_deref(), meta.ino())
-        } else {
-            special_filesystem(&entry.path()).map_or_else(|| classify(&target, &meta), Err)
-        };
-        out.push(Seen { fd, target, kind, info: proc::parse_fdinfo(&info), rdev: meta.rdev(), ino: meta.ino() });
+        out.extend(see(pid, fd, &mut sockets));
     }
     out.sort_by_key(|s| s.fd);
     Ok(out)
+}
+
+/// One fd of stasis itself, classified (as [`scan`] would).
+pub fn see_own(fd: &OwnedFd) -> Option<Seen> {
+    use std::os::fd::AsRawFd;
+    see(Pid::this(), fd.as_raw_fd(), &mut None)
+}
+
+fn see(pid: Pid, fd: i32, sockets: &mut Option<socket::Tables>) -> Option<Seen> {
+    let link = proc::path(pid, &format!("fd/{fd}"));
+    let (Ok(target), Ok(meta), Ok(info)) =
+        (fs::read_link(&link), fs::metadata(&link), fs::read_to_string(proc::path(pid, &format!("fdinfo/{fd}"))))
+    else {
+        return None;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let kind = if target.starts_with("socket:") && meta.file_type().is_socket() {
+        let tables = sockets.get_or_insert_with(|| socket::Tables::read(pid));
+        tables.classify(socket::protocol_name(&link).as_deref(), meta.ino())
+    } else {
+        special_filesystem(&link).map_or_else(|| classify(&target, &meta), Err)
+    };
+    Some(Seen { fd, target, kind, info: proc::parse_fdinfo(&info), rdev: meta.rdev(), ino: meta.ino() })
 }
 
 /// Files that look regular but live on a filesystem whose objects cannot be

@@ -18,8 +18,18 @@
 //! socket; datagram sockets are then connected by name, and shutdowns
 //! applied last.
 //!
-//! Refused at dump, naming the fd: data passed with SCM_RIGHTS and not yet
-//! received, a stream or seqpacket socket connected to a process outside
+//! File descriptors passed with a queued message (SCM_RIGHTS) and not yet
+//! received: a peek installs copies of them in the agent, which dumps them
+//! like any fd (or names the process fd sharing their open file
+//! description), into the socket's `passed`; restore makes them with the
+//! process fds and sends them again with their message. A stream's queue is
+//! cut after each segment that carried fds, where a peek stops; where the
+//! segment began a peek cannot tell (it walks the queue on to the next fds
+//! whatever its size), so the bytes since the previous cut are sent with the
+//! fds: a reader taking those bytes in a separate, shorter read gets the fds
+//! with it, earlier than it would have.
+//!
+//! Refused at dump, naming the fd: a stream or seqpacket socket connected to a process outside
 //! the tree, a socket bound to a relative path. Not kept: connections
 //! waiting to be accepted (a warning says how many), the credentials and
 //! sender addresses attached to queued messages, and the name of a socket
@@ -146,9 +156,20 @@ pub fn diag(pid: Pid, ino: u64) -> Result<Diag, String> {
     })
 }
 
+/// File descriptors passed with a queued message (SCM_RIGHTS): the
+/// agent's copies, taken by peeking, to be dumped like any fd.
+#[derive(Debug)]
+pub struct InFlight {
+    /// Index of the message in the socket's `queue`.
+    pub message: u32,
+    pub fds: Vec<OwnedFd>,
+}
+
 /// Dump the unix socket behind `copy` (the agent's copy of fd `seen.fd`).
 /// Its peer, if outside the tree, is looked at later ([`resolve_peers`]).
-pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<UnixSocket, String> {
+/// Fds passed with its queued messages come back as they are, for the
+/// caller to dump and put in `passed`.
+pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<InFlight>), String> {
     let d = diag(pid, seen.ino)?;
     let err = |what: &'static str| move |e: Errno| format!("{what}: {e}");
     let mut u = UnixSocket {
@@ -198,10 +219,12 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<UnixSocket, String>
                 u.describe()
             );
         }
+        Ok((u, Vec::new()))
     } else {
-        u.queue = read_queue(copy, u.ty, d.rqueue).map_err(|e| format!("{}: {e}", u.describe()))?;
+        let (queue, in_flight) = read_queue(copy, u.ty, d.rqueue).map_err(|e| format!("{}: {e}", u.describe()))?;
+        u.queue = queue;
+        Ok((u, in_flight))
     }
-    Ok(u)
 }
 
 /// A path may have been bound with its terminating NUL counted: drop it
@@ -215,65 +238,78 @@ fn trim_name(mut name: Vec<u8>) -> Vec<u8> {
 }
 
 /// Every message (or the byte stream) queued for reading on `sock`, read
-/// without consuming it; SO_PEEK_OFF is set back afterwards.
-fn read_queue(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<Vec<Vec<u8>>, String> {
+/// without consuming it, with copies of the fds passed along; SO_PEEK_OFF
+/// is set back afterwards.
+fn read_queue(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
     let old = int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     let result = peek_all(sock, ty, rqueue);
     set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     result
 }
 
-fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<Vec<Vec<u8>>, String> {
+fn set_peek_off(sock: &OwnedFd, off: usize) -> Result<(), String> {
+    let off = i32::try_from(off).map_err(|_| format!("queue offset {off} is too large"))?;
+    set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off).map_err(|e| format!("SO_PEEK_OFF: {e}"))
+}
+
+fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
     let stream = ty == libc::SOCK_STREAM;
     if stream && rqueue == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut off: usize = 0;
-    set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+    set_peek_off(sock, 0)?;
     let mut buf = vec![0u8; if stream { (rqueue as usize).clamp(4096, 8 << 20) } else { 256 << 10 }];
     let mut bytes = Vec::new();
     let mut messages = Vec::new();
+    let mut in_flight = Vec::new();
     loop {
-        let (n, truncated) = match peek_one(sock, &mut buf)? {
-            None => break,
-            Some(r) => r,
-        };
+        let Some(p) = peek_one(sock, &mut buf)? else { break };
+        let n = p.len;
         if stream {
             if n == 0 {
                 break;
             }
             bytes.extend_from_slice(&buf[..n]);
-            if bytes.len() >= rqueue as usize {
+            if !p.fds.is_empty() {
+                // A stream peek stops after the segment that carried fds;
+                // where that segment began it cannot tell (it walks on to
+                // the fds whatever its size), so the bytes since the last
+                // cut go with it.
+                in_flight.push(InFlight { message: messages.len() as u32, fds: p.fds });
+                messages.push(std::mem::take(&mut bytes));
+            }
+            off += n;
+            if off >= rqueue as usize {
                 break;
             }
-        } else if truncated {
+        } else if p.truncated {
             // The peek moved the offset into the middle of the message: go
             // back to its start and take it whole.
             buf.resize(n, 0);
-            set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off as i32)
-                .map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
+            set_peek_off(sock, off)?;
         } else {
+            if !p.fds.is_empty() {
+                in_flight.push(InFlight { message: messages.len() as u32, fds: p.fds });
+            }
             messages.push(buf[..n].to_vec());
             off += n;
         }
     }
-    if stream {
+    if stream && !bytes.is_empty() {
         messages.push(bytes);
     }
-    Ok(messages)
+    Ok((messages, in_flight))
 }
 
-/// One MSG_PEEK: (bytes, whether the message was longer than `buf`), or
-/// `None` when nothing more is queued. Fds passed with the message make
-/// it an error.
-fn peek_one(sock: &OwnedFd, buf: &mut [u8]) -> Result<Option<(usize, bool)>, String> {
-    match stasis_sys::sock::peek(sock, buf).map_err(|e| format!("reading its queue: {e}"))? {
-        None => Ok(None),
-        Some(p) if p.fds_passed > 0 => {
-            Err("it holds file descriptors passed with SCM_RIGHTS and not yet received (not supported)".into())
-        }
-        Some(p) => Ok(Some((p.len, p.truncated))),
-    }
+/// One MSG_PEEK: the bytes (or the message's length, when longer than
+/// `buf`) and copies of the fds passed with it; `None` when nothing more is
+/// queued.
+fn peek_one(sock: &OwnedFd, buf: &mut [u8]) -> Result<Option<stasis_sys::sock::Peeked>, String> {
+    stasis_sys::sock::peek(sock, buf).map_err(|e| match e {
+        Errno::EMSGSIZE => "a queued message passes more file descriptors than can be received at once".into(),
+        e => format!("reading its queue: {e}"),
+    })
 }
 
 /// Once every process is dumped: a socket whose peer is not in the tree
@@ -352,7 +388,51 @@ fn address(name: &[u8]) -> Result<UnixAddr, String> {
 
 /// Make every unix socket of the tree, connected, bound, listening, with
 /// their queued data and options; by id. See the module docs.
-pub fn make_all(sockets: &[UnixSocket]) -> Result<HashMap<u64, OwnedFd>, String> {
+/// What [`make_all`] leaves for [`Pending::finish`]: the queues of
+/// sockets whose messages pass fds, which are sent once every fd of the
+/// tree is made; then the shutdowns, which must come after.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// (index in the table, sending socket, address to send to).
+    fills: Vec<(usize, OwnedFd, Option<UnixAddr>)>,
+    /// Stand-in peers of connections whose other end had closed, dropped
+    /// once their data is sent.
+    stand_ins: HashMap<u64, OwnedFd>,
+    /// (index in the table, socket) to shut down last.
+    shutdowns: Vec<(usize, OwnedFd)>,
+}
+
+impl Pending {
+    /// Send the queues left pending, with `passed` (by socket id and
+    /// message index) as their SCM_RIGHTS; then shut down what was.
+    pub fn finish(self, sockets: &[UnixSocket], passed: &HashMap<(u64, u32), Vec<OwnedFd>>) -> Result<(), String> {
+        for (i, from, to) in &self.fills {
+            let s = &sockets[*i];
+            let fds: HashMap<u32, Vec<i32>> = s
+                .passed
+                .iter()
+                .map(|m| {
+                    let fds = passed.get(&(s.id, m.message)).map(|v| v.iter().map(AsRawFd::as_raw_fd).collect());
+                    (m.message, fds.unwrap_or_default())
+                })
+                .collect();
+            fill(from, to.as_ref(), s, &fds).map_err(|e| format!("{}: queued data: {e}", s.describe()))?;
+        }
+        drop(self.stand_ins);
+        for (i, sock) in &self.shutdowns {
+            shut_down(sock, &sockets[*i])?;
+        }
+        Ok(())
+    }
+}
+
+/// Every fd passed with a queued message of the table, for the caller to
+/// make: (socket id, message index, the records).
+pub fn passed(sockets: &[UnixSocket]) -> impl Iterator<Item = (u64, u32, &[stasis_image::records::Fd])> {
+    sockets.iter().flat_map(|s| s.passed.iter().map(move |m| (s.id, m.message, m.fds.as_slice())))
+}
+
+pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pending), String> {
     let by_id: HashMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, s)).collect();
     let mut made: HashMap<u64, OwnedFd> = HashMap::new();
     // The other end of each socketpair, to send queued data through: the
@@ -427,20 +507,31 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<HashMap<u64, OwnedFd>, String>
         made.insert(cli, client);
     }
     // Queued data, before connecting: a connected datagram socket takes
-    // messages from its peer only.
-    for s in sockets.iter().filter(|s| !s.queue.is_empty()) {
+    // messages from its peer only. A queue passing fds waits for them.
+    let mut pending = Pending::default();
+    for (i, s) in sockets.iter().enumerate().filter(|(_, s)| !s.queue.is_empty()) {
         let ctx = |e: String| format!("{}: queued data: {e}", s.describe());
-        match partner.get(&s.id) {
-            Some(Some(p)) => fill(&made[p], None, s).map_err(ctx)?,
-            Some(None) => fill(&stand_ins[&s.id], None, s).map_err(ctx)?,
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| ctx(format!("dup: {e}")));
+        let (from, to) = match partner.get(&s.id) {
+            Some(Some(p)) => (dup(&made[p])?, None),
+            Some(None) => (dup(&stand_ins[&s.id])?, None),
             None => {
                 let helper = socket::socket(AddressFamily::Unix, sock_type(s.ty)?, SockFlag::SOCK_CLOEXEC, None)
                     .map_err(|e| ctx(format!("socket: {e}")))?;
-                fill(&helper, Some(&address(&s.name)?), s).map_err(ctx)?;
+                (helper, Some(address(&s.name)?))
             }
+        };
+        if s.passed.is_empty() {
+            fill(&from, to.as_ref(), s, &HashMap::new()).map_err(ctx)?;
+        } else {
+            pending.fills.push((i, from, to));
         }
     }
-    drop(stand_ins);
+    if pending.fills.is_empty() {
+        drop(stand_ins);
+    } else {
+        pending.stand_ins = stand_ins;
+    }
     for s in sockets {
         let ctx = |e: String| format!("{}: {e}", s.describe());
         let sock = &made[&s.id];
@@ -458,20 +549,29 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<HashMap<u64, OwnedFd>, String>
         }
         set_options(sock, s).map_err(ctx)?;
     }
-    for s in sockets.iter().filter(|s| s.shutdown != 0 && partner.get(&s.id) != Some(&None)) {
-        let how = match (s.shutdown & RCV_SHUTDOWN != 0, s.shutdown & SEND_SHUTDOWN != 0) {
-            (true, true) => socket::Shutdown::Both,
-            (true, false) => socket::Shutdown::Read,
-            _ => socket::Shutdown::Write,
-        };
-        // A connected socket's shutdown also marks its peer: it may be
-        // shut down already, which is fine.
-        match socket::shutdown(made[&s.id].as_raw_fd(), how) {
-            Ok(()) | Err(Errno::ENOTCONN) => {}
-            Err(e) => return Err(format!("{}: shutdown: {e}", s.describe())),
+    for (i, s) in sockets.iter().enumerate().filter(|(_, s)| s.shutdown != 0 && partner.get(&s.id) != Some(&None)) {
+        if pending.fills.is_empty() {
+            shut_down(&made[&s.id], s)?;
+        } else {
+            let sock = made[&s.id].try_clone().map_err(|e| format!("{}: dup: {e}", s.describe()))?;
+            pending.shutdowns.push((i, sock));
         }
     }
-    Ok(made)
+    Ok((made, pending))
+}
+
+fn shut_down(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
+    let how = match (s.shutdown & RCV_SHUTDOWN != 0, s.shutdown & SEND_SHUTDOWN != 0) {
+        (true, true) => socket::Shutdown::Both,
+        (true, false) => socket::Shutdown::Read,
+        _ => socket::Shutdown::Write,
+    };
+    // A connected socket's shutdown also marks its peer: it may be shut
+    // down already, which is fine.
+    match socket::shutdown(sock.as_raw_fd(), how) {
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(format!("{}: shutdown: {e}", s.describe())),
+    }
 }
 
 /// A connection accepted from `listener` (made already, bound to the name
@@ -539,23 +639,25 @@ fn is_stale(path: &Path, ty: i32) -> bool {
 }
 
 /// Send the messages queued on `s` again, from `from` (its peer, or a
-/// helper sending to `to`). The sender's buffer is made big enough for all
-/// of it, then set back.
-fn fill(from: &OwnedFd, to: Option<&UnixAddr>, s: &UnixSocket) -> Result<(), String> {
+/// helper sending to `to`), each with the fds `passed` has for its index.
+/// The sender's buffer is made big enough for all of it, then set back.
+fn fill(from: &OwnedFd, to: Option<&UnixAddr>, s: &UnixSocket, passed: &HashMap<u32, Vec<i32>>) -> Result<(), String> {
     let total: usize = s.queue.iter().map(|m| m.len() + 1024).sum();
     let old = getsockopt(from, sockopt::SndBuf).map_err(|e| format!("SO_SNDBUF: {e}"))?;
     let locks = stasis_sys::sock::buf_lock(from).unwrap_or(0);
     if total > old / 2 {
         setsockopt(from, sockopt::SndBufForce, &(total + old)).map_err(|e| format!("SO_SNDBUFFORCE: {e}"))?;
     }
-    for m in &s.queue {
+    for (i, m) in s.queue.iter().enumerate() {
         let mut at = 0;
+        let mut fds = passed.get(&(i as u32)).map(Vec::as_slice).unwrap_or_default();
         loop {
-            let n = match to {
-                Some(addr) => socket::sendto(from.as_raw_fd(), &m[at..], addr, MsgFlags::MSG_DONTWAIT),
-                None => socket::send(from.as_raw_fd(), &m[at..], MsgFlags::MSG_DONTWAIT),
-            }
-            .map_err(|e| format!("sending {} bytes: {e}", m.len() - at))?;
+            let rights = [socket::ControlMessage::ScmRights(fds)];
+            let cmsgs: &[socket::ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+            let iov = [std::io::IoSlice::new(&m[at..])];
+            let n = socket::sendmsg(from.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT, to)
+                .map_err(|e| format!("sending {} bytes: {e}", m.len() - at))?;
+            fds = &[];
             at += n;
             // A message goes whole; a stream may take it in parts.
             if at >= m.len() || s.ty != libc::SOCK_STREAM {
@@ -597,7 +699,9 @@ mod tests {
     fn dump_own(fd: &OwnedFd) -> UnixSocket {
         let seen = scan(Pid::this()).unwrap().into_iter().find(|s| s.fd == fd.as_raw_fd()).expect("our socket");
         assert_eq!(seen.kind, Ok(Kind::Unix), "{seen:?}");
-        dump(Pid::this(), &seen, fd).unwrap()
+        let (u, in_flight) = dump(Pid::this(), &seen, fd).unwrap();
+        assert!(in_flight.is_empty());
+        u
     }
 
     fn recv_all(fd: &OwnedFd, n: usize) -> Vec<u8> {
@@ -660,7 +764,7 @@ mod tests {
         assert_eq!(int_option(&b, libc::SOL_SOCKET, libc::SO_PEEK_OFF), Ok(-1));
 
         resolve_peers(&|_| Some(Pid::this()), &mut dumped).unwrap();
-        let made = make_all(&dumped).unwrap();
+        let (made, _) = make_all(&dumped).unwrap();
         let get = |i: usize| &made[&dumped[i].id];
         assert_eq!(recv_all(get(0), 100), b"world!");
         assert_eq!(recv_all(get(1), 100), b"hello");
@@ -696,7 +800,7 @@ mod tests {
         drop((listener, abs));
         assert!(path.exists());
         resolve_peers(&|_| Some(Pid::this()), &mut dumped).unwrap();
-        let made = make_all(&dumped).unwrap();
+        let (made, _) = make_all(&dumped).unwrap();
         assert_eq!(recv_all(&made[&dumped[1].id], 100), b"queued");
         let client = socket::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
         socket::connect(client.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
@@ -707,15 +811,37 @@ mod tests {
     }
 
     #[test]
-    fn passed_fds_in_flight_are_refused() {
+    fn passed_fds_in_flight_come_with_their_segment() {
+        use std::os::unix::fs::MetadataExt;
         let (a, b) = socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap();
-        let fds = [a.as_raw_fd()];
-        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
-        let iov = [std::io::IoSlice::new(b"f")];
-        socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let send = |data: &[u8], fds: &[i32]| {
+            let cmsg = [socket::ControlMessage::ScmRights(fds)];
+            let cmsg: &[socket::ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+            socket::sendmsg::<()>(a.as_raw_fd(), &[std::io::IoSlice::new(data)], cmsg, MsgFlags::empty(), None)
+                .unwrap();
+        };
+        send(b"abc", &[]);
+        send(b"0123456789", &[file.as_raw_fd(), a.as_raw_fd()]);
+        send(b"xyz", &[]);
+        send(b"q", &[file.as_raw_fd()]);
         let seen = scan(Pid::this()).unwrap().into_iter().find(|s| s.fd == b.as_raw_fd()).unwrap();
-        let err = dump(Pid::this(), &seen, &b).unwrap_err();
-        assert!(err.contains("SCM_RIGHTS"), "{err}");
-        assert_eq!(recv_all(&b, 10), b"f", "the dump consumed the message");
+        let (u, in_flight) = dump(Pid::this(), &seen, &b).unwrap();
+        let queue: Vec<&[u8]> = u.queue.iter().map(Vec::as_slice).collect();
+        // Cut after each segment with fds (where it began, a peek cannot tell).
+        assert_eq!(queue, [&b"abc0123456789"[..], b"xyzq"]);
+        let shape: Vec<(u32, usize)> = in_flight.iter().map(|f| (f.message, f.fds.len())).collect();
+        assert_eq!(shape, [(0, 2), (1, 1)]);
+        let ino = |fd: &OwnedFd| std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap().ino();
+        assert_eq!(ino(&in_flight[0].fds[0]), file.metadata().unwrap().ino());
+        assert_eq!(ino(&in_flight[0].fds[1]), ino(&a));
+        // A read stops after each segment that carried fds.
+        let mut got = Vec::new();
+        while got.len() < 17 {
+            let more = recv_all(&b, 17);
+            assert!(!more.is_empty(), "the dump consumed the queue: {got:?}");
+            got.extend(more);
+        }
+        assert_eq!(got, b"abc0123456789xyzq");
     }
 }

@@ -195,12 +195,25 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let objects = shmem::create(&image, &tree.shmem)?;
     let segments = shmem::Segments::made(&tree.shmem, &objects);
     let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
-    let unix = crate::fd::unix::make_all(&tree.unix_sockets).map_err(step("unix sockets"))?;
+    let (unix, pending) = crate::fd::unix::make_all(&tree.unix_sockets).map_err(step("unix sockets"))?;
+    // Sockets passed with queued messages, a reference of their own (the
+    // planner hands each socket to the process holding it).
+    let mut passed_unix = HashMap::new();
+    for f in crate::fd::unix::passed(&tree.unix_sockets).flat_map(|(_, _, fds)| fds) {
+        if let (Some(fd::Kind::Unix(id)), false) = (&f.kind, f.shared_with.is_some()) {
+            if let Some(sock) = unix.get(id) {
+                passed_unix.insert(*id, sock.try_clone().map_err(|e| step("unix sockets")(format!("dup: {e}")))?);
+            }
+        }
+    }
     let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects, unix);
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
     }
+    let passed = pass_fds(&mut planner, tree, &planned, &passed_unix).map_err(step("unix sockets"))?;
+    pending.finish(&tree.unix_sockets, &passed).map_err(step("unix sockets"))?;
+    drop((passed, passed_unix));
     let repaired = std::mem::take(&mut planner.repaired);
     drop(planner);
     phase("fds");
@@ -289,6 +302,60 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     };
     record(&opts.images, &report);
     Ok(report)
+}
+
+/// Make the fds passed with queued unix messages, by (socket id, message
+/// index): a socket of the table by its own reference, the description a
+/// process fd holds too, or an object of its own made by the planner (so a
+/// pipe end is of the pipe the processes hold).
+fn pass_fds(
+    planner: &mut fds::Planner<'_>,
+    tree: &ProcessTree,
+    planned: &[Vec<fds::Planned>],
+    unix: &HashMap<u64, std::os::fd::OwnedFd>,
+) -> Result<HashMap<(u64, u32), Vec<std::os::fd::OwnedFd>>, String> {
+    let mut out = HashMap::new();
+    for (id, message, records) in crate::fd::unix::passed(&tree.unix_sockets) {
+        let mut fds = Vec::with_capacity(records.len());
+        for r in records {
+            let what = |e: String| format!("socket {id}: fd {} passed with message {}: {e}", r.fd + 1, message + 1);
+            let object = if let Some(s) = &r.shared_with {
+                planned_object(tree, planned, s.pid, s.fd, 0).map_err(what)?
+            } else if let Some(fd::Kind::Unix(u)) = &r.kind {
+                let sock = unix.get(u).ok_or_else(|| what(format!("unix socket {u} was not made")))?;
+                sock.try_clone().map_err(|e| what(format!("dup: {e}")))?
+            } else {
+                match planner.plan(std::slice::from_ref(r)).map_err(|e| what(e.to_string()))?.pop() {
+                    Some(fds::Planned::Object { object, .. }) => object,
+                    _ => return Err(what("not an object stasis can make on its own".into())),
+                }
+            };
+            fds.push(object);
+        }
+        out.insert((id, message), fds);
+    }
+    Ok(out)
+}
+
+/// A new reference to the description planned for fd `fd` of process `pid`.
+fn planned_object(
+    tree: &ProcessTree,
+    planned: &[Vec<fds::Planned>],
+    pid: i32,
+    fd: i32,
+    depth: u32,
+) -> Result<std::os::fd::OwnedFd, String> {
+    let i = tree.processes.iter().position(|p| p.pid == pid).ok_or_else(|| format!("no process {pid}"))?;
+    match planned[i].iter().find(|p| p.fd() == fd) {
+        _ if depth > 16 => Err(format!("fd {fd} of process {pid}: a loop of shared fds")),
+        Some(fds::Planned::Object { object, .. }) => object.try_clone().map_err(|e| format!("dup: {e}")),
+        Some(fds::Planned::Dup { of, .. }) => planned_object(tree, planned, pid, *of, depth + 1),
+        Some(fds::Planned::Shared { pid: holder, of, .. }) => planned_object(tree, planned, *holder, *of, depth + 1),
+        Some(_) => {
+            Err(format!("it is fd {fd} of process {pid}, which is made inside that process and cannot be passed"))
+        }
+        None => Err(format!("process {pid} has no fd {fd}")),
+    }
 }
 
 /// The network lock over the image's TCP connections while they are
