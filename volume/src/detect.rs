@@ -40,9 +40,10 @@ pub fn detect(path: &Path) -> Result<Detected, Error> {
     let meta = std::fs::metadata(&path).map_err(Error::io(format!("stat {}", path.display())))?;
     let (major, minor) = (dev_major(meta.dev()), dev_minor(meta.dev()));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(Error::io("reading /proc/self/mountinfo"))?;
-    let mount = mounts_of(&mounts, major, minor).into_iter().filter(|m| path.starts_with(&m.point)).max_by_key(|m| {
-        m.point.as_os_str().len()
-    });
+    let mount = mounts_of(&mounts, major, minor)
+        .into_iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.as_os_str().len());
     let unsupported = |what: String| Error::Unsupported { path: path.clone(), what };
     let Some(mount) = mount else {
         return Err(unsupported(format!("no mount of device {major}:{minor} holds it")));
@@ -54,6 +55,12 @@ pub fn detect(path: &Path) -> Result<Detected, Error> {
         return Ok(Detected::Lvm { mount_point: mount.point, dm_name, device: (major, minor) });
     }
     Err(unsupported(format!("{} on {}, mounted at {}", mount.fstype, mount.source, mount.point.display())))
+}
+
+/// Whether `path` (canonical) is a mount point.
+pub fn is_mount_point(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(&unescape(p)) == path))
 }
 
 /// The root directory of the btrfs subvolume holding `path`: the nearest

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 pub mod detect;
 
-pub use detect::{detect, Detected};
+pub use detect::{detect, is_mount_point, Detected};
 
 /// Which backend a volume uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,101 @@
+//! The btrfs backend on real btrfs filesystems (loop devices): snapshot,
+//! list, rollback, delete, export and import (whole and incremental), and
+//! the errors that name what is wrong.
+
+use std::fs;
+
+use stasis_btrfs::scratch::Scratch;
+use stasis_btrfs::BtrfsVolume;
+use stasis_volume::{detect, Detected, Error, Volume};
+
+fn scratch() -> Scratch {
+    Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"))
+}
+
+#[test]
+fn snapshot_list_rollback_delete() {
+    let fs = scratch();
+    let data = fs.subvolume("data").unwrap();
+    fs::write(data.join("log"), "1\n").unwrap();
+    let Detected::Btrfs { subvolume } = detect(&data.join("log")).unwrap() else { panic!("not detected as btrfs") };
+    assert_eq!(subvolume, data.canonicalize().unwrap());
+    let v = BtrfsVolume::open(&subvolume).unwrap();
+    let one = v.snapshot("one").unwrap();
+    assert_eq!(fs::read_to_string(one.location.join("log")).unwrap(), "1\n");
+    assert!(one.location.starts_with(fs.mount_point().join(".stasis-snapshots/data")), "{one:?}");
+    assert!(fs::write(one.location.join("log"), "x").is_err(), "the snapshot is writable");
+    assert!(matches!(v.snapshot("one"), Err(Error::Exists { .. })));
+    fs::write(data.join("log"), "1\n2\n").unwrap();
+    fs::write(data.join("new"), "made after").unwrap();
+    let two = v.snapshot("two").unwrap();
+    let names: Vec<String> = v.list().unwrap().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_ne!(one.id, two.id);
+
+    v.rollback("one").unwrap();
+    assert_eq!(fs::read_to_string(data.join("log")).unwrap(), "1\n");
+    assert!(!data.join("new").exists(), "a file made after the snapshot survived the rollback");
+    // The snapshots stay, and the volume goes on.
+    assert_eq!(v.list().unwrap().len(), 2);
+    fs::write(data.join("log"), "1\n3\n").unwrap();
+    v.rollback("two").unwrap();
+    assert_eq!(fs::read_to_string(data.join("log")).unwrap(), "1\n2\n");
+    let left: Vec<_> = fs::read_dir(fs.mount_point()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "something was left beside the volume: {left:?}");
+
+    v.delete("one").unwrap();
+    assert!(matches!(v.find("one"), Err(Error::NoSnapshot { .. })));
+    assert!(matches!(v.delete("one"), Err(Error::NoSnapshot { .. })));
+    assert!(matches!(v.rollback("one"), Err(Error::NoSnapshot { .. })));
+}
+
+#[test]
+fn export_and_import_whole_and_incremental() {
+    let (a, b) = (scratch(), scratch());
+    let data = a.subvolume("data").unwrap();
+    fs::write(data.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let v = BtrfsVolume::open(&data).unwrap();
+    v.snapshot("one").unwrap();
+    fs::write(data.join("small"), "changed").unwrap();
+    v.snapshot("two").unwrap();
+
+    let target = BtrfsVolume::open(&b.subvolume("data").unwrap()).unwrap();
+    let mut whole = Vec::new();
+    v.export("one", None, &mut whole).unwrap();
+    let mut incremental = Vec::new();
+    v.export("two", Some("one"), &mut incremental).unwrap();
+    assert!(incremental.len() < whole.len() / 10, "incremental {} bytes, whole {}", incremental.len(), whole.len());
+
+    let one = target.import(&mut whole.as_slice()).unwrap();
+    assert_eq!(one.name, "one");
+    let two = target.import(&mut incremental.as_slice()).unwrap();
+    assert_eq!(two.name, "two");
+    assert_eq!(fs::read(two.location.join("big")).unwrap(), vec![7u8; 3 << 20]);
+    assert_eq!(fs::read_to_string(two.location.join("small")).unwrap(), "changed");
+    target.rollback("two").unwrap();
+    assert_eq!(fs::read_to_string(target.mount_point().join("small")).unwrap(), "changed");
+
+    let err = target.import(&mut &b"not a send stream"[..]).unwrap_err();
+    assert!(matches!(err, Error::Tool { .. }), "{err}");
+}
+
+#[test]
+fn a_mount_point_subvolume_snapshots_but_refuses_rollback() {
+    let fs = scratch();
+    let v = BtrfsVolume::open(&fs.mount_point()).unwrap();
+    fs::write(fs.mount_point().join("f"), "a").unwrap();
+    let s = v.snapshot("one").unwrap();
+    assert!(s.location.starts_with(fs.mount_point().join(".stasis-snapshots")));
+    let err = v.rollback("one").unwrap_err();
+    assert!(err.to_string().contains("mount point"), "{err}");
+    assert_eq!(fs::read_to_string(fs.mount_point().join("f")).unwrap(), "a");
+}
+
+#[test]
+fn a_plain_directory_is_not_a_volume() {
+    let fs = scratch();
+    let dir = fs.mount_point().join("dir");
+    fs::create_dir(&dir).unwrap();
+    let err = BtrfsVolume::open(&dir).unwrap_err();
+    assert!(err.to_string().contains("not the root of a subvolume"), "{err}");
+}
