@@ -36,6 +36,7 @@ enum Command {
     Inspect(commands::inspect::Args),
     Restore(commands::restore::Args),
     Verify(commands::verify::Args),
+    Volume(commands::volume::Args),
     #[command(hide = true)]
     Workload(workload::Args),
 }
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Restore(args) => commands::restore::run(args),
         Command::Verify(args) => commands::verify::run(args),
+        Command::Volume(args) => commands::volume::run(args),
         Command::Workload(args) => workload::run(args),
     };
     match result {

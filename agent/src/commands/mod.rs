@@ -8,3 +8,4 @@ pub mod dump;
 pub mod inspect;
 pub mod restore;
 pub mod verify;
+pub mod volume;
