@@ -35,6 +35,7 @@ enum Command {
     Dump(commands::dump::Args),
     Inspect(commands::inspect::Args),
     Restore(commands::restore::Args),
+    Snapshot(commands::snapshot::Args),
     Verify(commands::verify::Args),
     Volume(commands::volume::Args),
     #[command(hide = true)]
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Command::Dump(args) => commands::dump::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Restore(args) => commands::restore::run(args),
+        Command::Snapshot(args) => commands::snapshot::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Volume(args) => commands::volume::run(args),
         Command::Workload(args) => workload::run(args),

@@ -504,6 +504,7 @@ pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoi
         write: stasis_image::WriteOptions::default(),
         cancel: Some(Cancel::clone(cancel)),
         progress: None,
+        while_frozen: None,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Inspection {
     /// Exited children awaiting their parent's wait.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub zombies: Vec<ZombieSummary>,
+    /// The volume snapshot taken with the processes (a coherent snapshot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSummary>,
     /// Sessions whose leader had exited at dump time.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub leaderless_sessions: Vec<i32>,
@@ -47,6 +50,18 @@ pub struct Inspection {
     /// How the dump went, for an image of processes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpSummary>,
+}
+
+/// The volume snapshot of a coherent snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeSummary {
+    pub kind: String,
+    pub volume: String,
+    pub name: String,
+    pub id: String,
+    pub location: String,
+    /// How long taking it kept the tree frozen.
+    pub snapshot_us: u64,
 }
 
 /// One process of the image.
@@ -240,6 +255,14 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
                     .collect()
             })
             .unwrap_or_default(),
+        volume: image.processes().and_then(|t| t.volume.as_ref()).map(|v| VolumeSummary {
+            kind: v.kind.clone(),
+            volume: v.volume.clone(),
+            name: v.name.clone(),
+            id: v.id.clone(),
+            location: v.location.clone(),
+            snapshot_us: v.snapshot_us,
+        }),
         leaderless_sessions: image.processes().map(|t| t.leaderless_sessions.clone()).unwrap_or_default(),
         leaderless_groups: image.processes().map(|t| t.leaderless_groups.clone()).unwrap_or_default(),
         shmem: image

@@ -122,6 +122,39 @@ pub struct ProcessTree {
     /// made again the same way, and left once every member has joined.
     #[prost(int32, repeated, tag = "10")]
     pub leaderless_groups: Vec<i32>,
+    /// The volume snapshot taken while the tree was frozen (a coherent
+    /// snapshot): every file of the volume the image's fds and mappings
+    /// name is as it was then.
+    #[prost(message, optional, tag = "11")]
+    pub volume: Option<VolumeSnapshot>,
+}
+
+/// A snapshot of a copy-on-write volume, by identity.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeSnapshot {
+    /// "btrfs" or "lvm".
+    #[prost(string, tag = "1")]
+    pub kind: String,
+    /// The volume: its root directory or mount point.
+    #[prost(string, tag = "2")]
+    pub volume: String,
+    /// The snapshot's name.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// The backend's identity of the snapshot (btrfs subvolume UUID, LVM
+    /// LV UUID): a rollback checks it.
+    #[prost(string, tag = "4")]
+    pub id: String,
+    /// Where the snapshot could be read at dump time.
+    #[prost(string, tag = "5")]
+    pub location: String,
+    /// How long taking it kept the tree frozen.
+    #[prost(uint64, tag = "6")]
+    pub snapshot_us: u64,
+    /// st_dev of the volume's files at dump time (a rollback may give them
+    /// another: restore maps it to the new one when checking files).
+    #[prost(uint64, tag = "7")]
+    pub dev: u64,
 }
 
 /// A process that had exited, kept until its parent waits for it.

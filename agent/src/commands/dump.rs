@@ -65,6 +65,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
+    run_with(args, None)
+}
+
+impl Args {
+    /// The image directory asked for.
+    pub fn images(&self) -> &std::path::Path {
+        &self.images
+    }
+}
+
+/// The dump, with a volume snapshot taken while the tree is frozen when
+/// `volume` is given (`stasis snapshot`).
+pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result<Outcome> {
+    let coherent = volume.is_some();
     let bar = crate::output::Progress::new("dumping memory");
     let cancel = crate::cancel::cancel_on_signals()?;
     let _ = args.tree;
@@ -85,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         write: WriteOptions { parent: args.parent, ..WriteOptions::default() },
         cancel: Some(cancel),
         progress: bar.as_ref().map(|(_, f)| f.clone()),
+        while_frozen: volume,
     };
     let result = dump::dump(&opts);
     drop(bar);
@@ -92,6 +107,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if args.json {
         json(&report)?;
     } else {
+        if coherent {
+            let us = report.phases.iter().find(|(n, _)| n == "volume snapshot").map_or(0, |(_, us)| *us);
+            println!(
+                "volume snapshot taken while the tree was frozen: {:.1} ms of the {:.1} ms frozen",
+                us as f64 / 1000.0,
+                report.frozen_us as f64 / 1000.0
+            );
+        }
         let what = if report.processes + report.zombies == 1 {
             format!("process {}", report.pid)
         } else {

@@ -120,6 +120,18 @@ fn print_text(i: &Inspection) {
         };
         println!("zombie     {} (parent {}, group {}, session {}), {}, {status}", z.pid, z.ppid, z.pgid, z.sid, z.comm);
     }
+    if let Some(v) = &i.volume {
+        println!();
+        println!(
+            "volume     {} {}: snapshot {} ({}) at {}, taken in {:.1} ms while the tree was frozen",
+            v.kind,
+            v.volume,
+            v.name,
+            v.id,
+            v.location,
+            v.snapshot_us as f64 / 1000.0
+        );
+    }
     if !i.leaderless_sessions.is_empty() || !i.leaderless_groups.is_empty() {
         println!();
         let list = |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");

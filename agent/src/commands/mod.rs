@@ -7,5 +7,6 @@ pub mod demo;
 pub mod dump;
 pub mod inspect;
 pub mod restore;
+pub mod snapshot;
 pub mod verify;
 pub mod volume;

@@ -58,6 +58,20 @@ pub struct DumpOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Told the bytes of memory stored so far, and the total.
     pub progress: Option<crate::ProgressFn>,
+    /// Called once the tree is frozen, before anything of it is read: a
+    /// coherent snapshot takes its volume snapshot here. An error lets the
+    /// tree go unchanged.
+    pub while_frozen: Option<WhileFrozen>,
+}
+
+/// What a coherent snapshot does while the tree is frozen.
+#[derive(Clone)]
+pub struct WhileFrozen(pub Arc<dyn Fn() -> Result<records::VolumeSnapshot, String> + Send + Sync>);
+
+impl std::fmt::Debug for WhileFrozen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WhileFrozen")
+    }
 }
 
 /// What a successful dump did.
@@ -106,6 +120,8 @@ pub enum DumpError {
     Verify { dir: PathBuf, source: stasis_image::ReadError },
     #[error("the image is complete, but process {pid} could not be killed: {what}")]
     Kill { pid: Pid, what: String },
+    #[error("the volume snapshot failed ({what}); process {pid} was let go unchanged")]
+    Volume { pid: Pid, what: String },
     #[error("cancelled; process {0} was let go unchanged")]
     Cancelled(Pid),
 }
@@ -168,7 +184,18 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     // From here until release or kill, `frozen` detaches on drop: every `?`
     // lets the tree go unchanged.
+    let volume = match &opts.while_frozen {
+        Some(hook) => {
+            let started = Instant::now();
+            let mut v = (hook.0)().map_err(|what| DumpError::Volume { pid, what })?;
+            v.snapshot_us = started.elapsed().as_micros() as u64;
+            clock.phase("volume snapshot");
+            Some(v)
+        }
+        None => None,
+    };
     let Collected { mut tree, plans, contents, objects, tcp } = collect(&mut frozen)?;
+    tree.volume = volume;
     clock.phase("collect");
     if cancelled() {
         return Err(DumpError::Cancelled(pid));
@@ -629,6 +656,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         zombies,
         leaderless_sessions: leaderless.sessions.into_iter().collect(),
         leaderless_groups: leaderless.groups.into_iter().collect(),
+        volume: None,
         shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
     };
     let objects =

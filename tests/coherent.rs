@@ -1,0 +1,60 @@
+//! The coherent snapshot on btrfs: a process appending records to a file
+//! on a subvolume, captured with `stasis snapshot`, whose image and volume
+//! snapshot agree (the fd's offset in the image is the file's size in the
+//! snapshot, and the snapshot holds exactly the records written).
+
+mod util;
+
+use std::time::Duration;
+
+use stasis_btrfs::scratch::Scratch;
+use util::run;
+use util::workload::Workload;
+
+#[test]
+fn snapshot_records_the_volume_snapshot_taken_while_frozen() {
+    let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
+    let vol = fs.subvolume("data").unwrap();
+    let file = vol.join("records");
+    let w = Workload::start("appender", &[file.to_str().unwrap()]);
+    let before = w.wait_progress(20, Duration::from_secs(60));
+    let images = tempfile::tempdir().unwrap();
+    let img = images.path().join("first");
+    let pid = w.pid.to_string();
+    let r = run([
+        "snapshot",
+        "--pid",
+        &pid,
+        "--volume",
+        vol.to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--leave-running",
+    ]);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.dump(), w.log());
+    assert!(r.stdout.contains("volume snapshot taken while the tree was frozen"), "{}", r.dump());
+
+    let shown = run(["inspect", img.to_str().unwrap(), "--json"]).success().json();
+    let volume = &shown["volume"];
+    assert_eq!(volume["kind"], "btrfs", "{shown}");
+    assert_eq!(volume["name"], "first", "{shown}");
+    let location = std::path::PathBuf::from(volume["location"].as_str().unwrap());
+    let in_snapshot = std::fs::read(location.join("records")).unwrap();
+    let fds = shown["processes"][0]["fds"].as_array().unwrap();
+    let fd =
+        fds.iter().find(|f| f.to_string().contains("records")).unwrap_or_else(|| panic!("no fd on records: {fds:?}"));
+    let pos = fd["pos"].as_u64().unwrap_or_else(|| panic!("no pos in {fd}"));
+    assert_eq!(in_snapshot.len() as u64, pos, "the snapshot's file is not where the image's fd offset is");
+    assert_eq!(in_snapshot.len() % 11, 0);
+    let records = in_snapshot.len() / 11;
+    assert!(records as u64 >= before, "{records} records, progress was {before}");
+    let last = std::str::from_utf8(&in_snapshot[in_snapshot.len() - 11..in_snapshot.len() - 1]).unwrap();
+    assert_eq!(last.parse::<usize>().unwrap(), records, "the snapshot holds a torn or out-of-order file");
+
+    // The original ran on, unharmed, and its own file moved past the snapshot.
+    let later = w.wait_progress(before + 30, Duration::from_secs(60));
+    assert!(std::fs::metadata(&file).unwrap().len() > pos, "progress {later}");
+    w.check_ok();
+    let listed = run(["volume", "list", vol.to_str().unwrap(), "--json"]).success().json();
+    assert_eq!(listed[0]["name"], "first");
+}
