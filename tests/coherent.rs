@@ -1,7 +1,9 @@
 //! The coherent snapshot on btrfs: a process appending records to a file
 //! on a subvolume, captured with `stasis snapshot`, whose image and volume
 //! snapshot agree (the fd's offset in the image is the file's size in the
-//! snapshot, and the snapshot holds exactly the records written).
+//! snapshot, and the snapshot holds exactly the records written); restored
+//! with `--rollback-volume` it goes on from that state, and without it the
+//! restore is refused, the file having moved on.
 
 mod util;
 
@@ -57,4 +59,37 @@ fn snapshot_records_the_volume_snapshot_taken_while_frozen() {
     w.check_ok();
     let listed = run(["volume", "list", vol.to_str().unwrap(), "--json"]).success().json();
     assert_eq!(listed[0]["name"], "first");
+}
+
+#[test]
+fn restore_with_rollback_matches_memory_and_file() {
+    let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
+    let vol = fs.subvolume("data").unwrap();
+    let file = vol.join("records");
+    let mut w = Workload::start("appender", &[file.to_str().unwrap()]);
+    let before = w.wait_progress(20, Duration::from_secs(60));
+    let images = tempfile::tempdir().unwrap();
+    let img = images.path().join("coherent");
+    let pid = w.pid.to_string();
+    let (v, i) = (vol.to_str().unwrap(), img.to_str().unwrap());
+    let r = run(["snapshot", "--pid", &pid, "--volume", v, "--images", i, "--leave-running"]);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.dump(), w.log());
+    // It writes on past the snapshot, then stops.
+    w.wait_progress(before + 30, Duration::from_secs(60));
+    w.kill();
+    let grown = std::fs::metadata(&file).unwrap().len();
+
+    let refused = run(["restore", "--images", i]);
+    assert_eq!(refused.code, Some(1), "{}", refused.dump());
+    assert!(refused.stderr.contains("without --rollback-volume"), "{}", refused.dump());
+    assert!(refused.stderr.contains("changed since the dump"), "{}", refused.dump());
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), grown, "a refused restore touched the volume");
+
+    let r = run(["restore", "--images", i, "--rollback-volume"]);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.dump(), w.log());
+    assert!(r.stderr.contains("rolled btrfs subvolume"), "{}", r.dump());
+    assert!(std::fs::metadata(&file).unwrap().len() < grown, "the volume was not rolled back");
+    // In memory: the last record and the offset; on disk: the same.
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
 }

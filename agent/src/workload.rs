@@ -517,6 +517,7 @@ pub fn restore_options(images: &Path, cancel: &Cancel) -> stasis_checkpoint::res
         pid_namespace: Default::default(),
         cancel: Some(Cancel::clone(cancel)),
         progress: None,
+        moved_devices: Vec::new(),
     }
 }
 

@@ -36,6 +36,11 @@ use crate::Outcome;
 /// are made again, bound to their names (a socket file left by the killed
 /// tree is replaced); System V segments again with their key and id.
 ///
+/// An image from `stasis snapshot` names the volume snapshot taken with
+/// the processes: --rollback-volume rolls the volume back to it first.
+/// Without it the processes meet the volume's files as they are now, and
+/// files they had open that changed are refused as always.
+///
 /// Exit status: 0 when the tree runs again (the root's pid is printed), 1
 /// otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
@@ -59,15 +64,64 @@ pub struct Args {
     /// process is an error.
     #[arg(long)]
     no_pid_namespace: bool,
+    /// For an image from `stasis snapshot`: roll the volume back to the
+    /// snapshot taken with the processes (checked by its id) before
+    /// restoring them, so their files are as they left them. Everything
+    /// written to the volume since is lost.
+    #[arg(long)]
+    rollback_volume: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// Roll the image's volume back to its snapshot (--rollback-volume), or say
+/// what restoring without it means. Returns the volume's (device at dump,
+/// device now) when its files moved to a new device.
+fn volume_first(images: &std::path::Path, rollback: bool) -> anyhow::Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let image = stasis_image::Image::open(images)?;
+    let recorded = image.processes().and_then(|t| t.volume.clone());
+    let Some(v) = recorded else {
+        if rollback {
+            anyhow::bail!("{} holds no volume snapshot (it was not made by stasis snapshot)", images.display());
+        }
+        return Ok(Vec::new());
+    };
+    if !rollback {
+        eprintln!(
+            "stasis: note: {} was taken with snapshot {:?} of {}; without --rollback-volume the processes come back \
+             to the volume's files as they are now",
+            images.display(),
+            v.name,
+            v.volume
+        );
+        return Ok(Vec::new());
+    }
+    let volume = super::volume::open(std::path::Path::new(&v.volume))?;
+    let snapshot = volume.find(&v.name)?;
+    if snapshot.id != v.id {
+        anyhow::bail!(
+            "snapshot {:?} of {} is not the one taken with the image (id {}, the image's {})",
+            v.name,
+            volume.describe(),
+            snapshot.id,
+            v.id
+        );
+    }
+    volume.rollback(&v.name)?;
+    eprintln!("stasis: rolled {} back to snapshot {:?}", volume.describe(), v.name);
+    let now = std::fs::metadata(&v.volume).with_context(|| format!("stat {}", v.volume))?.dev();
+    Ok(if now != v.dev && v.dev != 0 { vec![(v.dev, now)] } else { Vec::new() })
+}
+
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("restoring memory");
     let cancel = crate::cancel::cancel_on_signals()?;
+    let moved_devices = volume_first(&args.images, args.rollback_volume)
+        .with_context(|| format!("restore from {} failed", args.images.display()))?;
     let opts = RestoreOptions {
+        moved_devices,
         images: args.images.clone(),
         allow_changed_files: args.allow_changed_files,
         pid_timeout: Duration::from_secs(args.pid_timeout),

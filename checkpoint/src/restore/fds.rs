@@ -63,8 +63,11 @@ pub enum FdError {
 const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY;
 
 /// Whether the file at `f.path` is still the one the image recorded.
-pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata) -> Result<(), String> {
-    if meta.dev() != f.dev || meta.ino() != f.ino {
+/// `moved`: (device at dump, device now) of volumes rolled back since, whose
+/// files keep their inodes on a new device.
+pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata, moved: &[(u64, u64)]) -> Result<(), String> {
+    let dev = moved.iter().find(|(was, _)| *was == f.dev).map_or(f.dev, |(_, now)| *now);
+    if meta.dev() != dev || meta.ino() != f.ino {
         return Err(format!(
             "it is another file now (device {} inode {}, was {} {})",
             meta.dev(),
@@ -103,6 +106,8 @@ pub struct Planner<'a> {
     /// TCP connections made in repair mode, with their SO_REUSEADDR: they
     /// leave it when the tree is let go.
     pub repaired: Vec<(OwnedFd, bool)>,
+    /// Devices whose files moved to another (a rolled-back volume).
+    pub moved_devices: Vec<(u64, u64)>,
 }
 
 impl<'a> Planner<'a> {
@@ -124,6 +129,7 @@ impl<'a> Planner<'a> {
             shmem,
             unix,
             repaired: Vec::new(),
+            moved_devices: Vec::new(),
         }
     }
 
@@ -150,7 +156,7 @@ impl<'a> Planner<'a> {
                     let file = open(fd, &f.path, flags)?;
                     let meta = file.metadata().map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
                     if !allow_changed {
-                        check_unchanged(f, &meta).map_err(|what| FdError::Changed {
+                        check_unchanged(f, &meta, &self.moved_devices).map_err(|what| FdError::Changed {
                             fd,
                             path: f.path.clone(),
                             what,

@@ -67,6 +67,9 @@ pub struct RestoreOptions {
     pub progress: Option<crate::ProgressFn>,
     /// When to restore into a new PID namespace.
     pub pid_namespace: PidNamespaceMode,
+    /// (device at dump, device now) of a volume rolled back to the image's
+    /// snapshot: its files keep their inodes on a new device.
+    pub moved_devices: Vec<(u64, u64)>,
 }
 
 /// When a restore puts the tree into a new PID namespace, where every
@@ -159,7 +162,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     check_kernel(tree)?;
     for p in &tree.processes {
-        check_mapped_files(p, opts.allow_changed_files)?;
+        check_mapped_files(p, opts.allow_changed_files, &opts.moved_devices)?;
     }
     phase("check");
 
@@ -207,6 +210,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     }
     let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects, unix);
+    planner.moved_devices = opts.moved_devices.clone();
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
@@ -627,7 +631,7 @@ fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
 
 /// Files behind mappings must be the same files, unchanged, as at dump
 /// time: the process has their pages mapped, not copies.
-fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreError> {
+fn check_mapped_files(p: &Process, allow_changed: bool, moved: &[(u64, u64)]) -> Result<(), RestoreError> {
     let mut checked = HashSet::new();
     for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
         let Some(f) = &v.file else { continue };
@@ -645,7 +649,7 @@ fn check_mapped_files(p: &Process, allow_changed: bool) -> Result<(), RestoreErr
                 f.path
             ))
         };
-        fds::check_unchanged(f, &meta).map_err(changed)?;
+        fds::check_unchanged(f, &meta, moved).map_err(changed)?;
         if !f.content_hash.is_empty() {
             let now = std::fs::read(&f.path).map_err(|e| changed(format!("cannot read it: {e}")))?;
             if stasis_image::ChunkId::of(&now).0[..] != f.content_hash[..] {
