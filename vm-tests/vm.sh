@@ -196,16 +196,17 @@ build_initramfs() { # KDIR KVER GUEST_ROOT OUT SCRIPT ARGS...
         return 0
     }
     copy_program() {
-        [ -x "$1" ] || die "host program $1 is missing (package ${2:-?}); run: vm-tests/vm.sh setup"
+        if [ ! -x "$1" ]; then
+            local pkg=${HOST_TOOLS[$1]:-}
+            [ -n "$pkg" ] || pkg=$(dpkg -S "$1" 2>/dev/null | cut -d: -f1 | head -1)
+            die "host program $1 is missing (package ${pkg:-unknown}); run: vm-tests/vm.sh setup"
+        fi
         copy_file "$1"
         copy_libs "$1"
     }
 
     local p
-    for p in $GUEST_PROGRAMS; do
-        # package names for the message, where known
-        copy_program "$p" "${HOST_TOOLS[$p]:-$(dpkg -S "$p" 2>/dev/null | cut -d: -f1 | head -1)}"
-    done
+    for p in $GUEST_PROGRAMS; do copy_program "$p"; done
     # coreutils: all of them, GNU's, ahead of busybox's applets on PATH
     while read -r p; do
         [ -x "$p" ] && [ ! -d "$p" ] && copy_program "$p" coreutils
