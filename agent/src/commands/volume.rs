@@ -73,9 +73,7 @@ enum Action {
 pub fn open(path: &Path) -> anyhow::Result<Box<dyn Volume>> {
     match stasis_volume::detect(path)? {
         Detected::Btrfs { subvolume } => Ok(Box::new(stasis_btrfs::BtrfsVolume::open(&subvolume)?)),
-        Detected::Lvm { dm_name, .. } => {
-            anyhow::bail!("{} is on the LVM volume {dm_name}: the LVM backend is not wired in yet", path.display())
-        }
+        detected @ Detected::Lvm { .. } => Ok(Box::new(stasis_lvm::LvmVolume::from_detected(&detected)?)),
     }
 }
 
