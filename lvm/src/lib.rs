@@ -99,6 +99,9 @@ pub mod runner;
 pub mod size;
 pub mod stream;
 
+#[cfg(test)]
+mod tests;
+
 pub use runner::{Output, Runner, System};
 pub use size::SnapshotSize;
 
@@ -119,6 +122,8 @@ pub struct LvmVolume {
     /// "VG/LV", how LVM and errors name it.
     full_name: String,
     mount_point: PathBuf,
+    /// The dm device it was detected as.
+    device: (u32, u32),
     /// The thin pool of a thin LV; None for a classic one.
     pool: Option<String>,
     snapshot_size: SnapshotSize,
@@ -126,8 +131,14 @@ pub struct LvmVolume {
     merge_stall: Duration,
 }
 
-fn report_args(fields: &str, what: &str) -> Vec<String> {
-    ["--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, what].map(str::to_owned).to_vec()
+/// `lvs` of `what` (a VG, or VG/LV): hidden LVs too (`-a`), since a
+/// classic snapshot being merged is one.
+fn lvs_args(what: &str) -> Vec<String> {
+    args(&["-a", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", report::LV_FIELDS, what])
+}
+
+fn vgs_args(vg: &str) -> Vec<String> {
+    args(&["--reportformat", "json", "--units", "b", "--nosuffix", "-o", report::VG_FIELDS, vg])
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -157,13 +168,12 @@ impl LvmVolume {
             what: format!("device-mapper device {dm_name} ({}:{}) {why}", device.0, device.1),
         };
         let about = About { volume: &full_name, snapshot: None };
-        let json =
-            runner::lvm(&*runner, "lvs", &report_args(report::LV_FIELDS, &full_name), about).map_err(|e| match e {
-                Error::Tool { message, .. } if message.contains("not found") || message.contains("Failed to find") => {
-                    not_lvm(format!("is no logical volume lvs knows: {message}"))
-                }
-                e => e,
-            })?;
+        let json = runner::lvm(&*runner, "lvs", &lvs_args(&full_name), about).map_err(|e| match e {
+            Error::Tool { message, .. } if message.contains("not found") || message.contains("Failed to find") => {
+                not_lvm(format!("is no logical volume lvs knows: {message}"))
+            }
+            e => e,
+        })?;
         let rows = report::parse_lvs(&json).map_err(unreadable("lvs"))?;
         let Some(row) = rows.into_iter().find(|r| r.vg_name == vg && r.lv_name == lv) else {
             return Err(not_lvm(format!("is not listed by lvs {full_name}")));
@@ -184,6 +194,7 @@ impl LvmVolume {
             lv,
             full_name,
             mount_point: mount_point.clone(),
+            device: *device,
             pool,
             snapshot_size: SnapshotSize::default(),
             merge_poll: MERGE_POLL,
@@ -228,7 +239,7 @@ impl LvmVolume {
 
     /// The rows of `lvs` for `what` (the VG, or VG/LV).
     fn lvs(&self, what: &str, snapshot: Option<&str>) -> Result<Vec<Lv>, Error> {
-        let json = self.lvm("lvs", &report_args(report::LV_FIELDS, what), snapshot)?;
+        let json = self.lvm("lvs", &lvs_args(what), snapshot)?;
         report::parse_lvs(&json).map_err(unreadable("lvs"))
     }
 
@@ -301,7 +312,7 @@ impl LvmVolume {
                 tool: "lvs".into(),
                 message: format!("lvs {} did not list it", self.full_name),
             })?;
-            let vgs = self.lvm("vgs", &report_args(report::VG_FIELDS, &self.vg), None)?;
+            let vgs = self.lvm("vgs", &vgs_args(&self.vg), None)?;
             let vgs = report::parse_vgs(&vgs).map_err(unreadable("vgs"))?;
             let vg = vgs.iter().find(|v| v.vg_name == self.vg).ok_or_else(|| Error::Tool {
                 tool: "vgs".into(),
@@ -358,9 +369,11 @@ impl LvmVolume {
     /// The mounts of the origin, where it is mounted now.
     fn origin_mounts(&self) -> Result<Vec<mounts::Mount>, Error> {
         let origin = self.lvs(&self.full_name, None)?;
-        let Some(device) = origin.iter().find(|r| r.lv_name == self.lv).and_then(Lv::device) else {
+        let Some(origin) = origin.iter().find(|r| r.lv_name == self.lv && r.is_active()) else {
             return Ok(Vec::new());
         };
+        // Reports without lv_kernel_major/minor: the detected numbers.
+        let device = origin.device().unwrap_or(self.device);
         let text = self.runner.mountinfo().map_err(Error::io("reading /proc/self/mountinfo"))?;
         Ok(mounts::parse(&text).into_iter().filter(|m| m.device == device).collect())
     }

@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 /// The `lvs -o` fields stasis asks for, in the order of [`Lv`].
 pub const LV_FIELDS: &str = "lv_name,vg_name,lv_uuid,lv_path,lv_attr,lv_size,segtype,pool_lv,origin,\
-                             data_percent,snap_percent,lv_time,lv_tags,lv_kernel_major,lv_kernel_minor";
+                             data_percent,snap_percent,lv_time,lv_tags,lv_kernel_major,lv_kernel_minor,\
+                             lv_merging,lv_snapshot_invalid";
 
 /// The `vgs -o` fields stasis asks for.
 pub const VG_FIELDS: &str = "vg_name,vg_size,vg_free,vg_extent_size";
@@ -48,6 +49,18 @@ pub struct Lv {
     /// The dm device's numbers, "-1" when inactive.
     pub lv_kernel_major: String,
     pub lv_kernel_minor: String,
+    /// "merging" (or "1" with report/binary_values_as_numeric) for a
+    /// snapshot merging into its origin.
+    pub lv_merging: String,
+    /// "snapshot invalid" for a classic snapshot whose COW space filled.
+    pub lv_snapshot_invalid: String,
+}
+
+/// A binary lvs field: its own name when set (lv_merging "merging"),
+/// "" when not, "unknown" when it does not apply; "1"/"0" when lvm.conf
+/// says report/binary_values_as_numeric.
+fn set(field: &str, name: &str) -> bool {
+    matches!(field.trim(), "1") || field.trim() == name
 }
 
 impl Lv {
@@ -59,7 +72,8 @@ impl Lv {
         self.segtype == "thin"
     }
 
-    /// Attr 0 's' (snapshot), 'S' (merging snapshot), or a thin snapshot.
+    /// Attr 0 's' (snapshot), 'S' (merging snapshot), or a thin LV with an
+    /// origin (a thin snapshot).
     pub fn is_snapshot(&self) -> bool {
         matches!(self.attr(0), 's' | 'S') || (self.is_thin() && !self.origin.is_empty())
     }
@@ -67,13 +81,13 @@ impl Lv {
     /// A classic snapshot whose COW space filled up: attr 4 'I' (invalid)
     /// or 'S' (invalid suspended).
     pub fn is_invalid(&self) -> bool {
-        matches!(self.attr(4), 'I' | 'S')
+        matches!(self.attr(4), 'I' | 'S') || set(&self.lv_snapshot_invalid, "snapshot invalid")
     }
 
     /// A snapshot merging into its origin (attr 0 'S'), classic or thin,
     /// started or waiting for the origin's next activation.
     pub fn is_merging(&self) -> bool {
-        self.attr(0) == 'S'
+        self.attr(0) == 'S' || set(&self.lv_merging, "merging")
     }
 
     /// Attr 4 'a': its dm device is there with a live table.
@@ -141,10 +155,18 @@ struct VgSection {
     vg: Vec<Vg>,
 }
 
-/// The rows of an `lvs --reportformat json` output.
+/// The rows of an `lvs --reportformat json` output. `lvs -a` shows hidden
+/// LVs in brackets, a classic snapshot being merged among them (`[snap]`):
+/// the names are given without.
 pub fn parse_lvs(json: &str) -> Result<Vec<Lv>, String> {
     let report: Report<LvSection> = serde_json::from_str(json).map_err(|e| format!("unreadable lvs report: {e}"))?;
-    Ok(report.report.into_iter().flat_map(|s| s.lv).collect())
+    let mut rows: Vec<Lv> = report.report.into_iter().flat_map(|s| s.lv).collect();
+    for row in &mut rows {
+        if let Some(name) = row.lv_name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            row.lv_name = name.to_owned();
+        }
+    }
+    Ok(rows)
 }
 
 /// The rows of a `vgs --reportformat json` output.

@@ -130,7 +130,17 @@ pub fn tool_error(tool: &str, about: About<'_>, out: &Output) -> Error {
     let message = if errors.is_empty() { lines.join("; ") } else { errors.join("; ") };
     let has = |s: &str| message.contains(s);
     let volume = about.volume.to_owned();
-    if let Some(name) = about.snapshot {
+    // Only when LVM names the snapshot (`"snap"`, `vg0/snap.`): a message
+    // can be about the origin.
+    let vg = about.volume.split('/').next().unwrap_or_default();
+    let names_it = |name: &str| {
+        let full = format!("{vg}/{name}");
+        message.split(|c: char| c.is_whitespace() || c == '"').any(|word| {
+            let word = word.strip_suffix('.').unwrap_or(word);
+            word == name || word == full
+        })
+    };
+    if let Some(name) = about.snapshot.filter(|name| names_it(name)) {
         let name = name.to_owned();
         if has("already exists") {
             return Error::Exists { volume, name };
