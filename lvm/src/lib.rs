@@ -178,8 +178,8 @@ impl LvmVolume {
         let Some(row) = rows.into_iter().find(|r| r.vg_name == vg && r.lv_name == lv) else {
             return Err(not_lvm(format!("is not listed by lvs {full_name}")));
         };
-        if row.device().is_some_and(|d| d != *device) {
-            return Err(not_lvm(format!("is not LV {full_name}, which lvs says is {:?}", row.device())));
+        if let Some((major, minor)) = row.device().filter(|d| d != device) {
+            return Err(not_lvm(format!("is not LV {full_name}, which lvs says is {major}:{minor}")));
         }
         if row.is_snapshot() {
             return Err(not_lvm(format!("is LV {full_name}, itself a snapshot of {}", row.origin)));
@@ -238,8 +238,8 @@ impl LvmVolume {
     }
 
     /// The rows of `lvs` for `what` (the VG, or VG/LV).
-    fn lvs(&self, what: &str, snapshot: Option<&str>) -> Result<Vec<Lv>, Error> {
-        let json = self.lvm("lvs", &lvs_args(what), snapshot)?;
+    fn lvs(&self, what: &str) -> Result<Vec<Lv>, Error> {
+        let json = self.lvm("lvs", &lvs_args(what), None)?;
         report::parse_lvs(&json).map_err(unreadable("lvs"))
     }
 
@@ -248,7 +248,7 @@ impl LvmVolume {
     fn snapshot_lvs(&self) -> Result<Vec<Lv>, Error> {
         let tag = report::import_tag(&self.lv);
         let mut rows: Vec<Lv> = self
-            .lvs(&self.vg, None)?
+            .lvs(&self.vg)?
             .into_iter()
             .filter(|r| r.vg_name == self.vg && (r.origin == self.lv || r.tags().any(|t| t == tag)))
             .collect();
@@ -302,12 +302,27 @@ impl LvmVolume {
         }
     }
 
+    /// A snapshot that can be read: not invalid, not being merged away.
+    fn readable(&self, name: &str) -> Result<Lv, Error> {
+        let row = self.snapshot_lv(name)?;
+        if row.is_invalid() {
+            return Err(self.invalid(&row));
+        }
+        if row.is_merging() {
+            return Err(Error::Busy {
+                volume: self.full_name.clone(),
+                what: format!("snapshot {name:?} is being merged into it and cannot be read"),
+            });
+        }
+        Ok(row)
+    }
+
     /// Makes the snapshot; a classic one gets `size`.
     fn create(&self, name: &str, size: SnapshotSize) -> Result<Snapshot, Error> {
         names::check_lv_name(&self.full_name, name)?;
         let mut create = args(&["-s"]);
         if self.pool.is_none() {
-            let origin = self.lvs(&self.full_name, None)?;
+            let origin = self.lvs(&self.full_name)?;
             let origin = origin.iter().find(|r| r.lv_name == self.lv).ok_or_else(|| Error::Tool {
                 tool: "lvs".into(),
                 message: format!("lvs {} did not list it", self.full_name),
@@ -344,10 +359,16 @@ impl LvmVolume {
         if row.is_active() {
             return Ok(Activation { runner: Arc::clone(&self.runner), volume: self.full_name.clone(), lv: None });
         }
-        // Thin snapshots carry the activation-skip flag: -K overrides it.
-        let on = if row.is_thin() { args(&["-ay", "-K", &lv]) } else { args(&["-ay", &lv]) };
-        self.lvm("lvchange", &on, Some(&row.lv_name))?;
-        Ok(Activation { runner: Arc::clone(&self.runner), volume: self.full_name.clone(), lv: Some(lv) })
+        if row.is_thin() {
+            // Thin snapshots carry the activation-skip flag: -K overrides it.
+            self.lvm("lvchange", &args(&["-ay", "-K", &lv]), Some(&row.lv_name))?;
+            return Ok(Activation { runner: Arc::clone(&self.runner), volume: self.full_name.clone(), lv: Some(lv) });
+        }
+        // A classic snapshot is active with its origin (inactive: so is the
+        // origin). Activating it activates the origin, and deactivating it
+        // would take the origin down too: it stays active.
+        self.lvm("lvchange", &args(&["-ay", &lv]), Some(&row.lv_name))?;
+        Ok(Activation { runner: Arc::clone(&self.runner), volume: self.full_name.clone(), lv: None })
     }
 
     fn run(&self, program: &str, args: &[String]) -> Result<Output, Error> {
@@ -368,7 +389,7 @@ impl LvmVolume {
 
     /// The mounts of the origin, where it is mounted now.
     fn origin_mounts(&self) -> Result<Vec<mounts::Mount>, Error> {
-        let origin = self.lvs(&self.full_name, None)?;
+        let origin = self.lvs(&self.full_name)?;
         let Some(origin) = origin.iter().find(|r| r.lv_name == self.lv && r.is_active()) else {
             return Ok(Vec::new());
         };
@@ -385,7 +406,7 @@ impl LvmVolume {
         let snapshot = format!("{}/{name}", self.vg);
         self.lvm("lvconvert", &args(&["--merge", "-i", "1", &snapshot]), Some(name))?;
         let pending = |rows: Vec<Lv>| rows.into_iter().find(|r| r.lv_name == name && r.origin == self.lv);
-        let Some(left) = pending(self.lvs(&self.vg, None)?) else {
+        let Some(left) = pending(self.lvs(&self.vg)?) else {
             return Ok(());
         };
         if left.is_merging() {
@@ -395,7 +416,7 @@ impl LvmVolume {
         }
         let mut last = None;
         let mut progress = Instant::now();
-        while let Some(left) = pending(self.lvs(&self.vg, None)?) {
+        while let Some(left) = pending(self.lvs(&self.vg)?) {
             if !left.is_merging() {
                 return Err(Error::Other(format!(
                     "snapshot {name:?} of {} is still there and not merging after lvconvert --merge ({})",
@@ -410,8 +431,8 @@ impl LvmVolume {
                 return Err(Error::Busy {
                     volume: self.full_name.clone(),
                     what: format!(
-                        "the merge of snapshot {name:?} made no progress in {} s ({} left); LVM goes on with \
-                         it in the background",
+                        "the merge of snapshot {name:?} made no progress in {} s ({}% of its COW space left \
+                         to merge); LVM goes on with it in the background",
                         self.merge_stall.as_secs(),
                         left.data_percent
                     ),
@@ -592,10 +613,7 @@ impl Volume for LvmVolume {
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Opened>, Error> {
-        let row = self.snapshot_lv(name)?;
-        if row.is_invalid() {
-            return Err(self.invalid(&row));
-        }
+        let row = self.readable(name)?;
         let text = self.runner.mountinfo().map_err(Error::io("reading /proc/self/mountinfo"))?;
         let fstype = mounts::parse(&text).into_iter().find(|m| m.point == self.mount_point).map(|m| m.fstype);
         let options = match fstype.as_deref() {
@@ -633,10 +651,7 @@ impl Volume for LvmVolume {
                  export {name:?} without a parent"
             )));
         }
-        let row = self.snapshot_lv(name)?;
-        if row.is_invalid() {
-            return Err(self.invalid(&row));
-        }
+        let row = self.readable(name)?;
         let size = row.size().map_err(unreadable("lvs"))?;
         let _activation = self.activate(&row)?;
         let mut device = File::open(&row.lv_path).map_err(Error::io(format!("opening {}", row.lv_path)))?;
@@ -647,7 +662,7 @@ impl Volume for LvmVolume {
         let reader = stream::Reader::new(input)?;
         let name = reader.name.clone();
         names::check_lv_name(&self.full_name, &name)?;
-        if self.lvs(&self.vg, None)?.iter().any(|r| r.lv_name == name) {
+        if self.lvs(&self.vg)?.iter().any(|r| r.lv_name == name) {
             return Err(Error::Exists { volume: self.full_name.clone(), name });
         }
         let size = format!("{}b", reader.size);

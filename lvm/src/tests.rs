@@ -482,6 +482,13 @@ fn open_mounts_a_thin_snapshot_read_only_and_undoes_it() {
     ]);
     drop(v.open("snap").unwrap());
     replay.done();
+
+    let (v, replay) = classic(vec![(lvs("vg0"), fixture("lvs-merge-pending"))]);
+    assert!(matches!(v.open("snap"), Err(Error::Busy { what, .. }) if what.contains("being merged")));
+    replay.done();
+    let (v, replay) = classic(vec![(lvs("vg0"), fixture("lvs-snapshot-invalid"))]);
+    assert!(matches!(v.open("small"), Err(Error::Invalid { .. })));
+    replay.done();
 }
 
 #[test]
