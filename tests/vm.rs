@@ -1,0 +1,178 @@
+//! LVM, for real, inside a QEMU guest: this host's kernel has no
+//! device-mapper (docs/vm-tests.md). Each test runs one scenario from
+//! `vm-tests/scenarios/` with the harness `vm-tests/vm.sh`, in a guest that
+//! has the `stasis` binary cargo built for these tests, and asserts on the
+//! guest script's exit status. Nothing is skipped: without QEMU or the
+//! guest kernel, setup installs them, and if that fails the test fails.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Kills a guest that hangs well before nextest's 5 minute limit does.
+const GUEST_TIMEOUT_SECONDS: &str = "240";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What a harness command printed, for assertion messages.
+struct Harness {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    what: String,
+}
+
+impl Harness {
+    fn run(mut cmd: Command) -> Self {
+        let what = format!("{cmd:?}");
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+        Harness {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+            what,
+        }
+    }
+
+    fn success(self) -> Self {
+        assert_eq!(self.code, Some(0), "{}: expected exit 0\n{}", self.what, self.dump());
+        // the timings, for `--no-capture` runs
+        for line in self.stderr.lines().filter(|l| l.starts_with("vm.sh:")) {
+            eprintln!("{line}");
+        }
+        self
+    }
+
+    fn dump(&self) -> String {
+        format!(
+            "--- exit: {:?}\n--- stdout (the guest console):\n{}\n--- stderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn vm_sh() -> Command {
+    Command::new(repo().join("vm-tests/vm.sh"))
+}
+
+/// `vm-tests/vm.sh setup`, once per test process. The script holds a lock
+/// (`target/vm/setup.lock`) while it works, so test processes running in
+/// parallel install packages and unpack the kernel one at a time, and the
+/// later ones find everything done.
+fn setup() {
+    static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
+    let done = SETUP.get_or_init(|| {
+        let mut cmd = vm_sh();
+        cmd.arg("setup");
+        let r = Harness::run(cmd);
+        if r.code == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("{}: the VM test harness could not be set up\n{}", r.what, r.dump()))
+        }
+    });
+    if let Err(e) = done {
+        panic!("{e}");
+    }
+}
+
+/// The stasis binary to put in the guest. The guest CPU (QEMU TCG's
+/// `-cpu max`) has no AVX-512, which the build host has: a binary built
+/// with `-C target-cpu=native` would die of SIGILL in the guest. The test
+/// crate is built with the binary's RUSTFLAGS, so its target features tell.
+fn guest_stasis() -> PathBuf {
+    if cfg!(target_feature = "avx512f") {
+        panic!(
+            "this build enables AVX-512 (RUSTFLAGS with target-cpu=native?), which the QEMU guest's \
+             CPU lacks: build the tests without it"
+        );
+    }
+    PathBuf::from(env!("CARGO_BIN_EXE_stasis"))
+}
+
+/// Boot a guest and run `scenario` in it with `args` for vm.sh before it.
+fn run_scenario(args: &[&str], scenario: &str) -> Harness {
+    setup();
+    let mut cmd = vm_sh();
+    cmd.arg("run").arg("-t").arg(GUEST_TIMEOUT_SECONDS).arg("-b").arg(guest_stasis());
+    cmd.args(args).arg(repo().join("vm-tests/scenarios").join(scenario));
+    Harness::run(cmd)
+}
+
+#[test]
+fn lvm_tools_work_in_the_guest() {
+    let r = run_scenario(&["-d", "1G"], "lvm-tools.sh").success();
+    assert!(r.stdout.contains("stasis "), "no `stasis --version` output\n{}", r.dump());
+    assert!(r.stdout.contains("all checks passed"), "{}", r.dump());
+}
+
+/// The recorded LVM output in lvm/tests/fixtures is still what this lvm2
+/// does: each case is recorded again in a guest and compared on what does
+/// not change between recordings (command, exit code, stderr, and the LVs
+/// a report lists with their attributes; not UUIDs, times or percentages).
+#[test]
+fn lvm_fixtures_match_a_new_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let r = run_scenario(&["-d", "1G", "-d", "64M", "-o", out], "record-lvm-fixtures.sh").success();
+    let fixtures = repo().join("lvm/tests/fixtures");
+    let recorded = cases(&fixtures);
+    let fresh = cases(dir.path());
+    assert_eq!(recorded, fresh, "the scenario records other cases than lvm/tests/fixtures holds\n{}", r.dump());
+    for name in &recorded {
+        let read = |d: &Path, ext: &str| {
+            std::fs::read_to_string(d.join(format!("{name}.{ext}")))
+                .unwrap_or_else(|e| panic!("{name}.{ext} in {}: {e}", d.display()))
+        };
+        for ext in ["cmd", "status", "stderr"] {
+            assert_eq!(
+                read(&fixtures, ext),
+                read(dir.path(), ext),
+                "{name}.{ext} differs from lvm/tests/fixtures: re-record them (README there)"
+            );
+        }
+        let (old, new) = (read(&fixtures, "json"), read(dir.path(), "json"));
+        if name.starts_with("lvs") || name.starts_with("vgs") {
+            assert_eq!(
+                report_shape(&old),
+                report_shape(&new),
+                "{name}.json lists other LVs or attributes than lvm/tests/fixtures: \
+                 re-record them (README there)"
+            );
+        } else {
+            assert_eq!(old, new, "{name}.json differs from lvm/tests/fixtures");
+        }
+    }
+}
+
+/// Case names (files `NAME.status`) in a fixtures directory.
+fn cases(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".status").map(str::to_owned)
+        })
+        .collect()
+}
+
+/// What a JSON report says that does not change between recordings: each
+/// row's name and attributes (`lv_name`, `lv_attr`, `vg_name`, ...).
+fn report_shape(json: &str) -> Vec<Vec<(String, String)>> {
+    const STABLE: [&str; 8] =
+        ["lv_name", "vg_name", "lv_attr", "origin", "pool_lv", "segtype", "lv_merging", "lv_snapshot_invalid"];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}):\n{json}"));
+    let mut rows = Vec::new();
+    for report in v["report"].as_array().expect("a report array") {
+        for list in report.as_object().expect("a report object").values() {
+            for row in list.as_array().expect("a list of rows") {
+                let row = row.as_object().expect("a row object");
+                rows.push(STABLE.iter().filter_map(|k| row.get(*k).map(|v| (k.to_string(), v.to_string()))).collect());
+            }
+        }
+    }
+    rows
+}
