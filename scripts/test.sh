@@ -43,6 +43,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
     if [ -n "$policy" ]; then rm -f "$policy"; fi
 fi
+# QEMU, lvm2 and a guest kernel for the LVM tests in tests/vm.rs (docs/vm-tests.md).
+vm-tests/vm.sh setup
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "scripts/test.sh: cargo-nextest is missing; installing it from crates.io"
