@@ -85,7 +85,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -271,7 +271,7 @@ impl LvmVolume {
 
     fn to_snapshot(&self, row: &Lv) -> Snapshot {
         let mut detail = if self.is_import(row) {
-            "imported copy (a plain LV, not copy-on-write)".to_owned()
+            "imported: a plain LV, not copy-on-write".to_owned()
         } else if row.is_thin() {
             "thin".to_owned()
         } else if row.is_invalid() {
@@ -404,6 +404,11 @@ impl LvmVolume {
     fn merge(&self, row: &Lv) -> Result<(), Error> {
         let name = row.lv_name.as_str();
         let snapshot = format!("{}/{name}", self.vg);
+        if row.is_thin() && row.is_active() {
+            // A thin snapshot merges when neither it nor its origin is
+            // active (open() may have left it on): in use, this fails Busy.
+            self.lvm("lvchange", &args(&["-an", &snapshot]), Some(name))?;
+        }
         self.lvm("lvconvert", &args(&["--merge", "-i", "1", &snapshot]), Some(name))?;
         let pending = |rows: Vec<Lv>| rows.into_iter().find(|r| r.lv_name == name && r.origin == self.lv);
         let Some(left) = pending(self.lvs(&self.vg)?) else {
@@ -652,9 +657,14 @@ impl Volume for LvmVolume {
             )));
         }
         let row = self.readable(name)?;
-        let size = row.size().map_err(unreadable("lvs"))?;
         let _activation = self.activate(&row)?;
         let mut device = File::open(&row.lv_path).map_err(Error::io(format!("opening {}", row.lv_path)))?;
+        // The device's own size: a classic snapshot's lv_size is that of its
+        // COW area, its device is as big as the origin.
+        let size = device
+            .seek(SeekFrom::End(0))
+            .and_then(|size| device.rewind().map(|()| size))
+            .map_err(Error::io(format!("finding the size of {}", row.lv_path)))?;
         stream::write(name, size, &mut device, out)
     }
 

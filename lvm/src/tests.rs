@@ -507,9 +507,11 @@ fn export_and_import_copy_the_device_and_check_it() {
             true
         })
     };
-    let (v, replay) = classic(vec![(lvs("vg0"), with_device("lvs-origin-snapshot-thin", data.len()))]);
+    // lv_size is the COW area's: the device is read to its end.
+    let (v, replay) = classic(vec![(lvs("vg0"), with_device("lvs-origin-snapshot-thin", 2048))]);
     let mut stream = Vec::new();
     v.export("snap", None, &mut stream).unwrap();
+    assert_eq!(stream.len(), 22 + "snap".len() + data.len() + 32);
     replay.done();
     let err = v.export("snap", Some("older"), &mut Vec::new()).unwrap_err().to_string();
     assert!(err.contains("needs btrfs"), "{err}");
