@@ -1,5 +1,5 @@
 //! The LVM volume backend: [`LvmVolume`], the [`Volume`] of an LVM logical
-//! volume, made from what [`stasis_volume::detect`] found.
+//! volume, made from what [`stasis_volume::detect()`] found.
 //!
 //! # Why the command-line tools
 //!
@@ -54,7 +54,8 @@
 //!    namespace's view it can see);
 //! 2. unmounts the origin (Busy, naming the mount point, when files are
 //!    open on it);
-//! 3. runs `lvconvert --merge -i 1 VG/NAME`, which merges now and waits;
+//! 3. runs `lvconvert --merge -i 1 VG/NAME` (a thin snapshot left active is
+//!    deactivated first), which merges now and waits;
 //! 4. if the snapshot is still there, merging, deactivates and activates
 //!    the origin (`lvchange -an`, `lvchange -ay`) to start the merge, and
 //!    waits for the snapshot to go, giving up when its COW use stops going
@@ -74,7 +75,9 @@
 //! journal replay on a read-only device). The [`Opened`] unmounts it and
 //! removes the directory when dropped.
 //!
-//! `export` writes the snapshot's block device whole, in the format of
+//! `export` writes the snapshot's block device whole (to its end: a classic
+//! snapshot's lv_size is its COW area's, its device the origin's size), in
+//! the format of
 //! [`stream`] (magic, version, size, name, the bytes, a BLAKE3 checksum);
 //! incremental export needs btrfs. `import` checks the header, makes a
 //! plain LV of that size (in the origin's thin pool for a thin volume),
