@@ -1,8 +1,8 @@
-# lvm/tests/stasis-volume-lvm.sh: the LVM backend end to end through
+# vm-tests/scenarios/volume-lvm.sh: the LVM backend end to end through
 # `stasis volume`, in a QEMU guest (this host has no device-mapper):
 #
 #   cargo build --bin stasis
-#   vm-tests/vm.sh run -b target/debug/stasis -d 1G -t 400 lvm/tests/stasis-volume-lvm.sh
+#   vm-tests/vm.sh run -b target/debug/stasis -d 1G -t 400 vm-tests/scenarios/volume-lvm.sh
 #
 # Classic snapshot of a mounted ext4 LV: snapshot, list, export, rollback
 # while mounted (the snapshot made again), rollback refused while a process
