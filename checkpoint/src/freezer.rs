@@ -136,54 +136,8 @@ fn parse_events_frozen(events: &str) -> bool {
     events.lines().any(|l| l.split_whitespace().eq(["frozen", "1"].iter().copied()))
 }
 
-/// One line of /proc/PID/mountinfo, reduced to what locating a hierarchy
-/// needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    /// The mount point.
-    pub mount_point: PathBuf,
-    /// The filesystem type.
-    pub fstype: String,
-    /// The per-superblock options (for cgroup v1: the controllers).
-    pub super_options: Vec<String>,
-}
-
-/// Parses /proc/PID/mountinfo (proc(5)): the optional fields end at "-".
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = unescape_octal(left.split(' ').nth(4)?);
-            let mut right = right.split(' ');
-            let fstype = right.next()?.to_string();
-            let _source = right.next()?;
-            let super_options = right.next().unwrap_or("").split(',').map(str::to_string).collect();
-            Some(Mount { mount_point: PathBuf::from(mount_point), fstype, super_options })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal =
-            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |v, b| v.wrapping_mul(8) + (b - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// The mounts, parsed by stasis-sys (one parser for every caller).
+pub use stasis_sys::mountinfo::{parse as parse_mountinfo, Mount};
 
 /// Where the cgroup v2 hierarchy is mounted, if anywhere.
 pub fn cgroup2_mount(mounts: &[Mount]) -> Option<&Mount> {

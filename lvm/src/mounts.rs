@@ -20,52 +20,23 @@ pub struct Mount {
 
 /// Every mount in a mountinfo text.
 pub fn parse(text: &str) -> Vec<Mount> {
-    text.lines().filter_map(parse_line).collect()
+    stasis_sys::mountinfo::parse(text).into_iter().map(Mount::from).collect()
 }
 
-fn parse_line(line: &str) -> Option<Mount> {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let sep = fields.iter().position(|&f| f == "-")?;
-    let (major, minor) = fields.get(2)?.split_once(':')?;
-    let mut options: Vec<&str> = Vec::new();
-    let super_options = fields.get(sep + 3).copied().unwrap_or_default();
-    for option in fields.get(5)?.split(',').chain(super_options.split(',')) {
-        // rw/ro come from the per-mount options; seclabel is shown, not set.
-        let shown = option.is_empty() || option == "seclabel";
-        let again = options.contains(&option) || (matches!(option, "rw" | "ro") && !options.is_empty());
-        if !shown && !again {
-            options.push(option);
-        }
-    }
-    Some(Mount {
-        device: (major.parse().ok()?, minor.parse().ok()?),
-        root: unescape(fields.get(3)?),
-        point: PathBuf::from(unescape(fields.get(4)?)),
-        fstype: fields.get(sep + 1)?.to_string(),
-        source: unescape(fields.get(sep + 2)?),
-        options: options.join(","),
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
+impl From<stasis_sys::mountinfo::Mount> for Mount {
+    fn from(m: stasis_sys::mountinfo::Mount) -> Mount {
+        let mut options: Vec<&str> = Vec::new();
+        for option in m.mount_options.split(',').chain(m.super_options.iter().map(String::as_str)) {
+            // rw/ro come from the per-mount options; seclabel is shown, not set.
+            let shown = option.is_empty() || option == "seclabel";
+            let again = options.contains(&option) || (matches!(option, "rw" | "ro") && !options.is_empty());
+            if !shown && !again {
+                options.push(option);
             }
         }
+        let options = options.join(",");
+        Mount { device: m.device, root: m.root, point: m.mount_point, fstype: m.fstype, source: m.source, options }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod inject;
 pub mod inotify;
 pub mod kcmp;
 pub mod mman;
+pub mod mountinfo;
 pub mod ns;
 pub mod pagemap;
 pub mod pidfd;

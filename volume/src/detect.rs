@@ -5,6 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use stasis_sys::nix::sys::stat::{major, minor};
 use stasis_sys::nix::sys::statfs::{statfs, FsType};
 
 use crate::Error;
@@ -38,12 +39,12 @@ pub fn detect(path: &Path) -> Result<Detected, Error> {
         return Ok(Detected::Btrfs { subvolume: subvolume_root(&path)? });
     }
     let meta = std::fs::metadata(&path).map_err(Error::io(format!("stat {}", path.display())))?;
-    let (major, minor) = (dev_major(meta.dev()), dev_minor(meta.dev()));
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(Error::io("reading /proc/self/mountinfo"))?;
-    let mount = mounts_of(&mounts, major, minor)
+    let (major, minor) = (major(meta.dev()) as u32, minor(meta.dev()) as u32);
+    let mounts = stasis_sys::mountinfo::own().map_err(Error::io("reading /proc/self/mountinfo"))?;
+    let mount = mounts
         .into_iter()
-        .filter(|m| path.starts_with(&m.point))
-        .max_by_key(|m| m.point.as_os_str().len());
+        .filter(|m| m.device == (major, minor) && path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len());
     let unsupported = |what: String| Error::Unsupported { path: path.clone(), what };
     let Some(mount) = mount else {
         return Err(unsupported(format!("no mount of device {major}:{minor} holds it")));
@@ -52,15 +53,14 @@ pub fn detect(path: &Path) -> Result<Detected, Error> {
     let uuid = std::fs::read_to_string(sys.join("uuid")).unwrap_or_default();
     if uuid.starts_with("LVM-") {
         let dm_name = std::fs::read_to_string(sys.join("name")).unwrap_or_default().trim().to_owned();
-        return Ok(Detected::Lvm { mount_point: mount.point, dm_name, device: (major, minor) });
+        return Ok(Detected::Lvm { mount_point: mount.mount_point, dm_name, device: (major, minor) });
     }
-    Err(unsupported(format!("{} on {}, mounted at {}", mount.fstype, mount.source, mount.point.display())))
+    Err(unsupported(format!("{} on {}, mounted at {}", mount.fstype, mount.source, mount.mount_point.display())))
 }
 
 /// Whether `path` (canonical) is a mount point.
 pub fn is_mount_point(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(&unescape(p)) == path))
+    stasis_sys::mountinfo::own().unwrap_or_default().iter().any(|m| m.mount_point == path)
 }
 
 /// The root directory of the btrfs subvolume holding `path`: the nearest
@@ -80,71 +80,9 @@ fn subvolume_root(path: &Path) -> Result<PathBuf, Error> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Mount {
-    point: PathBuf,
-    fstype: String,
-    source: String,
-}
-
-/// The mounts of device `major:minor` in a /proc/PID/mountinfo text.
-fn mounts_of(text: &str, major: u32, minor: u32) -> Vec<Mount> {
-    let want = format!("{major}:{minor}");
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let sep = fields.iter().position(|&f| f == "-")?;
-            if fields.get(2) != Some(&want.as_str()) {
-                return None;
-            }
-            Some(Mount {
-                point: PathBuf::from(unescape(fields.get(4)?)),
-                fstype: fields.get(sep + 1)?.to_string(),
-                source: unescape(fields.get(sep + 2)?),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn dev_major(dev: u64) -> u32 {
-    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)) as u32
-}
-
-fn dev_minor(dev: u64) -> u32 {
-    (((dev >> 12) & 0xffff_ff00) | (dev & 0xff)) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines_are_matched_by_device() {
-        let text = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
-                    40 22 253:3 / /srv/my\\040data rw,relatime shared:20 - xfs /dev/mapper/vg0-data rw,attr2\n";
-        assert_eq!(
-            mounts_of(text, 253, 3),
-            vec![Mount { point: "/srv/my data".into(), fstype: "xfs".into(), source: "/dev/mapper/vg0-data".into() }]
-        );
-        assert!(mounts_of(text, 8, 1).is_empty());
-    }
 
     #[test]
     fn a_plain_directory_is_named_with_its_filesystem() {
