@@ -32,25 +32,40 @@ enum Action {
         volume: PathBuf,
         /// The snapshot's name (one path component).
         name: String,
+        /// Print the snapshot made as JSON.
         #[arg(long)]
         json: bool,
     },
     /// List the volume's snapshots, oldest first.
     List {
+        /// A path on the volume (its mount point, or any file in it).
         volume: PathBuf,
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Delete a snapshot.
-    Delete { volume: PathBuf, name: String },
+    Delete {
+        /// A path on the volume (its mount point, or any file in it).
+        volume: PathBuf,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Make the volume's contents those of a snapshot again. Everything
     /// written to the volume since is lost; stop what writes to it first (a
     /// process holding files of the volume keeps seeing the old ones).
-    Rollback { volume: PathBuf, name: String },
+    Rollback {
+        /// A path on the volume (its mount point, or any file in it).
+        volume: PathBuf,
+        /// The snapshot's name.
+        name: String,
+    },
     /// Write a snapshot to a file (or stdout: -) as a stream `import`
     /// takes; with --parent, only what changed since that snapshot (btrfs).
     Export {
+        /// A path on the volume (its mount point, or any file in it).
         volume: PathBuf,
+        /// The snapshot to export.
         name: String,
         /// Where to write ("-": stdout).
         #[arg(short, long)]
@@ -62,10 +77,14 @@ enum Action {
     /// Read a stream `export` wrote (from a file, or stdin: -) and make it a
     /// snapshot of this volume.
     Import {
+        /// A path on the volume (its mount point, or any file in it).
         volume: PathBuf,
         /// Where to read ("-": stdin).
         #[arg(short, long)]
         input: PathBuf,
+        /// Print the snapshot made as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -150,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             v.export(&name, parent.as_deref(), &mut out)?;
             out.flush().context("writing the export")?;
         }
-        Action::Import { volume, input } => {
+        Action::Import { volume, input, json: as_json } => {
             let v = open(&volume)?;
             let s = if input == Path::new("-") {
                 v.import(&mut std::io::stdin().lock())?
@@ -158,7 +177,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
                 let f = File::open(&input).with_context(|| format!("cannot open {}", input.display()))?;
                 v.import(&mut BufReader::new(f))?
             };
-            println!("{}: imported snapshot {} at {}", v.describe(), s.name, s.location.display());
+            if as_json {
+                json(&shown(&s))?;
+            } else {
+                println!("{}: imported snapshot {} at {}", v.describe(), s.name, s.location.display());
+            }
         }
     }
     Ok(Outcome::Success)
