@@ -230,6 +230,58 @@ fn unix_sockets_leave_running() {
     leave_running("unix_sockets");
 }
 
+/// A process in a group whose leader exited while another member, outside
+/// the tree, still runs (a shell job whose first process ended): the group
+/// is not the tree's to re-make (its id is still in use), so restore puts
+/// the process in stasis's group, as for any group led from outside.
+#[test]
+fn group_whose_leader_exited_but_not_its_other_members() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut leader = Command::new("sleep").arg("1000").process_group(0).spawn().unwrap();
+    let group = leader.id() as i32;
+    let _member = Reap(Command::new("sleep").arg("1000").process_group(group).spawn().unwrap());
+    let bin = util::workload::build("mem_dense");
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(&bin)
+        .arg(dir.path())
+        .arg("16")
+        .process_group(group)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "mem_dense never became ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut w = Workload::adopt("mem_dense", pid, dir);
+    let before = w.wait_running();
+    assert_eq!(links(pid).1, group, "not in the leaderless group");
+    let images = tempfile::tempdir().unwrap();
+    let out = dump(&w, images.path(), &[]);
+    let shown = run(["inspect", images.path().to_str().unwrap()]).success().stdout;
+    assert!(!shown.contains("leaderless groups"), "a group with a member outside is not leaderless\n{shown}\n{out}");
+    child.wait().unwrap();
+    restore(&w, images.path());
+    w.pid = pid;
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before);
+}
+
 /// Fds in flight: sent with SCM_RIGHTS on a stream and a datagram socket
 /// and not yet received (a file, a pipe end, an eventfd, a unix socket with
 /// data queued on it, and a file description the sender still holds).

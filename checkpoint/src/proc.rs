@@ -51,6 +51,17 @@ pub fn stat(pid: Pid) -> io::Result<Stat> {
     parse_stat(&read(pid, "stat")?).map_err(io::Error::other)
 }
 
+/// Every live process of /proc with its stat (those that exit while read
+/// are left out).
+pub fn all() -> Vec<(Pid, Stat)> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| Some((Pid::from_raw(p), stat(Pid::from_raw(p)).ok()?)))
+        .collect()
+}
+
 /// One line of /proc/PID/maps, with the VmFlags of /proc/PID/smaps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {

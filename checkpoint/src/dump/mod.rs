@@ -486,9 +486,11 @@ fn shared_vm_problems(pids: &[Pid]) -> Result<Vec<String>, DumpError> {
 
 /// Sessions and process groups whose leader had exited (no process has
 /// their id as its pid, or one that does leads no such session or group
-/// any more): restore re-creates each through a short-lived process at
-/// the leader's pid. The others not led from inside the tree are led from
-/// outside it, and restored processes take the restorer's.
+/// any more) and that no process outside the tree is in: restore re-creates
+/// each through a short-lived process at the leader's pid. The others not
+/// led from inside the tree belong to processes outside it (a shell's job
+/// whose first process exited still has the shell's other members), and
+/// restored processes take the restorer's.
 #[derive(Debug, Default)]
 struct Leaderless {
     sessions: BTreeSet<i32>,
@@ -498,17 +500,25 @@ struct Leaderless {
 impl Leaderless {
     fn find(stats: &[(Pid, Stat)]) -> Leaderless {
         let in_tree: BTreeSet<i32> = stats.iter().map(|(p, _)| p.as_raw()).collect();
-        let leader = |id: i32| proc::stat(Pid::from_raw(id)).ok();
-        let mut out = Leaderless::default();
+        let (mut sessions, mut groups) = (BTreeSet::new(), BTreeSet::new());
         for (_, s) in stats {
-            if !in_tree.contains(&s.session) && leader(s.session).is_none_or(|l| l.session != s.session) {
-                out.sessions.insert(s.session);
+            if !in_tree.contains(&s.session) {
+                sessions.insert(s.session);
             }
-            if !in_tree.contains(&s.pgrp) && leader(s.pgrp).is_none_or(|l| l.pgrp != s.pgrp) {
-                out.groups.insert(s.pgrp);
+            if !in_tree.contains(&s.pgrp) {
+                groups.insert(s.pgrp);
             }
         }
-        out
+        if sessions.is_empty() && groups.is_empty() {
+            return Leaderless::default();
+        }
+        // Whoever outside the tree is in one of them (its leader included)
+        // keeps it alive.
+        for (_, s) in proc::all().into_iter().filter(|(p, _)| !in_tree.contains(&p.as_raw())) {
+            sessions.remove(&s.session);
+            groups.remove(&s.pgrp);
+        }
+        Leaderless { sessions, groups }
     }
 }
 

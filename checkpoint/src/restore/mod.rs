@@ -667,8 +667,21 @@ fn check_mapped_files(p: &Process, allow_changed: bool, moved: &[(u64, u64)]) ->
 fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<(), RestoreError> {
     let deadline = Instant::now() + timeout;
     // The helpers that make sessions and groups whose leader is gone take
-    // the leaders' pids for a moment.
-    let helpers = tree.leaderless_sessions.iter().chain(&tree.leaderless_groups).copied();
+    // the leaders' pids for a moment: an id still used by a group or
+    // session on this host is taken too (clone3 says EEXIST).
+    let helpers: Vec<i32> = tree.leaderless_sessions.iter().chain(&tree.leaderless_groups).copied().collect();
+    if !helpers.is_empty() {
+        loop {
+            let user = proc::all().into_iter().find(|(_, s)| helpers.contains(&s.pgrp) || helpers.contains(&s.session));
+            let Some((pid, s)) = user else { break };
+            if Instant::now() >= deadline || (only_dying && !dying(pid.as_raw(), &s)) {
+                let id = if helpers.contains(&s.pgrp) { s.pgrp } else { s.session };
+                let comm = format!("the group or session of process {pid} ({})", s.comm);
+                return Err(RestoreError::PidTaken { pid: id, comm });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let ids = tree
         .processes
         .iter()
