@@ -19,6 +19,8 @@ use std::io::{self, Write};
 use std::ops::{BitOr, Range};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -266,9 +268,83 @@ impl Pagemap {
         Ok(self.entries(addr..addr + 1)?[0])
     }
 
-    /// Walks all of `req.range` with PAGEMAP_SCAN and returns the matching
-    /// regions in address order, adjacent equal regions merged.
+    /// Walks all of `req.range` and returns the matching regions in address
+    /// order, adjacent equal regions merged: with PAGEMAP_SCAN, or, on a
+    /// kernel without it (before 6.7: ENOTTY), by reading the entries
+    /// ([`Pagemap::scan_entries`]) when the request needs nothing only the
+    /// ioctl can do.
     pub fn scan(&self, req: &ScanRequest) -> Result<Vec<PageRegion>, Error> {
+        static NO_IOCTL: AtomicBool = AtomicBool::new(false);
+        if NO_IOCTL.load(Ordering::Relaxed) && emulable(req) {
+            return self.scan_entries(req);
+        }
+        match self.scan_ioctl(req) {
+            Err(Error::Scan { errno: Errno::ENOTTY, .. }) if emulable(req) => {
+                NO_IOCTL.store(true, Ordering::Relaxed);
+                self.scan_entries(req)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Pagemap::scan`] without the ioctl: reads the entries of
+    /// `req.range` (in pieces, so memory stays bounded) and derives the
+    /// categories PRESENT (bit 63), SWAPPED (62), FILE (61), SOFT_DIRTY (55)
+    /// and PFNZERO (the page frame is the shared zero page's, which needs
+    /// CAP_SYS_ADMIN to see; without it no page counts as the zero page).
+    /// Unlike the ioctl it does not skip the holes between mappings (they
+    /// read as entries with no category): callers walk one mapping at a
+    /// time. Refuses (ENOTTY) a request for categories or flags only the
+    /// ioctl knows (WPALLOWED, WRITTEN, HUGE, write-protection).
+    pub fn scan_entries(&self, req: &ScanRequest) -> Result<Vec<PageRegion>, Error> {
+        if !emulable(req) {
+            return Err(Error::Scan {
+                pid: self.pid,
+                start: req.range.start,
+                end: req.range.end,
+                errno: Errno::ENOTTY,
+            });
+        }
+        const ENTRIES_PER_READ: u64 = 64 * 1024;
+        let page = crate::mman::page_size() as u64;
+        let zero = zero_pfn();
+        let mut out: Vec<PageRegion> = Vec::new();
+        let mut at = req.range.start / page * page;
+        while at < req.range.end {
+            let end = (at + ENTRIES_PER_READ * page).min(req.range.end);
+            for (i, entry) in self.entries(at..end)?.into_iter().enumerate() {
+                let mut cat = 0;
+                for (set, c) in [
+                    (entry.present(), Categories::PRESENT),
+                    (entry.swapped(), Categories::SWAPPED),
+                    (entry.file_or_shared(), Categories::FILE),
+                    (entry.soft_dirty(), Categories::SOFT_DIRTY),
+                    (zero.is_some() && entry.pfn() == zero, Categories::PFNZERO),
+                ] {
+                    if set {
+                        cat |= c.0;
+                    }
+                }
+                let seen = cat ^ req.inverted.0;
+                if seen & req.required.0 != req.required.0 || (req.any_of.0 != 0 && seen & req.any_of.0 == 0) {
+                    continue;
+                }
+                let start = at + i as u64 * page;
+                let region = PageRegion { start, end: start + page, categories: Categories(cat & req.report.0) };
+                match out.last_mut() {
+                    Some(last) if last.end == region.start && last.categories == region.categories => {
+                        last.end = region.end
+                    }
+                    _ => out.push(region),
+                }
+            }
+            at = end.div_ceil(page) * page;
+        }
+        Ok(out)
+    }
+
+    /// The PAGEMAP_SCAN walk.
+    fn scan_ioctl(&self, req: &ScanRequest) -> Result<Vec<PageRegion>, Error> {
         let mut out: Vec<PageRegion> = Vec::new();
         let mut buf = vec![RawPageRegion::default(); REGIONS_PER_CALL];
         let mut start = req.range.start;
@@ -308,6 +384,29 @@ impl Pagemap {
         }
         Ok(out)
     }
+}
+
+/// Whether [`Pagemap::scan_entries`] can answer `req`.
+fn emulable(req: &ScanRequest) -> bool {
+    let known =
+        Categories::PRESENT | Categories::SWAPPED | Categories::FILE | Categories::SOFT_DIRTY | Categories::PFNZERO;
+    let asked = req.required.0 | req.any_of.0 | req.inverted.0 | req.report.0;
+    req.flags == 0 && asked & !known.0 == 0
+}
+
+/// The page frame number of the shared zero page, found once by reading a
+/// fresh anonymous page (the kernel maps the zero page for the read) and
+/// looking at this process's own pagemap entry. `None` when frame numbers
+/// are hidden (no CAP_SYS_ADMIN) or the read did not map it.
+fn zero_pfn() -> Option<u64> {
+    static ZERO: OnceLock<Option<u64>> = OnceLock::new();
+    *ZERO.get_or_init(|| {
+        let map = crate::mman::AnonMapping::new(1).ok()?;
+        // The load (kept by black_box) is what maps the zero page.
+        std::hint::black_box(std::hint::black_box(map.as_slice())[0]);
+        let pfn = Pagemap::open(nix::unistd::getpid()).ok()?.entry(map.addr()).ok()?.pfn()?;
+        (pfn != 0).then_some(pfn)
+    })
 }
 
 /// Writes `value` to /proc/PID/clear_refs: "4" clears the soft-dirty bits
@@ -362,6 +461,70 @@ mod tests {
                 PageRegion { start: a + 6 * p, end: a + 7 * p, categories: Categories::PRESENT },
             ]
         );
+    }
+
+    /// The requests the dumper makes (checkpoint/src/dump/memory.rs),
+    /// answered alike by the ioctl and by reading entries.
+    #[test]
+    fn entries_answer_as_the_ioctl_does() {
+        let mut private = AnonMapping::new(16).unwrap();
+        for i in [0, 1, 2, 9, 15] {
+            private.touch_page(i, 7);
+        }
+        // Reads map the shared zero page.
+        for i in [4, 5, 10] {
+            std::hint::black_box(std::hint::black_box(private.as_slice())[i * page_size()]);
+        }
+        let mut shared = AnonMapping::shared(6).unwrap();
+        shared.touch_page(1, 3);
+        shared.touch_page(2, 3);
+        let pm = Pagemap::open(nix::unistd::getpid()).unwrap();
+        let all = |range| ScanRequest {
+            range,
+            flags: 0,
+            required: Categories::PFNZERO,
+            any_of: Categories::PRESENT | Categories::SWAPPED,
+            inverted: Categories::PFNZERO,
+            report: Categories::PRESENT,
+        };
+        let anonymous = |range| ScanRequest {
+            required: Categories::PFNZERO | Categories::FILE,
+            inverted: Categories::PFNZERO | Categories::FILE,
+            ..all(range)
+        };
+        let everything = |range| ScanRequest {
+            required: Categories::NONE,
+            any_of: Categories::NONE,
+            inverted: Categories::NONE,
+            report: Categories::PRESENT | Categories::FILE | Categories::PFNZERO | Categories::SWAPPED,
+            ..all(range)
+        };
+        let p = page_size() as u64;
+        let a = private.addr();
+        let via_entries = pm.scan_entries(&all(private.range())).unwrap();
+        assert_eq!(
+            via_entries,
+            [
+                PageRegion { start: a, end: a + 3 * p, categories: Categories::PRESENT },
+                PageRegion { start: a + 9 * p, end: a + 10 * p, categories: Categories::PRESENT },
+                PageRegion { start: a + 15 * p, end: a + 16 * p, categories: Categories::PRESENT },
+            ],
+            "the zero pages read are not stored"
+        );
+        for req in [
+            all(private.range()),
+            anonymous(private.range()),
+            everything(private.range()),
+            all(shared.range()),
+            anonymous(shared.range()),
+            everything(shared.range()),
+        ] {
+            let ioctl = pm.scan_ioctl(&req).expect("PAGEMAP_SCAN (Linux 6.7+) failed");
+            assert_eq!(pm.scan_entries(&req).unwrap(), ioctl, "{req:?}");
+        }
+        assert!(pm.scan_entries(&anonymous(shared.range())).unwrap().is_empty(), "shared memory counts as a file");
+        let wp = ScanRequest { flags: PM_SCAN_WP_MATCHING, ..all(private.range()) };
+        assert!(matches!(pm.scan_entries(&wp), Err(Error::Scan { errno: Errno::ENOTTY, .. })));
     }
 
     #[test]
