@@ -290,7 +290,7 @@ impl LvmVolume {
         }
         Snapshot {
             name: row.lv_name.clone(),
-            id: row.lv_uuid.clone(),
+            id: row.id().to_owned(),
             location: PathBuf::from(&row.lv_path),
             created: row.created(),
             detail,
@@ -320,8 +320,9 @@ impl LvmVolume {
         Ok(row)
     }
 
-    /// Makes the snapshot; a classic one gets `size`.
-    fn create(&self, name: &str, size: SnapshotSize) -> Result<Snapshot, Error> {
+    /// Makes the snapshot; a classic one gets `size`; `id`: the id of the
+    /// snapshot this one stands for (see [`report::ID_TAG`]).
+    fn create(&self, name: &str, size: SnapshotSize, id: Option<&str>) -> Result<Snapshot, Error> {
         names::check_lv_name(&self.full_name, name)?;
         let mut create = args(&["-s"]);
         if self.pool.is_none() {
@@ -347,7 +348,11 @@ impl LvmVolume {
             }
             create.extend(args(&["-l", &cow.extents.to_string()]));
         }
-        create.extend(args(&["-n", name, &self.full_name]));
+        create.extend(args(&["-n", name]));
+        if let Some(id) = id {
+            create.extend(args(&["--addtag", &format!("{}{id}", report::ID_TAG)]));
+        }
+        create.push(self.full_name.clone());
         self.runner
             .sync_fs(&self.mount_point)
             .map_err(Error::io(format!("syncing the filesystem at {}", self.mount_point.display())))?;
@@ -523,7 +528,7 @@ impl Volume for LvmVolume {
     }
 
     fn snapshot(&self, name: &str) -> Result<Snapshot, Error> {
-        self.create(name, self.snapshot_size)
+        self.create(name, self.snapshot_size, None)
     }
 
     fn list(&self) -> Result<Vec<Snapshot>, Error> {
@@ -611,7 +616,7 @@ impl Volume for LvmVolume {
                 )))
             }
         }
-        self.create(name, size).map(drop).map_err(|e| {
+        self.create(name, size, Some(row.id())).map(drop).map_err(|e| {
             Error::Other(format!(
                 "{} was rolled back to {name:?}, which the merge consumed, and the snapshot could not be made \
                  again: {e}",

@@ -18,6 +18,11 @@ pub fn import_tag(origin: &str) -> String {
     format!("stasis_import_of_{origin}")
 }
 
+/// The tag of a snapshot made again by a rollback (the merge consumed the
+/// one rolled back to), followed by the id of the one it stands for: the
+/// snapshot keeps its id, so an image taken with it can be restored again.
+pub const ID_TAG: &str = "stasis_id_";
+
 /// One row of `lvs`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
@@ -110,6 +115,11 @@ impl Lv {
 
     pub fn tags(&self) -> impl Iterator<Item = &str> {
         self.lv_tags.split(',').filter(|t| !t.is_empty())
+    }
+
+    /// The snapshot's id: the id its [`ID_TAG`] carries, else its UUID.
+    pub fn id(&self) -> &str {
+        self.tags().find_map(|t| t.strip_prefix(ID_TAG)).unwrap_or(&self.lv_uuid)
     }
 
     /// Seconds since the epoch, 0 when lv_time is missing or unreadable.

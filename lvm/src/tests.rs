@@ -15,8 +15,8 @@ use super::*;
 const LVS: &str = "lvm lvs -a --reportformat json --units b --nosuffix -o";
 const VGS: &str = "lvm vgs --reportformat json --units b --nosuffix -o";
 const MOUNTINFO: &str = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
-                         40 22 253:2 / /mnt/origin rw,relatime shared:20 - ext4 /dev/mapper/vg0-origin rw\n\
-                         41 22 253:7 / /mnt/thin1 rw,relatime shared:21 - xfs /dev/mapper/vg0-thin1 \
+                         40 22 253:0 / /mnt/origin rw,relatime shared:20 - ext4 /dev/mapper/vg0-origin rw\n\
+                         41 22 253:8 / /mnt/thin1 rw,relatime shared:21 - xfs /dev/mapper/vg0-thin1 \
                          rw,attr2,inode64,logbufs=8,logbsize=32k,noquota\n";
 
 /// A recorded command's output.
@@ -126,11 +126,11 @@ fn volume(lv: &str, minor: u32, steps: Vec<(String, Output)>) -> (LvmVolume, Arc
 }
 
 fn classic(steps: Vec<(String, Output)>) -> (LvmVolume, Arc<Replay>) {
-    volume("origin", 2, steps)
+    volume("origin", 0, steps)
 }
 
 fn thin(steps: Vec<(String, Output)>) -> (LvmVolume, Arc<Replay>) {
-    volume("thin1", 7, steps)
+    volume("thin1", 8, steps)
 }
 
 #[test]
@@ -242,18 +242,21 @@ fn the_detected_device_is_confirmed_with_lvs() {
     assert_eq!(v.describe(), "LVM volume vg0/thin1 (thin, pool pool)");
     replay.done();
 
-    let refused = |lv: &str, out: Output| {
+    // (the recorded minors: snap 253:3, pool 253:6)
+    let refused = |lv: &str, minor: u32, out: Output| {
         let replay = Replay::new(vec![(lvs(&format!("vg0/{lv}")), out)]);
-        let err = LvmVolume::with_runner(&detected(lv, 9), replay.clone()).unwrap_err();
+        let err = LvmVolume::with_runner(&detected(lv, minor), replay.clone()).unwrap_err();
         replay.done();
         err
     };
-    let err = refused("snap", fixture("lvs-origin-snapshot-thin"));
+    let err = refused("snap", 3, fixture("lvs-origin-snapshot-thin"));
     assert!(matches!(&err, Error::Unsupported { what, .. } if what.contains("itself a snapshot of origin")), "{err:?}");
-    let err = refused("nosuchlv", fixture("lvs-no-such-lv"));
+    let err = refused("nosuchlv", 9, fixture("lvs-no-such-lv"));
     assert!(matches!(&err, Error::Unsupported { what, .. } if what.contains("no logical volume")), "{err:?}");
-    let err = refused("pool", fixture("lvs-origin-snapshot-thin"));
+    let err = refused("pool", 6, fixture("lvs-origin-snapshot-thin"));
     assert!(matches!(&err, Error::Unsupported { what, .. } if what.contains("is the pool")), "{err:?}");
+    let err = refused("origin", 9, fixture("lvs-origin-snapshot-thin"));
+    assert!(matches!(&err, Error::Unsupported { what, .. } if what.contains("which lvs says is 253:0")), "{err:?}");
 
     let replay = Replay::new(vec![]);
     let plain = Detected::Lvm { mount_point: "/mnt".into(), dm_name: "plain".into(), device: (253, 0) };
@@ -382,10 +385,30 @@ fn a_classic_rollback_unmounts_merges_remounts_and_snapshots_again() {
         (lvs("vg0/origin"), fixture("lvs-after-merge")),
         (vgs("vg0"), fixture("vgs-vg0")),
         ("syncfs /mnt/origin".into(), ok("")),
-        ("lvm lvcreate -s -l 8 -n snap vg0/origin".into(), ok("")),
-        (lvs("vg0"), fixture("lvs-origin-snapshot-thin")),
+        // Tagged with the id of the snapshot the merge consumed.
+        (format!("lvm lvcreate -s -l 8 -n snap --addtag stasis_id_{} vg0/origin", uuid("snap")), ok("")),
+        (lvs("vg0"), fixture("lvs-snapshot-again")),
     ]);
     v.rollback("snap").unwrap();
+    replay.done();
+}
+
+/// The UUID of `lv` in the recording of the VG with every snapshot.
+fn uuid(lv: &str) -> String {
+    let rows = report::parse_lvs(&fixture("lvs-origin-snapshot-thin").stdout).unwrap();
+    rows.into_iter().find(|r| r.lv_name == lv).unwrap_or_else(|| panic!("no {lv}")).lv_uuid
+}
+
+/// A snapshot made again by a rollback keeps the id of the first: an image
+/// taken with it can be restored more than once.
+#[test]
+fn a_snapshot_made_again_keeps_its_id() {
+    let (v, replay) = classic(vec![(lvs("vg0"), fixture("lvs-snapshot-again"))]);
+    let again = v.find("snap").unwrap();
+    let rows = report::parse_lvs(&fixture("lvs-snapshot-again").stdout).unwrap();
+    let row = rows.iter().find(|r| r.lv_name == "snap").unwrap();
+    assert_ne!(row.lv_uuid, uuid("snap"), "a new LV");
+    assert_eq!(again.id, uuid("snap"));
     replay.done();
 }
 
@@ -406,7 +429,7 @@ fn a_thin_rollback_merges_on_the_next_activation() {
             ok(""),
         ),
         ("syncfs /mnt/thin1".into(), ok("")),
-        ("lvm lvcreate -s -n thin1_snap vg0/thin1".into(), ok("")),
+        (format!("lvm lvcreate -s -n thin1_snap --addtag stasis_id_{} vg0/thin1", uuid("thin1_snap")), ok("")),
         (lvs("vg0"), fixture("lvs-origin-snapshot-thin")),
     ]);
     v.rollback("thin1_snap").unwrap();
@@ -552,4 +575,32 @@ fn export_and_import_copy_the_device_and_check_it() {
     let err = v.import(&mut damaged.as_slice()).unwrap_err().to_string();
     assert!(err.contains("corrupted"), "{err}");
     replay.done();
+}
+
+/// The recordings asked lvs and vgs for the fields the backend asks for:
+/// a field missing from a recording would read as empty and hide the code
+/// that uses it.
+#[test]
+fn the_recordings_have_the_fields_the_backend_reads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut reports = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cmd") {
+            continue;
+        }
+        let cmd = std::fs::read_to_string(&path).unwrap().replace("\\,", ",");
+        let fields = match cmd.split(' ').next() {
+            Some("lvs") => report::LV_FIELDS,
+            Some("vgs") => report::VG_FIELDS,
+            _ => continue,
+        };
+        reports += 1;
+        assert!(
+            cmd.contains(&format!(" -o {fields} ")) || cmd.trim_end().ends_with(&format!(" -o {fields}")),
+            "{}: {cmd}",
+            path.display()
+        );
+    }
+    assert!(reports >= 10, "only {reports} lvs/vgs recordings in {}", dir.display());
 }

@@ -13,9 +13,11 @@ export LC_ALL=C
 PV=/dev/vdb
 OTHER=/dev/vdc
 OUT=${VM_OUT:?run me with vm-tests/vm.sh}
+# The fields are the backend's own (LV_FIELDS and VG_FIELDS in
+# lvm/src/report.rs; a unit test there checks they agree).
 LVS=(lvs -a --reportformat json --units b --nosuffix
-    -o lv_name,vg_name,lv_uuid,lv_attr,lv_size,origin,pool_lv,data_percent,snap_percent,lv_time,lv_path,lv_dm_path,segtype,lv_active,lv_merging,lv_snapshot_invalid)
-VGS=(vgs --reportformat json --units b --nosuffix -o vg_name,vg_uuid,vg_size,vg_free,vg_extent_size)
+    -o lv_name,vg_name,lv_uuid,lv_path,lv_attr,lv_size,segtype,pool_lv,origin,data_percent,snap_percent,lv_time,lv_tags,lv_kernel_major,lv_kernel_minor,lv_merging,lv_snapshot_invalid)
+VGS=(vgs --reportformat json --units b --nosuffix -o vg_name,vg_size,vg_free,vg_extent_size)
 
 fail() { echo "record-lvm-fixtures: FAILED: $*" >&2; exit 1; }
 step() { echo "=== $*"; }
@@ -100,6 +102,7 @@ record lvconvert-merge-invalid fail lvconvert --merge vg0/small
 record lvremove-snapshot ok lvremove -y vg0/small
 
 step "a merge of the classic snapshot, deferred because the origin is mounted"
+snap_uuid=$(lvs --noheadings -o lv_uuid vg0/snap | tr -d ' ')
 record lvconvert-merge-deferred ok lvconvert --merge vg0/snap
 record lvs-merge-pending ok "${LVS[@]}"
 
@@ -127,6 +130,10 @@ must "mount merged origin" mount /dev/vg0/origin /mnt/origin
 grep -qx before /mnt/origin/marker || fail "merged origin lost its marker"
 [ ! -e /mnt/origin/fill ] || fail "merged origin still has the file written after the snapshot"
 must "umount merged origin" umount /mnt/origin
+
+step "the snapshot made again after the merge, tagged with the first one's id"
+record lvcreate-snapshot-again ok lvcreate -s -L 32M -n snap --addtag "stasis_id_$snap_uuid" vg0/origin
+record lvs-snapshot-again ok "${LVS[@]}" vg0
 
 step "teardown"
 record vgchange-deactivate ok vgchange -an vg0

@@ -44,7 +44,8 @@ pub struct Snapshot {
     /// The name it was made with (unique per volume).
     pub name: String,
     /// What makes it this snapshot and no other, for an image to name it:
-    /// the btrfs subvolume UUID, the LVM LV UUID.
+    /// the btrfs subvolume UUID; the LVM LV UUID (of the first LV of that
+    /// name, when a rollback made it again: see [`Volume::rollback`]).
     pub id: String,
     /// Where it can be read: a btrfs snapshot's directory, an LVM
     /// snapshot's device (`/dev/VG/LV`).
@@ -141,8 +142,10 @@ pub trait Volume: std::fmt::Debug + Send + Sync {
     fn delete(&self, name: &str) -> Result<(), Error>;
 
     /// Make the volume's contents those of snapshot `name` again. What is
-    /// written after the snapshot is lost; the snapshot itself stays (a
-    /// backend whose rollback consumes it makes a new one of the same name).
+    /// written after the snapshot is lost; the snapshot itself stays, with
+    /// its id (a backend whose rollback consumes it makes a new one of the
+    /// same name and keeps the id: an image taken with the snapshot can be
+    /// restored again).
     fn rollback(&self, name: &str) -> Result<(), Error>;
 
     /// The snapshot readable at a path.
