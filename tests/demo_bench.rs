@@ -75,6 +75,36 @@ fn bench_json_has_both_patterns_and_compressible_images_are_smaller() {
     );
 }
 
+/// `bench --volume` on a btrfs subvolume: each dump snapshots the volume
+/// (with unsynced writes on it) and each restore rolls it back first; the
+/// figures include both, and the snapshots and files are gone afterwards.
+#[test]
+fn bench_with_a_volume_snapshots_and_rolls_back_each_run() {
+    let fs = stasis_btrfs::scratch::Scratch::new(256)
+        .unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
+    let vol = fs.subvolume("data").unwrap();
+    let volume = vol.to_str().unwrap();
+    let r = run(["bench", "--mib", "8", "--pattern", "random", "--runs", "2", "--volume", volume, "--dirty-mib", "4"])
+        .success();
+    assert!(r.stdout.contains("of it volume ms") && r.stdout.contains("rollback ms"), "{}", r.dump());
+    assert!(r.stderr.contains("rolled btrfs subvolume"), "{}", r.dump());
+    let r = run(["bench", "--mib", "8", "--pattern", "random", "--runs", "1", "--volume", volume, "--json"]).success();
+    let v = r.json();
+    let case = &v["cases"][0];
+    assert_eq!(case["verified"], true, "{}", r.dump());
+    for figure in ["volume_ms", "rollback_ms"] {
+        assert!(case[figure]["median"].as_f64().is_some_and(|ms| ms > 0.0), "{figure}\n{}", r.dump());
+    }
+    assert!(
+        case["volume_ms"]["median"].as_f64() <= case["frozen_ms"]["median"].as_f64(),
+        "the volume snapshot is part of the freeze\n{}",
+        r.dump()
+    );
+    let listed = run(["volume", "list", volume, "--json"]).success().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0, "the bench left files on the volume");
+}
+
 #[test]
 fn workload_is_hidden_from_help() {
     let r = run(["--help"]).success();

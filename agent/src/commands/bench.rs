@@ -3,11 +3,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use stasis_checkpoint::dump;
 use stasis_checkpoint::restore;
+use stasis_volume::Volume;
 
 use crate::output::{bytes, json};
 use crate::workload::{self, dir_bytes, Cancel, Pattern, Workload};
@@ -22,6 +24,12 @@ use crate::Outcome;
 /// Prints, per case, the median (and min-max) of: the time the process was
 /// frozen, the whole dump, the dump's throughput (memory / dump time), the
 /// image's size on disk and the restore. Images are removed after each run.
+///
+/// With --volume, each dump is a coherent snapshot (`stasis snapshot`):
+/// the workload's files are on that volume, which is snapshotted while the
+/// process is frozen, and each restore first rolls the volume back
+/// (`--rollback-volume`). The table then also shows how much of the freeze
+/// the volume snapshot took, and the rollback's time.
 ///
 /// These are figures, not a pass/fail test of speed. Exit status: 0 when
 /// every restore verified, 1 otherwise, 2 for bad arguments.
@@ -41,6 +49,17 @@ pub struct Args {
     /// is made inside, and removed at the end).
     #[arg(long, value_name = "PATH", default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// A path on a btrfs subvolume or an LVM logical volume: take a
+    /// snapshot of it in each dump and roll back to it before each restore
+    /// (a directory is made there for the workloads' files and removed at
+    /// the end, as are the snapshots).
+    #[arg(long, value_name = "PATH")]
+    volume: Option<PathBuf>,
+    /// With --volume: MiB written to a file on the volume, not synced, just
+    /// before each dump, so the volume snapshot has that much dirty data to
+    /// take along (a workload's unsynced writes).
+    #[arg(long, value_name = "MIB", default_value_t = 0, requires = "volume")]
+    dirty_mib: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -58,6 +77,10 @@ struct Run {
     /// Files of the image directory (pack and manifest).
     image_bytes: u64,
     restore_us: u64,
+    /// With --volume: the volume snapshot, inside the freeze.
+    volume_us: Option<u64>,
+    /// With --volume: the rollback before the restore.
+    rollback_us: Option<u64>,
     /// The workload's verdict on its memory after the restore.
     verdict: String,
     verified: bool,
@@ -89,6 +112,8 @@ struct Case {
     dump_mib_per_s: Spread,
     image_bytes: Spread,
     restore_ms: Spread,
+    volume_ms: Option<Spread>,
+    rollback_ms: Option<Spread>,
     verified: bool,
     runs: Vec<Run>,
 }
@@ -106,7 +131,11 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let cancel = workload::cancel_on_signals()?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let root = workload::fresh_dir(&args.dir, "stasis-bench")?;
-    let result = bench(&args, &root, &cancel);
+    let volume = match &args.volume {
+        None => Ok(None),
+        Some(path) => BenchVolume::new(path).map(Some),
+    };
+    let result = volume.and_then(|v| bench(&args, &root, v.as_ref(), &cancel));
     if let Err(e) = fs::remove_dir_all(&root) {
         eprintln!("stasis: cannot remove {}: {e}", root.display());
     }
@@ -126,18 +155,48 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     Ok(if report.all_verified { Outcome::Success } else { Outcome::Failure })
 }
 
-fn bench(args: &Args, root: &Path, cancel: &Cancel) -> anyhow::Result<Vec<Case>> {
+/// The volume of `--volume`, and the directory made on it for the
+/// workloads' files (removed on drop).
+struct BenchVolume {
+    volume: Arc<dyn Volume>,
+    dir: PathBuf,
+}
+
+impl BenchVolume {
+    fn new(path: &Path) -> anyhow::Result<BenchVolume> {
+        let volume: Arc<dyn Volume> = Arc::from(super::volume::open(path)?);
+        let dir = workload::fresh_dir(path, "stasis-bench")?;
+        Ok(BenchVolume { volume, dir })
+    }
+}
+
+impl Drop for BenchVolume {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("stasis: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel) -> anyhow::Result<Vec<Case>> {
     let exe = workload::stasis_exe()?;
     let mut cases = Vec::new();
     for &mib in &args.mib {
         for &pattern in &args.pattern {
             let mut runs = Vec::new();
             for n in 1..=args.runs {
-                let dir = root.join(format!("{mib}-{}-{n}", pattern.name()));
-                let run = one_run(&exe, mib, pattern, &dir, cancel)
+                let case = format!("{mib}-{}-{n}", pattern.name());
+                let dir = root.join(&case);
+                let run = one_run(&exe, mib, pattern, &dir, volume.map(|v| (v, case.as_str())), args.dirty_mib, cancel)
                     .with_context(|| format!("run {n} of {mib} MiB {} failed", pattern.name()))?;
+                let volume_part = match (run.volume_us, run.rollback_us) {
+                    (Some(v), Some(r)) => {
+                        format!(" (volume snapshot {:.1} ms), rollback {:.1} ms", v as f64 / 1e3, r as f64 / 1e3)
+                    }
+                    _ => String::new(),
+                };
                 eprintln!(
-                    "stasis bench: {mib} MiB {} run {n}/{}: frozen {:.1} ms, dump {:.1} ms, image {}, restore {:.1} ms, {}",
+                    "stasis bench: {mib} MiB {} run {n}/{}: frozen {:.1} ms{volume_part}, dump {:.1} ms, image {}, restore {:.1} ms, {}",
                     pattern.name(),
                     args.runs,
                     run.frozen_us as f64 / 1e3,
@@ -150,6 +209,12 @@ fn bench(args: &Args, root: &Path, cancel: &Cancel) -> anyhow::Result<Vec<Case>>
                 runs.push(run);
             }
             let spread = |f: fn(&Run) -> f64| Spread::of(runs.iter().map(f).collect());
+            let optional = |f: fn(&Run) -> Option<u64>| {
+                runs.iter()
+                    .map(f)
+                    .collect::<Option<Vec<u64>>>()
+                    .map(|v| Spread::of(v.into_iter().map(|us| us as f64 / 1e3).collect()))
+            };
             cases.push(Case {
                 mib,
                 pattern,
@@ -158,6 +223,8 @@ fn bench(args: &Args, root: &Path, cancel: &Cancel) -> anyhow::Result<Vec<Case>>
                 dump_mib_per_s: spread(|r| r.dump_mib_per_s),
                 image_bytes: spread(|r| r.image_bytes as f64),
                 restore_ms: spread(|r| r.restore_us as f64 / 1e3),
+                volume_ms: optional(|r| r.volume_us),
+                rollback_ms: optional(|r| r.rollback_us),
                 verified: runs.iter().all(|r| r.verified),
                 runs,
             });
@@ -166,8 +233,21 @@ fn bench(args: &Args, root: &Path, cancel: &Cancel) -> anyhow::Result<Vec<Case>>
     Ok(cases)
 }
 
-fn one_run(exe: &Path, mib: u64, pattern: Pattern, dir: &Path, cancel: &Cancel) -> anyhow::Result<Run> {
-    let work = dir.join("work");
+/// One dump and restore; with `volume` (and the run's snapshot name), the
+/// workload's files are on it and the dump snapshots it.
+fn one_run(
+    exe: &Path,
+    mib: u64,
+    pattern: Pattern,
+    dir: &Path,
+    volume: Option<(&BenchVolume, &str)>,
+    dirty_mib: u64,
+    cancel: &Cancel,
+) -> anyhow::Result<Run> {
+    let work = match volume {
+        Some((v, name)) => v.dir.join(name),
+        None => dir.join("work"),
+    };
     let images = dir.join("image");
     let wl_args = vec![
         "memory".to_owned(),
@@ -184,15 +264,30 @@ fn one_run(exe: &Path, mib: u64, pattern: Pattern, dir: &Path, cancel: &Cancel) 
     let mut wl = Workload::spawn(exe, &work, &wl_args)?;
     wl.wait_ready(slack, cancel)?;
 
-    let opts = workload::dump_options(wl.pid, &images, cancel);
+    let mut opts = workload::dump_options(wl.pid, &images, cancel);
+    if let Some((v, name)) = volume {
+        if dirty_mib > 0 {
+            write_unsynced(&v.dir.join(format!("{name}.dirty")), dirty_mib)?;
+        }
+        opts.while_frozen = Some(super::snapshot::while_frozen(Arc::clone(&v.volume), name.to_owned())?);
+    }
     let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
     let image_bytes = dir_bytes(&images);
     wl.reap_killed()?;
 
-    let opts = workload::restore_options(&images, cancel);
+    let mut opts = workload::restore_options(&images, cancel);
+    let mut rollback_us = None;
+    if volume.is_some() {
+        let started = Instant::now();
+        opts.moved_devices = super::restore::volume_first(&images, true)?;
+        rollback_us = Some(started.elapsed().as_micros() as u64);
+    }
     let restored = restore::restore(&opts).with_context(|| format!("restore from {} failed", images.display()))?;
     wl.restored(restored.pid);
     let verdict = wl.check(slack, cancel)?;
+    if let Some((v, name)) = volume {
+        v.volume.delete(name).with_context(|| format!("cannot delete snapshot {name:?}"))?;
+    }
 
     let logical = dumped.write.logical_bytes;
     Ok(Run {
@@ -202,9 +297,29 @@ fn one_run(exe: &Path, mib: u64, pattern: Pattern, dir: &Path, cancel: &Cancel) 
         logical_bytes: logical,
         image_bytes,
         restore_us: restored.total_us,
+        volume_us: volume.map(|_| dumped.phases.iter().find(|(n, _)| n == "volume snapshot").map_or(0, |(_, us)| *us)),
+        rollback_us,
         verified: verdict.starts_with("ok"),
         verdict,
     })
+}
+
+/// `mib` MiB of incompressible bytes written to `path` and not synced.
+fn write_unsynced(path: &Path, mib: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    for _ in 0..mib {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_ne_bytes());
+        }
+        file.write_all(&block).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn print_table(r: &Report) {
@@ -212,13 +327,27 @@ fn print_table(r: &Report) {
     println!("host:    kernel {}, {} CPUs", r.kernel, r.cpus);
     println!("figures: median (min-max) of {} run(s) each", r.cases.first().map_or(0, |c| c.runs.len()));
     println!();
-    let header =
-        ["memory", "pattern", "frozen ms", "dump ms", "dump MiB/s", "image", "image/memory", "restore ms", "verified"];
-    let mut rows = vec![header.map(String::from).to_vec()];
+    let with_volume = r.cases.iter().any(|c| c.volume_ms.is_some());
+    let mut header = vec![
+        "memory",
+        "pattern",
+        "frozen ms",
+        "dump ms",
+        "dump MiB/s",
+        "image",
+        "image/memory",
+        "restore ms",
+        "verified",
+    ];
+    if with_volume {
+        header.splice(3..3, ["of it volume ms"]);
+        header.splice(9..9, ["rollback ms"]);
+    }
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     let ms = |s: Spread| format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
     for c in &r.cases {
         let logical = c.runs.iter().map(|r| r.logical_bytes).max().unwrap_or(0).max(1);
-        rows.push(vec![
+        let mut row = vec![
             format!("{} MiB", c.mib),
             c.pattern.name().to_owned(),
             ms(c.frozen_ms),
@@ -228,7 +357,12 @@ fn print_table(r: &Report) {
             format!("{:.1}%", c.image_bytes.median / logical as f64 * 100.0),
             ms(c.restore_ms),
             if c.verified { "ok".into() } else { "FAILED".into() },
-        ]);
+        ];
+        if with_volume {
+            row.insert(3, c.volume_ms.map_or_else(|| "-".into(), ms));
+            row.insert(9, c.rollback_ms.map_or_else(|| "-".into(), ms));
+        }
+        rows.push(row);
     }
     let widths: Vec<usize> = (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     for row in &rows {

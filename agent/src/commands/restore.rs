@@ -78,7 +78,7 @@ pub struct Args {
 /// Roll the image's volume back to its snapshot (--rollback-volume), or say
 /// what restoring without it means. Returns the volume's (device at dump,
 /// device now) when its files moved to a new device.
-fn volume_first(images: &std::path::Path, rollback: bool) -> anyhow::Result<Vec<(u64, u64)>> {
+pub fn volume_first(images: &std::path::Path, rollback: bool) -> anyhow::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
     let image = stasis_image::Image::open(images)?;
     let recorded = image.processes().and_then(|t| t.volume.clone());

@@ -3,10 +3,13 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use stasis_checkpoint::dump::WhileFrozen;
 use stasis_image::records::VolumeSnapshot;
+use stasis_sys::nix::unistd::syncfs;
+use stasis_volume::Volume;
 
 use crate::Outcome;
 
@@ -52,10 +55,24 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     if volume.find(&name).is_ok() {
         anyhow::bail!("{} already has a snapshot named {name:?}; choose another with --name", volume.describe());
     }
+    let hook = while_frozen(Arc::from(volume), name)?;
+    super::dump::run_with(args.dump, Some(hook))
+}
+
+/// The dump's hook that snapshots `volume` as `name` once the tree is
+/// frozen, and what the image records of it. Called just before the dump:
+/// it flushes the volume's dirty data now (syncfs), while the tree still
+/// runs, so that the snapshot inside the freeze, which must write out what
+/// is dirty (btrfs) or syncs first (LVM), has only what is written after.
+pub fn while_frozen(volume: Arc<dyn Volume>, name: String) -> anyhow::Result<WhileFrozen> {
     let root = volume.mount_point().to_path_buf();
-    let dev = std::fs::metadata(&root).with_context(|| format!("stat {}", root.display()))?.dev();
+    let dir = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
+    let started = std::time::Instant::now();
+    syncfs(&dir).with_context(|| format!("syncfs {}", root.display()))?;
+    tracing::debug!(volume = %root.display(), ms = started.elapsed().as_secs_f64() * 1e3, "flushed before the freeze");
+    let dev = dir.metadata().with_context(|| format!("stat {}", root.display()))?.dev();
     let kind = volume.kind().name().to_owned();
-    let hook = WhileFrozen(std::sync::Arc::new(move || {
+    Ok(WhileFrozen(Arc::new(move || {
         let s = volume.snapshot(&name).map_err(|e| e.to_string())?;
         Ok(VolumeSnapshot {
             kind: kind.clone(),
@@ -66,6 +83,5 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             snapshot_us: 0,
             dev,
         })
-    }));
-    super::dump::run_with(args.dump, Some(hook))
+    })))
 }
