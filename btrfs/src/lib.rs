@@ -192,6 +192,25 @@ impl Volume for BtrfsVolume {
                     .into(),
             });
         }
+        // A process with a file, mapping or directory of the volume would
+        // go on using the old contents after the swap: what it writes
+        // would be lost with them.
+        let dev = std::fs::metadata(&self.root).map_err(Error::io(format!("stat {}", self.root.display())))?.dev();
+        let users = stasis_volume::users::users(dev).map_err(Error::io("listing the processes in /proc"))?;
+        if !users.is_empty() {
+            let mut listed: Vec<String> = users.iter().take(5).map(ToString::to_string).collect();
+            if users.len() > 5 {
+                listed.push(format!("and {} more", users.len() - 5));
+            }
+            return Err(Error::Busy {
+                volume: self.describe(),
+                what: format!(
+                    "it is in use ({}): stop them before rolling back to {name:?}, or they would go on writing to \
+                     contents that are then deleted",
+                    listed.join("; ")
+                ),
+            });
+        }
         let parent = self.root.parent().expect("not a mount root");
         let base = self.root.file_name().expect("not a mount root").as_bytes().to_vec();
         let side = |what: &str| {

@@ -49,6 +49,35 @@ fn snapshot_list_rollback_delete() {
     assert!(matches!(v.rollback("one"), Err(Error::NoSnapshot { .. })));
 }
 
+/// A process still using the volume (its working directory, or a file
+/// open) would go on writing to the old contents, deleted by the rollback:
+/// the rollback is refused, naming it, and nothing changes.
+#[test]
+fn rollback_is_refused_while_a_process_uses_the_volume() {
+    use std::process::{Command, Stdio};
+    let fs = scratch();
+    let data = fs.subvolume("data").unwrap();
+    fs::write(data.join("log"), "1\n").unwrap();
+    let v = BtrfsVolume::open(&data).unwrap();
+    v.snapshot("one").unwrap();
+    fs::write(data.join("log"), "1\n2\n").unwrap();
+    let sleeper = |cwd: &std::path::Path, stdin: Stdio| {
+        Command::new("sleep").arg("60").current_dir(cwd).stdin(stdin).spawn().unwrap()
+    };
+    for mut user in [
+        sleeper(&data, Stdio::null()),
+        sleeper(std::path::Path::new("/"), fs::File::open(data.join("log")).unwrap().into()),
+    ] {
+        let err = v.rollback("one").unwrap_err();
+        let _ = (user.kill(), user.wait());
+        let Error::Busy { what, .. } = &err else { panic!("{err:?}") };
+        assert!(what.contains(&format!("process {} (sleep)", user.id())), "{err}");
+        assert_eq!(fs::read_to_string(data.join("log")).unwrap(), "1\n2\n", "a refused rollback changed the volume");
+    }
+    v.rollback("one").unwrap();
+    assert_eq!(fs::read_to_string(data.join("log")).unwrap(), "1\n");
+}
+
 #[test]
 fn export_and_import_whole_and_incremental() {
     let (a, b) = (scratch(), scratch());

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub mod detect;
+pub mod users;
 
 pub use detect::{detect, is_mount_point, Detected};
 
