@@ -588,9 +588,21 @@ impl Volume for LvmVolume {
             if !out.success() {
                 let why = out.stderr.trim();
                 if why.contains("busy") {
+                    let dev = stasis_sys::nix::sys::stat::makedev(self.device.0.into(), self.device.1.into());
+                    let users = stasis_volume::users::users(dev).unwrap_or_default();
+                    let users = match users.len() {
+                        0 => String::new(),
+                        n => {
+                            let listed: Vec<String> = users.iter().take(5).map(ToString::to_string).collect();
+                            let more = if n > 5 { format!("; and {} more", n - 5) } else { String::new() };
+                            format!("; used by {}{more}", listed.join("; "))
+                        }
+                    };
                     return Err(Error::Busy {
                         volume: self.full_name.clone(),
-                        what: format!("cannot unmount {point} to roll back to {name:?}: files are open on it ({why})"),
+                        what: format!(
+                            "cannot unmount {point} to roll back to {name:?}: files are open on it ({why}{users})"
+                        ),
                     });
                 }
                 return Err(Error::Tool { tool: "umount".into(), message: format!("{point}: {why}") });

@@ -33,7 +33,9 @@ stasis volume list /mnt/ext
 lvs -a vg0
 echo "=== busy rollback"
 ( cd /mnt/ext && sleep 30 ) & sleep 1
-if stasis volume rollback /mnt/ext before; then echo "FAILED: rollback with cwd inside"; exit 1; fi
+if stasis volume rollback /mnt/ext before 2>/tmp/busy; then echo "FAILED: rollback with cwd inside"; exit 1; fi
+cat /tmp/busy
+grep -q "used by process [0-9]* (sleep): cwd /mnt/ext" /tmp/busy || { echo "FAILED: the refusal names no process"; exit 1; }
 kill %1 || true; wait || true
 echo "=== import (after deleting the snapshot of that name)"
 stasis volume delete /mnt/ext before
