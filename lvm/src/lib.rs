@@ -63,7 +63,13 @@
 //! 5. mounts the origin again where it was, with the options mountinfo
 //!    shows (per-mount and filesystem ones);
 //! 6. makes a new snapshot of the same name (a classic one with the old
-//!    one's size), since the trait promises the snapshot stays.
+//!    one's size), since the trait promises the snapshot stays, tagged
+//!    `stasis_id_<id>` ([`report::ID_TAG`]) with the id of the one it
+//!    replaces, which it then reports as its own: an image that names the
+//!    snapshot by id can be restored again after a rollback.
+//!
+//! A process that keeps the origin busy makes step 2 fail; the error names
+//! the processes ([`stasis_volume::users`]).
 //!
 //! A failure after step 2 still tries step 5 and reports both failures.
 //!
