@@ -64,7 +64,24 @@ fn snapshot_records_the_volume_snapshot_taken_while_frozen() {
 #[test]
 fn restore_with_rollback_matches_memory_and_file() {
     let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
-    let vol = fs.subvolume("data").unwrap();
+    coherent_restore(&fs.subvolume("data").unwrap());
+}
+
+/// The same on a subvolume mounted by itself (as `/home` with
+/// `subvol=@home`): the rollback unmounts it, swaps it through the
+/// filesystem's top level and mounts it again.
+#[test]
+fn restore_with_rollback_of_a_subvolume_mounted_by_itself() {
+    let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
+    fs.subvolume("home").unwrap();
+    let mounted = fs.mount_subvolume("home").unwrap();
+    coherent_restore(&mounted.path());
+}
+
+/// A process appending to a file on `vol` snapshotted with the volume,
+/// left to write on and killed; restored without rollback: refused; with
+/// it: the process's memory and the file agree.
+fn coherent_restore(vol: &std::path::Path) {
     let file = vol.join("records");
     let mut w = Workload::start("appender", &[file.to_str().unwrap()]);
     let before = w.wait_progress(20, Duration::from_secs(60));

@@ -20,9 +20,12 @@
 //!   snapshot is made beside the volume, the volume is renamed aside, the
 //!   new subvolume renamed into its place, and the old one deleted (the
 //!   rename is atomic for anyone opening paths; a process still holding a
-//!   file or directory of the old volume keeps the old contents: stop it
-//!   first). A subvolume that is a mount point cannot be swapped this way
-//!   and its rollback is refused, saying so;
+//!   file or directory of the old volume would keep the old contents, so
+//!   the rollback is refused while any process uses the subvolume). A
+//!   subvolume that is a mount point is unmounted, swapped the same way
+//!   through the filesystem's top level mounted aside, its snapshots moved
+//!   into the new one, and mounted again (`mounted.rs`); the top-level
+//!   subvolume itself cannot be rolled back;
 //! - open: the snapshot's directory, read-only already;
 //! - export: `BTRFS_IOC_SEND` into a pipe drained to the output, whole or
 //!   against a parent snapshot (only the changes);
@@ -44,6 +47,7 @@ use stasis_sys::btrfs;
 use stasis_sys::Errno;
 use stasis_volume::{Directory, Error, Kind, Opened, Snapshot, Volume};
 
+mod mounted;
 pub mod scratch;
 
 /// The directory holding stasis's snapshots, named so in every case.
@@ -122,6 +126,109 @@ impl BtrfsVolume {
     }
 }
 
+/// Rolls the subvolume at `volume` (a path whose parent directory is in
+/// another subvolume or the same filesystem) back to the snapshot at
+/// `snapshot`: a writable snapshot of it is made beside `volume`, `volume`
+/// is renamed aside, the copy renamed into its place and the old contents
+/// deleted. Returns the path of the old contents when they could not be
+/// deleted (a subvolume nested in them), after a warning.
+fn swap(volume: &Path, snapshot: &Path) -> Result<Option<PathBuf>, Error> {
+    let parent = volume.parent().ok_or_else(|| Error::Other(format!("{} has no parent", volume.display())))?;
+    let base = volume.file_name().unwrap_or(OsStr::new("volume")).as_bytes().to_vec();
+    let side = |what: &str| {
+        let mut n = b".".to_vec();
+        n.extend_from_slice(&base);
+        n.extend_from_slice(format!(".stasis-{what}-{}", std::process::id()).as_bytes());
+        String::from_utf8_lossy(&n).into_owned()
+    };
+    let (fresh, old) = (side("rollback"), side("old"));
+    let parent_dir = open_dir(parent)?;
+    let source = open_dir(snapshot)?;
+    btrfs::snapshot(source.as_fd(), parent_dir.as_fd(), &fresh, false).map_err(errno(format!(
+        "a writable copy of {} in {}",
+        snapshot.display(),
+        parent.display()
+    )))?;
+    // Snapshots kept inside the volume (that of a mount point) move to the
+    // copy, where they show as empty directories (a snapshot does not hold
+    // the subvolumes nested in its source).
+    if let Err(e) = move_snapshots(&volume.join(SNAPSHOT_DIR), &parent.join(&fresh).join(SNAPSHOT_DIR)) {
+        let _ = move_snapshots(&parent.join(&fresh).join(SNAPSHOT_DIR), &volume.join(SNAPSHOT_DIR));
+        let _ = btrfs::destroy(parent_dir.as_fd(), &fresh);
+        return Err(e);
+    }
+    let undo = |e: Error| {
+        let _ = move_snapshots(&parent.join(&fresh).join(SNAPSHOT_DIR), &volume.join(SNAPSHOT_DIR));
+        let _ = btrfs::destroy(parent_dir.as_fd(), &fresh);
+        e
+    };
+    if let Err(e) = std::fs::rename(volume, parent.join(&old)) {
+        return Err(undo(Error::io(format!("moving {} aside", volume.display()))(e)));
+    }
+    if let Err(e) = std::fs::rename(parent.join(&fresh), volume) {
+        let _ = std::fs::rename(parent.join(&old), volume);
+        return Err(undo(Error::io(format!("moving the copy of {} into {}", snapshot.display(), volume.display()))(e)));
+    }
+    if let Err(e) = btrfs::destroy(parent_dir.as_fd(), &old) {
+        let left = parent.join(&old);
+        tracing::warn!(
+            "the rolled-back contents of {} are left at {} (deleting them failed: {e}; a subvolume inside?)",
+            volume.display(),
+            left.display()
+        );
+        return Ok(Some(left));
+    }
+    Ok(None)
+}
+
+/// Moves the snapshots (subvolumes) in directory `from` into `to`,
+/// replacing the empty directories a snapshot shows in their place.
+fn move_snapshots(from: &Path, to: &Path) -> Result<(), Error> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("cannot read {}", from.display()))(e)),
+    };
+    std::fs::create_dir_all(to).map_err(Error::io(format!("cannot make {}", to.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(format!("cannot read {}", from.display())))?;
+        let path = entry.path();
+        if std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(SUBVOLUME_ROOT_INO) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        // The placeholder: an empty directory, or nothing.
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot make room for a snapshot at {}", target.display()))(e)),
+        }
+        move_subvolume(&path, &target)?;
+    }
+    Ok(())
+}
+
+/// Renames the subvolume at `from` to `to`. btrfs refuses to move a
+/// read-only subvolume to another directory (its `..` changes: EROFS), so
+/// a read-only one is made writable for the rename and read-only again
+/// after; its uuid, and so its id as a snapshot, stay.
+fn move_subvolume(from: &Path, to: &Path) -> Result<(), Error> {
+    let what = || format!("moving snapshot {} to {}", from.display(), to.display());
+    let dir = open_dir(from)?;
+    let read_only =
+        btrfs::subvol_info(dir.as_fd()).map_err(errno(format!("{}: subvolume info", from.display())))?.read_only;
+    if read_only {
+        btrfs::set_read_only(dir.as_fd(), false).map_err(errno(format!("{}: making it writable", what())))?;
+    }
+    let moved = std::fs::rename(from, to).map_err(Error::io(what()));
+    if read_only {
+        // The same subvolume, wherever it now is.
+        btrfs::set_read_only(dir.as_fd(), true)
+            .map_err(errno(format!("{}: making it read-only again (it is writable now!)", what())))?;
+    }
+    moved
+}
+
 /// A UUID in its usual written form.
 pub fn uuid(b: &[u8; 16]) -> String {
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -184,14 +291,6 @@ impl Volume for BtrfsVolume {
 
     fn rollback(&self, name: &str) -> Result<(), Error> {
         self.describe_snapshot(name)?;
-        if self.mount_root {
-            return Err(Error::Busy {
-                volume: self.describe(),
-                what: "it is a mount point, which a rollback cannot swap in place (not supported yet: make the \
-                       data a subvolume below the mount point)"
-                    .into(),
-            });
-        }
         // A process with a file, mapping or directory of the volume would
         // go on using the old contents after the swap: what it writes
         // would be lost with them.
@@ -211,36 +310,10 @@ impl Volume for BtrfsVolume {
                 ),
             });
         }
-        let parent = self.root.parent().expect("not a mount root");
-        let base = self.root.file_name().expect("not a mount root").as_bytes().to_vec();
-        let side = |what: &str| {
-            let mut n = b".".to_vec();
-            n.extend_from_slice(&base);
-            n.extend_from_slice(format!(".stasis-{what}-{}", std::process::id()).as_bytes());
-            String::from_utf8_lossy(&n).into_owned()
-        };
-        let (fresh, old) = (side("rollback"), side("old"));
-        let parent_dir = open_dir(parent)?;
-        let snapshot = open_dir(&self.snapshots.join(name))?;
-        btrfs::snapshot(snapshot.as_fd(), parent_dir.as_fd(), &fresh, false)
-            .map_err(errno(format!("a writable copy of snapshot {name:?} in {}", parent.display())))?;
-        let io = |what: String| Error::io(what);
-        if let Err(e) = std::fs::rename(&self.root, parent.join(&old)) {
-            let _ = btrfs::destroy(parent_dir.as_fd(), &fresh);
-            return Err(io(format!("moving {} aside", self.root.display()))(e));
+        if self.mount_root {
+            return self.rollback_mounted(name);
         }
-        if let Err(e) = std::fs::rename(parent.join(&fresh), &self.root) {
-            let _ = std::fs::rename(parent.join(&old), &self.root);
-            let _ = btrfs::destroy(parent_dir.as_fd(), &fresh);
-            return Err(io(format!("moving the copy of {name:?} into {}", self.root.display()))(e));
-        }
-        if let Err(e) = btrfs::destroy(parent_dir.as_fd(), &old) {
-            tracing::warn!(
-                "the rolled-back contents of {} are left at {} (deleting them failed: {e}; a subvolume inside?)",
-                self.root.display(),
-                parent.join(&old).display()
-            );
-        }
+        swap(&self.root, &self.snapshots.join(name))?;
         Ok(())
     }
 

@@ -51,6 +51,26 @@ impl Scratch {
         Ok(path)
     }
 
+    /// Mount subvolume `name` (made with [`Scratch::subvolume`]) on a
+    /// fresh directory by itself (`-o subvol=NAME`), as distributions mount
+    /// `@home`. Unmounted when the guard is dropped (declare it after the
+    /// `Scratch`, so that it goes first).
+    pub fn mount_subvolume(&self, name: &str) -> Result<SubvolumeMount, String> {
+        let mounts = stasis_sys::mountinfo::own().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+        let point = self.mount_point().canonicalize().map_err(|e| e.to_string())?;
+        let device = mounts
+            .iter()
+            .find(|m| m.mount_point == point)
+            .map(|m| m.source.clone())
+            .ok_or_else(|| format!("{} is not mounted", point.display()))?;
+        let dir = tempfile::Builder::new().prefix("stasis-btrfs-sub-").tempdir().map_err(|e| e.to_string())?;
+        run(
+            Command::new("mount").arg("-o").arg(format!("subvol={name}")).arg(&device).arg(dir.path()),
+            "mount -o subvol",
+        )?;
+        Ok(SubvolumeMount { dir })
+    }
+
     /// The backing file.
     pub fn image(&self) -> PathBuf {
         self.dir.path().join("disk.img")
@@ -71,6 +91,27 @@ impl Drop for Scratch {
         if self.mounted && self.unmount().is_err() {
             // Something still holds it: detach it, the kernel frees it later.
             let _ = Command::new("umount").arg("-l").arg(self.mount_point()).status();
+        }
+    }
+}
+
+/// A subvolume of a [`Scratch`] mounted by itself.
+#[derive(Debug)]
+pub struct SubvolumeMount {
+    dir: tempfile::TempDir,
+}
+
+impl SubvolumeMount {
+    /// Where it is mounted.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for SubvolumeMount {
+    fn drop(&mut self) {
+        if !Command::new("umount").arg(self.dir.path()).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
         }
     }
 }

@@ -24,6 +24,7 @@ fn snapshot_list_rollback_delete() {
     assert_eq!(fs::read_to_string(one.location.join("log")).unwrap(), "1\n");
     assert!(one.location.starts_with(fs.mount_point().join(".stasis-snapshots/data")), "{one:?}");
     assert!(fs::write(one.location.join("log"), "x").is_err(), "the snapshot is writable");
+    assert_eq!(one.detail, "read-only");
     assert!(matches!(v.snapshot("one"), Err(Error::Exists { .. })));
     fs::write(data.join("log"), "1\n2\n").unwrap();
     fs::write(data.join("new"), "made after").unwrap();
@@ -108,16 +109,70 @@ fn export_and_import_whole_and_incremental() {
     assert!(matches!(err, Error::Tool { .. }), "{err}");
 }
 
+/// The filesystem's top-level subvolume (id 5) has no parent to be
+/// swapped in: snapshots work, the rollback is refused, saying why.
 #[test]
-fn a_mount_point_subvolume_snapshots_but_refuses_rollback() {
+fn the_top_level_snapshots_but_refuses_rollback() {
     let fs = scratch();
     let v = BtrfsVolume::open(&fs.mount_point()).unwrap();
     fs::write(fs.mount_point().join("f"), "a").unwrap();
     let s = v.snapshot("one").unwrap();
     assert!(s.location.starts_with(fs.mount_point().join(".stasis-snapshots")));
+    fs::write(fs.mount_point().join("f"), "b").unwrap();
     let err = v.rollback("one").unwrap_err();
-    assert!(err.to_string().contains("mount point"), "{err}");
-    assert_eq!(fs::read_to_string(fs.mount_point().join("f")).unwrap(), "a");
+    assert!(matches!(&err, Error::Unsupported { what, .. } if what.contains("top-level subvolume")), "{err}");
+    assert_eq!(fs::read_to_string(fs.mount_point().join("f")).unwrap(), "b");
+}
+
+/// A subvolume mounted by itself (as `/home` with `subvol=@home`): its
+/// snapshots are kept inside it; the rollback unmounts it, swaps it through
+/// the filesystem's top level and mounts it again at the same place, the
+/// snapshots moved along; twice; and it is refused while busy.
+#[test]
+fn a_subvolume_mounted_by_itself_rolls_back_and_stays_mounted() {
+    let fs = scratch();
+    fs.subvolume("data").unwrap();
+    let mounted = fs.mount_subvolume("data").unwrap();
+    let root = mounted.path().canonicalize().unwrap();
+    let Detected::Btrfs { subvolume } = detect(&root).unwrap() else { panic!("not detected as btrfs") };
+    assert_eq!(subvolume, root);
+    let v = BtrfsVolume::open(&root).unwrap();
+    fs::write(root.join("log"), "1\n").unwrap();
+    let one = v.snapshot("one").unwrap();
+    assert!(one.location.starts_with(root.join(".stasis-snapshots")), "{one:?}");
+    fs::write(root.join("log"), "1\n2\n").unwrap();
+    fs::write(root.join("new"), "made after").unwrap();
+    let two = v.snapshot("two").unwrap();
+    fs::write(root.join("log"), "1\n2\n3\n").unwrap();
+
+    // Busy: a process with its working directory there.
+    let mut user = std::process::Command::new("sleep").arg("60").current_dir(&root).spawn().unwrap();
+    let err = v.rollback("one").unwrap_err();
+    let _ = (user.kill(), user.wait());
+    assert!(matches!(&err, Error::Busy { what, .. } if what.contains("(sleep)")), "{err}");
+    assert_eq!(fs::read_to_string(root.join("log")).unwrap(), "1\n2\n3\n");
+
+    v.rollback("one").unwrap();
+    assert!(stasis_volume::is_mount_point(&root), "not mounted again");
+    assert_eq!(fs::read_to_string(root.join("log")).unwrap(), "1\n");
+    assert!(!root.join("new").exists(), "a file made after the snapshot survived the rollback");
+    let listed = v.list().unwrap();
+    assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [one.id.as_str(), two.id.as_str()]);
+    assert_eq!(fs::read_to_string(two.location.join("log")).unwrap(), "1\n2\n", "snapshot two lost its contents");
+
+    v.rollback("two").unwrap();
+    assert_eq!(fs::read_to_string(root.join("log")).unwrap(), "1\n2\n");
+    assert_eq!(fs::read_to_string(root.join("new")).unwrap(), "made after");
+    assert_eq!(v.list().unwrap().len(), 2);
+    // Nothing left beside it at the top level; the volume still takes
+    // snapshots and deletes them.
+    let top: Vec<_> = fs::read_dir(fs.mount_point()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(top, ["data"], "left at the top level: {top:?}");
+    v.snapshot("three").unwrap();
+    for name in ["one", "two", "three"] {
+        v.delete(name).unwrap();
+    }
+    assert!(v.list().unwrap().is_empty());
 }
 
 #[test]

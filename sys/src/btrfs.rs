@@ -114,6 +114,23 @@ pub fn destroy(dir: BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
     unsafe { snap_destroy_v2(dir.as_raw_fd(), &*args) }.map(drop)
 }
 
+nix::ioctl_write_ptr!(subvol_setflags, 0x94, 26, u64);
+
+/// `BTRFS_ROOT_SUBVOL_RDONLY` (include/uapi/linux/btrfs_tree.h): the root
+/// item's flag that GET_SUBVOL_INFO reports, not the ioctls' own
+/// `BTRFS_SUBVOL_RDONLY` (1 << 1).
+const ROOT_SUBVOL_RDONLY: u64 = 1 << 0;
+
+/// Make the subvolume `subvol` (an fd of its root directory) read-only or
+/// writable (`BTRFS_IOC_SUBVOL_SETFLAGS`; EPERM while a send reads it).
+/// The kernel leaves its uuid and received uuid as they are.
+pub fn set_read_only(subvol: BorrowedFd<'_>, read_only: bool) -> Result<(), Errno> {
+    let flags: u64 = if read_only { SUBVOL_RDONLY } else { 0 };
+    // SAFETY: the kernel reads one u64 from the pointer, which lives for
+    // the call; the fd is borrowed.
+    unsafe { subvol_setflags(subvol.as_raw_fd(), &flags) }.map(drop)
+}
+
 /// `struct btrfs_ioctl_timespec`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -181,7 +198,7 @@ pub fn subvol_info(fd: BorrowedFd<'_>) -> Result<SubvolInfo, Errno> {
         id: a.treeid,
         name: String::from_utf8_lossy(&a.name[..end]).into_owned(),
         parent_id: a.parent_id,
-        read_only: a.flags & SUBVOL_RDONLY != 0,
+        read_only: a.flags & ROOT_SUBVOL_RDONLY != 0,
         uuid: a.uuid,
         parent_uuid: a.parent_uuid,
         received_uuid: a.received_uuid,
