@@ -52,8 +52,11 @@ enum Action {
         name: String,
     },
     /// Make the volume's contents those of a snapshot again. Everything
-    /// written to the volume since is lost; stop what writes to it first (a
-    /// process holding files of the volume keeps seeing the old ones).
+    /// written to the volume since is lost. Refused, naming them, while
+    /// processes use the volume (open files, mappings, working directory):
+    /// stop them first. A volume that is a mount point (an LVM volume, a
+    /// btrfs subvolume mounted by itself) is unmounted and mounted again.
+    /// The snapshot stays (with its id), to roll back to again.
     Rollback {
         /// A path on the volume (its mount point, or any file in it).
         volume: PathBuf,
