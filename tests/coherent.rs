@@ -110,3 +110,32 @@ fn coherent_restore(vol: &std::path::Path) {
     let outcome = w.check_ok();
     assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
 }
+
+/// The volume snapshot fails inside the freeze (here: the filesystem is
+/// mounted read-only, so btrfs refuses the snapshot with EROFS): the
+/// command fails naming the volume, leaves no image, and the tree is thawed
+/// and runs on unharmed.
+#[test]
+fn a_volume_snapshot_failing_in_the_freeze_leaves_the_tree_running() {
+    let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
+    let vol = fs.subvolume("data").unwrap();
+    let remount = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(fs.mount_point()).status();
+    assert!(remount.is_ok_and(|s| s.success()), "mount -o remount,ro {}", fs.mount_point().display());
+    // The workload writes elsewhere: only the snapshot fails.
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("records");
+    let w = Workload::start("appender", &[file.to_str().unwrap()]);
+    let before = w.wait_progress(20, Duration::from_secs(60));
+    let images = tempfile::tempdir().unwrap();
+    let img = images.path().join("failed");
+    let pid = w.pid.to_string();
+    let r = run(["snapshot", "--pid", &pid, "--volume", vol.to_str().unwrap(), "--images", img.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{}", r.dump());
+    assert!(r.stderr.contains("btrfs subvolume") && r.stderr.contains(vol.to_str().unwrap()), "{}", r.dump());
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.dump());
+    assert!(!img.join(stasis_image::MANIFEST_NAME).exists(), "an image was left in {}", img.display());
+    let later = w.wait_progress(before + 20, Duration::from_secs(60));
+    assert!(later > before);
+    assert_ne!(util::workload::proc_state(w.pid), Some('t'), "the workload is still stopped");
+    w.check_ok();
+}

@@ -258,6 +258,9 @@ impl Volume for BtrfsVolume {
         btrfs::snapshot(source.as_fd(), dir.as_fd(), name, true).map_err(|e| match e {
             Errno::EEXIST => Error::Exists { volume: self.describe(), name: name.to_owned() },
             Errno::EINVAL => Error::Other(format!("{name:?} is not a valid snapshot name")),
+            Errno::ENOSPC | Errno::EDQUOT => {
+                Error::NoSpace { volume: self.describe(), what: format!("snapshot {name:?} ({e})") }
+            }
             e => errno(format!("snapshot {name:?} of {}", self.describe()))(e),
         })?;
         self.describe_snapshot(name)

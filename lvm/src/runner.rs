@@ -152,6 +152,13 @@ pub fn tool_error(tool: &str, about: About<'_>, out: &Output) -> Error {
             return Error::Invalid { volume, name, why: message };
         }
     }
+    if has("insufficient free space") || has("Insufficient free space") || has("free space in thin pool") {
+        let what = match about.snapshot {
+            Some(name) => format!("snapshot {name:?} ({message})"),
+            None => message,
+        };
+        return Error::NoSpace { volume, what };
+    }
     if has("in use") || has("is open") || has("is busy") || has("Device or resource busy") {
         return Error::Busy { volume, what: message };
     }

@@ -198,7 +198,10 @@ fn failures_become_typed_errors() {
     let e = error("lvs-no-such-vg", "lvs", None);
     assert!(matches!(&e, Error::Tool { message, .. } if message.contains("nosuchvg")), "{e:?}");
     let e = error("lvcreate-snapshot-no-space", "lvcreate", Some("big"));
-    assert!(matches!(&e, Error::Tool { message, .. } if message.contains("insufficient free space")), "{e:?}");
+    assert!(
+        matches!(&e, Error::NoSpace { volume, what } if volume == "vg0/origin" && what.contains("\"big\"") && what.contains("insufficient free space")),
+        "{e:?}"
+    );
     let e = error("lvremove-mounted", "lvremove", Some("thin1"));
     assert!(matches!(&e, Error::Busy { what, .. } if what.contains("in use")), "{e:?}");
     let e = error("lvconvert-merge-invalid", "lvconvert", Some("small"));

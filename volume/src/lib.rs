@@ -87,6 +87,10 @@ pub enum Error {
     /// A snapshot whose copy-on-write space filled up (LVM classic).
     #[error("snapshot {name:?} of {volume} is invalid: {why}")]
     Invalid { volume: String, name: String, why: String },
+    /// No room for what the operation makes: a full volume group or thin
+    /// pool, a full btrfs.
+    #[error("{volume}: no space left for {what}")]
+    NoSpace { volume: String, what: String },
     /// The volume is in use in a way the operation cannot go past (a
     /// mounted LV to merge into, an open file on a subvolume to replace).
     #[error("{volume}: {what}")]

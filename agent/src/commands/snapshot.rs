@@ -73,7 +73,9 @@ pub fn while_frozen(volume: Arc<dyn Volume>, name: String) -> anyhow::Result<Whi
     let dev = dir.metadata().with_context(|| format!("stat {}", root.display()))?.dev();
     let kind = volume.kind().name().to_owned();
     Ok(WhileFrozen(Arc::new(move || {
-        let s = volume.snapshot(&name).map_err(|e| e.to_string())?;
+        let s = volume
+            .snapshot(&name)
+            .map_err(|e| format!("snapshot {name:?} of {}: {:#}", volume.describe(), anyhow::Error::new(e)))?;
         Ok(VolumeSnapshot {
             kind: kind.clone(),
             volume: root.display().to_string(),
