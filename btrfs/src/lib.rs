@@ -300,16 +300,12 @@ impl Volume for BtrfsVolume {
         let dev = std::fs::metadata(&self.root).map_err(Error::io(format!("stat {}", self.root.display())))?.dev();
         let users = stasis_volume::users::users(dev).map_err(Error::io("listing the processes in /proc"))?;
         if !users.is_empty() {
-            let mut listed: Vec<String> = users.iter().take(5).map(ToString::to_string).collect();
-            if users.len() > 5 {
-                listed.push(format!("and {} more", users.len() - 5));
-            }
             return Err(Error::Busy {
                 volume: self.describe(),
                 what: format!(
                     "it is in use ({}): stop them before rolling back to {name:?}, or they would go on writing to \
                      contents that are then deleted",
-                    listed.join("; ")
+                    stasis_volume::users::listed(&users)
                 ),
             });
         }

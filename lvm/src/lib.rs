@@ -596,13 +596,10 @@ impl Volume for LvmVolume {
                 if why.contains("busy") {
                     let dev = stasis_sys::nix::sys::stat::makedev(self.device.0.into(), self.device.1.into());
                     let users = stasis_volume::users::users(dev).unwrap_or_default();
-                    let users = match users.len() {
-                        0 => String::new(),
-                        n => {
-                            let listed: Vec<String> = users.iter().take(5).map(ToString::to_string).collect();
-                            let more = if n > 5 { format!("; and {} more", n - 5) } else { String::new() };
-                            format!("; used by {}{more}", listed.join("; "))
-                        }
+                    let users = if users.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; used by {}", stasis_volume::users::listed(&users))
                     };
                     return Err(Error::Busy {
                         volume: self.full_name.clone(),

@@ -35,6 +35,15 @@ pub fn users(dev: u64) -> std::io::Result<Vec<Use>> {
     Ok(pids.into_iter().filter_map(|pid| first_use(pid, dev)).collect())
 }
 
+/// `users` for an error message: the first five, and how many more.
+pub fn listed(users: &[Use]) -> String {
+    let mut listed: Vec<String> = users.iter().take(5).map(ToString::to_string).collect();
+    if users.len() > 5 {
+        listed.push(format!("and {} more", users.len() - 5));
+    }
+    listed.join("; ")
+}
+
 fn first_use(pid: i32, dev: u64) -> Option<Use> {
     let base = format!("/proc/{pid}");
     let on = |link: &str| fs::metadata(format!("{base}/{link}")).is_ok_and(|m| m.dev() == dev);
