@@ -178,6 +178,21 @@ impl Drop for BenchVolume {
     }
 }
 
+/// A run's volume snapshot, deleted when dropped.
+struct BenchSnapshot {
+    volume: Arc<dyn Volume>,
+    name: String,
+}
+
+impl Drop for BenchSnapshot {
+    fn drop(&mut self) {
+        match self.volume.delete(&self.name) {
+            Ok(()) | Err(stasis_volume::Error::NoSnapshot { .. }) => {}
+            Err(e) => eprintln!("stasis: cannot delete snapshot {:?} of {}: {e}", self.name, self.volume.describe()),
+        }
+    }
+}
+
 fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel) -> anyhow::Result<Vec<Case>> {
     let exe = workload::stasis_exe()?;
     let mut cases = Vec::new();
@@ -265,11 +280,15 @@ fn one_run(
     wl.wait_ready(slack, cancel)?;
 
     let mut opts = workload::dump_options(wl.pid, &images, cancel);
+    // Deleted when the run ends, whichever way.
+    let mut _snapshot = None;
     if let Some((v, name)) = volume {
         if dirty_mib > 0 {
             write_unsynced(&v.dir.join(format!("{name}.dirty")), dirty_mib)?;
         }
-        opts.while_frozen = Some(super::snapshot::while_frozen(Arc::clone(&v.volume), name.to_owned())?);
+        let name = format!("stasis-bench-{}-{name}", std::process::id());
+        opts.while_frozen = Some(super::snapshot::while_frozen(Arc::clone(&v.volume), name.clone())?);
+        _snapshot = Some(BenchSnapshot { volume: Arc::clone(&v.volume), name });
     }
     let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
     let image_bytes = dir_bytes(&images);
@@ -285,9 +304,6 @@ fn one_run(
     let restored = restore::restore(&opts).with_context(|| format!("restore from {} failed", images.display()))?;
     wl.restored(restored.pid);
     let verdict = wl.check(slack, cancel)?;
-    if let Some((v, name)) = volume {
-        v.volume.delete(name).with_context(|| format!("cannot delete snapshot {name:?}"))?;
-    }
 
     let logical = dumped.write.logical_bytes;
     Ok(Run {
