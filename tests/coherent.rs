@@ -139,3 +139,35 @@ fn a_volume_snapshot_failing_in_the_freeze_leaves_the_tree_running() {
     assert_ne!(util::workload::proc_state(w.pid), Some('t'), "the workload is still stopped");
     w.check_ok();
 }
+
+/// A restore that would fail (a file outside the volume changed: here the
+/// workload's log, its stdout) is refused before the volume is rolled back:
+/// what was written to the volume since the snapshot is still there.
+#[test]
+fn a_restore_bound_to_fail_rolls_nothing_back() {
+    let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
+    let vol = fs.subvolume("data").unwrap();
+    let file = vol.join("records");
+    let mut w = Workload::start("appender", &[file.to_str().unwrap()]);
+    let before = w.wait_progress(20, Duration::from_secs(60));
+    let images = tempfile::tempdir().unwrap();
+    let img = images.path().join("bound-to-fail");
+    let pid = w.pid.to_string();
+    let (v, i) = (vol.to_str().unwrap(), img.to_str().unwrap());
+    let r = run(["snapshot", "--pid", &pid, "--volume", v, "--images", i, "--leave-running"]);
+    assert_eq!(r.code, Some(0), "{}\n{}", r.dump(), w.log());
+    w.wait_progress(before + 30, Duration::from_secs(60));
+    w.kill();
+    let grown = std::fs::metadata(&file).unwrap().len();
+    use std::io::Write;
+    let log = w.dir.join("log");
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"a line after the dump\n").unwrap();
+
+    let r = run(["restore", "--images", i, "--rollback-volume"]);
+    assert_eq!(r.code, Some(1), "{}", r.dump());
+    assert!(r.stderr.contains("not rolling btrfs subvolume"), "{}", r.dump());
+    assert!(r.stderr.contains(log.to_str().unwrap()) && r.stderr.contains("changed since the dump"), "{}", r.dump());
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), grown, "the volume was rolled back all the same");
+    let listed = run(["volume", "list", v, "--json"]).success().json();
+    assert_eq!(listed[0]["name"], "bound-to-fail", "{listed}");
+}

@@ -78,7 +78,11 @@ pub struct Args {
 /// Roll the image's volume back to its snapshot (--rollback-volume), or say
 /// what restoring without it means. Returns the volume's (device at dump,
 /// device now) when its files moved to a new device.
-pub fn volume_first(images: &std::path::Path, rollback: bool) -> anyhow::Result<Vec<(u64, u64)>> {
+pub fn volume_first(
+    images: &std::path::Path,
+    rollback: bool,
+    allow_changed_files: bool,
+) -> anyhow::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
     let image = stasis_image::Image::open(images)?;
     let recorded = image.processes().and_then(|t| t.volume.clone());
@@ -109,6 +113,18 @@ pub fn volume_first(images: &std::path::Path, rollback: bool) -> anyhow::Result<
             v.id
         );
     }
+    // Nothing is rolled back for a restore that would then fail.
+    let opts = RestoreOptions {
+        images: images.to_path_buf(),
+        allow_changed_files,
+        pid_timeout: Duration::ZERO,
+        pid_namespace: PidNamespaceMode::Auto,
+        cancel: None,
+        progress: None,
+        moved_devices: Vec::new(),
+    };
+    restore::preflight(&opts, v.dev)
+        .with_context(|| format!("not rolling {} back: the restore would fail", volume.describe()))?;
     volume.rollback(&v.name)?;
     eprintln!("stasis: rolled {} back to snapshot {:?}", volume.describe(), v.name);
     let now = std::fs::metadata(&v.volume).with_context(|| format!("stat {}", v.volume))?.dev();
@@ -118,7 +134,7 @@ pub fn volume_first(images: &std::path::Path, rollback: bool) -> anyhow::Result<
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("restoring memory");
     let cancel = crate::cancel::cancel_on_signals()?;
-    let moved_devices = volume_first(&args.images, args.rollback_volume)
+    let moved_devices = volume_first(&args.images, args.rollback_volume, args.allow_changed_files)
         .with_context(|| format!("restore from {} failed", args.images.display()))?;
     let opts = RestoreOptions {
         moved_devices,

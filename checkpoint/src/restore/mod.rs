@@ -629,6 +629,42 @@ fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// The checks `restore` makes before it changes anything, for a caller
+/// that must change something first and would rather not if the restore
+/// is bound to fail (`stasis restore --rollback-volume` rolls the volume
+/// back first): the image reads and verifies, it was made on a kernel this
+/// one can restore, and the files the processes had open or mapped are
+/// unchanged, except those on device `volume_dev` (the volume about to be
+/// rolled back, whose files are checked by the restore itself after).
+pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreError> {
+    let image_err = |source| RestoreError::Image { dir: opts.images.clone(), source };
+    let image = Image::open(&opts.images).map_err(image_err)?;
+    image.verify().map_err(image_err)?;
+    let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
+    check_kernel(tree)?;
+    if opts.allow_changed_files {
+        return Ok(());
+    }
+    for p in &tree.processes {
+        let mapped = p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32).filter_map(|v| v.file.as_ref());
+        let open = p.fds.iter().filter_map(|r| match &r.kind {
+            Some(fd::Kind::File(f)) if !f.deleted => Some(f),
+            _ => None,
+        });
+        for f in mapped.chain(open).filter(|f| f.dev != volume_dev) {
+            let changed = |what: String| {
+                RestoreError::Incompatible(format!(
+                    "{} (process {}) changed since the dump ({what}); pass --allow-changed-files to restore anyway",
+                    f.path, p.pid
+                ))
+            };
+            let meta = std::fs::metadata(&f.path).map_err(|e| changed(format!("it is not there: {e}")))?;
+            fds::check_unchanged(f, &meta, &[]).map_err(changed)?;
+        }
+    }
+    Ok(())
+}
+
 /// Files behind mappings must be the same files, unchanged, as at dump
 /// time: the process has their pages mapped, not copies.
 fn check_mapped_files(p: &Process, allow_changed: bool, moved: &[(u64, u64)]) -> Result<(), RestoreError> {
