@@ -78,23 +78,42 @@ fn restore_with_rollback_of_a_subvolume_mounted_by_itself() {
     coherent_restore(&mounted.path());
 }
 
-/// A process appending to a file on `vol` snapshotted with the volume,
-/// left to write on and killed; restored without rollback: refused; with
-/// it: the process's memory and the file agree.
-fn coherent_restore(vol: &std::path::Path) {
+/// An `appender` writing to `vol/records`, captured with
+/// `stasis snapshot --leave-running` into image `name`, then left to write
+/// on past the snapshot and killed.
+struct MovedOn {
+    w: Workload,
+    file: std::path::PathBuf,
+    _images: tempfile::TempDir,
+    img: std::path::PathBuf,
+    /// Its progress before the snapshot.
+    before: u64,
+    /// The file's size once it was killed.
+    grown: u64,
+}
+
+fn snapshot_then_write_on(vol: &std::path::Path, name: &str) -> MovedOn {
     let file = vol.join("records");
     let mut w = Workload::start("appender", &[file.to_str().unwrap()]);
     let before = w.wait_progress(20, Duration::from_secs(60));
     let images = tempfile::tempdir().unwrap();
-    let img = images.path().join("coherent");
+    let img = images.path().join(name);
     let pid = w.pid.to_string();
     let (v, i) = (vol.to_str().unwrap(), img.to_str().unwrap());
     let r = run(["snapshot", "--pid", &pid, "--volume", v, "--images", i, "--leave-running"]);
     assert_eq!(r.code, Some(0), "{}\n{}", r.dump(), w.log());
-    // It writes on past the snapshot, then stops.
     w.wait_progress(before + 30, Duration::from_secs(60));
     w.kill();
     let grown = std::fs::metadata(&file).unwrap().len();
+    MovedOn { w, file, _images: images, img, before, grown }
+}
+
+/// A process appending to a file on `vol` snapshotted with the volume,
+/// left to write on and killed; restored without rollback: refused; with
+/// it: the process's memory and the file agree.
+fn coherent_restore(vol: &std::path::Path) {
+    let MovedOn { w, file, _images, img, before, grown } = snapshot_then_write_on(vol, "coherent");
+    let i = img.to_str().unwrap();
 
     let refused = run(["restore", "--images", i]);
     assert_eq!(refused.code, Some(1), "{}", refused.dump());
@@ -147,18 +166,8 @@ fn a_volume_snapshot_failing_in_the_freeze_leaves_the_tree_running() {
 fn a_restore_bound_to_fail_rolls_nothing_back() {
     let fs = Scratch::new(256).unwrap_or_else(|e| panic!("a scratch btrfs on a loop device is needed: {e}"));
     let vol = fs.subvolume("data").unwrap();
-    let file = vol.join("records");
-    let mut w = Workload::start("appender", &[file.to_str().unwrap()]);
-    let before = w.wait_progress(20, Duration::from_secs(60));
-    let images = tempfile::tempdir().unwrap();
-    let img = images.path().join("bound-to-fail");
-    let pid = w.pid.to_string();
+    let MovedOn { w, file, _images, img, grown, .. } = snapshot_then_write_on(&vol, "bound-to-fail");
     let (v, i) = (vol.to_str().unwrap(), img.to_str().unwrap());
-    let r = run(["snapshot", "--pid", &pid, "--volume", v, "--images", i, "--leave-running"]);
-    assert_eq!(r.code, Some(0), "{}\n{}", r.dump(), w.log());
-    w.wait_progress(before + 30, Duration::from_secs(60));
-    w.kill();
-    let grown = std::fs::metadata(&file).unwrap().len();
     use std::io::Write;
     let log = w.dir.join("log");
     std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"a line after the dump\n").unwrap();
