@@ -518,6 +518,7 @@ pub fn restore_options(images: &Path, cancel: &Cancel) -> stasis_checkpoint::res
         cancel: Some(Cancel::clone(cancel)),
         progress: None,
         moved_devices: Vec::new(),
+        inherit: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::chunk::ChunkId;
 use crate::reader::Image;
-use crate::records::{fd, Process, UnixSocket, VmaKind};
+use crate::records::{fd, Pipe, PipeEnds, Process, UnixSocket, VmaKind};
 
 /// What `stasis inspect` shows.
 #[derive(Clone, Debug, Serialize)]
@@ -237,7 +237,7 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
         },
         processes: image
             .processes()
-            .map(|t| t.processes.iter().map(|p| process_summary(p, &t.unix_sockets)).collect())
+            .map(|t| t.processes.iter().map(|p| process_summary(p, &t.unix_sockets, &t.pipes)).collect())
             .unwrap_or_default(),
         zombies: image
             .processes()
@@ -292,7 +292,7 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
     }
 }
 
-fn process_summary(p: &Process, unix: &[UnixSocket]) -> ProcessSummary {
+fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessSummary {
     ProcessSummary {
         pid: p.pid,
         ppid: p.ppid,
@@ -325,7 +325,14 @@ fn process_summary(p: &Process, unix: &[UnixSocket]) -> ProcessSummary {
                 let (kind, target) = match &f.kind {
                     Some(fd::Kind::File(r)) if r.deleted => ("file", format!("{} (deleted)", r.path)),
                     Some(fd::Kind::File(r)) => ("file", r.path.clone()),
-                    Some(fd::Kind::Pipe(id)) => ("pipe", format!("pipe:[{id}]")),
+                    Some(fd::Kind::Pipe(id)) => (
+                        "pipe",
+                        match pipes.iter().find(|p| p.id == *id).map(|p| p.ends()) {
+                            Some(PipeEnds::ReadOnly) => format!("pipe:[{id}] (external: its writer was outside)"),
+                            Some(PipeEnds::WriteOnly) => format!("pipe:[{id}] (external: its reader was outside)"),
+                            _ => format!("pipe:[{id}]"),
+                        },
+                    ),
                     Some(fd::Kind::Fifo(fifo)) => {
                         ("fifo", fifo.file.as_ref().map(|r| r.path.clone()).unwrap_or_default())
                     }

@@ -904,9 +904,36 @@ pub struct Pipe {
     /// F_GETPIPE_SZ.
     #[prost(uint32, tag = "2")]
     pub capacity: u32,
-    /// Bytes that were buffered, read without consuming them.
+    /// Bytes that were buffered, read without consuming them. Empty when
+    /// only the write end was in the tree: those bytes are the outside
+    /// reader's, and stay with it in the original pipe.
     #[prost(bytes = "vec", tag = "3")]
     pub data: Vec<u8>,
+    /// Which ends the tree held ([`PipeEnds`]); the others belonged to
+    /// processes outside it.
+    #[prost(enumeration = "PipeEnds", tag = "4")]
+    pub ends: i32,
+}
+
+/// The ends of a pipe its tree held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum PipeEnds {
+    /// Both: the pipe is the tree's own.
+    Both = 0,
+    /// Only the read end: the writer was outside; after restore the tree
+    /// reads the bytes that were queued, then end of file.
+    ReadOnly = 1,
+    /// Only the write end: the reader was outside; after restore a write
+    /// fails with EPIPE (and SIGPIPE), as when that reader exits.
+    WriteOnly = 2,
+}
+
+impl Pipe {
+    /// Whether one end of the pipe belonged to a process outside the tree.
+    pub fn external(&self) -> bool {
+        self.ends() != PipeEnds::Both
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -37,6 +37,9 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
         if p.capacity > MAX_PIPE || p.data.len() > p.capacity as usize {
             return Err(format!("pipe {} holds {} bytes in a capacity of {}", p.id, p.data.len(), p.capacity));
         }
+        if crate::records::PipeEnds::try_from(p.ends).is_err() {
+            return Err(format!("pipe {} has unknown ends {}", p.id, p.ends));
+        }
     }
     let mut unix = HashSet::new();
     for u in &tree.unix_sockets {

@@ -15,6 +15,20 @@ pub fn cloexec_from(first: u32) -> Result<(), Errno> {
     Ok(())
 }
 
+/// A close-on-exec duplicate of fd number `fd` of the calling process (one
+/// it was handed by its caller, named on the command line).
+pub fn dup_own(fd: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC reads the fd table only: it makes a new fd
+    // and leaves `fd` (or its absence, EBADF) as it was.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `new` was just made, and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
 /// Let SIGPIPE end the process again (Rust ignores it, so printing into a
 /// closed pipe, e.g. `stasis inspect IMAGE | head`, panics instead). Only
 /// for commands that do nothing but print: one that holds processes must

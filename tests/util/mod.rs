@@ -53,6 +53,11 @@ where
 {
     let mut cmd = stasis();
     cmd.args(args);
+    run_command(cmd)
+}
+
+/// Run a command (stasis under a shell, say) to completion.
+pub fn run_command(mut cmd: Command) -> Run {
     let what = format!("{cmd:?}");
     let Output { status, stdout, stderr } = cmd.output().expect("run stasis");
     Run {

@@ -83,6 +83,33 @@ impl Spawned {
         Spawned { name: name.into(), pid, dir: dir.path().to_path_buf(), guard: Some(dir), child: Some(child) }
     }
 
+    /// Track a program the test started with stdio of its own; `cmd`
+    /// must not set stderr (it goes to `DIR/log`).
+    pub fn start_with_stdio(name: &str, mut cmd: Command, dir: tempfile::TempDir) -> Spawned {
+        cloexec_inherited_fds();
+        let log = fs::OpenOptions::new().create(true).append(true).open(dir.path().join("log")).expect("create log");
+        cmd.stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        Spawned { name: name.into(), pid, dir: dir.path().to_path_buf(), guard: Some(dir), child: Some(child) }
+    }
+
+    /// Track a process that is not our child (a grandchild, or one
+    /// restored), recognised as ours by `dir` in its command line.
+    pub fn adopt(name: &str, pid: i32, dir: &Path) -> Spawned {
+        Spawned { name: name.into(), pid, dir: dir.to_path_buf(), guard: None, child: None }
+    }
+
+    /// The pipe to the program's stdin (started with `Stdio::piped()`).
+    pub fn take_stdin(&mut self) -> std::process::ChildStdin {
+        self.child.as_mut().and_then(|c| c.stdin.take()).expect("started with a piped stdin")
+    }
+
+    /// The pipe from the program's stdout (started with `Stdio::piped()`).
+    pub fn take_stdout(&mut self) -> std::process::ChildStdout {
+        self.child.as_mut().and_then(|c| c.stdout.take()).expect("started with a piped stdout")
+    }
+
     /// Everything the program printed.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("log")).unwrap_or_else(|e| format!("(cannot read log: {e})"))

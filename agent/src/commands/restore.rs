@@ -70,6 +70,18 @@ pub struct Args {
     /// written to the volume since is lost.
     #[arg(long)]
     rollback_volume: bool,
+    /// Hand fd N of this stasis process to the restored tree in place of
+    /// a pipe whose other end was outside the tree (CRIU's syntax; `stasis
+    /// inspect` lists such pipes as external). The tree's fds on that pipe
+    /// become this fd's open file description, given the status flags they
+    /// had: a process whose stdout went to a logger writes on into the pipe
+    /// passed here, e.g. `stasis restore ... --inherit-fd 'fd[3]:pipe:[4242]'
+    /// 3> >(logger)`. Bytes that were queued in the old pipe are not carried
+    /// over. Without it, the outside end is gone after restore: a writer
+    /// gets EPIPE (and SIGPIPE), a reader the queued bytes and then end of
+    /// file. May be given more than once.
+    #[arg(long, value_name = "fd[N]:pipe:[INODE]")]
+    inherit_fd: Vec<restore::InheritFd>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -82,6 +94,7 @@ pub fn volume_first(
     images: &std::path::Path,
     rollback: bool,
     allow_changed_files: bool,
+    inherit: &[restore::InheritFd],
 ) -> anyhow::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
     let image = stasis_image::Image::open(images)?;
@@ -122,6 +135,7 @@ pub fn volume_first(
         cancel: None,
         progress: None,
         moved_devices: Vec::new(),
+        inherit: inherit.to_vec(),
     };
     restore::preflight(&opts, v.dev)
         .with_context(|| format!("not rolling {} back: the restore would fail", volume.describe()))?;
@@ -134,10 +148,11 @@ pub fn volume_first(
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("restoring memory");
     let cancel = crate::cancel::cancel_on_signals()?;
-    let moved_devices = volume_first(&args.images, args.rollback_volume, args.allow_changed_files)
+    let moved_devices = volume_first(&args.images, args.rollback_volume, args.allow_changed_files, &args.inherit_fd)
         .with_context(|| format!("restore from {} failed", args.images.display()))?;
     let opts = RestoreOptions {
         moved_devices,
+        inherit: args.inherit_fd.clone(),
         images: args.images.clone(),
         allow_changed_files: args.allow_changed_files,
         pid_timeout: Duration::from_secs(args.pid_timeout),

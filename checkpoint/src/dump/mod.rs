@@ -415,11 +415,10 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
     Ok(Listed { root, pids, zombies })
 }
 
-/// Every fd that cannot be dumped, and pipes with an end outside the tree.
+/// Every fd that cannot be dumped.
 fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
     let tree = seen.len() > 1;
     let mut problems = Vec::new();
-    let mut pipe_ends: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
     for (pid, fds) in seen {
         let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
         for s in fds {
@@ -429,28 +428,41 @@ fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
                     problems.push(at(format!("fd {} is {what} ({})", s.fd, s.target)))
                 }
                 Err(what) => problems.push(at(format!("fd {} is a {what} ({})", s.fd, s.target))),
-                Ok(fd::Kind::Pipe) => {
-                    let ends = pipe_ends.entry(s.ino).or_default();
-                    match s.info.flags & 3 {
-                        0 => ends.0 = true,
-                        1 => ends.1 = true,
-                        _ => *ends = (true, true),
-                    }
-                }
                 Ok(_) => {}
             }
         }
     }
-    let whole = if tree { "tree" } else { "process" };
-    for (ino, (read, write)) in pipe_ends {
-        if !(read && write) {
-            let held = if read { "read" } else { "write" };
-            problems.push(format!(
-                "pipe:[{ino}] has only its {held} end in the {whole}; the other end is outside (not supported yet)"
-            ));
+    problems
+}
+
+/// Mark each pipe with the ends the tree holds (its processes' fds and
+/// the fds in flight on its sockets). Where only the write end is held,
+/// the queued bytes are the outside reader's: they stay in the original
+/// pipe for it and are not restored.
+fn mark_pipe_ends(pipes: &mut [records::Pipe], processes: &[records::Process], sockets: &[records::UnixSocket]) {
+    let passed = sockets.iter().flat_map(|s| &s.passed).flat_map(|m| &m.fds);
+    let mut held: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+    for f in processes.iter().flat_map(|p| &p.fds).chain(passed) {
+        if let Some(records::fd::Kind::Pipe(id)) = f.kind {
+            let ends = held.entry(id).or_default();
+            match f.flags as i32 & stasis_sys::nix::libc::O_ACCMODE {
+                stasis_sys::nix::libc::O_RDONLY => ends.0 = true,
+                stasis_sys::nix::libc::O_WRONLY => ends.1 = true,
+                _ => *ends = (true, true),
+            }
         }
     }
-    problems
+    for p in pipes {
+        let ends = match held.get(&p.id) {
+            Some((true, false)) => records::PipeEnds::ReadOnly,
+            Some((false, true)) => records::PipeEnds::WriteOnly,
+            _ => records::PipeEnds::Both,
+        };
+        p.set_ends(ends);
+        if ends == records::PipeEnds::WriteOnly {
+            p.data.clear();
+        }
+    }
 }
 
 /// The pid a process has inside its own PID namespace, when that is not
@@ -656,11 +668,13 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         all_plans.push(plans);
     }
     let unix_sockets = fds.unix_sockets()?;
+    let mut pipes: Vec<records::Pipe> = fds.pipes.into_values().collect();
+    mark_pipe_ends(&mut pipes, &processes, &unix_sockets);
     let tree = ProcessTree {
         processes,
         unix_sockets,
         netlock: tcp.lock.clone().unwrap_or_default(),
-        pipes: fds.pipes.into_values().collect(),
+        pipes,
         stats: None,
         kernel,
         zombies,

@@ -19,7 +19,7 @@ use super::{file, Extra, Seen};
 /// The pipe's id (its inode) and its buffer.
 pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(u64, Pipe), String> {
     let (capacity, data) = peek(copy)?;
-    Ok((seen.ino, Pipe { id: seen.ino, capacity, data }))
+    Ok((seen.ino, Pipe { id: seen.ino, capacity, data, ends: 0 }))
 }
 
 pub fn dump_fifo(seen: &Seen, copy: &OwnedFd) -> Result<(Kind, Extra), String> {

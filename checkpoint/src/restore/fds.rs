@@ -108,6 +108,8 @@ pub struct Planner<'a> {
     pub repaired: Vec<(OwnedFd, bool)>,
     /// Devices whose files moved to another (a rolled-back volume).
     pub moved_devices: Vec<(u64, u64)>,
+    /// External pipes by id, and the agent's fd standing for each.
+    pub inherit: HashMap<u64, i32>,
 }
 
 impl<'a> Planner<'a> {
@@ -130,6 +132,7 @@ impl<'a> Planner<'a> {
             unix,
             repaired: Vec::new(),
             moved_devices: Vec::new(),
+            inherit: HashMap::new(),
         }
     }
 
@@ -167,6 +170,13 @@ impl<'a> Planner<'a> {
                     }
                     file.into()
                 }
+                Kind::Pipe(id) if self.inherit.contains_key(id) => {
+                    let given = self.inherit[id];
+                    let object = stasis_sys::fdtable::dup_own(given)
+                        .map_err(|e| other(format!("dup of fd {given} (--inherit-fd): {e}")))?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
                 Kind::Pipe(id) => {
                     let pipe =
                         pipes.iter().find(|p| p.id == *id).ok_or_else(|| other(format!("pipe {id} is missing")))?;
@@ -183,9 +193,12 @@ impl<'a> Planner<'a> {
                     let file = fifo.file.as_ref().ok_or_else(|| other("FIFO without a path".into()))?;
                     // Hold the FIFO open read-write while filling it and opening
                     // it as recorded, so no open blocks and the data stays.
-                    let holder = open(fd, &file.path, libc::O_RDWR | libc::O_NONBLOCK)?;
+                    let holder: OwnedFd = open(fd, &file.path, libc::O_RDWR | libc::O_NONBLOCK)?.into();
+                    // A FIFO some process outside the tree still holds open
+                    // kept its bytes: they are not put in twice.
                     if filled.insert(fifo.pipe) {
-                        if let Some(p) = pipes.iter().find(|p| p.id == fifo.pipe) {
+                        let (_, queued) = crate::fd::pipe::peek(&holder).map_err(other)?;
+                        if let Some(p) = pipes.iter().find(|p| p.id == fifo.pipe).filter(|_| queued.is_empty()) {
                             fill(&holder, p).map_err(other)?;
                         }
                     }

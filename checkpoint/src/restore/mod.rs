@@ -70,6 +70,90 @@ pub struct RestoreOptions {
     /// (device at dump, device now) of a volume rolled back to the image's
     /// snapshot: its files keep their inodes on a new device.
     pub moved_devices: Vec<(u64, u64)>,
+    /// Fds of the agent's that stand for the outside ends of external
+    /// pipes (`--inherit-fd`).
+    pub inherit: Vec<InheritFd>,
+}
+
+/// An fd of the agent's handed to the restored tree in place of a pipe
+/// whose other end was outside the tree, as CRIU's `--inherit-fd`: the
+/// tree's fds on that pipe become this fd's open file description (with
+/// the status flags they had), so the tree goes on writing to (or reading
+/// from) whatever the caller passed, a logger's pipe for instance. Bytes
+/// queued in the old pipe are not carried over into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InheritFd {
+    /// The fd, open in the agent.
+    pub fd: i32,
+    /// The pipe's id in the image (its inode at dump time).
+    pub pipe: u64,
+}
+
+impl std::str::FromStr for InheritFd {
+    type Err = String;
+
+    /// `fd[N]:pipe:[INODE]`, the pipe as /proc/PID/fd showed it at dump
+    /// time (and as `stasis inspect` lists it).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not fd[N]:pipe:[INODE] (the pipe as `stasis inspect` shows it)");
+        let (fd, key) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).ok_or_else(bad)?;
+        let fd = fd.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(bad)?;
+        let pipe = key.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
+        let pipe = pipe.parse().map_err(|_| bad())?;
+        Ok(InheritFd { fd, pipe })
+    }
+}
+
+impl std::fmt::Display for InheritFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fd[{}]:pipe:[{}]", self.fd, self.pipe)
+    }
+}
+
+/// Each inherited fd names an external pipe of the image once, and is open
+/// in the agent for the direction the tree used the pipe in.
+fn check_inherited(tree: &ProcessTree, inherit: &[InheritFd]) -> Result<(), RestoreError> {
+    use stasis_image::records::PipeEnds;
+    let bad = |i: &InheritFd, what: String| RestoreError::Incompatible(format!("--inherit-fd {i}: {what}"));
+    let mut named = HashSet::new();
+    for i in inherit {
+        if !named.insert(i.pipe) {
+            return Err(bad(i, format!("pipe:[{}] is named twice", i.pipe)));
+        }
+        let Some(pipe) = tree.pipes.iter().find(|p| p.id == i.pipe) else {
+            let external: Vec<String> =
+                tree.pipes.iter().filter(|p| p.external()).map(|p| format!("pipe:[{}]", p.id)).collect();
+            let has = match external.is_empty() {
+                true => "none".to_owned(),
+                false => external.join(", "),
+            };
+            return Err(bad(i, format!("the image has no pipe:[{}] (its external pipes: {has})", i.pipe)));
+        };
+        let given = stasis_sys::fdtable::dup_own(i.fd)
+            .map_err(|e| bad(i, format!("fd {} is not open in stasis ({e})", i.fd)))?;
+        let flags = stasis_sys::nix::fcntl::fcntl(&given, stasis_sys::nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| bad(i, format!("F_GETFL of fd {}: {e}", i.fd)))?;
+        let mode = flags & libc::O_ACCMODE;
+        match pipe.ends() {
+            PipeEnds::Both => {
+                return Err(bad(
+                    i,
+                    format!(
+                        "both ends of pipe:[{}] were in the tree; only a pipe with an end outside it can be inherited",
+                        i.pipe
+                    ),
+                ))
+            }
+            PipeEnds::ReadOnly if mode == libc::O_WRONLY => {
+                return Err(bad(i, format!("the tree read from pipe:[{}] but fd {} is open write-only", i.pipe, i.fd)))
+            }
+            PipeEnds::WriteOnly if mode == libc::O_RDONLY => {
+                return Err(bad(i, format!("the tree wrote to pipe:[{}] but fd {} is open read-only", i.pipe, i.fd)))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// When a restore puts the tree into a new PID namespace, where every
@@ -161,6 +245,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         return Err(RestoreError::NoProcesses(opts.images.clone()));
     }
     check_kernel(tree)?;
+    check_inherited(tree, &opts.inherit)?;
     for p in &tree.processes {
         check_mapped_files(p, opts.allow_changed_files, &opts.moved_devices)?;
     }
@@ -211,6 +296,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects, unix);
     planner.moved_devices = opts.moved_devices.clone();
+    planner.inherit = opts.inherit.iter().map(|i| (i.pipe, i.fd)).collect();
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
@@ -642,6 +728,7 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
     image.verify().map_err(image_err)?;
     let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
     check_kernel(tree)?;
+    check_inherited(tree, &opts.inherit)?;
     if opts.allow_changed_files {
         return Ok(());
     }
@@ -1686,5 +1773,25 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Udp(_) => "udp",
         fd::Kind::Unix(_) => "unix",
         fd::Kind::Tcp(_) => "tcp",
+    }
+}
+
+#[cfg(test)]
+mod inherit_fd_tests {
+    use super::InheritFd;
+
+    #[test]
+    fn parses_criu_syntax_and_prints_it_back() {
+        let i: InheritFd = "fd[3]:pipe:[4242]".parse().unwrap();
+        assert_eq!(i, InheritFd { fd: 3, pipe: 4242 });
+        assert_eq!(i.to_string(), "fd[3]:pipe:[4242]");
+    }
+
+    #[test]
+    fn refuses_anything_else_saying_what_it_wants() {
+        for bad in ["3:pipe:[1]", "fd[-1]:pipe:[1]", "fd[3]:socket:[1]", "fd[3]:pipe:[x]", "fd[3]:pipe:[1"] {
+            let e = bad.parse::<InheritFd>().unwrap_err();
+            assert!(e.contains("fd[N]:pipe:[INODE]"), "{bad}: {e}");
+        }
     }
 }
