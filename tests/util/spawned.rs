@@ -53,9 +53,9 @@ pub fn tempdir(name: &str) -> tempfile::TempDir {
 
 /// Mark every fd above 2 of this test process close-on-exec. std opens its
 /// own fds with O_CLOEXEC, but the test runner may hand us some without it
-/// (e.g. the write end of a pipe), which a program would inherit: stasis
-/// rightly refuses a process holding one end of a pipe whose other end is
-/// outside.
+/// (e.g. the write end of its output pipe), which a program would inherit
+/// and hold open after the test ends (the runner would wait for it).
+/// Pipes to the outside are tested on purpose in `tests/external_pipes.rs`.
 pub fn cloexec_inherited_fds() {
     stasis_sys::fdtable::cloexec_from(3).expect("close_range(CLOSE_RANGE_CLOEXEC)");
 }
