@@ -111,6 +111,7 @@ workload_tests! {
     eventfds: "eventfds";
     timers: "timers";
     sockets: "sockets";
+    deleted: "deleted";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";

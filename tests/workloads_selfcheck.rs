@@ -230,3 +230,26 @@ fn adopted_workload_is_checked_and_killed() {
     w.kill();
     assert!(!util::workload::is_alive(pid));
 }
+
+#[test]
+fn deleted() {
+    selfcheck("deleted", &[]);
+}
+
+/// Bytes and a mode changed from outside in a deleted file it holds are
+/// seen.
+#[test]
+fn deleted_detects_changed_file_and_mode() {
+    let w = Workload::start("deleted", &[]);
+    w.wait_running();
+    let file: File = OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/fd/62", w.pid))
+        .expect("open the workload's deleted ro.dat");
+    file.write_all_at(b"garbage", 100).expect("write into the deleted file");
+    nix::sys::stat::fchmod(&file, nix::sys::stat::Mode::from_bits_truncate(0o444)).expect("chmod the deleted file");
+    let outcome = w.check_fails();
+    let message = &outcome.message;
+    assert!(message.contains("ro.dat: mode 444"), "no failure about the mode: {message}");
+    assert_eq!(message.matches("ro.dat").count(), 2, "no failure about the bytes: {message}");
+}

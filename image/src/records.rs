@@ -442,8 +442,9 @@ pub struct FileRef {
     pub mtime_ns: i64,
     #[prost(uint32, tag = "6")]
     pub mode: u32,
-    /// Unlinked while open: its contents are in the memory index, at
-    /// address 0 of address space `contents_mm`.
+    /// Unlinked while open or mapped: its contents are in the memory
+    /// index, at address 0 of address space `contents_mm`, which names the
+    /// file: every fd and mapping of one deleted file has the same.
     #[prost(bool, tag = "7")]
     pub deleted: bool,
     #[prost(uint32, tag = "8")]
@@ -453,6 +454,12 @@ pub struct FileRef {
     /// mappings); empty when not taken.
     #[prost(bytes = "vec", tag = "9")]
     pub content_hash: Vec<u8>,
+    /// Owner and group, as fstat reports them: a deleted file is made
+    /// again with them.
+    #[prost(uint32, tag = "10")]
+    pub uid: u32,
+    #[prost(uint32, tag = "11")]
+    pub gid: u32,
 }
 
 /// One open file descriptor.

@@ -100,9 +100,14 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         name if name.starts_with("/memfd:") => {
             (VmaKind::Shmem, if m.shared { Pages::None } else { Pages::Anonymous }, None)
         }
-        _ if m.deleted() => return Err(format!("{} maps a deleted file (not supported yet)", what())),
         name if name.starts_with('/') => {
-            let file = FileRef { path: name.to_owned(), dev: m.dev, ino: m.inode, ..FileRef::default() };
+            // A deleted file's contents are stored with the image (by
+            // the dumper, once per file) and it is made again at restore.
+            let (path, deleted) = match m.deleted() {
+                true => (name.strip_suffix(" (deleted)").unwrap_or(name), true),
+                false => (name, false),
+            };
+            let file = FileRef { path: path.to_owned(), dev: m.dev, ino: m.inode, deleted, ..FileRef::default() };
             let pages = if m.shared { Pages::None } else { Pages::Anonymous };
             (VmaKind::File, pages, Some(file))
         }

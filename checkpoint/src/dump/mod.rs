@@ -657,7 +657,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
             move |source| DumpError::Proc { pid, what, source }
         };
         for plan in &mut plans {
-            identify_mapped_file(pid, &mut plan.vma).map_err(proc_err("mapped files"))?;
+            identify_mapped_file(pid, &mut plan.vma, &mut fds).map_err(proc_err("mapped files"))?;
         }
         let mut process = task::process(fp, &stat)?;
         process.mm = i as u32 + 1;
@@ -762,8 +762,9 @@ struct Collected {
 const HASH_SHARED_FILES_UP_TO: u64 = 64 << 20;
 
 /// Size, mtime (and for shared writable mappings, a hash) of the file behind
-/// a mapping, read through /proc/PID/map_files so it is the very file mapped.
-fn identify_mapped_file(pid: Pid, vma: &mut records::Vma) -> std::io::Result<()> {
+/// a mapping, read through /proc/PID/map_files so it is the very file
+/// mapped; a deleted file's contents go to `fds`, once per file.
+fn identify_mapped_file(pid: Pid, vma: &mut records::Vma, fds: &mut FdDumper) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Some(file) = vma.file.as_mut() else { return Ok(()) };
     let path = proc::path(pid, &format!("map_files/{:x}-{:x}", vma.start, vma.end));
@@ -775,6 +776,13 @@ fn identify_mapped_file(pid: Pid, vma: &mut records::Vma) -> std::io::Result<()>
     file.size = meta.size();
     file.mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
     file.mode = meta.mode();
+    (file.uid, file.gid) = (meta.uid(), meta.gid());
+    if file.deleted {
+        return fds.deleted_contents(file, || {
+            let copy = std::fs::File::open(&path)?;
+            fd::file::read_all(&copy.into(), meta.size()).map_err(std::io::Error::other)
+        });
+    }
     let shared_writable = vma.flags & memory::MAP_SHARED != 0 && vma.prot & memory::PROT_WRITE != 0;
     if shared_writable && meta.size() <= HASH_SHARED_FILES_UP_TO {
         file.content_hash = stasis_image::ChunkId::of(&std::fs::read(&path)?).0.to_vec();
@@ -793,6 +801,8 @@ struct FdDumper {
     pipes: BTreeMap<u64, records::Pipe>,
     /// Deleted files' contents by address space.
     contents: Vec<(u32, Vec<u8>)>,
+    /// The address space of each deleted file met, by device and inode.
+    deleted: BTreeMap<(u64, u64), u32>,
     /// Every fd dumped so far: (pid, what /proc showed).
     earlier: Vec<(Pid, Seen)>,
     /// Unix sockets, each once, with the process and fd it was found at.
@@ -916,13 +926,31 @@ impl FdDumper {
         if let Some(p) = extra.pipe {
             self.pipes.entry(p.id).or_insert(p);
         }
-        if let (Some(mut data), records::fd::Kind::File(file)) = (extra.contents, kind) {
-            file.contents_mm = FIRST_CONTENTS_MM + self.contents.len() as u32;
-            if !data.is_empty() {
-                data.resize(data.len().div_ceil(4096) * 4096, 0);
-                self.contents.push((file.contents_mm, data));
-            }
+        if let (Some(data), records::fd::Kind::File(file)) = (extra.contents, kind) {
+            let Ok(()) = self.deleted_contents::<std::convert::Infallible>(file, || Ok(data));
         }
+    }
+
+    /// Give a deleted file its address space in the memory index, the one
+    /// it had when met before (through another fd or a mapping) or a new
+    /// one with the contents that `read` gives.
+    fn deleted_contents<E>(
+        &mut self,
+        file: &mut records::FileRef,
+        read: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<(), E> {
+        if let Some(&mm) = self.deleted.get(&(file.dev, file.ino)) {
+            file.contents_mm = mm;
+            return Ok(());
+        }
+        let mut data = read()?;
+        file.contents_mm = FIRST_CONTENTS_MM + self.deleted.len() as u32;
+        self.deleted.insert((file.dev, file.ino), file.contents_mm);
+        if !data.is_empty() {
+            data.resize(data.len().div_ceil(4096) * 4096, 0);
+            self.contents.push((file.contents_mm, data));
+        }
+        Ok(())
     }
 
     /// The record of fd number `i` passed with a queued message, from the

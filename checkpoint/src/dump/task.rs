@@ -38,6 +38,8 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
             deleted: exe_path.ends_with(" (deleted)"),
             contents_mm: 0,
             content_hash: Vec::new(),
+            uid: m.uid(),
+            gid: m.gid(),
         }
     });
     let auxv = fs::read(proc::path(pid, "auxv")).map_err(proc_err("auxv"))?;

@@ -5,7 +5,7 @@
 //! no path to reopen: its contents are read through the agent's copy of the
 //! fd and stored in the image, and restore recreates it as an unlinked file.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::stat::fstat;
 use stasis_image::records::{fd::Kind, FileRef};
@@ -30,6 +30,8 @@ pub fn file_ref(path: &str, fd: impl AsFd) -> Result<FileRef, String> {
         deleted,
         contents_mm: 0,
         content_hash: Vec::new(),
+        uid: st.st_uid,
+        gid: st.st_gid,
     })
 }
 
@@ -40,13 +42,17 @@ pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(Kind, Extra), String> {
         if file.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(format!("deleted {} is not a regular file", file.path));
         }
-        extra.contents = Some(read_all(copy, file.size)?);
+        // A description of our own to read from: the process's may be
+        // write-only.
+        let reader = std::fs::File::open(format!("/proc/self/fd/{}", copy.as_raw_fd()))
+            .map_err(|e| format!("cannot open deleted {} for reading: {e}", file.path))?;
+        extra.contents = Some(read_all(&reader.into(), file.size)?);
     }
     Ok((Kind::File(file), extra))
 }
 
 /// All `size` bytes of a file through `fd`, without moving its offset.
-fn read_all(fd: &OwnedFd, size: u64) -> Result<Vec<u8>, String> {
+pub fn read_all(fd: &OwnedFd, size: u64) -> Result<Vec<u8>, String> {
     let mut buf = vec![0; size as usize];
     let mut at = 0;
     while at < buf.len() {

@@ -5,12 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use stasis_image::records::{fd::Kind, FileRef, Pipe};
-use stasis_image::Image;
 use stasis_sys::nix::fcntl::{fcntl, FcntlArg, OFlag};
 use stasis_sys::nix::unistd::{lseek, pipe2, Whence};
 use stasis_sys::nix::{self, libc};
@@ -90,7 +88,6 @@ pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata, moved: &[(u64, u64)]) -
 /// other: a pipe is made once for the whole tree, whichever process holds
 /// its ends.
 pub struct Planner<'a> {
-    image: &'a Image,
     pipes: &'a [Pipe],
     allow_changed: bool,
     /// The pids of the tree (processes and zombies).
@@ -101,6 +98,8 @@ pub struct Planner<'a> {
     filled: HashSet<u64>,
     /// The shared memory objects, made already (memfds among them).
     shmem: &'a HashMap<u64, OwnedFd>,
+    /// Deleted files, made already, by their contents' address space.
+    deleted: &'a HashMap<u32, OwnedFd>,
     /// The tree's unix sockets, made already, taken by the fd naming each.
     unix: HashMap<u64, OwnedFd>,
     /// TCP connections made in repair mode, with their SO_REUSEADDR: they
@@ -114,21 +113,21 @@ pub struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     pub fn new(
-        image: &'a Image,
         pipes: &'a [Pipe],
         allow_changed: bool,
         tree: HashSet<i32>,
         shmem: &'a HashMap<u64, OwnedFd>,
+        deleted: &'a HashMap<u32, OwnedFd>,
         unix: HashMap<u64, OwnedFd>,
     ) -> Self {
         Planner {
-            image,
             pipes,
             allow_changed,
             tree,
             made: HashMap::new(),
             filled: HashSet::new(),
             shmem,
+            deleted,
             unix,
             repaired: Vec::new(),
             moved_devices: Vec::new(),
@@ -138,7 +137,7 @@ impl<'a> Planner<'a> {
 
     /// Build every fd of a process record.
     pub fn plan(&mut self, fds: &[stasis_image::records::Fd]) -> Result<Vec<Planned>, FdError> {
-        let (image, pipes, allow_changed) = (self.image, self.pipes, self.allow_changed);
+        let (pipes, allow_changed) = (self.pipes, self.allow_changed);
         let (made, filled) = (&mut self.made, &mut self.filled);
         let mut out = Vec::with_capacity(fds.len());
         for r in fds {
@@ -154,7 +153,15 @@ impl<'a> Planner<'a> {
             let other = |what: String| FdError::Other { fd, what };
             let flags = r.flags as i32 & !OPEN_ONLY;
             let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
-                Kind::File(f) if f.deleted => deleted_file(image, fd, f, flags, r.pos)?,
+                Kind::File(f) if f.deleted => {
+                    let made = self
+                        .deleted
+                        .get(&f.contents_mm)
+                        .ok_or_else(|| other(format!("deleted {} was not made", f.path)))?;
+                    let object = reopen_with_flags(made, flags).map_err(other)?;
+                    lseek(&object, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
+                    object
+                }
                 Kind::File(f) => {
                     let file = open(fd, &f.path, flags)?;
                     let meta = file.metadata().map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
@@ -368,37 +375,4 @@ fn reopen_with_flags(end: &OwnedFd, flags: i32) -> Result<OwnedFd, String> {
     let path = format!("/proc/self/fd/{}", end.as_raw_fd());
     let f = open(-1, &path, flags).map_err(|e| e.to_string())?;
     Ok(f.into())
-}
-
-/// Re-create a file that was deleted while open: made at its old path when
-/// that is free (so /proc shows the same name), filled, and unlinked.
-fn deleted_file(image: &Image, fd: i32, f: &FileRef, flags: i32, pos: u64) -> Result<OwnedFd, FdError> {
-    let other = |what: String| FdError::Other { fd, what };
-    let mut data = Vec::new();
-    if f.size > 0 {
-        let region = image
-            .memory()
-            .iter()
-            .find(|r| r.mm == f.contents_mm)
-            .ok_or_else(|| other(format!("contents of deleted {} are missing from the image", f.path)))?;
-        data = image.read_region(region).map_err(|e| other(e.to_string()))?;
-        data.truncate(f.size as usize);
-    }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(f.mode & 0o7777)
-        .open(&f.path)
-        .map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
-    let unlinked = fs::remove_file(&f.path);
-    file.write_all(&data).map_err(|e| other(format!("writing {}: {e}", f.path)))?;
-    unlinked.map_err(|e| other(format!("unlinking {}: {e}", f.path)))?;
-    let object: OwnedFd = if flags & libc::O_ACCMODE == libc::O_RDWR {
-        file.into()
-    } else {
-        reopen_with_flags(&file.into(), flags).map_err(other)?
-    };
-    lseek(&object, pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
-    Ok(object)
 }

@@ -26,6 +26,7 @@
 //! On any failure the puppet is killed before anything of it can run:
 //! nothing is ever left half-restored.
 
+mod deleted;
 mod fds;
 mod layout;
 mod resume;
@@ -281,6 +282,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let members: HashSet<i32> =
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
+    let deleted = deleted::make_all(&image, tree)?;
     let segments = shmem::Segments::made(&tree.shmem, &objects);
     let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
     let (unix, pending) = crate::fd::unix::make_all(&tree.unix_sockets).map_err(step("unix sockets"))?;
@@ -294,7 +296,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
             }
         }
     }
-    let mut planner = fds::Planner::new(&image, &tree.pipes, opts.allow_changed_files, members, &objects, unix);
+    let mut planner = fds::Planner::new(&tree.pipes, opts.allow_changed_files, members, &objects, &deleted, unix);
     planner.moved_devices = opts.moved_devices.clone();
     planner.inherit = opts.inherit.iter().map(|i| (i.pipe, i.fd)).collect();
     let mut planned = Vec::with_capacity(tree.processes.len());
@@ -348,7 +350,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        let recipe = Recipe { image: &image, process: p, fds: planned, objects: &objects, reap, agent_fd };
+        let recipe =
+            Recipe { image: &image, process: p, fds: planned, objects: &objects, deleted: &deleted, reap, agent_fd };
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
         if cancelled() {
             return Err(RestoreError::Cancelled);
@@ -734,6 +737,7 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
     }
     for p in &tree.processes {
         let mapped = p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32).filter_map(|v| v.file.as_ref());
+        let mapped = mapped.filter(|f| !f.deleted);
         let open = p.fds.iter().filter_map(|r| match &r.kind {
             Some(fd::Kind::File(f)) if !f.deleted => Some(f),
             _ => None,
@@ -757,7 +761,7 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
 fn check_mapped_files(p: &Process, allow_changed: bool, moved: &[(u64, u64)]) -> Result<(), RestoreError> {
     let mut checked = HashSet::new();
     for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
-        let Some(f) = &v.file else { continue };
+        let Some(f) = v.file.as_ref().filter(|f| !f.deleted) else { continue };
         if !checked.insert((&f.path, f.ino)) {
             continue;
         }
@@ -854,6 +858,8 @@ struct Recipe<'a> {
     fds: Vec<fds::Planned>,
     /// The tree's shared memory objects, by id.
     objects: &'a HashMap<u64, std::os::fd::OwnedFd>,
+    /// The tree's deleted files, by their contents' address space.
+    deleted: &'a HashMap<u32, std::os::fd::OwnedFd>,
     /// The process has zombie children, whose exits queued SIGCHLD that the
     /// process did not get then.
     reap: bool,
@@ -1051,7 +1057,7 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let Recipe { image, process: p, fds: planned, objects, reap, agent_fd } = recipe;
+        let Recipe { image, process: p, fds: planned, objects, deleted, reap, agent_fd } = recipe;
         let pid = self.pid;
         for t in &p.threads {
             let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
@@ -1175,7 +1181,7 @@ impl Puppet {
         let shmem_records = image.processes().map(|t| t.shmem.as_slice()).unwrap_or_default();
         for v in &p.vmas {
             let sysv = shmem_records.iter().find(|m| m.id == v.shmem && m.sysv && v.shmem != 0).map(|m| m.size);
-            r.map_vma(v, objects, sysv)?;
+            r.map_vma(v, objects, deleted, sysv)?;
         }
         phase("map");
         let pages = write_memory(image, pid, p.mm, progress)?;
@@ -1323,6 +1329,7 @@ impl Remote<'_, '_> {
         &mut self,
         v: &stasis_image::records::Vma,
         objects: &HashMap<u64, std::os::fd::OwnedFd>,
+        deleted: &HashMap<u32, std::os::fd::OwnedFd>,
         sysv_size: Option<u64>,
     ) -> Result<(), RestoreError> {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Anonymous);
@@ -1348,16 +1355,19 @@ impl Remote<'_, '_> {
                 }
             }
             _ if v.shmem != 0 => {
-                use std::os::fd::AsRawFd;
                 let object = objects
                     .get(&v.shmem)
                     .ok_or_else(|| step(&what)(format!("shared memory object {} was not made", v.shmem)))?;
-                let pidfd = self.agent_pidfd.ok_or_else(|| step(&what)("no pidfd of the agent".into()))?;
-                let fd = self.call(&what, libc::SYS_pidfd_getfd, [pidfd, object.as_raw_fd() as u64, 0, 0, 0, 0])?;
-                let mapped =
-                    self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
-                self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-                mapped.map_err(|e| step(&what)(format!("shared memory object {}: {e}", v.shmem)))?;
+                self.map_agents(v, flags, object, &what)
+                    .map_err(|e| step(&what)(format!("shared memory object {}: {e}", v.shmem)))?;
+            }
+            VmaKind::File if v.file.as_ref().is_some_and(|f| f.deleted) => {
+                let file = v.file.as_ref().expect("checked above");
+                let made = deleted
+                    .get(&file.contents_mm)
+                    .ok_or_else(|| step(&what)(format!("deleted {} was not made", file.path)))?;
+                self.map_agents(v, flags, made, &what)
+                    .map_err(|e| step(&what)(format!("deleted {}: {e}", file.path)))?;
             }
             VmaKind::File => {
                 let file = v.file.as_ref().ok_or_else(|| step(&what)("file mapping without a file".into()))?;
@@ -1389,6 +1399,27 @@ impl Remote<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Map `v` from an object the agent holds open, fetched with
+    /// pidfd_getfd for the call.
+    fn map_agents(
+        &mut self,
+        v: &stasis_image::records::Vma,
+        flags: u64,
+        object: &std::os::fd::OwnedFd,
+        what: &str,
+    ) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        let pidfd = self.agent_pidfd.ok_or("no pidfd of the agent")?;
+        let fd = self
+            .inj
+            .syscall_ok(libc::SYS_pidfd_getfd, [pidfd, object.as_raw_fd() as u64, 0, 0, 0, 0])
+            .map_err(|e| format!("pidfd_getfd: {e}"))?;
+        let len = v.end - v.start;
+        let mapped = self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
+        self.call(what, libc::SYS_close, [fd, 0, 0, 0, 0, 0]).map_err(|e| e.to_string())?;
+        mapped.map(drop).map_err(|e| e.to_string())
     }
 
     /// brk, code, data, stack, args, env and auxv (PR_SET_MM_MAP), and the

@@ -1,0 +1,71 @@
+//! Files that were deleted while open or mapped (a temp file mapped then
+//! unlinked, a library replaced by an upgrade), made again once for the
+//! whole tree: with their contents from the image, owner and mode, at their
+//! old path when that is free (so /proc shows the same name, "(deleted)"
+//! after it) or beside it, then unlinked at once. The agent holds each open
+//! read-write; an fd on the file is a new description opened from it, a
+//! mapping maps it, so every fd and mapping of one file shares one inode
+//! again (a write through one is seen by the others).
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use stasis_image::records::{fd::Kind, FileRef, ProcessTree};
+use stasis_image::Image;
+use stasis_sys::nix::sys::stat::{fchmod, Mode};
+use stasis_sys::nix::unistd::{fchown, Gid, Uid};
+
+use super::{step, RestoreError};
+
+/// Every deleted file of the tree, by its contents' address space.
+pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedFd>, RestoreError> {
+    let mapped = tree.processes.iter().flat_map(|p| &p.vmas).filter_map(|v| v.file.as_ref());
+    let passed = tree.unix_sockets.iter().flat_map(|s| &s.passed).flat_map(|m| &m.fds);
+    let open = tree.processes.iter().flat_map(|p| &p.fds).chain(passed).filter_map(|f| match &f.kind {
+        Some(Kind::File(file)) => Some(file),
+        _ => None,
+    });
+    let mut made = HashMap::new();
+    for f in mapped.chain(open).filter(|f| f.deleted) {
+        if let std::collections::hash_map::Entry::Vacant(e) = made.entry(f.contents_mm) {
+            e.insert(make(image, f).map_err(step(&format!("deleted file {}", f.path)))?);
+        }
+    }
+    Ok(made)
+}
+
+/// One deleted file, made, filled and unlinked.
+fn make(image: &Image, f: &FileRef) -> Result<OwnedFd, String> {
+    let mut data = Vec::new();
+    if f.size > 0 {
+        let region =
+            image.memory().iter().find(|r| r.mm == f.contents_mm).ok_or("its contents are missing from the image")?;
+        data = image.read_region(region).map_err(|e| e.to_string())?;
+        data.truncate(f.size as usize);
+    }
+    let create = |path: &str| OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path);
+    let mut path = f.path.clone();
+    let mut file = create(&path);
+    // Its name is taken by a file made since: a name beside it.
+    for n in 1..100 {
+        match file {
+            Err(ref e) if e.kind() == ErrorKind::AlreadyExists => {
+                path = format!("{}.stasis-{n}", f.path);
+                file = create(&path);
+            }
+            _ => break,
+        }
+    }
+    let mut file = file.map_err(|e| format!("cannot create it again: {e}"))?;
+    let unlinked = std::fs::remove_file(&path);
+    file.write_all(&data).map_err(|e| format!("writing {} bytes: {e}", data.len()))?;
+    unlinked.map_err(|e| format!("unlinking {path}: {e}"))?;
+    fchown(&file, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
+        .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;
+    fchmod(&file, Mode::from_bits_truncate(f.mode & 0o7777))
+        .map_err(|e| format!("chmod {:o}: {e}", f.mode & 0o7777))?;
+    Ok(file.into())
+}
