@@ -251,3 +251,41 @@ fn mem_dense_checkpointed_twice() {
 fn threads_checkpointed_twice() {
     checkpoint_twice("threads", &[]);
 }
+
+/// A program whose executable was deleted while it runs (replaced by an
+/// upgrade): a copy of bash, removed, counting in a loop. After the restore
+/// it counts on, its code comes from the deleted file made again, and its
+/// exe link names that file, deleted, as before.
+#[test]
+fn program_whose_executable_was_deleted() {
+    let dir = tempdir("deleted-exe");
+    let exe = dir.path().join("bash-copy");
+    fs::copy(tool("bash"), &exe).unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = r#"exec 3<>"$1/fifo"; i=0; while :; do i=$((i+1)); printf '%s\n' "$i" > "$1/count"; read -t 0.05 -u 3 || true; done"#;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("-c").arg(script).arg("deleted-exe").arg(dir.path());
+    let mut p = Spawned::start("deleted-exe", cmd, dir);
+    let count = |dir: &Path| fs::read_to_string(dir.join("count")).ok()?.trim().parse::<u64>().ok();
+    p.wait_for(Duration::from_secs(30), "count 5", || count(&p.dir).filter(|&c| c >= 5));
+    fs::remove_file(&exe).unwrap();
+    let link = |pid: i32| fs::read_link(format!("/proc/{pid}/exe")).unwrap().to_string_lossy().into_owned();
+    let want = format!("{} (deleted)", exe.display());
+    assert_eq!(link(p.pid), want);
+    let images = tempdir("deleted-exe-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    let at_dump = count(&p.dir).expect("a count at dump time");
+    restore_ok(p.pid, images.path());
+    assert_eq!(link(p.pid), want, "the restored process's exe link");
+    let mut last = at_dump;
+    p.wait_for(Duration::from_secs(30), "count 20 past the dump", || {
+        if let Some(c) = count(&p.dir) {
+            assert!(c >= last, "count went from {last} to {c} (dumped at {at_dump}): bash started over");
+            last = c;
+        }
+        (last >= at_dump + 20).then_some(())
+    });
+    p.kill();
+}

@@ -660,6 +660,14 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
             identify_mapped_file(pid, &mut plan.vma, &mut fds).map_err(proc_err("mapped files"))?;
         }
         let mut process = task::process(fp, &stat)?;
+        // A deleted executable is one of the deleted files mapped: the exe
+        // link is made again from it.
+        if let Some(exe) = process.exe.as_mut().filter(|e| e.deleted) {
+            let mapped = plans.iter().filter_map(|p| p.vma.file.as_ref());
+            if let Some(f) = mapped.filter(|f| f.deleted).find(|f| (f.dev, f.ino) == (exe.dev, exe.ino)) {
+                exe.contents_mm = f.contents_mm;
+            }
+        }
         process.mm = i as u32 + 1;
         process.vmas = plans.iter().map(|p| p.vma.clone()).collect();
         process.fds = fds.dump(pid, &seen, &processes, &mut shmem)?;

@@ -2,19 +2,23 @@
 //! unlinked, a library replaced by an upgrade), made again once for the
 //! whole tree: with their contents from the image, owner and mode, at their
 //! old path when that is free (so /proc shows the same name, "(deleted)"
-//! after it) or beside it, then unlinked at once. The agent holds each open
-//! read-write; an fd on the file is a new description opened from it, a
+//! after it) or beside it, then unlinked at once. The agent holds each open,
+//! read-write if the tree writes to it (an fd open for writing, a shared
+//! mapping), else read-only: the kernel will not make a file the exe link
+//! of a process while anyone may write to it (ETXTBSY, reported as EACCES).
+//! An fd on the file is a new description opened from the agent's, a
 //! mapping maps it, so every fd and mapping of one file shares one inode
 //! again (a write through one is seen by the others).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use stasis_image::records::{fd::Kind, FileRef, ProcessTree};
 use stasis_image::Image;
+use stasis_sys::nix::libc;
 use stasis_sys::nix::sys::stat::{fchmod, Mode};
 use stasis_sys::nix::unistd::{fchown, Gid, Uid};
 
@@ -22,23 +26,28 @@ use super::{step, RestoreError};
 
 /// Every deleted file of the tree, by its contents' address space.
 pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedFd>, RestoreError> {
-    let mapped = tree.processes.iter().flat_map(|p| &p.vmas).filter_map(|v| v.file.as_ref());
+    let shared = libc::MAP_SHARED as u32;
+    let mapped =
+        tree.processes.iter().flat_map(|p| &p.vmas).filter_map(|v| Some((v.file.as_ref()?, v.flags & shared != 0)));
     let passed = tree.unix_sockets.iter().flat_map(|s| &s.passed).flat_map(|m| &m.fds);
     let open = tree.processes.iter().flat_map(|p| &p.fds).chain(passed).filter_map(|f| match &f.kind {
-        Some(Kind::File(file)) => Some(file),
+        Some(Kind::File(file)) => Some((file, f.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY)),
         _ => None,
     });
+    let mut files: HashMap<u32, (&FileRef, bool)> = HashMap::new();
+    for (f, writes) in mapped.chain(open).filter(|(f, _)| f.deleted) {
+        files.entry(f.contents_mm).or_insert((f, false)).1 |= writes;
+    }
     let mut made = HashMap::new();
-    for f in mapped.chain(open).filter(|f| f.deleted) {
-        if let std::collections::hash_map::Entry::Vacant(e) = made.entry(f.contents_mm) {
-            e.insert(make(image, f).map_err(step(&format!("deleted file {}", f.path)))?);
-        }
+    for (mm, (f, writes)) in files {
+        made.insert(mm, make(image, f, writes).map_err(step(&format!("deleted file {}", f.path)))?);
     }
     Ok(made)
 }
 
-/// One deleted file, made, filled and unlinked.
-fn make(image: &Image, f: &FileRef) -> Result<OwnedFd, String> {
+/// One deleted file, made, filled and unlinked; held read-write if the
+/// tree `writes` to it.
+fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
     let mut data = Vec::new();
     if f.size > 0 {
         let region =
@@ -67,5 +76,10 @@ fn make(image: &Image, f: &FileRef) -> Result<OwnedFd, String> {
         .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;
     fchmod(&file, Mode::from_bits_truncate(f.mode & 0o7777))
         .map_err(|e| format!("chmod {:o}: {e}", f.mode & 0o7777))?;
-    Ok(file.into())
+    if writes {
+        return Ok(file.into());
+    }
+    let reader = std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| format!("reopening it read-only: {e}"))?;
+    Ok(reader.into())
 }

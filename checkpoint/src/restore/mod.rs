@@ -1187,7 +1187,7 @@ impl Puppet {
         let pages = write_memory(image, pid, p.mm, progress)?;
         phase("memory");
 
-        r.mm_fields(p)?;
+        r.mm_fields(p, deleted)?;
         r.install_fds(planned)?;
         if let Some(fd) = r.agent_pidfd.take() {
             r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
@@ -1424,7 +1424,7 @@ impl Remote<'_, '_> {
 
     /// brk, code, data, stack, args, env and auxv (PR_SET_MM_MAP), and the
     /// exe link.
-    fn mm_fields(&mut self, p: &Process) -> Result<(), RestoreError> {
+    fn mm_fields(&mut self, p: &Process, deleted: &HashMap<u32, std::os::fd::OwnedFd>) -> Result<(), RestoreError> {
         let Some(m) = &p.mm_fields else { return Ok(()) };
         // The puppet's exe link names the stasis binary. When the image's
         // process ran that same file, the link is already right, and the
@@ -1436,7 +1436,16 @@ impl Remote<'_, '_> {
             ours.as_ref().is_some_and(|m| m.dev() == exe.dev && m.ino() == exe.ino)
         };
         let exe_fd = match &p.exe {
-            Some(exe) if !exe.deleted && !same_exe(exe) => {
+            // A deleted executable made again (with its mappings).
+            Some(exe) if exe.deleted => match deleted.get(&exe.contents_mm).filter(|_| exe.contents_mm != 0) {
+                Some(made) => {
+                    use std::os::fd::AsRawFd;
+                    let pidfd = self.agent_pidfd.ok_or_else(|| step("exe")("no pidfd of the agent".into()))?;
+                    Some(self.call("exe", libc::SYS_pidfd_getfd, [pidfd, made.as_raw_fd() as u64, 0, 0, 0, 0])?)
+                }
+                None => None,
+            },
+            Some(exe) if !same_exe(exe) => {
                 let path = self.path(1024, &exe.path)?;
                 let fd =
                     self.call("exe", libc::SYS_openat, [libc::AT_FDCWD as u64, path, libc::O_RDONLY as u64, 0, 0, 0])?;
