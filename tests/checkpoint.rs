@@ -29,9 +29,11 @@ fn round_trip(name: &str, args: &[&str]) {
     let mut w = Workload::start(name, args);
     let before = w.wait_running();
     let images = tempfile::tempdir().unwrap();
+    let state = settable_state(w.pid);
     dump(&w, images.path(), &[]);
     w.wait_exit(Duration::from_secs(30));
     restore(&w, images.path());
+    assert_same_state(&state, &settable_state(w.pid));
     let outcome = w.check_ok();
     assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
 }
@@ -112,6 +114,7 @@ workload_tests! {
     timers: "timers";
     sockets: "sockets";
     deleted: "deleted";
+    status_attrs: "status_attrs";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";
@@ -150,4 +153,88 @@ fn restored_sockets_take_connections_from_outside() {
 #[test]
 fn dense_256m_round_trip() {
     round_trip("mem_dense", &["256"]);
+}
+
+/// What a process can set about itself and /proc shows: each thread's
+/// status (less the counters and the links to the outside: parent, session
+/// and group, which the restore documents), its timer slack and scheduling
+/// fields of stat, the process's oom_score_adj, and every mapping's range,
+/// name and VmFlags.
+fn settable_state(pid: i32) -> std::collections::BTreeMap<String, String> {
+    const CHANGING: &[&str] = &[
+        "State",
+        "PPid",
+        "TracerPid",
+        "FDSize",
+        "NSpgid",
+        "NSsid",
+        "SigQ",
+        "voluntary_ctxt_switches",
+        "nonvoluntary_ctxt_switches",
+        "CoreDumping",
+    ];
+    let mut state = std::collections::BTreeMap::new();
+    let read = |path: String| std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let mut tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    tids.sort();
+    for tid in tids {
+        for line in read(format!("/proc/{pid}/task/{tid}/status")).lines() {
+            let (key, value) = line.split_once(':').unwrap();
+            if !CHANGING.contains(&key) && !key.starts_with("Vm") && !key.starts_with("Rss") && key != "HugetlbPages" {
+                state.insert(format!("thread {tid} {key}"), value.trim().to_owned());
+            }
+        }
+        let stat = read(format!("/proc/{pid}/task/{tid}/stat"));
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        // priority, nice, rt_priority, policy (fields 18, 19, 40, 41 of proc(5)).
+        for (name, i) in [("priority", 18), ("nice", 19), ("rt_priority", 40), ("policy", 41)] {
+            state.insert(format!("thread {tid} stat {name}"), fields[i - 3].to_owned());
+        }
+        state.insert(format!("thread {tid} timerslack"), read(format!("/proc/{tid}/timerslack_ns")).trim().to_owned());
+    }
+    state.insert("oom_score_adj".into(), read(format!("/proc/{pid}/oom_score_adj")).trim().to_owned());
+    let mut mapping = String::new();
+    for line in read(format!("/proc/{pid}/smaps")).lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            mapping = format!("mapping {} {}", fields[0], fields.get(5).unwrap_or(&""));
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            state.insert(mapping.clone(), flags.trim().to_owned());
+        }
+    }
+    state
+}
+
+/// Everything a process set about itself that /proc shows comes back equal
+/// (the workload that sets the most of it: status_attrs).
+#[test]
+fn status_and_smaps_come_back_equal() {
+    let mut w = Workload::start("status_attrs", &[]);
+    w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    let before = settable_state(w.pid);
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    restore(&w, images.path());
+    assert_same_state(&before, &settable_state(w.pid));
+    w.check_ok();
+}
+
+fn assert_same_state(
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) {
+    let differ: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{k}: {:?} -> {:?}", before.get(k), after.get(k)))
+        .collect();
+    assert!(differ.is_empty(), "changed by the dump and restore:\n{}", differ.join("\n"));
 }

@@ -253,3 +253,8 @@ fn deleted_detects_changed_file_and_mode() {
     assert!(message.contains("ro.dat: mode 444"), "no failure about the mode: {message}");
     assert_eq!(message.matches("ro.dat").count(), 2, "no failure about the bytes: {message}");
 }
+
+#[test]
+fn status_attrs() {
+    selfcheck("status_attrs", &[]);
+}

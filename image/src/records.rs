@@ -288,6 +288,9 @@ pub struct Process {
     /// The cgroups it was in, one per hierarchy (/proc/PID/cgroup).
     #[prost(message, repeated, tag = "27")]
     pub cgroups: Vec<CgroupPlace>,
+    /// /proc/PID/oom_score_adj.
+    #[prost(int32, optional, tag = "28")]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// A process's cgroup in one hierarchy: a line of /proc/PID/cgroup.
@@ -361,6 +364,23 @@ pub struct Thread {
     pub timer_slack_ns: u64,
     #[prost(int32, tag = "13")]
     pub nice: i32,
+    /// The CPUs it may run on (sched_getaffinity); empty: not recorded.
+    #[prost(uint32, repeated, tag = "14")]
+    pub cpus: Vec<u32>,
+    /// Scheduling policy, with SCHED_RESET_ON_FORK when set, and the
+    /// real-time priority.
+    #[prost(int32, tag = "15")]
+    pub sched_policy: i32,
+    #[prost(int32, tag = "16")]
+    pub sched_priority: i32,
+    /// I/O priority as ioprio_get returns it.
+    #[prost(int32, tag = "17")]
+    pub ioprio: i32,
+    /// Its credentials: each thread has its own (setfsuid(2), and raw
+    /// setuid-family or capset calls, change only the caller's). Absent in
+    /// older images: the process's then.
+    #[prost(message, optional, tag = "18")]
+    pub creds: Option<Creds>,
 }
 
 /// One mapping of an address space.
@@ -424,6 +444,15 @@ pub mod madvise {
     pub const DONTDUMP: u32 = 16;
     pub const MERGEABLE: u32 = 32;
     pub const LOCKED: u32 = 64;
+    pub const SEQUENTIAL: u32 = 128;
+    pub const RANDOM: u32 = 256;
+    /// Locked with MLOCK_ONFAULT (with LOCKED).
+    pub const LOCKONFAULT: u32 = 512;
+    /// Charged to the commit limit (VM_ACCOUNT, "ac"): a private mapping
+    /// that was writable once, though it may be read-only now.
+    pub const ACCOUNT: u32 = 1024;
+    /// Mapped with MAP_NORESERVE ("nr"): not charged.
+    pub const NORESERVE: u32 = 2048;
 }
 
 /// A file as it was at dump time: where it was and what it was, so restore

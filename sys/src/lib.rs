@@ -34,6 +34,7 @@ pub mod ptrace;
 #[cfg(target_arch = "x86_64")]
 pub mod regs;
 pub mod rlimit;
+pub mod sched;
 pub mod sock;
 pub mod sysv;
 pub mod tcp;

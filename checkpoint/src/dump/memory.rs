@@ -121,6 +121,11 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         ("dd", madvise::DONTDUMP),
         ("mg", madvise::MERGEABLE),
         ("lo", madvise::LOCKED),
+        ("lf", madvise::LOCKONFAULT),
+        ("sr", madvise::SEQUENTIAL),
+        ("rr", madvise::RANDOM),
+        ("ac", madvise::ACCOUNT),
+        ("nr", madvise::NORESERVE),
     ]
     .iter()
     .filter(|(f, _)| m.has_flag(f))

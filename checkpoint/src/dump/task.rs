@@ -91,16 +91,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
             env_end: stat.env_end,
             auxv: proc::parse_auxv(&auxv),
         }),
-        creds: Some(Creds {
-            uids: status.uids,
-            gids: status.gids,
-            groups: status.groups,
-            cap_inheritable: status.cap_inh,
-            cap_permitted: status.cap_prm,
-            cap_effective: status.cap_eff,
-            cap_bounding: status.cap_bnd,
-            cap_ambient: status.cap_amb,
-        }),
+        creds: Some(creds(&status)),
         cwd: link("cwd").map_err(proc_err("cwd"))?,
         root: link("root").map_err(proc_err("root"))?,
         exe,
@@ -116,7 +107,28 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         exit_signal: stat.exit_signal,
         posix_timers,
         cgroups: crate::cgroups::parse(&proc::read(pid, "cgroup").map_err(proc_err("cgroup"))?),
+        oom_score_adj: Some(
+            proc::read(pid, "oom_score_adj")
+                .map_err(proc_err("oom_score_adj"))?
+                .trim()
+                .parse()
+                .map_err(|_| proc_err("oom_score_adj")(std::io::Error::other("not a number")))?,
+        ),
     })
+}
+
+/// Ids and capabilities, as /proc/PID/status (or a thread's) shows them.
+fn creds(status: &proc::Status) -> Creds {
+    Creds {
+        uids: status.uids.clone(),
+        gids: status.gids.clone(),
+        groups: status.groups.clone(),
+        cap_inheritable: status.cap_inh,
+        cap_permitted: status.cap_prm,
+        cap_effective: status.cap_eff,
+        cap_bounding: status.cap_bnd,
+        cap_ambient: status.cap_amb,
+    }
 }
 
 /// One thread's registers, signal state and attributes.
@@ -134,6 +146,12 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
     // Per thread, but only under /proc/TID (there is no task/TID entry).
     let slack =
         fs::read_to_string(proc::path(tid, "timerslack_ns")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(50_000);
+    let (sched_policy, sched_priority) = stasis_sys::sched::policy(tid).map_err(|e| err(format!("sched_getscheduler: {e}")))?;
+    let ioprio = stasis_sys::sched::ioprio(tid).map_err(|e| err(format!("ioprio_get: {e}")))?;
+    let cpus = stasis_sys::sched::affinity(tid).map_err(|e| err(format!("sched_getaffinity: {e}")))?;
+    let status = proc::parse_status(
+        &fs::read_to_string(proc::task_path(pid, tid, "status")).map_err(|e| err(crate::chain(&e)))?,
+    );
     let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
     let (altstack, clear_child_tid, robust) = {
         let mut inj = s.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
@@ -162,6 +180,11 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
         comm: stat.comm,
         timer_slack_ns: slack,
         nice: stat.nice,
+        cpus,
+        sched_policy,
+        sched_priority,
+        ioprio,
+        creds: Some(creds(&status)),
     })
 }
 

@@ -1243,6 +1243,17 @@ impl Puppet {
             seized.set_xstate(&XState::from_bytes(t.xstate.clone())).map_err(err)?;
             seized.set_sigmask(t.sigmask).map_err(err)?;
         }
+        if let Some(adj) = p.oom_score_adj {
+            let path = format!("/proc/{}/oom_score_adj", self.pid);
+            let now = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok());
+            if now != Some(adj) {
+                std::fs::write(&path, adj.to_string()).map_err(|e| {
+                    step("oom_score_adj")(format!(
+                        "cannot set it to {adj}: {e} (lowering it below stasis's own needs CAP_SYS_RESOURCE)"
+                    ))
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -1336,6 +1347,16 @@ impl Remote<'_, '_> {
         let len = v.end - v.start;
         let what = format!("mapping {:#x}-{:#x}", v.start, v.end);
         let mut flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+        if v.madvise & stasis_image::records::madvise::NORESERVE != 0 {
+            flags |= libc::MAP_NORESERVE as u64;
+        }
+        // A private mapping charged to the commit limit though read-only
+        // now (a program's relro data: written, then mprotect'ed) is made
+        // writable, so it is charged again, then made read-only.
+        let write = libc::PROT_WRITE as u32;
+        let private = v.flags & libc::MAP_PRIVATE as u32 != 0;
+        let accounted = private && v.madvise & stasis_image::records::madvise::ACCOUNT != 0 && v.prot & write == 0;
+        let prot = u64::from(if accounted { v.prot | write } else { v.prot });
         match kind {
             VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall => return Ok(()),
             // A whole System V segment is attached with shmat, so the
@@ -1358,7 +1379,7 @@ impl Remote<'_, '_> {
                 let object = objects
                     .get(&v.shmem)
                     .ok_or_else(|| step(&what)(format!("shared memory object {} was not made", v.shmem)))?;
-                self.map_agents(v, flags, object, &what)
+                self.map_agents(v, u64::from(v.prot), flags, object, &what)
                     .map_err(|e| step(&what)(format!("shared memory object {}: {e}", v.shmem)))?;
             }
             VmaKind::File if v.file.as_ref().is_some_and(|f| f.deleted) => {
@@ -1366,7 +1387,7 @@ impl Remote<'_, '_> {
                 let made = deleted
                     .get(&file.contents_mm)
                     .ok_or_else(|| step(&what)(format!("deleted {} was not made", file.path)))?;
-                self.map_agents(v, flags, made, &what)
+                self.map_agents(v, prot, flags, made, &what)
                     .map_err(|e| step(&what)(format!("deleted {}: {e}", file.path)))?;
             }
             VmaKind::File => {
@@ -1375,15 +1396,24 @@ impl Remote<'_, '_> {
                 let mode = if shared_write { libc::O_RDWR } else { libc::O_RDONLY };
                 let path = self.path(0, &file.path)?;
                 let fd = self.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, path, mode as u64, 0, 0, 0])?;
-                let mapped =
-                    self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
+                let mapped = self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, prot, flags, fd, v.offset]);
                 self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
                 mapped.map_err(|e| step(&what)(format!("{}: {e}", file.path)))?;
             }
             _ => {
                 flags |= libc::MAP_ANONYMOUS as u64;
-                self.call(&what, libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, u64::MAX, 0])?;
+                self.call(&what, libc::SYS_mmap, [v.start, len, prot, flags, u64::MAX, 0])?;
             }
+        }
+        if accounted && kind != VmaKind::Shmem && v.shmem == 0 {
+            if v.file.is_none() {
+                // mprotect drops the charge of anonymous memory that never
+                // had a page (no anon_vma yet): fault one in and drop it.
+                const MADV_POPULATE_WRITE: u64 = 23;
+                self.call(&what, libc::SYS_madvise, [v.start, 4096, MADV_POPULATE_WRITE, 0, 0, 0])?;
+                self.call(&what, libc::SYS_madvise, [v.start, 4096, libc::MADV_DONTNEED as u64, 0, 0, 0])?;
+            }
+            self.call(&what, libc::SYS_mprotect, [v.start, len, u64::from(v.prot), 0, 0, 0])?;
         }
         use stasis_image::records::madvise as m;
         for (bit, advice) in [
@@ -1393,10 +1423,16 @@ impl Remote<'_, '_> {
             (m::NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
             (m::DONTDUMP, libc::MADV_DONTDUMP),
             (m::MERGEABLE, libc::MADV_MERGEABLE),
+            (m::SEQUENTIAL, libc::MADV_SEQUENTIAL),
+            (m::RANDOM, libc::MADV_RANDOM),
         ] {
             if v.madvise & bit != 0 {
                 self.call(&what, libc::SYS_madvise, [v.start, len, advice as u64, 0, 0, 0])?;
             }
+        }
+        if v.madvise & m::LOCKED != 0 {
+            let onfault = if v.madvise & m::LOCKONFAULT != 0 { libc::MLOCK_ONFAULT as u64 } else { 0 };
+            self.call(&what, libc::SYS_mlock2, [v.start, len, onfault, 0, 0, 0])?;
         }
         Ok(())
     }
@@ -1406,6 +1442,7 @@ impl Remote<'_, '_> {
     fn map_agents(
         &mut self,
         v: &stasis_image::records::Vma,
+        prot: u64,
         flags: u64,
         object: &std::os::fd::OwnedFd,
         what: &str,
@@ -1417,7 +1454,7 @@ impl Remote<'_, '_> {
             .syscall_ok(libc::SYS_pidfd_getfd, [pidfd, object.as_raw_fd() as u64, 0, 0, 0, 0])
             .map_err(|e| format!("pidfd_getfd: {e}"))?;
         let len = v.end - v.start;
-        let mapped = self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, u64::from(v.prot), flags, fd, v.offset]);
+        let mapped = self.inj.syscall_ok(libc::SYS_mmap, [v.start, len, prot, flags, fd, v.offset]);
         self.call(what, libc::SYS_close, [fd, 0, 0, 0, 0, 0]).map_err(|e| e.to_string())?;
         mapped.map(drop).map_err(|e| e.to_string())
     }
@@ -1631,8 +1668,8 @@ impl Remote<'_, '_> {
     /// agent's. The bounding set is cut first (that needs CAP_SETPCAP, which
     /// the ids may take away), capabilities are kept across the uid change,
     /// then set exactly, and the ambient ones raised.
-    fn creds(&mut self, p: &Process) -> Result<(), RestoreError> {
-        let Some(c) = &p.creds else { return Ok(()) };
+    fn creds(&mut self, c: Option<&stasis_image::records::Creds>) -> Result<(), RestoreError> {
+        let Some(c) = c else { return Ok(()) };
         let ours = proc::parse_status(&std::fs::read_to_string("/proc/self/status").unwrap_or_default());
         let same_ids = c.uids == ours.uids && c.gids == ours.gids && c.groups == ours.groups;
         let same_caps = c.cap_effective == ours.cap_eff
@@ -1657,20 +1694,19 @@ impl Remote<'_, '_> {
             let at = self.put(0, &groups)?;
             self.call("groups", libc::SYS_setgroups, [c.groups.len() as u64, at, 0, 0, 0, 0])?;
             self.call("gids", libc::SYS_setresgid, [c.gids[0].into(), c.gids[1].into(), c.gids[2].into(), 0, 0, 0])?;
+            // setresgid made the filesystem gid the effective one; still
+            // root here, any may be set.
+            self.fs_id("filesystem gid", libc::SYS_setfsgid, c.gids[3])?;
             self.call("uids", libc::SYS_setresuid, [c.uids[0].into(), c.uids[1].into(), c.uids[2].into(), 0, 0, 0])?;
-        }
-        // capset(2): header { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then
-        // { effective, permitted, inheritable } for bits 0-31 and 32-63.
-        let mut raw = Vec::with_capacity(32);
-        raw.extend_from_slice(&0x2008_0522u32.to_le_bytes());
-        raw.extend_from_slice(&0i32.to_le_bytes());
-        for half in [0, 32] {
-            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
-                raw.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+            if c.uids[3] != c.uids[1] {
+                // One outside the process's uids needs CAP_SETUID, which
+                // the uid change took out of the effective set; the
+                // permitted set still has it (PR_SET_KEEPCAPS).
+                self.capset(ours.cap_prm, ours.cap_prm, ours.cap_inh)?;
+                self.fs_id("filesystem uid", libc::SYS_setfsuid, c.uids[3])?;
             }
         }
-        let at = self.put(0, &raw)?;
-        self.call("capabilities", libc::SYS_capset, [at, at + 8, 0, 0, 0, 0])?;
+        self.capset(c.cap_effective, c.cap_permitted, c.cap_inheritable)?;
         self.call("keep capabilities", libc::SYS_prctl, [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0])?;
         for cap in (0..64u64).filter(|cap| c.cap_ambient & (1 << cap) != 0) {
             self.call(
@@ -1678,6 +1714,32 @@ impl Remote<'_, '_> {
                 libc::SYS_prctl,
                 [libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0, 0],
             )?;
+        }
+        Ok(())
+    }
+
+    /// capset(2): header { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then
+    /// { effective, permitted, inheritable } for bits 0-31 and 32-63.
+    fn capset(&mut self, effective: u64, permitted: u64, inheritable: u64) -> Result<(), RestoreError> {
+        let mut raw = Vec::with_capacity(32);
+        raw.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+        raw.extend_from_slice(&0i32.to_le_bytes());
+        for half in [0, 32] {
+            for set in [effective, permitted, inheritable] {
+                raw.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+            }
+        }
+        let at = self.put(0, &raw)?;
+        self.call("capabilities", libc::SYS_capset, [at, at + 8, 0, 0, 0, 0]).map(drop)
+    }
+
+    /// setfsuid(2) or setfsgid(2), which report no error: the id is read
+    /// back (an invalid id, -1, changes nothing and returns the current).
+    fn fs_id(&mut self, what: &str, nr: libc::c_long, id: u32) -> Result<(), RestoreError> {
+        self.call(what, nr, [id.into(), 0, 0, 0, 0, 0])?;
+        let now = self.call(what, nr, [u64::from(u32::MAX), 0, 0, 0, 0, 0])?;
+        if now as u32 != id {
+            return Err(step(what)(format!("it is {now} after setting {id}")));
         }
         Ok(())
     }
@@ -1729,7 +1791,7 @@ impl Remote<'_, '_> {
         let name = self.path(0, &t.comm)?;
         self.call(&what, libc::SYS_prctl, [libc::PR_SET_NAME as u64, name, 0, 0, 0, 0])?;
         self.call(&what, libc::SYS_prctl, [libc::PR_SET_TIMERSLACK as u64, t.timer_slack_ns, 0, 0, 0, 0])?;
-        self.call(&what, libc::SYS_setpriority, [libc::PRIO_PROCESS as u64, 0, t.nice as u64, 0, 0, 0])?;
+        self.scheduling(t)?;
         // The kernel lets only the thread itself queue a signal with the
         // sender information of kill() or tgkill() to a thread. Signals stay
         // blocked until the thread's own mask is set at release.
@@ -1737,7 +1799,36 @@ impl Remote<'_, '_> {
             let at = self.put(0, &s.raw)?;
             self.call(&what, libc::SYS_rt_tgsigqueueinfo, [p.pid as u64, t.tid as u64, signo(&s.raw), at, 0, 0])?;
         }
-        self.creds(p)
+        self.creds(t.creds.as_ref().or(p.creds.as_ref()))
+    }
+
+    /// The thread's CPUs, scheduling policy, nice value and I/O priority.
+    fn scheduling(&mut self, t: &stasis_image::records::Thread) -> Result<(), RestoreError> {
+        let what = format!("thread {}", t.tid);
+        if !t.cpus.is_empty() {
+            let mut mask = vec![0u8; (*t.cpus.iter().max().unwrap_or(&0) as usize / 64 + 1) * 8];
+            for &c in &t.cpus {
+                mask[c as usize / 8] |= 1 << (c % 8);
+            }
+            let at = self.put(0, &mask)?;
+            self.call(&what, libc::SYS_sched_setaffinity, [0, mask.len() as u64, at, 0, 0, 0]).map_err(|e| {
+                step(&what)(format!("it ran on CPUs {:?}, which this machine cannot give it: {e}", t.cpus))
+            })?;
+        }
+        let base = t.sched_policy & !libc::SCHED_RESET_ON_FORK;
+        if t.sched_policy != libc::SCHED_OTHER || t.sched_priority != 0 {
+            if base == 6 {
+                return Err(RestoreError::Unsupported(format!("{what} is SCHED_DEADLINE (not supported yet)")));
+            }
+            let at = self.put(0, &t.sched_priority.to_le_bytes())?;
+            self.call(&what, libc::SYS_sched_setscheduler, [0, t.sched_policy as u64, at, 0, 0, 0])?;
+        }
+        self.call(&what, libc::SYS_setpriority, [libc::PRIO_PROCESS as u64, 0, t.nice as u64, 0, 0, 0])?;
+        if t.ioprio != 0 {
+            let who = stasis_sys::sched::IOPRIO_WHO_PROCESS as u64;
+            self.call(&what, libc::SYS_ioprio_set, [who, 0, t.ioprio as u64, 0, 0, 0])?;
+        }
+        Ok(())
     }
 
     /// POSIX timers at their original ids (PR_TIMER_CREATE_RESTORE_IDS),
