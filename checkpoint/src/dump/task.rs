@@ -146,7 +146,8 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
     // Per thread, but only under /proc/TID (there is no task/TID entry).
     let slack =
         fs::read_to_string(proc::path(tid, "timerslack_ns")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(50_000);
-    let (sched_policy, sched_priority) = stasis_sys::sched::policy(tid).map_err(|e| err(format!("sched_getscheduler: {e}")))?;
+    let (sched_policy, sched_priority) =
+        stasis_sys::sched::policy(tid).map_err(|e| err(format!("sched_getscheduler: {e}")))?;
     let ioprio = stasis_sys::sched::ioprio(tid).map_err(|e| err(format!("ioprio_get: {e}")))?;
     let cpus = stasis_sys::sched::affinity(tid).map_err(|e| err(format!("sched_getaffinity: {e}")))?;
     let status = proc::parse_status(
