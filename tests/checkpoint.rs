@@ -115,6 +115,7 @@ workload_tests! {
     sockets: "sockets";
     deleted: "deleted";
     status_attrs: "status_attrs";
+    locks: "locks";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";

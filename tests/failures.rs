@@ -422,3 +422,37 @@ fn failed_dump_gives_tcp_connections_back() {
     });
     assert!(p.alive(), "{}", p.log());
 }
+
+/// `flock FILE sleep`: flock(1) takes the lock and runs the job, which
+/// inherits the locked description. Dumping the job alone is refused,
+/// naming the lock and flock's pid (restoring it would take a lock flock
+/// still holds), and the job runs on with the lock.
+#[test]
+fn dump_refuses_a_flock_shared_with_a_process_outside_the_tree() {
+    let dir = tempdir("flock-job");
+    let lock = dir.path().join("lockfile");
+    let mut cmd = Command::new(tool("flock"));
+    cmd.arg(&lock).arg(tool("sleep")).arg("1000");
+    let mut flock = Spawned::start("flock", cmd, dir);
+    let job = flock.wait_for(Duration::from_secs(30), "flock's job", || {
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", flock.pid)).ok()?;
+        children.split_whitespace().next()?.parse::<i32>().ok()
+    });
+    // The job has exec'd sleep with the locked fd.
+    flock.wait_for(Duration::from_secs(30), "sleep with the lock", || {
+        let comm = fs::read_to_string(format!("/proc/{job}/comm")).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    });
+    let images = tempdir("flock-job-img");
+    let line = error_line(&dump(job, images.path(), &[]));
+    assert!(
+        line.contains(&format!("holds a flock taken by process {} outside the tree", flock.pid))
+            && line.contains("lockfile"),
+        "{line}"
+    );
+    assert!(is_alive(job) && tracer_of(job) == 0, "the job was harmed");
+    let holder = fs::read_to_string("/proc/locks").unwrap();
+    assert!(holder.lines().any(|l| l.contains("FLOCK") && l.contains(&format!(" {} ", flock.pid))), "{holder}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(job), nix::sys::signal::Signal::SIGKILL);
+    flock.wait_exit(Duration::from_secs(30));
+}

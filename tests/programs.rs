@@ -289,3 +289,33 @@ fn program_whose_executable_was_deleted() {
     });
     p.kill();
 }
+
+/// `flock FILE sleep 1000` dumped whole (flock(1) and its job): after the
+/// restore the lock is held again, so another `flock -n FILE` fails, and
+/// it is free once the restored tree is gone.
+#[test]
+fn flock_and_its_job_keep_the_lock() {
+    let dir = tempdir("flock-tree");
+    let lock = dir.path().join("lockfile");
+    let mut cmd = Command::new(tool("flock"));
+    cmd.arg(&lock).arg(tool("sleep")).arg("1000");
+    let mut p = Spawned::start("flock-tree", cmd, dir);
+    let job = p.wait_for(Duration::from_secs(30), "flock's job running sleep", || {
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid)).ok()?;
+        let job = children.split_whitespace().next()?.parse::<i32>().ok()?;
+        (fs::read_to_string(format!("/proc/{job}/comm")).ok()?.trim() == "sleep").then_some(job)
+    });
+    let try_lock = || Command::new(tool("flock")).arg("-n").arg(&lock).arg("true").status().unwrap().success();
+    assert!(!try_lock(), "the lock is not held before the dump");
+    let images = tempdir("flock-tree-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    assert!(wait_gone(job, Duration::from_secs(30)), "the job outlived the dump");
+    restore_ok(p.pid, images.path());
+    assert!(is_alive(job), "the job was not restored");
+    assert!(!try_lock(), "the lock is free after the restore");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(job), nix::sys::signal::Signal::SIGKILL);
+    // flock(1) exits with its job, and the lock goes with it.
+    assert!(wait_gone(p.pid, Duration::from_secs(30)), "flock outlived its job");
+    assert!(try_lock(), "the lock is still held after the tree is gone");
+}

@@ -258,3 +258,8 @@ fn deleted_detects_changed_file_and_mode() {
 fn status_attrs() {
     selfcheck("status_attrs", &[]);
 }
+
+#[test]
+fn locks() {
+    selfcheck("locks", &[]);
+}

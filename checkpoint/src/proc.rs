@@ -315,6 +315,38 @@ pub struct FdInfo {
     pub flags: u32,
     pub mnt_id: u64,
     pub ino: u64,
+    /// The file locks this fd's description (flock, OFD) or process
+    /// (POSIX) holds on its file: its `lock:` lines.
+    pub locks: Vec<LockLine>,
+}
+
+/// One `lock:` line of /proc/PID/fdinfo/FD, as /proc/locks writes it:
+/// `1: POSIX  ADVISORY  WRITE 1234 fe:00:5678 100 199`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockLine {
+    /// FLOCK, POSIX, OFDLCK, LEASE, DELEG...
+    pub kind: String,
+    pub write: bool,
+    /// The process that took it (-1 for OFD locks).
+    pub pid: i32,
+    pub start: u64,
+    /// Last byte, None: to the end of the file.
+    pub end: Option<u64>,
+}
+
+impl LockLine {
+    fn parse(text: &str) -> Option<LockLine> {
+        let f: Vec<&str> = text.split_whitespace().collect();
+        // id: KIND ADVISORY|MANDATORY|ACTIVE|... READ|WRITE|... PID DEV:INO START END
+        let [_, kind, _, access, pid, _, start, end] = f.as_slice() else { return None };
+        Some(LockLine {
+            kind: (*kind).to_owned(),
+            write: *access == "WRITE",
+            pid: pid.parse().ok()?,
+            start: start.parse().ok()?,
+            end: if *end == "EOF" { None } else { Some(end.parse().ok()?) },
+        })
+    }
 }
 
 pub fn parse_fdinfo(text: &str) -> FdInfo {
@@ -327,6 +359,14 @@ pub fn parse_fdinfo(text: &str) -> FdInfo {
             "flags" => info.flags = u32::from_str_radix(value, 8).unwrap_or(0),
             "mnt_id" => info.mnt_id = value.parse().unwrap_or(0),
             "ino" => info.ino = value.parse().unwrap_or(0),
+            // A line not understood stays, as a kind of lock the dump refuses.
+            "lock" => info.locks.push(LockLine::parse(value).unwrap_or_else(|| LockLine {
+                kind: format!("lock stasis cannot read ({value})"),
+                write: false,
+                pid: 0,
+                start: 0,
+                end: None,
+            })),
             _ => {}
         }
     }
@@ -348,6 +388,24 @@ pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fdinfo_lock_lines() {
+        let info = parse_fdinfo(
+            "pos:\t400\nflags:\t02100002\nmnt_id:\t27\nino:\t10\n\
+             lock:\t1: POSIX  ADVISORY  WRITE 21359 fe:00:10 100 199\n\
+             lock:\t2: OFDLCK ADVISORY  READ -1 fe:00:10 300 EOF\n\
+             lock:\t3: something new\n",
+        );
+        assert_eq!(
+            info.locks[..2],
+            [
+                LockLine { kind: "POSIX".into(), write: true, pid: 21359, start: 100, end: Some(199) },
+                LockLine { kind: "OFDLCK".into(), write: false, pid: -1, start: 300, end: None },
+            ]
+        );
+        assert!(info.locks[2].kind.contains("cannot read (3: something new)"), "{:?}", info.locks[2]);
+    }
+
     use super::*;
 
     const SMAPS: &str = "\
@@ -426,7 +484,7 @@ VmFlags: rd wr mr mw me ac dc wf
     #[test]
     fn fdinfo_fixture() {
         let i = parse_fdinfo("pos:\t12345\nflags:\t02102002\nmnt_id:\t29\nino:\t77\n");
-        assert_eq!(i, FdInfo { pos: 12345, flags: 0o2102002, mnt_id: 29, ino: 77 });
+        assert_eq!(i, FdInfo { pos: 12345, flags: 0o2102002, mnt_id: 29, ino: 77, locks: vec![] });
     }
 
     #[test]

@@ -515,6 +515,37 @@ pub struct Fd {
     /// over that very description.
     #[prost(message, optional, tag = "19")]
     pub shared_with: Option<FdRef>,
+    /// File locks held through it: flock and OFD locks by its open file
+    /// description, POSIX locks by its process (on its file).
+    #[prost(message, repeated, tag = "23")]
+    pub locks: Vec<FileLock>,
+}
+
+/// A file lock (flock(2), fcntl(2) POSIX or OFD record lock).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileLock {
+    #[prost(enumeration = "LockKind", tag = "1")]
+    pub kind: i32,
+    /// Exclusive (write) rather than shared (read).
+    #[prost(bool, tag = "2")]
+    pub write: bool,
+    /// First byte; a record lock's range.
+    #[prost(uint64, tag = "3")]
+    pub start: u64,
+    /// Last byte; absent: to the end of the file, however long it grows.
+    #[prost(uint64, optional, tag = "4")]
+    pub end: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum LockKind {
+    /// flock(2): the whole file, held by the open file description.
+    Flock = 0,
+    /// fcntl F_SETLK: a byte range, held by the process.
+    Posix = 1,
+    /// fcntl F_OFD_SETLK: a byte range, held by the open file description.
+    Ofd = 2,
 }
 
 /// One fd of one process.

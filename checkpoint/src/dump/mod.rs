@@ -21,7 +21,7 @@ mod task;
 mod tcp_hold;
 mod timers;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -418,10 +418,25 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
 /// Every fd that cannot be dumped.
 fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
     let tree = seen.len() > 1;
+    let pids: HashSet<i32> = seen.iter().map(|(p, _)| p.as_raw()).collect();
     let mut problems = Vec::new();
     for (pid, fds) in seen {
         let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
         for s in fds {
+            if let Err(what) = fd::locks(*pid, &s.info.locks) {
+                problems.push(at(format!("fd {} ({}) holds {what}", s.fd, s.target)));
+            }
+            // flock: held by the description, which a live process outside
+            // the tree that took it still shares (flock(1) running a job).
+            for l in s.info.locks.iter().filter(|l| l.kind == "FLOCK") {
+                if l.pid > 0 && !pids.contains(&l.pid) && Path::new(&format!("/proc/{}", l.pid)).exists() {
+                    problems.push(at(format!(
+                        "fd {} ({}) holds a flock taken by process {} outside the tree, which still shares it \
+                         (dump that process too)",
+                        s.fd, s.target, l.pid
+                    )));
+                }
+            }
             match &s.kind {
                 // Socket kinds carry their own article ("an established TCP ...").
                 Err(what) if what.starts_with("a ") || what.starts_with("an ") => {
@@ -923,6 +938,7 @@ impl FdDumper {
                 kind: Some(kind),
                 same_as,
                 shared_with,
+                locks: fd::locks(pid, &s.info.locks).map_err(fd_err)?,
             });
         }
         self.earlier.extend(seen.iter().map(|s| (pid, s.clone())));
@@ -976,7 +992,11 @@ impl FdDumper {
             kind: None,
             same_as: None,
             shared_with: None,
+            locks: Vec::new(),
         };
+        if !seen.info.locks.is_empty() {
+            return Err("it holds a file lock (not supported for an fd in flight)".into());
+        }
         match kind {
             fd::Kind::Unix => {
                 if !self.unix.iter().any(|u| u.2.id == seen.ino) {

@@ -1189,6 +1189,7 @@ impl Puppet {
 
         r.mm_fields(p, deleted)?;
         r.install_fds(planned)?;
+        r.take_locks(p)?;
         if let Some(fd) = r.agent_pidfd.take() {
             r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
@@ -1714,6 +1715,58 @@ impl Remote<'_, '_> {
                 libc::SYS_prctl,
                 [libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0, 0],
             )?;
+        }
+        Ok(())
+    }
+
+    /// The file locks each fd held, taken again by the process (a POSIX
+    /// lock's owner) on its restored fd; a flock or OFD lock goes with the
+    /// description, so taking it again through a dup or a shared fd is a
+    /// no-op. A lock held by someone else now is an error naming the file.
+    fn take_locks(&mut self, p: &Process) -> Result<(), RestoreError> {
+        use stasis_image::records::LockKind;
+        for r in p.fds.iter().filter(|r| !r.locks.is_empty()) {
+            let file = match &r.kind {
+                Some(fd::Kind::File(f)) => f.path.clone(),
+                _ => format!("fd {}", r.fd),
+            };
+            for l in &r.locks {
+                let kind = LockKind::try_from(l.kind).unwrap_or(LockKind::Flock);
+                let what = format!(
+                    "{} {} lock of fd {} on {file}",
+                    if l.write { "write" } else { "read" },
+                    match kind {
+                        LockKind::Flock => "flock",
+                        LockKind::Posix => "POSIX",
+                        LockKind::Ofd => "OFD",
+                    },
+                    r.fd
+                );
+                let taken = match kind {
+                    LockKind::Flock => {
+                        let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+                        self.inj.syscall_ok(libc::SYS_flock, [r.fd as u64, op as u64, 0, 0, 0, 0])
+                    }
+                    LockKind::Posix | LockKind::Ofd => {
+                        // struct flock { short l_type, l_whence; off_t l_start, l_len; pid_t l_pid; }
+                        let typ = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+                        let len = l.end.map_or(0, |end| end - l.start + 1);
+                        let mut raw = Vec::with_capacity(32);
+                        raw.extend_from_slice(&typ.to_le_bytes());
+                        raw.extend_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
+                        raw.extend_from_slice(&[0; 4]);
+                        raw.extend_from_slice(&l.start.to_le_bytes());
+                        raw.extend_from_slice(&len.to_le_bytes());
+                        raw.extend_from_slice(&[0; 8]);
+                        let at = self.put(0, &raw)?;
+                        let cmd = if kind == LockKind::Ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
+                        self.inj.syscall_ok(libc::SYS_fcntl, [r.fd as u64, cmd as u64, at, 0, 0, 0])
+                    }
+                };
+                taken.map_err(|e| {
+                    step("file locks")(format!("cannot take the {what} again (another process holds it now?): {e}"))
+                })?;
+            }
         }
         Ok(())
     }
