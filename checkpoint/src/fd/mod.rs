@@ -216,6 +216,27 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
 /// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.
 pub const FDINFO_CLOEXEC: u32 = 0o2000000;
 
+/// The locks of an fd of process `pid`, from its fdinfo `lock:` lines: its
+/// description's flock and OFD locks, and the POSIX locks `pid` holds on
+/// the file. Leases and any lock stasis cannot read are an error naming it.
+pub fn locks(pid: Pid, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String> {
+    let mut out = Vec::new();
+    for l in lines {
+        let kind = match l.kind.as_str() {
+            "FLOCK" => LockKind::Flock,
+            "OFDLCK" => LockKind::Ofd,
+            // One its process holds (another sharing its fd table would
+            // show here too).
+            "POSIX" if l.pid == pid.as_raw() => LockKind::Posix,
+            "POSIX" => continue,
+            "LEASE" | "DELEG" | "BREAKING" | "BREAK" => return Err("a file lease (not supported yet)".into()),
+            other => return Err(format!("a {other} lock (not supported)")),
+        };
+        out.push(FileLock { kind: kind as i32, write: l.write, start: l.start, end: l.end });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
@@ -236,25 +257,4 @@ mod tests {
         let seen = scan(Pid::this()).unwrap().into_iter().find(|s| s.fd == fd).expect("our queue fd");
         assert_eq!(seen.kind, Err("POSIX message queue".to_string()), "{seen:?}");
     }
-}
-
-/// The locks of an fd of process `pid`, from its fdinfo `lock:` lines: its
-/// description's flock and OFD locks, and the POSIX locks `pid` holds on
-/// the file. Leases and any lock stasis cannot read are an error naming it.
-pub fn locks(pid: Pid, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String> {
-    let mut out = Vec::new();
-    for l in lines {
-        let kind = match l.kind.as_str() {
-            "FLOCK" => LockKind::Flock,
-            "OFDLCK" => LockKind::Ofd,
-            // One its process holds (another sharing its fd table would
-            // show here too).
-            "POSIX" if l.pid == pid.as_raw() => LockKind::Posix,
-            "POSIX" => continue,
-            "LEASE" | "DELEG" | "BREAKING" | "BREAK" => return Err("a file lease (not supported yet)".into()),
-            other => return Err(format!("a {other} lock (not supported)")),
-        };
-        out.push(FileLock { kind: kind as i32, write: l.write, start: l.start, end: l.end });
-    }
-    Ok(out)
 }
