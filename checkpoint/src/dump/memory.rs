@@ -388,7 +388,7 @@ mod tests {
         );
         assert_eq!(shmem_object(&maps[2]), Some(Object::Anonymous));
         assert_eq!(shmem_object(&maps[3]), None);
-        assert_eq!(ok(3).vma.madvise, madvise::DONTFORK);
+        assert_eq!(ok(3).vma.madvise, madvise::DONTFORK | madvise::ACCOUNT);
         assert_eq!(ok(4).vma.flags, MAP_PRIVATE | MAP_GROWSDOWN);
         assert_eq!((ok(5).pages, ok(5).vma.kind), (Pages::None, VmaKind::Vdso as i32));
         assert_eq!((ok(6).pages, ok(6).vma.kind), (Pages::None, VmaKind::Shmem as i32));
