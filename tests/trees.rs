@@ -139,27 +139,58 @@ fn round_trip_in_new_pid_namespace(name: &str, extra: &[&str]) {
     assert_ne!(host, original, "{}", r.dump());
     let init = links(host).0;
     let _init = NamespaceInit(init);
-    assert_eq!(ns_ids(init).0, 1, "the root's parent is not the namespace's init");
+    // Groups and sessions led from outside the tree show as 0 inside.
+    let outside = |id: i32| if all.contains(&id) { id } else { 0 };
+    let want: Vec<(i32, i32, i32)> =
+        all.iter().zip(&links_before).map(|(&p, l)| (p, outside(l.1), outside(l.2))).collect();
+    assert_in_namespace(host, &want, &w);
+    w.pid = host;
+    let at_first = w.progress().unwrap_or(0);
+
+    // Hibernate again: the tree in its namespace is dumped with the pids
+    // it has there, and restored into a new namespace (it must be: those
+    // pids are still taken here), each process at its pid, in its group and
+    // session, as before.
+    let again = tempfile::tempdir().unwrap();
+    let out = dump(&w, again.path(), &[]);
+    assert!(out.contains(&format!("{} processes", all.len())), "{out}");
+    assert!(util::workload::wait_gone(host, Duration::from_secs(30)), "the tree outlived its second dump");
+    let shown = run(["inspect", again.path().to_str().unwrap(), "--json"]).success().json();
+    let mut inside: Vec<i64> =
+        shown["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+    inside.sort();
+    let mut want_pids: Vec<i64> = all.iter().map(|&p| i64::from(p)).collect();
+    want_pids.sort();
+    assert_eq!(inside, want_pids, "the second image does not hold the pids the tree had in its namespace");
+    let r = run(["restore", "--images", again.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "second restore of {name} failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    assert!(r.stderr.contains("PID namespace of its own"), "no notice of the namespace\n{}", r.dump());
+    let host2: i32 = r.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid printed\n{}", r.dump()));
+    let _init2 = NamespaceInit(links(host2).0);
+    assert_in_namespace(host2, &want, &w);
+    w.pid = host2;
+    let refused = run(["restore", "--images", again.path().to_str().unwrap(), "--no-pid-namespace"]);
+    assert!(refused.code == Some(1) && refused.stderr.contains("new PID namespace"), "{}", refused.dump());
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= at_first.max(before), "generation went back to {}", outcome.generation);
+}
+
+/// The processes under `host` (a restored root, seen from here) are, in
+/// their PID namespace, exactly `want` (pid, group, session), under the
+/// namespace's init, with a /proc of their own.
+fn assert_in_namespace(host: i32, want: &[(i32, i32, i32)], w: &Workload) {
+    assert_eq!(ns_ids(links(host).0).0, 1, "the root's parent is not the namespace's init");
     let found: Vec<i32> = std::iter::once(host).chain(util::servers::descendants(host)).collect();
-    for (&p, &(_, pgid, sid)) in all.iter().zip(&links_before) {
+    for &(p, pgid, sid) in want {
         let Some(&h) = found.iter().find(|&&h| ns_ids(h).0 == p) else {
             panic!("process {p} is not in the namespace (found {found:?})\n{}", w.log());
         };
-        // Groups and sessions led from outside the tree show as 0 inside.
-        let outside = |id: i32| if all.contains(&id) { id } else { 0 };
-        assert_eq!(ns_ids(h), (p, outside(pgid), outside(sid)), "process {p} (host pid {h})\n{}", w.log());
+        assert_eq!(ns_ids(h), (p, pgid, sid), "process {p} (host pid {h})\n{}", w.log());
     }
     // Its /proc is the namespace's: /proc/N there is its own process N.
-    let own = std::fs::read_to_string(format!("/proc/{host}/root/proc/{original}/stat")).unwrap_or_default();
-    assert!(own.starts_with(&format!("{original} (")), "/proc/{original} inside the namespace shows {own:?}");
-    w.pid = host;
-    // Dumping it again is refused (not supported yet), and harms nothing.
-    let again = tempfile::tempdir().unwrap();
-    let r = run(["dump", "--pid", &host.to_string(), "--images", again.path().to_str().unwrap()]);
-    assert_eq!(r.code, Some(1), "{}", r.dump());
-    assert!(r.stderr.contains(&format!("as pid {original}")) && r.stderr.contains("PID namespace"), "{}", r.dump());
-    let outcome = w.check_ok();
-    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+    let root = want[0].0;
+    let own = std::fs::read_to_string(format!("/proc/{host}/root/proc/{root}/stat")).unwrap_or_default();
+    assert!(own.starts_with(&format!("{root} (")), "/proc/{root} inside the namespace shows {own:?}");
 }
 
 #[test]
@@ -374,6 +405,22 @@ fn daemon_whose_session_leader_exited_in_a_new_pid_namespace() {
     };
     assert_eq!(ns_ids(child), (e, group, session), "E inside\n{}", w.log());
     assert_eq!(kids.len(), 1, "the daemon has other descendants than E: {kids:?}");
+    w.pid = host;
+    // Again from inside the namespace: the session and group whose leaders
+    // exited are recorded with their ids there, and made again there.
+    let again = tempfile::tempdir().unwrap();
+    dump(&w, again.path(), &[]);
+    assert!(_init.wait_gone(Duration::from_secs(10)), "the namespace's init outlived the dumped daemon");
+    let r = run(["restore", "--images", again.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "second restore failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    let host: i32 = r.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid printed\n{}", r.dump()));
+    let _init = NamespaceInit(links(host).0);
+    assert_eq!(ns_ids(host), (d, session, session), "the daemon inside, restored again\n{}", w.log());
+    let kids = util::servers::descendants(host);
+    let Some(&child) = kids.iter().find(|&&h| ns_ids(h).0 == e) else {
+        panic!("E ({e}) is not the daemon's child in the new namespace: {kids:?}\n{}", w.log())
+    };
+    assert_eq!(ns_ids(child), (e, group, session), "E inside, restored again\n{}", w.log());
     w.pid = host;
     let outcome = w.check_ok();
     assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);

@@ -25,9 +25,13 @@ pub const INCOMPAT_TREE: u32 = 1;
 /// network lock to remove). A reader that did not know them would see fds
 /// without a kind.
 pub const INCOMPAT_SOCKETS: u32 = 2;
+/// Incompatible feature bit: the image's pids are those of the tree's own
+/// PID namespace; restored elsewhere than in a new PID namespace, the tree
+/// would get the wrong pids.
+pub const INCOMPAT_PID_NAMESPACE: u32 = 4;
 /// Incompatible feature bits this reader understands. A reader refuses an
 /// image that sets any other incompatible bit.
-pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE | INCOMPAT_SOCKETS;
+pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE | INCOMPAT_SOCKETS | INCOMPAT_PID_NAMESPACE;
 /// Upper bound on the manifest file: far above any real image's metadata
 /// (the chunk table of a 1 TiB image at 64 KiB chunks is 768 MiB... of which
 /// a real process never comes close), and what bounds our allocation.

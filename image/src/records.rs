@@ -127,6 +127,11 @@ pub struct ProcessTree {
     /// name is as it was then.
     #[prost(message, optional, tag = "11")]
     pub volume: Option<VolumeSnapshot>,
+    /// The tree lived in a PID namespace of its own (below the dumping
+    /// stasis's): every pid here is one of that namespace, and a restore
+    /// puts the tree into a new PID namespace again.
+    #[prost(bool, tag = "12")]
+    pub pid_namespace: bool,
 }
 
 /// A snapshot of a copy-on-write volume, by identity.

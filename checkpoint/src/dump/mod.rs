@@ -17,6 +17,7 @@
 //!    error path the threads are detached and run on as they were.
 
 mod memory;
+mod pidmap;
 mod task;
 mod tcp_hold;
 mod timers;
@@ -204,13 +205,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let mut writer = ImageWriter::create(&opts.images, opts.write.clone())?;
     let mut mem_stats = memory::MemoryStats::default();
     let mut stored_before = 0;
-    for (p, plans) in tree.processes.iter().zip(&plans) {
+    // The pids stasis sees (the tree's may be those of its own namespace).
+    let outer: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
+    for ((p, plans), &pid) in tree.processes.iter().zip(&plans).zip(&outer) {
         let progress = |done, total| {
             if let Some(f) = &opts.progress {
                 (f.0)(stored_before + done, stored_before + total);
             }
         };
-        let stats = memory::store(Pid::from_raw(p.pid), plans, p.mm, &mut writer, &progress)?;
+        let stats = memory::store(pid, plans, p.mm, &mut writer, &progress)?;
         stored_before += stats.pages_written * 4096;
         mem_stats.pages_scanned += stats.pages_scanned;
         mem_stats.pages_written += stats.pages_written;
@@ -385,12 +388,7 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         if status.seccomp != 0 {
             problems.push(at("it uses seccomp (not supported yet)".into()));
         }
-        if let Some(inside) = nested_pid(pid) {
-            problems.push(at(format!(
-                "it runs in a PID namespace below stasis's, as pid {inside} (a tree a restore put into a new PID \
-                 namespace, or a container's); dumping processes of another PID namespace is not supported yet"
-            )));
-        }
+        problems.extend(pid_namespace_problem(root, pid).map(at));
         let m = match proc::read(pid, "smaps") {
             Err(e) if gone(&e) && pid != root => continue,
             r => proc::parse_smaps(&r.map_err(proc_err("smaps"))?).map_err(|e| DumpError::Proc {
@@ -489,6 +487,34 @@ fn nested_pid(pid: Pid) -> Option<i32> {
         return None;
     }
     stasis_sys::pidns::ns_pids(pid).last().copied()
+}
+
+/// The PID namespace of a tree below stasis's, by the root's: the
+/// namespace whose pids the image will hold ([`pidmap`]).
+fn tree_pid_namespace(root: Pid) -> Option<PathBuf> {
+    nested_pid(root)?;
+    std::fs::read_link(format!("/proc/{root}/ns/pid")).ok()
+}
+
+/// A process of a tree below stasis's PID namespace must be in the root's
+/// namespace (the image holds the pids of one), and not its init.
+fn pid_namespace_problem(root: Pid, pid: Pid) -> Option<String> {
+    let ns = |p: Pid| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    if ns(pid) != ns(root) {
+        let inside = nested_pid(pid).unwrap_or(0);
+        return Some(format!(
+            "it runs in a PID namespace of its own below the root's, as pid {inside} there (a tree spanning PID \
+             namespaces is not supported yet)"
+        ));
+    }
+    match nested_pid(pid) {
+        Some(1) => Some(
+            "it is the init (pid 1) of its PID namespace, which cannot be restored as a process of one (not \
+             supported yet)"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// Processes sharing one address space: a vfork child (or a CLONE_VM one)
@@ -693,7 +719,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     let unix_sockets = fds.unix_sockets()?;
     let mut pipes: Vec<records::Pipe> = fds.pipes.into_values().collect();
     mark_pipe_ends(&mut pipes, &processes, &unix_sockets);
-    let tree = ProcessTree {
+    let mut tree = ProcessTree {
         processes,
         unix_sockets,
         netlock: tcp.lock.clone().unwrap_or_default(),
@@ -705,7 +731,13 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         leaderless_groups: leaderless.groups.into_iter().collect(),
         volume: None,
         shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
+        pid_namespace: false,
     };
+    if let Some(ns) = tree_pid_namespace(frozen.pid()) {
+        let pids: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
+        let map = pidmap::PidMap::build(ns, &pids, frozen.zombies())?;
+        map.translate(&mut tree).map_err(|what| DumpError::Unsupported { pid: frozen.pid(), problems: vec![what] })?;
+    }
     let objects =
         shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file, m.sysv.then_some(m.sysv_id))).collect();
     Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp })

@@ -253,6 +253,15 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     phase("check");
 
     let namespace = match opts.pid_namespace {
+        // Its pids are those of the namespace it lived in.
+        PidNamespaceMode::Never if tree.pid_namespace => {
+            return Err(RestoreError::Unsupported(
+                "the tree lived in a PID namespace of its own and the image holds that namespace's pids: it is \
+                 restored into a new PID namespace (drop --no-pid-namespace)"
+                    .into(),
+            ))
+        }
+        _ if tree.pid_namespace => Some("the tree was dumped from a PID namespace of its own".to_owned()),
         PidNamespaceMode::Always => Some("--pid-namespace was given".to_owned()),
         PidNamespaceMode::Never => {
             wait_free(tree, opts.pid_timeout, false)?;
