@@ -310,3 +310,43 @@ fn process_in_a_shell_pipeline() {
     assert_eq!(broken.trim(), (last + 1).to_string(), "{}", p.log());
     p.wait_exit(Duration::from_secs(30));
 }
+
+/// A supervisor's status pipe, as the shell stasis runs in hands every
+/// child one: fd 251, the write end of a pipe whose reader (here the test)
+/// is outside, never written to. The counter, writing to a file, is dumped
+/// and restored, goes on counting in its file from where it was, and still
+/// holds fd 251 as a pipe's write end.
+#[test]
+fn inherited_status_pipe_on_a_high_fd() {
+    let (dir, _) = script("ext-status", COUNTER);
+    let out = dir.path().join("out");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"exec 251>&1 1>"$2"; exec "$0" -I "$1/ext-status.py" "$1""#)
+        .arg(python3())
+        .arg(dir.path())
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut p = Spawned::start_with_stdio("ext-status", cmd, dir);
+    let _status_pipe = p.take_stdout();
+    let counted = |p: &Spawned, at_least: usize| {
+        p.wait_for(Duration::from_secs(30), "numbers in the counter's file", || {
+            let n = numbers(&fs::read_to_string(&out).ok()?);
+            (n.len() >= at_least).then_some(n)
+        })
+    };
+    counted(&p, 3);
+    let link = |pid: i32| fs::read_link(format!("/proc/{pid}/fd/251")).unwrap().to_string_lossy().into_owned();
+    assert!(link(p.pid).starts_with("pipe:["), "fd 251 is {}", link(p.pid));
+    let images = tempdir("ext-status-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    let at_dump = numbers(&fs::read_to_string(&out).unwrap()).len();
+    restore_ok(p.pid, images.path());
+    let mut p = Spawned::adopt("ext-status (restored)", p.pid, &p.dir);
+    assert!(link(p.pid).starts_with("pipe:["), "fd 251 of the restored counter is {}", link(p.pid));
+    let all = counted(&p, at_dump + 20);
+    assert_counts_on(&all, 1, "the counter's file across the dump and restore");
+    p.kill();
+}

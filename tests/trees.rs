@@ -487,3 +487,33 @@ fn failed_tree_restore(extra: &[&str]) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A tree in a PID namespace of its own dumped with --leave-running: it
+/// runs on; once its namespace is gone, the image restores into a new
+/// namespace at the state of the dump, behind where the original got.
+#[test]
+fn tree_in_a_pid_namespace_leave_running() {
+    let mut sysv = SysvLeftover::default();
+    let mut w = Workload::start("tree", &[]);
+    sysv.watch(&w);
+    w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let r = run(["restore", "--images", images.path().to_str().unwrap(), "--pid-namespace"]);
+    assert_eq!(r.code, Some(0), "restore failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    w.pid = r.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid printed\n{}", r.dump()));
+    let first = NamespaceInit(links(w.pid).0);
+    let again = tempfile::tempdir().unwrap();
+    dump(&w, again.path(), &["--leave-running"]);
+    let at_dump = w.progress().unwrap_or(0);
+    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
+    drop(first);
+    assert!(util::workload::wait_gone(w.pid, Duration::from_secs(30)), "the tree outlived its namespace's init");
+    let r = run(["restore", "--images", again.path().to_str().unwrap()]);
+    assert_eq!(r.code, Some(0), "second restore failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    w.pid = r.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid printed\n{}", r.dump()));
+    let _init = NamespaceInit(links(w.pid).0);
+    let outcome = w.check_ok();
+    assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
+}

@@ -925,7 +925,7 @@ impl Puppet {
             Some(ns) => (ns.spawn_paused(Pid::from_raw(ns_pid)).map_err(|e| create(crate::chain(&e)))?, None),
             None => {
                 let child = clone3::spawn_with_tid(&[Pid::from_raw(ns_pid)], ChildAction::Pause)
-                    .map_err(|e| create(e.to_string()))?;
+                    .map_err(|e| create(crate::chain(&e)))?;
                 (child.pid(), Some(child))
             }
         };
