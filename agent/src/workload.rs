@@ -519,6 +519,7 @@ pub fn restore_options(images: &Path, cancel: &Cancel) -> stasis_checkpoint::res
         progress: None,
         moved_devices: Vec::new(),
         inherit: Vec::new(),
+        shell_job: false,
     }
 }
 

@@ -337,7 +337,19 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                         ("fifo", fifo.file.as_ref().map(|r| r.path.clone()).unwrap_or_default())
                     }
                     Some(fd::Kind::Device(d)) => ("device", d.path.clone()),
-                    Some(fd::Kind::Tty(t)) => ("tty", t.path.clone()),
+                    Some(fd::Kind::Tty(t)) => (
+                        "tty",
+                        format!(
+                            "{} (external terminal tty:[{}:{}]{}: restore needs --shell-job or --inherit-fd)",
+                            t.path,
+                            ((t.rdev >> 32) & 0xffff_f000) | ((t.rdev >> 8) & 0xfff),
+                            ((t.rdev >> 12) & 0xffff_ff00) | (t.rdev & 0xff),
+                            match t.session {
+                                0 => String::new(),
+                                s => format!(", controlling session {s}"),
+                            }
+                        ),
+                    ),
                     Some(fd::Kind::Inotify(n)) => (
                         "inotify",
                         n.watches.iter().map(|w| format!("{} {}", w.wd, w.path)).collect::<Vec<_>>().join(", "),

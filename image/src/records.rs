@@ -1031,10 +1031,13 @@ pub struct Tty {
     pub path: String,
     #[prost(uint64, tag = "2")]
     pub rdev: u64,
-    /// The terminal stasis itself ran on when dumping: a restore maps it to
-    /// the restoring stasis's terminal (like `criu --shell-job`).
+    /// The terminal stasis itself ran on when dumping.
     #[prost(bool, tag = "3")]
     pub dumper_terminal: bool,
+    /// The session whose controlling terminal it was, when it was that of
+    /// the process holding it; 0 when not known.
+    #[prost(int32, tag = "4")]
+    pub session: i32,
 }
 
 /// A signal's disposition, as `rt_sigaction` reports it.

@@ -298,7 +298,7 @@ fn one_run(
     let mut rollback_us = None;
     if volume.is_some() {
         let started = Instant::now();
-        opts.moved_devices = super::restore::volume_first(&images, true, false, &[])?;
+        opts.moved_devices = super::restore::volume_first(&images, true, false, &[], false)?;
         rollback_us = Some(started.elapsed().as_micros() as u64);
     }
     let restored = restore::restore(&opts).with_context(|| format!("restore from {} failed", images.display()))?;

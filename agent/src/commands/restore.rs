@@ -71,17 +71,26 @@ pub struct Args {
     #[arg(long)]
     rollback_volume: bool,
     /// Hand fd N of this stasis process to the restored tree in place of
-    /// a pipe whose other end was outside the tree (CRIU's syntax; `stasis
-    /// inspect` lists such pipes as external). The tree's fds on that pipe
-    /// become this fd's open file description, given the status flags they
-    /// had: a process whose stdout went to a logger writes on into the pipe
-    /// passed here, e.g. `stasis restore ... --inherit-fd 'fd[3]:pipe:[4242]'
-    /// 3> >(logger)`. Bytes that were queued in the old pipe are not carried
-    /// over. Without it, the outside end is gone after restore: a writer
-    /// gets EPIPE (and SIGPIPE), a reader the queued bytes and then end of
-    /// file. May be given more than once.
-    #[arg(long, value_name = "fd[N]:pipe:[INODE]")]
+    /// a pipe whose other end was outside the tree, or of a terminal
+    /// (CRIU's syntax; `stasis inspect` lists both as external). The tree's
+    /// fds on that object become this fd's open file description, given the
+    /// status flags they had: a process whose stdout went to a logger writes
+    /// on into the pipe passed here, e.g. `stasis restore ... --inherit-fd
+    /// 'fd[3]:pipe:[4242]' 3> >(logger)`. Bytes that were queued in the old
+    /// pipe are not carried over. Without it, the outside end is gone after
+    /// restore: a writer gets EPIPE (and SIGPIPE), a reader the queued bytes
+    /// and then end of file. May be given more than once.
+    #[arg(long, value_name = "fd[N]:pipe:[INODE]|fd[N]:tty:[MAJOR:MINOR]")]
     inherit_fd: Vec<restore::InheritFd>,
+    /// Give the tree this stasis's terminal (its stdin, stdout or stderr)
+    /// wherever it held a terminal, as CRIU's --shell-job: a program
+    /// dumped from one shell goes on in the shell that restores it, in that
+    /// terminal's session. Without it (or an --inherit-fd for each
+    /// terminal), an image whose processes held a terminal is refused: a
+    /// restore never reopens /dev/pts/N by its name, which another session
+    /// may hold by now.
+    #[arg(long)]
+    shell_job: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -95,6 +104,7 @@ pub fn volume_first(
     rollback: bool,
     allow_changed_files: bool,
     inherit: &[restore::InheritFd],
+    shell_job: bool,
 ) -> anyhow::Result<Vec<(u64, u64)>> {
     use std::os::unix::fs::MetadataExt;
     let image = stasis_image::Image::open(images)?;
@@ -136,6 +146,7 @@ pub fn volume_first(
         progress: None,
         moved_devices: Vec::new(),
         inherit: inherit.to_vec(),
+        shell_job,
     };
     restore::preflight(&opts, v.dev)
         .with_context(|| format!("not rolling {} back: the restore would fail", volume.describe()))?;
@@ -148,11 +159,13 @@ pub fn volume_first(
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let bar = crate::output::Progress::new("restoring memory");
     let cancel = crate::cancel::cancel_on_signals()?;
-    let moved_devices = volume_first(&args.images, args.rollback_volume, args.allow_changed_files, &args.inherit_fd)
-        .with_context(|| format!("restore from {} failed", args.images.display()))?;
+    let moved_devices =
+        volume_first(&args.images, args.rollback_volume, args.allow_changed_files, &args.inherit_fd, args.shell_job)
+            .with_context(|| format!("restore from {} failed", args.images.display()))?;
     let opts = RestoreOptions {
         moved_devices,
         inherit: args.inherit_fd.clone(),
+        shell_job: args.shell_job,
         images: args.images.clone(),
         allow_changed_files: args.allow_changed_files,
         pid_timeout: Duration::from_secs(args.pid_timeout),

@@ -121,6 +121,9 @@ impl PidMap {
         if let Some(s) = &mut f.shared_with {
             s.pid = self.inner(s.pid);
         }
+        if let Some(Kind::Tty(t)) = &mut f.kind {
+            t.session = self.inner(t.session);
+        }
         if let Some(Kind::Pidfd(pf)) = &mut f.kind {
             let outer = pf.pid;
             pf.pid = self.inner(outer);

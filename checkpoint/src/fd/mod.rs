@@ -165,6 +165,9 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         let major = dev_major(meta.rdev());
         return match major {
             1 => Ok(Kind::Device),
+            // /dev/ptmx (and devpts's ptmx): a master is a terminal pair of
+            // the tree's own, not a terminal to give it back.
+            5 if dev_minor(meta.rdev()) == 2 => Err("pseudo-terminal master (not supported yet)".into()),
             4 | 5 | 136..=143 => Ok(Kind::Tty),
             m => Err(format!("character device {m}:{}", dev_minor(meta.rdev()))),
         };
@@ -203,7 +206,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         }
         Kind::Fifo => pipe::dump_fifo(seen, copy),
         Kind::Device => Ok((device::dump(seen), Extra::default())),
-        Kind::Tty => Ok((tty::dump(seen), Extra::default())),
+        Kind::Tty => Ok((tty::dump(pid, seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),

@@ -107,8 +107,11 @@ pub struct Planner<'a> {
     pub repaired: Vec<(OwnedFd, bool)>,
     /// Devices whose files moved to another (a rolled-back volume).
     pub moved_devices: Vec<(u64, u64)>,
-    /// External pipes by id, and the agent's fd standing for each.
-    pub inherit: HashMap<u64, i32>,
+    /// External pipes and terminals, and the agent's fd standing for each
+    /// (`--inherit-fd`).
+    pub inherit: HashMap<super::Inherited, i32>,
+    /// Terminals become the agent's own (`--shell-job`).
+    pub shell_job: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -132,6 +135,7 @@ impl<'a> Planner<'a> {
             repaired: Vec::new(),
             moved_devices: Vec::new(),
             inherit: HashMap::new(),
+            shell_job: false,
         }
     }
 
@@ -177,8 +181,8 @@ impl<'a> Planner<'a> {
                     }
                     file.into()
                 }
-                Kind::Pipe(id) if self.inherit.contains_key(id) => {
-                    let given = self.inherit[id];
+                Kind::Pipe(id) if self.inherit.contains_key(&super::Inherited::Pipe(*id)) => {
+                    let given = self.inherit[&super::Inherited::Pipe(*id)];
                     let object = stasis_sys::fdtable::dup_own(given)
                         .map_err(|e| other(format!("dup of fd {given} (--inherit-fd): {e}")))?;
                     set_status_flags(&object, flags).map_err(other)?;
@@ -285,14 +289,20 @@ impl<'a> Planner<'a> {
                     set_status_flags(&object, flags).map_err(other)?;
                     object
                 }
-                Kind::Tty(t) => {
-                    let path = if t.dumper_terminal {
-                        own_terminal().unwrap_or_else(|| t.path.clone())
-                    } else {
-                        t.path.clone()
-                    };
-                    open(fd, &path, flags)?.into()
-                }
+                // Never by its name on its own (restore::check_terminals).
+                Kind::Tty(t) => match self.inherit.get(&super::Inherited::Tty(t.rdev)) {
+                    Some(&given) => {
+                        let object = stasis_sys::fdtable::dup_own(given)
+                            .map_err(|e| other(format!("dup of fd {given} (--inherit-fd): {e}")))?;
+                        set_status_flags(&object, flags).map_err(other)?;
+                        object
+                    }
+                    None if self.shell_job => {
+                        let own = own_terminal().ok_or_else(|| other("--shell-job: stasis has no terminal".into()))?;
+                        open(fd, &own, flags)?.into()
+                    }
+                    None => return Err(other(format!("terminal {} was neither inherited nor --shell-job", t.path))),
+                },
             };
             out.push(Planned::Object { fd, object, cloexec: r.cloexec });
         }
@@ -346,7 +356,7 @@ fn open(fd: i32, path: &str, flags: i32) -> Result<fs::File, FdError> {
 }
 
 /// The terminal the restoring stasis runs on, if any.
-fn own_terminal() -> Option<String> {
+pub(super) fn own_terminal() -> Option<String> {
     (0..3).find_map(|fd| {
         let link = fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
         let s = link.to_string_lossy().into_owned();

@@ -72,87 +72,197 @@ pub struct RestoreOptions {
     /// snapshot: its files keep their inodes on a new device.
     pub moved_devices: Vec<(u64, u64)>,
     /// Fds of the agent's that stand for the outside ends of external
-    /// pipes (`--inherit-fd`).
+    /// pipes and for terminals (`--inherit-fd`).
     pub inherit: Vec<InheritFd>,
+    /// Give the tree's terminals the restoring stasis's own terminal
+    /// (`--shell-job`).
+    pub shell_job: bool,
 }
 
-/// An fd of the agent's handed to the restored tree in place of a pipe
-/// whose other end was outside the tree, as CRIU's `--inherit-fd`: the
-/// tree's fds on that pipe become this fd's open file description (with
-/// the status flags they had), so the tree goes on writing to (or reading
-/// from) whatever the caller passed, a logger's pipe for instance. Bytes
-/// queued in the old pipe are not carried over into it.
+/// An fd of the agent's handed to the restored tree in place of an object
+/// the tree shared with the outside, as CRIU's `--inherit-fd`: a pipe
+/// whose other end was outside the tree, or a terminal. The tree's fds on
+/// that object become this fd's open file description (with the status
+/// flags they had), so the tree goes on writing to (or reading from)
+/// whatever the caller passed, a logger's pipe for instance. Bytes queued
+/// in an old pipe are not carried over into it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InheritFd {
     /// The fd, open in the agent.
     pub fd: i32,
-    /// The pipe's id in the image (its inode at dump time).
-    pub pipe: u64,
+    /// What it stands for.
+    pub what: Inherited,
+}
+
+/// The object of the image an [`InheritFd`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Inherited {
+    /// A pipe, by its id in the image (its inode at dump time).
+    Pipe(u64),
+    /// A terminal, by its device number.
+    Tty(u64),
+}
+
+impl std::fmt::Display for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inherited::Pipe(id) => write!(f, "pipe:[{id}]"),
+            Inherited::Tty(rdev) => write!(f, "tty:[{}:{}]", crate::fd::dev_major(*rdev), crate::fd::dev_minor(*rdev)),
+        }
+    }
 }
 
 impl std::str::FromStr for InheritFd {
     type Err = String;
 
-    /// `fd[N]:pipe:[INODE]`, the pipe as /proc/PID/fd showed it at dump
-    /// time (and as `stasis inspect` lists it).
+    /// `fd[N]:pipe:[INODE]` or `fd[N]:tty:[MAJOR:MINOR]`, the object as
+    /// `stasis inspect` shows it.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not fd[N]:pipe:[INODE] (the pipe as `stasis inspect` shows it)");
+        let bad = || {
+            format!(
+                "{s:?} is not fd[N]:pipe:[INODE] or fd[N]:tty:[MAJOR:MINOR] (the object as `stasis inspect` shows it)"
+            )
+        };
         let (fd, key) = s.strip_prefix("fd[").and_then(|r| r.split_once("]:")).ok_or_else(bad)?;
         let fd = fd.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(bad)?;
-        let pipe = key.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
-        let pipe = pipe.parse().map_err(|_| bad())?;
-        Ok(InheritFd { fd, pipe })
+        let what = if let Some(pipe) = key.strip_prefix("pipe:[").and_then(|r| r.strip_suffix(']')) {
+            Inherited::Pipe(pipe.parse().map_err(|_| bad())?)
+        } else if let Some(tty) = key.strip_prefix("tty:[").and_then(|r| r.strip_suffix(']')) {
+            let (major, minor) = tty.split_once(':').ok_or_else(bad)?;
+            let (major, minor): (u64, u64) = (major.parse().map_err(|_| bad())?, minor.parse().map_err(|_| bad())?);
+            Inherited::Tty(proc::makedev(major, minor))
+        } else {
+            return Err(bad());
+        };
+        Ok(InheritFd { fd, what })
     }
 }
 
 impl std::fmt::Display for InheritFd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "fd[{}]:pipe:[{}]", self.fd, self.pipe)
+        write!(f, "fd[{}]:{}", self.fd, self.what)
     }
 }
 
-/// Each inherited fd names an external pipe of the image once, and is open
-/// in the agent for the direction the tree used the pipe in.
+/// Every fd of the tree, with its process: the processes' own and those in
+/// flight (pid 0).
+fn all_fds(tree: &ProcessTree) -> impl Iterator<Item = (i32, &stasis_image::records::Fd)> {
+    let own = tree.processes.iter().flat_map(|p| p.fds.iter().map(move |f| (p.pid, f)));
+    own.chain(tree.unix_sockets.iter().flat_map(|s| &s.passed).flat_map(|m| &m.fds).map(|f| (0, f)))
+}
+
+/// Each inherited fd names an external pipe or a terminal of the image
+/// once, and is open in the agent (for the direction the tree used a pipe
+/// in).
 fn check_inherited(tree: &ProcessTree, inherit: &[InheritFd]) -> Result<(), RestoreError> {
     use stasis_image::records::PipeEnds;
     let bad = |i: &InheritFd, what: String| RestoreError::Incompatible(format!("--inherit-fd {i}: {what}"));
     let mut named = HashSet::new();
     for i in inherit {
-        if !named.insert(i.pipe) {
-            return Err(bad(i, format!("pipe:[{}] is named twice", i.pipe)));
+        if !named.insert(i.what) {
+            return Err(bad(i, format!("{} is named twice", i.what)));
         }
-        let Some(pipe) = tree.pipes.iter().find(|p| p.id == i.pipe) else {
+        let given = stasis_sys::fdtable::dup_own(i.fd)
+            .map_err(|e| bad(i, format!("fd {} is not open in stasis ({e})", i.fd)))?;
+        let flags = stasis_sys::nix::fcntl::fcntl(&given, stasis_sys::nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| bad(i, format!("F_GETFL of fd {}: {e}", i.fd)))?;
+        let mode = flags & libc::O_ACCMODE;
+        let id = match i.what {
+            Inherited::Pipe(id) => id,
+            Inherited::Tty(rdev) => {
+                if !all_fds(tree).any(|(_, f)| matches!(&f.kind, Some(fd::Kind::Tty(t)) if t.rdev == rdev)) {
+                    return Err(bad(
+                        i,
+                        format!("the image has no terminal {} (its terminals: {})", i.what, terminals(tree)),
+                    ));
+                }
+                continue;
+            }
+        };
+        let Some(pipe) = tree.pipes.iter().find(|p| p.id == id) else {
             let external: Vec<String> =
                 tree.pipes.iter().filter(|p| p.external()).map(|p| format!("pipe:[{}]", p.id)).collect();
             let has = match external.is_empty() {
                 true => "none".to_owned(),
                 false => external.join(", "),
             };
-            return Err(bad(i, format!("the image has no pipe:[{}] (its external pipes: {has})", i.pipe)));
+            return Err(bad(i, format!("the image has no pipe:[{id}] (its external pipes: {has})")));
         };
-        let given = stasis_sys::fdtable::dup_own(i.fd)
-            .map_err(|e| bad(i, format!("fd {} is not open in stasis ({e})", i.fd)))?;
-        let flags = stasis_sys::nix::fcntl::fcntl(&given, stasis_sys::nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(|e| bad(i, format!("F_GETFL of fd {}: {e}", i.fd)))?;
-        let mode = flags & libc::O_ACCMODE;
         match pipe.ends() {
-            PipeEnds::Both => {
-                return Err(bad(
-                    i,
-                    format!(
-                        "both ends of pipe:[{}] were in the tree; only a pipe with an end outside it can be inherited",
-                        i.pipe
-                    ),
-                ))
-            }
+            PipeEnds::Both => return Err(bad(
+                i,
+                format!(
+                    "both ends of pipe:[{id}] were in the tree; only a pipe with an end outside it can be inherited"
+                ),
+            )),
             PipeEnds::ReadOnly if mode == libc::O_WRONLY => {
-                return Err(bad(i, format!("the tree read from pipe:[{}] but fd {} is open write-only", i.pipe, i.fd)))
+                return Err(bad(i, format!("the tree read from pipe:[{id}] but fd {} is open write-only", i.fd)))
             }
             PipeEnds::WriteOnly if mode == libc::O_RDONLY => {
-                return Err(bad(i, format!("the tree wrote to pipe:[{}] but fd {} is open read-only", i.pipe, i.fd)))
+                return Err(bad(i, format!("the tree wrote to pipe:[{id}] but fd {} is open read-only", i.fd)))
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// The image's terminals, as --inherit-fd names them.
+fn terminals(tree: &ProcessTree) -> String {
+    let mut all: Vec<String> = all_fds(tree)
+        .filter_map(|(_, f)| match &f.kind {
+            Some(fd::Kind::Tty(t)) => Some(format!("{} {}", t.path, Inherited::Tty(t.rdev))),
+            _ => None,
+        })
+        .collect();
+    all.sort();
+    all.dedup();
+    if all.is_empty() {
+        return "none".into();
+    }
+    all.join(", ")
+}
+
+/// A terminal is never reopened by its name on the restore's own account:
+/// another session may have that /dev/pts/N now. Each one the tree held
+/// comes from `--shell-job` (the restoring stasis's own terminal) or from
+/// an `--inherit-fd`; any other is refused here, before anything is made,
+/// naming it.
+fn check_terminals(tree: &ProcessTree, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let handed: HashSet<u64> = opts
+        .inherit
+        .iter()
+        .filter_map(|i| match i.what {
+            Inherited::Tty(rdev) => Some(rdev),
+            Inherited::Pipe(_) => None,
+        })
+        .collect();
+    for (pid, f) in all_fds(tree) {
+        let Some(fd::Kind::Tty(t)) = &f.kind else { continue };
+        if handed.contains(&t.rdev) {
+            continue;
+        }
+        if opts.shell_job {
+            if fds::own_terminal().is_none() {
+                return Err(RestoreError::Incompatible(
+                    "--shell-job: this stasis has no terminal on its stdin, stdout or stderr to give the tree".into(),
+                ));
+            }
+            continue;
+        }
+        let whose = if pid == 0 { "an fd in flight".to_owned() } else { format!("fd {} of process {pid}", f.fd) };
+        let session = match t.session {
+            0 => String::new(),
+            s => format!(", the controlling terminal of session {s}"),
+        };
+        return Err(RestoreError::Incompatible(format!(
+            "{whose} is the terminal {} ({}{session}), which is outside the image; a restore does not reopen a \
+             terminal by its name, as another session may have it now. Give the tree this stasis's terminal with \
+             --shell-job, or hand in an fd with --inherit-fd 'fd[N]:{}'",
+            t.path,
+            Inherited::Tty(t.rdev),
+            Inherited::Tty(t.rdev)
+        )));
     }
     Ok(())
 }
@@ -247,6 +357,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     check_kernel(tree)?;
     check_inherited(tree, &opts.inherit)?;
+    check_terminals(tree, opts)?;
     for p in &tree.processes {
         check_mapped_files(p, opts.allow_changed_files, &opts.moved_devices)?;
     }
@@ -307,7 +418,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     let mut planner = fds::Planner::new(&tree.pipes, opts.allow_changed_files, members, &objects, &deleted, unix);
     planner.moved_devices = opts.moved_devices.clone();
-    planner.inherit = opts.inherit.iter().map(|i| (i.pipe, i.fd)).collect();
+    planner.inherit = opts.inherit.iter().map(|i| (i.what, i.fd)).collect();
+    planner.shell_job = opts.shell_job;
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
@@ -741,6 +853,7 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
     let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
     check_kernel(tree)?;
     check_inherited(tree, &opts.inherit)?;
+    check_terminals(tree, opts)?;
     if opts.allow_changed_files {
         return Ok(());
     }
@@ -1971,20 +2084,25 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
 
 #[cfg(test)]
 mod inherit_fd_tests {
-    use super::InheritFd;
+    use super::{proc, InheritFd, Inherited};
 
     #[test]
     fn parses_criu_syntax_and_prints_it_back() {
         let i: InheritFd = "fd[3]:pipe:[4242]".parse().unwrap();
-        assert_eq!(i, InheritFd { fd: 3, pipe: 4242 });
+        assert_eq!(i, InheritFd { fd: 3, what: Inherited::Pipe(4242) });
         assert_eq!(i.to_string(), "fd[3]:pipe:[4242]");
+        let t: InheritFd = "fd[0]:tty:[136:3]".parse().unwrap();
+        assert_eq!(t, InheritFd { fd: 0, what: Inherited::Tty(proc::makedev(136, 3)) });
+        assert_eq!(t.to_string(), "fd[0]:tty:[136:3]");
     }
 
     #[test]
     fn refuses_anything_else_saying_what_it_wants() {
-        for bad in ["3:pipe:[1]", "fd[-1]:pipe:[1]", "fd[3]:socket:[1]", "fd[3]:pipe:[x]", "fd[3]:pipe:[1"] {
+        for bad in
+            ["3:pipe:[1]", "fd[-1]:pipe:[1]", "fd[3]:socket:[1]", "fd[3]:pipe:[x]", "fd[3]:pipe:[1", "fd[1]:tty:[5]"]
+        {
             let e = bad.parse::<InheritFd>().unwrap_err();
-            assert!(e.contains("fd[N]:pipe:[INODE]"), "{bad}: {e}");
+            assert!(e.contains("fd[N]:pipe:[INODE] or fd[N]:tty:[MAJOR:MINOR]"), "{bad}: {e}");
         }
     }
 }
