@@ -6,6 +6,7 @@
 mod util;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
@@ -318,4 +319,59 @@ fn flock_and_its_job_keep_the_lock() {
     // flock(1) exits with its job, and the lock goes with it.
     assert!(wait_gone(p.pid, Duration::from_secs(30)), "flock outlived its job");
     assert!(try_lock(), "the lock is still held after the tree is gone");
+}
+
+/// A logger appending numbered lines to a log opened with O_APPEND (as
+/// `>>` or open(..., "a") make it); while it is dumped away, another
+/// process appends to the same log. The restore is not refused for that
+/// (every write goes to the end whatever happened), says so, and the log
+/// then holds every line once, in order: the logger's up to the dump, the
+/// other's, the logger's from the next number on. A file that shrank is
+/// still refused.
+#[test]
+fn append_only_log_that_grew_since_the_dump() {
+    let dir = tempdir("append-log");
+    let script = dir.path().join("logger.py");
+    fs::write(
+        &script,
+        "import os, sys, time\nfd = os.open(os.path.join(sys.argv[1], 'app.log'), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)\n\
+         i = 0\nwhile True:\n    i += 1\n    os.write(fd, b'line %d\\n' % i)\n    time.sleep(0.005)\n",
+    )
+    .unwrap();
+    let log = dir.path().join("app.log");
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let mut p = Spawned::start("append-log", cmd, dir);
+    let lines =
+        |path: &Path| fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>();
+    p.wait_for(Duration::from_secs(30), "5 lines", || (lines(&log).len() >= 5).then_some(()));
+    let images = tempdir("append-log-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    let at_dump = lines(&log).len();
+    fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"from another process\n").unwrap();
+    let r = restore_ok(p.pid, images.path());
+    assert!(r.stderr.contains("grew by 21 bytes") && r.stderr.contains("appending only"), "no note\n{}", r.dump());
+    assert!(!r.stderr.contains('\x1b'), "colour codes in a note written to a pipe\n{}", r.dump());
+    p.wait_for(Duration::from_secs(30), "20 more lines", || (lines(&log).len() >= at_dump + 21).then_some(()));
+    p.kill();
+    let mut want: Vec<String> = (1..=at_dump).map(|i| format!("line {i}")).collect();
+    want.push("from another process".into());
+    let all = lines(&log);
+    want.extend((at_dump + 1..all.len()).map(|i| format!("line {i}")));
+    assert_eq!(all, want, "the log does not hold every line once, in order");
+
+    // Truncated since: refused.
+    let images2 = tempdir("append-log-img2");
+    let mut cmd = Command::new(python3());
+    let dir = tempdir("append-log2");
+    let log = dir.path().join("app.log");
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let mut q = Spawned::start("append-log2", cmd, dir);
+    q.wait_for(Duration::from_secs(30), "5 lines", || (lines(&log).len() >= 5).then_some(()));
+    dump_ok(q.pid, images2.path(), &[]);
+    q.wait_exit(Duration::from_secs(30));
+    fs::write(&log, "short\n").unwrap();
+    let r = util::run(["restore", "--images", images2.path().to_str().unwrap()]).expect_code(1);
+    assert!(r.stderr.contains("app.log") && r.stderr.contains("changed since the dump"), "{}", r.dump());
 }

@@ -84,6 +84,17 @@ pub fn check_unchanged(f: &FileRef, meta: &fs::Metadata, moved: &[(u64, u64)]) -
     Ok(())
 }
 
+/// A file open for appending only (O_WRONLY|O_APPEND, a log) that is the
+/// same file and only grew since the dump: every write goes to its end
+/// whatever happened, so the growth is no change worth refusing (a restore
+/// puts the fd at the new end). Its new size, when so.
+pub fn appended_only(f: &FileRef, flags: i32, meta: &fs::Metadata, moved: &[(u64, u64)]) -> Option<u64> {
+    let appending = flags & libc::O_ACCMODE == libc::O_WRONLY && flags & libc::O_APPEND != 0;
+    let dev = moved.iter().find(|(was, _)| *was == f.dev).map_or(f.dev, |(_, now)| *now);
+    (appending && meta.is_file() && meta.dev() == dev && meta.ino() == f.ino && meta.size() >= f.size)
+        .then_some(meta.size())
+}
+
 /// Re-creates the fds of a tree's processes, one process after the
 /// other: a pipe is made once for the whole tree, whichever process holds
 /// its ends.
@@ -169,15 +180,24 @@ impl<'a> Planner<'a> {
                 Kind::File(f) => {
                     let file = open(fd, &f.path, flags)?;
                     let meta = file.metadata().map_err(|source| FdError::Open { fd, path: f.path.clone(), source })?;
+                    let mut pos = r.pos;
                     if !allow_changed {
-                        check_unchanged(f, &meta, &self.moved_devices).map_err(|what| FdError::Changed {
-                            fd,
-                            path: f.path.clone(),
-                            what,
-                        })?;
+                        let changed = check_unchanged(f, &meta, &self.moved_devices);
+                        match appended_only(f, flags, &meta, &self.moved_devices) {
+                            Some(size) if changed.is_err() => {
+                                tracing::warn!(
+                                    "fd {fd}: {} grew by {} bytes since the dump; it is open for appending only, so \
+                                     the process goes on writing at its new end",
+                                    f.path,
+                                    size - f.size
+                                );
+                                pos = size;
+                            }
+                            _ => changed.map_err(|what| FdError::Changed { fd, path: f.path.clone(), what })?,
+                        }
                     }
                     if meta.is_file() {
-                        lseek(&file, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
+                        lseek(&file, pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
                     }
                     file.into()
                 }

@@ -189,12 +189,14 @@ fn check_inherited(tree: &ProcessTree, inherit: &[InheritFd]) -> Result<(), Rest
             return Err(bad(i, format!("the image has no pipe:[{id}] (its external pipes: {has})")));
         };
         match pipe.ends() {
-            PipeEnds::Both => return Err(bad(
-                i,
-                format!(
+            PipeEnds::Both => {
+                return Err(bad(
+                    i,
+                    format!(
                     "both ends of pipe:[{id}] were in the tree; only a pipe with an end outside it can be inherited"
                 ),
-            )),
+                ))
+            }
             PipeEnds::ReadOnly if mode == libc::O_WRONLY => {
                 return Err(bad(i, format!("the tree read from pipe:[{id}] but fd {} is open write-only", i.fd)))
             }
@@ -859,12 +861,12 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
     }
     for p in &tree.processes {
         let mapped = p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32).filter_map(|v| v.file.as_ref());
-        let mapped = mapped.filter(|f| !f.deleted);
+        let mapped = mapped.filter(|f| !f.deleted).map(|f| (f, 0));
         let open = p.fds.iter().filter_map(|r| match &r.kind {
-            Some(fd::Kind::File(f)) if !f.deleted => Some(f),
+            Some(fd::Kind::File(f)) if !f.deleted => Some((f, r.flags as i32)),
             _ => None,
         });
-        for f in mapped.chain(open).filter(|f| f.dev != volume_dev) {
+        for (f, flags) in mapped.chain(open).filter(|(f, _)| f.dev != volume_dev) {
             let changed = |what: String| {
                 RestoreError::Incompatible(format!(
                     "{} (process {}) changed since the dump ({what}); pass --allow-changed-files to restore anyway",
@@ -872,7 +874,9 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
                 ))
             };
             let meta = std::fs::metadata(&f.path).map_err(|e| changed(format!("it is not there: {e}")))?;
-            fds::check_unchanged(f, &meta, &[]).map_err(changed)?;
+            if fds::appended_only(f, flags, &meta, &[]).is_none() {
+                fds::check_unchanged(f, &meta, &[]).map_err(changed)?;
+            }
         }
     }
     Ok(())
