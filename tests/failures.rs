@@ -480,3 +480,88 @@ fn dump_refuses_a_pseudo_terminal_master_up_front() {
     assert!(p.alive() && tracer_of(p.pid) == 0, "the process was harmed");
     assert!(!images.path().join("stasis.img").exists(), "an image was left");
 }
+
+/// What a restore finds again by name must be what was dumped, checked
+/// before anything is made: a device node now of another device, a unix
+/// socket name another process has bound, a FIFO replaced by a regular
+/// file or by another FIFO are each refused naming the fd and the object,
+/// and no process is left; once all is as it was (a new FIFO allowed with
+/// --allow-changed-files) the restore goes through.
+#[test]
+fn restore_refuses_named_objects_that_changed() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempdir("named");
+    let script = dir.path().join("named.py");
+    fs::write(
+        &script,
+        "import os, socket, stat, sys, time\nd = sys.argv[1]\n\
+         os.mkfifo(os.path.join(d, 'fifo'))\nfifo = os.open(os.path.join(d, 'fifo'), os.O_RDWR)\n\
+         os.mknod(os.path.join(d, 'null'), stat.S_IFCHR | 0o666, os.makedev(1, 3))\n\
+         null = os.open(os.path.join(d, 'null'), os.O_RDWR)\n\
+         s = socket.socket(socket.AF_UNIX)\ns.bind(os.path.join(d, 'sock'))\ns.listen(4)\n\
+         open(os.path.join(d, 'ready'), 'w').close()\nwhile True:\n    time.sleep(0.05)\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let mut p = Spawned::start("named", cmd, dir);
+    p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+    let fd_of = |name: &str| {
+        let path = p.dir.join(name);
+        fs::read_dir(format!("/proc/{}/fd", p.pid))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| fs::read_link(e.path()).is_ok_and(|l| l == path))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_else(|| panic!("{name} is not open"))
+    };
+    let (fifo_fd, null_fd) = (fd_of("fifo"), fd_of("null"));
+    let images = tempdir("named-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    let img = images.path().to_str().unwrap();
+    let refused = |extra: &[&str], want: &[&str]| {
+        let mut args = vec!["restore", "--images", img];
+        args.extend_from_slice(extra);
+        let line = error_line(&run(&args));
+        for w in want {
+            assert!(line.contains(w), "{w:?} not in: {line}");
+        }
+        assert!(!is_alive(p.pid), "a refused restore left a process at {}", p.pid);
+    };
+    let (fifo, null, sock) = (p.dir.join("fifo"), p.dir.join("null"), p.dir.join("sock"));
+    let node = |rdev_minor: u64| {
+        let _ = fs::remove_file(&null);
+        nix::sys::stat::mknod(
+            &null,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, rdev_minor),
+        )
+        .unwrap();
+    };
+
+    node(5);
+    refused(&[], &[&format!("fd {null_fd} of process {}", p.pid), "is the device", "(1:3)", "device 1:5 now"]);
+    node(3);
+
+    let _ = fs::remove_file(&sock);
+    let squatter = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    refused(&[], &["unix stream socket", "sock", "a socket in use holds now"]);
+    drop(squatter);
+
+    // The dumped FIFO stays linked aside, so a new one cannot get its inode.
+    fs::rename(&fifo, p.dir.join("fifo.dumped")).unwrap();
+    fs::write(&fifo, "not a fifo").unwrap();
+    refused(&[], &[&format!("fd {fifo_fd} of process {}", p.pid), "is the FIFO", "no FIFO now"]);
+    fs::rename(&fifo, p.dir.join("fifo.file")).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    refused(&[], &["is the FIFO", "another FIFO now", "--allow-changed-files"]);
+
+    let r = run(["restore", "--images", img, "--allow-changed-files"]).success();
+    assert_eq!(r.stdout.trim(), p.pid.to_string(), "{}", r.dump());
+    let mut p = Spawned::adopt("named (restored)", p.pid, &p.dir);
+    assert!(p.alive());
+    p.kill();
+}

@@ -623,6 +623,37 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
     Ok(())
 }
 
+/// What holds the name `s` is to be bound to now, if anything but a socket
+/// file left over by a socket that no longer exists: "a socket in use", "a
+/// regular file"...
+pub fn name_taken(s: &UnixSocket) -> Option<String> {
+    if s.name.is_empty() {
+        return None;
+    }
+    if s.name[0] == 0 {
+        // An abstract name: taken if a probe cannot bind it.
+        let addr = address(&s.name).ok()?;
+        let probe = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).ok()?;
+        return match socket::bind(probe.as_raw_fd(), &addr) {
+            Err(Errno::EADDRINUSE) => Some("a socket in use".into()),
+            _ => None,
+        };
+    }
+    let path = Path::new(OsStr::from_bytes(&s.name));
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let ft = meta.file_type();
+    if ft.is_socket() {
+        return (!is_stale(path, s.ty)).then(|| "a socket in use".into());
+    }
+    Some(if ft.is_file() {
+        "a regular file".into()
+    } else if ft.is_dir() {
+        "a directory".into()
+    } else {
+        "another kind of file".into()
+    })
+}
+
 /// Whether the socket file at `path` is left over: nothing answers a
 /// connect to it any more.
 fn is_stale(path: &Path, ty: i32) -> bool {

@@ -225,6 +225,84 @@ fn terminals(tree: &ProcessTree) -> String {
     all.join(", ")
 }
 
+/// Everything the restore finds again by name must be what was dumped,
+/// checked before anything is made: a FIFO still a FIFO (the same one,
+/// unless `allow_changed`), a device node still the same device, a unix
+/// socket's name free (or held by a socket file nothing answers on any
+/// more). Each mismatch names the fd and the object.
+fn check_named_objects(tree: &ProcessTree, allow_changed: bool, moved: &[(u64, u64)]) -> Result<(), RestoreError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let whose = |pid: i32, fd: i32| match pid {
+        0 => "an fd in flight".to_owned(),
+        _ => format!("fd {fd} of process {pid}"),
+    };
+    let refuse = |who: String, what: String| RestoreError::Incompatible(format!("{who} {what}"));
+    for (pid, f) in all_fds(tree) {
+        match &f.kind {
+            Some(fd::Kind::Fifo(fifo)) => {
+                let Some(file) = &fifo.file else { continue };
+                let meta = std::fs::symlink_metadata(&file.path).map_err(|e| {
+                    refuse(whose(pid, f.fd), format!("is the FIFO {}, which is not there now: {e}", file.path))
+                })?;
+                if !meta.file_type().is_fifo() {
+                    return Err(refuse(
+                        whose(pid, f.fd),
+                        format!("is the FIFO {}, which is no FIFO now (a {:?})", file.path, meta.file_type()),
+                    ));
+                }
+                let dev = moved.iter().find(|(was, _)| *was == file.dev).map_or(file.dev, |(_, now)| *now);
+                if !allow_changed && (meta.dev(), meta.ino()) != (dev, file.ino) {
+                    return Err(refuse(
+                        whose(pid, f.fd),
+                        format!(
+                            "is the FIFO {}, which is another FIFO now (inode {}, was {}); pass \
+                             --allow-changed-files to restore anyway",
+                            file.path,
+                            meta.ino(),
+                            file.ino
+                        ),
+                    ));
+                }
+            }
+            Some(fd::Kind::Device(d)) => {
+                let meta = std::fs::metadata(&d.path).map_err(|e| {
+                    refuse(whose(pid, f.fd), format!("is the device {}, which is not there now: {e}", d.path))
+                })?;
+                if !meta.file_type().is_char_device() || meta.rdev() != d.rdev {
+                    let dev = |r: u64| format!("{}:{}", crate::fd::dev_major(r), crate::fd::dev_minor(r));
+                    return Err(refuse(
+                        whose(pid, f.fd),
+                        format!(
+                            "is the device {} ({}), which is {} now",
+                            d.path,
+                            dev(d.rdev),
+                            match meta.file_type().is_char_device() {
+                                true => format!("device {}", dev(meta.rdev())),
+                                false => "no character device".into(),
+                            }
+                        ),
+                    ));
+                }
+            }
+            Some(fd::Kind::Unix(id)) => {
+                let Some(s) = tree.unix_sockets.iter().find(|s| s.id == *id) else { continue };
+                if let Some(what) = crate::fd::unix::name_taken(s) {
+                    return Err(refuse(
+                        whose(pid, f.fd),
+                        format!(
+                            "is the {}, whose name {what} holds now (another process's, or the original left \
+                             running); stop it or remove the file",
+                            s.describe()
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A terminal is never reopened by its name on the restore's own account:
 /// another session may have that /dev/pts/N now. Each one the tree held
 /// comes from `--shell-job` (the restoring stasis's own terminal) or from
@@ -360,6 +438,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     check_kernel(tree)?;
     check_inherited(tree, &opts.inherit)?;
     check_terminals(tree, opts)?;
+    check_named_objects(tree, opts.allow_changed_files, &opts.moved_devices)?;
     for p in &tree.processes {
         check_mapped_files(p, opts.allow_changed_files, &opts.moved_devices)?;
     }
