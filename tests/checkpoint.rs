@@ -239,3 +239,28 @@ fn assert_same_state(
         .collect();
     assert!(differ.is_empty(), "changed by the dump and restore:\n{}", differ.join("\n"));
 }
+
+/// One frozen time: what `dump` prints (and --json holds) is what the image
+/// holds for `inspect`, for a killed tree (stopped until the kill, after
+/// the image is written and verified) and for one left running.
+#[test]
+fn dump_and_inspect_show_one_frozen_time() {
+    for extra in [&[][..], &["--leave-running"][..]] {
+        let mut w = Workload::start("mem_dense", &["16"]);
+        w.wait_running();
+        let images = tempfile::tempdir().unwrap();
+        let pid = w.pid.to_string();
+        let mut args = vec!["dump", "--pid", &pid, "--images", images.path().to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let dumped = run(&args).success().json();
+        let shown = run(["inspect", "--json", images.path().to_str().unwrap()]).success().json();
+        let frozen = dumped["frozen_us"].as_u64().unwrap_or_else(|| panic!("no frozen_us in {dumped}"));
+        assert!(frozen > 0, "{dumped}");
+        assert_eq!(
+            shown["dump"]["frozen_us"].as_u64(),
+            Some(frozen),
+            "{extra:?}: dump said {dumped}\ninspect says {shown}"
+        );
+        w.kill();
+    }
+}

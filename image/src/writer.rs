@@ -308,6 +308,46 @@ impl ImageWriter {
     }
 }
 
+/// Replace the dump figures of the finished image in `dir`: a dump that
+/// kills its tree knows how long the tree was stopped only after the kill,
+/// which waits for the image to be written and verified. The manifest is
+/// written anew beside the old one and renamed over it, so a failure
+/// leaves the image as it was; nothing else in it changes. Returns the new
+/// manifest's hash.
+pub fn set_dump_stats(dir: &Path, stats: crate::records::DumpStats) -> Result<[u8; 32], WriteError> {
+    let manifest = dir.join(MANIFEST_NAME);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| WriteError::Io { path, source }
+    };
+    let bytes = fs::read(&manifest).map_err(io(&manifest))?;
+    let bad = |what: String| WriteError::Io { path: manifest.clone(), source: std::io::Error::other(what) };
+    let (header, entries) = format::decode(&manifest, &bytes).map_err(|e| bad(e.to_string()))?;
+    let mut sections = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let mut data = bytes[e.offset as usize..(e.offset + e.len) as usize].to_vec();
+        if e.kind == SectionKind::Processes {
+            let mut tree = ProcessTree::decode(data.as_slice()).map_err(|e| bad(format!("processes: {e}")))?;
+            tree.stats = Some(stats.clone());
+            data = tree.encode_to_vec();
+        }
+        sections.push((e.kind, e.flags, data));
+    }
+    let bytes = format::encode(&header, &sections);
+    let tmp = dir.join(format!(".{MANIFEST_NAME}.tmp"));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &manifest).map_err(io(&manifest))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| *blake3::hash(&bytes).as_bytes())
+}
+
 impl Drop for ImageWriter {
     fn drop(&mut self) {
         if self.pack_len != u64::MAX {

@@ -251,7 +251,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     let held_so_far = frozen.as_ref().map_or(Duration::ZERO, |f| f.since().elapsed());
     tree.stats = Some(DumpStats {
-        // For a killed tree: stopped until the image was written.
+        // For a killed tree, until the image is written; set again once
+        // the tree is killed (below).
         frozen_us: frozen_for.unwrap_or(held_so_far).as_micros() as u64,
         total_us: clock.start.elapsed().as_micros() as u64,
         phases: clock.phases.iter().map(|(n, us)| Phase { name: n.clone(), us: *us }).collect(),
@@ -263,6 +264,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     });
     let threads = tree.processes.iter().map(|p| p.threads.len()).sum();
     let (processes, zombies) = (tree.processes.len(), tree.zombies.len());
+    let mut stats = tree.stats.clone().expect("set above");
     writer.set_processes(tree);
     let summary = writer.finish()?;
     clock.phase("write");
@@ -295,6 +297,17 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         clock.phase("kill");
     }
     let frozen_for = frozen_for.unwrap_or_default();
+    let total_us = clock.start.elapsed().as_micros() as u64;
+    if killed {
+        // One frozen time everywhere: from the first task stopped to the
+        // last killed. (On failure the image keeps the time to its write.)
+        stats.frozen_us = frozen_for.as_micros() as u64;
+        stats.total_us = total_us;
+        stats.phases = clock.phases.iter().map(|(n, us)| Phase { name: n.clone(), us: *us }).collect();
+        if let Err(e) = stasis_image::set_dump_stats(&opts.images, stats) {
+            tracing::warn!("the image holds the frozen time up to its write, not to the kill: {}", crate::chain(&e));
+        }
+    }
 
     Ok(DumpReport {
         pid: pid.as_raw(),
@@ -304,7 +317,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         threads,
         killed,
         frozen_us: frozen_for.as_micros() as u64,
-        total_us: clock.start.elapsed().as_micros() as u64,
+        total_us,
         phases: clock.phases,
         pages_scanned: mem_stats.pages_scanned,
         pages_written: mem_stats.pages_written,

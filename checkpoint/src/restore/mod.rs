@@ -402,6 +402,11 @@ pub enum RestoreError {
     Incompatible(String),
     #[error("pid {pid} is taken by a running process ({comm}); stop it, or restore into a new PID namespace")]
     PidTaken { pid: i32, comm: String },
+    #[error(
+        "process group or session {id} is still in use here (process {pid}, {comm}, is in it), and the tree needs \
+         that id for a group or session whose leader had exited; stop it, or restore into a new PID namespace"
+    )]
+    GroupTaken { id: i32, pid: i32, comm: String },
     #[error(transparent)]
     Fd(#[from] FdError),
     #[error("cannot create the process at pid {pid}: {what}")]
@@ -461,8 +466,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
         PidNamespaceMode::Auto => match wait_free(tree, opts.pid_timeout, true) {
             Ok(()) => None,
-            Err(RestoreError::PidTaken { pid, comm }) => {
-                let reason = format!("pid {pid} is taken by a running process ({comm})");
+            Err(e @ (RestoreError::PidTaken { .. } | RestoreError::GroupTaken { .. })) => {
+                let reason = match e {
+                    RestoreError::PidTaken { pid, comm } => format!("pid {pid} is taken by a running process ({comm})"),
+                    RestoreError::GroupTaken { id, pid, .. } => {
+                        format!("process group or session {id} is in use (by process {pid})")
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 tracing::warn!(
                     "{reason}: restoring into a new PID namespace, where every process has its original pid"
                 );
@@ -1008,8 +1019,7 @@ fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<
             let Some((pid, s)) = user else { break };
             if Instant::now() >= deadline || (only_dying && !dying(pid.as_raw(), &s)) {
                 let id = if helpers.contains(&s.pgrp) { s.pgrp } else { s.session };
-                let comm = format!("the group or session of process {pid} ({})", s.comm);
-                return Err(RestoreError::PidTaken { pid: id, comm });
+                return Err(RestoreError::GroupTaken { id, pid: pid.as_raw(), comm: s.comm });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
