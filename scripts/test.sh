@@ -23,6 +23,7 @@ declare -A packages=(
     [redis-server]=redis-server
     [nginx]=nginx
     [pg_ctlcluster]=postgresql
+    [tmux]=tmux
 )
 missing=()
 for cmd in "${!packages[@]}"; do

@@ -457,30 +457,6 @@ fn dump_refuses_a_flock_shared_with_a_process_outside_the_tree() {
     flock.wait_exit(Duration::from_secs(30));
 }
 
-/// A process holding a pseudo-terminal pair of its own (a terminal
-/// multiplexer's master) is refused up front, naming the master, rather
-/// than dumped into an image whose restore would fail; it runs on.
-#[test]
-fn dump_refuses_a_pseudo_terminal_master_up_front() {
-    let dir = tempdir("ptmx");
-    let script = dir.path().join("pty.py");
-    fs::write(
-        &script,
-        "import os, sys, time\nm, s = os.openpty()\nopen(os.path.join(sys.argv[1], 'ready'), 'w').close()\n\
-         while True:\n    time.sleep(0.05)\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&script).arg(dir.path());
-    let p = Spawned::start("ptmx", cmd, dir);
-    p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
-    let images = tempdir("ptmx-img");
-    let line = error_line(&dump(p.pid, images.path(), &[]));
-    assert!(line.contains("is a pseudo-terminal master (not supported yet)") && line.contains("ptmx"), "{line}");
-    assert!(p.alive() && tracer_of(p.pid) == 0, "the process was harmed");
-    assert!(!images.path().join("stasis.img").exists(), "an image was left");
-}
-
 /// What a restore finds again by name must be what was dumped, checked
 /// before anything is made: a device node now of another device, a unix
 /// socket name another process has bound, a FIFO replaced by a regular

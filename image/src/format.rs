@@ -29,9 +29,12 @@ pub const INCOMPAT_SOCKETS: u32 = 2;
 /// PID namespace; restored elsewhere than in a new PID namespace, the tree
 /// would get the wrong pids.
 pub const INCOMPAT_PID_NAMESPACE: u32 = 4;
+/// Incompatible feature bit: the image holds pseudo-terminal pairs of the
+/// tree's own (fds of kinds an older reader does not know).
+pub const INCOMPAT_PTYS: u32 = 8;
 /// Incompatible feature bits this reader understands. A reader refuses an
 /// image that sets any other incompatible bit.
-pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE | INCOMPAT_SOCKETS | INCOMPAT_PID_NAMESPACE;
+pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE | INCOMPAT_SOCKETS | INCOMPAT_PID_NAMESPACE | INCOMPAT_PTYS;
 /// Upper bound on the manifest file: far above any real image's metadata
 /// (the chunk table of a 1 TiB image at 64 KiB chunks is 768 MiB... of which
 /// a real process never comes close), and what bounds our allocation.
@@ -270,8 +273,8 @@ mod tests {
 
     #[test]
     fn unknown_incompat_feature_is_refused() {
-        let header = Header { version: FORMAT_VERSION, incompat: 1 << 3, compat: 0 };
+        let header = Header { version: FORMAT_VERSION, incompat: 1 << 4, compat: 0 };
         let bytes = encode(&header, &[(SectionKind::Info, 0, vec![])]);
-        assert!(matches!(decode(Path::new("x"), &bytes), Err(ReadError::Features { bits: 8, .. })));
+        assert!(matches!(decode(Path::new("x"), &bytes), Err(ReadError::Features { bits: 16, .. })));
     }
 }

@@ -337,6 +337,8 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                         ("fifo", fifo.file.as_ref().map(|r| r.path.clone()).unwrap_or_default())
                     }
                     Some(fd::Kind::Device(d)) => ("device", d.path.clone()),
+                    Some(fd::Kind::PtyMaster(n)) => ("pty master", format!("/dev/ptmx (pair /dev/pts/{n})")),
+                    Some(fd::Kind::PtySlave(n)) => ("pty slave", format!("/dev/pts/{n} (its master is in the image)")),
                     Some(fd::Kind::Tty(t)) => (
                         "tty",
                         format!(

@@ -132,6 +132,9 @@ pub struct ProcessTree {
     /// puts the tree into a new PID namespace again.
     #[prost(bool, tag = "12")]
     pub pid_namespace: bool,
+    /// The pseudo-terminal pairs whose masters the tree holds.
+    #[prost(message, repeated, tag = "13")]
+    pub ptys: Vec<Pty>,
 }
 
 /// A snapshot of a copy-on-write volume, by identity.
@@ -509,7 +512,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -616,7 +619,51 @@ pub mod fd {
         /// An established TCP connection.
         #[prost(message, tag = "22")]
         Tcp(super::TcpConn),
+        /// The master of the tree's pseudo-terminal pair with this index
+        /// ([`super::Pty`]).
+        #[prost(uint32, tag = "24")]
+        PtyMaster(u32),
+        /// The slave of the tree's pseudo-terminal pair with this index.
+        #[prost(uint32, tag = "25")]
+        PtySlave(u32),
     }
+}
+
+/// A pseudo-terminal pair whose master the tree holds (a terminal
+/// multiplexer's pane, an ssh session): its settings and the bytes queued
+/// in it, each way.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Pty {
+    /// N of /dev/pts/N.
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// The slave's `struct termios2`, as bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub termios: Vec<u8>,
+    /// Rows, columns, x and y pixels.
+    #[prost(uint32, repeated, tag = "3")]
+    pub winsize: Vec<u32>,
+    /// TIOCPKT on the master.
+    #[prost(bool, tag = "4")]
+    pub packet_mode: bool,
+    /// The slave locked (TIOCSPTLCK): it cannot be opened.
+    #[prost(bool, tag = "5")]
+    pub locked: bool,
+    /// TIOCEXCL on the slave.
+    #[prost(bool, tag = "6")]
+    pub exclusive: bool,
+    /// The session it is the controlling terminal of (0: none).
+    #[prost(int32, tag = "7")]
+    pub session: i32,
+    /// Its foreground process group (0: none).
+    #[prost(int32, tag = "8")]
+    pub foreground: i32,
+    /// Written on the slave, not yet read from the master.
+    #[prost(bytes = "vec", tag = "9")]
+    pub to_master: Vec<u8>,
+    /// Written on the master (typed), not yet read from the slave.
+    #[prost(bytes = "vec", tag = "10")]
+    pub to_slave: Vec<u8>,
 }
 
 /// An epoll instance: its registrations, by the process's own fd numbers.

@@ -41,6 +41,21 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
             return Err(format!("pipe {} has unknown ends {}", p.id, p.ends));
         }
     }
+    let mut ptys = HashSet::new();
+    for t in &tree.ptys {
+        if !ptys.insert(t.index) {
+            return Err(format!("pseudo-terminal {} appears twice", t.index));
+        }
+        if !t.termios.is_empty() && t.termios.len() != 44 {
+            return Err(format!("pseudo-terminal {}: termios of {} bytes", t.index, t.termios.len()));
+        }
+        if !t.winsize.is_empty() && (t.winsize.len() != 4 || t.winsize.iter().any(|v| *v > u32::from(u16::MAX))) {
+            return Err(format!("pseudo-terminal {}: malformed window size", t.index));
+        }
+        if t.to_master.len() > MAX_PIPE as usize || t.to_slave.len() > MAX_PIPE as usize {
+            return Err(format!("pseudo-terminal {}: too many queued bytes", t.index));
+        }
+    }
     let mut unix = HashSet::new();
     for u in &tree.unix_sockets {
         check_unix(u)?;
@@ -164,6 +179,10 @@ fn check_fd(
         }
         Some(fd::Kind::Device(d)) => check_str(&d.path, MAX_PATH)?,
         Some(fd::Kind::Tty(t)) => check_str(&t.path, MAX_PATH)?,
+        Some(fd::Kind::PtyMaster(n)) | Some(fd::Kind::PtySlave(n)) if !tree.ptys.iter().any(|t| t.index == *n) => {
+            return Err(format!("names unknown pseudo-terminal {n}"));
+        }
+        Some(fd::Kind::PtyMaster(_)) | Some(fd::Kind::PtySlave(_)) => {}
         Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
         Some(fd::Kind::Pidfd(pf)) if !(1..=MAX_PID).contains(&pf.pid) => {
             return Err(format!("pidfd names pid {}", pf.pid));

@@ -269,9 +269,11 @@ impl ImageWriter {
                 || t.processes.iter().flat_map(|p| &p.fds).any(|f| matches!(f.kind, Some(fd::Kind::Tcp(_))))
         });
         let in_pid_namespace = self.processes.as_ref().is_some_and(|t| t.pid_namespace);
+        let has_ptys = self.processes.as_ref().is_some_and(|t| !t.ptys.is_empty());
         let incompat = if is_tree { format::INCOMPAT_TREE } else { 0 }
             | if has_sockets { format::INCOMPAT_SOCKETS } else { 0 }
-            | if in_pid_namespace { format::INCOMPAT_PID_NAMESPACE } else { 0 };
+            | if in_pid_namespace { format::INCOMPAT_PID_NAMESPACE } else { 0 }
+            | if has_ptys { format::INCOMPAT_PTYS } else { 0 };
         let header = Header { version: FORMAT_VERSION, incompat, compat: 0 };
         let mut sections = vec![
             (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),

@@ -38,6 +38,7 @@ pub mod sched;
 pub mod sock;
 pub mod sysv;
 pub mod tcp;
+pub mod tty;
 pub mod uffd;
 
 pub use nix::unistd::Pid;

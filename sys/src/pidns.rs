@@ -32,7 +32,11 @@
 //!
 //! The init also gets a mount namespace of its own, a copy of the agent's
 //! with every mount made a slave, where it mounts a proc of the new PID
-//! namespace on /proc: the tree's `/proc/N` is then its own process N.
+//! namespace on /proc: the tree's `/proc/N` is then its own process N. Asked
+//! to ([`PidNamespace::create`]'s `devpts`), it mounts a devpts instance of
+//! its own on /dev/pts too (its ptmx bound on /dev/ptmx), where every
+//! pseudo-terminal index is free: the agent makes the tree's terminal pairs
+//! there, through `/proc/INIT/root/dev/pts/ptmx`.
 
 use std::fs;
 use std::mem;
@@ -72,6 +76,9 @@ pub enum Error {
         #[source]
         errno: Errno,
     },
+    /// The init could not mount a devpts of its own on /dev/pts.
+    #[error("the PID namespace's init cannot mount a devpts of its own on /dev/pts")]
+    Devpts(#[source] Errno),
     /// The process the init made is not among its children in /proc.
     #[error("process {pid} of the new PID namespace is not to be found in /proc/{init}/task/{init}/children")]
     NotFound {
@@ -99,10 +106,11 @@ pub struct PidNamespace {
 impl PidNamespace {
     /// Creates the namespace and its init; `keep` stays open in the init
     /// and in every process it spawns, at the same number.
-    pub fn create(keep: BorrowedFd<'_>) -> Result<PidNamespace, Error> {
+    pub fn create(keep: BorrowedFd<'_>, devpts: bool) -> Result<PidNamespace, Error> {
         let (orders_r, orders_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)?;
         let (answers_r, answers_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Pipe)?;
-        let fds = InitFds { orders: orders_r.as_raw_fd(), answers: answers_w.as_raw_fd(), keep: keep.as_raw_fd() };
+        let fds =
+            InitFds { orders: orders_r.as_raw_fd(), answers: answers_w.as_raw_fd(), keep: keep.as_raw_fd(), devpts };
         // SAFETY: clone_args is a plain struct of u64 fields for which
         // all-zero is the documented "no options" value.
         let mut args: libc::clone_args = unsafe { mem::zeroed() };
@@ -119,11 +127,23 @@ impl PidNamespace {
         match ret {
             -1 => Err(Error::Create(Errno::last())),
             0 => init_main(fds),
-            pid => Ok(PidNamespace {
-                init: Child::from_pid(Pid::from_raw(pid as libc::pid_t)),
-                orders: orders_w,
-                answers: answers_r,
-            }),
+            pid => {
+                let ns = PidNamespace {
+                    init: Child::from_pid(Pid::from_raw(pid as libc::pid_t)),
+                    orders: orders_w,
+                    answers: answers_r,
+                };
+                drop((orders_r, answers_w));
+                // Its mounts are made before it answers anything.
+                let mut ready = [0u8; 4];
+                if !transfer(ns.answers.as_raw_fd(), &mut ready, false) {
+                    return Err(Error::InitGone { init: ns.init.pid(), errno: Errno::last() });
+                }
+                match i32::from_ne_bytes(ready) {
+                    0 => Ok(ns),
+                    errno => Err(Error::Devpts(Errno::from_raw(errno))),
+                }
+            }
         }
     }
 
@@ -216,6 +236,8 @@ struct InitFds {
     orders: RawFd,
     answers: RawFd,
     keep: RawFd,
+    /// Mount a devpts of its own.
+    devpts: bool,
 }
 
 /// Closes every fd but those in `keep`.
@@ -286,6 +308,10 @@ fn block_signals(all: bool) -> libc::sigset_t {
 fn init_main(fds: InitFds) -> ! {
     close_all_but(&mut [fds.orders, fds.answers, fds.keep]);
     mount_own_proc();
+    let mut ready = if fds.devpts { mount_own_devpts() } else { 0 }.to_ne_bytes();
+    if !transfer(fds.answers, &mut ready, true) {
+        exit_now(1);
+    }
     // SAFETY: chdir takes a NUL-terminated path; the init must not pin the
     // agent's working directory (and its mount).
     unsafe { libc::chdir(c"/".as_ptr()) };
@@ -371,6 +397,33 @@ fn mount_own_proc() {
     unsafe { libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) };
 }
 
+/// In the init's mount namespace: a devpts instance of its own on /dev/pts,
+/// its ptmx bound on /dev/ptmx. Returns 0 or the errno.
+fn mount_own_devpts() -> i32 {
+    let flags = (libc::MS_NOSUID | libc::MS_NOEXEC) as libc::c_ulong;
+    // SAFETY: mount takes NUL-terminated strings and integers.
+    let r = unsafe {
+        libc::mount(
+            c"devpts".as_ptr(),
+            c"/dev/pts".as_ptr(),
+            c"devpts".as_ptr(),
+            flags,
+            c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return last_errno();
+    }
+    // SAFETY: as above.
+    let r = unsafe {
+        libc::mount(c"/dev/pts/ptmx".as_ptr(), c"/dev/ptmx".as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null())
+    };
+    if r != 0 {
+        return last_errno();
+    }
+    0
+}
+
 /// In the init: a child at `pid` that pauses; returns its pid or -errno.
 fn spawn_paused(pid: i32, fds: InitFds) -> i32 {
     let tid: libc::pid_t = pid;
@@ -408,7 +461,7 @@ mod tests {
     #[test]
     fn spawns_at_the_asked_pid_and_ends_the_namespace_when_dropped() {
         let keep = fs::File::open("/dev/null").unwrap();
-        let mut ns = PidNamespace::create(keep.as_fd()).expect("a PID namespace (root, CONFIG_PID_NS)");
+        let mut ns = PidNamespace::create(keep.as_fd(), false).expect("a PID namespace (root, CONFIG_PID_NS)");
         let init = ns.init_pid();
         assert_eq!(ns_pids(init).last(), Some(&1), "the init is pid 1 inside");
         let host = ns.spawn_paused(Pid::from_raw(4242)).unwrap();
@@ -433,7 +486,7 @@ mod tests {
     #[test]
     fn a_released_init_passes_signals_to_the_root_and_exits_with_its_status() {
         let keep = fs::File::open("/dev/null").unwrap();
-        let mut ns = PidNamespace::create(keep.as_fd()).unwrap();
+        let mut ns = PidNamespace::create(keep.as_fd(), false).unwrap();
         let root = ns.spawn_paused(Pid::from_raw(77)).unwrap();
         let init = ns.init_pid();
         let mut init_child = Child::from_pid(init);
@@ -447,7 +500,7 @@ mod tests {
     #[test]
     fn a_root_named_with_set_root_is_the_one_the_init_serves() {
         let keep = fs::File::open("/dev/null").unwrap();
-        let mut ns = PidNamespace::create(keep.as_fd()).unwrap();
+        let mut ns = PidNamespace::create(keep.as_fd(), false).unwrap();
         let helper = ns.spawn_paused(Pid::from_raw(78)).unwrap();
         let root = ns.spawn_paused(Pid::from_raw(79)).unwrap();
         ns.set_root(Pid::from_raw(79)).unwrap();

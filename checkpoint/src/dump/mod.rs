@@ -195,7 +195,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         None => None,
     };
-    let Collected { mut tree, plans, contents, objects, tcp } = collect(&mut frozen)?;
+    let Collected { mut tree, plans, contents, objects, tcp, ptys } = collect(&mut frozen)?;
+    let mut ptys = Some(ptys);
     tree.volume = volume;
     clock.phase("collect");
     if cancelled() {
@@ -244,8 +245,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     if !killed {
         let f = frozen.take().expect("still held");
         frozen_for = Some(f.since().elapsed());
-        // Connections leave repair mode before their processes run.
+        // Connections leave repair mode before their processes run; the
+        // terminals' queued bytes go back in.
         tcp.take().expect("still held").let_go().map_err(|what| DumpError::Fd { pid, fd: -1, what })?;
+        for p in ptys.take().into_iter().flatten() {
+            p.put_back().map_err(|what| DumpError::Fd { pid, fd: -1, what })?;
+        }
         f.release().map_err(|source| DumpError::Freeze { pid, source })?;
         clock.phase("release");
     }
@@ -294,6 +299,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         if let Some(t) = tcp.take() {
             t.keep();
         }
+        ptys.take().into_iter().flatten().for_each(fd::pty::Captured::killed);
         clock.phase("kill");
     }
     let frozen_for = frozen_for.unwrap_or_default();
@@ -730,6 +736,11 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         all_plans.push(plans);
     }
     let unix_sockets = fds.unix_sockets()?;
+    let indices: BTreeSet<u32> = fds.ptys.keys().copied().collect();
+    for (p, (_, stat)) in processes.iter_mut().zip(&stats) {
+        fd::pty::slaves_of_the_tree(&mut p.fds, &indices, stat.tty_nr as u32 as u64);
+    }
+    let ptys: Vec<fd::pty::Captured> = std::mem::take(&mut fds.ptys).into_values().collect();
     let mut pipes: Vec<records::Pipe> = fds.pipes.into_values().collect();
     mark_pipe_ends(&mut pipes, &processes, &unix_sockets);
     let mut tree = ProcessTree {
@@ -745,6 +756,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         volume: None,
         shmem: shmem.objects.iter().map(|(m, _)| m.clone()).collect(),
         pid_namespace: false,
+        ptys: ptys.iter().map(|c| c.record.clone()).collect(),
     };
     if let Some(ns) = tree_pid_namespace(frozen.pid()) {
         let pids: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
@@ -753,7 +765,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     }
     let objects =
         shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file, m.sysv.then_some(m.sysv_id))).collect();
-    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp })
+    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp, ptys })
 }
 
 /// Address spaces of shared memory objects' pages start here, above those
@@ -822,6 +834,9 @@ struct Collected {
     contents: Vec<(u32, Vec<u8>)>,
     /// The tree's established TCP connections, locked and in repair mode.
     tcp: TcpHold,
+    /// The tree's pseudo-terminal pairs, their queues read out: put back
+    /// when the tree runs on.
+    ptys: Vec<fd::pty::Captured>,
 }
 
 /// Files up to this size behind shared writable mappings are hashed: writes
@@ -871,6 +886,8 @@ struct FdDumper {
     contents: Vec<(u32, Vec<u8>)>,
     /// The address space of each deleted file met, by device and inode.
     deleted: BTreeMap<(u64, u64), u32>,
+    /// The tree's pseudo-terminal pairs, by index, read from a master.
+    ptys: BTreeMap<u32, fd::pty::Captured>,
     /// Every fd dumped so far: (pid, what /proc showed).
     earlier: Vec<(Pid, Seen)>,
     /// Unix sockets, each once, with the process and fd it was found at.
@@ -957,6 +974,16 @@ impl FdDumper {
                     holder.fds.iter().find(|f| f.fd == r.fd).and_then(|f| f.kind.clone()).expect("dumped before"),
                     Default::default(),
                 )
+            } else if matches!(s.kind, Ok(fd::Kind::PtyMaster)) {
+                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                let index = fd::pty::index(&copy).map_err(fd_err)?;
+                if let std::collections::btree_map::Entry::Vacant(e) = self.ptys.entry(index) {
+                    e.insert(
+                        fd::pty::capture(&copy)
+                            .map_err(|e| fd_err(format!("pseudo-terminal master of /dev/pts/{index}: {e}")))?,
+                    );
+                }
+                (records::fd::Kind::PtyMaster(index), Default::default())
             } else if matches!(s.kind, Ok(fd::Kind::Memfd)) {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
                 let name = s.target.strip_prefix("/memfd:").unwrap_or(&s.target);

@@ -108,6 +108,10 @@ impl PidMap {
                 m(pid);
             }
         }
+        for t in &mut tree.ptys {
+            m(&mut t.session);
+            m(&mut t.foreground);
+        }
         tree.leaderless_sessions.iter_mut().for_each(m);
         tree.leaderless_groups.iter_mut().for_each(m);
         for f in tree.unix_sockets.iter_mut().flat_map(|s| &mut s.passed).flat_map(|p| &mut p.fds) {

@@ -15,6 +15,7 @@ pub mod event;
 pub mod file;
 pub mod inotify;
 pub mod pipe;
+pub mod pty;
 pub mod socket;
 pub mod tcp;
 pub mod tty;
@@ -41,8 +42,11 @@ pub enum Kind {
     /// A memory character device: /dev/null, /dev/zero, /dev/full,
     /// /dev/random, /dev/urandom.
     Device,
-    /// A terminal.
+    /// A terminal (a pseudo-terminal slave among them).
     Tty,
+    /// The master of a pseudo-terminal pair: dumped into the tree's table
+    /// of pairs.
+    PtyMaster,
     /// An epoll instance.
     Epoll,
     /// An eventfd.
@@ -165,9 +169,9 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         let major = dev_major(meta.rdev());
         return match major {
             1 => Ok(Kind::Device),
-            // /dev/ptmx (and devpts's ptmx): a master is a terminal pair of
-            // the tree's own, not a terminal to give it back.
-            5 if dev_minor(meta.rdev()) == 2 => Err("pseudo-terminal master (not supported yet)".into()),
+            // /dev/ptmx (and devpts's ptmx): a master, of a pair of the
+            // tree's own.
+            5 if dev_minor(meta.rdev()) == 2 => Ok(Kind::PtyMaster),
             4 | 5 | 136..=143 => Ok(Kind::Tty),
             m => Err(format!("character device {m}:{}", dev_minor(meta.rdev()))),
         };
@@ -213,6 +217,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::TcpListen | Kind::TcpEstablished | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
         Kind::Memfd => Err("a memfd is dumped with the shared memory objects, not alone".into()),
         Kind::Unix => Err("a unix socket is dumped into the tree's table, not alone".into()),
+        Kind::PtyMaster => Err("a pseudo-terminal master is dumped into the tree's table, not alone".into()),
     }
 }
 

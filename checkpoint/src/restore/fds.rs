@@ -123,6 +123,8 @@ pub struct Planner<'a> {
     pub inherit: HashMap<super::Inherited, i32>,
     /// Terminals become the agent's own (`--shell-job`).
     pub shell_job: bool,
+    /// The tree's pseudo-terminal pairs, made already.
+    pub ptys: Option<&'a HashMap<u32, super::pty::Made>>,
 }
 
 impl<'a> Planner<'a> {
@@ -147,6 +149,7 @@ impl<'a> Planner<'a> {
             moved_devices: Vec::new(),
             inherit: HashMap::new(),
             shell_job: false,
+            ptys: None,
         }
     }
 
@@ -308,6 +311,21 @@ impl<'a> Planner<'a> {
                     let object = self.unix.remove(id).ok_or_else(|| other(format!("unix socket {id} was not made")))?;
                     set_status_flags(&object, flags).map_err(other)?;
                     object
+                }
+                Kind::PtyMaster(n) | Kind::PtySlave(n) => {
+                    let made = self
+                        .ptys
+                        .and_then(|m| m.get(n))
+                        .ok_or_else(|| other(format!("pseudo-terminal {n} was not made")))?;
+                    if matches!(r.kind, Some(Kind::PtyMaster(_))) {
+                        // The one description a master has.
+                        let object = made.master.try_clone().map_err(|e| other(format!("dup: {e}")))?;
+                        set_status_flags(&object, flags).map_err(other)?;
+                        object
+                    } else {
+                        // Not the agent's controlling terminal by the way.
+                        reopen_with_flags(&made.slave, flags | libc::O_NOCTTY).map_err(other)?
+                    }
                 }
                 // Never by its name on its own (restore::check_terminals).
                 Kind::Tty(t) => match self.inherit.get(&super::Inherited::Tty(t.rdev)) {

@@ -29,6 +29,7 @@
 mod deleted;
 mod fds;
 mod layout;
+mod pty;
 mod resume;
 mod shmem;
 
@@ -482,6 +483,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
             Err(e) => return Err(e),
         },
     };
+    // A pseudo-terminal index another session holds here: the tree's pairs
+    // go into a devpts of their own, which a new PID namespace's mount
+    // namespace gets.
+    let taken_pty = tree.ptys.iter().map(|p| p.index).find(|n| std::path::Path::new(&format!("/dev/pts/{n}")).exists());
+    let namespace = match (namespace, taken_pty) {
+        (namespace, None) | (namespace @ Some(_), _) => namespace,
+        (None, Some(n)) if opts.pid_namespace == PidNamespaceMode::Never => {
+            return Err(RestoreError::Unsupported(format!(
+                "/dev/pts/{n} is taken here by a terminal of another session; the tree can have its terminal pairs \
+                 back only in a devpts of its own, which comes with a new PID namespace (drop --no-pid-namespace)"
+            )))
+        }
+        (None, Some(n)) => {
+            let reason = format!("/dev/pts/{n} is taken by a terminal of another session");
+            tracing::warn!(
+                "{reason}: restoring into a new PID namespace with a devpts of its own, where every terminal pair \
+                 has its index"
+            );
+            Some(reason)
+        }
+    };
     if namespace.is_some() {
         if let Some(p) = tree.processes.iter().find(|p| p.pid == 1) {
             return Err(RestoreError::Unsupported(format!(
@@ -491,10 +513,26 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     }
 
+    // Every puppet inherits this at one fd number, and fetches its fds
+    // from the agent through it.
+    let agent = stasis_sys::pidfd::PidFd::open(Pid::this()).map_err(|e| step("pidfd")(crate::chain(&e)))?;
+    let agent: std::os::fd::OwnedFd = agent.into();
+    // A tree with terminal pairs of its own gets a devpts of its own in a
+    // new namespace.
+    let mut pidns = match &namespace {
+        Some(_) => Some(
+            PidNamespace::create(std::os::fd::AsFd::as_fd(&agent), !tree.ptys.is_empty())
+                .map_err(|e| step("PID namespace")(crate::chain(&e)))?,
+        ),
+        None => None,
+    };
+    let ptmx =
+        pidns.as_ref().filter(|_| !tree.ptys.is_empty()).map(|ns| format!("/proc/{}/root/dev/pts/ptmx", ns.init_pid()));
     let members: HashSet<i32> =
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
     let deleted = deleted::make_all(&image, tree)?;
+    let ptys = pty::make_all(&tree.ptys, ptmx.as_deref())?;
     let segments = shmem::Segments::made(&tree.shmem, &objects);
     let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
     let (unix, pending) = crate::fd::unix::make_all(&tree.unix_sockets).map_err(step("unix sockets"))?;
@@ -512,6 +550,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     planner.moved_devices = opts.moved_devices.clone();
     planner.inherit = opts.inherit.iter().map(|i| (i.what, i.fd)).collect();
     planner.shell_job = opts.shell_job;
+    planner.ptys = Some(&ptys);
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
@@ -521,22 +560,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     drop((passed, passed_unix));
     let repaired = std::mem::take(&mut planner.repaired);
     drop(planner);
+    pty::lock(&tree.ptys, &ptys)?;
     phase("fds");
     if cancelled() {
         return Err(RestoreError::Cancelled);
     }
 
-    // Every puppet inherits this at one fd number, and fetches its fds
-    // from the agent through it.
-    let agent = stasis_sys::pidfd::PidFd::open(Pid::this()).map_err(|e| step("pidfd")(crate::chain(&e)))?;
-    let agent: std::os::fd::OwnedFd = agent.into();
-    let mut pidns = match &namespace {
-        Some(_) => Some(
-            PidNamespace::create(std::os::fd::AsFd::as_fd(&agent))
-                .map_err(|e| step("PID namespace")(crate::chain(&e)))?,
-        ),
-        None => None,
-    };
     let (mut puppets, zombies) = create_tree(tree, pidns.as_mut())?;
     // Into the image's cgroups before the threads exist (they follow).
     let cgroups = crate::cgroups::Host::here();
@@ -563,8 +592,16 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        let recipe =
-            Recipe { image: &image, process: p, fds: planned, objects: &objects, deleted: &deleted, reap, agent_fd };
+        let recipe = Recipe {
+            image: &image,
+            process: p,
+            fds: planned,
+            objects: &objects,
+            deleted: &deleted,
+            ptys: (&tree.ptys, &ptys),
+            reap,
+            agent_fd,
+        };
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
         if cancelled() {
             return Err(RestoreError::Cancelled);
@@ -1075,6 +1112,8 @@ struct Recipe<'a> {
     objects: &'a HashMap<u64, std::os::fd::OwnedFd>,
     /// The tree's deleted files, by their contents' address space.
     deleted: &'a HashMap<u32, std::os::fd::OwnedFd>,
+    /// The tree's pseudo-terminal pairs, as dumped and as made.
+    ptys: (&'a [stasis_image::records::Pty], &'a HashMap<u32, pty::Made>),
     /// The process has zombie children, whose exits queued SIGCHLD that the
     /// process did not get then.
     reap: bool,
@@ -1272,7 +1311,7 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let Recipe { image, process: p, fds: planned, objects, deleted, reap, agent_fd } = recipe;
+        let Recipe { image, process: p, fds: planned, objects, deleted, ptys, reap, agent_fd } = recipe;
         let pid = self.pid;
         for t in &p.threads {
             let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
@@ -1405,6 +1444,7 @@ impl Puppet {
         r.mm_fields(p, deleted)?;
         r.install_fds(planned)?;
         r.take_locks(p)?;
+        r.controlling_terminal(p, ptys)?;
         if let Some(fd) = r.agent_pidfd.take() {
             r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
@@ -1934,6 +1974,40 @@ impl Remote<'_, '_> {
         Ok(())
     }
 
+    /// A session leader whose session had one of the tree's pairs as its
+    /// controlling terminal takes it again (TIOCSCTTY on the slave, fetched
+    /// from the agent for the call), and gives it its foreground group
+    /// (TIOCSPGRP: only a process of the session may, and every group
+    /// exists by now; the leader's own is the foreground one until then).
+    fn controlling_terminal(
+        &mut self,
+        p: &Process,
+        (records, made): (&[stasis_image::records::Pty], &HashMap<u32, pty::Made>),
+    ) -> Result<(), RestoreError> {
+        use std::os::fd::AsRawFd;
+        if p.sid != p.pid {
+            return Ok(());
+        }
+        let Some(t) = records.iter().find(|t| t.session == p.pid) else { return Ok(()) };
+        let what = format!("controlling terminal /dev/pts/{}", t.index);
+        let slave = &made.get(&t.index).ok_or_else(|| step(&what)("not made".into()))?.slave;
+        let pidfd = self.agent_pidfd.ok_or_else(|| step(&what)("no pidfd of the agent".into()))?;
+        let fd = self.call(&what, libc::SYS_pidfd_getfd, [pidfd, slave.as_raw_fd() as u64, 0, 0, 0, 0])?;
+        let mut taken = self
+            .inj
+            .syscall_ok(libc::SYS_ioctl, [fd, libc::TIOCSCTTY, 0, 0, 0, 0])
+            .map_err(|e| format!("TIOCSCTTY: {e}"));
+        if taken.is_ok() && t.foreground != 0 {
+            let at = self.put(0, &t.foreground.to_le_bytes())?;
+            taken = self
+                .inj
+                .syscall_ok(libc::SYS_ioctl, [fd, libc::TIOCSPGRP, at, 0, 0, 0])
+                .map_err(|e| format!("TIOCSPGRP to group {}: {e}", t.foreground));
+        }
+        self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        taken.map(drop).map_err(step(&what))
+    }
+
     /// The file locks each fd held, taken again by the process (a POSIX
     /// lock's owner) on its restored fd; a flock or OFD lock goes with the
     /// description, so taking it again through a dup or a shared fd is a
@@ -2161,6 +2235,8 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Fifo(_) => "fifo",
         fd::Kind::Device(_) => "device",
         fd::Kind::Tty(_) => "tty",
+        fd::Kind::PtyMaster(_) => "pseudo-terminal master",
+        fd::Kind::PtySlave(_) => "pseudo-terminal slave",
         fd::Kind::Epoll(_) => "epoll",
         fd::Kind::Eventfd(_) => "eventfd",
         fd::Kind::Timerfd(_) => "timerfd",
