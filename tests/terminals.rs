@@ -313,3 +313,47 @@ fn pty_pair_settings_and_queues_leave_running() {
     assert_eq!(pty_holder_result(&p).trim(), "ok", "{}", p.log());
     p.wait_exit(Duration::from_secs(30));
 }
+
+/// A process holding the master of a pair whose slave is the controlling
+/// terminal of a session led outside the dumped tree (here its parent's):
+/// refused, naming the terminal and the session, and left running.
+#[test]
+fn pty_controlling_a_session_led_outside_is_refused() {
+    let dir = tempdir("pty-outside");
+    let script = dir.path().join("pty.py");
+    std::fs::write(
+        &script,
+        r#"
+import fcntl, os, sys, termios, time
+d = sys.argv[1]
+m, s = os.openpty()
+os.setsid()
+fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+if os.fork() == 0:
+    with open(os.path.join(d, 'child'), 'w') as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+while True:
+    time.sleep(0.05)
+"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let leader = util::spawned::Spawned::start("pty-outside", cmd, dir);
+    let child: i32 = leader.wait_for(Duration::from_secs(30), "DIR/child", || {
+        std::fs::read_to_string(leader.dir.join("child")).ok()?.trim().parse().ok()
+    });
+    let images = tempdir("pty-outside-img");
+    let r =
+        util::run(["dump", "--pid", &child.to_string(), "--images", images.path().to_str().unwrap()]).expect_code(1);
+    assert!(
+        r.stderr.contains("is the controlling terminal of session")
+            && r.stderr.contains("whose leader is not in the tree"),
+        "{}",
+        r.dump()
+    );
+    assert!(is_alive(child) && is_alive(leader.pid), "the refusal harmed a process");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+}

@@ -741,6 +741,22 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         fd::pty::slaves_of_the_tree(&mut p.fds, &indices, stat.tty_nr as u32 as u64);
     }
     let ptys: Vec<fd::pty::Captured> = std::mem::take(&mut fds.ptys).into_values().collect();
+    // The session a pair controls is taken again by its leader.
+    let unled: Vec<String> = ptys
+        .iter()
+        .map(|c| &c.record)
+        .filter(|t| t.session != 0 && !processes.iter().any(|p| p.pid == t.session && p.sid == t.session))
+        .map(|t| {
+            format!(
+                "pseudo-terminal /dev/pts/{} is the controlling terminal of session {}, whose leader is not in the \
+                 tree (not supported yet)",
+                t.index, t.session
+            )
+        })
+        .collect();
+    if !unled.is_empty() {
+        return Err(DumpError::Unsupported { pid: frozen.pid(), problems: unled });
+    }
     let mut pipes: Vec<records::Pipe> = fds.pipes.into_values().collect();
     mark_pipe_ends(&mut pipes, &processes, &unix_sockets);
     let mut tree = ProcessTree {
