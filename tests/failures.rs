@@ -541,3 +541,43 @@ fn restore_refuses_named_objects_that_changed() {
     assert!(p.alive());
     p.kill();
 }
+
+/// A kill-mode dump never kills a tree its image could not bring back:
+/// what a restore would find gone (a removed working directory, an
+/// unlinked FIFO or device node) or could not open before the process
+/// exists (its own /proc directory's files) is refused before anything is
+/// written, naming it, and the process runs on.
+#[test]
+fn dump_refuses_what_a_restore_could_not_find_again() {
+    let cases = [
+        ("cwd", "os.mkdir(os.path.join(d, 'sub')); os.chdir(os.path.join(d, 'sub')); os.rmdir(os.path.join(d, 'sub'))", "working directory"),
+        ("proc", "keep = open('/proc/self/status')", "file of a process's /proc directory"),
+        ("fifo", "p = os.path.join(d, 'fifo'); os.mkfifo(p); keep = os.open(p, os.O_RDWR); os.unlink(p)", "the FIFO"),
+        (
+            "node",
+            "p = os.path.join(d, 'null'); os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3)); keep = os.open(p, os.O_RDWR); os.unlink(p)",
+            "the device node",
+        ),
+    ];
+    for (name, setup, want) in cases {
+        let dir = tempdir(&format!("gone-{name}"));
+        let script = dir.path().join("gone.py");
+        fs::write(
+            &script,
+            format!(
+                "import os, stat, sys, time\nd = sys.argv[1]\n{setup}\nopen(os.path.join(d, 'ready'), 'w').close()\n\
+                 while True:\n    time.sleep(0.05)\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(python3());
+        cmd.arg("-I").arg(&script).arg(dir.path());
+        let p = Spawned::start(name, cmd, dir);
+        p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+        let images = tempdir(&format!("gone-{name}-img"));
+        let line = error_line(&dump(p.pid, images.path(), &[]));
+        assert!(line.contains(want), "{name}: {want:?} not in: {line}");
+        assert!(p.alive() && tracer_of(p.pid) == 0, "{name}: the process was harmed");
+        assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
+    }
+}

@@ -774,6 +774,11 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         pid_namespace: false,
         ptys: ptys.iter().map(|c| c.record.clone()).collect(),
     };
+    // Never an image that cannot come back: a killed tree would be lost.
+    let gone = crate::restore::restorable_problems(&tree);
+    if !gone.is_empty() {
+        return Err(DumpError::Unsupported { pid: frozen.pid(), problems: gone });
+    }
     if let Some(ns) = tree_pid_namespace(frozen.pid()) {
         let pids: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
         let map = pidmap::PidMap::build(ns, &pids, frozen.zombies())?;

@@ -127,10 +127,22 @@ fn special_filesystem(fd_link: &std::path::Path) -> Option<String> {
     use stasis_sys::nix::sys::statfs::{statfs, FsType};
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
     let FsType(magic) = statfs(fd_link).ok()?.filesystem_type();
     match magic {
         MQUEUE_MAGIC => Some("POSIX message queue".into()),
         BPF_FS_MAGIC => Some("BPF object".into()),
+        // /proc/PID/...: that process's entry, which a restore cannot open
+        // before the process exists again (nor, for another, at all).
+        PROC_SUPER_MAGIC => {
+            let target = fs::read_link(fd_link).ok()?;
+            let mut parts = target.components().skip(2);
+            let per_process = parts.next().is_some_and(|c| {
+                let c = c.as_os_str().to_string_lossy();
+                c.chars().all(|ch| ch.is_ascii_digit()) || c == "self" || c == "thread-self"
+            });
+            per_process.then(|| "file of a process's /proc directory (not supported yet)".into())
+        }
         _ => None,
     }
 }

@@ -226,6 +226,52 @@ fn terminals(tree: &ProcessTree) -> String {
     all.join(", ")
 }
 
+/// What a restore of `tree` would find gone, checked by a dump before it
+/// writes anything (and so before it kills the tree): a working directory
+/// or root removed, a file, FIFO, device node or mapped file not at its
+/// path any more (or another one there). Each names the process and the
+/// object; empty when all is there.
+pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut problems = Vec::new();
+    let same = |path: &str, dev: u64, ino: u64| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino));
+    for p in &tree.processes {
+        for (what, dir) in [("working directory", &p.cwd), ("root directory", &p.root)] {
+            if dir.ends_with(" (deleted)") || !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+                problems.push(format!(
+                    "process {}: its {what} {dir} was removed; a restore could not enter it (not supported yet)",
+                    p.pid
+                ));
+            }
+        }
+        for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
+            let Some(f) = v.file.as_ref().filter(|f| !f.deleted) else { continue };
+            if !same(&f.path, f.dev, f.ino) {
+                problems.push(format!("process {}: mapped file {} is not at its path any more", p.pid, f.path));
+            }
+        }
+    }
+    for (pid, f) in all_fds(tree) {
+        let at = if pid == 0 { "an fd in flight".to_owned() } else { format!("process {pid}: fd {}", f.fd) };
+        match &f.kind {
+            Some(fd::Kind::File(file)) if !file.deleted && !same(&file.path, file.dev, file.ino) => {
+                problems.push(format!("{at}: {} is not at its path any more (renamed or removed)", file.path))
+            }
+            Some(fd::Kind::Fifo(fifo)) => {
+                let Some(file) = &fifo.file else { continue };
+                if !std::fs::metadata(&file.path).is_ok_and(|m| m.file_type().is_fifo()) {
+                    problems.push(format!("{at}: the FIFO {} was removed (not supported yet)", file.path));
+                }
+            }
+            Some(fd::Kind::Device(d)) if !std::fs::metadata(&d.path).is_ok_and(|m| m.rdev() == d.rdev) => {
+                problems.push(format!("{at}: the device node {} was removed (not supported yet)", d.path))
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
 /// Everything the restore finds again by name must be what was dumped,
 /// checked before anything is made: a FIFO still a FIFO (the same one,
 /// unless `allow_changed`), a device node still the same device, a unix
