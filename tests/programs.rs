@@ -375,3 +375,47 @@ fn append_only_log_that_grew_since_the_dump() {
     let r = util::run(["restore", "--images", images2.path().to_str().unwrap()]).expect_code(1);
     assert!(r.stderr.contains("app.log") && r.stderr.contains("changed since the dump"), "{}", r.dump());
 }
+
+/// A process stopped by SIGSTOP (a shell's stopped job) is dumped and comes
+/// back stopped: it does not count on until it gets SIGCONT, then goes on
+/// from where it was. With --leave-running the original stays stopped too.
+#[test]
+fn stopped_process_comes_back_stopped() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let state = |pid: i32| {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat[stat.rfind(')').map_or(0, |i| i + 2)..].chars().next()
+    };
+    let dir = tempdir("stopped");
+    let script =
+        r#"i=0; while :; do i=$((i+1)); printf '%s\n' "$i" > "$1/count"; read -t 0.02 -u 3 || true; done 3<>"$1/fifo""#;
+    nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut cmd = Command::new(tool("bash"));
+    cmd.arg("-c").arg(script).arg("stopped").arg(dir.path());
+    let mut p = Spawned::start("stopped", cmd, dir);
+    let count = |dir: &Path| fs::read_to_string(dir.join("count")).ok()?.trim().parse::<u64>().ok();
+    p.wait_for(Duration::from_secs(30), "count 5", || count(&p.dir).filter(|&c| c >= 5));
+    kill(Pid::from_raw(p.pid), Signal::SIGSTOP).unwrap();
+    p.wait_for(Duration::from_secs(10), "state T", || (state(p.pid) == Some('T')).then_some(()));
+    let still = |p: &Spawned, what: &str| {
+        let at = count(&p.dir);
+        sleep(Duration::from_millis(300));
+        assert_eq!(count(&p.dir), at, "{what}: it counted while stopped");
+        assert_eq!(state(p.pid), Some('T'), "{what}: not stopped");
+    };
+
+    let images = tempdir("stopped-lr-img");
+    dump_ok(p.pid, images.path(), &["--leave-running"]);
+    still(&p, "the original after a --leave-running dump");
+
+    let images = tempdir("stopped-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    let at_dump = count(&p.dir).unwrap();
+    restore_ok(p.pid, images.path());
+    still(&p, "the restored process");
+    kill(Pid::from_raw(p.pid), Signal::SIGCONT).unwrap();
+    p.wait_for(Duration::from_secs(30), "counting on after SIGCONT", || count(&p.dir).filter(|&c| c >= at_dump + 5));
+    p.kill();
+}

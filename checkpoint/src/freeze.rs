@@ -50,11 +50,24 @@ pub struct FrozenProcess {
     pid: Pid,
     /// The main thread first.
     threads: Vec<Seized>,
+    /// It was stopped by a signal (SIGSTOP, SIGTSTP: a shell's stopped
+    /// job) before it was seized.
+    stopped: bool,
+}
+
+/// Whether a process is stopped by job control (state T).
+fn job_stopped(pid: Pid) -> bool {
+    proc::stat(pid).is_ok_and(|s| s.state == 'T')
 }
 
 impl FrozenProcess {
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// Stopped by a signal before the dump (it comes back stopped).
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     pub fn threads(&mut self) -> &mut [Seized] {
@@ -227,6 +240,7 @@ fn freeze_process(pid: Pid, since: &mut Option<Instant>) -> Result<Caught, Freez
     if is_zombie(pid) {
         return Ok(Caught::Zombie);
     }
+    let stopped = job_stopped(pid);
     let mut threads: Vec<Seized> = Vec::new();
     loop {
         let tids = match proc::tids(pid) {
@@ -260,7 +274,7 @@ fn freeze_process(pid: Pid, since: &mut Option<Instant>) -> Result<Caught, Freez
         return Ok(if is_zombie(pid) { Caught::Zombie } else { Caught::Gone });
     }
     threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
-    Ok(Caught::Stopped(FrozenProcess { pid, threads }))
+    Ok(Caught::Stopped(FrozenProcess { pid, threads, stopped }))
 }
 
 /// Add to `frozen` every process below those it holds, stopping each
@@ -372,6 +386,7 @@ fn freeze_cgroup(roots: &[Pid], dir: &Path) -> Result<Frozen, FreezeError> {
                 continue;
             }
             let Ok(tids) = proc::tids(pid) else { continue };
+            let stopped = job_stopped(pid);
             let mut threads = Vec::new();
             for tid in tids {
                 let Some(s) = seize(tid)? else { continue };
@@ -383,7 +398,7 @@ fn freeze_cgroup(roots: &[Pid], dir: &Path) -> Result<Frozen, FreezeError> {
             }
             threads.sort_by_key(|t| (t.pid() != pid, t.pid()));
             queue.extend(children(pid)?);
-            processes.push(FrozenProcess { pid, threads });
+            processes.push(FrozenProcess { pid, threads, stopped });
         }
         Ok((processes, zombies))
     })();

@@ -299,6 +299,9 @@ pub struct Process {
     /// /proc/PID/oom_score_adj.
     #[prost(int32, optional, tag = "28")]
     pub oom_score_adj: Option<i32>,
+    /// Stopped by a signal (SIGSTOP, SIGTSTP): restored stopped.
+    #[prost(bool, tag = "29")]
+    pub stopped: bool,
 }
 
 /// A process's cgroup in one hierarchy: a line of /proc/PID/cgroup.

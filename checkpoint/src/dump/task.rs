@@ -114,6 +114,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
                 .parse()
                 .map_err(|_| proc_err("oom_score_adj")(std::io::Error::other("not a number")))?,
         ),
+        stopped: frozen.stopped(),
     })
 }
 

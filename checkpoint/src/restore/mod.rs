@@ -1185,6 +1185,8 @@ struct Puppet {
     /// Base of the trampoline page, then the scratch pages.
     tramp: u64,
     host_xfeatures: u64,
+    /// Let go stopped (SIGSTOP), as the process was at the dump.
+    stopped: bool,
 }
 
 impl Drop for Puppet {
@@ -1229,8 +1231,17 @@ impl Puppet {
             | Options::PTRACE_O_TRACECLONE
             | Options::PTRACE_O_TRACEFORK
             | Options::PTRACE_O_EXITKILL;
-        let mut puppet =
-            Puppet { pid, ns_pid, main: None, threads: Vec::new(), child, alive: true, tramp: 0, host_xfeatures: 0 };
+        let mut puppet = Puppet {
+            pid,
+            ns_pid,
+            main: None,
+            threads: Vec::new(),
+            child,
+            alive: true,
+            tramp: 0,
+            host_xfeatures: 0,
+            stopped: false,
+        };
         let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
         match main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))? {
             stasis_sys::ptrace::Stop::Event { event: stasis_sys::ptrace::PTRACE_EVENT_STOP, .. } => {}
@@ -1260,6 +1271,7 @@ impl Puppet {
             alive: true,
             tramp: 0,
             host_xfeatures: self.host_xfeatures,
+            stopped: false,
         })
     }
 
@@ -1534,6 +1546,7 @@ impl Puppet {
 
     /// Step 4, first half: every thread's registers and signal mask.
     fn set_final_state(&mut self, p: &Process) -> Result<(), RestoreError> {
+        self.stopped = p.stopped;
         let main = self.main.as_ref().expect("main thread");
         for (seized, t) in std::iter::once(main).chain(&self.threads).zip(&p.threads) {
             let err = |e: stasis_sys::regs::Error| step("registers")(format!("thread {}: {e}", t.tid));
@@ -1569,6 +1582,13 @@ impl Puppet {
         self.alive = false;
         if let Some(child) = self.child.take() {
             child.disown();
+        }
+        // A stopped process gets SIGSTOP while still held: pending, it
+        // stops the process, all its threads, as they resume, before they
+        // run an instruction.
+        if self.stopped {
+            stasis_sys::nix::sys::signal::kill(self.pid, Signal::SIGSTOP)
+                .map_err(|e| step("resume")(format!("SIGSTOP: {e}")))?;
         }
         for seized in all {
             let tid = seized.pid();
