@@ -530,6 +530,22 @@ pub struct Fd {
     /// description, POSIX locks by its process (on its file).
     #[prost(message, repeated, tag = "23")]
     pub locks: Vec<FileLock>,
+    /// Who gets SIGIO/SIGURG for its description (F_SETOWN_EX), if anyone.
+    #[prost(message, optional, tag = "26")]
+    pub owner: Option<FdOwner>,
+    /// The signal sent instead of SIGIO (F_SETSIG); 0: SIGIO.
+    #[prost(int32, tag = "27")]
+    pub signal: i32,
+}
+
+/// The owner of an fd's signals (`struct f_owner_ex`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FdOwner {
+    /// F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2.
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    #[prost(int32, tag = "2")]
+    pub pid: i32,
 }
 
 /// A file lock (flock(2), fcntl(2) POSIX or OFD record lock).

@@ -40,6 +40,33 @@ pub fn die_on_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+/// fcntl commands libc does not name (include/uapi/asm-generic/fcntl.h).
+pub const F_SETSIG: i32 = 10;
+pub const F_GETSIG: i32 = 11;
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+
+/// The owner an fd's open file description sends SIGIO/SIGURG to
+/// (F_GETOWN_EX: 0 thread, 1 process, 2 process group; pid 0: none) and the
+/// signal it sends instead of SIGIO (F_GETSIG, 0: SIGIO).
+pub fn owner(fd: impl std::os::fd::AsFd) -> Result<(i32, i32, i32), Errno> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_fd().as_raw_fd();
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut own = [0i32; 2];
+    // SAFETY: F_GETOWN_EX writes a struct f_owner_ex, two ints, to the
+    // pointer, which points at two ints.
+    if unsafe { libc::fcntl(raw, F_GETOWN_EX, own.as_mut_ptr()) } < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: F_GETSIG takes no argument.
+    let sig = unsafe { libc::fcntl(raw, F_GETSIG) };
+    if sig < 0 {
+        return Err(Errno::last());
+    }
+    Ok((own[0], own[1], sig))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;

@@ -775,7 +775,26 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         ptys: ptys.iter().map(|c| c.record.clone()).collect(),
     };
     // Never an image that cannot come back: a killed tree would be lost.
-    let gone = crate::restore::restorable_problems(&tree);
+    let mut gone = crate::restore::restorable_problems(&tree);
+    // An fd's signals go to a process or group of the tree, made again.
+    for p in &tree.processes {
+        for f in &p.fds {
+            let Some(o) = &f.owner else { continue };
+            let ours = match o.kind {
+                2 => tree.processes.iter().any(|q| q.pgid == o.pid),
+                _ => tree.processes.iter().any(|q| q.threads.iter().any(|t| t.tid == o.pid)),
+            };
+            if !ours {
+                gone.push(format!(
+                    "process {}: fd {} sends its signals (F_SETOWN) to {} {}, outside the tree (not supported)",
+                    p.pid,
+                    f.fd,
+                    if o.kind == 2 { "process group" } else { "process" },
+                    o.pid
+                ));
+            }
+        }
+    }
     if !gone.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems: gone });
     }
@@ -818,6 +837,7 @@ impl ShmemTable {
                 use stasis_sys::nix::fcntl::{fcntl, FcntlArg};
                 record.seals = fcntl(&file, FcntlArg::F_GET_SEALS).map_err(std::io::Error::from)? as u32;
                 (record.memfd, record.name) = (true, name);
+                (record.mode, record.uid, record.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
             }
             memory::Object::Sysv => {
                 // The segment's id is its file's inode number; its key and
@@ -1023,6 +1043,18 @@ impl FdDumper {
                 fd::dump(pid, s, &copy).map_err(fd_err)?
             };
             self.keep(&mut kind, extra);
+            // Its description's signal owner (one per description: the
+            // first fd on it carries it).
+            let (mut owner, mut signal) = (None, 0);
+            if same_as.is_none() && shared_with.is_none() {
+                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                let (kind, who, sig) =
+                    stasis_sys::fdtable::owner(&copy).map_err(|e| fd_err(format!("F_GETOWN_EX: {e}")))?;
+                if who != 0 {
+                    owner = Some(records::FdOwner { kind, pid: who });
+                }
+                signal = sig;
+            }
             fds.push(Fd {
                 fd: s.fd,
                 flags: s.info.flags & !fd::FDINFO_CLOEXEC,
@@ -1032,6 +1064,8 @@ impl FdDumper {
                 same_as,
                 shared_with,
                 locks: fd::locks(pid, &s.info.locks).map_err(fd_err)?,
+                owner,
+                signal,
             });
         }
         self.earlier.extend(seen.iter().map(|s| (pid, s.clone())));
@@ -1086,6 +1120,8 @@ impl FdDumper {
             same_as: None,
             shared_with: None,
             locks: Vec::new(),
+            owner: None,
+            signal: 0,
         };
         if !seen.info.locks.is_empty() {
             return Err("it holds a file lock (not supported for an fd in flight)".into());

@@ -125,6 +125,9 @@ impl PidMap {
         if let Some(s) = &mut f.shared_with {
             s.pid = self.inner(s.pid);
         }
+        if let Some(o) = &mut f.owner {
+            o.pid = self.inner(o.pid);
+        }
         if let Some(Kind::Tty(t)) = &mut f.kind {
             t.session = self.inner(t.session);
         }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -68,9 +68,16 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
             _ => break,
         }
     }
-    let mut file = file.map_err(|e| format!("cannot create it again: {e}"))?;
+    let file = file.map_err(|e| format!("cannot create it again: {e}"))?;
     let unlinked = std::fs::remove_file(&path);
-    file.write_all(&data).map_err(|e| format!("writing {} bytes: {e}", data.len()))?;
+    // Blocks of zeros are left as holes: a sparse file stays sparse.
+    use std::os::unix::fs::FileExt;
+    file.set_len(data.len() as u64).map_err(|e| format!("ftruncate to {} bytes: {e}", data.len()))?;
+    for (i, block) in data.chunks(4096).enumerate() {
+        if block.iter().any(|b| *b != 0) {
+            file.write_all_at(block, i as u64 * 4096).map_err(|e| format!("writing {} bytes: {e}", data.len()))?;
+        }
+    }
     unlinked.map_err(|e| format!("unlinking {path}: {e}"))?;
     fchown(&file, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
         .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;

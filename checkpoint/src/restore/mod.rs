@@ -1502,6 +1502,7 @@ impl Puppet {
         r.mm_fields(p, deleted)?;
         r.install_fds(planned)?;
         r.take_locks(p)?;
+        r.fd_owners(p)?;
         r.controlling_terminal(p, ptys)?;
         if let Some(fd) = r.agent_pidfd.take() {
             r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
@@ -2036,6 +2037,25 @@ impl Remote<'_, '_> {
                 libc::SYS_prctl,
                 [libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0, 0],
             )?;
+        }
+        Ok(())
+    }
+
+    /// Who each fd's description sends its signals to, and which signal
+    /// (F_SETOWN_EX, F_SETSIG), set by the process on its restored fd once
+    /// every process of the tree exists.
+    fn fd_owners(&mut self, p: &Process) -> Result<(), RestoreError> {
+        use stasis_sys::fdtable::{F_SETOWN_EX, F_SETSIG};
+        for r in &p.fds {
+            let what = format!("signal owner of fd {}", r.fd);
+            if let Some(o) = &r.owner {
+                let raw: Vec<u8> = [o.kind, o.pid].iter().flat_map(|v| v.to_le_bytes()).collect();
+                let at = self.put(0, &raw)?;
+                self.call(&what, libc::SYS_fcntl, [r.fd as u64, F_SETOWN_EX as u64, at, 0, 0, 0])?;
+            }
+            if r.signal != 0 {
+                self.call(&what, libc::SYS_fcntl, [r.fd as u64, F_SETSIG as u64, r.signal as u64, 0, 0, 0])?;
+            }
         }
         Ok(())
     }

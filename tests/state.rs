@@ -1,0 +1,134 @@
+//! Pieces of process state that a restore must bring back equal (or a dump
+//! refuse by name), each set by a small python program that checks it
+//! itself once DIR/check shows up, after a round trip and after a
+//! --leave-running dump.
+
+mod util;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use util::spawned::{dump_ok, python3, restore_ok, tempdir, Spawned};
+
+/// Runs `setup` (python, with `d` the directory), then waits for DIR/check
+/// and runs `check`, which appends to `bad` what is wrong.
+fn script(setup: &str, check: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        r#"
+import fcntl, os, signal, stat, struct, sys, time
+d = sys.argv[1]
+bad = []
+def want(what, got, expected):
+    if got != expected:
+        bad.append('%s: %r, expected %r' % (what, got, expected))
+def setup():
+{}
+    return locals()
+env = setup()
+open(os.path.join(d, 'ready'), 'w').close()
+while not os.path.exists(os.path.join(d, 'check')):
+    time.sleep(0.02)
+def check(env):
+    globals().update(env)
+{}
+check(env)
+with open(os.path.join(d, 'result.tmp'), 'w') as f:
+    f.write('ok\n' if not bad else 'fail: ' + '; '.join(bad) + '\n')
+os.replace(os.path.join(d, 'result.tmp'), os.path.join(d, 'result'))
+"#,
+        indent(setup),
+        indent(check)
+    )
+}
+
+fn start(name: &str, setup: &str, check: &str) -> Spawned {
+    let dir = tempdir(name);
+    let path = dir.path().join("state.py");
+    fs::write(&path, script(setup, check)).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&path).arg(dir.path());
+    let p = Spawned::start(name, cmd, dir);
+    p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+    p
+}
+
+fn result(p: &Spawned) -> String {
+    fs::write(p.dir.join("check"), "").unwrap();
+    p.wait_for(Duration::from_secs(30), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok())
+}
+
+/// Round trip, then --leave-running: the state checks out each time.
+fn both(name: &str, setup: &str, check: &str) {
+    let mut p = start(name, setup, check);
+    let images = tempdir(&format!("{name}-img"));
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30));
+    restore_ok(p.pid, images.path());
+    let mut restored = Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir);
+    assert_eq!(result(&restored).trim(), "ok", "{name} after a round trip\n{}", restored.log());
+    restored.wait_exit(Duration::from_secs(30));
+
+    let mut p = start(&format!("{name}-lr"), setup, check);
+    let images = tempdir(&format!("{name}-lr-img"));
+    dump_ok(p.pid, images.path(), &["--leave-running"]);
+    assert_eq!(result(&p).trim(), "ok", "{name} after a --leave-running dump\n{}", p.log());
+    p.wait_exit(Duration::from_secs(30));
+}
+
+/// The owner of an fd's signals (F_SETOWN_EX: the process, a thread's
+/// group...) and the signal it sends (F_SETSIG), with O_ASYNC.
+#[test]
+fn fd_signal_owner_and_signal() {
+    both(
+        "fown",
+        "r, w = os.pipe()\n\
+         fl = fcntl.fcntl(r, fcntl.F_GETFL)\n\
+         fcntl.fcntl(r, fcntl.F_SETFL, fl | os.O_ASYNC)\n\
+         fcntl.fcntl(r, 15, struct.pack('ii', 1, os.getpid()))\n\
+         fcntl.fcntl(r, 10, signal.SIGUSR2)\n\
+         r2, w2 = os.pipe()\n\
+         fcntl.fcntl(r2, 15, struct.pack('ii', 2, os.getpgrp()))",
+        "want('owner', struct.unpack('ii', fcntl.fcntl(r, 16, b'\\0' * 8)), (1, os.getpid()))\n\
+         want('signal', fcntl.fcntl(r, 11), signal.SIGUSR2)\n\
+         want('O_ASYNC', bool(fcntl.fcntl(r, fcntl.F_GETFL) & os.O_ASYNC), True)\n\
+         want('group owner', struct.unpack('ii', fcntl.fcntl(r2, 16, b'\\0' * 8)), (2, os.getpgrp()))\n\
+         want('no signal set', fcntl.fcntl(r2, 11), 0)",
+    );
+}
+
+/// A memfd's mode and owner (fchmod, fchown) and its contents.
+#[test]
+fn memfd_mode_and_owner() {
+    both(
+        "memfd",
+        "m = os.memfd_create('state')\n\
+         os.write(m, b'contents')\n\
+         os.fchown(m, 1234, 5678)\n\
+         os.fchmod(m, 0o640)",
+        "st = os.fstat(m)\n\
+         want('mode', stat.S_IMODE(st.st_mode), 0o640)\n\
+         want('owner', (st.st_uid, st.st_gid), (1234, 5678))\n\
+         want('contents', os.pread(m, 100, 0), b'contents')",
+    );
+}
+
+/// A sparse file deleted while open keeps its holes: only its written
+/// block takes space, and SEEK_DATA finds it.
+#[test]
+fn sparse_deleted_file_keeps_its_holes() {
+    both(
+        "sparse",
+        "p = os.path.join(d, 'sparse')\n\
+         f = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)\n\
+         os.pwrite(f, b'x', 8 << 20)\n\
+         os.unlink(p)",
+        "st = os.fstat(f)\n\
+         want('size', st.st_size, (8 << 20) + 1)\n\
+         want('blocks at most a few', st.st_blocks <= 64, True)\n\
+         want('data', os.lseek(f, 0, os.SEEK_DATA) >= (8 << 20) - 4096, True)\n\
+         want('byte', os.pread(f, 1, 8 << 20), b'x')\n\
+         want('zeros', os.pread(f, 16, 4096), b'\\0' * 16)",
+    );
+}
