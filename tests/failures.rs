@@ -581,3 +581,49 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
         assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
     }
 }
+
+/// State a restore cannot make again faithfully is refused at dump by
+/// name, and the process runs on: a pending SIGTRAP (a debugger's trap), a
+/// time namespace made for the children, a corked UDP socket.
+#[test]
+fn dump_refuses_state_it_cannot_make_again() {
+    let cases = [
+        (
+            "sigtrap",
+            "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTRAP]); os.kill(os.getpid(), signal.SIGTRAP)",
+            "a SIGTRAP is pending",
+        ),
+        (
+            "timens",
+            "import ctypes; assert ctypes.CDLL(None, use_errno=True).unshare(0x80) == 0, 'unshare(CLONE_NEWTIME)'",
+            "made a time namespace for its children",
+        ),
+        (
+            "cork",
+            "import socket; u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0)); \
+             u.setsockopt(socket.IPPROTO_UDP, 1, 1)",
+            "is corked (UDP_CORK",
+        ),
+    ];
+    for (name, setup, want) in cases {
+        let dir = tempdir(&format!("state-{name}"));
+        let script = dir.path().join("state.py");
+        fs::write(
+            &script,
+            format!(
+                "import os, signal, sys, time\nd = sys.argv[1]\n{setup}\nopen(os.path.join(d, 'ready'), 'w').close()\n\
+                 while True:\n    time.sleep(0.05)\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(python3());
+        cmd.arg("-I").arg(&script).arg(dir.path());
+        let p = Spawned::start(name, cmd, dir);
+        p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+        let images = tempdir(&format!("state-{name}-img"));
+        let line = error_line(&dump(p.pid, images.path(), &[]));
+        assert!(line.contains(want), "{name}: {want:?} not in: {line}");
+        assert!(p.alive() && tracer_of(p.pid) == 0, "{name}: the process was harmed");
+        assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
+    }
+}

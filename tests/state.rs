@@ -132,3 +132,13 @@ fn sparse_deleted_file_keeps_its_holes() {
          want('zeros', os.pread(f, 16, 4096), b'\\0' * 16)",
     );
 }
+
+/// The audit login uid, which only the task itself may set.
+#[test]
+fn loginuid() {
+    both(
+        "loginuid",
+        "with open('/proc/self/loginuid', 'w') as f:\n    f.write('4321')",
+        "want('loginuid', open('/proc/self/loginuid').read().strip(), '4321')",
+    );
+}

@@ -302,6 +302,9 @@ pub struct Process {
     /// Stopped by a signal (SIGSTOP, SIGTSTP): restored stopped.
     #[prost(bool, tag = "29")]
     pub stopped: bool,
+    /// The audit login uid (/proc/PID/loginuid; u32::MAX: unset).
+    #[prost(uint32, optional, tag = "30")]
+    pub loginuid: Option<u32>,
 }
 
 /// A process's cgroup in one hierarchy: a line of /proc/PID/cgroup.

@@ -408,6 +408,14 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
             problems.push(at("it uses seccomp (not supported yet)".into()));
         }
         problems.extend(pid_namespace_problem(root, pid).map(at));
+        // Clock offsets of a time namespace are not dumped.
+        let ns = |name: &str| std::fs::read_link(proc::path(pid, &format!("ns/{name}"))).ok();
+        let own = |name: &str| std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        if ns("time") != own("time") {
+            problems.push(at("it runs in a time namespace of its own (not supported yet)".into()));
+        } else if ns("time_for_children") != ns("time") {
+            problems.push(at("it made a time namespace for its children (not supported yet)".into()));
+        }
         let m = match proc::read(pid, "smaps") {
             Err(e) if gone(&e) && pid != root => continue,
             r => proc::parse_smaps(&r.map_err(proc_err("smaps"))?).map_err(|e| DumpError::Proc {
@@ -776,6 +784,14 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     };
     // Never an image that cannot come back: a killed tree would be lost.
     let mut gone = crate::restore::restorable_problems(&tree);
+    // A pending SIGTRAP belongs to a debugger's breakpoint or single step,
+    // which cannot be made again faithfully.
+    for p in &tree.processes {
+        let pending = p.threads.iter().flat_map(|t| &t.pending).chain(&p.shared_pending);
+        if pending.clone().any(|s| s.raw.get(..4) == Some(&(stasis_sys::nix::libc::SIGTRAP).to_le_bytes()[..])) {
+            gone.push(format!("process {}: a SIGTRAP is pending (not supported)", p.pid));
+        }
+    }
     // An fd's signals go to a process or group of the tree, made again.
     for p in &tree.processes {
         for f in &p.fds {

@@ -218,6 +218,12 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             if ty != SockType::Datagram {
                 return Err(format!("{} is not a UDP socket", seen.target));
             }
+            // A corked socket holds a datagram being built in the kernel,
+            // which cannot be read out.
+            const UDP_CORK: i32 = 1;
+            if stasis_sys::sock::int_option(copy, libc::IPPROTO_UDP, UDP_CORK).map_err(err("UDP_CORK"))? != 0 {
+                return Err(format!("{} is corked (UDP_CORK, not supported)", s.describe()));
+            }
             Ok(RecordKind::Udp(s))
         }
         _ => Err(format!("{} is not a supported socket", seen.target)),

@@ -1510,6 +1510,8 @@ impl Puppet {
         phase("fds");
         r.attributes(p)?;
         r.signals(p)?;
+        // Per task, inherited by the threads made below.
+        r.loginuid(p, pid)?;
         phase("attributes");
 
         // Threads, each stopped before it runs; then what is per thread.
@@ -2039,6 +2041,28 @@ impl Remote<'_, '_> {
             )?;
         }
         Ok(())
+    }
+
+    /// The audit login uid: only a task itself may set its own, through
+    /// /proc/self/loginuid (with CAP_AUDIT_CONTROL, which it still has).
+    fn loginuid(&mut self, p: &Process, here: Pid) -> Result<(), RestoreError> {
+        let Some(want) = p.loginuid else { return Ok(()) };
+        let now = proc::read(here, "loginuid").ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if now == Some(want) {
+            return Ok(());
+        }
+        let what = format!("loginuid {want}");
+        let path = self.path(0, "/proc/self/loginuid")?;
+        let fd = self.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, path, libc::O_WRONLY as u64, 0, 0, 0])?;
+        let text = (want as i64).to_string();
+        let at = self.put(512, text.as_bytes())?;
+        let written = self.inj.syscall_ok(libc::SYS_write, [fd, at, text.len() as u64, 0, 0, 0]);
+        self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        written.map(drop).map_err(|e| {
+            step(&what)(format!(
+                "writing /proc/self/loginuid: {e} (it may be immutable here, audit's loginuid_immutable)"
+            ))
+        })
     }
 
     /// Who each fd's description sends its signals to, and which signal
