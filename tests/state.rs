@@ -142,3 +142,36 @@ fn loginuid() {
         "want('loginuid', open('/proc/self/loginuid').read().strip(), '4321')",
     );
 }
+
+/// An O_PATH fd (on a file and on a directory): it names the same object,
+/// still O_PATH, and works as a dirfd.
+#[test]
+fn o_path_fds() {
+    both(
+        "opath",
+        "p = os.path.join(d, 'f')\n\
+         open(p, 'w').write('x')\n\
+         f = os.open(p, os.O_PATH)\n\
+         dfd = os.open(d, os.O_PATH | os.O_DIRECTORY)",
+        "want('file', os.fstat(f).st_ino, os.stat(os.path.join(d, 'f')).st_ino)\n\
+         want('O_PATH', bool(fcntl.fcntl(f, fcntl.F_GETFL) & os.O_PATH), True)\n\
+         want('dirfd', os.stat('f', dir_fd=dfd).st_ino, os.stat(os.path.join(d, 'f')).st_ino)",
+    );
+}
+
+/// A UDP socket bound with IP_FREEBIND to an address this host does not
+/// have (a service that starts before its address comes up): bound again
+/// there, still with the option.
+#[test]
+fn udp_bound_with_freebind() {
+    both(
+        "freebind",
+        "import socket\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         u.setsockopt(socket.IPPROTO_IP, 15, 1)\n\
+         u.bind(('192.0.2.77', 0))\n\
+         name = u.getsockname()",
+        "want('bound', u.getsockname(), name)\n\
+         want('IP_FREEBIND', u.getsockopt(socket.IPPROTO_IP, 15), 1)",
+    );
+}

@@ -810,6 +810,13 @@ pub struct InetSocket {
     /// SO_SNDBUF, as `rcvbuf`.
     #[prost(uint32, tag = "12")]
     pub sndbuf: u32,
+    /// IP_FREEBIND / IPV6_FREEBIND: bound to an address the host need not
+    /// have (set again before the bind).
+    #[prost(bool, tag = "13")]
+    pub freebind: bool,
+    /// IP_TRANSPARENT / IPV6_TRANSPARENT (a transparent proxy's socket).
+    #[prost(bool, tag = "14")]
+    pub transparent: bool,
 }
 
 /// A unix domain socket (stream, datagram or seqpacket).

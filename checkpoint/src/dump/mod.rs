@@ -1064,12 +1064,17 @@ impl FdDumper {
             let (mut owner, mut signal) = (None, 0);
             if same_as.is_none() && shared_with.is_none() {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                let (kind, who, sig) =
-                    stasis_sys::fdtable::owner(&copy).map_err(|e| fd_err(format!("F_GETOWN_EX: {e}")))?;
-                if who != 0 {
-                    owner = Some(records::FdOwner { kind, pid: who });
+                match stasis_sys::fdtable::owner(&copy) {
+                    Ok((kind, who, sig)) => {
+                        if who != 0 {
+                            owner = Some(records::FdOwner { kind, pid: who });
+                        }
+                        signal = sig;
+                    }
+                    // An O_PATH fd has no owner to ask for.
+                    Err(stasis_sys::Errno::EBADF) => {}
+                    Err(e) => return Err(fd_err(format!("F_GETOWN_EX: {e}"))),
                 }
-                signal = sig;
             }
             fds.push(Fd {
                 fd: s.fd,

@@ -181,6 +181,12 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     if family == libc::AF_INET6 {
         s.v6only = getsockopt(copy, sockopt::Ipv6V6Only).map_err(err("IPV6_V6ONLY"))?;
     }
+    let (level, freebind, transparent) = match family {
+        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::IPV6_TRANSPARENT),
+        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT),
+    };
+    s.freebind = stasis_sys::sock::int_option(copy, level, freebind).map_err(err("IP_FREEBIND"))? != 0;
+    s.transparent = stasis_sys::sock::int_option(copy, level, transparent).map_err(err("IP_TRANSPARENT"))? != 0;
     // SO_BUF_LOCK (Linux 5.14) tells which buffer sizes were set explicitly;
     // the others follow the kernel's autotuning and are left to it.
     let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
@@ -381,6 +387,16 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
     set("SO_REUSEPORT", setsockopt(&sock, sockopt::ReusePort, &s.reuseport))?;
     if s.family == libc::AF_INET6 {
         set("IPV6_V6ONLY", setsockopt(&sock, sockopt::Ipv6V6Only, &s.v6only))?;
+    }
+    let (level, freebind, transparent) = match s.family {
+        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::IPV6_TRANSPARENT),
+        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT),
+    };
+    if s.freebind {
+        set("IP_FREEBIND", stasis_sys::sock::set_int_option(&sock, level, freebind, 1))?;
+    }
+    if s.transparent {
+        set("IP_TRANSPARENT", stasis_sys::sock::set_int_option(&sock, level, transparent, 1))?;
     }
     set("SO_BROADCAST", setsockopt(&sock, sockopt::Broadcast, &s.broadcast))?;
     set("SO_KEEPALIVE", setsockopt(&sock, sockopt::KeepAlive, &s.keepalive))?;

@@ -199,7 +199,8 @@ impl<'a> Planner<'a> {
                             _ => changed.map_err(|what| FdError::Changed { fd, path: f.path.clone(), what })?,
                         }
                     }
-                    if meta.is_file() {
+                    // An O_PATH fd has no offset.
+                    if meta.is_file() && flags & libc::O_PATH == 0 {
                         lseek(&file, pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
                     }
                     file.into()
