@@ -627,3 +627,16 @@ fn dump_refuses_state_it_cannot_make_again() {
         assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
     }
 }
+
+/// Two processes sharing one fd table (CLONE_FILES) are refused, naming
+/// both: restored, each would get a table of its own. The tree runs on.
+#[test]
+fn dump_refuses_processes_sharing_an_fd_table() {
+    let w = Workload::start("clone_files", &[]);
+    w.wait_running();
+    let child: i32 = w.info("pids").trim().parse().unwrap();
+    let images = tempdir("clone-files-img");
+    let line = error_line(&dump(w.pid, images.path(), &[]));
+    assert!(line.contains(&format!("processes {} and {child} share one fd table", w.pid)), "{line}");
+    assert_unchanged(&w);
+}

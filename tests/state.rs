@@ -175,3 +175,18 @@ fn udp_bound_with_freebind() {
          want('IP_FREEBIND', u.getsockopt(socket.IPPROTO_IP, 15), 1)",
     );
 }
+
+/// A file deleted while open comes back with its modification time.
+#[test]
+fn deleted_file_keeps_its_mtime() {
+    both(
+        "mtime",
+        "p = os.path.join(d, 'old')\n\
+         f = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)\n\
+         os.write(f, b'data')\n\
+         os.utime(p, (1, 1234567890))\n\
+         os.unlink(p)",
+        "want('mtime', os.fstat(f).st_mtime, 1234567890)\n\
+         want('data', os.pread(f, 10, 0), b'data')",
+    );
+}

@@ -263,3 +263,8 @@ fn status_attrs() {
 fn locks() {
     selfcheck("locks", &[]);
 }
+
+#[test]
+fn clone_files() {
+    selfcheck("clone_files", &[]);
+}

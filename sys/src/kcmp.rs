@@ -9,6 +9,21 @@ use nix::unistd::Pid;
 /// `KCMP_FILE` and `KCMP_VM` from include/uapi/linux/kcmp.h.
 const KCMP_FILE: libc::c_long = 0;
 const KCMP_VM: libc::c_long = 1;
+const KCMP_FILES: libc::c_long = 2;
+
+/// Whether two processes share one fd table (CLONE_FILES without
+/// CLONE_THREAD). Needs ptrace access to both.
+pub fn same_files(pid1: Pid, pid2: Pid) -> Result<bool, Errno> {
+    // SAFETY: kcmp takes only integers; KCMP_FILES reads no further argument.
+    let r = unsafe {
+        libc::syscall(libc::SYS_kcmp, pid1.as_raw() as libc::c_long, pid2.as_raw() as libc::c_long, KCMP_FILES, 0, 0)
+    };
+    match r {
+        0 => Ok(true),
+        1..=2 => Ok(false),
+        _ => Err(Errno::last()),
+    }
+}
 
 /// Whether two processes share one address space (CLONE_VM without
 /// CLONE_THREAD, as vfork does). Needs ptrace access to both.

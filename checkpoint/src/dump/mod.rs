@@ -559,6 +559,14 @@ fn shared_vm_problems(pids: &[Pid]) -> Result<Vec<String>, DumpError> {
                 Ok(false) | Err(stasis_sys::Errno::ESRCH) => {}
                 Err(e) => return Err(DumpError::Proc { pid: b, what: "kcmp".into(), source: e.into() }),
             }
+            // Restored, each would get a table of its own.
+            match kcmp::same_files(a, b) {
+                Ok(true) => {
+                    problems.push(format!("processes {a} and {b} share one fd table (CLONE_FILES; not supported yet)"))
+                }
+                Ok(false) | Err(stasis_sys::Errno::ESRCH) => {}
+                Err(e) => return Err(DumpError::Proc { pid: b, what: "kcmp".into(), source: e.into() }),
+            }
         }
     }
     Ok(problems)

@@ -81,6 +81,13 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
     unlinked.map_err(|e| format!("unlinking {path}: {e}"))?;
     fchown(&file, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
         .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;
+    // Its modification time, as it was (the access time is now's).
+    let mtime = stasis_sys::nix::sys::time::TimeSpec::new(
+        f.mtime_ns.div_euclid(1_000_000_000),
+        f.mtime_ns.rem_euclid(1_000_000_000),
+    );
+    stasis_sys::nix::sys::stat::futimens(&file, &stasis_sys::nix::sys::time::TimeSpec::UTIME_NOW, &mtime)
+        .map_err(|e| format!("futimens: {e}"))?;
     fchmod(&file, Mode::from_bits_truncate(f.mode & 0o7777))
         .map_err(|e| format!("chmod {:o}: {e}", f.mode & 0o7777))?;
     if writes {
