@@ -190,3 +190,28 @@ fn deleted_file_keeps_its_mtime() {
          want('data', os.pread(f, 10, 0), b'data')",
     );
 }
+
+/// A socket's classic BPF filter (SO_ATTACH_FILTER), here one that drops
+/// every datagram: the same program is attached after the restore, and a
+/// datagram sent to the socket is dropped.
+#[test]
+fn socket_filter() {
+    both(
+        "filter",
+        "import socket, ctypes\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         u.bind(('127.0.0.1', 0))\n\
+         prog = struct.pack('HBBI', 0x06, 0, 0, 0)\n\
+         buf = ctypes.create_string_buffer(prog)\n\
+         fprog = struct.pack('HL', 1, ctypes.addressof(buf))\n\
+         u.setsockopt(socket.SOL_SOCKET, 26, fprog)\n\
+         first = u.getsockopt(socket.SOL_SOCKET, 26)",
+        "import socket\n\
+         want('first word of the filter', u.getsockopt(socket.SOL_SOCKET, 26), first)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.sendto(b'hello', u.getsockname())\n\
+         u.settimeout(0.3)\n\
+         try:\n    got = u.recv(10)\nexcept socket.timeout:\n    got = None\n\
+         want('datagram through the filter', got, None)",
+    );
+}

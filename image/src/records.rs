@@ -539,6 +539,10 @@ pub struct Fd {
     /// The signal sent instead of SIGIO (F_SETSIG); 0: SIGIO.
     #[prost(int32, tag = "27")]
     pub signal: i32,
+    /// A socket's classic BPF filter (SO_ATTACH_FILTER), one `struct
+    /// sock_filter` a word.
+    #[prost(uint64, repeated, tag = "28")]
+    pub filter: Vec<u64>,
 }
 
 /// The owner of an fd's signals (`struct f_owner_ex`).

@@ -166,6 +166,9 @@ fn check_fd(
     unix: &HashSet<u64>,
     tree: &ProcessTree,
 ) -> Result<(), String> {
+    if f.filter.len() > 4096 {
+        return Err(format!("a socket filter of {} instructions", f.filter.len()));
+    }
     match &f.kind {
         None => return Err("has no kind".into()),
         Some(fd::Kind::File(file)) => check_file(file)?,

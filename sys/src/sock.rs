@@ -125,3 +125,25 @@ mod tests {
         assert_eq!(buf_lock(&l), Ok(RCVBUF_LOCK));
     }
 }
+
+/// The classic BPF filter attached to a socket (SO_ATTACH_FILTER), each
+/// `struct sock_filter` as a little-endian u64; empty when none (an eBPF
+/// program attached with SO_ATTACH_BPF does not show here).
+pub fn filter(fd: impl AsFd) -> Result<Vec<u64>, Errno> {
+    let raw = fd.as_fd().as_raw_fd();
+    let mut len: libc::socklen_t = 0;
+    // SAFETY: with a zero length the kernel writes only the instruction
+    // count to len.
+    let r = unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_GET_FILTER, std::ptr::null_mut(), &raw mut len) };
+    Errno::result(r)?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let mut prog = vec![0u64; len as usize];
+    // SAFETY: prog holds len instructions of 8 bytes; len is in instructions.
+    let r =
+        unsafe { libc::getsockopt(raw, libc::SOL_SOCKET, libc::SO_GET_FILTER, prog.as_mut_ptr().cast(), &raw mut len) };
+    Errno::result(r)?;
+    prog.truncate(len as usize);
+    Ok(prog)
+}

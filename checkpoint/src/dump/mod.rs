@@ -1069,9 +1069,13 @@ impl FdDumper {
             self.keep(&mut kind, extra);
             // Its description's signal owner (one per description: the
             // first fd on it carries it).
-            let (mut owner, mut signal) = (None, 0);
+            let (mut owner, mut signal, mut filter) = (None, 0, Vec::new());
             if same_as.is_none() && shared_with.is_none() {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                if matches!(s.kind, Ok(fd::Kind::TcpListen | fd::Kind::TcpEstablished | fd::Kind::Udp | fd::Kind::Unix))
+                {
+                    filter = stasis_sys::sock::filter(&copy).map_err(|e| fd_err(format!("SO_GET_FILTER: {e}")))?;
+                }
                 match stasis_sys::fdtable::owner(&copy) {
                     Ok((kind, who, sig)) => {
                         if who != 0 {
@@ -1095,6 +1099,7 @@ impl FdDumper {
                 locks: fd::locks(pid, &s.info.locks).map_err(fd_err)?,
                 owner,
                 signal,
+                filter,
             });
         }
         self.earlier.extend(seen.iter().map(|s| (pid, s.clone())));
@@ -1151,6 +1156,7 @@ impl FdDumper {
             locks: Vec::new(),
             owner: None,
             signal: 0,
+            filter: Vec::new(),
         };
         if !seen.info.locks.is_empty() {
             return Err("it holds a file lock (not supported for an fd in flight)".into());

@@ -2080,6 +2080,17 @@ impl Remote<'_, '_> {
             if r.signal != 0 {
                 self.call(&what, libc::SYS_fcntl, [r.fd as u64, F_SETSIG as u64, r.signal as u64, 0, 0, 0])?;
             }
+            if !r.filter.is_empty() {
+                // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+                let prog: Vec<u8> = r.filter.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let prog_at = self.put(1024, &prog)?;
+                let mut fprog = (r.filter.len() as u64).to_le_bytes().to_vec();
+                fprog.extend_from_slice(&prog_at.to_le_bytes());
+                let at = self.put(0, &fprog)?;
+                let what = format!("socket filter of fd {}", r.fd);
+                let opt = [r.fd as u64, libc::SOL_SOCKET as u64, libc::SO_ATTACH_FILTER as u64, at, 16, 0];
+                self.call(&what, libc::SYS_setsockopt, opt)?;
+            }
         }
         Ok(())
     }
