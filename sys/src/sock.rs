@@ -110,22 +110,6 @@ pub const SNDBUF_LOCK: u32 = 1;
 /// `SOCK_RCVBUF_LOCK` in [`buf_lock`].
 pub const RCVBUF_LOCK: u32 = 2;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_locks() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let link = format!("/proc/self/fd/{}", l.as_raw_fd());
-        assert_eq!(protocol_name(Path::new(&link)).as_deref(), Some("TCP"));
-        assert_eq!(protocol_name(Path::new("/proc/self/exe")), None);
-        assert_eq!(buf_lock(&l), Ok(0));
-        nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
-        assert_eq!(buf_lock(&l), Ok(RCVBUF_LOCK));
-    }
-}
-
 /// The classic BPF filter attached to a socket (SO_ATTACH_FILTER), each
 /// `struct sock_filter` as a little-endian u64; empty when none (an eBPF
 /// program attached with SO_ATTACH_BPF does not show here).
@@ -146,4 +130,20 @@ pub fn filter(fd: impl AsFd) -> Result<Vec<u64>, Errno> {
     Errno::result(r)?;
     prog.truncate(len as usize);
     Ok(prog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_locks() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = format!("/proc/self/fd/{}", l.as_raw_fd());
+        assert_eq!(protocol_name(Path::new(&link)).as_deref(), Some("TCP"));
+        assert_eq!(protocol_name(Path::new("/proc/self/exe")), None);
+        assert_eq!(buf_lock(&l), Ok(0));
+        nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
+        assert_eq!(buf_lock(&l), Ok(RCVBUF_LOCK));
+    }
 }
