@@ -215,3 +215,48 @@ fn socket_filter() {
          want('datagram through the filter', got, None)",
     );
 }
+
+/// A working directory removed while the process is in it: it is in a
+/// removed directory again after the restore (made for the restore, then
+/// removed), which files cannot be made in.
+#[test]
+fn removed_working_directory() {
+    both(
+        "rmcwd",
+        "os.mkdir(os.path.join(d, 'sub'))\n\
+         os.chdir(os.path.join(d, 'sub'))\n\
+         os.rmdir(os.path.join(d, 'sub'))",
+        "want('cwd', os.readlink('/proc/self/cwd'), os.path.join(d, 'sub') + ' (deleted)')\n\
+         want('links', os.stat('.').st_nlink, 0)\n\
+         try:\n    open('x', 'w')\n    made = True\nexcept FileNotFoundError:\n    made = False\n\
+         want('a file made in it', made, False)\n\
+         want('the path is free', os.path.exists(os.path.join(d, 'sub')), False)",
+    );
+}
+
+/// A FIFO unlinked while open, with bytes in it, and a device node
+/// unlinked while open: both come back unlinked, the FIFO with its bytes.
+#[test]
+fn unlinked_fifo_and_device_node() {
+    both(
+        "unlinked",
+        "p = os.path.join(d, 'fifo')\n\
+         os.mkfifo(p)\n\
+         f = os.open(p, os.O_RDWR)\n\
+         os.write(f, b'queued')\n\
+         os.unlink(p)\n\
+         n = os.path.join(d, 'null')\n\
+         os.mknod(n, stat.S_IFCHR | 0o666, os.makedev(1, 3))\n\
+         dev = os.open(n, os.O_RDWR)\n\
+         os.unlink(n)",
+        "want('fifo', stat.S_ISFIFO(os.fstat(f).st_mode), True)\n\
+         want('fifo links', os.fstat(f).st_nlink, 0)\n\
+         want('fifo name', os.readlink('/proc/self/fd/%d' % f), os.path.join(d, 'fifo') + ' (deleted)')\n\
+         os.set_blocking(f, False)\n\
+         want('fifo bytes', os.read(f, 100), b'queued')\n\
+         want('device', os.fstat(dev).st_rdev, os.makedev(1, 3))\n\
+         want('device links', os.fstat(dev).st_nlink, 0)\n\
+         want('device writes', os.write(dev, b'x'), 1)\n\
+         want('device reads', os.read(dev, 1), b'')",
+    );
+}

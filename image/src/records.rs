@@ -1103,6 +1103,10 @@ pub struct Device {
     /// Device number (major and minor, as in st_rdev).
     #[prost(uint64, tag = "2")]
     pub rdev: u64,
+    /// Its node was unlinked while open: made again for the restore, then
+    /// unlinked.
+    #[prost(bool, tag = "3")]
+    pub deleted: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,5 +7,9 @@ use stasis_image::records::{fd::Kind, Device};
 use super::Seen;
 
 pub fn dump(seen: &Seen) -> Kind {
-    Kind::Device(Device { path: seen.target.clone(), rdev: seen.rdev })
+    let (path, deleted) = match seen.target.strip_suffix(" (deleted)") {
+        Some(path) => (path.to_owned(), true),
+        None => (seen.target.clone(), false),
+    };
+    Kind::Device(Device { path, rdev: seen.rdev, deleted })
 }

@@ -19,7 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use stasis_image::records::{fd::Kind, FileRef, ProcessTree};
 use stasis_image::Image;
 use stasis_sys::nix::libc;
-use stasis_sys::nix::sys::stat::{fchmod, Mode};
+use stasis_sys::nix::sys::stat::{fchmod, mknod, Mode, SFlag};
 use stasis_sys::nix::unistd::{fchown, Gid, Uid};
 
 use super::{step, RestoreError};
@@ -96,4 +96,81 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
     let reader = std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| format!("reopening it read-only: {e}"))?;
     Ok(reader.into())
+}
+
+/// A FIFO or device node unlinked while open, made again: `kind` (S_IFIFO
+/// or S_IFCHR) with `rdev` and `mode` at `path` (or beside it when that
+/// name is taken), opened with `flags`, and unlinked. Returns the open fd.
+pub fn node(path: &str, kind: SFlag, rdev: u64, mode: u32, flags: i32) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut made = path.to_owned();
+    let mut n = 0;
+    loop {
+        match mknod(made.as_str(), kind, Mode::from_bits_truncate(mode & 0o7777), rdev) {
+            Ok(()) => break,
+            Err(stasis_sys::Errno::EEXIST) if n < 100 => {
+                n += 1;
+                made = format!("{path}.stasis-{n}");
+            }
+            Err(e) => return Err(format!("cannot make {made} again: {e}")),
+        }
+    }
+    let opened = OpenOptions::new()
+        .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+        .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .open(&made);
+    let unlinked = std::fs::remove_file(&made);
+    let file = opened.map_err(|e| format!("cannot open {made}: {e}"))?;
+    unlinked.map_err(|e| format!("unlinking {made}: {e}"))?;
+    Ok(file.into())
+}
+
+/// Working directories that were removed while processes were in them,
+/// made again for the restore (at their path, or beside it when that is
+/// taken) and removed again when this is dropped, once every process has
+/// entered its own: the processes are then in removed directories, as
+/// before.
+#[derive(Debug, Default)]
+pub struct Directories {
+    /// As the image names it ("PATH (deleted)"), and as made.
+    made: HashMap<String, String>,
+}
+
+impl Directories {
+    /// The directory made for the image's working directory `cwd`.
+    pub fn made(&self, cwd: &str) -> Option<&str> {
+        self.made.get(cwd).map(String::as_str)
+    }
+}
+
+impl Drop for Directories {
+    fn drop(&mut self) {
+        for dir in self.made.values() {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                tracing::warn!("cannot remove {dir} again, made for a restored working directory: {e}");
+            }
+        }
+    }
+}
+
+/// Make again every removed working directory of the tree.
+pub fn working_directories(tree: &ProcessTree) -> Result<Directories, RestoreError> {
+    let mut dirs = Directories::default();
+    for p in &tree.processes {
+        let Some(dir) = p.cwd.strip_suffix(" (deleted)") else { continue };
+        if dirs.made.contains_key(&p.cwd) {
+            continue;
+        }
+        let mut made = dir.to_owned();
+        for n in 1..=100 {
+            match std::fs::create_dir(&made) {
+                Ok(()) => break,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 100 => made = format!("{dir}.stasis-{n}"),
+                Err(e) => return Err(step(&format!("working directory {dir}"))(format!("cannot make it again: {e}"))),
+            }
+        }
+        dirs.made.insert(p.cwd.clone(), made);
+    }
+    Ok(dirs)
 }

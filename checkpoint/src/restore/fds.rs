@@ -123,6 +123,8 @@ pub struct Planner<'a> {
     pub inherit: HashMap<super::Inherited, i32>,
     /// Terminals become the agent's own (`--shell-job`).
     pub shell_job: bool,
+    /// FIFOs that were unlinked, made again, by pipe id: the holder.
+    unlinked_fifos: HashMap<u64, OwnedFd>,
     /// The tree's pseudo-terminal pairs, made already.
     pub ptys: Option<&'a HashMap<u32, super::pty::Made>>,
 }
@@ -149,6 +151,7 @@ impl<'a> Planner<'a> {
             moved_devices: Vec::new(),
             inherit: HashMap::new(),
             shell_job: false,
+            unlinked_fifos: HashMap::new(),
             ptys: None,
         }
     }
@@ -224,6 +227,33 @@ impl<'a> Planner<'a> {
                     // description: open another through /proc.
                     reopen_with_flags(end, flags).map_err(other)?
                 }
+                // Unlinked while open: made again once, unlinked, and held.
+                Kind::Fifo(fifo) if fifo.file.as_ref().is_some_and(|f| f.deleted) => {
+                    let file = fifo.file.as_ref().expect("checked above");
+                    let holder = match self.unlinked_fifos.entry(fifo.pipe) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let holder = super::deleted::node(
+                                &file.path,
+                                nix::sys::stat::SFlag::S_IFIFO,
+                                0,
+                                file.mode,
+                                libc::O_RDWR | libc::O_NONBLOCK,
+                            )
+                            .map_err(other)?;
+                            if filled.insert(fifo.pipe) {
+                                if let Some(p) = pipes.iter().find(|p| p.id == fifo.pipe) {
+                                    fill(&holder, p).map_err(other)?;
+                                }
+                            }
+                            e.insert(holder)
+                        }
+                    };
+                    let object = reopen_with_flags(holder, flags | libc::O_NONBLOCK).map_err(other)?;
+                    fcntl(&object, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)))
+                        .map_err(|e| other(format!("F_SETFL: {e}")))?;
+                    object
+                }
                 Kind::Fifo(fifo) => {
                     let file = fifo.file.as_ref().ok_or_else(|| other("FIFO without a path".into()))?;
                     // Hold the FIFO open read-write while filling it and opening
@@ -241,6 +271,10 @@ impl<'a> Planner<'a> {
                     fcntl(&object, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags)))
                         .map_err(|e| other(format!("F_SETFL: {e}")))?;
                     object.into()
+                }
+                Kind::Device(d) if d.deleted => {
+                    let kind = nix::sys::stat::SFlag::S_IFCHR;
+                    super::deleted::node(&d.path, kind, d.rdev, 0o600, flags).map_err(other)?
                 }
                 Kind::Device(d) => open(fd, &d.path, flags)?.into(),
                 Kind::Epoll(e) => {

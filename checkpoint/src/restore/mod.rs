@@ -226,6 +226,11 @@ fn terminals(tree: &ProcessTree) -> String {
     all.join(", ")
 }
 
+/// Whether the directory `path` is in exists.
+fn parent_exists(path: &str) -> bool {
+    std::path::Path::new(path).parent().is_some_and(|d| d.is_dir())
+}
+
 /// What a restore of `tree` would find gone, checked by a dump before it
 /// writes anything (and so before it kills the tree): a working directory
 /// or root removed, a file, FIFO, device node or mapped file not at its
@@ -236,13 +241,21 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
     let mut problems = Vec::new();
     let same = |path: &str, dev: u64, ino: u64| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino));
     for p in &tree.processes {
-        for (what, dir) in [("working directory", &p.cwd), ("root directory", &p.root)] {
-            if dir.ends_with(" (deleted)") || !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
-                problems.push(format!(
-                    "process {}: its {what} {dir} was removed; a restore could not enter it (not supported yet)",
-                    p.pid
-                ));
+        // A removed working directory is made again for the restore, then
+        // removed (its directory must be there).
+        match p.cwd.strip_suffix(" (deleted)") {
+            Some(dir) if !parent_exists(dir) => problems.push(format!(
+                "process {}: its working directory {dir} was removed, and the directory it was in too",
+                p.pid
+            )),
+            Some(_) => {}
+            None if !std::fs::metadata(&p.cwd).is_ok_and(|m| m.is_dir()) => {
+                problems.push(format!("process {}: its working directory {} is not there any more", p.pid, p.cwd))
             }
+            None => {}
+        }
+        if p.root.ends_with(" (deleted)") || !std::fs::metadata(&p.root).is_ok_and(|m| m.is_dir()) {
+            problems.push(format!("process {}: its root directory {} was removed (not supported yet)", p.pid, p.root));
         }
         for v in p.vmas.iter().filter(|v| v.kind == VmaKind::File as i32) {
             let Some(f) = v.file.as_ref().filter(|f| !f.deleted) else { continue };
@@ -257,14 +270,24 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
             Some(fd::Kind::File(file)) if !file.deleted && !same(&file.path, file.dev, file.ino) => {
                 problems.push(format!("{at}: {} is not at its path any more (renamed or removed)", file.path))
             }
+            // One unlinked while open is made again, in its directory.
             Some(fd::Kind::Fifo(fifo)) => {
                 let Some(file) = &fifo.file else { continue };
-                if !std::fs::metadata(&file.path).is_ok_and(|m| m.file_type().is_fifo()) {
-                    problems.push(format!("{at}: the FIFO {} was removed (not supported yet)", file.path));
+                let there = match file.deleted {
+                    true => parent_exists(&file.path),
+                    false => std::fs::metadata(&file.path).is_ok_and(|m| m.file_type().is_fifo()),
+                };
+                if !there {
+                    problems.push(format!("{at}: the FIFO {} was removed, and its directory too", file.path));
                 }
             }
-            Some(fd::Kind::Device(d)) if !std::fs::metadata(&d.path).is_ok_and(|m| m.rdev() == d.rdev) => {
-                problems.push(format!("{at}: the device node {} was removed (not supported yet)", d.path))
+            Some(fd::Kind::Device(d)) if d.deleted && !parent_exists(&d.path) => {
+                problems.push(format!("{at}: the device node {} was removed, and its directory too", d.path))
+            }
+            Some(fd::Kind::Device(d))
+                if !d.deleted && !std::fs::metadata(&d.path).is_ok_and(|m| m.rdev() == d.rdev) =>
+            {
+                problems.push(format!("{at}: the device node {} is not at its path any more", d.path))
             }
             _ => {}
         }
@@ -287,7 +310,7 @@ fn check_named_objects(tree: &ProcessTree, allow_changed: bool, moved: &[(u64, u
     for (pid, f) in all_fds(tree) {
         match &f.kind {
             Some(fd::Kind::Fifo(fifo)) => {
-                let Some(file) = &fifo.file else { continue };
+                let Some(file) = fifo.file.as_ref().filter(|f| !f.deleted) else { continue };
                 let meta = std::fs::symlink_metadata(&file.path).map_err(|e| {
                     refuse(whose(pid, f.fd), format!("is the FIFO {}, which is not there now: {e}", file.path))
                 })?;
@@ -311,7 +334,7 @@ fn check_named_objects(tree: &ProcessTree, allow_changed: bool, moved: &[(u64, u
                     ));
                 }
             }
-            Some(fd::Kind::Device(d)) => {
+            Some(fd::Kind::Device(d)) if !d.deleted => {
                 let meta = std::fs::metadata(&d.path).map_err(|e| {
                     refuse(whose(pid, f.fd), format!("is the device {}, which is not there now: {e}", d.path))
                 })?;
@@ -578,6 +601,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
     let deleted = deleted::make_all(&image, tree)?;
+    let cwds = deleted::working_directories(tree)?;
     let ptys = pty::make_all(&tree.ptys, ptmx.as_deref())?;
     let segments = shmem::Segments::made(&tree.shmem, &objects);
     let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
@@ -645,6 +669,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
             objects: &objects,
             deleted: &deleted,
             ptys: (&tree.ptys, &ptys),
+            cwds: &cwds,
             reap,
             agent_fd,
         };
@@ -1160,6 +1185,9 @@ struct Recipe<'a> {
     deleted: &'a HashMap<u32, std::os::fd::OwnedFd>,
     /// The tree's pseudo-terminal pairs, as dumped and as made.
     ptys: (&'a [stasis_image::records::Pty], &'a HashMap<u32, pty::Made>),
+    /// Working directories removed while in use, made again for the
+    /// restore: the path each process enters.
+    cwds: &'a deleted::Directories,
     /// The process has zombie children, whose exits queued SIGCHLD that the
     /// process did not get then.
     reap: bool,
@@ -1369,7 +1397,7 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let Recipe { image, process: p, fds: planned, objects, deleted, ptys, reap, agent_fd } = recipe;
+        let Recipe { image, process: p, fds: planned, objects, deleted, ptys, cwds, reap, agent_fd } = recipe;
         let pid = self.pid;
         for t in &p.threads {
             let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
@@ -1508,7 +1536,7 @@ impl Puppet {
             r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         }
         phase("fds");
-        r.attributes(p)?;
+        r.attributes(p, cwds)?;
         r.signals(p)?;
         // Per task, inherited by the threads made below.
         r.loginuid(p, pid)?;
@@ -1934,9 +1962,10 @@ impl Remote<'_, '_> {
     }
 
     /// cwd, root, umask, rlimits, personality and prctl attributes.
-    fn attributes(&mut self, p: &Process) -> Result<(), RestoreError> {
-        let cwd = self.path(0, &p.cwd)?;
-        self.call(&format!("cwd {}", p.cwd), libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+    fn attributes(&mut self, p: &Process, cwds: &deleted::Directories) -> Result<(), RestoreError> {
+        let dir = cwds.made(&p.cwd).unwrap_or(&p.cwd);
+        let cwd = self.path(0, dir)?;
+        self.call(&format!("cwd {dir}"), libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
         if p.root != "/" {
             let root = self.path(0, &p.root)?;
             self.call(&format!("root {}", p.root), libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
