@@ -29,7 +29,7 @@ fn round_trip(name: &str, args: &[&str]) {
     let mut w = Workload::start(name, args);
     let before = w.wait_running();
     let images = tempfile::tempdir().unwrap();
-    let state = settable_state(w.pid);
+    let state = settled_state(w.pid);
     dump(&w, images.path(), &[]);
     w.wait_exit(Duration::from_secs(30));
     restore(&w, images.path());
@@ -217,12 +217,27 @@ fn status_and_smaps_come_back_equal() {
     let mut w = Workload::start("status_attrs", &[]);
     w.wait_running();
     let images = tempfile::tempdir().unwrap();
-    let before = settable_state(w.pid);
+    let before = settled_state(w.pid);
     dump(&w, images.path(), &[]);
     w.wait_exit(Duration::from_secs(30));
     restore(&w, images.path());
     assert_same_state(&before, &settable_state(w.pid));
     w.check_ok();
+}
+
+/// [`settable_state`] once it stops changing: a workload's threads may
+/// still be settling (masks, names) just after it said it is ready.
+fn settled_state(pid: i32) -> std::collections::BTreeMap<String, String> {
+    let mut last = settable_state(pid);
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = settable_state(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 fn assert_same_state(

@@ -260,3 +260,41 @@ fn unlinked_fifo_and_device_node() {
          want('device reads', os.read(dev, 1), b'')",
     );
 }
+
+/// An epoll registration whose fd was closed after it was added (the file
+/// lives on through a dup): it still reports, under its old number, and
+/// that number stays closed.
+#[test]
+fn epoll_registration_of_a_closed_fd() {
+    both(
+        "epollclosed",
+        "import select\n\
+         r, w = os.pipe()\n\
+         e = select.epoll()\n\
+         e.register(r, select.EPOLLIN)\n\
+         r2 = os.dup(r)\n\
+         os.close(r)",
+        "import select\n\
+         os.write(w, b'x')\n\
+         want('events', e.poll(2), [(r, select.EPOLLIN)])\n\
+         try:\n    os.fstat(r)\n    closed = False\nexcept OSError:\n    closed = True\n\
+         want('old number closed', closed, True)\n\
+         want('read through the dup', os.read(r2, 1), b'x')",
+    );
+}
+
+/// A child killed by SIGKILL and not yet waited for: its parent gets that
+/// status after the restore.
+#[test]
+fn zombie_killed_by_a_signal() {
+    both(
+        "zombie9",
+        "pid = os.fork()\n\
+         if pid == 0:\n    time.sleep(100)\n    os._exit(0)\n\
+         os.kill(pid, signal.SIGKILL)\n\
+         time.sleep(0.3)",
+        "got, status = os.waitpid(pid, 0)\n\
+         want('child', got, pid)\n\
+         want('killed by', os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, signal.SIGKILL)",
+    );
+}

@@ -708,6 +708,15 @@ pub struct EpollTarget {
     pub events: u32,
     #[prost(uint64, tag = "3")]
     pub data: u64,
+    /// The watched file's inode, as fdinfo shows it.
+    #[prost(uint64, tag = "4")]
+    pub ino: u64,
+    /// The registration's fd number was closed (or reused for another
+    /// file) after it was added: the process's fd that holds the watched
+    /// file now. Restore registers it under `fd` through a dup, for the
+    /// moment, of this one.
+    #[prost(int32, optional, tag = "5")]
+    pub via: Option<i32>,
 }
 
 /// An inotify instance: its watches, by watch descriptor.

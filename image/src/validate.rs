@@ -219,8 +219,10 @@ fn check_fd(
             }
         }
         Some(fd::Kind::Epoll(e)) => {
-            if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|f| f.fd == t.fd)) {
-                return Err(format!("epoll watches fd {}, which the process does not have", t.fd));
+            // A registration whose fd was closed names the fd that holds
+            // its file now.
+            if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|f| f.fd == t.via.unwrap_or(t.fd))) {
+                return Err(format!("epoll watches fd {}, which the process does not have", t.via.unwrap_or(t.fd)));
             }
         }
     }

@@ -10,6 +10,31 @@ use nix::unistd::Pid;
 const KCMP_FILE: libc::c_long = 0;
 const KCMP_VM: libc::c_long = 1;
 const KCMP_FILES: libc::c_long = 2;
+const KCMP_EPOLL_TFD: libc::c_long = 7;
+
+/// Whether fd `fd` of `pid` is the file that epoll fd `epfd` of `pid`
+/// watches as its target `tfd` (the first registration under that number).
+pub fn same_epoll_target(pid: Pid, fd: i32, epfd: i32, tfd: i32) -> Result<bool, Errno> {
+    // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }
+    let slot: [u32; 3] = [epfd as u32, tfd as u32, 0];
+    // SAFETY: KCMP_EPOLL_TFD reads a struct kcmp_epoll_slot, three u32,
+    // from the pointer, which points at three u32.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid.as_raw() as libc::c_long,
+            pid.as_raw() as libc::c_long,
+            KCMP_EPOLL_TFD,
+            fd as libc::c_long,
+            slot.as_ptr() as libc::c_long,
+        )
+    };
+    match r {
+        0 => Ok(true),
+        1..=2 => Ok(false),
+        _ => Err(Errno::last()),
+    }
+}
 
 /// Whether two processes share one fd table (CLONE_FILES without
 /// CLONE_THREAD). Needs ptrace access to both.

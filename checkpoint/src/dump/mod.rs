@@ -1067,6 +1067,9 @@ impl FdDumper {
                 fd::dump(pid, s, &copy).map_err(fd_err)?
             };
             self.keep(&mut kind, extra);
+            if let records::fd::Kind::Epoll(e) = &mut kind {
+                fd::epoll::find_closed(pid, s.fd, &mut e.targets, seen).map_err(fd_err)?;
+            }
             // Its description's signal owner (one per description: the
             // first fd on it carries it).
             let (mut owner, mut signal, mut filter) = (None, 0, Vec::new());

@@ -36,9 +36,36 @@ pub fn parse(text: &str) -> Result<Vec<EpollTarget>, String> {
         let fd = field("tfd:")?.parse().map_err(|_| format!("bad tfd in {line:?}"))?;
         let events = u32::from_str_radix(field("events:")?, 16).map_err(|_| format!("bad events in {line:?}"))?;
         let data = u64::from_str_radix(field("data:")?, 16).map_err(|_| format!("bad data in {line:?}"))?;
-        out.push(EpollTarget { fd, events, data });
+        // "pos:0 ino:2a1c sdev:c", each word with its value.
+        let ino = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ino:"))
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(|| format!("no ino in {line:?}"))?;
+        out.push(EpollTarget { fd, events, data, ino, via: None });
     }
     Ok(out)
+}
+
+/// Registrations whose fd number the process closed (or reused) after
+/// adding it still watch their file: name the process's fd that holds it
+/// now (`via`), found by kcmp `KCMP_EPOLL_TFD` (both ends of a pipe share
+/// an inode); one held by no fd of the process is an error.
+pub fn find_closed(pid: Pid, epfd: i32, targets: &mut [EpollTarget], fds: &[Seen]) -> Result<(), String> {
+    let same = |fd: i32, tfd: i32| stasis_sys::kcmp::same_epoll_target(pid, fd, epfd, tfd).unwrap_or(false);
+    for t in targets {
+        if fds.iter().any(|s| s.fd == t.fd && s.ino == t.ino) && same(t.fd, t.fd) {
+            continue;
+        }
+        let holder = fds.iter().filter(|s| s.ino == t.ino).find(|s| same(s.fd, t.fd)).ok_or_else(|| {
+            format!(
+                "it watches, as fd {}, a file (inode {}) the process holds no fd on any more (not supported)",
+                t.fd, t.ino
+            )
+        })?;
+        t.via = Some(holder.fd);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -52,7 +79,7 @@ mod tests {
             tfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:2a1d sdev:c\n";
         let t = parse(text).unwrap();
         assert_eq!(t.len(), 2);
-        assert_eq!((t[0].fd, t[0].events, t[0].data), (5, 0x19, 5));
+        assert_eq!((t[0].fd, t[0].events, t[0].data, t[0].ino), (5, 0x19, 5, 0x2a1c));
         assert_eq!((t[1].fd, t[1].events, t[1].data), (12, 0x8000_0001, u64::MAX));
     }
 }

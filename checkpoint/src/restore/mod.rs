@@ -1358,10 +1358,13 @@ impl Puppet {
                 inj.scratch()?.write(0, &name)?;
                 inj.syscall_ok(libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
                 if signal != 0 {
-                    // Default action (the puppet has the agent's handlers),
-                    // and no core file.
+                    // Default action (the puppet has the agent's handlers;
+                    // SIGKILL's and SIGSTOP's cannot be changed), and no
+                    // core file.
                     inj.scratch()?.write(0, &[0u8; 32])?;
-                    inj.syscall_ok(libc::SYS_rt_sigaction, [signal as u64, scratch, 0, 8, 0, 0])?;
+                    if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                        inj.syscall_ok(libc::SYS_rt_sigaction, [signal as u64, scratch, 0, 8, 0, 0])?;
+                    }
                     inj.syscall_ok(libc::SYS_prlimit64, [0, libc::RLIMIT_CORE as u64, scratch, 0, 0, 0])?;
                 }
                 Ok(())
@@ -1951,11 +1954,39 @@ impl Remote<'_, '_> {
                 let mut ev = t.events.to_le_bytes().to_vec();
                 ev.extend_from_slice(&t.data.to_le_bytes());
                 let at = self.put(0, &ev)?;
-                self.call(
-                    &format!("{what} watching fd {}", t.fd),
+                let what = format!("{what} watching fd {}", t.fd);
+                // A registration under a number closed since: the file is
+                // put at that number for the call (what is there now is set
+                // aside and put back).
+                let mut aside = None;
+                if let Some(via) = t.via {
+                    let high =
+                        self.inj.syscall_ok(libc::SYS_fcntl, [t.fd as u64, libc::F_DUPFD as u64, 1 << 16, 0, 0, 0]);
+                    if let Ok(saved) = high {
+                        let fd_flags =
+                            self.call(&what, libc::SYS_fcntl, [t.fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0])?;
+                        aside = Some((saved, fd_flags));
+                    }
+                    self.call(&what, libc::SYS_dup2, [via as u64, t.fd as u64, 0, 0, 0, 0])?;
+                }
+                let added = self.call(
+                    &what,
                     libc::SYS_epoll_ctl,
                     [*fd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, at, 0, 0],
-                )?;
+                );
+                if t.via.is_some() {
+                    match aside {
+                        Some((saved, fd_flags)) => {
+                            self.call(&what, libc::SYS_dup2, [saved, t.fd as u64, 0, 0, 0, 0])?;
+                            self.call(&what, libc::SYS_fcntl, [t.fd as u64, libc::F_SETFD as u64, fd_flags, 0, 0, 0])?;
+                            self.call(&what, libc::SYS_close, [saved, 0, 0, 0, 0, 0])?;
+                        }
+                        None => {
+                            self.call(&what, libc::SYS_close, [t.fd as u64, 0, 0, 0, 0, 0])?;
+                        }
+                    }
+                }
+                added?;
             }
         }
         Ok(())
