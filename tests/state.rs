@@ -298,3 +298,31 @@ fn zombie_killed_by_a_signal() {
          want('killed by', os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, signal.SIGKILL)",
     );
 }
+
+/// TCP sockets made but neither listening nor connected yet: one bound
+/// with options set, one not bound at all. After the restore the bound one
+/// has its address and options, and both can still connect.
+#[test]
+fn tcp_sockets_not_yet_connected() {
+    both(
+        "tcpnew",
+        "import socket\n\
+         b = socket.socket()\n\
+         b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         b.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)\n\
+         b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+         b.bind(('127.0.0.1', 0))\n\
+         name = b.getsockname()\n\
+         u = socket.socket()",
+        "import socket\n\
+         want('bound', b.getsockname(), name)\n\
+         want('keepalive', b.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)\n\
+         want('nodelay', b.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)\n\
+         want('reuseaddr', b.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), 1)\n\
+         want('unbound', u.getsockname()[1], 0)\n\
+         l = socket.socket()\n\
+         l.bind(('127.0.0.1', 0))\n\
+         l.listen()\n\
+         for s in (b, u):\n    s.connect(l.getsockname())\n    c, _ = l.accept()\n    s.sendall(b'hi')\n    want('data', c.recv(2), b'hi')",
+    );
+}

@@ -365,6 +365,7 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                     ),
                     Some(fd::Kind::Signalfd(sg)) => ("signalfd", format!("mask {:#x}", sg.mask)),
                     Some(fd::Kind::TcpListen(s)) => ("tcp-listen", s.describe()),
+                    Some(fd::Kind::TcpUnconnected(s)) => ("tcp", format!("{} (not connected)", s.describe())),
                     Some(fd::Kind::Udp(s)) => ("udp", s.describe()),
                     Some(fd::Kind::Tcp(c)) => (
                         "tcp",

@@ -518,7 +518,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -630,6 +630,10 @@ pub mod fd {
         /// A UDP socket (queued datagrams are not kept).
         #[prost(message, tag = "16")]
         Udp(super::InetSocket),
+        /// A TCP socket neither listening nor connected (made, perhaps
+        /// bound, with its options).
+        #[prost(message, tag = "29")]
+        TcpUnconnected(super::InetSocket),
         /// A pidfd, by the pid it names.
         #[prost(message, tag = "17")]
         Pidfd(super::Pidfd),

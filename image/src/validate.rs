@@ -207,7 +207,7 @@ fn check_fd(
                 check_str(&w.path, MAX_PATH)?;
             }
         }
-        Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) => check_inet(s)?,
+        Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) | Some(fd::Kind::TcpUnconnected(s)) => check_inet(s)?,
         Some(fd::Kind::Tcp(c)) => {
             let s = c.socket.as_ref().ok_or_else(|| "TCP connection without addresses".to_string())?;
             check_inet(s)?;

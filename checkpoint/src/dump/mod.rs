@@ -1075,8 +1075,14 @@ impl FdDumper {
             let (mut owner, mut signal, mut filter) = (None, 0, Vec::new());
             if same_as.is_none() && shared_with.is_none() {
                 let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                if matches!(s.kind, Ok(fd::Kind::TcpListen | fd::Kind::TcpEstablished | fd::Kind::Udp | fd::Kind::Unix))
-                {
+                if matches!(
+                    s.kind,
+                    Ok(fd::Kind::TcpListen
+                        | fd::Kind::TcpEstablished
+                        | fd::Kind::TcpUnconnected
+                        | fd::Kind::Udp
+                        | fd::Kind::Unix)
+                ) {
                     filter = stasis_sys::sock::filter(&copy).map_err(|e| fd_err(format!("SO_GET_FILTER: {e}")))?;
                 }
                 match stasis_sys::fdtable::owner(&copy) {

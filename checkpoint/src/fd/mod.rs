@@ -63,6 +63,8 @@ pub enum Kind {
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
     TcpListen,
+    /// A TCP socket neither listening nor connected yet.
+    TcpUnconnected,
     /// An established TCP connection, IPv4 or IPv6.
     TcpEstablished,
     /// A UDP socket, IPv4 or IPv6.
@@ -226,7 +228,9 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
-        Kind::TcpListen | Kind::TcpEstablished | Kind::Udp => Ok((socket::dump(pid, seen, copy)?, Extra::default())),
+        Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {
+            Ok((socket::dump(pid, seen, copy)?, Extra::default()))
+        }
         Kind::Memfd => Err("a memfd is dumped with the shared memory objects, not alone".into()),
         Kind::Unix => Err("a unix socket is dumped into the tree's table, not alone".into()),
         Kind::PtyMaster => Err("a pseudo-terminal master is dumped into the tree's table, not alone".into()),

@@ -34,6 +34,8 @@ use crate::proc;
 
 /// TCP_LISTEN in /proc/net/tcp's `st` column and in inet_diag.
 const TCP_LISTEN: u8 = 0x0a;
+/// TCP_CLOSE: made (perhaps bound), or closed.
+const TCP_CLOSE: u8 = 0x07;
 
 /// One row of /proc/PID/net/{tcp,tcp6,udp,udp6}: the socket's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,8 +119,9 @@ impl Tables {
             Some("TCP" | "TCPv6") => match self.tcp.get(&ino).map(|r| r.state) {
                 Some(TCP_LISTEN) => Ok(Kind::TcpListen),
                 Some(0x01) => Ok(Kind::TcpEstablished),
+                // Made, perhaps bound: not in the connection tables.
+                Some(TCP_CLOSE) | None => Ok(Kind::TcpUnconnected),
                 Some(st) => unsupported(&format!("a TCP socket in state {}", tcp_state_name(st))),
-                None => unsupported("a TCP socket that is neither listening nor connected"),
             },
             // An unbound UDP socket is in no table, and is supported too.
             Some("UDP" | "UDPv6") => Ok(Kind::Udp),
@@ -219,6 +222,13 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             }
             s.nodelay = getsockopt(copy, sockopt::TcpNoDelay).map_err(err("TCP_NODELAY"))?;
             Ok(RecordKind::Tcp(super::tcp::dump(copy, s)?))
+        }
+        Ok(Kind::TcpUnconnected) => {
+            if ty != SockType::Stream || s.peer.is_some() {
+                return Err(format!("{} is no longer an unconnected TCP socket", seen.target));
+            }
+            s.nodelay = getsockopt(copy, sockopt::TcpNoDelay).map_err(err("TCP_NODELAY"))?;
+            Ok(RecordKind::TcpUnconnected(s))
         }
         Ok(Kind::Udp) => {
             if ty != SockType::Datagram {
@@ -350,7 +360,7 @@ pub(super) fn new_tcp(s: &InetSocket) -> Result<OwnedFd, String> {
 }
 
 /// A new socket as recorded: options, bind, then listen or connect.
-pub fn create(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
+pub fn create(s: &InetSocket, tcp: bool, listen: bool) -> Result<OwnedFd, String> {
     let sock = new_socket(s, tcp)?;
     let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
     if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
@@ -360,11 +370,11 @@ pub fn create(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
             e => format!("cannot bind {sa}: {}", e.desc().to_lowercase()),
         })?;
     }
-    if tcp {
+    if tcp && listen {
         let backlog = socket::Backlog::new(s.backlog.min(i32::MAX as u32) as i32)
             .map_err(|e| format!("backlog {}: {e}", s.backlog))?;
         socket::listen(&sock, backlog).map_err(|e| format!("listen: {e}"))?;
-    } else if let Some(peer) = &s.peer {
+    } else if let Some(peer) = s.peer.as_ref().filter(|_| !tcp) {
         let sa = addr(peer)?;
         socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| format!("connect to {sa}: {e}"))?;
     }
@@ -504,7 +514,7 @@ mod tests {
         assert_eq!(rec.backlog, 5);
         assert_eq!(rec.family, libc::AF_INET);
         drop(l);
-        let again = create(&rec, true).unwrap();
+        let again = create(&rec, true, true).unwrap();
         assert!(getsockopt(&again, sockopt::AcceptConn).unwrap());
         let sa = getsockname::<SockaddrStorage>(again.as_raw_fd()).unwrap();
         assert_eq!(inet_addr(&sa), rec.local);
@@ -516,9 +526,9 @@ mod tests {
         assert_eq!(seen.kind, Ok(Kind::Udp));
         let RecordKind::Udp(rec) = dump(me, &seen, &u).unwrap() else { panic!("not udp") };
         assert!(rec.peer.is_some());
-        let err = create(&rec, false).unwrap_err();
+        let err = create(&rec, false, false).unwrap_err();
         assert!(err.contains("address in use"), "{err}");
         drop(u);
-        create(&rec, false).unwrap();
+        create(&rec, false, false).unwrap();
     }
 }

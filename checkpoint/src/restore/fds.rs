@@ -326,9 +326,10 @@ impl<'a> Planner<'a> {
                     object
                 }
                 Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
-                Kind::TcpListen(s) | Kind::Udp(s) => {
-                    let object =
-                        crate::fd::socket::create(s, matches!(r.kind, Some(Kind::TcpListen(_)))).map_err(other)?;
+                Kind::TcpListen(s) | Kind::Udp(s) | Kind::TcpUnconnected(s) => {
+                    let tcp = !matches!(r.kind, Some(Kind::Udp(_)));
+                    let listen = matches!(r.kind, Some(Kind::TcpListen(_)));
+                    let object = crate::fd::socket::create(s, tcp, listen).map_err(other)?;
                     set_status_flags(&object, flags).map_err(other)?;
                     object
                 }

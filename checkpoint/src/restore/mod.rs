@@ -2426,6 +2426,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Inotify(_) => "inotify",
         fd::Kind::Memfd(_) => "memfd",
         fd::Kind::TcpListen(_) => "tcp-listen",
+        fd::Kind::TcpUnconnected(_) => "tcp-unconnected",
         fd::Kind::Udp(_) => "udp",
         fd::Kind::Unix(_) => "unix",
         fd::Kind::Tcp(_) => "tcp",
