@@ -326,3 +326,26 @@ fn tcp_sockets_not_yet_connected() {
          for s in (b, u):\n    s.connect(l.getsockname())\n    c, _ = l.accept()\n    s.sendall(b'hi')\n    want('data', c.recv(2), b'hi')",
     );
 }
+
+/// A pidfd of a child that has exited and was reaped: it still names an
+/// exited process (readable, Pid -1 in fdinfo, no signal gets through).
+#[test]
+fn pidfd_of_an_exited_process() {
+    both(
+        "pidfdexit",
+        "pid = os.fork()\n\
+         if pid == 0:\n    os._exit(0)\n\
+         pfd = os.pidfd_open(pid)\n\
+         os.waitpid(pid, 0)\n\
+         import select\n\
+         p = select.poll()\n\
+         p.register(pfd, select.POLLIN)\n\
+         events = [e for _, e in p.poll(1000)]",
+        "want('readable as before', [e for _, e in p.poll(1000)], events)\n\
+         want('readable', bool(events and events[0] & select.POLLIN), True)\n\
+         info = open('/proc/self/fdinfo/%d' % pfd).read()\n\
+         want('Pid', [l.split()[1] for l in info.splitlines() if l.startswith('Pid:')], ['-1'])\n\
+         try:\n    signal.pidfd_send_signal(pfd, 0)\n    sent = True\nexcept ProcessLookupError:\n    sent = False\n\
+         want('signal sent', sent, False)",
+    );
+}

@@ -747,7 +747,7 @@ pub struct InotifyWatch {
 /// A pidfd (pidfd_open(2)).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Pidfd {
-    /// The process it names.
+    /// The process it names; -1: one that has exited.
     #[prost(int32, tag = "1")]
     pub pid: i32,
 }

@@ -187,7 +187,7 @@ fn check_fd(
         }
         Some(fd::Kind::PtyMaster(_)) | Some(fd::Kind::PtySlave(_)) => {}
         Some(fd::Kind::Eventfd(_)) | Some(fd::Kind::Timerfd(_)) | Some(fd::Kind::Signalfd(_)) => {}
-        Some(fd::Kind::Pidfd(pf)) if !(1..=MAX_PID).contains(&pf.pid) => {
+        Some(fd::Kind::Pidfd(pf)) if !(1..=MAX_PID).contains(&pf.pid) && pf.pid != -1 => {
             return Err(format!("pidfd names pid {}", pf.pid));
         }
         Some(fd::Kind::Pidfd(_)) => {}

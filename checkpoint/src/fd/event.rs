@@ -66,8 +66,13 @@ pub fn parse_timerfd(text: &str) -> Result<Timerfd, String> {
 
 pub fn parse_pidfd(text: &str) -> Result<stasis_image::records::Pidfd, String> {
     let pid: i32 = field(text, "Pid")?.parse().map_err(|_| "bad Pid in fdinfo".to_string())?;
-    if pid <= 0 {
-        return Err("a pidfd of a process that has exited (not supported)".into());
+    // -1: the process has exited (and was reaped); 0: it is in a PID
+    // namespace this one does not see into.
+    if pid == 0 {
+        return Err("a pidfd of a process outside stasis's PID namespace (not supported)".into());
+    }
+    if pid < 0 {
+        return Ok(stasis_image::records::Pidfd { pid: -1 });
     }
     Ok(stasis_image::records::Pidfd { pid })
 }

@@ -290,6 +290,20 @@ impl<'a> Planner<'a> {
                     });
                     continue;
                 }
+                // Of a process that has exited: one of a child made and
+                // reaped for the purpose (which process it was is gone).
+                Kind::Pidfd(pf) if pf.pid == -1 => {
+                    use stasis_sys::child::{spawn, ChildAction};
+                    let mut child = spawn(ChildAction::Pause).map_err(|e| other(format!("fork: {e}")))?;
+                    let pidfd = stasis_sys::pidfd::PidFd::open(child.pid())
+                        .map_err(|e| other(format!("pidfd_open: {}", crate::chain(&e))));
+                    child
+                        .kill_and_reap(std::time::Duration::from_secs(10))
+                        .map_err(|e| other(format!("reaping the stand-in: {e}")))?;
+                    let object: OwnedFd = pidfd?.into();
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
                 Kind::Pidfd(pf) if self.tree.contains(&pf.pid) => {
                     out.push(Planned::Pidfd { fd, cloexec: r.cloexec, flags: flags & libc::O_NONBLOCK, pid: pf.pid });
                     continue;
