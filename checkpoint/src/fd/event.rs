@@ -100,6 +100,8 @@ mod tests {
         assert_eq!((t.value_ns, t.interval_ns), (99_999_936_453, 3_600_000_000_000));
         assert_eq!(parse_signalfd("sigmask:\t0000000000000200\n").unwrap().mask, 0x200);
         assert_eq!(parse_pidfd("pos:\t0\nPid:\t20850\nNSpid:\t20850\n").unwrap().pid, 20850);
-        assert!(parse_pidfd("Pid:\t-1\nNSpid:\t-1\n").is_err());
+        // Of an exited process: -1; of one in a namespace not seen into: 0.
+        assert_eq!(parse_pidfd("Pid:\t-1\nNSpid:\t-1\n").unwrap().pid, -1);
+        assert!(parse_pidfd("Pid:\t0\n").is_err());
     }
 }
