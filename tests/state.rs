@@ -349,3 +349,25 @@ fn pidfd_of_an_exited_process() {
          want('signal sent', sent, False)",
     );
 }
+
+/// A connected UDP socket shut down for writing stays so (a send fails
+/// with EPIPE), and still receives.
+#[test]
+fn udp_shut_down_for_writing() {
+    both(
+        "udpshut",
+        "import socket\n\
+         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         peer.bind(('127.0.0.1', 0))\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         u.bind(('127.0.0.1', 0))\n\
+         u.connect(peer.getsockname())\n\
+         u.shutdown(socket.SHUT_WR)",
+        "import errno\n\
+         try:\n    u.send(b'x')\n    err = None\nexcept OSError as e:\n    err = e.errno\n\
+         want('send after SHUT_WR', err, errno.EPIPE)\n\
+         peer.sendto(b'in', u.getsockname())\n\
+         u.settimeout(2)\n\
+         want('receives', u.recv(10), b'in')",
+    );
+}

@@ -834,6 +834,9 @@ pub struct InetSocket {
     /// IP_TRANSPARENT / IPV6_TRANSPARENT (a transparent proxy's socket).
     #[prost(bool, tag = "14")]
     pub transparent: bool,
+    /// How it was shut down (UDP): bit 0 reading, bit 1 writing.
+    #[prost(uint32, tag = "15")]
+    pub shutdown: u32,
 }
 
 /// A unix domain socket (stream, datagram or seqpacket).

@@ -240,6 +240,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             if stasis_sys::sock::int_option(copy, libc::IPPROTO_UDP, UDP_CORK).map_err(err("UDP_CORK"))? != 0 {
                 return Err(format!("{} is corked (UDP_CORK, not supported)", s.describe()));
             }
+            s.shutdown = u32::from(udp_shutdown(pid, family, seen.ino)?);
             Ok(RecordKind::Udp(s))
         }
         _ => Err(format!("{} is not a supported socket", seen.target)),
@@ -285,6 +286,12 @@ pub(super) fn diag_socket(pid: Pid) -> Result<OwnedFd, String> {
 /// Build an inet_diag dump request for listening sockets of `family` over
 /// TCP (struct nlmsghdr + struct inet_diag_req_v2).
 fn diag_request(family: i32) -> Vec<u8> {
+    diag_request_for(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN)
+}
+
+/// An inet_diag dump request for `protocol` sockets of `family` in
+/// `states` (a bit per state).
+fn diag_request_for(family: i32, protocol: i32, states: u32) -> Vec<u8> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     let mut req = Vec::with_capacity(16 + 56);
     req.extend_from_slice(&(16u32 + 56).to_ne_bytes());
@@ -293,10 +300,10 @@ fn diag_request(family: i32) -> Vec<u8> {
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid
     req.push(family as u8);
-    req.push(libc::IPPROTO_TCP as u8);
+    req.push(protocol as u8);
     req.push(0); // idiag_ext
     req.push(0); // pad
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes()); // idiag_states
+    req.extend_from_slice(&states.to_ne_bytes()); // idiag_states
     req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: all wildcards
     req
 }
@@ -334,6 +341,56 @@ fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<(u32, u32)>) -> Res
         at += len.div_ceil(4) * 4;
     }
     Ok(false)
+}
+
+/// How the UDP socket with inode `ino` was shut down (SHUT_RD 1, SHUT_WR 2
+/// bits of sk_shutdown), from inet_diag's INET_DIAG_SHUTDOWN attribute.
+fn udp_shutdown(pid: Pid, family: i32, ino: u64) -> Result<u8, String> {
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    let sock = diag_socket(pid)?;
+    socket::send(sock.as_raw_fd(), &diag_request_for(family, libc::IPPROTO_UDP, u32::MAX), socket::MsgFlags::empty())
+        .map_err(|e| format!("inet_diag request: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket::recv(sock.as_raw_fd(), &mut buf, socket::MsgFlags::empty())
+            .map_err(|e| format!("inet_diag reply: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+            if len < 16 || at + len > n {
+                return Err("malformed netlink reply".into());
+            }
+            match i32::from(ty) {
+                libc::NLMSG_DONE => return Ok(0),
+                libc::NLMSG_ERROR => return Err("inet_diag: error reply".into()),
+                _ => {
+                    let body = &buf[at + 16..at + len];
+                    if parse_diag_msg(body).is_some_and(|(i, _, _)| i == ino) {
+                        // Attributes follow the 72-byte inet_diag_msg.
+                        let mut a = 72;
+                        while a + 4 <= body.len() {
+                            let alen = u16::from_ne_bytes(body[a..a + 2].try_into().expect("2 bytes")) as usize;
+                            let aty = u16::from_ne_bytes(body[a + 2..a + 4].try_into().expect("2 bytes"));
+                            if alen < 4 {
+                                break;
+                            }
+                            if aty == INET_DIAG_SHUTDOWN {
+                                return Ok(body.get(a + 4).copied().unwrap_or(0));
+                            }
+                            a += alen.div_ceil(4) * 4;
+                        }
+                        return Ok(0);
+                    }
+                }
+            }
+            at += len.div_ceil(4) * 4;
+        }
+    }
+    Ok(0)
 }
 
 /// The backlog (sk_max_ack_backlog) of the listening socket with inode
@@ -377,6 +434,20 @@ pub fn create(s: &InetSocket, tcp: bool, listen: bool) -> Result<OwnedFd, String
     } else if let Some(peer) = s.peer.as_ref().filter(|_| !tcp) {
         let sa = addr(peer)?;
         socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| format!("connect to {sa}: {e}"))?;
+    }
+    // SHUT_RD 1, SHUT_WR 2, as sk_shutdown holds them.
+    let how = match s.shutdown & 3 {
+        1 => Some(socket::Shutdown::Read),
+        2 => Some(socket::Shutdown::Write),
+        3 => Some(socket::Shutdown::Both),
+        _ => None,
+    };
+    if let Some(how) = how {
+        // Unconnected, it says ENOTCONN but marks the socket all the same.
+        match socket::shutdown(sock.as_raw_fd(), how) {
+            Ok(()) | Err(Errno::ENOTCONN) => {}
+            Err(e) => return Err(format!("shutdown: {e}")),
+        }
     }
     Ok(sock)
 }
