@@ -371,3 +371,25 @@ fn udp_shut_down_for_writing() {
          want('receives', u.recv(10), b'in')",
     );
 }
+
+/// A unix listener bound to a relative path (in its working directory): it
+/// has that relative name again, its file is there, and it accepts.
+#[test]
+fn unix_socket_bound_to_a_relative_path() {
+    both(
+        "relunix",
+        "import socket\n\
+         os.chdir(d)\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind('rel.sock')\n\
+         s.listen()",
+        "import socket\n\
+         want('name', s.getsockname(), 'rel.sock')\n\
+         want('file', stat.S_ISSOCK(os.stat(os.path.join(d, 'rel.sock')).st_mode), True)\n\
+         c = socket.socket(socket.AF_UNIX)\n\
+         c.connect(os.path.join(d, 'rel.sock'))\n\
+         a, _ = s.accept()\n\
+         c.sendall(b'hi')\n\
+         want('data', a.recv(2), b'hi')",
+    );
+}

@@ -903,6 +903,10 @@ pub struct UnixSocket {
     /// each sent alone).
     #[prost(message, repeated, tag = "18")]
     pub passed: Vec<PassedFds>,
+    /// For a name that is a relative path: the directory it was bound in
+    /// (the process's working directory at the dump, where its file is).
+    #[prost(string, tag = "19")]
+    pub dir: String,
 }
 
 /// The file descriptors passed with one queued message of a unix socket.

@@ -30,7 +30,8 @@
 //! with it, earlier than it would have.
 //!
 //! Refused at dump, naming the fd: a stream or seqpacket socket connected to a process outside
-//! the tree, a socket bound to a relative path. Not kept: connections
+//! the tree, a socket bound to a relative path whose file is not in the working directory (one
+//! that is is bound again there, from a thread with a working directory of its own). Not kept: connections
 //! waiting to be accepted (a warning says how many), the credentials and
 //! sender addresses attached to queued messages, and the name of a socket
 //! accepted from a named listener (after restore it is unnamed, as a
@@ -197,13 +198,25 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
     let name = trim_name(d.name);
     if !name.is_empty() {
         if name[0] != 0 && owns_name {
+            let mut file = std::path::PathBuf::from(OsStr::from_bytes(&name));
             if name[0] != b'/' {
-                return Err(format!(
-                    "a unix socket bound to the relative path {:?} (not supported)",
-                    String::from_utf8_lossy(&name)
-                ));
+                // Bound to a relative path: in the directory its file is in,
+                // which must be the working directory (the only one known).
+                let cwd = std::fs::read_link(crate::proc::path(pid, "cwd")).map_err(|e| format!("cwd: {e}"))?;
+                let there = crate::proc::path(pid, "cwd").join(OsStr::from_bytes(&name));
+                let is_socket = std::fs::symlink_metadata(&there).is_ok_and(|m| m.file_type().is_socket());
+                let cwd = cwd.to_string_lossy().into_owned();
+                if !is_socket || cwd.ends_with(" (deleted)") {
+                    return Err(format!(
+                        "a unix socket bound to the relative path {:?}, whose file is not in the working directory \
+                         {cwd} (not supported)",
+                        String::from_utf8_lossy(&name)
+                    ));
+                }
+                file = Path::new(&cwd).join(OsStr::from_bytes(&name));
+                u.dir = cwd;
             }
-            if let Ok(meta) = std::fs::symlink_metadata(OsStr::from_bytes(&name)) {
+            if let Ok(meta) = std::fs::symlink_metadata(&file) {
                 (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
             }
         }
@@ -603,13 +616,19 @@ fn connect_through(listener: &OwnedFd, accepted: &UnixSocket) -> Result<(OwnedFd
 fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
     let addr = address(&s.name)?;
     let shown = UnixSocket::describe_name(&s.name);
-    let path = (s.name[0] != 0).then(|| Path::new(OsStr::from_bytes(&s.name)));
-    match socket::bind(sock.as_raw_fd(), &addr) {
+    // The file, by its full path (a relative name is in `s.dir`).
+    let full = (s.name[0] != 0).then(|| Path::new(&s.dir).join(OsStr::from_bytes(&s.name)));
+    let path = full.as_deref();
+    let bind_it = || match s.dir.is_empty() {
+        true => socket::bind(sock.as_raw_fd(), &addr),
+        false => bind_in(&s.dir, sock, &addr),
+    };
+    match bind_it() {
         Ok(()) => {}
         Err(Errno::EADDRINUSE) if path.is_some_and(|p| is_stale(p, s.ty)) => {
             let p = path.unwrap();
             std::fs::remove_file(p).map_err(|e| format!("removing the stale socket file {shown}: {e}"))?;
-            socket::bind(sock.as_raw_fd(), &addr).map_err(|e| format!("cannot bind {shown}: {e}"))?;
+            bind_it().map_err(|e| format!("cannot bind {shown}: {e}"))?;
         }
         Err(Errno::EADDRINUSE) => return Err(format!("cannot bind {shown}: address in use")),
         Err(e) => return Err(format!("cannot bind {shown}: {}", e.desc().to_lowercase())),
@@ -639,7 +658,8 @@ pub fn name_taken(s: &UnixSocket) -> Option<String> {
             _ => None,
         };
     }
-    let path = Path::new(OsStr::from_bytes(&s.name));
+    let full = Path::new(&s.dir).join(OsStr::from_bytes(&s.name));
+    let path = full.as_path();
     let meta = std::fs::symlink_metadata(path).ok()?;
     let ft = meta.file_type();
     if ft.is_socket() {
@@ -652,6 +672,21 @@ pub fn name_taken(s: &UnixSocket) -> Option<String> {
     } else {
         "another kind of file".into()
     })
+}
+
+/// Bind `sock` to a relative name in `dir`, as the process did: from a
+/// thread of its own with a working directory of its own (unshare
+/// CLONE_FS), so the name stays relative and the agent's cwd is untouched.
+fn bind_in(dir: &str, sock: &OwnedFd, addr: &UnixAddr) -> Result<(), Errno> {
+    let fd = sock.as_raw_fd();
+    let (dir, addr) = (dir.to_owned(), *addr);
+    std::thread::spawn(move || {
+        stasis_sys::nix::sched::unshare(stasis_sys::nix::sched::CloneFlags::CLONE_FS)?;
+        stasis_sys::nix::unistd::chdir(dir.as_str())?;
+        socket::bind(fd, &addr)
+    })
+    .join()
+    .unwrap_or(Err(Errno::EINTR))
 }
 
 /// Whether the socket file at `path` is left over: nothing answers a
