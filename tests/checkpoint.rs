@@ -116,6 +116,7 @@ workload_tests! {
     deleted: "deleted";
     status_attrs: "status_attrs";
     locks: "locks";
+    novdso: "novdso";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";

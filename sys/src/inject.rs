@@ -273,13 +273,40 @@ pub enum Error {
 /// CPU decodes from `rip`.
 pub fn find_syscall_site(pid: Pid) -> Result<RemoteAddr, Error> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| Error::Maps { pid, source })?;
-    let (start, end) = vdso_range(&maps).ok_or(Error::NoVdso { pid })?;
+    let Some((start, end)) = vdso_range(&maps) else {
+        // A process that unmapped its [vdso]: any `syscall` in its code.
+        return executable_site(pid, &maps).ok_or(Error::NoVdso { pid });
+    };
     let mut vdso = vec![0u8; (end - start) as usize];
     process_vm::read_exact(pid, RemoteAddr(start), &mut vdso)?;
     vdso.windows(SYSCALL_INSN.len())
         .position(|w| w == SYSCALL_INSN)
         .map(|off| RemoteAddr(start + off as u64))
         .ok_or(Error::NoSyscallSite { pid })
+}
+
+/// The first `syscall` instruction bytes in an executable mapping of the
+/// process (the first 16 MiB of each is looked at).
+fn executable_site(pid: Pid, maps: &str) -> Option<RemoteAddr> {
+    for line in maps.lines() {
+        let mut words = line.split_whitespace();
+        let (range, perms) = (words.next()?, words.next()?);
+        if !perms.contains('x') {
+            continue;
+        }
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        let len = (end - start).min(16 << 20) as usize;
+        let mut code = vec![0u8; len];
+        if process_vm::read_exact(pid, RemoteAddr(start), &mut code).is_err() {
+            continue;
+        }
+        if let Some(off) = code.windows(SYSCALL_INSN.len()).position(|w| w == SYSCALL_INSN) {
+            return Some(RemoteAddr(start + off as u64));
+        }
+    }
+    None
 }
 
 /// The `[vdso]` range of a /proc/PID/maps text.

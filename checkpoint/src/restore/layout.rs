@@ -57,7 +57,8 @@ pub fn special_moves(current: &[Current], image: &[Vma]) -> Result<Vec<Move>, St
             (Some(c), Some(i)) if c.end - c.start == i.end - i.start => {
                 moves.push(Move { name: name.into(), from: c.start, to: i.start, len: c.end - c.start })
             }
-            (None, None) => {}
+            // The process had unmapped it: the puppet's is unmapped too.
+            (Some(_), None) | (None, None) => {}
             _ => return Err(layout_error(current, image)),
         }
     }
