@@ -393,3 +393,20 @@ fn unix_socket_bound_to_a_relative_path() {
          want('data', a.recv(2), b'hi')",
     );
 }
+
+/// A unix listener whose socket file was removed after the bind: it keeps
+/// its name, and no file is left at the path after the restore.
+#[test]
+fn unix_socket_whose_file_was_removed() {
+    both(
+        "unlinkedsock",
+        "import socket\n\
+         p = os.path.join(d, 'gone.sock')\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind(p)\n\
+         s.listen()\n\
+         os.unlink(p)",
+        "want('name', s.getsockname(), os.path.join(d, 'gone.sock'))\n\
+         want('no file', os.path.exists(os.path.join(d, 'gone.sock')), False)",
+    );
+}

@@ -907,6 +907,9 @@ pub struct UnixSocket {
     /// (the process's working directory at the dump, where its file is).
     #[prost(string, tag = "19")]
     pub dir: String,
+    /// Its file was removed after the bind: bound again, then removed.
+    #[prost(bool, tag = "20")]
+    pub unlinked: bool,
 }
 
 /// The file descriptors passed with one queued message of a unix socket.

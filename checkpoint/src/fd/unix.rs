@@ -216,8 +216,13 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
                 file = Path::new(&cwd).join(OsStr::from_bytes(&name));
                 u.dir = cwd;
             }
-            if let Ok(meta) = std::fs::symlink_metadata(&file) {
-                (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+            match std::fs::symlink_metadata(&file) {
+                Ok(meta) if meta.file_type().is_socket() => {
+                    (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+                }
+                // Removed after the bind (a path name only).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && u.dir.is_empty() => u.unlinked = true,
+                _ => {}
             }
         }
         u.name = name;
@@ -632,6 +637,10 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
         }
         Err(Errno::EADDRINUSE) => return Err(format!("cannot bind {shown}: address in use")),
         Err(e) => return Err(format!("cannot bind {shown}: {}", e.desc().to_lowercase())),
+    }
+    if let (Some(p), true) = (path, s.unlinked) {
+        std::fs::remove_file(p).map_err(|e| format!("removing {shown} again: {e}"))?;
+        return Ok(());
     }
     if let (Some(p), true) = (path, s.mode != 0) {
         use std::os::unix::fs::PermissionsExt;
