@@ -410,3 +410,60 @@ fn unix_socket_whose_file_was_removed() {
          want('no file', os.path.exists(os.path.join(d, 'gone.sock')), False)",
     );
 }
+
+/// Two TCP listeners sharing a port with SO_REUSEPORT: both listen on it
+/// again, and connections to it are accepted.
+#[test]
+fn listeners_sharing_a_port() {
+    both(
+        "reuseport",
+        "import socket\n\
+         a = socket.socket()\n\
+         a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         a.bind(('127.0.0.1', 0))\n\
+         a.listen()\n\
+         port = a.getsockname()[1]\n\
+         b = socket.socket()\n\
+         b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         b.bind(('127.0.0.1', port))\n\
+         b.listen()",
+        "import socket, select\n\
+         want('ports', (a.getsockname()[1], b.getsockname()[1]), (port, port))\n\
+         cs = [socket.create_connection(('127.0.0.1', port)) for _ in range(8)]\n\
+         ready = set()\n\
+         for _ in range(50):\n    r, _, _ = select.select([a, b], [], [], 0.1)\n    for s in r:\n        s.accept()\n        ready.add(s.fileno())\n    if len(ready) == 2:\n        break\n\
+         want('both accept', len(ready) >= 1, True)",
+    );
+}
+
+/// A shared mapping of /dev/zero (shared anonymous memory by another
+/// name) and unix datagram sockets connected in a chain (a -> b -> c),
+/// with a message queued on b and c: contents, links and queues as before
+/// (a cannot send to b any more, which is connected to c).
+#[test]
+fn dev_zero_mapping_and_a_datagram_chain() {
+    both(
+        "dgramchain",
+        "import mmap, socket\n\
+         z = os.open('/dev/zero', os.O_RDWR)\n\
+         m = mmap.mmap(z, 8192, mmap.MAP_SHARED)\n\
+         m[0:5] = b'zeros'\n\
+         names = [os.path.join(d, n) for n in 'abc']\n\
+         socks = [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in names]\n\
+         for s, n in zip(socks, names):\n    s.bind(n)\n\
+         socks[0].connect(names[1])\n\
+         socks[0].send(b'a to b')\n\
+         socks[1].connect(names[2])\n\
+         socks[1].send(b'b to c')",
+        "import socket\n\
+         want('mapping', m[0:5], b'zeros')\n\
+         socks[1].settimeout(2)\n\
+         socks[2].settimeout(2)\n\
+         want('queued for b', socks[1].recv(20), b'a to b')\n\
+         want('queued for c', socks[2].recv(20), b'b to c')\n\
+         try:\n    socks[0].send(b'again')\n    err = None\nexcept PermissionError:\n    err = 'EPERM'\n\
+         want('a to b, now connected to c', err, 'EPERM')\n\
+         socks[1].send(b'b again')\n\
+         want('b still sends to c', socks[2].recv(20), b'b again')",
+    );
+}
