@@ -36,47 +36,19 @@ pub fn same_epoll_target(pid: Pid, fd: i32, epfd: i32, tfd: i32) -> Result<bool,
     }
 }
 
-/// Whether two processes share one fd table (CLONE_FILES without
-/// CLONE_THREAD). Needs ptrace access to both.
-pub fn same_files(pid1: Pid, pid2: Pid) -> Result<bool, Errno> {
-    // SAFETY: kcmp takes only integers; KCMP_FILES reads no further argument.
-    let r = unsafe {
-        libc::syscall(libc::SYS_kcmp, pid1.as_raw() as libc::c_long, pid2.as_raw() as libc::c_long, KCMP_FILES, 0, 0)
-    };
-    match r {
-        0 => Ok(true),
-        1..=2 => Ok(false),
-        _ => Err(Errno::last()),
-    }
-}
-
-/// Whether two processes share one address space (CLONE_VM without
-/// CLONE_THREAD, as vfork does). Needs ptrace access to both.
-pub fn same_vm(pid1: Pid, pid2: Pid) -> Result<bool, Errno> {
-    // SAFETY: kcmp takes only integers; KCMP_VM reads no further argument.
-    let r = unsafe {
-        libc::syscall(libc::SYS_kcmp, pid1.as_raw() as libc::c_long, pid2.as_raw() as libc::c_long, KCMP_VM, 0, 0)
-    };
-    match r {
-        0 => Ok(true),
-        1..=2 => Ok(false),
-        _ => Err(Errno::last()),
-    }
-}
-
-/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file
-/// description. Needs ptrace access to both processes.
-pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno> {
-    // SAFETY: kcmp takes only integers and dereferences no pointer for
-    // KCMP_FILE; an invalid pid or fd yields an errno, never UB.
+/// kcmp(2) of two objects named by integers only; true when they are one.
+fn same(pid1: Pid, pid2: Pid, kind: libc::c_long, idx1: i32, idx2: i32) -> Result<bool, Errno> {
+    // SAFETY: for KCMP_FILE, KCMP_VM and KCMP_FILES kcmp takes integers
+    // only and dereferences no pointer; an invalid pid or fd yields an
+    // errno, never UB.
     let r = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
             pid1.as_raw() as libc::c_long,
             pid2.as_raw() as libc::c_long,
-            KCMP_FILE,
-            fd1 as libc::c_long,
-            fd2 as libc::c_long,
+            kind,
+            idx1 as libc::c_long,
+            idx2 as libc::c_long,
         )
     };
     match r {
@@ -84,6 +56,24 @@ pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno
         1..=2 => Ok(false),
         _ => Err(Errno::last()),
     }
+}
+
+/// Whether two processes share one fd table (CLONE_FILES without
+/// CLONE_THREAD). Needs ptrace access to both.
+pub fn same_files(pid1: Pid, pid2: Pid) -> Result<bool, Errno> {
+    same(pid1, pid2, KCMP_FILES, 0, 0)
+}
+
+/// Whether two processes share one address space (CLONE_VM without
+/// CLONE_THREAD, as vfork does). Needs ptrace access to both.
+pub fn same_vm(pid1: Pid, pid2: Pid) -> Result<bool, Errno> {
+    same(pid1, pid2, KCMP_VM, 0, 0)
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file
+/// description. Needs ptrace access to both processes.
+pub fn same_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno> {
+    same(pid1, pid2, KCMP_FILE, fd1, fd2)
 }
 
 #[cfg(test)]
