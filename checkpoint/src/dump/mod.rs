@@ -757,22 +757,6 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         fd::pty::slaves_of_the_tree(&mut p.fds, &indices, stat.tty_nr as u32 as u64);
     }
     let ptys: Vec<fd::pty::Captured> = std::mem::take(&mut fds.ptys).into_values().collect();
-    // The session a pair controls is taken again by its leader.
-    let unled: Vec<String> = ptys
-        .iter()
-        .map(|c| &c.record)
-        .filter(|t| t.session != 0 && !processes.iter().any(|p| p.pid == t.session && p.sid == t.session))
-        .map(|t| {
-            format!(
-                "pseudo-terminal /dev/pts/{} is the controlling terminal of session {}, whose leader is not in the \
-                 tree (not supported yet)",
-                t.index, t.session
-            )
-        })
-        .collect();
-    if !unled.is_empty() {
-        return Err(DumpError::Unsupported { pid: frozen.pid(), problems: unled });
-    }
     let mut pipes: Vec<records::Pipe> = fds.pipes.into_values().collect();
     mark_pipe_ends(&mut pipes, &processes, &unix_sockets);
     let mut tree = ProcessTree {
@@ -791,34 +775,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         ptys: ptys.iter().map(|c| c.record.clone()).collect(),
     };
     // Never an image that cannot come back: a killed tree would be lost.
-    let mut gone = crate::restore::restorable_problems(&tree);
-    // A pending SIGTRAP belongs to a debugger's breakpoint or single step,
-    // which cannot be made again faithfully.
-    for p in &tree.processes {
-        let pending = p.threads.iter().flat_map(|t| &t.pending).chain(&p.shared_pending);
-        if pending.clone().any(|s| s.raw.get(..4) == Some(&(stasis_sys::nix::libc::SIGTRAP).to_le_bytes()[..])) {
-            gone.push(format!("process {}: a SIGTRAP is pending (not supported)", p.pid));
-        }
-    }
-    // An fd's signals go to a process or group of the tree, made again.
-    for p in &tree.processes {
-        for f in &p.fds {
-            let Some(o) = &f.owner else { continue };
-            let ours = match o.kind {
-                2 => tree.processes.iter().any(|q| q.pgid == o.pid),
-                _ => tree.processes.iter().any(|q| q.threads.iter().any(|t| t.tid == o.pid)),
-            };
-            if !ours {
-                gone.push(format!(
-                    "process {}: fd {} sends its signals (F_SETOWN) to {} {}, outside the tree (not supported)",
-                    p.pid,
-                    f.fd,
-                    if o.kind == 2 { "process group" } else { "process" },
-                    o.pid
-                ));
-            }
-        }
-    }
+    let gone = crate::restore::restorable_problems(&tree);
     if !gone.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems: gone });
     }
@@ -1028,6 +985,18 @@ impl FdDumper {
                     }
                 }
             }
+            // The first fd on a description is dumped from a copy of it
+            // (one pidfd_getfd: this runs while the tree is frozen); its
+            // signal owner and socket filter go with the description.
+            let (mut owner, mut signal, mut filter) = (None, 0, Vec::new());
+            let copy = match same_as.is_none() && shared_with.is_none() {
+                true => {
+                    let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
+                    (owner, signal, filter) = description_settings(s, &copy).map_err(fd_err)?;
+                    Some(copy)
+                }
+                false => None,
+            };
             let (mut kind, extra) = if let Some(first) = same_as {
                 (
                     fds.iter().find(|f| f.fd == first).and_then(|f| f.kind.clone()).expect("dumped before"),
@@ -1039,63 +1008,40 @@ impl FdDumper {
                     holder.fds.iter().find(|f| f.fd == r.fd).and_then(|f| f.kind.clone()).expect("dumped before"),
                     Default::default(),
                 )
-            } else if matches!(s.kind, Ok(fd::Kind::PtyMaster)) {
-                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                let index = fd::pty::index(&copy).map_err(fd_err)?;
-                if let std::collections::btree_map::Entry::Vacant(e) = self.ptys.entry(index) {
-                    e.insert(
-                        fd::pty::capture(&copy)
-                            .map_err(|e| fd_err(format!("pseudo-terminal master of /dev/pts/{index}: {e}")))?,
-                    );
-                }
-                (records::fd::Kind::PtyMaster(index), Default::default())
-            } else if matches!(s.kind, Ok(fd::Kind::Memfd)) {
-                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                let name = s.target.strip_prefix("/memfd:").unwrap_or(&s.target);
-                let name = name.strip_suffix(" (deleted)").unwrap_or(name).to_owned();
-                let id = shmem.id(pid, copy.into(), memory::Object::Memfd(name)).map_err(|e| fd_err(e.to_string()))?;
-                (records::fd::Kind::Memfd(id), Default::default())
-            } else if matches!(s.kind, Ok(fd::Kind::Unix)) {
-                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                let (socket, in_flight) = fd::unix::dump(pid, s, &copy).map_err(fd_err)?;
-                let id = socket.id;
-                self.in_flight.extend(in_flight.into_iter().map(|f| (self.unix.len(), f)));
-                self.unix.push((pid, s.fd, socket));
-                (records::fd::Kind::Unix(id), Default::default())
             } else {
-                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                fd::dump(pid, s, &copy).map_err(fd_err)?
+                let copy = copy.expect("taken for the first fd on a description");
+                match s.kind {
+                    Ok(fd::Kind::PtyMaster) => {
+                        let index = fd::pty::index(&copy).map_err(fd_err)?;
+                        if let std::collections::btree_map::Entry::Vacant(e) = self.ptys.entry(index) {
+                            e.insert(
+                                fd::pty::capture(&copy)
+                                    .map_err(|e| fd_err(format!("pseudo-terminal master of /dev/pts/{index}: {e}")))?,
+                            );
+                        }
+                        (records::fd::Kind::PtyMaster(index), Default::default())
+                    }
+                    Ok(fd::Kind::Memfd) => {
+                        let name = s.target.strip_prefix("/memfd:").unwrap_or(&s.target);
+                        let name = name.strip_suffix(" (deleted)").unwrap_or(name).to_owned();
+                        let id = shmem
+                            .id(pid, copy.into(), memory::Object::Memfd(name))
+                            .map_err(|e| fd_err(e.to_string()))?;
+                        (records::fd::Kind::Memfd(id), Default::default())
+                    }
+                    Ok(fd::Kind::Unix) => {
+                        let (socket, in_flight) = fd::unix::dump(pid, s, &copy).map_err(fd_err)?;
+                        let id = socket.id;
+                        self.in_flight.extend(in_flight.into_iter().map(|f| (self.unix.len(), f)));
+                        self.unix.push((pid, s.fd, socket));
+                        (records::fd::Kind::Unix(id), Default::default())
+                    }
+                    _ => fd::dump(pid, s, &copy).map_err(fd_err)?,
+                }
             };
             self.keep(&mut kind, extra);
             if let records::fd::Kind::Epoll(e) = &mut kind {
                 fd::epoll::find_closed(pid, s.fd, &mut e.targets, seen).map_err(fd_err)?;
-            }
-            // Its description's signal owner (one per description: the
-            // first fd on it carries it).
-            let (mut owner, mut signal, mut filter) = (None, 0, Vec::new());
-            if same_as.is_none() && shared_with.is_none() {
-                let copy = pidfd.get_fd(s.fd).map_err(|e| fd_err(crate::chain(&e)))?;
-                if matches!(
-                    s.kind,
-                    Ok(fd::Kind::TcpListen
-                        | fd::Kind::TcpEstablished
-                        | fd::Kind::TcpUnconnected
-                        | fd::Kind::Udp
-                        | fd::Kind::Unix)
-                ) {
-                    filter = stasis_sys::sock::filter(&copy).map_err(|e| fd_err(format!("SO_GET_FILTER: {e}")))?;
-                }
-                match stasis_sys::fdtable::owner(&copy) {
-                    Ok((kind, who, sig)) => {
-                        if who != 0 {
-                            owner = Some(records::FdOwner { kind, pid: who });
-                        }
-                        signal = sig;
-                    }
-                    // An O_PATH fd has no owner to ask for.
-                    Err(stasis_sys::Errno::EBADF) => {}
-                    Err(e) => return Err(fd_err(format!("F_GETOWN_EX: {e}"))),
-                }
             }
             fds.push(Fd {
                 fd: s.fd,
@@ -1219,6 +1165,25 @@ impl FdDumper {
         self.keep(&mut kind, extra);
         record.kind = Some(kind);
         Ok(record)
+    }
+}
+
+/// What an open file description carries besides its object: who gets its
+/// signals (F_GETOWN_EX; none for an O_PATH fd), which signal (F_GETSIG),
+/// and a socket's classic BPF filter.
+fn description_settings(s: &Seen, copy: &OwnedFd) -> Result<(Option<records::FdOwner>, i32, Vec<u64>), String> {
+    let socket = matches!(
+        s.kind,
+        Ok(fd::Kind::TcpListen | fd::Kind::TcpEstablished | fd::Kind::TcpUnconnected | fd::Kind::Udp | fd::Kind::Unix)
+    );
+    let filter = match socket {
+        true => stasis_sys::sock::filter(copy).map_err(|e| format!("SO_GET_FILTER: {e}"))?,
+        false => Vec::new(),
+    };
+    match stasis_sys::fdtable::owner(copy) {
+        Ok((kind, who, sig)) => Ok(((who != 0).then_some(records::FdOwner { kind, pid: who }), sig, filter)),
+        Err(stasis_sys::Errno::EBADF) => Ok((None, 0, filter)),
+        Err(e) => Err(format!("F_GETOWN_EX: {e}")),
     }
 }
 

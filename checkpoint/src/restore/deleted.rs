@@ -45,6 +45,20 @@ pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedF
     Ok(made)
 }
 
+/// Make an object at `path` with `make`, or beside it (`PATH.stasis-N`)
+/// when a file has taken that name since; the name it was made at, and
+/// what `make` gave.
+fn made_at<T>(path: &str, make: impl Fn(&str) -> std::io::Result<T>) -> std::io::Result<(String, T)> {
+    let mut name = path.to_owned();
+    for n in 1..=100 {
+        match make(&name) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 100 => name = format!("{path}.stasis-{n}"),
+            made => return made.map(|t| (name, t)),
+        }
+    }
+    unreachable!("the last try returns")
+}
+
 /// One deleted file, made, filled and unlinked; held read-write if the
 /// tree `writes` to it.
 fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
@@ -56,19 +70,8 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
         data.truncate(f.size as usize);
     }
     let create = |path: &str| OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path);
-    let mut path = f.path.clone();
-    let mut file = create(&path);
     // Its name is taken by a file made since: a name beside it.
-    for n in 1..100 {
-        match file {
-            Err(ref e) if e.kind() == ErrorKind::AlreadyExists => {
-                path = format!("{}.stasis-{n}", f.path);
-                file = create(&path);
-            }
-            _ => break,
-        }
-    }
-    let file = file.map_err(|e| format!("cannot create it again: {e}"))?;
+    let (path, file) = made_at(&f.path, create).map_err(|e| format!("cannot create it again: {e}"))?;
     let unlinked = std::fs::remove_file(&path);
     // Blocks of zeros are left as holes: a sparse file stays sparse.
     use std::os::unix::fs::FileExt;
@@ -103,18 +106,9 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
 /// name is taken), opened with `flags`, and unlinked. Returns the open fd.
 pub fn node(path: &str, kind: SFlag, rdev: u64, mode: u32, flags: i32) -> Result<OwnedFd, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut made = path.to_owned();
-    let mut n = 0;
-    loop {
-        match mknod(made.as_str(), kind, Mode::from_bits_truncate(mode & 0o7777), rdev) {
-            Ok(()) => break,
-            Err(stasis_sys::Errno::EEXIST) if n < 100 => {
-                n += 1;
-                made = format!("{path}.stasis-{n}");
-            }
-            Err(e) => return Err(format!("cannot make {made} again: {e}")),
-        }
-    }
+    let mode = Mode::from_bits_truncate(mode & 0o7777);
+    let (made, ()) = made_at(path, |p| mknod(p, kind, mode, rdev).map_err(std::io::Error::from))
+        .map_err(|e| format!("cannot make {path} again: {e}"))?;
     let opened = OpenOptions::new()
         .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
         .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
@@ -162,14 +156,8 @@ pub fn working_directories(tree: &ProcessTree) -> Result<Directories, RestoreErr
         if dirs.made.contains_key(&p.cwd) {
             continue;
         }
-        let mut made = dir.to_owned();
-        for n in 1..=100 {
-            match std::fs::create_dir(&made) {
-                Ok(()) => break,
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 100 => made = format!("{dir}.stasis-{n}"),
-                Err(e) => return Err(step(&format!("working directory {dir}"))(format!("cannot make it again: {e}"))),
-            }
-        }
+        let (made, ()) = made_at(dir, |d| std::fs::create_dir(d))
+            .map_err(|e| step(&format!("working directory {dir}"))(format!("cannot make it again: {e}")))?;
         dirs.made.insert(p.cwd.clone(), made);
     }
     Ok(dirs)

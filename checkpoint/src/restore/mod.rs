@@ -231,14 +231,51 @@ fn parent_exists(path: &str) -> bool {
     std::path::Path::new(path).parent().is_some_and(|d| d.is_dir())
 }
 
-/// What a restore of `tree` would find gone, checked by a dump before it
-/// writes anything (and so before it kills the tree): a working directory
-/// or root removed, a file, FIFO, device node or mapped file not at its
-/// path any more (or another one there). Each names the process and the
-/// object; empty when all is there.
+/// What a restore of `tree` would find gone or could not make again,
+/// checked by a dump before it writes anything (and so before it kills the
+/// tree): a root directory removed, a file, FIFO, device node or mapped
+/// file not at its path any more (or another one there, or its directory
+/// gone), a pending SIGTRAP, an fd's signal owner outside the tree, a
+/// pseudo-terminal controlling a session led from outside. Each names the
+/// process and the object; empty when all is there.
 pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut problems = Vec::new();
+    for p in &tree.processes {
+        // A debugger's breakpoint or single step, which cannot be made
+        // again faithfully.
+        let mut pending = p.threads.iter().flat_map(|t| &t.pending).chain(&p.shared_pending);
+        if pending.any(|s| s.raw.get(..4) == Some(&libc::SIGTRAP.to_le_bytes()[..])) {
+            problems.push(format!("process {}: a SIGTRAP is pending (not supported)", p.pid));
+        }
+        // An fd's signals go to a process or group of the tree, made again.
+        for f in &p.fds {
+            let Some(o) = &f.owner else { continue };
+            let ours = match o.kind {
+                2 => tree.processes.iter().any(|q| q.pgid == o.pid),
+                _ => tree.processes.iter().any(|q| q.threads.iter().any(|t| t.tid == o.pid)),
+            };
+            if !ours {
+                problems.push(format!(
+                    "process {}: fd {} sends its signals (F_SETOWN) to {} {}, outside the tree (not supported)",
+                    p.pid,
+                    f.fd,
+                    if o.kind == 2 { "process group" } else { "process" },
+                    o.pid
+                ));
+            }
+        }
+    }
+    // The session a pair controls takes it again through its leader.
+    for t in tree.ptys.iter().filter(|t| t.session != 0) {
+        if !tree.processes.iter().any(|p| p.pid == t.session && p.sid == t.session) {
+            problems.push(format!(
+                "pseudo-terminal /dev/pts/{} is the controlling terminal of session {}, whose leader is not in the \
+                 tree (not supported yet)",
+                t.index, t.session
+            ));
+        }
+    }
     let same = |path: &str, dev: u64, ino: u64| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino));
     for p in &tree.processes {
         // A removed working directory is made again for the restore, then
