@@ -570,27 +570,7 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
             "and its directory too",
         ),
     ];
-    for (name, setup, want) in cases {
-        let dir = tempdir(&format!("gone-{name}"));
-        let script = dir.path().join("gone.py");
-        fs::write(
-            &script,
-            format!(
-                "import os, stat, sys, time\nd = sys.argv[1]\n{setup}\nopen(os.path.join(d, 'ready'), 'w').close()\n\
-                 while True:\n    time.sleep(0.05)\n"
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(python3());
-        cmd.arg("-I").arg(&script).arg(dir.path());
-        let p = Spawned::start(name, cmd, dir);
-        p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
-        let images = tempdir(&format!("gone-{name}-img"));
-        let line = error_line(&dump(p.pid, images.path(), &[]));
-        assert!(line.contains(want), "{name}: {want:?} not in: {line}");
-        assert!(p.alive() && tracer_of(p.pid) == 0, "{name}: the process was harmed");
-        assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
-    }
+    refused_at_dump("gone", &cases);
 }
 
 /// State a restore cannot make again faithfully is refused at dump by
@@ -621,27 +601,7 @@ fn dump_refuses_state_it_cannot_make_again() {
             "is an AIO ring (io_setup",
         ),
     ];
-    for (name, setup, want) in cases {
-        let dir = tempdir(&format!("state-{name}"));
-        let script = dir.path().join("state.py");
-        fs::write(
-            &script,
-            format!(
-                "import os, signal, sys, time\nd = sys.argv[1]\n{setup}\nopen(os.path.join(d, 'ready'), 'w').close()\n\
-                 while True:\n    time.sleep(0.05)\n"
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(python3());
-        cmd.arg("-I").arg(&script).arg(dir.path());
-        let p = Spawned::start(name, cmd, dir);
-        p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
-        let images = tempdir(&format!("state-{name}-img"));
-        let line = error_line(&dump(p.pid, images.path(), &[]));
-        assert!(line.contains(want), "{name}: {want:?} not in: {line}");
-        assert!(p.alive() && tracer_of(p.pid) == 0, "{name}: the process was harmed");
-        assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
-    }
+    refused_at_dump("state", &cases);
 }
 
 /// Two processes sharing one fd table (CLONE_FILES) are refused, naming
@@ -655,4 +615,32 @@ fn dump_refuses_processes_sharing_an_fd_table() {
     let line = error_line(&dump(w.pid, images.path(), &[]));
     assert!(line.contains(&format!("processes {} and {child} share one fd table", w.pid)), "{line}");
     assert_unchanged(&w);
+}
+
+/// For each (name, python setup, wanted words) case: a python program that
+/// runs the setup (with `os`, `signal`, `stat`, `sys`, `time` imported and
+/// `d` its directory), whose kill-mode dump is refused with the words in
+/// the error; the program runs on, untraced, and no image is left.
+fn refused_at_dump(prefix: &str, cases: &[(&str, &str, &str)]) {
+    for &(name, setup, want) in cases {
+        let dir = tempdir(&format!("{prefix}-{name}"));
+        let script = dir.path().join("case.py");
+        fs::write(
+            &script,
+            format!(
+                "import os, signal, stat, sys, time\nd = sys.argv[1]\n{setup}\nopen(os.path.join(d, 'ready'), 'w').close()\n\
+                 while True:\n    time.sleep(0.05)\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(python3());
+        cmd.arg("-I").arg(&script).arg(dir.path());
+        let p = Spawned::start(name, cmd, dir);
+        p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+        let images = tempdir(&format!("{prefix}-{name}-img"));
+        let line = error_line(&dump(p.pid, images.path(), &[]));
+        assert!(line.contains(want), "{name}: {want:?} not in: {line}");
+        assert!(p.alive() && tracer_of(p.pid) == 0, "{name}: the process was harmed");
+        assert!(!images.path().join("stasis.img").exists(), "{name}: an image was left");
+    }
 }

@@ -189,6 +189,22 @@ fn sleep_sleeps_the_remaining_time() {
     assert!(total < Duration::from_secs(60), "sleep {SLEEP:?} took {total:?}");
 }
 
+/// Wait until the bash loop's DIR/count is 20 past `at_dump`, checking on
+/// the way that it never goes back (a restored loop goes on, it does not
+/// start over).
+fn counts_on(p: &Spawned, at_dump: u64) {
+    let count = |dir: &Path| fs::read_to_string(dir.join("count")).ok()?.trim().parse::<u64>().ok();
+    let mut last = at_dump;
+    p.wait_for(Duration::from_secs(30), "count 20 past the dump", || {
+        // An empty read is a write in progress (truncate, then printf).
+        if let Some(c) = count(&p.dir) {
+            assert!(c >= last, "count went from {last} to {c} (dumped at {at_dump}): bash started over");
+            last = c;
+        }
+        (last >= at_dump + 20).then_some(())
+    });
+}
+
 #[test]
 fn bash_builtin_loop_counts_on() {
     let dir = tempdir("bash-loop");
@@ -209,15 +225,7 @@ fn bash_builtin_loop_counts_on() {
     assert_eq!(status.signal(), Some(9), "the dump should have killed bash: {status}");
     let at_dump = count(&p.dir).expect("a count at dump time");
     restore_ok(p.pid, images.path());
-    let mut last = at_dump;
-    p.wait_for(Duration::from_secs(30), "count 20 past the dump", || {
-        // An empty read is a write in progress (truncate, then printf).
-        if let Some(c) = count(&p.dir) {
-            assert!(c >= last, "count went from {last} to {c} (dumped at {at_dump}): bash started over");
-            last = c;
-        }
-        (last >= at_dump + 20).then_some(())
-    });
+    counts_on(&p, at_dump);
     assert!(is_alive(p.pid), "restored bash is gone\n{}", p.log());
     p.kill();
 }
@@ -280,14 +288,7 @@ fn program_whose_executable_was_deleted() {
     let at_dump = count(&p.dir).expect("a count at dump time");
     restore_ok(p.pid, images.path());
     assert_eq!(link(p.pid), want, "the restored process's exe link");
-    let mut last = at_dump;
-    p.wait_for(Duration::from_secs(30), "count 20 past the dump", || {
-        if let Some(c) = count(&p.dir) {
-            assert!(c >= last, "count went from {last} to {c} (dumped at {at_dump}): bash started over");
-            last = c;
-        }
-        (last >= at_dump + 20).then_some(())
-    });
+    counts_on(&p, at_dump);
     p.kill();
 }
 

@@ -50,25 +50,30 @@ impl Pty {
     }
 }
 
+/// A bash loop on `term` printing a growing counter (tick-N), paced by
+/// reads on a FIFO in `dir`. It first closes what it inherited beyond
+/// stdio (the test runner's pipes).
+fn ticker(term: &Pty, dir: &std::path::Path) -> std::process::Child {
+    let script = "for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done 2>/dev/null; \
+                  i=0; while :; do i=$((i+1)); echo tick-$i; read -t 0.1 <> \"$1\" || :; done";
+    let fifo = dir.join("pace");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    Command::new("bash")
+        .args(["-c", script, "bash"])
+        .arg(&fifo)
+        .stdin(term.stdio())
+        .stdout(term.stdio())
+        .stderr(term.stdio())
+        .spawn()
+        .expect("run bash (needs bash)")
+}
+
 #[test]
 fn terminal_fds_follow_the_restoring_terminal() {
     let mut first = pty();
     let mut second = pty();
-    // Prints a growing counter to its terminal. It first closes what it
-    // inherited beyond stdio (the test runner's pipes).
-    let script = "for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done 2>/dev/null; \
-                  i=0; while :; do i=$((i+1)); echo tick-$i; read -t 0.1 <> \"$1\" || :; done";
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("pace");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut target = Command::new("bash")
-        .args(["-c", script, "bash"])
-        .arg(&fifo)
-        .stdin(first.stdio())
-        .stdout(first.stdio())
-        .stderr(first.stdio())
-        .spawn()
-        .expect("run bash (needs bash)");
+    let mut target = ticker(&first, dir.path());
     let pid = target.id() as i32;
     std::thread::sleep(Duration::from_millis(500));
     let images = dir.path().join("image");
@@ -133,19 +138,8 @@ fn terminal_fds_follow_the_restoring_terminal() {
 #[test]
 fn a_terminal_taken_by_another_session_is_never_handed_over() {
     let first = pty();
-    let script = "for f in /proc/$$/fd/*; do n=${f##*/}; [ \"$n\" -gt 2 ] && eval \"exec $n>&-\"; done 2>/dev/null; \
-                  i=0; while :; do i=$((i+1)); echo tick-$i; read -t 0.1 <> \"$1\" || :; done";
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("pace");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut target = Command::new("bash")
-        .args(["-c", script, "bash"])
-        .arg(&fifo)
-        .stdin(first.stdio())
-        .stdout(first.stdio())
-        .stderr(first.stdio())
-        .spawn()
-        .expect("run bash (needs bash)");
+    let mut target = ticker(&first, dir.path());
     let pid = target.id() as i32;
     std::thread::sleep(Duration::from_millis(300));
     let images = dir.path().join("image");
