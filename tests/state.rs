@@ -467,3 +467,39 @@ fn dev_zero_mapping_and_a_datagram_chain() {
          want('b still sends to c', socks[2].recv(20), b'b again')",
     );
 }
+
+/// membarrier(2) registrations: one that the kernel lists without making
+/// the plain barrier usable (SYNC_CORE), and the others.
+#[test]
+fn membarrier_registrations() {
+    let common = "import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def mb(cmd):\n    \
+             r = libc.syscall(324, cmd, 0, 0)\n    \
+             return r if r >= 0 else -ctypes.get_errno()\n";
+    let check = "want('registrations', mb(512), registered)\n\
+         want('barriers', [mb(c) for c in (8, 32, 128)], barriers)";
+    // GLOBAL_EXPEDITED and PRIVATE_EXPEDITED_SYNC_CORE: the plain private
+    // barrier stays refused (EPERM).
+    both(
+        "membarrier-sync-core",
+        &format!(
+            "{common}for c in (4, 64):\n    assert mb(c) == 0, c\n\
+             registered = mb(512)\n\
+             assert registered == 4 | 16 | 64, registered\n\
+             barriers = [mb(c) for c in (8, 32, 128)]\n\
+             assert barriers == [-1, 0, -1], barriers"
+        ),
+        check,
+    );
+    both(
+        "membarrier-private",
+        &format!(
+            "{common}for c in (16, 256):\n    assert mb(c) == 0, c\n\
+             registered = mb(512)\n\
+             barriers = [mb(c) for c in (8, 32, 128)]\n\
+             assert barriers == [0, -1, 0], barriers"
+        ),
+        check,
+    );
+}

@@ -305,6 +305,30 @@ pub struct Process {
     /// The audit login uid (/proc/PID/loginuid; u32::MAX: unset).
     #[prost(uint32, optional, tag = "30")]
     pub loginuid: Option<u32>,
+    /// membarrier(2) registrations of its address space: the
+    /// MEMBARRIER_CMD_REGISTER_* commands it had issued, OR'ed.
+    #[prost(uint32, tag = "31")]
+    pub membarrier: u32,
+}
+
+/// The membarrier(2) commands (include/uapi/linux/membarrier.h) that
+/// [`Process::membarrier`] is made of, and those a dump probes it with.
+pub mod membarrier {
+    pub const REGISTER_GLOBAL_EXPEDITED: u32 = 1 << 2;
+    pub const PRIVATE_EXPEDITED: u32 = 1 << 3;
+    pub const REGISTER_PRIVATE_EXPEDITED: u32 = 1 << 4;
+    pub const PRIVATE_EXPEDITED_SYNC_CORE: u32 = 1 << 5;
+    pub const REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: u32 = 1 << 6;
+    pub const PRIVATE_EXPEDITED_RSEQ: u32 = 1 << 7;
+    pub const REGISTER_PRIVATE_EXPEDITED_RSEQ: u32 = 1 << 8;
+    pub const GET_REGISTRATIONS: u32 = 1 << 9;
+    /// Every registration, in the order a restore issues them.
+    pub const REGISTRATIONS: [u32; 4] = [
+        REGISTER_GLOBAL_EXPEDITED,
+        REGISTER_PRIVATE_EXPEDITED,
+        REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+        REGISTER_PRIVATE_EXPEDITED_RSEQ,
+    ];
 }
 
 /// A process's cgroup in one hierarchy: a line of /proc/PID/cgroup.

@@ -116,6 +116,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         ),
         stopped: frozen.stopped(),
         loginuid: proc::read(pid, "loginuid").ok().and_then(|s| s.trim().parse().ok()),
+        membarrier: injected.membarrier,
     })
 }
 
@@ -208,6 +209,7 @@ struct Injected {
     dumpable: i32,
     child_subreaper: bool,
     brk: u64,
+    membarrier: u32,
 }
 
 fn injected(
@@ -250,8 +252,37 @@ fn injected(
         t.interval_ns = w(0) * 1_000_000_000 + w(1);
         t.value_ns = w(2) * 1_000_000_000 + w(3);
     }
+    let membarrier = membarrier(&mut inj).map_err(|e| err(format!("membarrier: {e}")))?;
     inj.finish().map_err(|e| err(crate::chain(&e)))?;
-    Ok(Injected { sigactions, itimers, pdeathsig, dumpable, child_subreaper, brk })
+    Ok(Injected { sigactions, itimers, pdeathsig, dumpable, child_subreaper, brk, membarrier })
+}
+
+/// The membarrier(2) registrations of the address space, as the
+/// `MEMBARRIER_CMD_REGISTER_*` commands a restore issues again. A private
+/// expedited kind is registered when its barrier does not fail with EPERM
+/// (the barrier itself is harmless: every thread is stopped); registering
+/// the SYNC_CORE or RSEQ kind marks the plain kind registered but not
+/// usable, which registering the same commands again repeats. A global
+/// expedited registration shows only through
+/// `MEMBARRIER_CMD_GET_REGISTRATIONS` (Linux 6.3).
+fn membarrier(inj: &mut Injection<'_>) -> Result<u32, stasis_sys::inject::Error> {
+    use stasis_image::records::membarrier as mb;
+    let mut registered = 0;
+    let all = inj.syscall(libc::SYS_membarrier, [mb::GET_REGISTRATIONS.into(), 0, 0, 0, 0, 0])?;
+    if all >= 0 && all as u32 & mb::REGISTER_GLOBAL_EXPEDITED != 0 {
+        registered |= mb::REGISTER_GLOBAL_EXPEDITED;
+    }
+    for (barrier, register) in [
+        (mb::PRIVATE_EXPEDITED, mb::REGISTER_PRIVATE_EXPEDITED),
+        (mb::PRIVATE_EXPEDITED_SYNC_CORE, mb::REGISTER_PRIVATE_EXPEDITED_SYNC_CORE),
+        (mb::PRIVATE_EXPEDITED_RSEQ, mb::REGISTER_PRIVATE_EXPEDITED_RSEQ),
+    ] {
+        // 0: registered; EPERM: not; EINVAL or ENOSYS: not in this kernel.
+        if inj.syscall(libc::SYS_membarrier, [barrier.into(), 0, 0, 0, 0, 0])? == 0 {
+            registered |= register;
+        }
+    }
+    Ok(registered)
 }
 
 /// The layout of the kernel's special mappings, and the vdso's hash.

@@ -2083,6 +2083,10 @@ impl Remote<'_, '_> {
         if p.no_new_privs {
             self.call("no_new_privs", libc::SYS_prctl, [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0])?;
         }
+        for register in stasis_image::records::membarrier::REGISTRATIONS.into_iter().filter(|r| p.membarrier & r != 0) {
+            let what = format!("membarrier registration {register:#x}");
+            self.call(&what, libc::SYS_membarrier, [register.into(), 0, 0, 0, 0, 0])?;
+        }
         Ok(())
     }
 
