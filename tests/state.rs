@@ -44,11 +44,16 @@ os.replace(os.path.join(d, 'result.tmp'), os.path.join(d, 'result'))
 }
 
 fn start(name: &str, setup: &str, check: &str) -> Spawned {
+    start_with(name, setup, check, &[])
+}
+
+/// [`start`], with `env` (python -I ignores PYTHON* variables only).
+fn start_with(name: &str, setup: &str, check: &str, env: &[(&str, String)]) -> Spawned {
     let dir = tempdir(name);
     let path = dir.path().join("state.py");
     fs::write(&path, script(setup, check)).unwrap();
     let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&path).arg(dir.path());
+    cmd.arg("-I").arg(&path).arg(dir.path()).envs(env.iter().map(|(k, v)| (k, v)));
     let p = Spawned::start(name, cmd, dir);
     p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
     p
@@ -502,4 +507,148 @@ fn membarrier_registrations() {
         ),
         check,
     );
+}
+
+/// TCP connections in every closing state, both ends in the process (so
+/// each end is restored): FIN_WAIT1 with the FIN and bytes behind a closed
+/// window, FIN_WAIT2 facing CLOSE_WAIT, LAST_ACK with its FIN behind bytes
+/// the peer does not read, and CLOSING (the peer's FIN came while ours
+/// waited behind bytes). Each state comes back, then the bytes flow and
+/// each connection closes as it would have.
+#[test]
+fn tcp_connections_closing() {
+    let setup = "import socket\n\
+        SOL, BUF = socket.SOL_SOCKET, 16384\n\
+        def st(x):\n    return x.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]\n\
+        def settle(x, want):\n    \
+            for _ in range(250):\n        \
+                if st(x) == want:\n            break\n        \
+                time.sleep(0.02)\n    \
+            return st(x)\n\
+        L = socket.socket()\n\
+        L.setsockopt(SOL, socket.SO_RCVBUF, BUF)\n\
+        L.bind(('127.0.0.1', 0))\n\
+        L.listen(8)\n\
+        def pair():\n    \
+            c = socket.socket()\n    \
+            c.setsockopt(SOL, socket.SO_RCVBUF, BUF)\n    \
+            c.setsockopt(SOL, socket.SO_SNDBUF, BUF)\n    \
+            c.connect(L.getsockname())\n    \
+            s = L.accept()[0]\n    \
+            s.setsockopt(SOL, socket.SO_SNDBUF, BUF)\n    \
+            c.settimeout(20)\n    \
+            s.settimeout(20)\n    \
+            return c, s\n\
+        PATTERN = bytes(range(251)) * 20\n\
+        def fill(w):\n    \
+            n, misses = 0, 0\n    \
+            w.setblocking(False)\n    \
+            while misses < 3:\n        \
+                try:\n            \
+                    n += w.send(PATTERN[n % 251:n % 251 + 4096])\n            \
+                    misses = 0\n        \
+                except BlockingIOError:\n            \
+                    misses += 1\n            \
+                    time.sleep(0.05)\n    \
+            w.settimeout(20)\n    \
+            return n\n\
+        def drain(r):\n    \
+            got = bytearray()\n    \
+            while True:\n        \
+                b = r.recv(65536)\n        \
+                if not b:\n            break\n        \
+                got += b\n    \
+            whole = (bytes(range(251)) * (len(got) // 251 + 1))[:len(got)]\n    \
+            return len(got), bytes(got) == whole\n\
+        c1, s1 = pair()\n\
+        n1 = fill(c1)\n\
+        c1.shutdown(socket.SHUT_WR)\n\
+        c2, s2 = pair()\n\
+        c2.shutdown(socket.SHUT_WR)\n\
+        c3, s3 = pair()\n\
+        c3.shutdown(socket.SHUT_WR)\n\
+        n3 = fill(s3)\n\
+        s3.shutdown(socket.SHUT_WR)\n\
+        c4, s4 = pair()\n\
+        n4 = fill(s4)\n\
+        s4.shutdown(socket.SHUT_WR)\n\
+        c4.shutdown(socket.SHUT_WR)\n\
+        socks = (c1, s1, c2, s2, c3, s3, c4, s4)\n\
+        # FIN_WAIT1, ESTABLISHED, FIN_WAIT2, CLOSE_WAIT, FIN_WAIT2, LAST_ACK, FIN_WAIT2, CLOSING\n\
+        states = [4, 1, 5, 8, 5, 9, 5, 11]\n\
+        got = [settle(x, w) for x, w in zip(socks, states)]\n\
+        assert got == states, got\n\
+        assert min(n1, n3, n4) > 0, (n1, n3, n4)";
+    let check = "want('states', [st(x) for x in socks], states)\n\
+        want('1: bytes, then end of file', drain(s1), (n1, True))\n\
+        want('1: FIN acknowledged', settle(c1, 5), 5)\n\
+        want('2: end of file', s2.recv(16), b'')\n\
+        s2.sendall(b'after')\n\
+        want('2: still receives', c2.recv(16), b'after')\n\
+        s2.close()\n\
+        want('2: end of file', c2.recv(16), b'')\n\
+        want('3: bytes, then end of file', drain(c3), (n3, True))\n\
+        want('4: bytes, then end of file', drain(c4), (n4, True))\n\
+        want('4: end of file', s4.recv(16), b'')";
+    both("tcp-closing", setup, check);
+}
+
+/// Half-closed TCP connections to a peer outside the tree (this test):
+/// one the peer shut down (CLOSE_WAIT in the process), one the process shut
+/// down (FIN_WAIT2). Between dump and restore the network lock holds them;
+/// afterwards the process reads the end of file and still sends on the
+/// first, and still receives on the second.
+#[test]
+fn tcp_half_closed_with_a_peer_outside() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+    let setup = "import socket\n\
+        def st(x):\n    return x.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]\n\
+        peer = ('127.0.0.1', int(os.environ['PEER_PORT']))\n\
+        a = socket.create_connection(peer, timeout=20)\n\
+        b = socket.create_connection(peer, timeout=20)\n\
+        b.shutdown(socket.SHUT_WR)";
+    let check = "want('a: CLOSE_WAIT', st(a), 8)\n\
+        want('a: end of file', a.recv(16), b'')\n\
+        a.sendall(b'bye')\n\
+        a.close()\n\
+        want('b: FIN_WAIT2', st(b), 5)\n\
+        want('b: receives', b.recv(16), b'to-b')";
+    for leave_running in [false, true] {
+        let name = if leave_running { "tcp-half-closed-lr" } else { "tcp-half-closed" };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        let mut p = start_with(name, setup, check, &[("PEER_PORT", port)]);
+        let (mut a, _) = listener.accept().unwrap();
+        let (mut b, _) = listener.accept().unwrap();
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        a.shutdown(Shutdown::Write).unwrap();
+        // The process's end of `a` in CLOSE_WAIT (08), as the kernel lists it.
+        let a_port = a.peer_addr().unwrap().port();
+        let close_wait = format!(":{a_port:04X} 0100007F:{:04X} 08", a.local_addr().unwrap().port());
+        p.wait_for(Duration::from_secs(10), "CLOSE_WAIT in /proc/net/tcp", || {
+            fs::read_to_string("/proc/net/tcp").unwrap().contains(&close_wait).then_some(())
+        });
+        let images = tempdir(&format!("{name}-img"));
+        let mut restored = if leave_running {
+            dump_ok(p.pid, images.path(), &["--leave-running"]);
+            p
+        } else {
+            dump_ok(p.pid, images.path(), &[]);
+            p.wait_exit(Duration::from_secs(30));
+            restore_ok(p.pid, images.path());
+            Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir)
+        };
+        b.write_all(b"to-b").unwrap();
+        assert_eq!(result(&restored).trim(), "ok", "{name}\n{}", restored.log());
+        let mut got = Vec::new();
+        a.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye", "{name}: what the process sent on the connection it had half-closed");
+        restored.wait_exit(Duration::from_secs(30));
+        let mut rest = Vec::new();
+        b.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{name}: {rest:?} after the process exited");
+    }
 }

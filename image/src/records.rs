@@ -989,13 +989,16 @@ pub struct TcpConn {
     /// Family, local and peer addresses, and socket options.
     #[prost(message, optional, tag = "1")]
     pub socket: Option<InetSocket>,
-    /// The sequence number after the last byte written (write_seq).
+    /// The sequence number after the last byte written (write_seq; after
+    /// the FIN, once the socket was shut down for writing).
     #[prost(uint32, tag = "2")]
     pub snd_seq: u32,
-    /// The sequence number after the last byte received (rcv_nxt).
+    /// The sequence number after the last byte received (rcv_nxt; after
+    /// the peer's FIN, once it came).
     #[prost(uint32, tag = "3")]
     pub rcv_seq: u32,
-    /// Bytes written and not yet acknowledged by the peer, sent or not.
+    /// Bytes written and not yet acknowledged by the peer, sent or not
+    /// (the FIN, which is no byte, not counted).
     #[prost(bytes = "vec", tag = "4")]
     pub send_queue: Vec<u8>,
     /// How many bytes at the end of `send_queue` were never sent.
@@ -1029,10 +1032,15 @@ pub struct TcpConn {
     pub rcv_wnd: u32,
     #[prost(uint32, tag = "16")]
     pub rcv_wup: u32,
-    /// The socket can no longer send (shutdown(SHUT_WR) was called):
-    /// not supported yet, always false.
+    /// Unused (always false); [`TcpConn::state`] tells a shut-down socket.
     #[prost(bool, tag = "17")]
     pub send_shutdown: bool,
+    /// The TCP state (include/net/tcp_states.h): ESTABLISHED (1; 0 in
+    /// images made before this field), or a closing one: FIN_WAIT1 (4) and
+    /// FIN_WAIT2 (5) after this side's FIN, CLOSE_WAIT (8) after the peer's,
+    /// LAST_ACK (9) after both, the peer's first.
+    #[prost(uint32, tag = "18")]
+    pub state: u32,
 }
 
 /// An IP address and port.

@@ -11,10 +11,11 @@
 //! and a restore writes (net/ipv4/tcp.c `tcp_repair_set_window`,
 //! `tcp_repair_options_est`, `tcp_peek_sndq`).
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{self, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage};
 
 /// `TCP_REPAIR_ON`.
 const REPAIR_ON: u32 = 1;
@@ -184,9 +185,12 @@ pub fn set_repair_options(fd: impl AsFd, opts: &[(u32, u32)]) -> Result<(), Errn
     Errno::result(r).map(drop)
 }
 
-/// What TCP_INFO tells of the options negotiated at the handshake.
+/// What TCP_INFO tells of the connection's state and the options
+/// negotiated at the handshake.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Negotiated {
+    /// `tcpi_state` (include/net/tcp_states.h: [`ESTABLISHED`], ...).
+    pub state: u8,
     /// TCPI_OPT_TIMESTAMPS (1), TCPI_OPT_SACK (2), TCPI_OPT_WSCALE (4).
     pub options: u8,
     pub snd_wscale: u8,
@@ -216,7 +220,90 @@ pub fn negotiated(fd: impl AsFd) -> Result<Negotiated, Errno> {
     if len < 7 {
         return Err(Errno::EINVAL);
     }
-    Ok(Negotiated { options: buf[5], snd_wscale: buf[6] & 0x0f, rcv_wscale: buf[6] >> 4 })
+    Ok(Negotiated { state: buf[0], options: buf[5], snd_wscale: buf[6] & 0x0f, rcv_wscale: buf[6] >> 4 })
+}
+
+/// TCP states (include/net/tcp_states.h) of a connection.
+pub const ESTABLISHED: u8 = 1;
+pub const FIN_WAIT1: u8 = 4;
+pub const FIN_WAIT2: u8 = 5;
+pub const CLOSE_WAIT: u8 = 8;
+pub const LAST_ACK: u8 = 9;
+pub const CLOSING: u8 = 11;
+
+/// TCP header flags.
+pub const FLAG_FIN: u8 = 0x01;
+pub const FLAG_ACK: u8 = 0x10;
+
+/// One TCP segment without data, as if sent by `from` to `to`: the kernel
+/// takes it in as the peer's (a FIN that a socket rebuilt in repair mode
+/// has to see arrive, or the acknowledgement of its own FIN). Sent from a
+/// raw socket bound to `from` (IP_TRANSPARENT lets it be an address this
+/// host does not have; needs CAP_NET_RAW and CAP_NET_ADMIN), the checksum
+/// computed here over the pseudo-header. Both addresses of one family.
+pub fn send_segment(from: SocketAddr, to: SocketAddr, seq: u32, ack: u32, flags: u8, window: u16) -> Result<(), Errno> {
+    let (family, level, transparent) = match from {
+        SocketAddr::V4(_) => (AddressFamily::Inet, libc::SOL_IP, libc::IP_TRANSPARENT),
+        SocketAddr::V6(_) => (AddressFamily::Inet6, libc::SOL_IPV6, libc::IPV6_TRANSPARENT),
+    };
+    if from.is_ipv4() != to.is_ipv4() {
+        return Err(Errno::EAFNOSUPPORT);
+    }
+    let raw = socket::socket(family, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::Tcp)?;
+    crate::sock::set_int_option(&raw, level, transparent, 1)?;
+    socket::bind(raw.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(from.ip(), 0)))?;
+    let segment = segment(from, to, seq, ack, flags, window);
+    let dest = SockaddrStorage::from(SocketAddr::new(to.ip(), 0));
+    let n = socket::sendto(raw.as_raw_fd(), &segment, &dest, MsgFlags::empty())?;
+    if n != segment.len() {
+        return Err(Errno::EIO);
+    }
+    Ok(())
+}
+
+/// The bytes of a 20-byte TCP header (no options, no data), checksummed.
+fn segment(from: SocketAddr, to: SocketAddr, seq: u32, ack: u32, flags: u8, window: u16) -> Vec<u8> {
+    let mut h = Vec::with_capacity(20);
+    h.extend_from_slice(&from.port().to_be_bytes());
+    h.extend_from_slice(&to.port().to_be_bytes());
+    h.extend_from_slice(&seq.to_be_bytes());
+    h.extend_from_slice(&ack.to_be_bytes());
+    h.push(5 << 4); // data offset: 5 words
+    h.push(flags);
+    h.extend_from_slice(&window.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    let mut pseudo = Vec::new();
+    match (from.ip(), to.ip()) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => {
+            pseudo.extend_from_slice(&f.octets());
+            pseudo.extend_from_slice(&t.octets());
+            pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8]);
+            pseudo.extend_from_slice(&(h.len() as u16).to_be_bytes());
+        }
+        (f, t) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            pseudo.extend_from_slice(&v6(f));
+            pseudo.extend_from_slice(&v6(t));
+            pseudo.extend_from_slice(&(h.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, libc::IPPROTO_TCP as u8]);
+        }
+    }
+    pseudo.extend_from_slice(&h);
+    let sum = checksum(&pseudo);
+    h[16..18].copy_from_slice(&sum.to_be_bytes());
+    h
+}
+
+/// The internet checksum (RFC 1071) of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 fn ioctl_int(fd: impl AsFd, request: libc::Ioctl) -> Result<u32, Errno> {
@@ -258,6 +345,18 @@ const TCP_TIMESTAMP: libc::c_int = 24;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_of_a_known_header() {
+        // RFC 1071's example: 0001 f203 f4f5 f6f7 sums to ddf2.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        // A checksummed segment sums to zero with its pseudo-header.
+        let (from, to): (SocketAddr, SocketAddr) = ("10.1.2.3:4000".parse().unwrap(), "10.9.8.7:80".parse().unwrap());
+        let seg = segment(from, to, 1, 2, FLAG_ACK | FLAG_FIN, 512);
+        let mut pseudo = vec![10, 1, 2, 3, 10, 9, 8, 7, 0, 6, 0, 20];
+        pseudo.extend_from_slice(&seg);
+        assert_eq!(checksum(&pseudo), 0);
+    }
 
     #[test]
     fn enter_and_leave_repair_mode() {

@@ -65,7 +65,8 @@ pub enum Kind {
     TcpListen,
     /// A TCP socket neither listening nor connected yet.
     TcpUnconnected,
-    /// An established TCP connection, IPv4 or IPv6.
+    /// A TCP connection, IPv4 or IPv6: established or closing (FIN_WAIT1,
+    /// FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING).
     TcpEstablished,
     /// A UDP socket, IPv4 or IPv6.
     Udp,

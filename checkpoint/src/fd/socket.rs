@@ -118,7 +118,8 @@ impl Tables {
         match proto {
             Some("TCP" | "TCPv6") => match self.tcp.get(&ino).map(|r| r.state) {
                 Some(TCP_LISTEN) => Ok(Kind::TcpListen),
-                Some(0x01) => Ok(Kind::TcpEstablished),
+                // ESTABLISHED, or closing: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+                Some(0x01 | 0x04 | 0x05 | 0x08 | 0x09 | 0x0b) => Ok(Kind::TcpEstablished),
                 // Made, perhaps bound: not in the connection tables.
                 Some(TCP_CLOSE) | None => Ok(Kind::TcpUnconnected),
                 Some(st) => unsupported(&format!("a TCP socket in state {}", tcp_state_name(st))),

@@ -1,4 +1,5 @@
-//! Established TCP connections, through TCP_REPAIR (as CRIU's soccr).
+//! TCP connections, established or closing, through TCP_REPAIR (as CRIU's
+//! soccr).
 //!
 //! Dump puts the agent's copy of the socket in repair mode, where recv(2)
 //! with MSG_PEEK reads a queue without touching the connection: the
@@ -19,6 +20,13 @@
 //! queue, and the window; the never-sent part is written with repair mode
 //! off, as ordinary data. The socket leaves repair mode (with a window
 //! probe) when the tree is let go, after the network lock is removed.
+//!
+//! A closing connection (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK,
+//! CLOSING) is dumped the same way, with its state; its FINs take sequence
+//! numbers but no bytes. It is rebuilt ESTABLISHED, and its FINs put back
+//! when the tree is let go ([`Repaired::let_go`]): this side's with
+//! shutdown(2) in repair mode, the peer's (and the peer's acknowledgement
+//! of ours) as segments from the peer's address on a raw socket.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -38,6 +46,19 @@ pub fn dump(copy: &OwnedFd, base: InetSocket) -> Result<TcpConn, String> {
     })?;
     let mut c = TcpConn { socket: Some(base), ..TcpConn::default() };
     let negotiated = repair::negotiated(copy).map_err(err("TCP_INFO"))?;
+    c.state = u32::from(negotiated.state);
+    if !matches!(
+        negotiated.state,
+        repair::ESTABLISHED
+            | repair::FIN_WAIT1
+            | repair::FIN_WAIT2
+            | repair::CLOSE_WAIT
+            | repair::LAST_ACK
+            | repair::CLOSING
+    ) {
+        return Err(format!("TCP state {} is not a connection's", negotiated.state));
+    }
+    let fin_sent = fin_sent(negotiated.state);
     c.options = u32::from(negotiated.options);
     c.snd_wscale = u32::from(negotiated.snd_wscale);
     c.rcv_wscale = u32::from(negotiated.rcv_wscale);
@@ -54,8 +75,15 @@ pub fn dump(copy: &OwnedFd, base: InetSocket) -> Result<TcpConn, String> {
 
     repair::select_queue(copy, Queue::Send).map_err(err("TCP_REPAIR_QUEUE"))?;
     c.snd_seq = repair::queue_seq(copy).map_err(err("TCP_QUEUE_SEQ"))?;
-    let outq = repair::outq(copy).map_err(err("SIOCOUTQ"))?;
+    let mut outq = repair::outq(copy).map_err(err("SIOCOUTQ"))?;
     c.unsent = repair::outq_unsent(copy).map_err(err("SIOCOUTQNSD"))?;
+    if fin_sent {
+        // The FIN takes a sequence number but no byte of the queue: it is
+        // in the counts until acknowledged (and in the unsent one until
+        // sent, behind every unsent byte).
+        outq = outq.saturating_sub(1);
+        c.unsent = c.unsent.saturating_sub(1);
+    }
     c.send_queue = peek(copy, outq).map_err(|e| format!("reading the send queue: {e}"))?;
     repair::select_queue(copy, Queue::None).map_err(err("TCP_REPAIR_QUEUE"))?;
     if c.unsent as usize > c.send_queue.len() {
@@ -107,10 +135,15 @@ pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
     repair::set_repair(&sock, 1).map_err(|e| format!("TCP_REPAIR: {e}"))?;
     socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(local)).map_err(|e| format!("cannot bind {local}: {e}"))?;
     let sent = c.send_queue.len() - c.unsent as usize;
+    // Made ESTABLISHED, without the FINs: they come once the tree is whole
+    // (`Repaired::let_go`).
+    let st = state(c);
+    let (fin_sent, fin_received) = (u32::from(fin_sent(st)), u32::from(fin_received(st)));
+    let (snd_seq, rcv_seq) = (c.snd_seq.wrapping_sub(fin_sent), c.rcv_seq.wrapping_sub(fin_received));
     repair::select_queue(&sock, Queue::Send).map_err(err("TCP_REPAIR_QUEUE"))?;
-    repair::set_queue_seq(&sock, c.snd_seq.wrapping_sub(c.send_queue.len() as u32)).map_err(err("TCP_QUEUE_SEQ"))?;
+    repair::set_queue_seq(&sock, snd_seq.wrapping_sub(c.send_queue.len() as u32)).map_err(err("TCP_QUEUE_SEQ"))?;
     repair::select_queue(&sock, Queue::Recv).map_err(err("TCP_REPAIR_QUEUE"))?;
-    repair::set_queue_seq(&sock, c.rcv_seq.wrapping_sub(c.recv_queue.len() as u32)).map_err(err("TCP_QUEUE_SEQ"))?;
+    repair::set_queue_seq(&sock, rcv_seq.wrapping_sub(c.recv_queue.len() as u32)).map_err(err("TCP_QUEUE_SEQ"))?;
     socket::connect(sock.as_raw_fd(), &SockaddrStorage::from(peer))
         .map_err(|e| format!("connect to {peer} in repair mode: {e}"))?;
 
@@ -139,8 +172,10 @@ pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
         snd_wl1: c.snd_wl1,
         snd_wnd: c.snd_wnd,
         max_window: c.max_window,
-        rcv_wnd: c.rcv_wnd,
-        rcv_wup: c.rcv_wup,
+        // The window's left edge no later than the end of what was
+        // received: before the peer's FIN.
+        rcv_wnd: c.rcv_wnd.wrapping_add(fin_received),
+        rcv_wup: c.rcv_wup.wrapping_sub(fin_received),
     };
     repair::set_window(&sock, &w).map_err(err("TCP_REPAIR_WINDOW"))?;
     if c.unsent > 0 {
@@ -151,6 +186,154 @@ pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
         r.map_err(|e| format!("restoring the unsent data: {e}"))?;
     }
     Ok(sock)
+}
+
+/// The state of a connection record (images before the field: ESTABLISHED).
+fn state(c: &TcpConn) -> u8 {
+    match c.state {
+        0 => repair::ESTABLISHED,
+        s => s as u8,
+    }
+}
+
+/// This side has shut down for writing: its FIN is queued, sent, or acknowledged.
+fn fin_sent(state: u8) -> bool {
+    matches!(state, repair::FIN_WAIT1 | repair::FIN_WAIT2 | repair::LAST_ACK | repair::CLOSING)
+}
+
+/// The peer's FIN came.
+fn fin_received(state: u8) -> bool {
+    matches!(state, repair::CLOSE_WAIT | repair::LAST_ACK | repair::CLOSING)
+}
+
+/// A restored connection, in repair mode until the tree is let go.
+#[derive(Debug)]
+pub struct Repaired {
+    sock: OwnedFd,
+    /// SO_REUSEADDR, which leaving repair mode clears.
+    reuseaddr: bool,
+    /// What is left to make the connection's closing state again.
+    closing: Option<Closing>,
+}
+
+/// A connection's closing state, made once every socket of the tree
+/// exists, so the acknowledgements it sends find their socket (a peer in
+/// the tree) or the peer itself, not a host that answers with RST.
+#[derive(Debug)]
+struct Closing {
+    state: u8,
+    local: SocketAddr,
+    peer: SocketAddr,
+    /// The peer's next sequence number, before its FIN.
+    rcv_nxt: u32,
+    /// The first byte not acknowledged, and after this side's FIN.
+    snd_una: u32,
+    snd_end: u32,
+    /// The peer's window, as its segments carry it.
+    window: u16,
+}
+
+impl Repaired {
+    /// `sock`, made by [`restore`] from `c`.
+    pub fn new(sock: OwnedFd, c: &TcpConn) -> Result<Repaired, String> {
+        let s = c.socket.as_ref().ok_or("no addresses")?;
+        let st = state(c);
+        let closing = if st == repair::ESTABLISHED {
+            None
+        } else {
+            let addr = |a: &Option<stasis_image::records::InetAddr>| {
+                a.as_ref().and_then(|a| a.to_socket_addr()).map(wire).ok_or("malformed address")
+            };
+            let snd_data_end = c.snd_seq.wrapping_sub(u32::from(fin_sent(st)));
+            let scale = if c.options as u8 & repair::TCPI_OPT_WSCALE != 0 { c.snd_wscale.min(14) } else { 0 };
+            Some(Closing {
+                state: st,
+                local: addr(&s.local)?,
+                peer: addr(&s.peer)?,
+                rcv_nxt: c.rcv_seq.wrapping_sub(u32::from(fin_received(st))),
+                snd_una: snd_data_end.wrapping_sub(c.send_queue.len() as u32),
+                snd_end: c.snd_seq,
+                window: (c.snd_wnd >> scale).min(u32::from(u16::MAX)) as u16,
+            })
+        };
+        Ok(Repaired { sock, reuseaddr: s.reuseaddr, closing })
+    }
+
+    /// Make the closing state (this side's FIN, with shutdown(2) in repair
+    /// mode; the peer's FIN and its acknowledgement of ours, as segments
+    /// from the peer's address), then leave repair mode with a window
+    /// probe. The network lock is gone by then.
+    pub fn let_go(&self) -> Result<(), String> {
+        if let Some(c) = &self.closing {
+            c.make(&self.sock)?;
+        }
+        leave(&self.sock, self.reuseaddr).map_err(|e| format!("TCP_REPAIR off: {e}"))
+    }
+}
+
+impl Closing {
+    fn make(&self, sock: &OwnedFd) -> Result<(), String> {
+        let shutdown = |q: Queue| -> Result<(), String> {
+            // In repair mode the send queue selected marks the FIN sent
+            // without sending it; with none selected it is sent (or queued
+            // behind unsent bytes), as shutdown(2) would.
+            repair::select_queue(sock, q).map_err(|e| format!("TCP_REPAIR_QUEUE: {e}"))?;
+            let r = socket::shutdown(sock.as_raw_fd(), socket::Shutdown::Write);
+            repair::select_queue(sock, Queue::None).map_err(|e| format!("TCP_REPAIR_QUEUE: {e}"))?;
+            r.map_err(|e| format!("shutdown: {e}"))
+        };
+        let segment = |seq: u32, ack: u32, flags: u8, what: &str| {
+            repair::send_segment(self.peer, self.local, seq, ack, flags, self.window)
+                .map_err(|e| format!("sending the peer's {what} from {} (raw socket): {e}", self.peer))
+        };
+        let peer_fin = || segment(self.rcv_nxt, self.snd_una, repair::FLAG_FIN | repair::FLAG_ACK, "FIN");
+        match self.state {
+            repair::FIN_WAIT1 => shutdown(Queue::None)?,
+            repair::FIN_WAIT2 => {
+                shutdown(Queue::Send)?;
+                Self::wait_for(sock, repair::FIN_WAIT1)?;
+                segment(self.rcv_nxt, self.snd_end, repair::FLAG_ACK, "acknowledgement of the FIN")?;
+            }
+            repair::CLOSE_WAIT => peer_fin()?,
+            repair::LAST_ACK => {
+                peer_fin()?;
+                Self::wait_for(sock, repair::CLOSE_WAIT)?;
+                shutdown(Queue::None)?;
+            }
+            repair::CLOSING => {
+                shutdown(Queue::None)?;
+                Self::wait_for(sock, repair::FIN_WAIT1)?;
+                peer_fin()?;
+            }
+            st => return Err(format!("TCP state {st} cannot be restored")),
+        }
+        Self::wait_for(sock, self.state).map_err(|e| format!("connection {} - {}: {e}", self.local, self.peer))
+    }
+
+    /// Wait until `sock` is in `state` (a segment sent to it is taken in
+    /// by the network stack, perhaps after sendto returned).
+    fn wait_for(sock: &OwnedFd, state: u8) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let now = repair::negotiated(sock).map_err(|e| format!("TCP_INFO: {e}"))?.state;
+            if now == state {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("in TCP state {now}, not {state}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// An address as it goes on the wire: an IPv4-mapped IPv6 address (an
+/// AF_INET6 socket talking IPv4) is IPv4.
+fn wire(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().map_or(a, |ip| SocketAddr::new(ip.into(), a.port())),
+        v4 => v4,
+    }
 }
 
 /// Write all of `data` (to the selected queue, in repair mode).

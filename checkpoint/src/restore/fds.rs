@@ -115,7 +115,7 @@ pub struct Planner<'a> {
     unix: HashMap<u64, OwnedFd>,
     /// TCP connections made in repair mode, with their SO_REUSEADDR: they
     /// leave it when the tree is let go.
-    pub repaired: Vec<(OwnedFd, bool)>,
+    pub repaired: Vec<crate::fd::tcp::Repaired>,
     /// Devices whose files moved to another (a rolled-back volume).
     pub moved_devices: Vec<(u64, u64)>,
     /// External pipes and terminals, and the agent's fd standing for each
@@ -354,7 +354,7 @@ impl<'a> Planner<'a> {
                     })?;
                     set_status_flags(&object, flags).map_err(other)?;
                     let copy = object.try_clone().map_err(|e| other(format!("dup: {e}")))?;
-                    self.repaired.push((copy, c.socket.as_ref().is_some_and(|s| s.reuseaddr)));
+                    self.repaired.push(crate::fd::tcp::Repaired::new(copy, c).map_err(other)?);
                     object
                 }
                 Kind::Unix(id) => {

@@ -723,8 +723,8 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     // Connections: the peers' packets let through, then each socket leaves
     // repair mode with a window probe, so both sides resume at once.
     netlock.release().map_err(step("network unlock"))?;
-    for (sock, reuseaddr) in &repaired {
-        crate::fd::tcp::leave(sock, *reuseaddr).map_err(|e| step("TCP connections")(format!("TCP_REPAIR off: {e}")))?;
+    for conn in &repaired {
+        conn.let_go().map_err(step("TCP connections"))?;
     }
     drop(repaired);
     let root = puppets[0].pid.as_raw();
