@@ -575,7 +575,8 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
 
 /// State a restore cannot make again faithfully is refused at dump by
 /// name, and the process runs on: a pending SIGTRAP (a debugger's trap), a
-/// time namespace made for the children, a corked UDP socket, an AIO ring.
+/// time namespace made for the children, a corked UDP socket, an AIO ring,
+/// an eBPF socket program.
 #[test]
 fn dump_refuses_state_it_cannot_make_again() {
     let cases = [
@@ -599,6 +600,22 @@ fn dump_refuses_state_it_cannot_make_again() {
             "aio",
             "import ctypes; ctx = ctypes.c_ulong(0); assert ctypes.CDLL(None).syscall(206, 8, ctypes.byref(ctx)) == 0",
             "is an AIO ring (io_setup",
+        ),
+        (
+            "ebpf-filter",
+            "import ctypes, socket, struct\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             # BPF_PROG_TYPE_SOCKET_FILTER: r0 = 0; exit (drops every packet)\n\
+             insns = ctypes.create_string_buffer(bytes([0xb7] + [0] * 7 + [0x95] + [0] * 7))\n\
+             gpl = ctypes.create_string_buffer(b'GPL')\n\
+             attr = ctypes.create_string_buffer(\n\
+                     struct.pack('=IIQQIIQI', 1, 2, ctypes.addressof(insns), ctypes.addressof(gpl), 0, 0, 0, 0), 128)\n\
+             prog = libc.syscall(321, 5, attr, 128)\n\
+             assert prog >= 0, 'BPF_PROG_LOAD: errno %d' % ctypes.get_errno()\n\
+             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             u.setsockopt(socket.SOL_SOCKET, 50, prog)\n\
+             os.close(prog)",
+            "eBPF socket program attached (SO_ATTACH_BPF)",
         ),
     ];
     refused_at_dump("state", &cases);

@@ -1177,7 +1177,14 @@ fn description_settings(s: &Seen, copy: &OwnedFd) -> Result<(Option<records::FdO
         Ok(fd::Kind::TcpListen | fd::Kind::TcpEstablished | fd::Kind::TcpUnconnected | fd::Kind::Udp | fd::Kind::Unix)
     );
     let filter = match socket {
-        true => stasis_sys::sock::filter(copy).map_err(|e| format!("SO_GET_FILTER: {e}"))?,
+        true => stasis_sys::sock::filter(copy).map_err(|e| match e {
+            // The kernel keeps no classic program to hand back.
+            stasis_sys::Errno::EACCES => {
+                "has an eBPF socket program attached (SO_ATTACH_BPF), which cannot be read back (not supported)"
+                    .to_string()
+            }
+            e => format!("SO_GET_FILTER: {e}"),
+        })?,
         false => Vec::new(),
     };
     match stasis_sys::fdtable::owner(copy) {
