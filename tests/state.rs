@@ -652,3 +652,51 @@ fn tcp_half_closed_with_a_peer_outside() {
         assert!(rest.is_empty(), "{name}: {rest:?} after the process exited");
     }
 }
+
+/// A fanotify group with an inode mark, a mount mark and an ignore mask
+/// that survives modification: the same marks (fdinfo) after the restore,
+/// and an event for the marked file still comes.
+#[test]
+fn fanotify_marks() {
+    let setup = "import ctypes\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]\n\
+        fa = libc.fanotify_init(0, os.O_RDONLY)\n\
+        assert fa >= 0, 'fanotify_init: errno %d' % ctypes.get_errno()\n\
+        watched = os.path.realpath(os.path.join(d, 'watched'))\n\
+        ignored = os.path.realpath(os.path.join(d, 'ignored'))\n\
+        for f in (watched, ignored):\n    open(f, 'w').close()\n\
+        # FAN_MODIFY | FAN_CLOSE_WRITE on one file; FAN_OPEN_EXEC on the mount,\n\
+        # ignored (surviving modification) for the other file.\n\
+        for flags, mask, path in ((1, 0x2 | 0x8, watched), (1 | 0x10, 0x1000, d), (1 | 0x20 | 0x40, 0x1000, ignored)):\n    \
+            assert libc.fanotify_mark(fa, flags, mask, -100, path.encode()) == 0, (path, ctypes.get_errno())\n\
+        def marks():\n    \
+            return sorted(l for l in open('/proc/self/fdinfo/%d' % fa) if l.startswith('fanotify'))\n\
+        before = marks()\n\
+        assert len(before) == 4, before";
+    let check = "want('marks', marks(), before)\n\
+        os.set_blocking(fa, False)\n\
+        while True:\n    \
+            try:\n        \
+                os.read(fa, 65536)\n    \
+            except BlockingIOError:\n        \
+                break\n\
+        with open(watched, 'a') as f:\n    f.write('x')\n\
+        got = []\n\
+        for _ in range(100):\n    \
+            try:\n        \
+                buf = os.read(fa, 65536)\n    \
+            except BlockingIOError:\n        \
+                time.sleep(0.02)\n        \
+                continue\n    \
+            while buf:\n        \
+                n, _, _, _, mask, fd, pid = struct.unpack('=IBBHQii', buf[:24])\n        \
+                if fd >= 0:\n            \
+                    got.append((mask, os.readlink('/proc/self/fd/%d' % fd)))\n            \
+                    os.close(fd)\n        \
+                buf = buf[n:]\n    \
+            if any(m & 2 and p == watched for m, p in got):\n        \
+                break\n\
+        want('FAN_MODIFY on the watched file', any(m & 2 and p == watched for m, p in got), True)";
+    both("fanotify", setup, check);
+}

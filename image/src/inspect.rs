@@ -356,6 +356,10 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                         "inotify",
                         n.watches.iter().map(|w| format!("{} {}", w.wd, w.path)).collect::<Vec<_>>().join(", "),
                     ),
+                    Some(fd::Kind::Fanotify(n)) => (
+                        "fanotify",
+                        n.marks.iter().map(|m| format!("{} mask {:#x}", m.path, m.mask)).collect::<Vec<_>>().join(", "),
+                    ),
                     Some(fd::Kind::Pidfd(p)) => ("pidfd", format!("process {}", p.pid)),
                     Some(fd::Kind::Memfd(id)) => ("memfd", format!("shared memory object {id}")),
                     Some(fd::Kind::Eventfd(e)) => ("eventfd", format!("count {}", e.count)),

@@ -542,7 +542,7 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29")]
+    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30")]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -680,6 +680,9 @@ pub mod fd {
         /// The slave of the tree's pseudo-terminal pair with this index.
         #[prost(uint32, tag = "25")]
         PtySlave(u32),
+        /// A fanotify group and its marks.
+        #[prost(message, tag = "30")]
+        Fanotify(super::Fanotify),
     }
 }
 
@@ -766,6 +769,38 @@ pub struct InotifyWatch {
     /// The watched file or directory.
     #[prost(string, tag = "3")]
     pub path: String,
+}
+
+/// A fanotify group (fanotify_init(2)) and its marks; queued events are
+/// not kept.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Fanotify {
+    /// fanotify_init's flags (FAN_CLASS_*, FAN_REPORT_*, FAN_UNLIMITED_*, ...).
+    #[prost(uint32, tag = "1")]
+    pub flags: u32,
+    /// The open flags of the fds it hands out with events (event_f_flags).
+    #[prost(uint32, tag = "2")]
+    pub event_flags: u32,
+    #[prost(message, repeated, tag = "3")]
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// One mark of a fanotify group.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FanotifyMark {
+    /// What it marks: 0 the inode at `path`, FAN_MARK_MOUNT (0x10) the
+    /// mount there, FAN_MARK_FILESYSTEM (0x100) its filesystem.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE, FAN_MARK_IGNORE.
+    #[prost(uint32, tag = "3")]
+    pub flags: u32,
+    #[prost(uint64, tag = "4")]
+    pub mask: u64,
+    #[prost(uint64, tag = "5")]
+    pub ignored_mask: u64,
 }
 
 /// A pidfd (pidfd_open(2)).

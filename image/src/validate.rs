@@ -207,6 +207,11 @@ fn check_fd(
                 check_str(&w.path, MAX_PATH)?;
             }
         }
+        Some(fd::Kind::Fanotify(n)) => {
+            for m in &n.marks {
+                check_str(&m.path, MAX_PATH)?;
+            }
+        }
         Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) | Some(fd::Kind::TcpUnconnected(s)) => check_inet(s)?,
         Some(fd::Kind::Tcp(c)) => {
             let s = c.socket.as_ref().ok_or_else(|| "TCP connection without addresses".to_string())?;

@@ -1138,13 +1138,15 @@ impl FdDumper {
             | fd::Kind::Pidfd
             | fd::Kind::Memfd
             | fd::Kind::TcpEstablished
-            | fd::Kind::Inotify => {
+            | fd::Kind::Inotify
+            | fd::Kind::Fanotify => {
                 let what = match kind {
                     fd::Kind::Epoll => "an epoll instance",
                     fd::Kind::Signalfd => "a signalfd",
                     fd::Kind::Pidfd => "a pidfd",
                     fd::Kind::Memfd => "a memfd",
                     fd::Kind::Inotify => "an inotify instance",
+                    fd::Kind::Fanotify => "a fanotify group",
                     _ => "an established TCP connection",
                 };
                 return Err(format!(

@@ -59,7 +59,7 @@ pub fn dump(pid: Pid, seen: &Seen) -> Result<Kind, String> {
 
 /// The path of the inode `handle` names on device `sdev` (the kernel's
 /// encoding: major << 20 | minor).
-fn path_of(sdev: u64, handle_type: i32, handle: &[u8]) -> Result<String, String> {
+pub(super) fn path_of(sdev: u64, handle_type: i32, handle: &[u8]) -> Result<String, String> {
     let want = format!("{}:{}", sdev >> 20, sdev & 0xf_ffff);
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("mountinfo: {e}"))?;
     let mount_point = mountinfo

@@ -12,6 +12,7 @@
 pub mod device;
 pub mod epoll;
 pub mod event;
+pub mod fanotify;
 pub mod file;
 pub mod inotify;
 pub mod pipe;
@@ -59,6 +60,8 @@ pub enum Kind {
     Pidfd,
     /// An inotify instance.
     Inotify,
+    /// A fanotify group.
+    Fanotify,
     /// A memfd: dumped with the tree's shared memory objects.
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
@@ -160,6 +163,7 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
         "anon_inode:[signalfd]" => return Ok(Kind::Signalfd),
         "anon_inode:[pidfd]" => return Ok(Kind::Pidfd),
         "anon_inode:inotify" => return Ok(Kind::Inotify),
+        "anon_inode:[fanotify]" => return Ok(Kind::Fanotify),
         _ => {}
     }
     if let Some(rest) = target.strip_prefix("anon_inode:") {
@@ -228,6 +232,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Tty => Ok((tty::dump(pid, seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
+        Kind::Fanotify => Ok((fanotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {
             Ok((socket::dump(pid, seen, copy)?, Extra::default()))

@@ -316,6 +316,7 @@ impl<'a> Planner<'a> {
                     object
                 }
                 Kind::Inotify(n) => crate::fd::inotify::restore(n, flags).map_err(other)?,
+                Kind::Fanotify(n) => crate::fd::fanotify::restore(n, flags).map_err(other)?,
                 Kind::Memfd(id) => {
                     let memfd = self.shmem.get(id).ok_or_else(|| other(format!("memfd {id} was not made")))?;
                     // A description of its own, with its flags and position.

@@ -2465,6 +2465,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Signalfd(_) => "signalfd",
         fd::Kind::Pidfd(_) => "pidfd",
         fd::Kind::Inotify(_) => "inotify",
+        fd::Kind::Fanotify(_) => "fanotify",
         fd::Kind::Memfd(_) => "memfd",
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::TcpUnconnected(_) => "tcp-unconnected",
