@@ -700,3 +700,29 @@ fn fanotify_marks() {
         want('FAN_MODIFY on the watched file', any(m & 2 and p == watched for m, p in got), True)";
     both("fanotify", setup, check);
 }
+
+/// Guard regions (MADV_GUARD_INSTALL) in the middle of a private mapping:
+/// still there after the restore (pagemap bit 58), a touch still faults,
+/// and the pages around them keep their bytes.
+#[test]
+fn guard_regions() {
+    let setup = "import ctypes, mmap\n\
+        m = mmap.mmap(-1, 8 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n\
+        m[:] = bytes(range(256)) * 128\n\
+        m.madvise(102, 2 * 4096, 2 * 4096)\n\
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+        def guarded():\n    \
+            with open('/proc/self/pagemap', 'rb') as f:\n        \
+                f.seek((addr >> 12) * 8)\n        \
+                return [e >> 58 & 1 for e in struct.unpack('<8Q', f.read(64))]\n\
+        assert guarded() == [0, 0, 1, 1, 0, 0, 0, 0], guarded()";
+    let check = "want('guards', guarded(), [0, 0, 1, 1, 0, 0, 0, 0])\n\
+        want('bytes', [m[i * 4096:(i + 1) * 4096] == bytes(range(256)) * 16 for i in (0, 1, 4, 5, 6, 7)], [True] * 6)\n\
+        child = os.fork()\n\
+        if child == 0:\n    \
+            m[2 * 4096]\n    \
+            os._exit(0)\n\
+        status = os.waitpid(child, 0)[1]\n\
+        want('a touch', os.WIFSIGNALED(status) and os.WTERMSIG(status), signal.SIGSEGV)";
+    both("guards", setup, check);
+}

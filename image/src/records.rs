@@ -453,6 +453,10 @@ pub struct Vma {
     /// 0 for none. Its pages are the object's, not the mapping's.
     #[prost(uint64, tag = "10")]
     pub shmem: u64,
+    /// Guard regions in it (MADV_GUARD_INSTALL): start and end address of
+    /// each, in order.
+    #[prost(uint64, repeated, tag = "11")]
+    pub guards: Vec<u64>,
 }
 
 /// What a mapping is.

@@ -143,6 +143,8 @@ impl Categories {
     pub const HUGE: Categories = Categories(1 << 6);
     /// Soft-dirty (always clear without CONFIG_MEM_SOFT_DIRTY).
     pub const SOFT_DIRTY: Categories = Categories(1 << 7);
+    /// A guard region (MADV_GUARD_INSTALL; reported since Linux 6.14).
+    pub const GUARD: Categories = Categories(1 << 8);
 
     /// Whether every bit of `other` is set.
     pub fn contains(self, other: Categories) -> bool {

@@ -145,6 +145,7 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
             madvise: advice,
             has_pages: pages != Pages::None,
             shmem: 0,
+            guards: Vec::new(),
         },
         pages,
     })
@@ -205,7 +206,10 @@ pub fn store(
         };
         let regions =
             pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
-        runs.extend(regions.into_iter().map(|r| (r.start, r.end, v.prot & PROT_READ != 0)));
+        // Guard regions show as swapped (their markers are swap entries),
+        // but have nothing to read.
+        let regions = regions.into_iter().flat_map(|r| without(r.start..r.end, &v.guards));
+        runs.extend(regions.map(|r| (r.start, r.end, v.prot & PROT_READ != 0)));
     }
 
     let total: u64 = runs.iter().map(|(s, e, _)| e - s).sum();
@@ -253,6 +257,56 @@ pub fn store(
         Ok(())
     })?;
     Ok(stats)
+}
+
+/// What of `range` is outside the `[start, end)` pairs of `holes` (in
+/// address order).
+fn without(range: std::ops::Range<u64>, holes: &[u64]) -> Vec<std::ops::Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = range.start;
+    for h in holes.chunks_exact(2) {
+        let (start, end) = (h[0].max(at), h[1].min(range.end));
+        if start >= end {
+            continue;
+        }
+        if at < start {
+            out.push(at..start);
+        }
+        at = end;
+    }
+    if at < range.end {
+        out.push(at..range.end);
+    }
+    out
+}
+
+/// Record the guard regions (MADV_GUARD_INSTALL, Linux 6.13) of each
+/// mapping: they have no page and no mapping of their own, only a fault
+/// for whoever touches them, and PAGEMAP_SCAN reports them (PAGE_IS_GUARD,
+/// Linux 6.14). A kernel that does not know the category (EINVAL; ENOTTY
+/// without PAGEMAP_SCAN) has none to report.
+pub fn find_guards(pid: Pid, plans: &mut [Planned]) -> Result<(), MemoryError> {
+    let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
+    for plan in plans {
+        let v = &mut plan.vma;
+        let req = ScanRequest {
+            range: v.start..v.end,
+            flags: 0,
+            required: Categories::GUARD,
+            any_of: Categories::NONE,
+            inverted: Categories::NONE,
+            report: Categories::GUARD,
+        };
+        match pagemap.scan(&req) {
+            Ok(regions) => v.guards = regions.iter().flat_map(|r| [r.start, r.end]).collect(),
+            Err(stasis_sys::pagemap::Error::Scan {
+                errno: stasis_sys::Errno::EINVAL | stasis_sys::Errno::ENOTTY,
+                ..
+            }) => return Ok(()),
+            Err(e) => return Err(MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) }),
+        }
+    }
+    Ok(())
 }
 
 /// Read `[at, end)` of `pid`: process_vm_readv for readable memory,
@@ -362,6 +416,14 @@ pub enum MemoryError {
 mod tests {
     use super::*;
     use crate::proc::parse_smaps;
+
+    #[test]
+    fn ranges_without_holes() {
+        assert_eq!(without(0..10, &[]), vec![0..10]);
+        assert_eq!(without(0..10, &[2, 4, 6, 7]), vec![0..2, 4..6, 7..10]);
+        assert_eq!(without(2..4, &[2, 4]), vec![]);
+        assert_eq!(without(3..10, &[0, 4, 9, 12]), vec![4..9]);
+    }
 
     #[test]
     fn plans_of_common_mappings() {

@@ -745,6 +745,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
             }
         }
         process.mm = i as u32 + 1;
+        memory::find_guards(pid, &mut plans)?;
         process.vmas = plans.iter().map(|p| p.vma.clone()).collect();
         process.fds = fds.dump(pid, &seen, &processes, &mut shmem)?;
         kernel.get_or_insert_with(|| task::kernel_layout(pid, &maps));

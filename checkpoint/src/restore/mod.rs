@@ -1565,6 +1565,7 @@ impl Puppet {
         }
         phase("map");
         let pages = write_memory(image, pid, p.mm, progress)?;
+        r.guards(p)?;
         phase("memory");
 
         r.mm_fields(p, deleted)?;
@@ -2024,6 +2025,19 @@ impl Remote<'_, '_> {
                     }
                 }
                 added?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The guard regions of each mapping (MADV_GUARD_INSTALL), once its
+    /// memory is written.
+    fn guards(&mut self, p: &Process) -> Result<(), RestoreError> {
+        const MADV_GUARD_INSTALL: u64 = 102;
+        for v in &p.vmas {
+            for g in v.guards.chunks_exact(2) {
+                let what = format!("guard region {:#x}-{:#x}", g[0], g[1]);
+                self.call(&what, libc::SYS_madvise, [g[0], g[1] - g[0], MADV_GUARD_INSTALL, 0, 0, 0])?;
             }
         }
         Ok(())
