@@ -575,8 +575,8 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
 
 /// State a restore cannot make again faithfully is refused at dump by
 /// name, and the process runs on: a pending SIGTRAP (a debugger's trap), a
-/// time namespace made for the children, a corked UDP socket, an AIO ring,
-/// an eBPF socket program.
+/// time namespace made for the children, a corked UDP socket, an eBPF
+/// socket program.
 #[test]
 fn dump_refuses_state_it_cannot_make_again() {
     let cases = [
@@ -595,11 +595,6 @@ fn dump_refuses_state_it_cannot_make_again() {
             "import socket; u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 0)); \
              u.setsockopt(socket.IPPROTO_UDP, 1, 1)",
             "is corked (UDP_CORK",
-        ),
-        (
-            "aio",
-            "import ctypes; ctx = ctypes.c_ulong(0); assert ctypes.CDLL(None).syscall(206, 8, ctypes.byref(ctx)) == 0",
-            "is an AIO ring (io_setup",
         ),
         (
             "ebpf-filter",

@@ -726,3 +726,53 @@ fn guard_regions() {
         want('a touch', os.WIFSIGNALED(status) and os.WTERMSIG(status), signal.SIGSEGV)";
     both("guards", setup, check);
 }
+
+/// AIO contexts (io_setup) with completed events, some read and some
+/// not, one whose tail has wrapped round the ring: head and tail come
+/// back, the unread events are read after the restore, and new requests
+/// complete through the same context.
+#[test]
+fn aio_ring() {
+    let setup = "import ctypes\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        libc.syscall.restype = ctypes.c_long\n\
+        ctx = ctypes.c_ulong(0)\n\
+        assert libc.syscall(206, 8, ctypes.byref(ctx)) == 0, 'io_setup: errno %d' % ctypes.get_errno()\n\
+        f = os.open(os.path.join(d, 'out'), os.O_RDWR | os.O_CREAT, 0o600)\n\
+        bufs = [ctypes.create_string_buffer(b'data%d' % i) for i in range(8)]\n\
+        keep = []\n\
+        def submit(i, c=ctx):\n    \
+            cb = ctypes.create_string_buffer(struct.pack('<QIIHhIQQqQII', i, 0, 0, 1, 0, f, ctypes.addressof(bufs[i % 8]), 5, i * 5, 0, 0, 0), 64)\n    \
+            keep.append(cb)\n    \
+            ptrs = (ctypes.c_void_p * 1)(ctypes.addressof(cb))\n    \
+            assert libc.syscall(209, ctypes.c_ulong(c.value), 1, ptrs) == 1, 'io_submit: errno %d' % ctypes.get_errno()\n\
+        def getevents(n, c=ctx):\n    \
+            evs = ctypes.create_string_buffer(32 * n)\n    \
+            r = libc.syscall(208, ctypes.c_ulong(c.value), n, n, evs, None)\n    \
+            return [struct.unpack('<QQqq', evs.raw[32 * i:32 * i + 32])[0::2] for i in range(r)]\n\
+        def head_tail(c=ctx):\n    \
+            return struct.unpack('<4I', ctypes.string_at(c.value, 16))[1:]\n\
+        for i in (1, 2, 3):\n    submit(i)\n\
+        assert getevents(2) == [(1, 5), (2, 5)]\n\
+        assert head_tail()[1:] == (2, 3), head_tail()\n\
+        wrapped = ctypes.c_ulong(0)\n\
+        assert libc.syscall(206, 8, ctypes.byref(wrapped)) == 0\n\
+        nr = head_tail(wrapped)[0]\n\
+        for i in range(nr - 2):\n    \
+            submit(100 + i, wrapped)\n    \
+            assert getevents(1, wrapped) == [(100 + i, 5)]\n\
+        for i in range(3):\n    submit(1000 + i, wrapped)\n\
+        at = head_tail(wrapped)\n\
+        assert at[2] < at[1], at";
+    let check = "want('head and tail', head_tail()[1:], (2, 3))\n\
+        want('wrapped: head and tail', head_tail(wrapped), at)\n\
+        want('wrapped: the events not read', getevents(3, wrapped), [(1000, 5), (1001, 5), (1002, 5)])\n\
+        submit(2000, wrapped)\n\
+        want('wrapped: a new one', getevents(1, wrapped), [(2000, 5)])\n\
+        want('the event not read', getevents(1), [(3, 5)])\n\
+        submit(4)\n\
+        want('a new one', getevents(1), [(4, 5)])\n\
+        want('written', os.pread(f, 25, 0), b'\\0' * 5 + b'data1data2data3data4')\n\
+        want('io_destroy', libc.syscall(207, ctypes.c_ulong(ctx.value)), 0)";
+    both("aio", setup, check);
+}

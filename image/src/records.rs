@@ -475,6 +475,8 @@ pub enum VmaKind {
     SharedInternal = 8,
     /// A mapping of a memfd ([`Vma::shmem`] names it).
     Shmem = 9,
+    /// An AIO ring (io_setup): its pages hold the ring's header and events.
+    AioRing = 10,
 }
 
 /// Bits of [`Vma::madvise`].

@@ -100,9 +100,9 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         name if name.starts_with("/memfd:") => {
             (VmaKind::Shmem, if m.shared { Pages::None } else { Pages::Anonymous }, None)
         }
-        name if name.starts_with("/[aio]") => {
-            return Err(format!("{} is an AIO ring (io_setup; not supported yet)", what()))
-        }
+        // Its pages (header and completed events) are stored; restore makes
+        // a ring of the same size and puts them back.
+        name if name.starts_with("/[aio]") => (VmaKind::AioRing, Pages::All, None),
         name if name.starts_with('/') => {
             // A deleted file's contents are stored with the image (by
             // the dumper, once per file) and it is made again at restore.

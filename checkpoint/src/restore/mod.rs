@@ -1566,6 +1566,7 @@ impl Puppet {
         phase("map");
         let pages = write_memory(image, pid, p.mm, progress)?;
         r.guards(p)?;
+        r.aio_rings(p)?;
         phase("memory");
 
         r.mm_fields(p, deleted)?;
@@ -2038,6 +2039,95 @@ impl Remote<'_, '_> {
             for g in v.guards.chunks_exact(2) {
                 let what = format!("guard region {:#x}-{:#x}", g[0], g[1]);
                 self.call(&what, libc::SYS_madvise, [g[0], g[1] - g[0], MADV_GUARD_INSTALL, 0, 0, 0])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// AIO rings (io_setup), as CRIU's restorer does: the ring was mapped
+    /// as anonymous memory holding its dumped pages; a new ring of the same
+    /// size is set up, its kernel-side tail moved to the dumped one by
+    /// submitting that many one-byte writes to /dev/null (they complete at
+    /// once; the head is moved along so the ring never fills), the dumped
+    /// events and head copied in, and the ring moved over the placeholder
+    /// with mremap (the kernel follows it: the process's context id is the
+    /// ring's address). Requests still in flight at dump time are not
+    /// known to the kernel's new ring: their completions never come.
+    fn aio_rings(&mut self, p: &Process) -> Result<(), RestoreError> {
+        const HEADER: u64 = 32; // struct aio_ring, without the events
+        const EVENT: u64 = 32; // struct io_event
+        const IOCB_CMD_PWRITE: u16 = 1;
+        for v in p.vmas.iter().filter(|v| v.kind == VmaKind::AioRing as i32) {
+            let what = format!("AIO ring {:#x}-{:#x}", v.start, v.end);
+            let err = |e: String| step(&what)(e);
+            let len = v.end - v.start;
+            let mut old = vec![0u8; len as usize];
+            stasis_sys::process_vm::read_exact(self.pid, RemoteAddr(v.start), &mut old)
+                .map_err(|e| err(crate::chain(&e)))?;
+            let word = |b: &[u8], i: usize| u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+            let (nr, head, tail) = (word(&old, 1), word(&old, 2), word(&old, 3));
+            let fits = ((len - HEADER) / EVENT) as u32;
+            if nr != fits || head >= nr || tail >= nr || nr < 3 {
+                return Err(err(format!("the ring's header is not sane (nr {nr}, head {head}, tail {tail})")));
+            }
+            // What io_setup turns into `nr` events (fs/aio.c ioctx_alloc
+            // doubles the request and adds 2).
+            let requested = u64::from((fits - 2) / 2);
+            let ctx_at = self.put(0, &[0u8; 8])?;
+            self.call(&what, libc::SYS_io_setup, [requested, ctx_at, 0, 0, 0, 0])?;
+            let mut raw = [0u8; 8];
+            stasis_sys::process_vm::read_exact(self.pid, RemoteAddr(ctx_at), &mut raw)
+                .map_err(|e| err(crate::chain(&e)))?;
+            let ctx = u64::from_le_bytes(raw);
+            let mut header = [0u8; HEADER as usize];
+            stasis_sys::process_vm::read_exact(self.pid, RemoteAddr(ctx), &mut header)
+                .map_err(|e| err(crate::chain(&e)))?;
+            if word(&header, 1) != nr {
+                return Err(err(format!("io_setup({requested}) made a ring of {} events, not {nr}", word(&header, 1))));
+            }
+            let set_head = |r: &mut Self, h: u32| {
+                stasis_sys::process_vm::write_exact(r.pid, RemoteAddr(ctx + 8), &h.to_le_bytes())
+                    .map_err(|e| err(crate::chain(&e)))
+            };
+            let count = u64::from(if tail >= head { tail } else { nr + tail });
+            if count > 0 {
+                let null = self.path(0, "/dev/null")?;
+                let fd =
+                    self.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, null, libc::O_WRONLY as u64, 0, 0, 0])?;
+                // Scratch: the iocb at 64, its byte at 128, pointers from 256.
+                let batch = count.min(u64::from(nr) - 1).min((SCRATCH_LEN as u64 - 256) / 8);
+                let mut iocb = [0u8; 64];
+                iocb[16..18].copy_from_slice(&IOCB_CMD_PWRITE.to_le_bytes());
+                iocb[20..24].copy_from_slice(&(fd as u32).to_le_bytes());
+                iocb[24..32].copy_from_slice(&(self.scratch + 128).to_le_bytes());
+                iocb[32..40].copy_from_slice(&1u64.to_le_bytes());
+                let iocb_at = self.put(64, &iocb)?;
+                let pointers: Vec<u8> = (0..batch).flat_map(|_| iocb_at.to_le_bytes()).collect();
+                let pointers_at = self.put(256, &pointers)?;
+                let mut done = 0;
+                let result = (|| {
+                    while done < count {
+                        let n = (count - done).min(batch);
+                        let r = self.call(&what, libc::SYS_io_submit, [ctx, n, pointers_at, 0, 0, 0])?;
+                        if r == 0 {
+                            return Err(err(format!("io_submit took none of {n} requests")));
+                        }
+                        done += r;
+                        // As if the process had read them (up to its head).
+                        set_head(self, (done as u32).min(head))?;
+                    }
+                    Ok(())
+                })();
+                self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                result?;
+            }
+            stasis_sys::process_vm::write_exact(self.pid, RemoteAddr(ctx + HEADER), &old[HEADER as usize..])
+                .map_err(|e| err(crate::chain(&e)))?;
+            set_head(self, head)?;
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            let moved = self.call(&what, libc::SYS_mremap, [ctx, len, len, flags, v.start, 0])?;
+            if moved != v.start {
+                return Err(err(format!("mremap put the ring at {moved:#x}")));
             }
         }
         Ok(())
