@@ -776,3 +776,47 @@ fn aio_ring() {
         want('io_destroy', libc.syscall(207, ctypes.c_ulong(ctx.value)), 0)";
     both("aio", setup, check);
 }
+
+/// inotify watches on a file deleted while open: the file is made again
+/// (its bytes, one inode for the fd and the watch), and the watch still
+/// reports a write through the fd under its old descriptor.
+#[test]
+fn inotify_watch_on_a_deleted_file() {
+    let setup = "import ctypes\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        path = os.path.join(d, 'gone')\n\
+        with open(path, 'w') as f:\n    f.write('still here')\n\
+        held = os.open(path, os.O_RDWR)\n\
+        ino = ctypes.c_int(libc.inotify_init1(os.O_NONBLOCK)).value\n\
+        other = os.path.join(d, 'other')\n\
+        open(other, 'w').close()\n\
+        wd_other = libc.inotify_add_watch(ino, other.encode(), 0x2)\n\
+        wd = libc.inotify_add_watch(ino, path.encode(), 0x2 | 0x4)\n\
+        assert (wd_other, wd) == (1, 2), (wd_other, wd)\n\
+        os.unlink(path)\n\
+        while True:\n    \
+            try:\n        \
+                os.read(ino, 4096)\n    \
+            except BlockingIOError:\n        \
+                break";
+    let check = "want('bytes', os.pread(held, 64, 0), b'still here')\n\
+        want('still deleted', os.readlink('/proc/self/fd/%d' % held).endswith(' (deleted)'), True)\n\
+        while True:\n    \
+            try:\n        \
+                os.read(ino, 4096)\n    \
+            except BlockingIOError:\n        \
+                break\n\
+        os.pwrite(held, b'!', 10)\n\
+        time.sleep(0.1)\n\
+        events = []\n\
+        try:\n    \
+            buf = os.read(ino, 4096)\n\
+        except BlockingIOError:\n    \
+            buf = b''\n\
+        while buf:\n    \
+            w, mask, _, n = struct.unpack('iIII', buf[:16])\n    \
+            events.append((w, mask))\n    \
+            buf = buf[16 + n:]\n\
+        want('IN_MODIFY on the watch', (wd, 0x2) in events, True)";
+    both("inotify-deleted", setup, check);
+}

@@ -775,6 +775,10 @@ pub struct InotifyWatch {
     /// The watched file or directory.
     #[prost(string, tag = "3")]
     pub path: String,
+    /// A watched file that was deleted (and is still open somewhere): made
+    /// again from its contents, as the tree's deleted files are.
+    #[prost(message, optional, tag = "4")]
+    pub deleted: Option<FileRef>,
 }
 
 /// A fanotify group (fanotify_init(2)) and its marks; queued events are

@@ -205,6 +205,9 @@ fn check_fd(
                     return Err(format!("inotify watch descriptor {}", w.wd));
                 }
                 check_str(&w.path, MAX_PATH)?;
+                if let Some(f) = &w.deleted {
+                    check_file(f)?;
+                }
             }
         }
         Some(fd::Kind::Fanotify(n)) => {

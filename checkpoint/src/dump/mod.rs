@@ -1067,8 +1067,19 @@ impl FdDumper {
         if let Some(p) = extra.pipe {
             self.pipes.entry(p.id).or_insert(p);
         }
-        if let (Some(data), records::fd::Kind::File(file)) = (extra.contents, kind) {
-            let Ok(()) = self.deleted_contents::<std::convert::Infallible>(file, || Ok(data));
+        match kind {
+            records::fd::Kind::File(file) => {
+                if let Some(data) = extra.contents {
+                    let Ok(()) = self.deleted_contents::<std::convert::Infallible>(file, || Ok(data));
+                }
+            }
+            records::fd::Kind::Inotify(n) => {
+                let deleted = n.watches.iter_mut().filter_map(|w| w.deleted.as_mut());
+                for (file, data) in deleted.zip(extra.watched) {
+                    let Ok(()) = self.deleted_contents::<std::convert::Infallible>(file, || Ok(data));
+                }
+            }
+            _ => {}
         }
     }
 

@@ -10,6 +10,7 @@
 //! its watches by them), and the IN_IGNORED events that leaves are read
 //! away. Events queued at dump time are not kept.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -18,7 +19,7 @@ use stasis_image::records::{fd::Kind, Inotify, InotifyWatch};
 use stasis_sys::nix::libc;
 use stasis_sys::{fhandle, Pid};
 
-use super::Seen;
+use super::{Extra, Seen};
 use crate::proc;
 
 /// The bits of a watch mask that inotify_add_watch takes back.
@@ -46,20 +47,50 @@ pub fn parse(text: &str) -> Result<Vec<Line>, String> {
     Ok(out)
 }
 
-pub fn dump(pid: Pid, seen: &Seen) -> Result<Kind, String> {
+/// The instance's watches; a watched file that was deleted (and is still
+/// open, else the kernel would have dropped the watch) is recorded with its
+/// contents, in [`Extra::watched`], to be made again.
+pub fn dump(pid: Pid, seen: &Seen) -> Result<(Kind, Extra), String> {
     let text = proc::read(pid, &format!("fdinfo/{}", seen.fd)).map_err(|e| format!("fdinfo: {e}"))?;
     let mut watches = Vec::new();
     for (wd, mask, sdev, handle_type, handle) in parse(&text)? {
-        let path = path_of(sdev, handle_type, &handle).map_err(|e| format!("inotify watch {wd}: {e}"))?;
-        watches.push(InotifyWatch { wd, mask: mask & USER_MASK, path });
+        let err = |e: String| format!("inotify watch {wd}: {e}");
+        let (fd, path) = open_watched(sdev, handle_type, &handle).map_err(err)?;
+        let mut watch = InotifyWatch { wd, mask: mask & USER_MASK, path, deleted: None };
+        if let Some(path) = watch.path.strip_suffix(" (deleted)") {
+            let file = super::file::file_ref(path, &fd).map_err(err)?;
+            if file.mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(err(format!("deleted {path} is not a regular file")));
+            }
+            // The handle opened for reading this time.
+            let reader = fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| err(e.to_string()))?;
+            let data = super::file::read_all(&reader.into(), file.size).map_err(err)?;
+            watch.path = path.to_owned();
+            watch.deleted = Some(file);
+            watches.push((watch, Some(data)));
+        } else {
+            watches.push((watch, None));
+        }
     }
-    watches.sort_by_key(|w| w.wd);
-    Ok(Kind::Inotify(Inotify { watches }))
+    watches.sort_by_key(|(w, _)| w.wd);
+    let watched = watches.iter_mut().filter_map(|(_, data)| data.take()).collect();
+    let watches = watches.into_iter().map(|(w, _)| w).collect();
+    Ok((Kind::Inotify(Inotify { watches }), Extra { watched, ..Extra::default() }))
 }
 
 /// The path of the inode `handle` names on device `sdev` (the kernel's
-/// encoding: major << 20 | minor).
+/// encoding: major << 20 | minor); refused when it was deleted.
 pub(super) fn path_of(sdev: u64, handle_type: i32, handle: &[u8]) -> Result<String, String> {
+    let (_, path) = open_watched(sdev, handle_type, handle)?;
+    if path.ends_with(" (deleted)") {
+        return Err(format!("the watched file {path} was deleted"));
+    }
+    Ok(path)
+}
+
+/// The inode `handle` names on device `sdev`, opened O_PATH, and its path
+/// (" (deleted)" at the end when it was).
+fn open_watched(sdev: u64, handle_type: i32, handle: &[u8]) -> Result<(OwnedFd, String), String> {
     let want = format!("{}:{}", sdev >> 20, sdev & 0xf_ffff);
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("mountinfo: {e}"))?;
     let mount_point = mountinfo
@@ -75,16 +106,13 @@ pub(super) fn path_of(sdev: u64, handle_type: i32, handle: &[u8]) -> Result<Stri
     let fd = fhandle::open_by_handle(mount.as_fd(), handle_type, handle, libc::O_PATH)
         .map_err(|e| format!("the watched file is gone ({e})"))?;
     let path = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())?;
-    let path = path.to_string_lossy().into_owned();
-    if path.ends_with(" (deleted)") {
-        return Err(format!("the watched file {path} was deleted"));
-    }
-    Ok(path)
+    Ok((fd, path.to_string_lossy().into_owned()))
 }
 
 /// A new instance with the same watches at the same descriptors, and
-/// `flags` (O_NONBLOCK) on its description.
-pub fn restore(n: &Inotify, flags: i32) -> Result<OwnedFd, String> {
+/// `flags` (O_NONBLOCK) on its description; a deleted file is watched
+/// through the agent's fd of the file made again (`deleted`, by contents).
+pub fn restore(n: &Inotify, flags: i32, deleted: &HashMap<u32, OwnedFd>) -> Result<OwnedFd, String> {
     use stasis_sys::inotify::{add_watch, init, rm_watch};
     let fd = init(libc::IN_CLOEXEC | libc::IN_NONBLOCK).map_err(|e| format!("inotify_init1: {e}"))?;
     // Placeholders go on a directory of our own, so they never share an
@@ -100,8 +128,17 @@ pub fn restore(n: &Inotify, flags: i32) -> Result<OwnedFd, String> {
                 rm_watch(fd.as_fd(), wd).map_err(|e| format!("placeholder: {e}"))?;
                 next = wd + 1;
             }
-            let path = CString::new(w.path.as_bytes()).map_err(|e| e.to_string())?;
-            let wd = add_watch(fd.as_fd(), &path, w.mask).map_err(|e| format!("cannot watch {}: {e}", w.path))?;
+            let (path, mask) = match &w.deleted {
+                Some(file) => {
+                    let made =
+                        deleted.get(&file.contents_mm).ok_or_else(|| format!("deleted {} was not made", file.path))?;
+                    // The magic link is the file itself: followed.
+                    (format!("/proc/self/fd/{}", made.as_raw_fd()), w.mask & !libc::IN_DONT_FOLLOW)
+                }
+                None => (w.path.clone(), w.mask),
+            };
+            let path = CString::new(path).map_err(|e| e.to_string())?;
+            let wd = add_watch(fd.as_fd(), &path, mask).map_err(|e| format!("cannot watch {}: {e}", w.path))?;
             if wd != w.wd {
                 return Err(format!("{} got watch descriptor {wd}, not {}", w.path, w.wd));
             }

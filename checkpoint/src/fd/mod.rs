@@ -218,6 +218,9 @@ pub struct Extra {
     pub pipe: Option<records::Pipe>,
     /// Contents of a deleted file, to be stored in the memory index.
     pub contents: Option<Vec<u8>>,
+    /// Contents of each deleted file an inotify instance watches, in the
+    /// order of its watches.
+    pub watched: Vec<Vec<u8>>,
 }
 
 /// Dump one fd from the agent's copy of it.
@@ -231,7 +234,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Device => Ok((device::dump(seen), Extra::default())),
         Kind::Tty => Ok((tty::dump(pid, seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
-        Kind::Inotify => Ok((inotify::dump(pid, seen)?, Extra::default())),
+        Kind::Inotify => inotify::dump(pid, seen),
         Kind::Fanotify => Ok((fanotify::dump(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {

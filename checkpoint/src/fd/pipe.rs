@@ -25,7 +25,7 @@ pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(u64, Pipe), String> {
 pub fn dump_fifo(seen: &Seen, copy: &OwnedFd) -> Result<(Kind, Extra), String> {
     let file = file::file_ref(&seen.target, copy)?;
     let (_, pipe) = dump(seen, copy)?;
-    Ok((Kind::Fifo(Fifo { file: Some(file), pipe: seen.ino }), Extra { pipe: Some(pipe), contents: None }))
+    Ok((Kind::Fifo(Fifo { file: Some(file), pipe: seen.ino }), Extra { pipe: Some(pipe), ..Extra::default() }))
 }
 
 /// The capacity of the pipe behind `fd` and the bytes in it, unconsumed.

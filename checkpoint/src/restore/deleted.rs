@@ -30,12 +30,17 @@ pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedF
     let mapped =
         tree.processes.iter().flat_map(|p| &p.vmas).filter_map(|v| Some((v.file.as_ref()?, v.flags & shared != 0)));
     let passed = tree.unix_sockets.iter().flat_map(|s| &s.passed).flat_map(|m| &m.fds);
-    let open = tree.processes.iter().flat_map(|p| &p.fds).chain(passed).filter_map(|f| match &f.kind {
+    let fds = || tree.processes.iter().flat_map(|p| &p.fds).chain(passed.clone());
+    let open = fds().filter_map(|f| match &f.kind {
         Some(Kind::File(file)) => Some((file, f.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY)),
         _ => None,
     });
+    let watched = fds().filter_map(|f| match &f.kind {
+        Some(Kind::Inotify(n)) => Some(n.watches.iter().filter_map(|w| Some((w.deleted.as_ref()?, false)))),
+        _ => None,
+    });
     let mut files: HashMap<u32, (&FileRef, bool)> = HashMap::new();
-    for (f, writes) in mapped.chain(open).filter(|(f, _)| f.deleted) {
+    for (f, writes) in mapped.chain(open).chain(watched.flatten()).filter(|(f, _)| f.deleted) {
         files.entry(f.contents_mm).or_insert((f, false)).1 |= writes;
     }
     let mut made = HashMap::new();

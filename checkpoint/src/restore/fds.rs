@@ -315,7 +315,7 @@ impl<'a> Planner<'a> {
                     set_status_flags(&object, flags).map_err(other)?;
                     object
                 }
-                Kind::Inotify(n) => crate::fd::inotify::restore(n, flags).map_err(other)?,
+                Kind::Inotify(n) => crate::fd::inotify::restore(n, flags, self.deleted).map_err(other)?,
                 Kind::Fanotify(n) => crate::fd::fanotify::restore(n, flags).map_err(other)?,
                 Kind::Memfd(id) => {
                     let memfd = self.shmem.get(id).ok_or_else(|| other(format!("memfd {id} was not made")))?;
