@@ -820,3 +820,32 @@ fn inotify_watch_on_a_deleted_file() {
         want('IN_MODIFY on the watch', (wd, 0x2) in events, True)";
     both("inotify-deleted", setup, check);
 }
+
+/// Membership of a cgroup in a named v1 hierarchy (`name=systemd`, no
+/// controller): the restored process is back in it.
+#[test]
+fn named_cgroup_v1_hierarchy() {
+    let root = std::path::Path::new("/sys/fs/cgroup/systemd");
+    assert!(
+        root.join("cgroup.procs").exists(),
+        "this test needs the named cgroup v1 hierarchy name=systemd mounted at {}",
+        root.display()
+    );
+    let name = format!("stasis-state-{}", std::process::id());
+    let dir = root.join(&name);
+    fs::create_dir_all(&dir).unwrap();
+    let setup = format!(
+        "open('{}/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         line = [l for l in open('/proc/self/cgroup') if ':name=systemd:' in l][0]\n\
+         assert line.strip().endswith('/{name}'), line",
+        dir.display()
+    );
+    let check = "want('cgroup', [l for l in open('/proc/self/cgroup') if ':name=systemd:' in l][0], line)";
+    both("named-cgroup", &setup, check);
+    // Removed once the processes are reaped (PID 1 reaps lazily here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while let Err(e) = fs::remove_dir(&dir) {
+        assert!(std::time::Instant::now() < deadline, "cannot remove {}: {e}", dir.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
