@@ -849,3 +849,38 @@ fn named_cgroup_v1_hierarchy() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// File leases (F_SETLEASE), a read lease and a write lease: F_GETLEASE
+/// tells them after the restore, and they still work: an open that
+/// conflicts is refused (EWOULDBLOCK, non-blocking) and the holder gets
+/// SIGIO to give the lease up.
+#[test]
+fn file_leases() {
+    let setup = "F_SETLEASE, F_GETLEASE = 1024, 1025\n\
+        sigio = []\n\
+        signal.signal(signal.SIGIO, lambda *a: sigio.append(1))\n\
+        rpath, wpath = os.path.join(d, 'read-leased'), os.path.join(d, 'write-leased')\n\
+        for p in (rpath, wpath):\n    open(p, 'w').close()\n\
+        r = os.open(rpath, os.O_RDONLY)\n\
+        w = os.open(wpath, os.O_RDONLY)\n\
+        fcntl.fcntl(r, F_SETLEASE, fcntl.F_RDLCK)\n\
+        fcntl.fcntl(w, F_SETLEASE, fcntl.F_WRLCK)";
+    let check = "want('leases', [fcntl.fcntl(x, F_GETLEASE) for x in (r, w)], [fcntl.F_RDLCK, fcntl.F_WRLCK])\n\
+        def opener(path, flags):\n    \
+            child = os.fork()\n    \
+            if child == 0:\n        \
+                try:\n            \
+                    os.open(path, flags | os.O_NONBLOCK)\n        \
+                except BlockingIOError:\n            \
+                    os._exit(11)\n        \
+                os._exit(0)\n    \
+            return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])\n\
+        want('a writer of the read-leased file', opener(rpath, os.O_WRONLY), 11)\n\
+        want('a reader of the write-leased file', opener(wpath, os.O_RDONLY), 11)\n\
+        for _ in range(100):\n    \
+            if len(sigio) >= 2:\n        break\n    \
+            time.sleep(0.01)\n\
+        want('SIGIO to break them', len(sigio) >= 2, True)\n\
+        for x in (r, w):\n    fcntl.fcntl(x, F_SETLEASE, fcntl.F_UNLCK)";
+    both("leases", setup, check);
+}

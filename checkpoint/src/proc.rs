@@ -326,6 +326,8 @@ pub struct FdInfo {
 pub struct LockLine {
     /// FLOCK, POSIX, OFDLCK, LEASE, DELEG...
     pub kind: String,
+    /// ADVISORY, MANDATORY; for a lease ACTIVE, BREAKING or BREAKER.
+    pub state: String,
     pub write: bool,
     /// The process that took it (-1 for OFD locks).
     pub pid: i32,
@@ -338,9 +340,10 @@ impl LockLine {
     fn parse(text: &str) -> Option<LockLine> {
         let f: Vec<&str> = text.split_whitespace().collect();
         // id: KIND ADVISORY|MANDATORY|ACTIVE|... READ|WRITE|... PID DEV:INO START END
-        let [_, kind, _, access, pid, _, start, end] = f.as_slice() else { return None };
+        let [_, kind, state, access, pid, _, start, end] = f.as_slice() else { return None };
         Some(LockLine {
             kind: (*kind).to_owned(),
+            state: (*state).to_owned(),
             write: *access == "WRITE",
             pid: pid.parse().ok()?,
             start: start.parse().ok()?,
@@ -362,6 +365,7 @@ pub fn parse_fdinfo(text: &str) -> FdInfo {
             // A line not understood stays, as a kind of lock the dump refuses.
             "lock" => info.locks.push(LockLine::parse(value).unwrap_or_else(|| LockLine {
                 kind: format!("lock stasis cannot read ({value})"),
+                state: String::new(),
                 write: false,
                 pid: 0,
                 start: 0,
@@ -394,16 +398,26 @@ mod tests {
             "pos:\t400\nflags:\t02100002\nmnt_id:\t27\nino:\t10\n\
              lock:\t1: POSIX  ADVISORY  WRITE 21359 fe:00:10 100 199\n\
              lock:\t2: OFDLCK ADVISORY  READ -1 fe:00:10 300 EOF\n\
-             lock:\t3: something new\n",
+             lock:\t3: LEASE  ACTIVE    WRITE 21359 fe:00:10 0 EOF\n\
+             lock:\t4: something new\n",
         );
+        let line = |kind: &str, state: &str, write, pid, start, end| LockLine {
+            kind: kind.into(),
+            state: state.into(),
+            write,
+            pid,
+            start,
+            end,
+        };
         assert_eq!(
-            info.locks[..2],
+            info.locks[..3],
             [
-                LockLine { kind: "POSIX".into(), write: true, pid: 21359, start: 100, end: Some(199) },
-                LockLine { kind: "OFDLCK".into(), write: false, pid: -1, start: 300, end: None },
+                line("POSIX", "ADVISORY", true, 21359, 100, Some(199)),
+                line("OFDLCK", "ADVISORY", false, -1, 300, None),
+                line("LEASE", "ACTIVE", true, 21359, 0, None),
             ]
         );
-        assert!(info.locks[2].kind.contains("cannot read (3: something new)"), "{:?}", info.locks[2]);
+        assert!(info.locks[3].kind.contains("cannot read (4: something new)"), "{:?}", info.locks[3]);
     }
 
     use super::*;

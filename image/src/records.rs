@@ -610,6 +610,9 @@ pub enum LockKind {
     Posix = 1,
     /// fcntl F_OFD_SETLK: a byte range, held by the open file description.
     Ofd = 2,
+    /// fcntl F_SETLEASE: a read or write lease, held by the open file
+    /// description (`start` and `end` unused).
+    Lease = 3,
 }
 
 /// One fd of one process.

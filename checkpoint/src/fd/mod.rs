@@ -251,7 +251,8 @@ pub const FDINFO_CLOEXEC: u32 = 0o2000000;
 
 /// The locks of an fd of process `pid`, from its fdinfo `lock:` lines: its
 /// description's flock and OFD locks, and the POSIX locks `pid` holds on
-/// the file. Leases and any lock stasis cannot read are an error naming it.
+/// the file, and its lease. A lease being broken and any lock stasis cannot
+/// read are an error naming it.
 pub fn locks(pid: Pid, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String> {
     let mut out = Vec::new();
     for l in lines {
@@ -262,7 +263,14 @@ pub fn locks(pid: Pid, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String
             // show here too).
             "POSIX" if l.pid == pid.as_raw() => LockKind::Posix,
             "POSIX" => continue,
-            "LEASE" | "DELEG" | "BREAKING" | "BREAK" => return Err("a file lease (not supported yet)".into()),
+            "LEASE" if l.state == "ACTIVE" => LockKind::Lease,
+            "LEASE" => {
+                return Err(format!(
+                    "a file lease being broken ({}: another process waits to open the file; not supported)",
+                    l.state
+                ))
+            }
+            "DELEG" => return Err("an NFS delegation (not supported)".into()),
             other => return Err(format!("a {other} lock (not supported)")),
         };
         out.push(FileLock { kind: kind as i32, write: l.write, start: l.start, end: l.end });

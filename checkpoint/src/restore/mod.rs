@@ -2354,6 +2354,7 @@ impl Remote<'_, '_> {
                         LockKind::Flock => "flock",
                         LockKind::Posix => "POSIX",
                         LockKind::Ofd => "OFD",
+                        LockKind::Lease => "lease",
                     },
                     r.fd
                 );
@@ -2376,6 +2377,14 @@ impl Remote<'_, '_> {
                         let at = self.put(0, &raw)?;
                         let cmd = if kind == LockKind::Ofd { libc::F_OFD_SETLK } else { libc::F_SETLK };
                         self.inj.syscall_ok(libc::SYS_fcntl, [r.fd as u64, cmd as u64, at, 0, 0, 0])
+                    }
+                    // Taken by the process itself, as the kernel makes the
+                    // taker the description's signal owner (set again
+                    // from the image after this).
+                    LockKind::Lease => {
+                        let typ = if l.write { libc::F_WRLCK } else { libc::F_RDLCK };
+                        self.inj
+                            .syscall_ok(libc::SYS_fcntl, [r.fd as u64, libc::F_SETLEASE as u64, typ as u64, 0, 0, 0])
                     }
                 };
                 taken.map_err(|e| {
