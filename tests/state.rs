@@ -884,3 +884,25 @@ fn file_leases() {
         for x in (r, w):\n    fcntl.fcntl(x, F_SETLEASE, fcntl.F_UNLCK)";
     both("leases", setup, check);
 }
+
+/// Unix sockets made but not connected yet (seqpacket, stream): the same
+/// type after the restore, and they connect and carry messages.
+#[test]
+fn unix_sockets_not_yet_connected() {
+    let setup = "import socket\n\
+        listeners = {}\n\
+        fresh = {}\n\
+        for t in (socket.SOCK_SEQPACKET, socket.SOCK_STREAM):\n    \
+            l = socket.socket(socket.AF_UNIX, t)\n    \
+            l.bind(os.path.join(d, 'l%d' % t))\n    \
+            l.listen(1)\n    \
+            listeners[t] = l\n    \
+            fresh[t] = socket.socket(socket.AF_UNIX, t)";
+    let check = "for t, s in fresh.items():\n    \
+            want('type', s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE), t)\n    \
+            s.connect(os.path.join(d, 'l%d' % t))\n    \
+            a = listeners[t].accept()[0]\n    \
+            s.send(b'hello')\n    \
+            want('message', a.recv(16), b'hello')";
+    both("unix-unconnected", setup, check);
+}

@@ -272,7 +272,9 @@ fn set_peek_off(sock: &OwnedFd, off: usize) -> Result<(), String> {
 
 fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
     let stream = ty == libc::SOCK_STREAM;
-    if stream && rqueue == 0 {
+    // Nothing to read (and recv on a seqpacket socket not connected yet
+    // fails with ENOTCONN); a datagram socket's count is of one message.
+    if ty != libc::SOCK_DGRAM && rqueue == 0 {
         return Ok((Vec::new(), Vec::new()));
     }
     let mut off: usize = 0;
