@@ -906,3 +906,47 @@ fn unix_sockets_not_yet_connected() {
             want('message', a.recv(16), b'hello')";
     both("unix-unconnected", setup, check);
 }
+
+/// Objects whose directory was removed after them (a temp directory
+/// cleaned up while its files are still open): a deleted file with its
+/// bytes, an unlinked FIFO with bytes, an unlinked device node, an open
+/// directory fd of a removed directory, and a working directory removed
+/// with its parent. Each is made again in the nearest directory still there
+/// and removed again: the process finds them all as before.
+#[test]
+fn objects_in_removed_directories() {
+    let setup = "x = os.path.join(d, 'x')\n\
+        os.makedirs(os.path.join(x, 'cwd'))\n\
+        os.mkdir(os.path.join(x, 'opened'))\n\
+        p = os.path.join(x, 'file')\n\
+        f = os.open(p, os.O_RDWR | os.O_CREAT, 0o640)\n\
+        os.write(f, b'file bytes')\n\
+        fifo = os.path.join(x, 'fifo')\n\
+        os.mkfifo(fifo)\n\
+        q = os.open(fifo, os.O_RDWR)\n\
+        os.write(q, b'queued')\n\
+        n = os.path.join(x, 'null')\n\
+        os.mknod(n, stat.S_IFCHR | 0o666, os.makedev(1, 3))\n\
+        dev = os.open(n, os.O_RDWR)\n\
+        os.chmod(os.path.join(x, 'opened'), 0o750)\n\
+        opened = os.open(os.path.join(x, 'opened'), os.O_RDONLY | os.O_DIRECTORY)\n\
+        os.chdir(os.path.join(x, 'cwd'))\n\
+        for gone in ('file', 'fifo', 'null'):\n    os.unlink(os.path.join(x, gone))\n\
+        for gone in ('cwd', 'opened', ''):\n    os.rmdir(os.path.join(x, gone))";
+    let check = "want('file', os.pread(f, 64, 0), b'file bytes')\n\
+        want('file links', os.fstat(f).st_nlink, 0)\n\
+        want('file mode', stat.S_IMODE(os.fstat(f).st_mode), 0o640)\n\
+        want('fifo', stat.S_ISFIFO(os.fstat(q).st_mode), True)\n\
+        os.set_blocking(q, False)\n\
+        want('fifo bytes', os.read(q, 100), b'queued')\n\
+        want('device', os.fstat(dev).st_rdev, os.makedev(1, 3))\n\
+        want('device writes', os.write(dev, b'x'), 1)\n\
+        want('directory', stat.S_ISDIR(os.fstat(opened).st_mode), True)\n\
+        want('directory mode', stat.S_IMODE(os.fstat(opened).st_mode), 0o750)\n\
+        want('directory removed', os.fstat(opened).st_nlink, 0)\n\
+        want('directory empty', os.listdir(opened), [])\n\
+        want('cwd removed', os.stat('.').st_nlink, 0)\n\
+        want('nothing left', os.path.exists(x) and os.listdir(x), False)\n\
+        want('nothing left beside', [n for n in os.listdir(d) if n not in ('check', 'ready', 'state.py', 'log')], [])";
+    both("removed-dirs", setup, check);
+}

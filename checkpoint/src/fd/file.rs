@@ -38,7 +38,8 @@ pub fn file_ref(path: &str, fd: impl AsFd) -> Result<FileRef, String> {
 pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(Kind, Extra), String> {
     let file = file_ref(&seen.target, copy)?;
     let mut extra = Extra::default();
-    if file.deleted {
+    // A removed directory is made again empty (as it was, being removed).
+    if file.deleted && file.mode & libc::S_IFMT != libc::S_IFDIR {
         if file.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(format!("deleted {} is not a regular file", file.path));
         }

@@ -40,7 +40,9 @@ pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedF
         _ => None,
     });
     let mut files: HashMap<u32, (&FileRef, bool)> = HashMap::new();
-    for (f, writes) in mapped.chain(open).chain(watched.flatten()).filter(|(f, _)| f.deleted) {
+    // Removed directories are made by their fds (`directory`).
+    let regular = |f: &FileRef| f.mode & libc::S_IFMT != libc::S_IFDIR;
+    for (f, writes) in mapped.chain(open).chain(watched.flatten()).filter(|(f, _)| f.deleted && regular(f)) {
         files.entry(f.contents_mm).or_insert((f, false)).1 |= writes;
     }
     let mut made = HashMap::new();
@@ -51,17 +53,46 @@ pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedF
 }
 
 /// Make an object at `path` with `make`, or beside it (`PATH.stasis-N`)
-/// when a file has taken that name since; the name it was made at, and
+/// when a file has taken that name since; when its directory was removed
+/// too, in the nearest directory above it that is still there (the name
+/// only shows in /proc, with " (deleted)"). The name it was made at, and
 /// what `make` gave.
 fn made_at<T>(path: &str, make: impl Fn(&str) -> std::io::Result<T>) -> std::io::Result<(String, T)> {
-    let mut name = path.to_owned();
-    for n in 1..=100 {
-        match make(&name) {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 100 => name = format!("{path}.stasis-{n}"),
-            made => return made.map(|t| (name, t)),
+    let beside = |path: &str| -> std::io::Result<(String, T)> {
+        let mut name = path.to_owned();
+        for n in 1..=100 {
+            match make(&name) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && n < 100 => name = format!("{path}.stasis-{n}"),
+                made => return made.map(|t| (name, t)),
+            }
         }
+        unreachable!("the last try returns")
+    };
+    match beside(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let at = std::path::Path::new(path);
+            let name = at.file_name().ok_or(e)?;
+            let dir = at.ancestors().skip(1).find(|d| d.is_dir()).unwrap_or(std::path::Path::new("/"));
+            beside(&dir.join(name).to_string_lossy())
+        }
+        made => made,
     }
-    unreachable!("the last try returns")
+}
+
+/// A directory removed while open, made again (at its path, beside it, or
+/// in the nearest directory still there) with its owner and mode, opened
+/// with `flags`, and removed. Returns the open fd.
+pub fn directory(f: &FileRef, flags: i32) -> Result<OwnedFd, String> {
+    let (made, ()) = made_at(&f.path, |p| std::fs::create_dir(p))
+        .map_err(|e| format!("cannot make the removed directory {} again: {e}", f.path))?;
+    let opened = OpenOptions::new().read(true).custom_flags(flags & !libc::O_ACCMODE).open(&made);
+    let removed = std::fs::remove_dir(&made);
+    let dir = opened.map_err(|e| format!("cannot open {made}: {e}"))?;
+    removed.map_err(|e| format!("removing {made}: {e}"))?;
+    fchown(&dir, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
+        .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;
+    fchmod(&dir, Mode::from_bits_truncate(f.mode & 0o7777)).map_err(|e| format!("chmod {:o}: {e}", f.mode & 0o7777))?;
+    Ok(dir.into())
 }
 
 /// One deleted file, made, filled and unlinked; held read-write if the

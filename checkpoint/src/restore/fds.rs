@@ -174,6 +174,9 @@ impl<'a> Planner<'a> {
             let other = |what: String| FdError::Other { fd, what };
             let flags = r.flags as i32 & !OPEN_ONLY;
             let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
+                Kind::File(f) if f.deleted && f.mode & libc::S_IFMT == libc::S_IFDIR => {
+                    super::deleted::directory(f, flags).map_err(other)?
+                }
                 Kind::File(f) if f.deleted => {
                     let made = self
                         .deleted

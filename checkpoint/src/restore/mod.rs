@@ -226,11 +226,6 @@ fn terminals(tree: &ProcessTree) -> String {
     all.join(", ")
 }
 
-/// Whether the directory `path` is in exists.
-fn parent_exists(path: &str) -> bool {
-    std::path::Path::new(path).parent().is_some_and(|d| d.is_dir())
-}
-
 /// What a restore of `tree` would find gone or could not make again,
 /// checked by a dump before it writes anything (and so before it kills the
 /// tree): a root directory removed, a file, FIFO, device node or mapped
@@ -279,12 +274,9 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
     let same = |path: &str, dev: u64, ino: u64| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino));
     for p in &tree.processes {
         // A removed working directory is made again for the restore, then
-        // removed (its directory must be there).
+        // removed (in the nearest directory still there when its own was
+        // removed too).
         match p.cwd.strip_suffix(" (deleted)") {
-            Some(dir) if !parent_exists(dir) => problems.push(format!(
-                "process {}: its working directory {dir} was removed, and the directory it was in too",
-                p.pid
-            )),
             Some(_) => {}
             None if !std::fs::metadata(&p.cwd).is_ok_and(|m| m.is_dir()) => {
                 problems.push(format!("process {}: its working directory {} is not there any more", p.pid, p.cwd))
@@ -307,19 +299,12 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
             Some(fd::Kind::File(file)) if !file.deleted && !same(&file.path, file.dev, file.ino) => {
                 problems.push(format!("{at}: {} is not at its path any more (renamed or removed)", file.path))
             }
-            // One unlinked while open is made again, in its directory.
+            // One unlinked while open is made again (deleted.rs).
             Some(fd::Kind::Fifo(fifo)) => {
-                let Some(file) = &fifo.file else { continue };
-                let there = match file.deleted {
-                    true => parent_exists(&file.path),
-                    false => std::fs::metadata(&file.path).is_ok_and(|m| m.file_type().is_fifo()),
-                };
-                if !there {
-                    problems.push(format!("{at}: the FIFO {} was removed, and its directory too", file.path));
+                let Some(file) = fifo.file.as_ref().filter(|f| !f.deleted) else { continue };
+                if !std::fs::metadata(&file.path).is_ok_and(|m| m.file_type().is_fifo()) {
+                    problems.push(format!("{at}: the FIFO {} is not there any more", file.path));
                 }
-            }
-            Some(fd::Kind::Device(d)) if d.deleted && !parent_exists(&d.path) => {
-                problems.push(format!("{at}: the device node {} was removed, and its directory too", d.path))
             }
             Some(fd::Kind::Device(d))
                 if !d.deleted && !std::fs::metadata(&d.path).is_ok_and(|m| m.rdev() == d.rdev) =>
