@@ -950,3 +950,25 @@ fn objects_in_removed_directories() {
         want('nothing left beside', [n for n in os.listdir(d) if n not in ('check', 'ready', 'state.py', 'log')], [])";
     both("removed-dirs", setup, check);
 }
+
+/// A datagram socketpair whose other end closed with messages still
+/// queued for this one: the messages come back in order, and the next send
+/// fails as it would have (ECONNREFUSED, then not connected).
+#[test]
+fn datagram_socket_whose_peer_closed() {
+    let setup = "import socket, errno\n\
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+        b.send(b'first')\n\
+        b.send(b'second')\n\
+        b.close()\n\
+        def send_error():\n    \
+            try:\n        \
+                a.send(b'x')\n        \
+                return 0\n    \
+            except OSError as e:\n        \
+                return e.errno";
+    let check = "want('messages', [a.recv(16), a.recv(16)], [b'first', b'second'])\n\
+        want('first send', send_error(), errno.ECONNREFUSED)\n\
+        want('next send', send_error(), errno.ENOTCONN)";
+    both("dgram-peer-closed", setup, check);
+}

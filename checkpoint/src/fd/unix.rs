@@ -364,12 +364,25 @@ pub fn resolve_peers(pid_of: &dyn Fn(u64) -> Option<Pid>, sockets: &mut [UnixSoc
         if s.peer != 0 && !partnered && sockets.iter().any(|p| p.id == s.peer && p.name.is_empty()) {
             return Err((s.id, format!("{}: the socket it is connected to has no name", s.describe())));
         }
-        // Queued datagrams go back through the socket's peer or its name.
-        if s.ty != libc::SOCK_STREAM && !s.queue.is_empty() && !partnered && s.name.is_empty() {
+        // Queued datagrams go back through the socket's peer (or a stand-in
+        // for one that closed) or its name.
+        if s.ty != libc::SOCK_STREAM && !s.queue.is_empty() && !partnered && s.name.is_empty() && !peer_closed(s) {
             return Err((s.id, format!("{}: its queued messages cannot be sent to it again", s.describe())));
         }
     }
     Ok(())
+}
+
+/// Connected to a socket that has closed since: restored as a socketpair
+/// whose other end (a stand-in, through which its queue is filled) is
+/// closed. A named datagram socket that others connected to shows as
+/// connected too (the kernel marks both ends): it is bound again instead.
+fn peer_closed(s: &UnixSocket) -> bool {
+    s.connected
+        && s.peer == 0
+        && s.peer_name.is_empty()
+        && !s.listening
+        && (s.ty != libc::SOCK_DGRAM || s.name.is_empty())
 }
 
 /// The process and fd holding socket inode `ino`, for error messages.
@@ -497,8 +510,9 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
             made.insert(p.id, b);
             continue;
         }
-        if s.connected && s.peer == 0 && s.peer_name.is_empty() && s.ty != libc::SOCK_DGRAM {
-            // A connection whose other end had closed.
+        if peer_closed(s) {
+            // A connection whose other end had closed (a datagram socket's
+            // too: its next send fails with ECONNREFUSED, as before).
             let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
                 .map_err(|e| ctx(format!("socketpair: {e}")))?;
             partner.insert(s.id, None);
