@@ -135,7 +135,7 @@ fn table_cname(name: &str) -> Result<CString, String> {
 
 /// An address as it goes on the wire: an IPv4-mapped IPv6 address (an
 /// AF_INET6 socket talking IPv4) is IPv4.
-fn wire(ip: IpAddr) -> IpAddr {
+pub(crate) fn wire(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -28,14 +28,7 @@ const FAN_MARK_EVICTABLE: u32 = 0x200;
 /// FAN_MARK_IGNORE (Linux 6.0) includes the FAN_MARK_IGNORED_MASK bit.
 const FAN_MARK_IGNORE: u32 = 0x400 | FAN_MARK_IGNORED_MASK;
 
-/// The `name:value` field of an fdinfo line, in hex.
-fn hex(line: &str, name: &str) -> Result<u64, String> {
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
-        .ok_or_else(|| format!("no {name} in {line:?}"))?;
-    u64::from_str_radix(v, 16).map_err(|_| format!("bad {name} in {line:?}"))
-}
+use super::inotify::{handle, hex_field as hex};
 
 /// The group's flags and its marks, each with what names its object.
 #[derive(Debug, PartialEq)]
@@ -71,15 +64,11 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
             ..FanotifyMark::default()
         };
         let object = if line.contains(" ino:") {
-            let handle_hex = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("f_handle:"))
-                .ok_or_else(|| format!("no f_handle in {line:?}"))?;
-            let handle = (0..handle_hex.len() / 2)
-                .map(|i| u8::from_str_radix(&handle_hex[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| format!("bad f_handle in {line:?}"))?;
-            Object::Inode { sdev: hex(line, "sdev")?, handle_type: hex(line, "fhandle-type")? as i32, handle }
+            Object::Inode {
+                sdev: hex(line, "sdev")?,
+                handle_type: hex(line, "fhandle-type")? as i32,
+                handle: handle(line)?,
+            }
         } else if line.contains(" mnt_id:") {
             mark.kind = FAN_MARK_MOUNT;
             Object::Mount(hex(line, "mnt_id")?)
@@ -125,9 +114,9 @@ fn mount_point(mountinfo: &str, want: impl Fn(u64, &str) -> bool) -> Option<Stri
     })
 }
 
-/// A new group with the same flags and marks, and `flags` (O_NONBLOCK) on
-/// its description.
-pub fn restore(n: &Fanotify, flags: i32) -> Result<OwnedFd, String> {
+/// A new group with the same flags and marks (its description's status
+/// flags are the caller's to set).
+pub fn restore(n: &Fanotify) -> Result<OwnedFd, String> {
     use stasis_sys::inotify::{fanotify_init, fanotify_mark};
     let fd = fanotify_init(n.flags, n.event_flags).map_err(|e| format!("fanotify_init({:#x}): {e}", n.flags))?;
     for m in &n.marks {
@@ -148,11 +137,6 @@ pub fn restore(n: &Fanotify, flags: i32) -> Result<OwnedFd, String> {
             mark(add | ignore | (m.flags & FAN_MARK_IGNORED_SURV_MODIFY), m.ignored_mask, "ignore mask")?;
         }
     }
-    stasis_sys::nix::fcntl::fcntl(
-        &fd,
-        stasis_sys::nix::fcntl::FcntlArg::F_SETFL(stasis_sys::nix::fcntl::OFlag::from_bits_truncate(flags)),
-    )
-    .map_err(|e| format!("F_SETFL: {e}"))?;
     Ok(fd)
 }
 

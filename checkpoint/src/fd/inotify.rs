@@ -31,20 +31,31 @@ type Line = (i32, u32, u64, i32, Vec<u8>);
 pub fn parse(text: &str) -> Result<Vec<Line>, String> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("inotify ")) {
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
-                .ok_or_else(|| format!("no {name} in {line:?}"))
-        };
-        let hex = |name: &str| u64::from_str_radix(field(name)?, 16).map_err(|_| format!("bad {name} in {line:?}"));
-        let handle_hex = field("f_handle")?;
-        let handle = (0..handle_hex.len() / 2)
-            .map(|i| u8::from_str_radix(&handle_hex[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| format!("bad f_handle in {line:?}"))?;
-        out.push((hex("wd")? as i32, hex("mask")? as u32, hex("sdev")?, hex("fhandle-type")? as i32, handle));
+        let hex = |name| hex_field(line, name);
+        out.push((hex("wd")? as i32, hex("mask")? as u32, hex("sdev")?, hex("fhandle-type")? as i32, handle(line)?));
     }
     Ok(out)
+}
+
+/// The `name:value` field of an fdinfo line (inotify, fanotify).
+fn field<'l>(line: &'l str, name: &str) -> Result<&'l str, String> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+        .ok_or_else(|| format!("no {name} in {line:?}"))
+}
+
+/// A field in hex.
+pub(super) fn hex_field(line: &str, name: &str) -> Result<u64, String> {
+    u64::from_str_radix(field(line, name)?, 16).map_err(|_| format!("bad {name} in {line:?}"))
+}
+
+/// The file handle (`f_handle:` in hex) of an fdinfo line.
+pub(super) fn handle(line: &str) -> Result<Vec<u8>, String> {
+    let hex = field(line, "f_handle")?;
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| format!("bad f_handle in {line:?}"))
 }
 
 /// The instance's watches; a watched file that was deleted (and is still
@@ -109,10 +120,10 @@ fn open_watched(sdev: u64, handle_type: i32, handle: &[u8]) -> Result<(OwnedFd, 
     Ok((fd, path.to_string_lossy().into_owned()))
 }
 
-/// A new instance with the same watches at the same descriptors, and
-/// `flags` (O_NONBLOCK) on its description; a deleted file is watched
+/// A new instance with the same watches at the same descriptors (its
+/// status flags are the caller's to set); a deleted file is watched
 /// through the agent's fd of the file made again (`deleted`, by contents).
-pub fn restore(n: &Inotify, flags: i32, deleted: &HashMap<u32, OwnedFd>) -> Result<OwnedFd, String> {
+pub fn restore(n: &Inotify, deleted: &HashMap<u32, OwnedFd>) -> Result<OwnedFd, String> {
     use stasis_sys::inotify::{add_watch, init, rm_watch};
     let fd = init(libc::IN_CLOEXEC | libc::IN_NONBLOCK).map_err(|e| format!("inotify_init1: {e}"))?;
     // Placeholders go on a directory of our own, so they never share an
@@ -151,11 +162,6 @@ pub fn restore(n: &Inotify, flags: i32, deleted: &HashMap<u32, OwnedFd>) -> Resu
     // Read away the IN_IGNORED events the placeholders left.
     let mut buf = [0u8; 4096];
     while stasis_sys::nix::unistd::read(&fd, &mut buf).is_ok_and(|n| n > 0) {}
-    stasis_sys::nix::fcntl::fcntl(
-        &fd,
-        stasis_sys::nix::fcntl::FcntlArg::F_SETFL(stasis_sys::nix::fcntl::OFlag::from_bits_truncate(flags)),
-    )
-    .map_err(|e| format!("F_SETFL: {e}"))?;
     Ok(fd)
 }
 

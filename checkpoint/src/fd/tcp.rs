@@ -123,9 +123,6 @@ pub fn leave(sock: &OwnedFd, reuseaddr: bool) -> Result<(), Errno> {
 /// Re-create the connection, in repair mode (see the module docs).
 pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
     let s = c.socket.as_ref().ok_or("no addresses")?;
-    let addr = |a: &Option<stasis_image::records::InetAddr>| -> Result<SocketAddr, String> {
-        a.as_ref().and_then(|a| a.to_socket_addr()).ok_or_else(|| "malformed address".to_string())
-    };
     let (local, peer) = (addr(&s.local)?, addr(&s.peer)?);
     let mut options = s.clone();
     // Bound and connected below, in repair mode; not listening.
@@ -241,15 +238,13 @@ impl Repaired {
         let closing = if st == repair::ESTABLISHED {
             None
         } else {
-            let addr = |a: &Option<stasis_image::records::InetAddr>| {
-                a.as_ref().and_then(|a| a.to_socket_addr()).map(wire).ok_or("malformed address")
-            };
             let snd_data_end = c.snd_seq.wrapping_sub(u32::from(fin_sent(st)));
             let scale = if c.options as u8 & repair::TCPI_OPT_WSCALE != 0 { c.snd_wscale.min(14) } else { 0 };
             Some(Closing {
                 state: st,
-                local: addr(&s.local)?,
-                peer: addr(&s.peer)?,
+                // As they go on the wire, which the segments are written for.
+                local: wire(addr(&s.local)?),
+                peer: wire(addr(&s.peer)?),
                 rcv_nxt: c.rcv_seq.wrapping_sub(u32::from(fin_received(st))),
                 snd_una: snd_data_end.wrapping_sub(c.send_queue.len() as u32),
                 snd_end: c.snd_seq,
@@ -327,13 +322,14 @@ impl Closing {
     }
 }
 
-/// An address as it goes on the wire: an IPv4-mapped IPv6 address (an
-/// AF_INET6 socket talking IPv4) is IPv4.
+/// An address of a connection record.
+fn addr(a: &Option<stasis_image::records::InetAddr>) -> Result<SocketAddr, String> {
+    a.as_ref().and_then(|a| a.to_socket_addr()).ok_or_else(|| "malformed address".to_string())
+}
+
+/// An address as it goes on the wire (an IPv4-mapped one is IPv4).
 fn wire(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().map_or(a, |ip| SocketAddr::new(ip.into(), a.port())),
-        v4 => v4,
-    }
+    SocketAddr::new(crate::netlock::wire(a.ip()), a.port())
 }
 
 /// Write all of `data` (to the selected queue, in repair mode).

@@ -318,8 +318,16 @@ impl<'a> Planner<'a> {
                     set_status_flags(&object, flags).map_err(other)?;
                     object
                 }
-                Kind::Inotify(n) => crate::fd::inotify::restore(n, flags, self.deleted).map_err(other)?,
-                Kind::Fanotify(n) => crate::fd::fanotify::restore(n, flags).map_err(other)?,
+                Kind::Inotify(n) => {
+                    let object = crate::fd::inotify::restore(n, self.deleted).map_err(other)?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
+                Kind::Fanotify(n) => {
+                    let object = crate::fd::fanotify::restore(n).map_err(other)?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
                 Kind::Memfd(id) => {
                     let memfd = self.shmem.get(id).ok_or_else(|| other(format!("memfd {id} was not made")))?;
                     // A description of its own, with its flags and position.
