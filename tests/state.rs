@@ -653,6 +653,105 @@ fn tcp_half_closed_with_a_peer_outside() {
     }
 }
 
+/// TCP connections being opened (SYN_SENT): the peer, the test, listens
+/// with a full accept queue, so their SYNs go unanswered. One socket is
+/// non-blocking, the other's thread is in a blocking connect(2). Both are
+/// still connecting after the dump; once the queue has room both complete
+/// from the same local ports and carry bytes each way (the thread's
+/// connect returns).
+#[test]
+fn tcp_connections_being_opened() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    let setup = "import errno, socket, threading\n\
+        def st(x):\n    return x.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]\n\
+        peer = ('127.0.0.1', int(os.environ['PEER_PORT']))\n\
+        a = socket.socket()\n\
+        a.setblocking(False)\n\
+        assert a.connect_ex(peer) == errno.EINPROGRESS\n\
+        b = socket.socket()\n\
+        b.bind(('127.0.0.1', 0))\n\
+        connected = []\n\
+        def blocking():\n    \
+            b.connect(peer)\n    \
+            connected.append(True)\n\
+        t = threading.Thread(target=blocking)\n\
+        t.start()\n\
+        while st(b) != 2:\n    time.sleep(0.01)\n\
+        ports = (a.getsockname()[1], b.getsockname()[1])\n\
+        with open(os.path.join(d, 'ports'), 'w') as f:\n    f.write('%d %d' % ports)";
+    let check = "import select\n\
+        _, w, _ = select.select([], [a], [], 20)\n\
+        want('a: connected (writable, SO_ERROR)', (bool(w), a.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)), (True, 0))\n\
+        t.join(20)\n\
+        want('b: the blocking connect returned', connected, [True])\n\
+        for x in (a, b):\n    x.settimeout(20)\n\
+        want('local ports', (a.getsockname()[1], b.getsockname()[1]), ports)\n\
+        want('a: receives', a.recv(16), b'to-a')\n\
+        want('b: receives', b.recv(16), b'to-b')\n\
+        a.sendall(b'from-a')\n\
+        b.sendall(b'from-b')";
+    for leave_running in [false, true] {
+        let name = if leave_running { "tcp-syn-sent-lr" } else { "tcp-syn-sent" };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Backlog 0: the accept queue is full with one connection waiting,
+        // and the SYNs that come next are dropped.
+        nix::sys::socket::listen(&listener.as_fd(), nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let filler = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut p = start_with(name, setup, check, &[("PEER_PORT", port.to_string())]);
+        let ports: Vec<u16> =
+            fs::read_to_string(p.dir.join("ports")).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+        // Both in SYN_SENT (02), as the kernel lists them.
+        let syn_sent = |p: &Spawned| {
+            p.wait_for(Duration::from_secs(10), "both sockets in SYN_SENT in /proc/net/tcp", || {
+                let table = fs::read_to_string("/proc/net/tcp").unwrap();
+                ports.iter().all(|q| table.contains(&format!(":{q:04X} 0100007F:{port:04X} 02"))).then_some(())
+            })
+        };
+        syn_sent(&p);
+        let images = tempdir(&format!("{name}-img"));
+        let restored = if leave_running {
+            dump_ok(p.pid, images.path(), &["--leave-running"]);
+            p
+        } else {
+            dump_ok(p.pid, images.path(), &[]);
+            p.wait_exit(Duration::from_secs(30));
+            restore_ok(p.pid, images.path());
+            Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir)
+        };
+        syn_sent(&restored);
+        // Room in the queue for both (backlog 0 again with one taken would
+        // let the second's last ACK be dropped, which nothing resends with
+        // SYN cookies): the next SYN of each, retransmitted, gets in.
+        nix::sys::socket::listen(&listener.as_fd(), nix::sys::socket::Backlog::new(8).unwrap()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let accept = || restored.wait_for(Duration::from_secs(30), "a connection to accept", || listener.accept().ok());
+        let (waiting, _) = accept();
+        assert_eq!(waiting.peer_addr().unwrap(), filler.local_addr().unwrap());
+        drop((waiting, filler));
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let (mut conn, from) = accept();
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let which = if from.port() == ports[0] { "a" } else { "b" };
+            assert!(ports.contains(&from.port()), "{name}: accepted {from}, not one of {ports:?}");
+            conn.write_all(format!("to-{which}").as_bytes()).unwrap();
+            accepted.push((which, conn));
+        }
+        let mut restored = restored;
+        assert_eq!(result(&restored).trim(), "ok", "{name}\n{}", restored.log());
+        for (which, conn) in &mut accepted {
+            let mut got = [0u8; 6];
+            conn.read_exact(&mut got).unwrap();
+            assert_eq!(&got, format!("from-{which}").as_bytes(), "{name}: what {which} sent");
+        }
+        restored.wait_exit(Duration::from_secs(30));
+    }
+}
+
 /// A fanotify group with an inode mark, a mount mark and an ignore mask
 /// that survives modification: the same marks (fdinfo) after the restore,
 /// and an event for the marked file still comes.

@@ -225,6 +225,7 @@ pub fn negotiated(fd: impl AsFd) -> Result<Negotiated, Errno> {
 
 /// TCP states (include/net/tcp_states.h) of a connection.
 pub const ESTABLISHED: u8 = 1;
+pub const SYN_SENT: u8 = 2;
 pub const FIN_WAIT1: u8 = 4;
 pub const FIN_WAIT2: u8 = 5;
 pub const CLOSE_WAIT: u8 = 8;

@@ -39,7 +39,7 @@ impl TcpHold {
             for s in established.filter(|s| inodes.insert(s.ino)) {
                 let fd_err = |what: String| DumpError::Fd { pid: *pid, fd: s.fd, what };
                 let copy = PidFd::open(*pid).and_then(|p| p.get_fd(s.fd)).map_err(|e| fd_err(crate::chain(&e)))?;
-                let (local, remote) = fd::tcp::addresses(&copy).map_err(fd_err)?;
+                let (local, remote) = fd::tcp::addresses(*pid, s.ino, &copy).map_err(fd_err)?;
                 let reuse = getsockopt(&copy, sockopt::ReuseAddr).map_err(|e| fd_err(format!("SO_REUSEADDR: {e}")))?;
                 conns.push(netlock::Conn { local, remote });
                 hold.copies.push((copy, reuse));

@@ -36,6 +36,8 @@ use crate::proc;
 const TCP_LISTEN: u8 = 0x0a;
 /// TCP_CLOSE: made (perhaps bound), or closed.
 const TCP_CLOSE: u8 = 0x07;
+/// TCP_SYN_SENT: connect(2) in progress, no answer yet.
+const TCP_SYN_SENT: u8 = 0x02;
 
 /// One row of /proc/PID/net/{tcp,tcp6,udp,udp6}: the socket's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +120,9 @@ impl Tables {
         match proto {
             Some("TCP" | "TCPv6") => match self.tcp.get(&ino).map(|r| r.state) {
                 Some(TCP_LISTEN) => Ok(Kind::TcpListen),
-                // ESTABLISHED, or closing: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
-                Some(0x01 | 0x04 | 0x05 | 0x08 | 0x09 | 0x0b) => Ok(Kind::TcpEstablished),
+                // ESTABLISHED, being opened (SYN_SENT), or closing:
+                // FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING.
+                Some(0x01 | TCP_SYN_SENT | 0x04 | 0x05 | 0x08 | 0x09 | 0x0b) => Ok(Kind::TcpEstablished),
                 // Made, perhaps bound: not in the connection tables.
                 Some(TCP_CLOSE) | None => Ok(Kind::TcpUnconnected),
                 Some(st) => unsupported(&format!("a TCP socket in state {}", tcp_state_name(st))),
@@ -218,6 +221,10 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             Ok(RecordKind::TcpListen(s))
         }
         Ok(Kind::TcpEstablished) => {
+            if ty == SockType::Stream && s.peer.is_none() {
+                // Connecting: getpeername fails until the connection is made.
+                s.peer = syn_sent_peer(pid, family, seen.ino).ok().map(|a| InetAddr::from_socket_addr(&a));
+            }
             if ty != SockType::Stream || s.peer.is_none() {
                 return Err(format!("{} is no longer a connected TCP socket", seen.target));
             }
@@ -284,12 +291,6 @@ pub(super) fn diag_socket(pid: Pid) -> Result<OwnedFd, String> {
     })
 }
 
-/// Build an inet_diag dump request for listening sockets of `family` over
-/// TCP (struct nlmsghdr + struct inet_diag_req_v2).
-fn diag_request(family: i32) -> Vec<u8> {
-    diag_request_for(family, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN)
-}
-
 /// An inet_diag dump request for `protocol` sockets of `family` in
 /// `states` (a bit per state).
 fn diag_request_for(family: i32, protocol: i32, states: u32) -> Vec<u8> {
@@ -315,8 +316,10 @@ fn parse_diag_msg(msg: &[u8]) -> Option<(u64, u32, u32)> {
     Some((u64::from(u32_at(68)?), u32_at(56)?, u32_at(60)?))
 }
 
-/// Parse a netlink reply buffer; `Ok(true)` when the dump is done.
-fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<(u32, u32)>) -> Result<bool, String> {
+/// Parse a netlink reply buffer into `found`, the message (inet_diag_msg
+/// and its attributes) of the socket with inode `ino`; `Ok(true)` when the
+/// dump is done.
+fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<Vec<u8>>) -> Result<bool, String> {
     let mut at = 0;
     while at + 16 <= buf.len() {
         let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
@@ -332,10 +335,8 @@ fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<(u32, u32)>) -> Res
                 return Err(format!("inet_diag: {}", Errno::from_raw(-errno)));
             }
             _ => {
-                if let Some((i, rq, wq)) = parse_diag_msg(body) {
-                    if i == ino {
-                        *found = Some((wq, rq));
-                    }
+                if parse_diag_msg(body).is_some_and(|(i, _, _)| i == ino) {
+                    *found = Some(body.to_vec());
                 }
             }
         }
@@ -344,72 +345,75 @@ fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<(u32, u32)>) -> Res
     Ok(false)
 }
 
-/// How the UDP socket with inode `ino` was shut down (SHUT_RD 1, SHUT_WR 2
-/// bits of sk_shutdown), from inet_diag's INET_DIAG_SHUTDOWN attribute.
-fn udp_shutdown(pid: Pid, family: i32, ino: u64) -> Result<u8, String> {
-    const INET_DIAG_SHUTDOWN: u16 = 8;
+/// The inet_diag message of the `protocol` socket of `family` with inode
+/// `ino`, among those in `states` (a bit per state), as the network
+/// namespace of `pid` lists them.
+fn diag_message(pid: Pid, family: i32, protocol: i32, states: u32, ino: u64) -> Result<Option<Vec<u8>>, String> {
     let sock = diag_socket(pid)?;
-    socket::send(sock.as_raw_fd(), &diag_request_for(family, libc::IPPROTO_UDP, u32::MAX), socket::MsgFlags::empty())
+    socket::send(sock.as_raw_fd(), &diag_request_for(family, protocol, states), socket::MsgFlags::empty())
         .map_err(|e| format!("inet_diag request: {e}"))?;
+    let mut found = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = socket::recv(sock.as_raw_fd(), &mut buf, socket::MsgFlags::empty())
             .map_err(|e| format!("inet_diag reply: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        let mut at = 0;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
-            if len < 16 || at + len > n {
-                return Err("malformed netlink reply".into());
-            }
-            match i32::from(ty) {
-                libc::NLMSG_DONE => return Ok(0),
-                libc::NLMSG_ERROR => return Err("inet_diag: error reply".into()),
-                _ => {
-                    let body = &buf[at + 16..at + len];
-                    if parse_diag_msg(body).is_some_and(|(i, _, _)| i == ino) {
-                        // Attributes follow the 72-byte inet_diag_msg.
-                        let mut a = 72;
-                        while a + 4 <= body.len() {
-                            let alen = u16::from_ne_bytes(body[a..a + 2].try_into().expect("2 bytes")) as usize;
-                            let aty = u16::from_ne_bytes(body[a + 2..a + 4].try_into().expect("2 bytes"));
-                            if alen < 4 {
-                                break;
-                            }
-                            if aty == INET_DIAG_SHUTDOWN {
-                                return Ok(body.get(a + 4).copied().unwrap_or(0));
-                            }
-                            a += alen.div_ceil(4) * 4;
-                        }
-                        return Ok(0);
-                    }
-                }
-            }
-            at += len.div_ceil(4) * 4;
+        if n == 0 || parse_diag_reply(&buf[..n], ino, &mut found)? {
+            return Ok(found);
         }
     }
-    Ok(0)
+}
+
+/// The attribute of type `ty` of an inet_diag message (after its 72 bytes).
+fn diag_attribute(msg: &[u8], ty: u16) -> Option<&[u8]> {
+    let mut a = 72;
+    while a + 4 <= msg.len() {
+        let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().ok()?) as usize;
+        let aty = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().ok()?);
+        if alen < 4 || a + alen > msg.len() {
+            return None;
+        }
+        if aty == ty {
+            return Some(&msg[a + 4..a + alen]);
+        }
+        a += alen.div_ceil(4) * 4;
+    }
+    None
+}
+
+/// The remote address of an inet_diag message (inet_diag_sockid: ports
+/// in network order at 4, destination address at 24).
+fn diag_peer(msg: &[u8], family: i32) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes(msg.get(6..8)?.try_into().ok()?);
+    let ip: std::net::IpAddr = match family {
+        libc::AF_INET6 => <[u8; 16]>::try_from(msg.get(24..40)?).ok()?.into(),
+        _ => <[u8; 4]>::try_from(msg.get(24..28)?).ok()?.into(),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// How the UDP socket with inode `ino` was shut down (SHUT_RD 1, SHUT_WR 2
+/// bits of sk_shutdown), from inet_diag's INET_DIAG_SHUTDOWN attribute.
+fn udp_shutdown(pid: Pid, family: i32, ino: u64) -> Result<u8, String> {
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    let msg = diag_message(pid, family, libc::IPPROTO_UDP, u32::MAX, ino)?;
+    Ok(msg.and_then(|m| diag_attribute(&m, INET_DIAG_SHUTDOWN)?.first().copied()).unwrap_or(0))
 }
 
 /// The backlog (sk_max_ack_backlog) of the listening socket with inode
 /// `ino`, and how many connections wait in its accept queue.
 fn listen_backlog(pid: Pid, family: i32, ino: u64) -> Result<(u32, u32), String> {
-    let sock = diag_socket(pid)?;
-    socket::send(sock.as_raw_fd(), &diag_request(family), socket::MsgFlags::empty())
-        .map_err(|e| format!("inet_diag request: {e}"))?;
-    let mut found = None;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = socket::recv(sock.as_raw_fd(), &mut buf, socket::MsgFlags::empty())
-            .map_err(|e| format!("inet_diag reply: {e}"))?;
-        if n == 0 || parse_diag_reply(&buf[..n], ino, &mut found)? {
-            break;
-        }
-    }
-    found.ok_or_else(|| format!("inet_diag does not list the listening socket with inode {ino}"))
+    diag_message(pid, family, libc::IPPROTO_TCP, 1 << TCP_LISTEN, ino)?
+        .and_then(|m| parse_diag_msg(&m))
+        .map(|(_, rq, wq)| (wq, rq))
+        .ok_or_else(|| format!("inet_diag does not list the listening socket with inode {ino}"))
+}
+
+/// The address a TCP socket in SYN_SENT (inode `ino`) connects to, which
+/// getpeername does not tell before the connection is made.
+pub(crate) fn syn_sent_peer(pid: Pid, family: i32, ino: u64) -> Result<SocketAddr, String> {
+    diag_message(pid, family, libc::IPPROTO_TCP, 1 << TCP_SYN_SENT, ino)?
+        .and_then(|m| diag_peer(&m, family))
+        .ok_or_else(|| format!("inet_diag does not list the connecting socket with inode {ino}"))
 }
 
 /// A new TCP socket with the options of `s`, neither bound nor connected.
@@ -562,12 +566,22 @@ mod tests {
         buf.extend_from_slice(&msg);
         let mut found = None;
         assert_eq!(parse_diag_reply(&buf, 4242, &mut found), Ok(false));
-        assert_eq!(found, Some((7, 2)));
+        assert_eq!(found.as_deref().and_then(parse_diag_msg), Some((4242, 2, 7)));
         let mut done = Vec::new();
         done.extend_from_slice(&20u32.to_ne_bytes());
         done.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
         done.extend_from_slice(&[0; 14]);
         assert_eq!(parse_diag_reply(&done, 4242, &mut found), Ok(true));
+
+        // The peer (port, address in network order) and an attribute.
+        msg[6..8].copy_from_slice(&8080u16.to_be_bytes());
+        msg[24..28].copy_from_slice(&[10, 0, 0, 9]);
+        msg.extend_from_slice(&5u16.to_ne_bytes());
+        msg.extend_from_slice(&8u16.to_ne_bytes());
+        msg.extend_from_slice(&[2, 0, 0, 0]);
+        assert_eq!(diag_peer(&msg, libc::AF_INET), Some("10.0.0.9:8080".parse().unwrap()));
+        assert_eq!(diag_attribute(&msg, 8), Some(&[2][..]));
+        assert_eq!(diag_attribute(&msg, 9), None);
     }
 
     /// Our own listening socket: the inet_diag backlog, protocol name and

@@ -27,14 +27,21 @@
 //! when the tree is let go ([`Repaired::let_go`]): this side's with
 //! shutdown(2) in repair mode, the peer's (and the peer's acknowledgement
 //! of ours) as segments from the peer's address on a raw socket.
+//!
+//! A connection being opened (SYN_SENT) keeps only the sequence number
+//! after its SYN: restore binds the socket and sets it in repair mode, and
+//! when the tree is let go calls connect(2) with repair mode off, so the
+//! same SYN is sent again (as CRIU does).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use stasis_image::records::{InetSocket, TcpConn};
 use stasis_sys::nix::errno::Errno;
+use stasis_sys::nix::libc;
 use stasis_sys::nix::sys::socket::{self, getsockopt, setsockopt, sockopt, MsgFlags, SockaddrStorage};
 use stasis_sys::tcp::{self as repair, Queue, Window};
+use stasis_sys::Pid;
 
 /// Read the connection behind `copy` (the agent's copy), leaving it in
 /// repair mode; `base` holds its addresses and options.
@@ -50,6 +57,7 @@ pub fn dump(copy: &OwnedFd, base: InetSocket) -> Result<TcpConn, String> {
     if !matches!(
         negotiated.state,
         repair::ESTABLISHED
+            | repair::SYN_SENT
             | repair::FIN_WAIT1
             | repair::FIN_WAIT2
             | repair::CLOSE_WAIT
@@ -57,6 +65,9 @@ pub fn dump(copy: &OwnedFd, base: InetSocket) -> Result<TcpConn, String> {
             | repair::CLOSING
     ) {
         return Err(format!("TCP state {} is not a connection's", negotiated.state));
+    }
+    if negotiated.state == repair::SYN_SENT {
+        return dump_syn_sent(copy, c);
     }
     let fin_sent = fin_sent(negotiated.state);
     c.options = u32::from(negotiated.options);
@@ -90,6 +101,24 @@ pub fn dump(copy: &OwnedFd, base: InetSocket) -> Result<TcpConn, String> {
         return Err(format!("{} unsent bytes in a send queue of {}", c.unsent, c.send_queue.len()));
     }
     Ok(c)
+}
+
+/// A connection being opened (SYN_SENT, no answer yet): only the sequence
+/// number after its SYN, so that the SYN sent again at restore is the same
+/// one and a peer that saw the first answers it.
+fn dump_syn_sent(copy: &OwnedFd, mut c: TcpConn) -> Result<TcpConn, String> {
+    let err = |what: &'static str| move |e: Errno| format!("{what}: {e}");
+    repair::select_queue(copy, Queue::Send).map_err(err("TCP_REPAIR_QUEUE"))?;
+    c.snd_seq = repair::queue_seq(copy).map_err(err("TCP_QUEUE_SEQ"))?;
+    // Data sent with the SYN (TCP Fast Open) would be in the queue.
+    let mut byte = [0u8; 1];
+    let data = socket::recv(copy.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
+    repair::select_queue(copy, Queue::None).map_err(err("TCP_REPAIR_QUEUE"))?;
+    match data {
+        Ok(0) | Err(Errno::EAGAIN) => Ok(c),
+        Ok(_) => Err("connecting with data in its SYN (TCP Fast Open): not supported".into()),
+        Err(e) => Err(format!("reading the send queue: {e}")),
+    }
 }
 
 /// Exactly `len` bytes of the selected queue, with MSG_PEEK.
@@ -131,6 +160,13 @@ pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
     let err = |what: &'static str| move |e: Errno| format!("{what}: {e}");
     repair::set_repair(&sock, 1).map_err(|e| format!("TCP_REPAIR: {e}"))?;
     socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(local)).map_err(|e| format!("cannot bind {local}: {e}"))?;
+    if state(c) == repair::SYN_SENT {
+        // The SYN's own sequence number; connect(2) when the tree is let go.
+        repair::select_queue(&sock, Queue::Send).map_err(err("TCP_REPAIR_QUEUE"))?;
+        repair::set_queue_seq(&sock, c.snd_seq.wrapping_sub(1)).map_err(err("TCP_QUEUE_SEQ"))?;
+        repair::select_queue(&sock, Queue::None).map_err(err("TCP_REPAIR_QUEUE"))?;
+        return Ok(sock);
+    }
     let sent = c.send_queue.len() - c.unsent as usize;
     // Made ESTABLISHED, without the FINs: they come once the tree is whole
     // (`Repaired::let_go`).
@@ -211,6 +247,8 @@ pub struct Repaired {
     reuseaddr: bool,
     /// What is left to make the connection's closing state again.
     closing: Option<Closing>,
+    /// Where a connection being opened connects to.
+    connect: Option<SocketAddr>,
 }
 
 /// A connection's closing state, made once every socket of the tree
@@ -235,7 +273,8 @@ impl Repaired {
     pub fn new(sock: OwnedFd, c: &TcpConn) -> Result<Repaired, String> {
         let s = c.socket.as_ref().ok_or("no addresses")?;
         let st = state(c);
-        let closing = if st == repair::ESTABLISHED {
+        let connect = (st == repair::SYN_SENT).then(|| addr(&s.peer)).transpose()?;
+        let closing = if matches!(st, repair::ESTABLISHED | repair::SYN_SENT) {
             None
         } else {
             let snd_data_end = c.snd_seq.wrapping_sub(u32::from(fin_sent(st)));
@@ -251,7 +290,7 @@ impl Repaired {
                 window: (c.snd_wnd >> scale).min(u32::from(u16::MAX)) as u16,
             })
         };
-        Ok(Repaired { sock, reuseaddr: s.reuseaddr, closing })
+        Ok(Repaired { sock, reuseaddr: s.reuseaddr, closing, connect })
     }
 
     /// Make the closing state (this side's FIN, with shutdown(2) in repair
@@ -259,10 +298,34 @@ impl Repaired {
     /// from the peer's address), then leave repair mode with a window
     /// probe. The network lock is gone by then.
     pub fn let_go(&self) -> Result<(), String> {
+        if let Some(peer) = self.connect {
+            return self.connect(peer);
+        }
         if let Some(c) = &self.closing {
             c.make(&self.sock)?;
         }
         leave(&self.sock, self.reuseaddr).map_err(|e| format!("TCP_REPAIR off: {e}"))
+    }
+}
+
+impl Repaired {
+    /// Open the connection again: out of repair mode, connect(2) without
+    /// waiting (the process, stopped until the tree is let go, may be in a
+    /// blocking connect it goes back to), which sends the SYN with the
+    /// sequence number set at restore.
+    fn connect(&self, peer: SocketAddr) -> Result<(), String> {
+        use stasis_sys::nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let shown = || format!("connection to {peer}");
+        leave_quietly(&self.sock, self.reuseaddr).map_err(|e| format!("{}: TCP_REPAIR off: {e}", shown()))?;
+        let flags = fcntl(&self.sock, FcntlArg::F_GETFL).map_err(|e| format!("F_GETFL: {e}"))?;
+        let flags = OFlag::from_bits_truncate(flags);
+        fcntl(&self.sock, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(|e| format!("F_SETFL: {e}"))?;
+        let r = socket::connect(self.sock.as_raw_fd(), &SockaddrStorage::from(peer));
+        fcntl(&self.sock, FcntlArg::F_SETFL(flags)).map_err(|e| format!("F_SETFL: {e}"))?;
+        match r {
+            Ok(()) | Err(Errno::EINPROGRESS) => Ok(()),
+            Err(e) => Err(format!("{}: connect: {e}", shown())),
+        }
     }
 }
 
@@ -341,15 +404,22 @@ fn send_all(sock: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// The local and peer addresses of a connected socket.
-pub fn addresses(sock: &OwnedFd) -> Result<(SocketAddr, SocketAddr), String> {
+/// The local and peer addresses of a connected or connecting socket (the
+/// socket with inode `ino` in the network namespace of `pid`).
+pub fn addresses(pid: Pid, ino: u64, sock: &OwnedFd) -> Result<(SocketAddr, SocketAddr), String> {
     let get = |sa: Result<SockaddrStorage, Errno>, what: &str| -> Result<SocketAddr, String> {
         super::socket::socket_addr(&sa.map_err(|e| format!("{what}: {e}"))?).ok_or_else(|| format!("{what}: not IP"))
     };
-    Ok((
-        get(socket::getsockname(sock.as_raw_fd()), "getsockname")?,
-        get(socket::getpeername(sock.as_raw_fd()), "getpeername")?,
-    ))
+    let local = get(socket::getsockname(sock.as_raw_fd()), "getsockname")?;
+    let peer = match socket::getpeername(sock.as_raw_fd()) {
+        // Connecting (SYN_SENT): the kernel does not tell it by getpeername.
+        Err(Errno::ENOTCONN) => {
+            let family = if local.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+            super::socket::syn_sent_peer(pid, family, ino)?
+        }
+        sa => get(sa, "getpeername")?,
+    };
+    Ok((local, peer))
 }
 
 /// The name of a dump's network lock (its table is `stasis_<name>`).
