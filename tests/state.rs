@@ -752,6 +752,56 @@ fn tcp_connections_being_opened() {
     }
 }
 
+/// Pages a parent and its forked child still share copy-on-write are
+/// shared again after the restore (the same physical page, by pagemap),
+/// while the pages either wrote since the fork are its own and a page the
+/// child dropped reads zero in the child only; a write after the restore
+/// still copies.
+#[test]
+fn pages_shared_with_a_forked_child() {
+    let setup = "import mmap\n\
+        N = 64\n\
+        m = mmap.mmap(-1, N * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n\
+        for i in range(N):\n    m[i * 4096:(i + 1) * 4096] = bytes([i]) * 4096\n\
+        import ctypes\n\
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+        r, w = os.pipe()\n\
+        child = os.fork()\n\
+        if child == 0:\n    \
+            for i in range(8):\n        m[i * 4096] = 200 + i\n    \
+            m.madvise(mmap.MADV_DONTNEED, 8 * 4096, 4 * 4096)\n    \
+            os.write(w, b'x')\n    \
+            while True:\n        time.sleep(3600)\n\
+        os.read(r, 1)\n\
+        for i in range(60, N):\n    m[i * 4096] = 100 + i\n\
+        def pfns(pid):\n    \
+            with open('/proc/%d/pagemap' % pid, 'rb') as f:\n        \
+                f.seek((addr >> 12) * 8)\n        \
+                return [e & ((1 << 55) - 1) if e >> 63 else None for e in struct.unpack('<%dQ' % N, f.read(N * 8))]\n\
+        def shared():\n    \
+            a, b = pfns(os.getpid()), pfns(child)\n    \
+            return [i for i in range(N) if a[i] is not None and a[i] == b[i]]\n\
+        def child_pages():\n    \
+            with open('/proc/%d/mem' % child, 'rb') as f:\n        \
+                f.seek(addr)\n        \
+                data = f.read(N * 4096)\n    \
+            return [data[i * 4096:(i + 1) * 4096] for i in range(N)]\n\
+        def expected(i, mine):\n    \
+            if not mine and 8 <= i < 12:\n        return bytes(4096)\n    \
+            first = 200 + i if not mine and i < 8 else 100 + i if mine and i >= 60 else i\n    \
+            return bytes([first]) + bytes([i]) * 4095\n\
+        assert shared() == list(range(12, 60)), shared()";
+    let check = "want('pages shared with the child', shared(), list(range(12, 60)))\n\
+        want('the parent\\'s pages', [i for i in range(N) if m[i * 4096:(i + 1) * 4096] != expected(i, True)], [])\n\
+        want('the child\\'s pages', [i for i in range(N) if child_pages()[i] != expected(i, False)], [])\n\
+        m[20 * 4096] = 99\n\
+        want('shared after a write', shared(), [i for i in range(12, 60) if i != 20])\n\
+        want('the child\\'s page 20', child_pages()[20], expected(20, False))\n\
+        os.kill(child, signal.SIGKILL)\n\
+        os.waitpid(child, 0)";
+    both("cow-shared", setup, check);
+}
+
 /// A fanotify group with an inode mark, a mount mark and an ignore mask
 /// that survives modification: the same marks (fdinfo) after the restore,
 /// and an event for the marked file still comes.

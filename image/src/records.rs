@@ -309,6 +309,12 @@ pub struct Process {
     /// MEMBARRIER_CMD_REGISTER_* commands it had issued, OR'ed.
     #[prost(uint32, tag = "31")]
     pub membarrier: u32,
+    /// Pages it still shared copy-on-write with its parent (the same
+    /// physical page at the same address): start and end address of each
+    /// run, in order. They are not stored for this process; a restore
+    /// forks it from its parent once the parent's memory is back.
+    #[prost(uint64, repeated, tag = "32")]
+    pub from_parent: Vec<u64>,
 }
 
 /// The membarrier(2) commands (include/uapi/linux/membarrier.h) that
@@ -457,6 +463,11 @@ pub struct Vma {
     /// each, in order.
     #[prost(uint64, repeated, tag = "11")]
     pub guards: Vec<u64>,
+    /// The process gets this mapping from its parent, by fork, with the
+    /// pages of [`Process::from_parent`] still shared copy-on-write: the
+    /// parent's mapping is the same, and is restored first.
+    #[prost(bool, tag = "12")]
+    pub from_parent: bool,
 }
 
 /// What a mapping is.

@@ -12,7 +12,7 @@
 use stasis_image::records::{madvise, FileRef, Vma, VmaKind};
 use stasis_image::ImageWriter;
 use stasis_sys::pagemap::{Categories, Pagemap, ScanRequest};
-use stasis_sys::process_vm::{self, RemoteAddr};
+use stasis_sys::process_vm::RemoteAddr;
 use stasis_sys::procmem::ProcMem;
 use stasis_sys::Pid;
 
@@ -146,6 +146,7 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
             has_pages: pages != Pages::None,
             shmem: 0,
             guards: Vec::new(),
+            from_parent: false,
         },
         pages,
     })
@@ -167,62 +168,45 @@ const PAGE: u64 = 4096;
 /// Reports progress of a long phase: bytes done of bytes in all.
 pub type Progress<'a> = &'a dyn Fn(u64, u64);
 
-/// Store the pages `plans` call for into address space `mm` of `writer`.
-/// All mappings are scanned first, so `progress` knows the total.
+/// Store the pages `plans` call for into address space `mm` of `writer`,
+/// but those of the `from_parent` runs ([`shared_with_parent`]). All
+/// mappings are scanned first, so `progress` knows the total.
 pub fn store(
     pid: Pid,
     plans: &[Planned],
+    from_parent: &[u64],
     mm: u32,
     writer: &mut ImageWriter,
     progress: Progress<'_>,
 ) -> Result<MemoryStats, MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
     let mut stats = MemoryStats::default();
-    // (start, end, readable) of every run of pages to store.
+    // (start, end) of every run of pages to store.
     let mut runs = Vec::new();
     for plan in plans {
         let v = &plan.vma;
         stats.pages_scanned += (v.end - v.start) / PAGE;
-        let req = match plan.pages {
-            Pages::None => continue,
-            // Present or swapped, and not the shared zero page.
-            Pages::All => ScanRequest {
-                range: v.start..v.end,
-                flags: 0,
-                required: Categories::PFNZERO,
-                any_of: Categories::PRESENT | Categories::SWAPPED,
-                inverted: Categories::PFNZERO,
-                report: Categories::PRESENT,
-            },
-            // Additionally not a page of the file.
-            Pages::Anonymous => ScanRequest {
-                range: v.start..v.end,
-                flags: 0,
-                required: Categories::PFNZERO | Categories::FILE,
-                any_of: Categories::PRESENT | Categories::SWAPPED,
-                inverted: Categories::PFNZERO | Categories::FILE,
-                report: Categories::PRESENT,
-            },
-        };
+        let Some(req) = scan_request(plan) else { continue };
         let regions =
             pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
         // Guard regions show as swapped (their markers are swap entries),
-        // but have nothing to read.
+        // but have nothing to read; pages still the parent's come with it.
         let regions = regions.into_iter().flat_map(|r| without(r.start..r.end, &v.guards));
-        runs.extend(regions.map(|r| (r.start, r.end, v.prot & PROT_READ != 0)));
+        let regions = regions.flat_map(|r| without(r, from_parent));
+        runs.extend(regions.map(|r| (r.start, r.end)));
     }
 
-    let total: u64 = runs.iter().map(|(s, e, _)| e - s).sum();
-    // Cut the runs into pieces, read them on worker threads (process_vm_readv
-    // needs no ptrace, so any thread may read), and store them here as they
+    let total: u64 = runs.iter().map(|(s, e)| e - s).sum();
+    // Cut the runs into pieces, read them on worker threads (each with its
+    // own /proc/PID/mem), and store them here as they
     // arrive: the image does not care about order. The channel's bound keeps
     // at most a few pieces in flight.
     let mut pieces = Vec::new();
-    for (start, end, readable) in runs {
+    for (start, end) in runs {
         let mut at = start;
         while at < end {
             let piece_end = ((at / PIECE + 1) * PIECE).min(end);
-            pieces.push((at, piece_end, readable));
+            pieces.push((at, piece_end));
             at = piece_end;
         }
     }
@@ -238,8 +222,8 @@ pub fn store(
                 let mut mem: Option<ProcMem> = None;
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(at, end, readable)) = pieces.get(i) else { return };
-                    let read = read_piece(pid, at, end, readable, &mut mem);
+                    let Some(&(at, end)) = pieces.get(i) else { return };
+                    let read = read_piece(pid, at, end, &mut mem);
                     if tx.send(read.map(|buf| (at, buf))).is_err() {
                         return; // the store failed and stopped listening
                     }
@@ -259,9 +243,96 @@ pub fn store(
     Ok(stats)
 }
 
+/// What PAGEMAP_SCAN is asked for the pages of `plan` to store; `None`
+/// when none are.
+fn scan_request(plan: &Planned) -> Option<ScanRequest> {
+    let v = &plan.vma;
+    match plan.pages {
+        Pages::None => None,
+        // Present or swapped, and not the shared zero page.
+        Pages::All => Some(ScanRequest {
+            range: v.start..v.end,
+            flags: 0,
+            required: Categories::PFNZERO,
+            any_of: Categories::PRESENT | Categories::SWAPPED,
+            inverted: Categories::PFNZERO,
+            report: Categories::PRESENT,
+        }),
+        // Additionally not a page of the file.
+        Pages::Anonymous => Some(ScanRequest {
+            range: v.start..v.end,
+            flags: 0,
+            required: Categories::PFNZERO | Categories::FILE,
+            any_of: Categories::PRESENT | Categories::SWAPPED,
+            inverted: Categories::PFNZERO | Categories::FILE,
+            report: Categories::PRESENT,
+        }),
+    }
+}
+
+/// The pages of `pid` it still shares copy-on-write with its parent
+/// (`parent`, whose mappings are `parent_plans`): pages to store that are
+/// the same physical page as the parent's at the same address, in a
+/// private mapping the parent has the same (not DONTFORK or WIPEONFORK,
+/// no guard regions, which a fork would not copy as they are). Returned as
+/// start and end address of each run, in order; their mappings are marked
+/// [`Vma::from_parent`]. Needs the page frame numbers of /proc/PID/pagemap
+/// (CAP_SYS_ADMIN): without them nothing is found shared.
+pub fn shared_with_parent(
+    pid: Pid,
+    plans: &mut [Planned],
+    parent: Pid,
+    parent_plans: &[Planned],
+) -> Result<Vec<u64>, MemoryError> {
+    let scan_err = |pid: Pid, start: u64| {
+        move |e: stasis_sys::pagemap::Error| MemoryError::Scan { pid, start, what: crate::chain(&e) }
+    };
+    let mine = Pagemap::open(pid).map_err(scan_err(pid, 0))?;
+    let theirs = Pagemap::open(parent).map_err(scan_err(parent, 0))?;
+    let mut shared = Vec::new();
+    for plan in plans.iter_mut() {
+        let v = &plan.vma;
+        let inheritable = v.flags & MAP_PRIVATE != 0
+            && v.shmem == 0
+            && v.guards.is_empty()
+            && v.madvise & (madvise::DONTFORK | madvise::WIPEONFORK) == 0
+            && matches!(
+                VmaKind::try_from(v.kind),
+                Ok(VmaKind::Anonymous | VmaKind::Heap | VmaKind::Stack | VmaKind::File)
+            );
+        let same = |p: &&Planned| Vma { has_pages: v.has_pages, ..p.vma.clone() } == *v;
+        if !inheritable || !parent_plans.iter().any(|p| same(&p)) {
+            continue;
+        }
+        let Some(req) = scan_request(plan) else { continue };
+        let regions = mine.scan(&req).map_err(scan_err(pid, v.start))?;
+        let mut found = false;
+        for r in regions {
+            let (a, b) = (
+                mine.entries(r.start..r.end).map_err(scan_err(pid, r.start))?,
+                theirs.entries(r.start..r.end).map_err(scan_err(parent, r.start))?,
+            );
+            let mut at = r.start;
+            for (x, y) in a.iter().zip(&b) {
+                let same_page = x.pfn().is_some_and(|f| f != 0 && y.pfn() == Some(f));
+                if same_page {
+                    found = true;
+                    match shared.last_mut() {
+                        Some(end) if *end == at => *end = at + PAGE,
+                        _ => shared.extend([at, at + PAGE]),
+                    }
+                }
+                at += PAGE;
+            }
+        }
+        plan.vma.from_parent = found;
+    }
+    Ok(shared)
+}
+
 /// What of `range` is outside the `[start, end)` pairs of `holes` (in
 /// address order).
-fn without(range: std::ops::Range<u64>, holes: &[u64]) -> Vec<std::ops::Range<u64>> {
+pub(crate) fn without(range: std::ops::Range<u64>, holes: &[u64]) -> Vec<std::ops::Range<u64>> {
     let mut out = Vec::new();
     let mut at = range.start;
     for h in holes.chunks_exact(2) {
@@ -309,21 +380,19 @@ pub fn find_guards(pid: Pid, plans: &mut [Planned]) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// Read `[at, end)` of `pid`: process_vm_readv for readable memory,
-/// /proc/PID/mem (which reads PROT_NONE pages too, with FOLL_FORCE) for the
-/// rest.
-fn read_piece(pid: Pid, at: u64, end: u64, readable: bool, mem: &mut Option<ProcMem>) -> Result<Vec<u8>, MemoryError> {
+/// Read `[at, end)` of `pid` through /proc/PID/mem, which reads PROT_NONE
+/// pages too (FOLL_FORCE) and, unlike process_vm_readv, takes no pin of
+/// the pages: a pin makes the kernel copy an anonymous page still shared
+/// copy-on-write with a parent or child (so it may be pinned alone), and a
+/// dump that lets the tree run on would leave it with those copies.
+fn read_piece(pid: Pid, at: u64, end: u64, mem: &mut Option<ProcMem>) -> Result<Vec<u8>, MemoryError> {
     let mut buf = vec![0; (end - at) as usize];
     let err = |what: String| MemoryError::Read { pid, start: at, what };
-    if readable {
-        process_vm::read_exact(pid, RemoteAddr(at), &mut buf).map_err(|e| err(crate::chain(&e)))?;
-    } else {
-        let mem = match mem {
-            Some(m) => m,
-            None => mem.insert(ProcMem::open(pid, false).map_err(|e| err(crate::chain(&e)))?),
-        };
-        mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| err(crate::chain(&e)))?;
-    }
+    let mem = match mem {
+        Some(m) => m,
+        None => mem.insert(ProcMem::open(pid, false).map_err(|e| err(crate::chain(&e)))?),
+    };
+    mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| err(crate::chain(&e)))?;
     Ok(buf)
 }
 

@@ -16,7 +16,7 @@
 //! 5. Kill the tree, or with `leave_running` let it go unchanged. On every
 //!    error path the threads are detached and run on as they were.
 
-mod memory;
+pub(crate) mod memory;
 mod pidmap;
 mod task;
 mod tcp_hold;
@@ -195,7 +195,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         None => None,
     };
-    let Collected { mut tree, plans, contents, objects, tcp, ptys } = collect(&mut frozen)?;
+    let Collected { mut tree, mut plans, contents, objects, tcp, ptys } = collect(&mut frozen)?;
     let mut ptys = Some(ptys);
     tree.volume = volume;
     clock.phase("collect");
@@ -208,13 +208,30 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let mut stored_before = 0;
     // The pids stasis sees (the tree's may be those of its own namespace).
     let outer: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
+    // Pages a child still shares with its parent are its parent's to store.
+    for i in 0..tree.processes.len() {
+        let Some(j) = tree.processes.iter().position(|q| q.pid == tree.processes[i].ppid) else { continue };
+        let (parent_plans, mine) = match j < i {
+            true => {
+                let (head, tail) = plans.split_at_mut(i);
+                (&head[j], &mut tail[0])
+            }
+            false => continue,
+        };
+        let shared = memory::shared_with_parent(outer[i], mine, outer[j], parent_plans)?;
+        let p = &mut tree.processes[i];
+        for (v, plan) in p.vmas.iter_mut().zip(mine.iter()) {
+            v.from_parent = plan.vma.from_parent;
+        }
+        p.from_parent = shared;
+    }
     for ((p, plans), &pid) in tree.processes.iter().zip(&plans).zip(&outer) {
         let progress = |done, total| {
             if let Some(f) = &opts.progress {
                 (f.0)(stored_before + done, stored_before + total);
             }
         };
-        let stats = memory::store(pid, plans, p.mm, &mut writer, &progress)?;
+        let stats = memory::store(pid, plans, &p.from_parent, p.mm, &mut writer, &progress)?;
         stored_before += stats.pages_written * 4096;
         mem_stats.pages_scanned += stats.pages_scanned;
         mem_stats.pages_written += stats.pages_written;

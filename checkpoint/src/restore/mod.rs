@@ -658,14 +658,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         return Err(RestoreError::Cancelled);
     }
 
-    let (mut puppets, zombies) = create_tree(tree, pidns.as_mut())?;
-    // Into the image's cgroups before the threads exist (they follow).
-    let cgroups = crate::cgroups::Host::here();
-    for (puppet, p) in puppets.iter().zip(&tree.processes) {
-        for warning in cgroups.place(puppet.pid.as_raw(), p.pid, &p.cgroups) {
-            tracing::warn!("{warning}");
-        }
-    }
+    let agent_fd = std::os::fd::AsRawFd::as_raw_fd(&agent);
+    let memory = MemoryRecipe { image: &image, objects: &objects, deleted: &deleted, agent_fd };
+    let (mut puppets, zombies) = create_tree(tree, pidns.as_mut(), &memory)?;
     phase("create");
     let zombie_pids: Vec<Pid> = zombies.iter().map(|z| z.pid).collect();
     for (zombie, z) in zombies.into_iter().zip(&tree.zombies) {
@@ -680,21 +675,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     };
     let mut pages = 0;
-    let agent_fd = std::os::fd::AsRawFd::as_raw_fd(&agent);
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        let recipe = Recipe {
-            image: &image,
-            process: p,
-            fds: planned,
-            objects: &objects,
-            deleted: &deleted,
-            ptys: (&tree.ptys, &ptys),
-            cwds: &cwds,
-            reap,
-            agent_fd,
-        };
+        let recipe = Recipe { memory, process: p, fds: planned, ptys: (&tree.ptys, &ptys), cwds: &cwds, reap };
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
         if cancelled() {
             return Err(RestoreError::Cancelled);
@@ -873,7 +857,11 @@ fn in_process(tree: &ProcessTree, pid: i32, e: RestoreError) -> RestoreError {
 fn create_tree(
     tree: &ProcessTree,
     mut pidns: Option<&mut PidNamespace>,
+    memory: &MemoryRecipe<'_>,
 ) -> Result<(Vec<Puppet>, Vec<Puppet>), RestoreError> {
+    // Into the image's cgroups before any memory is built (it is charged
+    // where it is made) and before the threads exist (they follow).
+    let cgroups = crate::cgroups::Host::here();
     let is_root = |p: &Process| !tree.processes.iter().any(|q| q.pid == p.ppid);
     let mut session_helpers: Vec<Puppet> = Vec::new();
     for &sid in &tree.leaderless_sessions {
@@ -886,7 +874,15 @@ fn create_tree(
     let mut puppets: Vec<Puppet> = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         let mut puppet = match puppets.iter_mut().find(|q| q.ns_pid == p.ppid) {
-            Some(parent) => parent.fork(p.pid, p.exit_signal)?,
+            Some(parent) => {
+                // Pages still shared with the parent: forked once the
+                // parent's memory is back, so they are shared again.
+                if p.vmas.iter().any(|v| v.from_parent) && parent.memory_built.is_none() {
+                    let q = tree.processes.iter().find(|q| q.pid == p.ppid).expect("found by pid above");
+                    parent.build_memory(memory, q, &mut |_| {}, &|_, _| {}).map_err(|e| in_process(tree, q.pid, e))?;
+                }
+                parent.fork(p.pid, p.exit_signal)?
+            }
             None => match session_helpers.iter_mut().find(|h| h.ns_pid == p.sid) {
                 Some(helper) => {
                     let puppet = helper.fork(p.pid, p.exit_signal)?;
@@ -900,6 +896,9 @@ fn create_tree(
         };
         if p.sid == p.pid {
             puppet.simple_call("session", libc::SYS_setsid, [0; 6])?;
+        }
+        for warning in cgroups.place(puppet.pid.as_raw(), p.pid, &p.cgroups) {
+            tracing::warn!("{warning}");
         }
         puppets.push(puppet);
     }
@@ -1197,14 +1196,22 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const ROBUST_LIST_HEAD_LEN: u64 = 24;
 
 /// What one puppet is built from.
-struct Recipe<'a> {
+/// What building a process's memory needs, the same for every process.
+#[derive(Clone, Copy)]
+struct MemoryRecipe<'a> {
     image: &'a Image,
-    process: &'a Process,
-    fds: Vec<fds::Planned>,
     /// The tree's shared memory objects, by id.
     objects: &'a HashMap<u64, std::os::fd::OwnedFd>,
     /// The tree's deleted files, by their contents' address space.
     deleted: &'a HashMap<u32, std::os::fd::OwnedFd>,
+    /// The fd number at which the puppet inherited a pidfd of the agent.
+    agent_fd: i32,
+}
+
+struct Recipe<'a> {
+    memory: MemoryRecipe<'a>,
+    process: &'a Process,
+    fds: Vec<fds::Planned>,
     /// The tree's pseudo-terminal pairs, as dumped and as made.
     ptys: (&'a [stasis_image::records::Pty], &'a HashMap<u32, pty::Made>),
     /// Working directories removed while in use, made again for the
@@ -1213,8 +1220,6 @@ struct Recipe<'a> {
     /// The process has zombie children, whose exits queued SIGCHLD that the
     /// process did not get then.
     reap: bool,
-    /// The fd number at which the puppet inherited a pidfd of the agent.
-    agent_fd: i32,
 }
 
 /// A process being built. Dropping it kills it (before its threads are
@@ -1237,6 +1242,11 @@ struct Puppet {
     host_xfeatures: u64,
     /// Let go stopped (SIGSTOP), as the process was at the dump.
     stopped: bool,
+    /// Its memory is built ([`Puppet::build_memory`]): the pages written.
+    memory_built: Option<u64>,
+    /// Forked from a parent whose memory was built: it has the parent's
+    /// mappings, of which it keeps those it had from its parent.
+    forked_built: bool,
 }
 
 impl Drop for Puppet {
@@ -1291,6 +1301,8 @@ impl Puppet {
             tramp: 0,
             host_xfeatures: 0,
             stopped: false,
+            memory_built: None,
+            forked_built: false,
         };
         let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
         match main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))? {
@@ -1322,6 +1334,8 @@ impl Puppet {
             tramp: 0,
             host_xfeatures: self.host_xfeatures,
             stopped: false,
+            memory_built: None,
+            forked_built: self.memory_built.is_some(),
         })
     }
 
@@ -1416,13 +1430,21 @@ impl Puppet {
     }
 
     /// Steps 3 of the module docs. Returns the pages written.
-    fn build(
+    /// Steps 3's memory: a trampoline, the agent's memory unmapped (but
+    /// the mappings the process has from its parent, when it was forked
+    /// from its built parent), the vdso moved, every mapping made and the
+    /// stored pages written. Run before the process's children are forked
+    /// when they share pages with it, else at the start of [`Puppet::build`].
+    /// Returns the pages written.
+    fn build_memory(
         &mut self,
-        recipe: Recipe<'_>,
+        m: &MemoryRecipe<'_>,
+        p: &Process,
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let Recipe { image, process: p, fds: planned, objects, deleted, ptys, cwds, reap, agent_fd } = recipe;
+        let MemoryRecipe { image, objects, deleted, agent_fd } = *m;
+        let inherited = self.forked_built;
         let pid = self.pid;
         for t in &p.threads {
             let xf = XState::from_bytes(t.xstate.clone()).xfeatures().unwrap_or(0);
@@ -1462,19 +1484,6 @@ impl Puppet {
             // syscall; int3
             stasis_sys::process_vm::write_exact(pid, RemoteAddr(self.tramp), &[0x0f, 0x05, 0xcc])
                 .map_err(|e| step("trampoline")(crate::chain(&e)))?;
-            if reap {
-                // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}) until none is left.
-                let at = self.tramp + SCRATCH_OFFSET;
-                let mut raw = (1u64 << (libc::SIGCHLD - 1)).to_le_bytes().to_vec();
-                raw.extend_from_slice(&[0u8; 16]);
-                stasis_sys::process_vm::write_exact(pid, RemoteAddr(at), &raw)
-                    .map_err(|e| step("zombies")(crate::chain(&e)))?;
-                while inj
-                    .syscall(libc::SYS_rt_sigtimedwait, [at, 0, at + 8, 8, 0, 0])
-                    .map_err(|e| step("zombies")(crate::chain(&e)))?
-                    == libc::SIGCHLD as i64
-                {}
-            }
             // The puppet inherited the agent's rseq registration, which the
             // kernel writes to on every return to user space: drop it while
             // the agent's memory is still there.
@@ -1499,23 +1508,20 @@ impl Puppet {
         let tramp = self.tramp;
         let scratch = tramp + SCRATCH_OFFSET;
         let mut inj = main.begin_injection(RemoteAddr(tramp)).map_err(|e| step("injection")(crate::chain(&e)))?;
-        let mut r = Remote { inj: &mut inj, pid, scratch, agent_pidfd: None };
+        let mut r = Remote { inj: &mut inj, pid, scratch, agent_pidfd: Some(agent_fd as u64) };
 
-        // Nothing of the agent stays: its fds, then its memory. Its pidfd
-        // only, moved above the fds to install, until they are.
-        let high = planned.iter().map(fds::Planned::fd).max().map_or(0, |fd| fd as u64 + 1);
-        let agent = r.call("fds", libc::SYS_fcntl, [agent_fd as u64, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
-        if agent > 0 {
-            r.call("close fds", libc::SYS_close_range, [0, agent - 1, 0, 0, 0, 0])?;
-        }
-        r.call("close fds", libc::SYS_close_range, [agent + 1, u32::MAX as u64, 0, 0, 0, 0])?;
-        r.agent_pidfd = Some(agent);
+        // Nothing of the agent's memory stays, but what the process has from
+        // its parent by fork.
+        let kept: Vec<u64> =
+            p.vmas.iter().filter(|v| v.from_parent && inherited).flat_map(|v| [v.start, v.end]).collect();
         for c in &current {
             let special = matches!(c.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]");
             if special || (c.start >= tramp && c.end <= tramp + TRAMPOLINE_LEN) {
                 continue;
             }
-            r.call("unmap", libc::SYS_munmap, [c.start, c.end - c.start, 0, 0, 0, 0])?;
+            for gone in crate::dump::memory::without(c.start..c.end, &kept) {
+                r.call("unmap", libc::SYS_munmap, [gone.start, gone.end - gone.start, 0, 0, 0, 0])?;
+            }
         }
         // The special mappings move by one distance; through a free spot
         // first when the two places overlap.
@@ -1545,6 +1551,10 @@ impl Puppet {
 
         let shmem_records = image.processes().map(|t| t.shmem.as_slice()).unwrap_or_default();
         for v in &p.vmas {
+            if v.from_parent && inherited {
+                r.keep_from_parent(v, &p.from_parent)?;
+                continue;
+            }
             let sysv = shmem_records.iter().find(|m| m.id == v.shmem && m.sysv && v.shmem != 0).map(|m| m.size);
             r.map_vma(v, objects, deleted, sysv)?;
         }
@@ -1553,6 +1563,53 @@ impl Puppet {
         r.guards(p)?;
         r.aio_rings(p)?;
         phase("memory");
+
+        inj.finish().map_err(|e| step("injection")(crate::chain(&e)))?;
+        self.memory_built = Some(pages);
+        Ok(pages)
+    }
+
+    fn build(
+        &mut self,
+        recipe: Recipe<'_>,
+        phase: &mut dyn FnMut(&str),
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<u64, RestoreError> {
+        let Recipe { memory, process: p, fds: planned, ptys, cwds, reap } = recipe;
+        let (deleted, agent_fd) = (memory.deleted, memory.agent_fd);
+        let pid = self.pid;
+        let pages = match self.memory_built {
+            Some(pages) => pages,
+            None => self.build_memory(&memory, p, phase, progress)?,
+        };
+
+        let main = self.main.as_mut().expect("seized in create");
+        let tramp = self.tramp;
+        let scratch = tramp + SCRATCH_OFFSET;
+        let mut inj = main.begin_injection(RemoteAddr(tramp)).map_err(|e| step("injection")(crate::chain(&e)))?;
+        let mut r = Remote { inj: &mut inj, pid, scratch, agent_pidfd: None };
+        if reap {
+            // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}) until none is left.
+            let mut raw = (1u64 << (libc::SIGCHLD - 1)).to_le_bytes().to_vec();
+            raw.extend_from_slice(&[0u8; 16]);
+            r.put(0, &raw)?;
+            while r
+                .inj
+                .syscall(libc::SYS_rt_sigtimedwait, [scratch, 0, scratch + 8, 8, 0, 0])
+                .map_err(|e| step("zombies")(crate::chain(&e)))?
+                == libc::SIGCHLD as i64
+            {}
+        }
+
+        // Nothing of the agent's fds stays. Its pidfd only, moved above the
+        // fds to install, until they are.
+        let high = planned.iter().map(fds::Planned::fd).max().map_or(0, |fd| fd as u64 + 1);
+        let agent = r.call("fds", libc::SYS_fcntl, [agent_fd as u64, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
+        if agent > 0 {
+            r.call("close fds", libc::SYS_close_range, [0, agent - 1, 0, 0, 0, 0])?;
+        }
+        r.call("close fds", libc::SYS_close_range, [agent + 1, u32::MAX as u64, 0, 0, 0, 0])?;
+        r.agent_pidfd = Some(agent);
 
         r.mm_fields(p, deleted)?;
         r.install_fds(planned)?;
@@ -1795,6 +1852,24 @@ impl Remote<'_, '_> {
             }
             self.call(&what, libc::SYS_mprotect, [v.start, len, u64::from(v.prot), 0, 0, 0])?;
         }
+        self.advise(v, &what)
+    }
+
+    /// A mapping the process has from its parent by fork: the pages it no
+    /// longer shared with the parent (its own, written next, or none) are
+    /// dropped, and its advice and lock set again (a fork does not copy
+    /// mlock).
+    fn keep_from_parent(&mut self, v: &stasis_image::records::Vma, shared: &[u64]) -> Result<(), RestoreError> {
+        let what = format!("mapping {:#x}-{:#x} (from the parent)", v.start, v.end);
+        for own in crate::dump::memory::without(v.start..v.end, shared) {
+            self.call(&what, libc::SYS_madvise, [own.start, own.end - own.start, libc::MADV_DONTNEED as u64, 0, 0, 0])?;
+        }
+        self.advise(v, &what)
+    }
+
+    /// The madvise(2) advice and mlock of mapping `v`.
+    fn advise(&mut self, v: &stasis_image::records::Vma, what: &str) -> Result<(), RestoreError> {
+        let len = v.end - v.start;
         use stasis_image::records::madvise as m;
         for (bit, advice) in [
             (m::DONTFORK, libc::MADV_DONTFORK),
@@ -1807,12 +1882,12 @@ impl Remote<'_, '_> {
             (m::RANDOM, libc::MADV_RANDOM),
         ] {
             if v.madvise & bit != 0 {
-                self.call(&what, libc::SYS_madvise, [v.start, len, advice as u64, 0, 0, 0])?;
+                self.call(what, libc::SYS_madvise, [v.start, len, advice as u64, 0, 0, 0])?;
             }
         }
         if v.madvise & m::LOCKED != 0 {
             let onfault = if v.madvise & m::LOCKONFAULT != 0 { libc::MLOCK_ONFAULT as u64 } else { 0 };
-            self.call(&what, libc::SYS_mlock2, [v.start, len, onfault, 0, 0, 0])?;
+            self.call(what, libc::SYS_mlock2, [v.start, len, onfault, 0, 0, 0])?;
         }
         Ok(())
     }
