@@ -84,12 +84,23 @@ fn sysv_segment(image: &Image, m: &Shmem) -> Result<OwnedFd, String> {
             sysv::remove(old).map_err(|e| format!("removing the dumped tree's segment {old}: {e}"))?;
         }
     }
-    let asked = sysv::set_next_id(m.sysv_id).is_ok();
-    let created = sysv::create(key, m.size, 0o600);
-    if asked {
-        let _ = sysv::set_next_id(-1);
-    }
-    let id = created.map_err(|e| format!("shmget key {key:#x}, {} bytes: {e}", m.size))?;
+    // kernel.shm_next_id is the IPC namespace's: a segment made at the same
+    // moment by anyone else takes the id asked for, which is then asked for
+    // again while it is free.
+    let mut tries = 0;
+    let id = loop {
+        let asked = sysv::set_next_id(m.sysv_id).is_ok();
+        let created = sysv::create(key, m.size, 0o600);
+        if asked {
+            let _ = sysv::set_next_id(-1);
+        }
+        let id = created.map_err(|e| format!("shmget key {key:#x}, {} bytes: {e}", m.size))?;
+        tries += 1;
+        if id == m.sysv_id || !asked || tries == 5 || sysv::stat(m.sysv_id).is_ok() {
+            break id;
+        }
+        sysv::remove(id).map_err(|e| format!("removing segment {id}, made at another id than asked: {e}"))?;
+    };
     let made = (|| {
         if id != m.sysv_id {
             tracing::warn!("System V segment {} is restored as segment {id} (its id was taken)", m.sysv_id);
