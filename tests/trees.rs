@@ -236,6 +236,18 @@ fn fork_tree_leave_running() {
     leave_running("tree");
 }
 
+/// A child forked with CLONE_FILES shares its parent's fd table again
+/// after the restore (an fd the parent opens then is in the child's table).
+#[test]
+fn shared_fd_table_round_trip() {
+    round_trip("clone_files");
+}
+
+#[test]
+fn shared_fd_table_leave_running() {
+    leave_running("clone_files");
+}
+
 #[test]
 fn session_with_two_process_groups_round_trip() {
     round_trip("session");

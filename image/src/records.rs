@@ -315,6 +315,10 @@ pub struct Process {
     /// forks it from its parent once the parent's memory is back.
     #[prost(uint64, repeated, tag = "32")]
     pub from_parent: Vec<u64>,
+    /// It shares its parent's fd table (forked with CLONE_FILES): its fds
+    /// are the parent's, recorded there only.
+    #[prost(bool, tag = "33")]
+    pub files_of_parent: bool,
 }
 
 /// The membarrier(2) commands (include/uapi/linux/membarrier.h) that

@@ -693,6 +693,12 @@ impl Injection<'_> {
         self.clone_task(libc::CLONE_PTRACE as u64, exit_signal as u64, pid, None)
     }
 
+    /// [`Injection::clone_process`], the child sharing the tracee's fd
+    /// table (CLONE_FILES) instead of getting a copy of it.
+    pub fn clone_process_sharing_files(&mut self, pid: Pid, exit_signal: i32) -> Result<Seized, Error> {
+        self.clone_task((libc::CLONE_PTRACE | libc::CLONE_FILES) as u64, exit_signal as u64, pid, None)
+    }
+
     fn clone_task(
         &mut self,
         flags: u64,

@@ -450,7 +450,7 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
     }
     problems.extend(fd_problems(&seen));
     problems.extend(link_problems(&stats, &Leaderless::find(&stats)));
-    problems.extend(shared_vm_problems(&pids)?);
+    problems.extend(shared_vm_problems(&pids, &stats)?);
     if !problems.is_empty() {
         return Err(DumpError::Unsupported { pid: root, problems });
     }
@@ -564,8 +564,13 @@ fn pid_namespace_problem(root: Pid, pid: Pid) -> Option<String> {
 /// Processes sharing one address space: a vfork child (or a CLONE_VM one)
 /// runs on its parent's memory, which restore would split in two. (The
 /// parent waits in vfork, where no ptrace interrupt can stop it: this must
-/// be found before the freeze.)
-fn shared_vm_problems(pids: &[Pid]) -> Result<Vec<String>, DumpError> {
+/// be found before the freeze.) Processes sharing one fd table are restored
+/// when each shares it with its parent (forked with CLONE_FILES), as a
+/// restore forks them; a table shared otherwise (its holder's parent
+/// unshared it since) is refused.
+fn shared_vm_problems(pids: &[Pid], stats: &[(Pid, Stat)]) -> Result<Vec<String>, DumpError> {
+    let kcmp_err =
+        |pid: Pid| move |e: stasis_sys::Errno| DumpError::Proc { pid, what: "kcmp".into(), source: e.into() };
     let mut problems = Vec::new();
     for (i, &a) in pids.iter().enumerate() {
         for &b in &pids[i + 1..] {
@@ -574,19 +579,44 @@ fn shared_vm_problems(pids: &[Pid]) -> Result<Vec<String>, DumpError> {
                     "processes {a} and {b} share one address space (vfork or CLONE_VM; not supported yet)"
                 )),
                 Ok(false) | Err(stasis_sys::Errno::ESRCH) => {}
-                Err(e) => return Err(DumpError::Proc { pid: b, what: "kcmp".into(), source: e.into() }),
+                Err(e) => return Err(kcmp_err(b)(e)),
             }
-            // Restored, each would get a table of its own.
             match kcmp::same_files(a, b) {
-                Ok(true) => {
-                    problems.push(format!("processes {a} and {b} share one fd table (CLONE_FILES; not supported yet)"))
-                }
-                Ok(false) | Err(stasis_sys::Errno::ESRCH) => {}
-                Err(e) => return Err(DumpError::Proc { pid: b, what: "kcmp".into(), source: e.into() }),
+                Ok(true) if table_holder(a, pids, stats)? != table_holder(b, pids, stats)? => problems.push(format!(
+                    "processes {a} and {b} share one fd table, but not as a parent and the children it forked \
+                         with CLONE_FILES (not supported yet)"
+                )),
+                Ok(_) | Err(stasis_sys::Errno::ESRCH) => {}
+                Err(e) => return Err(kcmp_err(b)(e)),
             }
         }
     }
     Ok(problems)
+}
+
+/// Whether `pid` shares its parent's fd table (CLONE_FILES), its parent
+/// being one of `pids` (as `stats` tell).
+fn shares_parents_files(pid: Pid, pids: &[Pid], stats: &[(Pid, Stat)]) -> Result<Option<Pid>, DumpError> {
+    let Some(parent) = stats.iter().find(|(p, _)| *p == pid).map(|(_, s)| Pid::from_raw(s.ppid)) else {
+        return Ok(None);
+    };
+    if !pids.contains(&parent) {
+        return Ok(None);
+    }
+    match kcmp::same_files(parent, pid) {
+        Ok(true) => Ok(Some(parent)),
+        Ok(false) | Err(stasis_sys::Errno::ESRCH) => Ok(None),
+        Err(e) => Err(DumpError::Proc { pid, what: "kcmp".into(), source: e.into() }),
+    }
+}
+
+/// The first process of the line of parents sharing `pid`'s fd table.
+fn table_holder(pid: Pid, pids: &[Pid], stats: &[(Pid, Stat)]) -> Result<Pid, DumpError> {
+    let mut at = pid;
+    while let Some(parent) = shares_parents_files(at, pids, stats)? {
+        at = parent;
+    }
+    Ok(at)
 }
 
 /// Sessions and process groups whose leader had exited (no process has
@@ -732,7 +762,7 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     let seen: Vec<(Pid, Vec<Seen>)> = listed.iter().map(|l| (l.0, l.4.clone())).collect();
     problems.extend(fd_problems(&seen));
     let pids: Vec<Pid> = listed.iter().map(|l| l.0).collect();
-    problems.extend(shared_vm_problems(&pids)?);
+    problems.extend(shared_vm_problems(&pids, &stats)?);
     let leaderless = Leaderless::find(&stats);
     problems.extend(link_problems(&stats, &leaderless));
     if !problems.is_empty() {
@@ -764,7 +794,11 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         process.mm = i as u32 + 1;
         memory::find_guards(pid, &mut plans)?;
         process.vmas = plans.iter().map(|p| p.vma.clone()).collect();
-        process.fds = fds.dump(pid, &seen, &processes, &mut shmem)?;
+        // A table shared with the parent is the parent's to record.
+        process.files_of_parent = shares_parents_files(pid, &pids, &stats)?.is_some();
+        if !process.files_of_parent {
+            process.fds = fds.dump(pid, &seen, &processes, &mut shmem)?;
+        }
         kernel.get_or_insert_with(|| task::kernel_layout(pid, &maps));
         processes.push(process);
         all_plans.push(plans);

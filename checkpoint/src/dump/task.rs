@@ -118,6 +118,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         loginuid: proc::read(pid, "loginuid").ok().and_then(|s| s.trim().parse().ok()),
         membarrier: injected.membarrier,
         from_parent: Vec::new(),
+        files_of_parent: false,
     })
 }
 

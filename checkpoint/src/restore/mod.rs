@@ -675,11 +675,40 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     };
     let mut pages = 0;
+    // Processes sharing one fd table (a parent and the children it forked
+    // with CLONE_FILES): the first builds it, the others find it built.
+    let mut table: Vec<usize> = (0..tree.processes.len()).collect();
+    for (i, p) in tree.processes.iter().enumerate() {
+        if let Some(parent) = tree.processes[..i].iter().position(|q| q.pid == p.ppid).filter(|_| p.files_of_parent) {
+            table[i] = table[parent];
+        }
+    }
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
-        let recipe = Recipe { memory, process: p, fds: planned, ptys: (&tree.ptys, &ptys), cwds: &cwds, reap };
+        let shared_table = match table[i] {
+            t if t == i => None,
+            t => Some(puppets[t].agent_left.ok_or_else(|| {
+                in_process(tree, p.pid, step("fds")("its parent's fd table has no pidfd of the agent left".into()))
+            })?),
+        };
+        let keep_agent = table[i + 1..].contains(&table[i]);
+        let recipe = Recipe {
+            memory,
+            process: p,
+            fds: planned,
+            ptys: (&tree.ptys, &ptys),
+            cwds: &cwds,
+            reap,
+            shared_table,
+            keep_agent,
+        };
+        let holder = table[i];
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
+        // The table's holder keeps the number for the others.
+        if holder != i {
+            puppets[holder].agent_left = puppets[i].agent_left.take().or(puppets[holder].agent_left);
+        }
         if cancelled() {
             return Err(RestoreError::Cancelled);
         }
@@ -881,7 +910,7 @@ fn create_tree(
                     let q = tree.processes.iter().find(|q| q.pid == p.ppid).expect("found by pid above");
                     parent.build_memory(memory, q, &mut |_| {}, &|_, _| {}).map_err(|e| in_process(tree, q.pid, e))?;
                 }
-                parent.fork(p.pid, p.exit_signal)?
+                parent.fork_sharing(p.pid, p.exit_signal, p.files_of_parent)?
             }
             None => match session_helpers.iter_mut().find(|h| h.ns_pid == p.sid) {
                 Some(helper) => {
@@ -1220,6 +1249,12 @@ struct Recipe<'a> {
     /// The process has zombie children, whose exits queued SIGCHLD that the
     /// process did not get then.
     reap: bool,
+    /// Its fd table is its parent's, built already, where the agent's
+    /// pidfd was left open at this number: its fds are not touched.
+    shared_table: Option<u64>,
+    /// Its table is shared with a process built later: the agent's pidfd
+    /// is left open in it ([`Puppet::agent_left`]).
+    keep_agent: bool,
 }
 
 /// A process being built. Dropping it kills it (before its threads are
@@ -1247,6 +1282,9 @@ struct Puppet {
     /// Forked from a parent whose memory was built: it has the parent's
     /// mappings, of which it keeps those it had from its parent.
     forked_built: bool,
+    /// Built, its fd table shared with a child built later: the agent's
+    /// pidfd left open in it, at this number, for that child.
+    agent_left: Option<u64>,
 }
 
 impl Drop for Puppet {
@@ -1303,6 +1341,7 @@ impl Puppet {
             stopped: false,
             memory_built: None,
             forked_built: false,
+            agent_left: None,
         };
         let mut main = Seized::seize(pid, opts).map_err(|e| create(e.to_string()))?;
         match main.interrupt(Duration::from_secs(10)).map_err(|e| create(e.to_string()))? {
@@ -1317,11 +1356,20 @@ impl Puppet {
     /// A child of this (still unbuilt) puppet at `pid`: a copy of it, made
     /// by an injected clone3, seized from birth.
     fn fork(&mut self, pid: i32, exit_signal: i32) -> Result<Puppet, RestoreError> {
+        self.fork_sharing(pid, exit_signal, false)
+    }
+
+    /// [`Puppet::fork`], the child sharing this puppet's fd table when
+    /// `files` (CLONE_FILES).
+    fn fork_sharing(&mut self, pid: i32, exit_signal: i32, files: bool) -> Result<Puppet, RestoreError> {
         let create = |what: String| RestoreError::Create { pid, what };
         let site = find_syscall_site(self.pid).map_err(|e| create(crate::chain(&e)))?;
         let main = self.main.as_mut().expect("seized in create");
         let mut inj = main.begin_injection(site).map_err(|e| create(crate::chain(&e)))?;
-        let made = inj.clone_process(Pid::from_raw(pid), exit_signal);
+        let made = match files {
+            true => inj.clone_process_sharing_files(Pid::from_raw(pid), exit_signal),
+            false => inj.clone_process(Pid::from_raw(pid), exit_signal),
+        };
         inj.finish().map_err(|e| create(crate::chain(&e)))?;
         let made = made.map_err(|e| create(crate::chain(&e)))?;
         Ok(Puppet {
@@ -1336,6 +1384,7 @@ impl Puppet {
             stopped: false,
             memory_built: None,
             forked_built: self.memory_built.is_some(),
+            agent_left: None,
         })
     }
 
@@ -1575,7 +1624,9 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let Recipe { memory, process: p, fds: planned, ptys, cwds, reap } = recipe;
+        let Recipe { memory, process: p, fds: planned, ptys, cwds, reap, shared_table, keep_agent } = recipe;
+        // In a table built already, the agent's pidfd is where it was left.
+        let memory = MemoryRecipe { agent_fd: shared_table.map_or(memory.agent_fd, |fd| fd as i32), ..memory };
         let (deleted, agent_fd) = (memory.deleted, memory.agent_fd);
         let pid = self.pid;
         let pages = match self.memory_built {
@@ -1602,22 +1653,37 @@ impl Puppet {
         }
 
         // Nothing of the agent's fds stays. Its pidfd only, moved above the
-        // fds to install, until they are.
-        let high = planned.iter().map(fds::Planned::fd).max().map_or(0, |fd| fd as u64 + 1);
-        let agent = r.call("fds", libc::SYS_fcntl, [agent_fd as u64, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
-        if agent > 0 {
-            r.call("close fds", libc::SYS_close_range, [0, agent - 1, 0, 0, 0, 0])?;
-        }
-        r.call("close fds", libc::SYS_close_range, [agent + 1, u32::MAX as u64, 0, 0, 0, 0])?;
+        // fds to install, until they are. A table shared with the parent
+        // is the parent's, built already.
+        let agent = match shared_table {
+            Some(fd) => fd,
+            None => {
+                let high = planned.iter().map(fds::Planned::fd).max().map_or(0, |fd| fd as u64 + 1);
+                let agent =
+                    r.call("fds", libc::SYS_fcntl, [agent_fd as u64, libc::F_DUPFD_CLOEXEC as u64, high, 0, 0, 0])?;
+                if agent > 0 {
+                    r.call("close fds", libc::SYS_close_range, [0, agent - 1, 0, 0, 0, 0])?;
+                }
+                r.call("close fds", libc::SYS_close_range, [agent + 1, u32::MAX as u64, 0, 0, 0, 0])?;
+                agent
+            }
+        };
         r.agent_pidfd = Some(agent);
 
         r.mm_fields(p, deleted)?;
-        r.install_fds(planned)?;
+        if shared_table.is_none() {
+            r.install_fds(planned)?;
+        }
         r.take_locks(p)?;
         r.fd_owners(p)?;
         r.controlling_terminal(p, ptys)?;
-        if let Some(fd) = r.agent_pidfd.take() {
-            r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        match keep_agent {
+            true => self.agent_left = r.agent_pidfd.take(),
+            false => {
+                if let Some(fd) = r.agent_pidfd.take() {
+                    r.call("fds", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                }
+            }
         }
         phase("fds");
         r.attributes(p, cwds)?;
