@@ -77,6 +77,17 @@ pub struct ProcessSummary {
     pub threads: Vec<i32>,
     pub vmas: Vec<VmaSummary>,
     pub fds: Vec<FdSummary>,
+    /// Its fds are its parent's (one table, CLONE_FILES).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub files_of_parent: bool,
+    /// Bytes of memory it still shared copy-on-write with its parent,
+    /// stored with the parent.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bytes_from_parent: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A zombie of the image.
@@ -110,6 +121,9 @@ pub struct VmaSummary {
     pub kind: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// Got from the parent by fork, with pages still shared.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_parent: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -301,6 +315,8 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
         mm: p.mm,
         exe: p.exe.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
         cwd: p.cwd.clone(),
+        files_of_parent: p.files_of_parent,
+        bytes_from_parent: p.from_parent.chunks_exact(2).map(|r| r[1].saturating_sub(r[0])).sum(),
         threads: p.threads.iter().map(|t| t.tid).collect(),
         vmas: p
             .vmas
@@ -315,6 +331,7 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                     kind: VmaKind::try_from(v.kind)
                         .map_or_else(|_| v.kind.to_string(), |k| format!("{k:?}").to_lowercase()),
                     path: v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+                    from_parent: v.from_parent,
                 }
             })
             .collect(),

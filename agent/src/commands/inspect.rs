@@ -102,14 +102,22 @@ fn print_text(i: &Inspection) {
         println!("process    {} (parent {}, group {}, session {}), {}", p.pid, p.ppid, p.pgid, p.sid, p.exe);
         println!("  cwd      {}", p.cwd);
         println!("  threads  {}", p.threads.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "));
-        println!("  fds");
+        if p.files_of_parent {
+            println!("  fds      its parent's (one fd table, CLONE_FILES)");
+        } else {
+            println!("  fds");
+        }
         for f in &p.fds {
             let shares = if f.shares.is_empty() { String::new() } else { format!(", shares {}", f.shares) };
             println!("    {:>4}  {:<6} {} (pos {}, flags {:#o}{shares})", f.fd, f.kind, f.target, f.pos, f.flags);
         }
-        println!("  mappings");
+        match p.bytes_from_parent {
+            0 => println!("  mappings"),
+            n => println!("  mappings ({} still shared with the parent, stored with it)", bytes(n)),
+        }
         for v in &p.vmas {
-            println!("    {:016x}-{:016x} {} {:<8} {}", v.start, v.end, v.perms, v.kind, v.path);
+            let from = if v.from_parent { " (from the parent)" } else { "" };
+            println!("    {:016x}-{:016x} {} {:<8} {}{from}", v.start, v.end, v.perms, v.kind, v.path);
         }
     }
     for z in &i.zombies {
