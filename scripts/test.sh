@@ -24,6 +24,7 @@ declare -A packages=(
     [nginx]=nginx
     [pg_ctlcluster]=postgresql
     [tmux]=tmux
+    [ip]=iproute2
 )
 missing=()
 for cmd in "${!packages[@]}"; do

@@ -600,11 +600,27 @@ fn tcp_connections_closing() {
 /// first, and still receives on the second.
 #[test]
 fn tcp_half_closed_with_a_peer_outside() {
+    half_closed(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), "tcp-half-closed");
+}
+
+/// The same with the peer on another host, as after a migration: a network
+/// namespace joined by a veth pair (10.201.N.2, the host 10.201.N.1), so
+/// the peer's FIN and acknowledgements that restore sends from the peer's
+/// address come from an address that is not this host's.
+#[test]
+fn tcp_half_closed_with_a_peer_on_another_host() {
+    let peer = util::netns::PeerHost::create();
+    half_closed(peer.listen(), "tcp-half-closed-remote");
+}
+
+/// One connection the peer (`listener`, this test) shuts down, one the
+/// process shuts down; round trip, then --leave-running.
+fn half_closed(listener: std::net::TcpListener, prefix: &str) {
     use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener};
+    use std::net::Shutdown;
     let setup = "import socket\n\
         def st(x):\n    return x.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]\n\
-        peer = ('127.0.0.1', int(os.environ['PEER_PORT']))\n\
+        peer = (os.environ['PEER_ADDR'], int(os.environ['PEER_PORT']))\n\
         a = socket.create_connection(peer, timeout=20)\n\
         b = socket.create_connection(peer, timeout=20)\n\
         b.shutdown(socket.SHUT_WR)";
@@ -614,20 +630,25 @@ fn tcp_half_closed_with_a_peer_outside() {
         a.close()\n\
         want('b: FIN_WAIT2', st(b), 5)\n\
         want('b: receives', b.recv(16), b'to-b')";
+    let addr = listener.local_addr().unwrap();
+    let std::net::IpAddr::V4(ip) = addr.ip() else { panic!("an IPv4 listener") };
+    let env = [("PEER_ADDR", ip.to_string()), ("PEER_PORT", addr.port().to_string())];
     for leave_running in [false, true] {
-        let name = if leave_running { "tcp-half-closed-lr" } else { "tcp-half-closed" };
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port().to_string();
-        let mut p = start_with(name, setup, check, &[("PEER_PORT", port)]);
+        let name = if leave_running { format!("{prefix}-lr") } else { prefix.to_string() };
+        let mut p = start_with(&name, setup, check, &env);
         let (mut a, _) = listener.accept().unwrap();
         let (mut b, _) = listener.accept().unwrap();
         for s in [&a, &b] {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         }
         a.shutdown(Shutdown::Write).unwrap();
-        // The process's end of `a` in CLOSE_WAIT (08), as the kernel lists it.
-        let a_port = a.peer_addr().unwrap().port();
-        let close_wait = format!(":{a_port:04X} 0100007F:{:04X} 08", a.local_addr().unwrap().port());
+        // The process's end of `a` in CLOSE_WAIT (08), as the kernel lists
+        // it (addresses as little-endian hex, ports big-endian).
+        let hex = |a: std::net::SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.octets()), a.port()),
+            other => panic!("{other} is not IPv4"),
+        };
+        let close_wait = format!("{} {} 08", hex(a.peer_addr().unwrap()), hex(a.local_addr().unwrap()));
         p.wait_for(Duration::from_secs(10), "CLOSE_WAIT in /proc/net/tcp", || {
             fs::read_to_string("/proc/net/tcp").unwrap().contains(&close_wait).then_some(())
         });

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod pidns;
 pub mod servers;
 pub mod workload;
