@@ -19,7 +19,7 @@
 
 use std::fs::OpenOptions;
 use std::ops::Range;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -134,6 +134,15 @@ pub enum Error {
         #[source]
         errno: Errno,
     },
+    /// Making a userfaultfd in another process (injected) or taking it from
+    /// there failed.
+    #[error("cannot make a userfaultfd in process {pid}: {what}")]
+    InProcess {
+        /// The process.
+        pid: nix::unistd::Pid,
+        /// What went wrong.
+        what: String,
+    },
     /// UFFDIO_WRITEPROTECT failed.
     #[error("UFFDIO_WRITEPROTECT (protect: {protect}) of {start:#x}..{end:#x} failed")]
     WriteProtect {
@@ -210,6 +219,38 @@ impl Userfaultfd {
             return Err(Error::Unsupported { missing: features & !available });
         }
         let fd = create(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+        let api = handshake(&fd, features)?;
+        Ok(Userfaultfd { fd, features: api.features })
+    }
+
+    /// A userfaultfd of the address space of the stopped process `inj`
+    /// runs in (a userfaultfd belongs to the memory of the process that
+    /// made it): made there by an injected userfaultfd(2), taken with
+    /// pidfd_getfd through `pidfd`, closed there again, and handshaken here
+    /// with exactly `features`. Its ioctls then act on that process's
+    /// mappings (UFFDIO_REGISTER takes the context's memory, not the
+    /// caller's); dropping it unregisters them. Only user-mode faults are
+    /// asked for (`UFFD_USER_MODE_ONLY`), which lets an unprivileged process
+    /// have one whatever `vm.unprivileged_userfaultfd` says; the kernel
+    /// resolves WP_ASYNC write faults, of user or kernel mode, by itself.
+    pub fn in_process(
+        inj: &mut crate::inject::Injection<'_>,
+        pidfd: &crate::pidfd::PidFd,
+        features: u64,
+    ) -> Result<Self, Error> {
+        let pid = inj.tid();
+        let fail = |what: String| Error::InProcess { pid, what };
+        let available = supported_features()?;
+        if features & !available != 0 {
+            return Err(Error::Unsupported { missing: features & !available });
+        }
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK | USER_MODE_ONLY) as u64;
+        let there = inj
+            .syscall_ok(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])
+            .map_err(|e| fail(format!("userfaultfd: {e}")))?;
+        let taken = pidfd.get_fd(there as RawFd).map_err(|e| fail(format!("pidfd_getfd: {e}")));
+        inj.syscall_ok(libc::SYS_close, [there, 0, 0, 0, 0, 0]).map_err(|e| fail(format!("close: {e}")))?;
+        let fd = taken?;
         let api = handshake(&fd, features)?;
         Ok(Userfaultfd { fd, features: api.features })
     }
@@ -314,6 +355,56 @@ mod tests {
         map.touch_page(5, 8);
         assert_eq!(written(&pm, &map, 0), [5]);
         uffd.unregister(map.range()).expect("unregister");
+    }
+
+    /// A userfaultfd made in a child (by injection) tracks the child's
+    /// writes: the pages it writes after being write-protected, and only
+    /// those, show as written in its pagemap; the child keeps no fd of it,
+    /// and dropping ours leaves its mapping unregistered.
+    #[test]
+    fn made_in_another_process_tracks_its_writes() {
+        use crate::child::{spawn, ChildAction};
+        use crate::inject::find_syscall_site;
+        use crate::ptrace::{Options, Seized};
+        use std::time::Duration;
+
+        let map = AnonMapping::new(16).unwrap();
+        let p = page_size() as u64;
+        let mut child = spawn(ChildAction::Pause).expect("child");
+        let pid = child.pid();
+        let fds_before = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let mut seized =
+            Seized::seize(pid, Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL).expect("seize");
+        seized.interrupt(Duration::from_secs(10)).expect("interrupt");
+        let pidfd = crate::pidfd::PidFd::open(pid).expect("pidfd");
+        let site = find_syscall_site(pid).expect("syscall site");
+        let mut inj = seized.begin_injection(site).expect("injection");
+        let uffd = Userfaultfd::in_process(&mut inj, &pidfd, FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED)
+            .expect("userfaultfd in the child");
+        uffd.register(map.range(), REGISTER_MODE_WP).expect("register the child's mapping");
+        uffd.write_protect(map.range(), true).expect("write-protect");
+        // The child writes (the kernel, for it: clock_gettime's result).
+        for i in [3, 9] {
+            let at = map.addr() + i * p + 64;
+            inj.syscall_ok(libc::SYS_clock_gettime, [libc::CLOCK_MONOTONIC as u64, at, 0, 0, 0, 0])
+                .expect("clock_gettime in the child");
+        }
+        inj.finish().expect("finish");
+        let pm = Pagemap::open(pid).unwrap();
+        assert_eq!(written(&pm, &map, 0), [3, 9]);
+        assert_eq!(std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count(), fds_before);
+        let registered = || {
+            let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+            let start = format!("{:x}-", map.addr());
+            let block = smaps.split_once(start.as_str()).expect("the mapping in smaps").1;
+            let flags = block.lines().find(|l| l.starts_with("VmFlags:")).unwrap().to_string();
+            flags.split_whitespace().any(|f| f == "uw")
+        };
+        assert!(registered(), "the child's mapping is not registered for WP");
+        drop(uffd);
+        assert!(!registered(), "the child's mapping is still registered after the userfaultfd was closed");
+        drop(seized);
+        child.kill_and_reap(Duration::from_secs(10)).expect("reap");
     }
 
     #[test]
