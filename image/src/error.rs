@@ -23,6 +23,8 @@ pub enum WriteError {
     ChunkSize(u32),
     #[error("cannot compress chunk {id}")]
     Compress { id: ChunkId, source: io::Error },
+    #[error("memory region at {start:#x} with length {len:#x} is not one chunk window, or chunk {id} is not stored")]
+    NotAWindow { start: u64, len: u64, id: ChunkId },
     #[error("cannot use {path} as parent image")]
     Parent { path: PathBuf, source: Box<ReadError> },
 }

@@ -141,13 +141,7 @@ impl ImageWriter {
         if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || start.checked_add(len).is_none() {
             return Err(WriteError::Unaligned { start, len });
         }
-        let before = self.spans.range(..=(mm, start)).next_back();
-        let after = self.spans.range((mm, start)..).next();
-        let overlaps_before = before.is_some_and(|(&(m, _), &end)| m == mm && end > start);
-        let overlaps_after = after.is_some_and(|(&(m, s), _)| m == mm && s < start + len);
-        if overlaps_before || overlaps_after {
-            return Err(WriteError::Overlap { mm, start });
-        }
+        self.check_free(mm, start, len)?;
 
         let windows: Vec<(u64, u64)> = chunk_windows(start, len, self.opts.chunk_size).collect();
         let mut ids = Vec::with_capacity(windows.len() * 32);
@@ -168,6 +162,56 @@ impl ImageWriter {
         }
         self.spans.insert((mm, start), start + len);
         self.regions.push(MemoryRegion { mm, start, len, chunk_ids: ids });
+        Ok(())
+    }
+
+    /// Fails unless `[start, start + len)` of `mm` overlaps no region yet.
+    fn check_free(&self, mm: u32, start: u64, len: u64) -> Result<(), WriteError> {
+        let before = self.spans.range(..=(mm, start)).next_back();
+        let after = self.spans.range((mm, start)..).next();
+        let overlaps_before = before.is_some_and(|(&(m, _), &end)| m == mm && end > start);
+        let overlaps_after = after.is_some_and(|(&(m, s), _)| m == mm && s < start + len);
+        match overlaps_before || overlaps_after {
+            true => Err(WriteError::Overlap { mm, start }),
+            false => Ok(()),
+        }
+    }
+
+    /// The address windows memory at `[start, start + len)` is cut into,
+    /// one chunk each (at multiples of the chunk size).
+    pub fn windows(&self, start: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+        chunk_windows(start, len, self.opts.chunk_size)
+    }
+
+    /// Store `data`, the contents of one window ([`ImageWriter::windows`]),
+    /// as a chunk no region refers to yet, and return its id: memory
+    /// copied ahead (a live snapshot's pre-copy), which
+    /// [`ImageWriter::add_stored_memory`] puts in a region once it is
+    /// known still to be what the process has.
+    pub fn store_chunk(&mut self, data: &[u8]) -> Result<ChunkId, WriteError> {
+        let mut done = self.hash_and_compress(&[data], 1)?;
+        let (id, frame) = done.pop().expect("one slice, one result");
+        self.store(id, frame, data.len() as u32)?;
+        Ok(id)
+    }
+
+    /// Record chunk `id`, stored before ([`ImageWriter::store_chunk`]), as
+    /// the contents of `[start, start + len)` in address space `mm`: one
+    /// whole window, which must not overlap a region added before.
+    pub fn add_stored_memory(&mut self, mm: u32, start: u64, len: u64, id: ChunkId) -> Result<(), WriteError> {
+        let one_window = self.windows(start, len).count() == 1 && start % PAGE_SIZE == 0 && len % PAGE_SIZE == 0;
+        let stored = self.table.get(&id).is_some_and(|e| u64::from(e.raw_len) == len)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|(p, _)| p.find_chunk(&id).is_some_and(|(_, e)| u64::from(e.raw_len) == len));
+        if !one_window || !stored {
+            return Err(WriteError::NotAWindow { start, len, id });
+        }
+        self.check_free(mm, start, len)?;
+        self.stats.logical_bytes += len;
+        self.spans.insert((mm, start), start + len);
+        self.regions.push(MemoryRegion { mm, start, len, chunk_ids: id.0.to_vec() });
         Ok(())
     }
 

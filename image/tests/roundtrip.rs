@@ -146,3 +146,31 @@ fn parallel_and_serial_writes_agree() {
     }
     assert_eq!(hashes[0], hashes[1]);
 }
+
+/// Chunks stored ahead (a pre-copy) and put in regions later read back as
+/// what was stored; a region that is not one whole window, or names a
+/// chunk not stored, is refused.
+#[test]
+fn chunks_stored_ahead_make_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ImageWriter::create(dir.path(), small_chunks()).unwrap();
+    let windows: Vec<(u64, u64)> = w.windows(0x3000, 0x9000).collect();
+    assert_eq!(windows, [(0x3000, 0x1000), (0x4000, 0x4000), (0x8000, 0x4000)]);
+    let first = noise(7, 0x1000);
+    let second = noise(8, 0x4000);
+    let id1 = w.store_chunk(&first).unwrap();
+    let id2 = w.store_chunk(&second).unwrap();
+    let unused = w.store_chunk(&noise(9, 0x4000)).unwrap();
+    w.add_stored_memory(1, 0x3000, 0x1000, id1).unwrap();
+    w.add_stored_memory(1, 0x4000, 0x4000, id2).unwrap();
+    w.add_memory(1, 0x8000, &noise(10, 0x4000)).unwrap();
+    assert!(matches!(w.add_stored_memory(1, 0x4000, 0x4000, id2), Err(WriteError::Overlap { .. })));
+    assert!(matches!(w.add_stored_memory(1, 0x10000, 0x8000, unused), Err(WriteError::NotAWindow { .. })));
+    assert!(matches!(w.add_stored_memory(1, 0x20000, 0x1000, id2), Err(WriteError::NotAWindow { .. })));
+    w.finish().unwrap();
+    let image = Image::open(dir.path()).unwrap();
+    let read: Vec<(u64, Vec<u8>)> = image.memory().iter().map(|r| (r.start, image.read_region(r).unwrap())).collect();
+    assert_eq!(read[0], (0x3000, first));
+    assert_eq!(read[1], (0x4000, second));
+    image.verify().unwrap();
+}
