@@ -53,6 +53,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# Tests kill the processes they started by pid. With the kernel's 32768
+# pids a run wraps around, and a pid freed by one test may be another test's
+# process by the time it is signalled; with pid_max at its 64-bit maximum a
+# run never reuses one.
+if [ "$(cat /proc/sys/kernel/pid_max)" -lt 4194304 ]; then
+    echo 4194304 >/proc/sys/kernel/pid_max 2>/dev/null ||
+        echo "scripts/test.sh: cannot raise kernel.pid_max; pids may be reused during the run"
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast "$@"
