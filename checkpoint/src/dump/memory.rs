@@ -300,8 +300,12 @@ pub fn shared_with_parent(
                 VmaKind::try_from(v.kind),
                 Ok(VmaKind::Anonymous | VmaKind::Heap | VmaKind::Stack | VmaKind::File)
             );
-        let same = |p: &&Planned| Vma { has_pages: v.has_pages, ..p.vma.clone() } == *v;
-        if !inheritable || !parent_plans.iter().any(|p| same(&p)) {
+        // The parent's mapping at the same address (plans are in address
+        // order), the same in every other way.
+        let theirs_too = parent_plans
+            .binary_search_by_key(&v.start, |p| p.vma.start)
+            .is_ok_and(|i| Vma { has_pages: v.has_pages, ..parent_plans[i].vma.clone() } == *v);
+        if !inheritable || !theirs_too {
             continue;
         }
         let Some(req) = scan_request(plan) else { continue };
@@ -335,7 +339,21 @@ pub fn shared_with_parent(
 pub(crate) fn without(range: std::ops::Range<u64>, holes: &[u64]) -> Vec<std::ops::Range<u64>> {
     let mut out = Vec::new();
     let mut at = range.start;
-    for h in holes.chunks_exact(2) {
+    // The first hole that ends after the range starts (holes can be many:
+    // every run a child shares with its parent).
+    let (mut lo, mut hi) = (0, holes.len() / 2);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if holes[2 * mid + 1] <= range.start {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    for h in holes[2 * lo..].chunks_exact(2) {
+        if h[0] >= range.end {
+            break;
+        }
         let (start, end) = (h[0].max(at), h[1].min(range.end));
         if start >= end {
             continue;
@@ -492,6 +510,8 @@ mod tests {
         assert_eq!(without(0..10, &[2, 4, 6, 7]), vec![0..2, 4..6, 7..10]);
         assert_eq!(without(2..4, &[2, 4]), vec![]);
         assert_eq!(without(3..10, &[0, 4, 9, 12]), vec![4..9]);
+        // Holes wholly before and after the range are passed over.
+        assert_eq!(without(20..30, &[0, 2, 4, 6, 22, 24, 28, 40, 50, 60]), vec![20..22, 24..28]);
     }
 
     #[test]

@@ -210,14 +210,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let outer: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
     // Pages a child still shares with its parent are its parent's to store.
     for i in 0..tree.processes.len() {
-        let Some(j) = tree.processes.iter().position(|q| q.pid == tree.processes[i].ppid) else { continue };
-        let (parent_plans, mine) = match j < i {
-            true => {
-                let (head, tail) = plans.split_at_mut(i);
-                (&head[j], &mut tail[0])
-            }
-            false => continue,
-        };
+        // Parents come before their children.
+        let Some(j) = tree.processes[..i].iter().position(|q| q.pid == tree.processes[i].ppid) else { continue };
+        let (head, tail) = plans.split_at_mut(i);
+        let (parent_plans, mine) = (&head[j], &mut tail[0]);
         let shared = memory::shared_with_parent(outer[i], mine, outer[j], parent_plans)?;
         let p = &mut tree.processes[i];
         for (v, plan) in p.vmas.iter_mut().zip(mine.iter()) {

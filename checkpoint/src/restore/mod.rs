@@ -703,12 +703,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
             shared_table,
             keep_agent,
         };
-        let holder = table[i];
         pages += puppets[i].build(recipe, &mut phase, &progress).map_err(|e| in_process(tree, p.pid, e))?;
-        // The table's holder keeps the number for the others.
-        if holder != i {
-            puppets[holder].agent_left = puppets[i].agent_left.take().or(puppets[holder].agent_left);
-        }
         if cancelled() {
             return Err(RestoreError::Cancelled);
         }
@@ -1224,7 +1219,6 @@ const RSEQ_FLAG_UNREGISTER: u64 = 1;
 /// `sizeof(struct robust_list_head)`, the only length set_robust_list takes.
 const ROBUST_LIST_HEAD_LEN: u64 = 24;
 
-/// What one puppet is built from.
 /// What building a process's memory needs, the same for every process.
 #[derive(Clone, Copy)]
 struct MemoryRecipe<'a> {
@@ -1237,6 +1231,7 @@ struct MemoryRecipe<'a> {
     agent_fd: i32,
 }
 
+/// What one puppet is built from.
 struct Recipe<'a> {
     memory: MemoryRecipe<'a>,
     process: &'a Process,
@@ -1282,8 +1277,9 @@ struct Puppet {
     /// Forked from a parent whose memory was built: it has the parent's
     /// mappings, of which it keeps those it had from its parent.
     forked_built: bool,
-    /// Built, its fd table shared with a child built later: the agent's
-    /// pidfd left open in it, at this number, for that child.
+    /// Built, its fd table shared with children built later: the agent's
+    /// pidfd left open in it, at this number, for them (the last one
+    /// closes it).
     agent_left: Option<u64>,
 }
 
@@ -1478,8 +1474,7 @@ impl Puppet {
         Ok(())
     }
 
-    /// Steps 3 of the module docs. Returns the pages written.
-    /// Steps 3's memory: a trampoline, the agent's memory unmapped (but
+    /// Step 3's memory: a trampoline, the agent's memory unmapped (but
     /// the mappings the process has from its parent, when it was forked
     /// from its built parent), the vdso moved, every mapping made and the
     /// stored pages written. Run before the process's children are forked
@@ -1618,6 +1613,8 @@ impl Puppet {
         Ok(pages)
     }
 
+    /// Step 3 of the module docs (its memory first, unless built
+    /// already). Returns the pages written.
     fn build(
         &mut self,
         recipe: Recipe<'_>,
