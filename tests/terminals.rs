@@ -183,23 +183,25 @@ fn tmux_panes_whose_terminals_were_taken() {
     let images = tempdir("tmux-taken-img");
     util::spawned::dump_ok(server, images.path(), &[]);
     assert!(wait_gone(server, Duration::from_secs(30)));
-    // Other sessions take the panes' terminals (open pairs until they have).
+    // Other sessions take the panes' terminals: this test opens pairs until
+    // it holds each pane's /dev/pts/N. A test running alongside may hold one
+    // for a while; pairs past the panes' numbers are closed again and the
+    // test tries until that one is free (the lowest free number is given).
+    let pane_names: Vec<&str> = panes.lines().collect();
+    let index = |name: &str| name.rsplit('/').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX);
+    let highest = pane_names.iter().map(|p| index(p)).max().expect("no panes");
+    let name_of =
+        |p: &nix::pty::OpenptyResult| std::fs::read_link(format!("/proc/self/fd/{}", p.slave.as_raw_fd())).unwrap();
     let mut held = Vec::new();
-    for pane in panes.lines() {
-        while !Path::new(pane).exists() {
-            let pair = nix::pty::openpty(None, None).expect("openpty");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pane_names.iter().all(|pane| held.iter().any(|p| name_of(p) == Path::new(pane))) {
+        assert!(Instant::now() < deadline, "{panes} never came free to be taken");
+        let pair = nix::pty::openpty(None, None).expect("openpty");
+        if index(&name_of(&pair).to_string_lossy()) <= highest {
             held.push(pair);
-            assert!(held.len() < 256, "{pane} never came");
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
         }
-    }
-    let names: Vec<String> = held
-        .iter()
-        .map(|p| {
-            std::fs::read_link(format!("/proc/self/fd/{}", p.slave.as_raw_fd())).unwrap().to_string_lossy().into_owned()
-        })
-        .collect();
-    for pane in panes.lines() {
-        assert!(names.iter().any(|n| n == pane), "{pane} is held by someone else than this test: {names:?}");
     }
     let r = util::run(["restore", "--images", images.path().to_str().unwrap()]).success();
     assert!(r.stderr.contains("devpts of its own"), "no notice\n{}", r.dump());
