@@ -62,6 +62,34 @@ fn leave_running(name: &str, args: &[&str]) {
     );
 }
 
+/// A live snapshot of memory written all over while it is copied: the
+/// dump copies it while the process runs (and says so), then only what
+/// was written since with the process frozen; the original runs on, and
+/// the restored copy holds exactly the memory of the freeze (mem_writer
+/// checks every page against the writes it had done).
+#[test]
+fn live_snapshot_of_memory_written_while_it_is_copied() {
+    let mut w = Workload::start("mem_writer", &["64", "16"]);
+    w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    let pid = w.pid.to_string();
+    let r = run(["dump", "--pid", &pid, "--images", images.path().to_str().unwrap(), "--leave-running", "--json"]);
+    assert_eq!(r.code, Some(0), "dump failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("the dump's JSON");
+    let pre = &report["pre_copy"];
+    let (read, used) = (pre["bytes_read"].as_u64().unwrap_or(0), pre["bytes_used"].as_u64().unwrap_or(0));
+    let logical = report["write"]["logical_bytes"].as_u64().unwrap();
+    assert!(read >= 64 << 20, "the dump did not copy the memory while the process ran: {pre}");
+    assert!(used > 0 && used < logical, "expected some of the memory copied ahead to be used, not all: {pre}");
+    let at_dump = w.progress().unwrap_or(0);
+    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
+    assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    w.kill();
+    restore(&w, images.path());
+    let outcome = w.check_ok();
+    assert!(outcome.generation < last, "restored at generation {}, after the dump ({last})", outcome.generation);
+}
+
 /// A workload that keeps writing to its files: after a --leave-running dump
 /// the files move on, and a restore that would pair the old process with the
 /// new files is refused, naming the file, with nothing left running.
@@ -105,6 +133,7 @@ macro_rules! workload_tests {
 workload_tests! {
     both: [
     mem_dense_16m: "mem_dense", "16";
+    mem_writer: "mem_writer", "16", "32";
     mem_layout: "mem_layout";
     threads: "threads";
     signals: "signals";

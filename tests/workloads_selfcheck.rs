@@ -31,6 +31,11 @@ fn mem_dense_default_size() {
 }
 
 #[test]
+fn mem_writer() {
+    selfcheck("mem_writer", &["16", "64"]);
+}
+
+#[test]
 fn mem_layout() {
     selfcheck("mem_layout", &[]);
 }
@@ -135,6 +140,16 @@ fn mem_dense_detects_changed_memory() {
     let addr = w.info_u64("dense_addr") + 3 * 4096 + 8;
     poke(w.pid, addr, &[0xde, 0xad, 0xbe, 0xef]);
     expect_failure(&w, &format!("first difference at byte {}", 3 * 4096 + 8));
+}
+
+#[test]
+fn mem_writer_detects_a_page_left_behind() {
+    let w = Workload::start("mem_writer", &["16", "64"]);
+    w.wait_running();
+    // Page 5 as it was before it was first written: its setup pattern is
+    // not all zeros, so a zeroed page is behind any generation.
+    poke(w.pid, w.info_u64("addr") + 5 * 4096, &[0; 4096]);
+    expect_failure(&w, "page 5 ");
 }
 
 #[test]

@@ -505,6 +505,7 @@ pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoi
         cancel: Some(Cancel::clone(cancel)),
         progress: None,
         while_frozen: None,
+        pre_copy: false,
     }
 }
 

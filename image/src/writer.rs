@@ -112,7 +112,10 @@ impl ImageWriter {
             }
         };
         let pack_path = dir.join(PACK_NAME);
+        // Readable too: chunks stored ahead and never used are left out at
+        // the end by copying the others out of it.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -145,10 +148,7 @@ impl ImageWriter {
 
         let windows: Vec<(u64, u64)> = chunk_windows(start, len, self.opts.chunk_size).collect();
         let mut ids = Vec::with_capacity(windows.len() * 32);
-        let threads = match self.opts.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let threads = self.threads();
         // Batches bound the compressed bytes held in memory at once.
         for batch in windows.chunks(threads * 16) {
             let slices: Vec<&[u8]> =
@@ -189,10 +189,26 @@ impl ImageWriter {
     /// [`ImageWriter::add_stored_memory`] puts in a region once it is
     /// known still to be what the process has.
     pub fn store_chunk(&mut self, data: &[u8]) -> Result<ChunkId, WriteError> {
-        let mut done = self.hash_and_compress(&[data], 1)?;
-        let (id, frame) = done.pop().expect("one slice, one result");
-        self.store(id, frame, data.len() as u32)?;
-        Ok(id)
+        Ok(self.store_chunks(&[data])?.pop().expect("one window, one chunk"))
+    }
+
+    /// [`ImageWriter::store_chunk`] of several windows at once, hashed and
+    /// compressed on all cores; the ids in the order of `windows`.
+    pub fn store_chunks(&mut self, windows: &[&[u8]]) -> Result<Vec<ChunkId>, WriteError> {
+        let done = self.hash_and_compress(windows, self.threads())?;
+        let mut ids = Vec::with_capacity(done.len());
+        for ((id, frame), data) in done.into_iter().zip(windows) {
+            self.store(id, frame, data.len() as u32)?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn threads(&self) -> usize {
+        match self.opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// Record chunk `id`, stored before ([`ImageWriter::store_chunk`]), as
@@ -285,8 +301,11 @@ impl ImageWriter {
             move |source| WriteError::Io { path, source }
         };
         let pack = self.pack.take().expect("pack is open until finish");
-        let file =
+        let mut file =
             pack.into_inner().map_err(|e| WriteError::Io { path: self.pack_path.clone(), source: e.into_error() })?;
+        if let Some(compact) = self.without_unused_chunks(&mut file)? {
+            file = compact;
+        }
         file.sync_all().map_err(io(&self.pack_path))?;
         drop(file);
 
@@ -351,6 +370,53 @@ impl ImageWriter {
             manifest_hash: *blake3::hash(&bytes).as_bytes(),
             stats: self.stats.clone(),
         })
+    }
+}
+
+impl ImageWriter {
+    /// When chunks stored ahead ([`ImageWriter::store_chunks`]) ended up in
+    /// no region (memory changed after it was copied), a pack of only the
+    /// chunks used, copied from `pack` (copy_file_range, no decompression)
+    /// and put in its place; the chunk table and figures follow.
+    fn without_unused_chunks(&mut self, pack: &mut File) -> Result<Option<File>, WriteError> {
+        let used: std::collections::HashSet<&[u8]> =
+            self.regions.iter().flat_map(|r| r.chunk_ids.chunks_exact(32)).collect();
+        if self.table.keys().all(|id| used.contains(&id.0[..])) {
+            return Ok(None);
+        }
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| WriteError::Io { path, source }
+        };
+        let mut kept: Vec<ChunkEntry> = self.table.values().filter(|e| used.contains(&e.id.0[..])).copied().collect();
+        kept.sort_by_key(|e| e.offset);
+        let tmp = self.dir.join(format!(".{PACK_NAME}.tmp"));
+        let result = (|| {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut out = File::create(&tmp).map_err(io(&tmp))?;
+            let mut at = 0;
+            for e in &mut kept {
+                pack.seek(SeekFrom::Start(e.offset)).map_err(io(&self.pack_path))?;
+                let len = u64::from(e.stored_len);
+                let copied = std::io::copy(&mut Read::by_ref(pack).take(len), &mut out).map_err(io(&tmp))?;
+                if copied != len {
+                    let short = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pack is shorter");
+                    return Err(WriteError::Io { path: self.pack_path.clone(), source: short });
+                }
+                e.offset = at;
+                at += len;
+            }
+            fs::rename(&tmp, &self.pack_path).map_err(io(&self.pack_path))?;
+            Ok((out, at))
+        })();
+        let (out, len) = result.inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        self.stats.stored_bytes = len;
+        self.stats.chunks_stored = kept.len() as u64;
+        self.pack_len = len;
+        self.table = kept.into_iter().map(|e| (e.id, e)).collect();
+        Ok(Some(out))
     }
 }
 

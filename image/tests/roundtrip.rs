@@ -167,10 +167,18 @@ fn chunks_stored_ahead_make_regions() {
     assert!(matches!(w.add_stored_memory(1, 0x4000, 0x4000, id2), Err(WriteError::Overlap { .. })));
     assert!(matches!(w.add_stored_memory(1, 0x10000, 0x8000, unused), Err(WriteError::NotAWindow { .. })));
     assert!(matches!(w.add_stored_memory(1, 0x20000, 0x1000, id2), Err(WriteError::NotAWindow { .. })));
-    w.finish().unwrap();
+    let stored_with_unused = w.stats().stored_bytes;
+    let summary = w.finish().unwrap();
     let image = Image::open(dir.path()).unwrap();
     let read: Vec<(u64, Vec<u8>)> = image.memory().iter().map(|r| (r.start, image.read_region(r).unwrap())).collect();
     assert_eq!(read[0], (0x3000, first));
     assert_eq!(read[1], (0x4000, second));
     image.verify().unwrap();
+    // The chunk no region took is not in the image: not in its table, and
+    // its bytes are gone from the pack.
+    assert!(image.find_chunk(&unused).is_none(), "an unused chunk stayed in the table");
+    assert_eq!(summary.stats.chunks_stored, 3);
+    let pack_len = fs::metadata(dir.path().join(PACK_NAME)).unwrap().len();
+    assert_eq!(pack_len, summary.stats.stored_bytes);
+    assert!(pack_len < stored_with_unused, "{pack_len} bytes in the pack, {stored_with_unused} with the unused chunk");
 }

@@ -20,7 +20,12 @@ use crate::Outcome;
 /// process of that cgroup (and of the cgroups below it) with their
 /// descendants.
 ///
-/// The processes are stopped while they are captured. Without
+/// The processes are stopped while they are captured, briefly: their
+/// private memory is first copied while they run (write-protected through
+/// userfaultfd, so the kernel tracks what they write), and only what they
+/// wrote since is copied while they are stopped. Shared memory is copied
+/// stopped. On a kernel without userfaultfd WP_ASYNC (Linux 6.7), all of it
+/// is (said on stderr). Without
 /// --leave-running they are killed once the image is complete and verified
 /// on disk; with it, they run on unchanged. If anything fails, or stasis is
 /// interrupted, they are let go unchanged. Before stopping anything, stasis
@@ -56,6 +61,11 @@ pub struct Args {
     /// the cgroup is captured.
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
+    /// Copy all memory with the processes stopped, instead of first
+    /// copying it while they run (the default live snapshot, which stops
+    /// them only to copy what they wrote since).
+    #[arg(long)]
+    no_pre_copy: bool,
     /// Store only the memory chunks this earlier image does not hold.
     #[arg(long, value_name = "DIR")]
     parent: Option<PathBuf>,
@@ -100,6 +110,7 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
         cancel: Some(cancel),
         progress: bar.as_ref().map(|(_, f)| f.clone()),
         while_frozen: volume,
+        pre_copy: !args.no_pre_copy,
     };
     let result = dump::dump(&opts);
     drop(bar);
@@ -145,6 +156,13 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
                 (false, _) => "processes left running",
             },
         );
+        if let Some(pre) = report.pre_copy.as_ref().filter(|p| p.bytes_read > 0) {
+            println!(
+                "live snapshot: {} copied while running, {} of it unchanged at the freeze",
+                bytes(pre.bytes_read),
+                bytes(pre.bytes_used)
+            );
+        }
     }
     Ok(Outcome::Success)
 }

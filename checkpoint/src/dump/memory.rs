@@ -157,12 +157,14 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
 pub struct MemoryStats {
     pub pages_scanned: u64,
     pub pages_written: u64,
+    /// Of the pages written, those copied while the tree ran.
+    pub pages_copied_ahead: u64,
 }
 
 /// Largest piece read and handed to the writer at once: bounds the agent's
-/// memory use, and is a multiple of every chunk size so pieces cut chunks
-/// where a single read would.
-const PIECE: u64 = 8 << 20;
+/// memory use. Pieces are made of whole windows of the writer, so they cut
+/// chunks where a single read would.
+pub(crate) const PIECE: u64 = 8 << 20;
 const PAGE: u64 = 4096;
 
 /// Reports progress of a long phase: bytes done of bytes in all.
@@ -170,7 +172,9 @@ pub type Progress<'a> = &'a dyn Fn(u64, u64);
 
 /// Store the pages `plans` call for into address space `mm` of `writer`,
 /// but those of the `from_parent` runs ([`shared_with_parent`]). All
-/// mappings are scanned first, so `progress` knows the total.
+/// mappings are scanned first, so `progress` knows the total. Windows
+/// `copied` ahead while the process ran ([`super::precopy`]) and not
+/// written since are taken from there instead of read again.
 pub fn store(
     pid: Pid,
     plans: &[Planned],
@@ -178,14 +182,56 @@ pub fn store(
     mm: u32,
     writer: &mut ImageWriter,
     progress: Progress<'_>,
+    copied: Option<&super::precopy::Copied>,
 ) -> Result<MemoryStats, MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-    let mut stats = MemoryStats::default();
-    // (start, end) of every run of pages to store.
+    let pages_scanned = plans.iter().map(|p| (p.vma.end - p.vma.start) / PAGE).sum();
+    let mut stats = MemoryStats { pages_scanned, ..MemoryStats::default() };
+    let runs = runs(pid, &pagemap, plans, from_parent)?;
+    let written = match copied {
+        Some(_) => written(pid, &pagemap, plans)?,
+        None => Vec::new(),
+    };
+    // Cut the runs into the writer's windows: those copied ahead and not
+    // written since are stored as they are, the others read.
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in runs {
+        for (at, len) in writer.windows(start, end - start).collect::<Vec<_>>() {
+            let unchanged = copied.and_then(|c| c.chunk(at, len)).filter(|_| !overlaps(at..at + len, &written));
+            if let Some(id) = unchanged {
+                writer.add_stored_memory(mm, at, len, id).map_err(MemoryError::Write)?;
+                stats.pages_written += len / PAGE;
+                stats.pages_copied_ahead += len / PAGE;
+                continue;
+            }
+            add_to_pieces(&mut pieces, at, at + len);
+        }
+    }
+
+    let total: u64 = pieces.iter().map(|(s, e)| e - s).sum();
+    let mut done = 0;
+    read_pieces(pid, &pieces, |at, read| {
+        let buf = read?;
+        writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
+        stats.pages_written += buf.len() as u64 / PAGE;
+        done += buf.len() as u64;
+        progress(done, total);
+        Ok(())
+    })?;
+    Ok(stats)
+}
+
+/// The runs (start, end) of pages `plans` call for that `pagemap` shows,
+/// but those of the `from_parent` runs.
+pub(crate) fn runs(
+    pid: Pid,
+    pagemap: &Pagemap,
+    plans: &[Planned],
+    from_parent: &[u64],
+) -> Result<Vec<(u64, u64)>, MemoryError> {
     let mut runs = Vec::new();
     for plan in plans {
         let v = &plan.vma;
-        stats.pages_scanned += (v.end - v.start) / PAGE;
         let Some(req) = scan_request(plan) else { continue };
         let regions =
             pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
@@ -195,52 +241,80 @@ pub fn store(
         let regions = regions.flat_map(|r| without(r, from_parent));
         runs.extend(regions.map(|r| (r.start, r.end)));
     }
+    Ok(runs)
+}
 
-    let total: u64 = runs.iter().map(|(s, e)| e - s).sum();
-    // Cut the runs into pieces, read them on worker threads (each with its
-    // own /proc/PID/mem), and store them here as they
-    // arrive: the image does not care about order. The channel's bound keeps
-    // at most a few pieces in flight.
-    let mut pieces = Vec::new();
-    for (start, end) in runs {
-        let mut at = start;
-        while at < end {
-            let piece_end = ((at / PIECE + 1) * PIECE).min(end);
-            pieces.push((at, piece_end));
-            at = piece_end;
-        }
+/// The pages of `plans` written since they were write-protected through a
+/// userfaultfd with `WP_ASYNC`, as `[start, end)` pairs in address order.
+/// Present pages of mappings nobody write-protects count as written.
+fn written(pid: Pid, pagemap: &Pagemap, plans: &[Planned]) -> Result<Vec<u64>, MemoryError> {
+    let mut written = Vec::new();
+    for plan in plans.iter().filter(|p| p.pages != Pages::None) {
+        let v = &plan.vma;
+        let req = ScanRequest {
+            range: v.start..v.end,
+            flags: 0,
+            required: Categories::WRITTEN,
+            any_of: Categories::NONE,
+            inverted: Categories::NONE,
+            report: Categories::WRITTEN,
+        };
+        let regions =
+            pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
+        written.extend(regions.iter().flat_map(|r| [r.start, r.end]));
     }
+    Ok(written)
+}
+
+/// Whether `range` overlaps one of the `[start, end)` pairs of `ranges`
+/// (in address order).
+pub(crate) fn overlaps(range: std::ops::Range<u64>, ranges: &[u64]) -> bool {
+    without(range.clone(), ranges) != [range]
+}
+
+/// Add `[start, end)` to `pieces`: onto the last piece when it ends there
+/// and the piece stays within one [`PIECE`]-aligned block.
+pub(crate) fn add_to_pieces(pieces: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    match pieces.last_mut() {
+        Some(last) if last.1 == start && last.0 / PIECE == (end - 1) / PIECE => last.1 = end,
+        _ => pieces.push((start, end)),
+    }
+}
+
+/// Read `pieces` of `pid` on worker threads (each with its own
+/// /proc/PID/mem) and hand each to `sink` as it arrives, in no particular
+/// order. The channel's bound keeps at most a few pieces in flight; an
+/// error from `sink` stops the reading.
+pub(crate) fn read_pieces(
+    pid: Pid,
+    pieces: &[(u64, u64)],
+    mut sink: impl FnMut(u64, Result<Vec<u8>, MemoryError>) -> Result<(), MemoryError>,
+) -> Result<(), MemoryError> {
     let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done = 0;
     std::thread::scope(|scope| -> Result<(), MemoryError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>), MemoryError>>(readers * 2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Result<Vec<u8>, MemoryError>)>(readers * 2);
         for _ in 0..readers {
             let tx = tx.clone();
-            let (pieces, next) = (&pieces, &next);
+            let next = &next;
             scope.spawn(move || {
                 let mut mem: Option<ProcMem> = None;
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(at, end)) = pieces.get(i) else { return };
                     let read = read_piece(pid, at, end, &mut mem);
-                    if tx.send(read.map(|buf| (at, buf))).is_err() {
-                        return; // the store failed and stopped listening
+                    if tx.send((at, read)).is_err() {
+                        return; // the sink failed and stopped listening
                     }
                 }
             });
         }
         drop(tx);
-        for piece in rx {
-            let (at, buf) = piece?;
-            writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
-            stats.pages_written += buf.len() as u64 / PAGE;
-            done += buf.len() as u64;
-            progress(done, total);
+        for (at, read) in rx {
+            sink(at, read)?;
         }
         Ok(())
-    })?;
-    Ok(stats)
+    })
 }
 
 /// What PAGEMAP_SCAN is asked for the pages of `plan` to store; `None`

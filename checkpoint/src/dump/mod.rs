@@ -6,18 +6,22 @@
 //! 1. Pre-flight: read /proc only, and list every object stasis cannot
 //!    handle (fd kinds, mapping kinds, a tracer, seccomp, links between
 //!    processes it cannot re-create) in one error, with the tree untouched.
-//! 2. Freeze: stop every thread of every process under ptrace (through the
+//! 2. Pre-copy (a live snapshot, when asked): write-protect the tree's
+//!    private memory through userfaultfd and copy it while the tree runs;
+//!    see [`precopy`].
+//! 3. Freeze: stop every thread of every process under ptrace (through the
 //!    cgroup freezer when asked); see [`crate::freeze`].
-//! 3. Collect, process by process: threads' registers and signal state,
+//! 4. Collect, process by process: threads' registers and signal state,
 //!    attributes, fds (from pidfd_getfd copies; an open file description
 //!    shared between processes is recorded once, by kcmp), and the pages of
-//!    its memory.
-//! 4. Write the image, then open and verify it from disk.
-//! 5. Kill the tree, or with `leave_running` let it go unchanged. On every
+//!    its memory (those written since the pre-copy, or all).
+//! 5. Write the image, then open and verify it from disk.
+//! 6. Kill the tree, or with `leave_running` let it go unchanged. On every
 //!    error path the threads are detached and run on as they were.
 
 pub(crate) mod memory;
 mod pidmap;
+pub mod precopy;
 mod task;
 mod tcp_hold;
 mod timers;
@@ -63,6 +67,10 @@ pub struct DumpOptions {
     /// coherent snapshot takes its volume snapshot here. An error lets the
     /// tree go unchanged.
     pub while_frozen: Option<WhileFrozen>,
+    /// Copy the tree's private memory while it runs, before the freeze,
+    /// which then copies only what was written since ([`precopy`]). On a
+    /// kernel that cannot track writes, everything is copied frozen.
+    pub pre_copy: bool,
 }
 
 /// What a coherent snapshot does while the tree is frozen.
@@ -93,6 +101,21 @@ pub struct DumpReport {
     pub pages_scanned: u64,
     pub pages_written: u64,
     pub write: WriteStats,
+    /// What the live snapshot copied while the tree ran, when it did.
+    pub pre_copy: Option<PreCopyReport>,
+}
+
+/// What the copy of memory ahead of the freeze did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PreCopyReport {
+    /// Bytes read while the tree ran.
+    pub bytes_read: u64,
+    /// Of those, bytes still as they were at the freeze, taken into the
+    /// image without being read again.
+    pub bytes_used: u64,
+    /// Why something was not tracked (copied in the freeze instead), or
+    /// why nothing was: one line each.
+    pub untracked: Vec<String>,
 }
 
 /// Why a dump failed. The process is left running, unchanged, in every case
@@ -176,6 +199,31 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         return Err(DumpError::Cancelled(pid));
     }
 
+    // The image is started before the freeze: a live snapshot stores the
+    // memory it copies while the tree runs.
+    let mut writer = ImageWriter::create(&opts.images, opts.write.clone())?;
+    let mut pre_copy_report = None;
+    let mut pre_copy = None;
+    if opts.pre_copy {
+        match precopy::unavailable() {
+            Some(why) => {
+                tracing::warn!("memory is copied with the tree frozen: {why}");
+                pre_copy_report = Some(PreCopyReport { untracked: vec![why], ..PreCopyReport::default() });
+            }
+            None => {
+                let p = precopy::run(&listed.pids, &mut writer)?;
+                for why in &p.untracked {
+                    tracing::info!("copied in the freeze instead: {why}");
+                }
+                clock.phase("pre-copy");
+                pre_copy = Some(p);
+            }
+        }
+        if cancelled() {
+            return Err(DumpError::Cancelled(pid));
+        }
+    }
+
     let mut frozen = freeze::freeze(&opts.target, opts.cgroup.as_deref()).map_err(|source| match source {
         FreezeError::NoProcess(p) => DumpError::NoProcess(p),
         source => DumpError::Freeze { pid, source },
@@ -203,7 +251,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         return Err(DumpError::Cancelled(pid));
     }
 
-    let mut writer = ImageWriter::create(&opts.images, opts.write.clone())?;
     let mut mem_stats = memory::MemoryStats::default();
     let mut stored_before = 0;
     // The pids stasis sees (the tree's may be those of its own namespace).
@@ -227,10 +274,12 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
                 (f.0)(stored_before + done, stored_before + total);
             }
         };
-        let stats = memory::store(pid, plans, &p.from_parent, p.mm, &mut writer, &progress)?;
+        let copied = pre_copy.as_ref().and_then(|c| c.of(pid));
+        let stats = memory::store(pid, plans, &p.from_parent, p.mm, &mut writer, &progress, copied)?;
         stored_before += stats.pages_written * 4096;
         mem_stats.pages_scanned += stats.pages_scanned;
         mem_stats.pages_written += stats.pages_written;
+        mem_stats.pages_copied_ahead += stats.pages_copied_ahead;
     }
     for (id, size, mm, file, sysv) in objects {
         let stored = match sysv {
@@ -242,6 +291,14 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     for (mm, data) in contents {
         writer.add_memory(mm, 0, &data)?;
+    }
+    // Everything is read: the write protection comes off.
+    if let Some(p) = pre_copy.take() {
+        pre_copy_report = Some(PreCopyReport {
+            bytes_read: p.bytes_read,
+            bytes_used: mem_stats.pages_copied_ahead * 4096,
+            untracked: p.untracked.clone(),
+        });
     }
     clock.phase("memory");
     if cancelled() {
@@ -341,6 +398,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         pages_scanned: mem_stats.pages_scanned,
         pages_written: mem_stats.pages_written,
         write: summary.stats,
+        pre_copy: pre_copy_report,
     })
 }
 
