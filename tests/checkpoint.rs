@@ -69,7 +69,7 @@ fn leave_running(name: &str, args: &[&str]) {
 /// checks every page against the writes it had done).
 #[test]
 fn live_snapshot_of_memory_written_while_it_is_copied() {
-    let mut w = Workload::start("mem_writer", &["64", "16"]);
+    let mut w = Workload::start("mem_writer", &["64"]);
     w.wait_running();
     let images = tempfile::tempdir().unwrap();
     let pid = w.pid.to_string();

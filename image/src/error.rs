@@ -27,6 +27,8 @@ pub enum WriteError {
     NotAWindow { start: u64, len: u64, id: ChunkId },
     #[error("cannot use {path} as parent image")]
     Parent { path: PathBuf, source: Box<ReadError> },
+    #[error("chunk {id} is not stored in this image or its parents")]
+    ChunkMissing { id: ChunkId },
 }
 
 /// Why an image could not be opened or read. Every variant names the place

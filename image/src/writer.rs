@@ -204,6 +204,30 @@ impl ImageWriter {
         Ok(ids)
     }
 
+    /// The chunk size windows are cut at.
+    pub fn chunk_size(&self) -> u32 {
+        self.opts.chunk_size
+    }
+
+    /// The contents of chunk `id`, stored before in this image or in its
+    /// parent chain: memory copied ahead is put together again from them.
+    pub fn read_chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, WriteError> {
+        use std::os::unix::fs::FileExt;
+        let Some(e) = self.table.get(id).copied() else {
+            let parent = self.parent.as_ref().ok_or(WriteError::ChunkMissing { id: *id })?;
+            return parent
+                .0
+                .read_chunk(id)
+                .map_err(|source| WriteError::Parent { path: parent.0.dir().to_owned(), source: Box::new(source) });
+        };
+        let io = |source| WriteError::Io { path: self.pack_path.clone(), source };
+        let pack = self.pack.as_mut().expect("pack is open until finish");
+        pack.flush().map_err(&io)?;
+        let mut frame = vec![0; e.stored_len as usize];
+        pack.get_ref().read_exact_at(&mut frame, e.offset).map_err(&io)?;
+        zstd::bulk::decompress(&frame, e.raw_len as usize).map_err(io)
+    }
+
     fn threads(&self) -> usize {
         match self.opts.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -157,8 +157,6 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
 pub struct MemoryStats {
     pub pages_scanned: u64,
     pub pages_written: u64,
-    /// Of the pages written, those copied while the tree ran.
-    pub pages_copied_ahead: u64,
 }
 
 /// Largest piece read and handed to the writer at once: bounds the agent's
@@ -172,9 +170,11 @@ pub type Progress<'a> = &'a dyn Fn(u64, u64);
 
 /// Store the pages `plans` call for into address space `mm` of `writer`,
 /// but those of the `from_parent` runs ([`shared_with_parent`]). All
-/// mappings are scanned first, so `progress` knows the total. Windows
-/// `copied` ahead while the process ran ([`super::precopy`]) and not
-/// written since are taken from there instead of read again.
+/// mappings are scanned first, so `progress` knows the total. Of runs
+/// `copied` ahead while the process ran ([`super::precopy`]), only the
+/// pages that changed since are read, into the [`Pending`] returned, which
+/// [`super::precopy::assemble`] completes (the tree need not be stopped
+/// for that).
 pub fn store(
     pid: Pid,
     plans: &[Planned],
@@ -183,31 +183,54 @@ pub fn store(
     writer: &mut ImageWriter,
     progress: Progress<'_>,
     copied: Option<&super::precopy::Copied>,
-) -> Result<MemoryStats, MemoryError> {
+) -> Result<(MemoryStats, Option<Pending>), MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
     let pages_scanned = plans.iter().map(|p| (p.vma.end - p.vma.start) / PAGE).sum();
     let mut stats = MemoryStats { pages_scanned, ..MemoryStats::default() };
-    let runs = runs(pid, &pagemap, plans, from_parent)?;
-    let written = match copied {
-        Some(_) => written(pid, &pagemap, plans)?,
-        None => Vec::new(),
-    };
-    // Cut the runs into the writer's windows: those copied ahead and not
-    // written since are stored as they are, the others read.
+    let mut runs = runs(pid, &pagemap, plans, from_parent)?;
+    let mut pending = None;
+    if let Some(c) = copied {
+        let written = written(pid, &pagemap, plans)?;
+        let mut p = Pending { pid, mm, runs: Vec::new(), fresh: Default::default() };
+        let mut reads = Vec::new();
+        let mut direct = Vec::new();
+        for (start, end) in runs {
+            if !c.tracks(start, end) {
+                direct.push((start, end));
+                continue;
+            }
+            p.runs.push((start, end));
+            for r in c.to_read(start, end, &written) {
+                let mut at = r.start;
+                while at < r.end {
+                    let piece_end = ((at / PIECE + 1) * PIECE).min(r.end);
+                    reads.push((at, piece_end));
+                    at = piece_end;
+                }
+            }
+        }
+        let fresh: u64 = reads.iter().map(|(s, e)| e - s).sum();
+        if fresh > FRESH_LIMIT {
+            // Written faster than it could be copied: read it all here.
+            direct.append(&mut p.runs);
+            direct.sort_unstable();
+            reads.clear();
+        }
+        read_pieces(pid, &reads, |at, read| {
+            p.fresh.insert(at, read?);
+            Ok(())
+        })?;
+        stats.pages_written += p.runs.iter().map(|(s, e)| (e - s) / PAGE).sum::<u64>();
+        pending = Some(p).filter(|p| !p.runs.is_empty());
+        runs = direct;
+    }
+
     let mut pieces: Vec<(u64, u64)> = Vec::new();
     for (start, end) in runs {
         for (at, len) in writer.windows(start, end - start).collect::<Vec<_>>() {
-            let unchanged = copied.and_then(|c| c.chunk(at, len)).filter(|_| !overlaps(at..at + len, &written));
-            if let Some(id) = unchanged {
-                writer.add_stored_memory(mm, at, len, id).map_err(MemoryError::Write)?;
-                stats.pages_written += len / PAGE;
-                stats.pages_copied_ahead += len / PAGE;
-                continue;
-            }
             add_to_pieces(&mut pieces, at, at + len);
         }
     }
-
     let total: u64 = pieces.iter().map(|(s, e)| e - s).sum();
     let mut done = 0;
     read_pieces(pid, &pieces, |at, read| {
@@ -218,8 +241,14 @@ pub fn store(
         progress(done, total);
         Ok(())
     })?;
-    Ok(stats)
+    Ok((stats, pending))
 }
+
+/// Most memory the freeze reads for later assembly ([`Pending`]); past it,
+/// the runs are read and stored whole.
+const FRESH_LIMIT: u64 = 256 << 20;
+
+pub use super::precopy::Pending;
 
 /// The runs (start, end) of pages `plans` call for that `pagemap` shows,
 /// but those of the `from_parent` runs.
@@ -266,10 +295,31 @@ fn written(pid: Pid, pagemap: &Pagemap, plans: &[Planned]) -> Result<Vec<u64>, M
     Ok(written)
 }
 
-/// Whether `range` overlaps one of the `[start, end)` pairs of `ranges`
-/// (in address order).
-pub(crate) fn overlaps(range: std::ops::Range<u64>, ranges: &[u64]) -> bool {
-    without(range.clone(), ranges) != [range]
+/// What of `range` is inside the `[start, end)` pairs of `ranges` (in
+/// address order).
+pub(crate) fn within(range: std::ops::Range<u64>, ranges: &[u64]) -> Vec<std::ops::Range<u64>> {
+    let outside: Vec<u64> = without(range.clone(), ranges).into_iter().flat_map(|r| [r.start, r.end]).collect();
+    without(range, &outside)
+}
+
+/// The union of two sets of `[start, end)` pairs (in any order), as pairs
+/// in address order, touching ones joined.
+pub(crate) fn union(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut pairs: Vec<(u64, u64)> = a.chunks_exact(2).chain(b.chunks_exact(2)).map(|p| (p[0], p[1])).collect();
+    pairs.sort_unstable();
+    let mut out: Vec<u64> = Vec::with_capacity(pairs.len() * 2);
+    for (s, e) in pairs {
+        match out.len() {
+            n if n >= 2 && out[n - 1] >= s => out[n - 1] = out[n - 1].max(e),
+            _ => out.extend([s, e]),
+        }
+    }
+    out
+}
+
+/// `a` without `b`, both sets of `[start, end)` pairs in address order.
+pub(crate) fn subtract(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.chunks_exact(2).flat_map(|p| without(p[0]..p[1], b)).flat_map(|r| [r.start, r.end]).collect()
 }
 
 /// Add `[start, end)` to `pieces`: onto the last piece when it ends there
@@ -586,6 +636,14 @@ mod tests {
         assert_eq!(without(3..10, &[0, 4, 9, 12]), vec![4..9]);
         // Holes wholly before and after the range are passed over.
         assert_eq!(without(20..30, &[0, 2, 4, 6, 22, 24, 28, 40, 50, 60]), vec![20..22, 24..28]);
+    }
+
+    #[test]
+    fn sets_of_ranges() {
+        assert_eq!(within(0..10, &[2, 4, 6, 12]), vec![2..4, 6..10]);
+        assert_eq!(within(5..6, &[2, 4]), vec![]);
+        assert_eq!(union(&[6, 8, 0, 2], &[2, 3, 10, 12, 7, 9]), vec![0, 3, 6, 9, 10, 12]);
+        assert_eq!(subtract(&[0, 10, 20, 30], &[2, 4, 25, 40]), vec![0, 2, 4, 10, 20, 25]);
     }
 
     #[test]

@@ -110,9 +110,11 @@ pub struct DumpReport {
 pub struct PreCopyReport {
     /// Bytes read while the tree ran.
     pub bytes_read: u64,
-    /// Of those, bytes still as they were at the freeze, taken into the
-    /// image without being read again.
+    /// Bytes of the image taken from what was copied ahead (not read in
+    /// the freeze).
     pub bytes_used: u64,
+    /// Rounds of copying what was written, after the first copy.
+    pub rounds: usize,
     /// Why something was not tracked (copied in the freeze instead), or
     /// why nothing was: one line each.
     pub untracked: Vec<String>,
@@ -253,6 +255,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     let mut mem_stats = memory::MemoryStats::default();
     let mut stored_before = 0;
+    let mut pending = Vec::new();
     // The pids stasis sees (the tree's may be those of its own namespace).
     let outer: Vec<Pid> = frozen.processes().iter().map(|p| p.pid()).collect();
     // Pages a child still shares with its parent are its parent's to store.
@@ -275,11 +278,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             }
         };
         let copied = pre_copy.as_ref().and_then(|c| c.of(pid));
-        let stats = memory::store(pid, plans, &p.from_parent, p.mm, &mut writer, &progress, copied)?;
+        let (stats, rest) = memory::store(pid, plans, &p.from_parent, p.mm, &mut writer, &progress, copied)?;
+        pending.extend(rest);
         stored_before += stats.pages_written * 4096;
         mem_stats.pages_scanned += stats.pages_scanned;
         mem_stats.pages_written += stats.pages_written;
-        mem_stats.pages_copied_ahead += stats.pages_copied_ahead;
     }
     for (id, size, mm, file, sysv) in objects {
         let stored = match sysv {
@@ -293,12 +296,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         writer.add_memory(mm, 0, &data)?;
     }
     // Everything is read: the write protection comes off.
-    if let Some(p) = pre_copy.take() {
-        pre_copy_report = Some(PreCopyReport {
-            bytes_read: p.bytes_read,
-            bytes_used: mem_stats.pages_copied_ahead * 4096,
-            untracked: p.untracked.clone(),
-        });
+    if let Some(p) = pre_copy.as_mut() {
+        p.stop_tracking();
     }
     clock.phase("memory");
     if cancelled() {
@@ -323,6 +322,22 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         f.release().map_err(|source| DumpError::Freeze { pid, source })?;
         clock.phase("release");
+    }
+    // The memory copied ahead and the pages read in the freeze are put
+    // together, with the tree running again unless it is to be killed.
+    if let Some(pre) = pre_copy.take() {
+        let mut used = 0;
+        for p in &pending {
+            let copied = pre.of(p.pid).expect("pending memory is of a process copied ahead");
+            used += precopy::assemble(p, copied, &mut writer)?;
+        }
+        pre_copy_report = Some(PreCopyReport {
+            bytes_read: pre.bytes_read,
+            bytes_used: used,
+            rounds: pre.rounds,
+            untracked: pre.untracked.clone(),
+        });
+        clock.phase("assemble");
     }
     let held_so_far = frozen.as_ref().map_or(Duration::ZERO, |f| f.since().elapsed());
     tree.stats = Some(DumpStats {

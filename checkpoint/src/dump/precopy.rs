@@ -8,22 +8,28 @@
 //! waits), and PAGEMAP_SCAN reports those pages as `PAGE_IS_WRITTEN`. The
 //! pages are then read (through /proc/PID/mem, which takes no pins) and
 //! stored as chunks ahead of their regions ([`ImageWriter::store_chunks`]).
-//! At the freeze, [`super::memory::store`] takes every window copied ahead
-//! whose pages were not written and still form the same run, and reads
-//! the rest. Whatever cannot be tracked (a process that cannot be stopped
-//! for the injection, a mapping that refuses registration, one mapped
-//! after) shows as written and is read in the freeze; shared memory is
-//! always read then.
+//!
+//! Then rounds: the pages written since are found and protected again in
+//! one PAGEMAP_SCAN (`PM_SCAN_WP_MATCHING`), read, and stored too, page by
+//! page, while fewer are written each round. At the freeze,
+//! [`super::memory::store`] reads only the pages written since the last
+//! round (and any never copied); once the tree runs again (or before it is
+//! killed) [`assemble`] puts each window together from the chunks copied
+//! ahead and those pages. A window untouched since the first copy is
+//! taken as it was stored. Whatever cannot be tracked (a process that
+//! cannot be stopped for the injection, a mapping that refuses
+//! registration, one mapped after) shows as written and is read in the
+//! freeze; shared memory is always read then.
 //!
 //! Dropping a [`PreCopy`] unregisters everything; a killed agent's
 //! descriptors close and do the same, so no process is left protected.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use stasis_image::{ChunkId, ImageWriter};
 use stasis_sys::inject::find_syscall_site;
-use stasis_sys::pagemap::Pagemap;
+use stasis_sys::pagemap::{Categories, Pagemap, ScanRequest, PM_SCAN_WP_MATCHING};
 use stasis_sys::pidfd::PidFd;
 use stasis_sys::ptrace::Seized;
 use stasis_sys::uffd::{self, Userfaultfd};
@@ -35,6 +41,11 @@ use crate::proc;
 /// How long a process may take to stop for the injection that makes its
 /// userfaultfd; one that does not is copied in the freeze instead.
 const STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Rounds of copying what was written, at most, after the first copy.
+const MAX_ROUNDS: usize = 10;
+/// No further round once less than this was written during the last one.
+const SMALL_ENOUGH: u64 = 1 << 20;
+const PAGE: u64 = 4096;
 
 /// Memory of one process copied while it ran, and the userfaultfd that
 /// tells which of it was written since.
@@ -42,14 +53,46 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Copied {
     uffd: Userfaultfd,
     registered: Vec<std::ops::Range<u64>>,
-    /// Chunks by window start: (window length, chunk).
-    chunks: HashMap<u64, (u64, ChunkId)>,
+    /// Every chunk stored ahead; the maps below refer to them by index.
+    chunks: Vec<ChunkId>,
+    /// Windows (by start) stored in the first copy and untouched by the
+    /// rounds: (length, chunk).
+    exact: BTreeMap<u64, (u64, u32)>,
+    /// Where the latest copy of each page is: (chunk, page within it).
+    pages: HashMap<u64, (u32, u32)>,
+    /// The pages copied, as `[start, end)` pairs in address order.
+    covered: Vec<u64>,
+    /// Pages written and protected again whose copy failed (unmapped
+    /// meanwhile): the freeze reads them.
+    lost: Vec<u64>,
 }
 
 impl Copied {
-    /// The chunk copied ahead for the window at `start` of `len` bytes.
-    pub fn chunk(&self, start: u64, len: u64) -> Option<ChunkId> {
-        self.chunks.get(&start).filter(|(l, _)| *l == len).map(|(_, id)| *id)
+    /// What the freeze must read of the run `[start, end)`, whose pages are
+    /// `written` (pairs in address order) since the last round: those, the
+    /// pages never copied, and those whose copy was lost.
+    pub fn to_read(&self, start: u64, end: u64, written: &[u64]) -> Vec<std::ops::Range<u64>> {
+        let mut clean = Vec::new();
+        for c in memory::within(start..end, &self.covered) {
+            for w in memory::without(c, written) {
+                clean.extend(memory::without(w, &self.lost).into_iter().flat_map(|r| [r.start, r.end]));
+            }
+        }
+        memory::without(start..end, &clean)
+    }
+
+    /// Whether `[start, end)` lies in a registered mapping.
+    pub fn tracks(&self, start: u64, end: u64) -> bool {
+        self.registered.iter().any(|r| r.start <= start && end <= r.end)
+    }
+
+    fn add_chunk(&mut self, start: u64, len: u64, id: ChunkId) -> u32 {
+        let k = self.chunks.len() as u32;
+        self.chunks.push(id);
+        for (i, page) in (start..start + len).step_by(PAGE as usize).enumerate() {
+            self.pages.insert(page, (k, i as u32));
+        }
+        k
     }
 }
 
@@ -70,6 +113,8 @@ pub struct PreCopy {
     by_pid: HashMap<Pid, Copied>,
     /// Bytes read while the tree ran.
     pub bytes_read: u64,
+    /// Rounds of copying what was written, after the first copy.
+    pub rounds: usize,
     /// Why processes or mappings could not be tracked, one line each.
     pub untracked: Vec<String>,
 }
@@ -78,6 +123,16 @@ impl PreCopy {
     /// What was copied ahead of process `pid`.
     pub fn of(&self, pid: Pid) -> Option<&Copied> {
         self.by_pid.get(&pid)
+    }
+
+    /// Stop tracking writes: every process's mappings are unregistered
+    /// (what was copied stays, for [`assemble`]).
+    pub fn stop_tracking(&mut self) {
+        for c in self.by_pid.values_mut() {
+            for r in std::mem::take(&mut c.registered) {
+                let _ = c.uffd.unregister(r);
+            }
+        }
     }
 }
 
@@ -91,8 +146,9 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// Track and copy the private memory of `pids` into `writer` while they
-/// run. Only failing to write the image is an error: a process that
-/// cannot be tracked is noted and copied in the freeze.
+/// run, then copy what they wrote, in rounds while that shrinks. Only
+/// failing to write the image is an error: a process that cannot be
+/// tracked is noted and copied in the freeze.
 pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryError> {
     let mut pre = PreCopy::default();
     for &pid in pids {
@@ -103,7 +159,15 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
                 continue;
             }
         };
-        let mut copied = Copied { uffd, registered: Vec::new(), chunks: HashMap::new() };
+        let mut copied = Copied {
+            uffd,
+            registered: Vec::new(),
+            chunks: Vec::new(),
+            exact: BTreeMap::new(),
+            pages: HashMap::new(),
+            covered: Vec::new(),
+            lost: Vec::new(),
+        };
         let mut tracked = Vec::new();
         for plan in plans {
             let range = plan.vma.start..plan.vma.end;
@@ -119,8 +183,29 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
                 Err(e) => pre.untracked.push(format!("process {pid}: {}", crate::chain(&e))),
             }
         }
-        pre.bytes_read += copy(pid, &tracked, writer, &mut copied)?;
+        let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
+        let runs = memory::runs(pid, &pagemap, &tracked, &[])?;
+        pre.bytes_read += copy(pid, &runs, writer, &mut copied, true)?;
         pre.by_pid.insert(pid, copied);
+    }
+    let mut last = pre.bytes_read;
+    while pre.rounds < MAX_ROUNDS {
+        let mut written = 0;
+        for (&pid, c) in &pre.by_pid {
+            written += written_since(pid, c, false)?.iter().map(|(s, e)| e - s).sum::<u64>();
+        }
+        // Done when little was written, or when copying does not outrun
+        // the writing.
+        if written < SMALL_ENOUGH || written > last / 4 * 3 {
+            break;
+        }
+        pre.rounds += 1;
+        last = 0;
+        for (&pid, c) in pre.by_pid.iter_mut() {
+            let runs = written_since(pid, c, true)?;
+            last += copy(pid, &runs, writer, c, false)?;
+        }
+        pre.bytes_read += last;
     }
     Ok(pre)
 }
@@ -147,29 +232,149 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
     Ok((made.map_err(|e| crate::chain(&e))?, plans))
 }
 
-/// Read the pages of `plans` (write-protected before) and store them as
-/// chunks of `copied`; returns the bytes read. A piece that cannot be read
-/// (unmapped meanwhile) is left to the freeze.
-fn copy(pid: Pid, plans: &[Planned], writer: &mut ImageWriter, copied: &mut Copied) -> Result<u64, MemoryError> {
+/// The runs of pages of `pid` written since they were last protected;
+/// `protect` protects them again in the same scan.
+fn written_since(pid: Pid, c: &Copied, protect: bool) -> Result<Vec<(u64, u64)>, MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-    let runs = memory::runs(pid, &pagemap, plans, &[])?;
+    let mut runs = Vec::new();
+    for r in &c.registered {
+        let req = ScanRequest {
+            range: r.clone(),
+            flags: if protect { PM_SCAN_WP_MATCHING } else { 0 },
+            required: Categories::WRITTEN,
+            any_of: Categories::NONE,
+            inverted: Categories::NONE,
+            report: Categories::WRITTEN,
+        };
+        let found =
+            pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: r.start, what: crate::chain(&e) })?;
+        runs.extend(found.iter().map(|f| (f.start, f.end)));
+    }
+    Ok(runs)
+}
+
+/// Read `runs` of `pid` (write-protected before) and store them as chunks
+/// of `copied`, one per window; returns the bytes read. In the `first`
+/// copy, a piece that cannot be read (unmapped meanwhile) is left to the
+/// freeze as never copied; later, as lost.
+fn copy(
+    pid: Pid,
+    runs: &[(u64, u64)],
+    writer: &mut ImageWriter,
+    copied: &mut Copied,
+    first: bool,
+) -> Result<u64, MemoryError> {
     let mut pieces = Vec::new();
-    for (start, end) in runs {
+    for &(start, end) in runs {
         for (at, len) in writer.windows(start, end - start).collect::<Vec<_>>() {
             memory::add_to_pieces(&mut pieces, at, at + len);
         }
     }
     let mut bytes = 0;
+    let (mut got, mut failed) = (Vec::new(), Vec::new());
     memory::read_pieces(pid, &pieces, |at, read| {
-        let Ok(buf) = read else { return Ok(()) };
+        let Ok(buf) = read else {
+            let end = pieces.iter().find(|p| p.0 == at).map_or(at, |p| p.1);
+            failed.extend([at, end]);
+            return Ok(());
+        };
         let windows: Vec<(u64, u64)> = writer.windows(at, buf.len() as u64).collect();
         let slices: Vec<&[u8]> = windows.iter().map(|&(s, l)| &buf[(s - at) as usize..(s - at + l) as usize]).collect();
         let ids = writer.store_chunks(&slices).map_err(MemoryError::Write)?;
         for ((s, l), id) in windows.into_iter().zip(ids) {
-            copied.chunks.insert(s, (l, id));
+            let k = copied.add_chunk(s, l, id);
+            if first {
+                copied.exact.insert(s, (l, k));
+            } else {
+                // The window is no longer as first stored.
+                let window = s - s % u64::from(writer.chunk_size());
+                let stale: Vec<u64> = copied.exact.range(window..s + l).map(|(&k, _)| k).collect();
+                for k in stale {
+                    copied.exact.remove(&k);
+                }
+            }
         }
+        got.extend([at, at + buf.len() as u64]);
         bytes += buf.len() as u64;
         Ok(())
     })?;
+    let got = memory::union(&got, &[]);
+    copied.covered = memory::union(&copied.covered, &got);
+    // A page written and protected again but not copied must be read in
+    // the freeze (a first copy that fails leaves it uncovered instead).
+    if !first {
+        copied.lost = memory::subtract(&memory::union(&copied.lost, &failed), &got);
+    }
     Ok(bytes)
+}
+
+/// Memory of a process read in the freeze for runs that were copied
+/// ahead: only the pages that must be (written since, or never copied).
+#[derive(Debug)]
+pub struct Pending {
+    pub pid: Pid,
+    pub mm: u32,
+    /// The runs to put together, in address order.
+    pub runs: Vec<(u64, u64)>,
+    /// Pages read in the freeze, by start.
+    pub fresh: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Pending {
+    /// The page at `addr` as read in the freeze, if it was.
+    fn fresh_page(&self, addr: u64) -> Option<&[u8]> {
+        let (&start, data) = self.fresh.range(..=addr).next_back()?;
+        let off = (addr - start) as usize;
+        (off < data.len()).then(|| &data[off..off + PAGE as usize])
+    }
+
+    fn fresh_overlaps(&self, start: u64, end: u64) -> bool {
+        let before = self.fresh.range(..start).next_back().is_some_and(|(&s, d)| s + d.len() as u64 > start);
+        before || self.fresh.range(start..end).next().is_some()
+    }
+}
+
+/// Put the memory of `pending` into the image: each window from the
+/// chunk stored in the first copy when nothing of it changed since, else
+/// page by page from the latest copies and the pages read in the freeze.
+/// Returns the bytes taken from what was copied ahead.
+pub fn assemble(pending: &Pending, copied: &Copied, writer: &mut ImageWriter) -> Result<u64, MemoryError> {
+    let pid = pending.pid;
+    let mut used = 0;
+    let mut cache: HashMap<u32, Vec<u8>> = HashMap::new();
+    for &(start, end) in &pending.runs {
+        for (at, len) in writer.windows(start, end - start).collect::<Vec<_>>() {
+            let exact = copied.exact.get(&at).filter(|(l, _)| *l == len);
+            if let Some(&(_, k)) = exact.filter(|_| !pending.fresh_overlaps(at, at + len)) {
+                writer.add_stored_memory(pending.mm, at, len, copied.chunks[k as usize]).map_err(MemoryError::Write)?;
+                used += len;
+                continue;
+            }
+            cache.clear();
+            let mut buf = vec![0u8; len as usize];
+            for (i, page) in (at..at + len).step_by(PAGE as usize).enumerate() {
+                let dst = &mut buf[i * PAGE as usize..(i + 1) * PAGE as usize];
+                if let Some(data) = pending.fresh_page(page) {
+                    dst.copy_from_slice(data);
+                    continue;
+                }
+                let &(k, n) = copied.pages.get(&page).ok_or_else(|| MemoryError::Read {
+                    pid,
+                    start: page,
+                    what: "the page was neither copied ahead nor read in the freeze".into(),
+                })?;
+                let chunk = match cache.entry(k) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(writer.read_chunk(&copied.chunks[k as usize]).map_err(MemoryError::Write)?)
+                    }
+                };
+                let off = n as usize * PAGE as usize;
+                dst.copy_from_slice(&chunk[off..off + PAGE as usize]);
+                used += PAGE;
+            }
+            writer.add_memory(pending.mm, at, &buf).map_err(MemoryError::Write)?;
+        }
+    }
+    Ok(used)
 }
