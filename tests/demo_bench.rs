@@ -75,6 +75,21 @@ fn bench_json_has_both_patterns_and_compressible_images_are_smaller() {
     );
 }
 
+/// `bench --live`: each dump copies the memory ahead while the workload
+/// runs (its time is in the figures), restores verify, and the table says
+/// so.
+#[test]
+fn bench_live_copies_ahead_and_verifies() {
+    let r = run(["bench", "--mib", "16", "--pattern", "random", "--runs", "1", "--live", "--json"]).success();
+    let v = r.json();
+    assert_eq!(v["all_verified"], true, "{}", r.dump());
+    let case = &v["cases"][0];
+    assert!(case["pre_copy_ms"]["median"].as_f64().unwrap_or(0.0) > 0.0, "no copy ahead\n{}", r.dump());
+    assert!(case["runs"][0]["pre_copy_us"].as_u64().unwrap_or(0) > 0, "{}", r.dump());
+    let r = run(["bench", "--mib", "8", "--pattern", "compressible", "--runs", "1", "--live"]).success();
+    assert!(r.stdout.contains("copied ahead ms"), "{}", r.dump());
+}
+
 /// `bench --volume` on a btrfs subvolume: each dump snapshots the volume
 /// (with unsynced writes on it) and each restore rolls it back first; the
 /// figures include both, and the snapshots and files are gone afterwards.

@@ -403,6 +403,15 @@ impl Workload {
         }
     }
 
+    /// Kill the process (left running by a dump) and reap it, which frees
+    /// its pid for the restore.
+    pub fn kill_and_reap(&mut self) -> anyhow::Result<String> {
+        if let Some(child) = &mut self.child {
+            child.kill().context("cannot kill the dumped process")?;
+        }
+        self.reap_killed()
+    }
+
     /// The process runs again at `pid`, restored by this stasis (and so its
     /// child).
     pub fn restored(&mut self, pid: i32) {

@@ -31,6 +31,13 @@ use crate::Outcome;
 /// (`--rollback-volume`). The table then also shows how much of the freeze
 /// the volume snapshot took, and the rollback's time.
 ///
+/// With --live, each dump is a live snapshot, as `stasis dump
+/// --leave-running` does by default: memory is copied while the workload
+/// runs, only what it wrote since is copied frozen, and the workload runs
+/// on (it is killed before the restore); the table then also shows the
+/// time of that copy ahead. Without it, all memory is copied frozen (`--no-pre-copy`),
+/// which shows the raw throughput.
+///
 /// These are figures, not a pass/fail test of speed. Exit status: 0 when
 /// every restore verified, 1 otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
@@ -60,6 +67,9 @@ pub struct Args {
     /// take along (a workload's unsynced writes).
     #[arg(long, value_name = "MIB", default_value_t = 0, requires = "volume")]
     dirty_mib: u64,
+    /// Dump as a live snapshot (copy memory ahead while the workload runs).
+    #[arg(long)]
+    live: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -81,6 +91,8 @@ struct Run {
     volume_us: Option<u64>,
     /// With --volume: the rollback before the restore.
     rollback_us: Option<u64>,
+    /// With --live: the copy ahead, before the freeze.
+    pre_copy_us: Option<u64>,
     /// The workload's verdict on its memory after the restore.
     verdict: String,
     verified: bool,
@@ -114,6 +126,7 @@ struct Case {
     restore_ms: Spread,
     volume_ms: Option<Spread>,
     rollback_ms: Option<Spread>,
+    pre_copy_ms: Option<Spread>,
     verified: bool,
     runs: Vec<Run>,
 }
@@ -202,8 +215,13 @@ fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel
             for n in 1..=args.runs {
                 let case = format!("{mib}-{}-{n}", pattern.name());
                 let dir = root.join(&case);
-                let run = one_run(&exe, mib, pattern, &dir, volume.map(|v| (v, case.as_str())), args.dirty_mib, cancel)
+                let on_volume = volume.map(|v| (v, case.as_str()));
+                let run = one_run(&exe, (mib, pattern), &dir, on_volume, args, cancel)
                     .with_context(|| format!("run {n} of {mib} MiB {} failed", pattern.name()))?;
+                let live_part = match run.pre_copy_us {
+                    Some(us) => format!("copied ahead in {:.1} ms, ", us as f64 / 1e3),
+                    None => String::new(),
+                };
                 let volume_part = match (run.volume_us, run.rollback_us) {
                     (Some(v), Some(r)) => {
                         format!(" (volume snapshot {:.1} ms), rollback {:.1} ms", v as f64 / 1e3, r as f64 / 1e3)
@@ -211,7 +229,7 @@ fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel
                     _ => String::new(),
                 };
                 eprintln!(
-                    "stasis bench: {mib} MiB {} run {n}/{}: frozen {:.1} ms{volume_part}, dump {:.1} ms, image {}, restore {:.1} ms, {}",
+                    "stasis bench: {mib} MiB {} run {n}/{}: {live_part}frozen {:.1} ms{volume_part}, dump {:.1} ms, image {}, restore {:.1} ms, {}",
                     pattern.name(),
                     args.runs,
                     run.frozen_us as f64 / 1e3,
@@ -240,6 +258,7 @@ fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel
                 restore_ms: spread(|r| r.restore_us as f64 / 1e3),
                 volume_ms: optional(|r| r.volume_us),
                 rollback_ms: optional(|r| r.rollback_us),
+                pre_copy_ms: optional(|r| r.pre_copy_us),
                 verified: runs.iter().all(|r| r.verified),
                 runs,
             });
@@ -248,17 +267,18 @@ fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel
     Ok(cases)
 }
 
-/// One dump and restore; with `volume` (and the run's snapshot name), the
-/// workload's files are on it and the dump snapshots it.
+/// One dump and restore of `mib` MiB of `pattern`; with `volume` (and the
+/// run's snapshot name), the workload's files are on it and the dump
+/// snapshots it.
 fn one_run(
     exe: &Path,
-    mib: u64,
-    pattern: Pattern,
+    (mib, pattern): (u64, Pattern),
     dir: &Path,
     volume: Option<(&BenchVolume, &str)>,
-    dirty_mib: u64,
+    args: &Args,
     cancel: &Cancel,
 ) -> anyhow::Result<Run> {
+    let (dirty_mib, live) = (args.dirty_mib, args.live);
     let work = match volume {
         Some((v, name)) => v.dir.join(name),
         None => dir.join("work"),
@@ -280,6 +300,10 @@ fn one_run(
     wl.wait_ready(slack, cancel)?;
 
     let mut opts = workload::dump_options(wl.pid, &images, cancel);
+    // A live snapshot lets the workload run on (its frozen time is then
+    // the freeze alone, not the image's write); it is killed after.
+    opts.pre_copy = live;
+    opts.leave_running = live;
     // Deleted when the run ends, whichever way.
     let mut _snapshot = None;
     if let Some((v, name)) = volume {
@@ -292,7 +316,10 @@ fn one_run(
     }
     let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
     let image_bytes = dir_bytes(&images);
-    wl.reap_killed()?;
+    match live {
+        true => wl.kill_and_reap()?,
+        false => wl.reap_killed()?,
+    };
 
     let mut opts = workload::restore_options(&images, cancel);
     let mut rollback_us = None;
@@ -315,6 +342,7 @@ fn one_run(
         restore_us: restored.total_us,
         volume_us: volume.map(|_| dumped.phases.iter().find(|(n, _)| n == "volume snapshot").map_or(0, |(_, us)| *us)),
         rollback_us,
+        pre_copy_us: live.then(|| dumped.phases.iter().find(|(n, _)| n == "pre-copy").map_or(0, |(_, us)| *us)),
         verified: verdict.starts_with("ok"),
         verdict,
     })
@@ -355,9 +383,13 @@ fn print_table(r: &Report) {
         "restore ms",
         "verified",
     ];
+    let live = r.cases.iter().any(|c| c.pre_copy_ms.is_some());
     if with_volume {
         header.splice(3..3, ["of it volume ms"]);
         header.splice(9..9, ["rollback ms"]);
+    }
+    if live {
+        header.insert(2, "copied ahead ms");
     }
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     let ms = |s: Spread| format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
@@ -377,6 +409,9 @@ fn print_table(r: &Report) {
         if with_volume {
             row.insert(3, c.volume_ms.map_or_else(|| "-".into(), ms));
             row.insert(9, c.rollback_ms.map_or_else(|| "-".into(), ms));
+        }
+        if live {
+            row.insert(2, c.pre_copy_ms.map_or_else(|| "-".into(), ms));
         }
         rows.push(row);
     }
