@@ -51,9 +51,9 @@ with open(os.path.join(d_dir, "result.tmp"), "w") as f:
 os.replace(os.path.join(d_dir, "result.tmp"), os.path.join(d_dir, "result"))
 "#;
 
-/// About 4-8 s of computation on an idle core: enough to be running still
+/// About 6-12 s of computation on an idle core: enough to be running still
 /// after two dumps that copy its memory while it runs first.
-const DICT_STEPS: u64 = 1_600_000;
+const DICT_STEPS: u64 = 2_400_000;
 const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn start_dict(name: &str) -> Spawned {

@@ -183,16 +183,32 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
                 Err(e) => pre.untracked.push(format!("process {pid}: {}", crate::chain(&e))),
             }
         }
-        let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-        let runs = memory::runs(pid, &pagemap, &tracked, &[])?;
-        pre.bytes_read += copy(pid, &runs, writer, &mut copied, true)?;
-        pre.by_pid.insert(pid, copied);
+        // A process that exits meanwhile is the freeze's to report.
+        let runs = match Pagemap::open(pid) {
+            Ok(pagemap) => memory::runs(pid, &pagemap, &tracked, &[]),
+            Err(e) => Err(MemoryError::Scan { pid, start: 0, what: crate::chain(&e) }),
+        };
+        match runs {
+            Ok(runs) => {
+                pre.bytes_read += copy(pid, &runs, writer, &mut copied, true)?;
+                pre.by_pid.insert(pid, copied);
+            }
+            Err(e) => pre.untracked.push(format!("process {pid}: {e}")),
+        }
     }
     let mut last = pre.bytes_read;
     while pre.rounds < MAX_ROUNDS {
         let mut written = 0;
+        let mut gone = Vec::new();
         for (&pid, c) in &pre.by_pid {
-            written += written_since(pid, c, false)?.iter().map(|(s, e)| e - s).sum::<u64>();
+            match written_since(pid, c, false) {
+                Ok(runs) => written += runs.iter().map(|(s, e)| e - s).sum::<u64>(),
+                Err(e) => gone.push((pid, e)),
+            }
+        }
+        for (pid, e) in gone {
+            pre.by_pid.remove(&pid);
+            pre.untracked.push(format!("process {pid}: {e}"));
         }
         // Done when little was written, or when copying does not outrun
         // the writing.
@@ -201,9 +217,19 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
         }
         pre.rounds += 1;
         last = 0;
+        let mut failed = Vec::new();
         for (&pid, c) in pre.by_pid.iter_mut() {
-            let runs = written_since(pid, c, true)?;
-            last += copy(pid, &runs, writer, c, false)?;
+            match written_since(pid, c, true) {
+                Ok(runs) => last += copy(pid, &runs, writer, c, false)?,
+                Err(e) => failed.push((pid, e)),
+            }
+        }
+        // A scan that failed part way (the process exiting) may have
+        // protected pages again without reporting them: nothing copied of
+        // that process can be trusted, the freeze reads it whole.
+        for (pid, e) in failed {
+            pre.by_pid.remove(&pid);
+            pre.untracked.push(format!("process {pid}: {e}"));
         }
         pre.bytes_read += last;
     }
