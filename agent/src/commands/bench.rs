@@ -35,8 +35,8 @@ use crate::Outcome;
 /// --leave-running` does by default: memory is copied while the workload
 /// runs, only what it wrote since is copied frozen, and the workload runs
 /// on (it is killed before the restore); the table then also shows the
-/// time of that copy ahead. Without it, all memory is copied frozen (`--no-pre-copy`),
-/// which shows the raw throughput.
+/// time of that copy ahead. Without it, all memory is copied frozen
+/// (`--no-pre-copy`), which shows the raw throughput.
 ///
 /// These are figures, not a pass/fail test of speed. Exit status: 0 when
 /// every restore verified, 1 otherwise, 2 for bad arguments.
@@ -333,6 +333,7 @@ fn one_run(
     let verdict = wl.check(slack, cancel)?;
 
     let logical = dumped.write.logical_bytes;
+    let phase_us = |name: &str| dumped.phases.iter().find(|(n, _)| n == name).map_or(0, |(_, us)| *us);
     Ok(Run {
         frozen_us: dumped.frozen_us,
         dump_us: dumped.total_us,
@@ -340,9 +341,9 @@ fn one_run(
         logical_bytes: logical,
         image_bytes,
         restore_us: restored.total_us,
-        volume_us: volume.map(|_| dumped.phases.iter().find(|(n, _)| n == "volume snapshot").map_or(0, |(_, us)| *us)),
+        volume_us: volume.map(|_| phase_us("volume snapshot")),
         rollback_us,
-        pre_copy_us: live.then(|| dumped.phases.iter().find(|(n, _)| n == "pre-copy").map_or(0, |(_, us)| *us)),
+        pre_copy_us: live.then(|| phase_us("pre-copy")),
         verified: verdict.starts_with("ok"),
         verdict,
     })

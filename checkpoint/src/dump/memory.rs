@@ -16,6 +16,7 @@ use stasis_sys::process_vm::RemoteAddr;
 use stasis_sys::procmem::ProcMem;
 use stasis_sys::Pid;
 
+use super::precopy::{Copied, Pending};
 use crate::proc::Mapping;
 
 pub const PROT_READ: u32 = 1;
@@ -182,7 +183,7 @@ pub fn store(
     mm: u32,
     writer: &mut ImageWriter,
     progress: Progress<'_>,
-    copied: Option<&super::precopy::Copied>,
+    copied: Option<&Copied>,
 ) -> Result<(MemoryStats, Option<Pending>), MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
     let pages_scanned = plans.iter().map(|p| (p.vma.end - p.vma.start) / PAGE).sum();
@@ -190,7 +191,7 @@ pub fn store(
     let mut runs = runs(pid, &pagemap, plans, from_parent)?;
     let mut pending = None;
     if let Some(c) = copied {
-        let written = written(pid, &pagemap, plans)?;
+        let written = c.written(pid)?;
         let mut p = Pending { pid, mm, runs: Vec::new(), fresh: Default::default() };
         let mut reads = Vec::new();
         let mut direct = Vec::new();
@@ -248,8 +249,6 @@ pub fn store(
 /// the runs are read and stored whole.
 const FRESH_LIMIT: u64 = 256 << 20;
 
-pub use super::precopy::Pending;
-
 /// The runs (start, end) of pages `plans` call for that `pagemap` shows,
 /// but those of the `from_parent` runs.
 pub(crate) fn runs(
@@ -271,28 +270,6 @@ pub(crate) fn runs(
         runs.extend(regions.map(|r| (r.start, r.end)));
     }
     Ok(runs)
-}
-
-/// The pages of `plans` written since they were write-protected through a
-/// userfaultfd with `WP_ASYNC`, as `[start, end)` pairs in address order.
-/// Present pages of mappings nobody write-protects count as written.
-fn written(pid: Pid, pagemap: &Pagemap, plans: &[Planned]) -> Result<Vec<u64>, MemoryError> {
-    let mut written = Vec::new();
-    for plan in plans.iter().filter(|p| p.pages != Pages::None) {
-        let v = &plan.vma;
-        let req = ScanRequest {
-            range: v.start..v.end,
-            flags: 0,
-            required: Categories::WRITTEN,
-            any_of: Categories::NONE,
-            inverted: Categories::NONE,
-            report: Categories::WRITTEN,
-        };
-        let regions =
-            pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
-        written.extend(regions.iter().flat_map(|r| [r.start, r.end]));
-    }
-    Ok(written)
 }
 
 /// What of `range` is inside the `[start, end)` pairs of `ranges` (in

@@ -81,6 +81,13 @@ impl Copied {
         memory::without(start..end, &clean)
     }
 
+    /// The pages of the registered mappings written since they were last
+    /// protected, as `[start, end)` pairs in address order (present pages
+    /// of a mapping made there since, not registered, count as written).
+    pub fn written(&self, pid: Pid) -> Result<Vec<u64>, MemoryError> {
+        Ok(written_since(pid, self, false)?.into_iter().flat_map(|(s, e)| [s, e]).collect())
+    }
+
     /// Whether `[start, end)` lies in a registered mapping.
     pub fn tracks(&self, start: u64, end: u64) -> bool {
         self.registered.iter().any(|r| r.start <= start && end <= r.end)
