@@ -137,8 +137,8 @@ workload_tests! {
     mem_layout: "mem_layout";
     threads: "threads";
     signals: "signals";
-    avx512_spin: "avx512", "spin";
-    avx512_sleep: "avx512", "sleep";
+    vectors_spin: "vectors", "spin";
+    vectors_sleep: "vectors", "sleep";
     pipes: "pipes";
     attrs: "attrs";
     eventfds: "eventfds";

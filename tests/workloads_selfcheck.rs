@@ -56,13 +56,13 @@ fn signals() {
 }
 
 #[test]
-fn avx512_spin() {
-    selfcheck("avx512", &["spin"]);
+fn vectors_spin() {
+    selfcheck("vectors", &["spin"]);
 }
 
 #[test]
-fn avx512_sleep() {
-    selfcheck("avx512", &["sleep"]);
+fn vectors_sleep() {
+    selfcheck("vectors", &["sleep"]);
 }
 
 #[test]
@@ -186,12 +186,12 @@ fn files_detects_changed_deleted_file() {
 }
 
 #[test]
-fn avx512_detects_changed_register() {
+fn vectors_detects_changed_register() {
     use nix::sys::ptrace;
     use nix::sys::wait::{waitpid, WaitPidFlag};
     use nix::unistd::Pid;
 
-    let w = Workload::start("avx512", &["spin"]);
+    let w = Workload::start("vectors", &["spin"]);
     w.wait_running();
     // The main thread (tid == pid) holds the patterns while it spins.
     let tid = Pid::from_raw(w.pid);

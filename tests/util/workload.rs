@@ -35,12 +35,8 @@ pub fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads")
 }
 
-fn gcc_flags(name: &str) -> Vec<&'static str> {
-    let mut flags = vec!["-O1", "-g", "-pthread", "-Wall", "-Werror"];
-    if name == "avx512" {
-        flags.extend(["-mavx512f", "-mavx512bw"]);
-    }
-    flags
+fn gcc_flags() -> Vec<&'static str> {
+    vec!["-O1", "-g", "-pthread", "-Wall", "-Werror"]
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -72,7 +68,7 @@ pub fn build(name: &str) -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     let tmp = out_dir.join(format!(".{name}.{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     let mut cmd = Command::new("gcc");
-    cmd.args(gcc_flags(name)).arg("-o").arg(&tmp).arg(&src);
+    cmd.args(gcc_flags()).arg("-o").arg(&tmp).arg(&src);
     let output = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run gcc to build workload {name} ({cmd:?}): {e}; is gcc installed?"));
