@@ -192,7 +192,7 @@ pub fn store(
     let mut pending = None;
     if let Some(c) = copied {
         let written = c.written(pid)?;
-        let mut p = Pending { pid, mm, runs: Vec::new(), fresh: Default::default() };
+        let mut p = Pending { pid, mm, runs: Vec::new(), fresh: Vec::new() };
         let mut reads = Vec::new();
         let mut direct = Vec::new();
         for (start, end) in runs {
@@ -201,26 +201,17 @@ pub fn store(
                 continue;
             }
             p.runs.push((start, end));
-            for r in c.to_read(start, end, &written) {
-                let mut at = r.start;
-                while at < r.end {
-                    let piece_end = ((at / PIECE + 1) * PIECE).min(r.end);
-                    reads.push((at, piece_end));
-                    at = piece_end;
-                }
-            }
+            reads.extend(c.to_read(start, end, &written).into_iter().map(|r| (r.start, r.end)));
         }
-        let fresh: u64 = reads.iter().map(|(s, e)| e - s).sum();
-        if fresh > FRESH_LIMIT {
-            // Written faster than it could be copied: read it all here.
-            direct.append(&mut p.runs);
-            direct.sort_unstable();
-            reads.clear();
-        }
-        read_pieces(pid, &reads, |at, read| {
-            p.fresh.insert(at, read?);
+        // Into the mirror, raw: compressing waits for the tree to run.
+        let mut got = Vec::new();
+        read_pieces(pid, &pieces_of(&reads), |at, read| {
+            let buf = read?;
+            c.mirror.write(at, &buf).map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
+            got.extend([at, at + buf.len() as u64]);
             Ok(())
         })?;
+        p.fresh = union(&got, &[]);
         stats.pages_written += p.runs.iter().map(|(s, e)| (e - s) / PAGE).sum::<u64>();
         pending = Some(p).filter(|p| !p.runs.is_empty());
         runs = direct;
@@ -244,10 +235,6 @@ pub fn store(
     })?;
     Ok((stats, pending))
 }
-
-/// Most memory the freeze reads for later assembly ([`Pending`]); past it,
-/// the runs are read and stored whole.
-const FRESH_LIMIT: u64 = 256 << 20;
 
 /// The runs (start, end) of pages `plans` call for that `pagemap` shows,
 /// but those of the `from_parent` runs.
@@ -306,6 +293,21 @@ pub(crate) fn add_to_pieces(pieces: &mut Vec<(u64, u64)>, start: u64, end: u64) 
         Some(last) if last.1 == start && last.0 / PIECE == (end - 1) / PIECE => last.1 = end,
         _ => pieces.push((start, end)),
     }
+}
+
+/// `runs` (in address order) cut into pieces to read, at multiples of
+/// [`PIECE`].
+pub(crate) fn pieces_of(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut pieces = Vec::new();
+    for &(start, end) in runs {
+        let mut at = start;
+        while at < end {
+            let piece_end = ((at / PIECE + 1) * PIECE).min(end);
+            add_to_pieces(&mut pieces, at, piece_end);
+            at = piece_end;
+        }
+    }
+    pieces
 }
 
 /// Read `pieces` of `pid` on worker threads (each with its own
@@ -596,6 +598,8 @@ pub enum MemoryError {
     Scan { pid: Pid, start: u64, what: String },
     #[error("cannot read memory of process {pid} at {start:#x}: {what}")]
     Read { pid: Pid, start: u64, what: String },
+    #[error("cannot keep the memory of process {pid} copied ahead in the image's directory: {what}")]
+    Mirror { pid: Pid, what: String },
     #[error(transparent)]
     Write(stasis_image::WriteError),
 }

@@ -10,13 +10,18 @@
 //! stored as chunks ahead of their regions ([`ImageWriter::store_chunks`]).
 //!
 //! Then rounds: the pages written since are found and protected again in
-//! one PAGEMAP_SCAN (`PM_SCAN_WP_MATCHING`), read, and stored too, page by
-//! page, while fewer are written each round. At the freeze,
-//! [`super::memory::store`] reads only the pages written since the last
-//! round (and any never copied); once the tree runs again (or before it is
-//! killed) [`assemble`] puts each window together from the chunks copied
-//! ahead and those pages. A window untouched since the first copy is
-//! taken as it was stored. Whatever cannot be tracked (a process that
+//! one PAGEMAP_SCAN (`PM_SCAN_WP_MATCHING`) and copied raw, without
+//! compressing them, into a [`Mirror`] of the process's memory (a file
+//! of its own, unlinked, beside the image), while fewer are written each
+//! round. Raw copies keep up with a process that writes much: compressing
+//! runs at a few hundred MB/s a core, reading and writing pages at
+//! several GB/s. At the freeze, [`super::memory::store`] reads only the
+//! pages written since the last round (and any never copied) into the
+//! mirror too; once the tree runs again (or before it is killed)
+//! [`assemble`] puts each window together from the chunks of the first
+//! copy and the mirror, and compresses what changed. A window untouched
+//! since the first copy is taken as it was stored. Whatever cannot be
+//! tracked (a process that
 //! cannot be stopped for the injection, a mapping that refuses
 //! registration, one mapped after) shows as written and is read in the
 //! freeze; shared memory is always read then.
@@ -25,6 +30,10 @@
 //! descriptors close and do the same, so no process is left protected.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::Duration;
 
 use stasis_image::{ChunkId, ImageWriter};
@@ -45,21 +54,79 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_ROUNDS: usize = 10;
 /// No further round once less than this was written during the last one.
 const SMALL_ENOUGH: u64 = 1 << 20;
-const PAGE: u64 = 4096;
+
+/// The latest raw copy of the pages of a process's registered mappings,
+/// each at a fixed offset of a sparse, unlinked file: the mappings laid
+/// end to end, in the order they were registered.
+#[derive(Debug)]
+pub struct Mirror {
+    file: File,
+    /// Each registered mapping and the offset of its first page.
+    bases: Vec<(Range<u64>, u64)>,
+    len: u64,
+}
+
+impl Mirror {
+    /// An empty mirror in `dir` (the image's directory).
+    fn create(dir: &Path) -> std::io::Result<Mirror> {
+        Ok(Mirror { file: tempfile::tempfile_in(dir)?, bases: Vec::new(), len: 0 })
+    }
+
+    fn add(&mut self, range: Range<u64>) {
+        let size = range.end - range.start;
+        self.bases.push((range, self.len));
+        self.len += size;
+    }
+
+    /// The parts of `[at, at + len)` as (address, offset in the file,
+    /// length); fails for any part outside the registered mappings.
+    fn parts(&self, at: u64, len: u64) -> std::io::Result<Vec<(u64, u64, u64)>> {
+        let mut out = Vec::new();
+        let mut a = at;
+        while a < at + len {
+            let Some((r, base)) = self.bases.iter().find(|(r, _)| r.contains(&a)) else {
+                return Err(std::io::Error::other(format!("{a:#x} is in no mapping copied ahead")));
+            };
+            let n = (r.end.min(at + len)) - a;
+            out.push((a, base + (a - r.start), n));
+            a += n;
+        }
+        Ok(out)
+    }
+
+    /// Store `data`, the memory at `at`.
+    pub fn write(&self, at: u64, data: &[u8]) -> std::io::Result<()> {
+        for (a, off, n) in self.parts(at, data.len() as u64)? {
+            let i = (a - at) as usize;
+            self.file.write_all_at(&data[i..i + n as usize], off)?;
+        }
+        Ok(())
+    }
+
+    /// Fill `buf` with the memory stored for `at`.
+    fn read(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        for (a, off, n) in self.parts(at, buf.len() as u64)? {
+            let i = (a - at) as usize;
+            self.file.read_exact_at(&mut buf[i..i + n as usize], off)?;
+        }
+        Ok(())
+    }
+}
 
 /// Memory of one process copied while it ran, and the userfaultfd that
 /// tells which of it was written since.
 #[derive(Debug)]
 pub struct Copied {
     uffd: Userfaultfd,
-    registered: Vec<std::ops::Range<u64>>,
-    /// Every chunk stored ahead; the maps below refer to them by index.
-    chunks: Vec<ChunkId>,
-    /// Windows (by start) stored in the first copy and untouched by the
-    /// rounds: (length, chunk).
-    exact: BTreeMap<u64, (u64, u32)>,
-    /// Where the latest copy of each page is: (chunk, page within it).
-    pages: HashMap<u64, (u32, u32)>,
+    registered: Vec<Range<u64>>,
+    /// The windows (by start) stored as chunks in the first copy:
+    /// (length, chunk).
+    first: BTreeMap<u64, (u64, ChunkId)>,
+    /// The rounds' copies (and the freeze's, see [`Pending`]).
+    pub mirror: Mirror,
+    /// The pages whose latest copy is in the mirror, as `[start, end)`
+    /// pairs in address order.
+    mirrored: Vec<u64>,
     /// The pages copied, as `[start, end)` pairs in address order.
     covered: Vec<u64>,
     /// Pages written and protected again whose copy failed (unmapped
@@ -71,7 +138,7 @@ impl Copied {
     /// What the freeze must read of the run `[start, end)`, whose pages are
     /// `written` (pairs in address order) since the last round: those, the
     /// pages never copied, and those whose copy was lost.
-    pub fn to_read(&self, start: u64, end: u64, written: &[u64]) -> Vec<std::ops::Range<u64>> {
+    pub fn to_read(&self, start: u64, end: u64, written: &[u64]) -> Vec<Range<u64>> {
         let mut clean = Vec::new();
         for c in memory::within(start..end, &self.covered) {
             for w in memory::without(c, written) {
@@ -91,15 +158,6 @@ impl Copied {
     /// Whether `[start, end)` lies in a registered mapping.
     pub fn tracks(&self, start: u64, end: u64) -> bool {
         self.registered.iter().any(|r| r.start <= start && end <= r.end)
-    }
-
-    fn add_chunk(&mut self, start: u64, len: u64, id: ChunkId) -> u32 {
-        let k = self.chunks.len() as u32;
-        self.chunks.push(id);
-        for (i, page) in (start..start + len).step_by(PAGE as usize).enumerate() {
-            self.pages.insert(page, (k, i as u32));
-        }
-        k
     }
 }
 
@@ -166,12 +224,13 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
                 continue;
             }
         };
+        let mirror = Mirror::create(writer.dir()).map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
         let mut copied = Copied {
             uffd,
             registered: Vec::new(),
-            chunks: Vec::new(),
-            exact: BTreeMap::new(),
-            pages: HashMap::new(),
+            first: BTreeMap::new(),
+            mirror,
+            mirrored: Vec::new(),
             covered: Vec::new(),
             lost: Vec::new(),
         };
@@ -181,6 +240,7 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             let protect = match copied.uffd.register(range.clone(), uffd::REGISTER_MODE_WP) {
                 Ok(_) => {
                     copied.registered.push(range.clone());
+                    copied.mirror.add(range.clone());
                     copied.uffd.write_protect(range, true)
                 }
                 Err(e) => Err(e),
@@ -197,13 +257,15 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
         };
         match runs {
             Ok(runs) => {
-                pre.bytes_read += copy(pid, &runs, writer, &mut copied, true)?;
+                pre.bytes_read += copy_first(pid, &runs, writer, &mut copied)?;
                 pre.by_pid.insert(pid, copied);
             }
             Err(e) => pre.untracked.push(format!("process {pid}: {e}")),
         }
     }
-    let mut last = pre.bytes_read;
+    // The first copy compresses as it goes; the rounds copy raw, far
+    // faster, so the first round is worth it however much was written.
+    let mut last = u64::MAX;
     while pre.rounds < MAX_ROUNDS {
         let mut written = 0;
         let mut gone = Vec::new();
@@ -227,7 +289,7 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
         let mut failed = Vec::new();
         for (&pid, c) in pre.by_pid.iter_mut() {
             match written_since(pid, c, true) {
-                Ok(runs) => last += copy(pid, &runs, writer, c, false)?,
+                Ok(runs) => last += copy_raw(pid, &runs, c)?,
                 Err(e) => failed.push((pid, e)),
             }
         }
@@ -287,15 +349,14 @@ fn written_since(pid: Pid, c: &Copied, protect: bool) -> Result<Vec<(u64, u64)>,
 }
 
 /// Read `runs` of `pid` (write-protected before) and store them as chunks
-/// of `copied`, one per window; returns the bytes read. In the `first`
-/// copy, a piece that cannot be read (unmapped meanwhile) is left to the
-/// freeze as never copied; later, as lost.
-fn copy(
+/// of `copied`, one per window; returns the bytes read. A piece that
+/// cannot be read (unmapped meanwhile) is left to the freeze as never
+/// copied.
+fn copy_first(
     pid: Pid,
     runs: &[(u64, u64)],
     writer: &mut ImageWriter,
     copied: &mut Copied,
-    first: bool,
 ) -> Result<u64, MemoryError> {
     let mut pieces = Vec::new();
     for &(start, end) in runs {
@@ -304,110 +365,129 @@ fn copy(
         }
     }
     let mut bytes = 0;
+    let mut got = Vec::new();
+    memory::read_pieces(pid, &pieces, |at, read| {
+        let Ok(buf) = read else { return Ok(()) };
+        let windows: Vec<(u64, u64)> = writer.windows(at, buf.len() as u64).collect();
+        let slices: Vec<&[u8]> = windows.iter().map(|&(s, l)| &buf[(s - at) as usize..(s - at + l) as usize]).collect();
+        let ids = writer.store_chunks(&slices).map_err(MemoryError::Write)?;
+        for ((s, l), id) in windows.into_iter().zip(ids) {
+            copied.first.insert(s, (l, id));
+        }
+        got.extend([at, at + buf.len() as u64]);
+        bytes += buf.len() as u64;
+        Ok(())
+    })?;
+    copied.covered = memory::union(&copied.covered, &got);
+    Ok(bytes)
+}
+
+/// Read `runs` of `pid` (write-protected again) into the mirror of
+/// `copied`; returns the bytes read. A page that cannot be read (unmapped
+/// meanwhile) is lost: the freeze reads it.
+fn copy_raw(pid: Pid, runs: &[(u64, u64)], copied: &mut Copied) -> Result<u64, MemoryError> {
+    let mut bytes = 0;
     let (mut got, mut failed) = (Vec::new(), Vec::new());
+    let pieces = memory::pieces_of(runs);
     memory::read_pieces(pid, &pieces, |at, read| {
         let Ok(buf) = read else {
             let end = pieces.iter().find(|p| p.0 == at).map_or(at, |p| p.1);
             failed.extend([at, end]);
             return Ok(());
         };
-        let windows: Vec<(u64, u64)> = writer.windows(at, buf.len() as u64).collect();
-        let slices: Vec<&[u8]> = windows.iter().map(|&(s, l)| &buf[(s - at) as usize..(s - at + l) as usize]).collect();
-        let ids = writer.store_chunks(&slices).map_err(MemoryError::Write)?;
-        for ((s, l), id) in windows.into_iter().zip(ids) {
-            let k = copied.add_chunk(s, l, id);
-            if first {
-                copied.exact.insert(s, (l, k));
-            } else {
-                // The window is no longer as first stored.
-                let window = s - s % u64::from(writer.chunk_size());
-                let stale: Vec<u64> = copied.exact.range(window..s + l).map(|(&k, _)| k).collect();
-                for k in stale {
-                    copied.exact.remove(&k);
-                }
-            }
-        }
+        copied.mirror.write(at, &buf).map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
         got.extend([at, at + buf.len() as u64]);
         bytes += buf.len() as u64;
         Ok(())
     })?;
     let got = memory::union(&got, &[]);
+    copied.mirrored = memory::union(&copied.mirrored, &got);
     copied.covered = memory::union(&copied.covered, &got);
-    // A page written and protected again but not copied must be read in
-    // the freeze (a first copy that fails leaves it uncovered instead).
-    if !first {
-        copied.lost = memory::subtract(&memory::union(&copied.lost, &failed), &got);
-    }
+    copied.lost = memory::subtract(&memory::union(&copied.lost, &failed), &got);
     Ok(bytes)
 }
 
-/// Memory of a process read in the freeze for runs that were copied
-/// ahead: only the pages that must be (written since, or never copied).
+/// The runs of a process copied ahead that the freeze found to store:
+/// what [`assemble`] puts together once the freeze is over.
 #[derive(Debug)]
 pub struct Pending {
     pub pid: Pid,
     pub mm: u32,
     /// The runs to put together, in address order.
     pub runs: Vec<(u64, u64)>,
-    /// Pages read in the freeze, by start.
-    pub fresh: BTreeMap<u64, Vec<u8>>,
-}
-
-impl Pending {
-    /// The page at `addr` as read in the freeze, if it was.
-    fn fresh_page(&self, addr: u64) -> Option<&[u8]> {
-        let (&start, data) = self.fresh.range(..=addr).next_back()?;
-        let off = (addr - start) as usize;
-        (off < data.len()).then(|| &data[off..off + PAGE as usize])
-    }
-
-    fn fresh_overlaps(&self, start: u64, end: u64) -> bool {
-        let before = self.fresh.range(..start).next_back().is_some_and(|(&s, d)| s + d.len() as u64 > start);
-        before || self.fresh.range(start..end).next().is_some()
-    }
+    /// The pages the freeze read into the mirror, as `[start, end)` pairs
+    /// in address order.
+    pub fresh: Vec<u64>,
 }
 
 /// Put the memory of `pending` into the image: each window from the
 /// chunk stored in the first copy when nothing of it changed since, else
-/// page by page from the latest copies and the pages read in the freeze.
-/// Returns the bytes taken from what was copied ahead.
+/// from the mirror and the first copy's chunks, compressed anew. Returns
+/// the bytes taken from what was copied ahead.
 pub fn assemble(pending: &Pending, copied: &Copied, writer: &mut ImageWriter) -> Result<u64, MemoryError> {
     let pid = pending.pid;
+    let in_mirror = memory::union(&copied.mirrored, &pending.fresh);
     let mut used = 0;
-    let mut cache: HashMap<u32, Vec<u8>> = HashMap::new();
+    // Windows to compress anew, gathered while they follow one another so
+    // that they are compressed on all cores.
+    let mut batch: Vec<u8> = Vec::new();
+    let mut batch_at = 0;
+    let flush = |writer: &mut ImageWriter, batch: &mut Vec<u8>, at: u64| -> Result<(), MemoryError> {
+        if !batch.is_empty() {
+            writer.add_memory(pending.mm, at, batch).map_err(MemoryError::Write)?;
+            batch.clear();
+        }
+        Ok(())
+    };
     for &(start, end) in &pending.runs {
         for (at, len) in writer.windows(start, end - start).collect::<Vec<_>>() {
-            let exact = copied.exact.get(&at).filter(|(l, _)| *l == len);
-            if let Some(&(_, k)) = exact.filter(|_| !pending.fresh_overlaps(at, at + len)) {
-                writer.add_stored_memory(pending.mm, at, len, copied.chunks[k as usize]).map_err(MemoryError::Write)?;
+            let mirrored = memory::within(at..at + len, &in_mirror);
+            let first = copied.first.get(&at).filter(|(l, _)| *l == len);
+            if let Some(&(_, id)) = first.filter(|_| mirrored.is_empty()) {
+                flush(writer, &mut batch, batch_at)?;
+                writer.add_stored_memory(pending.mm, at, len, id).map_err(MemoryError::Write)?;
                 used += len;
                 continue;
             }
-            cache.clear();
-            let mut buf = vec![0u8; len as usize];
-            for (i, page) in (at..at + len).step_by(PAGE as usize).enumerate() {
-                let dst = &mut buf[i * PAGE as usize..(i + 1) * PAGE as usize];
-                if let Some(data) = pending.fresh_page(page) {
-                    dst.copy_from_slice(data);
-                    continue;
-                }
-                let &(k, n) = copied.pages.get(&page).ok_or_else(|| MemoryError::Read {
-                    pid,
-                    start: page,
-                    what: "the page was neither copied ahead nor read in the freeze".into(),
-                })?;
-                let chunk = match cache.entry(k) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(writer.read_chunk(&copied.chunks[k as usize]).map_err(MemoryError::Write)?)
-                    }
-                };
-                let off = n as usize * PAGE as usize;
-                dst.copy_from_slice(&chunk[off..off + PAGE as usize]);
-                used += PAGE;
+            if batch_at + batch.len() as u64 != at || batch.len() as u64 >= memory::PIECE {
+                flush(writer, &mut batch, batch_at)?;
+                batch_at = at;
             }
-            writer.add_memory(pending.mm, at, &buf).map_err(MemoryError::Write)?;
+            let base = batch.len();
+            batch.resize(base + len as usize, 0);
+            let buf = &mut batch[base..];
+            for r in &mirrored {
+                let (s, e) = ((r.start - at) as usize, (r.end - at) as usize);
+                copied
+                    .mirror
+                    .read(r.start, &mut buf[s..e])
+                    .map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
+            }
+            let fresh: u64 = memory::within(at..at + len, &pending.fresh).iter().map(|r| r.end - r.start).sum();
+            used += mirrored.iter().map(|r| r.end - r.start).sum::<u64>() - fresh;
+            let rest: Vec<u64> = mirrored.iter().flat_map(|r| [r.start, r.end]).collect();
+            for r in memory::without(at..at + len, &rest) {
+                // The first copy's chunks hold the rest.
+                let mut a = r.start;
+                while a < r.end {
+                    let found = copied.first.range(..=a).next_back().filter(|(&s, &(l, _))| a < s + l);
+                    let Some((&s, &(l, id))) = found else {
+                        return Err(MemoryError::Read {
+                            pid,
+                            start: a,
+                            what: "the page was neither copied ahead nor read in the freeze".into(),
+                        });
+                    };
+                    let chunk = writer.read_chunk(&id).map_err(MemoryError::Write)?;
+                    let e = (s + l).min(r.end);
+                    buf[(a - at) as usize..(e - at) as usize]
+                        .copy_from_slice(&chunk[(a - s) as usize..(e - s) as usize]);
+                    used += e - a;
+                    a = e;
+                }
+            }
         }
     }
+    flush(writer, &mut batch, batch_at)?;
     Ok(used)
 }
