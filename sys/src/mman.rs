@@ -116,6 +116,104 @@ impl AnonMapping {
     }
 }
 
+/// A large anonymous private mapping of which only the pages written take
+/// memory (MAP_NORESERVE), filled by the kernel straight from a file at
+/// any offset, from several threads at once, and read back once they are
+/// done: a copy of another process's memory kept in the agent.
+///
+/// It hands out no reference to its memory while it can be filled (filling
+/// takes `&self`, reading `&mut self`), so the kernel's writes never race
+/// with a Rust borrow.
+#[derive(Debug)]
+pub struct SparseBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain memory owned by this value; `&self` methods only pass the
+// kernel a pointer to write through (never make a reference to it), and
+// reading back needs `&mut self`.
+unsafe impl Send for SparseBuffer {}
+// SAFETY: as above: concurrent fills are kernel writes to memory no Rust
+// reference points into.
+unsafe impl Sync for SparseBuffer {}
+
+impl SparseBuffer {
+    /// Reserves `len` bytes (rounded up to pages) of address space.
+    pub fn new(len: usize) -> Result<Self, Error> {
+        let len = len.div_ceil(page_size()).max(1) * page_size();
+        let nz = NonZeroUsize::new(len).ok_or(Error::Map { len, errno: Errno::EINVAL })?;
+        let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE;
+        // SAFETY: a fresh anonymous private mapping at an address the kernel
+        // chooses aliases no existing Rust object.
+        let ptr = unsafe { mman::mmap_anonymous(None, nz, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags) }
+            .map_err(|errno| Error::Map { len, errno })?;
+        Ok(SparseBuffer { ptr: ptr.cast(), len })
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty (never: at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Read `len` bytes of `file` at `file_offset` into the buffer at
+    /// `offset` (pread, repeated while short). Fills of overlapping ranges
+    /// at once leave either's bytes.
+    pub fn fill_from(&self, file: &std::fs::File, file_offset: u64, offset: usize, len: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let end = offset.checked_add(len).filter(|&e| e <= self.len);
+        assert!(end.is_some(), "fill of {len} bytes at {offset} outside a buffer of {}", self.len);
+        let mut done = 0;
+        while done < len {
+            // SAFETY: offset + done .. offset + len lies inside the mapping
+            // (checked above), which lives as long as self; no Rust
+            // reference points into it while self is shared (see the type).
+            let dst = unsafe { self.ptr.as_ptr().add(offset + done) };
+            let at = libc::off_t::try_from(file_offset + done as u64)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+            // SAFETY: dst is valid for writes of len - done bytes (above).
+            let n = unsafe { libc::pread(file.as_raw_fd(), dst.cast(), len - done, at) };
+            match n {
+                n if n > 0 => done += n as usize,
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes at `offset`, into `buf`.
+    pub fn read(&mut self, offset: usize, buf: &mut [u8]) {
+        let end = offset.checked_add(buf.len()).filter(|&e| e <= self.len);
+        assert!(end.is_some(), "read of {} bytes at {offset} outside a buffer of {}", buf.len(), self.len);
+        // SAFETY: offset is inside the live mapping (checked above).
+        let start = unsafe { self.ptr.as_ptr().add(offset) };
+        // SAFETY: start..start + buf.len() is inside the mapping, which the
+        // kernel zero-filled where never written; `&mut self` means no fill
+        // runs now.
+        let src = unsafe { std::slice::from_raw_parts(start, buf.len()) };
+        buf.copy_from_slice(src);
+    }
+}
+
+impl Drop for SparseBuffer {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; no reference into
+        // the mapping outlives the borrow of self that made it.
+        let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 impl Drop for AnonMapping {
     fn drop(&mut self) {
         // SAFETY: ptr/len are exactly what mmap returned, and no reference

@@ -74,6 +74,23 @@ impl ProcMem {
         })
     }
 
+    /// Reads `len` bytes at `addr` straight into `buf` at `offset`.
+    pub fn read_into(
+        &self,
+        addr: RemoteAddr,
+        buf: &crate::mman::SparseBuffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), Error> {
+        buf.fill_from(&self.file, addr.0, offset, len).map_err(|source| Error::Access {
+            op: "read",
+            pid: self.pid,
+            addr,
+            len,
+            source,
+        })
+    }
+
     /// Writes all of `data` at `addr`.
     pub fn write_all_at(&self, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
         self.file.write_all_at(data, addr.0).map_err(|source| Error::Access {

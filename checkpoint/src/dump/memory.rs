@@ -203,15 +203,20 @@ pub fn store(
             p.runs.push((start, end));
             reads.extend(c.to_read(start, end, &written).into_iter().map(|r| (r.start, r.end)));
         }
-        // Into the mirror, raw: compressing waits for the tree to run.
-        let mut got = Vec::new();
-        read_pieces(pid, &pieces_of(&reads), |at, read| {
-            let buf = read?;
-            c.mirror.write(at, &buf).map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
-            got.extend([at, at + buf.len() as u64]);
-            Ok(())
-        })?;
-        p.fresh = union(&got, &[]);
+        let reads: Vec<u64> = reads.into_iter().flat_map(|(s, e)| [s, e]).collect();
+        if c.mirror.claim(c.new_to_mirror(&reads)) {
+            // Into the mirror, raw: compressing waits for the tree to run.
+            let pieces: Vec<(u64, u64)> = reads.chunks_exact(2).map(|r| (r[0], r[1])).collect();
+            let (got, failed) = c.mirror.fill(pid, &pieces_of(&pieces));
+            if let Some(&start) = failed.first() {
+                return Err(MemoryError::Read { pid, start, what: "it could not be read into the copy ahead".into() });
+            }
+            p.fresh = got;
+        } else {
+            // No memory left to hold it: read and stored whole here.
+            direct.append(&mut p.runs);
+            direct.sort_unstable();
+        }
         stats.pages_written += p.runs.iter().map(|(s, e)| (e - s) / PAGE).sum::<u64>();
         pending = Some(p).filter(|p| !p.runs.is_empty());
         runs = direct;
@@ -598,7 +603,7 @@ pub enum MemoryError {
     Scan { pid: Pid, start: u64, what: String },
     #[error("cannot read memory of process {pid} at {start:#x}: {what}")]
     Read { pid: Pid, start: u64, what: String },
-    #[error("cannot keep the memory of process {pid} copied ahead in the image's directory: {what}")]
+    #[error("cannot put together the memory of process {pid} copied ahead: {what}")]
     Mirror { pid: Pid, what: String },
     #[error(transparent)]
     Write(stasis_image::WriteError),

@@ -325,10 +325,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     }
     // The memory copied ahead and the pages read in the freeze are put
     // together, with the tree running again unless it is to be killed.
-    if let Some(pre) = pre_copy.take() {
+    if let Some(mut pre) = pre_copy.take() {
         let mut used = 0;
         for p in &pending {
-            let copied = pre.of(p.pid).expect("pending memory is of a process copied ahead");
+            let copied = pre.of_mut(p.pid).expect("pending memory is of a process copied ahead");
             used += precopy::assemble(p, copied, &mut writer)?;
         }
         pre_copy_report = Some(PreCopyReport {

@@ -30,16 +30,18 @@
 //! descriptors close and do the same, so no process is left protected.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use stasis_image::{ChunkId, ImageWriter};
 use stasis_sys::inject::find_syscall_site;
+use stasis_sys::mman::SparseBuffer;
 use stasis_sys::pagemap::{Categories, Pagemap, ScanRequest, PM_SCAN_WP_MATCHING};
 use stasis_sys::pidfd::PidFd;
+use stasis_sys::process_vm::RemoteAddr;
+use stasis_sys::procmem::ProcMem;
 use stasis_sys::ptrace::Seized;
 use stasis_sys::uffd::{self, Userfaultfd};
 use stasis_sys::Pid;
@@ -55,59 +57,96 @@ const MAX_ROUNDS: usize = 10;
 /// No further round once less than this was written during the last one.
 const SMALL_ENOUGH: u64 = 1 << 20;
 
-/// The latest raw copy of the pages of a process's registered mappings,
-/// each at a fixed offset of a sparse, unlinked file: the mappings laid
-/// end to end, in the order they were registered.
+/// The latest raw copy of the pages of a process's registered mappings, in
+/// the agent's memory: the mappings laid end to end, in address order, in
+/// one sparse buffer (only the pages copied take memory).
 #[derive(Debug)]
 pub struct Mirror {
-    file: File,
+    buf: SparseBuffer,
     /// Each registered mapping and the offset of its first page.
     bases: Vec<(Range<u64>, u64)>,
-    len: u64,
+    /// Memory all mirrors may still take (shared by the tree's).
+    room: Arc<AtomicU64>,
 }
 
 impl Mirror {
-    /// An empty mirror in `dir` (the image's directory).
-    fn create(dir: &Path) -> std::io::Result<Mirror> {
-        Ok(Mirror { file: tempfile::tempfile_in(dir)?, bases: Vec::new(), len: 0 })
+    fn new(ranges: &[Range<u64>], room: Arc<AtomicU64>) -> Result<Mirror, stasis_sys::mman::Error> {
+        let mut bases = Vec::with_capacity(ranges.len());
+        let mut len = 0;
+        for r in ranges {
+            bases.push((r.clone(), len));
+            len += r.end - r.start;
+        }
+        Ok(Mirror { buf: SparseBuffer::new(len as usize)?, bases, room })
     }
 
-    fn add(&mut self, range: Range<u64>) {
-        let size = range.end - range.start;
-        self.bases.push((range, self.len));
-        self.len += size;
+    /// Take `bytes` of the room left for mirrors; false (taking nothing)
+    /// when there is not that much.
+    pub fn claim(&self, bytes: u64) -> bool {
+        self.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes)).is_ok()
     }
 
-    /// The parts of `[at, at + len)` as (address, offset in the file,
-    /// length); fails for any part outside the registered mappings.
-    fn parts(&self, at: u64, len: u64) -> std::io::Result<Vec<(u64, u64, u64)>> {
+    /// The parts of `[at, at + len)` as (address, offset, length); fails
+    /// for any part outside the registered mappings.
+    fn parts(&self, at: u64, len: u64) -> Result<Vec<(u64, usize, usize)>, String> {
         let mut out = Vec::new();
         let mut a = at;
         while a < at + len {
-            let Some((r, base)) = self.bases.iter().find(|(r, _)| r.contains(&a)) else {
-                return Err(std::io::Error::other(format!("{a:#x} is in no mapping copied ahead")));
+            let i = self.bases.partition_point(|(r, _)| r.end <= a);
+            let Some((r, base)) = self.bases.get(i).filter(|(r, _)| r.start <= a) else {
+                return Err(format!("{a:#x} is in no mapping copied ahead"));
             };
-            let n = (r.end.min(at + len)) - a;
-            out.push((a, base + (a - r.start), n));
+            let n = r.end.min(at + len) - a;
+            out.push((a, (base + (a - r.start)) as usize, n as usize));
             a += n;
         }
         Ok(out)
     }
 
-    /// Store `data`, the memory at `at`.
-    pub fn write(&self, at: u64, data: &[u8]) -> std::io::Result<()> {
-        for (a, off, n) in self.parts(at, data.len() as u64)? {
-            let i = (a - at) as usize;
-            self.file.write_all_at(&data[i..i + n as usize], off)?;
-        }
-        Ok(())
+    /// Copy the pages of `pid` at `pieces` (in address order, inside the
+    /// registered mappings) into the mirror, on a few threads; returns the
+    /// pieces copied and those that could not be read (unmapped meanwhile),
+    /// as `[start, end)` pairs in address order.
+    pub fn fill(&self, pid: Pid, pieces: &[(u64, u64)]) -> (Vec<u64>, Vec<u64>) {
+        let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let next = AtomicUsize::new(0);
+        let (mut got, mut failed) = (Vec::new(), Vec::new());
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..readers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (mut got, mut failed) = (Vec::new(), Vec::new());
+                        let mem = ProcMem::open(pid, false).ok();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(at, end)) = pieces.get(i) else { break };
+                            let ok = mem.as_ref().is_some_and(|mem| {
+                                self.parts(at, end - at).is_ok_and(|parts| {
+                                    parts
+                                        .iter()
+                                        .all(|&(a, off, n)| mem.read_into(RemoteAddr(a), &self.buf, off, n).is_ok())
+                                })
+                            });
+                            if ok { &mut got } else { &mut failed }.extend([at, end]);
+                        }
+                        (got, failed)
+                    })
+                })
+                .collect();
+            for w in workers {
+                let (g, f) = w.join().expect("mirror reader panicked");
+                got.extend(g);
+                failed.extend(f);
+            }
+        });
+        (memory::union(&got, &[]), memory::union(&failed, &[]))
     }
 
-    /// Fill `buf` with the memory stored for `at`.
-    fn read(&self, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    /// The memory stored for `at`, into `buf`.
+    fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), String> {
         for (a, off, n) in self.parts(at, buf.len() as u64)? {
             let i = (a - at) as usize;
-            self.file.read_exact_at(&mut buf[i..i + n as usize], off)?;
+            self.buf.read(off, &mut buf[i..i + n]);
         }
         Ok(())
     }
@@ -155,10 +194,31 @@ impl Copied {
         Ok(written_since(pid, self, false)?.into_iter().flat_map(|(s, e)| [s, e]).collect())
     }
 
+    /// Bytes of `runs` (pairs in address order) not yet in the mirror.
+    pub fn new_to_mirror(&self, runs: &[u64]) -> u64 {
+        size(&memory::union(&self.mirrored, runs)) - size(&self.mirrored)
+    }
+
+    /// Record `got` (pairs in address order) as copied into the mirror,
+    /// taking the room the new pages need.
+    fn add_mirrored(&mut self, got: &[u64]) {
+        let new = self.new_to_mirror(got);
+        if !self.mirror.claim(new) {
+            // Copied already: the room only bounds what is copied next.
+            self.mirror.room.store(0, Ordering::Relaxed);
+        }
+        self.mirrored = memory::union(&self.mirrored, got);
+    }
+
     /// Whether `[start, end)` lies in a registered mapping.
     pub fn tracks(&self, start: u64, end: u64) -> bool {
         self.registered.iter().any(|r| r.start <= start && end <= r.end)
     }
+}
+
+/// The bytes of a set of `[start, end)` pairs.
+fn size(pairs: &[u64]) -> u64 {
+    pairs.chunks_exact(2).map(|p| p[1] - p[0]).sum()
 }
 
 impl Drop for Copied {
@@ -182,12 +242,20 @@ pub struct PreCopy {
     pub rounds: usize,
     /// Why processes or mappings could not be tracked, one line each.
     pub untracked: Vec<String>,
+    /// Memory the mirrors may still take: half of what was available
+    /// when the copy started.
+    room: Arc<AtomicU64>,
 }
 
 impl PreCopy {
     /// What was copied ahead of process `pid`.
     pub fn of(&self, pid: Pid) -> Option<&Copied> {
         self.by_pid.get(&pid)
+    }
+
+    /// What was copied ahead of process `pid`, to put together.
+    pub fn of_mut(&mut self, pid: Pid) -> Option<&mut Copied> {
+        self.by_pid.get_mut(&pid)
     }
 
     /// Stop tracking writes: every process's mappings are unregistered
@@ -215,7 +283,7 @@ pub fn unavailable() -> Option<String> {
 /// failing to write the image is an error: a process that cannot be
 /// tracked is noted and copied in the freeze.
 pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryError> {
-    let mut pre = PreCopy::default();
+    let mut pre = PreCopy { room: Arc::new(AtomicU64::new(mem_available() / 2)), ..PreCopy::default() };
     for &pid in pids {
         let (uffd, plans) = match track(pid) {
             Ok(t) => t,
@@ -224,24 +292,14 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
                 continue;
             }
         };
-        let mirror = Mirror::create(writer.dir()).map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
-        let mut copied = Copied {
-            uffd,
-            registered: Vec::new(),
-            first: BTreeMap::new(),
-            mirror,
-            mirrored: Vec::new(),
-            covered: Vec::new(),
-            lost: Vec::new(),
-        };
+        let mut registered = Vec::new();
         let mut tracked = Vec::new();
         for plan in plans {
             let range = plan.vma.start..plan.vma.end;
-            let protect = match copied.uffd.register(range.clone(), uffd::REGISTER_MODE_WP) {
+            let protect = match uffd.register(range.clone(), uffd::REGISTER_MODE_WP) {
                 Ok(_) => {
-                    copied.registered.push(range.clone());
-                    copied.mirror.add(range.clone());
-                    copied.uffd.write_protect(range, true)
+                    registered.push(range.clone());
+                    uffd.write_protect(range, true)
                 }
                 Err(e) => Err(e),
             };
@@ -250,6 +308,25 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
                 Err(e) => pre.untracked.push(format!("process {pid}: {}", crate::chain(&e))),
             }
         }
+        let mirror = match Mirror::new(&registered, pre.room.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                for r in registered {
+                    let _ = uffd.unregister(r);
+                }
+                pre.untracked.push(format!("process {pid}: {}", crate::chain(&e)));
+                continue;
+            }
+        };
+        let mut copied = Copied {
+            uffd,
+            registered,
+            first: BTreeMap::new(),
+            mirror,
+            mirrored: Vec::new(),
+            covered: Vec::new(),
+            lost: Vec::new(),
+        };
         // A process that exits meanwhile is the freeze's to report.
         let runs = match Pagemap::open(pid) {
             Ok(pagemap) => memory::runs(pid, &pagemap, &tracked, &[]),
@@ -267,11 +344,15 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
     // faster, so the first round is worth it however much was written.
     let mut last = u64::MAX;
     while pre.rounds < MAX_ROUNDS {
-        let mut written = 0;
+        let (mut written, mut new) = (0, 0);
         let mut gone = Vec::new();
         for (&pid, c) in &pre.by_pid {
             match written_since(pid, c, false) {
-                Ok(runs) => written += runs.iter().map(|(s, e)| e - s).sum::<u64>(),
+                Ok(runs) => {
+                    let runs: Vec<u64> = runs.into_iter().flat_map(|(s, e)| [s, e]).collect();
+                    written += size(&runs);
+                    new += c.new_to_mirror(&runs);
+                }
                 Err(e) => gone.push((pid, e)),
             }
         }
@@ -284,12 +365,18 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
         if written < SMALL_ENOUGH || written > last / 4 * 3 {
             break;
         }
+        if new > pre.room.load(Ordering::Relaxed) {
+            tracing::info!(
+                "no room for more copies ahead ({new} bytes more would be needed): the freeze copies the rest"
+            );
+            break;
+        }
         pre.rounds += 1;
         last = 0;
         let mut failed = Vec::new();
         for (&pid, c) in pre.by_pid.iter_mut() {
             match written_since(pid, c, true) {
-                Ok(runs) => last += copy_raw(pid, &runs, c)?,
+                Ok(runs) => last += copy_raw(pid, &runs, c),
                 Err(e) => failed.push((pid, e)),
             }
         }
@@ -303,6 +390,14 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
         pre.bytes_read += last;
     }
     Ok(pre)
+}
+
+/// MemAvailable of /proc/meminfo, in bytes (0 when it cannot be read).
+fn mem_available() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"));
+    let kib = line.and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
 }
 
 /// The mappings of `pid` whose pages a dump stores, and a userfaultfd of
@@ -385,26 +480,12 @@ fn copy_first(
 /// Read `runs` of `pid` (write-protected again) into the mirror of
 /// `copied`; returns the bytes read. A page that cannot be read (unmapped
 /// meanwhile) is lost: the freeze reads it.
-fn copy_raw(pid: Pid, runs: &[(u64, u64)], copied: &mut Copied) -> Result<u64, MemoryError> {
-    let mut bytes = 0;
-    let (mut got, mut failed) = (Vec::new(), Vec::new());
-    let pieces = memory::pieces_of(runs);
-    memory::read_pieces(pid, &pieces, |at, read| {
-        let Ok(buf) = read else {
-            let end = pieces.iter().find(|p| p.0 == at).map_or(at, |p| p.1);
-            failed.extend([at, end]);
-            return Ok(());
-        };
-        copied.mirror.write(at, &buf).map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
-        got.extend([at, at + buf.len() as u64]);
-        bytes += buf.len() as u64;
-        Ok(())
-    })?;
-    let got = memory::union(&got, &[]);
-    copied.mirrored = memory::union(&copied.mirrored, &got);
+fn copy_raw(pid: Pid, runs: &[(u64, u64)], copied: &mut Copied) -> u64 {
+    let (got, failed) = copied.mirror.fill(pid, &memory::pieces_of(runs));
+    copied.add_mirrored(&got);
     copied.covered = memory::union(&copied.covered, &got);
     copied.lost = memory::subtract(&memory::union(&copied.lost, &failed), &got);
-    Ok(bytes)
+    got.chunks_exact(2).map(|p| p[1] - p[0]).sum()
 }
 
 /// The runs of a process copied ahead that the freeze found to store:
@@ -424,7 +505,7 @@ pub struct Pending {
 /// chunk stored in the first copy when nothing of it changed since, else
 /// from the mirror and the first copy's chunks, compressed anew. Returns
 /// the bytes taken from what was copied ahead.
-pub fn assemble(pending: &Pending, copied: &Copied, writer: &mut ImageWriter) -> Result<u64, MemoryError> {
+pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter) -> Result<u64, MemoryError> {
     let pid = pending.pid;
     let in_mirror = memory::union(&copied.mirrored, &pending.fresh);
     let mut used = 0;
