@@ -204,6 +204,10 @@ pub fn store(
             reads.extend(c.to_read(start, end, &written).into_iter().map(|r| (r.start, r.end)));
         }
         let reads: Vec<u64> = reads.into_iter().flat_map(|(s, e)| [s, e]).collect();
+        tracing::debug!(
+            "process {pid}: {} bytes written since the last copy ahead",
+            reads.chunks_exact(2).map(|r| r[1] - r[0]).sum::<u64>()
+        );
         if c.mirror.claim(c.new_to_mirror(&reads)) {
             // Into the mirror, raw: compressing waits for the tree to run.
             let pieces: Vec<(u64, u64)> = reads.chunks_exact(2).map(|r| (r[0], r[1])).collect();

@@ -295,10 +295,6 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     for (mm, data) in contents {
         writer.add_memory(mm, 0, &data)?;
     }
-    // Everything is read: the write protection comes off.
-    if let Some(p) = pre_copy.as_mut() {
-        p.stop_tracking();
-    }
     clock.phase("memory");
     if cancelled() {
         return Err(DumpError::Cancelled(pid));
@@ -322,6 +318,13 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         f.release().map_err(|source| DumpError::Freeze { pid, source })?;
         clock.phase("release");
+    }
+    // Everything is read: the write protection comes off, once the tree
+    // runs again (it takes a walk of every page table entry it set, and
+    // meanwhile a first write to a page only costs the writer a fault the
+    // kernel resolves by itself).
+    if let Some(p) = pre_copy.as_mut() {
+        p.stop_tracking();
     }
     // The memory copied ahead and the pages read in the freeze are put
     // together, with the tree running again unless it is to be killed.

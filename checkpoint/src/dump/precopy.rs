@@ -372,6 +372,7 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             break;
         }
         pre.rounds += 1;
+        let started = std::time::Instant::now();
         last = 0;
         let mut failed = Vec::new();
         for (&pid, c) in pre.by_pid.iter_mut() {
@@ -388,6 +389,11 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             pre.untracked.push(format!("process {pid}: {e}"));
         }
         pre.bytes_read += last;
+        tracing::debug!(
+            "pre-copy round {}: {written} bytes written since the last, {last} copied in {:?}",
+            pre.rounds,
+            started.elapsed()
+        );
     }
     Ok(pre)
 }
