@@ -90,6 +90,28 @@ fn bench_live_copies_ahead_and_verifies() {
     assert!(r.stdout.contains("copied ahead ms"), "{}", r.dump());
 }
 
+/// `bench --live --writer`: the workload writes 1% of its pages every
+/// 10 ms while it is copied ahead; its restored copy has, page for page,
+/// what it had at the freeze (its check finds a page from before or after
+/// it), and it goes on writing after the restore.
+#[test]
+fn bench_live_with_a_writer_restores_the_pages_of_the_freeze() {
+    let r =
+        run(["bench", "--mib", "64", "--pattern", "random", "--runs", "2", "--live", "--writer", "--json"]).success();
+    let v = r.json();
+    assert_eq!(v["writer"], true, "{}", r.dump());
+    assert_eq!(v["all_verified"], true, "{}", r.dump());
+    for run in v["cases"][0]["runs"].as_array().expect("runs") {
+        let verdict = run["verdict"].as_str().unwrap_or_default();
+        let writes: u64 = verdict.split(", ").find_map(|p| p.strip_suffix(" page writes")?.parse().ok()).unwrap_or(0);
+        // 1% of 16384 pages per 10 ms: at least a few rounds of writing
+        // while it was copied ahead.
+        assert!(writes > 3 * 163, "the workload hardly wrote: {verdict}\n{}", r.dump());
+    }
+    let r = run(["bench", "--mib", "16", "--pattern", "compressible", "--runs", "1", "--live", "--writer"]).success();
+    assert!(r.stdout.contains("writes 1% of its pages every 10 ms"), "{}", r.dump());
+}
+
 /// `bench --volume` on a btrfs subvolume: each dump snapshots the volume
 /// (with unsynced writes on it) and each restore rolls it back first; the
 /// figures include both, and the snapshots and files are gone afterwards.

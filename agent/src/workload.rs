@@ -52,6 +52,13 @@ enum Kind {
     },
     /// Fill --mib MiB of anonymous memory, then sleep. On DIR/check, check
     /// that the memory still has the checksum it had when filled.
+    ///
+    /// With --dirty, write instead of sleeping: every 10 ms, the first word
+    /// of 1% of the pages, in an order that visits every page once per
+    /// round (page k*STRIDE mod PAGES at write k), each with a value made
+    /// from the page and the write's number. The check then also checks
+    /// each page's word against the number of writes done (kept in memory
+    /// too): a page whose copy is older or newer than the rest shows.
     Memory {
         #[arg(long)]
         mib: u64,
@@ -59,6 +66,8 @@ enum Kind {
         pattern: Pattern,
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long)]
+        dirty: bool,
     },
 }
 
@@ -85,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     close_inherited_fds()?;
     match args.kind {
         Kind::Counter { dir, interval_ms } => counter(&dir, Duration::from_millis(interval_ms)),
-        Kind::Memory { mib, pattern, dir } => memory(&dir, mib, pattern),
+        Kind::Memory { mib, pattern, dir, dirty } => memory(&dir, mib, pattern, dirty),
     }
 }
 
@@ -284,7 +293,7 @@ fn checksum(data: &[u8]) -> u64 {
     lanes.iter().fold(h, |acc, l| mix(acc ^ l))
 }
 
-fn memory(dir: &Path, mib: u64, pattern: Pattern) -> anyhow::Result<Outcome> {
+fn memory(dir: &Path, mib: u64, pattern: Pattern, dirty: bool) -> anyhow::Result<Outcome> {
     let len = usize::try_from(mib << 20).context("--mib too large")?;
     let mut mem = vec![0u8; len];
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
@@ -296,22 +305,127 @@ fn memory(dir: &Path, mib: u64, pattern: Pattern) -> anyhow::Result<Outcome> {
         }
         Pattern::Compressible => fill_text(&mut mem, &mut rng),
     }
+    let writes = Writes::new(mem.len() / PAGE);
+    if dirty {
+        // The checksum leaves the writer's words out (as zeros).
+        writes.put_words(&mut mem, |_| 0);
+    }
     let sum = checksum(&mem);
+    let mut done = 0;
+    if dirty {
+        writes.put_words(&mut mem, |page| writes.value(page, 0));
+    }
     println!("memory: pid {}, {mib} MiB of {} data, checksum {sum:016x}", std::process::id(), pattern.name());
     write_atomic(dir, "ready", &format!("{}\n", std::process::id()))?;
     let check = dir.join("check");
     while !check.exists() {
-        sleep(CHECK_POLL);
+        match dirty {
+            true => {
+                for _ in 0..writes.per_tick {
+                    let page = writes.page_of(done);
+                    done += 1;
+                    mem[page * PAGE..page * PAGE + 8].copy_from_slice(&writes.value(page, done).to_le_bytes());
+                }
+                sleep(DIRTY_TICK);
+            }
+            false => sleep(CHECK_POLL),
+        }
+    }
+    let mut wrong = None;
+    if dirty {
+        for page in 0..writes.pages {
+            let word = u64::from_le_bytes(mem[page * PAGE..page * PAGE + 8].try_into().expect("8 bytes"));
+            let expected = writes.value(page, writes.last_write(page, done));
+            if word != expected && wrong.is_none() {
+                wrong = Some(format!("page {page} holds {word:016x}, not the value of its last write of {done}"));
+            }
+        }
+        writes.put_words(&mut mem, |_| 0);
     }
     let now = checksum(&mem);
+    let writes_done = if dirty { format!(", {done} page writes") } else { String::new() };
     finish(
         dir,
-        if now == sum {
-            Ok(format!("{mib} MiB, checksum {sum:016x}"))
-        } else {
-            Err(format!("{mib} MiB, checksum {now:016x}, was {sum:016x}"))
+        match wrong {
+            Some(w) => Err(format!("{mib} MiB{writes_done}: {w}")),
+            None if now == sum => Ok(format!("{mib} MiB, checksum {sum:016x}{writes_done}")),
+            None => Err(format!("{mib} MiB, checksum {now:016x}, was {sum:016x}{writes_done}")),
         },
     )
+}
+
+const PAGE: usize = 4096;
+/// How often the --dirty writer writes 1% of the pages.
+const DIRTY_TICK: Duration = Duration::from_millis(10);
+
+/// The --dirty writer's schedule: write k (from 0) goes to page
+/// k * stride mod pages, and writes into it the value of (page, k + 1).
+#[derive(Debug)]
+struct Writes {
+    pages: usize,
+    stride: u64,
+    /// stride's inverse modulo pages.
+    inverse: u64,
+    per_tick: usize,
+}
+
+impl Writes {
+    fn new(pages: usize) -> Writes {
+        let n = pages.max(1) as u64;
+        // An odd stride near n / phi spreads consecutive writes far apart;
+        // it must be prime to n for every page to be visited.
+        let mut stride = (n as f64 / 1.618) as u64 | 1;
+        while gcd(stride, n) != 1 {
+            stride += 2;
+        }
+        let inverse = inverse_mod(stride % n, n);
+        Writes { pages, stride, inverse, per_tick: (pages / 100).max(1) }
+    }
+
+    fn page_of(&self, k: u64) -> usize {
+        ((u128::from(k) * u128::from(self.stride)) % self.pages as u128) as usize
+    }
+
+    /// The number (from 1) of the last of the first `done` writes that
+    /// went to `page`, 0 for none.
+    fn last_write(&self, page: usize, done: u64) -> u64 {
+        let n = self.pages as u64;
+        let first = ((u128::from(page as u64) * u128::from(self.inverse)) % u128::from(n)) as u64;
+        match done > first {
+            true => first + (done - 1 - first) / n * n + 1,
+            false => 0,
+        }
+    }
+
+    fn value(&self, page: usize, write: u64) -> u64 {
+        mix((page as u64) << 32 ^ write ^ 0x5752_4954_4552_0000)
+    }
+
+    fn put_words(&self, mem: &mut [u8], word: impl Fn(usize) -> u64) {
+        for page in 0..self.pages {
+            mem[page * PAGE..page * PAGE + 8].copy_from_slice(&word(page).to_le_bytes());
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// x with a * x = 1 mod n (a prime to n).
+fn inverse_mod(a: u64, n: u64) -> u64 {
+    let (mut r0, mut r1) = (i128::from(n), i128::from(a));
+    let (mut t0, mut t1) = (0i128, 1i128);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    t0.rem_euclid(i128::from(n)) as u64
 }
 
 // ---------------------------------------------------------------------
@@ -566,6 +680,23 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirty_writes_visit_every_page_and_are_found_again() {
+        for pages in [1, 2, 7, 100, 4096, 65_536] {
+            let w = Writes::new(pages);
+            let mut last = vec![0u64; pages];
+            for k in 0..(3 * pages as u64 + 5) {
+                last[w.page_of(k)] = k + 1;
+                if k % (pages as u64 / 4 + 1) == 0 || k + 1 == 3 * pages as u64 + 5 {
+                    for (page, &l) in last.iter().enumerate() {
+                        assert_eq!(w.last_write(page, k + 1), l, "pages {pages}, page {page} after {} writes", k + 1);
+                    }
+                }
+            }
+            assert!(last.iter().all(|&l| l > 0), "a page never written, {pages} pages");
+        }
+    }
 
     #[test]
     fn tick_lines_parse_back() {

@@ -38,6 +38,11 @@ use crate::Outcome;
 /// time of that copy ahead. Without it, all memory is copied frozen
 /// (`--no-pre-copy`), which shows the raw throughput.
 ///
+/// With --writer, the workload does not sleep while it is dumped: it
+/// writes 1% of its pages every 10 ms (a busy in-memory service), and
+/// its check also finds any page whose copy is older or newer than the
+/// rest of the image.
+///
 /// These are figures, not a pass/fail test of speed. Exit status: 0 when
 /// every restore verified, 1 otherwise, 2 for bad arguments.
 #[derive(Debug, clap::Args)]
@@ -70,6 +75,9 @@ pub struct Args {
     /// Dump as a live snapshot (copy memory ahead while the workload runs).
     #[arg(long)]
     live: bool,
+    /// The workload writes 1% of its pages every 10 ms instead of sleeping.
+    #[arg(long)]
+    writer: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -134,6 +142,8 @@ struct Case {
 #[derive(Debug, serde::Serialize)]
 struct Report {
     command: String,
+    /// Whether the workloads wrote 1% of their pages every 10 ms.
+    writer: bool,
     kernel: String,
     cpus: usize,
     cases: Vec<Case>,
@@ -155,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let cases = result?;
     let report = Report {
         command,
+        writer: args.writer,
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         all_verified: cases.iter().all(|c| c.verified),
@@ -284,7 +295,7 @@ fn one_run(
         None => dir.join("work"),
     };
     let images = dir.join("image");
-    let wl_args = vec![
+    let mut wl_args = vec![
         "memory".to_owned(),
         "--mib".to_owned(),
         mib.to_string(),
@@ -293,6 +304,9 @@ fn one_run(
         "--dir".to_owned(),
         work.display().to_string(),
     ];
+    if args.writer {
+        wl_args.push("--dirty".to_owned());
+    }
     // Filling and checksumming take about a second per GiB in a debug
     // build; allow far more.
     let slack = Duration::from_secs(30 + mib / 16);
@@ -371,6 +385,9 @@ fn print_table(r: &Report) {
     println!("command: {}", r.command);
     println!("host:    kernel {}, {} CPUs", r.kernel, r.cpus);
     println!("figures: median (min-max) of {} run(s) each", r.cases.first().map_or(0, |c| c.runs.len()));
+    if r.writer {
+        println!("writer:  each workload writes 1% of its pages every 10 ms");
+    }
     println!();
     let with_volume = r.cases.iter().any(|c| c.volume_ms.is_some());
     let mut header = vec![
