@@ -56,6 +56,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_ROUNDS: usize = 10;
 /// No further round once less than this was written during the last one.
 const SMALL_ENOUGH: u64 = 1 << 20;
+/// No further round after this many that found no less written than the
+/// least found before.
+const STALLED: usize = 2;
 
 /// The latest raw copy of the pages of a process's registered mappings, in
 /// the agent's memory: the mappings laid end to end, in address order, in
@@ -340,9 +343,10 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             Err(e) => pre.untracked.push(format!("process {pid}: {e}")),
         }
     }
-    // The first copy compresses as it goes; the rounds copy raw, far
-    // faster, so the first round is worth it however much was written.
-    let mut last = u64::MAX;
+    // The least written during a round so far, and the rounds since it
+    // (the first copy compressed as it went; the rounds copy raw, far
+    // faster, so the first round is worth it however much was written).
+    let (mut least, mut since_least) = (u64::MAX, 0);
     while pre.rounds < MAX_ROUNDS {
         let (mut written, mut new) = (0, 0);
         let mut gone = Vec::new();
@@ -360,9 +364,14 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             pre.by_pid.remove(&pid);
             pre.untracked.push(format!("process {pid}: {e}"));
         }
-        // Done when little was written, or when copying does not outrun
-        // the writing.
-        if written < SMALL_ENOUGH || written > last / 4 * 3 {
+        // Done when little was written, or when the copying has stopped
+        // gaining on the writing: two rounds without less to copy (one
+        // slow round, the machine busy for a moment, is not enough).
+        match written < least {
+            true => (least, since_least) = (written, 0),
+            false => since_least += 1,
+        }
+        if written < SMALL_ENOUGH || since_least >= STALLED {
             break;
         }
         if new > pre.room.load(Ordering::Relaxed) {
@@ -373,7 +382,7 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
         }
         pre.rounds += 1;
         let started = std::time::Instant::now();
-        last = 0;
+        let mut last = 0;
         let mut failed = Vec::new();
         for (&pid, c) in pre.by_pid.iter_mut() {
             match written_since(pid, c, true) {
