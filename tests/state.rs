@@ -64,22 +64,31 @@ fn result(p: &Spawned) -> String {
     p.wait_for(Duration::from_secs(30), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok())
 }
 
-/// Round trip, then --leave-running: the state checks out each time.
-fn both(name: &str, setup: &str, check: &str) {
-    let mut p = start(name, setup, check);
+/// Dump `p` and hand the process that goes on to `after`: `p` itself
+/// with `leave_running`, else its restore (`p`, killed by the dump, keeps
+/// the directory they share until `after` is done).
+fn dump_then(name: &str, mut p: Spawned, leave_running: bool, after: impl FnOnce(Spawned)) {
     let images = tempdir(&format!("{name}-img"));
+    if leave_running {
+        dump_ok(p.pid, images.path(), &["--leave-running"]);
+        return after(p);
+    }
     dump_ok(p.pid, images.path(), &[]);
     p.wait_exit(Duration::from_secs(30));
     restore_ok(p.pid, images.path());
-    let mut restored = Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir);
-    assert_eq!(result(&restored).trim(), "ok", "{name} after a round trip\n{}", restored.log());
-    restored.wait_exit(Duration::from_secs(30));
+    after(Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir));
+}
 
-    let mut p = start(&format!("{name}-lr"), setup, check);
-    let images = tempdir(&format!("{name}-lr-img"));
-    dump_ok(p.pid, images.path(), &["--leave-running"]);
-    assert_eq!(result(&p).trim(), "ok", "{name} after a --leave-running dump\n{}", p.log());
-    p.wait_exit(Duration::from_secs(30));
+/// Round trip, then --leave-running: the state checks out each time.
+fn both(name: &str, setup: &str, check: &str) {
+    for (leave_running, name, after) in
+        [(false, name.to_owned(), "a round trip"), (true, format!("{name}-lr"), "a --leave-running dump")]
+    {
+        dump_then(&name, start(&name, setup, check), leave_running, |mut p| {
+            assert_eq!(result(&p).trim(), "ok", "{name} after {after}\n{}", p.log());
+            p.wait_exit(Duration::from_secs(30));
+        });
+    }
 }
 
 /// The owner of an fd's signals (F_SETOWN_EX: the process, a thread's
@@ -635,7 +644,7 @@ fn half_closed(listener: std::net::TcpListener, prefix: &str) {
     let env = [("PEER_ADDR", ip.to_string()), ("PEER_PORT", addr.port().to_string())];
     for leave_running in [false, true] {
         let name = if leave_running { format!("{prefix}-lr") } else { prefix.to_string() };
-        let mut p = start_with(&name, setup, check, &env);
+        let p = start_with(&name, setup, check, &env);
         let (mut a, _) = listener.accept().unwrap();
         let (mut b, _) = listener.accept().unwrap();
         for s in [&a, &b] {
@@ -652,25 +661,17 @@ fn half_closed(listener: std::net::TcpListener, prefix: &str) {
         p.wait_for(Duration::from_secs(10), "CLOSE_WAIT in /proc/net/tcp", || {
             fs::read_to_string("/proc/net/tcp").unwrap().contains(&close_wait).then_some(())
         });
-        let images = tempdir(&format!("{name}-img"));
-        let mut restored = if leave_running {
-            dump_ok(p.pid, images.path(), &["--leave-running"]);
-            p
-        } else {
-            dump_ok(p.pid, images.path(), &[]);
-            p.wait_exit(Duration::from_secs(30));
-            restore_ok(p.pid, images.path());
-            Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir)
-        };
-        b.write_all(b"to-b").unwrap();
-        assert_eq!(result(&restored).trim(), "ok", "{name}\n{}", restored.log());
-        let mut got = Vec::new();
-        a.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"bye", "{name}: what the process sent on the connection it had half-closed");
-        restored.wait_exit(Duration::from_secs(30));
-        let mut rest = Vec::new();
-        b.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty(), "{name}: {rest:?} after the process exited");
+        dump_then(&name, p, leave_running, |mut restored| {
+            b.write_all(b"to-b").unwrap();
+            assert_eq!(result(&restored).trim(), "ok", "{name}\n{}", restored.log());
+            let mut got = Vec::new();
+            a.read_to_end(&mut got).unwrap();
+            assert_eq!(got, b"bye", "{name}: what the process sent on the connection it had half-closed");
+            restored.wait_exit(Duration::from_secs(30));
+            let mut rest = Vec::new();
+            b.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "{name}: {rest:?} after the process exited");
+        });
     }
 }
 
@@ -721,7 +722,7 @@ fn tcp_connections_being_opened() {
         nix::sys::socket::listen(&listener.as_fd(), nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
         let port = listener.local_addr().unwrap().port();
         let filler = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut p = start_with(name, setup, check, &[("PEER_PORT", port.to_string())]);
+        let p = start_with(name, setup, check, &[("PEER_PORT", port.to_string())]);
         let ports: Vec<u16> =
             fs::read_to_string(p.dir.join("ports")).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
         // Both in SYN_SENT (02), as the kernel lists them.
@@ -732,44 +733,36 @@ fn tcp_connections_being_opened() {
             })
         };
         syn_sent(&p);
-        let images = tempdir(&format!("{name}-img"));
-        let restored = if leave_running {
-            dump_ok(p.pid, images.path(), &["--leave-running"]);
-            p
-        } else {
-            dump_ok(p.pid, images.path(), &[]);
-            p.wait_exit(Duration::from_secs(30));
-            restore_ok(p.pid, images.path());
-            Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir)
-        };
-        syn_sent(&restored);
-        // Room in the queue for both (backlog 0 again with one taken would
-        // let the second's last ACK be dropped, which nothing resends with
-        // SYN cookies): the next SYN of each, retransmitted, gets in.
-        nix::sys::socket::listen(&listener.as_fd(), nix::sys::socket::Backlog::new(8).unwrap()).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let accept = || restored.wait_for(Duration::from_secs(30), "a connection to accept", || listener.accept().ok());
-        let (waiting, _) = accept();
-        assert_eq!(waiting.peer_addr().unwrap(), filler.local_addr().unwrap());
-        drop((waiting, filler));
-        let mut accepted = Vec::new();
-        for _ in 0..2 {
-            let (mut conn, from) = accept();
-            conn.set_nonblocking(false).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let which = if from.port() == ports[0] { "a" } else { "b" };
-            assert!(ports.contains(&from.port()), "{name}: accepted {from}, not one of {ports:?}");
-            conn.write_all(format!("to-{which}").as_bytes()).unwrap();
-            accepted.push((which, conn));
-        }
-        let mut restored = restored;
-        assert_eq!(result(&restored).trim(), "ok", "{name}\n{}", restored.log());
-        for (which, conn) in &mut accepted {
-            let mut got = [0u8; 6];
-            conn.read_exact(&mut got).unwrap();
-            assert_eq!(&got, format!("from-{which}").as_bytes(), "{name}: what {which} sent");
-        }
-        restored.wait_exit(Duration::from_secs(30));
+        dump_then(name, p, leave_running, |mut restored| {
+            syn_sent(&restored);
+            // Room in the queue for both (backlog 0 again with one taken would
+            // let the second's last ACK be dropped, which nothing resends with
+            // SYN cookies): the next SYN of each, retransmitted, gets in.
+            nix::sys::socket::listen(&listener.as_fd(), nix::sys::socket::Backlog::new(8).unwrap()).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let accept =
+                || restored.wait_for(Duration::from_secs(30), "a connection to accept", || listener.accept().ok());
+            let (waiting, _) = accept();
+            assert_eq!(waiting.peer_addr().unwrap(), filler.local_addr().unwrap());
+            drop((waiting, filler));
+            let mut accepted = Vec::new();
+            for _ in 0..2 {
+                let (mut conn, from) = accept();
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let which = if from.port() == ports[0] { "a" } else { "b" };
+                assert!(ports.contains(&from.port()), "{name}: accepted {from}, not one of {ports:?}");
+                conn.write_all(format!("to-{which}").as_bytes()).unwrap();
+                accepted.push((which, conn));
+            }
+            assert_eq!(result(&restored).trim(), "ok", "{name}\n{}", restored.log());
+            for (which, conn) in &mut accepted {
+                let mut got = [0u8; 6];
+                conn.read_exact(&mut got).unwrap();
+                assert_eq!(&got, format!("from-{which}").as_bytes(), "{name}: what {which} sent");
+            }
+            restored.wait_exit(Duration::from_secs(30));
+        });
     }
 }
 

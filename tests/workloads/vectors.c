@@ -62,46 +62,57 @@ static const char *dir;
 	M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15) M(16) M(17) M(18) M(19)  \
 	M(20) M(21) M(22) M(23) M(24) M(25) M(26) M(27) M(28) M(29) M(30) M(31)
 
+/*
+ * Between the vector loads and stores (both versions): load the general
+ * registers and MXCSR, say so, loop until the flag is set (label 2).
+ */
+#define HOLD_GPRS_AND_LOOP                                                                                             \
+	"mov 4224(%%rdx), %%rbx\n\t"                                                                                   \
+	"mov 4232(%%rdx), %%r8\n\t"                                                                                    \
+	"mov 4240(%%rdx), %%r9\n\t"                                                                                    \
+	"mov 4248(%%rdx), %%r10\n\t"                                                                                   \
+	"mov 4256(%%rdx), %%r12\n\t"                                                                                   \
+	"mov 4264(%%rdx), %%r13\n\t"                                                                                   \
+	"mov 4272(%%rdx), %%r14\n\t"                                                                                   \
+	"mov 4280(%%rdx), %%r15\n\t"                                                                                   \
+	"ldmxcsr 4352(%%rdx)\n\t"                                                                                      \
+	"movl $1, 4364(%%rdx)\n"                                                                                        \
+	"1:\n\t"                                                                                                       \
+	"incq 4376(%%rdx)\n\t"                                                                                         \
+	"pause\n\t"                                                                                                    \
+	"cmpl $0, 4368(%%rdx)\n\t"                                                                                     \
+	"jne 2f\n\t"                                                                                                   \
+	"cmpq $0, 4384(%%rdx)\n\t"                                                                                     \
+	"je 1b\n\t"                                                                                                    \
+	"mov $35, %%eax\n\t" /* SYS_nanosleep: clobbers rax, rcx, r11 only */                                          \
+	"lea 4392(%%rdx), %%rdi\n\t"                                                                                   \
+	"xor %%esi, %%esi\n\t"                                                                                         \
+	"syscall\n\t"                                                                                                  \
+	"jmp 1b\n"                                                                                                      \
+	"2:\n\t"
+/* After the vector stores: store the general registers and MXCSR. */
+#define STORE_GPRS                                                                                                     \
+	"mov %%rbx, 4288(%%rdx)\n\t"                                                                                   \
+	"mov %%r8, 4296(%%rdx)\n\t"                                                                                    \
+	"mov %%r9, 4304(%%rdx)\n\t"                                                                                    \
+	"mov %%r10, 4312(%%rdx)\n\t"                                                                                   \
+	"mov %%r12, 4320(%%rdx)\n\t"                                                                                   \
+	"mov %%r13, 4328(%%rdx)\n\t"                                                                                   \
+	"mov %%r14, 4336(%%rdx)\n\t"                                                                                   \
+	"mov %%r15, 4344(%%rdx)\n\t"                                                                                   \
+	"stmxcsr 4356(%%rdx)\n\t"                                                                                      \
+	"ldmxcsr 4360(%%rdx)\n\t"
+/* The general registers the asm blocks set (rax, rcx, r11: the syscall). */
+#define GPR_CLOBBERS "memory", "cc", "rax", "rbx", "rcx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"
+
 __attribute__((target("avx512f,avx512bw"))) static void hold_zmm(void)
 {
 	asm volatile(ALL32(LZ) LK(0) LK(1) LK(2) LK(3) LK(4) LK(5) LK(6) LK(7)
-		     "mov 4224(%%rdx), %%rbx\n\t"
-		     "mov 4232(%%rdx), %%r8\n\t"
-		     "mov 4240(%%rdx), %%r9\n\t"
-		     "mov 4248(%%rdx), %%r10\n\t"
-		     "mov 4256(%%rdx), %%r12\n\t"
-		     "mov 4264(%%rdx), %%r13\n\t"
-		     "mov 4272(%%rdx), %%r14\n\t"
-		     "mov 4280(%%rdx), %%r15\n\t"
-		     "ldmxcsr 4352(%%rdx)\n\t"
-		     "movl $1, 4364(%%rdx)\n"
-		     "1:\n\t"
-		     "incq 4376(%%rdx)\n\t"
-		     "pause\n\t"
-		     "cmpl $0, 4368(%%rdx)\n\t"
-		     "jne 2f\n\t"
-		     "cmpq $0, 4384(%%rdx)\n\t"
-		     "je 1b\n\t"
-		     "mov $35, %%eax\n\t" /* SYS_nanosleep: clobbers rax, rcx, r11 only */
-		     "lea 4392(%%rdx), %%rdi\n\t"
-		     "xor %%esi, %%esi\n\t"
-		     "syscall\n\t"
-		     "jmp 1b\n"
-		     "2:\n\t" ALL32(SZ) SK(0) SK(1) SK(2) SK(3) SK(4) SK(5) SK(6) SK(7)
-		     "mov %%rbx, 4288(%%rdx)\n\t"
-		     "mov %%r8, 4296(%%rdx)\n\t"
-		     "mov %%r9, 4304(%%rdx)\n\t"
-		     "mov %%r10, 4312(%%rdx)\n\t"
-		     "mov %%r12, 4320(%%rdx)\n\t"
-		     "mov %%r13, 4328(%%rdx)\n\t"
-		     "mov %%r14, 4336(%%rdx)\n\t"
-		     "mov %%r15, 4344(%%rdx)\n\t"
-		     "stmxcsr 4356(%%rdx)\n\t"
-		     "ldmxcsr 4360(%%rdx)\n\t"
+		     HOLD_GPRS_AND_LOOP ALL32(SZ) SK(0) SK(1) SK(2) SK(3) SK(4) SK(5) SK(6) SK(7)
+		     STORE_GPRS
 		     :
 		     : "d"(&st)
-		     : "memory", "cc", "rax", "rbx", "rcx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
-		       "r15", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+		     : GPR_CLOBBERS, "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
 		       "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21",
 		       "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "k0", "k1",
 		       "k2", "k3", "k4", "k5", "k6", "k7");
@@ -115,43 +126,11 @@ __attribute__((target("avx512f,avx512bw"))) static void hold_zmm(void)
 __attribute__((target("avx2"))) static void hold_ymm(void)
 {
 	asm volatile(ALL16(LY)
-		     "mov 4224(%%rdx), %%rbx\n\t"
-		     "mov 4232(%%rdx), %%r8\n\t"
-		     "mov 4240(%%rdx), %%r9\n\t"
-		     "mov 4248(%%rdx), %%r10\n\t"
-		     "mov 4256(%%rdx), %%r12\n\t"
-		     "mov 4264(%%rdx), %%r13\n\t"
-		     "mov 4272(%%rdx), %%r14\n\t"
-		     "mov 4280(%%rdx), %%r15\n\t"
-		     "ldmxcsr 4352(%%rdx)\n\t"
-		     "movl $1, 4364(%%rdx)\n"
-		     "1:\n\t"
-		     "incq 4376(%%rdx)\n\t"
-		     "pause\n\t"
-		     "cmpl $0, 4368(%%rdx)\n\t"
-		     "jne 2f\n\t"
-		     "cmpq $0, 4384(%%rdx)\n\t"
-		     "je 1b\n\t"
-		     "mov $35, %%eax\n\t" /* SYS_nanosleep: clobbers rax, rcx, r11 only */
-		     "lea 4392(%%rdx), %%rdi\n\t"
-		     "xor %%esi, %%esi\n\t"
-		     "syscall\n\t"
-		     "jmp 1b\n"
-		     "2:\n\t" ALL16(SY)
-		     "mov %%rbx, 4288(%%rdx)\n\t"
-		     "mov %%r8, 4296(%%rdx)\n\t"
-		     "mov %%r9, 4304(%%rdx)\n\t"
-		     "mov %%r10, 4312(%%rdx)\n\t"
-		     "mov %%r12, 4320(%%rdx)\n\t"
-		     "mov %%r13, 4328(%%rdx)\n\t"
-		     "mov %%r14, 4336(%%rdx)\n\t"
-		     "mov %%r15, 4344(%%rdx)\n\t"
-		     "stmxcsr 4356(%%rdx)\n\t"
-		     "ldmxcsr 4360(%%rdx)\n\t"
+		     HOLD_GPRS_AND_LOOP ALL16(SY)
+		     STORE_GPRS
 		     :
 		     : "d"(&st)
-		     : "memory", "cc", "rax", "rbx", "rcx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
-		       "r15", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+		     : GPR_CLOBBERS, "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
 		       "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
