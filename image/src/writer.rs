@@ -307,11 +307,6 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// The directory the image is written to.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// What has been stored so far.
     pub fn stats(&self) -> &WriteStats {
         &self.stats

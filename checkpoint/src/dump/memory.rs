@@ -203,15 +203,11 @@ pub fn store(
             p.runs.push((start, end));
             reads.extend(c.to_read(start, end, &written).into_iter().map(|r| (r.start, r.end)));
         }
-        let reads: Vec<u64> = reads.into_iter().flat_map(|(s, e)| [s, e]).collect();
-        tracing::debug!(
-            "process {pid}: {} bytes written since the last copy ahead",
-            reads.chunks_exact(2).map(|r| r[1] - r[0]).sum::<u64>()
-        );
-        if c.mirror.claim(c.new_to_mirror(&reads)) {
+        let flat: Vec<u64> = reads.iter().flat_map(|&(s, e)| [s, e]).collect();
+        tracing::debug!("process {pid}: {} bytes written since the last copy ahead", size(&flat));
+        if c.mirror.claim(c.new_to_mirror(&flat)) {
             // Into the mirror, raw: compressing waits for the tree to run.
-            let pieces: Vec<(u64, u64)> = reads.chunks_exact(2).map(|r| (r[0], r[1])).collect();
-            let (got, failed) = c.mirror.fill(pid, &pieces_of(&pieces));
+            let (got, failed) = c.mirror.fill(pid, &pieces_of(&reads));
             if let Some(&start) = failed.first() {
                 return Err(MemoryError::Read { pid, start, what: "it could not be read into the copy ahead".into() });
             }
@@ -302,6 +298,11 @@ pub(crate) fn add_to_pieces(pieces: &mut Vec<(u64, u64)>, start: u64, end: u64) 
         Some(last) if last.1 == start && last.0 / PIECE == (end - 1) / PIECE => last.1 = end,
         _ => pieces.push((start, end)),
     }
+}
+
+/// The bytes of a set of `[start, end)` pairs.
+pub(crate) fn size(pairs: &[u64]) -> u64 {
+    pairs.chunks_exact(2).map(|p| p[1] - p[0]).sum()
 }
 
 /// `runs` (in address order) cut into pieces to read, at multiples of

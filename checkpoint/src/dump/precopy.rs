@@ -199,7 +199,7 @@ impl Copied {
 
     /// Bytes of `runs` (pairs in address order) not yet in the mirror.
     pub fn new_to_mirror(&self, runs: &[u64]) -> u64 {
-        size(&memory::union(&self.mirrored, runs)) - size(&self.mirrored)
+        memory::size(&memory::union(&self.mirrored, runs)) - memory::size(&self.mirrored)
     }
 
     /// Record `got` (pairs in address order) as copied into the mirror,
@@ -217,11 +217,6 @@ impl Copied {
     pub fn tracks(&self, start: u64, end: u64) -> bool {
         self.registered.iter().any(|r| r.start <= start && end <= r.end)
     }
-}
-
-/// The bytes of a set of `[start, end)` pairs.
-fn size(pairs: &[u64]) -> u64 {
-    pairs.chunks_exact(2).map(|p| p[1] - p[0]).sum()
 }
 
 impl Drop for Copied {
@@ -354,7 +349,7 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             match written_since(pid, c, false) {
                 Ok(runs) => {
                     let runs: Vec<u64> = runs.into_iter().flat_map(|(s, e)| [s, e]).collect();
-                    written += size(&runs);
+                    written += memory::size(&runs);
                     new += c.new_to_mirror(&runs);
                 }
                 Err(e) => gone.push((pid, e)),
@@ -500,7 +495,7 @@ fn copy_raw(pid: Pid, runs: &[(u64, u64)], copied: &mut Copied) -> u64 {
     copied.add_mirrored(&got);
     copied.covered = memory::union(&copied.covered, &got);
     copied.lost = memory::subtract(&memory::union(&copied.lost, &failed), &got);
-    got.chunks_exact(2).map(|p| p[1] - p[0]).sum()
+    memory::size(&got)
 }
 
 /// The runs of a process copied ahead that the freeze found to store:
@@ -524,6 +519,7 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
     let pid = pending.pid;
     let in_mirror = memory::union(&copied.mirrored, &pending.fresh);
     let mut used = 0;
+    let mut last_chunk: Option<(ChunkId, Vec<u8>)> = None;
     // Windows to compress anew, gathered while they follow one another so
     // that they are compressed on all cores.
     let mut batch: Vec<u8> = Vec::new();
@@ -574,7 +570,12 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
                             what: "the page was neither copied ahead nor read in the freeze".into(),
                         });
                     };
-                    let chunk = writer.read_chunk(&id).map_err(MemoryError::Write)?;
+                    // A window's pages between mirrored ones come from
+                    // the same chunk: it is read once.
+                    if last_chunk.as_ref().is_none_or(|(k, _)| *k != id) {
+                        last_chunk = Some((id, writer.read_chunk(&id).map_err(MemoryError::Write)?));
+                    }
+                    let chunk = &last_chunk.as_ref().expect("just read").1;
                     let e = (s + l).min(r.end);
                     buf[(a - at) as usize..(e - at) as usize]
                         .copy_from_slice(&chunk[(a - s) as usize..(e - s) as usize]);
