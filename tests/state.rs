@@ -1135,3 +1135,67 @@ fn datagram_socket_whose_peer_closed() {
         want('next send', send_error(), errno.ENOTCONN)";
     both("dgram-peer-closed", setup, check);
 }
+
+/// An epoll set watching one pipe through two fds of it (one description,
+/// two registrations: epoll keys them by file and fd number).
+#[test]
+fn epoll_watching_one_file_through_two_fds() {
+    both(
+        "epolltwice",
+        "import select\n\
+         r, w = os.pipe()\n\
+         r2 = os.dup(r)\n\
+         e = select.epoll()\n\
+         e.register(r, select.EPOLLIN)\n\
+         e.register(r2, select.EPOLLIN | select.EPOLLET)",
+        "import select\n\
+         os.write(w, b'x')\n\
+         want('events', sorted(e.poll(2)), sorted([(r, select.EPOLLIN), (r2, select.EPOLLIN)]))\n\
+         want('edge reported once', e.poll(0.1), [(r, select.EPOLLIN)])",
+    );
+}
+
+/// A bound unix datagram socket that nobody is connected to, with messages
+/// sent to it by name (sendto) from an unconnected socket of the process.
+#[test]
+fn unconnected_datagram_sockets_with_queued_messages() {
+    both(
+        "dgramunconnected",
+        "import socket\n\
+         a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         a.bind(os.path.join(d, 'a'))\n\
+         b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         b.sendto(b'one', os.path.join(d, 'a'))\n\
+         b.sendto(b'two', os.path.join(d, 'a'))",
+        "import socket\n\
+         a.settimeout(2)\n\
+         want('first', a.recv(16), b'one')\n\
+         want('second', a.recv(16), b'two')\n\
+         b.sendto(b'three', os.path.join(d, 'a'))\n\
+         want('sent after', a.recv(16), b'three')",
+    );
+}
+
+/// A private mapping of /dev/zero (written: its pages are the process's
+/// own) and anonymous memory with bytes in it made PROT_NONE.
+#[test]
+fn private_dev_zero_and_prot_none_memory() {
+    both(
+        "privzero",
+        "import mmap, ctypes\n\
+         z = os.open('/dev/zero', os.O_RDWR)\n\
+         m = mmap.mmap(z, 3 * 4096, mmap.MAP_PRIVATE)\n\
+         m[4096:4101] = b'zeros'\n\
+         n = mmap.mmap(-1, 2 * 4096, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n\
+         n[0:6] = b'hidden'\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n\
+         addr = ctypes.addressof(ctypes.c_char.from_buffer(n))\n\
+         assert libc.mprotect(addr, 2 * 4096, 0) == 0",
+        "want('private /dev/zero', (m[0:5], m[4096:4101]), (bytes(5), b'zeros'))\n\
+         want('mapping', [l.split()[1] for l in open('/proc/self/maps') if l.rstrip().endswith('/dev/zero')], ['rw-p'])\n\
+         want('still PROT_NONE', [l.split()[1] for l in open('/proc/self/maps') if l.startswith('%x-' % addr)], ['---p'])\n\
+         assert libc.mprotect(addr, 2 * 4096, 3) == 0\n\
+         want('PROT_NONE bytes', n[0:6], b'hidden')",
+    );
+}
