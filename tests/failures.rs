@@ -595,6 +595,34 @@ fn dump_refuses_state_it_cannot_make_again() {
     refused_at_dump("state", &cases);
 }
 
+/// Unix connections not accepted yet that a restore could not make again
+/// are refused by name, and the process runs on: one whose connecting end
+/// has sent bytes (they sit in the end not accepted yet, which cannot be
+/// read), and one waiting on a listener outside the tree.
+#[test]
+fn dump_refuses_unix_connections_waiting_that_it_cannot_make_again() {
+    let outside = tempdir("waiting-outside");
+    let path = outside.path().join("l.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let to_outside =
+        format!("import socket; c = socket.socket(socket.AF_UNIX); c.connect({:?})", path.to_str().unwrap());
+    let cases = [
+        (
+            "sent",
+            "import socket\n\
+             l = socket.socket(socket.AF_UNIX)\n\
+             l.bind(os.path.join(d, 'l.sock'))\n\
+             l.listen()\n\
+             c = socket.socket(socket.AF_UNIX)\n\
+             c.connect(os.path.join(d, 'l.sock'))\n\
+             c.send(b'before the accept')",
+            "with bytes sent on its connection",
+        ),
+        ("outside", to_outside.as_str(), "outside the dump"),
+    ];
+    refused_at_dump("waiting", &cases);
+}
+
 /// Two processes sharing one fd table that is not their parent's (it
 /// unshared its own after forking both with CLONE_FILES) are refused: a
 /// restore makes shared tables by forking with CLONE_FILES. The tree runs

@@ -1199,3 +1199,51 @@ fn private_dev_zero_and_prot_none_memory() {
          want('PROT_NONE bytes', n[0:6], b'hidden')",
     );
 }
+
+/// Connections not accepted yet, on stream and seqpacket listeners (one
+/// whose file was removed since): they wait in the same order, and each
+/// connecting socket talks to the end its listener hands out.
+#[test]
+fn unix_connections_waiting_to_be_accepted() {
+    both(
+        "unix-waiting",
+        "import socket\n\
+         names = {}\n\
+         ends = {}\n\
+         for t, n in ((socket.SOCK_STREAM, 'stream'), (socket.SOCK_SEQPACKET, 'seqpacket'), (socket.SOCK_STREAM, 'gone')):\n    \
+             p = os.path.join(d, n)\n    \
+             l = socket.socket(socket.AF_UNIX, t)\n    \
+             l.bind(p)\n    \
+             l.listen(4)\n    \
+             c = socket.socket(socket.AF_UNIX, t)\n    \
+             c.connect(p)\n    \
+             a = l.accept()[0]\n    \
+             w1 = socket.socket(socket.AF_UNIX, t)\n    \
+             w1.connect(p)\n    \
+             w2 = socket.socket(socket.AF_UNIX, t)\n    \
+             w2.connect(p)\n    \
+             if n == 'gone':\n        os.unlink(p)\n    \
+             ends[n] = (l, c, a, w1, w2)",
+        "import socket\n\
+         for n, (l, c, a, w1, w2) in ends.items():\n    \
+             l.settimeout(2)\n    \
+             a1 = l.accept()[0]\n    \
+             a2 = l.accept()[0]\n    \
+             w2.send(b'two')\n    \
+             w1.send(b'one')\n    \
+             a1.settimeout(2)\n    \
+             a2.settimeout(2)\n    \
+             want(n + ' first waiting', a1.recv(8), b'one')\n    \
+             want(n + ' second waiting', a2.recv(8), b'two')\n    \
+             a1.send(b'back')\n    \
+             w1.settimeout(2)\n    \
+             want(n + ' answer', w1.recv(8), b'back')\n    \
+             c.send(b'x')\n    \
+             a.settimeout(2)\n    \
+             want(n + ' accepted before', a.recv(8), b'x')\n    \
+             l.setblocking(False)\n    \
+             try:\n        l.accept()\n        more = True\n    except BlockingIOError:\n        more = False\n    \
+             want(n + ' nothing more waiting', more, False)\n\
+         want('removed file', os.path.exists(os.path.join(d, 'gone')), False)",
+    );
+}

@@ -997,6 +997,11 @@ pub struct UnixSocket {
     /// Its file was removed after the bind: bound again, then removed.
     #[prost(bool, tag = "20")]
     pub unlinked: bool,
+    /// Listening: the sockets of the tree whose connections wait in its
+    /// accept queue (connected, not accepted yet), oldest first. Restore
+    /// connects them again, in this order, and leaves them waiting.
+    #[prost(uint64, repeated, tag = "21")]
+    pub waiting: Vec<u64>,
 }
 
 /// The file descriptors passed with one queued message of a unix socket.

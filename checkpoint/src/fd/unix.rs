@@ -29,13 +29,18 @@
 //! fds: a reader taking those bytes in a separate, shorter read gets the fds
 //! with it, earlier than it would have.
 //!
+//! Connections waiting to be accepted on a listener of the tree, from
+//! sockets of the tree, are found in the listener's accept queue
+//! (UDIAG_SHOW_ICONS) and connect again in queue order once it is made
+//! ([`find_waiting`]).
+//!
 //! Refused at dump, naming the fd: a stream or seqpacket socket connected to a process outside
-//! the tree, a socket bound to a relative path whose file is not in the working directory (one
-//! that is is bound again there, from a thread with a working directory of its own). Not kept: connections
-//! waiting to be accepted (a warning says how many), the credentials and
-//! sender addresses attached to queued messages, and the name of a socket
-//! accepted from a named listener (after restore it is unnamed, as a
-//! socketpair's ends are).
+//! the tree (or waiting to be accepted by one), one waiting to be accepted that has sent bytes
+//! already, a socket bound to a relative path whose file is not in the working directory (one
+//! that is is bound again there, from a thread with a working directory of its own). Not kept:
+//! connections from outside the tree waiting to be accepted (a warning says how many), the
+//! credentials and sender addresses attached to queued messages, and the name of a socket
+//! accepted from a named listener (after restore it is unnamed, as a socketpair's ends are).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -77,27 +82,39 @@ pub struct Diag {
     /// Listening: the backlog.
     pub wqueue: u32,
     pub shutdown: u8,
+    /// Listening (when asked for): the connecting sockets of the
+    /// connections waiting to be accepted, oldest first; 0 for one whose
+    /// connecting socket has closed.
+    pub icons: Vec<u32>,
 }
 
 /// unix_diag_req asking for one socket by inode (struct nlmsghdr + struct
 /// unix_diag_req): its name, peer, receive queue length and shutdown state.
 fn diag_request(ino: u32) -> Vec<u8> {
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const UDIAG_SHOW_NAME: u32 = 0x01;
     const UDIAG_SHOW_PEER: u32 = 0x04;
     const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    unix_diag_request(0, u32::MAX, ino, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN)
+}
+
+const UDIAG_SHOW_NAME: u32 = 0x01;
+
+/// A unix_diag_req (after its nlmsghdr) with netlink `flags` added to
+/// NLM_F_REQUEST, for sockets in `states` (a bit per state), inode `ino`
+/// (0 in a dump: all), showing `show`.
+fn unix_diag_request(flags: i32, states: u32, ino: u32, show: u32) -> Vec<u8> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
     let mut req = Vec::with_capacity(16 + 24);
     req.extend_from_slice(&(16u32 + 24).to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid
     req.push(libc::AF_UNIX as u8);
     req.push(0); // protocol
     req.extend_from_slice(&0u16.to_ne_bytes()); // pad
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&ino.to_ne_bytes());
-    req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN).to_ne_bytes());
+    req.extend_from_slice(&show.to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
     req
 }
@@ -105,12 +122,7 @@ fn diag_request(ino: u32) -> Vec<u8> {
 /// Parse the reply to [`diag_request`]: one unix_diag_msg and its
 /// attributes, or an error.
 pub fn parse_diag_reply(buf: &[u8]) -> Result<Diag, Errno> {
-    const UNIX_DIAG_NAME: u16 = 0;
-    const UNIX_DIAG_PEER: u16 = 2;
-    const UNIX_DIAG_RQLEN: u16 = 4;
-    const UNIX_DIAG_SHUTDOWN: u16 = 6;
     let malformed = Errno::EBADMSG;
-    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap()));
     let len = u32_at(buf, 0).ok_or(malformed)? as usize;
     let ty = buf.get(4..6).map(|s| u16::from_ne_bytes(s.try_into().unwrap())).ok_or(malformed)?;
     let msg = buf.get(16..len).ok_or(malformed)?;
@@ -118,6 +130,21 @@ pub fn parse_diag_reply(buf: &[u8]) -> Result<Diag, Errno> {
         let errno = u32_at(msg, 0).ok_or(malformed)? as i32;
         return Err(Errno::from_raw(-errno));
     }
+    parse_diag_msg(msg)
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap()))
+}
+
+/// One unix_diag_msg (after its nlmsghdr) and its attributes.
+fn parse_diag_msg(msg: &[u8]) -> Result<Diag, Errno> {
+    const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_ICONS: u16 = 3;
+    const UNIX_DIAG_RQLEN: u16 = 4;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
+    let malformed = Errno::EBADMSG;
     if msg.len() < 16 {
         return Err(malformed);
     }
@@ -130,6 +157,7 @@ pub fn parse_diag_reply(buf: &[u8]) -> Result<Diag, Errno> {
         match atype {
             UNIX_DIAG_NAME => d.name = payload.to_vec(),
             UNIX_DIAG_PEER => d.peer = u32_at(payload, 0).ok_or(malformed)?,
+            UNIX_DIAG_ICONS => d.icons = payload.chunks_exact(4).map(|c| u32_at(c, 0).unwrap()).collect(),
             UNIX_DIAG_RQLEN => {
                 d.rqueue = u32_at(payload, 0).ok_or(malformed)?;
                 d.wqueue = u32_at(payload, 4).ok_or(malformed)?;
@@ -140,6 +168,42 @@ pub fn parse_diag_reply(buf: &[u8]) -> Result<Diag, Errno> {
         at += alen.max(4).div_ceil(4) * 4;
     }
     Ok(d)
+}
+
+/// Every listening unix socket of the network namespace of `pid`, with its
+/// name and the connections waiting in its accept queue (`icons`).
+fn listeners(pid: Pid) -> Result<Vec<Diag>, String> {
+    const UDIAG_SHOW_ICONS: u32 = 0x08;
+    let sock = super::socket::diag_socket(pid)?;
+    let req = unix_diag_request(libc::NLM_F_DUMP, 1 << STATE_LISTEN, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_ICONS);
+    socket::send(sock.as_raw_fd(), &req, MsgFlags::empty()).map_err(|e| format!("unix_diag request: {e}"))?;
+    let mut found = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n =
+            socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|e| format!("unix_diag reply: {e}"))?;
+        let mut at = 0;
+        while n > 0 && at + 16 <= n {
+            let len = u32_at(&buf, at).unwrap() as usize;
+            let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
+            if len < 16 || at + len > n {
+                return Err("unix_diag: malformed reply".into());
+            }
+            let body = &buf[at + 16..at + len];
+            match i32::from(ty) {
+                libc::NLMSG_DONE => return Ok(found),
+                libc::NLMSG_ERROR => {
+                    let errno = u32_at(body, 0).unwrap_or(0) as i32;
+                    return Err(format!("unix_diag: {}", Errno::from_raw(-errno)));
+                }
+                _ => found.push(parse_diag_msg(body).map_err(|e| format!("unix_diag: {e}"))?),
+            }
+            at += len.div_ceil(4) * 4;
+        }
+        if n == 0 {
+            return Ok(found);
+        }
+    }
 }
 
 /// unix_diag about the socket with inode `ino`, in the network namespace
@@ -228,15 +292,9 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
         u.name = name;
     }
     if u.listening {
+        // Its waiting connections are found with the whole tree's
+        // sockets ([`resolve_peers`]).
         u.backlog = d.wqueue;
-        if d.rqueue > 0 {
-            tracing::warn!(
-                fd = seen.fd,
-                "{} connection(s) waiting to be accepted on {} are not kept",
-                d.rqueue,
-                u.describe()
-            );
-        }
         Ok((u, Vec::new()))
     } else {
         let (queue, in_flight) = read_queue(copy, u.ty, d.rqueue).map_err(|e| format!("{}: {e}", u.describe()))?;
@@ -338,6 +396,7 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8]) -> Result<Option<stasis_sys::sock::P
 /// socket's id (inode).
 pub fn resolve_peers(pid_of: &dyn Fn(u64) -> Option<Pid>, sockets: &mut [UnixSocket]) -> Result<(), (u64, String)> {
     let ids: std::collections::HashSet<u64> = sockets.iter().map(|s| s.id).collect();
+    find_waiting(pid_of, sockets, &ids)?;
     for s in sockets.iter_mut().filter(|s| s.peer != 0 && !ids.contains(&s.peer)) {
         let outside = |what: &str| {
             let holder = holder_of(s.peer).map_or_else(
@@ -368,6 +427,76 @@ pub fn resolve_peers(pid_of: &dyn Fn(u64) -> Option<Pid>, sockets: &mut [UnixSoc
         // for one that closed) or its name.
         if s.ty != libc::SOCK_STREAM && !s.queue.is_empty() && !partnered && s.name.is_empty() && !peer_closed(s) {
             return Err((s.id, format!("{}: its queued messages cannot be sent to it again", s.describe())));
+        }
+    }
+    Ok(())
+}
+
+/// Connections not accepted yet. A stream or seqpacket socket that
+/// connected to a listener which has not accepted it shows no peer (the
+/// other end has no inode until it is accepted), like one whose peer has
+/// closed: the listener's accept queue tells them apart. Each listener of
+/// the tree gets its waiting connections from the tree in `waiting`, in
+/// queue order; a connection from outside the tree (or from a socket that
+/// has closed) is not kept, with a warning. A socket of the tree waiting on
+/// a listener outside it is refused, and so is one that has sent bytes on
+/// its connection: they are in the other end, which cannot be read before
+/// it is accepted.
+fn find_waiting(
+    pid_of: &dyn Fn(u64) -> Option<Pid>,
+    sockets: &mut [UnixSocket],
+    ids: &std::collections::HashSet<u64>,
+) -> Result<(), (u64, String)> {
+    let unanswered = |s: &UnixSocket| s.ty != libc::SOCK_DGRAM && s.connected && s.peer == 0 && !s.listening;
+    let Some(first) = sockets.iter().find(|s| s.listening || unanswered(s)) else { return Ok(()) };
+    let pid = pid_of(first.id).unwrap_or(Pid::this());
+    let listeners = listeners(pid).map_err(|e| (first.id, format!("finding connections not accepted yet: {e}")))?;
+    for l in &listeners {
+        let name = UnixSocket::describe_name(&trim_name(l.name.clone()));
+        let ours = sockets.iter().position(|s| s.id == u64::from(l.ino));
+        let mut waiting = Vec::new();
+        for &c in &l.icons {
+            let c = u64::from(c);
+            if !ids.contains(&c) {
+                continue;
+            }
+            let s = sockets.iter().find(|s| s.id == c).unwrap();
+            if ours.is_none() {
+                let holder = holder_of(u64::from(l.ino)).map_or_else(
+                    || format!("socket {}", l.ino),
+                    |(p, fd, comm)| format!("fd {fd} of process {p} ({comm})"),
+                );
+                return Err((
+                    c,
+                    format!(
+                        "{} waits to be accepted by the listener {name}, {holder}, outside the dump; dump that process \
+                         too (not supported yet otherwise)",
+                        s.describe()
+                    ),
+                ));
+            }
+            let sent = diag(pid_of(c).unwrap_or(pid), c).map_err(|e| (c, e))?.wqueue;
+            if sent > 0 {
+                return Err((
+                    c,
+                    format!(
+                        "{} waits to be accepted by the listener {name} with bytes sent on its connection: they are \
+                         held by the end not accepted yet, which cannot be read (not supported)",
+                        s.describe()
+                    ),
+                ));
+            }
+            waiting.push(c);
+        }
+        if let Some(at) = ours {
+            let lost = l.icons.len() - waiting.len();
+            if lost > 0 {
+                tracing::warn!(
+                    "{lost} connection(s) from outside the dump waiting to be accepted on {} are not kept",
+                    sockets[at].describe()
+                );
+            }
+            sockets[at].waiting = waiting;
         }
     }
     Ok(())
@@ -476,6 +605,8 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
     // Connections accepted from a listener of the tree: (accepted end,
     // connecting end, listener), made once the listener is.
     let mut accepted: Vec<(u64, u64, u64)> = Vec::new();
+    // Connections not accepted yet, connected once their listener is.
+    let waiting: std::collections::HashSet<u64> = sockets.iter().flat_map(|l| l.waiting.iter().copied()).collect();
     for s in sockets {
         if made.contains_key(&s.id) || accepted.iter().any(|a| a.0 == s.id || a.1 == s.id) {
             continue;
@@ -510,7 +641,7 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
             made.insert(p.id, b);
             continue;
         }
-        if peer_closed(s) {
+        if peer_closed(s) && !waiting.contains(&s.id) {
             // A connection whose other end had closed (a datagram socket's
             // too: its next send fails with ECONNREFUSED, as before).
             let (a, b) = socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
@@ -534,11 +665,23 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
     }
     for &(acc, cli, l) in &accepted {
         let s = by_id[&acc];
-        let (client, server) = connect_through(&made[&l], s).map_err(|e| format!("{}: {e}", s.describe()))?;
+        let (client, server) =
+            connect_through(&made[&l], by_id[&l], s).map_err(|e| format!("{}: {e}", s.describe()))?;
         partner.insert(acc, Some(cli));
         partner.insert(cli, Some(acc));
         made.insert(acc, server);
         made.insert(cli, client);
+    }
+    // Connections not accepted yet connect again, in their listener's
+    // queue order; then a listener whose file had been removed loses it.
+    for l in sockets.iter().filter(|l| l.listening) {
+        for id in &l.waiting {
+            let s = by_id[id];
+            connect_to(&made[id], l).map_err(|e| format!("{}: {e}", s.describe()))?;
+        }
+        if l.unlinked {
+            remove_again(l)?;
+        }
     }
     // Queued data, before connecting: a connected datagram socket takes
     // messages from its peer only. A queue passing fds waits for them.
@@ -608,18 +751,17 @@ fn shut_down(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
     }
 }
 
-/// A connection accepted from `listener` (made already, bound to the name
-/// of `accepted`): a new socket connects to it and the listener accepts,
+/// A connection accepted from `listener` (made already from `l`, bound to
+/// the name of `accepted`): a new socket connects to it and the listener accepts,
 /// so the accepted end has the listener's name and the connecting end
 /// sees it as its peer's. Connections others made to the new listener in
 /// the meantime are closed. Returns (connecting end, accepted end).
-fn connect_through(listener: &OwnedFd, accepted: &UnixSocket) -> Result<(OwnedFd, OwnedFd), String> {
+fn connect_through(listener: &OwnedFd, l: &UnixSocket, accepted: &UnixSocket) -> Result<(OwnedFd, OwnedFd), String> {
     let ty = sock_type(accepted.ty)?;
     let client = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
         .map_err(|e| format!("socket: {e}"))?;
     let name = UnixSocket::describe_name(&accepted.name);
-    socket::connect(client.as_raw_fd(), &address(&accepted.name)?)
-        .map_err(|e| format!("connect to the restored listener {name}: {e}"))?;
+    connect_to(&client, l)?;
     let me = std::process::id() as i32;
     loop {
         let server =
@@ -654,9 +796,9 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
         Err(Errno::EADDRINUSE) => return Err(format!("cannot bind {shown}: address in use")),
         Err(e) => return Err(format!("cannot bind {shown}: {}", e.desc().to_lowercase())),
     }
-    if let (Some(p), true) = (path, s.unlinked) {
-        std::fs::remove_file(p).map_err(|e| format!("removing {shown} again: {e}"))?;
-        return Ok(());
+    if s.unlinked {
+        // A listener's file goes once its connections are made.
+        return if s.listening { Ok(()) } else { remove_again(s) };
     }
     if let (Some(p), true) = (path, s.mode != 0) {
         use std::os::unix::fs::PermissionsExt;
@@ -665,6 +807,16 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
         std::os::unix::fs::lchown(p, Some(s.uid), Some(s.gid)).map_err(|e| format!("chown {shown}: {e}"))?;
     }
     Ok(())
+}
+
+/// Remove the file of `s` (bound again) once more: it had been removed
+/// after the bind.
+fn remove_again(s: &UnixSocket) -> Result<(), String> {
+    if s.name.first().is_none_or(|&b| b == 0) {
+        return Ok(());
+    }
+    let path = Path::new(&s.dir).join(OsStr::from_bytes(&s.name));
+    std::fs::remove_file(path).map_err(|e| format!("removing {} again: {e}", UnixSocket::describe_name(&s.name)))
 }
 
 /// What holds the name `s` is to be bound to now, if anything but a socket
@@ -703,15 +855,36 @@ pub fn name_taken(s: &UnixSocket) -> Option<String> {
 /// thread of its own with a working directory of its own (unshare
 /// CLONE_FS), so the name stays relative and the agent's cwd is untouched.
 fn bind_in(dir: &str, sock: &OwnedFd, addr: &UnixAddr) -> Result<(), Errno> {
+    in_dir(dir, sock, addr, |fd, a| socket::bind(fd, a))
+}
+
+/// `op` (bind or connect) on `sock` and `addr`, from a thread whose
+/// working directory is `dir`, so a relative name is looked up there.
+fn in_dir(
+    dir: &str,
+    sock: &OwnedFd,
+    addr: &UnixAddr,
+    op: fn(i32, &UnixAddr) -> Result<(), Errno>,
+) -> Result<(), Errno> {
     let fd = sock.as_raw_fd();
     let (dir, addr) = (dir.to_owned(), *addr);
     std::thread::spawn(move || {
         stasis_sys::nix::sched::unshare(stasis_sys::nix::sched::CloneFlags::CLONE_FS)?;
         stasis_sys::nix::unistd::chdir(dir.as_str())?;
-        socket::bind(fd, &addr)
+        op(fd, &addr)
     })
     .join()
     .unwrap_or(Err(Errno::EINTR))
+}
+
+/// Connect `sock` to the restored listener `l` by its name.
+fn connect_to(sock: &OwnedFd, l: &UnixSocket) -> Result<(), String> {
+    let addr = address(&l.name)?;
+    let r = match l.dir.is_empty() {
+        true => socket::connect(sock.as_raw_fd(), &addr),
+        false => in_dir(&l.dir, sock, &addr, |fd, a| socket::connect(fd, a)),
+    };
+    r.map_err(|e| format!("connect to the restored listener {}: {e}", UnixSocket::describe_name(&l.name)))
 }
 
 /// Whether the socket file at `path` is left over: nothing answers a
@@ -805,7 +978,7 @@ mod tests {
     #[test]
     fn diag_reply_fixture() {
         // nlmsghdr, unix_diag_msg (dgram, state 7, ino 4242), NAME "\0ab",
-        // PEER 77, RQLEN (5, 0), SHUTDOWN 2.
+        // PEER 77, RQLEN (5, 0), SHUTDOWN 2, ICONS (5, 0).
         let mut msg = vec![1u8, 2, 7, 0];
         msg.extend_from_slice(&4242u32.to_ne_bytes());
         msg.extend_from_slice(&[0xff; 8]);
@@ -819,14 +992,24 @@ mod tests {
         attr(2, &77u32.to_ne_bytes());
         attr(4, &[5, 0, 0, 0, 0, 0, 0, 0]);
         attr(6, &[2]);
+        attr(3, &[5u32.to_ne_bytes(), 0u32.to_ne_bytes()].concat());
         let mut buf = Vec::new();
         buf.extend_from_slice(&(16 + msg.len() as u32).to_ne_bytes());
         buf.extend_from_slice(&20u16.to_ne_bytes());
         buf.extend_from_slice(&[0; 10]);
         buf.extend_from_slice(&msg);
         let d = parse_diag_reply(&buf).unwrap();
-        let want =
-            Diag { ty: 2, state: 7, ino: 4242, name: b"\0ab".to_vec(), peer: 77, rqueue: 5, wqueue: 0, shutdown: 2 };
+        let want = Diag {
+            ty: 2,
+            state: 7,
+            ino: 4242,
+            name: b"\0ab".to_vec(),
+            peer: 77,
+            rqueue: 5,
+            wqueue: 0,
+            shutdown: 2,
+            icons: vec![5, 0],
+        };
         assert_eq!(d, want);
         assert_eq!(parse_diag_reply(&buf[..20]), Err(Errno::EBADMSG));
     }
