@@ -175,18 +175,27 @@ fn o_path_fds() {
 
 /// A UDP socket bound with IP_FREEBIND to an address this host does not
 /// have (a service that starts before its address comes up): bound again
-/// there, still with the option.
+/// there, still with the option; and a UDP and a TCP socket bound so, that
+/// turned the option off since (restores used to fail: EADDRNOTAVAIL).
 #[test]
-fn udp_bound_with_freebind() {
+fn sockets_bound_with_freebind() {
     both(
         "freebind",
         "import socket\n\
          u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          u.setsockopt(socket.IPPROTO_IP, 15, 1)\n\
          u.bind(('192.0.2.77', 0))\n\
-         name = u.getsockname()",
+         name = u.getsockname()\n\
+         off = [socket.socket(socket.AF_INET, t) for t in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]\n\
+         for o in off:\n    \
+             o.setsockopt(socket.IPPROTO_IP, 15, 1)\n    \
+             o.bind(('192.0.2.78', 0))\n    \
+             o.setsockopt(socket.IPPROTO_IP, 15, 0)\n\
+         names = [o.getsockname() for o in off]",
         "want('bound', u.getsockname(), name)\n\
-         want('IP_FREEBIND', u.getsockopt(socket.IPPROTO_IP, 15), 1)",
+         want('IP_FREEBIND', u.getsockopt(socket.IPPROTO_IP, 15), 1)\n\
+         want('bound, IP_FREEBIND off since', [o.getsockname() for o in off], names)\n\
+         want('IP_FREEBIND off', [o.getsockopt(socket.IPPROTO_IP, 15) for o in off], [0, 0])",
     );
 }
 
@@ -1245,5 +1254,62 @@ fn unix_connections_waiting_to_be_accepted() {
              try:\n        l.accept()\n        more = True\n    except BlockingIOError:\n        more = False\n    \
              want(n + ' nothing more waiting', more, False)\n\
          want('removed file', os.path.exists(os.path.join(d, 'gone')), False)",
+    );
+}
+
+/// TCP connections whose buffers are full both ways, one with buffer sizes
+/// the kernel tunes and one with sizes set by the program: every byte
+/// queued each way (sent and not acknowledged, never sent, received and
+/// not read) comes back in order, and sizes set are as before (restores
+/// used to fail: the unsent bytes did not fit, EAGAIN).
+#[test]
+fn tcp_buffers_full_both_ways() {
+    both(
+        "tcpfull",
+        "import socket\n\
+         L = socket.socket()\n\
+         L.bind(('127.0.0.1', 0))\n\
+         L.listen(4)\n\
+         PATTERN = bytes(range(251)) * 64\n\
+         def fill(x):\n    \
+             x.setblocking(False)\n    \
+             n = 0\n    \
+             while True:\n        \
+                 try:\n            \
+                     k = x.send(PATTERN[n % 251:n % 251 + 4096])\n        \
+                 except BlockingIOError:\n            \
+                     break\n        \
+                 n += k\n    \
+             return n\n\
+         conns = []\n\
+         for sizes in (None, 65536):\n    \
+             c = socket.socket()\n    \
+             if sizes:\n        \
+                 c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sizes)\n        \
+                 c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes)\n    \
+             c.connect(L.getsockname())\n    \
+             s = L.accept()[0]\n    \
+             time.sleep(0.2)\n    \
+             sent = (fill(c), fill(s))\n    \
+             bufs = [(x.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), x.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) for x in (c, s)]\n    \
+             conns.append((c, s, sent, bufs))",
+        "def drain(x, n):\n    \
+             x.setblocking(True)\n    \
+             x.settimeout(10)\n    \
+             got = bytearray()\n    \
+             while len(got) < n:\n        \
+                 b = x.recv(1 << 20)\n        \
+                 if not b:\n            break\n        \
+                 got += b\n    \
+             return bytes(got)\n\
+         def expected(n):\n    \
+             return (bytes(range(251)) * (n // 251 + 2))[:n]\n\
+         for i, (c, s, (to_s, to_c), bufs) in enumerate(conns):\n    \
+             if i:\n        \
+                 want('%d sizes set' % i, (c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)), bufs[0])\n    \
+             want('%d bytes to the server' % i, drain(s, to_s) == expected(to_s), True)\n    \
+             want('%d bytes to the client' % i, drain(c, to_c) == expected(to_c), True)\n    \
+             c.send(b'more')\n    \
+             want('%d after' % i, s.recv(4), b'more')",
     );
 }

@@ -427,7 +427,16 @@ pub fn create(s: &InetSocket, tcp: bool, listen: bool) -> Result<OwnedFd, String
     let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
     if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
         let sa = addr(local)?;
-        socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa)).map_err(|e| match e {
+        let bind = || socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa));
+        let mut r = bind();
+        if r == Err(Errno::EADDRNOTAVAIL) && !s.freebind {
+            // Bound with IP_FREEBIND to an address the host lacks, which was
+            // turned off since: bound the same way, then off again.
+            let (level, freebind) = freebind_option(s.family);
+            let set = |v| stasis_sys::sock::set_int_option(&sock, level, freebind, v);
+            r = set(1).and_then(|()| bind()).and_then(|()| set(0));
+        }
+        r.map_err(|e| match e {
             Errno::EADDRINUSE => format!("cannot bind {sa}: address in use"),
             e => format!("cannot bind {sa}: {}", e.desc().to_lowercase()),
         })?;
@@ -455,6 +464,14 @@ pub fn create(s: &InetSocket, tcp: bool, listen: bool) -> Result<OwnedFd, String
         }
     }
     Ok(sock)
+}
+
+/// The level and name of IP_FREEBIND for `family`.
+fn freebind_option(family: i32) -> (i32, i32) {
+    match family {
+        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),
+        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND),
+    }
 }
 
 /// A new socket of the family and protocol of `s`, with its options.
