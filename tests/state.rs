@@ -1313,3 +1313,64 @@ fn tcp_buffers_full_both_ways() {
              want('%d after' % i, s.recv(4), b'more')",
     );
 }
+
+/// Two TCP listeners that bound one port together with SO_REUSEPORT, one
+/// of which turned it off since (restores used to fail: address in use):
+/// both listen on it again, each with its option as it was.
+#[test]
+fn tcp_listeners_that_shared_a_port_before_one_turned_reuseport_off() {
+    both(
+        "reuseport-off",
+        "import socket\n\
+         ls = [socket.socket() for _ in range(2)]\n\
+         for l in ls:\n    \
+             l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         ls[0].bind(('127.0.0.1', 0))\n\
+         ls[1].bind(ls[0].getsockname())\n\
+         for l in ls:\n    \
+             l.listen(4)\n\
+         ls[0].setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)",
+        "import socket, select\n\
+         want('names', ls[1].getsockname(), ls[0].getsockname())\n\
+         want('SO_REUSEPORT', [l.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for l in ls], [0, 1])\n\
+         c = socket.create_connection(ls[0].getsockname(), timeout=2)\n\
+         ready, _, _ = select.select(ls, [], [], 2)\n\
+         want('a listener accepts', len(ready), 1)\n\
+         a = ready[0].accept()[0]\n\
+         c.send(b'hi')\n\
+         want('data', a.recv(2), b'hi')",
+    );
+}
+
+/// A TCP connection both ends shut down for writing, so closed (one end
+/// lingers in TIME_WAIT on the same addresses, which used to fail the
+/// restore: address in use): each end still reads end of file and fails to
+/// write with EPIPE.
+#[test]
+fn tcp_connection_closed_both_ways() {
+    both(
+        "tcp-closed",
+        "import socket\n\
+         L = socket.socket()\n\
+         L.bind(('127.0.0.1', 0))\n\
+         L.listen(1)\n\
+         c = socket.create_connection(L.getsockname())\n\
+         s = L.accept()[0]\n\
+         L.close()\n\
+         c.shutdown(socket.SHUT_WR)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         def state(x):\n    return x.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]\n\
+         for _ in range(200):\n    \
+             if (state(c), state(s)) == (7, 7):\n        break\n    \
+             time.sleep(0.01)\n\
+         names = [x.getsockname() for x in (c, s)]\n\
+         assert (state(c), state(s)) == (7, 7), (state(c), state(s))",
+        "for x, n in zip((c, s), ('client', 'server')):\n    \
+             want(n + ' state', state(x), 7)\n    \
+             want(n + ' name', x.getsockname(), names[(c, s).index(x)])\n    \
+             x.settimeout(2)\n    \
+             want(n + ' reads end of file', x.recv(1), b'')\n    \
+             try:\n        x.send(b'x')\n        err = None\n    except BrokenPipeError:\n        err = 'EPIPE'\n    \
+             want(n + ' write', err, 'EPIPE')",
+    );
+}

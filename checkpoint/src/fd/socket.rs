@@ -16,13 +16,14 @@
 //! queued on a UDP socket, multicast memberships, SO_BINDTODEVICE and
 //! options other than those in [`InetSocket`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use stasis_image::records::{fd::Kind as RecordKind, InetAddr, InetSocket};
 use stasis_sys::nix::errno::Errno;
 use stasis_sys::nix::libc;
+use stasis_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use stasis_sys::nix::sys::socket::{
     self, getpeername, getsockname, getsockopt, setsockopt, sockopt, AddressFamily, SockFlag, SockProtocol, SockType,
     SockaddrLike, SockaddrStorage,
@@ -236,6 +237,15 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
                 return Err(format!("{} is no longer an unconnected TCP socket", seen.target));
             }
             s.nodelay = getsockopt(copy, sockopt::TcpNoDelay).map_err(err("TCP_NODELAY"))?;
+            // Closed after a connection, both ways shut (reads give end of
+            // file): poll tells, as nothing else does for a closed socket
+            // (readable with nothing queued: shut for reading).
+            let mut pfd = [PollFd::new(copy.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut pfd, PollTimeout::ZERO).map_err(err("poll"))? == 1
+                && pfd[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN))
+            {
+                s.shutdown = 3;
+            }
             Ok(RecordKind::TcpUnconnected(s))
         }
         Ok(Kind::Udp) => {
@@ -422,13 +432,28 @@ pub(super) fn new_tcp(s: &InetSocket) -> Result<OwnedFd, String> {
 }
 
 /// A new socket as recorded: options, bind, then listen or connect.
-pub fn create(s: &InetSocket, tcp: bool, listen: bool) -> Result<OwnedFd, String> {
+/// `shared`: another socket of the tree is bound to the same address: the
+/// socket is bound with SO_REUSEPORT whatever its own (the caller turns it
+/// off again once all are bound: two sockets that bound together with it
+/// keep their port when one turns it off since).
+pub fn create(s: &InetSocket, tcp: bool, listen: bool, shared: bool) -> Result<OwnedFd, String> {
     let sock = new_socket(s, tcp)?;
+    if shared && !s.reuseport {
+        setsockopt(&sock, sockopt::ReusePort, &true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+    }
     let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
     if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
         let sa = addr(local)?;
         let bind = || socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa));
         let mut r = bind();
+        if r == Err(Errno::EADDRINUSE) && tcp && !listen {
+            // A TCP socket that neither listens nor is connected: closed
+            // after a connection whose addresses linger (TIME_WAIT), or made
+            // and bound only. Bound as repair mode forces, which a socket
+            // that does not listen cannot misuse (listen and connect check
+            // again); its SO_REUSEADDR is set back after.
+            r = super::tcp::bind_forced(&sock, sa, s.reuseaddr);
+        }
         if r == Err(Errno::EADDRNOTAVAIL) && !s.freebind {
             // Bound with IP_FREEBIND to an address the host lacks, which was
             // turned off since: bound the same way, then off again.
@@ -464,6 +489,26 @@ pub fn create(s: &InetSocket, tcp: bool, listen: bool) -> Result<OwnedFd, String
         }
     }
     Ok(sock)
+}
+
+/// The local addresses (TCP or UDP) that more than one socket of `fds`
+/// (listening, bound, not connected) is bound to.
+pub fn shared_addresses<'a>(fds: impl Iterator<Item = &'a stasis_image::records::Fd>) -> HashSet<(bool, SocketAddr)> {
+    use stasis_image::records::fd::Kind;
+    let mut seen = HashSet::new();
+    let mut shared = HashSet::new();
+    for f in fds {
+        let (tcp, s) = match &f.kind {
+            Some(Kind::TcpListen(s)) | Some(Kind::TcpUnconnected(s)) => (true, s),
+            Some(Kind::Udp(s)) => (false, s),
+            _ => continue,
+        };
+        let Some(a) = s.local.as_ref().filter(|l| l.port != 0).and_then(InetAddr::to_socket_addr) else { continue };
+        if !seen.insert((tcp, a)) {
+            shared.insert((tcp, a));
+        }
+    }
+    shared
 }
 
 /// The level and name of IP_FREEBIND for `family`.
@@ -617,7 +662,7 @@ mod tests {
         assert_eq!(rec.backlog, 5);
         assert_eq!(rec.family, libc::AF_INET);
         drop(l);
-        let again = create(&rec, true, true).unwrap();
+        let again = create(&rec, true, true, false).unwrap();
         assert!(getsockopt(&again, sockopt::AcceptConn).unwrap());
         let sa = getsockname::<SockaddrStorage>(again.as_raw_fd()).unwrap();
         assert_eq!(inet_addr(&sa), rec.local);
@@ -629,9 +674,9 @@ mod tests {
         assert_eq!(seen.kind, Ok(Kind::Udp));
         let RecordKind::Udp(rec) = dump(me, &seen, &u).unwrap() else { panic!("not udp") };
         assert!(rec.peer.is_some());
-        let err = create(&rec, false, false).unwrap_err();
+        let err = create(&rec, false, false, false).unwrap_err();
         assert!(err.contains("address in use"), "{err}");
         drop(u);
-        create(&rec, false, false).unwrap();
+        create(&rec, false, false, false).unwrap();
     }
 }

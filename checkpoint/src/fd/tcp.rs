@@ -226,6 +226,16 @@ pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
     Ok(sock)
 }
 
+/// Bind `sock` to `addr` in repair mode, which forces address reuse (over a
+/// connection lingering in TIME_WAIT there); then out of it, with
+/// SO_REUSEADDR set back to `reuseaddr`.
+pub fn bind_forced(sock: &OwnedFd, addr: SocketAddr, reuseaddr: bool) -> Result<(), Errno> {
+    repair::set_repair(sock, 1)?;
+    let r = socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(addr));
+    leave_quietly(sock, reuseaddr)?;
+    r
+}
+
 /// Buffer sizes and their lock bits (SO_BUF_LOCK: a size set by the
 /// program is locked, one the kernel tunes is not) before [`Room::make`]
 /// raised them.

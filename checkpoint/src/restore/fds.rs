@@ -127,6 +127,12 @@ pub struct Planner<'a> {
     unlinked_fifos: HashMap<u64, OwnedFd>,
     /// The tree's pseudo-terminal pairs, made already.
     pub ptys: Option<&'a HashMap<u32, super::pty::Made>>,
+    /// Local addresses more than one inet socket of the tree is bound to
+    /// ([`crate::fd::socket::shared_addresses`]).
+    pub shared_addresses: HashSet<(bool, std::net::SocketAddr)>,
+    /// Sockets bound with SO_REUSEPORT for a shared address that did not
+    /// have it: turned off once every fd is made ([`Planner::finish_sockets`]).
+    reuseport_off: Vec<OwnedFd>,
 }
 
 impl<'a> Planner<'a> {
@@ -153,7 +159,19 @@ impl<'a> Planner<'a> {
             shell_job: false,
             unlinked_fifos: HashMap::new(),
             ptys: None,
+            shared_addresses: HashSet::new(),
+            reuseport_off: Vec::new(),
         }
+    }
+
+    /// Once every fd of the tree is made: SO_REUSEPORT off again where it
+    /// was only on for the bind.
+    pub fn finish_sockets(&mut self) -> Result<(), String> {
+        for sock in self.reuseport_off.drain(..) {
+            use nix::sys::socket::{setsockopt, sockopt};
+            setsockopt(&sock, sockopt::ReusePort, &false).map_err(|e| format!("SO_REUSEPORT off again: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Build every fd of a process record.
@@ -355,8 +373,13 @@ impl<'a> Planner<'a> {
                 Kind::TcpListen(s) | Kind::Udp(s) | Kind::TcpUnconnected(s) => {
                     let tcp = !matches!(r.kind, Some(Kind::Udp(_)));
                     let listen = matches!(r.kind, Some(Kind::TcpListen(_)));
-                    let object = crate::fd::socket::create(s, tcp, listen).map_err(other)?;
+                    let at = s.local.as_ref().and_then(|l| l.to_socket_addr());
+                    let shared = at.is_some_and(|a| self.shared_addresses.contains(&(tcp, a)));
+                    let object = crate::fd::socket::create(s, tcp, listen, shared).map_err(other)?;
                     set_status_flags(&object, flags).map_err(other)?;
+                    if shared && !s.reuseport {
+                        self.reuseport_off.push(object.try_clone().map_err(|e| other(format!("dup: {e}")))?);
+                    }
                     object
                 }
                 Kind::Tcp(c) => {

@@ -643,10 +643,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     planner.inherit = opts.inherit.iter().map(|i| (i.what, i.fd)).collect();
     planner.shell_job = opts.shell_job;
     planner.ptys = Some(&ptys);
+    planner.shared_addresses = crate::fd::socket::shared_addresses(tree.processes.iter().flat_map(|p| &p.fds));
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
     }
+    planner.finish_sockets().map_err(step("sockets"))?;
     let passed = pass_fds(&mut planner, tree, &planned, &passed_unix).map_err(step("unix sockets"))?;
     pending.finish(&tree.unix_sockets, &passed).map_err(step("unix sockets"))?;
     drop((passed, passed_unix));
