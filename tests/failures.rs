@@ -544,11 +544,33 @@ fn restore_refuses_named_objects_that_changed() {
 
 /// A kill-mode dump never kills a tree its image could not bring back:
 /// what a restore could not open before the process exists (its own /proc
-/// directory's files) is refused before anything is written, naming it,
+/// directory's files), a pseudo-terminal slave whose master was closed (its
+/// node is gone), a working directory in the /proc directory of a process
+/// that has exited, are refused before anything is written, naming them,
 /// and the process runs on.
 #[test]
 fn dump_refuses_what_a_restore_could_not_find_again() {
-    let cases = [("proc", "keep = open('/proc/self/status')", "file of a process's /proc directory")];
+    let cases = [
+        ("proc", "keep = open('/proc/self/status')", "file of a process's /proc directory"),
+        (
+            "hung-up-pty",
+            "import pty\n\
+             m, s = pty.openpty()\n\
+             s2 = os.open(os.ttyname(s), os.O_RDWR | os.O_NOCTTY)\n\
+             os.close(m)",
+            "a pseudo-terminal slave whose master was closed",
+        ),
+        (
+            "dead-proc-cwd",
+            "r, w = os.pipe()\n\
+             pid = os.fork()\n\
+             if pid == 0:\n    os.read(r, 1)\n    os._exit(0)\n\
+             os.chdir('/proc/%d' % pid)\n\
+             os.write(w, b'x')\n\
+             os.waitpid(pid, 0)",
+            "cannot be made again",
+        ),
+    ];
     refused_at_dump("gone", &cases);
 }
 

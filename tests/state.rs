@@ -1374,3 +1374,40 @@ fn tcp_connection_closed_both_ways() {
              want(n + ' write', err, 'EPIPE')",
     );
 }
+
+/// Socket options without fields of their own (priority, mark, low-water
+/// mark, out-of-band inline, keepalive timing, cork, user timeout, TOS,
+/// TTL, linger, timeouts) on a TCP listener, both ends of a connection, a
+/// UDP socket and a unix socket: each as it was (restores dropped them).
+#[test]
+fn socket_options() {
+    both(
+        "sockopts",
+        "import socket, struct\n\
+         S, T, I = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IP\n\
+         L = socket.socket()\n\
+         L.bind(('127.0.0.1', 0))\n\
+         L.listen(2)\n\
+         c = socket.create_connection(L.getsockname())\n\
+         a = L.accept()[0]\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         x = socket.socketpair()[0]\n\
+         ints = [(S, socket.SO_PRIORITY, 5), (S, socket.SO_RCVLOWAT, 7), (S, 36, 42), (S, socket.SO_OOBINLINE, 1)]\n\
+         tcp = [(T, socket.TCP_KEEPIDLE, 33), (T, socket.TCP_KEEPINTVL, 11), (T, socket.TCP_KEEPCNT, 4), (T, socket.TCP_CORK, 1), (T, socket.TCP_USER_TIMEOUT, 4321)]\n\
+         ip = [(I, socket.IP_TOS, 0x10), (I, socket.IP_TTL, 17)]\n\
+         plan = [(L, ip + ints + tcp[:3]), (c, ip + ints + tcp), (a, tcp[:2]), (u, ip + ints), (x, ints[:2])]\n\
+         for s, opts in plan:\n    \
+             for level, name, value in opts:\n        \
+                 s.setsockopt(level, name, value)\n\
+         for s in (c, u, x):\n    \
+             s.setsockopt(S, socket.SO_LINGER, struct.pack('ii', 1, 9))\n    \
+             s.setsockopt(S, socket.SO_RCVTIMEO, struct.pack('ll', 3, 250000))\n\
+         before = [[s.getsockopt(l, n) for l, n, _ in opts] for s, opts in plan]\n\
+         extra = [(s.getsockopt(S, socket.SO_LINGER, 8), s.getsockopt(S, socket.SO_RCVTIMEO, 16)) for s in (c, u, x)]\n\
+         assert [[v for _, _, v in opts] for _, opts in plan] == before, before",
+        "want('int options', [[s.getsockopt(l, n) for l, n, _ in opts] for s, opts in plan], before)\n\
+         want('linger and timeouts', [(s.getsockopt(S, socket.SO_LINGER, 8), s.getsockopt(S, socket.SO_RCVTIMEO, 16)) for s in (c, u, x)], extra)\n\
+         fresh = socket.socket()\n\
+         want('defaults left alone', [a.getsockopt(S, socket.SO_PRIORITY), a.getsockopt(I, socket.IP_TTL)], [fresh.getsockopt(S, socket.SO_PRIORITY), fresh.getsockopt(I, socket.IP_TTL)])",
+    );
+}

@@ -924,6 +924,26 @@ pub struct InetSocket {
     /// How it was shut down (UDP): bit 0 reading, bit 1 writing.
     #[prost(uint32, tag = "15")]
     pub shutdown: u32,
+    /// Other options whose values differ from a new socket's (priority,
+    /// mark, keepalive timing, TOS, TTL, linger, timeouts...).
+    #[prost(message, repeated, tag = "16")]
+    pub options: Vec<SockOption>,
+}
+
+/// One socket option set to a value other than a new socket's: an int
+/// (`level`, `name` as setsockopt takes them), or, for SO_LINGER, on/off
+/// and seconds packed as `value` = on << 31 | seconds, for SO_RCVTIMEO and
+/// SO_SNDTIMEO microseconds in `micros`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SockOption {
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    #[prost(int32, tag = "2")]
+    pub name: i32,
+    #[prost(int32, tag = "3")]
+    pub value: i32,
+    #[prost(uint64, tag = "4")]
+    pub micros: u64,
 }
 
 /// A unix domain socket (stream, datagram or seqpacket).
@@ -1002,6 +1022,10 @@ pub struct UnixSocket {
     /// connects them again, in this order, and leaves them waiting.
     #[prost(uint64, repeated, tag = "21")]
     pub waiting: Vec<u64>,
+    /// Other options whose values differ from a new socket's, as for
+    /// [`InetSocket::options`].
+    #[prost(message, repeated, tag = "22")]
+    pub options: Vec<SockOption>,
 }
 
 /// The file descriptors passed with one queued message of a unix socket.

@@ -55,6 +55,16 @@ pub fn set_int_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, valu
     Errno::result(r).map(drop)
 }
 
+/// A new socket (close-on-exec) of raw `family`, `ty` and `protocol`, as
+/// a socket's own SO_DOMAIN, SO_TYPE and SO_PROTOCOL give them.
+pub fn new_socket(family: i32, ty: i32, protocol: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) takes no pointers.
+    let fd = Errno::result(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) })?;
+    // SAFETY: fd was just made and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// One message (or stream bytes) read with MSG_PEEK: see [`peek`].
 #[derive(Debug)]
 pub struct Peeked {

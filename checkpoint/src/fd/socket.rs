@@ -204,6 +204,12 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
         s.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
     }
+    let (sock_ty, tcp) = match ty {
+        SockType::Stream => (libc::SOCK_STREAM, true),
+        _ => (libc::SOCK_DGRAM, false),
+    };
+    let protocol = if tcp { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP };
+    s.options = super::sockopt::dump(copy, family, sock_ty, protocol)?;
     match seen.kind {
         Ok(Kind::TcpListen) => {
             if ty != SockType::Stream || !getsockopt(copy, sockopt::AcceptConn).map_err(err("SO_ACCEPTCONN"))? {
@@ -565,6 +571,7 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
             .or_else(|_| setsockopt(&sock, sockopt::SndBuf, &half))
             .map_err(|e| format!("SO_SNDBUF {}: {e}", s.sndbuf))?;
     }
+    super::sockopt::restore(&sock, &s.options, &s.describe());
     Ok(sock)
 }
 

@@ -248,6 +248,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
         peek_off: int_option(copy, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(err("SO_PEEK_OFF"))?,
         ..UnixSocket::default()
     };
+    u.options = super::sockopt::dump(copy, libc::AF_UNIX, u.ty, 0)?;
     let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
     if locks & stasis_sys::sock::RCVBUF_LOCK != 0 {
         u.rcvbuf = getsockopt(copy, sockopt::RcvBuf).map_err(err("SO_RCVBUF"))? as u32;
@@ -952,6 +953,7 @@ fn set_options(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
     if s.sndbuf > 0 {
         set("SO_SNDBUF", setsockopt(sock, sockopt::SndBufForce, &(s.sndbuf as usize / 2)))?;
     }
+    super::sockopt::restore(sock, &s.options, &s.describe());
     Ok(())
 }
 

@@ -79,6 +79,20 @@ fn made_at<T>(path: &str, make: impl Fn(&str) -> std::io::Result<T>) -> std::io:
     }
 }
 
+/// Whether the nearest directory still there above `path` is in a
+/// filesystem the kernel makes (proc, sysfs), where nothing can be made
+/// again: a working directory in the /proc directory of a process that has
+/// exited, say.
+pub fn in_kernel_filesystem(path: &str) -> bool {
+    use stasis_sys::nix::sys::statfs::statfs;
+    let at = std::path::Path::new(path);
+    let Some(dir) = at.ancestors().skip(1).find(|d| d.is_dir()) else { return false };
+    statfs(dir).is_ok_and(|s| {
+        let ty = s.filesystem_type().0;
+        ty == libc::PROC_SUPER_MAGIC || ty == libc::SYSFS_MAGIC
+    })
+}
+
 /// A directory removed while open, made again (at its path, beside it, or
 /// in the nearest directory still there) with its owner and mode, opened
 /// with `flags`, and removed. Returns the open fd.

@@ -277,6 +277,11 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
         // removed (in the nearest directory still there when its own was
         // removed too).
         match p.cwd.strip_suffix(" (deleted)") {
+            Some(gone) if deleted::in_kernel_filesystem(gone) => problems.push(format!(
+                "process {}: its working directory {gone} was removed in a filesystem where it cannot be made again \
+                 (the /proc directory of a process that has exited?)",
+                p.pid
+            )),
             Some(_) => {}
             None if !std::fs::metadata(&p.cwd).is_ok_and(|m| m.is_dir()) => {
                 problems.push(format!("process {}: its working directory {} is not there any more", p.pid, p.cwd))
