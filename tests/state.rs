@@ -1411,3 +1411,23 @@ fn socket_options() {
          want('defaults left alone', [a.getsockopt(S, socket.SO_PRIORITY), a.getsockopt(I, socket.IP_TTL)], [fresh.getsockopt(S, socket.SO_PRIORITY), fresh.getsockopt(I, socket.IP_TTL)])",
     );
 }
+
+/// Files made with O_TMPFILE (glibc's tmpfile(3)): their flags still show
+/// O_TMPFILE, and the restore used to fail reopening them (ENOTDIR). Each
+/// is back with its bytes and offset, still deleted, and not a directory.
+#[test]
+fn files_made_with_o_tmpfile() {
+    both(
+        "tmpfile",
+        "t = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600)\n\
+         os.write(t, b'temporary')\n\
+         r = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)\n\
+         os.write(r, b'more')",
+        "want('offsets', [os.lseek(t, 0, os.SEEK_CUR), os.lseek(r, 0, os.SEEK_CUR)], [9, 4])\n\
+         want('bytes', os.pread(t, 20, 0), b'temporary')\n\
+         want('still deleted', [os.readlink('/proc/self/fd/%d' % f).endswith(' (deleted)') for f in (t, r)], [True, True])\n\
+         want('regular files', [stat.S_ISREG(os.fstat(f).st_mode) for f in (t, r)], [True, True])\n\
+         os.write(r, b'!')\n\
+         want('write-only still', fcntl.fcntl(r, fcntl.F_GETFL) & os.O_ACCMODE, os.O_WRONLY)",
+    );
+}

@@ -473,9 +473,22 @@ fn open(fd: i32, path: &str, flags: i32) -> Result<fs::File, FdError> {
     OpenOptions::new()
         .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
         .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
-        .custom_flags(flags & !libc::O_ACCMODE)
+        .custom_flags(open_flags(flags) & !libc::O_ACCMODE)
         .open(path)
         .map_err(|source| FdError::Open { fd, path: path.to_owned(), source })
+}
+
+/// The flags to open a file again with: those of a file made with
+/// O_TMPFILE (glibc's tmpfile(3)) still show O_TMPFILE, which includes
+/// O_DIRECTORY: opening with it would make another file, or fail with
+/// ENOTDIR.
+pub(super) fn open_flags(flags: i32) -> i32 {
+    const TMPFILE_ONLY: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
+    if flags & TMPFILE_ONLY != 0 {
+        flags & !libc::O_TMPFILE
+    } else {
+        flags
+    }
 }
 
 /// The terminal the restoring stasis runs on, if any.
