@@ -1431,3 +1431,29 @@ fn files_made_with_o_tmpfile() {
          want('write-only still', fcntl.fcntl(r, fcntl.F_GETFL) & os.O_ACCMODE, os.O_WRONLY)",
     );
 }
+
+/// A seqpacket socketpair whose other end sent records (one empty) and
+/// closed (the dump used to spin for ever on the end of file), and a
+/// datagram socket shut down for reading with messages queued: every record
+/// and message in order, then end of file (the records) or nothing more.
+#[test]
+fn records_queued_before_the_end_of_file() {
+    both(
+        "records-eof",
+        "import socket\n\
+         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+         for m in (b'one', b'', b'two'):\n    b.send(m)\n\
+         b.close()\n\
+         u, v = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         v.send(b'x')\n\
+         v.send(b'y')\n\
+         u.shutdown(socket.SHUT_RD)",
+        "a.settimeout(2)\n\
+         u.settimeout(2)\n\
+         want('records', [a.recv(8) for _ in range(4)], [b'one', b'', b'two', b''])\n\
+         want('messages', [u.recv(8) for _ in range(2)], [b'x', b'y'])\n\
+         u.settimeout(0.2)\n\
+         try:\n    more = u.recv(8)\nexcept TimeoutError:\n    more = 'nothing'\n\
+         want('then', more, 'nothing')",
+    );
+}

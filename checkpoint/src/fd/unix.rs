@@ -298,7 +298,11 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
         u.backlog = d.wqueue;
         Ok((u, Vec::new()))
     } else {
-        let (queue, in_flight) = read_queue(copy, u.ty, d.rqueue).map_err(|e| format!("{}: {e}", u.describe()))?;
+        // Past its queue, a socket shut for reading (or whose peer closed)
+        // reads end of file rather than EAGAIN.
+        let at_eof = u.shutdown & RCV_SHUTDOWN != 0 || (u.connected && u.peer == 0);
+        let (queue, in_flight) =
+            read_queue(copy, u.ty, d.rqueue, at_eof).map_err(|e| format!("{}: {e}", u.describe()))?;
         u.queue = queue;
         Ok((u, in_flight))
     }
@@ -317,9 +321,9 @@ fn trim_name(mut name: Vec<u8>) -> Vec<u8> {
 /// Every message (or the byte stream) queued for reading on `sock`, read
 /// without consuming it, with copies of the fds passed along; SO_PEEK_OFF
 /// is set back afterwards.
-fn read_queue(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
+fn read_queue(sock: &OwnedFd, ty: i32, rqueue: u32, at_eof: bool) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
     let old = int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
-    let result = peek_all(sock, ty, rqueue);
+    let result = peek_all(sock, ty, rqueue, at_eof);
     set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old).map_err(|e| format!("SO_PEEK_OFF: {e}"))?;
     result
 }
@@ -329,7 +333,10 @@ fn set_peek_off(sock: &OwnedFd, off: usize) -> Result<(), String> {
     set_int_option(sock, libc::SOL_SOCKET, libc::SO_PEEK_OFF, off).map_err(|e| format!("SO_PEEK_OFF: {e}"))
 }
 
-fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
+/// `rqueue`: the bytes queued (a datagram socket: the first message's);
+/// `at_eof`: reading past the queue gives end of file (an empty read),
+/// not EAGAIN.
+fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32, at_eof: bool) -> Result<(Vec<Vec<u8>>, Vec<InFlight>), String> {
     let stream = ty == libc::SOCK_STREAM;
     // Nothing to read (and recv on a seqpacket socket not connected yet
     // fails with ENOTCONN); a datagram socket's count is of one message.
@@ -342,6 +349,7 @@ fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<I
     let mut bytes = Vec::new();
     let mut messages = Vec::new();
     let mut in_flight = Vec::new();
+    let mut last_empty = false;
     loop {
         let Some(p) = peek_one(sock, &mut buf)? else { break };
         let n = p.len;
@@ -362,6 +370,17 @@ fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<I
             if off >= rqueue as usize {
                 break;
             }
+        } else if n == 0 && at_eof && ty == libc::SOCK_SEQPACKET && off >= rqueue as usize {
+            // End of file, or an empty record: past every byte of the queue
+            // (a seqpacket socket's count has them all) it is taken as the
+            // end (empty records at the very end of a closed queue are lost).
+            break;
+        } else if n == 0 && at_eof && last_empty {
+            // An empty message is marked peeked and skipped by the next
+            // peek; two empty reads in a row are the end of file (an empty
+            // datagram just before it is lost).
+            messages.pop();
+            break;
         } else if p.truncated {
             // The peek moved the offset into the middle of the message: go
             // back to its start and take it whole.
@@ -374,6 +393,7 @@ fn peek_all(sock: &OwnedFd, ty: i32, rqueue: u32) -> Result<(Vec<Vec<u8>>, Vec<I
             messages.push(buf[..n].to_vec());
             off += n;
         }
+        last_empty = n == 0;
     }
     if stream && !bytes.is_empty() {
         messages.push(bytes);
