@@ -271,6 +271,9 @@ fn unlinked_fifo_and_device_node() {
          n = os.path.join(d, 'null')\n\
          os.mknod(n, stat.S_IFCHR | 0o666, os.makedev(1, 3))\n\
          dev = os.open(n, os.O_RDWR)\n\
+         for fd, mode, owner in ((f, 0o604, 4244), (dev, 0o640, 4242)):\n    \
+             os.fchmod(fd, mode)\n    \
+             os.fchown(fd, owner, owner + 1)\n\
          os.unlink(n)",
         "want('fifo', stat.S_ISFIFO(os.fstat(f).st_mode), True)\n\
          want('fifo links', os.fstat(f).st_nlink, 0)\n\
@@ -280,7 +283,8 @@ fn unlinked_fifo_and_device_node() {
          want('device', os.fstat(dev).st_rdev, os.makedev(1, 3))\n\
          want('device links', os.fstat(dev).st_nlink, 0)\n\
          want('device writes', os.write(dev, b'x'), 1)\n\
-         want('device reads', os.read(dev, 1), b'')",
+         want('device reads', os.read(dev, 1), b'')\n\
+         want('modes and owners', [(stat.S_IMODE(x.st_mode), x.st_uid, x.st_gid) for x in map(os.fstat, (f, dev))], [(0o604, 4244, 4245), (0o640, 4242, 4243)])",
     );
 }
 

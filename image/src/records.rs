@@ -1254,6 +1254,14 @@ pub struct Device {
     /// unlinked.
     #[prost(bool, tag = "3")]
     pub deleted: bool,
+    /// Permission bits, owner and group of the node (an unlinked one is
+    /// made again with them; 0 in older images: 0600, root's).
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

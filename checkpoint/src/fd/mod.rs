@@ -237,7 +237,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
             pipe::dump(seen, copy).map(|(id, p)| (RecordKind::Pipe(id), Extra { pipe: Some(p), ..Extra::default() }))
         }
         Kind::Fifo => pipe::dump_fifo(seen, copy),
-        Kind::Device => Ok((device::dump(seen), Extra::default())),
+        Kind::Device => Ok((device::dump(pid, seen), Extra::default())),
         Kind::Tty => Ok((tty::dump(pid, seen), Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => inotify::dump(pid, seen),

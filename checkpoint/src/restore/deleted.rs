@@ -154,11 +154,15 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
 /// A FIFO or device node unlinked while open, made again: `kind` (S_IFIFO
 /// or S_IFCHR) with `rdev` and `mode` at `path` (or beside it when that
 /// name is taken), opened with `flags`, and unlinked. Returns the open fd.
-pub fn node(path: &str, kind: SFlag, rdev: u64, mode: u32, flags: i32) -> Result<OwnedFd, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mode = Mode::from_bits_truncate(mode & 0o7777);
-    let (made, ()) = made_at(path, |p| mknod(p, kind, mode, rdev).map_err(std::io::Error::from))
-        .map_err(|e| format!("cannot make {path} again: {e}"))?;
+pub fn node(path: &str, kind: SFlag, rdev: u64, mode: u32, owner: (u32, u32), flags: i32) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let (made, ()) =
+        made_at(path, |p| mknod(p, kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(std::io::Error::from))
+            .map_err(|e| format!("cannot make {path} again: {e}"))?;
+    // Its mode as it was, not as stasis's umask leaves it; its owner.
+    std::fs::set_permissions(&made, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| format!("chmod {made}: {e}"))?;
+    std::os::unix::fs::lchown(&made, Some(owner.0), Some(owner.1)).map_err(|e| format!("chown {made}: {e}"))?;
     let opened = OpenOptions::new()
         .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
         .write(flags & libc::O_ACCMODE != libc::O_RDONLY)

@@ -259,6 +259,7 @@ impl<'a> Planner<'a> {
                                 nix::sys::stat::SFlag::S_IFIFO,
                                 0,
                                 file.mode,
+                                (file.uid, file.gid),
                                 libc::O_RDWR | libc::O_NONBLOCK,
                             )
                             .map_err(other)?;
@@ -295,7 +296,8 @@ impl<'a> Planner<'a> {
                 }
                 Kind::Device(d) if d.deleted => {
                     let kind = nix::sys::stat::SFlag::S_IFCHR;
-                    super::deleted::node(&d.path, kind, d.rdev, 0o600, flags).map_err(other)?
+                    let mode = if d.mode == 0 { 0o600 } else { d.mode };
+                    super::deleted::node(&d.path, kind, d.rdev, mode, (d.uid, d.gid), flags).map_err(other)?
                 }
                 Kind::Device(d) => open(fd, &d.path, flags)?.into(),
                 Kind::Epoll(e) => {
