@@ -1461,3 +1461,27 @@ fn records_queued_before_the_end_of_file() {
          want('then', more, 'nothing')",
     );
 }
+
+/// Children stopped by SIGTSTP (a shell's ^Z) and by SIGSTOP, not waited
+/// for yet: the parent's waitpid tells which signal stopped each, as
+/// before (the SIGTSTP one came back stopped by SIGSTOP).
+#[test]
+fn children_stopped_by_job_control_signals() {
+    both(
+        "stop-signals",
+        "kids = {}\n\
+         for sig in (signal.SIGTSTP, signal.SIGSTOP):\n    \
+             pid = os.fork()\n    \
+             if pid == 0:\n        \
+                 while True:\n            time.sleep(0.05)\n    \
+             os.kill(pid, sig)\n    \
+             while open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[0] != 'T':\n        \
+                 time.sleep(0.01)\n    \
+             kids[pid] = sig",
+        "for pid, sig in kids.items():\n    \
+             _, st = os.waitpid(pid, os.WUNTRACED)\n    \
+             want('stopped %d' % pid, (os.WIFSTOPPED(st), os.WSTOPSIG(st) if os.WIFSTOPPED(st) else None), (True, sig))\n    \
+             os.kill(pid, signal.SIGKILL)\n    \
+             os.waitpid(pid, 0)",
+    );
+}

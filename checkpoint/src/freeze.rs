@@ -70,6 +70,21 @@ impl FrozenProcess {
         self.stopped
     }
 
+    /// The job-control signal that stopped it, when not SIGSTOP: a seized
+    /// stopped thread reports its group stop with that signal.
+    pub fn stop_signal(&self) -> Option<i32> {
+        use stasis_sys::nix::sys::signal::Signal;
+        use stasis_sys::ptrace::{Stop, PTRACE_EVENT_STOP};
+        let main = self.threads.iter().find(|t| t.pid() == self.pid)?;
+        match main.stop()? {
+            Stop::Event {
+                event: PTRACE_EVENT_STOP,
+                signal: s @ (Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU),
+            } if self.stopped => Some(s as i32),
+            _ => None,
+        }
+    }
+
     pub fn threads(&mut self) -> &mut [Seized] {
         &mut self.threads
     }

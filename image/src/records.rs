@@ -319,6 +319,11 @@ pub struct Process {
     /// are the parent's, recorded there only.
     #[prost(bool, tag = "33")]
     pub files_of_parent: bool,
+    /// With `stopped`: the signal that stopped it when not SIGSTOP
+    /// (SIGTSTP, SIGTTIN, SIGTTOU: its parent's waitpid tells them apart);
+    /// 0: SIGSTOP, or not known.
+    #[prost(int32, tag = "34")]
+    pub stop_signal: i32,
 }
 
 /// The membarrier(2) commands (include/uapi/linux/membarrier.h) that

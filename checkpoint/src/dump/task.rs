@@ -115,6 +115,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
                 .map_err(|_| proc_err("oom_score_adj")(std::io::Error::other("not a number")))?,
         ),
         stopped: frozen.stopped(),
+        stop_signal: frozen.stop_signal().unwrap_or(0),
         loginuid: proc::read(pid, "loginuid").ok().and_then(|s| s.trim().parse().ok()),
         membarrier: injected.membarrier,
         from_parent: Vec::new(),
