@@ -189,10 +189,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     if family == libc::AF_INET6 {
         s.v6only = getsockopt(copy, sockopt::Ipv6V6Only).map_err(err("IPV6_V6ONLY"))?;
     }
-    let (level, freebind, transparent) = match family {
-        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::IPV6_TRANSPARENT),
-        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT),
-    };
+    let (level, freebind, transparent) = ip_options(family);
     s.freebind = stasis_sys::sock::int_option(copy, level, freebind).map_err(err("IP_FREEBIND"))? != 0;
     s.transparent = stasis_sys::sock::int_option(copy, level, transparent).map_err(err("IP_TRANSPARENT"))? != 0;
     // SO_BUF_LOCK (Linux 5.14) tells which buffer sizes were set explicitly;
@@ -332,10 +329,9 @@ fn parse_diag_msg(msg: &[u8]) -> Option<(u64, u32, u32)> {
     Some((u64::from(u32_at(68)?), u32_at(56)?, u32_at(60)?))
 }
 
-/// Parse a netlink reply buffer into `found`, the message (inet_diag_msg
-/// and its attributes) of the socket with inode `ino`; `Ok(true)` when the
-/// dump is done.
-fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<Vec<u8>>) -> Result<bool, String> {
+/// Hand the body (after its nlmsghdr) of each message of a netlink reply
+/// buffer to `each`; `Ok(true)` when the dump is done.
+fn walk_reply(buf: &[u8], each: &mut dyn FnMut(&[u8]) -> Result<(), String>) -> Result<bool, String> {
     let mut at = 0;
     while at + 16 <= buf.len() {
         let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
@@ -348,35 +344,48 @@ fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<Vec<u8>>) -> Result
             libc::NLMSG_DONE => return Ok(true),
             libc::NLMSG_ERROR => {
                 let errno = body.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
-                return Err(format!("inet_diag: {}", Errno::from_raw(-errno)));
+                return Err(Errno::from_raw(-errno).to_string());
             }
-            _ => {
-                if parse_diag_msg(body).is_some_and(|(i, _, _)| i == ino) {
-                    *found = Some(body.to_vec());
-                }
-            }
+            _ => each(body)?,
         }
         at += len.div_ceil(4) * 4;
     }
     Ok(false)
 }
 
+/// Send the sock_diag dump request `req` in the network namespace of `pid`
+/// and hand each message of the reply to `each` (see [`walk_reply`]);
+/// errors start with `what` ("inet_diag", "unix_diag").
+pub(super) fn diag_dump(
+    pid: Pid,
+    req: &[u8],
+    what: &str,
+    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let sock = diag_socket(pid)?;
+    socket::send(sock.as_raw_fd(), req, socket::MsgFlags::empty()).map_err(|e| format!("{what} request: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket::recv(sock.as_raw_fd(), &mut buf, socket::MsgFlags::empty())
+            .map_err(|e| format!("{what} reply: {e}"))?;
+        if n == 0 || walk_reply(&buf[..n], &mut each).map_err(|e| format!("{what}: {e}"))? {
+            return Ok(());
+        }
+    }
+}
+
 /// The inet_diag message of the `protocol` socket of `family` with inode
 /// `ino`, among those in `states` (a bit per state), as the network
 /// namespace of `pid` lists them.
 fn diag_message(pid: Pid, family: i32, protocol: i32, states: u32, ino: u64) -> Result<Option<Vec<u8>>, String> {
-    let sock = diag_socket(pid)?;
-    socket::send(sock.as_raw_fd(), &diag_request_for(family, protocol, states), socket::MsgFlags::empty())
-        .map_err(|e| format!("inet_diag request: {e}"))?;
     let mut found = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket::recv(sock.as_raw_fd(), &mut buf, socket::MsgFlags::empty())
-            .map_err(|e| format!("inet_diag reply: {e}"))?;
-        if n == 0 || parse_diag_reply(&buf[..n], ino, &mut found)? {
-            return Ok(found);
+    diag_dump(pid, &diag_request_for(family, protocol, states), "inet_diag", |body| {
+        if parse_diag_msg(body).is_some_and(|(i, _, _)| i == ino) {
+            found = Some(body.to_vec());
         }
-    }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// The attribute of type `ty` of an inet_diag message (after its 72 bytes).
@@ -463,7 +472,7 @@ pub fn create(s: &InetSocket, tcp: bool, listen: bool, shared: bool) -> Result<O
         if r == Err(Errno::EADDRNOTAVAIL) && !s.freebind {
             // Bound with IP_FREEBIND to an address the host lacks, which was
             // turned off since: bound the same way, then off again.
-            let (level, freebind) = freebind_option(s.family);
+            let (level, freebind, _) = ip_options(s.family);
             let set = |v| stasis_sys::sock::set_int_option(&sock, level, freebind, v);
             r = set(1).and_then(|()| bind()).and_then(|()| set(0));
         }
@@ -517,11 +526,12 @@ pub fn shared_addresses<'a>(fds: impl Iterator<Item = &'a stasis_image::records:
     shared
 }
 
-/// The level and name of IP_FREEBIND for `family`.
-fn freebind_option(family: i32) -> (i32, i32) {
+/// The level, and the names of IP_FREEBIND and IP_TRANSPARENT, for
+/// `family`.
+fn ip_options(family: i32) -> (i32, i32, i32) {
     match family {
-        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),
-        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND),
+        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::IPV6_TRANSPARENT),
+        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT),
     }
 }
 
@@ -542,10 +552,7 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
     if s.family == libc::AF_INET6 {
         set("IPV6_V6ONLY", setsockopt(&sock, sockopt::Ipv6V6Only, &s.v6only))?;
     }
-    let (level, freebind, transparent) = match s.family {
-        libc::AF_INET6 => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, libc::IPV6_TRANSPARENT),
-        _ => (libc::IPPROTO_IP, libc::IP_FREEBIND, libc::IP_TRANSPARENT),
-    };
+    let (level, freebind, transparent) = ip_options(s.family);
     if s.freebind {
         set("IP_FREEBIND", stasis_sys::sock::set_int_option(&sock, level, freebind, 1))?;
     }
@@ -619,6 +626,19 @@ mod tests {
             assert_eq!(t.classify(Some(proto), ino), Ok(Kind::Unix));
         }
         assert_eq!(t.classify(Some("NETLINK"), 9), Err("a netlink socket (not supported yet)".to_string()));
+    }
+
+    /// Parse a netlink reply buffer into `found`, the message (inet_diag_msg
+    /// and its attributes) of the socket with inode `ino`; `Ok(true)` when the
+    /// dump is done.
+    fn parse_diag_reply(buf: &[u8], ino: u64, found: &mut Option<Vec<u8>>) -> Result<bool, String> {
+        walk_reply(buf, &mut |body| {
+            if parse_diag_msg(body).is_some_and(|(i, _, _)| i == ino) {
+                *found = Some(body.to_vec());
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("inet_diag: {e}"))
     }
 
     #[test]

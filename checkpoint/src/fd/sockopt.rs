@@ -3,15 +3,18 @@
 //! timeouts and the like (the set CRIU keeps).
 //!
 //! Dump reads each from the socket and from a new socket of the same family,
-//! type and protocol, and records those that differ, so that an option left
+//! type and protocol (once per kind), and records those that differ, so that an option left
 //! as the kernel set it stays the kernel's after a restore (on another host
 //! too, whose defaults may differ). Restore sets what was recorded on the
 //! new socket before it is bound; an option the kernel refuses costs a
 //! warning naming it, not the restore.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use stasis_image::records::SockOption;
+use stasis_sys::nix::errno::Errno;
 use stasis_sys::nix::libc;
 use stasis_sys::nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use stasis_sys::nix::sys::time::{TimeVal, TimeValLike};
@@ -71,29 +74,47 @@ fn int_options(family: i32, tcp: bool) -> Vec<(i32, i32)> {
 /// The options of `sock` (of `family`, `ty`, `protocol`) that differ from
 /// a new socket's. An option this kernel does not read is left out.
 pub fn dump(sock: &OwnedFd, family: i32, ty: i32, protocol: i32) -> Result<Vec<SockOption>, String> {
-    let fresh = stasis_sys::sock::new_socket(family, ty, protocol).map_err(|e| format!("socket for defaults: {e}"))?;
-    let mut out = Vec::new();
-    for (level, name) in int_options(family, protocol == libc::IPPROTO_TCP) {
-        let Ok(value) = int_option(sock, level, name) else { continue };
-        if int_option(&fresh, level, name) != Ok(value) {
-            out.push(SockOption { level, name, value, micros: 0 });
-        }
+    let defaults = defaults(family, ty, protocol)?;
+    Ok(read(sock, family, protocol == libc::IPPROTO_TCP).into_iter().filter(|o| !defaults.contains(o)).collect())
+}
+
+/// A new socket's options, read once per kind of socket: a dump meets many
+/// sockets of few kinds, in the freeze.
+fn defaults(family: i32, ty: i32, protocol: i32) -> Result<Arc<Vec<SockOption>>, String> {
+    type Cache = Mutex<HashMap<(i32, i32, i32), Arc<Vec<SockOption>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Cache::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = cache.get(&(family, ty, protocol)) {
+        return Ok(Arc::clone(d));
     }
-    let linger = |s: &OwnedFd| getsockopt(s, sockopt::Linger).map(|l| (l.l_onoff != 0, l.l_linger));
-    if let Some((on, secs)) = linger(sock).ok().filter(|l| linger(&fresh).ok() != Some(*l)) {
-        let value = (i32::from(on) << 31) | (secs & 0x7fff_ffff);
+    let fresh = stasis_sys::sock::new_socket(family, ty, protocol).map_err(|e| format!("socket for defaults: {e}"))?;
+    let d = Arc::new(read(&fresh, family, protocol == libc::IPPROTO_TCP));
+    cache.insert((family, ty, protocol), Arc::clone(&d));
+    Ok(d)
+}
+
+/// Every option of [`int_options`], SO_LINGER and the timeouts that `sock`
+/// lets read, as they are recorded.
+fn read(sock: &OwnedFd, family: i32, tcp: bool) -> Vec<SockOption> {
+    let mut out: Vec<SockOption> = int_options(family, tcp)
+        .into_iter()
+        .filter_map(|(level, name)| {
+            int_option(sock, level, name).ok().map(|value| SockOption { level, name, value, micros: 0 })
+        })
+        .collect();
+    if let Ok(l) = getsockopt(sock, sockopt::Linger) {
+        let value = (i32::from(l.l_onoff != 0) << 31) | (l.l_linger & 0x7fff_ffff);
         out.push(SockOption { level: LINGER.0, name: LINGER.1, value, micros: 0 });
     }
     let micros = |t: TimeVal| t.num_microseconds().max(0) as u64;
-    for ((level, name), ours, theirs) in [
-        (RCVTIMEO, getsockopt(sock, sockopt::ReceiveTimeout), getsockopt(&fresh, sockopt::ReceiveTimeout)),
-        (SNDTIMEO, getsockopt(sock, sockopt::SendTimeout), getsockopt(&fresh, sockopt::SendTimeout)),
-    ] {
-        if let Some(t) = ours.ok().filter(|t| theirs.ok() != Some(*t)) {
+    for ((level, name), t) in
+        [(RCVTIMEO, getsockopt(sock, sockopt::ReceiveTimeout)), (SNDTIMEO, getsockopt(sock, sockopt::SendTimeout))]
+    {
+        if let Ok(t) = t {
             out.push(SockOption { level, name, value: 0, micros: micros(t) });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Set `options` on `sock`; one the kernel refuses is warned about.
@@ -117,5 +138,48 @@ pub fn restore(sock: &OwnedFd, options: &[SockOption], what: &str) {
                 if o.micros > 0 { o.micros as i64 } else { i64::from(o.value) }
             );
         }
+    }
+}
+
+/// A socket's buffers raised for a while ([`Buffers::raise`]): the sizes
+/// and lock bits (SO_BUF_LOCK: a size the program set is locked, one the
+/// kernel tunes is not) to set back.
+#[derive(Debug)]
+pub struct Buffers {
+    rcvbuf: Option<usize>,
+    sndbuf: Option<usize>,
+    locks: u32,
+}
+
+impl Buffers {
+    /// Make room in the buffers of `sock` for `recv` and `send` more bytes
+    /// (0: that buffer as it is), where they do not have it already.
+    pub fn raise(sock: &OwnedFd, recv: usize, send: usize) -> Result<Buffers, Errno> {
+        let locks = stasis_sys::sock::buf_lock(sock)?;
+        // Sizes read are doubled; the FORCE options double what they take.
+        let grow = |size: usize, need: usize| (need > size / 2).then_some(size);
+        let rcvbuf = grow(getsockopt(sock, sockopt::RcvBuf)?, recv);
+        let sndbuf = grow(getsockopt(sock, sockopt::SndBuf)?, send);
+        if let Some(size) = rcvbuf {
+            setsockopt(sock, sockopt::RcvBufForce, &(size + recv))?;
+        }
+        if let Some(size) = sndbuf {
+            setsockopt(sock, sockopt::SndBufForce, &(size + send))?;
+        }
+        Ok(Buffers { rcvbuf, sndbuf, locks })
+    }
+
+    /// The sizes and lock bits as they were.
+    pub fn set_back(self, sock: &OwnedFd) -> Result<(), Errno> {
+        if let Some(size) = self.rcvbuf {
+            setsockopt(sock, sockopt::RcvBufForce, &(size / 2))?;
+        }
+        if let Some(size) = self.sndbuf {
+            setsockopt(sock, sockopt::SndBufForce, &(size / 2))?;
+        }
+        if self.rcvbuf.is_some() || self.sndbuf.is_some() {
+            set_int_option(sock, libc::SOL_SOCKET, libc::SO_BUF_LOCK, self.locks as i32)?;
+        }
+        Ok(())
     }
 }

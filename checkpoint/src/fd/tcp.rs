@@ -199,7 +199,9 @@ pub fn restore(c: &TcpConn) -> Result<OwnedFd, String> {
     // The buffers take the queues whole (the kernel counts them in its own
     // units, which need not come to what the original's held), then are
     // set back as they were.
-    let room = Room::make(&sock, c.recv_queue.len(), c.send_queue.len()).map_err(err("making room for the queues"))?;
+    let (recv, send) = (c.recv_queue.len(), c.send_queue.len());
+    let room = super::sockopt::Buffers::raise(&sock, recv * 2 + (64 << 10), send * 2 + (64 << 10))
+        .map_err(err("making room for the queues"))?;
     repair::select_queue(&sock, Queue::Recv).map_err(err("TCP_REPAIR_QUEUE"))?;
     send_all(&sock, &c.recv_queue).map_err(|e| format!("restoring the receive queue: {e}"))?;
     repair::select_queue(&sock, Queue::Send).map_err(err("TCP_REPAIR_QUEUE"))?;
@@ -234,37 +236,6 @@ pub fn bind_forced(sock: &OwnedFd, addr: SocketAddr, reuseaddr: bool) -> Result<
     let r = socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(addr));
     leave_quietly(sock, reuseaddr)?;
     r
-}
-
-/// Buffer sizes and their lock bits (SO_BUF_LOCK: a size set by the
-/// program is locked, one the kernel tunes is not) before [`Room::make`]
-/// raised them.
-struct Room {
-    rcvbuf: usize,
-    sndbuf: usize,
-    locks: u32,
-}
-
-impl Room {
-    /// Raise the buffers of `sock` to hold `recv` and `send` bytes queued,
-    /// with room to spare for the kernel's accounting.
-    fn make(sock: &OwnedFd, recv: usize, send: usize) -> Result<Room, Errno> {
-        let room = Room {
-            rcvbuf: getsockopt(sock, sockopt::RcvBuf)?,
-            sndbuf: getsockopt(sock, sockopt::SndBuf)?,
-            locks: stasis_sys::sock::buf_lock(sock)?,
-        };
-        // The FORCE options double what they are given, as the sizes read.
-        setsockopt(sock, sockopt::RcvBufForce, &(room.rcvbuf / 2).max(recv * 2 + (64 << 10)))?;
-        setsockopt(sock, sockopt::SndBufForce, &(room.sndbuf / 2).max(send * 2 + (64 << 10)))?;
-        Ok(room)
-    }
-
-    fn set_back(self, sock: &OwnedFd) -> Result<(), Errno> {
-        setsockopt(sock, sockopt::RcvBufForce, &(self.rcvbuf / 2))?;
-        setsockopt(sock, sockopt::SndBufForce, &(self.sndbuf / 2))?;
-        stasis_sys::sock::set_int_option(sock, libc::SOL_SOCKET, libc::SO_BUF_LOCK, self.locks as i32)
-    }
 }
 
 /// The state of a connection record (images before the field: ESTABLISHED).

@@ -174,36 +174,13 @@ fn parse_diag_msg(msg: &[u8]) -> Result<Diag, Errno> {
 /// name and the connections waiting in its accept queue (`icons`).
 fn listeners(pid: Pid) -> Result<Vec<Diag>, String> {
     const UDIAG_SHOW_ICONS: u32 = 0x08;
-    let sock = super::socket::diag_socket(pid)?;
     let req = unix_diag_request(libc::NLM_F_DUMP, 1 << STATE_LISTEN, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_ICONS);
-    socket::send(sock.as_raw_fd(), &req, MsgFlags::empty()).map_err(|e| format!("unix_diag request: {e}"))?;
     let mut found = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n =
-            socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|e| format!("unix_diag reply: {e}"))?;
-        let mut at = 0;
-        while n > 0 && at + 16 <= n {
-            let len = u32_at(&buf, at).unwrap() as usize;
-            let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap());
-            if len < 16 || at + len > n {
-                return Err("unix_diag: malformed reply".into());
-            }
-            let body = &buf[at + 16..at + len];
-            match i32::from(ty) {
-                libc::NLMSG_DONE => return Ok(found),
-                libc::NLMSG_ERROR => {
-                    let errno = u32_at(body, 0).unwrap_or(0) as i32;
-                    return Err(format!("unix_diag: {}", Errno::from_raw(-errno)));
-                }
-                _ => found.push(parse_diag_msg(body).map_err(|e| format!("unix_diag: {e}"))?),
-            }
-            at += len.div_ceil(4) * 4;
-        }
-        if n == 0 {
-            return Ok(found);
-        }
-    }
+    super::socket::diag_dump(pid, &req, "unix_diag", |body| {
+        found.push(parse_diag_msg(body).map_err(|e| e.to_string())?);
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// unix_diag about the socket with inode `ino`, in the network namespace
@@ -928,11 +905,7 @@ fn is_stale(path: &Path, ty: i32) -> bool {
 /// The sender's buffer is made big enough for all of it, then set back.
 fn fill(from: &OwnedFd, to: Option<&UnixAddr>, s: &UnixSocket, passed: &HashMap<u32, Vec<i32>>) -> Result<(), String> {
     let total: usize = s.queue.iter().map(|m| m.len() + 1024).sum();
-    let old = getsockopt(from, sockopt::SndBuf).map_err(|e| format!("SO_SNDBUF: {e}"))?;
-    let locks = stasis_sys::sock::buf_lock(from).unwrap_or(0);
-    if total > old / 2 {
-        setsockopt(from, sockopt::SndBufForce, &(total + old)).map_err(|e| format!("SO_SNDBUFFORCE: {e}"))?;
-    }
+    let room = super::sockopt::Buffers::raise(from, 0, total).map_err(|e| format!("SO_SNDBUFFORCE: {e}"))?;
     for (i, m) in s.queue.iter().enumerate() {
         let mut at = 0;
         let mut fds = passed.get(&(i as u32)).map(Vec::as_slice).unwrap_or_default();
@@ -950,12 +923,7 @@ fn fill(from: &OwnedFd, to: Option<&UnixAddr>, s: &UnixSocket, passed: &HashMap<
             }
         }
     }
-    if total > old / 2 {
-        setsockopt(from, sockopt::SndBufForce, &(old / 2)).map_err(|e| format!("SO_SNDBUFFORCE: {e}"))?;
-        set_int_option(from, libc::SOL_SOCKET, libc::SO_BUF_LOCK, locks as i32)
-            .map_err(|e| format!("SO_BUF_LOCK: {e}"))?;
-    }
-    Ok(())
+    room.set_back(from).map_err(|e| format!("setting SO_SNDBUF back: {e}"))
 }
 
 fn set_options(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {

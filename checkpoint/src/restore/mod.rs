@@ -1277,11 +1277,10 @@ struct Puppet {
     /// Base of the trampoline page, then the scratch pages.
     tramp: u64,
     host_xfeatures: u64,
-    /// Let go stopped (SIGSTOP), as the process was at the dump.
-    stopped: bool,
-    /// The signal that stops it then: the one that had (SIGTSTP...) when
-    /// the process leaves it to its default action, else SIGSTOP.
-    stop_signal: Signal,
+    /// Let go stopped by this signal, as the process was at the dump: the
+    /// one that had stopped it (SIGTSTP...) when the process leaves it to
+    /// its default action, else SIGSTOP.
+    stop: Option<Signal>,
     /// Its memory is built ([`Puppet::build_memory`]): the pages written.
     memory_built: Option<u64>,
     /// Forked from a parent whose memory was built: it has the parent's
@@ -1344,8 +1343,7 @@ impl Puppet {
             alive: true,
             tramp: 0,
             host_xfeatures: 0,
-            stopped: false,
-            stop_signal: Signal::SIGSTOP,
+            stop: None,
             memory_built: None,
             forked_built: false,
             agent_left: None,
@@ -1388,8 +1386,7 @@ impl Puppet {
             alive: true,
             tramp: 0,
             host_xfeatures: self.host_xfeatures,
-            stopped: false,
-            stop_signal: Signal::SIGSTOP,
+            stop: None,
             memory_built: None,
             forked_built: self.memory_built.is_some(),
             agent_left: None,
@@ -1736,13 +1733,12 @@ impl Puppet {
 
     /// Step 4, first half: every thread's registers and signal mask.
     fn set_final_state(&mut self, p: &Process) -> Result<(), RestoreError> {
-        self.stopped = p.stopped;
         // A handled or ignored SIGTSTP would not stop it: SIGSTOP then.
         let default = |n: i32| p.sigactions.iter().find(|a| a.signal == n).is_none_or(|a| a.handler == 0);
-        self.stop_signal = match Signal::try_from(p.stop_signal) {
+        self.stop = p.stopped.then(|| match Signal::try_from(p.stop_signal) {
             Ok(s) if p.stop_signal != 0 && default(p.stop_signal) => s,
             _ => Signal::SIGSTOP,
-        };
+        });
         let main = self.main.as_ref().expect("main thread");
         for (seized, t) in std::iter::once(main).chain(&self.threads).zip(&p.threads) {
             let err = |e: stasis_sys::regs::Error| step("registers")(format!("thread {}: {e}", t.tid));
@@ -1779,11 +1775,10 @@ impl Puppet {
         if let Some(child) = self.child.take() {
             child.disown();
         }
-        // A stopped process gets SIGSTOP while still held: pending, it
+        // A stopped process gets its stop signal while still held: pending, it
         // stops the process, all its threads, as they resume, before they
         // run an instruction.
-        if self.stopped {
-            let signal = self.stop_signal;
+        if let Some(signal) = self.stop {
             stasis_sys::nix::sys::signal::kill(self.pid, signal)
                 .map_err(|e| step("resume")(format!("{signal}: {e}")))?;
         }
