@@ -128,6 +128,54 @@ fn memfd_mode_and_owner() {
     );
 }
 
+/// A memfd holding a script runs with execveat() after a restore too:
+/// the fd memfd_create gave does not count as open for writing, which
+/// would make exec fail with ETXTBSY (a read-only reopen and a shared
+/// mapping of it beside).
+#[test]
+fn memfd_runs_with_execveat() {
+    both(
+        "memfd-exec",
+        "import mmap\n\
+         m = os.memfd_create('script', 0)\n\
+         os.write(m, b'#!/bin/sh\\nexit 7\\n')\n\
+         ro = os.open('/proc/self/fd/%d' % m, os.O_RDONLY)\n\
+         shared = mmap.mmap(m, 16, mmap.MAP_SHARED)\n\
+         def run():\n    \
+             pid = os.fork()\n    \
+             if pid == 0:\n        \
+                 try:\n            os.execve(m, ['script'], {})\n        \
+                 except OSError as e:\n            os._exit(100 + e.errno)\n    \
+             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n\
+         assert run() == 7, run()",
+        "want('exit status of the script', run(), 7)\n\
+         want('read-only reopen', os.pread(ro, 9, 0), b'#!/bin/sh')\n\
+         want('shared mapping', shared[0:9], b'#!/bin/sh')",
+    );
+}
+
+/// A pseudo-terminal pair whose slave's node /dev/pts/N was given another
+/// owner, group and mode: the new pair's node has them too, and the pair
+/// carries bytes both ways.
+#[test]
+fn pty_slave_owner_and_mode() {
+    both(
+        "pty-owner",
+        "import pty, tty\n\
+         master, slave = pty.openpty()\n\
+         tty.setraw(slave)\n\
+         os.fchown(slave, 13333, 44444)\n\
+         os.fchmod(slave, 0o604)",
+        "st = os.fstat(slave)\n\
+         want('owner and group', (st.st_uid, st.st_gid), (13333, 44444))\n\
+         want('mode', stat.S_IMODE(st.st_mode), 0o604)\n\
+         os.write(master, b'typed\\n')\n\
+         want('typed', os.read(slave, 100), b'typed\\n')\n\
+         os.write(slave, b'out')\n\
+         want('output', os.read(master, 100), b'out')",
+    );
+}
+
 /// A sparse file deleted while open keeps its holes: only its written
 /// block takes space, and SEEK_DATA finds it.
 #[test]
@@ -492,6 +540,61 @@ fn dev_zero_mapping_and_a_datagram_chain() {
          want('a to b, now connected to c', err, 'EPERM')\n\
          socks[1].send(b'b again')\n\
          want('b still sends to c', socks[2].recv(20), b'b again')",
+    );
+}
+
+/// Shared anonymous memory mapped again through /proc/self/map_files:
+/// privately (pages it copied are its own, the others still the object's)
+/// and shared, each reaching a page past the object's end, as mmap allows.
+#[test]
+fn shared_anonymous_memory_mapped_privately_and_past_its_end() {
+    both(
+        "shmem-private",
+        "import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.mmap.restype = ctypes.c_void_p\n\
+         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+         P = 4096\n\
+         base = libc.mmap(None, 5 * P, 3, 0x21, -1, 0)\n\
+         ctypes.memmove(base + P, b'eleven', 6)\n\
+         ctypes.memmove(base + 2 * P, b'onehundred', 10)\n\
+         f = os.open('/proc/self/map_files/%x-%x' % (base, base + 5 * P), os.O_RDWR)\n\
+         priv = libc.mmap(None, 5 * P, 3, 0x02, f, P)\n\
+         again = libc.mmap(None, 5 * P, 3, 0x01, f, 2 * P)\n\
+         assert priv not in (None, 2**64 - 1) and again not in (None, 2**64 - 1), ctypes.get_errno()\n\
+         ctypes.memmove(priv + P, b'private', 7)",
+        "want('private copy', ctypes.string_at(priv + P, 7), b'private')\n\
+         want('object page seen privately', ctypes.string_at(priv, 6), b'eleven')\n\
+         want('object page seen again', ctypes.string_at(again, 10), b'onehundred')\n\
+         ctypes.memmove(again, b'shared', 6)\n\
+         want('written through the other shared mapping', ctypes.string_at(base + 2 * P, 6), b'shared')\n\
+         ctypes.memmove(base + 3 * P, b'later', 5)\n\
+         want('written since, seen privately', ctypes.string_at(priv + 2 * P, 5), b'later')\n\
+         ends = sorted(int(l.split('-')[1].split()[0], 16) for l in open('/proc/self/maps') if int(l.split('-')[0], 16) in (priv, again))\n\
+         want('mappings past the end', ends, sorted([priv + 5 * P, again + 5 * P]))",
+    );
+}
+
+/// A big file mapped privately and never touched stays untouched: the
+/// dump neither reads it into the process nor stores it (the copy ahead
+/// once read every page of such a mapping).
+#[test]
+fn untouched_private_file_mapping_stays_untouched() {
+    both(
+        "untouched-file",
+        "import mmap\n\
+         p = os.path.join(d, 'big')\n\
+         with open(p, 'wb') as out:\n    out.write(os.urandom(32 << 20))\n\
+         f = os.open(p, os.O_RDONLY)\n\
+         m = mmap.mmap(f, 32 << 20, mmap.MAP_PRIVATE, mmap.PROT_READ)\n\
+         def rss():\n    \
+             lines = open('/proc/self/smaps').read().split('\\n')\n    \
+             at = [i for i, l in enumerate(lines) if l.endswith(' ' + p)]\n    \
+             assert len(at) == 1, at\n    \
+             return next(int(l.split()[1]) for l in lines[at[0]:] if l.startswith('Rss:'))\n\
+         assert rss() == 0, rss()",
+        "want('resident KiB of the mapping', rss(), 0)\n\
+         want('contents', m[100:108], open(p, 'rb').read(108)[100:])",
     );
 }
 

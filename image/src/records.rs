@@ -750,6 +750,15 @@ pub struct Pty {
     /// Written on the master (typed), not yet read from the slave.
     #[prost(bytes = "vec", tag = "10")]
     pub to_slave: Vec<u8>,
+    /// The permission bits of the slave's node /dev/pts/N (0: not
+    /// recorded, left as a new pair has them).
+    #[prost(uint32, tag = "11")]
+    pub mode: u32,
+    /// The owner and group of the slave's node.
+    #[prost(uint32, tag = "12")]
+    pub uid: u32,
+    #[prost(uint32, tag = "13")]
+    pub gid: u32,
 }
 
 /// An epoll instance: its registrations, by the process's own fd numbers.

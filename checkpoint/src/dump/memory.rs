@@ -53,8 +53,10 @@ pub fn shmem_object(m: &Mapping) -> Option<Object> {
     if m.shared && m.name.starts_with("/SYSV") {
         return Some(Object::Sysv);
     }
+    // Mapped privately too, through /proc/PID/map_files: a private copy
+    // of a page is the mapping's, the rest are the object's.
     let anon = m.name == "/dev/zero (deleted)" || m.name.starts_with("[anon_shmem:");
-    (m.shared && anon).then_some(Object::Anonymous)
+    anon.then_some(Object::Anonymous)
 }
 
 /// The kinds of shared memory object a mapping can be of.
@@ -91,6 +93,7 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         "" => (VmaKind::Anonymous, Pages::All, None),
         // Shared memory objects: their pages are stored with the object.
         _ if m.shared && shmem_object(m) == Some(Object::Anonymous) => (VmaKind::Anonymous, Pages::None, None),
+        _ if shmem_object(m) == Some(Object::Anonymous) => (VmaKind::Shmem, Pages::Anonymous, None),
         _ if shmem_object(m) == Some(Object::Sysv) => (VmaKind::Shmem, Pages::None, None),
         name if name.starts_with("[anon:") || name.starts_with("[anon_shmem:") => {
             (VmaKind::Anonymous, Pages::All, None)
@@ -649,7 +652,8 @@ mod tests {
              VmFlags: rd wr mr mw me gd ac\n\
              7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0 [vdso]\n\
              7f0000200000-7f0000201000 rw-s 00000000 00:01 7 /SYSV00000000 (deleted)\n\
-             7f0000300000-7f0000301000 r--p 00000000 00:01 8 /memfd:jit (deleted)\n",
+             7f0000300000-7f0000301000 r--p 00000000 00:01 8 /memfd:jit (deleted)\n\
+             7f0000400000-7f0000401000 rw-p 00001000 00:01 99 /dev/zero (deleted)\n",
         )
         .unwrap();
         let plans: Vec<_> = maps.iter().map(plan).collect();
@@ -673,5 +677,8 @@ mod tests {
         // A private mapping of a memfd keeps its own copies of pages.
         assert_eq!((ok(7).pages, ok(7).vma.kind), (Pages::Anonymous, VmaKind::Shmem as i32));
         assert_eq!(shmem_object(&maps[7]), Some(Object::Memfd("jit".into())));
+        // So does a private mapping of shared anonymous memory.
+        assert_eq!((ok(8).pages, ok(8).vma.kind), (Pages::Anonymous, VmaKind::Shmem as i32));
+        assert_eq!(shmem_object(&maps[8]), Some(Object::Anonymous));
     }
 }

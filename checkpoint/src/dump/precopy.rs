@@ -24,7 +24,8 @@
 //! tracked (a process that
 //! cannot be stopped for the injection, a mapping that refuses
 //! registration, one mapped after) shows as written and is read in the
-//! freeze; shared memory is always read then.
+//! freeze; shared memory and the private copies of file mappings are
+//! always read then.
 //!
 //! Dropping a [`PreCopy`] unregisters everything; a killed agent's
 //! descriptors close and do the same, so no process is left protected.
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use stasis_image::records::VmaKind;
 use stasis_image::{ChunkId, ImageWriter};
 use stasis_sys::inject::find_syscall_site;
 use stasis_sys::mman::SparseBuffer;
@@ -418,8 +420,17 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
         return Err(format!("it is in frozen cgroup {}", cg.display()));
     }
     let maps = proc::parse_smaps(&proc::read(pid, "maps").map_err(|e| format!("reading its mappings: {e}"))?)?;
-    let mut plans: Vec<Planned> =
-        maps.iter().filter_map(|m| memory::plan(m).ok()).filter(|p| p.pages != Pages::None).collect();
+    // Only mappings of anonymous memory: write-protecting a file mapping
+    // also marks each page it has not touched (the uffd-wp markers a file
+    // mapping keeps), which PAGEMAP_SCAN reports as swapped, so the copy
+    // would read the whole file into the process (and fail past the end
+    // of a shorter one). The private copies a file mapping holds are few;
+    // the freeze reads them.
+    let mut plans: Vec<Planned> = maps
+        .iter()
+        .filter_map(|m| memory::plan(m).ok())
+        .filter(|p| p.pages == Pages::All && p.vma.kind != VmaKind::AioRing as i32)
+        .collect();
     memory::find_guards(pid, &mut plans).map_err(|e| e.to_string())?;
     let pidfd = PidFd::open(pid).map_err(|e| crate::chain(&e))?;
     let mut seized = Seized::seize(pid, crate::freeze::seize_options()).map_err(|e| crate::chain(&e))?;

@@ -64,7 +64,11 @@ pub fn capture(master: &OwnedFd) -> Result<Captured, String> {
         foreground: tty::foreground(&master).map_err(e("TIOCGPGRP"))?.unwrap_or(0),
         to_master: Vec::new(),
         to_slave: Vec::new(),
+        ..records::Pty::default()
     };
+    // The slave's node: grantpt(3) or a program may have changed it.
+    let node = stasis_sys::nix::sys::stat::fstat(&slave).map_err(e("fstat"))?;
+    (record.mode, record.uid, record.gid) = (node.st_mode & 0o7777, node.st_uid, node.st_gid);
     // Output for the master: read it without packet mode's status bytes.
     if packet_mode {
         tty::set_packet_mode(&master, false).map_err(e("TIOCPKT"))?;

@@ -133,6 +133,8 @@ pub struct Planner<'a> {
     /// Sockets bound with SO_REUSEPORT for a shared address that did not
     /// have it: turned off once every fd is made ([`Planner::finish_sockets`]).
     reuseport_off: Vec<OwnedFd>,
+    /// Memfds whose own description (memfd_create's) a process was given.
+    memfds_given: HashSet<u64>,
 }
 
 impl<'a> Planner<'a> {
@@ -161,6 +163,7 @@ impl<'a> Planner<'a> {
             ptys: None,
             shared_addresses: HashSet::new(),
             reuseport_off: Vec::new(),
+            memfds_given: HashSet::new(),
         }
     }
 
@@ -351,7 +354,18 @@ impl<'a> Planner<'a> {
                 Kind::Memfd(id) => {
                     let memfd = self.shmem.get(id).ok_or_else(|| other(format!("memfd {id} was not made")))?;
                     // A description of its own, with its flags and position.
-                    let object = reopen_with_flags(memfd, flags).map_err(other)?;
+                    // The first one open for reading and writing is the one
+                    // memfd_create made, as it most likely was: that one
+                    // does not count as a writer, which would keep
+                    // execveat() of the memfd from running it (ETXTBSY).
+                    let first_rw = flags & libc::O_ACCMODE == libc::O_RDWR && self.memfds_given.insert(*id);
+                    let object = if first_rw {
+                        let object = memfd.try_clone().map_err(|e| other(format!("dup: {e}")))?;
+                        set_status_flags(&object, flags).map_err(other)?;
+                        object
+                    } else {
+                        reopen_with_flags(memfd, flags).map_err(other)?
+                    };
                     lseek(&object, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
                     object
                 }
