@@ -403,7 +403,9 @@ fn tcp_sockets_not_yet_connected() {
 }
 
 /// A pidfd of a child that has exited and was reaped: it still names an
-/// exited process (readable, Pid -1 in fdinfo, no signal gets through).
+/// exited process (readable, Pid -1 in fdinfo, no signal gets through);
+/// a second pidfd of it names the same process (same pidfs inode), one of
+/// another exited child another.
 #[test]
 fn pidfd_of_an_exited_process() {
     both(
@@ -411,7 +413,14 @@ fn pidfd_of_an_exited_process() {
         "pid = os.fork()\n\
          if pid == 0:\n    os._exit(0)\n\
          pfd = os.pidfd_open(pid)\n\
+         again = os.pidfd_open(pid)\n\
          os.waitpid(pid, 0)\n\
+         other = os.fork()\n\
+         if other == 0:\n    os._exit(0)\n\
+         ofd = os.pidfd_open(other)\n\
+         os.waitpid(other, 0)\n\
+         ino = lambda f: os.fstat(f).st_ino\n\
+         assert ino(pfd) == ino(again) != ino(ofd), (ino(pfd), ino(again), ino(ofd))\n\
          import select\n\
          p = select.poll()\n\
          p.register(pfd, select.POLLIN)\n\
@@ -421,7 +430,9 @@ fn pidfd_of_an_exited_process() {
          info = open('/proc/self/fdinfo/%d' % pfd).read()\n\
          want('Pid', [l.split()[1] for l in info.splitlines() if l.startswith('Pid:')], ['-1'])\n\
          try:\n    signal.pidfd_send_signal(pfd, 0)\n    sent = True\nexcept ProcessLookupError:\n    sent = False\n\
-         want('signal sent', sent, False)",
+         want('signal sent', sent, False)\n\
+         want('one process for both pidfds', ino(pfd) == ino(again), True)\n\
+         want('another for the other child', ino(pfd) != ino(ofd), True)",
     );
 }
 

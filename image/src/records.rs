@@ -851,6 +851,10 @@ pub struct Pidfd {
     /// The process it names; -1: one that has exited.
     #[prost(int32, tag = "1")]
     pub pid: i32,
+    /// Of one that has exited: its pidfs inode number, the same for every
+    /// pidfd of that process (Linux 6.9), so they name one process again.
+    #[prost(uint64, tag = "2")]
+    pub dead_ino: u64,
 }
 
 /// An eventfd's counter.

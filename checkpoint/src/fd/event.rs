@@ -25,7 +25,13 @@ pub fn dump(pid: Pid, seen: &Seen) -> Result<Kind, String> {
         Ok(super::Kind::Eventfd) => parse_eventfd(&text).map(Kind::Eventfd),
         Ok(super::Kind::Timerfd) => parse_timerfd(&text).map(Kind::Timerfd),
         Ok(super::Kind::Signalfd) => parse_signalfd(&text).map(Kind::Signalfd),
-        Ok(super::Kind::Pidfd) => parse_pidfd(&text).map(Kind::Pidfd),
+        Ok(super::Kind::Pidfd) => {
+            let mut pidfd = parse_pidfd(&text)?;
+            if pidfd.pid == -1 {
+                pidfd.dead_ino = seen.ino;
+            }
+            Ok(Kind::Pidfd(pidfd))
+        }
         _ => Err(format!("{} is not an event fd", seen.target)),
     }
 }
@@ -72,9 +78,9 @@ pub fn parse_pidfd(text: &str) -> Result<stasis_image::records::Pidfd, String> {
         return Err("a pidfd of a process outside stasis's PID namespace (not supported)".into());
     }
     if pid < 0 {
-        return Ok(stasis_image::records::Pidfd { pid: -1 });
+        return Ok(stasis_image::records::Pidfd { pid: -1, ..Default::default() });
     }
-    Ok(stasis_image::records::Pidfd { pid })
+    Ok(stasis_image::records::Pidfd { pid, ..Default::default() })
 }
 
 pub fn parse_signalfd(text: &str) -> Result<Signalfd, String> {

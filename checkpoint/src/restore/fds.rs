@@ -131,10 +131,13 @@ pub struct Planner<'a> {
     /// ([`crate::fd::socket::shared_addresses`]).
     pub shared_addresses: HashSet<(bool, std::net::SocketAddr)>,
     /// Sockets bound with SO_REUSEPORT for a shared address that did not
-    /// have it: turned off once every fd is made ([`Planner::finish_sockets`]).
+    /// have it: turned off once every fd is made ([`Planner::finish`]).
     reuseport_off: Vec<OwnedFd>,
     /// Memfds whose own description (memfd_create's) a process was given.
     memfds_given: HashSet<u64>,
+    /// Children standing in for processes that had exited, by the pidfs
+    /// inode of their pidfds (0: unknown, one child for all).
+    stand_ins: HashMap<u64, Option<stasis_sys::child::Child>>,
 }
 
 impl<'a> Planner<'a> {
@@ -164,15 +167,22 @@ impl<'a> Planner<'a> {
             shared_addresses: HashSet::new(),
             reuseport_off: Vec::new(),
             memfds_given: HashSet::new(),
+            stand_ins: HashMap::new(),
         }
     }
 
     /// Once every fd of the tree is made: SO_REUSEPORT off again where it
-    /// was only on for the bind.
-    pub fn finish_sockets(&mut self) -> Result<(), String> {
+    /// was only on for the bind, and the processes pidfds name in place of
+    /// ones that had exited gone (exited and reaped).
+    pub fn finish(&mut self) -> Result<(), String> {
         for sock in self.reuseport_off.drain(..) {
             use nix::sys::socket::{setsockopt, sockopt};
             setsockopt(&sock, sockopt::ReusePort, &false).map_err(|e| format!("SO_REUSEPORT off again: {e}"))?;
+        }
+        for mut child in self.stand_ins.drain().filter_map(|(_, c)| c) {
+            child
+                .kill_and_reap(std::time::Duration::from_secs(10))
+                .map_err(|e| format!("reaping the stand-in of an exited process: {e}"))?;
         }
         Ok(())
     }
@@ -316,17 +326,18 @@ impl<'a> Planner<'a> {
                     });
                     continue;
                 }
-                // Of a process that has exited: one of a child made and
-                // reaped for the purpose (which process it was is gone).
+                // Of a process that has exited: one of a child made for the
+                // purpose (which process it was is gone), one child for the
+                // pidfds of one process; [`Planner::finish`] ends them.
                 Kind::Pidfd(pf) if pf.pid == -1 => {
                     use stasis_sys::child::{spawn, ChildAction};
-                    let mut child = spawn(ChildAction::Pause).map_err(|e| other(format!("fork: {e}")))?;
+                    let child = match self.stand_ins.entry(pf.dead_ino).or_default() {
+                        Some(child) => child,
+                        empty => empty.insert(spawn(ChildAction::Pause).map_err(|e| other(format!("fork: {e}")))?),
+                    };
                     let pidfd = stasis_sys::pidfd::PidFd::open(child.pid())
-                        .map_err(|e| other(format!("pidfd_open: {}", crate::chain(&e))));
-                    child
-                        .kill_and_reap(std::time::Duration::from_secs(10))
-                        .map_err(|e| other(format!("reaping the stand-in: {e}")))?;
-                    let object: OwnedFd = pidfd?.into();
+                        .map_err(|e| other(format!("pidfd_open: {}", crate::chain(&e))))?;
+                    let object: OwnedFd = pidfd.into();
                     set_status_flags(&object, flags).map_err(other)?;
                     object
                 }

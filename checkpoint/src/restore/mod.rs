@@ -653,7 +653,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     for p in &tree.processes {
         planned.push(planner.plan(&p.fds).map_err(|e| in_process(tree, p.pid, e.into()))?);
     }
-    planner.finish_sockets().map_err(step("sockets"))?;
+    planner.finish().map_err(step("file descriptors"))?;
     let passed = pass_fds(&mut planner, tree, &planned, &passed_unix).map_err(step("unix sockets"))?;
     pending.finish(&tree.unix_sockets, &passed).map_err(step("unix sockets"))?;
     drop((passed, passed_unix));
