@@ -92,23 +92,32 @@ fn both(name: &str, setup: &str, check: &str) {
 }
 
 /// The owner of an fd's signals (F_SETOWN_EX: the process, a thread's
-/// group...) and the signal it sends (F_SETSIG), with O_ASYNC.
+/// group...) and the signal it sends (F_SETSIG), with O_ASYNC: bytes
+/// written to the pipe still send it.
 #[test]
 fn fd_signal_owner_and_signal() {
     both(
         "fown",
-        "r, w = os.pipe()\n\
+        "got = []\n\
+         signal.signal(signal.SIGUSR2, lambda *a: got.append(1))\n\
+         r, w = os.pipe()\n\
          fl = fcntl.fcntl(r, fcntl.F_GETFL)\n\
          fcntl.fcntl(r, fcntl.F_SETFL, fl | os.O_ASYNC)\n\
          fcntl.fcntl(r, 15, struct.pack('ii', 1, os.getpid()))\n\
          fcntl.fcntl(r, 10, signal.SIGUSR2)\n\
          r2, w2 = os.pipe()\n\
-         fcntl.fcntl(r2, 15, struct.pack('ii', 2, os.getpgrp()))",
+         fcntl.fcntl(r2, 15, struct.pack('ii', 2, os.getpgrp()))\n\
+         flags = [fcntl.fcntl(f, fcntl.F_GETFL) for f in (r, w, r2, w2)]",
         "want('owner', struct.unpack('ii', fcntl.fcntl(r, 16, b'\\0' * 8)), (1, os.getpid()))\n\
          want('signal', fcntl.fcntl(r, 11), signal.SIGUSR2)\n\
          want('O_ASYNC', bool(fcntl.fcntl(r, fcntl.F_GETFL) & os.O_ASYNC), True)\n\
          want('group owner', struct.unpack('ii', fcntl.fcntl(r2, 16, b'\\0' * 8)), (2, os.getpgrp()))\n\
-         want('no signal set', fcntl.fcntl(r2, 11), 0)",
+         want('no signal set', fcntl.fcntl(r2, 11), 0)\n\
+         want('status flags (no O_LARGEFILE a pipe never had)', [fcntl.fcntl(f, fcntl.F_GETFL) for f in (r, w, r2, w2)], flags)\n\
+         del got[:]\n\
+         os.write(w, b'x')\n\
+         for _ in range(100):\n    if got:\n        break\n    time.sleep(0.01)\n\
+         want('signals sent for bytes written', len(got), 1)",
     );
 }
 

@@ -133,6 +133,8 @@ pub struct Planner<'a> {
     /// Sockets bound with SO_REUSEPORT for a shared address that did not
     /// have it: turned off once every fd is made ([`Planner::finish`]).
     reuseport_off: Vec<OwnedFd>,
+    /// Pipe ends (pipe id, read end) whose own description a process was given.
+    pipe_ends_given: HashSet<(u64, bool)>,
     /// Memfds whose own description (memfd_create's) a process was given.
     memfds_given: HashSet<u64>,
     /// Children standing in for processes that had exited, by the pidfs
@@ -167,6 +169,7 @@ impl<'a> Planner<'a> {
             shared_addresses: HashSet::new(),
             reuseport_off: Vec::new(),
             memfds_given: HashSet::new(),
+            pipe_ends_given: HashSet::new(),
             stand_ins: HashMap::new(),
         }
     }
@@ -203,7 +206,8 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let other = |what: String| FdError::Other { fd, what };
-            let flags = r.flags as i32 & !OPEN_ONLY;
+            // O_ASYNC is set once the description is made (see async_on).
+            let flags = r.flags as i32 & !OPEN_ONLY & !libc::O_ASYNC;
             let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
                 Kind::File(f) if f.deleted && f.mode & libc::S_IFMT == libc::S_IFDIR => {
                     super::deleted::directory(f, flags).map_err(other)?
@@ -256,10 +260,18 @@ impl<'a> Planner<'a> {
                         made.insert(*id, new_pipe(pipe).map_err(other)?);
                     }
                     let (rd, wr) = &made[id];
-                    let end = if flags & libc::O_ACCMODE == libc::O_RDONLY { rd } else { wr };
-                    // A pipe end seen a second time (not as a dup) was a separate
-                    // description: open another through /proc.
-                    reopen_with_flags(end, flags).map_err(other)?
+                    let acc = flags & libc::O_ACCMODE;
+                    let end = if acc == libc::O_RDONLY { rd } else { wr };
+                    // The first description of each end is pipe2's own (one
+                    // opened again has O_LARGEFILE, which no fcntl clears);
+                    // a second one (not a dup) is opened through /proc.
+                    if acc != libc::O_RDWR && self.pipe_ends_given.insert((*id, acc == libc::O_RDONLY)) {
+                        let object = end.try_clone().map_err(|e| other(format!("dup: {e}")))?;
+                        set_status_flags(&object, flags).map_err(other)?;
+                        object
+                    } else {
+                        reopen_with_flags(end, flags).map_err(other)?
+                    }
                 }
                 // Unlinked while open: made again once, unlinked, and held.
                 Kind::Fifo(fifo) if fifo.file.as_ref().is_some_and(|f| f.deleted) => {
@@ -454,10 +466,22 @@ impl<'a> Planner<'a> {
                     None => return Err(other(format!("terminal {} was neither inherited nor --shell-job", t.path))),
                 },
             };
+            if r.flags as i32 & libc::O_ASYNC != 0 {
+                async_on(&object).map_err(other)?;
+            }
             out.push(Planned::Object { fd, object, cloexec: r.cloexec });
         }
         Ok(out)
     }
+}
+
+/// Set O_ASYNC on a description, by fcntl: given to open(2), the flag
+/// shows but no signal is ever sent (open does not register the
+/// description for signals as fcntl does), and fcntl can then neither
+/// clear nor set it.
+fn async_on(fd: &OwnedFd) -> Result<(), String> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL).map_err(|e| format!("F_GETFL: {e}"))?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_ASYNC)).map(drop).map_err(|e| format!("F_SETFL O_ASYNC: {e}"))
 }
 
 /// Set O_NONBLOCK (and the other settable status flags) on a description.
