@@ -618,6 +618,32 @@ fn untouched_private_file_mapping_stays_untouched() {
     );
 }
 
+/// Droppable memory (MAP_DROPPABLE, where glibc keeps getrandom's state)
+/// stays droppable, beside memory wiped on fork; its contents are kept or
+/// dropped (zeros), as the kernel may do to it at any time.
+#[test]
+fn droppable_memory_stays_droppable() {
+    both(
+        "droppable",
+        "import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.mmap.restype = ctypes.c_void_p\n\
+         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+         at = libc.mmap(None, 8192, 3, 0x08 | 0x20, -1, 0)\n\
+         assert at not in (None, 2**64 - 1), 'MAP_DROPPABLE: errno %d (Linux 6.11 needed)' % ctypes.get_errno()\n\
+         ctypes.memmove(at, b'droppable', 9)\n\
+         def vmflags():\n    \
+             lines = open('/proc/self/smaps').read().splitlines()\n    \
+             i = next(i for i, l in enumerate(lines) if l.startswith('%x-' % at))\n    \
+             return next(l.split()[1:] for l in lines[i:] if l.startswith('VmFlags:'))\n\
+         assert 'dp' in vmflags(), vmflags()",
+        "want('droppable', 'dp' in vmflags(), True)\n\
+         want('contents kept or dropped', ctypes.string_at(at, 9) in (b'droppable', bytes(9)), True)\n\
+         ctypes.memmove(at, b'again', 5)\n\
+         want('writable', ctypes.string_at(at, 5), b'again')",
+    );
+}
+
 /// membarrier(2) registrations: one that the kernel lists without making
 /// the plain barrier usable (SYNC_CORE), and the others.
 #[test]

@@ -25,6 +25,9 @@ pub const PROT_EXEC: u32 = 4;
 pub const MAP_SHARED: u32 = 0x01;
 pub const MAP_PRIVATE: u32 = 0x02;
 pub const MAP_GROWSDOWN: u32 = 0x0100;
+/// Memory the kernel may drop (zero) under pressure (Linux 6.11; glibc
+/// keeps getrandom's state there): a mapping type of its own.
+pub const MAP_DROPPABLE: u32 = 0x08;
 
 /// Which pages of a mapping go into the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +140,12 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
     .iter()
     .filter(|(f, _)| m.has_flag(f))
     .fold(0, |acc, (_, bit)| acc | bit);
+    // Droppable memory comes back droppable, and dropped: its contents are
+    // what the kernel may take at any time (as CRIU does).
+    let (flags, pages) = match kind == VmaKind::Anonymous && m.has_flag("dp") {
+        true => (MAP_DROPPABLE | (flags & MAP_GROWSDOWN), Pages::None),
+        false => (flags, pages),
+    };
     Ok(Planned {
         vma: Vma {
             start: m.start,
@@ -653,7 +662,9 @@ mod tests {
              7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0 [vdso]\n\
              7f0000200000-7f0000201000 rw-s 00000000 00:01 7 /SYSV00000000 (deleted)\n\
              7f0000300000-7f0000301000 r--p 00000000 00:01 8 /memfd:jit (deleted)\n\
-             7f0000400000-7f0000401000 rw-p 00001000 00:01 99 /dev/zero (deleted)\n",
+             7f0000400000-7f0000401000 rw-p 00001000 00:01 99 /dev/zero (deleted)\n\
+             7f0000500000-7f0000501000 rw-p 00000000 00:00 0 \n\
+             VmFlags: rd wr mr mw me wf dp\n",
         )
         .unwrap();
         let plans: Vec<_> = maps.iter().map(plan).collect();
@@ -680,5 +691,8 @@ mod tests {
         // So does a private mapping of shared anonymous memory.
         assert_eq!((ok(8).pages, ok(8).vma.kind), (Pages::Anonymous, VmaKind::Shmem as i32));
         assert_eq!(shmem_object(&maps[8]), Some(Object::Anonymous));
+        // Droppable memory: its own mapping type, its pages left out.
+        assert_eq!((ok(9).pages, ok(9).vma.flags), (Pages::None, MAP_DROPPABLE));
+        assert_eq!(ok(9).vma.madvise, madvise::WIPEONFORK);
     }
 }
