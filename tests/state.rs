@@ -644,6 +644,30 @@ fn droppable_memory_stays_droppable() {
     );
 }
 
+/// A read-only shared mapping of a file that was open for writing may
+/// still be made writable (mprotect) after a restore, and writes reach
+/// the file (zdtm maps_file_prot).
+#[test]
+fn read_only_shared_file_mapping_may_still_be_made_writable() {
+    both(
+        "may-write",
+        "import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         libc.mmap.restype = ctypes.c_void_p\n\
+         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+         libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n\
+         p = os.path.join(d, 'shared')\n\
+         f = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)\n\
+         os.ftruncate(f, 8192)\n\
+         at = libc.mmap(None, 8192, 1, 0x01, f, 0)\n\
+         assert at not in (None, 2**64 - 1), ctypes.get_errno()\n\
+         os.close(f)",
+        "want('mprotect to read-write', libc.mprotect(at, 4096, 3), 0)\n\
+         ctypes.memmove(at, b'written', 7)\n\
+         want('in the file', open(p, 'rb').read(7), b'written')",
+    );
+}
+
 /// membarrier(2) registrations: one that the kernel lists without making
 /// the plain barrier usable (SYNC_CORE), and the others.
 #[test]

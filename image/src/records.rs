@@ -477,6 +477,11 @@ pub struct Vma {
     /// parent's mapping is the same, and is restored first.
     #[prost(bool, tag = "12")]
     pub from_parent: bool,
+    /// A shared file mapping that may be made writable though it is not
+    /// (VM_MAYWRITE: its file was open for writing when mapped): the file
+    /// is opened for writing to map it again, so mprotect can.
+    #[prost(bool, tag = "13")]
+    pub may_write: bool,
 }
 
 /// What a mapping is.

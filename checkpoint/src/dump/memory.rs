@@ -160,6 +160,7 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
             shmem: 0,
             guards: Vec::new(),
             from_parent: false,
+            may_write: m.shared && m.has_flag("mw") && !m.write,
         },
         pages,
     })

@@ -1906,7 +1906,8 @@ impl Remote<'_, '_> {
             }
             VmaKind::File => {
                 let file = v.file.as_ref().ok_or_else(|| step(&what)("file mapping without a file".into()))?;
-                let shared_write = v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
+                let shared_write =
+                    v.flags & libc::MAP_SHARED as u32 != 0 && (v.prot & libc::PROT_WRITE as u32 != 0 || v.may_write);
                 let mode = if shared_write { libc::O_RDWR } else { libc::O_RDONLY };
                 let path = self.path(0, &file.path)?;
                 let fd = self.call(&what, libc::SYS_openat, [libc::AT_FDCWD as u64, path, mode as u64, 0, 0, 0])?;
