@@ -618,6 +618,37 @@ fn untouched_private_file_mapping_stays_untouched() {
     );
 }
 
+/// Two unix datagram sockets bound one after the other to one path in a
+/// directory removed since (zdtm sk-unix01), each with a peer connected
+/// before its file went: names and connections come back, and the
+/// directory stays removed.
+#[test]
+fn unix_sockets_bound_in_a_removed_directory() {
+    both(
+        "socket-removed-dir",
+        "import socket\n\
+         sub = os.path.join(d, 'sub')\n\
+         os.mkdir(sub)\n\
+         p = os.path.join(sub, 'name')\n\
+         pairs = []\n\
+         for _ in range(2):\n    \
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n    \
+             s.bind(p)\n    \
+             c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n    \
+             c.connect(p)\n    \
+             os.unlink(p)\n    \
+             pairs.append((s, c))\n\
+         os.rmdir(sub)",
+        "for i, (s, c) in enumerate(pairs):\n    \
+             want('name %d' % i, s.getsockname(), p)\n    \
+             c.send(b'to %d' % i)\n    \
+             s.settimeout(2)\n    \
+             want('datagram %d' % i, s.recv(100), b'to %d' % i)\n\
+         want('directory still removed', os.path.exists(sub), False)\n\
+         want('nothing left behind', [n for n in os.listdir(d) if n.startswith('.stasis')], [])",
+    );
+}
+
 /// Droppable memory (MAP_DROPPABLE, where glibc keeps getrandom's state)
 /// stays droppable, beside memory wiped on fork; its contents are kept or
 /// dropped (zeros), as the kernel may do to it at any time.
@@ -665,6 +696,34 @@ fn read_only_shared_file_mapping_may_still_be_made_writable() {
         "want('mprotect to read-write', libc.mprotect(at, 4096, 3), 0)\n\
          ctypes.memmove(at, b'written', 7)\n\
          want('in the file', open(p, 'rb').read(7), b'written')",
+    );
+}
+
+/// A unix socket whose file was removed after the bind, and a FIFO made
+/// at its path since (zdtm fifo_upon_unix_socket00): the socket keeps its
+/// name and its connected peer, the FIFO its path and bytes.
+#[test]
+fn fifo_made_where_a_socket_file_was_removed() {
+    both(
+        "fifo-upon-socket",
+        "import socket\n\
+         p = os.path.join(d, 'name')\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.bind(p)\n\
+         c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         c.connect(p)\n\
+         os.unlink(p)\n\
+         os.mkfifo(p)\n\
+         f = os.open(p, os.O_RDWR | os.O_NONBLOCK)\n\
+         os.write(f, b'in the fifo')",
+        "want('socket name', s.getsockname(), p)\n\
+         want('a FIFO at the path', stat.S_ISFIFO(os.stat(p).st_mode), True)\n\
+         want('the same FIFO', os.stat(p).st_ino, os.fstat(f).st_ino)\n\
+         want('FIFO bytes', os.read(f, 100), b'in the fifo')\n\
+         c.send(b'to s')\n\
+         s.settimeout(2)\n\
+         want('datagram from the peer', s.recv(100), b'to s')\n\
+         want('nothing left aside', [n for n in os.listdir(d) if 'aside' in n], [])",
     );
 }
 

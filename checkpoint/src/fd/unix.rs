@@ -76,6 +76,8 @@ pub struct Diag {
     pub name: Vec<u8>,
     /// Inode of the socket it is connected to; 0: none (or closed).
     pub peer: u32,
+    /// Bound to a path: the inode of the socket file the bind made.
+    pub file_ino: Option<u32>,
     /// Listening: connections waiting to be accepted; otherwise bytes
     /// queued for reading (datagram: the first datagram's length).
     pub rqueue: u32,
@@ -89,11 +91,13 @@ pub struct Diag {
 }
 
 /// unix_diag_req asking for one socket by inode (struct nlmsghdr + struct
-/// unix_diag_req): its name, peer, receive queue length and shutdown state.
+/// unix_diag_req): its name and file, peer, receive queue length and
+/// shutdown state.
 fn diag_request(ino: u32) -> Vec<u8> {
     const UDIAG_SHOW_PEER: u32 = 0x04;
+    const UDIAG_SHOW_VFS: u32 = 0x02;
     const UDIAG_SHOW_RQLEN: u32 = 0x10;
-    unix_diag_request(0, u32::MAX, ino, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN)
+    unix_diag_request(0, u32::MAX, ino, UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN)
 }
 
 const UDIAG_SHOW_NAME: u32 = 0x01;
@@ -140,6 +144,7 @@ fn u32_at(b: &[u8], o: usize) -> Option<u32> {
 /// One unix_diag_msg (after its nlmsghdr) and its attributes.
 fn parse_diag_msg(msg: &[u8]) -> Result<Diag, Errno> {
     const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_VFS: u16 = 1;
     const UNIX_DIAG_PEER: u16 = 2;
     const UNIX_DIAG_ICONS: u16 = 3;
     const UNIX_DIAG_RQLEN: u16 = 4;
@@ -156,6 +161,7 @@ fn parse_diag_msg(msg: &[u8]) -> Result<Diag, Errno> {
         let payload = msg.get(at + 4..at + alen).ok_or(malformed)?;
         match atype {
             UNIX_DIAG_NAME => d.name = payload.to_vec(),
+            UNIX_DIAG_VFS => d.file_ino = Some(u32_at(payload, 0).ok_or(malformed)?),
             UNIX_DIAG_PEER => d.peer = u32_at(payload, 0).ok_or(malformed)?,
             UNIX_DIAG_ICONS => d.icons = payload.chunks_exact(4).map(|c| u32_at(c, 0).unwrap()).collect(),
             UNIX_DIAG_RQLEN => {
@@ -258,11 +264,14 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
                 file = Path::new(&cwd).join(OsStr::from_bytes(&name));
                 u.dir = cwd;
             }
+            // Its own file, unless that was removed after the bind (and
+            // another file may be there now).
+            let own = |meta: &std::fs::Metadata| d.file_ino.is_none_or(|ino| meta.ino() == u64::from(ino));
             match std::fs::symlink_metadata(&file) {
-                Ok(meta) if meta.file_type().is_socket() => {
+                Ok(meta) if meta.file_type().is_socket() && own(&meta) => {
                     (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
                 }
-                // Removed after the bind (a path name only).
+                Ok(_) if u.dir.is_empty() && d.file_ino.is_some() => u.unlinked = true,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && u.dir.is_empty() => u.unlinked = true,
                 _ => {}
             }
@@ -546,8 +555,6 @@ fn address(name: &[u8]) -> Result<UnixAddr, String> {
     r.map_err(|e| format!("address {}: {e}", UnixSocket::describe_name(name)))
 }
 
-/// Make every unix socket of the tree, connected, bound, listening, with
-/// their queued data and options; by id. See the module docs.
 /// What [`make_all`] leaves for [`Pending::finish`]: the queues of
 /// sockets whose messages pass fds, which are sent once every fd of the
 /// tree is made; then the shutdowns, which must come after.
@@ -560,6 +567,60 @@ pub struct Pending {
     stand_ins: HashMap<u64, OwnedFd>,
     /// (index in the table, socket) to shut down last.
     shutdowns: Vec<(usize, OwnedFd)>,
+    /// Files of sockets whose file had been removed, until the queues are sent.
+    hidden: Hidden,
+}
+
+/// The files of sockets whose file had been removed after the bind: bound
+/// again, each file is moved to a hidden name beside its path at once (the
+/// socket's name stays the path it was bound to), where the tree's other
+/// sockets connect and send to it; removed once every connection and
+/// queue is made, or the restore fails.
+/// Directories removed since are made again for them, and removed last.
+#[derive(Debug, Default)]
+struct Hidden {
+    files: Vec<std::path::PathBuf>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl Hidden {
+    /// Make the directories of `path` that are missing, to be removed again.
+    fn make_dirs(&mut self, path: &Path) -> Result<(), String> {
+        let missing: Vec<&Path> = path.ancestors().skip(1).take_while(|d| !d.exists()).collect();
+        for d in missing.into_iter().rev() {
+            std::fs::create_dir(d).map_err(|e| format!("making the removed directory {} again: {e}", d.display()))?;
+            self.dirs.push(d.to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hidden {
+    fn drop(&mut self) {
+        for p in &self.files {
+            let _ = std::fs::remove_file(p);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Where the file of `s` is hidden while the restore needs it, if its file
+/// had been removed.
+fn hidden_path(s: &UnixSocket) -> Option<std::path::PathBuf> {
+    let path = s.name.first().is_some_and(|&b| b != 0) && s.unlinked && s.dir.is_empty();
+    path.then(|| {
+        Path::new(OsStr::from_bytes(&s.name)).with_file_name(format!(".stasis-{}-{}", std::process::id(), s.id))
+    })
+}
+
+/// The address the tree's sockets reach `s` at once it is made.
+fn reach(s: &UnixSocket) -> Result<UnixAddr, String> {
+    match hidden_path(s) {
+        Some(p) => UnixAddr::new(&p).map_err(|e| format!("{}: {e}", p.display())),
+        None => address(&s.name),
+    }
 }
 
 impl Pending {
@@ -579,6 +640,7 @@ impl Pending {
             fill(from, to.as_ref(), s, &fds).map_err(|e| format!("{}: queued data: {e}", s.describe()))?;
         }
         drop(self.stand_ins);
+        drop(self.hidden);
         for (i, sock) in &self.shutdowns {
             shut_down(sock, &sockets[*i])?;
         }
@@ -592,7 +654,10 @@ pub fn passed(sockets: &[UnixSocket]) -> impl Iterator<Item = (u64, u32, &[stasi
     sockets.iter().flat_map(|s| s.passed.iter().map(move |m| (s.id, m.message, m.fds.as_slice())))
 }
 
+/// Make every unix socket of the tree, connected, bound, listening, with
+/// their queued data and options; by id. See the module docs.
 pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pending), String> {
+    let mut hidden = Hidden::default();
     let by_id: HashMap<u64, &UnixSocket> = sockets.iter().map(|s| (s.id, s)).collect();
     let mut made: HashMap<u64, OwnedFd> = HashMap::new();
     // The other end of each socketpair, to send queued data through: the
@@ -652,7 +717,7 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
         let sock = socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
             .map_err(|e| ctx(format!("socket: {e}")))?;
         if !s.name.is_empty() {
-            bind(&sock, s).map_err(ctx)?;
+            bind(&sock, s, &mut hidden).map_err(ctx)?;
         }
         if s.listening {
             let backlog = socket::Backlog::new(s.backlog.min(i32::MAX as u32) as i32)
@@ -671,14 +736,11 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
         made.insert(cli, client);
     }
     // Connections not accepted yet connect again, in their listener's
-    // queue order; then a listener whose file had been removed loses it.
+    // queue order.
     for l in sockets.iter().filter(|l| l.listening) {
         for id in &l.waiting {
             let s = by_id[id];
             connect_to(&made[id], l).map_err(|e| format!("{}: {e}", s.describe()))?;
-        }
-        if l.unlinked {
-            remove_again(l)?;
         }
     }
     // Queued data, before connecting: a connected datagram socket takes
@@ -693,7 +755,7 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
             None => {
                 let helper = socket::socket(AddressFamily::Unix, sock_type(s.ty)?, SockFlag::SOCK_CLOEXEC, None)
                     .map_err(|e| ctx(format!("socket: {e}")))?;
-                (helper, Some(address(&s.name)?))
+                (helper, Some(reach(s)?))
             }
         };
         if s.passed.is_empty() {
@@ -711,14 +773,13 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
         let ctx = |e: String| format!("{}: {e}", s.describe());
         let sock = &made[&s.id];
         let to = if s.peer != 0 && !partner.contains_key(&s.id) {
-            Some(&by_id[&s.peer].name)
+            Some((reach(by_id[&s.peer])?, &by_id[&s.peer].name))
         } else if !s.peer_name.is_empty() {
-            Some(&s.peer_name)
+            Some((address(&s.peer_name)?, &s.peer_name))
         } else {
             None
         };
-        if let Some(name) = to {
-            let addr = address(name)?;
+        if let Some((addr, name)) = to {
             socket::connect(sock.as_raw_fd(), &addr)
                 .map_err(|e| ctx(format!("connect to {}: {e}", UnixSocket::describe_name(name))))?;
         }
@@ -732,6 +793,7 @@ pub fn make_all(sockets: &[UnixSocket]) -> Result<(HashMap<u64, OwnedFd>, Pendin
             pending.shutdowns.push((i, sock));
         }
     }
+    pending.hidden = hidden;
     Ok((made, pending))
 }
 
@@ -773,8 +835,9 @@ fn connect_through(listener: &OwnedFd, l: &UnixSocket, accepted: &UnixSocket) ->
 
 /// Bind `sock` to the name of `s`. A socket file left at the path by a
 /// socket that no longer exists (the dumped process, killed) is removed
-/// first; a live one is an error. The file gets its recorded mode and owner.
-fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
+/// first; a live one is an error. The file gets its recorded mode and
+/// owner, or, if it had been removed, goes to `hidden`.
+fn bind(sock: &OwnedFd, s: &UnixSocket, hidden: &mut Hidden) -> Result<(), String> {
     let addr = address(&s.name)?;
     let shown = UnixSocket::describe_name(&s.name);
     // The file, by its full path (a relative name is in `s.dir`).
@@ -784,8 +847,28 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
         true => socket::bind(sock.as_raw_fd(), &addr),
         false => bind_in(&s.dir, sock, &addr),
     };
+    let hide = |hidden: &mut Hidden| -> Result<(), String> {
+        let (Some(p), Some(to)) = (path, hidden_path(s)) else { return Ok(()) };
+        std::fs::rename(p, &to).map_err(|e| format!("moving the file of {shown} to {}: {e}", to.display()))?;
+        hidden.files.push(to);
+        Ok(())
+    };
+    if let (Some(p), Some(_)) = (path, hidden_path(s)) {
+        hidden.make_dirs(p)?;
+    }
     match bind_it() {
         Ok(()) => {}
+        // Its file was removed and another file took the path since: that
+        // one steps aside while the socket is bound and its file hidden.
+        Err(Errno::EADDRINUSE) if hidden_path(s).is_some() => {
+            let p = path.expect("a path name");
+            let aside = p.with_file_name(format!(".stasis-aside-{}-{}", std::process::id(), s.id));
+            std::fs::rename(p, &aside).map_err(|e| format!("moving {} aside to bind {shown}: {e}", p.display()))?;
+            let bound = bind_it().map_err(|e| format!("cannot bind {shown}: {e}")).and_then(|()| hide(hidden));
+            let back = std::fs::rename(&aside, p);
+            bound?;
+            return back.map_err(|e| format!("moving {} back from {}: {e}", p.display(), aside.display()));
+        }
         Err(Errno::EADDRINUSE) if path.is_some_and(|p| is_stale(p, s.ty)) => {
             let p = path.unwrap();
             std::fs::remove_file(p).map_err(|e| format!("removing the stale socket file {shown}: {e}"))?;
@@ -795,8 +878,7 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
         Err(e) => return Err(format!("cannot bind {shown}: {}", e.desc().to_lowercase())),
     }
     if s.unlinked {
-        // A listener's file goes once its connections are made.
-        return if s.listening { Ok(()) } else { remove_again(s) };
+        return hide(hidden);
     }
     if let (Some(p), true) = (path, s.mode != 0) {
         use std::os::unix::fs::PermissionsExt;
@@ -807,21 +889,12 @@ fn bind(sock: &OwnedFd, s: &UnixSocket) -> Result<(), String> {
     Ok(())
 }
 
-/// Remove the file of `s` (bound again) once more: it had been removed
-/// after the bind.
-fn remove_again(s: &UnixSocket) -> Result<(), String> {
-    if s.name.first().is_none_or(|&b| b == 0) {
-        return Ok(());
-    }
-    let path = Path::new(&s.dir).join(OsStr::from_bytes(&s.name));
-    std::fs::remove_file(path).map_err(|e| format!("removing {} again: {e}", UnixSocket::describe_name(&s.name)))
-}
-
 /// What holds the name `s` is to be bound to now, if anything but a socket
 /// file left over by a socket that no longer exists: "a socket in use", "a
 /// regular file"...
 pub fn name_taken(s: &UnixSocket) -> Option<String> {
-    if s.name.is_empty() {
+    // One whose file was removed takes the name for a moment only (bind).
+    if s.name.is_empty() || hidden_path(s).is_some() {
         return None;
     }
     if s.name[0] == 0 {
@@ -877,7 +950,7 @@ fn in_dir(
 
 /// Connect `sock` to the restored listener `l` by its name.
 fn connect_to(sock: &OwnedFd, l: &UnixSocket) -> Result<(), String> {
-    let addr = address(&l.name)?;
+    let addr = reach(l)?;
     let r = match l.dir.is_empty() {
         true => socket::connect(sock.as_raw_fd(), &addr),
         false => in_dir(&l.dir, sock, &addr, |fd, a| socket::connect(fd, a)),
@@ -968,7 +1041,7 @@ mod tests {
     #[test]
     fn diag_reply_fixture() {
         // nlmsghdr, unix_diag_msg (dgram, state 7, ino 4242), NAME "\0ab",
-        // PEER 77, RQLEN (5, 0), SHUTDOWN 2, ICONS (5, 0).
+        // VFS (ino 99, dev 3), PEER 77, RQLEN (5, 0), SHUTDOWN 2, ICONS (5, 0).
         let mut msg = vec![1u8, 2, 7, 0];
         msg.extend_from_slice(&4242u32.to_ne_bytes());
         msg.extend_from_slice(&[0xff; 8]);
@@ -979,6 +1052,7 @@ mod tests {
             msg.resize(msg.len().div_ceil(4) * 4, 0);
         };
         attr(0, b"\0ab");
+        attr(1, &[99u32.to_ne_bytes(), 3u32.to_ne_bytes()].concat());
         attr(2, &77u32.to_ne_bytes());
         attr(4, &[5, 0, 0, 0, 0, 0, 0, 0]);
         attr(6, &[2]);
@@ -995,6 +1069,7 @@ mod tests {
             ino: 4242,
             name: b"\0ab".to_vec(),
             peer: 77,
+            file_ino: Some(99),
             rqueue: 5,
             wqueue: 0,
             shutdown: 2,
