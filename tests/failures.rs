@@ -620,7 +620,8 @@ fn dump_refuses_state_it_cannot_make_again() {
 /// Unix connections not accepted yet that a restore could not make again
 /// are refused by name, and the process runs on: one whose connecting end
 /// has sent bytes (they sit in the end not accepted yet, which cannot be
-/// read), and one waiting on a listener outside the tree.
+/// read), one whose connecting end sent bytes and closed, and one waiting
+/// on a listener outside the tree.
 #[test]
 fn dump_refuses_unix_connections_waiting_that_it_cannot_make_again() {
     let outside = tempdir("waiting-outside");
@@ -641,6 +642,18 @@ fn dump_refuses_unix_connections_waiting_that_it_cannot_make_again() {
             "with bytes sent on its connection",
         ),
         ("outside", to_outside.as_str(), "outside the dump"),
+        (
+            "closed",
+            "import socket\n\
+             l = socket.socket(socket.AF_UNIX)\n\
+             l.bind(os.path.join(d, 'l.sock'))\n\
+             l.listen()\n\
+             c = socket.socket(socket.AF_UNIX)\n\
+             c.connect(os.path.join(d, 'l.sock'))\n\
+             c.send(b'sent, then closed')\n\
+             c.close()",
+            "was closed by the socket that made it",
+        ),
     ];
     refused_at_dump("waiting", &cases);
 }

@@ -36,7 +36,8 @@
 //!
 //! Refused at dump, naming the fd: a stream or seqpacket socket connected to a process outside
 //! the tree (or waiting to be accepted by one), one waiting to be accepted that has sent bytes
-//! already, a socket bound to a relative path whose file is not in the working directory (one
+//! already, a connection waiting on a listener of the tree whose connecting socket has closed
+//! (it may hold bytes, which cannot be read), a socket bound to a relative path whose file is not in the working directory (one
 //! that is is bound again there, from a thread with a working directory of its own). Not kept:
 //! connections from outside the tree waiting to be accepted (a warning says how many), the
 //! credentials and sender addresses attached to queued messages, and the name of a socket
@@ -444,11 +445,11 @@ pub fn resolve_peers(pid_of: &dyn Fn(u64) -> Option<Pid>, sockets: &mut [UnixSoc
 /// other end has no inode until it is accepted), like one whose peer has
 /// closed: the listener's accept queue tells them apart. Each listener of
 /// the tree gets its waiting connections from the tree in `waiting`, in
-/// queue order; a connection from outside the tree (or from a socket that
-/// has closed) is not kept, with a warning. A socket of the tree waiting on
-/// a listener outside it is refused, and so is one that has sent bytes on
-/// its connection: they are in the other end, which cannot be read before
-/// it is accepted.
+/// queue order; a connection from outside the tree is not kept, with a
+/// warning. A socket of the tree waiting on a listener outside it is
+/// refused, and so is one that has sent bytes on its connection, or that
+/// has closed (it may have sent some): they are in the other end, which
+/// cannot be read before it is accepted.
 fn find_waiting(
     pid_of: &dyn Fn(u64) -> Option<Pid>,
     sockets: &mut [UnixSocket],
@@ -464,6 +465,16 @@ fn find_waiting(
         let mut waiting = Vec::new();
         for &c in &l.icons {
             let c = u64::from(c);
+            if c == 0 && ours.is_some() {
+                return Err((
+                    u64::from(l.ino),
+                    format!(
+                        "a connection waiting to be accepted by the listener {name} was closed by the socket that \
+                         made it: bytes it sent before may be held by the end not accepted yet, which cannot be \
+                         read (not supported)"
+                    ),
+                ));
+            }
             if !ids.contains(&c) {
                 continue;
             }
