@@ -629,31 +629,19 @@ fn dump_refuses_unix_connections_waiting_that_it_cannot_make_again() {
     let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let to_outside =
         format!("import socket; c = socket.socket(socket.AF_UNIX); c.connect({:?})", path.to_str().unwrap());
+    // A listener of the process and a connection it has not accepted.
+    let waiting = "import socket\n\
+         l = socket.socket(socket.AF_UNIX)\n\
+         l.bind(os.path.join(d, 'l.sock'))\n\
+         l.listen()\n\
+         c = socket.socket(socket.AF_UNIX)\n\
+         c.connect(os.path.join(d, 'l.sock'))\n";
+    let sent = format!("{waiting}c.send(b'before the accept')");
+    let closed = format!("{waiting}c.send(b'sent, then closed')\nc.close()");
     let cases = [
-        (
-            "sent",
-            "import socket\n\
-             l = socket.socket(socket.AF_UNIX)\n\
-             l.bind(os.path.join(d, 'l.sock'))\n\
-             l.listen()\n\
-             c = socket.socket(socket.AF_UNIX)\n\
-             c.connect(os.path.join(d, 'l.sock'))\n\
-             c.send(b'before the accept')",
-            "with bytes sent on its connection",
-        ),
+        ("sent", sent.as_str(), "with bytes sent on its connection"),
         ("outside", to_outside.as_str(), "outside the dump"),
-        (
-            "closed",
-            "import socket\n\
-             l = socket.socket(socket.AF_UNIX)\n\
-             l.bind(os.path.join(d, 'l.sock'))\n\
-             l.listen()\n\
-             c = socket.socket(socket.AF_UNIX)\n\
-             c.connect(os.path.join(d, 'l.sock'))\n\
-             c.send(b'sent, then closed')\n\
-             c.close()",
-            "was closed by the socket that made it",
-        ),
+        ("closed", closed.as_str(), "was closed by the socket that made it"),
     ];
     refused_at_dump("waiting", &cases);
 }

@@ -79,6 +79,18 @@ fn dump_then(name: &str, mut p: Spawned, leave_running: bool, after: impl FnOnce
     after(Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir));
 }
 
+/// Python for the state programs that map memory themselves: libc's
+/// mmap(2) through ctypes, as `mmap(length, prot, flags, fd, offset)`,
+/// failing the set-up with errno (and `what`) when it fails.
+const MMAP: &str = "import ctypes\n\
+    libc = ctypes.CDLL(None, use_errno=True)\n\
+    libc.mmap.restype = ctypes.c_void_p\n\
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
+    def mmap(length, prot, flags, fd=-1, offset=0, what='mmap'):\n    \
+        at = libc.mmap(None, length, prot, flags, fd, offset)\n    \
+        assert at not in (None, 2**64 - 1), '%s: errno %d' % (what, ctypes.get_errno())\n    \
+        return at\n";
+
 /// Round trip, then --leave-running: the state checks out each time.
 fn both(name: &str, setup: &str, check: &str) {
     for (leave_running, name, after) in
@@ -570,19 +582,16 @@ fn dev_zero_mapping_and_a_datagram_chain() {
 fn shared_anonymous_memory_mapped_privately_and_past_its_end() {
     both(
         "shmem-private",
-        "import ctypes\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         libc.mmap.restype = ctypes.c_void_p\n\
-         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
-         P = 4096\n\
-         base = libc.mmap(None, 5 * P, 3, 0x21, -1, 0)\n\
-         ctypes.memmove(base + P, b'eleven', 6)\n\
-         ctypes.memmove(base + 2 * P, b'onehundred', 10)\n\
-         f = os.open('/proc/self/map_files/%x-%x' % (base, base + 5 * P), os.O_RDWR)\n\
-         priv = libc.mmap(None, 5 * P, 3, 0x02, f, P)\n\
-         again = libc.mmap(None, 5 * P, 3, 0x01, f, 2 * P)\n\
-         assert priv not in (None, 2**64 - 1) and again not in (None, 2**64 - 1), ctypes.get_errno()\n\
-         ctypes.memmove(priv + P, b'private', 7)",
+        &format!(
+            "{MMAP}P = 4096\n\
+             base = mmap(5 * P, 3, 0x21)\n\
+             ctypes.memmove(base + P, b'eleven', 6)\n\
+             ctypes.memmove(base + 2 * P, b'onehundred', 10)\n\
+             f = os.open('/proc/self/map_files/%x-%x' % (base, base + 5 * P), os.O_RDWR)\n\
+             priv = mmap(5 * P, 3, 0x02, f, P)\n\
+             again = mmap(5 * P, 3, 0x01, f, 2 * P)\n\
+             ctypes.memmove(priv + P, b'private', 7)"
+        ),
         "want('private copy', ctypes.string_at(priv + P, 7), b'private')\n\
          want('object page seen privately', ctypes.string_at(priv, 6), b'eleven')\n\
          want('object page seen again', ctypes.string_at(again, 10), b'onehundred')\n\
@@ -656,18 +665,15 @@ fn unix_sockets_bound_in_a_removed_directory() {
 fn droppable_memory_stays_droppable() {
     both(
         "droppable",
-        "import ctypes\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         libc.mmap.restype = ctypes.c_void_p\n\
-         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
-         at = libc.mmap(None, 8192, 3, 0x08 | 0x20, -1, 0)\n\
-         assert at not in (None, 2**64 - 1), 'MAP_DROPPABLE: errno %d (Linux 6.11 needed)' % ctypes.get_errno()\n\
-         ctypes.memmove(at, b'droppable', 9)\n\
-         def vmflags():\n    \
-             lines = open('/proc/self/smaps').read().splitlines()\n    \
-             i = next(i for i, l in enumerate(lines) if l.startswith('%x-' % at))\n    \
-             return next(l.split()[1:] for l in lines[i:] if l.startswith('VmFlags:'))\n\
-         assert 'dp' in vmflags(), vmflags()",
+        &format!(
+            "{MMAP}at = mmap(8192, 3, 0x08 | 0x20, what='MAP_DROPPABLE (Linux 6.11)')\n\
+             ctypes.memmove(at, b'droppable', 9)\n\
+             def vmflags():\n    \
+                 lines = open('/proc/self/smaps').read().splitlines()\n    \
+                 i = next(i for i, l in enumerate(lines) if l.startswith('%x-' % at))\n    \
+                 return next(l.split()[1:] for l in lines[i:] if l.startswith('VmFlags:'))\n\
+             assert 'dp' in vmflags(), vmflags()"
+        ),
         "want('droppable', 'dp' in vmflags(), True)\n\
          want('contents kept or dropped', ctypes.string_at(at, 9) in (b'droppable', bytes(9)), True)\n\
          ctypes.memmove(at, b'again', 5)\n\
@@ -682,17 +688,14 @@ fn droppable_memory_stays_droppable() {
 fn read_only_shared_file_mapping_may_still_be_made_writable() {
     both(
         "may-write",
-        "import ctypes\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         libc.mmap.restype = ctypes.c_void_p\n\
-         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n\
-         libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n\
-         p = os.path.join(d, 'shared')\n\
-         f = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)\n\
-         os.ftruncate(f, 8192)\n\
-         at = libc.mmap(None, 8192, 1, 0x01, f, 0)\n\
-         assert at not in (None, 2**64 - 1), ctypes.get_errno()\n\
-         os.close(f)",
+        &format!(
+            "{MMAP}libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n\
+             p = os.path.join(d, 'shared')\n\
+             f = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)\n\
+             os.ftruncate(f, 8192)\n\
+             at = mmap(8192, 1, 0x01, f)\n\
+             os.close(f)"
+        ),
         "want('mprotect to read-write', libc.mprotect(at, 4096, 3), 0)\n\
          ctypes.memmove(at, b'written', 7)\n\
          want('in the file', open(p, 'rb').read(7), b'written')",

@@ -37,8 +37,9 @@
 //! Refused at dump, naming the fd: a stream or seqpacket socket connected to a process outside
 //! the tree (or waiting to be accepted by one), one waiting to be accepted that has sent bytes
 //! already, a connection waiting on a listener of the tree whose connecting socket has closed
-//! (it may hold bytes, which cannot be read), a socket bound to a relative path whose file is not in the working directory (one
-//! that is is bound again there, from a thread with a working directory of its own). Not kept:
+//! (it may hold bytes, which cannot be read), a socket bound to a relative path whose file is
+//! not in the working directory (one that is is bound again there, from a thread with a working
+//! directory of its own). Not kept:
 //! connections from outside the tree waiting to be accepted (a warning says how many), the
 //! credentials and sender addresses attached to queued messages, and the name of a socket
 //! accepted from a named listener (after restore it is unnamed, as a socketpair's ends are).
@@ -858,20 +859,22 @@ fn bind(sock: &OwnedFd, s: &UnixSocket, hidden: &mut Hidden) -> Result<(), Strin
         true => socket::bind(sock.as_raw_fd(), &addr),
         false => bind_in(&s.dir, sock, &addr),
     };
+    // Its file had been removed: where it is hidden once bound.
+    let hide_at = path.and(hidden_path(s));
     let hide = |hidden: &mut Hidden| -> Result<(), String> {
-        let (Some(p), Some(to)) = (path, hidden_path(s)) else { return Ok(()) };
+        let (Some(p), Some(to)) = (path, hide_at.clone()) else { return Ok(()) };
         std::fs::rename(p, &to).map_err(|e| format!("moving the file of {shown} to {}: {e}", to.display()))?;
         hidden.files.push(to);
         Ok(())
     };
-    if let (Some(p), Some(_)) = (path, hidden_path(s)) {
+    if let (Some(p), Some(_)) = (path, &hide_at) {
         hidden.make_dirs(p)?;
     }
     match bind_it() {
         Ok(()) => {}
         // Its file was removed and another file took the path since: that
         // one steps aside while the socket is bound and its file hidden.
-        Err(Errno::EADDRINUSE) if hidden_path(s).is_some() => {
+        Err(Errno::EADDRINUSE) if hide_at.is_some() => {
             let p = path.expect("a path name");
             let aside = p.with_file_name(format!(".stasis-aside-{}-{}", std::process::id(), s.id));
             std::fs::rename(p, &aside).map_err(|e| format!("moving {} aside to bind {shown}: {e}", p.display()))?;

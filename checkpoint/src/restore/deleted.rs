@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use stasis_image::records::{fd::Kind, FileRef, ProcessTree};
@@ -103,10 +103,16 @@ pub fn directory(f: &FileRef, flags: i32) -> Result<OwnedFd, String> {
     let removed = std::fs::remove_dir(&made);
     let dir = opened.map_err(|e| format!("cannot open {made}: {e}"))?;
     removed.map_err(|e| format!("removing {made}: {e}"))?;
-    fchown(&dir, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
-        .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;
-    fchmod(&dir, Mode::from_bits_truncate(f.mode & 0o7777)).map_err(|e| format!("chmod {:o}: {e}", f.mode & 0o7777))?;
+    set_owner_and_mode(&dir, f.uid, f.gid, f.mode)?;
     Ok(dir.into())
+}
+
+/// Give the file of `fd` owner `uid`:`gid`, then the permission bits of
+/// `mode` (chown first: it clears the set-user-ID and set-group-ID bits).
+pub(super) fn set_owner_and_mode(fd: impl AsFd, uid: u32, gid: u32, mode: u32) -> Result<(), String> {
+    fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(|e| format!("chown to {uid}:{gid}: {e}"))?;
+    fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777)).map_err(|e| format!("chmod {:o}: {e}", mode & 0o7777))
 }
 
 /// One deleted file, made, filled and unlinked; held read-write if the
@@ -132,8 +138,6 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
         }
     }
     unlinked.map_err(|e| format!("unlinking {path}: {e}"))?;
-    fchown(&file, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
-        .map_err(|e| format!("chown to {}:{}: {e}", f.uid, f.gid))?;
     // Its modification time, as it was (the access time is now's).
     let mtime = stasis_sys::nix::sys::time::TimeSpec::new(
         f.mtime_ns.div_euclid(1_000_000_000),
@@ -141,8 +145,7 @@ fn make(image: &Image, f: &FileRef, writes: bool) -> Result<OwnedFd, String> {
     );
     stasis_sys::nix::sys::stat::futimens(&file, &stasis_sys::nix::sys::time::TimeSpec::UTIME_NOW, &mtime)
         .map_err(|e| format!("futimens: {e}"))?;
-    fchmod(&file, Mode::from_bits_truncate(f.mode & 0o7777))
-        .map_err(|e| format!("chmod {:o}: {e}", f.mode & 0o7777))?;
+    set_owner_and_mode(&file, f.uid, f.gid, f.mode)?;
     if writes {
         return Ok(file.into());
     }

@@ -265,13 +265,8 @@ impl<'a> Planner<'a> {
                     // The first description of each end is pipe2's own (one
                     // opened again has O_LARGEFILE, which no fcntl clears);
                     // a second one (not a dup) is opened through /proc.
-                    if acc != libc::O_RDWR && self.pipe_ends_given.insert((*id, acc == libc::O_RDONLY)) {
-                        let object = end.try_clone().map_err(|e| other(format!("dup: {e}")))?;
-                        set_status_flags(&object, flags).map_err(other)?;
-                        object
-                    } else {
-                        reopen_with_flags(end, flags).map_err(other)?
-                    }
+                    let own = acc != libc::O_RDWR && self.pipe_ends_given.insert((*id, acc == libc::O_RDONLY));
+                    own_or_reopened(end, flags, own).map_err(other)?
                 }
                 // Unlinked while open: made again once, unlinked, and held.
                 Kind::Fifo(fifo) if fifo.file.as_ref().is_some_and(|f| f.deleted) => {
@@ -382,13 +377,7 @@ impl<'a> Planner<'a> {
                     // does not count as a writer, which would keep
                     // execveat() of the memfd from running it (ETXTBSY).
                     let first_rw = flags & libc::O_ACCMODE == libc::O_RDWR && self.memfds_given.insert(*id);
-                    let object = if first_rw {
-                        let object = memfd.try_clone().map_err(|e| other(format!("dup: {e}")))?;
-                        set_status_flags(&object, flags).map_err(other)?;
-                        object
-                    } else {
-                        reopen_with_flags(memfd, flags).map_err(other)?
-                    };
+                    let object = own_or_reopened(memfd, flags, first_rw).map_err(other)?;
                     lseek(&object, r.pos as i64, Whence::SeekSet).map_err(|e| other(format!("lseek: {e}")))?;
                     object
                 }
@@ -565,6 +554,19 @@ fn fill(end: impl AsFd, p: &Pipe) -> Result<(), String> {
         at += nix::unistd::write(end.as_fd(), &p.data[at..]).map_err(|e| format!("writing pipe data: {e}"))?;
     }
     Ok(())
+}
+
+/// A description of the file of `made` (pipe2's or memfd_create's) with
+/// `flags`: `made`'s own when `own`, else one opened again through /proc
+/// (which is not quite the same: it gains O_LARGEFILE, and a memfd opened
+/// for writing counts as a writer).
+fn own_or_reopened(made: &OwnedFd, flags: i32, own: bool) -> Result<OwnedFd, String> {
+    if !own {
+        return reopen_with_flags(made, flags);
+    }
+    let object = made.try_clone().map_err(|e| format!("dup: {e}"))?;
+    set_status_flags(&object, flags)?;
+    Ok(object)
 }
 
 /// A new open file description of the pipe behind `end`, with `flags`.

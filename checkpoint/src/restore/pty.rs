@@ -101,12 +101,8 @@ fn make(p: &Pty, ptmx: Option<&str>) -> Result<Made, String> {
         tty::set_packet_mode(&master, true).map_err(e("TIOCPKT"))?;
     }
     if p.mode != 0 {
-        use stasis_sys::nix::sys::stat::{fchmod, Mode};
-        use stasis_sys::nix::unistd::{fchown, Gid, Uid};
-        fchown(&slave, Some(Uid::from_raw(p.uid)), Some(Gid::from_raw(p.gid)))
-            .map_err(|err| format!("chown /dev/pts/{} {}:{}: {err}", p.index, p.uid, p.gid))?;
-        fchmod(&slave, Mode::from_bits_truncate(p.mode))
-            .map_err(|err| format!("chmod /dev/pts/{} {:o}: {err}", p.index, p.mode))?;
+        super::deleted::set_owner_and_mode(&slave, p.uid, p.gid, p.mode)
+            .map_err(|err| format!("/dev/pts/{}: {err}", p.index))?;
     }
     Ok(Made { master, slave })
 }

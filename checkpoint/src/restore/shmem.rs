@@ -44,11 +44,7 @@ pub fn create(image: &Image, objects: &[Shmem]) -> Result<HashMap<u64, OwnedFd>,
             }
             // Its mode and owner (an image without them has mode 0).
             if m.mode != 0 {
-                use stasis_sys::nix::sys::stat::{fchmod, Mode};
-                use stasis_sys::nix::unistd::{fchown, Gid, Uid};
-                fchown(&file, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)))
-                    .map_err(|e| err(format!("chown {}:{}: {e}", m.uid, m.gid)))?;
-                fchmod(&file, Mode::from_bits_truncate(m.mode)).map_err(|e| err(format!("chmod {:o}: {e}", m.mode)))?;
+                super::deleted::set_owner_and_mode(&file, m.uid, m.gid, m.mode).map_err(err)?;
             }
             file.into()
         } else {
