@@ -148,6 +148,7 @@ workload_tests! {
     status_attrs: "status_attrs";
     locks: "locks";
     novdso: "novdso";
+    seccomp_strict: "seccomp_strict";
     ]
     round_trip_only: [
     mem_filemap: "mem_filemap";

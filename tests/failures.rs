@@ -543,15 +543,31 @@ fn restore_refuses_named_objects_that_changed() {
 }
 
 /// A kill-mode dump never kills a tree its image could not bring back:
-/// what a restore could not open before the process exists (its own /proc
-/// directory's files), a pseudo-terminal slave whose master was closed (its
+/// a file of a thread's /proc directory (threads are made after the fds),
+/// or of a process that has exited, a pseudo-terminal slave whose master was closed (its
 /// node is gone), a working directory in the /proc directory of a process
 /// that has exited, are refused before anything is written, naming them,
 /// and the process runs on.
 #[test]
 fn dump_refuses_what_a_restore_could_not_find_again() {
     let cases = [
-        ("proc", "keep = open('/proc/self/status')", "file of a process's /proc directory"),
+        (
+            "proc-thread",
+            "import threading\n\
+             ev = threading.Event()\n\
+             t = threading.Thread(target=ev.wait, daemon=True)\n\
+             t.start()\n\
+             keep = open('/proc/self/task/%d/stat' % t.native_id)",
+            "a file of thread",
+        ),
+        (
+            "proc-exited",
+            "pid = os.fork()\n\
+             if pid == 0:\n    os._exit(0)\n\
+             keep = open('/proc/%d/status' % pid)\n\
+             os.waitpid(pid, 0)",
+            "which has exited",
+        ),
         (
             "hung-up-pty",
             "import pty\n\
@@ -577,7 +593,8 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
 /// State a restore cannot make again faithfully is refused at dump by
 /// name, and the process runs on: a pending SIGTRAP (a debugger's trap), a
 /// time namespace made for the children, a corked UDP socket, an eBPF
-/// socket program.
+/// socket program, a child left in stasis's cgroup namespace by a parent
+/// that made one of its own.
 #[test]
 fn dump_refuses_state_it_cannot_make_again() {
     let cases = [
@@ -612,6 +629,15 @@ fn dump_refuses_state_it_cannot_make_again() {
              u.setsockopt(socket.SOL_SOCKET, 50, prog)\n\
              os.close(prog)",
             "eBPF socket program attached (SO_ATTACH_BPF)",
+        ),
+        (
+            "cgroupns-split",
+            "import ctypes\n\
+             r, w = os.pipe()\n\
+             child = os.fork()\n\
+             if child == 0:\n    os.read(r, 1)\n    os._exit(0)\n\
+             assert ctypes.CDLL(None).unshare(0x02000000) == 0, 'unshare(CLONE_NEWCGROUP)'",
+            "and its parent",
         ),
     ];
     refused_at_dump("state", &cases);

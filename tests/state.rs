@@ -395,6 +395,67 @@ fn zombie_killed_by_a_signal() {
     );
 }
 
+/// Seccomp filters: one set for every thread (SECCOMP_FILTER_FLAG_TSYNC),
+/// one of a thread's own and one of the main thread's own, each making one
+/// call fail with its own errno. After the restore each thread's calls
+/// still fail as its filters say, and no other call does.
+#[test]
+fn seccomp_filters_of_each_thread() {
+    both(
+        "seccomp",
+        "import ctypes, threading, queue, struct\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def deny(nr, err, flags=0):\n    \
+             code = b''.join(struct.pack('HBBI', *i) for i in [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (6, 0, 0, 0x50000 | err), (6, 0, 0, 0x7fff0000)])\n    \
+             insns = ctypes.create_string_buffer(code)\n    \
+             prog = ctypes.create_string_buffer(struct.pack('HxxxxxxQ', 4, ctypes.addressof(insns)))\n    \
+             assert libc.syscall(317, 1, flags, prog) == 0, 'seccomp: errno %d' % ctypes.get_errno()\n    \
+             keep.append((insns, prog))\n\
+         keep = []\n\
+         def errno_of(f):\n    \
+             try:\n        f()\n        return 0\n    \
+             except OSError as e:\n        return e.errno\n\
+         calls = lambda: [errno_of(lambda: os.getpriority(os.PRIO_PROCESS, 0)), errno_of(lambda: os.getpgid(0)), errno_of(lambda: os.getsid(0))]\n\
+         deny(140, 77, flags=1)\n\
+         asks, answers = queue.Queue(), queue.Queue()\n\
+         def worker():\n    \
+             deny(124, 79)\n    \
+             answers.put('ready')\n    \
+             while True:\n        asks.get()\n        answers.put(calls())\n\
+         threading.Thread(target=worker, daemon=True).start()\n\
+         answers.get()\n\
+         deny(121, 78)\n\
+         status = lambda: [l for l in open('/proc/self/status').read().splitlines() if l.startswith('Seccomp')]\n\
+         before = status()",
+        "want('main thread: getpriority, getpgid, getsid', calls(), [77, 78, 0])\n\
+         asks.put(1)\n\
+         want('other thread', answers.get(timeout=10), [77, 0, 79])\n\
+         want('status', status(), before)",
+    );
+}
+
+/// Sockets bound to a network device (SO_BINDTODEVICE, here loopback):
+/// a TCP socket not yet connected, a listener, a UDP socket. They stay
+/// bound to it, and sockets not bound to one stay unbound.
+#[test]
+fn sockets_bound_to_a_device() {
+    both(
+        "bindtodev",
+        "import socket\n\
+         dev = lambda s: s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b'\\0')\n\
+         t, l, u, free = socket.socket(), socket.socket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket()\n\
+         for s in (t, l, u):\n    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'lo')\n\
+         l.bind(('127.0.0.1', 0))\n\
+         l.listen()\n\
+         u.bind(('127.0.0.1', 0))",
+        "want('devices', [dev(s) for s in (t, l, u, free)], [b'lo', b'lo', b'lo', b''])\n\
+         t.connect(l.getsockname())\n\
+         c, _ = l.accept()\n\
+         t.sendall(b'hi')\n\
+         want('data', c.recv(2), b'hi')",
+    );
+}
+
 /// TCP sockets made but neither listening nor connected yet: one bound
 /// with options set, one not bound at all. After the restore the bound one
 /// has its address and options, and both can still connect.
@@ -454,6 +515,33 @@ fn pidfd_of_an_exited_process() {
          want('signal sent', sent, False)\n\
          want('one process for both pidfds', ino(pfd) == ino(again), True)\n\
          want('another for the other child', ino(pfd) != ino(ofd), True)",
+    );
+}
+
+/// Files of /proc directories held open: the process's own (read part
+/// way: it reads on from there), its directory, a child's, and that of
+/// init, a process outside the tree. Each names the same process after
+/// the restore and is the file a fresh open finds.
+#[test]
+fn proc_files_held_open() {
+    both(
+        "procfiles",
+        "st = os.open('/proc/self/status', os.O_RDONLY)\n\
+         head = os.read(st, 6)\n\
+         pd = os.open('/proc/self', os.O_RDONLY | os.O_DIRECTORY)\n\
+         r, w = os.pipe()\n\
+         child = os.fork()\n\
+         if child == 0:\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
+         os.close(r)\n\
+         cs = os.open('/proc/%d/stat' % child, os.O_RDONLY)\n\
+         init = os.open('/proc/1/status', os.O_RDONLY)",
+        "want('read on from where it was', os.read(st, 8), open('/proc/self/status', 'rb').read()[6:14])\n\
+         want('own status', os.fstat(st).st_ino, os.stat('/proc/self/status').st_ino)\n\
+         want('own directory', os.fstat(pd).st_ino, os.stat('/proc/%d' % os.getpid()).st_ino)\n\
+         want('listed', 'status' in os.listdir(pd), True)\n\
+         want('child stat', os.pread(cs, 100, 0).split()[0], str(child).encode())\n\
+         want('init', [l for l in os.pread(init, 4096, 0).split(b'\\n') if l.startswith(b'Pid:')], [b'Pid:\\t1'])\n\
+         want('init status', os.fstat(init).st_ino, os.stat('/proc/1/status').st_ino)",
     );
 }
 
@@ -1230,6 +1318,50 @@ fn inotify_watch_on_a_deleted_file() {
             buf = buf[16 + n:]\n\
         want('IN_MODIFY on the watch', (wd, 0x2) in events, True)";
     both("inotify-deleted", setup, check);
+}
+
+/// A cgroup namespace made in a cgroup of the named v1 hierarchy, the
+/// process then moved to a cgroup below it, and a child forked in the
+/// namespace: after the restore /proc/self/cgroup reads the same from
+/// inside (the namespace has the same root, the process the same cgroup),
+/// the namespace is not the host's, and the child shares its parent's.
+#[test]
+fn cgroup_namespace() {
+    let root = std::path::Path::new("/sys/fs/cgroup/systemd");
+    assert!(
+        root.join("cgroup.procs").exists(),
+        "this test needs the named cgroup v1 hierarchy name=systemd mounted at {}",
+        root.display()
+    );
+    let dir = root.join(format!("stasis-cgns-{}", std::process::id()));
+    fs::create_dir_all(dir.join("inner")).unwrap();
+    let setup = format!(
+        "import ctypes\n\
+         ns = lambda p: os.readlink('/proc/%s/ns/cgroup' % p)\n\
+         host = ns('self')\n\
+         open('{dir}/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         assert ctypes.CDLL(None, use_errno=True).unshare(0x02000000) == 0, 'unshare(CLONE_NEWCGROUP)'\n\
+         open('{dir}/inner/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         lines = open('/proc/self/cgroup').read()\n\
+         assert ':name=systemd:/inner' in lines, lines\n\
+         r, w = os.pipe()\n\
+         child = os.fork()\n\
+         if child == 0:\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
+         os.close(r)",
+        dir = dir.display()
+    );
+    let check = "want('/proc/self/cgroup', open('/proc/self/cgroup').read(), lines)\n\
+         want('a namespace of its own', ns('self') != host, True)\n\
+         want('the child in it too', ns(child), ns('self'))";
+    both("cgroupns", &setup, check);
+    // Removed once the processes are reaped (PID 1 reaps lazily here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for d in [dir.join("inner"), dir.clone()] {
+        while let Err(e) = fs::remove_dir(&d) {
+            assert!(std::time::Instant::now() < deadline, "cannot remove {}: {e}", d.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Membership of a cgroup in a named v1 hierarchy (`name=systemd`, no

@@ -30,6 +30,64 @@ pub fn parse(text: &str) -> Vec<CgroupPlace> {
         .collect()
 }
 
+/// The cgroup namespace of process `pid` when it is not stasis's own: its
+/// inode, and its root in each hierarchy (the cgroup the process that made
+/// it was in), as paths seen here. Read from inside it, the process's
+/// cgroups are relative to that root, so the root is what the path seen
+/// here has before it. A process moved above its namespace's root (its
+/// path inside starts with "/..") is refused.
+pub fn namespace(pid: i32) -> Result<Option<(u64, Vec<CgroupPlace>)>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let link = format!("/proc/{pid}/ns/cgroup");
+    let theirs = std::fs::metadata(&link).map_err(|e| format!("{link}: {e}"))?.ino();
+    let ours = std::fs::metadata("/proc/self/ns/cgroup").map_err(|e| format!("/proc/self/ns/cgroup: {e}"))?.ino();
+    if theirs == ours {
+        return Ok(None);
+    }
+    let cgroup = format!("/proc/{pid}/cgroup");
+    let read = || std::fs::read_to_string(&cgroup).map_err(|e| format!("{cgroup}: {e}"));
+    let outside = parse(&read()?);
+    let ns = std::fs::File::open(&link).map_err(|e| format!("{link}: {e}"))?;
+    // In a thread of its own: a namespace is a thread's, and this one
+    // ends with the thread.
+    let inside = std::thread::scope(|s| {
+        s.spawn(|| {
+            stasis_sys::nix::sched::setns(&ns, stasis_sys::nix::sched::CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("setns into the cgroup namespace of process {pid}: {e}"))?;
+            read()
+        })
+        .join()
+        .map_err(|_| "the thread reading the cgroup namespace panicked".to_string())?
+    })?;
+    let roots = parse(&inside)
+        .into_iter()
+        .map(|i| {
+            let o = outside
+                .iter()
+                .find(|o| o.controllers == i.controllers)
+                .ok_or_else(|| format!("hierarchy {:?} is seen from its cgroup namespace only", i.controllers))?;
+            let root = root_of(&o.path, &i.path).ok_or_else(|| {
+                format!("its cgroup {} is outside its cgroup namespace's root (seen there as {})", o.path, i.path)
+            })?;
+            Ok(CgroupPlace { controllers: i.controllers, path: root })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Some((theirs, roots)))
+}
+
+/// The root of a cgroup namespace in which cgroup `outside` (as seen here)
+/// is `inside`.
+fn root_of(outside: &str, inside: &str) -> Option<String> {
+    if inside == "/" {
+        return Some(outside.to_owned());
+    }
+    if inside.starts_with("/..") {
+        return None;
+    }
+    let root = outside.strip_suffix(inside)?;
+    Some(if root.is_empty() { "/".to_owned() } else { root.to_owned() })
+}
+
 /// Where `place`'s hierarchy is mounted here: the cgroup2 mount for the
 /// v2 hierarchy, else the v1 mount with exactly its controllers (of the
 /// `known` ones, or a `name=`; its other options are not controllers).
@@ -79,9 +137,19 @@ impl Host {
     /// Put process `pid` (this host's pid; `was` in the image) into the
     /// cgroups of `places`; returns what could not be done, a line each.
     pub fn place(&self, pid: i32, was: i32, places: &[CgroupPlace]) -> Vec<String> {
+        self.enter_each(pid, was, places, true)
+    }
+
+    /// As [`Host::place`], into stasis's own cgroups too (where a process
+    /// forked by another puppet is not).
+    pub fn place_exactly(&self, pid: i32, was: i32, places: &[CgroupPlace]) -> Vec<String> {
+        self.enter_each(pid, was, places, false)
+    }
+
+    fn enter_each(&self, pid: i32, was: i32, places: &[CgroupPlace], skip_own: bool) -> Vec<String> {
         let mut warnings = Vec::new();
         for place in places {
-            if self.own.contains(place) {
+            if skip_own && self.own.contains(place) {
                 continue;
             }
             let hierarchy =
@@ -122,6 +190,15 @@ fn enter(dir: &Path, pid: i32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_a_namespace_root_from_both_views() {
+        assert_eq!(root_of("/a/b", "/").as_deref(), Some("/a/b"));
+        assert_eq!(root_of("/a/b/c", "/c").as_deref(), Some("/a/b"));
+        assert_eq!(root_of("/c", "/c").as_deref(), Some("/"));
+        assert_eq!(root_of("/a/x", "/../x"), None);
+        assert_eq!(root_of("/a/b", "/c"), None);
+    }
 
     #[test]
     fn parses_hybrid_and_v2_lines() {

@@ -222,6 +222,8 @@ pub struct Stat {
     pub nice: i32,
     pub num_threads: i64,
     pub exit_signal: i32,
+    /// When it started, in clock ticks after boot (field 22).
+    pub start_time: u64,
     pub start_code: u64,
     pub end_code: u64,
     pub start_stack: u64,
@@ -260,6 +262,7 @@ pub fn parse_stat(text: &str) -> Result<Stat, String> {
         nice: num(19)? as i32,
         num_threads: num(20)?,
         exit_signal: num(38)? as i32,
+        start_time: unum(22)?,
         start_code: unum(26)?,
         end_code: unum(27)?,
         start_stack: unum(28)?,

@@ -377,6 +377,7 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                         "fanotify",
                         n.marks.iter().map(|m| format!("{} mask {:#x}", m.path, m.mask)).collect::<Vec<_>>().join(", "),
                     ),
+                    Some(fd::Kind::ProcEntry(e)) => ("proc", format!("/proc/{}/{}", e.pid, e.path)),
                     Some(fd::Kind::Pidfd(p)) => ("pidfd", format!("process {}", p.pid)),
                     Some(fd::Kind::Memfd(id)) => ("memfd", format!("shared memory object {id}")),
                     Some(fd::Kind::Eventfd(e)) => ("eventfd", format!("count {}", e.count)),

@@ -324,6 +324,13 @@ pub struct Process {
     /// 0: SIGSTOP, or not known.
     #[prost(int32, tag = "34")]
     pub stop_signal: i32,
+    /// Its cgroup namespace, when not the dumping agent's: the
+    /// namespace's inode (processes with the same one shared it) and its
+    /// root cgroup in each hierarchy, as `cgroups` names them.
+    #[prost(uint64, tag = "35")]
+    pub cgroup_ns: u64,
+    #[prost(message, repeated, tag = "36")]
+    pub cgroup_ns_roots: Vec<CgroupPlace>,
 }
 
 /// The membarrier(2) commands (include/uapi/linux/membarrier.h) that
@@ -434,6 +441,24 @@ pub struct Thread {
     /// older images: the process's then.
     #[prost(message, optional, tag = "18")]
     pub creds: Option<Creds>,
+    /// Its seccomp filters, oldest first (each thread has its own chain:
+    /// one set without SECCOMP_FILTER_FLAG_TSYNC is one thread's).
+    #[prost(message, repeated, tag = "19")]
+    pub seccomp: Vec<SeccompFilter>,
+    /// In seccomp strict mode (read, write, exit and sigreturn only).
+    #[prost(bool, tag = "20")]
+    pub seccomp_strict: bool,
+}
+
+/// A seccomp filter: its classic BPF program.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SeccompFilter {
+    /// `struct sock_filter` instructions, 8 bytes each.
+    #[prost(bytes = "vec", tag = "1")]
+    pub program: Vec<u8>,
+    /// Installed with SECCOMP_FILTER_FLAG_LOG.
+    #[prost(bool, tag = "2")]
+    pub log: bool,
 }
 
 /// One mapping of an address space.
@@ -573,7 +598,10 @@ pub struct Fd {
     /// File position, where the kind has one.
     #[prost(uint64, tag = "4")]
     pub pos: u64,
-    #[prost(oneof = "fd::Kind", tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30")]
+    #[prost(
+        oneof = "fd::Kind",
+        tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30, 31"
+    )]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
     /// description (made by dup or inherited): restore dups that one.
@@ -717,7 +745,29 @@ pub mod fd {
         /// A fanotify group and its marks.
         #[prost(message, tag = "30")]
         Fanotify(super::Fanotify),
+        /// A file or directory of a process's /proc directory.
+        #[prost(message, tag = "31")]
+        ProcEntry(super::ProcEntry),
     }
+}
+
+/// A file or directory of a process's /proc directory (`/proc/PID/...`),
+/// opened again by its path at restore: that of the same process, of the
+/// tree or not.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProcEntry {
+    /// The process whose directory it is.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// Its path inside that directory ("status", "task/12/stat"); empty for
+    /// the directory itself.
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// When the process started (`starttime` of /proc/PID/stat, clock
+    /// ticks after boot): a process outside the tree must be the same one
+    /// at restore, not another given its pid since.
+    #[prost(uint64, tag = "3")]
+    pub start_time: u64,
 }
 
 /// A pseudo-terminal pair whose master the tree holds (a terminal
@@ -951,6 +1001,10 @@ pub struct InetSocket {
     /// mark, keepalive timing, TOS, TTL, linger, timeouts...).
     #[prost(message, repeated, tag = "16")]
     pub options: Vec<SockOption>,
+    /// The network device it is bound to (SO_BINDTODEVICE), by name;
+    /// empty: none.
+    #[prost(string, tag = "17")]
+    pub device: String,
 }
 
 /// One socket option set to a value other than a new socket's: an int

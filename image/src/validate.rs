@@ -93,6 +93,11 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                 return Err(at(format!("thread {} has a malformed pending signal", t.tid)));
             }
             check_str(&t.comm, 16).map_err(|e| at(format!("thread {} name {e}", t.tid)))?;
+            // BPF_MAXINSNS instructions of 8 bytes at most.
+            if t.seccomp.iter().any(|f| f.program.is_empty() || f.program.len() % 8 != 0 || f.program.len() > 4096 * 8)
+            {
+                return Err(at(format!("thread {} has a malformed seccomp filter", t.tid)));
+            }
         }
         if p.shared_pending.iter().any(|s| s.raw.len() != SIGINFO_LEN) {
             return Err(at("malformed pending signal".into()));
@@ -213,6 +218,13 @@ fn check_fd(
         Some(fd::Kind::Fanotify(n)) => {
             for m in &n.marks {
                 check_str(&m.path, MAX_PATH)?;
+            }
+        }
+        Some(fd::Kind::ProcEntry(e)) => {
+            check_str(&e.path, MAX_PATH)?;
+            // Opened under /proc/PID at restore: nothing may lead out of it.
+            if e.pid <= 0 || e.path.starts_with('/') || e.path.split('/').any(|c| c == "..") {
+                return Err(format!("/proc entry {} {:?}", e.pid, e.path));
             }
         }
         Some(fd::Kind::TcpListen(s)) | Some(fd::Kind::Udp(s)) | Some(fd::Kind::TcpUnconnected(s)) => check_inet(s)?,
@@ -350,6 +362,8 @@ fn check_inet(s: &InetSocket) -> Result<(), String> {
         AF_INET6 => 16,
         f => return Err(format!("socket of unknown address family {f}")),
     };
+    // IFNAMSIZ, with its terminating zero.
+    check_str(&s.device, 15)?;
     for (what, a) in [("local", &s.local), ("peer", &s.peer)] {
         if let Some(a) = a {
             if a.addr.len() != len || a.port > u32::from(u16::MAX) {

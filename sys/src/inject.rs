@@ -443,6 +443,11 @@ impl Injection<'_> {
         self.seized.pid()
     }
 
+    /// The thread as seized (for ptrace requests between the calls).
+    pub fn tracee(&self) -> &Seized {
+        self.seized
+    }
+
     /// The syscall site in use.
     pub fn site(&self) -> RemoteAddr {
         self.site

@@ -153,6 +153,18 @@ pub enum Error {
         #[source]
         errno: Errno,
     },
+    /// `PTRACE_SECCOMP_GET_FILTER` or `PTRACE_GET_SECCOMP_METADATA` failed
+    /// (EINVAL: a kernel without CONFIG_CHECKPOINT_RESTORE).
+    #[error("cannot read seccomp filter {index} of thread {tid}")]
+    SeccompFilter {
+        /// The thread.
+        tid: Pid,
+        /// The filter, 0 the newest.
+        index: u64,
+        /// The kernel's answer.
+        #[source]
+        errno: Errno,
+    },
     /// `PTRACE_SETOPTIONS` failed.
     #[error("cannot set ptrace options {options:?} on thread {tid}")]
     SetOptions {
@@ -388,7 +400,62 @@ unsafe fn ptrace_raw(request: libc::c_uint, tid: Pid, addr: usize, data: *mut li
     Errno::result(ret)
 }
 
+/// `PTRACE_O_SUSPEND_SECCOMP`: the tracee's seccomp filters do not run while
+/// it is traced with it, so they cannot refuse the calls a dump or restore
+/// injects. Only a tracer with CAP_SYS_ADMIN under no filter of its own may
+/// set it; detaching ends it.
+pub const SUSPEND_SECCOMP: Options = Options::from_bits_retain(libc::PTRACE_O_SUSPEND_SECCOMP);
+
+/// One seccomp filter of a thread: its classic BPF program (`struct
+/// sock_filter` array, 8 bytes an instruction) and whether it logs
+/// (SECCOMP_FILTER_FLAG_LOG).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// The instructions, as the kernel hands them back.
+    pub program: Vec<u8>,
+    /// Installed with SECCOMP_FILTER_FLAG_LOG.
+    pub log: bool,
+}
+
+/// PTRACE_SECCOMP_GET_FILTER and PTRACE_GET_SECCOMP_METADATA
+/// (<linux/ptrace.h>).
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_GET_SECCOMP_METADATA: libc::c_uint = 0x420d;
+/// SECCOMP_FILTER_FLAG_LOG (<linux/seccomp.h>).
+pub const SECCOMP_FILTER_FLAG_LOG: u64 = 2;
+
 impl Seized {
+    /// The seccomp filters of the stopped tracee, oldest first (the order
+    /// to install them in again); empty when it has none.
+    pub fn seccomp_filters(&self) -> Result<Vec<SeccompFilter>, Error> {
+        let tid = self.pid();
+        let mut newest_first = Vec::new();
+        for index in 0.. {
+            let err = |errno| Error::SeccompFilter { tid, index, errno };
+            // SAFETY: a null buffer: the kernel only returns the count.
+            let count =
+                match unsafe { ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, std::ptr::null_mut()) } {
+                    Ok(n) => n as usize,
+                    // Past the oldest filter, or no filter mode at all.
+                    Err(Errno::ENOENT) if index > 0 => break,
+                    Err(Errno::ENOENT | Errno::EMEDIUMTYPE) if index == 0 => break,
+                    Err(e) => return Err(err(e)),
+                };
+            let mut program = vec![0u8; count * 8];
+            // SAFETY: `program` holds `count` sock_filter instructions, as
+            // many as the kernel said this filter has.
+            unsafe { ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, index as usize, program.as_mut_ptr().cast()) }
+                .map_err(err)?;
+            // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+            let mut meta = [index, 0u64];
+            // SAFETY: `meta` is a live seccomp_metadata of the size passed.
+            unsafe { ptrace_raw(PTRACE_GET_SECCOMP_METADATA, tid, 16, meta.as_mut_ptr().cast()) }.map_err(err)?;
+            newest_first.push(SeccompFilter { program, log: meta[1] & SECCOMP_FILTER_FLAG_LOG != 0 });
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
     /// `PTRACE_SETOPTIONS`: replaces the tracing options.
     pub fn set_options(&self, options: Options) -> Result<(), Error> {
         ptrace::setoptions(self.pid(), options).map_err(|errno| Error::SetOptions { tid: self.pid(), options, errno })

@@ -493,13 +493,21 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         if status.tracer_pid != 0 {
             problems.push(at(format!("it is being traced by process {}", status.tracer_pid)));
         }
-        if status.seccomp != 0 {
-            problems.push(at("it uses seccomp (not supported yet)".into()));
-        }
         problems.extend(pid_namespace_problem(root, pid).map(at));
         // Clock offsets of a time namespace are not dumped.
         let ns = |name: &str| std::fs::read_link(proc::path(pid, &format!("ns/{name}"))).ok();
         let own = |name: &str| std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        // A child made in the parent's cgroup namespace would be in it
+        // again: one that left it for stasis's cannot be made.
+        let parent = stats.iter().find(|(p, _)| *p == pid).map(|(_, s)| Pid::from_raw(s.ppid));
+        if let Some(parent) = parent.filter(|p| pids.contains(p)) {
+            let parents = std::fs::read_link(proc::path(parent, "ns/cgroup")).ok();
+            if ns("cgroup") == own("cgroup") && parents != own("cgroup") {
+                problems.push(at(format!(
+                    "it is in stasis's cgroup namespace, and its parent {parent} in another (not supported yet)"
+                )));
+            }
+        }
         if ns("time") != own("time") {
             problems.push(at("it runs in a time namespace of its own (not supported yet)".into()));
         } else if ns("time_for_children") != ns("time") {
@@ -1274,7 +1282,8 @@ impl FdDumper {
             | fd::Kind::Memfd
             | fd::Kind::TcpEstablished
             | fd::Kind::Inotify
-            | fd::Kind::Fanotify => {
+            | fd::Kind::Fanotify
+            | fd::Kind::ProcEntry => {
                 let what = match kind {
                     fd::Kind::Epoll => "an epoll instance",
                     fd::Kind::Signalfd => "a signalfd",
@@ -1282,6 +1291,7 @@ impl FdDumper {
                     fd::Kind::Memfd => "a memfd",
                     fd::Kind::Inotify => "an inotify instance",
                     fd::Kind::Fanotify => "a fanotify group",
+                    fd::Kind::ProcEntry => "a file of a process's /proc directory",
                     _ => "an established TCP connection",
                 };
                 return Err(format!(

@@ -433,7 +433,7 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
         .collect();
     memory::find_guards(pid, &mut plans).map_err(|e| e.to_string())?;
     let pidfd = PidFd::open(pid).map_err(|e| crate::chain(&e))?;
-    let mut seized = Seized::seize(pid, crate::freeze::seize_options()).map_err(|e| crate::chain(&e))?;
+    let mut seized = Seized::seize(pid, crate::freeze::seize_options_for(pid)).map_err(|e| crate::chain(&e))?;
     seized.interrupt(STOP_TIMEOUT).map_err(|e| crate::chain(&e))?;
     let site = find_syscall_site(pid).map_err(|e| crate::chain(&e))?;
     let mut inj = seized.begin_injection(site).map_err(|e| crate::chain(&e))?;

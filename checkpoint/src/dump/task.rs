@@ -5,7 +5,7 @@
 use std::fs;
 
 use stasis_image::records::{
-    AltStack, Creds, Itimer, KernelLayout, MmFields, Process, Rlimit, Rseq, SigAction, SigInfo, Thread,
+    AltStack, Creds, Itimer, KernelLayout, MmFields, Process, Rlimit, Rseq, SeccompFilter, SigAction, SigInfo, Thread,
 };
 use stasis_sys::inject::{find_syscall_site, Injection};
 use stasis_sys::nix::libc;
@@ -24,6 +24,9 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         move |source| DumpError::Proc { pid, what, source }
     };
     let status = proc::parse_status(&proc::read(pid, "status").map_err(proc_err("status"))?);
+    let (cgroup_ns, cgroup_ns_roots) = crate::cgroups::namespace(pid.as_raw())
+        .map_err(|what| DumpError::Unsupported { pid, problems: vec![what] })?
+        .unwrap_or_default();
     let link = |name: &str| fs::read_link(proc::path(pid, name)).map(|p| p.to_string_lossy().into_owned());
     let exe_path = link("exe").map_err(proc_err("exe"))?;
     let exe = fs::metadata(proc::path(pid, "exe")).ok().map(|m| {
@@ -120,6 +123,8 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         membarrier: injected.membarrier,
         from_parent: Vec::new(),
         files_of_parent: false,
+        cgroup_ns,
+        cgroup_ns_roots,
     })
 }
 
@@ -159,6 +164,22 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
     let status = proc::parse_status(
         &fs::read_to_string(proc::task_path(pid, tid, "status")).map_err(|e| err(crate::chain(&e)))?,
     );
+    // Under seccomp since it was seized: the calls injected below must
+    // pass its filters.
+    if status.seccomp != 0 {
+        s.set_options(crate::freeze::seize_options() | stasis_sys::regs::SUSPEND_SECCOMP)
+            .map_err(|e| err(crate::chain(&e)))?;
+    }
+    // Mode 2: filters (1 is strict mode).
+    let seccomp = match status.seccomp {
+        2 => s.seccomp_filters().map_err(|e| err(crate::chain(&e)))?,
+        _ => Vec::new(),
+    };
+    if seccomp.iter().any(|f| hands_to_listener(&f.program)) {
+        return Err(err("a seccomp filter hands calls to a listener (SECCOMP_RET_USER_NOTIF), which a restore \
+                        could not connect again (not supported)"
+            .into()));
+    }
     let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
     let (altstack, clear_child_tid, robust) = {
         let mut inj = s.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
@@ -192,6 +213,21 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
         sched_priority,
         ioprio,
         creds: Some(creds(&status)),
+        seccomp: seccomp.into_iter().map(|f| SeccompFilter { program: f.program, log: f.log }).collect(),
+        seccomp_strict: status.seccomp == 1,
+    })
+}
+
+/// Whether a seccomp program returns SECCOMP_RET_USER_NOTIF (a `ret #k`
+/// instruction with that action), which hands the call to whoever holds
+/// the filter's listener fd.
+fn hands_to_listener(program: &[u8]) -> bool {
+    const BPF_RET_K: u16 = 0x06;
+    const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+    program.chunks_exact(8).any(|i| {
+        let code = u16::from_le_bytes([i[0], i[1]]);
+        let k = u32::from_le_bytes([i[4], i[5], i[6], i[7]]);
+        code == BPF_RET_K && k & 0xffff_0000 == SECCOMP_RET_USER_NOTIF
     })
 }
 
@@ -299,5 +335,27 @@ pub(super) fn kernel_layout(pid: Pid, maps: &[Mapping]) -> KernelLayout {
             .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
             .map(|m| format!("{} {}", m.name, m.end - m.start))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hands_to_listener;
+
+    fn insn(code: u16, k: u32) -> Vec<u8> {
+        let mut i = code.to_le_bytes().to_vec();
+        i.extend_from_slice(&[0, 0]);
+        i.extend_from_slice(&k.to_le_bytes());
+        i
+    }
+
+    #[test]
+    fn a_filter_returning_user_notif_is_told() {
+        let allow = insn(0x06, 0x7fff_0000);
+        let notify = insn(0x06, 0x7fc0_0000);
+        // `ld [0]` whose k has the notify bits is no return.
+        let load = insn(0x20, 0x7fc0_0000);
+        assert!(!hands_to_listener(&[load.clone(), allow.clone()].concat()));
+        assert!(hands_to_listener(&[load, notify, allow].concat()));
     }
 }

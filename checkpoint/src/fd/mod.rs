@@ -63,6 +63,8 @@ pub enum Kind {
     Inotify,
     /// A fanotify group.
     Fanotify,
+    /// A file or directory of a process's /proc directory.
+    ProcEntry,
     /// A memfd: dumped with the tree's shared memory objects.
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
@@ -121,26 +123,25 @@ fn see(pid: Pid, fd: i32, sockets: &mut Option<socket::Tables>) -> Option<Seen> 
         let tables = sockets.get_or_insert_with(|| socket::Tables::read(pid));
         tables.classify(socket::protocol_name(&link).as_deref(), meta.ino())
     } else {
-        special_filesystem(&link).map_or_else(|| classify(&target, &meta), Err)
+        special_filesystem(&link).unwrap_or_else(|| classify(&target, &meta))
     };
     Some(Seen { fd, target, kind, info: proc::parse_fdinfo(&info), rdev: meta.rdev(), ino: meta.ino() })
 }
 
 /// Files that look regular but live on a filesystem whose objects cannot be
 /// reopened by the path /proc shows: POSIX message queues (whose path is
-/// relative to the mqueue filesystem) and pinned BPF objects. `None` for
-/// every other filesystem.
-fn special_filesystem(fd_link: &std::path::Path) -> Option<String> {
+/// relative to the mqueue filesystem) and pinned BPF objects, refused; the
+/// entries of a process's /proc directory, which are its while it lives
+/// and no longer there once it exits. `None` for every other filesystem.
+fn special_filesystem(fd_link: &std::path::Path) -> Option<Result<Kind, String>> {
     use stasis_sys::nix::sys::statfs::{statfs, FsType};
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
     let FsType(magic) = statfs(fd_link).ok()?.filesystem_type();
     match magic {
-        MQUEUE_MAGIC => Some("POSIX message queue".into()),
-        BPF_FS_MAGIC => Some("BPF object".into()),
-        // /proc/PID/...: that process's entry, which a restore cannot open
-        // before the process exists again (nor, for another, at all).
+        MQUEUE_MAGIC => Some(Err("POSIX message queue".into())),
+        BPF_FS_MAGIC => Some(Err("BPF object".into())),
         PROC_SUPER_MAGIC => {
             let target = fs::read_link(fd_link).ok()?;
             let mut parts = target.components().skip(2);
@@ -148,7 +149,7 @@ fn special_filesystem(fd_link: &std::path::Path) -> Option<String> {
                 let c = c.as_os_str().to_string_lossy();
                 c.chars().all(|ch| ch.is_ascii_digit()) || c == "self" || c == "thread-self"
             });
-            per_process.then(|| "file of a process's /proc directory (not supported yet)".into())
+            per_process.then_some(Ok(Kind::ProcEntry))
         }
         _ => None,
     }
@@ -242,6 +243,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => inotify::dump(pid, seen),
         Kind::Fanotify => Ok((fanotify::dump(pid, seen)?, Extra::default())),
+        Kind::ProcEntry => Ok((proc_entry(&seen.target)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {
             Ok((socket::dump(pid, seen, copy)?, Extra::default()))
@@ -250,6 +252,28 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Unix => Err("a unix socket is dumped into the tree's table, not alone".into()),
         Kind::PtyMaster => Err("a pseudo-terminal master is dumped into the tree's table, not alone".into()),
     }
+}
+
+/// An fd of a process's /proc directory (`target`: /proc/PID[/path]),
+/// with the identity of that process. Refused when it is a thread's
+/// (`/proc/TID` or `task/TID` of another thread: threads are made after
+/// the fds at restore) or the process has exited.
+fn proc_entry(target: &str) -> Result<RecordKind, String> {
+    let rest = target.strip_prefix("/proc/").ok_or_else(|| format!("{target} is not under /proc"))?;
+    let (number, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let pid: i32 = number.parse().map_err(|_| format!("{target} names no process"))?;
+    let exited = || format!("{target}, a file of process {pid}, which has exited");
+    let status = proc::read(Pid::from_raw(pid), "status").map_err(|_| exited())?;
+    let tgid = status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok());
+    let thread = match path.strip_prefix("task/") {
+        Some(t) => t.split('/').next().and_then(|t| t.parse::<i32>().ok()).filter(|&t| t != pid),
+        None => None,
+    };
+    if let Some(tid) = thread.or((tgid != Some(pid)).then_some(pid)) {
+        return Err(format!("{target}, a file of thread {tid}'s /proc directory (not supported yet)"));
+    }
+    let stat = proc::stat(Pid::from_raw(pid)).map_err(|_| exited())?;
+    Ok(RecordKind::ProcEntry(records::ProcEntry { pid, path: path.to_owned(), start_time: stat.start_time }))
 }
 
 /// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.

@@ -189,6 +189,8 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     if family == libc::AF_INET6 {
         s.v6only = getsockopt(copy, sockopt::Ipv6V6Only).map_err(err("IPV6_V6ONLY"))?;
     }
+    let device = getsockopt(copy, sockopt::BindToDevice).map_err(err("SO_BINDTODEVICE"))?;
+    s.device = device.to_string_lossy().into_owned();
     let (level, freebind, transparent) = ip_options(family);
     s.freebind = stasis_sys::sock::int_option(copy, level, freebind).map_err(err("IP_FREEBIND"))? != 0;
     s.transparent = stasis_sys::sock::int_option(copy, level, transparent).map_err(err("IP_TRANSPARENT"))? != 0;
@@ -551,6 +553,10 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
     set("SO_REUSEPORT", setsockopt(&sock, sockopt::ReusePort, &s.reuseport))?;
     if s.family == libc::AF_INET6 {
         set("IPV6_V6ONLY", setsockopt(&sock, sockopt::Ipv6V6Only, &s.v6only))?;
+    }
+    if !s.device.is_empty() {
+        let device = std::ffi::OsString::from(&s.device);
+        set(&format!("SO_BINDTODEVICE {}", s.device), setsockopt(&sock, sockopt::BindToDevice, &device))?;
     }
     let (level, freebind, transparent) = ip_options(s.family);
     if s.freebind {

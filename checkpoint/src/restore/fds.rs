@@ -31,6 +31,9 @@ pub enum Planned {
     /// The open file description of fd `of` of process `pid`, restored
     /// before this one: fetched from it once it is built.
     Shared { fd: i32, pid: i32, of: i32, cloexec: bool },
+    /// A file of the /proc directory of the tree's process `pid`, opened
+    /// once every process exists ([`Planned::open_proc_entry`]).
+    ProcEntry { fd: i32, cloexec: bool, flags: i32, pid: i32, path: String },
 }
 
 impl Planned {
@@ -41,9 +44,30 @@ impl Planned {
             | Planned::Epoll { fd, .. }
             | Planned::Signalfd { fd, .. }
             | Planned::Pidfd { fd, .. }
-            | Planned::Shared { fd, .. } => *fd,
+            | Planned::Shared { fd, .. }
+            | Planned::ProcEntry { fd, .. } => *fd,
         }
     }
+
+    /// A [`Planned::ProcEntry`] opened, now that its process exists as
+    /// `host_pid`, into an object; any other unchanged.
+    pub fn open_proc_entry(self, host_pid: impl Fn(i32) -> Option<i32>) -> Result<Planned, FdError> {
+        let Planned::ProcEntry { fd, cloexec, flags, pid, path } = self else { return Ok(self) };
+        let now = host_pid(pid)
+            .ok_or_else(|| FdError::Other { fd, what: format!("process {pid} of /proc/{pid}/{path} was not made") })?;
+        let object = open_proc(fd, now, &path, flags)?;
+        Ok(Planned::Object { fd, object, cloexec })
+    }
+}
+
+/// `/proc/PID/path` opened with `flags`, at its start (the position is
+/// set once the whole tree is built: `seek_proc_entries` in `mod.rs`).
+fn open_proc(fd: i32, pid: i32, path: &str, flags: i32) -> Result<OwnedFd, FdError> {
+    let full = match path {
+        "" => format!("/proc/{pid}"),
+        path => format!("/proc/{pid}/{path}"),
+    };
+    Ok(open(fd, &full, flags)?.into())
 }
 
 /// Why an fd could not be re-created.
@@ -358,6 +382,24 @@ impl<'a> Planner<'a> {
                     let object: OwnedFd = pidfd.into();
                     set_status_flags(&object, flags).map_err(other)?;
                     object
+                }
+                Kind::ProcEntry(e) if self.tree.contains(&e.pid) => {
+                    let (pid, path) = (e.pid, e.path.clone());
+                    out.push(Planned::ProcEntry { fd, cloexec: r.cloexec, flags, pid, path });
+                    continue;
+                }
+                // Of a process outside the tree: the same process, if it
+                // still runs.
+                Kind::ProcEntry(e) => {
+                    let started = crate::proc::stat(stasis_sys::Pid::from_raw(e.pid)).map(|s| s.start_time);
+                    if !allow_changed && started.as_ref().ok() != Some(&e.start_time) {
+                        return Err(FdError::Changed {
+                            fd,
+                            path: format!("/proc/{}/{}", e.pid, e.path),
+                            what: format!("process {} outside the tree has exited", e.pid),
+                        });
+                    }
+                    open_proc(fd, e.pid, &e.path, flags)?
                 }
                 Kind::Inotify(n) => {
                     let object = crate::fd::inotify::restore(n, self.deleted).map_err(other)?;

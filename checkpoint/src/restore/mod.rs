@@ -670,6 +670,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let (mut puppets, zombies) = create_tree(tree, pidns.as_mut(), &memory)?;
     phase("create");
     let zombie_pids: Vec<Pid> = zombies.iter().map(|z| z.pid).collect();
+    // Each process's pid in /proc (the host's, in a PID namespace of its
+    // own), by the pid it had.
+    let host_pids: HashMap<i32, i32> = (puppets.iter().map(|q| (q.ns_pid, q.pid.as_raw())))
+        .chain(tree.zombies.iter().zip(&zombie_pids).map(|(z, pid)| (z.pid, pid.as_raw())))
+        .collect();
     for (zombie, z) in zombies.into_iter().zip(&tree.zombies) {
         zombie.exit_as(z)?;
     }
@@ -692,6 +697,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     for (i, (p, planned)) in tree.processes.iter().zip(planned).enumerate() {
         let planned = fetch_shared(planned, &puppets[..i]).map_err(|e| in_process(tree, p.pid, e))?;
+        let planned = planned
+            .into_iter()
+            .map(|f| f.open_proc_entry(|pid| host_pids.get(&pid).copied()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| in_process(tree, p.pid, e.into()))?;
         let reap = tree.zombies.iter().any(|z| z.ppid == p.pid);
         let shared_table = match table[i] {
             t if t == i => None,
@@ -716,6 +726,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         }
     }
     shmem::seal(&tree.shmem, &objects)?;
+    for (puppet, p) in puppets.iter().zip(&tree.processes) {
+        seek_proc_entries(puppet.pid, p).map_err(|e| in_process(tree, p.pid, e))?;
+    }
     // Every process ready before any runs: then all go at once.
     for (puppet, p) in puppets.iter_mut().zip(&tree.processes) {
         puppet.set_final_state(p).map_err(|e| in_process(tree, p.pid, e))?;
@@ -928,6 +941,12 @@ fn create_tree(
         if p.sid == p.pid {
             puppet.simple_call("session", libc::SYS_setsid, [0; 6])?;
         }
+        // A cgroup namespace other than its parent's (which a child made
+        // later by this one is in already).
+        let parent_ns = tree.processes.iter().find(|q| q.pid == p.ppid).map_or(0, |q| q.cgroup_ns);
+        if p.cgroup_ns != 0 && p.cgroup_ns != parent_ns {
+            cgroup_namespace(&cgroups, &mut puppet, p).map_err(|e| in_process(tree, p.pid, e))?;
+        }
         for warning in cgroups.place(puppet.pid.as_raw(), p.pid, &p.cgroups) {
             tracing::warn!("{warning}");
         }
@@ -1024,6 +1043,43 @@ fn wait_zombie(pid: Pid, was: i32) -> Result<(), RestoreError> {
             Err(e) => return Err(step("zombie")(format!("process {was} is gone: {e}"))),
         }
     }
+}
+
+/// The files of /proc directories that process `p` (built as `pid`) read
+/// part way, put back at their positions now that every process is as it
+/// was: a /proc file makes its text when it is sought (a seek made before
+/// would find the processes still being built) and reads on from that.
+fn seek_proc_entries(pid: Pid, p: &Process) -> Result<(), RestoreError> {
+    let entries = p.fds.iter().filter(|r| r.pos != 0 && r.same_as.is_none() && r.shared_with.is_none());
+    let mut holder = None;
+    for r in entries.filter(|r| matches!(r.kind, Some(fd::Kind::ProcEntry(_)))) {
+        let what = format!("fd {}", r.fd);
+        let holder = match &mut holder {
+            Some(h) => h,
+            None => holder.insert(stasis_sys::pidfd::PidFd::open(pid).map_err(|e| step(&what)(crate::chain(&e)))?),
+        };
+        let file = holder.get_fd(r.fd).map_err(|e| step(&what)(crate::chain(&e)))?;
+        if let Err(e) = stasis_sys::nix::unistd::lseek(&file, r.pos as i64, stasis_sys::nix::unistd::Whence::SeekSet) {
+            tracing::warn!(
+                "{what}: a /proc file, cannot be read from position {} again ({e}); it reads from its start",
+                r.pos
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Process `p` in a cgroup namespace of its own rooted where its was: the
+/// puppet enters the namespace's root cgroup in each hierarchy and makes
+/// the namespace there; it is put in its own cgroups after.
+fn cgroup_namespace(cgroups: &crate::cgroups::Host, puppet: &mut Puppet, p: &Process) -> Result<(), RestoreError> {
+    let what = "cgroup namespace";
+    let problems = cgroups.place_exactly(puppet.pid.as_raw(), p.pid, &p.cgroup_ns_roots);
+    if !problems.is_empty() {
+        return Err(step(what)(format!("its root cannot be entered: {}", problems.join("; "))));
+    }
+    puppet.simple_call(what, libc::SYS_unshare, [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0])?;
+    Ok(())
 }
 
 /// Fds that share a description with a process restored earlier, fetched
@@ -1259,6 +1315,19 @@ struct Recipe<'a> {
     keep_agent: bool,
 }
 
+/// The ptrace options puppets are seized with. EXITKILL: if stasis dies
+/// half-way, the puppet dies with it (and so do the puppets it forks, which
+/// inherit the options). TRACEFORK and TRACECLONE: the event of a process
+/// it makes tells that process's pid here (its own, inside a new PID
+/// namespace, differs); a fork with exit signal SIGCHLD reports only with
+/// the first.
+fn puppet_options() -> Options {
+    Options::PTRACE_O_TRACESYSGOOD
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_TRACEFORK
+        | Options::PTRACE_O_EXITKILL
+}
+
 /// A process being built. Dropping it kills it (before its threads are
 /// detached), so an error never leaves a half-restored process running.
 struct Puppet {
@@ -1325,15 +1394,7 @@ impl Puppet {
                 (child.pid(), Some(child))
             }
         };
-        // EXITKILL: if stasis dies half-way, the puppet dies with it (and so
-        // do the puppets it forks, which inherit the options).
-        // TRACEFORK and TRACECLONE: the event of a process it makes tells
-        // that process's pid here (its own, inside a new PID namespace,
-        // differs); a fork with exit signal SIGCHLD reports only with the first.
-        let opts = Options::PTRACE_O_TRACESYSGOOD
-            | Options::PTRACE_O_TRACECLONE
-            | Options::PTRACE_O_TRACEFORK
-            | Options::PTRACE_O_EXITKILL;
+        let opts = puppet_options();
         let mut puppet = Puppet {
             pid,
             ns_pid,
@@ -2112,7 +2173,9 @@ impl Remote<'_, '_> {
                     }
                 }
                 fds::Planned::Epoll { .. } => {}
-                fds::Planned::Shared { .. } => unreachable!("fetched before the build"),
+                fds::Planned::Shared { .. } | fds::Planned::ProcEntry { .. } => {
+                    unreachable!("fetched before the build")
+                }
             }
         }
         // Epoll last: its registrations name the fds installed above.
@@ -2614,7 +2677,41 @@ impl Remote<'_, '_> {
             let at = self.put(0, &s.raw)?;
             self.call(&what, libc::SYS_rt_tgsigqueueinfo, [p.pid as u64, t.tid as u64, signo(&s.raw), at, 0, 0])?;
         }
+        self.seccomp(t)?;
         self.creds(t.creds.as_ref().or(p.creds.as_ref()))
+    }
+
+    /// The thread's seccomp filters, oldest first, or its strict mode: set
+    /// while it still has stasis's privileges (CAP_SYS_ADMIN lets a thread
+    /// without no_new_privs install a filter), with seccomp suspended for
+    /// it until it is let go, so that the calls injected after (its
+    /// credentials) are not refused.
+    fn seccomp(&mut self, t: &stasis_image::records::Thread) -> Result<(), RestoreError> {
+        if t.seccomp.is_empty() && !t.seccomp_strict {
+            return Ok(());
+        }
+        let what = format!("thread {}: seccomp", t.tid);
+        self.inj
+            .tracee()
+            .set_options(puppet_options() | stasis_sys::regs::SUSPEND_SECCOMP)
+            .map_err(|e| step(&what)(crate::chain(&e)))?;
+        const SET_MODE_STRICT: u64 = 0;
+        const SET_MODE_FILTER: u64 = 1;
+        for f in &t.seccomp {
+            // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+            // with the program right after it.
+            let program = self.scratch + 16;
+            let mut raw = ((f.program.len() / 8) as u64).to_le_bytes().to_vec();
+            raw.extend_from_slice(&program.to_le_bytes());
+            raw.extend_from_slice(&f.program);
+            let at = self.put(0, &raw)?;
+            let flags = if f.log { stasis_sys::regs::SECCOMP_FILTER_FLAG_LOG } else { 0 };
+            self.call(&what, libc::SYS_seccomp, [SET_MODE_FILTER, flags, at, 0, 0, 0])?;
+        }
+        if t.seccomp_strict {
+            self.call(&what, libc::SYS_seccomp, [SET_MODE_STRICT, 0, 0, 0, 0, 0])?;
+        }
+        Ok(())
     }
 
     /// The thread's CPUs, scheduling policy, nice value and I/O priority.
@@ -2717,6 +2814,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::Pidfd(_) => "pidfd",
         fd::Kind::Inotify(_) => "inotify",
         fd::Kind::Fanotify(_) => "fanotify",
+        fd::Kind::ProcEntry(_) => "proc",
         fd::Kind::Memfd(_) => "memfd",
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::TcpUnconnected(_) => "tcp-unconnected",
