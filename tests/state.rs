@@ -434,6 +434,35 @@ fn seccomp_filters_of_each_thread() {
     );
 }
 
+/// A seccomp filter a thread inherited when it was made is one filter with
+/// its maker's, as before the dump: a filter set after the restore with
+/// SECCOMP_FILTER_FLAG_TSYNC, which needs every thread's chain to be the
+/// caller's, is set for both threads.
+#[test]
+fn seccomp_filter_inherited_by_a_thread_stays_shared() {
+    both(
+        "seccomp-tsync",
+        "import ctypes, threading, queue, struct\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def deny(nr, err, flags=0):\n    \
+             code = b''.join(struct.pack('HBBI', *i) for i in [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (6, 0, 0, 0x50000 | err), (6, 0, 0, 0x7fff0000)])\n    \
+             insns = ctypes.create_string_buffer(code)\n    \
+             prog = ctypes.create_string_buffer(struct.pack('HxxxxxxQ', 4, ctypes.addressof(insns)))\n    \
+             return libc.syscall(317, 1, flags, prog)\n\
+         def errno_of(f):\n    \
+             try:\n        f()\n        return 0\n    \
+             except OSError as e:\n        return e.errno\n\
+         assert deny(140, 77) == 0\n\
+         asks, answers = queue.Queue(), queue.Queue()\n\
+         def worker():\n    \
+             while True:\n        asks.get()\n        answers.put([errno_of(lambda: os.getpriority(os.PRIO_PROCESS, 0)), errno_of(lambda: os.getpgid(0))])\n\
+         threading.Thread(target=worker, daemon=True).start()",
+        "want('TSYNC filter set for every thread', deny(121, 78, flags=1), 0)\n\
+         asks.put(1)\n\
+         want('the other thread: getpriority, getpgid', answers.get(timeout=10), [77, 78])",
+    );
+}
+
 /// Sockets bound to a network device (SO_BINDTODEVICE, here loopback):
 /// a TCP socket not yet connected, a listener, a UDP socket. They stay
 /// bound to it, and sockets not bound to one stay unbound.

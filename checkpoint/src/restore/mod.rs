@@ -1069,6 +1069,13 @@ fn seek_proc_entries(pid: Pid, p: &Process) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// How many seccomp filters, oldest first, all the threads of `p` have
+/// alike (0 for a single thread, which sets its whole chain itself).
+fn shared_filters(p: &Process) -> usize {
+    let Some((first, rest)) = p.threads.split_first().filter(|(_, rest)| !rest.is_empty()) else { return 0 };
+    (0..first.seccomp.len()).take_while(|&i| rest.iter().all(|t| t.seccomp.get(i) == first.seccomp.get(i))).count()
+}
+
 /// Process `p` in a cgroup namespace of its own rooted where its was: the
 /// puppet enters the namespace's root cgroup in each hierarchy and makes
 /// the namespace there; it is put in its own cgroups after.
@@ -1759,6 +1766,11 @@ impl Puppet {
         r.loginuid(p, pid)?;
         phase("attributes");
 
+        // Seccomp filters every thread has, in the main thread before the
+        // others are made: they inherit them, one filter for all as before
+        // (a later filter set with TSYNC needs that).
+        let shared = shared_filters(p);
+        r.seccomp(&p.threads[0], &p.threads[0].seccomp[..shared], false)?;
         // Threads, each stopped before it runs; then what is per thread.
         // Kept in self at once, so that a failure kills them with the rest
         // before they are detached.
@@ -2677,16 +2689,21 @@ impl Remote<'_, '_> {
             let at = self.put(0, &s.raw)?;
             self.call(&what, libc::SYS_rt_tgsigqueueinfo, [p.pid as u64, t.tid as u64, signo(&s.raw), at, 0, 0])?;
         }
-        self.seccomp(t)?;
+        self.seccomp(t, &t.seccomp[shared_filters(p)..], t.seccomp_strict)?;
         self.creds(t.creds.as_ref().or(p.creds.as_ref()))
     }
 
-    /// The thread's seccomp filters, oldest first, or its strict mode: set
-    /// while it still has stasis's privileges (CAP_SYS_ADMIN lets a thread
-    /// without no_new_privs install a filter), with seccomp suspended for
-    /// it until it is let go, so that the calls injected after (its
-    /// credentials) are not refused.
-    fn seccomp(&mut self, t: &stasis_image::records::Thread) -> Result<(), RestoreError> {
+    /// Seccomp `filters` of thread `t`, oldest first, then its strict mode
+    /// if `strict`: set while it still has stasis's privileges
+    /// (CAP_SYS_ADMIN lets a thread without no_new_privs install a
+    /// filter), with seccomp suspended for it until it is let go, so that
+    /// the calls injected after (its credentials) are not refused.
+    fn seccomp(
+        &mut self,
+        t: &stasis_image::records::Thread,
+        filters: &[stasis_image::records::SeccompFilter],
+        strict: bool,
+    ) -> Result<(), RestoreError> {
         if t.seccomp.is_empty() && !t.seccomp_strict {
             return Ok(());
         }
@@ -2697,7 +2714,7 @@ impl Remote<'_, '_> {
             .map_err(|e| step(&what)(crate::chain(&e)))?;
         const SET_MODE_STRICT: u64 = 0;
         const SET_MODE_FILTER: u64 = 1;
-        for f in &t.seccomp {
+        for f in filters {
             // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
             // with the program right after it.
             let program = self.scratch + 16;
@@ -2708,7 +2725,7 @@ impl Remote<'_, '_> {
             let flags = if f.log { stasis_sys::regs::SECCOMP_FILTER_FLAG_LOG } else { 0 };
             self.call(&what, libc::SYS_seccomp, [SET_MODE_FILTER, flags, at, 0, 0, 0])?;
         }
-        if t.seccomp_strict {
+        if strict {
             self.call(&what, libc::SYS_seccomp, [SET_MODE_STRICT, 0, 0, 0, 0, 0])?;
         }
         Ok(())
