@@ -1078,14 +1078,14 @@ fn shared_filters(p: &Process) -> usize {
 
 /// Process `p` in a cgroup namespace of its own rooted where its was: the
 /// puppet enters the namespace's root cgroup in each hierarchy and makes
-/// the namespace there; it is put in its own cgroups after.
+/// the namespace there; it is put in its own cgroups after. A root it
+/// cannot enter costs a warning, as a cgroup does ([`crate::cgroups`]):
+/// the namespace's root there is then the cgroup the puppet is in.
 fn cgroup_namespace(cgroups: &crate::cgroups::Host, puppet: &mut Puppet, p: &Process) -> Result<(), RestoreError> {
-    let what = "cgroup namespace";
-    let problems = cgroups.place_exactly(puppet.pid.as_raw(), p.pid, &p.cgroup_ns_roots);
-    if !problems.is_empty() {
-        return Err(step(what)(format!("its root cannot be entered: {}", problems.join("; "))));
+    for warning in cgroups.place_exactly(puppet.pid.as_raw(), p.pid, &p.cgroup_ns_roots) {
+        tracing::warn!("{warning} (the root of its cgroup namespace)");
     }
-    puppet.simple_call(what, libc::SYS_unshare, [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0])?;
+    puppet.simple_call("cgroup namespace", libc::SYS_unshare, [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0])?;
     Ok(())
 }
 
