@@ -91,6 +91,23 @@ const MMAP: &str = "import ctypes\n\
         assert at not in (None, 2**64 - 1), '%s: errno %d' % (what, ctypes.get_errno())\n    \
         return at\n";
 
+/// A prelude for state programs that set seccomp filters: `deny(nr, err,
+/// flags)` sets one making call `nr` fail with errno `err` and returns what
+/// seccomp(2) returned, `denied` the same asserting it worked, `errno_of(f)`
+/// the errno a call fails with (0: none).
+const SECCOMP: &str = "import ctypes, threading, queue, struct\n\
+    libc = ctypes.CDLL(None, use_errno=True)\n\
+    def deny(nr, err, flags=0):\n    \
+        code = b''.join(struct.pack('HBBI', *i) for i in [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (6, 0, 0, 0x50000 | err), (6, 0, 0, 0x7fff0000)])\n    \
+        insns = ctypes.create_string_buffer(code)\n    \
+        prog = ctypes.create_string_buffer(struct.pack('HxxxxxxQ', 4, ctypes.addressof(insns)))\n    \
+        return libc.syscall(317, 1, flags, prog)\n\
+    def denied(nr, err, flags=0):\n    \
+        assert deny(nr, err, flags) == 0, 'seccomp: errno %d' % ctypes.get_errno()\n\
+    def errno_of(f):\n    \
+        try:\n        f()\n        return 0\n    \
+        except OSError as e:\n        return e.errno\n";
+
 /// Round trip, then --leave-running: the state checks out each time.
 fn both(name: &str, setup: &str, check: &str) {
     for (leave_running, name, after) in
@@ -403,30 +420,20 @@ fn zombie_killed_by_a_signal() {
 fn seccomp_filters_of_each_thread() {
     both(
         "seccomp",
-        "import ctypes, threading, queue, struct\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         def deny(nr, err, flags=0):\n    \
-             code = b''.join(struct.pack('HBBI', *i) for i in [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (6, 0, 0, 0x50000 | err), (6, 0, 0, 0x7fff0000)])\n    \
-             insns = ctypes.create_string_buffer(code)\n    \
-             prog = ctypes.create_string_buffer(struct.pack('HxxxxxxQ', 4, ctypes.addressof(insns)))\n    \
-             assert libc.syscall(317, 1, flags, prog) == 0, 'seccomp: errno %d' % ctypes.get_errno()\n    \
-             keep.append((insns, prog))\n\
-         keep = []\n\
-         def errno_of(f):\n    \
-             try:\n        f()\n        return 0\n    \
-             except OSError as e:\n        return e.errno\n\
-         calls = lambda: [errno_of(lambda: os.getpriority(os.PRIO_PROCESS, 0)), errno_of(lambda: os.getpgid(0)), errno_of(lambda: os.getsid(0))]\n\
-         deny(140, 77, flags=1)\n\
-         asks, answers = queue.Queue(), queue.Queue()\n\
-         def worker():\n    \
-             deny(124, 79)\n    \
-             answers.put('ready')\n    \
-             while True:\n        asks.get()\n        answers.put(calls())\n\
-         threading.Thread(target=worker, daemon=True).start()\n\
-         answers.get()\n\
-         deny(121, 78)\n\
-         status = lambda: [l for l in open('/proc/self/status').read().splitlines() if l.startswith('Seccomp')]\n\
-         before = status()",
+        &format!(
+            "{SECCOMP}calls = lambda: [errno_of(lambda: os.getpriority(os.PRIO_PROCESS, 0)), errno_of(lambda: os.getpgid(0)), errno_of(lambda: os.getsid(0))]\n\
+             denied(140, 77, flags=1)\n\
+             asks, answers = queue.Queue(), queue.Queue()\n\
+             def worker():\n    \
+                 denied(124, 79)\n    \
+                 answers.put('ready')\n    \
+                 while True:\n        asks.get()\n        answers.put(calls())\n\
+             threading.Thread(target=worker, daemon=True).start()\n\
+             answers.get()\n\
+             denied(121, 78)\n\
+             status = lambda: [l for l in open('/proc/self/status').read().splitlines() if l.startswith('Seccomp')]\n\
+             before = status()"
+        ),
         "want('main thread: getpriority, getpgid, getsid', calls(), [77, 78, 0])\n\
          asks.put(1)\n\
          want('other thread', answers.get(timeout=10), [77, 0, 79])\n\
@@ -442,21 +449,13 @@ fn seccomp_filters_of_each_thread() {
 fn seccomp_filter_inherited_by_a_thread_stays_shared() {
     both(
         "seccomp-tsync",
-        "import ctypes, threading, queue, struct\n\
-         libc = ctypes.CDLL(None, use_errno=True)\n\
-         def deny(nr, err, flags=0):\n    \
-             code = b''.join(struct.pack('HBBI', *i) for i in [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (6, 0, 0, 0x50000 | err), (6, 0, 0, 0x7fff0000)])\n    \
-             insns = ctypes.create_string_buffer(code)\n    \
-             prog = ctypes.create_string_buffer(struct.pack('HxxxxxxQ', 4, ctypes.addressof(insns)))\n    \
-             return libc.syscall(317, 1, flags, prog)\n\
-         def errno_of(f):\n    \
-             try:\n        f()\n        return 0\n    \
-             except OSError as e:\n        return e.errno\n\
-         assert deny(140, 77) == 0\n\
-         asks, answers = queue.Queue(), queue.Queue()\n\
-         def worker():\n    \
-             while True:\n        asks.get()\n        answers.put([errno_of(lambda: os.getpriority(os.PRIO_PROCESS, 0)), errno_of(lambda: os.getpgid(0))])\n\
-         threading.Thread(target=worker, daemon=True).start()",
+        &format!(
+            "{SECCOMP}denied(140, 77)\n\
+             asks, answers = queue.Queue(), queue.Queue()\n\
+             def worker():\n    \
+                 while True:\n        asks.get()\n        answers.put([errno_of(lambda: os.getpriority(os.PRIO_PROCESS, 0)), errno_of(lambda: os.getpgid(0))])\n\
+             threading.Thread(target=worker, daemon=True).start()"
+        ),
         "want('TSYNC filter set for every thread', deny(121, 78, flags=1), 0)\n\
          asks.put(1)\n\
          want('the other thread: getpriority, getpgid', answers.get(timeout=10), [77, 78])",

@@ -227,19 +227,8 @@ pub fn cgroup_roots(dir: &Path) -> Result<Vec<Pid>, FreezeError> {
     Ok(roots)
 }
 
-/// [`seize_options`], and for a thread under seccomp (filters or strict
-/// mode) PTRACE_O_SUSPEND_SECCOMP: seccomp could refuse the calls the dump
-/// injects, or kill the thread for them.
-pub fn seize_options_for(tid: Pid) -> Options {
-    let filtered = proc::read(tid, "status").is_ok_and(|s| proc::parse_status(&s).seccomp != 0);
-    match filtered {
-        true => seize_options() | stasis_sys::regs::SUSPEND_SECCOMP,
-        false => seize_options(),
-    }
-}
-
 fn seize(tid: Pid) -> Result<Option<Seized>, FreezeError> {
-    match Seized::seize(tid, seize_options_for(tid)) {
+    match Seized::seize(tid, seize_options()) {
         Ok(s) => Ok(Some(s)),
         // The thread exited between listing and seizing.
         Err(stasis_sys::ptrace::Error::Seize { errno: Errno::ESRCH, .. }) => Ok(None),

@@ -269,6 +269,17 @@ impl PreCopy {
     }
 }
 
+/// The dump's seize options, with PTRACE_O_SUSPEND_SECCOMP for a process
+/// under seccomp (filters or strict mode): the userfaultfd call injected
+/// here could be refused by its filters, or kill it.
+fn seize_options(pid: Pid) -> stasis_sys::ptrace::Options {
+    let filtered = proc::read(pid, "status").is_ok_and(|s| proc::parse_status(&s).seccomp != 0);
+    match filtered {
+        true => crate::freeze::seize_options() | stasis_sys::regs::SUSPEND_SECCOMP,
+        false => crate::freeze::seize_options(),
+    }
+}
+
 /// Why this kernel cannot track writes for a live snapshot, if it cannot.
 pub fn unavailable() -> Option<String> {
     match uffd::supported_features() {
@@ -433,7 +444,7 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
         .collect();
     memory::find_guards(pid, &mut plans).map_err(|e| e.to_string())?;
     let pidfd = PidFd::open(pid).map_err(|e| crate::chain(&e))?;
-    let mut seized = Seized::seize(pid, crate::freeze::seize_options_for(pid)).map_err(|e| crate::chain(&e))?;
+    let mut seized = Seized::seize(pid, seize_options(pid)).map_err(|e| crate::chain(&e))?;
     seized.interrupt(STOP_TIMEOUT).map_err(|e| crate::chain(&e))?;
     let site = find_syscall_site(pid).map_err(|e| crate::chain(&e))?;
     let mut inj = seized.begin_injection(site).map_err(|e| crate::chain(&e))?;

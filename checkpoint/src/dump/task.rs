@@ -164,8 +164,8 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
     let status = proc::parse_status(
         &fs::read_to_string(proc::task_path(pid, tid, "status")).map_err(|e| err(crate::chain(&e)))?,
     );
-    // Under seccomp since it was seized: the calls injected below must
-    // pass its filters.
+    // Under seccomp: the calls injected below, and the process's after every
+    // thread is read, must not be refused (or kill it) by its filters.
     if status.seccomp != 0 {
         s.set_options(crate::freeze::seize_options() | stasis_sys::regs::SUSPEND_SECCOMP)
             .map_err(|e| err(crate::chain(&e)))?;
