@@ -458,7 +458,8 @@ fn dump_refuses_a_flock_shared_with_a_process_outside_the_tree() {
 }
 
 /// What a restore finds again by name must be what was dumped, checked
-/// before anything is made: a device node now of another device, a unix
+/// before anything is made: a device node now of another device (a plain
+/// one, or a virtual console's, opened again by its path), a unix
 /// socket name another process has bound, a FIFO replaced by a regular
 /// file or by another FIFO are each refused naming the fd and the object,
 /// and no process is left; once all is as it was (a new FIFO allowed with
@@ -474,6 +475,8 @@ fn restore_refuses_named_objects_that_changed() {
          os.mkfifo(os.path.join(d, 'fifo'))\nfifo = os.open(os.path.join(d, 'fifo'), os.O_RDWR)\n\
          os.mknod(os.path.join(d, 'null'), stat.S_IFCHR | 0o666, os.makedev(1, 3))\n\
          null = os.open(os.path.join(d, 'null'), os.O_RDWR)\n\
+         os.mknod(os.path.join(d, 'tty5'), stat.S_IFCHR | 0o600, os.makedev(4, 5))\n\
+         vt = os.open(os.path.join(d, 'tty5'), os.O_RDONLY | os.O_NOCTTY)\n\
          s = socket.socket(socket.AF_UNIX)\ns.bind(os.path.join(d, 'sock'))\ns.listen(4)\n\
          open(os.path.join(d, 'ready'), 'w').close()\nwhile True:\n    time.sleep(0.05)\n",
     )
@@ -491,7 +494,7 @@ fn restore_refuses_named_objects_that_changed() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .unwrap_or_else(|| panic!("{name} is not open"))
     };
-    let (fifo_fd, null_fd) = (fd_of("fifo"), fd_of("null"));
+    let (fifo_fd, null_fd, vt_fd) = (fd_of("fifo"), fd_of("null"), fd_of("tty5"));
     let images = tempdir("named-img");
     dump_ok(p.pid, images.path(), &[]);
     p.wait_exit(Duration::from_secs(30));
@@ -516,6 +519,16 @@ fn restore_refuses_named_objects_that_changed() {
         )
         .unwrap();
     };
+
+    let vt = p.dir.join("tty5");
+    let vt_node = |minor: u64| {
+        let _ = fs::remove_file(&vt);
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        nix::sys::stat::mknod(&vt, nix::sys::stat::SFlag::S_IFCHR, mode, nix::sys::stat::makedev(4, minor)).unwrap();
+    };
+    vt_node(6);
+    refused(&[], &[&format!("fd {vt_fd} of process {}", p.pid), "tty5 (tty:[4:5])", "has device 4:6 now"]);
+    vt_node(5);
 
     node(5);
     refused(&[], &[&format!("fd {null_fd} of process {}", p.pid), "is the device", "(1:3)", "device 1:5 now"]);
@@ -567,6 +580,14 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
              keep = open('/proc/%d/status' % pid)\n\
              os.waitpid(pid, 0)",
             "which has exited",
+        ),
+        (
+            "removed-console-node",
+            "path = os.path.join(d, 'tty5')\n\
+             os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(4, 5))\n\
+             keep = os.open(path, os.O_RDONLY | os.O_NOCTTY)\n\
+             os.unlink(path)",
+            "its node was removed",
         ),
         (
             "hung-up-pty",

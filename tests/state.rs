@@ -573,6 +573,41 @@ fn proc_files_held_open() {
     );
 }
 
+/// A virtual console and the system console held open (by nodes of their
+/// own, as a program may make them) are opened again by path, and the
+/// console that was a session's controlling terminal is that again, with
+/// the same foreground group (a child's). Needs a kernel with virtual
+/// consoles (CONFIG_VT): the set-up fails saying so otherwise.
+#[test]
+fn fixed_terminals_held_open() {
+    both(
+        "vtcons",
+        "os.setsid()\n\
+         def node(name, major, minor):\n    \
+             path = os.path.join(d, name)\n    \
+             os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(major, minor))\n    \
+             try:\n        return os.open(path, os.O_RDONLY)\n    \
+             except OSError as e:\n        raise SystemExit('cannot open %s (%d:%d), needed by this test: %s' % (name, major, minor, e))\n\
+         vt = node('tty5', 4, 5)\n\
+         con = node('console', 5, 1)\n\
+         r, w = os.pipe()\n\
+         child = os.fork()\n\
+         if child == 0:\n    os.setpgid(0, 0)\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
+         os.close(r)\n\
+         signal.signal(signal.SIGTTOU, signal.SIG_IGN)\n\
+         while os.getpgid(child) != child:\n    time.sleep(0.01)\n\
+         os.tcsetpgrp(vt, child)\n\
+         def ctty():\n    return int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[4])\n\
+         want('set-up: controlling terminal', ctty(), os.makedev(4, 5))",
+        "want('virtual console', os.fstat(vt).st_rdev, os.makedev(4, 5))\n\
+         want('system console', os.fstat(con).st_rdev, os.makedev(5, 1))\n\
+         want('controlling terminal', ctty(), os.makedev(4, 5))\n\
+         want('foreground group', os.tcgetpgrp(vt), child)\n\
+         try:\n    os.close(os.open('/dev/tty', os.O_RDONLY))\n    err = None\nexcept OSError as e:\n    err = e.errno\n\
+         want('/dev/tty opens (it fails with ENXIO without a controlling terminal)', err, None)",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

@@ -218,6 +218,8 @@ pub struct Stat {
     pub pgrp: i32,
     pub session: i32,
     pub tty_nr: i32,
+    /// The foreground group of the controlling terminal, -1 without one.
+    pub tpgid: i32,
     pub flags: u32,
     pub nice: i32,
     pub num_threads: i64,
@@ -258,6 +260,7 @@ pub fn parse_stat(text: &str) -> Result<Stat, String> {
         pgrp: num(5)? as i32,
         session: num(6)? as i32,
         tty_nr: num(7)? as i32,
+        tpgid: num(8)? as i32,
         flags: unum(9)? as u32,
         nice: num(19)? as i32,
         num_threads: num(20)?,

@@ -1354,6 +1354,9 @@ pub struct Tty {
     /// the process holding it; 0 when not known.
     #[prost(int32, tag = "4")]
     pub session: i32,
+    /// That controlling terminal's foreground group; 0 when not known.
+    #[prost(int32, tag = "5")]
+    pub foreground: i32,
 }
 
 /// A signal's disposition, as `rt_sigaction` reports it.

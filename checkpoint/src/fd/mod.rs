@@ -239,7 +239,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         }
         Kind::Fifo => pipe::dump_fifo(seen, copy),
         Kind::Device => Ok((device::dump(pid, seen), Extra::default())),
-        Kind::Tty => Ok((tty::dump(pid, seen), Extra::default())),
+        Kind::Tty => Ok((tty::dump(pid, seen)?, Extra::default())),
         Kind::Epoll => Ok((epoll::dump(pid, seen)?, Extra::default())),
         Kind::Inotify => inotify::dump(pid, seen),
         Kind::Fanotify => Ok((fanotify::dump(pid, seen)?, Extra::default())),

@@ -490,6 +490,16 @@ impl<'a> Planner<'a> {
                         set_status_flags(&object, flags).map_err(other)?;
                         object
                     }
+                    None if crate::fd::tty::opened_by_path(t.rdev) => {
+                        // O_NOCTTY: not the agent's controlling terminal;
+                        // the session leader takes it if it was its own.
+                        let object = open(fd, &t.path, flags | libc::O_NOCTTY)?;
+                        let now = object.metadata().map(|m| m.rdev()).unwrap_or(0);
+                        if now != t.rdev {
+                            return Err(other(format!("{} is not the terminal it was (device changed)", t.path)));
+                        }
+                        object.into()
+                    }
                     None if self.shell_job => {
                         let own = own_terminal().ok_or_else(|| other("--shell-job: stasis has no terminal".into()))?;
                         open(fd, &own, flags)?.into()

@@ -404,7 +404,9 @@ fn check_named_objects(tree: &ProcessTree, allow_changed: bool, moved: &[(u64, u
 /// another session may have that /dev/pts/N now. Each one the tree held
 /// comes from `--shell-job` (the restoring stasis's own terminal) or from
 /// an `--inherit-fd`; any other is refused here, before anything is made,
-/// naming it.
+/// naming it. A fixed terminal (a virtual console, a serial line, the
+/// system console) is the exception: it is opened again by its path, which
+/// must still be that device.
 fn check_terminals(tree: &ProcessTree, opts: &RestoreOptions) -> Result<(), RestoreError> {
     let handed: HashSet<u64> = opts
         .inherit
@@ -418,6 +420,25 @@ fn check_terminals(tree: &ProcessTree, opts: &RestoreOptions) -> Result<(), Rest
         let Some(fd::Kind::Tty(t)) = &f.kind else { continue };
         if handed.contains(&t.rdev) {
             continue;
+        }
+        if crate::fd::tty::opened_by_path(t.rdev) {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let there = match std::fs::metadata(&t.path) {
+                Ok(m) if m.file_type().is_char_device() && m.rdev() == t.rdev => continue,
+                Ok(m) if m.file_type().is_char_device() => {
+                    format!("has device {}:{} now", crate::fd::dev_major(m.rdev()), crate::fd::dev_minor(m.rdev()))
+                }
+                Ok(_) => "is not a device node now".to_owned(),
+                Err(e) => format!("cannot be read ({e})"),
+            };
+            let whose = if pid == 0 { "an fd in flight".to_owned() } else { format!("fd {} of process {pid}", f.fd) };
+            return Err(RestoreError::Incompatible(format!(
+                "{whose} is the terminal {} ({}), opened again by its path, which {there}; put the node back or \
+                 hand in an fd on that terminal with --inherit-fd 'fd[N]:{}'",
+                t.path,
+                Inherited::Tty(t.rdev),
+                Inherited::Tty(t.rdev)
+            )));
         }
         if opts.shell_job {
             if fds::own_terminal().is_none() {
@@ -2527,7 +2548,7 @@ impl Remote<'_, '_> {
         if p.sid != p.pid {
             return Ok(());
         }
-        let Some(t) = records.iter().find(|t| t.session == p.pid) else { return Ok(()) };
+        let Some(t) = records.iter().find(|t| t.session == p.pid) else { return self.fixed_terminal(p) };
         let what = format!("controlling terminal /dev/pts/{}", t.index);
         let slave = &made.get(&t.index).ok_or_else(|| step(&what)("not made".into()))?.slave;
         let pidfd = self.agent_pidfd.ok_or_else(|| step(&what)("no pidfd of the agent".into()))?;
@@ -2545,6 +2566,30 @@ impl Remote<'_, '_> {
         }
         self.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         taken.map(drop).map_err(step(&what))
+    }
+
+    /// A session leader whose controlling terminal was a fixed terminal
+    /// (crate::fd::tty::opened_by_path), held on one of its own fds, takes
+    /// it again through that fd, and gives it its foreground group. A
+    /// terminal another session holds now makes this fail, naming it.
+    fn fixed_terminal(&mut self, p: &Process) -> Result<(), RestoreError> {
+        let held = p.fds.iter().find_map(|f| match &f.kind {
+            Some(fd::Kind::Tty(t)) if t.session == p.pid && crate::fd::tty::opened_by_path(t.rdev) => Some((f.fd, t)),
+            _ => None,
+        });
+        let Some((fd, t)) = held else { return Ok(()) };
+        let what = format!("controlling terminal {}", t.path);
+        let fd = fd as u64;
+        self.inj.syscall_ok(libc::SYS_ioctl, [fd, libc::TIOCSCTTY, 0, 0, 0, 0]).map_err(|e| {
+            step(&what)(format!("TIOCSCTTY: {e} (another session has it as its controlling terminal now?)"))
+        })?;
+        if t.foreground > 0 && t.foreground != p.pgid {
+            let at = self.put(0, &t.foreground.to_le_bytes())?;
+            self.inj
+                .syscall_ok(libc::SYS_ioctl, [fd, libc::TIOCSPGRP, at, 0, 0, 0])
+                .map_err(|e| step(&what)(format!("TIOCSPGRP to group {}: {e}", t.foreground)))?;
+        }
+        Ok(())
     }
 
     /// The file locks each fd held, taken again by the process (a POSIX
