@@ -631,7 +631,10 @@ fn udp_shut_down_for_writing() {
 }
 
 /// A unix listener bound to a relative path (in its working directory): it
-/// has that relative name again, its file is there, and it accepts.
+/// has that relative name again, its file is there, and it accepts. A
+/// datagram socket bound to a relative path keeps the message a socket
+/// since closed sent it, and another connected to it by that name still
+/// reaches it.
 #[test]
 fn unix_socket_bound_to_a_relative_path() {
     both(
@@ -640,8 +643,20 @@ fn unix_socket_bound_to_a_relative_path() {
          os.chdir(d)\n\
          s = socket.socket(socket.AF_UNIX)\n\
          s.bind('rel.sock')\n\
-         s.listen()",
+         s.listen()\n\
+         g = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         g.bind('rel.dgram')\n\
+         tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         tx.sendto(b'queued', 'rel.dgram')\n\
+         tx.close()\n\
+         c2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         c2.connect('rel.dgram')",
         "import socket\n\
+         g.settimeout(2)\n\
+         want('queued datagram of a closed sender', g.recv(16), b'queued')\n\
+         want('peer of the connected one', c2.getpeername(), 'rel.dgram')\n\
+         c2.send(b'again')\n\
+         want('sent by the connected one', g.recv(16), b'again')\n\
          want('name', s.getsockname(), 'rel.sock')\n\
          want('file', stat.S_ISSOCK(os.stat(os.path.join(d, 'rel.sock')).st_mode), True)\n\
          c = socket.socket(socket.AF_UNIX)\n\

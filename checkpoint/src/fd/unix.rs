@@ -627,12 +627,18 @@ fn hidden_path(s: &UnixSocket) -> Option<std::path::PathBuf> {
     })
 }
 
-/// The address the tree's sockets reach `s` at once it is made.
+/// The address the tree's sockets (and the restore's helpers, whatever
+/// their working directory) reach `s` at once it is made: a relative name
+/// by its full path.
 fn reach(s: &UnixSocket) -> Result<UnixAddr, String> {
-    match hidden_path(s) {
-        Some(p) => UnixAddr::new(&p).map_err(|e| format!("{}: {e}", p.display())),
-        None => address(&s.name),
-    }
+    let path = match hidden_path(s) {
+        Some(p) => p,
+        None if !s.dir.is_empty() && s.name.first().is_some_and(|&b| b != 0) => {
+            Path::new(&s.dir).join(OsStr::from_bytes(&s.name))
+        }
+        None => return address(&s.name),
+    };
+    UnixAddr::new(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Pending {
