@@ -327,15 +327,25 @@ fn socket_filter() {
 
 /// A working directory removed while the process is in it: it is in a
 /// removed directory again after the restore (made for the restore, then
-/// removed), which files cannot be made in.
+/// removed), which files cannot be made in. Two fds opened on it and a
+/// child in it are in that one directory too (one inode, its mode).
 #[test]
 fn removed_working_directory() {
     both(
         "rmcwd",
-        "os.mkdir(os.path.join(d, 'sub'))\n\
+        "os.mkdir(os.path.join(d, 'sub'), 0o710)\n\
          os.chdir(os.path.join(d, 'sub'))\n\
+         held = [os.open('.', os.O_RDONLY | os.O_DIRECTORY) for _ in range(2)]\n\
+         r, w = os.pipe()\n\
+         child = os.fork()\n\
+         if child == 0:\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
+         os.close(r)\n\
          os.rmdir(os.path.join(d, 'sub'))",
-        "want('cwd', os.readlink('/proc/self/cwd'), os.path.join(d, 'sub') + ' (deleted)')\n\
+        "ino = os.stat('/proc/self/cwd').st_ino\n\
+         want('fds on it are the working directory', [os.fstat(f).st_ino for f in held], [ino, ino])\n\
+         want('the child is in it too', os.stat('/proc/%d/cwd' % child).st_ino, ino)\n\
+         want('mode', stat.S_IMODE(os.stat('.').st_mode), 0o710)\n\
+         want('cwd', os.readlink('/proc/self/cwd'), os.path.join(d, 'sub') + ' (deleted)')\n\
          want('links', os.stat('.').st_nlink, 0)\n\
          try:\n    open('x', 'w')\n    made = True\nexcept FileNotFoundError:\n    made = False\n\
          want('a file made in it', made, False)\n\

@@ -331,6 +331,11 @@ pub struct Process {
     pub cgroup_ns: u64,
     #[prost(message, repeated, tag = "36")]
     pub cgroup_ns_roots: Vec<CgroupPlace>,
+    /// Its working directory, when that was removed: its identity (device,
+    /// inode: an fd on the same directory is that one directory again),
+    /// owner and mode.
+    #[prost(message, optional, tag = "37")]
+    pub removed_cwd: Option<FileRef>,
 }
 
 /// The membarrier(2) commands (include/uapi/linux/membarrier.h) that

@@ -29,22 +29,28 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         .unwrap_or_default();
     let link = |name: &str| fs::read_link(proc::path(pid, name)).map(|p| p.to_string_lossy().into_owned());
     let exe_path = link("exe").map_err(proc_err("exe"))?;
-    let exe = fs::metadata(proc::path(pid, "exe")).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        stasis_image::records::FileRef {
-            path: exe_path.strip_suffix(" (deleted)").unwrap_or(&exe_path).to_owned(),
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            mode: m.mode(),
-            deleted: exe_path.ends_with(" (deleted)"),
-            contents_mm: 0,
-            content_hash: Vec::new(),
-            uid: m.uid(),
-            gid: m.gid(),
-        }
-    });
+    // What the link names (its path, " (deleted)" when removed), by inode.
+    let file_ref = |name: &str, path: &str| {
+        fs::metadata(proc::path(pid, name)).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            stasis_image::records::FileRef {
+                path: path.strip_suffix(" (deleted)").unwrap_or(path).to_owned(),
+                dev: m.dev(),
+                ino: m.ino(),
+                size: m.size(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                mode: m.mode(),
+                deleted: path.ends_with(" (deleted)"),
+                contents_mm: 0,
+                content_hash: Vec::new(),
+                uid: m.uid(),
+                gid: m.gid(),
+            }
+        })
+    };
+    let exe = file_ref("exe", &exe_path);
+    let cwd = link("cwd").map_err(proc_err("cwd"))?;
+    let removed_cwd = file_ref("cwd", &cwd).filter(|f| f.deleted);
     let auxv = fs::read(proc::path(pid, "auxv")).map_err(proc_err("auxv"))?;
     let personality =
         u32::from_str_radix(proc::read(pid, "personality").map_err(proc_err("personality"))?.trim(), 16).unwrap_or(0);
@@ -95,7 +101,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
             auxv: proc::parse_auxv(&auxv),
         }),
         creds: Some(creds(&status)),
-        cwd: link("cwd").map_err(proc_err("cwd"))?,
+        cwd,
         root: link("root").map_err(proc_err("root"))?,
         exe,
         umask: status.umask,
@@ -125,6 +131,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         files_of_parent: false,
         cgroup_ns,
         cgroup_ns_roots,
+        removed_cwd,
     })
 }
 

@@ -16,7 +16,7 @@ use std::io::ErrorKind;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use stasis_image::records::{fd::Kind, FileRef, ProcessTree};
+use stasis_image::records::{fd::Kind, FileRef, Process, ProcessTree};
 use stasis_image::Image;
 use stasis_sys::nix::libc;
 use stasis_sys::nix::sys::stat::{fchmod, mknod, Mode, SFlag};
@@ -177,21 +177,40 @@ pub fn node(path: &str, kind: SFlag, rdev: u64, mode: u32, owner: (u32, u32), fl
     Ok(file.into())
 }
 
-/// Working directories that were removed while processes were in them,
-/// made again for the restore (at their path, or beside it when that is
-/// taken) and removed again when this is dropped, once every process has
-/// entered its own: the processes are then in removed directories, as
-/// before.
+/// Directories that were removed while processes were in them or held
+/// them open, made again for the restore (at their path, or beside it
+/// when that is taken; with their owner and mode), once each: a working
+/// directory and fds on one removed directory are one directory again.
+/// They are removed again when this is dropped, once every process has
+/// entered its own and every fd is open: the processes are then in
+/// removed directories, as before.
 #[derive(Debug, Default)]
 pub struct Directories {
-    /// As the image names it ("PATH (deleted)"), and as made.
-    made: HashMap<String, String>,
+    /// By the directory's identity, the path it was made at.
+    made: HashMap<DirKey, String>,
+}
+
+/// A removed directory: by device and inode, or by the working directory's
+/// name ("PATH (deleted)") in an image that did not record them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DirKey {
+    Inode(u64, u64),
+    Named(String),
 }
 
 impl Directories {
-    /// The directory made for the image's working directory `cwd`.
-    pub fn made(&self, cwd: &str) -> Option<&str> {
-        self.made.get(cwd).map(String::as_str)
+    /// The directory made for the working directory of `p`, if removed.
+    pub fn cwd(&self, p: &Process) -> Option<&str> {
+        let key = match &p.removed_cwd {
+            Some(f) => DirKey::Inode(f.dev, f.ino),
+            None => DirKey::Named(p.cwd.clone()),
+        };
+        self.made.get(&key).map(String::as_str)
+    }
+
+    /// The directory made for the removed directory `f` an fd was open on.
+    pub fn opened(&self, f: &FileRef) -> Option<&str> {
+        self.made.get(&DirKey::Inode(f.dev, f.ino)).map(String::as_str)
     }
 }
 
@@ -199,23 +218,41 @@ impl Drop for Directories {
     fn drop(&mut self) {
         for dir in self.made.values() {
             if let Err(e) = std::fs::remove_dir(dir) {
-                tracing::warn!("cannot remove {dir} again, made for a restored working directory: {e}");
+                tracing::warn!("cannot remove {dir} again, made for a restored removed directory: {e}");
             }
         }
     }
 }
 
-/// Make again every removed working directory of the tree.
-pub fn working_directories(tree: &ProcessTree) -> Result<Directories, RestoreError> {
+/// Make again every removed directory of the tree: working directories,
+/// and directories fds (those in flight too) were open on.
+pub fn removed_directories(tree: &ProcessTree) -> Result<Directories, RestoreError> {
+    let passed = tree.unix_sockets.iter().flat_map(|s| &s.passed).flat_map(|m| &m.fds);
+    let opened = tree.processes.iter().flat_map(|p| &p.fds).chain(passed).filter_map(|f| match &f.kind {
+        Some(Kind::File(file)) if file.deleted && file.mode & libc::S_IFMT == libc::S_IFDIR => Some(file),
+        _ => None,
+    });
+    let cwds = tree.processes.iter().filter_map(|p| {
+        let dir = p.cwd.strip_suffix(" (deleted)")?;
+        Some(match &p.removed_cwd {
+            Some(f) => (DirKey::Inode(f.dev, f.ino), dir, Some(f)),
+            None => (DirKey::Named(p.cwd.clone()), dir, None),
+        })
+    });
+    let all = cwds.chain(opened.map(|f| (DirKey::Inode(f.dev, f.ino), f.path.as_str(), Some(f))));
     let mut dirs = Directories::default();
-    for p in &tree.processes {
-        let Some(dir) = p.cwd.strip_suffix(" (deleted)") else { continue };
-        if dirs.made.contains_key(&p.cwd) {
+    for (key, dir, f) in all {
+        if dirs.made.contains_key(&key) {
             continue;
         }
-        let (made, ()) = made_at(dir, |d| std::fs::create_dir(d))
-            .map_err(|e| step(&format!("working directory {dir}"))(format!("cannot make it again: {e}")))?;
-        dirs.made.insert(p.cwd.clone(), made);
+        let fail = |e: String| step(&format!("removed directory {dir}"))(e);
+        let (made, ()) =
+            made_at(dir, |d| std::fs::create_dir(d)).map_err(|e| fail(format!("cannot make it again: {e}")))?;
+        dirs.made.insert(key, made.clone());
+        if let Some(f) = f {
+            let opened = std::fs::File::open(&made).map_err(|e| fail(format!("cannot open {made}: {e}")))?;
+            set_owner_and_mode(&opened, f.uid, f.gid, f.mode).map_err(fail)?;
+        }
     }
     Ok(dirs)
 }

@@ -151,6 +151,9 @@ pub struct Planner<'a> {
     unlinked_fifos: HashMap<u64, OwnedFd>,
     /// The tree's pseudo-terminal pairs, made already.
     pub ptys: Option<&'a HashMap<u32, super::pty::Made>>,
+    /// Removed directories made again (deleted::removed_directories): an
+    /// fd on one opens that one.
+    pub removed_dirs: Option<&'a super::deleted::Directories>,
     /// Local addresses more than one inet socket of the tree is bound to
     /// ([`crate::fd::socket::shared_addresses`]).
     pub shared_addresses: HashSet<(bool, std::net::SocketAddr)>,
@@ -190,6 +193,7 @@ impl<'a> Planner<'a> {
             shell_job: false,
             unlinked_fifos: HashMap::new(),
             ptys: None,
+            removed_dirs: None,
             shared_addresses: HashSet::new(),
             reuseport_off: Vec::new(),
             memfds_given: HashSet::new(),
@@ -234,7 +238,10 @@ impl<'a> Planner<'a> {
             let flags = r.flags as i32 & !OPEN_ONLY & !libc::O_ASYNC;
             let object = match r.kind.as_ref().ok_or_else(|| other("no kind in the image".into()))? {
                 Kind::File(f) if f.deleted && f.mode & libc::S_IFMT == libc::S_IFDIR => {
-                    super::deleted::directory(f, flags).map_err(other)?
+                    match self.removed_dirs.and_then(|d| d.opened(f)) {
+                        Some(made) => open(fd, made, flags)?.into(),
+                        None => super::deleted::directory(f, flags).map_err(other)?,
+                    }
                 }
                 Kind::File(f) if f.deleted => {
                     let made = self

@@ -649,7 +649,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         tree.processes.iter().map(|p| p.pid).chain(tree.zombies.iter().map(|z| z.pid)).collect();
     let objects = shmem::create(&image, &tree.shmem)?;
     let deleted = deleted::make_all(&image, tree)?;
-    let cwds = deleted::working_directories(tree)?;
+    let cwds = deleted::removed_directories(tree)?;
     let ptys = pty::make_all(&tree.ptys, ptmx.as_deref())?;
     let segments = shmem::Segments::made(&tree.shmem, &objects);
     let netlock = RestoreLock::take(tree).map_err(step("network lock"))?;
@@ -669,6 +669,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     planner.inherit = opts.inherit.iter().map(|i| (i.what, i.fd)).collect();
     planner.shell_job = opts.shell_job;
     planner.ptys = Some(&ptys);
+    planner.removed_dirs = Some(&cwds);
     planner.shared_addresses = crate::fd::socket::shared_addresses(tree.processes.iter().flat_map(|p| &p.fds));
     let mut planned = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
@@ -2369,7 +2370,7 @@ impl Remote<'_, '_> {
 
     /// cwd, root, umask, rlimits, personality and prctl attributes.
     fn attributes(&mut self, p: &Process, cwds: &deleted::Directories) -> Result<(), RestoreError> {
-        let dir = cwds.made(&p.cwd).unwrap_or(&p.cwd);
+        let dir = cwds.cwd(p).unwrap_or(&p.cwd);
         let cwd = self.path(0, dir)?;
         self.call(&format!("cwd {dir}"), libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
         if p.root != "/" {
