@@ -244,7 +244,10 @@ fn loginuid() {
 }
 
 /// An O_PATH fd (on a file and on a directory): it names the same object,
-/// still O_PATH, and works as a dirfd.
+/// still O_PATH, and works as a dirfd. O_PATH|O_NOFOLLOW fds on symbolic
+/// links, one still there and one removed since: each is that link (the
+/// same inode for the first), with its target, the removed one removed
+/// still and its name free.
 #[test]
 fn o_path_fds() {
     both(
@@ -252,10 +255,24 @@ fn o_path_fds() {
         "p = os.path.join(d, 'f')\n\
          open(p, 'w').write('x')\n\
          f = os.open(p, os.O_PATH)\n\
-         dfd = os.open(d, os.O_PATH | os.O_DIRECTORY)",
+         dfd = os.open(d, os.O_PATH | os.O_DIRECTORY)\n\
+         import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def target(fd):\n    buf = ctypes.create_string_buffer(4096)\n    n = libc.readlinkat(fd, b'', buf, 4096)\n    return buf.raw[:n] if n >= 0 else 'errno %d' % ctypes.get_errno()\n\
+         os.symlink(p, os.path.join(d, 'kept'))\n\
+         os.symlink('f', os.path.join(d, 'gone'))\n\
+         kept = os.open(os.path.join(d, 'kept'), os.O_PATH | os.O_NOFOLLOW)\n\
+         gone = os.open(os.path.join(d, 'gone'), os.O_PATH | os.O_NOFOLLOW)\n\
+         os.unlink(os.path.join(d, 'gone'))",
         "want('file', os.fstat(f).st_ino, os.stat(os.path.join(d, 'f')).st_ino)\n\
          want('O_PATH', bool(fcntl.fcntl(f, fcntl.F_GETFL) & os.O_PATH), True)\n\
-         want('dirfd', os.stat('f', dir_fd=dfd).st_ino, os.stat(os.path.join(d, 'f')).st_ino)",
+         want('dirfd', os.stat('f', dir_fd=dfd).st_ino, os.stat(os.path.join(d, 'f')).st_ino)\n\
+         want('the link itself', os.fstat(kept).st_ino, os.lstat(os.path.join(d, 'kept')).st_ino)\n\
+         want('its target', target(kept), p.encode())\n\
+         want('a removed link', (stat.S_ISLNK(os.fstat(gone).st_mode), os.fstat(gone).st_nlink), (True, 0))\n\
+         want('the removed link\\'s target', target(gone), b'f')\n\
+         want('its name is free', os.path.lexists(os.path.join(d, 'gone')), False)\n\
+         want('as /proc shows it', os.readlink('/proc/self/fd/%d' % gone), os.path.join(d, 'gone') + ' (deleted)')",
     );
 }
 
@@ -1453,7 +1470,8 @@ fn cgroup_namespace() {
 }
 
 /// Membership of a cgroup in a named v1 hierarchy (`name=systemd`, no
-/// controller): the restored process is back in it.
+/// controller): the restored process is back in it, and its thread that
+/// moved itself into a cgroup below is back in that one.
 #[test]
 fn named_cgroup_v1_hierarchy() {
     let root = std::path::Path::new("/sys/fs/cgroup/systemd");
@@ -1464,20 +1482,35 @@ fn named_cgroup_v1_hierarchy() {
     );
     let name = format!("stasis-state-{}", std::process::id());
     let dir = root.join(&name);
-    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(dir.join("thread")).unwrap();
     let setup = format!(
-        "open('{}/cgroup.procs', 'w').write(str(os.getpid()))\n\
-         line = [l for l in open('/proc/self/cgroup') if ':name=systemd:' in l][0]\n\
-         assert line.strip().endswith('/{name}'), line",
-        dir.display()
+        "import threading\n\
+         open('{dir}/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         def named(task='self'):\n    return [l for l in open('/proc/%s/cgroup' % task) if ':name=systemd:' in l][0]\n\
+         line = named()\n\
+         assert line.strip().endswith('/{name}'), line\n\
+         moved, done = threading.Event(), threading.Event()\n\
+         def body():\n    open('{dir}/thread/tasks', 'w').write(str(threading.get_native_id()))\n    moved.set()\n    done.wait()\n\
+         t = threading.Thread(target=body)\n\
+         t.start()\n\
+         moved.wait()\n\
+         tid = t.native_id\n\
+         thread_line = named('self/task/%d' % tid)\n\
+         assert thread_line.strip().endswith('/{name}/thread'), thread_line",
+        dir = dir.display()
     );
-    let check = "want('cgroup', [l for l in open('/proc/self/cgroup') if ':name=systemd:' in l][0], line)";
+    let check = "want('cgroup', named(), line)\n\
+         want('the thread\\'s cgroup', named('self/task/%d' % tid), thread_line)\n\
+         done.set()\n\
+         t.join()";
     both("named-cgroup", &setup, check);
     // Removed once the processes are reaped (PID 1 reaps lazily here).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while let Err(e) = fs::remove_dir(&dir) {
-        assert!(std::time::Instant::now() < deadline, "cannot remove {}: {e}", dir.display());
-        std::thread::sleep(Duration::from_millis(20));
+    for d in [dir.join("thread"), dir.clone()] {
+        while let Err(e) = fs::remove_dir(&d) {
+            assert!(std::time::Instant::now() < deadline, "cannot remove {}: {e}", d.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -137,42 +137,69 @@ impl Host {
     /// Put process `pid` (this host's pid; `was` in the image) into the
     /// cgroups of `places`; returns what could not be done, a line each.
     pub fn place(&self, pid: i32, was: i32, places: &[CgroupPlace]) -> Vec<String> {
-        self.enter_each(pid, was, places, true)
+        self.enter_each(pid, was, places, Member::Process)
     }
 
     /// As [`Host::place`], into stasis's own cgroups too (where a process
     /// forked by another puppet is not).
     pub fn place_exactly(&self, pid: i32, was: i32, places: &[CgroupPlace]) -> Vec<String> {
-        self.enter_each(pid, was, places, false)
+        self.enter_each(pid, was, places, Member::Exactly)
     }
 
-    fn enter_each(&self, pid: i32, was: i32, places: &[CgroupPlace], skip_own: bool) -> Vec<String> {
+    /// Put thread `tid` (this host's; `was` in the image) of a process
+    /// placed already into the cgroups of `places`, those it was in apart
+    /// from its process: a v1 hierarchy's `tasks` file, a v2 threaded
+    /// subtree's `cgroup.threads`.
+    pub fn place_thread(&self, tid: i32, was: i32, places: &[CgroupPlace]) -> Vec<String> {
+        self.enter_each(tid, was, places, Member::Thread)
+    }
+
+    fn enter_each(&self, pid: i32, was: i32, places: &[CgroupPlace], member: Member) -> Vec<String> {
         let mut warnings = Vec::new();
+        let who = match member {
+            Member::Thread => format!("thread {was}"),
+            _ => format!("process {was}"),
+        };
         for place in places {
-            if skip_own && self.own.contains(place) {
+            if member == Member::Process && self.own.contains(place) {
                 continue;
             }
             let hierarchy =
                 if place.controllers.is_empty() { "v2".to_owned() } else { format!("v1 {}", place.controllers) };
             let Some(mount) = mount_of(&self.mounts, &self.known, place) else {
                 warnings.push(format!(
-                    "process {was} stays in stasis's cgroup: the cgroup {hierarchy} hierarchy of {} is not mounted here",
+                    "{who} stays in stasis's cgroup: the cgroup {hierarchy} hierarchy of {} is not mounted here",
                     place.path
                 ));
                 continue;
             };
             let dir = mount.mount_point.join(place.path.trim_start_matches('/'));
-            if let Err(e) = enter(&dir, pid) {
-                warnings.push(format!("process {was} stays in stasis's cgroup: {}: {e}", dir.display()));
+            let file = match member {
+                Member::Thread if place.controllers.is_empty() => "cgroup.threads",
+                Member::Thread => "tasks",
+                _ => "cgroup.procs",
+            };
+            if let Err(e) = enter(&dir, pid, file) {
+                let whose = if member == Member::Thread { "its process's" } else { "stasis's" };
+                warnings.push(format!("{who} stays in {whose} cgroup: {}: {e}", dir.display()));
             }
         }
         warnings
     }
 }
 
-/// Make `dir` if missing, and move `pid` into it, unless it is frozen (a
-/// puppet frozen half-way could not be finished).
-fn enter(dir: &Path, pid: i32) -> Result<(), String> {
+/// What [`Host::enter_each`] moves: a process (into stasis's own cgroups
+/// too, `Exactly`, or not) or a thread.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Process,
+    Exactly,
+    Thread,
+}
+
+/// Make `dir` if missing, and move `pid` into it by writing to `file`,
+/// unless it is frozen (a puppet frozen half-way could not be finished).
+fn enter(dir: &Path, pid: i32, file: &str) -> Result<(), String> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot make it: {e}"))?;
         tracing::info!("made cgroup {}", dir.display());
@@ -183,8 +210,8 @@ fn enter(dir: &Path, pid: i32) -> Result<(), String> {
     {
         return Err("it is frozen".into());
     }
-    let procs: PathBuf = dir.join("cgroup.procs");
-    std::fs::write(&procs, pid.to_string()).map_err(|e| format!("cannot write to cgroup.procs: {e}"))
+    let procs: PathBuf = dir.join(file);
+    std::fs::write(&procs, pid.to_string()).map_err(|e| format!("cannot write to {file}: {e}"))
 }
 
 #[cfg(test)]

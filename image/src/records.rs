@@ -453,6 +453,10 @@ pub struct Thread {
     /// In seccomp strict mode (read, write, exit and sigreturn only).
     #[prost(bool, tag = "20")]
     pub seccomp_strict: bool,
+    /// The cgroups it was in where those differ from its process's (a v1
+    /// hierarchy's `tasks`, a v2 threaded subtree's `cgroup.threads`).
+    #[prost(message, repeated, tag = "21")]
+    pub cgroups: Vec<CgroupPlace>,
 }
 
 /// A seccomp filter: its classic BPF program.
@@ -588,6 +592,10 @@ pub struct FileRef {
     pub uid: u32,
     #[prost(uint32, tag = "11")]
     pub gid: u32,
+    /// A symbolic link's target (an O_PATH|O_NOFOLLOW fd can hold the
+    /// link itself).
+    #[prost(string, tag = "12")]
+    pub link_target: String,
 }
 
 /// One open file descriptor.

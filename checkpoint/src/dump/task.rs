@@ -45,6 +45,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
                 content_hash: Vec::new(),
                 uid: m.uid(),
                 gid: m.gid(),
+                link_target: String::new(),
             }
         })
     };
@@ -61,9 +62,16 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
 
     let main = frozen.threads()[0].pid();
     debug_assert_eq!(main, pid);
+    let cgroups = crate::cgroups::parse(&proc::read(pid, "cgroup").map_err(proc_err("cgroup"))?);
     let mut threads = Vec::new();
     for seized in frozen.threads().iter_mut() {
-        threads.push(thread(pid, seized)?);
+        let mut t = thread(pid, seized)?;
+        if t.tid != pid.as_raw() {
+            // Where a thread's cgroups differ from its process's.
+            let own = proc::read(pid, &format!("task/{}/cgroup", t.tid)).map_err(proc_err("a thread's cgroup"))?;
+            t.cgroups = crate::cgroups::parse(&own).into_iter().filter(|c| !cgroups.contains(c)).collect();
+        }
+        threads.push(t);
     }
     let shared_pending = frozen.threads()[0]
         .peek_siginfo(true)
@@ -115,7 +123,7 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         thp_disable: !status.thp_enabled,
         exit_signal: stat.exit_signal,
         posix_timers,
-        cgroups: crate::cgroups::parse(&proc::read(pid, "cgroup").map_err(proc_err("cgroup"))?),
+        cgroups,
         oom_score_adj: Some(
             proc::read(pid, "oom_score_adj")
                 .map_err(proc_err("oom_score_adj"))?
@@ -222,6 +230,7 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
         creds: Some(creds(&status)),
         seccomp: seccomp.into_iter().map(|f| SeccompFilter { program: f.program, log: f.log }).collect(),
         seccomp_strict: status.seccomp == 1,
+        cgroups: Vec::new(),
     })
 }
 

@@ -32,12 +32,20 @@ pub fn file_ref(path: &str, fd: impl AsFd) -> Result<FileRef, String> {
         content_hash: Vec::new(),
         uid: st.st_uid,
         gid: st.st_gid,
+        link_target: String::new(),
     })
 }
 
 pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<(Kind, Extra), String> {
-    let file = file_ref(&seen.target, copy)?;
+    let mut file = file_ref(&seen.target, copy)?;
     let mut extra = Extra::default();
+    // A symbolic link (an O_PATH|O_NOFOLLOW fd): its target, to make it
+    // again when it was removed.
+    if file.mode & libc::S_IFMT == libc::S_IFLNK {
+        let target = nix::fcntl::readlinkat(copy, "").map_err(|e| format!("readlink of {}: {e}", file.path))?;
+        file.link_target = target.to_string_lossy().into_owned();
+        return Ok((Kind::File(file), extra));
+    }
     // A removed directory is made again empty (as it was, being removed).
     if file.deleted && file.mode & libc::S_IFMT != libc::S_IFDIR {
         if file.mode & libc::S_IFMT != libc::S_IFREG {

@@ -183,7 +183,8 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
     if ft.is_fifo() {
         return Ok(Kind::Fifo);
     }
-    if ft.is_file() || ft.is_dir() {
+    // A symbolic link: an O_PATH|O_NOFOLLOW fd holds the link itself.
+    if ft.is_file() || ft.is_dir() || ft.is_symlink() {
         return Ok(Kind::File);
     }
     if ft.is_char_device() {

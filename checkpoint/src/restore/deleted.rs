@@ -40,8 +40,8 @@ pub fn make_all(image: &Image, tree: &ProcessTree) -> Result<HashMap<u32, OwnedF
         _ => None,
     });
     let mut files: HashMap<u32, (&FileRef, bool)> = HashMap::new();
-    // Removed directories are made by their fds (`directory`).
-    let regular = |f: &FileRef| f.mode & libc::S_IFMT != libc::S_IFDIR;
+    // Removed directories and symbolic links are made by their fds.
+    let regular = |f: &FileRef| f.mode & libc::S_IFMT == libc::S_IFREG;
     for (f, writes) in mapped.chain(open).chain(watched.flatten()).filter(|(f, _)| f.deleted && regular(f)) {
         files.entry(f.contents_mm).or_insert((f, false)).1 |= writes;
     }
@@ -105,6 +105,21 @@ pub fn directory(f: &FileRef, flags: i32) -> Result<OwnedFd, String> {
     removed.map_err(|e| format!("removing {made}: {e}"))?;
     set_owner_and_mode(&dir, f.uid, f.gid, f.mode)?;
     Ok(dir.into())
+}
+
+/// A symbolic link removed while an O_PATH fd held it, made again with its
+/// target and owner (at its path, or beside it), opened with `flags`
+/// (O_PATH|O_NOFOLLOW), and removed. Returns the open fd.
+pub fn symlink(f: &FileRef, flags: i32) -> Result<OwnedFd, String> {
+    let (made, ()) = made_at(&f.path, |p| std::os::unix::fs::symlink(&f.link_target, p))
+        .map_err(|e| format!("cannot make the removed symbolic link {} again: {e}", f.path))?;
+    let owned = std::os::unix::fs::lchown(&made, Some(f.uid), Some(f.gid));
+    let opened = OpenOptions::new().read(true).custom_flags(flags & !libc::O_ACCMODE).open(&made);
+    let removed = std::fs::remove_file(&made);
+    let link = opened.map_err(|e| format!("cannot open {made}: {e}"))?;
+    removed.map_err(|e| format!("removing {made}: {e}"))?;
+    owned.map_err(|e| format!("chown {made} to {}:{}: {e}", f.uid, f.gid))?;
+    Ok(link.into())
 }
 
 /// Give the file of `fd` owner `uid`:`gid`, then the permission bits of

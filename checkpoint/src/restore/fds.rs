@@ -243,6 +243,9 @@ impl<'a> Planner<'a> {
                         None => super::deleted::directory(f, flags).map_err(other)?,
                     }
                 }
+                Kind::File(f) if f.deleted && f.mode & libc::S_IFMT == libc::S_IFLNK => {
+                    super::deleted::symlink(f, flags).map_err(other)?
+                }
                 Kind::File(f) if f.deleted => {
                     let made = self
                         .deleted

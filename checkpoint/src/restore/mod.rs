@@ -272,6 +272,10 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
         }
     }
     let same = |path: &str, dev: u64, ino: u64| std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino));
+    // An fd on a symbolic link itself: the link.
+    let same_link = |path: &str, dev: u64, ino: u64| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino))
+    };
     for p in &tree.processes {
         // A removed working directory is made again for the restore, then
         // removed (in the nearest directory still there when its own was
@@ -301,7 +305,13 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
     for (pid, f) in all_fds(tree) {
         let at = if pid == 0 { "an fd in flight".to_owned() } else { format!("process {pid}: fd {}", f.fd) };
         match &f.kind {
-            Some(fd::Kind::File(file)) if !file.deleted && !same(&file.path, file.dev, file.ino) => {
+            Some(fd::Kind::File(file))
+                if !file.deleted
+                    && !match file.mode & libc::S_IFMT {
+                        libc::S_IFLNK => same_link(&file.path, file.dev, file.ino),
+                        _ => same(&file.path, file.dev, file.ino),
+                    } =>
+            {
                 problems.push(format!("{at}: {} is not at its path any more (renamed or removed)", file.path))
             }
             // One unlinked while open is made again (deleted.rs).
@@ -1208,7 +1218,12 @@ pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreEr
                     f.path, p.pid
                 ))
             };
-            let meta = std::fs::metadata(&f.path).map_err(|e| changed(format!("it is not there: {e}")))?;
+            // An fd on a symbolic link itself (O_PATH|O_NOFOLLOW): the link.
+            let meta = match f.mode & libc::S_IFMT {
+                libc::S_IFLNK => std::fs::symlink_metadata(&f.path),
+                _ => std::fs::metadata(&f.path),
+            };
+            let meta = meta.map_err(|e| changed(format!("it is not there: {e}")))?;
             if fds::appended_only(f, flags, &meta, &[]).is_none() {
                 fds::check_unchanged(f, &meta, &[]).map_err(changed)?;
             }
@@ -1800,6 +1815,15 @@ impl Puppet {
             let seized =
                 r.inj.clone_thread(Pid::from_raw(t.tid), None).map_err(|e| step("threads")(crate::chain(&e)))?;
             self.threads.push(seized);
+        }
+        // Threads in cgroups of their own (the process is in its already).
+        if p.threads.iter().any(|t| !t.cgroups.is_empty()) {
+            let host = crate::cgroups::Host::here();
+            for (seized, t) in self.threads.iter().zip(p.threads.iter().skip(1)) {
+                for warning in host.place_thread(seized.pid().as_raw(), t.tid, &t.cgroups) {
+                    tracing::warn!("{warning}");
+                }
+            }
         }
         // Timers may signal one thread: created once every thread exists.
         r.posix_timers(p)?;
