@@ -555,6 +555,52 @@ fn restore_refuses_named_objects_that_changed() {
     p.kill();
 }
 
+/// With --skip-in-flight, a TCP listener's connections waiting to be
+/// accepted are left out, with a warning saying how many: the dump goes
+/// through, the client that waited sees its connection end, and the
+/// restored listener accepts a new one.
+#[test]
+fn dump_with_skip_in_flight_leaves_waiting_connections_out() {
+    use std::io::Write;
+    let dir = tempdir("inflight");
+    let script = dir.path().join("listen.py");
+    fs::write(
+        &script,
+        "import os, socket, sys, time\nd = sys.argv[1]\n\
+         l = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen(4)\n\
+         open(os.path.join(d, 'port'), 'w').write(str(l.getsockname()[1]))\n\
+         while not os.path.exists(os.path.join(d, 'accept')):\n    time.sleep(0.02)\n\
+         c, _ = l.accept()\nc.sendall(c.recv(16).upper())\ntime.sleep(60)\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let mut p = Spawned::start("inflight", cmd, dir);
+    let port: u16 =
+        p.wait_for(Duration::from_secs(30), "DIR/port", || fs::read_to_string(p.dir.join("port")).ok()?.parse().ok());
+    let waiting = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let images = tempdir("inflight-img");
+    let refused = error_line(&dump(p.pid, images.path(), &[]));
+    assert!(refused.contains("1 connection(s) waiting to be accepted"), "{refused}");
+    assert!(p.alive() && tracer_of(p.pid) == 0, "the refused dump harmed the process");
+    let r = dump(p.pid, images.path(), &["--skip-in-flight"]).success();
+    assert!(r.stderr.contains("1 connection(s) waiting to be accepted; left out (--skip-in-flight)"), "{}", r.dump());
+    p.wait_exit(Duration::from_secs(30));
+    util::spawned::restore_ok(p.pid, images.path());
+    let mut p = Spawned::adopt("inflight (restored)", p.pid, &p.dir);
+    waiting.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 16];
+    let ended = matches!((&waiting).read(&mut buf), Ok(0) | Err(_));
+    assert!(ended, "the connection left out still answers");
+    fs::write(p.dir.join("accept"), "").unwrap();
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fresh.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    fresh.write_all(b"hello").unwrap();
+    let n = fresh.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"HELLO", "the restored listener did not answer a new connection");
+    p.kill();
+}
+
 /// A kill-mode dump never kills a tree its image could not bring back:
 /// a file of a thread's /proc directory (threads are made after the fds),
 /// or of a process that has exited, a pseudo-terminal slave whose master was closed (its
@@ -614,8 +660,9 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
 /// State a restore cannot make again faithfully is refused at dump by
 /// name, and the process runs on: a pending SIGTRAP (a debugger's trap), a
 /// time namespace made for the children, a corked UDP socket, an eBPF
-/// socket program, a child left in stasis's cgroup namespace by a parent
-/// that made one of its own.
+/// socket program, a TCP listener with a connection waiting to be
+/// accepted (from the process itself), a child left in stasis's cgroup
+/// namespace by a parent that made one of its own.
 #[test]
 fn dump_refuses_state_it_cannot_make_again() {
     let cases = [
@@ -650,6 +697,17 @@ fn dump_refuses_state_it_cannot_make_again() {
              u.setsockopt(socket.SOL_SOCKET, 50, prog)\n\
              os.close(prog)",
             "eBPF socket program attached (SO_ATTACH_BPF)",
+        ),
+        (
+            "tcp-in-flight",
+            "import socket\n\
+             l = socket.socket()\n\
+             l.bind(('127.0.0.1', 0))\n\
+             l.listen(4)\n\
+             c = socket.socket()\n\
+             c.connect(l.getsockname())",
+            "has 1 connection(s) waiting to be accepted, which an image cannot hold; let it accept them first, or \
+             pass --skip-in-flight",
         ),
         (
             "cgroupns-split",

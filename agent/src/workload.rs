@@ -629,6 +629,7 @@ pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoi
         progress: None,
         while_frozen: None,
         pre_copy: false,
+        skip_in_flight: false,
     }
 }
 

@@ -1018,6 +1018,10 @@ pub struct InetSocket {
     /// empty: none.
     #[prost(string, tag = "17")]
     pub device: String,
+    /// A listener's connections that were waiting to be accepted, left
+    /// out of the image (`--skip-in-flight`).
+    #[prost(uint32, tag = "18")]
+    pub skipped_connections: u32,
 }
 
 /// One socket option set to a value other than a new socket's: an int

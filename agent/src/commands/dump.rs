@@ -66,6 +66,11 @@ pub struct Args {
     /// them only to copy what they wrote since).
     #[arg(long)]
     no_pre_copy: bool,
+    /// Dump a TCP listener that has connections waiting to be accepted,
+    /// leaving them out (their clients see the connection reset after the
+    /// restore), instead of refusing it.
+    #[arg(long)]
+    skip_in_flight: bool,
     /// Store only the memory chunks this earlier image does not hold.
     #[arg(long, value_name = "DIR")]
     parent: Option<PathBuf>,
@@ -111,6 +116,7 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
         progress: bar.as_ref().map(|(_, f)| f.clone()),
         while_frozen: volume,
         pre_copy: !args.no_pre_copy,
+        skip_in_flight: args.skip_in_flight,
     };
     let result = dump::dump(&opts);
     drop(bar);

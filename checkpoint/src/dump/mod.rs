@@ -71,6 +71,10 @@ pub struct DumpOptions {
     /// which then copies only what was written since ([`precopy`]). On a
     /// kernel that cannot track writes, everything is copied frozen.
     pub pre_copy: bool,
+    /// Leave out the connections waiting in a TCP listener's accept queue
+    /// (their clients see a reset after the restore) instead of refusing
+    /// the dump, as `criu --skip-in-flight`.
+    pub skip_in_flight: bool,
 }
 
 /// What a coherent snapshot does while the tree is frozen.
@@ -245,7 +249,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         None => None,
     };
-    let Collected { mut tree, mut plans, contents, objects, tcp, ptys } = collect(&mut frozen)?;
+    let Collected { mut tree, mut plans, contents, objects, tcp, ptys } = collect(&mut frozen, opts.skip_in_flight)?;
     let mut ptys = Some(ptys);
     tree.volume = volume;
     clock.phase("collect");
@@ -789,7 +793,7 @@ fn is_self_or_ancestor(pid: Pid) -> bool {
 }
 
 /// Everything but memory contents, gathered while the tree is stopped.
-fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
+fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpError> {
     // Read again now that it is stopped: it may have changed since pre-flight.
     let mut listed = Vec::new();
     let mut problems = Vec::new();
@@ -907,7 +911,8 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
         ptys: ptys.iter().map(|c| c.record.clone()).collect(),
     };
     // Never an image that cannot come back: a killed tree would be lost.
-    let gone = crate::restore::restorable_problems(&tree);
+    let mut gone = in_flight_problems(&tree, skip_in_flight);
+    gone.extend(crate::restore::restorable_problems(&tree));
     if !gone.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems: gone });
     }
@@ -919,6 +924,37 @@ fn collect(frozen: &mut Frozen) -> Result<Collected, DumpError> {
     let objects =
         shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file, m.sysv.then_some(m.sysv_id))).collect();
     Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp, ptys })
+}
+
+/// TCP listeners with connections waiting to be accepted, which an image
+/// cannot hold (a connection not accepted yet is no fd of the tree): each
+/// is a problem, as for `criu`, unless they are to be left out
+/// (`skip_in_flight`), which is then told.
+fn in_flight_problems(tree: &ProcessTree, skip_in_flight: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in &tree.processes {
+        for f in &p.fds {
+            let Some(records::fd::Kind::TcpListen(s)) = &f.kind else { continue };
+            let n = s.skipped_connections;
+            if n == 0 {
+                continue;
+            }
+            let what = format!(
+                "process {}: fd {}: {} has {n} connection(s) waiting to be accepted",
+                p.pid,
+                f.fd,
+                s.describe()
+            );
+            match skip_in_flight {
+                true => tracing::warn!("{what}; left out (--skip-in-flight): their clients see a reset"),
+                false => problems.push(format!(
+                    "{what}, which an image cannot hold; let it accept them first, or pass --skip-in-flight to leave \
+                     them out (their clients then see a reset)"
+                )),
+            }
+        }
+    }
+    problems
 }
 
 /// Address spaces of shared memory objects' pages start here, above those

@@ -12,9 +12,9 @@
 //! sk_max_ack_backlog). Restore makes a new socket in the agent, sets the
 //! options, binds, and listens or connects.
 //!
-//! Not kept: connections waiting in a listener's accept queue, datagrams
-//! queued on a UDP socket, multicast memberships, SO_BINDTODEVICE and
-//! options other than those in [`InetSocket`].
+//! Not kept: connections waiting in a listener's accept queue (refused,
+//! or left out with `--skip-in-flight`), datagrams queued on a UDP socket,
+//! multicast memberships and options other than those in [`InetSocket`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -215,14 +215,10 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
                 return Err(format!("{} is no longer a listening TCP socket", seen.target));
             }
             s.nodelay = getsockopt(copy, sockopt::TcpNoDelay).map_err(err("TCP_NODELAY"))?;
+            // Connections waiting to be accepted are not kept: the dump
+            // refuses them, or leaves them out (dump::in_flight_problems).
             let (backlog, queued) = listen_backlog(pid, family, seen.ino)?;
-            if queued > 0 {
-                tracing::warn!(
-                    fd = seen.fd,
-                    "{queued} connection(s) waiting to be accepted on {} are not kept",
-                    s.describe()
-                );
-            }
+            s.skipped_connections = queued;
             s.backlog = backlog;
             Ok(RecordKind::TcpListen(s))
         }
