@@ -636,6 +636,18 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
             "its node was removed",
         ),
         (
+            "foreign-namespace",
+            "import ctypes\n\
+             r, w = os.pipe()\n\
+             pid = os.fork()\n\
+             if pid == 0:\n    assert ctypes.CDLL(None).unshare(0x04000000) == 0, 'unshare(CLONE_NEWUTS)'\n    os.write(w, b'x')\n    time.sleep(60)\n\
+             os.read(r, 1)\n\
+             keep = os.open('/proc/%d/ns/uts' % pid, os.O_RDONLY)\n\
+             os.kill(pid, signal.SIGKILL)\n\
+             os.waitpid(pid, 0)",
+            "a namespace its process is not in",
+        ),
+        (
             "hung-up-pty",
             "import pty\n\
              m, s = pty.openpty()\n\

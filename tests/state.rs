@@ -635,6 +635,28 @@ fn fixed_terminals_held_open() {
     );
 }
 
+/// Fds on namespaces the process is in (its network namespace, its
+/// children's PID namespace), opened through /proc/self/ns: after the
+/// restore each is the namespace the process is in (same inode as its
+/// /proc/self/ns file), and setns(2) takes it.
+#[test]
+fn namespaces_held_open() {
+    both(
+        "nsfds",
+        "import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         net = os.open('/proc/self/ns/net', os.O_RDONLY)\n\
+         pidc = os.open('/proc/self/ns/pid_for_children', os.O_RDONLY)\n\
+         uts = os.open('/proc/%d/ns/uts' % os.getpid(), os.O_RDONLY | os.O_CLOEXEC)",
+        "ino = lambda name: os.stat('/proc/self/ns/' + name).st_ino\n\
+         want('network namespace', os.fstat(net).st_ino, ino('net'))\n\
+         want('children\\'s PID namespace', os.fstat(pidc).st_ino, ino('pid_for_children'))\n\
+         want('UTS namespace', os.fstat(uts).st_ino, ino('uts'))\n\
+         want('close-on-exec', bool(fcntl.fcntl(uts, fcntl.F_GETFD) & fcntl.FD_CLOEXEC), True)\n\
+         want('setns into it', libc.setns(net, 0x40000000), 0)",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

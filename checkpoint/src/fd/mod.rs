@@ -65,6 +65,8 @@ pub enum Kind {
     Fanotify,
     /// A file or directory of a process's /proc directory.
     ProcEntry,
+    /// A namespace (nsfs: an open /proc/PID/ns/NAME).
+    Namespace,
     /// A memfd: dumped with the tree's shared memory objects.
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
@@ -138,8 +140,10 @@ fn special_filesystem(fd_link: &std::path::Path) -> Option<Result<Kind, String>>
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
     let FsType(magic) = statfs(fd_link).ok()?.filesystem_type();
     match magic {
+        NSFS_MAGIC => Some(Ok(Kind::Namespace)),
         MQUEUE_MAGIC => Some(Err("POSIX message queue".into())),
         BPF_FS_MAGIC => Some(Err("BPF object".into())),
         PROC_SUPER_MAGIC => {
@@ -245,6 +249,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Inotify => inotify::dump(pid, seen),
         Kind::Fanotify => Ok((fanotify::dump(pid, seen)?, Extra::default())),
         Kind::ProcEntry => Ok((proc_entry(&seen.target)?, Extra::default())),
+        Kind::Namespace => Ok((namespace(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {
             Ok((socket::dump(pid, seen, copy)?, Extra::default()))
@@ -275,6 +280,32 @@ fn proc_entry(target: &str) -> Result<RecordKind, String> {
     }
     let stat = proc::stat(Pid::from_raw(pid)).map_err(|_| exited())?;
     Ok(RecordKind::ProcEntry(records::ProcEntry { pid, path: path.to_owned(), start_time: stat.start_time }))
+}
+
+/// An fd on a namespace (`net:[INODE]`), which must be one its process is
+/// in (or its children's PID or time namespace): recorded as that process's
+/// /proc/PID/ns file, opened there again once the restored process exists,
+/// so it is the namespace the restored process is in. Another namespace is
+/// refused: nothing at restore could find it again.
+fn namespace(pid: Pid, seen: &Seen) -> Result<RecordKind, String> {
+    use std::os::unix::fs::MetadataExt;
+    let kind = seen.target.split(':').next().unwrap_or_default();
+    let names = [kind.to_owned(), format!("{kind}_for_children")];
+    let own = names.into_iter().find(|name| {
+        !kind.is_empty() && fs::metadata(proc::path(pid, &format!("ns/{name}"))).is_ok_and(|m| m.ino() == seen.ino)
+    });
+    let Some(name) = own else {
+        return Err(format!(
+            "{}, a namespace its process is not in (a restore could not find it again; not supported yet)",
+            seen.target
+        ));
+    };
+    let stat = proc::stat(pid).map_err(|e| format!("stat: {e}"))?;
+    Ok(RecordKind::ProcEntry(records::ProcEntry {
+        pid: pid.as_raw(),
+        path: format!("ns/{name}"),
+        start_time: stat.start_time,
+    }))
 }
 
 /// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.
