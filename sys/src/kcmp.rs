@@ -13,10 +13,12 @@ const KCMP_FILES: libc::c_long = 2;
 const KCMP_EPOLL_TFD: libc::c_long = 7;
 
 /// Whether fd `fd` of `pid` is the file that epoll fd `epfd` of `pid`
-/// watches as its target `tfd` (the first registration under that number).
-pub fn same_epoll_target(pid: Pid, fd: i32, epfd: i32, tfd: i32) -> Result<bool, Errno> {
+/// watches as its target `tfd`: the registration `toff` (from 0) of those
+/// under that number, in the order the epoll's fdinfo lists them (several
+/// files added under one number, closed in between, are several).
+pub fn same_epoll_target(pid: Pid, fd: i32, epfd: i32, tfd: i32, toff: u32) -> Result<bool, Errno> {
     // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }
-    let slot: [u32; 3] = [epfd as u32, tfd as u32, 0];
+    let slot: [u32; 3] = [epfd as u32, tfd as u32, toff];
     // SAFETY: KCMP_EPOLL_TFD reads a struct kcmp_epoll_slot, three u32,
     // from the pointer, which points at three u32.
     let r = unsafe {

@@ -979,6 +979,16 @@ impl ShmemTable {
             return Ok(id);
         }
         let id = self.objects.len() as u64 + 1;
+        // Its pages are found with SEEK_DATA and SEEK_HOLE, which move the
+        // offset: on a description of stasis's own, not on the process's
+        // (a memfd's fd is a pidfd_getfd copy sharing the process's offset).
+        let file = match object {
+            memory::Object::Memfd(_) => {
+                use std::os::fd::AsRawFd;
+                std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))?
+            }
+            _ => file,
+        };
         let mut record = records::Shmem { id, size: meta.size(), mm: FIRST_SHMEM_MM + id as u32, ..Default::default() };
         match object {
             memory::Object::Anonymous => {}

@@ -11,6 +11,7 @@
 
 use stasis_image::records::{fd::Kind, Epoll, EpollTarget};
 use stasis_sys::Pid;
+use std::collections::HashMap;
 
 use super::Seen;
 use crate::proc;
@@ -52,12 +53,16 @@ pub fn parse(text: &str) -> Result<Vec<EpollTarget>, String> {
 /// now (`via`), found by kcmp `KCMP_EPOLL_TFD` (both ends of a pipe share
 /// an inode); one held by no fd of the process is an error.
 pub fn find_closed(pid: Pid, epfd: i32, targets: &mut [EpollTarget], fds: &[Seen]) -> Result<(), String> {
-    let same = |fd: i32, tfd: i32| stasis_sys::kcmp::same_epoll_target(pid, fd, epfd, tfd).unwrap_or(false);
+    // Registrations under one number, in fdinfo's order, are told apart
+    // by their rank among those (kcmp's `toff`).
+    let mut seen_under: HashMap<i32, u32> = HashMap::new();
     for t in targets {
-        if fds.iter().any(|s| s.fd == t.fd && s.ino == t.ino) && same(t.fd, t.fd) {
+        let toff = *seen_under.entry(t.fd).and_modify(|n| *n += 1).or_insert(0);
+        let same = |fd: i32| stasis_sys::kcmp::same_epoll_target(pid, fd, epfd, t.fd, toff).unwrap_or(false);
+        if fds.iter().any(|s| s.fd == t.fd && s.ino == t.ino) && same(t.fd) {
             continue;
         }
-        let holder = fds.iter().filter(|s| s.ino == t.ino).find(|s| same(s.fd, t.fd)).ok_or_else(|| {
+        let holder = fds.iter().filter(|s| s.ino == t.ino).find(|s| same(s.fd)).ok_or_else(|| {
             format!(
                 "it watches, as fd {}, a file (inode {}) the process holds no fd on any more (not supported)",
                 t.fd, t.ino

@@ -2255,11 +2255,11 @@ impl Remote<'_, '_> {
                 let what = format!("{what} watching fd {}", t.fd);
                 // A registration under a number closed since: the file is
                 // put at that number for the call (what is there now is set
-                // aside and put back).
+                // aside, at the lowest free number, which is below the fd
+                // limit as a number picked high may not be, and put back).
                 let mut aside = None;
                 if let Some(via) = t.via {
-                    let high =
-                        self.inj.syscall_ok(libc::SYS_fcntl, [t.fd as u64, libc::F_DUPFD as u64, 1 << 16, 0, 0, 0]);
+                    let high = self.inj.syscall_ok(libc::SYS_fcntl, [t.fd as u64, libc::F_DUPFD as u64, 0, 0, 0, 0]);
                     if let Ok(saved) = high {
                         let fd_flags =
                             self.call(&what, libc::SYS_fcntl, [t.fd as u64, libc::F_GETFD as u64, 0, 0, 0, 0])?;
