@@ -603,8 +603,7 @@ fn dump_with_skip_in_flight_leaves_waiting_connections_out() {
 
 /// A kill-mode dump never kills a tree its image could not bring back:
 /// a file of a thread's /proc directory (threads are made after the fds),
-/// or of a process that has exited, a pseudo-terminal slave whose master was closed (its
-/// node is gone), a working directory in the /proc directory of a process
+/// or of a process that has exited, a working directory in the /proc directory of a process
 /// that has exited, are refused before anything is written, naming them,
 /// and the process runs on.
 #[test]
@@ -646,14 +645,6 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
              os.kill(pid, signal.SIGKILL)\n\
              os.waitpid(pid, 0)",
             "a namespace its process is not in",
-        ),
-        (
-            "hung-up-pty",
-            "import pty\n\
-             m, s = pty.openpty()\n\
-             s2 = os.open(os.ttyname(s), os.O_RDWR | os.O_NOCTTY)\n\
-             os.close(m)",
-            "a pseudo-terminal slave whose master was closed",
         ),
         (
             "dead-proc-cwd",

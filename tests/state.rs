@@ -682,6 +682,30 @@ fn namespaces_held_open() {
     );
 }
 
+/// Pseudo-terminal slaves whose master was closed (hung up, node gone),
+/// opened twice: both are hung up again after the restore (reads end,
+/// writes fail with EIO), shown as removed; a pair made since, which may
+/// have the same index, still works.
+#[test]
+fn hung_up_pseudo_terminal() {
+    both(
+        "hungup",
+        "import pty, errno\n\
+         m, s = pty.openpty()\n\
+         s2 = os.open(os.ttyname(s), os.O_RDWR | os.O_NOCTTY)\n\
+         os.close(m)\n\
+         m2, s3 = pty.openpty()\n\
+         def write_errno(fd):\n    try:\n        os.write(fd, b'x')\n        return 0\n    except OSError as e:\n        return e.errno\n\
+         assert (os.read(s, 4), write_errno(s)) == (b'', errno.EIO)",
+        "for f in (s, s2):\n    \
+             want('fd %d reads end' % f, os.read(f, 4), b'')\n    \
+             want('fd %d write' % f, write_errno(f), errno.EIO)\n    \
+             want('fd %d a removed slave' % f, os.readlink('/proc/self/fd/%d' % f).endswith(' (deleted)'), True)\n\
+         os.write(m2, b'hi\\n')\n\
+         want('the pair made since', os.read(s3, 16), b'hi\\n')",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

@@ -1374,6 +1374,10 @@ pub struct Tty {
     /// That controlling terminal's foreground group; 0 when not known.
     #[prost(int32, tag = "5")]
     pub foreground: i32,
+    /// A pseudo-terminal slave whose master was closed: hung up (reads end,
+    /// writes fail), its node gone.
+    #[prost(bool, tag = "6")]
+    pub hung_up: bool,
 }
 
 /// A signal's disposition, as `rt_sigaction` reports it.

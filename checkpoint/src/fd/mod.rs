@@ -198,11 +198,8 @@ pub fn classify(target: &str, meta: &fs::Metadata) -> Result<Kind, String> {
             // /dev/ptmx (and devpts's ptmx): a master, of a pair of the
             // tree's own.
             5 if dev_minor(meta.rdev()) == 2 => Ok(Kind::PtyMaster),
-            // Its master closed: the pair is hung up and its node gone, so
-            // no restore could open it again.
-            136..=143 if target.ends_with(" (deleted)") => {
-                Err("a pseudo-terminal slave whose master was closed (hung up)".into())
-            }
+            // A pseudo-terminal slave whose master was closed is hung up,
+            // its node gone: made again so (fd::tty).
             4 | 5 | 136..=143 => Ok(Kind::Tty),
             m => Err(format!("character device {m}:{}", dev_minor(meta.rdev()))),
         };

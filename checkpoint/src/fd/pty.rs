@@ -212,7 +212,10 @@ pub fn index_of_slave(rdev: u64) -> Option<u32> {
 pub fn slaves_of_the_tree(fds: &mut [records::Fd], indices: &std::collections::BTreeSet<u32>, ctty: u64) {
     let own = index_of_slave(ctty).filter(|i| indices.contains(i));
     for f in fds {
-        let Some(RecordKind::Tty(t)) = &f.kind else { continue };
+        // A hung-up slave is no pair's now, whatever took its index since.
+        let Some(RecordKind::Tty(t)) = f.kind.as_ref().filter(|k| !matches!(k, RecordKind::Tty(t) if t.hung_up)) else {
+            continue;
+        };
         let index = match index_of_slave(t.rdev) {
             Some(i) => Some(i),
             None if t.rdev == crate::proc::makedev(5, 0) => own,

@@ -11,6 +11,9 @@
 //! pseudo-terminal is, so a restore opens such a terminal again by its
 //! path (checking the node there is still that device), and a session
 //! leader whose controlling terminal it was takes it again.
+//!
+//! A pseudo-terminal slave whose master was closed is hung up, its node
+//! gone; it is made again hung up ([`hung_up`]).
 
 use std::os::unix::fs::MetadataExt;
 
@@ -31,6 +34,14 @@ pub fn opened_by_path(rdev: u64) -> bool {
     matches!((dev_major(rdev), dev_minor(rdev)), (4, _) | (5, 1))
 }
 
+/// Whether a terminal is a pseudo-terminal slave whose master was closed:
+/// the pair is hung up and devpts removed its node. A restore makes a new
+/// pair, opens the slave as often as the tree had it open, and closes the
+/// master, which hangs those up again.
+pub fn hung_up(rdev: u64, target: &str) -> bool {
+    (136..=143).contains(&dev_major(rdev)) && target.ends_with(" (deleted)")
+}
+
 pub fn dump(pid: stasis_sys::Pid, seen: &Seen) -> Result<Kind, String> {
     if opened_by_path(seen.rdev) && seen.target.ends_with(" (deleted)") {
         return Err(format!(
@@ -47,6 +58,7 @@ pub fn dump(pid: stasis_sys::Pid, seen: &Seen) -> Result<Kind, String> {
         dumper_terminal: own_terminals().contains(&seen.rdev),
         session: stat.as_ref().map_or(0, |s| s.session),
         foreground: stat.as_ref().map_or(0, |s| s.tpgid.max(0)),
+        hung_up: hung_up(seen.rdev, &seen.target),
     }))
 }
 

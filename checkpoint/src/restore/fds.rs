@@ -151,6 +151,9 @@ pub struct Planner<'a> {
     unlinked_fifos: HashMap<u64, OwnedFd>,
     /// The tree's pseudo-terminal pairs, made already.
     pub ptys: Option<&'a HashMap<u32, super::pty::Made>>,
+    /// Masters of new pairs whose slaves stand for hung-up ones, by the
+    /// dumped slave's device number: closed in `finish`, hanging them up.
+    pub hung_up: HashMap<u64, OwnedFd>,
     /// Removed directories made again (deleted::removed_directories): an
     /// fd on one opens that one.
     pub removed_dirs: Option<&'a super::deleted::Directories>,
@@ -194,6 +197,7 @@ impl<'a> Planner<'a> {
             unlinked_fifos: HashMap::new(),
             ptys: None,
             removed_dirs: None,
+            hung_up: HashMap::new(),
             shared_addresses: HashSet::new(),
             reuseport_off: Vec::new(),
             memfds_given: HashSet::new(),
@@ -206,6 +210,8 @@ impl<'a> Planner<'a> {
     /// was only on for the bind, and the processes pidfds name in place of
     /// ones that had exited gone (exited and reaped).
     pub fn finish(&mut self) -> Result<(), String> {
+        // Closing a master hangs up its slaves, which are made by now.
+        self.hung_up.clear();
         for sock in self.reuseport_off.drain(..) {
             use nix::sys::socket::{setsockopt, sockopt};
             setsockopt(&sock, sockopt::ReusePort, &false).map_err(|e| format!("SO_REUSEPORT off again: {e}"))?;
@@ -491,6 +497,19 @@ impl<'a> Planner<'a> {
                         // Not the agent's controlling terminal by the way.
                         reopen_with_flags(&made.slave, flags | libc::O_NOCTTY).map_err(other)?
                     }
+                }
+                // Hung up: a slave of a new pair whose master is closed
+                // once every fd is made (`finish`).
+                Kind::Tty(t) if t.hung_up => {
+                    let master = match self.hung_up.entry(t.rdev) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                            super::pty::new_master()
+                                .map_err(|e| other(format!("a pair to hang up again for {}: {e}", t.path)))?,
+                        ),
+                    };
+                    stasis_sys::tty::peer(master, flags | libc::O_NOCTTY)
+                        .map_err(|e| other(format!("opening the slave of a new pair (TIOCGPTPEER): {e}")))?
                 }
                 // Never by its name on its own (restore::check_terminals).
                 Kind::Tty(t) => match self.inherit.get(&super::Inherited::Tty(t.rdev)) {

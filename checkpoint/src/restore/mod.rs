@@ -428,7 +428,7 @@ fn check_terminals(tree: &ProcessTree, opts: &RestoreOptions) -> Result<(), Rest
         .collect();
     for (pid, f) in all_fds(tree) {
         let Some(fd::Kind::Tty(t)) = &f.kind else { continue };
-        if handed.contains(&t.rdev) {
+        if handed.contains(&t.rdev) || t.hung_up {
             continue;
         }
         if crate::fd::tty::opened_by_path(t.rdev) {

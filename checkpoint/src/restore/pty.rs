@@ -50,6 +50,21 @@ pub fn make_all(ptys: &[Pty], ptmx: Option<&str>) -> Result<HashMap<u32, Made>, 
     Ok(made)
 }
 
+/// The master of a new pair, at whatever index devpts gives, unlocked so
+/// its slave can be opened.
+pub fn new_master() -> Result<OwnedFd, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(OFlag::O_NOCTTY.bits())
+        .open("/dev/ptmx")
+        .map_err(|e| format!("opening /dev/ptmx: {e}"))?
+        .into();
+    tty::set_locked(&master, false).map_err(|e| format!("unlocking it: {e}"))?;
+    Ok(master)
+}
+
 /// The master of a new pair at `index`.
 fn master_at(index: u32, ptmx: Option<&str>) -> Result<OwnedFd, String> {
     use std::os::unix::fs::OpenOptionsExt;
