@@ -706,6 +706,64 @@ fn hung_up_pseudo_terminal() {
     );
 }
 
+/// Datagram sockets of other protocols than UDP: a UDP-Lite pair (bound,
+/// connected, each with a checksum coverage) and ICMP ping sockets, one
+/// bound to an ident and connected to 127.0.0.1, one unbound. After the
+/// restore they are of the same protocol, names and coverage as before,
+/// and carry datagrams (an echo request gets its reply). Ping sockets need
+/// net.ipv4.ping_group_range to hold root's group: set for the test (as
+/// criu's zdtm does) when it does not, and set back after.
+#[test]
+fn udplite_and_ping_sockets() {
+    struct Range(Option<String>);
+    impl Drop for Range {
+        fn drop(&mut self) {
+            if let Some(old) = &self.0 {
+                let _ = fs::write("/proc/sys/net/ipv4/ping_group_range", old);
+            }
+        }
+    }
+    let path = "/proc/sys/net/ipv4/ping_group_range";
+    let old = fs::read_to_string(path).expect("this test needs ICMP ping sockets (net.ipv4.ping_group_range)");
+    let first: i64 = old.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let last: i64 = old.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let _range = match first <= 0 && 0 <= last {
+        true => Range(None),
+        false => {
+            fs::write(path, "0 0").expect("setting net.ipv4.ping_group_range for root");
+            Range(Some(old.trim().to_owned()))
+        }
+    };
+    both(
+        "dgramprotos",
+        "import socket\n\
+         UDPLITE = 136\n\
+         a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, UDPLITE)\n\
+         a.bind(('127.0.0.1', 0))\n\
+         b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, UDPLITE)\n\
+         b.bind(('127.0.0.1', 0))\n\
+         b.connect(a.getsockname())\n\
+         a.setsockopt(UDPLITE, 11, 20)\n\
+         b.setsockopt(UDPLITE, 10, 20)\n\
+         ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)\n\
+         ping.bind(('127.0.0.1', 4321))\n\
+         ping.connect(('127.0.0.1', 0))\n\
+         loose = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)\n\
+         names = [x.getsockname() for x in (a, b, ping, loose)] + [b.getpeername()]",
+        "import socket\n\
+         want('protocols', [x.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) for x in (a, b, ping, loose)], [136, 136, 1, 1])\n\
+         want('names', [x.getsockname() for x in (a, b, ping, loose)] + [b.getpeername()], names)\n\
+         want('coverage', (a.getsockopt(UDPLITE, 11), b.getsockopt(UDPLITE, 10)), (20, 20))\n\
+         b.send(b'lite')\n\
+         a.settimeout(5)\n\
+         want('UDP-Lite datagram', a.recvfrom(16), (b'lite', b.getsockname()))\n\
+         ping.send(struct.pack('!BBHHH', 8, 0, 0, 0, 7) + b'echo')  # connected: no address given\n\
+         ping.settimeout(5)\n\
+         reply = ping.recv(64)\n\
+         want('echo reply', (reply[0], reply[-4:]), (0, b'echo'))",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

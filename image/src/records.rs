@@ -1022,6 +1022,11 @@ pub struct InetSocket {
     /// out of the image (`--skip-in-flight`).
     #[prost(uint32, tag = "18")]
     pub skipped_connections: u32,
+    /// A datagram socket's protocol when not UDP's: UDP-Lite
+    /// (IPPROTO_UDPLITE), an ICMP ping socket (IPPROTO_ICMP,
+    /// IPPROTO_ICMPV6); 0 for TCP and UDP.
+    #[prost(int32, tag = "19")]
+    pub protocol: i32,
 }
 
 /// One socket option set to a value other than a new socket's: an int

@@ -61,6 +61,36 @@ pub fn parse_inet_table(text: &str) -> HashMap<u64, InetRow> {
         .collect()
 }
 
+/// The peer of a connected ICMP ping socket (inode `ino`), from the
+/// process's /proc/net/icmp or icmp6: the row's remote address when its
+/// state is ESTABLISHED. Addresses are hex of native-endian 32-bit words.
+fn ping_peer(pid: Pid, family: i32, ino: u64) -> Option<SocketAddr> {
+    let table = if family == libc::AF_INET6 { "net/icmp6" } else { "net/icmp" };
+    let text = proc::read(pid, table).ok()?;
+    let row = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.get(9).and_then(|i| i.parse::<u64>().ok()) == Some(ino) && c.get(3).copied() == Some("01"))?;
+    parse_table_address(row.get(2)?)
+}
+
+/// `HEXADDR:HEXPORT` of a /proc/net table: 8 hex digits for IPv4, 32 for
+/// IPv6, each 32-bit word in this machine's byte order.
+fn parse_table_address(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Option<Vec<u32>> =
+        (0..addr.len() / 8).map(|i| u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()).collect();
+    let bytes: Vec<u8> = words?.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Parse /proc/net/unix into inode -> socket type (SOCK_STREAM, ...).
 /// Columns: `Num RefCount Protocol Flags Type St Inode Path`.
 pub fn parse_unix_table(text: &str) -> HashMap<u64, u16> {
@@ -138,8 +168,9 @@ impl Tables {
             Some("NETLINK") => unsupported("a netlink socket"),
             Some("PACKET") => unsupported("a packet socket"),
             Some("RAW" | "RAWv6") => unsupported("a raw IP socket"),
-            Some("PING" | "PINGv6") => unsupported("an ICMP ping socket"),
-            Some("UDP-Lite" | "UDPLITEv6") => unsupported("a UDP-Lite socket"),
+            // Datagram sockets of other protocols, made again as UDP ones
+            // are (InetSocket.protocol).
+            Some("PING" | "PINGv6" | "UDP-Lite" | "UDPLITEv6") => Ok(Kind::Udp),
             Some(other) => unsupported(&format!("a {other} socket")),
             None => unsupported("a socket of unknown protocol"),
         }
@@ -203,11 +234,15 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
         s.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
     }
-    let (sock_ty, tcp) = match ty {
-        SockType::Stream => (libc::SOCK_STREAM, true),
-        _ => (libc::SOCK_DGRAM, false),
+    let sock_ty = match ty {
+        SockType::Stream => libc::SOCK_STREAM,
+        _ => libc::SOCK_DGRAM,
     };
-    let protocol = if tcp { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP };
+    let protocol =
+        stasis_sys::sock::int_option(copy, libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(err("SO_PROTOCOL"))?;
+    if !matches!(protocol, libc::IPPROTO_TCP | libc::IPPROTO_UDP) {
+        s.protocol = protocol;
+    }
     s.options = super::sockopt::dump(copy, family, sock_ty, protocol)?;
     match seen.kind {
         Ok(Kind::TcpListen) => {
@@ -253,13 +288,22 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             if ty != SockType::Datagram {
                 return Err(format!("{} is not a UDP socket", seen.target));
             }
+            // An ICMP ping socket: no cork, and no inet_diag to tell its
+            // shutdown by. One connected to a port 0 (the port means nothing
+            // to ICMP) has no peer for getpeername: /proc/net/icmp shows it.
+            if matches!(protocol, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) {
+                if s.peer.is_none() {
+                    s.peer = ping_peer(pid, family, seen.ino).map(|a| InetAddr::from_socket_addr(&a));
+                }
+                return Ok(RecordKind::Udp(s));
+            }
             // A corked socket holds a datagram being built in the kernel,
             // which cannot be read out.
             const UDP_CORK: i32 = 1;
             if stasis_sys::sock::int_option(copy, libc::IPPROTO_UDP, UDP_CORK).map_err(err("UDP_CORK"))? != 0 {
                 return Err(format!("{} is corked (UDP_CORK, not supported)", s.describe()));
             }
-            s.shutdown = u32::from(udp_shutdown(pid, family, seen.ino)?);
+            s.shutdown = u32::from(udp_shutdown(pid, family, protocol, seen.ino)?);
             Ok(RecordKind::Udp(s))
         }
         _ => Err(format!("{} is not a supported socket", seen.target)),
@@ -416,9 +460,9 @@ fn diag_peer(msg: &[u8], family: i32) -> Option<SocketAddr> {
 
 /// How the UDP socket with inode `ino` was shut down (SHUT_RD 1, SHUT_WR 2
 /// bits of sk_shutdown), from inet_diag's INET_DIAG_SHUTDOWN attribute.
-fn udp_shutdown(pid: Pid, family: i32, ino: u64) -> Result<u8, String> {
+fn udp_shutdown(pid: Pid, family: i32, protocol: i32, ino: u64) -> Result<u8, String> {
     const INET_DIAG_SHUTDOWN: u16 = 8;
-    let msg = diag_message(pid, family, libc::IPPROTO_UDP, u32::MAX, ino)?;
+    let msg = diag_message(pid, family, protocol, u32::MAX, ino)?;
     Ok(msg.and_then(|m| diag_attribute(&m, INET_DIAG_SHUTDOWN)?.first().copied()).unwrap_or(0))
 }
 
@@ -542,7 +586,11 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
         (libc::AF_INET6, false) => (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp),
         (f, _) => return Err(format!("socket of address family {f}")),
     };
-    let sock = socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto).map_err(|e| format!("socket: {e}"))?;
+    let sock = match s.protocol {
+        0 => socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto),
+        p => stasis_sys::sock::new_socket(s.family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, p),
+    }
+    .map_err(|e| format!("socket: {e}"))?;
     let set = |what: &str, r: Result<(), Errno>| r.map_err(|e| format!("{what}: {e}"));
     // Before bind: these decide whether and how the bind succeeds.
     set("SO_REUSEADDR", setsockopt(&sock, sockopt::ReuseAddr, &s.reuseaddr))?;
@@ -582,6 +630,20 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
     }
     super::sockopt::restore(&sock, &s.options, &s.describe());
     Ok(sock)
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::parse_table_address;
+
+    #[test]
+    fn reads_addresses_of_proc_net_tables() {
+        let v4 = if cfg!(target_endian = "little") { "0100007F:1F90" } else { "7F000001:1F90" };
+        assert_eq!(parse_table_address(v4), Some("127.0.0.1:8080".parse().unwrap()));
+        let one = if cfg!(target_endian = "little") { "01000000" } else { "00000001" };
+        let v6 = format!("000000000000000000000000{one}:0000");
+        assert_eq!(parse_table_address(&v6), Some("[::1]:0".parse().unwrap()));
+    }
 }
 
 #[cfg(test)]

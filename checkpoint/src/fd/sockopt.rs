@@ -67,9 +67,16 @@ fn int_options(family: i32, tcp: bool) -> Vec<(i32, i32)> {
             (IPPROTO_TCP, TCP_USER_TIMEOUT),
             (IPPROTO_TCP, TCP_NOTSENT_LOWAT),
         ]);
+    } else {
+        // A UDP-Lite socket's checksum coverage (SOL_UDPLITE: its send and
+        // receive UDPLITE_*_CSCOV); another socket does not let them read.
+        v.extend([(UDPLITE_LEVEL, 10), (UDPLITE_LEVEL, 11)]);
     }
     v
 }
+
+/// SOL_UDPLITE (IPPROTO_UDPLITE).
+const UDPLITE_LEVEL: i32 = 136;
 
 /// The options of `sock` (of `family`, `ty`, `protocol`) that differ from
 /// a new socket's. An option this kernel does not read is left out.
