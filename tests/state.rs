@@ -764,6 +764,50 @@ fn udplite_and_ping_sockets() {
     );
 }
 
+/// Raw IP sockets: an ICMP one bound to 127.0.0.1, connected, with an
+/// ICMP filter; a UDP-protocol one with IP_HDRINCL; an IPv6 one with a
+/// checksum offset and an ICMPv6 filter (a 32-byte struct). After the
+/// restore each is raw, of its protocol, bound and filtering as before,
+/// and the ICMP one sends an echo request to itself and reads it back.
+#[test]
+fn raw_sockets() {
+    both(
+        "rawsocks",
+        "import socket\n\
+         def checksum(b):\n    \
+             s = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n    \
+             s = (s >> 16) + (s & 0xffff)\n    \
+             return ~(s + (s >> 16)) & 0xffff\n\
+         icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+         icmp.bind(('127.0.0.1', 0))\n\
+         icmp.connect(('127.0.0.1', 0))\n\
+         icmp.setsockopt(255, 1, struct.pack('I', 1 << 13))\n\
+         hdr = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)\n\
+         hdr.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)\n\
+         six = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_UDP)\n\
+         six.setsockopt(socket.IPPROTO_IPV6, 7, 6)\n\
+         icmp6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+         filter6 = bytes(range(1, 33))\n\
+         icmp6.setsockopt(socket.IPPROTO_ICMPV6, 1, filter6)\n\
+         socks = (icmp, hdr, six, icmp6)\n\
+         names = [x.getsockname() for x in socks]",
+        "import socket\n\
+         want('raw', [x.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) for x in socks], [socket.SOCK_RAW] * 4)\n\
+         want('protocols', [x.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) for x in socks], [1, 17, 17, 58])\n\
+         want('names', [x.getsockname() for x in socks], names)\n\
+         want('ICMP filter', icmp.getsockopt(255, 1, 4), struct.pack('I', 1 << 13))\n\
+         want('IP_HDRINCL', hdr.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL), 1)\n\
+         want('IPV6_CHECKSUM', six.getsockopt(socket.IPPROTO_IPV6, 7), 6)\n\
+         want('ICMPv6 filter', icmp6.getsockopt(socket.IPPROTO_ICMPV6, 1, 32), filter6)\n\
+         body = struct.pack('!BBHHH', 8, 0, 0, 0x4242, 1) + b'raw-echo'\n\
+         body = body[:2] + struct.pack('!H', checksum(body)) + body[4:]\n\
+         icmp.send(body)  # connected: no address given\n\
+         icmp.settimeout(5)\n\
+         got = icmp.recv(128)\n\
+         want('the echo request read back', got[(got[0] & 15) * 4:][-8:], b'raw-echo')",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

@@ -1027,6 +1027,11 @@ pub struct InetSocket {
     /// IPPROTO_ICMPV6); 0 for TCP and UDP.
     #[prost(int32, tag = "19")]
     pub protocol: i32,
+    /// A raw IP socket (SOCK_RAW) of `protocol` (0 included): its bound
+    /// address's port is that protocol, and it is bound whenever its
+    /// address is not the wildcard.
+    #[prost(bool, tag = "20")]
+    pub raw: bool,
 }
 
 /// One socket option set to a value other than a new socket's: an int
@@ -1043,6 +1048,9 @@ pub struct SockOption {
     pub value: i32,
     #[prost(uint64, tag = "4")]
     pub micros: u64,
+    /// An option that is a struct (ICMPV6_FILTER): its bytes.
+    #[prost(bytes = "vec", tag = "5")]
+    pub bytes: Vec<u8>,
 }
 
 /// A unix domain socket (stream, datagram or seqpacket).

@@ -55,6 +55,27 @@ pub fn set_int_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, valu
     Errno::result(r).map(drop)
 }
 
+/// A socket option that is a struct of `len` bytes (ICMPV6_FILTER...), as
+/// many bytes as the kernel gives.
+pub fn bytes_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, len: usize) -> Result<Vec<u8>, Errno> {
+    let mut v = vec![0u8; len];
+    let mut got = len as libc::socklen_t;
+    // SAFETY: v and got are valid for writes of `len` bytes and of their size.
+    let r = unsafe { libc::getsockopt(fd.as_fd().as_raw_fd(), level, name, v.as_mut_ptr().cast(), &raw mut got) };
+    Errno::result(r)?;
+    v.truncate(got as usize);
+    Ok(v)
+}
+
+/// Set a socket option that is a struct, from its bytes.
+pub fn set_bytes_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> Result<(), Errno> {
+    // SAFETY: value is valid for reads of its length for the call.
+    let r = unsafe {
+        libc::setsockopt(fd.as_fd().as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t)
+    };
+    Errno::result(r).map(drop)
+}
+
 /// A new socket (close-on-exec) of raw `family`, `ty` and `protocol`, as
 /// a socket's own SO_DOMAIN, SO_TYPE and SO_PROTOCOL give them.
 pub fn new_socket(family: i32, ty: i32, protocol: i32) -> Result<std::os::fd::OwnedFd, Errno> {

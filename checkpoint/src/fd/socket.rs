@@ -61,12 +61,13 @@ pub fn parse_inet_table(text: &str) -> HashMap<u64, InetRow> {
         .collect()
 }
 
-/// The peer of a connected ICMP ping socket (inode `ino`), from the
-/// process's /proc/net/icmp or icmp6: the row's remote address when its
-/// state is ESTABLISHED. Addresses are hex of native-endian 32-bit words.
-fn ping_peer(pid: Pid, family: i32, ino: u64) -> Option<SocketAddr> {
-    let table = if family == libc::AF_INET6 { "net/icmp6" } else { "net/icmp" };
-    let text = proc::read(pid, table).ok()?;
+/// The peer of a connected ICMP ping or raw socket (inode `ino`), from the
+/// process's /proc/net/`table` (icmp, raw; icmp6, raw6 for IPv6): the
+/// row's remote address when its state is ESTABLISHED. Addresses are hex
+/// of native-endian 32-bit words.
+fn table_peer(pid: Pid, family: i32, table: &str, ino: u64) -> Option<SocketAddr> {
+    let table = if family == libc::AF_INET6 { format!("net/{table}6") } else { format!("net/{table}") };
+    let text = proc::read(pid, &table).ok()?;
     let row = text
         .lines()
         .skip(1)
@@ -167,7 +168,8 @@ impl Tables {
             },
             Some("NETLINK") => unsupported("a netlink socket"),
             Some("PACKET") => unsupported("a packet socket"),
-            Some("RAW" | "RAWv6") => unsupported("a raw IP socket"),
+            // Raw IP sockets too (InetSocket.raw).
+            Some("RAW" | "RAWv6") => Ok(Kind::Udp),
             // Datagram sockets of other protocols, made again as UDP ones
             // are (InetSocket.protocol).
             Some("PING" | "PINGv6" | "UDP-Lite" | "UDPLITEv6") => Ok(Kind::Udp),
@@ -236,11 +238,13 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     }
     let sock_ty = match ty {
         SockType::Stream => libc::SOCK_STREAM,
+        SockType::Raw => libc::SOCK_RAW,
         _ => libc::SOCK_DGRAM,
     };
     let protocol =
         stasis_sys::sock::int_option(copy, libc::SOL_SOCKET, libc::SO_PROTOCOL).map_err(err("SO_PROTOCOL"))?;
-    if !matches!(protocol, libc::IPPROTO_TCP | libc::IPPROTO_UDP) {
+    s.raw = ty == SockType::Raw;
+    if s.raw || !matches!(protocol, libc::IPPROTO_TCP | libc::IPPROTO_UDP) {
         s.protocol = protocol;
     }
     s.options = super::sockopt::dump(copy, family, sock_ty, protocol)?;
@@ -285,15 +289,17 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
             Ok(RecordKind::TcpUnconnected(s))
         }
         Ok(Kind::Udp) => {
-            if ty != SockType::Datagram {
+            if ty != SockType::Datagram && ty != SockType::Raw {
                 return Err(format!("{} is not a UDP socket", seen.target));
             }
-            // An ICMP ping socket: no cork, and no inet_diag to tell its
-            // shutdown by. One connected to a port 0 (the port means nothing
-            // to ICMP) has no peer for getpeername: /proc/net/icmp shows it.
-            if matches!(protocol, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) {
+            // An ICMP ping socket or a raw one: no cork, and no inet_diag
+            // to tell its shutdown by (not read). One connected with port 0
+            // has no peer for getpeername: /proc/net/{icmp,raw} show it.
+            let ping = matches!(protocol, libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6);
+            if s.raw || ping {
                 if s.peer.is_none() {
-                    s.peer = ping_peer(pid, family, seen.ino).map(|a| InetAddr::from_socket_addr(&a));
+                    let table = if s.raw { "raw" } else { "icmp" };
+                    s.peer = table_peer(pid, family, table, seen.ino).map(|a| InetAddr::from_socket_addr(&a));
                 }
                 return Ok(RecordKind::Udp(s));
             }
@@ -499,7 +505,12 @@ pub fn create(s: &InetSocket, tcp: bool, listen: bool, shared: bool) -> Result<O
         setsockopt(&sock, sockopt::ReusePort, &true).map_err(|e| format!("SO_REUSEPORT: {e}"))?;
     }
     let addr = |a: &InetAddr| a.to_socket_addr().ok_or_else(|| format!("malformed address {a:?}"));
-    if let Some(local) = s.local.as_ref().filter(|l| l.port != 0) {
+    // A raw socket's port is its protocol: bound when its address is set.
+    let bound = |l: &&InetAddr| match s.raw {
+        true => l.to_socket_addr().is_some_and(|a| !a.ip().is_unspecified()),
+        false => l.port != 0,
+    };
+    if let Some(local) = s.local.as_ref().filter(bound) {
         let sa = addr(local)?;
         let bind = || socket::bind(sock.as_raw_fd(), &SockaddrStorage::from(sa));
         let mut r = bind();
@@ -586,16 +597,18 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
         (libc::AF_INET6, false) => (AddressFamily::Inet6, SockType::Datagram, SockProtocol::Udp),
         (f, _) => return Err(format!("socket of address family {f}")),
     };
-    let sock = match s.protocol {
-        0 => socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto),
-        p => stasis_sys::sock::new_socket(s.family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, p),
+    let sock = match (s.raw, s.protocol) {
+        (true, p) => stasis_sys::sock::new_socket(s.family, libc::SOCK_RAW, p),
+        (false, 0) => socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto),
+        (false, p) => stasis_sys::sock::new_socket(s.family, libc::SOCK_DGRAM, p),
     }
     .map_err(|e| format!("socket: {e}"))?;
     let set = |what: &str, r: Result<(), Errno>| r.map_err(|e| format!("{what}: {e}"));
     // Before bind: these decide whether and how the bind succeeds.
     set("SO_REUSEADDR", setsockopt(&sock, sockopt::ReuseAddr, &s.reuseaddr))?;
     set("SO_REUSEPORT", setsockopt(&sock, sockopt::ReusePort, &s.reuseport))?;
-    if s.family == libc::AF_INET6 {
+    // Not on a raw socket, whose protocol number already counts as bound.
+    if s.family == libc::AF_INET6 && !s.raw {
         set("IPV6_V6ONLY", setsockopt(&sock, sockopt::Ipv6V6Only, &s.v6only))?;
     }
     if !s.device.is_empty() {

@@ -39,6 +39,9 @@ fn int_options(family: i32, tcp: bool) -> Vec<(i32, i32)> {
             (IPPROTO_IP, IP_RECVTOS),
             (IPPROTO_IP, IP_MTU_DISCOVER),
             (IPPROTO_IP, IP_RECVERR),
+            // Raw sockets': the header included, the ICMP types dropped.
+            (IPPROTO_IP, IP_HDRINCL),
+            (SOL_RAW, ICMP_FILTER),
         ]),
         AF_INET6 => v.extend([
             (IPPROTO_IPV6, IPV6_TCLASS),
@@ -46,6 +49,8 @@ fn int_options(family: i32, tcp: bool) -> Vec<(i32, i32)> {
             (IPPROTO_IPV6, IPV6_RECVPKTINFO),
             (IPPROTO_IPV6, IPV6_MTU_DISCOVER),
             (IPPROTO_IPV6, IPV6_RECVERR),
+            // A raw socket's checksum offset.
+            (IPPROTO_IPV6, IPV6_CHECKSUM),
         ]),
         _ => {}
     }
@@ -77,6 +82,10 @@ fn int_options(family: i32, tcp: bool) -> Vec<(i32, i32)> {
 
 /// SOL_UDPLITE (IPPROTO_UDPLITE).
 const UDPLITE_LEVEL: i32 = 136;
+/// SOL_RAW's ICMP_FILTER (a u32 bit mask), from linux/icmp.h.
+const ICMP_FILTER: i32 = 1;
+/// ICMPV6_FILTER of a raw ICMPv6 socket (SOL_ICMPV6), a 32-byte struct.
+const ICMP6_FILTER: (i32, i32) = (libc::IPPROTO_ICMPV6, 1);
 
 /// The options of `sock` (of `family`, `ty`, `protocol`) that differ from
 /// a new socket's. An option this kernel does not read is left out.
@@ -106,19 +115,22 @@ fn read(sock: &OwnedFd, family: i32, tcp: bool) -> Vec<SockOption> {
     let mut out: Vec<SockOption> = int_options(family, tcp)
         .into_iter()
         .filter_map(|(level, name)| {
-            int_option(sock, level, name).ok().map(|value| SockOption { level, name, value, micros: 0 })
+            int_option(sock, level, name).ok().map(|value| SockOption { level, name, value, ..SockOption::default() })
         })
         .collect();
     if let Ok(l) = getsockopt(sock, sockopt::Linger) {
         let value = (i32::from(l.l_onoff != 0) << 31) | (l.l_linger & 0x7fff_ffff);
-        out.push(SockOption { level: LINGER.0, name: LINGER.1, value, micros: 0 });
+        out.push(SockOption { level: LINGER.0, name: LINGER.1, value, ..SockOption::default() });
+    }
+    if let Ok(bytes) = stasis_sys::sock::bytes_option(sock, ICMP6_FILTER.0, ICMP6_FILTER.1, 32) {
+        out.push(SockOption { level: ICMP6_FILTER.0, name: ICMP6_FILTER.1, bytes, ..SockOption::default() });
     }
     let micros = |t: TimeVal| t.num_microseconds().max(0) as u64;
     for ((level, name), t) in
         [(RCVTIMEO, getsockopt(sock, sockopt::ReceiveTimeout)), (SNDTIMEO, getsockopt(sock, sockopt::SendTimeout))]
     {
         if let Ok(t) = t {
-            out.push(SockOption { level, name, value: 0, micros: micros(t) });
+            out.push(SockOption { level, name, micros: micros(t), ..SockOption::default() });
         }
     }
     out
@@ -134,6 +146,7 @@ pub fn restore(sock: &OwnedFd, options: &[SockOption], what: &str) {
             }
             RCVTIMEO => setsockopt(sock, sockopt::ReceiveTimeout, &TimeVal::microseconds(o.micros as i64)),
             SNDTIMEO => setsockopt(sock, sockopt::SendTimeout, &TimeVal::microseconds(o.micros as i64)),
+            ICMP6_FILTER => stasis_sys::sock::set_bytes_option(sock, o.level, o.name, &o.bytes),
             (level, name) => set_int_option(sock, level, name, o.value),
         };
         if let Err(e) = r {
