@@ -63,7 +63,7 @@ fn dump_of_missing_pid_names_it() {
 }
 
 /// Listens on 127.0.0.1 and holds an eventfd, an established TCP connection
-/// (to itself), a netlink socket and a packet socket; every ~20 ms it adds 1 to the
+/// (to itself), and two packet sockets; every ~20 ms it adds 1 to the
 /// eventfd and publishes its iteration (as a symlink, DIR/progress); each
 /// connection is answered with the eventfd's count.
 const SOCKET_SCRIPT: &str = r#"
@@ -74,7 +74,7 @@ s.bind(("127.0.0.1", 0))
 s.listen()
 conn = socket.create_connection(s.getsockname())
 accepted, _ = s.accept()
-nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+pk2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 pk = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
 s.setblocking(False)
 e = os.eventfd(0)
@@ -114,10 +114,9 @@ fn dump_refuses_unsupported_sockets_in_one_error() {
     let images = tempdir("socket-img");
     let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
     assert!(line.contains(&format!("process {}", p.pid)), "{line}");
-    // The netlink and packet sockets, named by kind; the listening socket,
-    // the connection and the eventfd are supported and not listed.
-    assert_eq!(line.matches("is a netlink socket (not supported yet)").count(), 1, "{line}");
-    assert_eq!(line.matches("is a packet socket (not supported yet)").count(), 1, "{line}");
+    // The two packet sockets, named by kind; the listening socket, the
+    // connection and the eventfd are supported and not listed.
+    assert_eq!(line.matches("is a packet socket (not supported yet)").count(), 2, "{line}");
     assert!(!line.contains("eventfd") && !line.contains("listening") && !line.contains("TCP"), "{line}");
     assert!(!images.path().join("img").join("stasis.img").exists());
 
@@ -139,10 +138,10 @@ fn dump_refuses_unsupported_sockets_in_one_error() {
 fn dump_refuses_tree_whose_child_holds_what_is_unsupported() {
     let dir = tempdir("parent");
     // The child's last argument holds our directory, to find and kill it by
-    // pid. It holds a netlink socket, which a dump cannot capture yet.
+    // pid. It holds a packet socket, which a dump cannot capture yet.
     let mut cmd = Command::new(tool("bash"));
     let child = r#"import socket, sys, time
-nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+pk2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 open(sys.argv[1] + "-ready", "w").close()
 time.sleep(100)"#;
     cmd.arg("-c").arg(r#"python3 -c "$2" "$1/child" & wait"#).arg("parent").arg(dir.path()).arg(child);
@@ -170,7 +169,7 @@ time.sleep(100)"#;
 
     let images = tempdir("parent-img");
     let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
-    assert!(line.contains(&format!("process {child}: fd 3 is a netlink socket")), "{line}");
+    assert!(line.contains(&format!("process {child}: fd 3 is a packet socket")), "{line}");
     for pid in [p.pid, child] {
         assert!(is_alive(pid), "pid {pid} is gone after the refused dump");
         assert_eq!(tracer_of(pid), 0, "pid {pid} is traced after the refused dump");

@@ -808,6 +808,51 @@ fn raw_sockets() {
     );
 }
 
+/// Netlink sockets: an rtnetlink one bound by the kernel (autobind), with
+/// extended acks and a set receive buffer; one in two rtnetlink groups; a
+/// NETLINK_USERSOCK pair, one bound to a port id of its choosing, the
+/// other connected to it. After the restore each has its port id, groups
+/// and options, the rtnetlink one answers a request, and the pair carries
+/// a message.
+#[test]
+fn netlink_sockets() {
+    both(
+        "netlink",
+        "import socket\n\
+         NL = socket.AF_NETLINK\n\
+         rt = socket.socket(NL, socket.SOCK_RAW, 0)\n\
+         rt.bind((0, 0))\n\
+         rt.setsockopt(270, 11, 1)\n\
+         rt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)\n\
+         rcvbuf = rt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)\n\
+         mon = socket.socket(NL, socket.SOCK_RAW, 0)\n\
+         mon.bind((0, 1))\n\
+         mon.setsockopt(270, 1, 5)\n\
+         a = socket.socket(NL, socket.SOCK_RAW, 2)\n\
+         a.bind((0x7f001234, 0))\n\
+         b = socket.socket(NL, socket.SOCK_DGRAM, 2)\n\
+         b.connect((0x7f001234, 0))\n\
+         socks = (rt, mon, a, b)\n\
+         names = [x.getsockname() for x in socks]\n\
+         groups = [x.getsockopt(270, 9, 8) for x in socks]\n\
+         def nlmsg(kind, flags, payload=b''):\n    return struct.pack('=IHHII', 16 + len(payload), kind, flags, 7, 0) + payload",
+        "import socket\n\
+         want('port ids', [x.getsockname() for x in socks], names)\n\
+         want('groups', [x.getsockopt(270, 9, 8) for x in socks], groups)\n\
+         want('types', [x.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) for x in socks], [3, 3, 3, 2])\n\
+         want('protocols', [x.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) for x in socks], [0, 0, 2, 2])\n\
+         want('extended acks', rt.getsockopt(270, 11), 1)\n\
+         want('receive buffer', rt.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), rcvbuf)\n\
+         rt.send(nlmsg(18, 0x301, b'\\0' * 16))  # RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP\n\
+         rt.settimeout(5)\n\
+         reply = rt.recv(65536)\n\
+         want('rtnetlink answers', struct.unpack('=IHHII', reply[:16])[1] in (16, 3), True)\n\
+         b.send(nlmsg(0x20, 0, b'hello!!!'))\n\
+         a.settimeout(5)\n\
+         want('the pair carries a message', a.recv(64)[16:], b'hello!!!')",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

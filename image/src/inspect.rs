@@ -389,6 +389,13 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                     Some(fd::Kind::TcpListen(s)) => ("tcp-listen", s.describe()),
                     Some(fd::Kind::TcpUnconnected(s)) => ("tcp", format!("{} (not connected)", s.describe())),
                     Some(fd::Kind::Udp(s)) => ("udp", s.describe()),
+                    Some(fd::Kind::Netlink(n)) => (
+                        "netlink",
+                        format!(
+                            "protocol {}, port {}, groups {:?}, connected to {}:{}",
+                            n.protocol, n.portid, n.groups, n.dst_portid, n.dst_group
+                        ),
+                    ),
                     Some(fd::Kind::Tcp(c)) => (
                         "tcp",
                         format!(

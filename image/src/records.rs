@@ -613,7 +613,7 @@ pub struct Fd {
     pub pos: u64,
     #[prost(
         oneof = "fd::Kind",
-        tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30, 31"
+        tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30, 31, 32"
     )]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
@@ -761,7 +761,42 @@ pub mod fd {
         /// A file or directory of a process's /proc directory.
         #[prost(message, tag = "31")]
         ProcEntry(super::ProcEntry),
+        /// A netlink socket.
+        #[prost(message, tag = "32")]
+        Netlink(super::NetlinkSocket),
     }
+}
+
+/// A netlink socket (rtnetlink, a uevent monitor, audit...): its protocol,
+/// type, port id, the multicast groups it joined, where it is connected,
+/// and its options. Messages queued on it are not kept.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NetlinkSocket {
+    /// NETLINK_ROUTE (0), NETLINK_KOBJECT_UEVENT (15)...
+    #[prost(int32, tag = "1")]
+    pub protocol: i32,
+    /// SOCK_RAW or SOCK_DGRAM.
+    #[prost(int32, tag = "2")]
+    pub sock_type: i32,
+    /// Its port id (nl_pid); 0: not bound yet.
+    #[prost(uint32, tag = "3")]
+    pub portid: u32,
+    /// The multicast groups it is in, by number (from 1).
+    #[prost(uint32, repeated, tag = "4")]
+    pub groups: Vec<u32>,
+    /// The port id and group it is connected to; both 0: not connected.
+    #[prost(uint32, tag = "5")]
+    pub dst_portid: u32,
+    #[prost(uint32, tag = "6")]
+    pub dst_group: u32,
+    /// Options that differ from a new socket's (NETLINK_* and socket level).
+    #[prost(message, repeated, tag = "7")]
+    pub options: Vec<SockOption>,
+    /// Buffer sizes set explicitly (as the kernel reports them), else 0.
+    #[prost(uint32, tag = "8")]
+    pub rcvbuf: u32,
+    #[prost(uint32, tag = "9")]
+    pub sndbuf: u32,
 }
 
 /// A file or directory of a process's /proc directory (`/proc/PID/...`),

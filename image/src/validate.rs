@@ -204,6 +204,8 @@ fn check_fd(
             return Err(format!("names unknown unix socket {id}"));
         }
         Some(fd::Kind::Unix(_)) => {}
+        // Made again from its fields alone; every value is one a socket may have.
+        Some(fd::Kind::Netlink(_)) => {}
         Some(fd::Kind::Inotify(n)) => {
             for w in &n.watches {
                 if w.wd <= 0 {

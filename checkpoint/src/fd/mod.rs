@@ -15,6 +15,7 @@ pub mod event;
 pub mod fanotify;
 pub mod file;
 pub mod inotify;
+pub mod netlink;
 pub mod pipe;
 pub mod pty;
 pub mod socket;
@@ -67,6 +68,8 @@ pub enum Kind {
     ProcEntry,
     /// A namespace (nsfs: an open /proc/PID/ns/NAME).
     Namespace,
+    /// A netlink socket.
+    Netlink,
     /// A memfd: dumped with the tree's shared memory objects.
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
@@ -248,6 +251,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::ProcEntry => Ok((proc_entry(&seen.target)?, Extra::default())),
         Kind::Namespace => Ok((namespace(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
+        Kind::Netlink => Ok((netlink::dump(seen, copy)?, Extra::default())),
         Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {
             Ok((socket::dump(pid, seen, copy)?, Extra::default()))
         }

@@ -166,7 +166,7 @@ impl Tables {
                 Some(libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) | None => Ok(Kind::Unix),
                 Some(t) => unsupported(&format!("a unix socket of type {t}")),
             },
-            Some("NETLINK") => unsupported("a netlink socket"),
+            Some("NETLINK") => Ok(Kind::Netlink),
             Some("PACKET") => unsupported("a packet socket"),
             // Raw IP sockets too (InetSocket.raw).
             Some("RAW" | "RAWv6") => Ok(Kind::Udp),
@@ -702,7 +702,8 @@ mod tests {
         for (proto, ino) in [("UNIX", 5551), ("UNIX-STREAM", 1), ("UNIX", 5552), ("UNIX", 5553)] {
             assert_eq!(t.classify(Some(proto), ino), Ok(Kind::Unix));
         }
-        assert_eq!(t.classify(Some("NETLINK"), 9), Err("a netlink socket (not supported yet)".to_string()));
+        assert_eq!(t.classify(Some("NETLINK"), 9), Ok(Kind::Netlink));
+        assert_eq!(t.classify(Some("PACKET"), 9), Err("a packet socket (not supported yet)".to_string()));
     }
 
     /// Parse a netlink reply buffer into `found`, the message (inet_diag_msg

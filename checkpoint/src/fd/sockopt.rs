@@ -52,6 +52,9 @@ fn int_options(family: i32, tcp: bool) -> Vec<(i32, i32)> {
             // A raw socket's checksum offset.
             (IPPROTO_IPV6, IPV6_CHECKSUM),
         ]),
+        // SOL_NETLINK's NETLINK_PKTINFO, BROADCAST_ERROR, NO_ENOBUFS,
+        // LISTEN_ALL_NSID, CAP_ACK, EXT_ACK, GET_STRICT_CHK.
+        AF_NETLINK => v.extend([3, 4, 5, 8, 10, 11, 12].map(|name| (270, name))),
         _ => {}
     }
     v.extend([

@@ -456,6 +456,11 @@ impl<'a> Planner<'a> {
                     object
                 }
                 Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
+                Kind::Netlink(n) => {
+                    let object = crate::fd::netlink::make(n).map_err(other)?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
                 Kind::TcpListen(s) | Kind::Udp(s) | Kind::TcpUnconnected(s) => {
                     let tcp = !matches!(r.kind, Some(Kind::Udp(_)));
                     let listen = matches!(r.kind, Some(Kind::TcpListen(_)));

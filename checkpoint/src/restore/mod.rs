@@ -2906,6 +2906,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::TcpListen(_) => "tcp-listen",
         fd::Kind::TcpUnconnected(_) => "tcp-unconnected",
         fd::Kind::Udp(_) => "udp",
+        fd::Kind::Netlink(_) => "netlink",
         fd::Kind::Unix(_) => "unix",
         fd::Kind::Tcp(_) => "tcp",
     }
