@@ -63,7 +63,7 @@ fn dump_of_missing_pid_names_it() {
 }
 
 /// Listens on 127.0.0.1 and holds an eventfd, an established TCP connection
-/// (to itself), and two packet sockets; every ~20 ms it adds 1 to the
+/// (to itself), and two userfaultfds; every ~20 ms it adds 1 to the
 /// eventfd and publishes its iteration (as a symlink, DIR/progress); each
 /// connection is answered with the eventfd's count.
 const SOCKET_SCRIPT: &str = r#"
@@ -74,8 +74,9 @@ s.bind(("127.0.0.1", 0))
 s.listen()
 conn = socket.create_connection(s.getsockname())
 accepted, _ = s.accept()
-pk2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-pk = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+import ctypes
+uffds = [ctypes.CDLL(None).syscall(323, os.O_CLOEXEC) for _ in range(2)]
+assert min(uffds) >= 0, "userfaultfd"
 s.setblocking(False)
 e = os.eventfd(0)
 with open(os.path.join(d, "port.tmp"), "w") as f:
@@ -99,7 +100,7 @@ while True:
 "#;
 
 #[test]
-fn dump_refuses_unsupported_sockets_in_one_error() {
+fn dump_refuses_unsupported_objects_in_one_error() {
     let dir = tempdir("socket");
     let script = dir.path().join("socket.py");
     fs::write(&script, SOCKET_SCRIPT).unwrap();
@@ -114,9 +115,9 @@ fn dump_refuses_unsupported_sockets_in_one_error() {
     let images = tempdir("socket-img");
     let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
     assert!(line.contains(&format!("process {}", p.pid)), "{line}");
-    // The two packet sockets, named by kind; the listening socket, the
+    // The two userfaultfds, named by kind; the listening socket, the
     // connection and the eventfd are supported and not listed.
-    assert_eq!(line.matches("is a packet socket (not supported yet)").count(), 2, "{line}");
+    assert_eq!(line.matches("is a userfaultfd (anon_inode:[userfaultfd])").count(), 2, "{line}");
     assert!(!line.contains("eventfd") && !line.contains("listening") && !line.contains("TCP"), "{line}");
     assert!(!images.path().join("img").join("stasis.img").exists());
 
@@ -138,10 +139,11 @@ fn dump_refuses_unsupported_sockets_in_one_error() {
 fn dump_refuses_tree_whose_child_holds_what_is_unsupported() {
     let dir = tempdir("parent");
     // The child's last argument holds our directory, to find and kill it by
-    // pid. It holds a packet socket, which a dump cannot capture yet.
+    // pid. It holds a userfaultfd, which a dump cannot capture yet.
     let mut cmd = Command::new(tool("bash"));
     let child = r#"import socket, sys, time
-pk2 = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+import ctypes
+assert ctypes.CDLL(None).syscall(323, 0) == 3, "userfaultfd"
 open(sys.argv[1] + "-ready", "w").close()
 time.sleep(100)"#;
     cmd.arg("-c").arg(r#"python3 -c "$2" "$1/child" & wait"#).arg("parent").arg(dir.path()).arg(child);
@@ -169,7 +171,7 @@ time.sleep(100)"#;
 
     let images = tempdir("parent-img");
     let line = error_line(&dump(p.pid, &images.path().join("img"), &[]));
-    assert!(line.contains(&format!("process {child}: fd 3 is a packet socket")), "{line}");
+    assert!(line.contains(&format!("process {child}: fd 3 is a userfaultfd")), "{line}");
     for pid in [p.pid, child] {
         assert!(is_alive(pid), "pid {pid} is gone after the refused dump");
         assert_eq!(tracer_of(pid), 0, "pid {pid} is traced after the refused dump");

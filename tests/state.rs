@@ -853,6 +853,46 @@ fn netlink_sockets() {
     );
 }
 
+/// Packet sockets: a raw one on every interface with TPACKET_V2, auxdata
+/// and an all-multicast membership on lo; a datagram one for IPv4 bound
+/// to lo with a reserve, origdev and a fanout group. After the restore
+/// each has its settings, membership and group, and the bound one gets the
+/// IPv4 packet of a UDP datagram sent on lo.
+#[test]
+fn packet_sockets() {
+    both(
+        "packet",
+        "import socket\n\
+         SOL_PACKET, ETH_P_IP = 263, 0x0800\n\
+         lo = socket.if_nametoindex('lo')\n\
+         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n\
+         raw.setsockopt(SOL_PACKET, 10, 1)\n\
+         raw.setsockopt(SOL_PACKET, 8, 1)\n\
+         raw.setsockopt(SOL_PACKET, 1, struct.pack('iHH8s', lo, 2, 0, b''))\n\
+         ip = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))\n\
+         ip.bind(('lo', ETH_P_IP))\n\
+         ip.setsockopt(SOL_PACKET, 12, 32)\n\
+         ip.setsockopt(SOL_PACKET, 9, 1)\n\
+         ip.setsockopt(SOL_PACKET, 18, 0x4242)\n\
+         names = [x.getsockname()[:2] for x in (raw, ip)]\n\
+         allmulti = lambda: int(open('/sys/class/net/lo/flags').read(), 16) & 0x200",
+        "import socket\n\
+         want('names', [x.getsockname()[:2] for x in (raw, ip)], names)\n\
+         want('types', [x.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) for x in (raw, ip)], [3, 2])\n\
+         want('version, auxdata', (raw.getsockopt(SOL_PACKET, 10), raw.getsockopt(SOL_PACKET, 8)), (1, 1))\n\
+         want('reserve, origdev', (ip.getsockopt(SOL_PACKET, 12), ip.getsockopt(SOL_PACKET, 9)), (32, 1))\n\
+         want('fanout group', ip.getsockopt(SOL_PACKET, 18), 0x4242)\n\
+         want('all-multicast on lo', allmulti(), 0x200)\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         ip.settimeout(5)\n\
+         for _ in range(50):\n    \
+             u.sendto(b'packet-probe', ('127.0.0.1', 9))\n    \
+             got = ip.recv(2048)\n    \
+             if got.endswith(b'packet-probe'):\n        break\n\
+         want('an IPv4 packet on lo', got[-12:], b'packet-probe')",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

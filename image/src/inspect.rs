@@ -389,6 +389,15 @@ fn process_summary(p: &Process, unix: &[UnixSocket], pipes: &[Pipe]) -> ProcessS
                     Some(fd::Kind::TcpListen(s)) => ("tcp-listen", s.describe()),
                     Some(fd::Kind::TcpUnconnected(s)) => ("tcp", format!("{} (not connected)", s.describe())),
                     Some(fd::Kind::Udp(s)) => ("udp", s.describe()),
+                    Some(fd::Kind::Packet(pk)) => (
+                        "packet",
+                        format!(
+                            "type {}, protocol {:#06x}, on {:?}",
+                            pk.sock_type,
+                            u16::from_be(pk.protocol as u16),
+                            pk.interface
+                        ),
+                    ),
                     Some(fd::Kind::Netlink(n)) => (
                         "netlink",
                         format!(

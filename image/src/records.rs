@@ -613,7 +613,7 @@ pub struct Fd {
     pub pos: u64,
     #[prost(
         oneof = "fd::Kind",
-        tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30, 31, 32"
+        tags = "5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 24, 25, 29, 30, 31, 32, 33"
     )]
     pub kind: Option<fd::Kind>,
     /// A lower fd of the same process that shares this fd's open file
@@ -764,7 +764,76 @@ pub mod fd {
         /// A netlink socket.
         #[prost(message, tag = "32")]
         Netlink(super::NetlinkSocket),
+        /// A packet socket (AF_PACKET).
+        #[prost(message, tag = "33")]
+        Packet(super::PacketSocket),
     }
+}
+
+/// A packet socket (AF_PACKET: a DHCP client's, a capture tool's without
+/// a memory-mapped ring): type, protocol, the interface it is bound to, its
+/// SOL_PACKET settings, memberships and fanout group. Frames queued on it
+/// are not kept.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PacketSocket {
+    /// SOCK_RAW or SOCK_DGRAM.
+    #[prost(int32, tag = "1")]
+    pub sock_type: i32,
+    /// The protocol, in network byte order as socket(2) and bind take it.
+    #[prost(uint32, tag = "2")]
+    pub protocol: u32,
+    /// The interface it is bound to, by name (its index may differ on
+    /// another host); empty: every interface.
+    #[prost(string, tag = "3")]
+    pub interface: String,
+    /// PACKET_VERSION, PACKET_RESERVE, PACKET_COPY_THRESH, PACKET_TIMESTAMP.
+    #[prost(uint32, tag = "4")]
+    pub version: u32,
+    #[prost(uint32, tag = "5")]
+    pub reserve: u32,
+    #[prost(uint32, tag = "6")]
+    pub copy_thresh: u32,
+    #[prost(uint32, tag = "7")]
+    pub tstamp: u32,
+    /// PACKET_AUXDATA, PACKET_ORIGDEV, PACKET_VNET_HDR, PACKET_LOSS.
+    #[prost(bool, tag = "8")]
+    pub auxdata: bool,
+    #[prost(bool, tag = "9")]
+    pub origdev: bool,
+    #[prost(bool, tag = "10")]
+    pub vnet_hdr: bool,
+    #[prost(bool, tag = "11")]
+    pub loss: bool,
+    #[prost(message, repeated, tag = "12")]
+    pub memberships: Vec<PacketMembership>,
+    /// Its fanout group as PACKET_FANOUT takes it (id | (type | flags) <<
+    /// 16); none when `fanout_set` is false.
+    #[prost(uint32, tag = "13")]
+    pub fanout: u32,
+    #[prost(bool, tag = "14")]
+    pub fanout_set: bool,
+    /// Socket-level options that differ from a new socket's.
+    #[prost(message, repeated, tag = "15")]
+    pub options: Vec<SockOption>,
+    /// Buffer sizes set explicitly (as the kernel reports them), else 0.
+    #[prost(uint32, tag = "16")]
+    pub rcvbuf: u32,
+    #[prost(uint32, tag = "17")]
+    pub sndbuf: u32,
+}
+
+/// A PACKET_ADD_MEMBERSHIP of a packet socket, added `count` times.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PacketMembership {
+    #[prost(string, tag = "1")]
+    pub interface: String,
+    /// PACKET_MR_MULTICAST (0), PROMISC (1), ALLMULTI (2), UNICAST (3).
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(uint32, tag = "3")]
+    pub count: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub address: Vec<u8>,
 }
 
 /// A netlink socket (rtnetlink, a uevent monitor, audit...): its protocol,

@@ -205,7 +205,7 @@ fn check_fd(
         }
         Some(fd::Kind::Unix(_)) => {}
         // Made again from its fields alone; every value is one a socket may have.
-        Some(fd::Kind::Netlink(_)) => {}
+        Some(fd::Kind::Netlink(_)) | Some(fd::Kind::Packet(_)) => {}
         Some(fd::Kind::Inotify(n)) => {
             for w in &n.watches {
                 if w.wd <= 0 {

@@ -163,6 +163,70 @@ pub fn filter(fd: impl AsFd) -> Result<Vec<u64>, Errno> {
     Ok(prog)
 }
 
+/// The protocol (network byte order, as socket(2) took it) and interface
+/// index a packet socket (AF_PACKET) is bound to, from getsockname's
+/// `sockaddr_ll`; index 0: every interface.
+pub fn packet_name(fd: impl AsFd) -> Result<(u16, i32), Errno> {
+    // SAFETY: sockaddr_ll is plain data; all zeros is a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: sa and len are valid for writes of their sizes for the call.
+    let r = unsafe { libc::getsockname(fd.as_fd().as_raw_fd(), (&raw mut sa).cast(), &raw mut len) };
+    Errno::result(r)?;
+    Ok((sa.sll_protocol, sa.sll_ifindex))
+}
+
+/// Bind a packet socket to `protocol` (network byte order) on interface
+/// `ifindex`.
+pub fn packet_bind(fd: impl AsFd, protocol: u16, ifindex: i32) -> Result<(), Errno> {
+    // SAFETY: sockaddr_ll is plain data; all zeros is a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = protocol;
+    sa.sll_ifindex = ifindex;
+    let len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: sa is valid for reads of its size for the call.
+    let r = unsafe { libc::bind(fd.as_fd().as_raw_fd(), (&raw const sa).cast(), len) };
+    Errno::result(r).map(drop)
+}
+
+/// PACKET_ADD_MEMBERSHIP: `struct packet_mreq` for interface `ifindex`, of
+/// `kind` (PACKET_MR_MULTICAST, PROMISC, ALLMULTI, UNICAST), with `addr`
+/// (at most 8 bytes).
+pub fn packet_add_membership(fd: impl AsFd, ifindex: i32, kind: u16, addr: &[u8]) -> Result<(), Errno> {
+    // SAFETY: packet_mreq is plain data; all zeros is a valid value.
+    let mut m: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    m.mr_ifindex = ifindex;
+    m.mr_type = kind;
+    let n = addr.len().min(m.mr_address.len());
+    m.mr_alen = n as u16;
+    m.mr_address[..n].copy_from_slice(&addr[..n]);
+    let len = size_of::<libc::packet_mreq>() as libc::socklen_t;
+    // SAFETY: m is valid for reads of its size for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&raw const m).cast(),
+            len,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// The name of network interface `index` (if_indextoname(3)).
+pub fn interface_name(index: u32) -> Result<String, Errno> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(Errno::last());
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod fanotify;
 pub mod file;
 pub mod inotify;
 pub mod netlink;
+pub mod packet;
 pub mod pipe;
 pub mod pty;
 pub mod socket;
@@ -70,6 +71,8 @@ pub enum Kind {
     Namespace,
     /// A netlink socket.
     Netlink,
+    /// A packet socket.
+    Packet,
     /// A memfd: dumped with the tree's shared memory objects.
     Memfd,
     /// A listening TCP socket, IPv4 or IPv6.
@@ -252,6 +255,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(RecordKind, Extra)
         Kind::Namespace => Ok((namespace(pid, seen)?, Extra::default())),
         Kind::Eventfd | Kind::Timerfd | Kind::Signalfd | Kind::Pidfd => Ok((event::dump(pid, seen)?, Extra::default())),
         Kind::Netlink => Ok((netlink::dump(seen, copy)?, Extra::default())),
+        Kind::Packet => Ok((packet::dump(pid, seen, copy)?, Extra::default())),
         Kind::TcpListen | Kind::TcpEstablished | Kind::TcpUnconnected | Kind::Udp => {
             Ok((socket::dump(pid, seen, copy)?, Extra::default()))
         }

@@ -167,7 +167,7 @@ impl Tables {
                 Some(t) => unsupported(&format!("a unix socket of type {t}")),
             },
             Some("NETLINK") => Ok(Kind::Netlink),
-            Some("PACKET") => unsupported("a packet socket"),
+            Some("PACKET") => Ok(Kind::Packet),
             // Raw IP sockets too (InetSocket.raw).
             Some("RAW" | "RAWv6") => Ok(Kind::Udp),
             // Datagram sockets of other protocols, made again as UDP ones
@@ -321,13 +321,18 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
 /// the target's: a socket stays in the namespace it was made in).
 pub(super) fn diag_socket(pid: Pid) -> Result<OwnedFd, String> {
     let make = || {
-        socket::socket(
+        let sock = socket::socket(
             AddressFamily::Netlink,
             SockType::Datagram,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkSockDiag,
         )
-        .map_err(|e| format!("NETLINK_SOCK_DIAG socket: {e}"))
+        .map_err(|e| format!("NETLINK_SOCK_DIAG socket: {e}"))?;
+        // A request the kernel drops (one it cannot parse) gets no answer:
+        // a wait for one must end, or the frozen tree would stay frozen.
+        let limit = stasis_sys::nix::sys::time::TimeVal::new(10, 0);
+        setsockopt(&sock, sockopt::ReceiveTimeout, &limit).map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
+        Ok(sock)
     };
     let ns = proc::path(pid, "ns/net");
     let same = match (std::fs::metadata(&ns), std::fs::metadata("/proc/self/ns/net")) {
@@ -438,7 +443,13 @@ fn diag_message(pid: Pid, family: i32, protocol: i32, states: u32, ino: u64) -> 
 
 /// The attribute of type `ty` of an inet_diag message (after its 72 bytes).
 fn diag_attribute(msg: &[u8], ty: u16) -> Option<&[u8]> {
-    let mut a = 72;
+    diag_attribute_at(msg, 72, ty)
+}
+
+/// The attribute of type `ty` of a sock_diag message whose attributes
+/// start at `start`.
+pub(super) fn diag_attribute_at(msg: &[u8], start: usize, ty: u16) -> Option<&[u8]> {
+    let mut a = start;
     while a + 4 <= msg.len() {
         let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().ok()?) as usize;
         let aty = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().ok()?);
@@ -703,7 +714,7 @@ mod tests {
             assert_eq!(t.classify(Some(proto), ino), Ok(Kind::Unix));
         }
         assert_eq!(t.classify(Some("NETLINK"), 9), Ok(Kind::Netlink));
-        assert_eq!(t.classify(Some("PACKET"), 9), Err("a packet socket (not supported yet)".to_string()));
+        assert_eq!(t.classify(Some("PACKET"), 9), Ok(Kind::Packet));
     }
 
     /// Parse a netlink reply buffer into `found`, the message (inet_diag_msg

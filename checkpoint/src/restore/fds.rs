@@ -456,6 +456,11 @@ impl<'a> Planner<'a> {
                     object
                 }
                 Kind::Timerfd(t) => timerfd(t, flags).map_err(other)?,
+                Kind::Packet(pk) => {
+                    let object = crate::fd::packet::make(pk).map_err(other)?;
+                    set_status_flags(&object, flags).map_err(other)?;
+                    object
+                }
                 Kind::Netlink(n) => {
                     let object = crate::fd::netlink::make(n).map_err(other)?;
                     set_status_flags(&object, flags).map_err(other)?;

@@ -2907,6 +2907,7 @@ pub fn describe_fd(kind: &fd::Kind) -> &'static str {
         fd::Kind::TcpUnconnected(_) => "tcp-unconnected",
         fd::Kind::Udp(_) => "udp",
         fd::Kind::Netlink(_) => "netlink",
+        fd::Kind::Packet(_) => "packet",
         fd::Kind::Unix(_) => "unix",
         fd::Kind::Tcp(_) => "tcp",
     }
