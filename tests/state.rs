@@ -855,9 +855,10 @@ fn netlink_sockets() {
 
 /// Packet sockets: a raw one on every interface with TPACKET_V2, auxdata
 /// and an all-multicast membership on lo; a datagram one for IPv4 bound
-/// to lo with a reserve, origdev and a fanout group. After the restore
-/// each has its settings, membership and group, and the bound one gets the
-/// IPv4 packet of a UDP datagram sent on lo.
+/// to lo with a reserve, origdev and a fanout group; two of the obsolete
+/// type SOCK_PACKET, one bound to lo. After the restore each has its
+/// settings, membership, group and device, and the bound datagram one gets
+/// the IPv4 packet of a UDP datagram sent on lo.
 #[test]
 fn packet_sockets() {
     both(
@@ -875,7 +876,15 @@ fn packet_sockets() {
          ip.setsockopt(SOL_PACKET, 9, 1)\n\
          ip.setsockopt(SOL_PACKET, 18, 0x4242)\n\
          names = [x.getsockname()[:2] for x in (raw, ip)]\n\
-         allmulti = lambda: int(open('/sys/class/net/lo/flags').read(), 16) & 0x200",
+         allmulti = lambda: int(open('/sys/class/net/lo/flags').read(), 16) & 0x200\n\
+         import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def spkt_name(x):\n    \
+             buf, n = ctypes.create_string_buffer(16), ctypes.c_uint(16)\n    \
+             assert libc.getsockname(x.fileno(), buf, ctypes.byref(n)) == 0\n    \
+             return buf.raw[2:16].rstrip(b'\\0')\n\
+         spkt = [socket.socket(socket.AF_PACKET, 10, socket.htons(3)) for _ in range(2)]\n\
+         assert libc.bind(spkt[0].fileno(), struct.pack('H14s', 17, b'lo'), 16) == 0, 'bind: errno %d' % ctypes.get_errno()",
         "import socket\n\
          want('names', [x.getsockname()[:2] for x in (raw, ip)], names)\n\
          want('types', [x.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) for x in (raw, ip)], [3, 2])\n\
@@ -883,6 +892,7 @@ fn packet_sockets() {
          want('reserve, origdev', (ip.getsockopt(SOL_PACKET, 12), ip.getsockopt(SOL_PACKET, 9)), (32, 1))\n\
          want('fanout group', ip.getsockopt(SOL_PACKET, 18), 0x4242)\n\
          want('all-multicast on lo', allmulti(), 0x200)\n\
+         want('SOCK_PACKET sockets', [(x.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE), spkt_name(x)) for x in spkt], [(10, b'lo'), (10, b'')])\n\
          u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          ip.settimeout(5)\n\
          for _ in range(50):\n    \

@@ -776,7 +776,8 @@ pub mod fd {
 /// are not kept.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PacketSocket {
-    /// SOCK_RAW or SOCK_DGRAM.
+    /// SOCK_RAW, SOCK_DGRAM, or the obsolete SOCK_PACKET (10), which is
+    /// bound to a device by name and has no SOL_PACKET settings.
     #[prost(int32, tag = "1")]
     pub sock_type: i32,
     /// The protocol, in network byte order as socket(2) and bind take it.

@@ -190,6 +190,33 @@ pub fn packet_bind(fd: impl AsFd, protocol: u16, ifindex: i32) -> Result<(), Err
     Errno::result(r).map(drop)
 }
 
+/// The device a SOCK_PACKET socket is bound to (getsockname's
+/// `sockaddr_pkt`: the name in `sa_data`); empty when unbound.
+pub fn packet_spkt_device(fd: impl AsFd) -> Result<String, Errno> {
+    // SAFETY: sockaddr is plain data; all zeros is a valid value.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: sa and len are valid for writes of their sizes for the call.
+    let r = unsafe { libc::getsockname(fd.as_fd().as_raw_fd(), (&raw mut sa).cast(), &raw mut len) };
+    Errno::result(r)?;
+    let name: Vec<u8> = sa.sa_data.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+    Ok(String::from_utf8_lossy(&name).into_owned())
+}
+
+/// Bind a SOCK_PACKET socket to the device named `device`.
+pub fn packet_bind_spkt(fd: impl AsFd, device: &str) -> Result<(), Errno> {
+    // SAFETY: sockaddr is plain data; all zeros is a valid value.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = libc::AF_PACKET as u16;
+    for (d, s) in sa.sa_data.iter_mut().zip(device.bytes().take(13)) {
+        *d = s as libc::c_char;
+    }
+    let len = size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: sa is valid for reads of its size for the call.
+    let r = unsafe { libc::bind(fd.as_fd().as_raw_fd(), (&raw const sa).cast(), len) };
+    Errno::result(r).map(drop)
+}
+
 /// PACKET_ADD_MEMBERSHIP: `struct packet_mreq` for interface `ifindex`, of
 /// `kind` (PACKET_MR_MULTICAST, PROMISC, ALLMULTI, UNICAST), with `addr`
 /// (at most 8 bytes).

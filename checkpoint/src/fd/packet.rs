@@ -6,8 +6,9 @@
 //! socket's packet_diag record (NETLINK_SOCK_DIAG, by inode): its
 //! SOL_PACKET settings (version, reserve, copy threshold, timestamping,
 //! auxdata, origdev, vnet header, loss), its memberships and its fanout
-//! group. A memory-mapped ring (PACKET_RX_RING, PACKET_TX_RING) and the
-//! obsolete SOCK_PACKET type are refused. The restore makes a new socket
+//! group; a socket of the obsolete SOCK_PACKET type is bound to a device
+//! by name only. A memory-mapped ring (PACKET_RX_RING, PACKET_TX_RING) is
+//! refused. The restore makes a new socket
 //! of that type and protocol, sets the settings, binds it to the interface
 //! of that name, adds each membership as often as it was added, and joins
 //! the fanout group.
@@ -57,24 +58,28 @@ const SOCK_PACKET: i32 = 10;
 pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String> {
     let err = |what: &'static str| move |e: Errno| format!("{what}: {e}");
     let sock_type = int_option(copy, libc::SOL_SOCKET, libc::SO_TYPE).map_err(err("SO_TYPE"))?;
-    if sock_type == SOCK_PACKET {
-        return Err("a packet socket of the obsolete type SOCK_PACKET (not supported yet)".into());
-    }
+    let msg = diag(pid, seen.ino)?.ok_or_else(|| format!("packet_diag does not list socket {}", seen.ino))?;
     // The protocol as it was bound last (socket(2)'s, or bind's), which
-    // SO_PROTOCOL does not tell.
-    let (protocol, ifindex) = stasis_sys::sock::packet_name(copy).map_err(err("getsockname"))?;
-    let protocol = i32::from(protocol);
+    // SO_PROTOCOL does not tell: packet_diag_msg's num, in host order.
+    let protocol = i32::from(u16::from_ne_bytes([msg[2], msg[3]]).to_be());
     let name = |index: u32| {
         stasis_sys::sock::interface_name(index).map_err(|e| format!("the name of network interface {index}: {e}"))
+    };
+    // Bound to: an interface (by index; a SOCK_PACKET socket's by name).
+    let interface = match sock_type {
+        SOCK_PACKET => stasis_sys::sock::packet_spkt_device(copy).map_err(err("getsockname"))?,
+        _ => match stasis_sys::sock::packet_name(copy).map_err(err("getsockname"))?.1 {
+            0 => String::new(),
+            index => name(index as u32)?,
+        },
     };
     let mut s = PacketSocket {
         sock_type,
         protocol: protocol as u16 as u32,
-        interface: if ifindex > 0 { name(ifindex as u32)? } else { String::new() },
+        interface,
         options: super::sockopt::dump(copy, libc::AF_PACKET, sock_type, protocol)?,
         ..PacketSocket::default()
     };
-    let msg = diag(pid, seen.ino)?.ok_or_else(|| format!("packet_diag does not list socket {}", seen.ino))?;
     let attr = |ty| super::socket::diag_attribute_at(&msg, 16, ty);
     if attr(DIAG_RX_RING).is_some() || attr(DIAG_TX_RING).is_some() {
         return Err(
@@ -147,7 +152,11 @@ fn diag(pid: Pid, ino: u64) -> Result<Option<Vec<u8>>, String> {
 
 /// "packet socket (raw, protocol 0x0003, on eth0)" for messages.
 pub fn describe(s: &PacketSocket) -> String {
-    let ty = if s.sock_type == libc::SOCK_DGRAM { "datagram" } else { "raw" };
+    let ty = match s.sock_type {
+        libc::SOCK_DGRAM => "datagram",
+        SOCK_PACKET => "SOCK_PACKET",
+        _ => "raw",
+    };
     let on = if s.interface.is_empty() { "every interface".to_owned() } else { s.interface.clone() };
     format!("packet socket ({ty}, protocol {:#06x}, on {on})", u16::from_be(s.protocol as u16))
 }
@@ -182,7 +191,8 @@ pub fn make(s: &PacketSocket) -> Result<OwnedFd, String> {
         (PACKET_VNET_HDR, i32::from(s.vnet_hdr), "PACKET_VNET_HDR"),
         (PACKET_LOSS, i32::from(s.loss), "PACKET_LOSS"),
     ];
-    for (name, value, label) in ints.into_iter().filter(|&(_, v, _)| v != 0) {
+    // A SOCK_PACKET socket has none of these (nor a setsockopt for them).
+    for (name, value, label) in ints.into_iter().filter(|&(_, v, _)| v != 0 && s.sock_type != SOCK_PACKET) {
         set_int_option(&sock, libc::SOL_PACKET, name, value).map_err(fail(label.into()))?;
     }
     let index = |name: &str| {
@@ -190,8 +200,12 @@ pub fn make(s: &PacketSocket) -> Result<OwnedFd, String> {
             .map(|i| i as i32)
             .map_err(|e| format!("{what}: no network interface {name} here ({e})"))
     };
-    if !s.interface.is_empty() {
-        stasis_sys::sock::packet_bind(&sock, s.protocol as u16, index(&s.interface)?).map_err(fail("bind".into()))?;
+    match (s.sock_type, s.interface.as_str()) {
+        (_, "") => {}
+        (SOCK_PACKET, device) => stasis_sys::sock::packet_bind_spkt(&sock, device).map_err(fail("bind".into()))?,
+        (_, name) => {
+            stasis_sys::sock::packet_bind(&sock, s.protocol as u16, index(name)?).map_err(fail("bind".into()))?
+        }
     }
     for m in &s.memberships {
         let at = index(&m.interface)?;
