@@ -903,6 +903,50 @@ fn packet_sockets() {
     );
 }
 
+/// A process in a time namespace of its own (started by `unshare --time`
+/// with clock offsets), with a child in it: after the restore both are in
+/// one time namespace again, with the same offsets, not stasis's, and the
+/// monotonic and boot-time clocks go on from where they were (well past
+/// the offsets), not from the host's.
+#[test]
+fn time_namespace_of_its_own() {
+    let name = "timens";
+    let setup = "open(os.path.join(d, 'pid'), 'w').write(str(os.getpid()))\n\
+        offsets = open('/proc/self/timens_offsets').read()\n\
+        before = (time.clock_gettime(time.CLOCK_MONOTONIC), time.clock_gettime(time.CLOCK_BOOTTIME))\n\
+        r, w = os.pipe()\n\
+        child = os.fork()\n\
+        if child == 0:\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
+        os.close(r)";
+    let check = "want('offsets', open('/proc/self/timens_offsets').read(), offsets)\n\
+        want('not the host\\'s', os.readlink('/proc/self/ns/time') != open(os.path.join(d, 'hostns')).read(), True)\n\
+        want('the child in it', os.readlink('/proc/%d/ns/time' % child), os.readlink('/proc/self/ns/time'))\n\
+        now = (time.clock_gettime(time.CLOCK_MONOTONIC), time.clock_gettime(time.CLOCK_BOOTTIME))\n\
+        want('clocks go on', [b <= n < b + 600 for b, n in zip(before, now)], [True, True])\n\
+        want('monotonic past its offset', now[0] > 86400, True)";
+    for leave_running in [false, true] {
+        let label = if leave_running { "timens-lr" } else { name };
+        let dir = tempdir(label);
+        let path = dir.path().join("state.py");
+        fs::write(&path, script(setup, check)).unwrap();
+        let host = fs::read_link("/proc/self/ns/time").unwrap();
+        fs::write(dir.path().join("hostns"), host.to_string_lossy().as_bytes()).unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--time", "--monotonic", "86400", "--boottime", "172800", "--fork"]);
+        cmd.arg(python3()).arg("-I").arg(&path).arg(dir.path());
+        let outer = Spawned::start(label, cmd, dir);
+        let ready = || outer.dir.join("ready").exists().then_some(());
+        outer.wait_for(Duration::from_secs(30), "DIR/ready (is unshare --time there?)", ready);
+        let pid: i32 = fs::read_to_string(outer.dir.join("pid")).unwrap().trim().parse().unwrap();
+        let p = Spawned::adopt(label, pid, &outer.dir);
+        dump_then(label, p, leave_running, |mut p| {
+            assert_eq!(result(&p).trim(), "ok", "{label}\n{}", p.log());
+            p.wait_exit(Duration::from_secs(30));
+        });
+        drop(outer);
+    }
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

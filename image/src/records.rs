@@ -336,6 +336,13 @@ pub struct Process {
     /// owner and mode.
     #[prost(message, optional, tag = "37")]
     pub removed_cwd: Option<FileRef>,
+    /// Its time namespace, when not the dumping agent's: the namespace's
+    /// inode (processes with the same one share it) and its clock offsets
+    /// as /proc/PID/timens_offsets gives them (and takes them back).
+    #[prost(uint64, tag = "38")]
+    pub time_ns: u64,
+    #[prost(string, tag = "39")]
+    pub time_offsets: String,
 }
 
 /// The membarrier(2) commands (include/uapi/linux/membarrier.h) that

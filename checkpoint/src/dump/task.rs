@@ -50,6 +50,17 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         })
     };
     let exe = file_ref("exe", &exe_path);
+    // A time namespace of its own (dump's pre-flight refused one made for
+    // its children only): its clock offsets, to make it again.
+    let (time_ns, time_offsets) = {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: std::path::PathBuf| fs::metadata(p).map(|m| m.ino()).unwrap_or(0);
+        match ino(proc::path(pid, "ns/time")) {
+            0 => (0, String::new()),
+            own if own == ino("/proc/self/ns/time".into()) => (0, String::new()),
+            other => (other, proc::read(pid, "timens_offsets").map_err(proc_err("timens_offsets"))?),
+        }
+    };
     let cwd = link("cwd").map_err(proc_err("cwd"))?;
     let removed_cwd = file_ref("cwd", &cwd).filter(|f| f.deleted);
     let auxv = fs::read(proc::path(pid, "auxv")).map_err(proc_err("auxv"))?;
@@ -140,6 +151,8 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
         cgroup_ns,
         cgroup_ns_roots,
         removed_cwd,
+        time_ns,
+        time_offsets,
     })
 }
 

@@ -947,6 +947,10 @@ fn create_tree(
             session_helpers.push(helper);
         }
     }
+    // Helpers that made a time namespace, each forking the roots in it;
+    // and which namespace (by its inode at the dump) each helper made.
+    let mut time_helpers: Vec<Puppet> = Vec::new();
+    let mut made_time: HashMap<i32, u64> = HashMap::new();
     let mut puppets: Vec<Puppet> = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         let mut puppet = match puppets.iter_mut().find(|q| q.ns_pid == p.ppid) {
@@ -958,6 +962,32 @@ fn create_tree(
                     parent.build_memory(memory, q, &mut |_| {}, &|_, _| {}).map_err(|e| in_process(tree, q.pid, e))?;
                 }
                 parent.fork_sharing(p.pid, p.exit_signal, p.files_of_parent)?
+            }
+            // A root in a time namespace of its own: forked by a helper (its
+            // session's, or one of its own) that made the namespace.
+            None if p.time_ns != 0 => {
+                let helper = match session_helpers.iter().position(|h| h.ns_pid == p.sid) {
+                    Some(i) => &mut session_helpers[i],
+                    None => {
+                        match time_helpers.iter().position(|h| made_time.get(&h.pid.as_raw()) == Some(&p.time_ns)) {
+                            Some(i) => &mut time_helpers[i],
+                            None => {
+                                let pid = match pidns.is_some() {
+                                    true => free_pid(tree),
+                                    false => 0,
+                                };
+                                time_helpers.push(Puppet::create(pid, pidns.as_deref_mut())?);
+                                time_helpers.last_mut().expect("pushed")
+                            }
+                        }
+                    }
+                };
+                time_namespace(helper, p, &mut made_time).map_err(|e| in_process(tree, p.pid, e))?;
+                let puppet = helper.fork(p.pid, p.exit_signal)?;
+                if let (Some(ns), true) = (pidns.as_deref_mut(), puppets.is_empty()) {
+                    ns.set_root(Pid::from_raw(p.pid)).map_err(|e| step("PID namespace")(crate::chain(&e)))?;
+                }
+                puppet
             }
             None => match session_helpers.iter_mut().find(|h| h.ns_pid == p.sid) {
                 Some(helper) => {
@@ -1057,10 +1087,43 @@ fn create_tree(
         let what = format!("process group {pid}");
         parent.simple_call(&what, libc::SYS_wait4, [pid as u64, 0, libc::__WALL as u64, 0, 0, 0])?;
     }
-    for helper in session_helpers {
+    for helper in session_helpers.into_iter().chain(time_helpers) {
         helper.leave()?;
     }
     Ok((puppets, zombies))
+}
+
+/// A pid no process, group or session of the tree has (nor 1), for a
+/// helper in a PID namespace of the tree's own.
+fn free_pid(tree: &ProcessTree) -> i32 {
+    let used: HashSet<i32> = tree
+        .processes
+        .iter()
+        .flat_map(|p| [p.pid, p.pgid, p.sid])
+        .chain(tree.zombies.iter().flat_map(|z| [z.pid, z.pgid, z.sid]))
+        .collect();
+    (2..).find(|n| !used.contains(n)).expect("a free pid")
+}
+
+/// Have `helper` make the time namespace of `p` for its children (unshare
+/// CLONE_NEWTIME, then the clock offsets written before anyone is in it),
+/// unless it made that one already; one helper makes one namespace.
+fn time_namespace(helper: &mut Puppet, p: &Process, made: &mut HashMap<i32, u64>) -> Result<(), RestoreError> {
+    match made.get(&helper.pid.as_raw()) {
+        Some(&ns) if ns == p.time_ns => return Ok(()),
+        Some(_) => {
+            return Err(RestoreError::Unsupported(
+                "two time namespaces for the roots of one session (not supported yet)".into(),
+            ))
+        }
+        None => {}
+    }
+    helper.simple_call("time namespace", libc::SYS_unshare, [libc::CLONE_NEWTIME as u64, 0, 0, 0, 0, 0])?;
+    let path = format!("/proc/{}/timens_offsets", helper.pid);
+    std::fs::write(&path, &p.time_offsets)
+        .map_err(|e| step("time namespace")(format!("writing the clock offsets to {path}: {e}")))?;
+    made.insert(helper.pid.as_raw(), p.time_ns);
+    Ok(())
 }
 
 /// Wait until a zombie puppet (`pid` here, `was` in the image) has exited
@@ -1430,11 +1493,12 @@ impl Puppet {
         let create = |what: String| RestoreError::Create { pid: ns_pid, what };
         // The puppet only pauses: a self-sent SIGSTOP could still be queued
         // when we take it, and would stop the restored process later.
+        // ns_pid 0: any pid (a helper's, outside a PID namespace).
+        let tids = if ns_pid == 0 { vec![] } else { vec![Pid::from_raw(ns_pid)] };
         let (pid, child) = match pidns {
             Some(ns) => (ns.spawn_paused(Pid::from_raw(ns_pid)).map_err(|e| create(crate::chain(&e)))?, None),
             None => {
-                let child = clone3::spawn_with_tid(&[Pid::from_raw(ns_pid)], ChildAction::Pause)
-                    .map_err(|e| create(crate::chain(&e)))?;
+                let child = clone3::spawn_with_tid(&tids, ChildAction::Pause).map_err(|e| create(crate::chain(&e)))?;
                 (child.pid(), Some(child))
             }
         };
