@@ -947,6 +947,58 @@ fn time_namespace_of_its_own() {
     }
 }
 
+/// A process with tens of thousands of mappings (zdtm maps06's) is
+/// restored at once after its kill-mode dump: its pid is freed a moment
+/// after its /proc entry goes once it is reaped (longer for such a process),
+/// and the restore waits for that instead of failing with EEXIST. Every
+/// page holds what it held.
+#[test]
+fn restore_right_after_the_dump_of_a_process_with_many_mappings() {
+    let name = "manymaps";
+    let setup = format!(
+        "{MMAP}\
+         page = os.sysconf('SC_PAGESIZE')\n\
+         f = os.open(os.path.join(d, 'file'), os.O_RDWR | os.O_CREAT, 0o600)\n\
+         os.ftruncate(f, page)\n\
+         n = 10240\n\
+         start = mmap(page * n * 3, 0, 0x22)\n\
+         for i in range(n):\n    \
+             a = libc.mmap(start + i * 3 * page, page, 3, 0x12, f, 0)\n    \
+             ctypes.c_int.from_address(a).value = i * 2\n    \
+             b = libc.mmap(start + (i * 3 + 1) * page, page, 3, 0x32, -1, 0)\n    \
+             ctypes.c_int.from_address(b).value = i\n\
+         def wrong():\n    \
+             return [i for i in range(n) if ctypes.c_int.from_address(start + i * 3 * page).value != i * 2\n            \
+                     or ctypes.c_int.from_address(start + (i * 3 + 1) * page).value != i]"
+    );
+    let check = "want('pages not as they were', wrong()[:5], [])";
+    // An orphan, as a daemon is: PID 1 reaps it once it is killed.
+    let dir = tempdir(name);
+    let path = dir.path().join("state.py");
+    fs::write(&path, script(&setup, check)).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(r#""$0" -I "$1" "$2" & echo $! > "$2/pid""#).arg(python3()).arg(&path).arg(dir.path());
+    let mut shell = Spawned::start(name, cmd, dir);
+    shell.wait_exit(Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !shell.dir.join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "no DIR/ready\n{}", shell.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid: i32 = fs::read_to_string(shell.dir.join("pid")).unwrap().trim().parse().unwrap();
+    let images = tempdir("manymaps-img");
+    dump_ok(pid, images.path(), &[]);
+    // Restored as soon as it is gone (or a zombie: the restore waits).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while util::workload::is_alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    restore_ok(pid, images.path());
+    let mut restored = Spawned::adopt(&format!("{name} (restored)"), pid, &shell.dir);
+    assert_eq!(result(&restored).trim(), "ok", "{}", restored.log());
+    restored.wait_exit(Duration::from_secs(30));
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

@@ -1369,6 +1369,32 @@ fn wait_free(tree: &ProcessTree, timeout: Duration, only_dying: bool) -> Result<
     Ok(())
 }
 
+/// `make` a process at `pid`, again while it fails because the pid is
+/// still taken (`taken`: EEXIST) though no process has it any more: a pid
+/// whose process was just reaped is freed a moment after its /proc entry
+/// goes (tens of milliseconds here, longer under load), which
+/// [`wait_free`] cannot see. Up to 10 s.
+fn retry_while_freed<T, E>(
+    pid: i32,
+    mut make: impl FnMut() -> Result<T, E>,
+    taken: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match make() {
+            Err(e)
+                if pid > 0
+                    && taken(&e)
+                    && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Whether the task holding `tid` is on its way out: a zombie, exiting
 /// (PF_EXITING), or with a SIGKILL pending that it has not acted on yet.
 fn dying(tid: i32, stat: &proc::Stat) -> bool {
@@ -1498,7 +1524,12 @@ impl Puppet {
         let (pid, child) = match pidns {
             Some(ns) => (ns.spawn_paused(Pid::from_raw(ns_pid)).map_err(|e| create(crate::chain(&e)))?, None),
             None => {
-                let child = clone3::spawn_with_tid(&tids, ChildAction::Pause).map_err(|e| create(crate::chain(&e)))?;
+                let child = retry_while_freed(
+                    ns_pid,
+                    || clone3::spawn_with_tid(&tids, ChildAction::Pause),
+                    |e| matches!(e, clone3::Error::Clone3 { errno: stasis_sys::nix::errno::Errno::EEXIST, .. }),
+                )
+                .map_err(|e| create(crate::chain(&e)))?;
                 (child.pid(), Some(child))
             }
         };
@@ -1540,10 +1571,14 @@ impl Puppet {
         let site = find_syscall_site(self.pid).map_err(|e| create(crate::chain(&e)))?;
         let main = self.main.as_mut().expect("seized in create");
         let mut inj = main.begin_injection(site).map_err(|e| create(crate::chain(&e)))?;
-        let made = match files {
-            true => inj.clone_process_sharing_files(Pid::from_raw(pid), exit_signal),
-            false => inj.clone_process(Pid::from_raw(pid), exit_signal),
-        };
+        let made = retry_while_freed(
+            pid,
+            || match files {
+                true => inj.clone_process_sharing_files(Pid::from_raw(pid), exit_signal),
+                false => inj.clone_process(Pid::from_raw(pid), exit_signal),
+            },
+            |e| matches!(e, stasis_sys::inject::Error::Failed { errno: stasis_sys::nix::errno::Errno::EEXIST, .. }),
+        );
         inj.finish().map_err(|e| create(crate::chain(&e)))?;
         let made = made.map_err(|e| create(crate::chain(&e)))?;
         Ok(Puppet {
