@@ -999,6 +999,38 @@ fn restore_right_after_the_dump_of_a_process_with_many_mappings() {
     restored.wait_exit(Duration::from_secs(30));
 }
 
+/// Children in a time namespace their parent made for them and then left
+/// (unshare, offsets written, two forks, setns back: zdtm timens_nested):
+/// after the restore both children are in one namespace with those
+/// offsets, the parent in its own, its children's namespace its own again.
+#[test]
+fn children_in_a_time_namespace_their_parent_left() {
+    both(
+        "timens-kids",
+        "import ctypes\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         own = os.open('/proc/self/ns/time', os.O_RDONLY)\n\
+         assert libc.unshare(0x80) == 0, 'unshare(CLONE_NEWTIME): errno %d' % ctypes.get_errno()\n\
+         open('/proc/self/timens_offsets', 'w').write('monotonic 3600 0\\n')\n\
+         r, w = os.pipe()\n\
+         kids = []\n\
+         for _ in range(2):\n    \
+             pid = os.fork()\n    \
+             if pid == 0:\n        os.close(w)\n        os.read(r, 1)\n        os._exit(0)\n    \
+             kids.append(pid)\n\
+         os.close(r)\n\
+         assert libc.setns(own, 0x80) == 0, 'setns: errno %d' % ctypes.get_errno()\n\
+         ns = lambda pid, name='time': os.readlink('/proc/%d/ns/%s' % (pid, name))\n\
+         offsets = open('/proc/%d/timens_offsets' % kids[0]).read()",
+        "me = os.getpid()\n\
+         want('children in one namespace', ns(kids[0]), ns(kids[1]))\n\
+         want('not the parent\\'s', ns(kids[0]) != ns(me), True)\n\
+         want('its offsets', open('/proc/%d/timens_offsets' % kids[0]).read(), offsets)\n\
+         want('the parent\\'s children\\'s namespace', ns(me, 'time_for_children'), ns(me))\n\
+         want('the parent in the host\\'s', open('/proc/self/timens_offsets').read().split(), ['monotonic', '0', '0', 'boottime', '0', '0'])",
+    );
+}
+
 /// A connected UDP socket shut down for writing stays so (a send fails
 /// with EPIPE), and still receives.
 #[test]

@@ -517,12 +517,14 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
         if ns("time_for_children") != ns("time") {
             problems.push(at("it made a time namespace for its children (not supported yet)".into()));
         }
-        // A child of the tree is made in its parent's (the parent went
-        // back to its own for its children since).
+        // A child back in stasis's own time namespace, its parent in
+        // another: the restore has no process of that namespace to enter.
         if let Some(parent) = parent.filter(|p| pids.contains(p)) {
-            if std::fs::read_link(proc::path(parent, "ns/time")).ok() != ns("time") {
-                problems
-                    .push(at(format!("it is in another time namespace than its parent {parent} (not supported yet)")));
+            let parents = std::fs::read_link(proc::path(parent, "ns/time")).ok();
+            if ns("time") == own("time") && parents != own("time") {
+                problems.push(at(format!(
+                    "it is in stasis's time namespace, and its parent {parent} in another (not supported yet)"
+                )));
             }
         }
         let m = match proc::read(pid, "smaps") {

@@ -951,6 +951,7 @@ fn create_tree(
     // and which namespace (by its inode at the dump) each helper made.
     let mut time_helpers: Vec<Puppet> = Vec::new();
     let mut made_time: HashMap<i32, u64> = HashMap::new();
+    let mut made_pids: HashSet<i32> = HashSet::new();
     let mut puppets: Vec<Puppet> = Vec::with_capacity(tree.processes.len());
     for p in &tree.processes {
         let mut puppet = match puppets.iter_mut().find(|q| q.ns_pid == p.ppid) {
@@ -961,7 +962,42 @@ fn create_tree(
                     let q = tree.processes.iter().find(|q| q.pid == p.ppid).expect("found by pid above");
                     parent.build_memory(memory, q, &mut |_| {}, &|_, _| {}).map_err(|e| in_process(tree, q.pid, e))?;
                 }
-                parent.fork_sharing(p.pid, p.exit_signal, p.files_of_parent)?
+                // In another time namespace than its parent (which made it
+                // for this child, then went back to its own): the parent
+                // enters it, or makes it, for the fork only.
+                let parent_ns = tree.processes.iter().find(|q| q.pid == p.ppid).map_or(0, |q| q.time_ns);
+                if p.time_ns == parent_ns {
+                    parent.fork_sharing(p.pid, p.exit_signal, p.files_of_parent)?
+                } else {
+                    let made_by = tree.processes.iter().find(|q| q.time_ns == p.time_ns && q.pid != p.pid);
+                    let made_by = made_by.map(|q| q.pid).filter(|q| made_pids.contains(q));
+                    // The parent's own namespace, held by an nsfs fd of its
+                    // own (PIDFD_GET_TIME_NAMESPACE, Linux 6.11) to go back to.
+                    const PIDFD_GET_TIME_NAMESPACE: u64 = 0xff07;
+                    let what = "time namespace";
+                    let me = parent.ns_pid as u64;
+                    let pidfd = parent.simple_call(what, libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?;
+                    let own = parent.simple_call(what, libc::SYS_ioctl, [pidfd, PIDFD_GET_TIME_NAMESPACE, 0, 0, 0, 0]);
+                    parent.simple_call(what, libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+                    let own = own?;
+                    match made_by {
+                        // Made for a sibling already: the parent enters it.
+                        Some(q) => {
+                            let fd = parent.simple_call(what, libc::SYS_pidfd_open, [q as u64, 0, 0, 0, 0, 0])?;
+                            let joined =
+                                parent.simple_call(what, libc::SYS_setns, [fd, libc::CLONE_NEWTIME as u64, 0, 0, 0, 0]);
+                            parent.simple_call(what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+                            joined?;
+                        }
+                        None => time_namespace(parent, p, &mut made_time).map_err(|e| in_process(tree, p.pid, e))?,
+                    }
+                    let child = parent.fork_sharing(p.pid, p.exit_signal, p.files_of_parent)?;
+                    made_time.remove(&parent.pid.as_raw());
+                    let back = parent.simple_call(what, libc::SYS_setns, [own, libc::CLONE_NEWTIME as u64, 0, 0, 0, 0]);
+                    parent.simple_call(what, libc::SYS_close, [own, 0, 0, 0, 0, 0])?;
+                    back?;
+                    child
+                }
             }
             // A root in a time namespace of its own: forked by a helper (its
             // session's, or one of its own) that made the namespace.
@@ -1012,6 +1048,7 @@ fn create_tree(
         for warning in cgroups.place(puppet.pid.as_raw(), p.pid, &p.cgroups) {
             tracing::warn!("{warning}");
         }
+        made_pids.insert(p.pid);
         puppets.push(puppet);
     }
     let mut zombies = Vec::with_capacity(tree.zombies.len());
