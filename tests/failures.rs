@@ -645,7 +645,7 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
              keep = os.open('/proc/%d/ns/uts' % pid, os.O_RDONLY)\n\
              os.kill(pid, signal.SIGKILL)\n\
              os.waitpid(pid, 0)",
-            "a namespace its process is not in",
+            "a namespace neither its process nor that one's parent is in",
         ),
         (
             "dead-proc-cwd",

@@ -1000,9 +1000,11 @@ fn restore_right_after_the_dump_of_a_process_with_many_mappings() {
 }
 
 /// Children in a time namespace their parent made for them and then left
-/// (unshare, offsets written, two forks, setns back: zdtm timens_nested):
-/// after the restore both children are in one namespace with those
-/// offsets, the parent in its own, its children's namespace its own again.
+/// (unshare, offsets written, two forks, setns back: zdtm timens_nested),
+/// holding an fd on the parent's namespace their parent closed: after the
+/// restore both children are in one namespace with those offsets, their
+/// fd on the parent's, the parent in its own, its children's namespace its
+/// own again.
 #[test]
 fn children_in_a_time_namespace_their_parent_left() {
     both(
@@ -1014,12 +1016,14 @@ fn children_in_a_time_namespace_their_parent_left() {
          open('/proc/self/timens_offsets', 'w').write('monotonic 3600 0\\n')\n\
          r, w = os.pipe()\n\
          kids = []\n\
+         # The children inherit `own`: an fd on their parent's namespace.\n\
          for _ in range(2):\n    \
              pid = os.fork()\n    \
              if pid == 0:\n        os.close(w)\n        os.read(r, 1)\n        os._exit(0)\n    \
              kids.append(pid)\n\
          os.close(r)\n\
          assert libc.setns(own, 0x80) == 0, 'setns: errno %d' % ctypes.get_errno()\n\
+         os.close(own)  # the children hold it alone, as in zdtm's timens_nested\n\
          ns = lambda pid, name='time': os.readlink('/proc/%d/ns/%s' % (pid, name))\n\
          offsets = open('/proc/%d/timens_offsets' % kids[0]).read()",
         "me = os.getpid()\n\
@@ -1027,6 +1031,7 @@ fn children_in_a_time_namespace_their_parent_left() {
          want('not the parent\\'s', ns(kids[0]) != ns(me), True)\n\
          want('its offsets', open('/proc/%d/timens_offsets' % kids[0]).read(), offsets)\n\
          want('the parent\\'s children\\'s namespace', ns(me, 'time_for_children'), ns(me))\n\
+         want('the children\\'s fd on their parent\\'s namespace', os.readlink('/proc/%d/fd/%d' % (kids[1], own)), ns(me))\n\
          want('the parent in the host\\'s', open('/proc/self/timens_offsets').read().split(), ['monotonic', '0', '0', 'boottime', '0', '0'])",
     );
 }

@@ -295,22 +295,30 @@ fn proc_entry(target: &str) -> Result<RecordKind, String> {
 fn namespace(pid: Pid, seen: &Seen) -> Result<RecordKind, String> {
     use std::os::unix::fs::MetadataExt;
     let kind = seen.target.split(':').next().unwrap_or_default();
-    let names = [kind.to_owned(), format!("{kind}_for_children")];
-    let own = names.into_iter().find(|name| {
-        !kind.is_empty() && fs::metadata(proc::path(pid, &format!("ns/{name}"))).is_ok_and(|m| m.ino() == seen.ino)
-    });
-    let Some(name) = own else {
-        return Err(format!(
-            "{}, a namespace its process is not in (a restore could not find it again; not supported yet)",
-            seen.target
-        ));
+    let in_it = |pid: Pid| {
+        let names = [kind.to_owned(), format!("{kind}_for_children")];
+        names.into_iter().find(|name| {
+            !kind.is_empty() && fs::metadata(proc::path(pid, &format!("ns/{name}"))).is_ok_and(|m| m.ino() == seen.ino)
+        })
     };
     let stat = proc::stat(pid).map_err(|e| format!("stat: {e}"))?;
-    Ok(RecordKind::ProcEntry(records::ProcEntry {
-        pid: pid.as_raw(),
-        path: format!("ns/{name}"),
-        start_time: stat.start_time,
-    }))
+    // Its own, or its parent's (a child that inherited the fd its parent
+    // opened on its own namespace before making the child another one).
+    let (holder, name) = match in_it(pid) {
+        Some(name) => (pid, name),
+        None => match in_it(Pid::from_raw(stat.ppid)) {
+            Some(name) if stat.ppid > 0 => (Pid::from_raw(stat.ppid), name),
+            _ => {
+                return Err(format!(
+                    "{}, a namespace neither its process nor that one's parent is in (a restore could not find it \
+                     again; not supported yet)",
+                    seen.target
+                ))
+            }
+        },
+    };
+    let start_time = proc::stat(holder).map_err(|e| format!("stat of process {holder}: {e}"))?.start_time;
+    Ok(RecordKind::ProcEntry(records::ProcEntry { pid: holder.as_raw(), path: format!("ns/{name}"), start_time }))
 }
 
 /// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.
