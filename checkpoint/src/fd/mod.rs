@@ -317,7 +317,10 @@ fn namespace(pid: Pid, seen: &Seen) -> Result<RecordKind, String> {
             }
         },
     };
-    let start_time = proc::stat(holder).map_err(|e| format!("stat of process {holder}: {e}"))?.start_time;
+    let start_time = match holder == pid {
+        true => stat.start_time,
+        false => proc::stat(holder).map_err(|e| format!("stat of process {holder}: {e}"))?.start_time,
+    };
     Ok(RecordKind::ProcEntry(records::ProcEntry { pid: holder.as_raw(), path: format!("ns/{name}"), start_time }))
 }
 

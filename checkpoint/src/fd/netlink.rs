@@ -17,7 +17,7 @@ use stasis_image::records::{fd::Kind as RecordKind, NetlinkSocket};
 use stasis_sys::nix::errno::Errno;
 use stasis_sys::nix::libc;
 use stasis_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use stasis_sys::nix::sys::socket::{self, getsockopt, setsockopt, sockopt, NetlinkAddr};
+use stasis_sys::nix::sys::socket::{self, NetlinkAddr};
 
 use super::Seen;
 
@@ -51,13 +51,7 @@ pub fn dump(seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String> {
         options: super::sockopt::dump(copy, libc::AF_NETLINK, sock_type, protocol)?,
         ..NetlinkSocket::default()
     };
-    let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
-    if locks & stasis_sys::sock::RCVBUF_LOCK != 0 {
-        s.rcvbuf = getsockopt(copy, sockopt::RcvBuf).map_err(err("SO_RCVBUF"))? as u32;
-    }
-    if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
-        s.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
-    }
+    (s.rcvbuf, s.sndbuf) = super::sockopt::explicit_buffers(copy)?;
     let mut pfd = [PollFd::new(copy.as_fd(), PollFlags::POLLIN)];
     if poll(&mut pfd, PollTimeout::ZERO).map_err(err("poll"))? == 1 {
         tracing::warn!(fd = seen.fd, "{}: the messages queued on it are not kept", describe(&s));
@@ -84,18 +78,7 @@ pub fn make(s: &NetlinkSocket) -> Result<OwnedFd, String> {
     let what = describe(s);
     let sock = stasis_sys::sock::new_socket(libc::AF_NETLINK, s.sock_type, s.protocol)
         .map_err(|e| format!("{what}: socket: {e}"))?;
-    if s.rcvbuf > 0 {
-        let half = (s.rcvbuf / 2) as usize;
-        setsockopt(&sock, sockopt::RcvBufForce, &half)
-            .or_else(|_| setsockopt(&sock, sockopt::RcvBuf, &half))
-            .map_err(|e| format!("{what}: SO_RCVBUF {}: {e}", s.rcvbuf))?;
-    }
-    if s.sndbuf > 0 {
-        let half = (s.sndbuf / 2) as usize;
-        setsockopt(&sock, sockopt::SndBufForce, &half)
-            .or_else(|_| setsockopt(&sock, sockopt::SndBuf, &half))
-            .map_err(|e| format!("{what}: SO_SNDBUF {}: {e}", s.sndbuf))?;
-    }
+    super::sockopt::set_buffers(&sock, s.rcvbuf, s.sndbuf).map_err(|e| format!("{what}: {e}"))?;
     super::sockopt::restore(&sock, &s.options, &what);
     if s.portid != 0 {
         socket::bind(sock.as_raw_fd(), &NetlinkAddr::new(s.portid, 0)).map_err(|e| match e {

@@ -21,7 +21,6 @@ use stasis_image::records::{fd::Kind as RecordKind, PacketMembership, PacketSock
 use stasis_sys::nix::errno::Errno;
 use stasis_sys::nix::libc;
 use stasis_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use stasis_sys::nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use stasis_sys::sock::{int_option, set_int_option};
 use stasis_sys::Pid;
 
@@ -109,13 +108,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     if let Some(f) = attr(DIAG_FANOUT).and_then(|f| u32_at(f, 0)) {
         (s.fanout, s.fanout_set) = (f, true);
     }
-    let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
-    if locks & stasis_sys::sock::RCVBUF_LOCK != 0 {
-        s.rcvbuf = getsockopt(copy, sockopt::RcvBuf).map_err(err("SO_RCVBUF"))? as u32;
-    }
-    if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
-        s.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
-    }
+    (s.rcvbuf, s.sndbuf) = super::sockopt::explicit_buffers(copy)?;
     let mut pfd = [PollFd::new(copy.as_fd(), PollFlags::POLLIN)];
     if poll(&mut pfd, PollTimeout::ZERO).map_err(err("poll"))? == 1 {
         tracing::warn!(fd = seen.fd, "{}: the frames queued on it are not kept", describe(&s));
@@ -168,18 +161,7 @@ pub fn make(s: &PacketSocket) -> Result<OwnedFd, String> {
     let fail = |step: String| move |e: Errno| format!("{what}: {step}: {e}");
     let sock =
         stasis_sys::sock::new_socket(libc::AF_PACKET, s.sock_type, s.protocol as i32).map_err(fail("socket".into()))?;
-    if s.rcvbuf > 0 {
-        let half = (s.rcvbuf / 2) as usize;
-        setsockopt(&sock, sockopt::RcvBufForce, &half)
-            .or_else(|_| setsockopt(&sock, sockopt::RcvBuf, &half))
-            .map_err(fail(format!("SO_RCVBUF {}", s.rcvbuf)))?;
-    }
-    if s.sndbuf > 0 {
-        let half = (s.sndbuf / 2) as usize;
-        setsockopt(&sock, sockopt::SndBufForce, &half)
-            .or_else(|_| setsockopt(&sock, sockopt::SndBuf, &half))
-            .map_err(fail(format!("SO_SNDBUF {}", s.sndbuf)))?;
-    }
+    super::sockopt::set_buffers(&sock, s.rcvbuf, s.sndbuf).map_err(|e| format!("{what}: {e}"))?;
     super::sockopt::restore(&sock, &s.options, what);
     let ints = [
         (PACKET_VERSION, s.version as i32, "PACKET_VERSION"),

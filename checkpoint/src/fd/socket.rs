@@ -229,13 +229,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
     s.transparent = stasis_sys::sock::int_option(copy, level, transparent).map_err(err("IP_TRANSPARENT"))? != 0;
     // SO_BUF_LOCK (Linux 5.14) tells which buffer sizes were set explicitly;
     // the others follow the kernel's autotuning and are left to it.
-    let locks = stasis_sys::sock::buf_lock(copy).unwrap_or(0);
-    if locks & stasis_sys::sock::RCVBUF_LOCK != 0 {
-        s.rcvbuf = getsockopt(copy, sockopt::RcvBuf).map_err(err("SO_RCVBUF"))? as u32;
-    }
-    if locks & stasis_sys::sock::SNDBUF_LOCK != 0 {
-        s.sndbuf = getsockopt(copy, sockopt::SndBuf).map_err(err("SO_SNDBUF"))? as u32;
-    }
+    (s.rcvbuf, s.sndbuf) = super::sockopt::explicit_buffers(copy)?;
     let sock_ty = match ty {
         SockType::Stream => libc::SOCK_STREAM,
         SockType::Raw => libc::SOCK_RAW,
@@ -638,20 +632,7 @@ fn new_socket(s: &InetSocket, tcp: bool) -> Result<OwnedFd, String> {
     if tcp {
         set("TCP_NODELAY", setsockopt(&sock, sockopt::TcpNoDelay, &s.nodelay))?;
     }
-    // The recorded sizes are the kernel's doubled values: the FORCE options
-    // (we are root) double half of it back, past net.core.[rw]mem_max.
-    if s.rcvbuf > 0 {
-        let half = (s.rcvbuf / 2) as usize;
-        setsockopt(&sock, sockopt::RcvBufForce, &half)
-            .or_else(|_| setsockopt(&sock, sockopt::RcvBuf, &half))
-            .map_err(|e| format!("SO_RCVBUF {}: {e}", s.rcvbuf))?;
-    }
-    if s.sndbuf > 0 {
-        let half = (s.sndbuf / 2) as usize;
-        setsockopt(&sock, sockopt::SndBufForce, &half)
-            .or_else(|_| setsockopt(&sock, sockopt::SndBuf, &half))
-            .map_err(|e| format!("SO_SNDBUF {}: {e}", s.sndbuf))?;
-    }
+    super::sockopt::set_buffers(&sock, s.rcvbuf, s.sndbuf)?;
     super::sockopt::restore(&sock, &s.options, &s.describe());
     Ok(sock)
 }

@@ -139,6 +139,40 @@ fn read(sock: &OwnedFd, family: i32, tcp: bool) -> Vec<SockOption> {
     out
 }
 
+/// SO_RCVBUF and SO_SNDBUF as the kernel reports them, each only when it
+/// was set explicitly (SO_BUF_LOCK, Linux 5.14), else 0: the others follow
+/// the kernel's autotuning and are left to it.
+pub fn explicit_buffers(sock: &OwnedFd) -> Result<(u32, u32), String> {
+    let locks = stasis_sys::sock::buf_lock(sock).unwrap_or(0);
+    let size = |locked: bool, opt: Result<usize, Errno>, what: &str| match locked {
+        true => opt.map(|v| v as u32).map_err(|e| format!("{what}: {e}")),
+        false => Ok(0),
+    };
+    Ok((
+        size(locks & stasis_sys::sock::RCVBUF_LOCK != 0, getsockopt(sock, sockopt::RcvBuf), "SO_RCVBUF")?,
+        size(locks & stasis_sys::sock::SNDBUF_LOCK != 0, getsockopt(sock, sockopt::SndBuf), "SO_SNDBUF")?,
+    ))
+}
+
+/// Set the buffer sizes [`explicit_buffers`] recorded (0: left alone). The
+/// recorded sizes are the kernel's doubled values: the FORCE options (we
+/// are root) double half of it back, past net.core.[rw]mem_max.
+pub fn set_buffers(sock: &OwnedFd, rcvbuf: u32, sndbuf: u32) -> Result<(), String> {
+    if rcvbuf > 0 {
+        let half = (rcvbuf / 2) as usize;
+        setsockopt(sock, sockopt::RcvBufForce, &half)
+            .or_else(|_| setsockopt(sock, sockopt::RcvBuf, &half))
+            .map_err(|e| format!("SO_RCVBUF {rcvbuf}: {e}"))?;
+    }
+    if sndbuf > 0 {
+        let half = (sndbuf / 2) as usize;
+        setsockopt(sock, sockopt::SndBufForce, &half)
+            .or_else(|_| setsockopt(sock, sockopt::SndBuf, &half))
+            .map_err(|e| format!("SO_SNDBUF {sndbuf}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Set `options` on `sock`; one the kernel refuses is warned about.
 pub fn restore(sock: &OwnedFd, options: &[SockOption], what: &str) {
     for o in options {

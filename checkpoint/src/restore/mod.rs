@@ -969,8 +969,12 @@ fn create_tree(
                 if p.time_ns == parent_ns {
                     parent.fork_sharing(p.pid, p.exit_signal, p.files_of_parent)?
                 } else {
-                    let made_by = tree.processes.iter().find(|q| q.time_ns == p.time_ns && q.pid != p.pid);
-                    let made_by = made_by.map(|q| q.pid).filter(|q| made_pids.contains(q));
+                    // A process already made in that namespace, if any.
+                    let made_by = tree
+                        .processes
+                        .iter()
+                        .find(|q| q.time_ns == p.time_ns && made_pids.contains(&q.pid))
+                        .map(|q| q.pid);
                     // The parent's own namespace, held by an nsfs fd of its
                     // own (PIDFD_GET_TIME_NAMESPACE, Linux 6.11) to go back to.
                     const PIDFD_GET_TIME_NAMESPACE: u64 = 0xff07;
