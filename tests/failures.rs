@@ -666,7 +666,8 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
 /// time namespace made for the children, a corked UDP socket, an eBPF
 /// socket program, a TCP listener with a connection waiting to be
 /// accepted (from the process itself), a child left in stasis's cgroup
-/// namespace by a parent that made one of its own.
+/// namespace by a parent that made one of its own, a mapping of a TCP
+/// socket (zero-copy receive), part of a packet socket's rings mapped.
 #[test]
 fn dump_refuses_state_it_cannot_make_again() {
     let cases = [
@@ -712,6 +713,27 @@ fn dump_refuses_state_it_cannot_make_again() {
              c.connect(l.getsockname())",
             "has 1 connection(s) waiting to be accepted, which an image cannot hold; let it accept them first, or \
              pass --skip-in-flight",
+        ),
+        (
+            "tcp-mapped",
+            "import socket, mmap\n\
+             l = socket.socket()\n\
+             l.bind(('127.0.0.1', 0))\n\
+             l.listen(4)\n\
+             c = socket.create_connection(l.getsockname())\n\
+             a, _ = l.accept()\n\
+             m = mmap.mmap(c.fileno(), 4096, prot=mmap.PROT_READ)",
+            "only the rings of a packet socket are mapped again",
+        ),
+        (
+            "part-of-a-ring",
+            "import socket, mmap, ctypes, struct\n\
+             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n\
+             s.setsockopt(263, 5, struct.pack('IIII', 4096, 2, 2048, 4))\n\
+             m = mmap.mmap(s.fileno(), 8192)\n\
+             at = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+             assert ctypes.CDLL(None).munmap(ctypes.c_void_p(at + 4096), 4096) == 0",
+            "it maps part of the socket's rings (8192 bytes",
         ),
         (
             "cgroupns-split",

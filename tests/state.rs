@@ -903,6 +903,52 @@ fn packet_sockets() {
     );
 }
 
+/// Packet sockets with memory-mapped rings (a capture tool's: libpcap
+/// uses TPACKET_V3, older ones V2): after the restore each socket has its
+/// rings again, mapped where they were (the mapping is of the new socket),
+/// and a frame sent on lo arrives in the receive ring the process reads.
+#[test]
+fn packet_socket_rings() {
+    both(
+        "ring",
+        "import socket, mmap, ctypes\n\
+         SOL_PACKET = 263\n\
+         rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))\n\
+         rx.setsockopt(SOL_PACKET, 10, 1)\n\
+         rx.setsockopt(SOL_PACKET, 5, struct.pack('IIII', 4096, 2, 2048, 4))\n\
+         rx.bind(('lo', 0x0800))\n\
+         ring = mmap.mmap(rx.fileno(), 8192)\n\
+         tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n\
+         tx.setsockopt(SOL_PACKET, 10, 2)\n\
+         tx.setsockopt(SOL_PACKET, 13, struct.pack('IIIIIII', 8192, 1, 1024, 8, 0, 0, 0))\n\
+         tring = mmap.mmap(tx.fileno(), 8192, flags=mmap.MAP_PRIVATE)\n\
+         at = [ctypes.addressof(ctypes.c_char.from_buffer(m)) for m in (ring, tring)]\n\
+         def mapped(addr):\n    \
+             for line in open('/proc/self/maps'):\n        \
+                 f = line.split()\n        \
+                 if int(f[0].split('-')[0], 16) == addr:\n            return f[0], f[5]\n\
+         before = [mapped(a)[0] for a in at]",
+        "import socket, errno\n\
+         want('mappings', [mapped(a) for a in at], [(r, 'socket:[%d]' % os.fstat(x.fileno()).st_ino) for r, x in zip(before, (rx, tx))])\n\
+         try:\n    rx.setsockopt(SOL_PACKET, 10, 0); busy = 0\n\
+         except OSError as e:\n    busy = e.errno\n\
+         want('a ring set up (PACKET_VERSION is EBUSY)', busy, errno.EBUSY)\n\
+         want('versions', (rx.getsockopt(SOL_PACKET, 10), tx.getsockopt(SOL_PACKET, 10)), (1, 2))\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         got = False\n\
+         for _ in range(100):\n    \
+             u.sendto(b'ring-probe', ('127.0.0.1', 9))\n    \
+             time.sleep(0.02)\n    \
+             for k in range(4):\n        \
+                 status, n, snap, mac, net = struct.unpack_from('IIIHH', ring, k * 2048)\n        \
+                 if status & 1:\n            \
+                     got = got or ring[k * 2048 + net:k * 2048 + net + snap].endswith(b'ring-probe')\n            \
+                     ring[k * 2048:k * 2048 + 4] = bytes(4)\n    \
+             if got:\n        break\n\
+         want('a frame in the receive ring', got, True)",
+    );
+}
+
 /// A process in a time namespace of its own (started by `unshare --time`
 /// with clock offsets), with a child in it: after the restore both are in
 /// one time namespace again, with the same offsets, not stasis's, and the

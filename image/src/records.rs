@@ -523,6 +523,10 @@ pub struct Vma {
     /// is opened for writing to map it again, so mprotect can.
     #[prost(bool, tag = "13")]
     pub may_write: bool,
+    /// A [`VmaKind::PacketRing`] mapping: the fd (in the process's table)
+    /// of the packet socket whose rings it maps.
+    #[prost(int32, tag = "14")]
+    pub ring_fd: i32,
 }
 
 /// What a mapping is.
@@ -543,6 +547,9 @@ pub enum VmaKind {
     Shmem = 9,
     /// An AIO ring (io_setup): its pages hold the ring's header and events.
     AioRing = 10,
+    /// The rings of a packet socket (`socket:[N]`, mmap of the socket):
+    /// mapped again from the restored socket ([`Vma::ring_fd`]); no pages.
+    PacketRing = 11,
 }
 
 /// Bits of [`Vma::madvise`].
@@ -828,6 +835,39 @@ pub struct PacketSocket {
     pub rcvbuf: u32,
     #[prost(uint32, tag = "17")]
     pub sndbuf: u32,
+    /// Its memory-mapped rings (PACKET_RX_RING, PACKET_TX_RING), if set
+    /// up; their frames are not kept (the rings are new and empty).
+    #[prost(message, optional, tag = "18")]
+    pub rx_ring: Option<PacketRing>,
+    #[prost(message, optional, tag = "19")]
+    pub tx_ring: Option<PacketRing>,
+}
+
+/// A packet socket's ring as PACKET_RX_RING or PACKET_TX_RING set it up
+/// (struct tpacket_req3; the last three are TPACKET_V3's).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PacketRing {
+    #[prost(uint32, tag = "1")]
+    pub block_size: u32,
+    #[prost(uint32, tag = "2")]
+    pub block_nr: u32,
+    #[prost(uint32, tag = "3")]
+    pub frame_size: u32,
+    #[prost(uint32, tag = "4")]
+    pub frame_nr: u32,
+    #[prost(uint32, tag = "5")]
+    pub retire_blk_tov: u32,
+    #[prost(uint32, tag = "6")]
+    pub sizeof_priv: u32,
+    #[prost(uint32, tag = "7")]
+    pub feature_req_word: u32,
+}
+
+impl PacketRing {
+    /// Bytes it takes in a mapping: each block is a whole number of pages.
+    pub fn mapped_len(&self) -> u64 {
+        u64::from(self.block_nr) * u64::from(self.block_size).next_multiple_of(4096)
+    }
 }
 
 /// A PACKET_ADD_MEMBERSHIP of a packet socket, added `count` times.

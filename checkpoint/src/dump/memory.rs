@@ -110,6 +110,10 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
         // Its pages (header and completed events) are stored; restore makes
         // a ring of the same size and puts them back.
         name if name.starts_with("/[aio]") => (VmaKind::AioRing, Pages::All, None),
+        // A socket's memory: a packet socket's rings, mapped again from
+        // the restored socket (which fd, and whether it is one, the dump
+        // finds with the fds: [`super::packet_ring_problem`]).
+        name if name.starts_with("socket:[") => (VmaKind::PacketRing, Pages::None, None),
         name if name.starts_with('/') => {
             // A deleted file's contents are stored with the image (by
             // the dumper, once per file) and it is made again at restore.
@@ -161,6 +165,7 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
             guards: Vec::new(),
             from_parent: false,
             may_write: m.shared && m.has_flag("mw") && !m.write,
+            ring_fd: 0,
         },
         pages,
     })
@@ -665,7 +670,8 @@ mod tests {
              7f0000300000-7f0000301000 r--p 00000000 00:01 8 /memfd:jit (deleted)\n\
              7f0000400000-7f0000401000 rw-p 00001000 00:01 99 /dev/zero (deleted)\n\
              7f0000500000-7f0000501000 rw-p 00000000 00:00 0 \n\
-             VmFlags: rd wr mr mw me wf dp\n",
+             VmFlags: rd wr mr mw me wf dp\n\
+             7f0000600000-7f0000602000 rw-s 00000000 00:08 2256247 socket:[2256247]\n",
         )
         .unwrap();
         let plans: Vec<_> = maps.iter().map(plan).collect();
@@ -695,5 +701,7 @@ mod tests {
         // Droppable memory: its own mapping type, its pages left out.
         assert_eq!((ok(9).pages, ok(9).vma.flags), (Pages::None, MAP_DROPPABLE));
         assert_eq!(ok(9).vma.madvise, madvise::WIPEONFORK);
+        // A socket's rings: mapped again from the socket, no pages.
+        assert_eq!((ok(10).pages, ok(10).vma.kind), (Pages::None, VmaKind::PacketRing as i32));
     }
 }

@@ -868,6 +868,7 @@ fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpE
     let mut processes = Vec::new();
     let mut all_plans = Vec::new();
     let mut kernel = None;
+    let mut ring_problems = Vec::new();
     for (i, (fp, (pid, stat, maps, mut plans, seen))) in frozen.processes().iter_mut().zip(listed).enumerate() {
         let proc_err = |what: &str| {
             let what = what.to_owned();
@@ -892,6 +893,25 @@ fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpE
         process.files_of_parent = shares_parents_files(pid, &pids, &stats)?.is_some();
         if !process.files_of_parent {
             process.fds = fds.dump(pid, &seen, &processes, &mut shmem)?;
+        }
+        if process.vmas.iter().any(|v| v.kind == records::VmaKind::PacketRing as i32) {
+            let holder = table_holder(pid, &pids, &stats)?.as_raw();
+            let table = match processes.iter().find(|q| q.pid == holder) {
+                Some(q) => &q.fds,
+                None => &process.fds,
+            };
+            let mut found = Vec::new();
+            for v in process.vmas.iter().filter(|v| v.kind == records::VmaKind::PacketRing as i32) {
+                let ino = maps.iter().find(|m| m.start == v.start).map_or(0, |m| m.inode);
+                found.push(ring_fd(v, ino, &seen, table).map_err(|e| format!("process {pid}: {e}")));
+            }
+            let rings = process.vmas.iter_mut().filter(|v| v.kind == records::VmaKind::PacketRing as i32);
+            for (v, fd) in rings.zip(found) {
+                match fd {
+                    Ok(fd) => v.ring_fd = fd,
+                    Err(e) => ring_problems.push(e),
+                }
+            }
         }
         kernel.get_or_insert_with(|| task::kernel_layout(pid, &maps));
         processes.push(process);
@@ -921,7 +941,8 @@ fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpE
         ptys: ptys.iter().map(|c| c.record.clone()).collect(),
     };
     // Never an image that cannot come back: a killed tree would be lost.
-    let mut gone = in_flight_problems(&tree, skip_in_flight);
+    let mut gone = ring_problems;
+    gone.extend(in_flight_problems(&tree, skip_in_flight));
     gone.extend(crate::restore::restorable_problems(&tree));
     if !gone.is_empty() {
         return Err(DumpError::Unsupported { pid: frozen.pid(), problems: gone });
@@ -934,6 +955,28 @@ fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpE
     let objects =
         shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file, m.sysv.then_some(m.sysv_id))).collect();
     Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp, ptys })
+}
+
+/// The fd through which a mapping of socket `ino` (`socket:[ino]`) is
+/// made again: one of the process's on that socket, a packet socket whose
+/// rings the mapping covers whole (as mmap made it). Else why it cannot be.
+fn ring_fd(v: &records::Vma, ino: u64, seen: &[Seen], table: &[Fd]) -> Result<i32, String> {
+    let what = format!("mapping {:#x}-{:#x} of socket:[{ino}]", v.start, v.end);
+    let fd = seen.iter().find(|s| s.ino == ino && s.target.starts_with("socket:")).map(|s| s.fd).ok_or_else(|| {
+        format!("{what}: no fd of the process is on that socket any more, so it cannot be mapped again (not supported)")
+    })?;
+    let Some(records::fd::Kind::Packet(s)) = table.iter().find(|f| f.fd == fd).and_then(|f| f.kind.as_ref()) else {
+        return Err(format!("{what} (fd {fd}): only the rings of a packet socket are mapped again (not supported)"));
+    };
+    let len = [&s.rx_ring, &s.tx_ring].iter().filter_map(|r| r.as_ref()).map(|r| r.mapped_len()).sum::<u64>();
+    if v.offset != 0 || v.end - v.start != len {
+        return Err(format!(
+            "{what} (fd {fd}): it maps part of the socket's rings ({len} bytes; offset {:#x}), which mmap cannot \
+             make again (not supported)",
+            v.offset
+        ));
+    }
+    Ok(fd)
 }
 
 /// TCP listeners with connections waiting to be accepted, which an image

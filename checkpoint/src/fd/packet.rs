@@ -1,5 +1,5 @@
 //! Packet sockets (AF_PACKET): a DHCP client's, an LLDP daemon's, a
-//! capture tool's without a memory-mapped ring.
+//! capture tool's.
 //!
 //! The dump reads the agent's pidfd_getfd copy (type, protocol and the
 //! interface it is bound to, from getsockname's sockaddr_ll) and the
@@ -7,17 +7,22 @@
 //! SOL_PACKET settings (version, reserve, copy threshold, timestamping,
 //! auxdata, origdev, vnet header, loss), its memberships and its fanout
 //! group; a socket of the obsolete SOCK_PACKET type is bound to a device
-//! by name only. A memory-mapped ring (PACKET_RX_RING, PACKET_TX_RING) is
-//! refused. The restore makes a new socket
+//! by name only. Its memory-mapped rings (PACKET_RX_RING, PACKET_TX_RING)
+//! are set up again with the same geometry, empty, before the socket is
+//! bound; the process's mappings of them are made again once its fds are
+//! in place (a [`VmaKind::PacketRing`] mapping). The restore makes a new socket
 //! of that type and protocol, sets the settings, binds it to the interface
 //! of that name, adds each membership as often as it was added, and joins
 //! the fanout group.
 //!
-//! Not kept: frames queued on it (a warning says so), as for UDP.
+//! Not kept: frames queued on it (a warning says so), as for UDP, and the
+//! frames in its rings (read or not).
+//!
+//! [`VmaKind::PacketRing`]: stasis_image::records::VmaKind::PacketRing
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use stasis_image::records::{fd::Kind as RecordKind, PacketMembership, PacketSocket};
+use stasis_image::records::{fd::Kind as RecordKind, PacketMembership, PacketRing, PacketSocket};
 use stasis_sys::nix::errno::Errno;
 use stasis_sys::nix::libc;
 use stasis_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -51,6 +56,8 @@ const PACKET_LOSS: i32 = 14;
 const PACKET_VNET_HDR: i32 = 15;
 const PACKET_TIMESTAMP: i32 = 17;
 const PACKET_FANOUT: i32 = 18;
+const PACKET_RX_RING: i32 = 5;
+const PACKET_TX_RING: i32 = 13;
 /// SOCK_PACKET, the obsolete type.
 const SOCK_PACKET: i32 = 10;
 
@@ -80,12 +87,22 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<RecordKind, String>
         ..PacketSocket::default()
     };
     let attr = |ty| super::socket::diag_attribute_at(&msg, 16, ty);
-    if attr(DIAG_RX_RING).is_some() || attr(DIAG_TX_RING).is_some() {
-        return Err(
-            "a packet socket with a memory-mapped ring (PACKET_RX_RING, PACKET_TX_RING; not supported yet)".into()
-        );
-    }
     let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).map(|w| u32::from_ne_bytes(w.try_into().expect("4 bytes")));
+    // struct packet_diag_ring: the seven u32 of struct tpacket_req3.
+    let ring = |ty| -> Result<Option<PacketRing>, String> {
+        let Some(r) = attr(ty) else { return Ok(None) };
+        let w: Vec<u32> = (0..7).map(|i| u32_at(r, i * 4)).collect::<Option<_>>().ok_or("packet_diag_ring is short")?;
+        Ok(Some(PacketRing {
+            block_size: w[0],
+            block_nr: w[1],
+            frame_size: w[2],
+            frame_nr: w[3],
+            retire_blk_tov: w[4],
+            sizeof_priv: w[5],
+            feature_req_word: w[6],
+        }))
+    };
+    (s.rx_ring, s.tx_ring) = (ring(DIAG_RX_RING)?, ring(DIAG_TX_RING)?);
     let info = attr(DIAG_INFO).ok_or("packet_diag gave no PACKET_DIAG_INFO")?;
     let field = |o| u32_at(info, o).ok_or("PACKET_DIAG_INFO is short");
     (s.version, s.reserve, s.copy_thresh, s.tstamp) = (field(4)?, field(8)?, field(12)?, field(16)?);
@@ -176,6 +193,21 @@ pub fn make(s: &PacketSocket) -> Result<OwnedFd, String> {
     // A SOCK_PACKET socket has none of these (nor a setsockopt for them).
     for (name, value, label) in ints.into_iter().filter(|&(_, v, _)| v != 0 && s.sock_type != SOCK_PACKET) {
         set_int_option(&sock, libc::SOL_PACKET, name, value).map_err(fail(label.into()))?;
+    }
+    // After the version and reserve, which a ring fixes (EBUSY after).
+    let rings = [(PACKET_RX_RING, &s.rx_ring, "PACKET_RX_RING"), (PACKET_TX_RING, &s.tx_ring, "PACKET_TX_RING")];
+    for (name, ring, label) in rings.iter().filter_map(|(n, r, l)| r.as_ref().map(|r| (*n, r, *l))) {
+        let req = [
+            ring.block_size,
+            ring.block_nr,
+            ring.frame_size,
+            ring.frame_nr,
+            ring.retire_blk_tov,
+            ring.sizeof_priv,
+            ring.feature_req_word,
+        ];
+        let bytes: Vec<u8> = req.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        stasis_sys::sock::set_bytes_option(&sock, libc::SOL_PACKET, name, &bytes).map_err(fail(label.into()))?;
     }
     let index = |name: &str| {
         stasis_sys::nix::net::if_::if_nametoindex(name)

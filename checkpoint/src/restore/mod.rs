@@ -1925,6 +1925,7 @@ impl Puppet {
         if shared_table.is_none() {
             r.install_fds(planned)?;
         }
+        r.packet_rings(p)?;
         r.take_locks(p)?;
         r.fd_owners(p)?;
         r.controlling_terminal(p, ptys)?;
@@ -2439,6 +2440,21 @@ impl Remote<'_, '_> {
                 let what = format!("guard region {:#x}-{:#x}", g[0], g[1]);
                 self.call(&what, libc::SYS_madvise, [g[0], g[1] - g[0], MADV_GUARD_INSTALL, 0, 0, 0])?;
             }
+        }
+        Ok(())
+    }
+
+    /// Mappings of packet sockets' rings, over the placeholders laid out
+    /// with the rest of the memory: made again from the restored socket
+    /// (its rings set up already), now that its fd is in place.
+    fn packet_rings(&mut self, p: &Process) -> Result<(), RestoreError> {
+        for v in p.vmas.iter().filter(|v| v.kind == VmaKind::PacketRing as i32) {
+            let what =
+                format!("mapping {:#x}-{:#x} of the rings of the packet socket at fd {}", v.start, v.end, v.ring_fd);
+            let flags = u64::from(v.flags) | libc::MAP_FIXED as u64;
+            let args = [v.start, v.end - v.start, u64::from(v.prot), flags, v.ring_fd as u64, 0];
+            self.call(&what, libc::SYS_mmap, args)?;
+            self.advise(v, &what)?;
         }
         Ok(())
     }
