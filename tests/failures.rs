@@ -604,9 +604,11 @@ fn dump_with_skip_in_flight_leaves_waiting_connections_out() {
 
 /// A kill-mode dump never kills a tree its image could not bring back:
 /// a file of a thread's /proc directory (threads are made after the fds),
-/// or of a process that has exited, a working directory in the /proc directory of a process
-/// that has exited, are refused before anything is written, naming them,
-/// and the process runs on.
+/// or of a process that has exited, a working directory in the /proc
+/// directory of a thread of a process that has exited (that of the
+/// process itself is restored: state::working_directory_in_proc_of_an_exited_process),
+/// are refused before anything is written, naming them, and the process
+/// runs on.
 #[test]
 fn dump_refuses_what_a_restore_could_not_find_again() {
     let cases = [
@@ -652,7 +654,7 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
             "r, w = os.pipe()\n\
              pid = os.fork()\n\
              if pid == 0:\n    os.read(r, 1)\n    os._exit(0)\n\
-             os.chdir('/proc/%d' % pid)\n\
+             os.chdir('/proc/%d/task/%d' % (pid, pid))\n\
              os.write(w, b'x')\n\
              os.waitpid(pid, 0)",
             "cannot be made again",

@@ -903,6 +903,31 @@ fn packet_sockets() {
     );
 }
 
+/// A working directory in the /proc directory of a process that has
+/// exited (a child's, entered before it was killed and reaped): after the
+/// restore it is still such a directory, of the same pid (getcwd fails
+/// with ENOENT, listing it with ESRCH, /proc/self/cwd reads as before).
+#[test]
+fn working_directory_in_proc_of_an_exited_process() {
+    both(
+        "unhashed",
+        "child = os.fork()\n\
+         if child == 0:\n    signal.pause()\n\
+         os.chdir('/proc/%d' % child)\n\
+         os.kill(child, signal.SIGKILL)\n\
+         os.waitpid(child, 0)\n\
+         link = os.readlink('/proc/self/cwd')\n\
+         def errno_of(f):\n    \
+             try:\n        f(); return 0\n    \
+             except OSError as e:\n        return e.errno\n\
+         before = (errno_of(os.getcwd), errno_of(lambda: os.listdir('.')))",
+        "import errno\n\
+         want('cwd link', os.readlink('/proc/self/cwd'), link)\n\
+         want('getcwd, listdir', (errno_of(os.getcwd), errno_of(lambda: os.listdir('.'))), (errno.ENOENT, errno.ESRCH))\n\
+         want('as before', before, (errno.ENOENT, errno.ESRCH))",
+    );
+}
+
 /// Packet sockets with memory-mapped rings (a capture tool's: libpcap
 /// uses TPACKET_V3, older ones V2): after the restore each socket has its
 /// rings again, mapped where they were (the mapping is of the new socket),

@@ -203,6 +203,12 @@ pub fn node(path: &str, kind: SFlag, rdev: u64, mode: u32, owner: (u32, u32), fl
 pub struct Directories {
     /// By the directory's identity, the path it was made at.
     made: HashMap<DirKey, String>,
+    /// Working directories in the /proc directory of a process that had
+    /// exited: that of a helper process (at the same pid when it is free),
+    /// held open, the process entering it through this fd (its path may
+    /// not be there in the process's own /proc). The helper is killed and
+    /// reaped when this is dropped, which removes its directory from /proc.
+    proc_dirs: HashMap<DirKey, (OwnedFd, stasis_sys::child::Child)>,
 }
 
 /// A removed directory: by device and inode, or by the working directory's
@@ -221,6 +227,16 @@ impl Directories {
             None => DirKey::Named(p.cwd.clone()),
         };
         self.made.get(&key).map(String::as_str)
+    }
+
+    /// The /proc directory of a helper that stands for the /proc directory
+    /// of an exited process `p` was in ([`dead_proc_dir`]), held open.
+    pub fn cwd_in_proc(&self, p: &Process) -> Option<&OwnedFd> {
+        let key = match &p.removed_cwd {
+            Some(f) => DirKey::Inode(f.dev, f.ino),
+            None => DirKey::Named(p.cwd.clone()),
+        };
+        self.proc_dirs.get(&key).map(|(fd, _)| fd)
     }
 
     /// The directory made for the removed directory `f` an fd was open on.
@@ -257,10 +273,14 @@ pub fn removed_directories(tree: &ProcessTree) -> Result<Directories, RestoreErr
     let all = cwds.chain(opened.map(|f| (DirKey::Inode(f.dev, f.ino), f.path.as_str(), Some(f))));
     let mut dirs = Directories::default();
     for (key, dir, f) in all {
-        if dirs.made.contains_key(&key) {
+        if dirs.made.contains_key(&key) || dirs.proc_dirs.contains_key(&key) {
             continue;
         }
         let fail = |e: String| step(&format!("removed directory {dir}"))(e);
+        if let Some((pid, rest)) = dead_proc_dir(dir) {
+            dirs.proc_dirs.insert(key, proc_helper(pid, rest).map_err(fail)?);
+            continue;
+        }
         let (made, ()) =
             made_at(dir, |d| std::fs::create_dir(d)).map_err(|e| fail(format!("cannot make it again: {e}")))?;
         dirs.made.insert(key, made.clone());
@@ -270,4 +290,44 @@ pub fn removed_directories(tree: &ProcessTree) -> Result<Directories, RestoreErr
         }
     }
     Ok(dirs)
+}
+
+/// The pid and the rest of a path in the /proc directory of a process
+/// (`/proc/PID`, `/proc/PID/fd`...) that can stand for one of an exited
+/// process: the rest names no thread (`task`), /proc is a proc here.
+pub fn dead_proc_dir(path: &str) -> Option<(i32, &str)> {
+    let after = path.strip_prefix("/proc/")?;
+    let (pid, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
+    let pid: i32 = pid.parse().ok().filter(|&p| p > 0)?;
+    if rest.split('/').any(|c| c == "task" || c == "." || c == "..") {
+        return None;
+    }
+    let proc = stasis_sys::nix::sys::statfs::statfs("/proc").ok()?;
+    (proc.filesystem_type().0 == libc::PROC_SUPER_MAGIC).then_some((pid, rest))
+}
+
+/// A helper process at `pid` (any pid when that is taken) pausing, and
+/// its directory `/proc/HELPER{rest}` opened.
+fn proc_helper(pid: i32, rest: &str) -> Result<(OwnedFd, stasis_sys::child::Child), String> {
+    use stasis_sys::child::ChildAction;
+    use stasis_sys::Pid;
+    let helper = match stasis_sys::clone3::spawn_with_tid(&[Pid::from_raw(pid)], ChildAction::Pause) {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!(
+                "pid {pid} is taken ({}): the working directory in the /proc directory of that exited process is \
+                 another exited process's",
+                crate::chain(&e)
+            );
+            stasis_sys::child::spawn(ChildAction::Pause)
+                .map_err(|e| format!("a helper process: {}", crate::chain(&e)))?
+        }
+    };
+    let at = format!("/proc/{}{rest}", helper.pid());
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(&at)
+        .map_err(|e| format!("cannot open {at}, the helper's: {e}"))?;
+    Ok((dir.into(), helper))
 }

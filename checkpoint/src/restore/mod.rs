@@ -281,9 +281,12 @@ pub fn restorable_problems(tree: &ProcessTree) -> Vec<String> {
         // removed (in the nearest directory still there when its own was
         // removed too).
         match p.cwd.strip_suffix(" (deleted)") {
+            // The /proc directory of a process that has exited: a helper's
+            // stands for it.
+            Some(gone) if deleted::dead_proc_dir(gone).is_some() => {}
             Some(gone) if deleted::in_kernel_filesystem(gone) => problems.push(format!(
                 "process {}: its working directory {gone} was removed in a filesystem where it cannot be made again \
-                 (the /proc directory of a process that has exited?)",
+                 (not supported)",
                 p.pid
             )),
             Some(_) => {}
@@ -1926,6 +1929,17 @@ impl Puppet {
             r.install_fds(planned)?;
         }
         r.packet_rings(p)?;
+        if let Some(dir) = cwds.cwd_in_proc(p) {
+            // Through the agent's fd: the helper's /proc directory may not
+            // be at that path in the process's /proc.
+            let what = format!("cwd {}", p.cwd);
+            let pidfd = r.agent_pidfd.ok_or_else(|| step(&what)("no pidfd of the agent".into()))?;
+            let fd =
+                r.call(&what, libc::SYS_pidfd_getfd, [pidfd, std::os::fd::AsRawFd::as_raw_fd(dir) as u64, 0, 0, 0, 0])?;
+            let entered = r.call(&what, libc::SYS_fchdir, [fd, 0, 0, 0, 0, 0]);
+            r.call(&what, libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+            entered?;
+        }
         r.take_locks(p)?;
         r.fd_owners(p)?;
         r.controlling_terminal(p, ptys)?;
@@ -2550,9 +2564,12 @@ impl Remote<'_, '_> {
 
     /// cwd, root, umask, rlimits, personality and prctl attributes.
     fn attributes(&mut self, p: &Process, cwds: &deleted::Directories) -> Result<(), RestoreError> {
-        let dir = cwds.cwd(p).unwrap_or(&p.cwd);
-        let cwd = self.path(0, dir)?;
-        self.call(&format!("cwd {dir}"), libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        // One in /proc of an exited process is entered already.
+        if cwds.cwd_in_proc(p).is_none() {
+            let dir = cwds.cwd(p).unwrap_or(&p.cwd);
+            let cwd = self.path(0, dir)?;
+            self.call(&format!("cwd {dir}"), libc::SYS_chdir, [cwd, 0, 0, 0, 0, 0])?;
+        }
         if p.root != "/" {
             let root = self.path(0, &p.root)?;
             self.call(&format!("root {}", p.root), libc::SYS_chroot, [root, 0, 0, 0, 0, 0])?;
