@@ -2021,6 +2021,50 @@ fn file_leases() {
     both("leases", setup, check);
 }
 
+/// File leases being broken (another open conflicted; the holder has its
+/// SIGIO and has not given the lease up yet): a read lease and a write
+/// lease on a read-only fd broken by writers, a write lease broken to a
+/// read lease by a reader, beside an active one; a forked child shares
+/// their descriptions. After the restore F_GETLEASE tells what each is
+/// being broken to, opens for reading conflict as before (only with what
+/// were write leases), and no SIGIO comes again.
+#[test]
+fn file_leases_being_broken() {
+    let setup = "import errno\n\
+        F_SETLEASE, F_GETLEASE = 1024, 1025\n\
+        sigio = []\n\
+        signal.signal(signal.SIGIO, lambda *a: sigio.append(1))\n\
+        paths = [os.path.join(d, 'leased%d' % i) for i in range(4)]\n\
+        for p in paths:\n    open(p, 'w').close()\n\
+        fds = [os.open(p, m) for p, m in zip(paths, (os.O_RDONLY, os.O_RDONLY, os.O_RDWR, os.O_RDONLY))]\n\
+        for x, kind in zip(fds, (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_WRLCK, fcntl.F_RDLCK)):\n    \
+            fcntl.fcntl(x, F_SETLEASE, kind)\n\
+        def tried(path, flags):\n    \
+            try:\n        os.close(os.open(path, flags | os.O_NONBLOCK)); return 0\n    \
+            except OSError as e:\n        return e.errno\n\
+        broken = [tried(p, m) for p, m in zip(paths, (os.O_WRONLY, os.O_WRONLY, os.O_RDONLY))]\n\
+        assert broken == [errno.EWOULDBLOCK] * 3, broken\n\
+        for _ in range(200):\n    \
+            if len(sigio) >= 3:\n        break\n    \
+            time.sleep(0.01)\n\
+        assert len(sigio) == 3, sigio\n\
+        r, w = os.pipe()\n\
+        child = os.fork()\n\
+        if child == 0:\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
+        os.close(r)\n\
+        kinds = [fcntl.fcntl(x, F_GETLEASE) for x in fds]\n\
+        readers = [tried(p, os.O_RDONLY) for p in paths]";
+    let check = "want('leases', [fcntl.fcntl(x, F_GETLEASE) for x in fds], [fcntl.F_UNLCK, fcntl.F_UNLCK, fcntl.F_RDLCK, fcntl.F_RDLCK])\n\
+        want('as before', kinds, [fcntl.F_UNLCK, fcntl.F_UNLCK, fcntl.F_RDLCK, fcntl.F_RDLCK])\n\
+        want('readers', [tried(p, os.O_RDONLY) for p in paths], [0, errno.EWOULDBLOCK, errno.EWOULDBLOCK, 0])\n\
+        want('readers as before', readers, [0, errno.EWOULDBLOCK, errno.EWOULDBLOCK, 0])\n\
+        time.sleep(0.2)\n\
+        want('no SIGIO again', len(sigio), 3)\n\
+        os.close(w)\n\
+        os.waitpid(child, 0)";
+    both("breaking", setup, check);
+}
+
 /// Unix sockets made but not connected yet (seqpacket, stream): the same
 /// type after the restore, and they connect and carry messages.
 #[test]

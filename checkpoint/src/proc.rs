@@ -334,6 +334,9 @@ pub struct LockLine {
     pub kind: String,
     /// ADVISORY, MANDATORY; for a lease ACTIVE, BREAKING or BREAKER.
     pub state: String,
+    /// READ, WRITE; a lease being broken shows what it is broken to
+    /// (READ, UNLCK).
+    pub access: String,
     pub write: bool,
     /// The process that took it (-1 for OFD locks).
     pub pid: i32,
@@ -350,6 +353,7 @@ impl LockLine {
         Some(LockLine {
             kind: (*kind).to_owned(),
             state: (*state).to_owned(),
+            access: (*access).to_owned(),
             write: *access == "WRITE",
             pid: pid.parse().ok()?,
             start: start.parse().ok()?,
@@ -372,6 +376,7 @@ pub fn parse_fdinfo(text: &str) -> FdInfo {
             "lock" => info.locks.push(LockLine::parse(value).unwrap_or_else(|| LockLine {
                 kind: format!("lock stasis cannot read ({value})"),
                 state: String::new(),
+                access: String::new(),
                 write: false,
                 pid: 0,
                 start: 0,
@@ -405,11 +410,13 @@ mod tests {
              lock:\t1: POSIX  ADVISORY  WRITE 21359 fe:00:10 100 199\n\
              lock:\t2: OFDLCK ADVISORY  READ -1 fe:00:10 300 EOF\n\
              lock:\t3: LEASE  ACTIVE    WRITE 21359 fe:00:10 0 EOF\n\
-             lock:\t4: something new\n",
+             lock:\t4: something new\n\
+             lock:\t5: LEASE  BREAKING  UNLCK 21359 fe:00:10 0 EOF\n",
         );
         let line = |kind: &str, state: &str, write, pid, start, end| LockLine {
             kind: kind.into(),
             state: state.into(),
+            access: if write { "WRITE" } else { "READ" }.into(),
             write,
             pid,
             start,
@@ -424,6 +431,8 @@ mod tests {
             ]
         );
         assert!(info.locks[3].kind.contains("cannot read (4: something new)"), "{:?}", info.locks[3]);
+        // A lease being broken shows what it is broken to.
+        assert_eq!((info.locks[4].state.as_str(), info.locks[4].access.as_str()), ("BREAKING", "UNLCK"));
     }
 
     use super::*;

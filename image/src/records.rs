@@ -679,6 +679,13 @@ pub struct FileLock {
     /// Last byte; absent: to the end of the file, however long it grows.
     #[prost(uint64, optional, tag = "4")]
     pub end: Option<u64>,
+    /// A lease being broken (another process tried to open the file): to
+    /// a read lease (`breaking_to_read`) or to none. `write` is the lease
+    /// it was before.
+    #[prost(bool, tag = "5")]
+    pub breaking: bool,
+    #[prost(bool, tag = "6")]
+    pub breaking_to_read: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]

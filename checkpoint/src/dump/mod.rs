@@ -559,7 +559,7 @@ fn fd_problems(seen: &[(Pid, Vec<Seen>)]) -> Vec<String> {
     for (pid, fds) in seen {
         let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
         for s in fds {
-            if let Err(what) = fd::locks(*pid, &s.info.locks) {
+            if let Err(what) = fd::locks(*pid, s.fd, s.info.flags, &s.info.locks) {
                 problems.push(at(format!("fd {} ({}) holds {what}", s.fd, s.target)));
             }
             // flock: held by the description, which a live process outside
@@ -1282,7 +1282,7 @@ impl FdDumper {
                 kind: Some(kind),
                 same_as,
                 shared_with,
-                locks: fd::locks(pid, &s.info.locks).map_err(fd_err)?,
+                locks: fd::locks(pid, s.fd, s.info.flags, &s.info.locks).map_err(fd_err)?,
                 owner,
                 signal,
                 filter,

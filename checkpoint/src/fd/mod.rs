@@ -27,9 +27,10 @@ pub mod unix;
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use stasis_image::records::{self, fd::Kind as RecordKind, FileLock, LockKind};
+use stasis_sys::nix::libc;
 use stasis_sys::Pid;
 
 use crate::proc;
@@ -327,11 +328,11 @@ fn namespace(pid: Pid, seen: &Seen) -> Result<RecordKind, String> {
 /// O_CLOEXEC as /proc/PID/fdinfo reports it in `flags`.
 pub const FDINFO_CLOEXEC: u32 = 0o2000000;
 
-/// The locks of an fd of process `pid`, from its fdinfo `lock:` lines: its
-/// description's flock and OFD locks, and the POSIX locks `pid` holds on
-/// the file, and its lease. A lease being broken and any lock stasis cannot
-/// read are an error naming it.
-pub fn locks(pid: Pid, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String> {
+/// The locks of fd `fd` of process `pid` (open with `flags`), from its
+/// fdinfo `lock:` lines: its description's flock and OFD locks, and the
+/// POSIX locks `pid` holds on the file, and its lease. Any lock stasis
+/// cannot read is an error naming it.
+pub fn locks(pid: Pid, fd: i32, flags: u32, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String> {
     let mut out = Vec::new();
     for l in lines {
         let kind = match l.kind.as_str() {
@@ -342,18 +343,49 @@ pub fn locks(pid: Pid, lines: &[proc::LockLine]) -> Result<Vec<FileLock>, String
             "POSIX" if l.pid == pid.as_raw() => LockKind::Posix,
             "POSIX" => continue,
             "LEASE" if l.state == "ACTIVE" => LockKind::Lease,
-            "LEASE" => {
-                return Err(format!(
-                    "a file lease being broken ({}: another process waits to open the file; not supported)",
-                    l.state
-                ))
+            "LEASE" if l.state == "BREAKING" => {
+                out.push(breaking_lease(pid, fd, flags, l)?);
+                continue;
             }
+            "LEASE" => return Err(format!("a file lease in state {} (not supported)", l.state)),
             "DELEG" => return Err("an NFS delegation (not supported)".into()),
             other => return Err(format!("a {other} lock (not supported)")),
         };
-        out.push(FileLock { kind: kind as i32, write: l.write, start: l.start, end: l.end });
+        out.push(FileLock { kind: kind as i32, write: l.write, start: l.start, end: l.end, ..FileLock::default() });
     }
     Ok(out)
+}
+
+/// A lease being broken: fdinfo shows what it is being broken to (READ:
+/// a write lease giving way to a reader; UNLCK: any lease to a writer).
+/// Broken to none, it was a write lease if the fd is open for writing (a
+/// read lease cannot be taken then); else an open for reading, which
+/// conflicts with a write lease only, tells (it returns at once with
+/// O_NONBLOCK, and does not move a break along).
+fn breaking_lease(pid: Pid, fd: i32, flags: u32, l: &proc::LockLine) -> Result<FileLock, String> {
+    let to_read = match l.access.as_str() {
+        "READ" => true,
+        "UNLCK" => false,
+        other => return Err(format!("a file lease being broken to {other} (not supported)")),
+    };
+    let write = to_read || flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 || {
+        let path = proc::path(pid, &format!("fd/{fd}"));
+        let probe = fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(&path);
+        match probe {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => true,
+            Err(e) => {
+                return Err(format!("a file lease being broken, whose kind {} does not tell: {e}", path.display()))
+            }
+        }
+    };
+    Ok(FileLock {
+        kind: LockKind::Lease as i32,
+        write,
+        breaking: true,
+        breaking_to_read: to_read,
+        ..FileLock::default()
+    })
 }
 
 #[cfg(test)]

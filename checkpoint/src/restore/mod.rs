@@ -2802,6 +2802,11 @@ impl Remote<'_, '_> {
                 _ => format!("fd {}", r.fd),
             };
             for l in &r.locks {
+                // A lease being broken is the description's, whose break
+                // is started again once, through its first fd.
+                if l.breaking && (r.same_as.is_some() || r.shared_with.is_some()) {
+                    continue;
+                }
                 let kind = LockKind::try_from(l.kind).unwrap_or(LockKind::Flock);
                 let what = format!(
                     "{} {} lock of fd {} on {file}",
@@ -2846,9 +2851,36 @@ impl Remote<'_, '_> {
                 taken.map_err(|e| {
                     step("file locks")(format!("cannot take the {what} again (another process holds it now?): {e}"))
                 })?;
+                if kind == LockKind::Lease && l.breaking {
+                    self.break_lease(r.fd, l.breaking_to_read, &what)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Start the break of the lease just taken on `fd` again, as another
+    /// process's open did before the dump: an open of the file by the
+    /// agent that conflicts with it, which returns at once (O_NONBLOCK)
+    /// with the lease breaking to a read lease (`to_read`: an open for
+    /// reading) or to none (for writing). Its signal is not sent: the
+    /// process had it before the dump (the fd's owner is none for the
+    /// while, and set from the image after).
+    fn break_lease(&mut self, fd: i32, to_read: bool, what: &str) -> Result<(), RestoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let what = format!("{what}, being broken");
+        self.call(&what, libc::SYS_fcntl, [fd as u64, libc::F_SETOWN as u64, 0, 0, 0, 0])?;
+        let path = format!("/proc/{}/fd/{fd}", self.pid);
+        let opened = std::fs::OpenOptions::new()
+            .read(to_read)
+            .write(!to_read)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path);
+        match opened {
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(()),
+            Ok(_) => Err(step(&what)(format!("an open of {path} did not break it"))),
+            Err(e) => Err(step(&what)(format!("breaking it again (an open of {path}): {e}"))),
+        }
     }
 
     /// capset(2): header { _LINUX_CAPABILITY_VERSION_3, pid 0 }, then
