@@ -1166,6 +1166,52 @@ fn unix_socket_bound_to_a_relative_path() {
     );
 }
 
+/// Unix sockets bound to relative paths in a directory the process has
+/// left since (its working directory is another now): a listener whose
+/// file is still there (same relative name, its file there with its mode,
+/// it accepts through it), and a datagram socket whose file was removed
+/// and a FIFO made at its path, with a socket connected to it (its name,
+/// the peer's name, a message carried; the FIFO untouched, its bytes).
+#[test]
+fn unix_sockets_bound_relative_to_a_directory_left_since() {
+    both(
+        "relleft",
+        "import socket\n\
+         sub = os.path.join(d, 'sub')\n\
+         os.mkdir(sub)\n\
+         os.chdir(sub)\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind('left.sock')\n\
+         os.chmod('left.sock', 0o640)\n\
+         s.listen()\n\
+         g = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         g.bind('ghost.sock')\n\
+         c2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         c2.connect('ghost.sock')\n\
+         os.unlink('ghost.sock')\n\
+         os.mkfifo('ghost.sock')\n\
+         ff = os.open('ghost.sock', os.O_RDWR)\n\
+         os.write(ff, b'fifo')\n\
+         os.chdir('/')",
+        "import socket\n\
+         want('cwd', os.getcwd(), '/')\n\
+         want('names', (s.getsockname(), g.getsockname(), c2.getpeername()), ('left.sock', 'ghost.sock', 'ghost.sock'))\n\
+         st = os.stat(os.path.join(sub, 'left.sock'))\n\
+         want('listener file', (stat.S_ISSOCK(st.st_mode), stat.S_IMODE(st.st_mode)), (True, 0o640))\n\
+         want('the FIFO at the removed one', stat.S_ISFIFO(os.stat(os.path.join(sub, 'ghost.sock')).st_mode), True)\n\
+         want('its bytes', os.read(ff, 4), b'fifo')\n\
+         want('nothing else left', sorted(os.listdir(sub)), ['ghost.sock', 'left.sock'])\n\
+         c2.send(b'ghostly')\n\
+         g.settimeout(2)\n\
+         want('a message to the removed one', g.recv(16), b'ghostly')\n\
+         c = socket.socket(socket.AF_UNIX)\n\
+         c.connect(os.path.join(sub, 'left.sock'))\n\
+         a, _ = s.accept()\n\
+         c.sendall(b'hi')\n\
+         want('data', a.recv(2), b'hi')",
+    );
+}
+
 /// A unix listener whose socket file was removed after the bind: it keeps
 /// its name, and no file is left at the path after the restore.
 #[test]

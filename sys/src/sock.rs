@@ -3,7 +3,7 @@
 //! the process) and SO_BUF_LOCK (which buffer sizes were set explicitly).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -29,6 +29,18 @@ pub fn protocol_name(path: &Path) -> Option<String> {
 /// sizes set explicitly with SO_SNDBUF/SO_RCVBUF (Linux 5.14).
 pub fn buf_lock(fd: impl AsFd) -> Result<u32, Errno> {
     int_option(fd, libc::SOL_SOCKET, libc::SO_BUF_LOCK).map(|v| v as u32)
+}
+
+/// An O_PATH fd on the file a unix socket is bound to (SIOCUNIXFILE,
+/// Linux 4.11; CAP_NET_ADMIN): its full path in /proc/self/fd, " (deleted)"
+/// after it once removed, even when bound to a relative name.
+pub fn unix_socket_file(fd: impl AsFd) -> Result<OwnedFd, Errno> {
+    const SIOCUNIXFILE: libc::c_ulong = 0x89e0;
+    // SAFETY: SIOCUNIXFILE takes no argument; it returns a new fd, which
+    // is owned here from then on.
+    let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), SIOCUNIXFILE) };
+    // SAFETY: on success r is a new fd nothing else owns.
+    Errno::result(r).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// An integer socket option nix does not name (SO_PEEK_OFF, TCP_REPAIR, ...).
@@ -78,12 +90,12 @@ pub fn set_bytes_option(fd: impl AsFd, level: libc::c_int, name: libc::c_int, va
 
 /// A new socket (close-on-exec) of raw `family`, `ty` and `protocol`, as
 /// a socket's own SO_DOMAIN, SO_TYPE and SO_PROTOCOL give them.
-pub fn new_socket(family: i32, ty: i32, protocol: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+pub fn new_socket(family: i32, ty: i32, protocol: i32) -> Result<OwnedFd, Errno> {
     use std::os::fd::FromRawFd;
     // SAFETY: socket(2) takes no pointers.
     let fd = Errno::result(unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) })?;
     // SAFETY: fd was just made and is owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// One message (or stream bytes) read with MSG_PEEK: see [`peek`].
@@ -96,7 +108,7 @@ pub struct Peeked {
     /// Copies of the file descriptors passed with it (SCM_RIGHTS): a peek
     /// installs them in the caller as a receive would, and leaves them in
     /// the message.
-    pub fds: Vec<std::os::fd::OwnedFd>,
+    pub fds: Vec<OwnedFd>,
 }
 
 /// recvmsg with MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC: the next message (at
@@ -129,11 +141,11 @@ pub fn peek(fd: impl AsFd, buf: &mut [u8]) -> Result<Option<Peeked>, Errno> {
 }
 
 /// accept4(2) with SOCK_CLOEXEC, owning the new connection's fd.
-pub fn accept(listener: impl AsFd) -> Result<std::os::fd::OwnedFd, Errno> {
+pub fn accept(listener: impl AsFd) -> Result<OwnedFd, Errno> {
     use std::os::fd::FromRawFd;
     let fd = nix::sys::socket::accept4(listener.as_fd().as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)?;
     // SAFETY: accept4 just returned this new fd; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `SOCK_SNDBUF_LOCK` in [`buf_lock`].

@@ -249,9 +249,23 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
     if !name.is_empty() {
         if name[0] != 0 && owns_name {
             let mut file = std::path::PathBuf::from(OsStr::from_bytes(&name));
-            if name[0] != b'/' {
-                // Bound to a relative path: in the directory its file is in,
-                // which must be the working directory (the only one known).
+            // Bound to a relative path: in the directory its file is in,
+            // which the kernel tells (SIOCUNIXFILE), removed or not.
+            let found = match name[0] != b'/' {
+                true => socket_file(copy, &name),
+                false => None,
+            };
+            let resolved = found.is_some();
+            if let Some((dir, unlinked, meta)) = found {
+                file = Path::new(&dir).join(OsStr::from_bytes(&name));
+                u.dir = dir;
+                u.unlinked = unlinked;
+                if !unlinked {
+                    (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+                }
+            } else if name[0] != b'/' {
+                // Else it must be the working directory (the only one
+                // known otherwise).
                 let cwd = std::fs::read_link(crate::proc::path(pid, "cwd")).map_err(|e| format!("cwd: {e}"))?;
                 let there = crate::proc::path(pid, "cwd").join(OsStr::from_bytes(&name));
                 let is_socket = std::fs::symlink_metadata(&there).is_ok_and(|m| m.file_type().is_socket());
@@ -270,6 +284,7 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
             // another file may be there now).
             let own = |meta: &std::fs::Metadata| d.file_ino.is_none_or(|ino| meta.ino() == u64::from(ino));
             match std::fs::symlink_metadata(&file) {
+                _ if resolved => {}
                 Ok(meta) if meta.file_type().is_socket() && own(&meta) => {
                     (u.mode, u.uid, u.gid) = (meta.mode() & 0o7777, meta.uid(), meta.gid());
                 }
@@ -294,6 +309,24 @@ pub fn dump(pid: Pid, seen: &Seen, copy: &OwnedFd) -> Result<(UnixSocket, Vec<In
         u.queue = queue;
         Ok((u, in_flight))
     }
+}
+
+/// Where the file of a unix socket bound to the relative `name` is: its
+/// directory, whether it was removed, and its mode and owner; from the
+/// kernel (SIOCUNIXFILE on the agent's copy `sock`). None when the kernel
+/// does not tell (before Linux 4.11) or its path does not end in `name`.
+fn socket_file(sock: &OwnedFd, name: &[u8]) -> Option<(String, bool, std::fs::Metadata)> {
+    let file = stasis_sys::sock::unix_socket_file(sock).ok()?;
+    let meta = std::fs::File::from(file.try_clone().ok()?).metadata().ok()?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let link = std::os::unix::ffi::OsStringExt::into_vec(link.into_os_string());
+    let (path, unlinked) = match link.strip_suffix(b" (deleted)") {
+        Some(p) => (p, true),
+        None => (&link[..], false),
+    };
+    let dir = path.strip_suffix(name)?.strip_suffix(b"/")?;
+    let dir = if dir.is_empty() { b"/" } else { dir };
+    Some((String::from_utf8(dir.to_vec()).ok()?, unlinked, meta))
 }
 
 /// A path may have been bound with its terminating NUL counted: drop it
@@ -621,9 +654,13 @@ impl Drop for Hidden {
 /// Where the file of `s` is hidden while the restore needs it, if its file
 /// had been removed.
 fn hidden_path(s: &UnixSocket) -> Option<std::path::PathBuf> {
-    let path = s.name.first().is_some_and(|&b| b != 0) && s.unlinked && s.dir.is_empty();
+    let path = s.name.first().is_some_and(|&b| b != 0) && s.unlinked;
     path.then(|| {
-        Path::new(OsStr::from_bytes(&s.name)).with_file_name(format!(".stasis-{}-{}", std::process::id(), s.id))
+        Path::new(&s.dir).join(OsStr::from_bytes(&s.name)).with_file_name(format!(
+            ".stasis-{}-{}",
+            std::process::id(),
+            s.id
+        ))
     })
 }
 
