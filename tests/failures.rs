@@ -181,16 +181,19 @@ time.sleep(100)"#;
     p.wait_exit(Duration::from_secs(30));
 }
 
-/// An epoll instance in flight on a unix socket cannot be dumped: refused
-/// after the freeze (it is seen only then), naming the socket, its holder
-/// and the passed fd; the tree runs on, its messages untouched.
+/// An epoll instance in flight on a unix socket that its sender still
+/// holds too cannot be dumped (one passed and closed is restored:
+/// state::epoll_passed_in_flight): refused after the freeze (it is seen
+/// only then), naming the socket, its holder and the passed fd; the tree
+/// runs on, its messages untouched.
 #[test]
 fn dump_refuses_an_epoll_passed_in_flight_and_leaves_the_tree_running() {
     let w = Workload::start("passed_fds", &["epoll"]);
     w.wait_running();
     let images = tempfile::tempdir().unwrap();
     let line = error_line(&dump(w.pid, &images.path().join("img"), &[]));
-    assert!(line.contains("passed with queued message 3") && line.contains("an epoll instance"), "{line}");
+    assert!(line.contains("passed with queued message 3") && line.contains("an epoll instance process"), "{line}");
+    assert!(line.contains("holds too"), "{line}");
     assert!(line.contains(&format!("process {}", w.pid)), "{line}");
     let child: i32 = w.info("pid_c").parse().unwrap();
     assert!(is_alive(child) && tracer_of(child) == 0, "the child {child} was harmed");
@@ -669,7 +672,8 @@ fn dump_refuses_what_a_restore_could_not_find_again() {
 /// socket program, a TCP listener with a connection waiting to be
 /// accepted (from the process itself), a child left in stasis's cgroup
 /// namespace by a parent that made one of its own, a mapping of a TCP
-/// socket (zero-copy receive), part of a packet socket's rings mapped.
+/// socket (zero-copy receive), part of a packet socket's rings mapped, an
+/// epoll passed in flight watching a file only fds in flight hold.
 #[test]
 fn dump_refuses_state_it_cannot_make_again() {
     let cases = [
@@ -715,6 +719,18 @@ fn dump_refuses_state_it_cannot_make_again() {
              c.connect(l.getsockname())",
             "has 1 connection(s) waiting to be accepted, which an image cannot hold; let it accept them first, or \
              pass --skip-in-flight",
+        ),
+        (
+            "epoll-of-a-file-in-flight",
+            "import socket, select\n\
+             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             r, w = os.pipe()\n\
+             ep = select.epoll()\n\
+             ep.register(r, select.EPOLLIN)\n\
+             socket.send_fds(a, [b'x'], [ep.fileno(), r])\n\
+             ep.close()\n\
+             os.close(r)",
+            "no process of the tree holds an fd on",
         ),
         (
             "tcp-mapped",

@@ -903,6 +903,41 @@ fn packet_sockets() {
     );
 }
 
+/// An epoll instance passed in flight on a unix datagram socket and closed
+/// by its sender (zdtm scm05): one registration under a number closed
+/// since (its pipe held at another number), one edge-triggered on an
+/// eventfd. After the restore the process receives it, its registrations
+/// are under the same numbers, and it reports both files ready.
+#[test]
+fn epoll_passed_in_flight() {
+    both(
+        "epollflight",
+        "import socket, select\n\
+         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         r, w = os.pipe()\n\
+         held = os.dup(r)\n\
+         ev = os.eventfd(0)\n\
+         ep = select.epoll()\n\
+         ep.register(r, select.EPOLLIN)\n\
+         ep.register(ev, select.EPOLLIN | select.EPOLLET)\n\
+         os.close(r)\n\
+         socket.send_fds(a, [b'epoll'], [ep.fileno()])\n\
+         def registered(e):\n    \
+             return sorted(tuple(l.split()[1:6:2]) for l in open('/proc/self/fdinfo/%d' % e) if l.startswith('tfd:'))\n\
+         before = registered(ep.fileno())\n\
+         ep.close()",
+        "import socket, select\n\
+         msg, fds, _, _ = socket.recv_fds(b, 16, 1)\n\
+         want('message', (msg, len(fds)), (b'epoll', 1))\n\
+         want('registrations', registered(fds[0]), before)\n\
+         want('under', sorted(int(t[0]) for t in before), sorted([r, ev]))\n\
+         os.write(w, b'x')\n\
+         os.eventfd_write(ev, 1)\n\
+         got = select.epoll.fromfd(fds[0]).poll(1)\n\
+         want('ready', sorted(fd for fd, _ in got), sorted([r, ev]))",
+    );
+}
+
 /// A working directory in the /proc directory of a process that has
 /// exited (a child's, entered before it was killed and reaped): after the
 /// restore it is still such a directory, of the same pid (getcwd fails

@@ -1013,6 +1013,11 @@ pub struct EpollTarget {
     /// moment, of this one.
     #[prost(int32, optional, tag = "5")]
     pub via: Option<i32>,
+    /// Of an epoll passed in flight (held by no process): the fd of a
+    /// process of the tree that holds the watched file, from which the
+    /// restore takes it to register it under `fd`.
+    #[prost(message, optional, tag = "6")]
+    pub holder: Option<FdRef>,
 }
 
 /// An inotify instance: its watches, by watch descriptor.

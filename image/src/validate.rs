@@ -241,9 +241,18 @@ fn check_fd(
             }
         }
         Some(fd::Kind::Epoll(e)) => {
+            // One in flight names, for each registration, the fd of a
+            // process that holds its file.
+            for h in e.targets.iter().filter_map(|t| t.holder.as_ref()) {
+                let holder = tree.processes.iter().find(|p| p.pid == h.pid);
+                if !holder.is_some_and(|p| p.fds.iter().any(|f| f.fd == h.fd)) {
+                    return Err(format!("epoll watches fd {} of process {}, which does not exist", h.fd, h.pid));
+                }
+            }
             // A registration whose fd was closed names the fd that holds
             // its file now.
-            if let Some(t) = e.targets.iter().find(|t| !fds.iter().any(|f| f.fd == t.via.unwrap_or(t.fd))) {
+            let own = e.targets.iter().filter(|t| t.holder.is_none());
+            if let Some(t) = own.clone().find(|t| !fds.iter().any(|f| f.fd == t.via.unwrap_or(t.fd))) {
                 return Err(format!("epoll watches fd {}, which the process does not have", t.via.unwrap_or(t.fd)));
             }
         }

@@ -17,6 +17,13 @@ const KCMP_EPOLL_TFD: libc::c_long = 7;
 /// under that number, in the order the epoll's fdinfo lists them (several
 /// files added under one number, closed in between, are several).
 pub fn same_epoll_target(pid: Pid, fd: i32, epfd: i32, tfd: i32, toff: u32) -> Result<bool, Errno> {
+    epoll_target_is(pid, fd, pid, epfd, tfd, toff)
+}
+
+/// Whether fd `fd` of `holder` is the file that epoll fd `epfd` of
+/// `owner` watches as its registration `toff` under `tfd` (see
+/// [`same_epoll_target`]).
+pub fn epoll_target_is(holder: Pid, fd: i32, owner: Pid, epfd: i32, tfd: i32, toff: u32) -> Result<bool, Errno> {
     // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }
     let slot: [u32; 3] = [epfd as u32, tfd as u32, toff];
     // SAFETY: KCMP_EPOLL_TFD reads a struct kcmp_epoll_slot, three u32,
@@ -24,8 +31,8 @@ pub fn same_epoll_target(pid: Pid, fd: i32, epfd: i32, tfd: i32, toff: u32) -> R
     let r = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
-            pid.as_raw() as libc::c_long,
-            pid.as_raw() as libc::c_long,
+            holder.as_raw() as libc::c_long,
+            owner.as_raw() as libc::c_long,
             KCMP_EPOLL_TFD,
             fd as libc::c_long,
             slot.as_ptr() as libc::c_long,

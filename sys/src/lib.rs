@@ -15,6 +15,7 @@ pub mod btrfs;
 pub mod child;
 pub mod clone3;
 pub mod dm;
+pub mod epoll;
 pub mod fdtable;
 pub mod fhandle;
 #[cfg(target_arch = "x86_64")]

@@ -5,7 +5,8 @@
  * Usage: passed_fds DIR [epoll]
  *
  * With "epoll", R also sends an epoll instance on the datagram socket, after
- * "shared" (which C does not read): a kind stasis refuses in flight.
+ * "shared" (which C does not read), and keeps it open itself: an epoll
+ * instance both in flight and held, which stasis refuses.
  *
  * Processes: root R (the one the harness started) -> C. C sets
  * PR_SET_PDEATHSIG to SIGKILL right after the fork; only R touches DIR.
@@ -285,7 +286,6 @@ int main(int argc, char **argv)
 		int ep = epoll_create1(EPOLL_CLOEXEC);
 		WL_CHECK_SYS(ep);
 		send_with(d_pair[0], "epoll", 5, &ep, 1);
-		close(ep);
 	}
 	close(f), close(pipe_fds[0]), close(e), close(u_pair[0]);
 	wl_info(dir, "pids %d\npid_c %d\n", c, c);

@@ -1359,6 +1359,27 @@ impl FdDumper {
             return Err("it holds a file lock (not supported for an fd in flight)".into());
         }
         match kind {
+            // Made in the agent at restore, each registration under its
+            // number, from the process's fd that holds its file. One a
+            // process holds too would be two instances.
+            fd::Kind::Epoll => {
+                let me = Pid::this();
+                for (other, e) in self.earlier.iter().filter(|(_, e)| e.ino == seen.ino && e.target == seen.target) {
+                    if kcmp::same_file(me, seen.fd, *other, e.fd).map_err(|e| format!("kcmp: {e}"))? {
+                        return Err(format!(
+                            "it is an epoll instance process {other} holds too (as fd {}), which cannot be passed in \
+                             flight (not supported)",
+                            e.fd
+                        ));
+                    }
+                }
+                let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", seen.fd))
+                    .map_err(|e| format!("fdinfo: {e}"))?;
+                let mut targets = fd::epoll::parse(&text)?;
+                fd::epoll::find_holders(seen.fd, &mut targets, &self.earlier)?;
+                record.kind = Some(records::fd::Kind::Epoll(records::Epoll { targets }));
+                return Ok(record);
+            }
             fd::Kind::Unix => {
                 if !self.unix.iter().any(|u| u.2.id == seen.ino) {
                     let (socket, nested) = fd::unix::dump(Pid::this(), &seen, &copy)?;
@@ -1375,8 +1396,7 @@ impl FdDumper {
             }
             // Made inside the process that holds them, or with state tied
             // to one connection or memory object.
-            fd::Kind::Epoll
-            | fd::Kind::Signalfd
+            fd::Kind::Signalfd
             | fd::Kind::Pidfd
             | fd::Kind::Memfd
             | fd::Kind::TcpEstablished
@@ -1384,7 +1404,6 @@ impl FdDumper {
             | fd::Kind::Fanotify
             | fd::Kind::ProcEntry => {
                 let what = match kind {
-                    fd::Kind::Epoll => "an epoll instance",
                     fd::Kind::Signalfd => "a signalfd",
                     fd::Kind::Pidfd => "a pidfd",
                     fd::Kind::Memfd => "a memfd",
@@ -1395,7 +1414,8 @@ impl FdDumper {
                 };
                 return Err(format!(
                     "it is {what}, which cannot be passed in flight (not supported; files, pipes, FIFOs, devices, \
-                     terminals, eventfds, timerfds, unix sockets, TCP listeners and UDP sockets can)"
+                     terminals, eventfds, timerfds, epoll instances, unix sockets, TCP listeners and UDP sockets \
+                     can)"
                 ));
             }
             _ => {}

@@ -43,7 +43,7 @@ pub fn parse(text: &str) -> Result<Vec<EpollTarget>, String> {
             .find_map(|w| w.strip_prefix("ino:"))
             .and_then(|v| u64::from_str_radix(v, 16).ok())
             .ok_or_else(|| format!("no ino in {line:?}"))?;
-        out.push(EpollTarget { fd, events, data, ino, via: None });
+        out.push(EpollTarget { fd, events, data, ino, via: None, holder: None });
     }
     Ok(out)
 }
@@ -69,6 +69,29 @@ pub fn find_closed(pid: Pid, epfd: i32, targets: &mut [EpollTarget], fds: &[Seen
             )
         })?;
         t.via = Some(holder.fd);
+    }
+    Ok(())
+}
+
+/// The registrations of an epoll passed in flight (the agent's copy
+/// `epfd`, held by no process of the tree: their numbers were some
+/// process's): for each, the fd of a process of the tree (`fds`, every fd
+/// of the tree) that holds the watched file, found by kcmp
+/// `KCMP_EPOLL_TFD`; one no process holds is an error.
+pub fn find_holders(epfd: i32, targets: &mut [EpollTarget], fds: &[(Pid, Seen)]) -> Result<(), String> {
+    let mut seen_under: HashMap<i32, u32> = HashMap::new();
+    for t in targets {
+        let toff = *seen_under.entry(t.fd).and_modify(|n| *n += 1).or_insert(0);
+        let same = |pid: Pid, fd: i32| {
+            stasis_sys::kcmp::epoll_target_is(pid, fd, Pid::this(), epfd, t.fd, toff).unwrap_or(false)
+        };
+        let (pid, s) = fds.iter().filter(|(_, s)| s.ino == t.ino).find(|(p, s)| same(*p, s.fd)).ok_or_else(|| {
+            format!(
+                "it watches, as fd {}, a file (inode {}) no process of the tree holds an fd on (not supported)",
+                t.fd, t.ino
+            )
+        })?;
+        t.holder = Some(stasis_image::records::FdRef { pid: pid.as_raw(), fd: s.fd });
     }
     Ok(())
 }

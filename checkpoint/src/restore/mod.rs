@@ -823,6 +823,8 @@ fn pass_fds(
             } else if let Some(fd::Kind::Unix(u)) = &r.kind {
                 let sock = unix.get(u).ok_or_else(|| what(format!("unix socket {u} was not made")))?;
                 sock.try_clone().map_err(|e| what(format!("dup: {e}")))?
+            } else if let Some(fd::Kind::Epoll(e)) = &r.kind {
+                epoll_in_flight(&e.targets, |h| planned_object(tree, planned, h.pid, h.fd, 0)).map_err(what)?
             } else {
                 match planner.plan(std::slice::from_ref(r)).map_err(|e| what(e.to_string()))?.pop() {
                     Some(fds::Planned::Object { object, .. }) => object,
@@ -834,6 +836,30 @@ fn pass_fds(
         out.insert((id, message), fds);
     }
     Ok(out)
+}
+
+/// An epoll instance passed in flight, made in the agent: each file is
+/// taken from the fd of a process of the tree that holds it (`file`) and
+/// registered under the number it had, as it was.
+fn epoll_in_flight(
+    targets: &[stasis_image::records::EpollTarget],
+    file: impl Fn(&stasis_image::records::FdRef) -> Result<std::os::fd::OwnedFd, String>,
+) -> Result<std::os::fd::OwnedFd, String> {
+    use stasis_sys::nix::sys::epoll::{Epoll, EpollCreateFlags};
+    use std::os::fd::AsFd;
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| format!("epoll_create1: {e}"))?;
+    let files = targets
+        .iter()
+        .map(|t| file(t.holder.as_ref().ok_or_else(|| format!("its registration of fd {} names no holder", t.fd))?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let regs: Vec<stasis_sys::epoll::Registration<'_>> = targets
+        .iter()
+        .zip(&files)
+        .map(|(t, f)| stasis_sys::epoll::Registration { fd: t.fd, file: f.as_fd(), events: t.events, data: t.data })
+        .collect();
+    stasis_sys::epoll::add_at_numbers(ep.0.as_fd(), &regs)
+        .map_err(|(i, e)| format!("registering fd {} in an epoll made for it: {e}", targets[i].fd))?;
+    Ok(ep.0)
 }
 
 /// A new reference to the description planned for fd `fd` of process `pid`.
