@@ -938,6 +938,36 @@ fn epoll_passed_in_flight() {
     );
 }
 
+/// One open file description passed in flight twice, held by no process:
+/// an eventfd in two messages, a file twice in one, both closed by the
+/// sender. After the restore each pair is one description again: what is
+/// written through one eventfd is read through the other, a seek through
+/// one file moves the other.
+#[test]
+fn one_description_passed_twice_in_flight() {
+    both(
+        "twiceflight",
+        "import socket\n\
+         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         ev = os.eventfd(3)\n\
+         f = os.open(os.path.join(d, 'twice'), os.O_RDWR | os.O_CREAT)\n\
+         os.write(f, b'0123456789')\n\
+         os.lseek(f, 2, os.SEEK_SET)\n\
+         socket.send_fds(a, [b'one'], [ev])\n\
+         socket.send_fds(a, [b'two'], [ev, f, f])\n\
+         os.close(ev)\n\
+         os.close(f)",
+        "import socket\n\
+         _, one, _, _ = socket.recv_fds(b, 16, 1)\n\
+         _, two, _, _ = socket.recv_fds(b, 16, 3)\n\
+         os.eventfd_write(one[0], 4)\n\
+         want('one eventfd', os.eventfd_read(two[0]), 7)\n\
+         want('file offset', os.lseek(two[1], 0, os.SEEK_CUR), 2)\n\
+         os.lseek(two[2], 6, os.SEEK_SET)\n\
+         want('one file', os.read(two[1], 2), b'67')",
+    );
+}
+
 /// A working directory in the /proc directory of a process that has
 /// exited (a child's, entered before it was killed and reaped): after the
 /// restore it is still such a directory, of the same pid (getcwd fails

@@ -653,6 +653,23 @@ pub struct Fd {
     /// sock_filter` a word.
     #[prost(uint64, repeated, tag = "28")]
     pub filter: Vec<u64>,
+    /// Of an fd passed in flight: an fd passed earlier (in this message or
+    /// an earlier one) whose open file description it is too, which the
+    /// restore passes again.
+    #[prost(message, optional, tag = "34")]
+    pub in_flight_as: Option<PassedRef>,
+}
+
+/// Fd `index` of those passed with message `message` of unix socket
+/// `socket`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PassedRef {
+    #[prost(uint64, tag = "1")]
+    pub socket: u64,
+    #[prost(uint32, tag = "2")]
+    pub message: u32,
+    #[prost(uint32, tag = "3")]
+    pub index: u32,
 }
 
 /// The owner of an fd's signals (`struct f_owner_ex`).

@@ -155,6 +155,16 @@ pub(crate) fn validate_processes(tree: &ProcessTree) -> Result<(), String> {
                     }
                     continue;
                 }
+                // One passed before it, which restore makes first.
+                if let Some(r) = &f.in_flight_as {
+                    let earlier = tree.unix_sockets.iter().find(|s| s.id == r.socket).and_then(|s| {
+                        s.passed.iter().find(|p| p.message == r.message).map(|p| p.fds.len() > r.index as usize)
+                    });
+                    let before = (r.socket, r.message) != (u.id, m.message) || (r.index as usize) < i;
+                    if earlier != Some(true) || !before {
+                        return Err(at(format!("passed fd {i} is one passed before that is not in the image")));
+                    }
+                }
                 check_fd(f, &m.fds, &pipes, &unix, tree).map_err(|e| at(format!("passed fd {i}: {e}")))?;
             }
         }

@@ -1154,10 +1154,25 @@ impl FdDumper {
     /// The tree's unix sockets, once every process is dumped: peers
     /// outside the tree resolved or refused.
     fn unix_sockets(&mut self) -> Result<Vec<records::UnixSocket>, DumpError> {
+        // The copies passed so far, with where they were passed and their
+        // records: one description passed twice is passed twice again.
+        let mut before: Vec<(records::PassedRef, OwnedFd, Fd)> = Vec::new();
         for (at, flight) in std::mem::take(&mut self.in_flight) {
             let (pid, fd) = (self.unix[at].0, self.unix[at].1);
             let mut fds = Vec::with_capacity(flight.fds.len());
             for (i, copy) in flight.fds.into_iter().enumerate() {
+                let here = records::PassedRef { socket: self.unix[at].2.id, message: flight.message, index: i as u32 };
+                let me = Pid::this();
+                let same = |(_, c, _): &&(records::PassedRef, OwnedFd, Fd)| {
+                    use std::os::fd::AsRawFd;
+                    kcmp::same_file(me, copy.as_raw_fd(), me, c.as_raw_fd()).unwrap_or(false)
+                };
+                if let Some((first, _, record)) = before.iter().find(same) {
+                    let in_flight_as = record.shared_with.is_none().then(|| first.clone());
+                    fds.push(Fd { fd: i as i32, in_flight_as, ..record.clone() });
+                    continue;
+                }
+                let kept = copy.try_clone().map_err(|e| DumpError::Fd { pid, fd, what: format!("dup: {e}") })?;
                 let passed = self.dump_passed(i as i32, copy).map_err(|what| DumpError::Fd {
                     pid,
                     fd,
@@ -1168,6 +1183,7 @@ impl FdDumper {
                         flight.message + 1
                     ),
                 })?;
+                before.push((here, kept, passed.clone()));
                 fds.push(passed);
             }
             self.unix[at].2.passed.push(records::PassedFds { message: flight.message, fds });
@@ -1286,6 +1302,7 @@ impl FdDumper {
                 owner,
                 signal,
                 filter,
+                in_flight_as: None,
             });
         }
         self.earlier.extend(seen.iter().map(|s| (pid, s.clone())));
@@ -1354,6 +1371,7 @@ impl FdDumper {
             owner: None,
             signal: 0,
             filter: Vec::new(),
+            in_flight_as: None,
         };
         if !seen.info.locks.is_empty() {
             return Err("it holds a file lock (not supported for an fd in flight)".into());

@@ -820,6 +820,23 @@ fn pass_fds(
             let what = |e: String| format!("socket {id}: fd {} passed with message {}: {e}", r.fd + 1, message + 1);
             let object = if let Some(s) = &r.shared_with {
                 planned_object(tree, planned, s.pid, s.fd, 0).map_err(what)?
+            } else if let Some(first) = &r.in_flight_as {
+                // The description passed before, in this message or another.
+                let made = match (first.socket, first.message) == (id, message) {
+                    true => fds.get(first.index as usize),
+                    false => out
+                        .get(&(first.socket, first.message))
+                        .and_then(|v: &Vec<std::os::fd::OwnedFd>| v.get(first.index as usize)),
+                };
+                let made = made.ok_or_else(|| {
+                    what(format!(
+                        "it is fd {} passed with message {} of socket {}, which was not made before it",
+                        first.index + 1,
+                        first.message + 1,
+                        first.socket
+                    ))
+                })?;
+                made.try_clone().map_err(|e| what(format!("dup: {e}")))?
             } else if let Some(fd::Kind::Unix(u)) = &r.kind {
                 let sock = unix.get(u).ok_or_else(|| what(format!("unix socket {u} was not made")))?;
                 sock.try_clone().map_err(|e| what(format!("dup: {e}")))?
