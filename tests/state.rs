@@ -1915,9 +1915,10 @@ fn guard_regions() {
 }
 
 /// AIO contexts (io_setup) with completed events, some read and some
-/// not, one whose tail has wrapped round the ring: head and tail come
-/// back, the unread events are read after the restore, and new requests
-/// complete through the same context.
+/// not, one whose tail has wrapped round the ring, and one whose ring the
+/// process never touched (not in its page tables: zdtm aio00): head and
+/// tail come back, the unread events are read after the restore, and new
+/// requests complete through the same contexts.
 #[test]
 fn aio_ring() {
     let setup = "import ctypes\n\
@@ -1950,7 +1951,9 @@ fn aio_ring() {
             assert getevents(1, wrapped) == [(100 + i, 5)]\n\
         for i in range(3):\n    submit(1000 + i, wrapped)\n\
         at = head_tail(wrapped)\n\
-        assert at[2] < at[1], at";
+        assert at[2] < at[1], at\n\
+        untouched = ctypes.c_ulong(0)\n\
+        assert libc.syscall(206, 1, ctypes.byref(untouched)) == 0";
     let check = "want('head and tail', head_tail()[1:], (2, 3))\n\
         want('wrapped: head and tail', head_tail(wrapped), at)\n\
         want('wrapped: the events not read', getevents(3, wrapped), [(1000, 5), (1001, 5), (1002, 5)])\n\
@@ -1960,7 +1963,9 @@ fn aio_ring() {
         submit(4)\n\
         want('a new one', getevents(1), [(4, 5)])\n\
         want('written', os.pread(f, 25, 0), b'\\0' * 5 + b'data1data2data3data4')\n\
-        want('io_destroy', libc.syscall(207, ctypes.c_ulong(ctx.value)), 0)";
+        want('io_destroy', libc.syscall(207, ctypes.c_ulong(ctx.value)), 0)\n\
+        submit(3000, untouched)\n\
+        want('untouched: a new one', getevents(1, untouched), [(3000, 5)])";
     both("aio", setup, check);
 }
 

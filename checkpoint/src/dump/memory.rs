@@ -270,6 +270,13 @@ pub(crate) fn runs(
     let mut runs = Vec::new();
     for plan in plans {
         let v = &plan.vma;
+        // An AIO ring, whole: its pages are the kernel's, mapped into the
+        // process only once it touches them (libaio reads the ring in
+        // io_getevents), but its header and events are there from the start.
+        if v.kind == VmaKind::AioRing as i32 {
+            runs.push((v.start, v.end));
+            continue;
+        }
         let Some(req) = scan_request(plan) else { continue };
         let regions =
             pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) })?;
