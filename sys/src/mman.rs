@@ -67,6 +67,15 @@ impl AnonMapping {
         Ok(AnonMapping { ptr: ptr.cast(), len })
     }
 
+    /// madvise(2) over the whole mapping: advice that changes its flags
+    /// (MADV_DONTFORK, MADV_DOFORK, ...), not its contents.
+    pub fn advise(&self, advice: mman::MmapAdvise) -> Result<(), Errno> {
+        // SAFETY: the range is this mapping's own, which stays mapped; the
+        // advice callers give changes flags, and no Rust reference into it
+        // is invalidated by that.
+        unsafe { mman::madvise(self.ptr.cast(), self.len, advice) }
+    }
+
     /// The start address.
     pub fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64

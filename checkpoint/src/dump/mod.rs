@@ -26,7 +26,7 @@ mod task;
 mod tcp_hold;
 mod timers;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,6 +154,8 @@ pub enum DumpError {
     Volume { pid: Pid, what: String },
     #[error("cancelled; process {0} was let go unchanged")]
     Cancelled(Pid),
+    #[error("process {pid} changed {what}; no image was kept, and it runs on: dump it again")]
+    Raced { pid: Pid, what: String },
 }
 
 /// Times of the phases of one dump.
@@ -230,6 +232,10 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
     }
 
+    // A live snapshot reads each process's smaps now, while it runs (the
+    // kernel walks every page of it for the sizes: ~18 ms a GiB), and in
+    // the freeze only its maps ([`Layouts`]).
+    let early = Layouts::read_early(opts.leave_running && pre_copy.is_some(), &listed.pids);
     let mut frozen = freeze::freeze(&opts.target, opts.cgroup.as_deref()).map_err(|source| match source {
         FreezeError::NoProcess(p) => DumpError::NoProcess(p),
         source => DumpError::Freeze { pid, source },
@@ -249,7 +255,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         None => None,
     };
-    let Collected { mut tree, mut plans, contents, objects, tcp, ptys } = collect(&mut frozen, opts.skip_in_flight)?;
+    let Collected { mut tree, mut plans, contents, objects, tcp, ptys, early_flags } =
+        collect(&mut frozen, opts.skip_in_flight, &early)?;
     let mut ptys = Some(ptys);
     tree.volume = volume;
     clock.phase("collect");
@@ -322,6 +329,7 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
         f.release().map_err(|source| DumpError::Freeze { pid, source })?;
         clock.phase("release");
+        early.check(&early_flags)?;
     }
     // Everything is read: the write protection comes off, once the tree
     // runs again (it takes a walk of every page table entry it set, and
@@ -756,7 +764,7 @@ impl Leaderless {
 /// session whose leader is gone), and joins a group led by a process of the
 /// tree in its session, a group whose leader is gone, or the root's.
 fn link_problems(stats: &[(Pid, Stat)], leaderless: &Leaderless) -> Vec<String> {
-    let by_pid: std::collections::HashMap<i32, &Stat> = stats.iter().map(|(p, s)| (p.as_raw(), s)).collect();
+    let by_pid: HashMap<i32, &Stat> = stats.iter().map(|(p, s)| (p.as_raw(), s)).collect();
     let root_of = |mut pid: i32| {
         while let Some(s) = by_pid.get(&pid).filter(|s| by_pid.contains_key(&s.ppid)) {
             pid = s.ppid;
@@ -803,11 +811,12 @@ fn is_self_or_ancestor(pid: Pid) -> bool {
 }
 
 /// Everything but memory contents, gathered while the tree is stopped.
-fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpError> {
+fn collect(frozen: &mut Frozen, skip_in_flight: bool, early: &Layouts) -> Result<Collected, DumpError> {
     // Read again now that it is stopped: it may have changed since pre-flight.
     let mut listed = Vec::new();
     let mut problems = Vec::new();
     let mut shmem = ShmemTable::default();
+    let mut early_flags = Vec::new();
     let tree = frozen.processes().len() + frozen.zombies().len() > 1;
     for p in frozen.processes().iter() {
         let pid = p.pid();
@@ -817,8 +826,10 @@ fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpE
         };
         let at = |p: String| if tree { format!("process {pid}: {p}") } else { p };
         let stat = proc::stat(pid).map_err(proc_err("stat"))?;
-        let maps = proc::parse_smaps(&proc::read(pid, "smaps").map_err(proc_err("smaps"))?)
-            .map_err(|e| proc_err("smaps")(std::io::Error::other(e)))?;
+        let (maps, reused) = early.now(pid)?;
+        if reused {
+            early_flags.push((pid, maps.clone()));
+        }
         let mut plans = Vec::new();
         for m in &maps {
             match memory::plan(m) {
@@ -954,7 +965,7 @@ fn collect(frozen: &mut Frozen, skip_in_flight: bool) -> Result<Collected, DumpE
     }
     let objects =
         shmem.objects.into_iter().map(|(m, file)| (m.id, m.size, m.mm, file, m.sysv.then_some(m.sysv_id))).collect();
-    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp, ptys })
+    Ok(Collected { tree, plans: all_plans, contents: fds.contents, objects, tcp, ptys, early_flags })
 }
 
 /// The fd through which a mapping of socket `ino` (`socket:[ino]`) is
@@ -1090,6 +1101,91 @@ struct Collected {
     /// The tree's pseudo-terminal pairs, their queues read out: put back
     /// when the tree runs on.
     ptys: Vec<fd::pty::Captured>,
+    /// The mappings whose flags were taken from the smaps read before the
+    /// freeze, by process, to check once it runs again ([`Layouts::check`]).
+    early_flags: Vec<(Pid, Vec<proc::Mapping>)>,
+}
+
+/// The mappings of each process as smaps showed them just before the
+/// freeze (a live snapshot let run on). In the freeze a process's maps is
+/// read instead, and when every line of it is one of those, its VmFlags
+/// (advice, locks: what maps does not show) are taken from there. A
+/// mapping whose flags alone changed in between (madvise or mlock of a
+/// whole mapping) leaves its line as it was, so once the tree runs again
+/// smaps is read once more ([`Layouts::check`]): flags that differ from
+/// those taken fail the dump, which is then tried again by whoever asked.
+/// Only flags set and cleared again in the moment between the freeze and
+/// that read go unseen.
+struct Layouts {
+    by_pid: HashMap<Pid, Vec<proc::Mapping>>,
+}
+
+impl Layouts {
+    fn read_early(live: bool, pids: &[Pid]) -> Layouts {
+        let read = |p: &Pid| Some((*p, proc::parse_smaps(&proc::read(*p, "smaps").ok()?).ok()?));
+        Layouts { by_pid: if live { pids.iter().filter_map(read).collect() } else { HashMap::new() } }
+    }
+
+    /// The mappings of frozen process `pid`, and whether their flags are
+    /// those read early.
+    fn now(&self, pid: Pid) -> Result<(Vec<proc::Mapping>, bool), DumpError> {
+        let err = |what: &str| {
+            let what = what.to_owned();
+            move |source| DumpError::Proc { pid, what, source }
+        };
+        let parse = |text: String| proc::parse_smaps(&text).map_err(|e| err("maps")(std::io::Error::other(e)));
+        if let Some(early) = self.by_pid.get(&pid) {
+            let mut maps = parse(proc::read(pid, "maps").map_err(err("maps"))?)?;
+            let all = maps.iter_mut().all(|m| match early.iter().find(|e| same_line(e, m)) {
+                Some(e) => {
+                    m.vm_flags = e.vm_flags.clone();
+                    true
+                }
+                None => false,
+            });
+            if all {
+                return Ok((maps, true));
+            }
+        }
+        Ok((parse(proc::read(pid, "smaps").map_err(err("smaps"))?)?, false))
+    }
+
+    /// With the tree running again: whether the flags taken from the early
+    /// read are those it has now (what the dump made of them, that is).
+    fn check(&self, taken: &[(Pid, Vec<proc::Mapping>)]) -> Result<(), DumpError> {
+        let made = |m: &proc::Mapping| memory::plan(m).map(|p| (p.vma.flags, p.vma.madvise, p.vma.may_write, p.pages));
+        for (pid, maps) in taken {
+            // Gone since: nothing to compare with.
+            let Ok(text) = proc::read(*pid, "smaps") else { continue };
+            let now = proc::parse_smaps(&text).unwrap_or_default();
+            for m in maps {
+                let Some(n) = now.iter().find(|n| same_line(n, m)) else { continue };
+                if made(m) != made(n) {
+                    return Err(DumpError::Raced {
+                        pid: *pid,
+                        what: format!(
+                            "the flags of mapping {:#x}-{:#x} {} (madvise, mlock) while it was frozen: it had \
+                             [{}] just before and [{}] just after",
+                            m.start,
+                            m.end,
+                            m.name,
+                            m.vm_flags.join(" "),
+                            n.vm_flags.join(" ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two mappings read at different times show the same line of
+/// maps (flags aside).
+fn same_line(a: &proc::Mapping, b: &proc::Mapping) -> bool {
+    (a.start, a.end, a.read, a.write, a.exec, a.shared, a.offset, a.dev, a.inode)
+        == (b.start, b.end, b.read, b.write, b.exec, b.shared, b.offset, b.dev, b.inode)
+        && a.name == b.name
 }
 
 /// Files up to this size behind shared writable mappings are hashed: writes
@@ -1486,6 +1582,42 @@ pub fn holds_image(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flags of a mapping come from the smaps read before the freeze
+    /// when its maps line is unchanged; advice given to the whole mapping
+    /// in between leaves the line as it was, and the read after the
+    /// release fails the dump, naming the mapping.
+    #[test]
+    fn flags_read_before_the_freeze_are_checked_after_it() {
+        use stasis_sys::nix::sys::mman::MmapAdvise;
+        let m = stasis_sys::mman::AnonMapping::new(4).unwrap();
+        let me = Pid::this();
+        let flags_of = |maps: &[proc::Mapping]| maps.iter().find(|x| x.start == m.addr()).unwrap().vm_flags.clone();
+        // Another thread of the test binary may map something meanwhile,
+        // which makes the freeze read smaps whole: tried a few times.
+        for _ in 0..20 {
+            m.advise(MmapAdvise::MADV_DOFORK).unwrap();
+            let early = Layouts::read_early(true, &[me]);
+            let (maps, reused) = early.now(me).unwrap();
+            if !reused {
+                continue;
+            }
+            early.check(&[(me, maps.clone())]).expect("nothing changed");
+            m.advise(MmapAdvise::MADV_DONTFORK).unwrap();
+            let (maps, reused) = early.now(me).unwrap();
+            if !reused {
+                continue;
+            }
+            assert!(!flags_of(&maps).iter().any(|f| f == "dc"), "the early flags, without dc");
+            let err = early.check(&[(me, maps)]).expect_err("the flags changed").to_string();
+            assert!(err.contains(&format!("{:#x}-", m.addr())) && err.contains("dump it again"), "{err}");
+            // Without the early read, the freeze reads smaps itself.
+            let (maps, reused) = Layouts::read_early(false, &[me]).now(me).unwrap();
+            assert!(!reused && flags_of(&maps).iter().any(|f| f == "dc"));
+            return;
+        }
+        panic!("the test process's mappings never stayed still");
+    }
 
     #[test]
     fn missing_process_is_named() {
