@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use stasis_checkpoint::dump;
 use stasis_checkpoint::restore;
+use stasis_sys::nix::sys::prctl;
 use stasis_volume::Volume;
 
 use crate::output::{bytes, json};
@@ -42,6 +43,18 @@ use crate::Outcome;
 /// writes 1% of its pages every 10 ms (a busy in-memory service), and
 /// its check also finds any page whose copy is older or newer than the
 /// rest of the image.
+///
+/// With CRIU (`--criu PATH`, or a `criu` found on PATH that passes `criu
+/// check`), each case is also run through it, as many times, on the same
+/// workload: `criu dump --shell-job` (with --live: `criu pre-dump
+/// --track-mem`, then `criu dump --leave-running` on top of it, CRIU's own
+/// copy ahead; where CRIU cannot track written memory, as without
+/// soft-dirty bits, the dump alone), `criu restore --shell-job
+/// --restore-detached`, and the same
+/// check of the restored memory. CRIU's frozen time is its own figure
+/// (--display-stats); its dump and restore times are those of its
+/// commands. The table then adds a row for CRIU and one of ratios
+/// (stasis / CRIU: below 1 is stasis faster or smaller).
 ///
 /// These are figures, not a pass/fail test of speed. Exit status: 0 when
 /// every restore verified, 1 otherwise, 2 for bad arguments.
@@ -78,6 +91,10 @@ pub struct Args {
     /// The workload writes 1% of its pages every 10 ms instead of sleeping.
     #[arg(long)]
     writer: bool,
+    /// The CRIU binary to run each case through too; without it, `criu`
+    /// on PATH is used when it passes `criu check`.
+    #[arg(long, value_name = "PATH")]
+    criu: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -123,6 +140,30 @@ impl Spread {
     }
 }
 
+/// The same case run through CRIU.
+#[derive(Debug, serde::Serialize)]
+struct CriuCase {
+    frozen_ms: Spread,
+    dump_ms: Spread,
+    dump_mib_per_s: Spread,
+    image_bytes: Spread,
+    restore_ms: Spread,
+    /// With --live: `criu pre-dump`, before the dump.
+    pre_copy_ms: Option<Spread>,
+    verified: bool,
+    /// stasis's medians over CRIU's: frozen, dump, image, restore.
+    ratios: Ratios,
+    runs: Vec<Run>,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Ratios {
+    frozen: f64,
+    dump: f64,
+    image: f64,
+    restore: f64,
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Case {
     mib: u64,
@@ -137,6 +178,8 @@ struct Case {
     pre_copy_ms: Option<Spread>,
     verified: bool,
     runs: Vec<Run>,
+    /// The same workloads through CRIU, when it runs here.
+    criu: Option<CriuCase>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -146,6 +189,8 @@ struct Report {
     writer: bool,
     kernel: String,
     cpus: usize,
+    /// `criu --version`'s first line, when CRIU was run too.
+    criu: Option<String>,
     cases: Vec<Case>,
     all_verified: bool,
 }
@@ -158,7 +203,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => Ok(None),
         Some(path) => BenchVolume::new(path).map(Some),
     };
-    let result = volume.and_then(|v| bench(&args, &root, v.as_ref(), &cancel));
+    let criu = Criu::find(args.criu.as_deref(), args.volume.is_some())?;
+    let result = volume.and_then(|v| bench(&args, &root, v.as_ref(), criu.as_ref(), &cancel));
     if let Err(e) = fs::remove_dir_all(&root) {
         eprintln!("stasis: cannot remove {}: {e}", root.display());
     }
@@ -168,7 +214,8 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         writer: args.writer,
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        all_verified: cases.iter().all(|c| c.verified),
+        criu: criu.map(|c| c.version),
+        all_verified: cases.iter().all(|c| c.verified && c.criu.as_ref().is_none_or(|c| c.verified)),
         cases,
     };
     if args.json {
@@ -217,7 +264,13 @@ impl Drop for BenchSnapshot {
     }
 }
 
-fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel) -> anyhow::Result<Vec<Case>> {
+fn bench(
+    args: &Args,
+    root: &Path,
+    volume: Option<&BenchVolume>,
+    criu: Option<&Criu>,
+    cancel: &Cancel,
+) -> anyhow::Result<Vec<Case>> {
     let exe = workload::stasis_exe()?;
     let mut cases = Vec::new();
     for &mib in &args.mib {
@@ -259,7 +312,54 @@ fn bench(args: &Args, root: &Path, volume: Option<&BenchVolume>, cancel: &Cancel
                     .collect::<Option<Vec<u64>>>()
                     .map(|v| Spread::of(v.into_iter().map(|us| us as f64 / 1e3).collect()))
             };
+            let mut criu_runs = Vec::new();
+            for n in 1..=args.runs {
+                let Some(criu) = criu else { break };
+                let dir = root.join(format!("{mib}-{}-criu-{n}", pattern.name()));
+                let run = criu
+                    .one_run(&exe, (mib, pattern), &dir, args, cancel)
+                    .with_context(|| format!("run {n} of {mib} MiB {} through CRIU failed", pattern.name()))?;
+                eprintln!(
+                    "stasis bench: {mib} MiB {} run {n}/{} through CRIU: {}frozen {:.1} ms, dump {:.1} ms, image {}, \
+                     restore {:.1} ms, {}",
+                    pattern.name(),
+                    args.runs,
+                    run.pre_copy_us.map_or(String::new(), |us| format!("pre-dump {:.1} ms, ", us as f64 / 1e3)),
+                    run.frozen_us as f64 / 1e3,
+                    run.dump_us as f64 / 1e3,
+                    bytes(run.image_bytes),
+                    run.restore_us as f64 / 1e3,
+                    run.verdict
+                );
+                fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+                criu_runs.push(run);
+            }
+            let criu = (!criu_runs.is_empty()).then(|| {
+                let of = |runs: &[Run], f: fn(&Run) -> f64| Spread::of(runs.iter().map(f).collect());
+                let ratio = |f: fn(&Run) -> f64| of(&runs, f).median / of(&criu_runs, f).median.max(f64::MIN_POSITIVE);
+                CriuCase {
+                    frozen_ms: of(&criu_runs, |r| r.frozen_us as f64 / 1e3),
+                    dump_ms: of(&criu_runs, |r| r.dump_us as f64 / 1e3),
+                    dump_mib_per_s: of(&criu_runs, |r| r.dump_mib_per_s),
+                    image_bytes: of(&criu_runs, |r| r.image_bytes as f64),
+                    restore_ms: of(&criu_runs, |r| r.restore_us as f64 / 1e3),
+                    pre_copy_ms: criu_runs
+                        .iter()
+                        .map(|r| r.pre_copy_us)
+                        .collect::<Option<Vec<u64>>>()
+                        .map(|v| Spread::of(v.into_iter().map(|us| us as f64 / 1e3).collect())),
+                    verified: criu_runs.iter().all(|r| r.verified),
+                    ratios: Ratios {
+                        frozen: ratio(|r| r.frozen_us as f64),
+                        dump: ratio(|r| r.dump_us as f64),
+                        image: ratio(|r| r.image_bytes as f64),
+                        restore: ratio(|r| r.restore_us as f64),
+                    },
+                    runs: criu_runs,
+                }
+            });
             cases.push(Case {
+                criu,
                 mib,
                 pattern,
                 frozen_ms: spread(|r| r.frozen_us as f64 / 1e3),
@@ -363,6 +463,158 @@ fn one_run(
     })
 }
 
+/// A CRIU binary that works here, to compare with.
+struct Criu {
+    exe: PathBuf,
+    version: String,
+    /// Whether it can track memory written (soft-dirty bits), which its
+    /// copy ahead (pre-dump) needs.
+    track_mem: bool,
+}
+
+impl Criu {
+    /// `exe`, or `criu` on PATH; one given that does not work is an error,
+    /// one found that does not is left out with a word on stderr.
+    fn find(exe: Option<&Path>, with_volume: bool) -> anyhow::Result<Option<Criu>> {
+        let (exe, given) = match exe {
+            Some(e) => (e.to_path_buf(), true),
+            None => match std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .map(|d| d.join("criu"))
+                .find(|p| p.is_file())
+            {
+                Some(p) => (p, false),
+                None => return Ok(None),
+            },
+        };
+        let works = || -> anyhow::Result<String> {
+            anyhow::ensure!(!with_volume, "--volume snapshots are stasis's alone");
+            let out = std::process::Command::new(&exe)
+                .arg("check")
+                .output()
+                .with_context(|| format!("cannot run {}", exe.display()))?;
+            let said = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_owned();
+            anyhow::ensure!(out.status.success(), "`criu check` failed: {said}");
+            let version = std::process::Command::new(&exe).arg("--version").output()?;
+            Ok(String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").trim().to_owned())
+        };
+        match works() {
+            Ok(version) => {
+                let track = std::process::Command::new(&exe).args(["check", "--feature", "mem_dirty_track"]).output();
+                let track_mem = track.is_ok_and(|o| o.status.success());
+                if !track_mem {
+                    eprintln!(
+                        "stasis bench: CRIU cannot track written memory here (no soft-dirty bits): its dumps with \
+                         --live copy all memory frozen, without a pre-dump"
+                    );
+                }
+                Ok(Some(Criu { exe, version, track_mem }))
+            }
+            Err(e) if given => Err(e.context(format!("cannot compare with {}", exe.display()))),
+            Err(e) => {
+                eprintln!("stasis bench: not comparing with {}: {e:#}", exe.display());
+                Ok(None)
+            }
+        }
+    }
+
+    /// One dump and restore through CRIU, of the same workload as
+    /// [`one_run`], checked the same way.
+    fn one_run(
+        &self,
+        exe: &Path,
+        (mib, pattern): (u64, Pattern),
+        dir: &Path,
+        args: &Args,
+        cancel: &Cancel,
+    ) -> anyhow::Result<Run> {
+        let work = dir.join("work");
+        let images = dir.join("image");
+        fs::create_dir_all(&images).with_context(|| format!("cannot create {}", images.display()))?;
+        let mut wl_args: Vec<String> =
+            ["memory", "--mib", &mib.to_string(), "--pattern", pattern.name(), "--dir", &work.display().to_string()]
+                .map(str::to_owned)
+                .to_vec();
+        if args.writer {
+            wl_args.push("--dirty".to_owned());
+        }
+        let slack = Duration::from_secs(30 + mib / 16);
+        let mut wl = Workload::spawn(exe, &work, &wl_args)?;
+        wl.wait_ready(slack, cancel)?;
+        let pid = wl.pid.to_string();
+        let mut pre_copy_us = None;
+        let mut dump: Vec<&str> = vec!["dump", "-t", &pid, "--shell-job", "--display-stats"];
+        let parent = dir.join("pre");
+        if args.live && !self.track_mem {
+            dump.push("--leave-running");
+        } else if args.live {
+            fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            let started = Instant::now();
+            self.command(&["pre-dump", "-t", &pid, "--track-mem", "-D"], &parent)?;
+            pre_copy_us = Some(started.elapsed().as_micros() as u64);
+            dump.extend(["--track-mem", "--leave-running", "--prev-images-dir", "../pre"]);
+        }
+        dump.push("-D");
+        let started = Instant::now();
+        let said = self.command(&dump, &images)?;
+        let dump_us = started.elapsed().as_micros() as u64;
+        let frozen_us = said
+            .lines()
+            .find_map(|l| l.strip_prefix("Frozen time:")?.trim().strip_suffix("us")?.trim().parse().ok())
+            .context("`criu dump --display-stats` gave no frozen time")?;
+        let image_bytes = dir_bytes(&images) + dir_bytes(&parent);
+        match args.live {
+            true => wl.kill_and_reap()?,
+            false => wl.reap_killed()?,
+        };
+        // The restored process is CRIU's child until CRIU exits, then this
+        // one's, which waits for it after its check.
+        prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
+        let started = Instant::now();
+        self.command(&["restore", "--shell-job", "--restore-detached", "-D"], &images)?;
+        let restore_us = started.elapsed().as_micros() as u64;
+        wl.restored(wl.pid);
+        let verdict = wl.check(slack, cancel)?;
+        let logical = mib << 20;
+        Ok(Run {
+            frozen_us,
+            dump_us,
+            dump_mib_per_s: logical as f64 / (1 << 20) as f64 / (dump_us.max(1) as f64 / 1e6),
+            logical_bytes: logical,
+            image_bytes,
+            restore_us,
+            volume_us: None,
+            rollback_us: None,
+            pre_copy_us,
+            verified: verdict.starts_with("ok"),
+            verdict,
+        })
+    }
+
+    /// `criu ARGS DIR` (the image directory last, also its log's place);
+    /// what it printed.
+    fn command(&self, args: &[&str], dir: &Path) -> anyhow::Result<String> {
+        let out = std::process::Command::new(&self.exe)
+            .args(args)
+            .arg(dir)
+            .args(["-o", "criu.log", "-v4"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", self.exe.display()))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "`criu {}` failed ({}); see {}/criu.log: {}",
+            args.join(" "),
+            out.status,
+            dir.display(),
+            said.lines().last().unwrap_or_default()
+        );
+        Ok(said)
+    }
+}
+
 /// `mib` MiB of incompressible bytes written to `path` and not synced.
 fn write_unsynced(path: &Path, mib: u64) -> anyhow::Result<()> {
     use std::io::Write;
@@ -387,6 +639,9 @@ fn print_table(r: &Report) {
     println!("figures: median (min-max) of {} run(s) each", r.cases.first().map_or(0, |c| c.runs.len()));
     if r.writer {
         println!("writer:  each workload writes 1% of its pages every 10 ms");
+    }
+    if let Some(v) = &r.criu {
+        println!("CRIU:    {v}, the same workloads (stasis/CRIU below 1: stasis faster or smaller)");
     }
     println!();
     let with_volume = r.cases.iter().any(|c| c.volume_ms.is_some());
@@ -432,6 +687,38 @@ fn print_table(r: &Report) {
             row.insert(2, c.pre_copy_ms.map_or_else(|| "-".into(), ms));
         }
         rows.push(row);
+        // CRIU's figures, then stasis's over them (no volume with CRIU).
+        if let Some(k) = &c.criu {
+            let mut row = vec![
+                String::new(),
+                "CRIU".to_owned(),
+                ms(k.frozen_ms),
+                ms(k.dump_ms),
+                format!("{:.0} ({:.0}-{:.0})", k.dump_mib_per_s.median, k.dump_mib_per_s.min, k.dump_mib_per_s.max),
+                bytes(k.image_bytes.median as u64),
+                format!("{:.1}%", k.image_bytes.median / logical as f64 * 100.0),
+                ms(k.restore_ms),
+                if k.verified { "ok".into() } else { "FAILED".into() },
+            ];
+            let x = |r: f64| format!("{r:.2}x");
+            let mut ratios = vec![
+                String::new(),
+                "stasis/CRIU".to_owned(),
+                x(k.ratios.frozen),
+                x(k.ratios.dump),
+                "-".into(),
+                x(k.ratios.image),
+                "-".into(),
+                x(k.ratios.restore),
+                "-".into(),
+            ];
+            if live {
+                row.insert(2, k.pre_copy_ms.map_or_else(|| "-".into(), ms));
+                ratios.insert(2, "-".into());
+            }
+            rows.push(row);
+            rows.push(ratios);
+        }
     }
     let widths: Vec<usize> = (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     for row in &rows {
