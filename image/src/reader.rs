@@ -166,8 +166,8 @@ impl Image {
         self.pack.read_exact_at(&mut frame, e.offset).map_err(|source| ReadError::Io { path: path.clone(), source })?;
         let corrupt = |what: String| ReadError::Chunk { path: path.clone(), id: e.id, what };
         // The capacity bounds what a hostile frame can make us allocate.
-        let data = zstd::bulk::decompress(&frame, e.raw_len as usize)
-            .map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+        let data =
+            decompress(&frame, e.raw_len as usize).map_err(|err| corrupt(format!("does not decompress: {err}")))?;
         if data.len() != e.raw_len as usize {
             return Err(corrupt(format!("decompresses to {} bytes, not {}", data.len(), e.raw_len)));
         }
@@ -204,11 +204,19 @@ impl Image {
         let mut report = VerifyReport::default();
         let mut image = Some(self);
         while let Some(i) = image {
-            for e in i.manifest.chunks.entries() {
-                i.read_own_chunk(e)?;
-                report.chunks_checked += 1;
-                report.bytes_checked += u64::from(e.raw_len);
-            }
+            // Every chunk read back, decompressed and hashed, on all cores.
+            let entries = i.manifest.chunks.entries();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let per = entries.len().div_ceil(threads).max(1);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = entries
+                    .chunks(per)
+                    .map(|part| scope.spawn(move || part.iter().try_for_each(|e| i.read_own_chunk(e).map(drop))))
+                    .collect();
+                parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
+            })?;
+            report.chunks_checked += entries.len() as u64;
+            report.bytes_checked += entries.iter().map(|e| u64::from(e.raw_len)).sum::<u64>();
             for region in &i.manifest.memory.regions {
                 for ((_, len), id) in chunk_windows(region.start, region.len, i.manifest.info.chunk_size)
                     .zip(region.chunk_ids.chunks_exact(32))
@@ -366,4 +374,23 @@ fn validate_memory(memory: &MemoryIndex, chunk_size: u32) -> Result<(), String> 
 /// Whether `dir` holds a manifest at all (complete or not).
 pub fn looks_like_image(dir: &Path) -> bool {
     fs::metadata(dir.join(MANIFEST_NAME)).is_ok()
+}
+
+thread_local! {
+    /// A decompression context per thread: making one per chunk costs more
+    /// than many chunks take to decompress.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `frame` decompressed, into at most `capacity` bytes.
+pub(crate) fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let d = match cell.as_mut() {
+            Some(d) => d,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(frame, capacity)
+    })
 }

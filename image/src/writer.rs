@@ -36,11 +36,59 @@ pub struct WriteOptions {
     pub parent: Option<PathBuf>,
     /// Worker threads for hashing and compression; 0 means one per CPU.
     pub threads: usize,
+    /// Have the pack written to disk while it grows (fdatasync from a
+    /// thread of its own every [`FLUSH_EVERY`] bytes), so that `finish`'s
+    /// sync has little left to wait for. Worth it when the pack is kept as
+    /// it is written; a pack whose chunks are mostly replaced later (a
+    /// live snapshot's first copy) is better left in the page cache.
+    pub flush_early: bool,
 }
+
+/// Bytes appended to the pack between early flushes.
+pub const FLUSH_EVERY: u64 = 64 << 20;
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { chunk_size: 64 * 1024, zstd_level: 1, parent: None, threads: 0 }
+        WriteOptions { chunk_size: 64 * 1024, zstd_level: 1, parent: None, threads: 0, flush_early: false }
+    }
+}
+
+/// The thread that syncs the pack while it is written.
+#[derive(Debug)]
+struct Flusher {
+    wake: std::sync::mpsc::Sender<()>,
+    done: std::thread::JoinHandle<std::io::Result<()>>,
+    /// Bytes appended since it was last woken.
+    pending: u64,
+}
+
+impl Flusher {
+    fn start(file: &File) -> std::io::Result<Flusher> {
+        let file = file.try_clone()?;
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        let done = std::thread::spawn(move || {
+            while woken.recv().is_ok() {
+                // One sync for every wake-up that came meanwhile.
+                while woken.try_recv().is_ok() {}
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        Ok(Flusher { wake, done, pending: 0 })
+    }
+
+    fn wrote(&mut self, bytes: u64) {
+        self.pending += bytes;
+        if self.pending >= FLUSH_EVERY {
+            self.pending = 0;
+            // A flusher that stopped on an error reports it at `stop`.
+            let _ = self.wake.send(());
+        }
+    }
+
+    fn stop(self) -> std::io::Result<()> {
+        drop(self.wake);
+        self.done.join().unwrap_or_else(|_| Err(std::io::Error::other("the pack's flusher panicked")))
     }
 }
 
@@ -85,6 +133,7 @@ pub struct ImageWriter {
     spans: BTreeMap<(u32, u64), u64>,
     processes: Option<ProcessTree>,
     stats: WriteStats,
+    flusher: Option<Flusher>,
 }
 
 impl ImageWriter {
@@ -121,7 +170,12 @@ impl ImageWriter {
             .truncate(true)
             .open(&pack_path)
             .map_err(|source| WriteError::Io { path: pack_path.clone(), source })?;
+        let flusher = match opts.flush_early {
+            true => Some(Flusher::start(&file).map_err(|source| WriteError::Io { path: pack_path.clone(), source })?),
+            false => None,
+        };
         Ok(ImageWriter {
+            flusher,
             dir: dir.to_owned(),
             opts,
             pack_path,
@@ -225,7 +279,7 @@ impl ImageWriter {
         pack.flush().map_err(&io)?;
         let mut frame = vec![0; e.stored_len as usize];
         pack.get_ref().read_exact_at(&mut frame, e.offset).map_err(&io)?;
-        zstd::bulk::decompress(&frame, e.raw_len as usize).map_err(io)
+        crate::reader::decompress(&frame, e.raw_len as usize).map_err(io)
     }
 
     fn threads(&self) -> usize {
@@ -263,13 +317,21 @@ impl ImageWriter {
             self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
         };
         let work = |part: &[&[u8]]| -> Result<Vec<Hashed>, WriteError> {
+            // One context for the part: making one per chunk costs about
+            // as much as compressing memory that does not compress.
+            let mut zstd = None;
             part.iter()
                 .map(|s| {
                     let id = ChunkId::of(s);
                     if known(&id) {
                         return Ok((id, None));
                     }
-                    let frame = zstd::bulk::compress(s, level).map_err(|source| WriteError::Compress { id, source })?;
+                    let err = |source| WriteError::Compress { id, source };
+                    let zstd = match &mut zstd {
+                        Some(z) => z,
+                        None => zstd.insert(zstd::bulk::Compressor::new(level).map_err(err)?),
+                    };
+                    let frame = zstd.compress(s).map_err(err)?;
                     Ok((id, Some(frame)))
                 })
                 .collect()
@@ -301,6 +363,9 @@ impl ImageWriter {
         pack.write_all(&frame).map_err(|source| WriteError::Io { path: self.pack_path.clone(), source })?;
         let entry = ChunkEntry { id, offset: self.pack_len, stored_len: frame.len() as u32, raw_len };
         self.pack_len += frame.len() as u64;
+        if let Some(f) = self.flusher.as_mut() {
+            f.wrote(frame.len() as u64);
+        }
         self.stats.stored_bytes += frame.len() as u64;
         self.stats.chunks_stored += 1;
         self.table.insert(id, entry);
@@ -327,6 +392,9 @@ impl ImageWriter {
         let pack = self.pack.take().expect("pack is open until finish");
         let mut file =
             pack.into_inner().map_err(|e| WriteError::Io { path: self.pack_path.clone(), source: e.into_error() })?;
+        if let Some(f) = self.flusher.take() {
+            f.stop().map_err(io(&self.pack_path))?;
+        }
         if let Some(compact) = self.without_unused_chunks(&mut file)? {
             file = compact;
         }

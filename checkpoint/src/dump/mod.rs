@@ -209,7 +209,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
 
     // The image is started before the freeze: a live snapshot stores the
     // memory it copies while the tree runs.
-    let mut writer = ImageWriter::create(&opts.images, opts.write.clone())?;
+    // A tree to be killed must be on disk before it is: its pack goes to
+    // disk while it is written, so the last sync is short. One let run on
+    // may replace most of what it copies ahead: left to the page cache.
+    let write = WriteOptions { flush_early: !opts.leave_running, ..opts.write.clone() };
+    let mut writer = ImageWriter::create(&opts.images, write)?;
     let mut pre_copy_report = None;
     let mut pre_copy = None;
     if opts.pre_copy {
