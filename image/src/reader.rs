@@ -177,6 +177,14 @@ impl Image {
         Ok(data)
     }
 
+    /// The chunks `region` is made of: the address and length of each
+    /// window, and its chunk's id, in address order.
+    pub fn region_chunks<'r>(&self, region: &'r MemoryRegion) -> impl Iterator<Item = (u64, u64, ChunkId)> + 'r {
+        chunk_windows(region.start, region.len, self.manifest.info.chunk_size)
+            .zip(region.chunk_ids.chunks_exact(32))
+            .map(|((at, len), id)| (at, len, ChunkId(id.try_into().expect("32 bytes"))))
+    }
+
     /// The bytes of one memory region of this image, assembled from chunks.
     pub fn read_region(&self, region: &MemoryRegion) -> Result<Vec<u8>, ReadError> {
         let mut out = Vec::with_capacity(region.len as usize);

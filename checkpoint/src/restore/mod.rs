@@ -2117,17 +2117,81 @@ fn current_maps(pid: Pid) -> Result<Vec<Current>, RestoreError> {
 /// Write the stored pages of address space `mm` through /proc/PID/mem,
 /// which also writes read-only and PROT_NONE pages (FOLL_FORCE).
 fn write_memory(image: &Image, pid: Pid, mm: u32, progress: &dyn Fn(u64, u64)) -> Result<u64, RestoreError> {
+    /// Chunks read and written by one worker at a time, and written to
+    /// the process in one call when they follow each other.
+    const PIECE: usize = 128;
     let mem = ProcMem::open(pid, true).map_err(|e| step("memory")(crate::chain(&e)))?;
     let total: u64 = image.memory().iter().filter(|r| r.mm == mm).map(|r| r.len).sum();
-    let mut pages = 0;
-    for region in image.memory().iter().filter(|r| r.mm == mm) {
-        let data = image.read_region(region).map_err(|e| step("memory")(crate::chain(&e)))?;
-        mem.write_all_at(RemoteAddr(region.start), &data)
-            .map_err(|e| step("memory")(format!("at {:#x}: {e}", region.start)))?;
-        pages += region.len / PAGE;
-        progress(pages * PAGE, total);
+    let chunks: Vec<(u64, u64, stasis_image::ChunkId)> =
+        image.memory().iter().filter(|r| r.mm == mm).flat_map(|r| image.region_chunks(r)).collect();
+    // On all cores: each worker takes the next piece, reads its chunks
+    // (decompressed, their hashes checked) and writes them.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunks.len().div_ceil(PIECE));
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pieces = chunks.len().div_ceil(PIECE);
+    let next = AtomicUsize::new(0);
+    let (mem, chunks, next) = (&mem, &chunks, &next);
+    std::thread::scope(|scope| {
+        let (done, written) = std::sync::mpsc::channel::<Result<u64, RestoreError>>();
+        for _ in 0..workers {
+            let done = done.clone();
+            scope.spawn(move || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= pieces {
+                    return;
+                }
+                let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
+                if done.send(write_piece(image, mem, piece)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done);
+        let mut bytes = 0;
+        for w in written {
+            match w {
+                Ok(n) => {
+                    bytes += n;
+                    progress(bytes, total);
+                }
+                Err(e) => {
+                    // The others stop at their next piece.
+                    next.store(pieces, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(bytes / PAGE)
+    })
+}
+
+/// The chunks of `piece` read from `image` and written into `mem`, runs
+/// of adjacent windows in one write; the bytes written.
+fn write_piece(image: &Image, mem: &ProcMem, piece: &[(u64, u64, stasis_image::ChunkId)]) -> Result<u64, RestoreError> {
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_at = 0;
+    let flush = |at: u64, run: &mut Vec<u8>| -> Result<(), RestoreError> {
+        if !run.is_empty() {
+            mem.write_all_at(RemoteAddr(at), run).map_err(|e| step("memory")(format!("at {at:#x}: {e}")))?;
+            run.clear();
+        }
+        Ok(())
+    };
+    let mut bytes = 0;
+    for &(at, len, id) in piece {
+        let data = image.read_chunk(&id).map_err(|e| step("memory")(crate::chain(&e)))?;
+        if data.len() as u64 != len {
+            return Err(step("memory")(format!("chunk {id} at {at:#x} holds {} bytes, not {len}", data.len())));
+        }
+        if run_at + run.len() as u64 != at {
+            flush(run_at, &mut run)?;
+            run_at = at;
+        }
+        run.extend_from_slice(&data);
+        bytes += len;
     }
-    Ok(pages)
+    flush(run_at, &mut run)?;
+    Ok(bytes)
 }
 
 /// Injected calls into one puppet thread, with the scratch area at hand.
