@@ -240,6 +240,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     // kernel walks every page of it for the sizes: ~18 ms a GiB), and in
     // the freeze only its maps ([`Layouts`]).
     let early = Layouts::read_early(opts.leave_running && pre_copy.is_some(), &listed.pids);
+    if !early.by_pid.is_empty() {
+        clock.phase("mappings");
+    }
     let mut frozen = freeze::freeze(&opts.target, opts.cgroup.as_deref()).map_err(|source| match source {
         FreezeError::NoProcess(p) => DumpError::NoProcess(p),
         source => DumpError::Freeze { pid, source },
