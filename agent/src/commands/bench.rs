@@ -189,7 +189,7 @@ struct Report {
     writer: bool,
     kernel: String,
     cpus: usize,
-    /// `criu --version`'s first line, when CRIU was run too.
+    /// CRIU's version (`criu --version`), when it was run too.
     criu: Option<String>,
     cases: Vec<Case>,
     all_verified: bool,
@@ -497,7 +497,9 @@ impl Criu {
             let said = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_owned();
             anyhow::ensure!(out.status.success(), "`criu check` failed: {said}");
             let version = std::process::Command::new(&exe).arg("--version").output()?;
-            Ok(String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").trim().to_owned())
+            // "Version: 4.2" -> "4.2".
+            let first = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").trim().to_owned();
+            Ok(first.strip_prefix("Version:").map_or(first.clone(), |v| v.trim().to_owned()))
         };
         match works() {
             Ok(version) => {
