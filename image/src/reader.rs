@@ -188,10 +188,7 @@ impl Image {
     /// The bytes of one memory region of this image, assembled from chunks.
     pub fn read_region(&self, region: &MemoryRegion) -> Result<Vec<u8>, ReadError> {
         let mut out = Vec::with_capacity(region.len as usize);
-        for ((_, len), id) in chunk_windows(region.start, region.len, self.manifest.info.chunk_size)
-            .zip(region.chunk_ids.chunks_exact(32))
-        {
-            let id = ChunkId(id.try_into().expect("32 bytes"));
+        for (_, len, id) in self.region_chunks(region) {
             let data = self.read_chunk(&id)?;
             if data.len() as u64 != len {
                 return Err(ReadError::Chunk {

@@ -140,20 +140,53 @@ impl Spread {
     }
 }
 
-/// The same case run through CRIU.
+/// The figures of a case's runs, by one tool: median, min and max of each.
 #[derive(Debug, serde::Serialize)]
-struct CriuCase {
+struct Figures {
     frozen_ms: Spread,
     dump_ms: Spread,
     dump_mib_per_s: Spread,
     image_bytes: Spread,
     restore_ms: Spread,
-    /// With --live: `criu pre-dump`, before the dump.
+    volume_ms: Option<Spread>,
+    rollback_ms: Option<Spread>,
+    /// With --live: the copy ahead (CRIU's pre-dump), before the freeze.
     pre_copy_ms: Option<Spread>,
     verified: bool,
+    runs: Vec<Run>,
+}
+
+impl Figures {
+    fn of(runs: Vec<Run>) -> Figures {
+        let spread = |f: fn(&Run) -> f64| Spread::of(runs.iter().map(f).collect());
+        let optional = |f: fn(&Run) -> Option<u64>| {
+            runs.iter()
+                .map(f)
+                .collect::<Option<Vec<u64>>>()
+                .map(|v| Spread::of(v.into_iter().map(|us| us as f64 / 1e3).collect()))
+        };
+        Figures {
+            frozen_ms: spread(|r| r.frozen_us as f64 / 1e3),
+            dump_ms: spread(|r| r.dump_us as f64 / 1e3),
+            dump_mib_per_s: spread(|r| r.dump_mib_per_s),
+            image_bytes: spread(|r| r.image_bytes as f64),
+            restore_ms: spread(|r| r.restore_us as f64 / 1e3),
+            volume_ms: optional(|r| r.volume_us),
+            rollback_ms: optional(|r| r.rollback_us),
+            pre_copy_ms: optional(|r| r.pre_copy_us),
+            verified: runs.iter().all(|r| r.verified),
+            runs,
+        }
+    }
+}
+
+/// The same case run through CRIU.
+#[derive(Debug, serde::Serialize)]
+struct CriuCase {
+    #[serde(flatten)]
+    figures: Figures,
     /// stasis's medians over CRIU's: frozen, dump, image, restore.
     ratios: Ratios,
-    runs: Vec<Run>,
 }
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -168,16 +201,8 @@ struct Ratios {
 struct Case {
     mib: u64,
     pattern: Pattern,
-    frozen_ms: Spread,
-    dump_ms: Spread,
-    dump_mib_per_s: Spread,
-    image_bytes: Spread,
-    restore_ms: Spread,
-    volume_ms: Option<Spread>,
-    rollback_ms: Option<Spread>,
-    pre_copy_ms: Option<Spread>,
-    verified: bool,
-    runs: Vec<Run>,
+    #[serde(flatten)]
+    figures: Figures,
     /// The same workloads through CRIU, when it runs here.
     criu: Option<CriuCase>,
 }
@@ -215,7 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         criu: criu.map(|c| c.version),
-        all_verified: cases.iter().all(|c| c.verified && c.criu.as_ref().is_none_or(|c| c.verified)),
+        all_verified: cases.iter().all(|c| c.figures.verified && c.criu.as_ref().is_none_or(|k| k.figures.verified)),
         cases,
     };
     if args.json {
@@ -282,36 +307,10 @@ fn bench(
                 let on_volume = volume.map(|v| (v, case.as_str()));
                 let run = one_run(&exe, (mib, pattern), &dir, on_volume, args, cancel)
                     .with_context(|| format!("run {n} of {mib} MiB {} failed", pattern.name()))?;
-                let live_part = match run.pre_copy_us {
-                    Some(us) => format!("copied ahead in {:.1} ms, ", us as f64 / 1e3),
-                    None => String::new(),
-                };
-                let volume_part = match (run.volume_us, run.rollback_us) {
-                    (Some(v), Some(r)) => {
-                        format!(" (volume snapshot {:.1} ms), rollback {:.1} ms", v as f64 / 1e3, r as f64 / 1e3)
-                    }
-                    _ => String::new(),
-                };
-                eprintln!(
-                    "stasis bench: {mib} MiB {} run {n}/{}: {live_part}frozen {:.1} ms{volume_part}, dump {:.1} ms, image {}, restore {:.1} ms, {}",
-                    pattern.name(),
-                    args.runs,
-                    run.frozen_us as f64 / 1e3,
-                    run.dump_us as f64 / 1e3,
-                    bytes(run.image_bytes),
-                    run.restore_us as f64 / 1e3,
-                    run.verdict
-                );
+                say(&format!("{mib} MiB {} run {n}/{}", pattern.name(), args.runs), &run);
                 fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
                 runs.push(run);
             }
-            let spread = |f: fn(&Run) -> f64| Spread::of(runs.iter().map(f).collect());
-            let optional = |f: fn(&Run) -> Option<u64>| {
-                runs.iter()
-                    .map(f)
-                    .collect::<Option<Vec<u64>>>()
-                    .map(|v| Spread::of(v.into_iter().map(|us| us as f64 / 1e3).collect()))
-            };
             let mut criu_runs = Vec::new();
             for n in 1..=args.runs {
                 let Some(criu) = criu else { break };
@@ -319,63 +318,68 @@ fn bench(
                 let run = criu
                     .one_run(&exe, (mib, pattern), &dir, args, cancel)
                     .with_context(|| format!("run {n} of {mib} MiB {} through CRIU failed", pattern.name()))?;
-                eprintln!(
-                    "stasis bench: {mib} MiB {} run {n}/{} through CRIU: {}frozen {:.1} ms, dump {:.1} ms, image {}, \
-                     restore {:.1} ms, {}",
-                    pattern.name(),
-                    args.runs,
-                    run.pre_copy_us.map_or(String::new(), |us| format!("pre-dump {:.1} ms, ", us as f64 / 1e3)),
-                    run.frozen_us as f64 / 1e3,
-                    run.dump_us as f64 / 1e3,
-                    bytes(run.image_bytes),
-                    run.restore_us as f64 / 1e3,
-                    run.verdict
-                );
+                say(&format!("{mib} MiB {} run {n}/{} through CRIU", pattern.name(), args.runs), &run);
                 fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
                 criu_runs.push(run);
             }
+            let figures = Figures::of(runs);
             let criu = (!criu_runs.is_empty()).then(|| {
-                let of = |runs: &[Run], f: fn(&Run) -> f64| Spread::of(runs.iter().map(f).collect());
-                let ratio = |f: fn(&Run) -> f64| of(&runs, f).median / of(&criu_runs, f).median.max(f64::MIN_POSITIVE);
-                CriuCase {
-                    frozen_ms: of(&criu_runs, |r| r.frozen_us as f64 / 1e3),
-                    dump_ms: of(&criu_runs, |r| r.dump_us as f64 / 1e3),
-                    dump_mib_per_s: of(&criu_runs, |r| r.dump_mib_per_s),
-                    image_bytes: of(&criu_runs, |r| r.image_bytes as f64),
-                    restore_ms: of(&criu_runs, |r| r.restore_us as f64 / 1e3),
-                    pre_copy_ms: criu_runs
-                        .iter()
-                        .map(|r| r.pre_copy_us)
-                        .collect::<Option<Vec<u64>>>()
-                        .map(|v| Spread::of(v.into_iter().map(|us| us as f64 / 1e3).collect())),
-                    verified: criu_runs.iter().all(|r| r.verified),
-                    ratios: Ratios {
-                        frozen: ratio(|r| r.frozen_us as f64),
-                        dump: ratio(|r| r.dump_us as f64),
-                        image: ratio(|r| r.image_bytes as f64),
-                        restore: ratio(|r| r.restore_us as f64),
-                    },
-                    runs: criu_runs,
-                }
+                let criu = Figures::of(criu_runs);
+                let ratio = |ours: Spread, theirs: Spread| ours.median / theirs.median.max(f64::MIN_POSITIVE);
+                let ratios = Ratios {
+                    frozen: ratio(figures.frozen_ms, criu.frozen_ms),
+                    dump: ratio(figures.dump_ms, criu.dump_ms),
+                    image: ratio(figures.image_bytes, criu.image_bytes),
+                    restore: ratio(figures.restore_ms, criu.restore_ms),
+                };
+                CriuCase { figures: criu, ratios }
             });
-            cases.push(Case {
-                criu,
-                mib,
-                pattern,
-                frozen_ms: spread(|r| r.frozen_us as f64 / 1e3),
-                dump_ms: spread(|r| r.dump_us as f64 / 1e3),
-                dump_mib_per_s: spread(|r| r.dump_mib_per_s),
-                image_bytes: spread(|r| r.image_bytes as f64),
-                restore_ms: spread(|r| r.restore_us as f64 / 1e3),
-                volume_ms: optional(|r| r.volume_us),
-                rollback_ms: optional(|r| r.rollback_us),
-                pre_copy_ms: optional(|r| r.pre_copy_us),
-                verified: runs.iter().all(|r| r.verified),
-                runs,
-            });
+            cases.push(Case { mib, pattern, figures, criu });
         }
     }
     Ok(cases)
+}
+
+/// One line on stderr for one run, `what` being which.
+fn say(what: &str, run: &Run) {
+    let ms = |us: u64| us as f64 / 1e3;
+    let ahead = run.pre_copy_us.map_or(String::new(), |us| format!("copied ahead in {:.1} ms, ", ms(us)));
+    let volume = match (run.volume_us, run.rollback_us) {
+        (Some(v), Some(r)) => format!(" (volume snapshot {:.1} ms), rollback {:.1} ms", ms(v), ms(r)),
+        _ => String::new(),
+    };
+    eprintln!(
+        "stasis bench: {what}: {ahead}frozen {:.1} ms{volume}, dump {:.1} ms, image {}, restore {:.1} ms, {}",
+        ms(run.frozen_us),
+        ms(run.dump_us),
+        bytes(run.image_bytes),
+        ms(run.restore_us),
+        run.verdict
+    );
+}
+
+/// The memory workload of a run, started in `work` and ready; and how
+/// long to wait for it at most.
+fn memory_workload(
+    exe: &Path,
+    (mib, pattern): (u64, Pattern),
+    work: &Path,
+    writer: bool,
+    cancel: &Cancel,
+) -> anyhow::Result<(Workload, Duration)> {
+    let mut args: Vec<String> =
+        ["memory", "--mib", &mib.to_string(), "--pattern", pattern.name(), "--dir", &work.display().to_string()]
+            .map(str::to_owned)
+            .to_vec();
+    if writer {
+        args.push("--dirty".to_owned());
+    }
+    // Filling and checksumming take about a second per GiB in a debug
+    // build; allow far more.
+    let slack = Duration::from_secs(30 + mib / 16);
+    let mut wl = Workload::spawn(exe, work, &args)?;
+    wl.wait_ready(slack, cancel)?;
+    Ok((wl, slack))
 }
 
 /// One dump and restore of `mib` MiB of `pattern`; with `volume` (and the
@@ -395,23 +399,7 @@ fn one_run(
         None => dir.join("work"),
     };
     let images = dir.join("image");
-    let mut wl_args = vec![
-        "memory".to_owned(),
-        "--mib".to_owned(),
-        mib.to_string(),
-        "--pattern".to_owned(),
-        pattern.name().to_owned(),
-        "--dir".to_owned(),
-        work.display().to_string(),
-    ];
-    if args.writer {
-        wl_args.push("--dirty".to_owned());
-    }
-    // Filling and checksumming take about a second per GiB in a debug
-    // build; allow far more.
-    let slack = Duration::from_secs(30 + mib / 16);
-    let mut wl = Workload::spawn(exe, &work, &wl_args)?;
-    wl.wait_ready(slack, cancel)?;
+    let (mut wl, slack) = memory_workload(exe, (mib, pattern), &work, args.writer, cancel)?;
 
     let mut opts = workload::dump_options(wl.pid, &images, cancel);
     // A live snapshot lets the workload run on (its frozen time is then
@@ -534,16 +522,7 @@ impl Criu {
         let work = dir.join("work");
         let images = dir.join("image");
         fs::create_dir_all(&images).with_context(|| format!("cannot create {}", images.display()))?;
-        let mut wl_args: Vec<String> =
-            ["memory", "--mib", &mib.to_string(), "--pattern", pattern.name(), "--dir", &work.display().to_string()]
-                .map(str::to_owned)
-                .to_vec();
-        if args.writer {
-            wl_args.push("--dirty".to_owned());
-        }
-        let slack = Duration::from_secs(30 + mib / 16);
-        let mut wl = Workload::spawn(exe, &work, &wl_args)?;
-        wl.wait_ready(slack, cancel)?;
+        let (mut wl, slack) = memory_workload(exe, (mib, pattern), &work, args.writer, cancel)?;
         let pid = wl.pid.to_string();
         let mut pre_copy_us = None;
         let mut dump: Vec<&str> = vec!["dump", "-t", &pid, "--shell-job", "--display-stats"];
@@ -638,7 +617,7 @@ fn write_unsynced(path: &Path, mib: u64) -> anyhow::Result<()> {
 fn print_table(r: &Report) {
     println!("command: {}", r.command);
     println!("host:    kernel {}, {} CPUs", r.kernel, r.cpus);
-    println!("figures: median (min-max) of {} run(s) each", r.cases.first().map_or(0, |c| c.runs.len()));
+    println!("figures: median (min-max) of {} run(s) each", r.cases.first().map_or(0, |c| c.figures.runs.len()));
     if r.writer {
         println!("writer:  each workload writes 1% of its pages every 10 ms");
     }
@@ -646,7 +625,7 @@ fn print_table(r: &Report) {
         println!("CRIU:    {v}, the same workloads (stasis/CRIU below 1: stasis faster or smaller)");
     }
     println!();
-    let with_volume = r.cases.iter().any(|c| c.volume_ms.is_some());
+    let with_volume = r.cases.iter().any(|c| c.figures.volume_ms.is_some());
     let mut header = vec![
         "memory",
         "pattern",
@@ -658,7 +637,7 @@ fn print_table(r: &Report) {
         "restore ms",
         "verified",
     ];
-    let live = r.cases.iter().any(|c| c.pre_copy_ms.is_some());
+    let live = r.cases.iter().any(|c| c.figures.pre_copy_ms.is_some());
     if with_volume {
         header.splice(3..3, ["of it volume ms"]);
         header.splice(9..9, ["rollback ms"]);
@@ -668,40 +647,34 @@ fn print_table(r: &Report) {
     }
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     let ms = |s: Spread| format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
-    for c in &r.cases {
-        let logical = c.runs.iter().map(|r| r.logical_bytes).max().unwrap_or(0).max(1);
-        let mut row = vec![
-            format!("{} MiB", c.mib),
-            c.pattern.name().to_owned(),
-            ms(c.frozen_ms),
-            ms(c.dump_ms),
-            format!("{:.0} ({:.0}-{:.0})", c.dump_mib_per_s.median, c.dump_mib_per_s.min, c.dump_mib_per_s.max),
-            bytes(c.image_bytes.median as u64),
-            format!("{:.1}%", c.image_bytes.median / logical as f64 * 100.0),
-            ms(c.restore_ms),
-            if c.verified { "ok".into() } else { "FAILED".into() },
-        ];
+    let or_dash = |s: Option<Spread>| s.map_or_else(|| "-".into(), ms);
+    // A tool's row of a case, after its two labels.
+    let row = |labels: [String; 2], f: &Figures, logical: u64| {
+        let mut row = labels.to_vec();
+        row.extend([
+            ms(f.frozen_ms),
+            ms(f.dump_ms),
+            format!("{:.0} ({:.0}-{:.0})", f.dump_mib_per_s.median, f.dump_mib_per_s.min, f.dump_mib_per_s.max),
+            bytes(f.image_bytes.median as u64),
+            format!("{:.1}%", f.image_bytes.median / logical as f64 * 100.0),
+            ms(f.restore_ms),
+            if f.verified { "ok".into() } else { "FAILED".into() },
+        ]);
         if with_volume {
-            row.insert(3, c.volume_ms.map_or_else(|| "-".into(), ms));
-            row.insert(9, c.rollback_ms.map_or_else(|| "-".into(), ms));
+            row.insert(3, or_dash(f.volume_ms));
+            row.insert(9, or_dash(f.rollback_ms));
         }
         if live {
-            row.insert(2, c.pre_copy_ms.map_or_else(|| "-".into(), ms));
+            row.insert(2, or_dash(f.pre_copy_ms));
         }
-        rows.push(row);
+        row
+    };
+    for c in &r.cases {
+        let logical = c.figures.runs.iter().map(|r| r.logical_bytes).max().unwrap_or(0).max(1);
+        rows.push(row([format!("{} MiB", c.mib), c.pattern.name().to_owned()], &c.figures, logical));
         // CRIU's figures, then stasis's over them (no volume with CRIU).
         if let Some(k) = &c.criu {
-            let mut row = vec![
-                String::new(),
-                "CRIU".to_owned(),
-                ms(k.frozen_ms),
-                ms(k.dump_ms),
-                format!("{:.0} ({:.0}-{:.0})", k.dump_mib_per_s.median, k.dump_mib_per_s.min, k.dump_mib_per_s.max),
-                bytes(k.image_bytes.median as u64),
-                format!("{:.1}%", k.image_bytes.median / logical as f64 * 100.0),
-                ms(k.restore_ms),
-                if k.verified { "ok".into() } else { "FAILED".into() },
-            ];
+            rows.push(row([String::new(), "CRIU".to_owned()], &k.figures, logical));
             let x = |r: f64| format!("{r:.2}x");
             let mut ratios = vec![
                 String::new(),
@@ -715,10 +688,8 @@ fn print_table(r: &Report) {
                 "-".into(),
             ];
             if live {
-                row.insert(2, k.pre_copy_ms.map_or_else(|| "-".into(), ms));
                 ratios.insert(2, "-".into());
             }
-            rows.push(row);
             rows.push(ratios);
         }
     }

@@ -1455,6 +1455,18 @@ impl FdDumper {
         Ok(())
     }
 
+    /// The fd of a process of the tree holding the open file description
+    /// stasis's own fd `seen` is on (kcmp), if one does.
+    fn holder_of(&self, seen: &Seen) -> Result<Option<records::FdRef>, String> {
+        let me = Pid::this();
+        for (other, e) in self.earlier.iter().filter(|(_, e)| e.ino == seen.ino && e.target == seen.target) {
+            if kcmp::same_file(me, seen.fd, *other, e.fd).map_err(|e| format!("kcmp: {e}"))? {
+                return Ok(Some(records::FdRef { pid: other.as_raw(), fd: e.fd }));
+            }
+        }
+        Ok(None)
+    }
+
     /// The record of fd number `i` passed with a queued message, from the
     /// agent's copy: a unix socket by its id (dumped into the table if no
     /// process holds it), the fd of a process that holds the same open file
@@ -1484,15 +1496,12 @@ impl FdDumper {
             // number, from the process's fd that holds its file. One a
             // process holds too would be two instances.
             fd::Kind::Epoll => {
-                let me = Pid::this();
-                for (other, e) in self.earlier.iter().filter(|(_, e)| e.ino == seen.ino && e.target == seen.target) {
-                    if kcmp::same_file(me, seen.fd, *other, e.fd).map_err(|e| format!("kcmp: {e}"))? {
-                        return Err(format!(
-                            "it is an epoll instance process {other} holds too (as fd {}), which cannot be passed in \
-                             flight (not supported)",
-                            e.fd
-                        ));
-                    }
+                if let Some(held) = self.holder_of(&seen)? {
+                    return Err(format!(
+                        "it is an epoll instance process {} holds too (as fd {}), which cannot be passed in flight \
+                         (not supported)",
+                        held.pid, held.fd
+                    ));
                 }
                 let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", seen.fd))
                     .map_err(|e| format!("fdinfo: {e}"))?;
@@ -1541,14 +1550,11 @@ impl FdDumper {
             }
             _ => {}
         }
-        let me = Pid::this();
-        for (other, e) in self.earlier.iter().filter(|(_, e)| e.ino == seen.ino && e.target == seen.target) {
-            if kcmp::same_file(me, seen.fd, *other, e.fd).map_err(|e| format!("kcmp: {e}"))? {
-                record.shared_with = Some(records::FdRef { pid: other.as_raw(), fd: e.fd });
-                return Ok(record);
-            }
+        if let Some(held) = self.holder_of(&seen)? {
+            record.shared_with = Some(held);
+            return Ok(record);
         }
-        let (mut kind, extra) = fd::dump(me, &seen, &copy)?;
+        let (mut kind, extra) = fd::dump(Pid::this(), &seen, &copy)?;
         self.keep(&mut kind, extra);
         record.kind = Some(kind);
         Ok(record)

@@ -219,24 +219,26 @@ enum DirKey {
     Named(String),
 }
 
+impl DirKey {
+    /// The key of the working directory of `p`.
+    fn cwd_of(p: &Process) -> DirKey {
+        match &p.removed_cwd {
+            Some(f) => DirKey::Inode(f.dev, f.ino),
+            None => DirKey::Named(p.cwd.clone()),
+        }
+    }
+}
+
 impl Directories {
     /// The directory made for the working directory of `p`, if removed.
     pub fn cwd(&self, p: &Process) -> Option<&str> {
-        let key = match &p.removed_cwd {
-            Some(f) => DirKey::Inode(f.dev, f.ino),
-            None => DirKey::Named(p.cwd.clone()),
-        };
-        self.made.get(&key).map(String::as_str)
+        self.made.get(&DirKey::cwd_of(p)).map(String::as_str)
     }
 
     /// The /proc directory of a helper that stands for the /proc directory
     /// of an exited process `p` was in ([`dead_proc_dir`]), held open.
     pub fn cwd_in_proc(&self, p: &Process) -> Option<&OwnedFd> {
-        let key = match &p.removed_cwd {
-            Some(f) => DirKey::Inode(f.dev, f.ino),
-            None => DirKey::Named(p.cwd.clone()),
-        };
-        self.proc_dirs.get(&key).map(|(fd, _)| fd)
+        self.proc_dirs.get(&DirKey::cwd_of(p)).map(|(fd, _)| fd)
     }
 
     /// The directory made for the removed directory `f` an fd was open on.
