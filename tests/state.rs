@@ -2309,6 +2309,36 @@ fn unconnected_datagram_sockets_with_queued_messages() {
     );
 }
 
+/// Two adjacent private anonymous mappings alike but for their pages'
+/// history (each written before they met, so the kernel keeps them apart)
+/// are two again, each with its bytes: restore makes each fresh, and the
+/// kernel merges fresh mappings alike into one.
+#[test]
+fn adjacent_anonymous_mappings_stay_apart() {
+    both(
+        "apart",
+        &format!(
+            "{MMAP}libc.mremap.restype = ctypes.c_void_p\n\
+             libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]\n\
+             libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]\n\
+             P = 4096\n\
+             a = mmap(3 * P, 3, 0x22)\n\
+             ctypes.memset(a, 1, P)\n\
+             b = mmap(2 * P, 3, 0x22)\n\
+             ctypes.memset(b, 2, 2 * P)\n\
+             assert libc.munmap(a + P, 2 * P) == 0\n\
+             assert libc.mremap(b, 2 * P, 2 * P, 3, a + P) == a + P, 'mremap: errno %d' % ctypes.get_errno()\n\
+             def around(at):\n    \
+                 ranges = [[int(x, 16) for x in l.split()[0].split('-')] for l in open('/proc/self/maps')]\n    \
+                 return ([e for s, e in ranges if s < at <= e], [s for s, e in ranges if s <= at < e])\n\
+             assert around(a + P) == ([a + P], [a + P]), 'the kernel merged them at set-up: %r' % (around(a + P),)"
+        ),
+        "want('two mappings meeting at a + P', around(a + P), ([a + P], [a + P]))\n\
+         want('first bytes', ctypes.string_at(a, P), b'\\x01' * P)\n\
+         want('second bytes', ctypes.string_at(a + P, 2 * P), b'\\x02' * 2 * P)",
+    );
+}
+
 /// A private mapping of /dev/zero (written: its pages are the process's
 /// own) and anonymous memory with bytes in it made PROT_NONE.
 #[test]

@@ -3,6 +3,7 @@
 //! had them.
 
 use stasis_image::records::{Vma, VmaKind};
+use stasis_sys::nix::libc;
 
 /// A mapping of the puppet as it is now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,27 @@ pub fn free_gap(taken: &[(u64, u64)], size: u64, from: u64, limit: u64) -> Optio
         at = e;
     }
     (at + size <= limit).then_some(at)
+}
+
+/// Whether private anonymous mapping `v`, made right after `before`, is
+/// one the kernel would merge into it (same protection, flags and advice,
+/// writable: [`Remote::map_apart`](super) keeps those apart). The image
+/// holding them as two says the process had them apart.
+pub fn kept_apart(before: &Vma, v: &Vma) -> bool {
+    let anonymous = |v: &Vma| {
+        v.kind == VmaKind::Anonymous as i32
+            && v.file.is_none()
+            && v.shmem == 0
+            && v.flags & libc::MAP_PRIVATE as u32 != 0
+            && v.flags & libc::MAP_SHARED as u32 == 0
+    };
+    before.end == v.start
+        && anonymous(before)
+        && anonymous(v)
+        && before.prot == v.prot
+        && before.flags == v.flags
+        && before.madvise == v.madvise
+        && v.prot & libc::PROT_WRITE as u32 != 0
 }
 
 /// One special mapping to move: from where the puppet has it to where the
@@ -98,6 +120,32 @@ mod tests {
 
     fn cur(start: u64, end: u64, name: &str) -> Current {
         Current { start, end, name: name.into() }
+    }
+
+    #[test]
+    fn alike_adjacent_anonymous_mappings_are_kept_apart() {
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+        let anon = |start, end| Vma {
+            start,
+            end,
+            prot: rw,
+            flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+            ..Vma::default()
+        };
+        assert!(kept_apart(&anon(0x1000, 0x2000), &anon(0x2000, 0x4000)));
+        // Apart anyway: a gap, another protection, advice, a file, shared.
+        assert!(!kept_apart(&anon(0x1000, 0x2000), &anon(0x3000, 0x4000)));
+        assert!(!kept_apart(&anon(0x1000, 0x2000), &Vma { prot: libc::PROT_READ as u32, ..anon(0x2000, 0x4000) }));
+        assert!(!kept_apart(&anon(0x1000, 0x2000), &Vma { madvise: 1, ..anon(0x2000, 0x4000) }));
+        assert!(!kept_apart(&anon(0x1000, 0x2000), &Vma { kind: VmaKind::File as i32, ..anon(0x2000, 0x4000) }));
+        let shared = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32;
+        assert!(!kept_apart(
+            &Vma { flags: shared, ..anon(0x1000, 0x2000) },
+            &Vma { flags: shared, ..anon(0x2000, 0x4000) }
+        ));
+        // Read-only: no page of its own can be faulted in to keep it apart.
+        let ro = |v: Vma| Vma { prot: libc::PROT_READ as u32, ..v };
+        assert!(!kept_apart(&ro(anon(0x1000, 0x2000)), &ro(anon(0x2000, 0x4000))));
     }
 
     #[test]

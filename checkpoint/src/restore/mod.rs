@@ -1894,13 +1894,20 @@ impl Puppet {
         phase("unmap");
 
         let shmem_records = image.processes().map(|t| t.shmem.as_slice()).unwrap_or_default();
+        let mut before: Option<&stasis_image::records::Vma> = None;
         for v in &p.vmas {
             if v.from_parent && inherited {
                 r.keep_from_parent(v, &p.from_parent)?;
+                before = None;
                 continue;
             }
-            let sysv = shmem_records.iter().find(|m| m.id == v.shmem && m.sysv && v.shmem != 0).map(|m| m.size);
-            r.map_vma(v, objects, deleted, sysv)?;
+            if before.is_some_and(|b| layout::kept_apart(b, v)) {
+                r.map_apart(before.expect("checked"), v)?;
+            } else {
+                let sysv = shmem_records.iter().find(|m| m.id == v.shmem && m.sysv && v.shmem != 0).map(|m| m.size);
+                r.map_vma(v, objects, deleted, sysv)?;
+            }
+            before = Some(v);
         }
         phase("map");
         let pages = write_memory(image, pid, p.mm, progress)?;
@@ -2311,6 +2318,53 @@ impl Remote<'_, '_> {
             }
             self.call(&what, libc::SYS_mprotect, [v.start, len, u64::from(v.prot), 0, 0, 0])?;
         }
+        self.advise(v, &what)
+    }
+
+    /// Map private anonymous `v` right after `before`, a mapping like it
+    /// the kernel would merge it into: the process had them apart, each
+    /// with pages of its own (an anon_vma each; merged, /proc/PID/maps
+    /// would show one mapping where it showed two). `before` is given its
+    /// anon_vma first; `v` is made unlike it (another protection, then a
+    /// fork advice neither has) until it has its own, so neither the mmap
+    /// nor the kernel's reuse of a neighbour's anon_vma joins them. The
+    /// pages faulted in for it are dropped: the image's are written after.
+    fn map_apart(
+        &mut self,
+        before: &stasis_image::records::Vma,
+        v: &stasis_image::records::Vma,
+    ) -> Result<(), RestoreError> {
+        use stasis_image::records::madvise as m;
+        const MADV_POPULATE_WRITE: u64 = 23;
+        let what = format!("mapping {:#x}-{:#x}", v.start, v.end);
+        let len = v.end - v.start;
+        let page = 4096;
+        // A locked mapping has its pages (so its anon_vma) already.
+        if before.madvise & m::LOCKED == 0 {
+            let last = before.end - page;
+            self.call(&what, libc::SYS_madvise, [last, page, MADV_POPULATE_WRITE, 0, 0, 0])?;
+            self.call(&what, libc::SYS_madvise, [last, page, libc::MADV_DONTNEED as u64, 0, 0, 0])?;
+        }
+        let prot = u64::from(v.prot);
+        let flags = u64::from(v.flags) | (libc::MAP_FIXED | libc::MAP_ANONYMOUS) as u64;
+        let unlike = prot ^ libc::PROT_EXEC as u64;
+        self.call(&what, libc::SYS_mmap, [v.start, len, unlike, flags, u64::MAX, 0])?;
+        // A fresh mapping has no fork advice; `before` may have one, not both.
+        let (on, off) = if before.madvise & m::WIPEONFORK == 0 {
+            (libc::MADV_WIPEONFORK, libc::MADV_KEEPONFORK)
+        } else {
+            (libc::MADV_DONTFORK, libc::MADV_DOFORK)
+        };
+        let unlike_fork = before.madvise & (m::WIPEONFORK | m::DONTFORK) != (m::WIPEONFORK | m::DONTFORK);
+        if unlike_fork {
+            self.call(&what, libc::SYS_madvise, [v.start, len, on as u64, 0, 0, 0])?;
+        }
+        self.call(&what, libc::SYS_madvise, [v.start, page, MADV_POPULATE_WRITE, 0, 0, 0])?;
+        if unlike_fork {
+            self.call(&what, libc::SYS_madvise, [v.start, len, off as u64, 0, 0, 0])?;
+        }
+        self.call(&what, libc::SYS_mprotect, [v.start, len, prot, 0, 0, 0])?;
+        self.call(&what, libc::SYS_madvise, [v.start, page, libc::MADV_DONTNEED as u64, 0, 0, 0])?;
         self.advise(v, &what)
     }
 
