@@ -312,3 +312,26 @@ fn dump_and_inspect_show_one_frozen_time() {
         w.kill();
     }
 }
+
+/// `restore --lazy`: the tree runs before its memory is back, and a
+/// process writing all over its memory (mem_writer checks each page before
+/// it writes it, and every page at the check) finds each page as it was at
+/// the freeze, loaded on its faults and in the background; all of its
+/// region went that way.
+#[test]
+fn lazy_restore_of_a_process_writing_all_over_its_memory() {
+    let mut w = Workload::start("mem_writer", &["128"]);
+    let before = w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    dump(&w, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let r = run(["restore", "--images", images.path().to_str().unwrap(), "--lazy", "--json"]);
+    assert_eq!(r.code, Some(0), "lazy restore failed\n{}", r.dump());
+    let report = r.json();
+    assert_eq!(report["pid"].as_i64(), Some(i64::from(w.pid)), "{report}");
+    let lazy = &report["lazy"];
+    let loaded = lazy["ahead"].as_u64().unwrap_or(0) + lazy["on_fault"].as_u64().unwrap_or(0);
+    assert!(loaded >= 128 << 20, "only {loaded} bytes loaded lazily: {report}");
+    let outcome = w.check_ok();
+    assert!(outcome.generation >= before, "generation went back from {before} to {}", outcome.generation);
+}

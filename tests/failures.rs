@@ -302,6 +302,45 @@ fn restore_of_corrupt_chunk_names_it_and_creates_nothing() {
     assert!(!is_alive(w.pid), "a refused restore left pid {} running", w.pid);
 }
 
+/// A lazy restore reads a chunk only when it loads it, the tree running
+/// by then: a damaged one kills the tree (rather than let it run with
+/// memory that is not its own), and the error names the chunk.
+#[test]
+fn lazy_restore_of_corrupt_chunk_names_it_and_kills_the_tree() {
+    let mut w = Workload::start("mem_dense", &["16"]);
+    w.wait_running();
+    let images = tempdir("lazy-corrupt-img");
+    dump_ok(w.pid, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let pack = images.path().join("chunks.pack");
+    let mut bytes = fs::read(&pack).unwrap();
+    // In the dense region, most of the pack (loaded lazily).
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let v = run(["verify", images.path().to_str().unwrap()]);
+    let chunk = v
+        .stdout
+        .split_whitespace()
+        .chain(v.stderr.split_whitespace())
+        .skip_while(|w| *w != "chunk")
+        .nth(1)
+        .unwrap_or_else(|| panic!("verify names no chunk\n{}", v.dump()))
+        .trim_end_matches(':')
+        .to_string();
+    let r = run(["restore", "--images", images.path().to_str().unwrap(), "--lazy"]);
+    assert_eq!(r.stdout.trim(), w.pid.to_string(), "the tree did not run before its memory loaded\n{}", r.dump());
+    assert_eq!(r.code, Some(1), "{}", r.dump());
+    let line = r.stderr.lines().find(|l| l.starts_with("stasis: error: ")).unwrap_or_else(|| panic!("{}", r.dump()));
+    assert!(
+        line.contains(&format!("chunk {chunk}")) && line.contains("corrupt"),
+        "the error does not name chunk {chunk}: {line}"
+    );
+    assert!(line.contains("killed"), "the error does not say the tree was killed: {line}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!is_alive(w.pid), "pid {} runs on with a damaged chunk of its memory", w.pid);
+}
+
 #[test]
 fn restore_without_namespace_while_pid_taken_names_it_and_leaves_original() {
     let w = Workload::start("mem_dense", &["16"]);

@@ -2309,6 +2309,57 @@ fn unconnected_datagram_sockets_with_queued_messages() {
     );
 }
 
+/// `restore --lazy` of a process that drops some of its memory
+/// (MADV_DONTNEED, of the pages loaded last), forks and moves part of its
+/// memory (mremap) the moment it runs, while its pages are still loading:
+/// the child sees the parent's memory, the moved pages are there at their
+/// new place, the dropped ones read as zeros, the rest as it was.
+#[test]
+fn lazy_restore_of_a_process_changing_its_mappings_while_it_loads() {
+    let name = "lazy-changes";
+    let p = start(
+        name,
+        &format!(
+            "{MMAP}libc.mremap.restype = ctypes.c_void_p\n\
+             libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]\n\
+             libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n\
+             P = 4096\n\
+             N = 48 * 1024\n\
+             stamp = lambda i: struct.pack('QQ', i, i ^ 0x5a5a5a5a) * 256\n\
+             a = mmap(N * P, 3, 0x22)\n\
+             for i in range(N):\n    \
+                 ctypes.memmove(a + i * P, stamp(i), P)\n\
+             half = N // 2\n\
+             to = mmap(half * P, 0, 0x22)"
+        ),
+        "want('madvise', libc.madvise(a + (N - 64) * P, 64 * P, 4), 0)\n\
+         child = os.fork()\n\
+         if child == 0:\n    \
+             good = all(ctypes.string_at(a + i * P, P) == stamp(i) for i in range(N - 64))\n    \
+             os._exit(0 if good and ctypes.string_at(a + (N - 64) * P, 64 * P) == bytes(64 * P) else 1)\n\
+         moved = libc.mremap(a + half * P, half * P, half * P, 3, to)\n\
+         want('moved to', moved, to)\n\
+         want('pages left in place', [i for i in range(half) if ctypes.string_at(a + i * P, P) != stamp(i)][:5], [])\n\
+         want('pages moved', [i for i in range(half, N - 64) if ctypes.string_at(to + (i - half) * P, P) != stamp(i)][:5], [])\n\
+         want('dropped pages', ctypes.string_at(to + (half - 64) * P, 64 * P) == bytes(64 * P), True)\n\
+         want('the child saw its memory', os.waitpid(child, 0)[1], 0)",
+    );
+    let images = tempdir(&format!("{name}-img"));
+    dump_ok(p.pid, images.path(), &[]);
+    let mut p = p;
+    p.wait_exit(Duration::from_secs(30));
+    // It checks the moment it runs again: while its pages load.
+    fs::write(p.dir.join("check"), "").unwrap();
+    let r = util::run(["restore", "--images", images.path().to_str().unwrap(), "--lazy"]).success();
+    assert_eq!(r.stdout.trim(), p.pid.to_string(), "restored at another pid\n{}", r.dump());
+    assert!(r.stderr.contains("memory loaded"), "{}", r.dump());
+    let mut restored = Spawned::adopt(&format!("{name} (restored)"), p.pid, &p.dir);
+    let result =
+        restored.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
+    assert_eq!(result.trim(), "ok", "{name} after a lazy restore\n{}", restored.log());
+    restored.wait_exit(Duration::from_secs(30));
+}
+
 /// Two adjacent private anonymous mappings alike but for their pages'
 /// history (each written before they met, so the kernel keeps them apart)
 /// are two again, each with its bytes: restore makes each fresh, and the

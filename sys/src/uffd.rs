@@ -33,6 +33,18 @@ pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 /// `UFFD_FEATURE_MOVE` (Linux 6.8).
 pub const FEATURE_MOVE: u64 = 1 << 16;
 
+/// `UFFD_FEATURE_EVENT_FORK`: a fork of a registered process hands the
+/// reader a userfaultfd of the child ([`Event::Fork`]).
+pub const FEATURE_EVENT_FORK: u64 = 1 << 1;
+/// `UFFD_FEATURE_EVENT_REMAP`: mremap of a registered range is told.
+pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
+/// `UFFD_FEATURE_EVENT_REMOVE`: MADV_DONTNEED/MADV_REMOVE is told.
+pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+/// `UFFD_FEATURE_EVENT_UNMAP`: munmap of a registered range is told.
+pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+/// `UFFD_FEATURE_THREAD_ID`: a page fault names the faulting thread.
+pub const FEATURE_THREAD_ID: u64 = 1 << 8;
+
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const REGISTER_MODE_MISSING: u64 = 1 << 0;
 /// `UFFDIO_REGISTER_MODE_WP`.
@@ -77,7 +89,28 @@ struct UffdioWriteprotect {
     mode: u64,
 }
 
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
 nix::ioctl_readwrite!(uffdio_api, 0xaa, 0x3f, UffdioApi);
+nix::ioctl_read!(uffdio_wake, 0xaa, 0x02, UffdioRange);
+nix::ioctl_readwrite!(uffdio_copy, 0xaa, 0x03, UffdioCopy);
+nix::ioctl_readwrite!(uffdio_zeropage, 0xaa, 0x04, UffdioZeropage);
 nix::ioctl_readwrite!(uffdio_register, 0xaa, 0x00, UffdioRegister);
 // The header declares UNREGISTER as _IOR although the kernel reads the range.
 nix::ioctl_read!(uffdio_unregister, 0xaa, 0x01, UffdioRange);
@@ -155,6 +188,48 @@ pub enum Error {
         /// The kernel's answer.
         #[source]
         errno: Errno,
+    },
+}
+
+/// What a userfaultfd tells its reader (struct uffd_msg).
+#[derive(Debug)]
+pub enum Event {
+    /// A thread faulted on a missing page at `address` and waits for it.
+    Pagefault {
+        /// The faulting address (not rounded to its page).
+        address: u64,
+        /// The faulting thread (with [`FEATURE_THREAD_ID`]; else 0).
+        tid: u32,
+    },
+    /// The process forked: `uffd` is the child's (same features, same
+    /// registered ranges, the same pages missing).
+    Fork {
+        /// The child's userfaultfd, now this process's.
+        uffd: Userfaultfd,
+    },
+    /// `len` bytes moved from `from` to `to` (mremap).
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Bytes moved.
+        len: u64,
+    },
+    /// The pages of `start..end` were dropped (MADV_DONTNEED, MADV_REMOVE):
+    /// they read as zeros now.
+    Remove {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+    },
+    /// `start..end` was unmapped.
+    Unmap {
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
     },
 }
 
@@ -238,13 +313,26 @@ impl Userfaultfd {
         pidfd: &crate::pidfd::PidFd,
         features: u64,
     ) -> Result<Self, Error> {
+        Self::in_process_with(inj, pidfd, features, USER_MODE_ONLY)
+    }
+
+    /// [`Userfaultfd::in_process`] handling faults of kernel mode too
+    /// (`user_mode_only` 0: a read(2) into a missing page waits for it
+    /// instead of failing with EFAULT), which needs CAP_SYS_PTRACE of the
+    /// process or `vm.unprivileged_userfaultfd`.
+    pub fn in_process_with(
+        inj: &mut crate::inject::Injection<'_>,
+        pidfd: &crate::pidfd::PidFd,
+        features: u64,
+        user_mode_only: libc::c_int,
+    ) -> Result<Self, Error> {
         let pid = inj.tid();
         let fail = |what: String| Error::InProcess { pid, what };
         let available = supported_features()?;
         if features & !available != 0 {
             return Err(Error::Unsupported { missing: features & !available });
         }
-        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK | USER_MODE_ONLY) as u64;
+        let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK | user_mode_only) as u64;
         let there = inj
             .syscall_ok(libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])
             .map_err(|e| fail(format!("userfaultfd: {e}")))?;
@@ -303,6 +391,89 @@ impl Userfaultfd {
         })?;
         Ok(())
     }
+}
+
+impl Userfaultfd {
+    /// Copies `data` into the registered missing pages at `dst` (page
+    /// aligned, whole pages) and wakes the threads waiting on them; returns
+    /// the bytes copied. EEXIST: a page there is present already (the
+    /// bytes before it were copied: the count is in the error's place, see
+    /// [`Copied`]); EAGAIN: the mappings are changing (an event is still
+    /// to be read); ESRCH/ENOENT: the process or the mapping is gone.
+    pub fn copy(&self, dst: u64, data: &[u8]) -> Result<u64, Copied> {
+        let mut c = UffdioCopy { dst, src: data.as_ptr() as u64, len: data.len() as u64, mode: 0, copy: 0 };
+        // SAFETY: c is a valid uffdio_copy; the kernel reads data.len()
+        // bytes at src, which data holds, and writes back only c.copy.
+        match unsafe { uffdio_copy(self.fd.as_raw_fd(), &mut c) } {
+            Ok(_) => Ok(c.copy as u64),
+            Err(errno) => Err(Copied { copied: c.copy.max(0) as u64, errno }),
+        }
+    }
+
+    /// Maps the zero page at the registered missing pages of `range` and
+    /// wakes the threads waiting on them.
+    pub fn zeropage(&self, range: Range<u64>) -> Result<u64, Copied> {
+        let mut z = UffdioZeropage { range: range_of(&range), mode: 0, zeropage: 0 };
+        // SAFETY: z is a valid uffdio_zeropage the kernel reads and writes
+        // back.
+        match unsafe { uffdio_zeropage(self.fd.as_raw_fd(), &mut z) } {
+            Ok(_) => Ok(z.zeropage as u64),
+            Err(errno) => Err(Copied { copied: z.zeropage.max(0) as u64, errno }),
+        }
+    }
+
+    /// Wakes the threads waiting on pages of `range` (present by now).
+    pub fn wake(&self, range: Range<u64>) -> Result<(), Errno> {
+        let mut r = range_of(&range);
+        // SAFETY: r is a valid uffdio_range the kernel only reads.
+        unsafe { uffdio_wake(self.fd.as_raw_fd(), &mut r) }.map(drop)
+    }
+
+    /// The events waiting to be read, without blocking (none: an empty
+    /// list). Reading an event of the mappings changing (fork, remap,
+    /// remove, unmap) lets the process go on past it.
+    pub fn read_events(&self) -> Result<Vec<Event>, Errno> {
+        const MSG: usize = 32;
+        let mut buf = [0u8; MSG * 16];
+        let n = match nix::unistd::read(&self.fd, &mut buf) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let u64_at = |m: &[u8], at: usize| u64::from_ne_bytes(m[at..at + 8].try_into().expect("8 bytes"));
+        let mut events = Vec::new();
+        for m in buf[..n].chunks_exact(MSG) {
+            // struct uffd_msg: event (u8), 7 reserved bytes, then the arg union.
+            events.push(match m[0] {
+                0x12 => Event::Pagefault {
+                    address: u64_at(m, 16),
+                    tid: u32::from_ne_bytes(m[24..28].try_into().expect("4 bytes")),
+                },
+                0x13 => {
+                    let fd = u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes")) as RawFd;
+                    // SAFETY: the kernel installed this descriptor in our
+                    // table for the reader; nobody else owns it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    Event::Fork { uffd: Userfaultfd { fd, features: self.features } }
+                }
+                0x14 => Event::Remap { from: u64_at(m, 8), to: u64_at(m, 16), len: u64_at(m, 24) },
+                0x15 => Event::Remove { start: u64_at(m, 8), end: u64_at(m, 16) },
+                0x16 => Event::Unmap { start: u64_at(m, 8), end: u64_at(m, 16) },
+                _ => continue,
+            });
+        }
+        Ok(events)
+    }
+}
+
+/// A [`Userfaultfd::copy`] or [`Userfaultfd::zeropage`] that stopped
+/// short: what it did, and why it stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Copied {
+    /// Bytes done before it stopped.
+    pub copied: u64,
+    /// Why it stopped.
+    pub errno: Errno,
 }
 
 impl AsFd for Userfaultfd {

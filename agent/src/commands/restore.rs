@@ -91,6 +91,16 @@ pub struct Args {
     /// may hold by now.
     #[arg(long)]
     shell_job: bool,
+    /// Let the tree run before its memory is back: private anonymous
+    /// memory (heap, stacks, anonymous mappings) loads from the image in
+    /// the background and, page by page, as the tree touches it
+    /// (userfaultfd), so a large process runs again at once. The pid is
+    /// printed when the tree runs; stasis stays until the last page is in,
+    /// then says how long that took. It must not be killed before: the
+    /// pages not loaded yet would read as zeros (SIGINT and SIGTERM are
+    /// ignored meanwhile).
+    #[arg(long)]
+    lazy: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -177,7 +187,14 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             _ => PidNamespaceMode::Auto,
         },
     };
-    let report = restore::restore(&opts).with_context(|| format!("restore from {} failed", args.images.display()))?;
+    let failed = || format!("restore from {} failed", args.images.display());
+    let (report, loading) = if args.lazy {
+        let (report, loading) = restore::restore_lazy(&opts).with_context(failed)?;
+        (report, Some(loading))
+    } else {
+        (restore::restore(&opts).with_context(failed)?, None)
+    };
+    drop(bar);
     if let Some(file) = &args.pidfile {
         std::fs::write(file, format!("{}\n", report.pid)).with_context(|| {
             format!("process {} runs, but its pid could not be written to {}", report.pid, file.display())
@@ -189,10 +206,37 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
             ns.reason, report.pid, ns.pid_inside, ns.init
         );
     }
-    if args.json {
-        json(&report)?;
-    } else {
+    let Some(loading) = loading else {
+        if args.json {
+            json(&report)?;
+        } else {
+            println!("{}", report.pid);
+        }
+        return Ok(Outcome::Success);
+    };
+    // The tree runs: its pid now, for whoever waits on it.
+    let running_ms = report.total_us as f64 / 1000.0;
+    if !args.json {
+        use std::io::Write;
         println!("{}", report.pid);
+        std::io::stdout().flush().context("stdout")?;
+        eprintln!("stasis: running after {running_ms:.1} ms; loading its memory");
+    }
+    let loaded = loading.wait();
+    let loaded =
+        loaded.map_err(|e| anyhow::anyhow!("loading the memory of the tree of process {} failed: {e}", report.pid))?;
+    if args.json {
+        let mut value = serde_json::to_value(&report).context("JSON")?;
+        value["lazy"] = serde_json::to_value(&loaded).context("JSON")?;
+        json(&value)?;
+    } else {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        eprintln!(
+            "stasis: memory loaded {:.1} ms after the tree ran: {:.1} MiB in the background, {:.1} MiB on faults",
+            loaded.loading_us as f64 / 1000.0,
+            mib(loaded.ahead),
+            mib(loaded.on_fault)
+        );
     }
     Ok(Outcome::Success)
 }

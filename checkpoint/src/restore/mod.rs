@@ -29,6 +29,7 @@
 mod deleted;
 mod fds;
 mod layout;
+pub mod lazy;
 mod pty;
 mod resume;
 mod shmem;
@@ -554,6 +555,22 @@ fn step(name: &str) -> impl Fn(String) -> RestoreError + '_ {
 
 /// Restore the image; see the module docs for the steps.
 pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
+    restore_maybe_lazy(opts, false).map(|(report, _)| report)
+}
+
+/// Restore the image, the tree running before its private anonymous
+/// memory is back ([`lazy`]): the pages load in the background and as the
+/// tree touches them, until [`lazy::Loading::wait`] returns. The caller
+/// must keep running until then; the pages not loaded yet are lost with
+/// it.
+pub fn restore_lazy(opts: &RestoreOptions) -> Result<(RestoreReport, lazy::Loading), RestoreError> {
+    restore_maybe_lazy(opts, true).map(|(report, loading)| (report, loading.expect("asked for")))
+}
+
+fn restore_maybe_lazy(
+    opts: &RestoreOptions,
+    lazy: bool,
+) -> Result<(RestoreReport, Option<lazy::Loading>), RestoreError> {
     let start = Instant::now();
     let mut last = start;
     let mut phases = Vec::new();
@@ -565,8 +582,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
     let image_err = |source| RestoreError::Image { dir: opts.images.clone(), source };
 
-    let image = Image::open(&opts.images).map_err(image_err)?;
-    image.verify().map_err(image_err)?;
+    let image = Arc::new(Image::open(&opts.images).map_err(image_err)?);
+    // A lazy restore reads a chunk when it loads it (and checks its hash
+    // then): reading all first would delay the tree by as long as an
+    // eager restore's memory takes.
+    match lazy {
+        true => image.verify_references().map_err(image_err)?,
+        false => image.verify().map_err(image_err)?,
+    };
     let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
     if tree.processes.is_empty() {
         return Err(RestoreError::NoProcesses(opts.images.clone()));
@@ -701,7 +724,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
 
     let agent_fd = std::os::fd::AsRawFd::as_raw_fd(&agent);
-    let memory = MemoryRecipe { image: &image, objects: &objects, deleted: &deleted, agent_fd };
+    let lazy = match lazy {
+        true => Some(std::cell::RefCell::new(lazy::Lazy::new(image.clone()).map_err(step("lazy memory"))?)),
+        false => None,
+    };
+    let memory = MemoryRecipe { image: &image, objects: &objects, deleted: &deleted, agent_fd, lazy: lazy.as_ref() };
     let (mut puppets, zombies) = create_tree(tree, pidns.as_mut(), &memory)?;
     phase("create");
     let zombie_pids: Vec<Pid> = zombies.iter().map(|z| z.pid).collect();
@@ -776,6 +803,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     }
     drop(repaired);
     let root = puppets[0].pid.as_raw();
+    let pids: Vec<i32> = puppets.iter().map(|p| p.pid.as_raw()).collect();
     let mut threads = 0;
     for puppet in puppets {
         threads += puppet.release()?;
@@ -800,7 +828,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
         pages_written: pages,
     };
     record(&opts.images, &report);
-    Ok(report)
+    Ok((report, lazy.map(|l| l.into_inner().start(pids))))
 }
 
 /// Make the fds passed with queued unix messages, by (socket id, message
@@ -1006,7 +1034,9 @@ fn create_tree(
                 // parent's memory is back, so they are shared again.
                 if p.vmas.iter().any(|v| v.from_parent) && parent.memory_built.is_none() {
                     let q = tree.processes.iter().find(|q| q.pid == p.ppid).expect("found by pid above");
-                    parent.build_memory(memory, q, &mut |_| {}, &|_, _| {}).map_err(|e| in_process(tree, q.pid, e))?;
+                    // All of it in before the fork, which copies it.
+                    let eager = MemoryRecipe { lazy: None, ..*memory };
+                    parent.build_memory(&eager, q, &mut |_| {}, &|_, _| {}).map_err(|e| in_process(tree, q.pid, e))?;
                 }
                 // In another time namespace than its parent (which made it
                 // for this child, then went back to its own): the parent
@@ -1512,6 +1542,9 @@ struct MemoryRecipe<'a> {
     deleted: &'a HashMap<u32, std::os::fd::OwnedFd>,
     /// The fd number at which the puppet inherited a pidfd of the agent.
     agent_fd: i32,
+    /// For a lazy restore: where each process's private anonymous memory
+    /// is left to load once the tree runs.
+    lazy: Option<&'a std::cell::RefCell<lazy::Lazy>>,
 }
 
 /// What one puppet is built from.
@@ -1787,7 +1820,7 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let MemoryRecipe { image, objects, deleted, agent_fd } = *m;
+        let MemoryRecipe { image, objects, deleted, agent_fd, lazy } = *m;
         let inherited = self.forked_built;
         let pid = self.pid;
         for t in &p.threads {
@@ -1910,7 +1943,11 @@ impl Puppet {
             before = Some(v);
         }
         phase("map");
-        let pages = write_memory(image, pid, p.mm, progress)?;
+        let lazy_ranges = match lazy {
+            Some(lazy) => r.register_lazy(p, inherited, lazy)?,
+            None => Vec::new(),
+        };
+        let pages = write_memory(image, pid, p.mm, &lazy_ranges, progress)?;
         r.guards(p)?;
         r.aio_rings(p)?;
         phase("memory");
@@ -2123,14 +2160,26 @@ fn current_maps(pid: Pid) -> Result<Vec<Current>, RestoreError> {
 
 /// Write the stored pages of address space `mm` through /proc/PID/mem,
 /// which also writes read-only and PROT_NONE pages (FOLL_FORCE).
-fn write_memory(image: &Image, pid: Pid, mm: u32, progress: &dyn Fn(u64, u64)) -> Result<u64, RestoreError> {
+/// Chunks wholly in `lazy` are left out (loaded later).
+fn write_memory(
+    image: &Image,
+    pid: Pid,
+    mm: u32,
+    lazy: &[std::ops::Range<u64>],
+    progress: &dyn Fn(u64, u64),
+) -> Result<u64, RestoreError> {
     /// Chunks read and written by one worker at a time, and written to
     /// the process in one call when they follow each other.
     const PIECE: usize = 128;
     let mem = ProcMem::open(pid, true).map_err(|e| step("memory")(crate::chain(&e)))?;
-    let total: u64 = image.memory().iter().filter(|r| r.mm == mm).map(|r| r.len).sum();
-    let chunks: Vec<(u64, u64, stasis_image::ChunkId)> =
-        image.memory().iter().filter(|r| r.mm == mm).flat_map(|r| image.region_chunks(r)).collect();
+    let chunks: Vec<(u64, u64, stasis_image::ChunkId)> = image
+        .memory()
+        .iter()
+        .filter(|r| r.mm == mm)
+        .flat_map(|r| image.region_chunks(r))
+        .filter(|&(at, len, _)| !lazy.iter().any(|l| l.start <= at && at + len <= l.end))
+        .collect();
+    let total: u64 = chunks.iter().map(|c| c.1).sum();
     // On all cores: each worker takes the next piece, reads its chunks
     // (decompressed, their hashes checked) and writes them.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunks.len().div_ceil(PIECE));
@@ -2366,6 +2415,41 @@ impl Remote<'_, '_> {
         self.call(&what, libc::SYS_mprotect, [v.start, len, prot, 0, 0, 0])?;
         self.call(&what, libc::SYS_madvise, [v.start, page, libc::MADV_DONTNEED as u64, 0, 0, 0])?;
         self.advise(v, &what)
+    }
+
+    /// Registers the private anonymous mappings of `p` with a userfaultfd
+    /// made in it, for `lazy` to load their pages; returns their ranges.
+    /// Left out (written now): mappings from the parent, locked ones (mlock
+    /// faults all their pages in), ones with guard regions.
+    fn register_lazy(
+        &mut self,
+        p: &Process,
+        inherited: bool,
+        lazy: &std::cell::RefCell<lazy::Lazy>,
+    ) -> Result<Vec<std::ops::Range<u64>>, RestoreError> {
+        use stasis_image::records::madvise as m;
+        let anonymous = [VmaKind::Anonymous as i32, VmaKind::Heap as i32, VmaKind::Stack as i32];
+        let ranges: Vec<std::ops::Range<u64>> = p
+            .vmas
+            .iter()
+            .filter(|v| anonymous.contains(&v.kind) && v.file.is_none() && v.shmem == 0)
+            .filter(|v| v.flags & libc::MAP_PRIVATE as u32 != 0 && !(v.from_parent && inherited))
+            .filter(|v| v.madvise & m::LOCKED == 0 && v.guards.is_empty())
+            .map(|v| v.start..v.end)
+            .collect();
+        if ranges.is_empty() {
+            return Ok(ranges);
+        }
+        let what = "lazy memory";
+        let pidfd = stasis_sys::pidfd::PidFd::open(self.pid).map_err(|e| step(what)(crate::chain(&e)))?;
+        let uffd = stasis_sys::uffd::Userfaultfd::in_process_with(self.inj, &pidfd, lazy::FEATURES, 0)
+            .map_err(|e| step(what)(crate::chain(&e)))?;
+        for r in &ranges {
+            uffd.register(r.clone(), stasis_sys::uffd::REGISTER_MODE_MISSING)
+                .map_err(|e| step(what)(crate::chain(&e)))?;
+        }
+        lazy.borrow_mut().add(format!("process {}", p.pid), uffd, p.mm, &ranges);
+        Ok(ranges)
     }
 
     /// A mapping the process has from its parent by fork: the pages it no
