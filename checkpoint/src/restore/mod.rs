@@ -2197,7 +2197,7 @@ fn write_memory(
                     return;
                 }
                 let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
-                if done.send(write_piece(image, mem, piece)).is_err() {
+                if done.send(write_piece(image, mem, piece, lazy)).is_err() {
                     return;
                 }
             });
@@ -2222,8 +2222,15 @@ fn write_memory(
 }
 
 /// The chunks of `piece` read from `image` and written into `mem`, runs
-/// of adjacent windows in one write; the bytes written.
-fn write_piece(image: &Image, mem: &ProcMem, piece: &[(u64, u64, stasis_image::ChunkId)]) -> Result<u64, RestoreError> {
+/// of adjacent windows in one write, but for their bytes in `lazy` (a
+/// chunk may span a mapping loaded lazily and one that is not; a write
+/// through /proc/PID/mem to a page missing there fails); the bytes written.
+fn write_piece(
+    image: &Image,
+    mem: &ProcMem,
+    piece: &[(u64, u64, stasis_image::ChunkId)],
+    lazy: &[std::ops::Range<u64>],
+) -> Result<u64, RestoreError> {
     let mut run: Vec<u8> = Vec::new();
     let mut run_at = 0;
     let flush = |at: u64, run: &mut Vec<u8>| -> Result<(), RestoreError> {
@@ -2239,12 +2246,17 @@ fn write_piece(image: &Image, mem: &ProcMem, piece: &[(u64, u64, stasis_image::C
         if data.len() as u64 != len {
             return Err(step("memory")(format!("chunk {id} at {at:#x} holds {} bytes, not {len}", data.len())));
         }
-        if run_at + run.len() as u64 != at {
-            flush(run_at, &mut run)?;
-            run_at = at;
+        let lazy_part: Vec<u64> =
+            lazy.iter().filter(|l| l.start < at + len && at < l.end).flat_map(|l| [l.start, l.end]).collect();
+        for eager in crate::dump::memory::without(at..at + len, &lazy_part) {
+            let bytes_of = &data[(eager.start - at) as usize..(eager.end - at) as usize];
+            if run_at + run.len() as u64 != eager.start {
+                flush(run_at, &mut run)?;
+                run_at = eager.start;
+            }
+            run.extend_from_slice(bytes_of);
+            bytes += eager.end - eager.start;
         }
-        run.extend_from_slice(&data);
-        bytes += len;
     }
     flush(run_at, &mut run)?;
     Ok(bytes)
