@@ -19,20 +19,32 @@ fn dump(w: &Workload, images: &Path, extra: &[&str]) {
 }
 
 fn restore(w: &Workload, images: &Path) {
-    let r = run(["restore", "--images", images.to_str().unwrap()]);
+    restore_with(w, images, &[]);
+}
+
+fn restore_with(w: &Workload, images: &Path, extra: &[&str]) {
+    let mut args = vec!["restore", "--images", images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(&args);
     assert_eq!(r.code, Some(0), "restore of {} failed\n{}", w.name, r.dump());
     assert_eq!(r.stdout.trim(), w.pid.to_string(), "restored at another pid\n{}", r.dump());
 }
 
 /// Dump (killing the process), restore, and have it check itself.
 fn round_trip(name: &str, args: &[&str]) {
+    round_trip_with(name, args, &[]);
+}
+
+/// [`round_trip`], restoring with `restore_args` (`--lazy`: the state
+/// compared once all memory is in).
+fn round_trip_with(name: &str, args: &[&str], restore_args: &[&str]) {
     let mut w = Workload::start(name, args);
     let before = w.wait_running();
     let images = tempfile::tempdir().unwrap();
     let state = settled_state(w.pid);
     dump(&w, images.path(), &[]);
     w.wait_exit(Duration::from_secs(30));
-    restore(&w, images.path());
+    restore_with(&w, images.path(), restore_args);
     // Settled too: a thread restored in a restarted sigwaitinfo shows its
     // real mask until it is back in the call (which lifts the waited set).
     assert_same_state(&state, &settled_state(w.pid));
@@ -126,6 +138,11 @@ macro_rules! workload_tests {
         mod leave_running {
             use super::*;
             $(#[test] fn $name() { leave_running($workload, &[$($arg),*]); })*
+        }
+        mod lazy {
+            use super::*;
+            $(#[test] fn $name() { round_trip_with($workload, &[$($arg),*], &["--lazy"]); })*
+            $(#[test] fn $rname() { round_trip_with($rworkload, &[], &["--lazy"]); })*
         }
     };
 }

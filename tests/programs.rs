@@ -114,6 +114,25 @@ fn python_large_dict_round_trip() {
     assert_eq!(wait_dict_result(&p, at_dump), want, "the restored run computed another result\n{}", p.log());
 }
 
+/// `restore --lazy` of python computing over its large dict: it runs on
+/// at once, reading and writing all over its heap while the heap loads,
+/// and computes the uninterrupted run's result.
+#[test]
+fn python_large_dict_lazy_restore() {
+    let want = dict_expected();
+    let mut p = start_dict("dict-lazy");
+    wait_in_loop(&p);
+    let images = tempdir("dict-lazy-img");
+    dump_ok(p.pid, images.path(), &[]);
+    p.wait_exit(Duration::from_secs(30)).expect("our child");
+    let at_dump = dict_progress(&p.dir).unwrap();
+    assert!(dict_result(&p.dir).is_none(), "python finished before the dump; raise DICT_STEPS");
+    let r = util::run(["restore", "--images", images.path().to_str().unwrap(), "--lazy"]).success();
+    assert_eq!(r.stdout.trim(), p.pid.to_string(), "restored at another pid\n{}", r.dump());
+    assert!(r.stderr.contains("memory loaded"), "{}", r.dump());
+    assert_eq!(wait_dict_result(&p, at_dump), want, "the lazily restored run computed another result\n{}", p.log());
+}
+
 #[test]
 fn python_large_dict_leave_running() {
     let want = dict_expected();

@@ -23,7 +23,13 @@ fn dump(w: &Workload, images: &Path, extra: &[&str]) -> String {
 }
 
 fn restore(w: &Workload, images: &Path) {
-    let r = run(["restore", "--images", images.to_str().unwrap()]);
+    restore_with(w, images, &[]);
+}
+
+fn restore_with(w: &Workload, images: &Path, extra: &[&str]) {
+    let mut args = vec!["restore", "--images", images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(&args);
     assert_eq!(r.code, Some(0), "restore of {} failed\n{}\n--- workload log:\n{}", w.name, r.dump(), w.log());
     assert_eq!(r.stdout.trim(), w.pid.to_string(), "restored at another pid\n{}", r.dump());
 }
@@ -79,6 +85,11 @@ impl Drop for SysvLeftover {
 /// Dump killing the tree, restore, and compare the links of every process
 /// with those before; the workload then checks itself.
 fn round_trip(name: &str) {
+    round_trip_with(name, &[]);
+}
+
+/// [`round_trip`], restoring with `restore_args`.
+fn round_trip_with(name: &str, restore_args: &[&str]) {
     let mut sysv = SysvLeftover::default();
     let mut w = Workload::start(name, &[]);
     sysv.watch(&w);
@@ -89,7 +100,7 @@ fn round_trip(name: &str) {
     let out = dump(&w, images.path(), &[]);
     assert!(out.contains(&format!("{} processes", members.len() + 1)), "{out}");
     w.wait_exit(Duration::from_secs(30));
-    restore(&w, images.path());
+    restore_with(&w, images.path(), restore_args);
     for (&p, l) in members.iter().zip(&links_before) {
         assert_eq!(links(p), *l, "process {p}: (parent, group, session) changed\n{}", w.log());
     }
@@ -251,6 +262,17 @@ fn shared_fd_table_leave_running() {
 #[test]
 fn session_with_two_process_groups_round_trip() {
     round_trip("session");
+}
+
+/// `restore --lazy` of trees: each process's memory loads after the tree
+/// runs (a parent whose child still shares pages with it has its memory
+/// written before the child is forked from it); the processes check their
+/// memory, shared objects and links as after an eager restore.
+#[test]
+fn trees_restored_lazily() {
+    for name in ["tree", "session", "shared_mem", "unix_sockets", "passed_fds", "clone_files"] {
+        round_trip_with(name, &["--lazy"]);
+    }
 }
 
 #[test]
