@@ -341,6 +341,39 @@ fn lazy_restore_of_corrupt_chunk_names_it_and_kills_the_tree() {
     assert!(!is_alive(w.pid), "pid {} runs on with a damaged chunk of its memory", w.pid);
 }
 
+/// A process still loading its memory after `restore --lazy` is refused by
+/// a dump (the pages not loaded yet are not in it to read), naming the
+/// cause, and runs on; once loaded, it dumps.
+#[test]
+fn dump_while_a_lazy_restore_loads_is_refused() {
+    use std::io::BufRead;
+    let mut w = Workload::start("mem_dense", &["768"]);
+    w.wait_running();
+    let images = tempdir("lazy-loading-img");
+    dump_ok(w.pid, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let mut restore = util::stasis()
+        .args(["restore", "--images", images.path().to_str().unwrap(), "--lazy"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pid = String::new();
+    std::io::BufReader::new(restore.stdout.take().unwrap()).read_line(&mut pid).unwrap();
+    assert_eq!(pid.trim(), w.pid.to_string(), "restored at another pid");
+    let again = tempdir("lazy-loading-img2");
+    let r = dump(w.pid, again.path(), &["--leave-running"]);
+    let loading = restore.try_wait().unwrap().is_none();
+    let status = restore.wait().unwrap();
+    assert!(status.success(), "the lazy restore failed: {status}");
+    assert!(loading, "the restore had loaded all 768 MiB before the dump looked: nothing was tested");
+    let line = error_line(&r);
+    assert!(line.contains("registered with a userfaultfd") && line.contains("restore --lazy"), "{line}");
+    assert!(is_alive(w.pid), "the refused dump left pid {} dead", w.pid);
+    dump_ok(w.pid, again.path(), &["--leave-running"]);
+    w.check_ok();
+}
+
 #[test]
 fn restore_without_namespace_while_pid_taken_names_it_and_leaves_original() {
     let w = Workload::start("mem_dense", &["16"]);

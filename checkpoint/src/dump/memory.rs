@@ -86,6 +86,11 @@ pub fn plan(m: &Mapping) -> Result<Planned, String> {
     if !special && (m.has_flag("io") || m.has_flag("pf")) {
         return Err(format!("{} maps device memory", what()));
     }
+    // Missing pages of it are filled by whoever handles its faults: the
+    // image would lack them.
+    if m.has_flag("um") || m.has_flag("ui") {
+        return Err(format!("{} is registered with a userfaultfd that fills its missing pages", what()));
+    }
     let (kind, pages, file) = match m.name.as_str() {
         "[vdso]" => (VmaKind::Vdso, Pages::None, None),
         "[vvar]" => (VmaKind::Vvar, Pages::None, None),

@@ -550,6 +550,19 @@ pub fn preflight(target: &Target) -> Result<Listed, DumpError> {
                 source: std::io::Error::other(e),
             })?,
         };
+        // Said once for all such mappings: the usual cause is one.
+        let (filled, m): (Vec<_>, Vec<_>) = m.iter().partition(|m| m.has_flag("um") || m.has_flag("ui"));
+        if let Some(first) = filled.first() {
+            problems.push(at(format!(
+                "{} of its mappings (the first {:#x}-{:#x} {}) are registered with a userfaultfd that fills their \
+                 missing pages: a process still loading its memory after `stasis restore --lazy` (dump it once that \
+                 restore has ended), or one with a fault handler of its own",
+                filled.len(),
+                first.start,
+                first.end,
+                first.name
+            )));
+        }
         problems.extend(m.iter().filter_map(|m| memory::plan(m).err()).map(at));
         let fds = match fd::scan(pid) {
             Err(e) if gone(&e) && pid != root => continue,
