@@ -1,10 +1,11 @@
 //! Content-addressed chunks and the chunk table.
 //!
 //! A chunk's id is the BLAKE3 hash of its uncompressed bytes; it is stored
-//! once per image as its own zstd frame in `chunks.pack`, whatever the number
-//! of places that reference it. The id doubles as the chunk's checksum: a
-//! chunk is good when its frame decompresses to exactly its recorded length
-//! and hashes to its id.
+//! once per image as its own zstd frame in `chunks.pack` (or as its bytes,
+//! when zstd cannot shrink them: `format::INCOMPAT_RAW_CHUNKS`), whatever
+//! the number of places that reference it. The id doubles as the chunk's
+//! checksum: a chunk is good when its frame decompresses to exactly its
+//! recorded length (or its raw bytes are that long) and hashes to its id.
 //!
 //! The table is fixed-width binary rather than protobuf because it is the one
 //! part of the metadata that grows with memory size: 48 bytes per chunk,

@@ -165,9 +165,14 @@ impl Image {
         let mut frame = vec![0; e.stored_len as usize];
         self.pack.read_exact_at(&mut frame, e.offset).map_err(|source| ReadError::Io { path: path.clone(), source })?;
         let corrupt = |what: String| ReadError::Chunk { path: path.clone(), id: e.id, what };
+        let raw = e.stored_len == e.raw_len && self.manifest.header.incompat & format::INCOMPAT_RAW_CHUNKS != 0;
         // The capacity bounds what a hostile frame can make us allocate.
-        let data =
-            decompress(&frame, e.raw_len as usize).map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+        let data = match raw {
+            true => frame,
+            false => {
+                decompress(&frame, e.raw_len as usize).map_err(|err| corrupt(format!("does not decompress: {err}")))?
+            }
+        };
         if data.len() != e.raw_len as usize {
             return Err(corrupt(format!("decompresses to {} bytes, not {}", data.len(), e.raw_len)));
         }

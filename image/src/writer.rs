@@ -22,8 +22,37 @@ use crate::reader::Image;
 use crate::records::{fd, ImageInfo, MemoryIndex, MemoryRegion, ParentRef, ProcessTree};
 use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
 
-/// A chunk's id, and its compressed frame unless it is already stored.
-type Hashed = (ChunkId, Option<Vec<u8>>);
+/// How a chunk is stored in the pack.
+enum Frame {
+    /// Its zstd frame, shorter than its bytes.
+    Zstd(Vec<u8>),
+    /// Its bytes as they are: memory zstd cannot shrink (random or already
+    /// compressed data), stored without a pass of zstd over all of it.
+    Raw,
+}
+
+/// A chunk's id, and how to store it unless it is already stored.
+type Hashed = (ChunkId, Option<Frame>);
+
+/// Bytes of a chunk zstd is tried on first, in four slices spread over it:
+/// when they do not shrink by 3%, the chunk is stored raw.
+const PROBE: usize = 4096;
+
+/// Whether `data` looks like memory zstd cannot shrink, from [`PROBE`]
+/// bytes of it (chunks smaller than four probes are compressed whole).
+fn incompressible(zstd: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> std::io::Result<bool> {
+    if data.len() < 4 * PROBE {
+        return Ok(false);
+    }
+    let slice = PROBE / 4;
+    let mut probe = Vec::with_capacity(PROBE);
+    for k in 0..4 {
+        let at = k * (data.len() / 4);
+        probe.extend_from_slice(&data[at..at + slice]);
+    }
+    let frame = zstd.compress(&probe)?;
+    Ok(frame.len() * 100 >= probe.len() * 97)
+}
 
 /// How to write an image.
 #[derive(Clone, Debug)]
@@ -134,6 +163,8 @@ pub struct ImageWriter {
     processes: Option<ProcessTree>,
     stats: WriteStats,
     flusher: Option<Flusher>,
+    /// Whether a chunk was stored raw ([`format::INCOMPAT_RAW_CHUNKS`]).
+    raw_chunks: bool,
 }
 
 impl ImageWriter {
@@ -187,6 +218,7 @@ impl ImageWriter {
             spans: BTreeMap::new(),
             processes: None,
             stats: WriteStats::default(),
+            raw_chunks: false,
         })
     }
 
@@ -211,7 +243,7 @@ impl ImageWriter {
             for ((id, frame), slice) in done.into_iter().zip(&slices) {
                 self.stats.logical_bytes += slice.len() as u64;
                 ids.extend_from_slice(&id.0);
-                self.store(id, frame, slice.len() as u32)?;
+                self.store(id, frame, slice)?;
             }
         }
         self.spans.insert((mm, start), start + len);
@@ -252,7 +284,7 @@ impl ImageWriter {
         let done = self.hash_and_compress(windows, self.threads())?;
         let mut ids = Vec::with_capacity(done.len());
         for ((id, frame), data) in done.into_iter().zip(windows) {
-            self.store(id, frame, data.len() as u32)?;
+            self.store(id, frame, data)?;
             ids.push(id);
         }
         Ok(ids)
@@ -279,6 +311,10 @@ impl ImageWriter {
         pack.flush().map_err(&io)?;
         let mut frame = vec![0; e.stored_len as usize];
         pack.get_ref().read_exact_at(&mut frame, e.offset).map_err(&io)?;
+        // This writer stores a frame only when shorter than its chunk.
+        if e.stored_len == e.raw_len {
+            return Ok(frame);
+        }
         crate::reader::decompress(&frame, e.raw_len as usize).map_err(io)
     }
 
@@ -331,8 +367,13 @@ impl ImageWriter {
                         Some(z) => z,
                         None => zstd.insert(zstd::bulk::Compressor::new(level).map_err(err)?),
                     };
+                    if incompressible(zstd, s).map_err(err)? {
+                        return Ok((id, Some(Frame::Raw)));
+                    }
                     let frame = zstd.compress(s).map_err(err)?;
-                    Ok((id, Some(frame)))
+                    // A frame is always shorter than its chunk: a stored
+                    // length equal to the raw one means raw.
+                    Ok((id, Some(if frame.len() < s.len() { Frame::Zstd(frame) } else { Frame::Raw })))
                 })
                 .collect()
         };
@@ -350,7 +391,8 @@ impl ImageWriter {
         })
     }
 
-    fn store(&mut self, id: ChunkId, frame: Option<Vec<u8>>, raw_len: u32) -> Result<(), WriteError> {
+    /// Store chunk `id` of bytes `data` as `frame` says.
+    fn store(&mut self, id: ChunkId, frame: Option<Frame>, data: &[u8]) -> Result<(), WriteError> {
         if self.table.contains_key(&id) {
             self.stats.chunks_deduplicated += 1;
             return Ok(());
@@ -359,8 +401,16 @@ impl ImageWriter {
             self.stats.chunks_from_parent += 1;
             return Ok(());
         };
+        let raw_len = data.len() as u32;
+        let frame = match &frame {
+            Frame::Zstd(f) => f.as_slice(),
+            Frame::Raw => {
+                self.raw_chunks = true;
+                data
+            }
+        };
         let pack = self.pack.as_mut().expect("pack is open until finish");
-        pack.write_all(&frame).map_err(|source| WriteError::Io { path: self.pack_path.clone(), source })?;
+        pack.write_all(frame).map_err(|source| WriteError::Io { path: self.pack_path.clone(), source })?;
         let entry = ChunkEntry { id, offset: self.pack_len, stored_len: frame.len() as u32, raw_len };
         self.pack_len += frame.len() as u64;
         if let Some(f) = self.flusher.as_mut() {
@@ -428,7 +478,8 @@ impl ImageWriter {
         let incompat = if is_tree { format::INCOMPAT_TREE } else { 0 }
             | if has_sockets { format::INCOMPAT_SOCKETS } else { 0 }
             | if in_pid_namespace { format::INCOMPAT_PID_NAMESPACE } else { 0 }
-            | if has_ptys { format::INCOMPAT_PTYS } else { 0 };
+            | if has_ptys { format::INCOMPAT_PTYS } else { 0 }
+            | if self.raw_chunks { format::INCOMPAT_RAW_CHUNKS } else { 0 };
         let header = Header { version: FORMAT_VERSION, incompat, compat: 0 };
         let mut sections = vec![
             (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),

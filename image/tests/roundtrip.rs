@@ -182,3 +182,34 @@ fn chunks_stored_ahead_make_regions() {
     assert_eq!(pack_len, summary.stats.stored_bytes);
     assert!(pack_len < stored_with_unused, "{pack_len} bytes in the pack, {stored_with_unused} with the unused chunk");
 }
+
+/// Memory zstd cannot shrink is stored raw, without a pass of zstd over
+/// all of it (the image then sets the raw-chunks feature bit); memory that
+/// shrinks, even only in part of a chunk, is stored as a frame.
+#[test]
+fn incompressible_chunks_are_stored_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut half = noise(7, 32 * 1024);
+    half.resize(64 * 1024, 0);
+    let regions = vec![(1, 0x40_0000, noise(3, 128 * 1024)), (1, 0x80_0000, half.clone())];
+    let opts = WriteOptions { chunk_size: 64 * 1024, ..WriteOptions::default() };
+    write(dir.path(), &regions, opts.clone());
+    let image = Image::open(dir.path()).unwrap();
+    assert_eq!(image.header().incompat & stasis_image::format::INCOMPAT_RAW_CHUNKS, 0x10);
+    let entry = |id| *image.chunks().entries().iter().find(|e| e.id == id).unwrap();
+    let ids: Vec<_> = image.memory().iter().flat_map(|r| image.region_chunks(r)).map(|(_, _, id)| id).collect();
+    let (random, mixed) = (&ids[..2], ids[2]);
+    for id in random {
+        assert_eq!(entry(*id).stored_len, entry(*id).raw_len, "random chunk {id} not stored raw");
+    }
+    assert!(entry(mixed).stored_len < 40 * 1024, "a half-zero chunk stored as {} bytes", entry(mixed).stored_len);
+    for (r, (_, _, data)) in image.memory().iter().zip(&regions) {
+        assert_eq!(&image.read_region(r).unwrap(), data);
+    }
+    image.verify().unwrap();
+
+    // Nothing raw: no bit.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &[(1, 0x40_0000, b"stasis!\n".repeat(16 * 1024))], opts);
+    assert_eq!(Image::open(dir.path()).unwrap().header().incompat & 0x10, 0);
+}
