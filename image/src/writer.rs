@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -52,6 +53,76 @@ fn incompressible(zstd: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> std::io
     }
     let frame = zstd.compress(&probe)?;
     Ok(frame.len() * 100 >= probe.len() * 97)
+}
+
+thread_local! {
+    /// A compression context per thread, with its level: making one per
+    /// chunk costs about as much as compressing memory that does not
+    /// compress.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Hash `data` and, unless `known`, compress it (or not: [`Frame::Raw`]).
+fn hash_and_compress_one(data: &[u8], level: i32, known: &dyn Fn(&ChunkId) -> bool) -> Result<Hashed, WriteError> {
+    let id = ChunkId::of(data);
+    if known(&id) {
+        return Ok((id, None));
+    }
+    let err = |source| WriteError::Compress { id, source };
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
+        }
+        let (_, zstd) = cell.as_mut().expect("made above");
+        if incompressible(zstd, data).map_err(err)? {
+            return Ok((id, Some(Frame::Raw)));
+        }
+        let frame = zstd.compress(data).map_err(err)?;
+        // A frame is always shorter than its chunk: a stored length equal
+        // to the raw one means raw.
+        Ok((id, Some(if frame.len() < data.len() { Frame::Zstd(frame) } else { Frame::Raw })))
+    })
+}
+
+/// Hashes and compresses memory on any thread, as the writer it came from
+/// ([`ImageWriter::chunker`]) would, for it to store after
+/// ([`ImageWriter::add_prepared`]): a dump's reader threads do this work
+/// while the writer writes.
+#[derive(Clone, Debug)]
+pub struct Chunker {
+    level: i32,
+    chunk_size: u32,
+    parent: Option<Arc<Image>>,
+}
+
+/// Memory cut into windows, each hashed and compressed by a [`Chunker`]
+/// (not compressed when the parent chain holds it).
+pub struct Prepared {
+    start: u64,
+    len: u64,
+    chunk_size: u32,
+    hashed: Vec<Hashed>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("start", &self.start).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl Chunker {
+    /// The windows of `data` at `start` hashed and compressed.
+    pub fn prepare(&self, start: u64, data: &[u8]) -> Result<Prepared, WriteError> {
+        let known = |id: &ChunkId| self.parent.as_ref().is_some_and(|p| p.find_chunk(id).is_some());
+        let hashed = chunk_windows(start, data.len() as u64, self.chunk_size)
+            .map(|(s, l)| {
+                hash_and_compress_one(&data[(s - start) as usize..(s - start + l) as usize], self.level, &known)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Prepared { start, len: data.len() as u64, chunk_size: self.chunk_size, hashed })
+    }
 }
 
 /// How to write an image.
@@ -156,7 +227,7 @@ pub struct ImageWriter {
     pack: Option<BufWriter<File>>,
     pack_len: u64,
     table: HashMap<ChunkId, ChunkEntry>,
-    parent: Option<(Image, ParentRef)>,
+    parent: Option<(Arc<Image>, ParentRef)>,
     regions: Vec<MemoryRegion>,
     /// End of each region per address space, to refuse overlaps.
     spans: BTreeMap<(u32, u64), u64>,
@@ -188,7 +259,7 @@ impl ImageWriter {
                     path: path.to_string_lossy().into_owned(),
                     manifest_hash: image.manifest_hash().to_vec(),
                 };
-                Some((image, pref))
+                Some((Arc::new(image), pref))
             }
         };
         let pack_path = dir.join(PACK_NAME);
@@ -353,29 +424,7 @@ impl ImageWriter {
             self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
         };
         let work = |part: &[&[u8]]| -> Result<Vec<Hashed>, WriteError> {
-            // One context for the part: making one per chunk costs about
-            // as much as compressing memory that does not compress.
-            let mut zstd = None;
-            part.iter()
-                .map(|s| {
-                    let id = ChunkId::of(s);
-                    if known(&id) {
-                        return Ok((id, None));
-                    }
-                    let err = |source| WriteError::Compress { id, source };
-                    let zstd = match &mut zstd {
-                        Some(z) => z,
-                        None => zstd.insert(zstd::bulk::Compressor::new(level).map_err(err)?),
-                    };
-                    if incompressible(zstd, s).map_err(err)? {
-                        return Ok((id, Some(Frame::Raw)));
-                    }
-                    let frame = zstd.compress(s).map_err(err)?;
-                    // A frame is always shorter than its chunk: a stored
-                    // length equal to the raw one means raw.
-                    Ok((id, Some(if frame.len() < s.len() { Frame::Zstd(frame) } else { Frame::Raw })))
-                })
-                .collect()
+            part.iter().map(|s| hash_and_compress_one(s, level, &known)).collect()
         };
         if threads <= 1 || slices.len() < 4 {
             return work(slices);
@@ -389,6 +438,57 @@ impl ImageWriter {
             }
             Ok(out)
         })
+    }
+
+    /// A [`Chunker`] for this image: hashing and compressing on other
+    /// threads, for [`ImageWriter::add_prepared`] and
+    /// [`ImageWriter::store_prepared`].
+    pub fn chunker(&self) -> Chunker {
+        Chunker {
+            level: self.opts.zstd_level,
+            chunk_size: self.opts.chunk_size,
+            parent: self.parent.as_ref().map(|(p, _)| p.clone()),
+        }
+    }
+
+    /// [`ImageWriter::add_memory`] of `data`, hashed and compressed before
+    /// by [`Chunker::prepare`] of the same bytes at `start`.
+    pub fn add_prepared(&mut self, mm: u32, start: u64, data: &[u8], prepared: Prepared) -> Result<(), WriteError> {
+        let len = data.len() as u64;
+        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || start.checked_add(len).is_none() {
+            return Err(WriteError::Unaligned { start, len });
+        }
+        self.check_free(mm, start, len)?;
+        let ids = self.store_prepared(start, data, prepared)?;
+        let mut chunk_ids = Vec::with_capacity(ids.len() * 32);
+        for id in ids {
+            chunk_ids.extend_from_slice(&id.0);
+        }
+        self.spans.insert((mm, start), start + len);
+        self.regions.push(MemoryRegion { mm, start, len, chunk_ids });
+        Ok(())
+    }
+
+    /// [`ImageWriter::store_chunks`] of the windows of `data` at `start`,
+    /// hashed and compressed before by [`Chunker::prepare`]; their ids in
+    /// address order.
+    pub fn store_prepared(&mut self, start: u64, data: &[u8], prepared: Prepared) -> Result<Vec<ChunkId>, WriteError> {
+        let windows: Vec<(u64, u64)> = self.windows(start, data.len() as u64).collect();
+        if (prepared.start, prepared.len, prepared.chunk_size) != (start, data.len() as u64, self.opts.chunk_size)
+            || prepared.hashed.len() != windows.len()
+        {
+            return Err(WriteError::Unaligned { start, len: data.len() as u64 });
+        }
+        let mut ids = Vec::with_capacity(windows.len());
+        for ((id, frame), (s, l)) in prepared.hashed.into_iter().zip(windows) {
+            let slice = &data[(s - start) as usize..(s - start + l) as usize];
+            self.stats.logical_bytes += l;
+            // One stored here since counts as a duplicate; none: the
+            // parent chain's.
+            self.store(id, frame, slice)?;
+            ids.push(id);
+        }
+        Ok(ids)
     }
 
     /// Store chunk `id` of bytes `data` as `frame` says.

@@ -10,7 +10,7 @@
 //! one ioctl per mapping.
 
 use stasis_image::records::{madvise, FileRef, Vma, VmaKind};
-use stasis_image::ImageWriter;
+use stasis_image::{Chunker, ImageWriter, Prepared};
 use stasis_sys::pagemap::{Categories, Pagemap, ScanRequest};
 use stasis_sys::process_vm::RemoteAddr;
 use stasis_sys::procmem::ProcMem;
@@ -253,9 +253,10 @@ pub fn store(
     }
     let total: u64 = pieces.iter().map(|(s, e)| e - s).sum();
     let mut done = 0;
-    read_pieces(pid, &pieces, |at, read| {
-        let buf = read?;
-        writer.add_memory(mm, at, &buf).map_err(MemoryError::Write)?;
+    let chunker = writer.chunker();
+    read_pieces(pid, &pieces, Some(&chunker), |at, read| {
+        let Piece { buf, prepared } = read?;
+        writer.add_prepared(mm, at, &buf, prepared.expect("asked for")).map_err(MemoryError::Write)?;
         stats.pages_written += buf.len() as u64 / PAGE;
         done += buf.len() as u64;
         progress(done, total);
@@ -350,19 +351,27 @@ pub(crate) fn pieces_of(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
     pieces
 }
 
+/// A piece of memory read, and with a chunker, hashed and compressed.
+pub(crate) struct Piece {
+    pub buf: Vec<u8>,
+    pub prepared: Option<Prepared>,
+}
+
 /// Read `pieces` of `pid` on worker threads (each with its own
-/// /proc/PID/mem) and hand each to `sink` as it arrives, in no particular
-/// order. The channel's bound keeps at most a few pieces in flight; an
-/// error from `sink` stops the reading.
+/// /proc/PID/mem), with `chunker` hash and compress each there too (so the
+/// image's writer only writes), and hand each to `sink` as it arrives, in
+/// no particular order. The channel's bound keeps at most a few pieces in
+/// flight; an error from `sink` stops the reading.
 pub(crate) fn read_pieces(
     pid: Pid,
     pieces: &[(u64, u64)],
-    mut sink: impl FnMut(u64, Result<Vec<u8>, MemoryError>) -> Result<(), MemoryError>,
+    chunker: Option<&Chunker>,
+    mut sink: impl FnMut(u64, Result<Piece, MemoryError>) -> Result<(), MemoryError>,
 ) -> Result<(), MemoryError> {
     let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), MemoryError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Result<Vec<u8>, MemoryError>)>(readers * 2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Result<Piece, MemoryError>)>(readers * 2);
         for _ in 0..readers {
             let tx = tx.clone();
             let next = &next;
@@ -371,7 +380,10 @@ pub(crate) fn read_pieces(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(at, end)) = pieces.get(i) else { return };
-                    let read = read_piece(pid, at, end, &mut mem);
+                    let read = read_piece(pid, at, end, &mut mem).and_then(|buf| {
+                        let prepared = chunker.map(|c| c.prepare(at, &buf)).transpose().map_err(MemoryError::Write)?;
+                        Ok(Piece { buf, prepared })
+                    });
                     if tx.send((at, read)).is_err() {
                         return; // the sink failed and stopped listening
                     }

@@ -493,14 +493,21 @@ fn copy_first(
     }
     let mut bytes = 0;
     let mut got = Vec::new();
-    memory::read_pieces(pid, &pieces, |at, read| {
-        let Ok(buf) = read else { return Ok(()) };
-        let windows: Vec<(u64, u64)> = writer.windows(at, buf.len() as u64).collect();
-        let slices: Vec<&[u8]> = windows.iter().map(|&(s, l)| &buf[(s - at) as usize..(s - at + l) as usize]).collect();
-        let ids = writer.store_chunks(&slices).map_err(MemoryError::Write)?;
-        for ((s, l), id) in windows.into_iter().zip(ids) {
-            copied.first.insert(s, (l, id));
-        }
+    let chunker = writer.chunker();
+    memory::read_pieces(pid, &pieces, Some(&chunker), |at, read| {
+        let buf = match read {
+            Ok(memory::Piece { buf, prepared: Some(prepared) }) => {
+                let ids = writer.store_prepared(at, &buf, prepared).map_err(MemoryError::Write)?;
+                let windows: Vec<(u64, u64)> = writer.windows(at, buf.len() as u64).collect();
+                for ((s, l), id) in windows.into_iter().zip(ids) {
+                    copied.first.insert(s, (l, id));
+                }
+                buf
+            }
+            // Unmapped meanwhile: left to the freeze.
+            Ok(memory::Piece { prepared: None, .. }) | Err(MemoryError::Read { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         got.extend([at, at + buf.len() as u64]);
         bytes += buf.len() as u64;
         Ok(())
