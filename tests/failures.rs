@@ -374,6 +374,53 @@ fn dump_while_a_lazy_restore_loads_is_refused() {
     w.check_ok();
 }
 
+/// Writes all over 64 MiB without pause (byte 8 of page k takes the low
+/// byte of the write's number), until DIR/stop; then checks every page
+/// holds its last write and says so in DIR/result.
+const WRITER_SCRIPT: &str = r#"
+import os, sys
+d = sys.argv[1]
+pages = 16384
+buf = bytearray(pages * 4096)
+open(os.path.join(d, "ready"), "w").close()
+i = 0
+while not os.path.exists(os.path.join(d, "stop")):
+    for _ in range(65536):
+        buf[(i % pages) * 4096 + 8] = i & 255
+        i += 1
+bad = [k for k in range(pages) if i > k and buf[k * 4096 + 8] != ((i - 1 - (i - 1 - k) % pages) & 255)]
+with open(os.path.join(d, "result"), "w") as f:
+    f.write("ok\n" if not bad else "fail: pages %r\n" % bad[:5])
+"#;
+
+/// `--max-freeze`: a process writing its memory without pause, faster than
+/// a 10 µs freeze could copy, is not dumped (the error says why) and runs
+/// on unharmed; with a bound it can fit, it is dumped, the report saying
+/// what the freeze was expected to copy.
+#[test]
+fn max_freeze_refuses_a_freeze_it_cannot_fit() {
+    let dir = tempdir("max-freeze");
+    let script = dir.path().join("writer.py");
+    fs::write(&script, WRITER_SCRIPT).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let mut p = Spawned::start("writer", cmd, dir);
+    p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+    let images = tempdir("max-freeze-img");
+    let line = error_line(&dump(p.pid, images.path(), &["--leave-running", "--max-freeze", "0.01"]));
+    assert!(line.contains("--max-freeze 0.010 ms") && line.contains("runs on"), "{line}");
+    assert!(is_alive(p.pid), "the refused dump left pid {} dead", p.pid);
+    let r = dump(p.pid, images.path(), &["--leave-running", "--max-freeze", "10000", "--json"]);
+    assert_eq!(r.code, Some(0), "{}", r.dump());
+    let pre = &r.json()["pre_copy"];
+    let predicted = pre["predicted_freeze_us"].as_u64().unwrap_or_else(|| panic!("no prediction: {pre}"));
+    assert!(predicted <= 10_000_000, "{pre}");
+    fs::write(p.dir.join("stop"), "").unwrap();
+    let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
+    assert_eq!(result.trim(), "ok", "{}", p.log());
+    p.wait_exit(Duration::from_secs(30));
+}
+
 #[test]
 fn restore_without_namespace_while_pid_taken_names_it_and_leaves_original() {
     let w = Workload::start("mem_dense", &["16"]);

@@ -630,6 +630,7 @@ pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoi
         while_frozen: None,
         pre_copy: false,
         skip_in_flight: false,
+        max_freeze: None,
     }
 }
 

@@ -460,6 +460,7 @@ impl ImageWriter {
         }
         self.check_free(mm, start, len)?;
         let ids = self.store_prepared(start, data, prepared)?;
+        self.stats.logical_bytes += len;
         let mut chunk_ids = Vec::with_capacity(ids.len() * 32);
         for id in ids {
             chunk_ids.extend_from_slice(&id.0);
@@ -482,7 +483,6 @@ impl ImageWriter {
         let mut ids = Vec::with_capacity(windows.len());
         for ((id, frame), (s, l)) in prepared.hashed.into_iter().zip(windows) {
             let slice = &data[(s - start) as usize..(s - start + l) as usize];
-            self.stats.logical_bytes += l;
             // One stored here since counts as a duplicate; none: the
             // parent chain's.
             self.store(id, frame, slice)?;

@@ -66,6 +66,14 @@ pub struct Args {
     /// them only to copy what they wrote since).
     #[arg(long)]
     no_pre_copy: bool,
+    /// Keep copying memory ahead, in rounds, until what the tree wrote
+    /// since the last round should take no longer than MS milliseconds to
+    /// copy frozen; if the tree writes faster than stasis copies, so that
+    /// this cannot be reached, the dump is refused and the tree runs on.
+    /// Stopping the threads and reading their state come on top (a few
+    /// ms); memory that cannot be tracked is copied frozen too.
+    #[arg(long, value_name = "MS", conflicts_with = "no_pre_copy", value_parser = positive_ms)]
+    max_freeze: Option<f64>,
     /// Dump a TCP listener that has connections waiting to be accepted,
     /// leaving them out (their clients see the connection reset after the
     /// restore), instead of refusing it.
@@ -77,6 +85,14 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A duration in milliseconds, above zero.
+fn positive_ms(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(ms) if ms > 0.0 && ms.is_finite() => Ok(ms),
+        _ => Err(format!("{s:?} is not a number of milliseconds above zero")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -117,6 +133,7 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
         while_frozen: volume,
         pre_copy: !args.no_pre_copy,
         skip_in_flight: args.skip_in_flight,
+        max_freeze: args.max_freeze.map(|ms| std::time::Duration::from_secs_f64(ms / 1e3)),
     };
     let result = dump::dump(&opts);
     drop(bar);
@@ -163,9 +180,18 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
             },
         );
         if let Some(pre) = report.pre_copy.as_ref().filter(|p| p.bytes_read > 0) {
+            let predicted = pre.predicted_freeze_us.map_or(String::new(), |us| {
+                format!(
+                    " ({} written since, expected to take {:.1} ms frozen)",
+                    bytes(pre.left_for_freeze),
+                    us as f64 / 1e3
+                )
+            });
             println!(
-                "live snapshot: {} copied while running, {} of it unchanged at the freeze",
+                "live snapshot: {} copied while running in {} round{}, {} of it unchanged at the freeze{predicted}",
                 bytes(pre.bytes_read),
+                pre.rounds + 1,
+                if pre.rounds == 0 { "" } else { "s" },
                 bytes(pre.bytes_used)
             );
         }

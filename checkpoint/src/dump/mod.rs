@@ -75,6 +75,10 @@ pub struct DumpOptions {
     /// (their clients see a reset after the restore) instead of refusing
     /// the dump, as `criu --skip-in-flight`.
     pub skip_in_flight: bool,
+    /// With `pre_copy`: copy ahead until what the freeze has to copy should
+    /// take no longer than this, and refuse the dump (the tree running on)
+    /// when the tree writes faster than that can be reached.
+    pub max_freeze: Option<Duration>,
 }
 
 /// What a coherent snapshot does while the tree is frozen.
@@ -122,6 +126,10 @@ pub struct PreCopyReport {
     /// Why something was not tracked (copied in the freeze instead), or
     /// why nothing was: one line each.
     pub untracked: Vec<String>,
+    /// Bytes written since the last round, copied in the freeze, and how
+    /// long that was expected to take (microseconds).
+    pub left_for_freeze: u64,
+    pub predicted_freeze_us: Option<u64>,
 }
 
 /// Why a dump failed. The process is left running, unchanged, in every case
@@ -130,6 +138,15 @@ pub struct PreCopyReport {
 pub enum DumpError {
     #[error("no process {0}")]
     NoProcess(Pid),
+    #[error(
+        "process {pid} was not dumped (it runs on): it writes its memory faster than stasis copies it ahead; after \
+         {rounds} rounds, the {:.1} MiB written since the last would take {} to copy frozen, more than \
+         --max-freeze {}",
+        *left as f64 / (1u64 << 20) as f64,
+        predicted.map_or("an unknown time".to_owned(), |p| format!("{:.3} ms", p.as_secs_f64() * 1e3)),
+        format!("{:.3} ms", max.as_secs_f64() * 1e3)
+    )]
+    FreezeTooLong { pid: Pid, rounds: usize, left: u64, predicted: Option<Duration>, max: Duration },
     #[error("process {pid} cannot be dumped: {reason}")]
     Refused { pid: Pid, reason: String },
     #[error("process {pid} holds what stasis cannot dump yet: {}", .problems.join("; "))]
@@ -218,16 +235,32 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let mut pre_copy = None;
     if opts.pre_copy {
         match precopy::unavailable() {
+            Some(why) if opts.max_freeze.is_some() => {
+                return Err(DumpError::Refused {
+                    pid,
+                    reason: format!(
+                        "--max-freeze needs a live snapshot, and memory cannot be copied ahead here: {why}"
+                    ),
+                });
+            }
             Some(why) => {
                 tracing::warn!("memory is copied with the tree frozen: {why}");
                 pre_copy_report = Some(PreCopyReport { untracked: vec![why], ..PreCopyReport::default() });
             }
             None => {
-                let p = precopy::run(&listed.pids, &mut writer)?;
+                let p = precopy::run(&listed.pids, &mut writer, opts.max_freeze)?;
                 for why in &p.untracked {
                     tracing::info!("copied in the freeze instead: {why}");
                 }
                 clock.phase("pre-copy");
+                if let Some(max) = opts.max_freeze {
+                    if p.predicted_freeze.is_none_or(|d| d > max) {
+                        let (rounds, left, predicted) = (p.rounds, p.left, p.predicted_freeze);
+                        // Dropped: every mapping unregistered.
+                        drop(p);
+                        return Err(DumpError::FreezeTooLong { pid, rounds, left, predicted, max });
+                    }
+                }
                 pre_copy = Some(p);
             }
         }
@@ -358,6 +391,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             bytes_used: used,
             rounds: pre.rounds,
             untracked: pre.untracked.clone(),
+            left_for_freeze: pre.left,
+            predicted_freeze_us: pre.predicted_freeze.map(|d| d.as_micros() as u64),
         });
         clock.phase("assemble");
     }

@@ -61,6 +61,10 @@ const SMALL_ENOUGH: u64 = 1 << 20;
 /// No further round after this many that found no less written than the
 /// least found before.
 const STALLED: usize = 2;
+/// With a freeze to fit ([`run`]'s `max_freeze`): rounds at most, and
+/// rounds without less written before giving up.
+const MAX_ROUNDS_TO_FIT: usize = 30;
+const STALLED_TO_FIT: usize = 4;
 
 /// The latest raw copy of the pages of a process's registered mappings, in
 /// the agent's memory: the mappings laid end to end, in address order, in
@@ -245,6 +249,12 @@ pub struct PreCopy {
     /// Memory the mirrors may still take: half of what was available
     /// when the copy started.
     room: Arc<AtomicU64>,
+    /// Bytes written since the last round when the rounds ended: what the
+    /// freeze copies (besides what could not be tracked).
+    pub left: u64,
+    /// How long copying `left` should take, at the rate the last round
+    /// copied (none before a round measured it).
+    pub predicted_freeze: Option<Duration>,
 }
 
 impl PreCopy {
@@ -292,8 +302,11 @@ pub fn unavailable() -> Option<String> {
 /// Track and copy the private memory of `pids` into `writer` while they
 /// run, then copy what they wrote, in rounds while that shrinks. Only
 /// failing to write the image is an error: a process that cannot be
-/// tracked is noted and copied in the freeze.
-pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryError> {
+/// tracked is noted and copied in the freeze. With `max_freeze`, the
+/// rounds go on (up to [`MAX_ROUNDS_TO_FIT`], while they gain) until
+/// copying what was written since the last one fits in it
+/// ([`PreCopy::predicted_freeze`]); the caller decides what a miss means.
+pub fn run(pids: &[Pid], writer: &mut ImageWriter, max_freeze: Option<Duration>) -> Result<PreCopy, MemoryError> {
     let mut pre = PreCopy { room: Arc::new(AtomicU64::new(mem_available() / 2)), ..PreCopy::default() };
     for &pid in pids {
         let (uffd, plans) = match track(pid) {
@@ -355,7 +368,13 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
     // (the first copy compressed as it went; the rounds copy raw, far
     // faster, so the first round is worth it however much was written).
     let (mut least, mut since_least) = (u64::MAX, 0);
-    while pre.rounds < MAX_ROUNDS {
+    let (max_rounds, stalled) = match max_freeze {
+        Some(_) => (MAX_ROUNDS_TO_FIT, STALLED_TO_FIT),
+        None => (MAX_ROUNDS, STALLED),
+    };
+    // Bytes a second the rounds copy (raw), from the last that copied some.
+    let mut rate: Option<f64> = None;
+    loop {
         let (mut written, mut new) = (0, 0);
         let mut gone = Vec::new();
         for (&pid, c) in &pre.by_pid {
@@ -379,7 +398,17 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             true => (least, since_least) = (written, 0),
             false => since_least += 1,
         }
-        if written < SMALL_ENOUGH || since_least >= STALLED {
+        pre.left = written;
+        pre.predicted_freeze = match (written, rate) {
+            (0, _) => Some(Duration::ZERO),
+            (_, Some(r)) => Some(Duration::from_secs_f64(written as f64 / r)),
+            (_, None) => None,
+        };
+        let done = match max_freeze {
+            Some(max) => pre.predicted_freeze.is_some_and(|p| p <= max),
+            None => written < SMALL_ENOUGH,
+        };
+        if done || since_least >= stalled || pre.rounds >= max_rounds {
             break;
         }
         if new > pre.room.load(Ordering::Relaxed) {
@@ -406,6 +435,9 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter) -> Result<PreCopy, MemoryErro
             pre.untracked.push(format!("process {pid}: {e}"));
         }
         pre.bytes_read += last;
+        if last >= SMALL_ENOUGH / 4 {
+            rate = Some(last as f64 / started.elapsed().as_secs_f64().max(1e-6));
+        }
         tracing::debug!(
             "pre-copy round {}: {written} bytes written since the last, {last} copied in {:?}",
             pre.rounds,
