@@ -374,6 +374,10 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter, max_freeze: Option<Duration>)
     };
     // Bytes a second the rounds copy (raw), from the last that copied some.
     let mut rate: Option<f64> = None;
+    // What the scan before found written: a freeze to fit is judged by the
+    // more of the two (a writer not scheduled during one round has not
+    // stopped writing).
+    let mut before = 0;
     loop {
         let (mut written, mut new) = (0, 0);
         let mut gone = Vec::new();
@@ -399,9 +403,13 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter, max_freeze: Option<Duration>)
             false => since_least += 1,
         }
         pre.left = written;
-        pre.predicted_freeze = match (written, rate) {
+        let judged = match max_freeze {
+            Some(_) => written.max(std::mem::replace(&mut before, written)),
+            None => written,
+        };
+        pre.predicted_freeze = match (judged, rate) {
             (0, _) => Some(Duration::ZERO),
-            (_, Some(r)) => Some(Duration::from_secs_f64(written as f64 / r)),
+            (_, Some(r)) => Some(Duration::from_secs_f64(judged as f64 / r)),
             (_, None) => None,
         };
         let done = match max_freeze {
