@@ -157,29 +157,55 @@ impl Image {
     /// The contents of chunk `id`, checked against its id.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, ReadError> {
         let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
-        image.read_own_chunk(entry)
+        image.read_own_chunk(entry, true)
     }
 
-    fn read_own_chunk(&self, e: &ChunkEntry) -> Result<Vec<u8>, ReadError> {
+    /// [`Image::read_chunk`] without hashing it again: for a reader that
+    /// has just [`Image::verify`]'d the image (a restore writing every
+    /// chunk it checked a moment before). Its length is still checked, and
+    /// a frame still has to decompress.
+    pub fn read_verified_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, ReadError> {
+        let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
+        image.read_own_chunk(entry, false)
+    }
+
+    /// [`Image::read_verified_chunk`] into `buf` (its old contents
+    /// replaced): a buffer used again takes no new pages, nor zeroing.
+    pub fn read_verified_chunk_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+        let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
+        image.read_own_chunk_into(entry, false, buf)
+    }
+
+    fn read_own_chunk(&self, e: &ChunkEntry, hash: bool) -> Result<Vec<u8>, ReadError> {
+        let mut data = Vec::new();
+        self.read_own_chunk_into(e, hash, &mut data)?;
+        Ok(data)
+    }
+
+    fn read_own_chunk_into(&self, e: &ChunkEntry, hash: bool, data: &mut Vec<u8>) -> Result<(), ReadError> {
         let path = self.dir.join(PACK_NAME);
-        let mut frame = vec![0; e.stored_len as usize];
-        self.pack.read_exact_at(&mut frame, e.offset).map_err(|source| ReadError::Io { path: path.clone(), source })?;
+        let io = |source| ReadError::Io { path: path.clone(), source };
         let corrupt = |what: String| ReadError::Chunk { path: path.clone(), id: e.id, what };
         let raw = e.stored_len == e.raw_len && self.manifest.header.incompat & format::INCOMPAT_RAW_CHUNKS != 0;
-        // The capacity bounds what a hostile frame can make us allocate.
-        let data = match raw {
-            true => frame,
-            false => {
-                decompress(&frame, e.raw_len as usize).map_err(|err| corrupt(format!("does not decompress: {err}")))?
-            }
-        };
+        if raw {
+            // Zeros written only where the buffer grows.
+            data.resize(e.stored_len as usize, 0);
+            self.pack.read_exact_at(data, e.offset).map_err(io)?;
+        } else {
+            let mut frame = vec![0; e.stored_len as usize];
+            self.pack.read_exact_at(&mut frame, e.offset).map_err(io)?;
+            // The capacity bounds what a hostile frame can make us allocate.
+            data.clear();
+            data.reserve(e.raw_len as usize);
+            decompress_into(&frame, data).map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+        }
         if data.len() != e.raw_len as usize {
             return Err(corrupt(format!("decompresses to {} bytes, not {}", data.len(), e.raw_len)));
         }
-        if ChunkId::of(&data) != e.id {
+        if hash && ChunkId::of(data) != e.id {
             return Err(corrupt("contents do not match its id".into()));
         }
-        Ok(data)
+        Ok(())
     }
 
     /// The chunks `region` is made of: the address and length of each
@@ -221,7 +247,12 @@ impl Image {
             std::thread::scope(|scope| {
                 let parts: Vec<_> = entries
                     .chunks(per)
-                    .map(|part| scope.spawn(move || part.iter().try_for_each(|e| i.read_own_chunk(e).map(drop))))
+                    .map(|part| {
+                        scope.spawn(move || {
+                            let mut buf = Vec::new();
+                            part.iter().try_for_each(|e| i.read_own_chunk_into(e, true, &mut buf))
+                        })
+                    })
                     .collect();
                 parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
             })?;
@@ -407,6 +438,18 @@ thread_local! {
     /// than many chunks take to decompress.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// `frame` decompressed into the spare capacity of `out` (no more).
+fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let d = match cell.as_mut() {
+            Some(d) => d,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress_to_buffer(frame, out)
+    })
 }
 
 /// `frame` decompressed, into at most `capacity` bytes.

@@ -103,6 +103,48 @@ impl ProcMem {
     }
 }
 
+impl ProcMem {
+    /// Write `bufs`, one after another, from `addr` on, in as few calls as
+    /// the kernel takes (pwritev: no copy of them into one buffer first).
+    pub fn write_all_vectored_at(&self, addr: RemoteAddr, bufs: &[&[u8]]) -> Result<(), Error> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let err = |source| Error::Access { op: "write", pid: self.pid, addr, len: total, source };
+        let (mut k, mut skip, mut at) = (0, 0, addr.0);
+        while k < bufs.len() {
+            // At most IOV_MAX slices a call.
+            let slices: Vec<io::IoSlice<'_>> = std::iter::once(&bufs[k][skip..])
+                .chain(bufs[k + 1..].iter().copied())
+                .take(1024)
+                .map(io::IoSlice::new)
+                .collect();
+            let n = match nix::sys::uio::pwritev(&self.file, &slices, at as i64) {
+                Ok(0) => return Err(err(io::Error::new(io::ErrorKind::WriteZero, "wrote nothing"))),
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(err(io::Error::from(e))),
+            };
+            at += n as u64;
+            let mut left = n;
+            while left > 0 {
+                let here = bufs[k].len() - skip;
+                if left < here {
+                    skip += left;
+                    left = 0;
+                } else {
+                    left -= here;
+                    k += 1;
+                    skip = 0;
+                }
+            }
+            while k < bufs.len() && bufs[k].len() == skip {
+                k += 1;
+                skip = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +160,10 @@ mod tests {
         let mut back = [0u8; 8];
         mem.read_exact_at(addr, &mut back).unwrap();
         assert_eq!(&back, b"restored");
+        mem.write_all_vectored_at(RemoteAddr(addr.0 + 100), &[b"in ", b"", b"three", b" parts"]).expect("pwritev");
+        let mut back = [0u8; 14];
+        mem.read_exact_at(RemoteAddr(addr.0 + 100), &mut back).unwrap();
+        assert_eq!(&back, b"in three parts");
         assert_eq!(ours[..8], [0x5a; 8]);
     }
 

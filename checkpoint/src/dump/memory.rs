@@ -256,7 +256,7 @@ pub fn store(
     let chunker = writer.chunker();
     read_pieces(pid, &pieces, Some(&chunker), |at, read| {
         let Piece { buf, prepared } = read?;
-        writer.add_prepared(mm, at, &buf, prepared.expect("asked for")).map_err(MemoryError::Write)?;
+        writer.add_prepared(mm, at, buf, prepared.take().expect("asked for")).map_err(MemoryError::Write)?;
         stats.pages_written += buf.len() as u64 / PAGE;
         done += buf.len() as u64;
         progress(done, total);
@@ -361,15 +361,19 @@ pub(crate) struct Piece {
 /// /proc/PID/mem), with `chunker` hash and compress each there too (so the
 /// image's writer only writes), and hand each to `sink` as it arrives, in
 /// no particular order. The channel's bound keeps at most a few pieces in
-/// flight; an error from `sink` stops the reading.
+/// flight; an error from `sink` stops the reading. The pieces' buffers
+/// are used again once the sink is done with them (a fresh one takes new
+/// pages, which the kernel zeroes, and then we do).
 pub(crate) fn read_pieces(
     pid: Pid,
     pieces: &[(u64, u64)],
     chunker: Option<&Chunker>,
-    mut sink: impl FnMut(u64, Result<Piece, MemoryError>) -> Result<(), MemoryError>,
+    mut sink: impl FnMut(u64, Result<&mut Piece, MemoryError>) -> Result<(), MemoryError>,
 ) -> Result<(), MemoryError> {
     let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+    let pool = &pool;
     std::thread::scope(|scope| -> Result<(), MemoryError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Result<Piece, MemoryError>)>(readers * 2);
         for _ in 0..readers {
@@ -380,7 +384,8 @@ pub(crate) fn read_pieces(
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(at, end)) = pieces.get(i) else { return };
-                    let read = read_piece(pid, at, end, &mut mem).and_then(|buf| {
+                    let buf = pool.lock().expect("not poisoned").pop().unwrap_or_default();
+                    let read = read_piece(pid, at, end, &mut mem, buf).and_then(|buf| {
                         let prepared = chunker.map(|c| c.prepare(at, &buf)).transpose().map_err(MemoryError::Write)?;
                         Ok(Piece { buf, prepared })
                     });
@@ -392,7 +397,13 @@ pub(crate) fn read_pieces(
         }
         drop(tx);
         for (at, read) in rx {
-            sink(at, read)?;
+            match read {
+                Ok(mut piece) => {
+                    sink(at, Ok(&mut piece))?;
+                    pool.lock().expect("not poisoned").push(piece.buf);
+                }
+                Err(e) => sink(at, Err(e))?,
+            }
         }
         Ok(())
     })
@@ -558,8 +569,15 @@ pub fn find_guards(pid: Pid, plans: &mut [Planned]) -> Result<(), MemoryError> {
 /// the pages: a pin makes the kernel copy an anonymous page still shared
 /// copy-on-write with a parent or child (so it may be pinned alone), and a
 /// dump that lets the tree run on would leave it with those copies.
-fn read_piece(pid: Pid, at: u64, end: u64, mem: &mut Option<ProcMem>) -> Result<Vec<u8>, MemoryError> {
-    let mut buf = vec![0; (end - at) as usize];
+fn read_piece(
+    pid: Pid,
+    at: u64,
+    end: u64,
+    mem: &mut Option<ProcMem>,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, MemoryError> {
+    // Zeros written only where the buffer grows.
+    buf.resize((end - at) as usize, 0);
     let err = |what: String| MemoryError::Read { pid, start: at, what };
     let mem = match mem {
         Some(m) => m,

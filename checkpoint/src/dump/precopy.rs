@@ -536,8 +536,9 @@ fn copy_first(
     let chunker = writer.chunker();
     memory::read_pieces(pid, &pieces, Some(&chunker), |at, read| {
         let buf = match read {
-            Ok(memory::Piece { buf, prepared: Some(prepared) }) => {
-                let ids = writer.store_prepared(at, &buf, prepared).map_err(MemoryError::Write)?;
+            Ok(memory::Piece { buf, prepared: prepared @ Some(_) }) => {
+                let prepared = prepared.take().expect("matched");
+                let ids = writer.store_prepared(at, buf, prepared).map_err(MemoryError::Write)?;
                 let windows: Vec<(u64, u64)> = writer.windows(at, buf.len() as u64).collect();
                 for ((s, l), id) in windows.into_iter().zip(ids) {
                     copied.first.insert(s, (l, id));

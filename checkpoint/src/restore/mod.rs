@@ -728,7 +728,14 @@ fn restore_maybe_lazy(
         true => Some(std::cell::RefCell::new(lazy::Lazy::new(image.clone()).map_err(step("lazy memory"))?)),
         false => None,
     };
-    let memory = MemoryRecipe { image: &image, objects: &objects, deleted: &deleted, agent_fd, lazy: lazy.as_ref() };
+    let memory = MemoryRecipe {
+        image: &image,
+        objects: &objects,
+        deleted: &deleted,
+        agent_fd,
+        lazy: lazy.as_ref(),
+        verified: lazy.is_none(),
+    };
     let (mut puppets, zombies) = create_tree(tree, pidns.as_mut(), &memory)?;
     phase("create");
     let zombie_pids: Vec<Pid> = zombies.iter().map(|z| z.pid).collect();
@@ -1545,6 +1552,8 @@ struct MemoryRecipe<'a> {
     /// For a lazy restore: where each process's private anonymous memory
     /// is left to load once the tree runs.
     lazy: Option<&'a std::cell::RefCell<lazy::Lazy>>,
+    /// Whether every chunk was verified before (not by a lazy restore).
+    verified: bool,
 }
 
 /// What one puppet is built from.
@@ -1820,7 +1829,7 @@ impl Puppet {
         phase: &mut dyn FnMut(&str),
         progress: &dyn Fn(u64, u64),
     ) -> Result<u64, RestoreError> {
-        let MemoryRecipe { image, objects, deleted, agent_fd, lazy } = *m;
+        let MemoryRecipe { image, objects, deleted, agent_fd, lazy, .. } = *m;
         let inherited = self.forked_built;
         let pid = self.pid;
         for t in &p.threads {
@@ -1947,7 +1956,7 @@ impl Puppet {
             Some(lazy) => r.register_lazy(p, inherited, lazy)?,
             None => Vec::new(),
         };
-        let pages = write_memory(image, pid, p.mm, &lazy_ranges, progress)?;
+        let pages = write_memory(image, pid, p.mm, &lazy_ranges, m.verified, progress)?;
         r.guards(p)?;
         r.aio_rings(p)?;
         phase("memory");
@@ -2160,12 +2169,14 @@ fn current_maps(pid: Pid) -> Result<Vec<Current>, RestoreError> {
 
 /// Write the stored pages of address space `mm` through /proc/PID/mem,
 /// which also writes read-only and PROT_NONE pages (FOLL_FORCE).
-/// Chunks wholly in `lazy` are left out (loaded later).
+/// Chunks wholly in `lazy` are left out (loaded later); `verified`: the
+/// whole image was verified just before (chunks are not hashed again).
 fn write_memory(
     image: &Image,
     pid: Pid,
     mm: u32,
     lazy: &[std::ops::Range<u64>],
+    verified: bool,
     progress: &dyn Fn(u64, u64),
 ) -> Result<u64, RestoreError> {
     /// Chunks read and written by one worker at a time, and written to
@@ -2197,7 +2208,7 @@ fn write_memory(
                     return;
                 }
                 let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
-                if done.send(write_piece(image, mem, piece, lazy)).is_err() {
+                if done.send(write_piece(image, mem, piece, lazy, verified)).is_err() {
                     return;
                 }
             });
@@ -2230,35 +2241,64 @@ fn write_piece(
     mem: &ProcMem,
     piece: &[(u64, u64, stasis_image::ChunkId)],
     lazy: &[std::ops::Range<u64>],
+    verified: bool,
 ) -> Result<u64, RestoreError> {
-    let mut run: Vec<u8> = Vec::new();
-    let mut run_at = 0;
-    let flush = |at: u64, run: &mut Vec<u8>| -> Result<(), RestoreError> {
-        if !run.is_empty() {
-            mem.write_all_at(RemoteAddr(at), run).map_err(|e| step("memory")(format!("at {at:#x}: {e}")))?;
-            run.clear();
+    // The worker's buffers, used again piece after piece (fresh ones
+    // would each take new pages, zeroed by the kernel and again by us).
+    thread_local! {
+        static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut buffers = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    buffers.resize_with(buffers.len().max(piece.len()), Vec::new);
+    let result = write_piece_with(image, mem, piece, lazy, verified, &mut buffers);
+    BUFFERS.with(|b| *b.borrow_mut() = buffers);
+    result
+}
+
+fn write_piece_with(
+    image: &Image,
+    mem: &ProcMem,
+    piece: &[(u64, u64, stasis_image::ChunkId)],
+    lazy: &[std::ops::Range<u64>],
+    verified: bool,
+    buffers: &mut [Vec<u8>],
+) -> Result<u64, RestoreError> {
+    let mut chunks = Vec::with_capacity(piece.len());
+    for (&(at, len, id), buf) in piece.iter().zip(buffers.iter_mut()) {
+        // Hashed already when the whole image was verified first (not by
+        // a lazy restore, which verifies only references).
+        match verified {
+            true => image.read_verified_chunk_into(&id, buf),
+            false => image.read_chunk(&id).map(|data| *buf = data),
         }
-        Ok(())
-    };
+        .map_err(|e| step("memory")(crate::chain(&e)))?;
+        if buf.len() as u64 != len {
+            return Err(step("memory")(format!("chunk {id} at {at:#x} holds {} bytes, not {len}", buf.len())));
+        }
+        chunks.push((at, &buf[..]));
+    }
+    // Runs of bytes that follow each other, each written in one call from
+    // the chunks' own buffers.
+    let mut runs: Vec<(u64, Vec<&[u8]>)> = Vec::new();
     let mut bytes = 0;
-    for &(at, len, id) in piece {
-        let data = image.read_chunk(&id).map_err(|e| step("memory")(crate::chain(&e)))?;
-        if data.len() as u64 != len {
-            return Err(step("memory")(format!("chunk {id} at {at:#x} holds {} bytes, not {len}", data.len())));
-        }
+    for &(at, data) in &chunks {
+        let len = data.len() as u64;
         let lazy_part: Vec<u64> =
             lazy.iter().filter(|l| l.start < at + len && at < l.end).flat_map(|l| [l.start, l.end]).collect();
         for eager in crate::dump::memory::without(at..at + len, &lazy_part) {
-            let bytes_of = &data[(eager.start - at) as usize..(eager.end - at) as usize];
-            if run_at + run.len() as u64 != eager.start {
-                flush(run_at, &mut run)?;
-                run_at = eager.start;
+            let part = &data[(eager.start - at) as usize..(eager.end - at) as usize];
+            match runs.last_mut() {
+                Some((start, parts)) if *start + parts.iter().map(|p| p.len() as u64).sum::<u64>() == eager.start => {
+                    parts.push(part)
+                }
+                _ => runs.push((eager.start, vec![part])),
             }
-            run.extend_from_slice(bytes_of);
             bytes += eager.end - eager.start;
         }
     }
-    flush(run_at, &mut run)?;
+    for (at, parts) in &runs {
+        mem.write_all_vectored_at(RemoteAddr(*at), parts).map_err(|e| step("memory")(format!("at {at:#x}: {e}")))?;
+    }
     Ok(bytes)
 }
 
