@@ -440,3 +440,69 @@ fn stopped_process_comes_back_stopped() {
     p.wait_for(Duration::from_secs(30), "counting on after SIGCONT", || count(&p.dir).filter(|&c| c >= at_dump + 5));
     p.kill();
 }
+
+/// Holds 64 MiB of pages from seeded generators; on DIR/change rewrites
+/// 1% of them (every 100th page, spread out) and says so in DIR/changed;
+/// on DIR/check checks every page is what it must be and writes
+/// DIR/result.
+const PAGES_SCRIPT: &str = r#"
+import os, random, sys, time
+d = sys.argv[1]
+pages = 16384
+page = lambda k, v: random.Random(k * 1000 + v).randbytes(4096)
+buf = bytearray(b"".join(page(k, 0) for k in range(pages)))
+version = [0] * pages
+open(os.path.join(d, "ready"), "w").close()
+while not os.path.exists(os.path.join(d, "check")):
+    if os.path.exists(os.path.join(d, "change")) and not os.path.exists(os.path.join(d, "changed")):
+        for k in range(0, pages, 100):
+            version[k] += 1
+            buf[k * 4096:(k + 1) * 4096] = page(k, version[k])
+        open(os.path.join(d, "changed"), "w").close()
+    time.sleep(0.02)
+bad = [k for k in range(pages) if buf[k * 4096:(k + 1) * 4096] != page(k, version[k])]
+with open(os.path.join(d, "result"), "w") as f:
+    f.write("ok %d\n" % sum(version) if not bad else "fail: pages %r\n" % bad[:5])
+"#;
+
+/// Incremental images (`dump --parent`): a process dumped (left running),
+/// then again after writing 1% of its pages, spread out, with the first
+/// image as parent: the second stores only the chunks that changed (with
+/// 16 KiB chunks, under 5% of the first's bytes), and restored from it
+/// (the parent's chunks read from the parent) the process has every page
+/// as it was, the changed ones changed.
+#[test]
+fn incremental_image_of_a_process_that_wrote_one_percent() {
+    let dir = tempdir("incremental");
+    let script = dir.path().join("pages.py");
+    fs::write(&script, PAGES_SCRIPT).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&script).arg(dir.path());
+    let mut p = Spawned::start("pages", cmd, dir);
+    p.wait_for(Duration::from_secs(60), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+    let parent = tempdir("incremental-parent");
+    dump_ok(p.pid, parent.path(), &["--leave-running", "--chunk-size", "16K"]);
+    fs::write(p.dir.join("change"), "").unwrap();
+    p.wait_for(Duration::from_secs(30), "DIR/changed", || p.dir.join("changed").exists().then_some(()));
+    let child = tempdir("incremental-child");
+    // Cut otherwise than the parent, nothing would be shared: refused.
+    let pid = p.pid.to_string();
+    let (c, pp) = (child.path().to_str().unwrap(), parent.path().to_str().unwrap());
+    let r = util::run(["dump", "--pid", &pid, "--images", c, "--parent", pp, "--chunk-size", "64K"]).expect_code(1);
+    assert!(r.stderr.contains("differs from the parent image's chunk size"), "{}", r.dump());
+    let r = util::run(["dump", "--pid", &pid, "--images", c, "--chunk-size", "5000"]).expect_code(2);
+    assert!(r.stderr.contains("not a multiple of 4K"), "{}", r.dump());
+    let r = dump_ok(p.pid, child.path(), &["--parent", parent.path().to_str().unwrap(), "--json"]);
+    p.wait_exit(Duration::from_secs(30));
+    // Every file of each image: chunks and manifest (index included).
+    let bytes = |d: &Path| fs::read_dir(d).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>();
+    let (first, second) = (bytes(parent.path()), bytes(child.path()));
+    assert!(first > 64 << 20, "the first image holds {first} bytes\n{}", r.dump());
+    assert!(second * 20 <= first, "the incremental image holds {second} bytes, the first {first}: over 5%");
+    let shown = util::run(["inspect", "--json", child.path().to_str().unwrap()]).success().json();
+    assert_eq!(shown["chunk_size"], 16384, "{shown}");
+    restore_ok(p.pid, child.path());
+    fs::write(p.dir.join("check"), "").unwrap();
+    let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
+    assert_eq!(result.trim(), "ok 164", "{}", p.log());
+}
