@@ -374,6 +374,42 @@ fn dump_while_a_lazy_restore_loads_is_refused() {
     w.check_ok();
 }
 
+/// A lazy restore goes on loading through SIGINT, SIGTERM and SIGHUP (a
+/// closed terminal) and with its output gone: the pages it had not loaded
+/// yet would read as zeros without it. The process then has all its
+/// memory.
+#[test]
+fn lazy_restore_loads_on_through_signals_and_a_closed_output() {
+    use std::io::BufRead;
+    let mut w = Workload::start("mem_dense", &["768"]);
+    w.wait_running();
+    let images = tempdir("lazy-signals-img");
+    dump_ok(w.pid, images.path(), &[]);
+    w.wait_exit(Duration::from_secs(30));
+    let mut restore = util::stasis()
+        .args(["restore", "--images", images.path().to_str().unwrap(), "--lazy"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pid = String::new();
+    let mut out = std::io::BufReader::new(restore.stdout.take().unwrap());
+    out.read_line(&mut pid).unwrap();
+    assert_eq!(pid.trim(), w.pid.to_string(), "restored at another pid");
+    // Its terminal closes: no one reads what it says any more.
+    drop(out);
+    drop(restore.stderr.take());
+    let stasis = nix::unistd::Pid::from_raw(restore.id() as i32);
+    for signal in [nix::sys::signal::SIGHUP, nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+        nix::sys::signal::kill(stasis, signal).unwrap();
+    }
+    let loading = restore.try_wait().unwrap().is_none();
+    let status = restore.wait().unwrap();
+    assert!(loading, "the restore had loaded all 768 MiB before the signals: nothing was tested");
+    assert!(status.success(), "the lazy restore ended on the signals: {status}");
+    w.check_ok();
+}
+
 /// Writes all over 64 MiB without pause (byte 8 of page k takes the low
 /// byte of the write's number), until DIR/stop; then checks every page
 /// holds its last write and says so in DIR/result.

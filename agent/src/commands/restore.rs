@@ -97,8 +97,9 @@ pub struct Args {
     /// (userfaultfd), so a large process runs again at once. The pid is
     /// printed when the tree runs; stasis stays until the last page is in,
     /// then says how long that took. It must not be killed before: the
-    /// pages not loaded yet would read as zeros (SIGINT and SIGTERM are
-    /// ignored meanwhile).
+    /// pages not loaded yet would read as zeros (SIGINT, SIGTERM and
+    /// SIGHUP are ignored meanwhile, and a closed terminal does not stop
+    /// it).
     #[arg(long)]
     lazy: bool,
     /// Print the result as JSON.
@@ -214,24 +215,32 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Success);
     };
-    // The tree runs: its pid now, for whoever waits on it.
+    // The tree runs: its pid now, for whoever waits on it. From here on
+    // stasis must stay until every page is in: a hangup is ignored, as
+    // SIGINT and SIGTERM are, and output that cannot be written (a closed
+    // terminal or pipe) is dropped rather than ending stasis.
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Default::default())
+        .context("cannot ignore SIGHUP while the memory loads")?;
     let running_ms = report.total_us as f64 / 1000.0;
     if !args.json {
         use std::io::Write;
-        println!("{}", report.pid);
-        std::io::stdout().flush().context("stdout")?;
-        eprintln!("stasis: running after {running_ms:.1} ms; loading its memory");
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{}", report.pid).and_then(|()| out.flush());
+        let _ = writeln!(std::io::stderr(), "stasis: running after {running_ms:.1} ms; loading its memory");
     }
     let loaded = loading.wait();
     let loaded =
         loaded.map_err(|e| anyhow::anyhow!("loading the memory of the tree of process {} failed: {e}", report.pid))?;
+    // Said where it can still be (the terminal may be gone by now).
+    use std::io::Write;
     if args.json {
         let mut value = serde_json::to_value(&report).context("JSON")?;
         value["lazy"] = serde_json::to_value(&loaded).context("JSON")?;
-        json(&value)?;
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&value).context("JSON")?);
     } else {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "stasis: memory loaded {:.1} ms after the tree ran: {:.1} MiB in the background, {:.1} MiB on faults",
             loaded.loading_us as f64 / 1000.0,
             mib(loaded.ahead),
