@@ -441,29 +441,43 @@ fn stopped_process_comes_back_stopped() {
     p.kill();
 }
 
-/// Holds 64 MiB of pages from seeded generators; on DIR/change rewrites
-/// 1% of them (every 100th page, spread out) and says so in DIR/changed;
-/// on DIR/check checks every page is what it must be and writes
+/// Holds 64 MiB of pages from seeded generators, blocked in a read of
+/// DIR/ctl (a FIFO) between orders, so that nothing but an order changes
+/// its memory: `c` rewrites 1% of the pages (every 100th, spread out) and
+/// makes DIR/changed; `k` checks every page is what it must be and writes
 /// DIR/result.
 const PAGES_SCRIPT: &str = r#"
-import os, random, sys, time
+import mmap, os, random, sys
 d = sys.argv[1]
 pages = 16384
 page = lambda k, v: random.Random(k * 1000 + v).randbytes(4096)
-buf = bytearray(b"".join(page(k, 0) for k in range(pages)))
+# Page-aligned (a bytearray's bytes start past a header: each of its
+# pages would straddle two of the process's).
+buf = mmap.mmap(-1, pages * 4096)
+for k in range(pages):
+    buf[k * 4096:(k + 1) * 4096] = page(k, 0)
 version = [0] * pages
+ctl = os.open(os.path.join(d, "ctl"), os.O_RDWR)
 open(os.path.join(d, "ready"), "w").close()
-while not os.path.exists(os.path.join(d, "check")):
-    if os.path.exists(os.path.join(d, "change")) and not os.path.exists(os.path.join(d, "changed")):
+while True:
+    order = os.read(ctl, 1)
+    if order == b"c":
         for k in range(0, pages, 100):
             version[k] += 1
             buf[k * 4096:(k + 1) * 4096] = page(k, version[k])
         open(os.path.join(d, "changed"), "w").close()
-    time.sleep(0.02)
+    elif order == b"k":
+        break
 bad = [k for k in range(pages) if buf[k * 4096:(k + 1) * 4096] != page(k, version[k])]
 with open(os.path.join(d, "result"), "w") as f:
     f.write("ok %d\n" % sum(version) if not bad else "fail: pages %r\n" % bad[:5])
 "#;
+
+/// An order to the pages script, through its FIFO.
+fn order(dir: &Path, what: &[u8]) {
+    use std::io::Write;
+    fs::OpenOptions::new().write(true).open(dir.join("ctl")).unwrap().write_all(what).unwrap();
+}
 
 /// Incremental images (`dump --parent`): a process dumped (left running),
 /// then again after writing 1% of its pages, spread out, with the first
@@ -476,13 +490,14 @@ fn incremental_image_of_a_process_that_wrote_one_percent() {
     let dir = tempdir("incremental");
     let script = dir.path().join("pages.py");
     fs::write(&script, PAGES_SCRIPT).unwrap();
+    nix::unistd::mkfifo(&dir.path().join("ctl"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let mut cmd = Command::new(python3());
     cmd.arg("-I").arg(&script).arg(dir.path());
     let mut p = Spawned::start("pages", cmd, dir);
     p.wait_for(Duration::from_secs(60), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
     let parent = tempdir("incremental-parent");
     dump_ok(p.pid, parent.path(), &["--leave-running", "--chunk-size", "16K"]);
-    fs::write(p.dir.join("change"), "").unwrap();
+    order(&p.dir, b"c");
     p.wait_for(Duration::from_secs(30), "DIR/changed", || p.dir.join("changed").exists().then_some(()));
     let child = tempdir("incremental-child");
     // Cut otherwise than the parent, nothing would be shared: refused.
@@ -502,7 +517,7 @@ fn incremental_image_of_a_process_that_wrote_one_percent() {
     let shown = util::run(["inspect", "--json", child.path().to_str().unwrap()]).success().json();
     assert_eq!(shown["chunk_size"], 16384, "{shown}");
     restore_ok(p.pid, child.path());
-    fs::write(p.dir.join("check"), "").unwrap();
+    order(&p.dir, b"k");
     let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
     assert_eq!(result.trim(), "ok 164", "{}", p.log());
 }

@@ -90,7 +90,7 @@ pub struct Args {
     /// an incremental image: smaller chunks make those smaller when a
     /// process writes here and there between dumps (16K: 1% of pages
     /// written, spread out, is about 4% of the memory stored again; 64K,
-    /// 15%), at the cost of a larger index.
+    /// 16%), at the cost of a larger index.
     #[arg(long, value_name = "SIZE", value_parser = chunk_size)]
     chunk_size: Option<u32>,
     /// Print the result as JSON.
