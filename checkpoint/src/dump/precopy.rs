@@ -258,6 +258,48 @@ pub struct PreCopy {
 }
 
 impl PreCopy {
+    /// One more round: the pages written since the last are found,
+    /// protected again and copied raw into the mirrors; returns the bytes
+    /// copied. A dump calls it once more just before the freeze, after
+    /// whatever else it did while the tree ran (reading its smaps), so the
+    /// freeze copies only what was written since this.
+    pub fn round(&mut self) -> u64 {
+        self.rounds += 1;
+        let mut last = 0;
+        let mut failed = Vec::new();
+        for (&pid, c) in self.by_pid.iter_mut() {
+            match written_since(pid, c, true) {
+                Ok(runs) => last += copy_raw(pid, &runs, c),
+                Err(e) => failed.push((pid, e)),
+            }
+        }
+        // A scan that failed part way (the process exiting) may have
+        // protected pages again without reporting them: nothing copied of
+        // that process can be trusted, the freeze reads it whole.
+        for (pid, e) in failed {
+            self.by_pid.remove(&pid);
+            self.untracked.push(format!("process {pid}: {e}"));
+        }
+        self.bytes_read += last;
+        last
+    }
+
+    /// [`PreCopy::round`] once more, when the mirrors have room for what
+    /// was written (else the freeze copies it); whether it ran.
+    pub fn last_round(&mut self) -> bool {
+        let mut new = 0;
+        for (&pid, c) in &self.by_pid {
+            if let Ok(runs) = written_since(pid, c, false) {
+                new += c.new_to_mirror(&runs.into_iter().flat_map(|(s, e)| [s, e]).collect::<Vec<u64>>());
+            }
+        }
+        if new > self.room.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.round();
+        true
+    }
+
     /// What was copied ahead of process `pid`.
     pub fn of(&self, pid: Pid) -> Option<&Copied> {
         self.by_pid.get(&pid)
@@ -425,24 +467,8 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter, max_freeze: Option<Duration>)
             );
             break;
         }
-        pre.rounds += 1;
         let started = std::time::Instant::now();
-        let mut last = 0;
-        let mut failed = Vec::new();
-        for (&pid, c) in pre.by_pid.iter_mut() {
-            match written_since(pid, c, true) {
-                Ok(runs) => last += copy_raw(pid, &runs, c),
-                Err(e) => failed.push((pid, e)),
-            }
-        }
-        // A scan that failed part way (the process exiting) may have
-        // protected pages again without reporting them: nothing copied of
-        // that process can be trusted, the freeze reads it whole.
-        for (pid, e) in failed {
-            pre.by_pid.remove(&pid);
-            pre.untracked.push(format!("process {pid}: {e}"));
-        }
-        pre.bytes_read += last;
+        let last = pre.round();
         if last >= SMALL_ENOUGH / 4 {
             rate = Some(last as f64 / started.elapsed().as_secs_f64().max(1e-6));
         }
