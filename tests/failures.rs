@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use util::spawned::{dump_ok, python3, tempdir, tool, Spawned};
+use util::spawned::{dump_ok, python3, python_script, tempdir, tool, Spawned};
 use util::workload::{is_alive, Workload};
 use util::{run, Run};
 
@@ -101,12 +101,7 @@ while True:
 
 #[test]
 fn dump_refuses_unsupported_objects_in_one_error() {
-    let dir = tempdir("socket");
-    let script = dir.path().join("socket.py");
-    fs::write(&script, SOCKET_SCRIPT).unwrap();
-    let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&script).arg(dir.path());
-    let p = Spawned::start("socket", cmd, dir);
+    let p = python_script("socket", SOCKET_SCRIPT, &[]);
     let progress = |d: &Path| fs::read_link(d.join("progress")).ok()?.to_str()?.parse::<u64>().ok();
     let port: u16 =
         p.wait_for(Duration::from_secs(30), "DIR/port", || fs::read_to_string(p.dir.join("port")).ok()?.parse().ok());
@@ -438,12 +433,7 @@ with open(os.path.join(d, "result"), "w") as f:
 /// is asked again, up to 5 times.
 #[test]
 fn max_freeze_refuses_a_freeze_it_cannot_fit() {
-    let dir = tempdir("max-freeze");
-    let script = dir.path().join("writer.py");
-    fs::write(&script, WRITER_SCRIPT).unwrap();
-    let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&script).arg(dir.path());
-    let mut p = Spawned::start("writer", cmd, dir);
+    let mut p = python_script("max-freeze", WRITER_SCRIPT, &[]);
     p.wait_for(Duration::from_secs(30), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
     let mut refused = None;
     for _ in 0..5 {
@@ -502,12 +492,7 @@ while True:
 fn dump_of_traced_process_names_the_tracer() {
     let w = Workload::start("mem_dense", &["16"]);
     w.wait_running();
-    let dir = tempdir("tracer");
-    let script = dir.path().join("tracer.py");
-    fs::write(&script, TRACER_SCRIPT).unwrap();
-    let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&script).arg(dir.path()).arg(w.pid.to_string());
-    let mut tracer = Spawned::start("tracer", cmd, dir);
+    let mut tracer = python_script("tracer", TRACER_SCRIPT, &[&w.pid.to_string()]);
     let seized: PathBuf = tracer.dir.join("seized");
     tracer.wait_for(Duration::from_secs(30), "DIR/seized", || seized.exists().then_some(()));
     assert_eq!(tracer_of(w.pid), tracer.pid);
@@ -574,12 +559,7 @@ while True:
 /// on using it.
 #[test]
 fn failed_dump_gives_tcp_connections_back() {
-    let dir = tempdir("in-flight");
-    let script = dir.path().join("in_flight.py");
-    fs::write(&script, IN_FLIGHT_SCRIPT).unwrap();
-    let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&script).arg(dir.path());
-    let p = Spawned::start("in-flight", cmd, dir);
+    let p = python_script("in-flight", IN_FLIGHT_SCRIPT, &[]);
     let progress = |d: &Path| fs::read_link(d.join("progress")).ok()?.to_str()?.parse::<u64>().ok();
     p.wait_for(Duration::from_secs(30), "progress", || progress(&p.dir));
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use util::spawned::{dump_ok, python3, restore_ok, tempdir, tool, Spawned};
+use util::spawned::{dump_ok, python3, python_script, restore_ok, tempdir, tool, Spawned};
 use util::workload::{is_alive, wait_gone, Workload};
 
 /// Builds a 300k-entry dict deterministically, then walks a hash chain
@@ -99,19 +99,30 @@ fn wait_dict_result(p: &Spawned, floor: u64) -> String {
     })
 }
 
-#[test]
-fn python_large_dict_round_trip() {
+/// Dump python computing over its large dict (killing it), restore it with
+/// `restore_args`, and check it computes the uninterrupted run's result;
+/// the restore's output.
+fn dict_round_trip(name: &str, restore_args: &[&str]) -> util::Run {
     let want = dict_expected();
-    let mut p = start_dict("dict-rt");
+    let mut p = start_dict(name);
     wait_in_loop(&p);
-    let images = tempdir("dict-rt-img");
+    let images = tempdir(&format!("{name}-img"));
     dump_ok(p.pid, images.path(), &[]);
     let status = p.wait_exit(Duration::from_secs(30)).expect("our child");
     assert_eq!(status.signal(), Some(9), "the dump should have killed python: {status}");
     let at_dump = dict_progress(&p.dir).unwrap();
     assert!(dict_result(&p.dir).is_none(), "python finished before the dump; raise DICT_STEPS");
-    restore_ok(p.pid, images.path());
+    let mut args = vec!["restore", "--images", images.path().to_str().unwrap()];
+    args.extend_from_slice(restore_args);
+    let r = util::run(&args).success();
+    assert_eq!(r.stdout.trim(), p.pid.to_string(), "restored at another pid\n{}", r.dump());
     assert_eq!(wait_dict_result(&p, at_dump), want, "the restored run computed another result\n{}", p.log());
+    r
+}
+
+#[test]
+fn python_large_dict_round_trip() {
+    dict_round_trip("dict-rt", &[]);
 }
 
 /// `restore --lazy` of python computing over its large dict: it runs on
@@ -119,18 +130,8 @@ fn python_large_dict_round_trip() {
 /// and computes the uninterrupted run's result.
 #[test]
 fn python_large_dict_lazy_restore() {
-    let want = dict_expected();
-    let mut p = start_dict("dict-lazy");
-    wait_in_loop(&p);
-    let images = tempdir("dict-lazy-img");
-    dump_ok(p.pid, images.path(), &[]);
-    p.wait_exit(Duration::from_secs(30)).expect("our child");
-    let at_dump = dict_progress(&p.dir).unwrap();
-    assert!(dict_result(&p.dir).is_none(), "python finished before the dump; raise DICT_STEPS");
-    let r = util::run(["restore", "--images", images.path().to_str().unwrap(), "--lazy"]).success();
-    assert_eq!(r.stdout.trim(), p.pid.to_string(), "restored at another pid\n{}", r.dump());
+    let r = dict_round_trip("dict-lazy", &["--lazy"]);
     assert!(r.stderr.contains("memory loaded"), "{}", r.dump());
-    assert_eq!(wait_dict_result(&p, at_dump), want, "the lazily restored run computed another result\n{}", p.log());
 }
 
 #[test]
@@ -442,7 +443,7 @@ fn stopped_process_comes_back_stopped() {
 }
 
 /// Holds 64 MiB of pages from seeded generators, blocked in a read of
-/// DIR/ctl (a FIFO) between orders, so that nothing but an order changes
+/// DIR/ctl (a FIFO it makes) between orders, so that nothing but an order changes
 /// its memory: `c` rewrites 1% of the pages (every 100th, spread out) and
 /// makes DIR/changed; `k` checks every page is what it must be and writes
 /// DIR/result.
@@ -451,6 +452,7 @@ import mmap, os, random, sys
 d = sys.argv[1]
 pages = 16384
 page = lambda k, v: random.Random(k * 1000 + v).randbytes(4096)
+os.mkfifo(os.path.join(d, "ctl"), 0o600)
 # Page-aligned (a bytearray's bytes start past a header: each of its
 # pages would straddle two of the process's).
 buf = mmap.mmap(-1, pages * 4096)
@@ -487,13 +489,7 @@ fn order(dir: &Path, what: &[u8]) {
 /// as it was, the changed ones changed.
 #[test]
 fn incremental_image_of_a_process_that_wrote_one_percent() {
-    let dir = tempdir("incremental");
-    let script = dir.path().join("pages.py");
-    fs::write(&script, PAGES_SCRIPT).unwrap();
-    nix::unistd::mkfifo(&dir.path().join("ctl"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut cmd = Command::new(python3());
-    cmd.arg("-I").arg(&script).arg(dir.path());
-    let mut p = Spawned::start("pages", cmd, dir);
+    let mut p = python_script("incremental", PAGES_SCRIPT, &[]);
     p.wait_for(Duration::from_secs(60), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
     let parent = tempdir("incremental-parent");
     dump_ok(p.pid, parent.path(), &["--leave-running", "--chunk-size", "16K"]);

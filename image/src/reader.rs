@@ -440,8 +440,9 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `frame` decompressed into the spare capacity of `out` (no more).
-fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
+/// `frame` decompressed into the spare capacity of `out` (no more: the
+/// capacity bounds what a hostile frame can make us allocate).
+pub(crate) fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
     DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         let d = match cell.as_mut() {
@@ -449,17 +450,5 @@ fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
             None => cell.insert(zstd::bulk::Decompressor::new()?),
         };
         d.decompress_to_buffer(frame, out)
-    })
-}
-
-/// `frame` decompressed, into at most `capacity` bytes.
-pub(crate) fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
-    DECOMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let d = match cell.as_mut() {
-            Some(d) => d,
-            None => cell.insert(zstd::bulk::Decompressor::new()?),
-        };
-        d.decompress(frame, capacity)
     })
 }

@@ -386,7 +386,9 @@ impl ImageWriter {
         if e.stored_len == e.raw_len {
             return Ok(frame);
         }
-        crate::reader::decompress(&frame, e.raw_len as usize).map_err(io)
+        let mut data = Vec::with_capacity(e.raw_len as usize);
+        crate::reader::decompress_into(&frame, &mut data).map_err(io)?;
+        Ok(data)
     }
 
     fn threads(&self) -> usize {

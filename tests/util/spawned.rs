@@ -51,6 +51,17 @@ pub fn tempdir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("stasis-prog-{name}-")).tempdir().expect("create temp dir")
 }
 
+/// `python3 -I DIR/script.py DIR ARGS...` with `script` written to a temp
+/// directory of its own (DIR, named after `name`).
+pub fn python_script(name: &str, script: &str, args: &[&str]) -> Spawned {
+    let dir = tempdir(name);
+    let path = dir.path().join("script.py");
+    fs::write(&path, script).unwrap();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg(&path).arg(dir.path()).args(args);
+    Spawned::start(name, cmd, dir)
+}
+
 /// Mark every fd above 2 of this test process close-on-exec. std opens its
 /// own fds with O_CLOEXEC, but the test runner may hand us some without it
 /// (e.g. the write end of its output pipe), which a program would inherit

@@ -502,24 +502,13 @@ fn kill(tid: i32) {
     }
 }
 
-/// `roots` and every process descending from them now, from /proc.
+/// `roots` and every process descending from them now.
 fn descendants(roots: &[i32]) -> Vec<i32> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ppid ...: comm may hold anything but ')'.
-        let ppid: Option<i32> =
-            stat.rfind(')').and_then(|at| stat[at + 2..].split(' ').nth(1)).and_then(|p| p.parse().ok());
-        if let Some(ppid) = ppid {
-            parent_of.push((pid, ppid));
-        }
-    }
     let mut all = roots.to_vec();
     let mut k = 0;
     while k < all.len() {
-        let p = all[k];
-        all.extend(parent_of.iter().filter(|(_, ppid)| *ppid == p).map(|(pid, _)| *pid));
+        let children = crate::proc::children(stasis_sys::nix::unistd::Pid::from_raw(all[k])).unwrap_or_default();
+        all.extend(children.iter().map(|c| c.as_raw()));
         k += 1;
     }
     all

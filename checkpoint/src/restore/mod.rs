@@ -2202,14 +2202,20 @@ fn write_memory(
         let (done, written) = std::sync::mpsc::channel::<Result<u64, RestoreError>>();
         for _ in 0..workers {
             let done = done.clone();
-            scope.spawn(move || loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= pieces {
-                    return;
-                }
-                let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
-                if done.send(write_piece(image, mem, piece, lazy, verified)).is_err() {
-                    return;
+            scope.spawn(move || {
+                // The worker's buffers, used again piece after piece (fresh
+                // ones would each take new pages, zeroed by the kernel and
+                // again by us).
+                let mut buffers = vec![Vec::new(); PIECE];
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= pieces {
+                        return;
+                    }
+                    let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
+                    if done.send(write_piece(image, mem, piece, lazy, verified, &mut buffers)).is_err() {
+                        return;
+                    }
                 }
             });
         }
@@ -2235,27 +2241,9 @@ fn write_memory(
 /// The chunks of `piece` read from `image` and written into `mem`, runs
 /// of adjacent windows in one write, but for their bytes in `lazy` (a
 /// chunk may span a mapping loaded lazily and one that is not; a write
-/// through /proc/PID/mem to a page missing there fails); the bytes written.
+/// through /proc/PID/mem to a page missing there fails), each chunk read
+/// into one of `buffers`; the bytes written.
 fn write_piece(
-    image: &Image,
-    mem: &ProcMem,
-    piece: &[(u64, u64, stasis_image::ChunkId)],
-    lazy: &[std::ops::Range<u64>],
-    verified: bool,
-) -> Result<u64, RestoreError> {
-    // The worker's buffers, used again piece after piece (fresh ones
-    // would each take new pages, zeroed by the kernel and again by us).
-    thread_local! {
-        static BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let mut buffers = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    buffers.resize_with(buffers.len().max(piece.len()), Vec::new);
-    let result = write_piece_with(image, mem, piece, lazy, verified, &mut buffers);
-    BUFFERS.with(|b| *b.borrow_mut() = buffers);
-    result
-}
-
-fn write_piece_with(
     image: &Image,
     mem: &ProcMem,
     piece: &[(u64, u64, stasis_image::ChunkId)],
