@@ -42,8 +42,10 @@ d = sys.argv[1]
 first = b""
 while not first.endswith(b"\n"):
     first += os.read(0, 1)
-with open(os.path.join(d, "ready"), "wb") as f:
+# Whole or not at all: a reader of DIR/ready never sees it empty.
+with open(os.path.join(d, "ready.tmp"), "wb") as f:
     f.write(first)
+os.replace(os.path.join(d, "ready.tmp"), os.path.join(d, "ready"))
 while not os.path.exists(os.path.join(d, "go")):
     time.sleep(0.01)
 rest = b""
