@@ -380,12 +380,12 @@ pub(crate) fn read_pieces(
             let tx = tx.clone();
             let next = &next;
             scope.spawn(move || {
-                let mut mem: Option<ProcMem> = None;
+                let mut files = ReaderFiles::default();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(at, end)) = pieces.get(i) else { return };
                     let buf = pool.lock().expect("not poisoned").pop().unwrap_or_default();
-                    let read = read_piece(pid, at, end, &mut mem, buf).and_then(|buf| {
+                    let read = read_piece(pid, at, end, &mut files, buf).and_then(|buf| {
                         let prepared = chunker.map(|c| c.prepare(at, &buf)).transpose().map_err(MemoryError::Write)?;
                         Ok(Piece { buf, prepared })
                     });
@@ -564,26 +564,49 @@ pub fn find_guards(pid: Pid, plans: &mut [Planned]) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// Read `[at, end)` of `pid` through /proc/PID/mem, which reads PROT_NONE
-/// pages too (FOLL_FORCE) and, unlike process_vm_readv, takes no pin of
-/// the pages: a pin makes the kernel copy an anonymous page still shared
-/// copy-on-write with a parent or child (so it may be pinned alone), and a
-/// dump that lets the tree run on would leave it with those copies.
-fn read_piece(
-    pid: Pid,
-    at: u64,
-    end: u64,
-    mem: &mut Option<ProcMem>,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, MemoryError> {
+/// Open files of a reader thread, opened at its first piece.
+#[derive(Default)]
+struct ReaderFiles {
+    mem: Option<ProcMem>,
+    pagemap: Option<Pagemap>,
+}
+
+/// Read `[at, end)` of `pid`. The pages this process alone maps are
+/// copied with process_vm_readv, one copy; the others through
+/// /proc/PID/mem, which copies each page twice (into a page of the kernel,
+/// then out) but takes no pin of it: a pin makes the kernel copy an
+/// anonymous page still shared copy-on-write with a parent or child (so
+/// that it may be pinned alone), and a dump would leave the tree with
+/// those copies. /proc/PID/mem also reads what process_vm_readv refuses
+/// (PROT_NONE pages: FOLL_FORCE), so it finishes any run that stops early.
+fn read_piece(pid: Pid, at: u64, end: u64, files: &mut ReaderFiles, mut buf: Vec<u8>) -> Result<Vec<u8>, MemoryError> {
     // Zeros written only where the buffer grows.
     buf.resize((end - at) as usize, 0);
     let err = |what: String| MemoryError::Read { pid, start: at, what };
-    let mem = match mem {
-        Some(m) => m,
-        None => mem.insert(ProcMem::open(pid, false).map_err(|e| err(crate::chain(&e)))?),
+    let pagemap = match &mut files.pagemap {
+        Some(p) => p,
+        None => files.pagemap.insert(Pagemap::open(pid).map_err(|e| err(crate::chain(&e)))?),
     };
-    mem.read_exact_at(RemoteAddr(at), &mut buf).map_err(|e| err(crate::chain(&e)))?;
+    let entries = pagemap.entries(at..end).map_err(|e| err(crate::chain(&e)))?;
+    let page_size = stasis_sys::mman::page_size();
+    let mut page = 0;
+    while page < entries.len() {
+        let alone = entries[page].exclusive();
+        let run = entries[page..].iter().take_while(|e| e.exclusive() == alone).count();
+        let (from, len) = (page * page_size, run * page_size);
+        let addr = at + from as u64;
+        let slice = &mut buf[from..from + len];
+        // Fails (EFAULT) or stops short at a page it may not read.
+        let done = if alone { stasis_sys::process_vm::read(pid, RemoteAddr(addr), slice).unwrap_or(0) } else { 0 };
+        if done < len {
+            let mem = match &mut files.mem {
+                Some(m) => m,
+                None => files.mem.insert(ProcMem::open(pid, false).map_err(|e| err(crate::chain(&e)))?),
+            };
+            mem.read_exact_at(RemoteAddr(addr + done as u64), &mut slice[done..]).map_err(|e| err(crate::chain(&e)))?;
+        }
+        page += run;
+    }
     Ok(buf)
 }
 
