@@ -28,7 +28,7 @@ pub mod records;
 pub mod validate;
 mod writer;
 
-pub use chunk::{ChunkEntry, ChunkId, ChunkTable};
+pub use chunk::{ChunkEntry, ChunkId, ChunkTable, FrameChecks};
 pub use error::{ReadError, WriteError};
 pub use format::SectionKind;
 pub use inspect::{

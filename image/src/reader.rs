@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use crate::chunk::{ChunkEntry, ChunkId, ChunkTable};
+use crate::chunk::{ChunkEntry, ChunkId, ChunkTable, FrameChecks};
 use crate::error::ReadError;
 use crate::format::{self, Header, SectionEntry, SectionKind, MAX_MANIFEST_LEN, SECTION_REQUIRED};
 use crate::records::{ImageInfo, MemoryIndex, MemoryRegion, ProcessTree};
@@ -264,6 +264,64 @@ impl Image {
         report.references_checked = references.references_checked;
         report.images = references.images;
         Ok(report)
+    }
+
+    /// Check an image just written: every frame of this image's pack
+    /// reads back as its writer wrote it (`checks`, from
+    /// [`crate::WriteSummary`]), and every reference of the chain resolves
+    /// ([`Image::verify_references`]). A frame's contents were hashed as
+    /// they were read from memory; this catches what went wrong after
+    /// (a write lost or misplaced, a wrong offset in the table) at the cost
+    /// of reading the pack once, on all cores. [`Image::verify`] checks
+    /// the contents of every chunk of the chain against its id.
+    pub fn verify_written(&self, checks: &FrameChecks) -> Result<VerifyReport, ReadError> {
+        let path = self.dir.join(PACK_NAME);
+        let mut entries: Vec<&ChunkEntry> = self.manifest.chunks.entries().iter().collect();
+        entries.sort_by_key(|e| e.offset);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = entries.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> =
+                entries.chunks(per).map(|part| scope.spawn(|| self.check_frames(part, checks, &path))).collect();
+            parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
+        })?;
+        let mut report = self.verify_references()?;
+        report.chunks_checked = entries.len() as u64;
+        report.bytes_checked = entries.iter().map(|e| u64::from(e.stored_len)).sum();
+        Ok(report)
+    }
+
+    /// [`Image::verify_written`] of `entries`, in pack order: read in runs
+    /// of up to 8 MiB of adjacent frames.
+    fn check_frames(&self, entries: &[&ChunkEntry], checks: &FrameChecks, path: &Path) -> Result<(), ReadError> {
+        const RUN: u64 = 8 << 20;
+        let mut buf = Vec::new();
+        let mut k = 0;
+        while k < entries.len() {
+            let start = entries[k].offset;
+            let mut end = k;
+            let mut at = start;
+            while end < entries.len() && entries[end].offset == at && (end == k || at - start < RUN) {
+                at += u64::from(entries[end].stored_len);
+                end += 1;
+            }
+            buf.resize((at - start) as usize, 0);
+            self.pack
+                .read_exact_at(&mut buf, start)
+                .map_err(|source| ReadError::Io { path: path.to_owned(), source })?;
+            for e in &entries[k..end] {
+                let from = (e.offset - start) as usize;
+                let frame = &buf[from..from + e.stored_len as usize];
+                let what = match checks.0.get(&e.id) {
+                    None => "was not written by this writer",
+                    Some(&c) if c != FrameChecks::of(frame) => "reads back other than it was written",
+                    Some(_) => continue,
+                };
+                return Err(ReadError::Chunk { path: path.to_owned(), id: e.id, what: what.into() });
+            }
+            k = end;
+        }
+        Ok(())
     }
 
     /// The part of [`Image::verify`] that reads no chunk: every chunk the

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{noise, sample_regions, small_chunks, write};
 use stasis_image::format::{self, SECTION_REQUIRED};
-use stasis_image::{Image, Manifest, ReadError, SectionKind, MANIFEST_NAME, PACK_NAME};
+use stasis_image::{FrameChecks, Image, Manifest, ReadError, SectionKind, MANIFEST_NAME, PACK_NAME};
 
 fn open_and_verify(dir: &Path) -> Result<(), ReadError> {
     Image::open(dir)?.verify().map(drop)
@@ -57,8 +57,36 @@ fn every_truncated_manifest_is_caught() {
 
 #[test]
 fn flipped_chunk_bytes_are_caught_and_named() {
+    flips_caught_and_named(|dir, _| open_and_verify(dir));
+}
+
+/// The check of an image just written, its frames against the checksums
+/// its writer took of them (the one a dump makes before its kill), catches
+/// the same flips and names the same chunks.
+#[test]
+fn flipped_chunk_bytes_are_caught_by_the_writers_checks() {
+    flips_caught_and_named(|dir, checks| Image::open(dir)?.verify_written(checks).map(drop));
+}
+
+/// An image's frames checked against another writer's checksums: no frame
+/// passes for one it did not write.
+#[test]
+fn another_writers_checks_are_refused() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ours = write(a.path(), &sample_regions(), small_chunks());
+    let report = Image::open(a.path()).unwrap().verify_written(&ours.checks).unwrap();
+    assert_eq!(report.chunks_checked, ours.stats.chunks_stored);
+    let theirs = write(b.path(), &[(1, 0x40_0000, noise(2, 64 * 1024))], small_chunks());
+    match Image::open(a.path()).unwrap().verify_written(&theirs.checks) {
+        Err(ReadError::Chunk { what, .. }) => assert_eq!(what, "was not written by this writer"),
+        other => panic!("another writer's checks: {other:?}"),
+    }
+}
+
+fn flips_caught_and_named(check: impl Fn(&Path, &FrameChecks) -> Result<(), ReadError>) {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &sample_regions(), small_chunks());
+    let written = write(dir.path(), &sample_regions(), small_chunks());
+    check(dir.path(), &written.checks).unwrap();
     let entries = Image::open(dir.path()).unwrap().chunks().entries().to_vec();
     let path = dir.path().join(PACK_NAME);
     let good = fs::read(&path).unwrap();
@@ -77,7 +105,7 @@ fn flipped_chunk_bytes_are_caught_and_named() {
         let mut bad = good.clone();
         bad[i] ^= 0x10;
         fs::write(&path, &bad).unwrap();
-        let err = open_and_verify(dir.path()).expect_err(&format!("flip of pack byte {i} not caught"));
+        let err = check(dir.path(), &written.checks).expect_err(&format!("flip of pack byte {i} not caught"));
         let owner =
             entries.iter().find(|e| (e.offset..e.offset + u64::from(e.stored_len)).contains(&(i as u64))).unwrap();
         match err {

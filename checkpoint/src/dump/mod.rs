@@ -15,7 +15,9 @@
 //!    attributes, fds (from pidfd_getfd copies; an open file description
 //!    shared between processes is recorded once, by kcmp), and the pages of
 //!    its memory (those written since the pre-copy, or all).
-//! 5. Write the image, then open and verify it from disk.
+//! 5. Write the image, then open it and read every frame back, checking
+//!    it against the checksum taken as it was written (its contents were
+//!    hashed as they were read from the process).
 //! 6. Kill the tree, or with `leave_running` let it go unchanged. On every
 //!    error path the threads are detached and run on as they were.
 
@@ -421,8 +423,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let summary = writer.finish()?;
     clock.phase("write");
 
-    // Kill only what is safely on disk: read it back and check every chunk.
-    if let Err(source) = Image::open(&opts.images).and_then(|i| i.verify()) {
+    // Kill only what is safely on disk: read it back and check every frame
+    // is what was written (its contents were hashed as they were read).
+    if let Err(source) = Image::open(&opts.images).and_then(|i| i.verify_written(&summary.checks)) {
         // Not an image anyone should use: take it away.
         let _ = std::fs::remove_file(opts.images.join(stasis_image::MANIFEST_NAME));
         let _ = std::fs::remove_file(opts.images.join(stasis_image::PACK_NAME));
