@@ -78,6 +78,24 @@ fn bench_json_has_both_patterns_and_compressible_images_are_smaller() {
     );
 }
 
+/// `bench --compress zstd` dumps with zstd frames: every restore still
+/// verifies, and the compressible image is smaller than with LZ4, the
+/// default.
+#[test]
+fn bench_with_zstd_makes_smaller_compressible_images() {
+    let image = |codec: &str| {
+        let r =
+            run(["bench", "--mib", "16", "--pattern", "compressible", "--runs", "1", "--json", "--compress", codec])
+                .success();
+        let v = r.json();
+        let case = &v["cases"][0];
+        assert_eq!(case["verified"], true, "{}", r.dump());
+        case["image_bytes"]["median"].as_f64().unwrap()
+    };
+    let (lz4, zstd) = (image("lz4"), image("zstd"));
+    assert!(zstd < lz4 * 0.8, "zstd image {zstd} bytes, lz4 {lz4}");
+}
+
 /// `bench --live`: each dump copies the memory ahead while the workload
 /// runs (its time is in the figures), restores verify, and the table says
 /// so.

@@ -23,6 +23,7 @@ pub mod chunk;
 pub mod error;
 pub mod format;
 mod inspect;
+mod lz4;
 mod reader;
 pub mod records;
 pub mod validate;
@@ -36,7 +37,7 @@ pub use inspect::{
     SectionSummary, VmaSummary,
 };
 pub use reader::{looks_like_image, Image, Manifest, VerifyReport, MAX_PARENT_DEPTH};
-pub use writer::{set_dump_stats, Chunker, ImageWriter, Prepared, WriteOptions, WriteStats, WriteSummary};
+pub use writer::{set_dump_stats, Chunker, Compression, ImageWriter, Prepared, WriteOptions, WriteStats, WriteSummary};
 
 /// File name of the manifest inside an image directory.
 pub const MANIFEST_NAME: &str = "stasis.img";

@@ -194,10 +194,17 @@ impl Image {
         } else {
             let mut frame = vec![0; e.stored_len as usize];
             self.pack.read_exact_at(&mut frame, e.offset).map_err(io)?;
-            // The capacity bounds what a hostile frame can make us allocate.
-            data.clear();
-            data.reserve(e.raw_len as usize);
-            decompress_into(&frame, data).map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+            let lz4 = self.manifest.header.incompat & format::INCOMPAT_LZ4_CHUNKS != 0;
+            match lz4 && frame.starts_with(&crate::lz4::MAGIC) {
+                true => crate::lz4::decompress_into(&frame, e.raw_len as usize, data).map_err(corrupt)?,
+                false => {
+                    // The capacity bounds what a hostile frame can make us
+                    // allocate.
+                    data.clear();
+                    data.reserve(e.raw_len as usize);
+                    decompress_into(&frame, data).map_err(|err| corrupt(format!("does not decompress: {err}")))?;
+                }
+            }
         }
         if data.len() != e.raw_len as usize {
             return Err(corrupt(format!("decompresses to {} bytes, not {}", data.len(), e.raw_len)));
@@ -496,6 +503,21 @@ thread_local! {
     /// than many chunks take to decompress.
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// `frame` (LZ4 or zstd, by its magic number) decompressed into `out`,
+/// which must come to `len` bytes; `Err` says what is wrong.
+pub(crate) fn unpack_into(frame: &[u8], len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    if frame.starts_with(&crate::lz4::MAGIC) {
+        return crate::lz4::decompress_into(frame, len, out);
+    }
+    out.clear();
+    out.reserve(len);
+    match decompress_into(frame, out) {
+        Ok(n) if n == len => Ok(()),
+        Ok(n) => Err(format!("decompresses to {n} bytes, not {len}")),
+        Err(e) => Err(format!("does not decompress: {e}")),
+    }
 }
 
 /// `frame` decompressed into the spare capacity of `out` (no more: the

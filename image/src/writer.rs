@@ -25,23 +25,36 @@ use crate::{chunk_windows, MANIFEST_NAME, PACK_NAME, PAGE_SIZE};
 
 /// How a chunk is stored in the pack.
 enum Frame {
-    /// Its zstd frame, shorter than its bytes.
-    Zstd(Vec<u8>),
-    /// Its bytes as they are: memory zstd cannot shrink (random or already
-    /// compressed data), stored without a pass of zstd over all of it.
+    /// Its frame (LZ4 or zstd, by [`WriteOptions::compression`]), shorter
+    /// than its bytes.
+    Packed(Vec<u8>),
+    /// Its bytes as they are: memory that does not shrink (random or
+    /// already compressed data), stored without a pass of compression over
+    /// all of it.
     Raw,
 }
 
 /// A chunk's id, and how to store it unless it is already stored.
 type Hashed = (ChunkId, Option<Frame>);
 
-/// Bytes of a chunk zstd is tried on first, in four slices spread over it:
-/// when they do not shrink by 3%, the chunk is stored raw.
+/// How chunks are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// LZ4 frames: about twice as fast as zstd level 1 to write and three
+    /// times to read, for frames about twice as large. The default: a
+    /// killed tree stays frozen until its image is written.
+    Lz4,
+    /// zstd frames at this level (1 favours speed; up to 19).
+    Zstd { level: i32 },
+}
+
+/// Bytes of a chunk compression is tried on first, in four slices spread
+/// over it: when they do not shrink by 3%, the chunk is stored raw.
 const PROBE: usize = 4096;
 
-/// Whether `data` looks like memory zstd cannot shrink, from [`PROBE`]
+/// Whether `data` looks like memory that does not shrink, from [`PROBE`]
 /// bytes of it (chunks smaller than four probes are compressed whole).
-fn incompressible(zstd: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> std::io::Result<bool> {
+fn incompressible(compress: &mut dyn FnMut(&[u8]) -> std::io::Result<Vec<u8>>, data: &[u8]) -> std::io::Result<bool> {
     if data.len() < 4 * PROBE {
         return Ok(false);
     }
@@ -51,38 +64,51 @@ fn incompressible(zstd: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> std::io
         let at = k * (data.len() / 4);
         probe.extend_from_slice(&data[at..at + slice]);
     }
-    let frame = zstd.compress(&probe)?;
+    let frame = compress(&probe)?;
     Ok(frame.len() * 100 >= probe.len() * 97)
 }
 
 thread_local! {
-    /// A compression context per thread, with its level: making one per
-    /// chunk costs about as much as compressing memory that does not
-    /// compress.
+    /// A zstd context per thread, with its level: making one per chunk
+    /// costs about as much as compressing memory that does not compress.
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
 }
 
 /// Hash `data` and, unless `known`, compress it (or not: [`Frame::Raw`]).
-fn hash_and_compress_one(data: &[u8], level: i32, known: &dyn Fn(&ChunkId) -> bool) -> Result<Hashed, WriteError> {
+fn hash_and_compress_one(
+    data: &[u8],
+    compression: Compression,
+    known: &dyn Fn(&ChunkId) -> bool,
+) -> Result<Hashed, WriteError> {
     let id = ChunkId::of(data);
     if known(&id) {
         return Ok((id, None));
     }
     let err = |source| WriteError::Compress { id, source };
+    let frame = |frame: Vec<u8>| if frame.len() < data.len() { Frame::Packed(frame) } else { Frame::Raw };
+    let level = match compression {
+        Compression::Lz4 => {
+            let mut lz4 = |d: &[u8]| Ok(crate::lz4::compress(d));
+            if incompressible(&mut lz4, data).map_err(err)? {
+                return Ok((id, Some(Frame::Raw)));
+            }
+            return Ok((id, Some(frame(crate::lz4::compress(data)))));
+        }
+        Compression::Zstd { level } => level,
+    };
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|(l, _)| *l != level) {
             *cell = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
         }
         let (_, zstd) = cell.as_mut().expect("made above");
-        if incompressible(zstd, data).map_err(err)? {
+        if incompressible(&mut |d| zstd.compress(d), data).map_err(err)? {
             return Ok((id, Some(Frame::Raw)));
         }
-        let frame = zstd.compress(data).map_err(err)?;
         // A frame is always shorter than its chunk: a stored length equal
         // to the raw one means raw.
-        Ok((id, Some(if frame.len() < data.len() { Frame::Zstd(frame) } else { Frame::Raw })))
+        Ok((id, Some(frame(zstd.compress(data).map_err(err)?))))
     })
 }
 
@@ -92,7 +118,7 @@ fn hash_and_compress_one(data: &[u8], level: i32, known: &dyn Fn(&ChunkId) -> bo
 /// while the writer writes.
 #[derive(Clone, Debug)]
 pub struct Chunker {
-    level: i32,
+    compression: Compression,
     chunk_size: u32,
     parent: Option<Arc<Image>>,
 }
@@ -118,7 +144,7 @@ impl Chunker {
         let known = |id: &ChunkId| self.parent.as_ref().is_some_and(|p| p.find_chunk(id).is_some());
         let hashed = chunk_windows(start, data.len() as u64, self.chunk_size)
             .map(|(s, l)| {
-                hash_and_compress_one(&data[(s - start) as usize..(s - start + l) as usize], self.level, &known)
+                hash_and_compress_one(&data[(s - start) as usize..(s - start + l) as usize], self.compression, &known)
             })
             .collect::<Result<_, _>>()?;
         Ok(Prepared { start, len: data.len() as u64, chunk_size: self.chunk_size, hashed })
@@ -130,8 +156,8 @@ impl Chunker {
 pub struct WriteOptions {
     /// Chunk size in bytes: a multiple of 4096, from 4 KiB to 4 MiB.
     pub chunk_size: u32,
-    /// zstd level; 1 favours speed, which is what a frozen workload wants.
-    pub zstd_level: i32,
+    /// How chunks are compressed.
+    pub compression: Compression,
     /// Reference chunks this image already holds instead of storing them.
     pub parent: Option<PathBuf>,
     /// Worker threads for hashing and compression; 0 means one per CPU.
@@ -149,7 +175,13 @@ pub const FLUSH_EVERY: u64 = 64 << 20;
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { chunk_size: 64 * 1024, zstd_level: 1, parent: None, threads: 0, flush_early: false }
+        WriteOptions {
+            chunk_size: 64 * 1024,
+            compression: Compression::Lz4,
+            parent: None,
+            threads: 0,
+            flush_early: false,
+        }
     }
 }
 
@@ -239,6 +271,9 @@ pub struct ImageWriter {
     flusher: Option<Flusher>,
     /// Whether a chunk was stored raw ([`format::INCOMPAT_RAW_CHUNKS`]).
     raw_chunks: bool,
+    /// Whether a chunk was stored as an LZ4 frame
+    /// ([`format::INCOMPAT_LZ4_CHUNKS`]).
+    lz4_chunks: bool,
     /// A checksum of each frame as it went into the pack.
     checks: FrameChecks,
 }
@@ -295,6 +330,7 @@ impl ImageWriter {
             processes: None,
             stats: WriteStats::default(),
             raw_chunks: false,
+            lz4_chunks: false,
             checks: FrameChecks::default(),
         })
     }
@@ -392,8 +428,9 @@ impl ImageWriter {
         if e.stored_len == e.raw_len {
             return Ok(frame);
         }
-        let mut data = Vec::with_capacity(e.raw_len as usize);
-        crate::reader::decompress_into(&frame, &mut data).map_err(io)?;
+        let mut data = Vec::new();
+        crate::reader::unpack_into(&frame, e.raw_len as usize, &mut data)
+            .map_err(|what| io(std::io::Error::other(format!("chunk {id} {what}"))))?;
         Ok(data)
     }
 
@@ -427,12 +464,12 @@ impl ImageWriter {
     /// Hash every slice and compress those not already stored here or in the
     /// parent chain. Runs on `threads` scoped threads for large batches.
     fn hash_and_compress(&self, slices: &[&[u8]], threads: usize) -> Result<Vec<Hashed>, WriteError> {
-        let level = self.opts.zstd_level;
+        let compression = self.opts.compression;
         let known = |id: &ChunkId| {
             self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
         };
         let work = |part: &[&[u8]]| -> Result<Vec<Hashed>, WriteError> {
-            part.iter().map(|s| hash_and_compress_one(s, level, &known)).collect()
+            part.iter().map(|s| hash_and_compress_one(s, compression, &known)).collect()
         };
         if threads <= 1 || slices.len() < 4 {
             return work(slices);
@@ -453,7 +490,7 @@ impl ImageWriter {
     /// [`ImageWriter::store_prepared`].
     pub fn chunker(&self) -> Chunker {
         Chunker {
-            level: self.opts.zstd_level,
+            compression: self.opts.compression,
             chunk_size: self.opts.chunk_size,
             parent: self.parent.as_ref().map(|(p, _)| p.clone()),
         }
@@ -539,7 +576,10 @@ impl ImageWriter {
             return None;
         };
         let frame = match frame {
-            Frame::Zstd(f) => f.as_slice(),
+            Frame::Packed(f) => {
+                self.lz4_chunks |= f.starts_with(&crate::lz4::MAGIC);
+                f.as_slice()
+            }
             Frame::Raw => {
                 self.raw_chunks = true;
                 data
@@ -630,7 +670,8 @@ impl ImageWriter {
             | if has_sockets { format::INCOMPAT_SOCKETS } else { 0 }
             | if in_pid_namespace { format::INCOMPAT_PID_NAMESPACE } else { 0 }
             | if has_ptys { format::INCOMPAT_PTYS } else { 0 }
-            | if self.raw_chunks { format::INCOMPAT_RAW_CHUNKS } else { 0 };
+            | if self.raw_chunks { format::INCOMPAT_RAW_CHUNKS } else { 0 }
+            | if self.lz4_chunks { format::INCOMPAT_LZ4_CHUNKS } else { 0 };
         let header = Header { version: FORMAT_VERSION, incompat, compat: 0 };
         let mut sections = vec![
             (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),

@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 
 use common::{noise, sample_regions, small_chunks, write};
-use stasis_image::{Image, ImageWriter, ReadError, WriteError, WriteOptions, PACK_NAME};
+use stasis_image::{Compression, Image, ImageWriter, ReadError, WriteError, WriteOptions, PACK_NAME};
 
 #[test]
 fn contents_round_trip() {
@@ -212,4 +212,47 @@ fn incompressible_chunks_are_stored_raw() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), &[(1, 0x40_0000, b"stasis!\n".repeat(16 * 1024))], opts);
     assert_eq!(Image::open(dir.path()).unwrap().header().incompat & 0x10, 0);
+}
+
+/// Either compression reads back byte-exact, the LZ4 one (the default)
+/// marked with its feature bit and frames an `lz4` tool reads, zstd's
+/// without the bit and about half as large on text; an image mixing
+/// both in a chain (a zstd parent, an LZ4 child) reads back too.
+#[test]
+fn lz4_and_zstd_chunks_round_trip() {
+    let text: Vec<u8> =
+        (0..20_000u32).flat_map(|i| format!("{i:08} GET /api/v1/orders/{} 200 OK\n", i % 977).into_bytes()).collect();
+    let text = text[..512 * 1024].to_vec();
+    let regions = vec![(1, 0x40_0000, text.clone()), (1, 0x80_0000, noise(5, 128 * 1024))];
+    let lz4_bit = stasis_image::format::INCOMPAT_LZ4_CHUNKS;
+    let mut sizes = Vec::new();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (dir, compression) in dirs.iter().zip([Compression::Zstd { level: 1 }, Compression::Lz4]) {
+        let opts = WriteOptions { compression, ..small_chunks() };
+        write(dir.path(), &regions, opts);
+        let image = Image::open(dir.path()).unwrap();
+        assert_eq!(image.header().incompat & lz4_bit != 0, compression == Compression::Lz4, "{compression:?}");
+        for (r, (_, _, data)) in image.memory().iter().zip(&regions) {
+            assert_eq!(&image.read_region(r).unwrap(), data, "{compression:?}");
+        }
+        image.verify().unwrap();
+        sizes.push(fs::metadata(dir.path().join(PACK_NAME)).unwrap().len());
+    }
+    let (zstd, lz4) = (sizes[0], sizes[1]);
+    // The random half is stored raw by both.
+    let raw = 128 * 1024;
+    assert!(lz4 - raw < (512 * 1024) / 2 && zstd - raw < (lz4 - raw) * 3 / 4, "zstd {zstd} bytes, lz4 {lz4}");
+
+    // An LZ4 child of a zstd parent: text changed in one chunk.
+    let child = tempfile::tempdir().unwrap();
+    let mut changed = text.clone();
+    changed[100_000..100_010].copy_from_slice(b"0123456789");
+    let child_regions = vec![(1, 0x40_0000, changed), regions[1].clone()];
+    let opts = WriteOptions { parent: Some(dirs[0].path().to_owned()), ..small_chunks() };
+    write(child.path(), &child_regions, opts);
+    let image = Image::open(child.path()).unwrap();
+    for (r, (_, _, data)) in image.memory().iter().zip(&child_regions) {
+        assert_eq!(&image.read_region(r).unwrap(), data);
+    }
+    image.verify().unwrap();
 }

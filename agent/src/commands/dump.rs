@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use stasis_checkpoint::dump::{self, DumpOptions};
 use stasis_checkpoint::freeze::Target;
-use stasis_image::WriteOptions;
+use stasis_image::{Compression, WriteOptions};
 use stasis_sys::Pid;
 
 use crate::output::{bytes, json};
@@ -93,6 +93,14 @@ pub struct Args {
     /// 16%), at the cost of a larger index.
     #[arg(long, value_name = "SIZE", value_parser = chunk_size)]
     chunk_size: Option<u32>,
+    /// How memory chunks are compressed: lz4 (the default) writes about
+    /// twice as fast as zstd and restores three times as fast; zstd, at
+    /// level 1, makes images about half as large (memory of text: 17% of
+    /// its size against 30%). A killed tree stays frozen until its image is
+    /// written. Chunks that do not shrink are stored as they are either
+    /// way.
+    #[arg(long, value_name = "CODEC", default_value = "lz4", value_parser = ["lz4", "zstd"])]
+    compress: String,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -124,7 +132,7 @@ fn positive_ms(s: &str) -> Result<f64, String> {
 /// The image's chunk size: the one asked for, else the parent's, else the
 /// default; one that differs from the parent's is refused (nothing would
 /// be shared with it).
-fn write_options(parent: Option<PathBuf>, asked: Option<u32>) -> anyhow::Result<WriteOptions> {
+fn write_options(parent: Option<PathBuf>, asked: Option<u32>, compress: &str) -> anyhow::Result<WriteOptions> {
     let defaults = WriteOptions::default();
     let of_parent = match &parent {
         Some(p) => Some(
@@ -143,7 +151,11 @@ fn write_options(parent: Option<PathBuf>, asked: Option<u32>) -> anyhow::Result<
         (None, Some(p)) => p,
         (None, None) => defaults.chunk_size,
     };
-    Ok(WriteOptions { parent, chunk_size, ..defaults })
+    let compression = match compress {
+        "zstd" => Compression::Zstd { level: 1 },
+        _ => Compression::Lz4,
+    };
+    Ok(WriteOptions { parent, chunk_size, compression, ..defaults })
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -178,7 +190,7 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
         images: args.images.clone(),
         leave_running: args.leave_running,
         cgroup: args.cgroup,
-        write: write_options(args.parent, args.chunk_size)?,
+        write: write_options(args.parent, args.chunk_size, &args.compress)?,
         cancel: Some(cancel),
         progress: bar.as_ref().map(|(_, f)| f.clone()),
         while_frozen: volume,
