@@ -471,8 +471,9 @@ while True:
     elif order == b"k":
         break
 bad = [k for k in range(pages) if buf[k * 4096:(k + 1) * 4096] != page(k, version[k])]
-with open(os.path.join(d, "result"), "w") as f:
+with open(os.path.join(d, "result.tmp"), "w") as f:
     f.write("ok %d\n" % sum(version) if not bad else "fail: pages %r\n" % bad[:5])
+os.replace(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
 "#;
 
 /// An order to the pages script, through its FIFO.

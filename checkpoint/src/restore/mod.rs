@@ -2062,9 +2062,15 @@ impl Puppet {
         // Threads, each stopped before it runs; then what is per thread.
         // Kept in self at once, so that a failure kills them with the rest
         // before they are detached.
+        // A thread id freed a moment ago may still be taken (EEXIST), as
+        // a pid may.
         for t in p.threads.iter().skip(1) {
-            let seized =
-                r.inj.clone_thread(Pid::from_raw(t.tid), None).map_err(|e| step("threads")(crate::chain(&e)))?;
+            let seized = retry_while_freed(
+                t.tid,
+                || r.inj.clone_thread(Pid::from_raw(t.tid), None),
+                |e| matches!(e, stasis_sys::inject::Error::Failed { errno: stasis_sys::nix::errno::Errno::EEXIST, .. }),
+            )
+            .map_err(|e| step("threads")(crate::chain(&e)))?;
             self.threads.push(seized);
         }
         // Threads in cgroups of their own (the process is in its already).
