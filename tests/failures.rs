@@ -42,11 +42,34 @@ fn tracer_of(pid: i32) -> i32 {
         .unwrap_or_else(|| panic!("no TracerPid in /proc/{pid}/status"))
 }
 
+/// The mappings of `pid` registered with a userfaultfd (VmFlags `um`,
+/// `uw` or `ui` in /proc/PID/smaps): a live snapshot registers the tree's
+/// private memory for write-protection while it copies it.
+fn uffd_registered(pid: i32) -> Vec<String> {
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut range = "";
+    let mut found = Vec::new();
+    for line in smaps.lines() {
+        match line.strip_prefix("VmFlags:") {
+            Some(flags) if flags.split_whitespace().any(|f| matches!(f, "um" | "uw" | "ui")) => {
+                found.push(format!("{range} ({})", flags.trim()))
+            }
+            Some(_) => {}
+            None if line.split_whitespace().next().is_some_and(|w| w.contains('-') && !w.ends_with(':')) => {
+                range = line.split_whitespace().next().unwrap_or("")
+            }
+            None => {}
+        }
+    }
+    found
+}
+
 /// A workload that checks itself and went on computing: the failed command
 /// left it running and unchanged.
 fn assert_unchanged(w: &Workload) {
     assert!(is_alive(w.pid), "workload {} (pid {}) is gone\n{}", w.name, w.pid, w.log());
     assert_eq!(tracer_of(w.pid), 0, "workload {} is still traced", w.name);
+    assert_eq!(uffd_registered(w.pid), Vec::<String>::new(), "workload {} is left with userfaultfd ranges", w.name);
     let past = w.progress().unwrap_or(0);
     w.wait_progress(past, Duration::from_secs(30));
     w.check_ok();
@@ -245,6 +268,37 @@ fn dump_into_full_disk_leaves_target_running() {
     assert_eq!(r.code, Some(1), "a half-written image verifies\n{}", r.dump());
 }
 
+/// A stasis killed (SIGKILL, nothing of it left to clean up) while it
+/// copies a tree's memory ahead, the memory registered for
+/// write-protection: the tree runs on, untraced, with no userfaultfd
+/// range left (the descriptor was the agent's alone, and its release
+/// unregisters everything), and its memory as it should be.
+#[test]
+fn agent_killed_during_the_live_copy_leaves_the_tree_unprotected() {
+    let w = Workload::start("mem_dense", &["512"]);
+    w.wait_running();
+    let images = tempdir("killed-agent-img");
+    let pid = w.pid.to_string();
+    let mut stasis = util::stasis()
+        .args(["dump", "--pid", &pid, "--images", images.path().to_str().unwrap(), "--leave-running"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the live copy has registered the memory.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while uffd_registered(w.pid).is_empty() {
+        assert!(stasis.try_wait().unwrap().is_none(), "the dump ended before it registered any memory");
+        assert!(std::time::Instant::now() < deadline, "no userfaultfd range appeared in 30 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stasis.kill().unwrap();
+    let status = stasis.wait().unwrap();
+    assert!(!status.success(), "the dump finished before it was killed: nothing was tested");
+    assert!(!images.path().join("stasis.img").exists(), "a killed dump left a manifest");
+    assert_unchanged(&w);
+}
+
 #[test]
 fn dump_into_directory_holding_an_image_is_refused() {
     let w = Workload::start("threads", &[]);
@@ -420,8 +474,9 @@ while not os.path.exists(os.path.join(d, "stop")):
         buf[(i % pages) * 4096 + 8] = i & 255
         i += 1
 bad = [k for k in range(pages) if i > k and buf[k * 4096 + 8] != ((i - 1 - (i - 1 - k) % pages) & 255)]
-with open(os.path.join(d, "result"), "w") as f:
+with open(os.path.join(d, "result.tmp"), "w") as f:
     f.write("ok\n" if not bad else "fail: pages %r\n" % bad[:5])
+os.replace(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
 "#;
 
 /// `--max-freeze`: a process writing its memory without pause, faster than
@@ -907,7 +962,7 @@ fn dump_refuses_state_it_cannot_make_again() {
             "import ctypes\n\
              r, w = os.pipe()\n\
              child = os.fork()\n\
-             if child == 0:\n    os.read(r, 1)\n    os._exit(0)\n\
+             if child == 0:\n    os.close(w)\n    os.read(r, 1)\n    os._exit(0)\n\
              assert ctypes.CDLL(None).unshare(0x02000000) == 0, 'unshare(CLONE_NEWCGROUP)'",
             "and its parent",
         ),

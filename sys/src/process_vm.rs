@@ -121,6 +121,29 @@ pub fn write_exact(pid: Pid, addr: RemoteAddr, data: &[u8]) -> Result<(), Error>
     Ok(())
 }
 
+/// Writes `bufs`, one after another, at `addr` of `pid`, in one call per
+/// `IOV_MAX` of them; returns the bytes written (fewer at the first page
+/// it may not write: read-only, PROT_NONE, unmapped).
+pub fn write_vectored(pid: Pid, addr: RemoteAddr, bufs: &[&[u8]]) -> Result<usize, Error> {
+    const IOV_MAX: usize = 1024;
+    let mut done = 0;
+    for part in bufs.chunks(IOV_MAX) {
+        let len: usize = part.iter().map(|b| b.len()).sum();
+        let local: Vec<IoSlice<'_>> = part.iter().map(|b| IoSlice::new(b)).collect();
+        let at = RemoteAddr(addr.0 + done as u64);
+        let n = match uio::process_vm_writev(pid, &local, &[remote(at, len)]) {
+            Ok(n) => n,
+            Err(Errno::EFAULT) if done > 0 => 0,
+            Err(errno) => return Err(Error::Copy { op: "writev", pid, addr: at, len, errno }),
+        };
+        done += n;
+        if n != len {
+            break;
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +170,13 @@ mod tests {
         let n = read_ranges(child.pid(), &[(addr, 5), (RemoteAddr(addr.0 + 100), 5)], &mut two).unwrap();
         assert_eq!(n, 10);
         assert_eq!(&two, b"child\xa5\xa5\xa5\xa5\xa5");
+
+        // Several buffers, one after another.
+        let n = write_vectored(child.pid(), addr, &[b"one", b"two", b"three"]).unwrap();
+        assert_eq!(n, 11);
+        let mut back = [0u8; 12];
+        read_exact(child.pid(), addr, &mut back).unwrap();
+        assert_eq!(&back, b"onetwothree\xa5");
         ours[0] = 0;
     }
 

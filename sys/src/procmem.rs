@@ -63,6 +63,11 @@ impl ProcMem {
         Ok(ProcMem { file, pid })
     }
 
+    /// The process.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
     /// Reads exactly `buf.len()` bytes at `addr`.
     pub fn read_exact_at(&self, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error> {
         self.file.read_exact_at(buf, addr.0).map_err(|source| Error::Access {

@@ -2291,9 +2291,30 @@ fn write_piece(
         }
     }
     for (at, parts) in &runs {
-        mem.write_all_vectored_at(RemoteAddr(*at), parts).map_err(|e| step("memory")(format!("at {at:#x}: {e}")))?;
+        write_run(mem, *at, parts).map_err(|e| step("memory")(format!("at {at:#x}: {e}")))?;
     }
     Ok(bytes)
+}
+
+/// Write `parts`, one after another, at `at` of `mem`'s process: with
+/// process_vm_writev (one copy) as far as it goes, the rest (pages it may
+/// not write, such as those of text, which restore fills after mapping
+/// them with their final protections) through /proc/PID/mem (FOLL_FORCE,
+/// but each page copied twice). The pages written are the process's own
+/// (a page it shares with its parent is not written), so pinning them
+/// unshares nothing that a write would not.
+fn write_run(mem: &ProcMem, at: u64, parts: &[&[u8]]) -> Result<(), String> {
+    let done = stasis_sys::process_vm::write_vectored(mem.pid(), RemoteAddr(at), parts).unwrap_or(0);
+    let (mut skip, mut k) = (done, 0);
+    while k < parts.len() && skip >= parts[k].len() {
+        skip -= parts[k].len();
+        k += 1;
+    }
+    if k == parts.len() {
+        return Ok(());
+    }
+    let rest: Vec<&[u8]> = std::iter::once(&parts[k][skip..]).chain(parts[k + 1..].iter().copied()).collect();
+    mem.write_all_vectored_at(RemoteAddr(at + done as u64), &rest).map_err(|e| crate::chain(&e))
 }
 
 /// Injected calls into one puppet thread, with the scratch area at hand.
