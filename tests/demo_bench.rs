@@ -58,6 +58,12 @@ fn bench_json_has_both_patterns_and_compressible_images_are_smaller() {
         assert_eq!(runs.len(), 1);
         assert!(runs[0]["verdict"].as_str().unwrap().starts_with("ok"), "{}", r.dump());
         assert!(runs[0]["logical_bytes"].as_u64().unwrap() >= 16 << 20, "{}", r.dump());
+        // Where the time went, phase by phase.
+        let phases = |what: &str| -> Vec<String> {
+            runs[0][what].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap().to_owned()).collect()
+        };
+        assert!(phases("dump_phases").iter().any(|p| p == "memory"), "{}", r.dump());
+        assert!(phases("restore_phases").iter().any(|p| p == "memory"), "{}", r.dump());
         // The lazy restore of each image ran, and its check too.
         for figure in
             ["frozen_ms", "dump_ms", "dump_mib_per_s", "image_bytes", "restore_ms", "lazy_running_ms", "lazy_loaded_ms"]

@@ -133,6 +133,11 @@ struct Run {
     /// The workload's verdict on its memory after the restore.
     verdict: String,
     verified: bool,
+    /// stasis's own phases (name, microseconds) of the dump and of the
+    /// (eager) restore, as `dump --json` and `restore --json` show them:
+    /// where a slow run spent its time. Empty for CRIU.
+    dump_phases: Vec<(String, u64)>,
+    restore_phases: Vec<(String, u64)>,
 }
 
 /// Median, min and max of one figure over the runs.
@@ -490,6 +495,8 @@ fn one_run(
         lazy_loaded_us: lazy.map(|(_, l)| l),
         verified: verdict.starts_with("ok"),
         verdict,
+        dump_phases: dumped.phases.clone(),
+        restore_phases: restored.phases.clone(),
     })
 }
 
@@ -614,6 +621,8 @@ impl Criu {
             lazy_loaded_us: None,
             verified: verdict.starts_with("ok"),
             verdict,
+            dump_phases: Vec::new(),
+            restore_phases: Vec::new(),
         })
     }
 
