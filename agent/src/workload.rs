@@ -672,9 +672,17 @@ pub fn fresh_dir(base: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
 
 /// Bytes of the files in `dir` (an image directory is flat).
 pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // A pack may have holes (chunks of a live snapshot's first copy that
+    // were replaced): what is allocated counts, not the length.
     fs::read_dir(dir)
         .map(|entries| {
-            entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len().min(m.blocks() * 512))
+                .sum()
         })
         .unwrap_or(0)
 }

@@ -229,7 +229,9 @@ impl Flusher {
 pub struct WriteStats {
     /// Bytes of memory described by the image.
     pub logical_bytes: u64,
-    /// Bytes of `chunks.pack` (compressed frames of new chunks).
+    /// Bytes of the frames of `chunks.pack` (compressed frames of new
+    /// chunks; the file may be longer, with holes where chunks copied
+    /// ahead and replaced were punched out).
     pub stored_bytes: u64,
     /// Chunks stored in this image.
     pub chunks_stored: u64,
@@ -711,13 +713,37 @@ impl ImageWriter {
 
 impl ImageWriter {
     /// When chunks stored ahead ([`ImageWriter::store_chunks`]) ended up in
-    /// no region (memory changed after it was copied), a pack of only the
-    /// chunks used, copied from `pack` (copy_file_range, no decompression)
-    /// and put in its place; the chunk table and figures follow.
+    /// no region (memory changed after it was copied), they leave the
+    /// chunk table, and their bytes the pack: when they are fewer bytes
+    /// than the chunks kept (a process that wrote little), their ranges of
+    /// `pack` are punched out (FALLOC_FL_PUNCH_HOLE: no copy; the pack
+    /// keeps its length, the space is freed, and a reader never looks
+    /// between frames); otherwise a pack of only the chunks used is copied
+    /// from `pack` (copy_file_range, no decompression) and put in its
+    /// place. The chunk table and figures follow.
     fn without_unused_chunks(&mut self, pack: &mut File) -> Result<Option<File>, WriteError> {
         let used: std::collections::HashSet<&[u8]> =
             self.regions.iter().flat_map(|r| r.chunk_ids.chunks_exact(32)).collect();
         if self.table.keys().all(|id| used.contains(&id.0[..])) {
+            return Ok(None);
+        }
+        let unused: Vec<ChunkEntry> = self.table.values().filter(|e| !used.contains(&e.id.0[..])).copied().collect();
+        let unused_bytes: u64 = unused.iter().map(|e| u64::from(e.stored_len)).sum();
+        if unused_bytes < self.stats.stored_bytes - unused_bytes {
+            use nix::fcntl::{fallocate, FallocateFlags};
+            let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+            for e in &unused {
+                // A file system that cannot punch keeps the bytes: nothing
+                // reads them.
+                if fallocate(&*pack, punch, e.offset as i64, i64::from(e.stored_len)).is_err() {
+                    break;
+                }
+            }
+            for e in &unused {
+                self.table.remove(&e.id);
+            }
+            self.stats.stored_bytes -= unused_bytes;
+            self.stats.chunks_stored -= unused.len() as u64;
             return Ok(None);
         }
         let io = |path: &Path| {

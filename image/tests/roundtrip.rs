@@ -152,6 +152,17 @@ fn parallel_and_serial_writes_agree() {
 /// chunk not stored, is refused.
 #[test]
 fn chunks_stored_ahead_make_regions() {
+    for replaced in [1, 4] {
+        stored_ahead(replaced);
+    }
+}
+
+/// [`chunks_stored_ahead_make_regions`] with `replaced` chunks of 16 KiB
+/// stored ahead and used by no region: out of the table either way; one
+/// (fewer bytes than those kept) punched out of the pack, four (more)
+/// left behind in a pack made again of the chunks kept.
+fn stored_ahead(replaced: u64) {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let mut w = ImageWriter::create(dir.path(), small_chunks()).unwrap();
     let windows: Vec<(u64, u64)> = w.windows(0x3000, 0x9000).collect();
@@ -161,6 +172,9 @@ fn chunks_stored_ahead_make_regions() {
     let id1 = w.store_chunk(&first).unwrap();
     let id2 = w.store_chunk(&second).unwrap();
     let unused = w.store_chunk(&noise(9, 0x4000)).unwrap();
+    for k in 1..replaced {
+        w.store_chunk(&noise(20 + k, 0x4000)).unwrap();
+    }
     w.add_stored_memory(1, 0x3000, 0x1000, id1).unwrap();
     w.add_stored_memory(1, 0x4000, 0x4000, id2).unwrap();
     w.add_memory(1, 0x8000, &noise(10, 0x4000)).unwrap();
@@ -177,10 +191,25 @@ fn chunks_stored_ahead_make_regions() {
     // The chunk no region took is not in the image: not in its table, and
     // its bytes are gone from the pack.
     assert!(image.find_chunk(&unused).is_none(), "an unused chunk stayed in the table");
+    assert_eq!(image.chunks().len(), 3);
     assert_eq!(summary.stats.chunks_stored, 3);
-    let pack_len = fs::metadata(dir.path().join(PACK_NAME)).unwrap().len();
-    assert_eq!(pack_len, summary.stats.stored_bytes);
-    assert!(pack_len < stored_with_unused, "{pack_len} bytes in the pack, {stored_with_unused} with the unused chunk");
+    assert_eq!(summary.stats.stored_bytes, stored_with_unused - replaced * 0x4000, "random chunks are stored raw");
+    let pack = fs::metadata(dir.path().join(PACK_NAME)).unwrap();
+    let allocated = pack.blocks() * 512;
+    match replaced {
+        // Punched: the same length, less space.
+        1 => {
+            assert_eq!(pack.len(), stored_with_unused);
+            assert!(
+                allocated <= stored_with_unused - 0x3000,
+                "{allocated} bytes allocated to a pack of {}",
+                pack.len()
+            );
+        }
+        // Made again: only the chunks kept.
+        _ => assert_eq!(pack.len(), summary.stats.stored_bytes),
+    }
+    Image::open(dir.path()).unwrap().verify_written(&summary.checks).unwrap();
 }
 
 /// Memory zstd cannot shrink is stored raw, without a pass of zstd over
