@@ -170,6 +170,35 @@ impl SparseBuffer {
         self.len == 0
     }
 
+    /// Copy up to `len` bytes of process `pid`'s memory at `addr` into the
+    /// buffer at `offset` with process_vm_readv (one copy; it pins the
+    /// pages it reads). Returns the bytes copied: fewer at the first page
+    /// it may not read (0 when that is the first).
+    pub fn fill_from_process(&self, pid: nix::unistd::Pid, addr: u64, offset: usize, len: usize) -> usize {
+        let end = offset.checked_add(len).filter(|&e| e <= self.len);
+        assert!(end.is_some(), "fill of {len} bytes at {offset} outside a buffer of {}", self.len);
+        let mut done = 0;
+        while done < len {
+            let local = libc::iovec {
+                // SAFETY: offset + done .. offset + len lies inside the
+                // mapping (checked above), which lives as long as self; no
+                // Rust reference points into it while self is shared.
+                iov_base: unsafe { self.ptr.as_ptr().add(offset + done) }.cast(),
+                iov_len: len - done,
+            };
+            let remote = libc::iovec { iov_base: (addr + done as u64) as *mut libc::c_void, iov_len: len - done };
+            // SAFETY: the local iovec is valid for writes of its length
+            // (above); the remote one is only an address in the target.
+            let n = unsafe { libc::process_vm_readv(pid.as_raw(), &local, 1, &remote, 1, 0) };
+            match n {
+                n if n > 0 => done += n as usize,
+                _ if Errno::last() == Errno::EINTR => {}
+                _ => break,
+            }
+        }
+        done
+    }
+
     /// Read `len` bytes of `file` at `file_offset` into the buffer at
     /// `offset` (pread, repeated while short). Fills of overlapping ranges
     /// at once leave either's bytes.
@@ -228,5 +257,28 @@ impl Drop for AnonMapping {
         // SAFETY: ptr/len are exactly what mmap returned, and no reference
         // into the mapping outlives self (all slices borrow self).
         let _ = unsafe { mman::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::child::{spawn, ChildAction};
+
+    /// A fill from another process copies its bytes to the offset asked,
+    /// and stops at a page it may not read.
+    #[test]
+    fn sparse_buffer_fills_from_a_process() {
+        let page = page_size();
+        let ours: Vec<u8> = (0..2 * page).map(|i| (i % 251) as u8).collect();
+        let child = spawn(ChildAction::Pause).expect("fork");
+        let mut buf = SparseBuffer::new(4 * page).unwrap();
+        assert_eq!(buf.fill_from_process(child.pid(), ours.as_ptr() as u64, page, 2 * page), 2 * page);
+        let mut back = vec![0u8; 3 * page];
+        buf.read(0, &mut back);
+        assert_eq!(back[..page], vec![0u8; page][..], "the page before the fill");
+        assert_eq!(back[page..], ours[..]);
+        // Address 0 is never mapped: nothing copied.
+        assert_eq!(buf.fill_from_process(child.pid(), 0, 0, page), 0);
     }
 }
