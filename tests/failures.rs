@@ -390,15 +390,14 @@ fn lazy_restore_of_corrupt_chunk_names_it_and_kills_the_tree() {
     assert!(!is_alive(w.pid), "pid {} runs on with a damaged chunk of its memory", w.pid);
 }
 
-/// A process still loading its memory after `restore --lazy` is refused by
-/// a dump (the pages not loaded yet are not in it to read), naming the
-/// cause, and runs on; once loaded, it dumps.
-#[test]
-fn dump_while_a_lazy_restore_loads_is_refused() {
+/// mem_dense with 768 MiB, dumped (killed) into `images` and restored with
+/// `restore --lazy`, still loading: the workload, the restoring stasis
+/// (stderr piped, stdout closed once it said the pid), and the image.
+fn restored_lazily(images: &str) -> (Workload, std::process::Child, tempfile::TempDir) {
     use std::io::BufRead;
     let mut w = Workload::start("mem_dense", &["768"]);
     w.wait_running();
-    let images = tempdir("lazy-loading-img");
+    let images = tempdir(images);
     dump_ok(w.pid, images.path(), &[]);
     w.wait_exit(Duration::from_secs(30));
     let mut restore = util::stasis()
@@ -410,6 +409,15 @@ fn dump_while_a_lazy_restore_loads_is_refused() {
     let mut pid = String::new();
     std::io::BufReader::new(restore.stdout.take().unwrap()).read_line(&mut pid).unwrap();
     assert_eq!(pid.trim(), w.pid.to_string(), "restored at another pid");
+    (w, restore, images)
+}
+
+/// A process still loading its memory after `restore --lazy` is refused by
+/// a dump (the pages not loaded yet are not in it to read), naming the
+/// cause, and runs on; once loaded, it dumps.
+#[test]
+fn dump_while_a_lazy_restore_loads_is_refused() {
+    let (w, mut restore, _images) = restored_lazily("lazy-loading-img");
     let again = tempdir("lazy-loading-img2");
     let r = dump(w.pid, again.path(), &["--leave-running"]);
     let loading = restore.try_wait().unwrap().is_none();
@@ -429,24 +437,8 @@ fn dump_while_a_lazy_restore_loads_is_refused() {
 /// memory.
 #[test]
 fn lazy_restore_loads_on_through_signals_and_a_closed_output() {
-    use std::io::BufRead;
-    let mut w = Workload::start("mem_dense", &["768"]);
-    w.wait_running();
-    let images = tempdir("lazy-signals-img");
-    dump_ok(w.pid, images.path(), &[]);
-    w.wait_exit(Duration::from_secs(30));
-    let mut restore = util::stasis()
-        .args(["restore", "--images", images.path().to_str().unwrap(), "--lazy"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pid = String::new();
-    let mut out = std::io::BufReader::new(restore.stdout.take().unwrap());
-    out.read_line(&mut pid).unwrap();
-    assert_eq!(pid.trim(), w.pid.to_string(), "restored at another pid");
+    let (w, mut restore, _images) = restored_lazily("lazy-signals-img");
     // Its terminal closes: no one reads what it says any more.
-    drop(out);
     drop(restore.stderr.take());
     let stasis = nix::unistd::Pid::from_raw(restore.id() as i32);
     for signal in [nix::sys::signal::SIGHUP, nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {

@@ -39,15 +39,6 @@ impl FrameChecks {
     pub(crate) fn of(frame: &[u8]) -> u64 {
         xxhash_rust::xxh3::xxh3_64(frame)
     }
-
-    /// The frames checked.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl fmt::Debug for FrameChecks {

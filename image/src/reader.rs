@@ -157,28 +157,22 @@ impl Image {
     /// The contents of chunk `id`, checked against its id.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, ReadError> {
         let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
-        image.read_own_chunk(entry, true)
+        image.read_own_chunk(entry)
     }
 
-    /// [`Image::read_chunk`] without hashing it again: for a reader that
-    /// has just [`Image::verify`]'d the image (a restore writing every
-    /// chunk it checked a moment before). Its length is still checked, and
-    /// a frame still has to decompress.
-    pub fn read_verified_chunk(&self, id: &ChunkId) -> Result<Vec<u8>, ReadError> {
-        let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
-        image.read_own_chunk(entry, false)
-    }
-
-    /// [`Image::read_verified_chunk`] into `buf` (its old contents
-    /// replaced): a buffer used again takes no new pages, nor zeroing.
+    /// [`Image::read_chunk`] into `buf` (its old contents replaced: a
+    /// buffer used again takes no new pages, nor zeroing), without hashing
+    /// it again: for a reader that has just [`Image::verify`]'d the image
+    /// (a restore writing every chunk it checked a moment before). Its
+    /// length is still checked, and a frame still has to decompress.
     pub fn read_verified_chunk_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<(), ReadError> {
         let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
         image.read_own_chunk_into(entry, false, buf)
     }
 
-    fn read_own_chunk(&self, e: &ChunkEntry, hash: bool) -> Result<Vec<u8>, ReadError> {
+    fn read_own_chunk(&self, e: &ChunkEntry) -> Result<Vec<u8>, ReadError> {
         let mut data = Vec::new();
-        self.read_own_chunk_into(e, hash, &mut data)?;
+        self.read_own_chunk_into(e, true, &mut data)?;
         Ok(data)
     }
 
@@ -195,19 +189,7 @@ impl Image {
             let mut frame = vec![0; e.stored_len as usize];
             self.pack.read_exact_at(&mut frame, e.offset).map_err(io)?;
             let lz4 = self.manifest.header.incompat & format::INCOMPAT_LZ4_CHUNKS != 0;
-            match lz4 && frame.starts_with(&crate::lz4::MAGIC) {
-                true => crate::lz4::decompress_into(&frame, e.raw_len as usize, data).map_err(corrupt)?,
-                false => {
-                    // The capacity bounds what a hostile frame can make us
-                    // allocate.
-                    data.clear();
-                    data.reserve(e.raw_len as usize);
-                    decompress_into(&frame, data).map_err(|err| corrupt(format!("does not decompress: {err}")))?;
-                }
-            }
-        }
-        if data.len() != e.raw_len as usize {
-            return Err(corrupt(format!("decompresses to {} bytes, not {}", data.len(), e.raw_len)));
+            unpack_into(&frame, e.raw_len as usize, data, lz4).map_err(corrupt)?;
         }
         if hash && ChunkId::of(data) != e.id {
             return Err(corrupt("contents do not match its id".into()));
@@ -505,12 +487,14 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `frame` (LZ4 or zstd, by its magic number) decompressed into `out`,
-/// which must come to `len` bytes; `Err` says what is wrong.
-pub(crate) fn unpack_into(frame: &[u8], len: usize, out: &mut Vec<u8>) -> Result<(), String> {
-    if frame.starts_with(&crate::lz4::MAGIC) {
+/// `frame` (LZ4 when `lz4` allows it and its magic number says so, else
+/// zstd) decompressed into `out`, which must come to `len` bytes; `Err`
+/// says what is wrong.
+pub(crate) fn unpack_into(frame: &[u8], len: usize, out: &mut Vec<u8>, lz4: bool) -> Result<(), String> {
+    if lz4 && frame.starts_with(&crate::lz4::MAGIC) {
         return crate::lz4::decompress_into(frame, len, out);
     }
+    // The capacity bounds what a hostile frame can make us allocate.
     out.clear();
     out.reserve(len);
     match decompress_into(frame, out) {

@@ -86,30 +86,27 @@ fn hash_and_compress_one(
         return Ok((id, None));
     }
     let err = |source| WriteError::Compress { id, source };
+    // A frame is always shorter than its chunk: a stored length equal to
+    // the raw one means raw.
     let frame = |frame: Vec<u8>| if frame.len() < data.len() { Frame::Packed(frame) } else { Frame::Raw };
-    let level = match compression {
-        Compression::Lz4 => {
-            let mut lz4 = |d: &[u8]| Ok(crate::lz4::compress(d));
-            if incompressible(&mut lz4, data).map_err(err)? {
-                return Ok((id, Some(Frame::Raw)));
+    let stored = match compression {
+        Compression::Lz4 => match incompressible(&mut |d| Ok(crate::lz4::compress(d)), data).map_err(err)? {
+            true => Frame::Raw,
+            false => frame(crate::lz4::compress(data)),
+        },
+        Compression::Zstd { level } => COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+                *cell = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
             }
-            return Ok((id, Some(frame(crate::lz4::compress(data)))));
-        }
-        Compression::Zstd { level } => level,
+            let (_, zstd) = cell.as_mut().expect("made above");
+            match incompressible(&mut |d| zstd.compress(d), data).map_err(err)? {
+                true => Ok(Frame::Raw),
+                false => Ok(frame(zstd.compress(data).map_err(err)?)),
+            }
+        })?,
     };
-    COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
-            *cell = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
-        }
-        let (_, zstd) = cell.as_mut().expect("made above");
-        if incompressible(&mut |d| zstd.compress(d), data).map_err(err)? {
-            return Ok((id, Some(Frame::Raw)));
-        }
-        // A frame is always shorter than its chunk: a stored length equal
-        // to the raw one means raw.
-        Ok((id, Some(frame(zstd.compress(data).map_err(err)?))))
-    })
+    Ok((id, Some(stored)))
 }
 
 /// Hashes and compresses memory on any thread, as the writer it came from
@@ -431,7 +428,7 @@ impl ImageWriter {
             return Ok(frame);
         }
         let mut data = Vec::new();
-        crate::reader::unpack_into(&frame, e.raw_len as usize, &mut data)
+        crate::reader::unpack_into(&frame, e.raw_len as usize, &mut data, true)
             .map_err(|what| io(std::io::Error::other(format!("chunk {id} {what}"))))?;
         Ok(data)
     }

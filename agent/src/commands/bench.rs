@@ -97,8 +97,8 @@ pub struct Args {
     writer: bool,
     /// How the dumps compress memory, as `stasis dump --compress`: lz4
     /// (the default) or zstd.
-    #[arg(long, value_name = "CODEC", default_value = "lz4", value_parser = ["lz4", "zstd"])]
-    compress: String,
+    #[arg(long, value_name = "CODEC", value_enum, default_value_t = super::dump::Codec::Lz4)]
+    compress: super::dump::Codec,
     /// The CRIU binary to run each case through too; without it, `criu`
     /// on PATH is used when it passes `criu check`.
     #[arg(long, value_name = "PATH")]
@@ -431,10 +431,7 @@ fn one_run(
     // the freeze alone, not the image's write); it is killed after.
     opts.pre_copy = live;
     opts.leave_running = live;
-    opts.write.compression = match args.compress.as_str() {
-        "zstd" => stasis_image::Compression::Zstd { level: 1 },
-        _ => stasis_image::Compression::Lz4,
-    };
+    opts.write.compression = args.compress.into();
     // Deleted when the run ends, whichever way.
     let mut _snapshot = None;
     if let Some((v, name)) = volume {

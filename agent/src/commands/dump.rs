@@ -99,11 +99,27 @@ pub struct Args {
     /// its size against 30%). A killed tree stays frozen until its image is
     /// written. Chunks that do not shrink are stored as they are either
     /// way.
-    #[arg(long, value_name = "CODEC", default_value = "lz4", value_parser = ["lz4", "zstd"])]
-    compress: String,
+    #[arg(long, value_name = "CODEC", value_enum, default_value_t = Codec::Lz4)]
+    compress: Codec,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// How memory chunks are compressed (`--compress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Codec {
+    Lz4,
+    Zstd,
+}
+
+impl From<Codec> for Compression {
+    fn from(codec: Codec) -> Self {
+        match codec {
+            Codec::Lz4 => Compression::Lz4,
+            Codec::Zstd => Compression::Zstd { level: 1 },
+        }
+    }
 }
 
 /// A size in bytes, with an optional K or M suffix (powers of 1024).
@@ -132,7 +148,7 @@ fn positive_ms(s: &str) -> Result<f64, String> {
 /// The image's chunk size: the one asked for, else the parent's, else the
 /// default; one that differs from the parent's is refused (nothing would
 /// be shared with it).
-fn write_options(parent: Option<PathBuf>, asked: Option<u32>, compress: &str) -> anyhow::Result<WriteOptions> {
+fn write_options(parent: Option<PathBuf>, asked: Option<u32>, compress: Codec) -> anyhow::Result<WriteOptions> {
     let defaults = WriteOptions::default();
     let of_parent = match &parent {
         Some(p) => Some(
@@ -151,11 +167,7 @@ fn write_options(parent: Option<PathBuf>, asked: Option<u32>, compress: &str) ->
         (None, Some(p)) => p,
         (None, None) => defaults.chunk_size,
     };
-    let compression = match compress {
-        "zstd" => Compression::Zstd { level: 1 },
-        _ => Compression::Lz4,
-    };
-    Ok(WriteOptions { parent, chunk_size, compression, ..defaults })
+    Ok(WriteOptions { parent, chunk_size, compression: compress.into(), ..defaults })
 }
 
 pub fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -190,7 +202,7 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
         images: args.images.clone(),
         leave_running: args.leave_running,
         cgroup: args.cgroup,
-        write: write_options(args.parent, args.chunk_size, &args.compress)?,
+        write: write_options(args.parent, args.chunk_size, args.compress)?,
         cancel: Some(cancel),
         progress: bar.as_ref().map(|(_, f)| f.clone()),
         while_frozen: volume,

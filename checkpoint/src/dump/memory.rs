@@ -571,14 +571,35 @@ struct ReaderFiles {
     pagemap: Option<Pagemap>,
 }
 
-/// Read `[at, end)` of `pid`. The pages this process alone maps are
-/// copied with process_vm_readv, one copy; the others through
-/// /proc/PID/mem, which copies each page twice (into a page of the kernel,
-/// then out) but takes no pin of it: a pin makes the kernel copy an
-/// anonymous page still shared copy-on-write with a parent or child (so
-/// that it may be pinned alone), and a dump would leave the tree with
-/// those copies. /proc/PID/mem also reads what process_vm_readv refuses
-/// (PROT_NONE pages: FOLL_FORCE), so it finishes any run that stops early.
+/// `[at, at + len)` of `pid` (page-aligned) cut into runs of pages the
+/// process maps alone or not (/proc/PID/pagemap bit 56), as (offset from
+/// `at`, length, alone). Pages it maps alone may be read with
+/// process_vm_readv, one copy; the others go through /proc/PID/mem, which
+/// copies each page twice (into a page of the kernel, then out) but takes
+/// no pin of it: a pin makes the kernel copy an anonymous page still
+/// shared copy-on-write with a parent or child (so that it may be pinned
+/// alone), and a dump would leave the tree with those copies.
+/// /proc/PID/mem also reads what process_vm_readv refuses (PROT_NONE
+/// pages: FOLL_FORCE), so it finishes any run that stops early.
+pub(crate) fn runs_by_sharing(
+    pagemap: &Pagemap,
+    at: u64,
+    len: usize,
+) -> Result<Vec<(usize, usize, bool)>, stasis_sys::pagemap::Error> {
+    let entries = pagemap.entries(at..at + len as u64)?;
+    let page = stasis_sys::mman::page_size();
+    let mut runs = Vec::new();
+    let mut k = 0;
+    while k < entries.len() {
+        let alone = entries[k].exclusive();
+        let n = entries[k..].iter().take_while(|e| e.exclusive() == alone).count();
+        runs.push((k * page, (n * page).min(len - k * page), alone));
+        k += n;
+    }
+    Ok(runs)
+}
+
+/// Read `[at, end)` of `pid` ([`runs_by_sharing`]).
 fn read_piece(pid: Pid, at: u64, end: u64, files: &mut ReaderFiles, mut buf: Vec<u8>) -> Result<Vec<u8>, MemoryError> {
     // Zeros written only where the buffer grows.
     buf.resize((end - at) as usize, 0);
@@ -587,13 +608,7 @@ fn read_piece(pid: Pid, at: u64, end: u64, files: &mut ReaderFiles, mut buf: Vec
         Some(p) => p,
         None => files.pagemap.insert(Pagemap::open(pid).map_err(|e| err(crate::chain(&e)))?),
     };
-    let entries = pagemap.entries(at..end).map_err(|e| err(crate::chain(&e)))?;
-    let page_size = stasis_sys::mman::page_size();
-    let mut page = 0;
-    while page < entries.len() {
-        let alone = entries[page].exclusive();
-        let run = entries[page..].iter().take_while(|e| e.exclusive() == alone).count();
-        let (from, len) = (page * page_size, run * page_size);
+    for (from, len, alone) in runs_by_sharing(pagemap, at, buf.len()).map_err(|e| err(crate::chain(&e)))? {
         let addr = at + from as u64;
         let slice = &mut buf[from..from + len];
         // Fails (EFAULT) or stops short at a page it may not read.
@@ -605,7 +620,6 @@ fn read_piece(pid: Pid, at: u64, end: u64, files: &mut ReaderFiles, mut buf: Vec
             };
             mem.read_exact_at(RemoteAddr(addr + done as u64), &mut slice[done..]).map_err(|e| err(crate::chain(&e)))?;
         }
-        page += run;
     }
     Ok(buf)
 }

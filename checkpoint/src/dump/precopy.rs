@@ -152,25 +152,15 @@ impl Mirror {
         (memory::union(&got, &[]), memory::union(&failed, &[]))
     }
 
-    /// Copy `n` bytes of `pid` at `addr` into the mirror at `off`: the
-    /// pages the process maps alone with process_vm_readv (one copy), the
-    /// others (and what that stops at) through /proc/PID/mem, which pins
-    /// nothing (a pinned page still shared copy-on-write is copied by the
-    /// kernel first, and the tree would keep that copy).
+    /// Copy `n` bytes of `pid` at `addr` into the mirror at `off`, as
+    /// [`memory::runs_by_sharing`] says.
     fn fill_part(&self, pid: Pid, mem: &ProcMem, pagemap: &Pagemap, addr: u64, off: usize, n: usize) -> Result<(), ()> {
-        let entries = pagemap.entries(addr..addr + n as u64).map_err(drop)?;
-        let page = stasis_sys::mman::page_size();
-        let mut k = 0;
-        while k < entries.len() {
-            let alone = entries[k].exclusive();
-            let run = entries[k..].iter().take_while(|e| e.exclusive() == alone).count();
-            let (from, len) = (k * page, (run * page).min(n - k * page));
+        for (from, len, alone) in memory::runs_by_sharing(pagemap, addr, n).map_err(drop)? {
             let done = if alone { self.buf.fill_from_process(pid, addr + from as u64, off + from, len) } else { 0 };
             if done < len {
                 let at = RemoteAddr(addr + (from + done) as u64);
                 mem.read_into(at, &self.buf, off + from + done, len - done).map_err(drop)?;
             }
-            k += run;
         }
         Ok(())
     }
