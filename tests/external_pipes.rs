@@ -289,11 +289,15 @@ fn process_in_a_shell_pipeline() {
         .arg(dir.path())
         .arg(&piped);
     let mut shell = Spawned::start("ext-pipeline (bash)", cmd, dir);
+    // An argument that is the script's path: the shell's children have the
+    // shell's command line (with "$1/ext-pipeline.py" unexpanded) until they
+    // exec, and the one for cat must not be taken for python.
+    let script_path = shell.dir.join("ext-pipeline.py");
     let python = shell.wait_for(Duration::from_secs(30), "the pipeline's python", || {
         let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", shell.pid)).ok()?;
         children.split_whitespace().map(|c| c.parse::<i32>().unwrap()).find(|c| {
             fs::read(format!("/proc/{c}/cmdline"))
-                .is_ok_and(|l| String::from_utf8_lossy(&l).contains("ext-pipeline.py"))
+                .is_ok_and(|l| l.split(|&b| b == 0).any(|arg| arg == script_path.as_os_str().as_encoded_bytes()))
         })
     });
     shell.wait_for(Duration::from_secs(30), "3 numbers through cat", || {
