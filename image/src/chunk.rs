@@ -86,7 +86,12 @@ impl ChunkTable {
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<&ChunkEntry> {
-        self.entries.binary_search_by_key(id, |e| e.id).ok().map(|i| &self.entries[i])
+        self.position(id).map(|i| &self.entries[i])
+    }
+
+    /// Where chunk `id` is in [`ChunkTable::entries`].
+    pub fn position(&self, id: &ChunkId) -> Option<usize> {
+        self.entries.binary_search_by_key(id, |e| e.id).ok()
     }
 
     pub fn entries(&self) -> &[ChunkEntry] {

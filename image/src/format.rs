@@ -75,6 +75,11 @@ pub enum SectionKind {
     Memory,
     /// [`crate::records::ProcessTree`], protobuf.
     Processes,
+    /// Frame checks: the XXH3-64 (little-endian, 8 bytes) of each chunk's
+    /// frame as its writer wrote it to the pack, one per entry of the chunk
+    /// table and in its order. Optional: a reader without it checks chunks
+    /// only by decompressing and hashing them.
+    FrameChecks,
     /// A kind this version does not know.
     Unknown(u32),
 }
@@ -86,6 +91,7 @@ impl SectionKind {
             SectionKind::Chunks => 2,
             SectionKind::Memory => 3,
             SectionKind::Processes => 4,
+            SectionKind::FrameChecks => 5,
             SectionKind::Unknown(c) => c,
         }
     }
@@ -96,6 +102,7 @@ impl SectionKind {
             2 => SectionKind::Chunks,
             3 => SectionKind::Memory,
             4 => SectionKind::Processes,
+            5 => SectionKind::FrameChecks,
             c => SectionKind::Unknown(c),
         }
     }
@@ -108,6 +115,7 @@ impl fmt::Display for SectionKind {
             SectionKind::Chunks => f.write_str("chunks"),
             SectionKind::Memory => f.write_str("memory"),
             SectionKind::Processes => f.write_str("processes"),
+            SectionKind::FrameChecks => f.write_str("frame checks"),
             SectionKind::Unknown(c) => write!(f, "#{c}"),
         }
     }

@@ -162,8 +162,9 @@ impl Image {
 
     /// [`Image::read_chunk`] into `buf` (its old contents replaced: a
     /// buffer used again takes no new pages, nor zeroing), without hashing
-    /// it again: for a reader that has just [`Image::verify`]'d the image
-    /// (a restore writing every chunk it checked a moment before). Its
+    /// it again: for a reader that has just checked the image's frames
+    /// ([`Image::verify_frames`]) or chunks ([`Image::verify`]): a restore
+    /// writing every chunk it checked a moment before. Its
     /// length is still checked, and a frame still has to decompress.
     pub fn read_verified_chunk_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<(), ReadError> {
         let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
@@ -181,13 +182,28 @@ impl Image {
         let io = |source| ReadError::Io { path: path.clone(), source };
         let corrupt = |what: String| ReadError::Chunk { path: path.clone(), id: e.id, what };
         let raw = e.stored_len == e.raw_len && self.manifest.header.incompat & format::INCOMPAT_RAW_CHUNKS != 0;
+        // The frame's stored check, where hashing: contents that match
+        // their id in a frame that does not match its check would pass
+        // `stasis verify` and be refused by a restore (which checks frames).
+        let check = |frame: &[u8]| match &self.manifest.frame_checks {
+            Some(checks) if hash => {
+                let k = self.manifest.chunks.position(&e.id).expect("entries come from the table");
+                match checks[k] == FrameChecks::of(frame) {
+                    true => Ok(()),
+                    false => Err(corrupt("its stored bytes are not those written (frame check)".into())),
+                }
+            }
+            _ => Ok(()),
+        };
         if raw {
             // Zeros written only where the buffer grows.
             data.resize(e.stored_len as usize, 0);
             self.pack.read_exact_at(data, e.offset).map_err(io)?;
+            check(data)?;
         } else {
             let mut frame = vec![0; e.stored_len as usize];
             self.pack.read_exact_at(&mut frame, e.offset).map_err(io)?;
+            check(&frame)?;
             let lz4 = self.manifest.header.incompat & format::INCOMPAT_LZ4_CHUNKS != 0;
             unpack_into(&frame, e.raw_len as usize, data, lz4).map_err(corrupt)?;
         }
@@ -222,37 +238,74 @@ impl Image {
         Ok(out)
     }
 
-    /// Check every chunk of every image in the chain, and that every chunk
-    /// the memory index references exists with the right length. Returns
-    /// the first problem found.
+    /// Check every chunk of every image in the chain (decompressed, its
+    /// contents against its id, its frame against its stored check), and
+    /// that every chunk the memory index references exists with the right
+    /// length. Returns the first problem found.
     pub fn verify(&self) -> Result<VerifyReport, ReadError> {
         let mut report = VerifyReport::default();
         let mut image = Some(self);
         while let Some(i) = image {
-            // Every chunk read back, decompressed and hashed, on all cores.
-            let entries = i.manifest.chunks.entries();
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let per = entries.len().div_ceil(threads).max(1);
-            std::thread::scope(|scope| {
-                let parts: Vec<_> = entries
-                    .chunks(per)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            let mut buf = Vec::new();
-                            part.iter().try_for_each(|e| i.read_own_chunk_into(e, true, &mut buf))
-                        })
-                    })
-                    .collect();
-                parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
-            })?;
-            report.chunks_checked += entries.len() as u64;
-            report.bytes_checked += entries.iter().map(|e| u64::from(e.raw_len)).sum::<u64>();
+            i.verify_own_chunks(&mut report)?;
             image = i.parent.as_deref();
         }
         let references = self.verify_references()?;
         report.references_checked = references.references_checked;
         report.images = references.images;
         Ok(report)
+    }
+
+    /// Check every frame of every pack in the chain against the check its
+    /// writer stored with the image ([`Manifest::frame_checks`]), and every
+    /// reference of the chain: each pack read once, on all cores, with no
+    /// decompression nor hashing of contents. A frame that reads back as
+    /// it was written holds the bytes its writer hashed into its id, so
+    /// this is what a restore checks before it starts anything. An image
+    /// written without frame checks (by an older stasis) has its chunks
+    /// checked as [`Image::verify`] does.
+    pub fn verify_frames(&self) -> Result<VerifyReport, ReadError> {
+        let mut report = VerifyReport::default();
+        let mut image = Some(self);
+        while let Some(i) = image {
+            match &i.manifest.frame_checks {
+                Some(checks) => {
+                    let table = &i.manifest.chunks;
+                    let stored = |e: &ChunkEntry| table.position(&e.id).map(|k| checks[k]);
+                    i.check_all_frames(&stored, "its stored bytes are not those written (frame check)")?;
+                    report.chunks_checked += table.len() as u64;
+                    report.bytes_checked += table.entries().iter().map(|e| u64::from(e.stored_len)).sum::<u64>();
+                }
+                None => i.verify_own_chunks(&mut report)?,
+            }
+            image = i.parent.as_deref();
+        }
+        let references = self.verify_references()?;
+        report.references_checked = references.references_checked;
+        report.images = references.images;
+        Ok(report)
+    }
+
+    /// Every chunk of this image's own pack read back, decompressed and
+    /// hashed, on all cores; counted in `report`.
+    fn verify_own_chunks(&self, report: &mut VerifyReport) -> Result<(), ReadError> {
+        let entries = self.manifest.chunks.entries();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = entries.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = entries
+                .chunks(per)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut buf = Vec::new();
+                        part.iter().try_for_each(|e| self.read_own_chunk_into(e, true, &mut buf))
+                    })
+                })
+                .collect();
+            parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
+        })?;
+        report.chunks_checked += entries.len() as u64;
+        report.bytes_checked += entries.iter().map(|e| u64::from(e.raw_len)).sum::<u64>();
+        Ok(())
     }
 
     /// Check an image just written: every frame of this image's pack
@@ -264,25 +317,46 @@ impl Image {
     /// of reading the pack once, on all cores. [`Image::verify`] checks
     /// the contents of every chunk of the chain against its id.
     pub fn verify_written(&self, checks: &FrameChecks) -> Result<VerifyReport, ReadError> {
-        let path = self.dir.join(PACK_NAME);
-        let mut entries: Vec<&ChunkEntry> = self.manifest.chunks.entries().iter().collect();
-        entries.sort_by_key(|e| e.offset);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = entries.len().div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> =
-                entries.chunks(per).map(|part| scope.spawn(|| self.check_frames(part, checks, &path))).collect();
-            parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
-        })?;
+        let written = |e: &ChunkEntry| checks.0.get(&e.id).copied();
+        self.check_all_frames(&written, "reads back other than it was written")?;
+        let entries = self.manifest.chunks.entries();
         let mut report = self.verify_references()?;
         report.chunks_checked = entries.len() as u64;
         report.bytes_checked = entries.iter().map(|e| u64::from(e.stored_len)).sum();
         Ok(report)
     }
 
-    /// [`Image::verify_written`] of `entries`, in pack order: read in runs
-    /// of up to 8 MiB of adjacent frames.
-    fn check_frames(&self, entries: &[&ChunkEntry], checks: &FrameChecks, path: &Path) -> Result<(), ReadError> {
+    /// Every frame of this image's pack read back, on all cores, and its
+    /// XXH3-64 compared with what `expected` says it was written as (an
+    /// error when it names none, or `differs` when it does not match).
+    fn check_all_frames(
+        &self,
+        expected: &(dyn Fn(&ChunkEntry) -> Option<u64> + Sync),
+        differs: &str,
+    ) -> Result<(), ReadError> {
+        let path = self.dir.join(PACK_NAME);
+        let mut entries: Vec<&ChunkEntry> = self.manifest.chunks.entries().iter().collect();
+        entries.sort_by_key(|e| e.offset);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = entries.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = entries
+                .chunks(per)
+                .map(|part| scope.spawn(|| self.check_frames(part, expected, differs, &path)))
+                .collect();
+            parts.into_iter().try_for_each(|h| h.join().expect("verify worker panicked"))
+        })
+    }
+
+    /// [`Image::check_all_frames`] of `entries`, in pack order: read in
+    /// runs of up to 8 MiB of adjacent frames.
+    fn check_frames(
+        &self,
+        entries: &[&ChunkEntry],
+        expected: &(dyn Fn(&ChunkEntry) -> Option<u64> + Sync),
+        differs: &str,
+        path: &Path,
+    ) -> Result<(), ReadError> {
         const RUN: u64 = 8 << 20;
         let mut buf = Vec::new();
         let mut k = 0;
@@ -301,9 +375,9 @@ impl Image {
             for e in &entries[k..end] {
                 let from = (e.offset - start) as usize;
                 let frame = &buf[from..from + e.stored_len as usize];
-                let what = match checks.0.get(&e.id) {
+                let what = match expected(e) {
                     None => "was not written by this writer",
-                    Some(&c) if c != FrameChecks::of(frame) => "reads back other than it was written",
+                    Some(c) if c != FrameChecks::of(frame) => differs,
                     Some(_) => continue,
                 };
                 return Err(ReadError::Chunk { path: path.to_owned(), id: e.id, what: what.into() });
@@ -362,6 +436,10 @@ pub struct Manifest {
     pub chunks: ChunkTable,
     pub memory: MemoryIndex,
     pub processes: Option<ProcessTree>,
+    /// The XXH3-64 of each chunk's frame as written, in the chunk table's
+    /// order ([`SectionKind::FrameChecks`]); `None` for an image written
+    /// without them.
+    pub frame_checks: Option<Vec<u64>>,
     /// BLAKE3 of the manifest bytes.
     pub hash: [u8; 32],
     pub len: u64,
@@ -420,6 +498,15 @@ impl Manifest {
             }
         };
 
+        let frame_checks = match section(SectionKind::FrameChecks) {
+            None => None,
+            Some(b) if b.len() != chunks.len() * 8 => {
+                let what = format!("{} bytes for {} chunks (8 bytes each)", b.len(), chunks.len());
+                return Err(malformed(SectionKind::FrameChecks, what));
+            }
+            Some(b) => Some(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+        };
+
         Ok(Manifest {
             header,
             sections,
@@ -427,6 +514,7 @@ impl Manifest {
             chunks,
             memory,
             processes,
+            frame_checks,
             hash: *blake3::hash(bytes).as_bytes(),
             len: bytes.len() as u64,
         })

@@ -680,6 +680,10 @@ impl ImageWriter {
         if let Some(tree) = self.processes.take() {
             sections.push((SectionKind::Processes, SECTION_REQUIRED, tree.encode_to_vec()));
         }
+        // Each frame's check, in the table's order (every chunk in the
+        // table was admitted, and its check taken, here).
+        let checks = table.entries().iter().flat_map(|e| self.checks.0[&e.id].to_le_bytes()).collect();
+        sections.push((SectionKind::FrameChecks, 0, checks));
         let bytes = format::encode(&header, &sections);
 
         let tmp = self.dir.join(format!(".{MANIFEST_NAME}.tmp"));

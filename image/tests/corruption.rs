@@ -34,7 +34,7 @@ fn every_flipped_manifest_byte_is_caught() {
         }
     }
     // Every section was hit, and each error named the section it was in.
-    assert_eq!(seen_kinds.into_iter().collect::<Vec<_>>(), ["chunks", "info", "memory"]);
+    assert_eq!(seen_kinds.into_iter().collect::<Vec<_>>(), ["chunks", "frame checks", "info", "memory"]);
     fs::write(&path, &good).unwrap();
     open_and_verify(dir.path()).unwrap();
 }
@@ -66,6 +66,61 @@ fn flipped_chunk_bytes_are_caught_and_named() {
 #[test]
 fn flipped_chunk_bytes_are_caught_by_the_writers_checks() {
     flips_caught_and_named(|dir, checks| Image::open(dir)?.verify_written(checks).map(drop));
+}
+
+/// The check a restore makes before it starts anything, every frame
+/// against the check stored with the image, catches the same flips and
+/// names the same chunks.
+#[test]
+fn flipped_chunk_bytes_are_caught_by_the_stored_frame_checks() {
+    flips_caught_and_named(|dir, _| Image::open(dir)?.verify_frames().map(drop));
+}
+
+/// An image written without frame checks (by an older stasis: the section
+/// is optional) has its chunks decompressed and hashed by the restore's
+/// check instead, which still catches every flip.
+#[test]
+fn images_without_frame_checks_are_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    rewrite_sections(dir.path(), |sections| sections.retain(|s| s.0 != SectionKind::FrameChecks));
+    let image = Image::open(dir.path()).unwrap();
+    assert_eq!(image.verify_frames().unwrap(), image.verify().unwrap(), "not checked as verify checks");
+    flips_caught_and_named(|dir, _| {
+        rewrite_sections(dir, |sections| sections.retain(|s| s.0 != SectionKind::FrameChecks));
+        Image::open(dir)?.verify_frames().map(drop)
+    });
+}
+
+/// Frame checks that do not belong to the pack (two swapped, the
+/// manifest's own checksums made right) are refused by both checks, naming
+/// a chunk: `stasis verify` never passes an image its restore refuses.
+#[test]
+fn frame_checks_that_do_not_match_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &sample_regions(), small_chunks());
+    rewrite_sections(dir.path(), |sections| {
+        let checks = &mut sections.iter_mut().find(|s| s.0 == SectionKind::FrameChecks).unwrap().2;
+        let (a, b) = checks.split_at_mut(8);
+        a.swap_with_slice(&mut b[..8]);
+    });
+    let image = Image::open(dir.path()).unwrap();
+    let first_two: Vec<_> = image.chunks().entries()[..2].iter().map(|e| e.id).collect();
+    for err in [image.verify_frames().unwrap_err(), image.verify().unwrap_err()] {
+        match err {
+            ReadError::Chunk { id, what, .. } => {
+                assert!(first_two.contains(&id), "blamed chunk {id}");
+                assert!(what.contains("frame check"), "{what}");
+            }
+            other => panic!("swapped frame checks: {other}"),
+        }
+    }
+    // And a section of the wrong length is refused as malformed, by name.
+    rewrite_sections(dir.path(), |sections| {
+        sections.iter_mut().find(|s| s.0 == SectionKind::FrameChecks).unwrap().2.pop();
+    });
+    let err = Image::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ReadError::Section { kind: SectionKind::FrameChecks, .. }), "{err}");
 }
 
 /// An image's frames checked against another writer's checksums: no frame
@@ -145,8 +200,9 @@ fn missing_parent_chunk_is_caught() {
     assert!(matches!(err, ReadError::Chunk { ref path, .. } if path.starts_with(&base)), "{err}");
 }
 
-/// Rebuild the manifest of `dir` with one more section.
-fn add_section(dir: &Path, kind: u32, flags: u32) {
+/// Rebuild the manifest of `dir` (its checksums right) with its sections
+/// (kind, flags, bytes) as `change` leaves them.
+fn rewrite_sections(dir: &Path, change: impl FnOnce(&mut Vec<(SectionKind, u32, Vec<u8>)>)) {
     let path = dir.join(MANIFEST_NAME);
     let bytes = fs::read(&path).unwrap();
     let (header, sections) = format::decode(&path, &bytes).unwrap();
@@ -154,8 +210,13 @@ fn add_section(dir: &Path, kind: u32, flags: u32) {
         .iter()
         .map(|s| (s.kind, s.flags, bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec()))
         .collect();
-    parts.push((SectionKind::from_code(kind), flags, b"from the future".to_vec()));
+    change(&mut parts);
     fs::write(&path, format::encode(&header, &parts)).unwrap();
+}
+
+/// Rebuild the manifest of `dir` with one more section.
+fn add_section(dir: &Path, kind: u32, flags: u32) {
+    rewrite_sections(dir, |parts| parts.push((SectionKind::from_code(kind), flags, b"from the future".to_vec())));
 }
 
 #[test]

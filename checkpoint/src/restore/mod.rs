@@ -585,10 +585,12 @@ fn restore_maybe_lazy(
     let image = Arc::new(Image::open(&opts.images).map_err(image_err)?);
     // A lazy restore reads a chunk when it loads it (and checks its hash
     // then): reading all first would delay the tree by as long as an
-    // eager restore's memory takes.
+    // eager restore's memory takes. An eager one checks every frame reads
+    // back as written before it starts anything, and then writes chunks
+    // without hashing them again.
     match lazy {
         true => image.verify_references().map_err(image_err)?,
-        false => image.verify().map_err(image_err)?,
+        false => image.verify_frames().map_err(image_err)?,
     };
     let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
     if tree.processes.is_empty() {
@@ -1383,7 +1385,7 @@ fn check_kernel(tree: &ProcessTree) -> Result<(), RestoreError> {
 pub fn preflight(opts: &RestoreOptions, volume_dev: u64) -> Result<(), RestoreError> {
     let image_err = |source| RestoreError::Image { dir: opts.images.clone(), source };
     let image = Image::open(&opts.images).map_err(image_err)?;
-    image.verify().map_err(image_err)?;
+    image.verify_frames().map_err(image_err)?;
     let tree = image.processes().ok_or_else(|| RestoreError::NoProcesses(opts.images.clone()))?;
     check_kernel(tree)?;
     check_inherited(tree, &opts.inherit)?;
@@ -1552,7 +1554,7 @@ struct MemoryRecipe<'a> {
     /// For a lazy restore: where each process's private anonymous memory
     /// is left to load once the tree runs.
     lazy: Option<&'a std::cell::RefCell<lazy::Lazy>>,
-    /// Whether every chunk was verified before (not by a lazy restore).
+    /// Whether every frame was checked before (not by a lazy restore).
     verified: bool,
 }
 
@@ -2175,8 +2177,9 @@ fn current_maps(pid: Pid) -> Result<Vec<Current>, RestoreError> {
 
 /// Write the stored pages of address space `mm` through /proc/PID/mem,
 /// which also writes read-only and PROT_NONE pages (FOLL_FORCE).
-/// Chunks wholly in `lazy` are left out (loaded later); `verified`: the
-/// whole image was verified just before (chunks are not hashed again).
+/// Chunks wholly in `lazy` are left out (loaded later); `verified`: every
+/// frame of the image was checked just before ([`Image::verify_frames`]),
+/// so chunks are not hashed again.
 fn write_memory(
     image: &Image,
     pid: Pid,
@@ -2259,8 +2262,8 @@ fn write_piece(
 ) -> Result<u64, RestoreError> {
     let mut chunks = Vec::with_capacity(piece.len());
     for (&(at, len, id), buf) in piece.iter().zip(buffers.iter_mut()) {
-        // Hashed already when the whole image was verified first (not by
-        // a lazy restore, which verifies only references).
+        // Not hashed again when every frame was checked first (not by a
+        // lazy restore, which checks only references).
         match verified {
             true => image.read_verified_chunk_into(&id, buf),
             false => image.read_chunk(&id).map(|data| *buf = data),
