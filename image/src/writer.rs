@@ -34,8 +34,11 @@ enum Frame {
     Raw,
 }
 
-/// A chunk's id, and how to store it unless it is already stored.
-type Hashed = (ChunkId, Option<Frame>);
+/// A chunk's id, and how to store it unless it is already stored, with
+/// the check of what goes into the pack for it ([`FrameChecks::of`], taken
+/// where it was compressed: on a reader thread of a dump, not the
+/// writer's).
+type Hashed = (ChunkId, Option<(Frame, u64)>);
 
 /// How chunks are compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +109,11 @@ fn hash_and_compress_one(
             }
         })?,
     };
-    Ok((id, Some(stored)))
+    let check = FrameChecks::of(match &stored {
+        Frame::Packed(f) => f,
+        Frame::Raw => data,
+    });
+    Ok((id, Some((stored, check))))
 }
 
 /// Hashes and compresses memory on any thread, as the writer it came from
@@ -539,8 +546,8 @@ impl ImageWriter {
             };
             ids.push(*id);
             match (frame, &mut raw_run) {
-                (Some(Frame::Raw), Some((_, end))) if *end == from => *end = to,
-                (Some(Frame::Raw), run) => {
+                (Some((Frame::Raw, _)), Some((_, end))) if *end == from => *end = to,
+                (Some((Frame::Raw, _)), run) => {
                     frames.extend(run.replace((from, to)).map(|(a, b)| &data[a..b]));
                 }
                 (_, run) => {
@@ -555,7 +562,7 @@ impl ImageWriter {
     }
 
     /// Store chunk `id` of bytes `data` as `frame` says.
-    fn store(&mut self, id: ChunkId, frame: Option<Frame>, data: &[u8]) -> Result<(), WriteError> {
+    fn store(&mut self, id: ChunkId, frame: Option<(Frame, u64)>, data: &[u8]) -> Result<(), WriteError> {
         match self.admit(id, frame.as_ref(), data) {
             Some(bytes) => self.write_frames(&[bytes]),
             None => Ok(()),
@@ -565,12 +572,12 @@ impl ImageWriter {
     /// Enter chunk `id` of bytes `data` in the table at the pack's end and
     /// return the bytes to append there for it, or `None` when it is stored
     /// already (here, or with no `frame`, in the parent chain).
-    fn admit<'a>(&mut self, id: ChunkId, frame: Option<&'a Frame>, data: &'a [u8]) -> Option<&'a [u8]> {
+    fn admit<'a>(&mut self, id: ChunkId, frame: Option<&'a (Frame, u64)>, data: &'a [u8]) -> Option<&'a [u8]> {
         if self.table.contains_key(&id) {
             self.stats.chunks_deduplicated += 1;
             return None;
         }
-        let Some(frame) = frame else {
+        let Some((frame, check)) = frame else {
             self.stats.chunks_from_parent += 1;
             return None;
         };
@@ -590,7 +597,7 @@ impl ImageWriter {
         self.stats.stored_bytes += frame.len() as u64;
         self.stats.chunks_stored += 1;
         self.table.insert(id, entry);
-        self.checks.0.insert(id, FrameChecks::of(frame));
+        self.checks.0.insert(id, *check);
         Some(frame)
     }
 
