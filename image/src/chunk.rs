@@ -31,9 +31,17 @@ impl ChunkId {
 /// the pack, taken as it wrote it: what [`crate::Image::verify_written`]
 /// compares the pack with, reading every frame back once without
 /// decompressing or hashing its contents (about 20 times less work than
-/// [`crate::Image::verify`]). Kept in memory only, for the writer's caller.
+/// [`crate::Image::verify`]). Kept in memory for the writer's caller (and
+/// stored with the image: [`crate::SectionKind::FrameChecks`]).
 #[derive(Clone, Default)]
-pub struct FrameChecks(pub(crate) HashMap<ChunkId, u64>);
+pub struct FrameChecks {
+    pub(crate) checks: HashMap<ChunkId, u64>,
+    /// Frames the writer read back and checked already, each after the
+    /// sync that wrote it (`flush_early`), at the offset and length it
+    /// read them: [`crate::Image::verify_written`] need not read them again
+    /// where the chunk table says the same.
+    pub(crate) read_back: HashMap<ChunkId, (u64, u32)>,
+}
 
 impl FrameChecks {
     pub(crate) fn of(frame: &[u8]) -> u64 {
@@ -41,9 +49,41 @@ impl FrameChecks {
     }
 }
 
+/// Read the frames at `spans` (offset and stored length of each, in pack
+/// order) of `pack` back, adjacent ones in reads of up to 8 MiB, and hand
+/// each frame's index in `spans` and bytes to `check`, up to the first
+/// error of either (a read's through `io`).
+pub(crate) fn read_frames_back<E>(
+    pack: &std::fs::File,
+    spans: &[(u64, u32)],
+    io: impl Fn(std::io::Error) -> E,
+    mut check: impl FnMut(usize, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    use std::os::unix::fs::FileExt;
+    const RUN: u64 = 8 << 20;
+    let mut buf = Vec::new();
+    let mut k = 0;
+    while k < spans.len() {
+        let start = spans[k].0;
+        let (mut end, mut at) = (k, start);
+        while end < spans.len() && spans[end].0 == at && (end == k || at - start < RUN) {
+            at += u64::from(spans[end].1);
+            end += 1;
+        }
+        buf.resize((at - start) as usize, 0);
+        pack.read_exact_at(&mut buf, start).map_err(&io)?;
+        for (i, &(offset, len)) in spans.iter().enumerate().take(end).skip(k) {
+            let from = (offset - start) as usize;
+            check(i, &buf[from..from + len as usize])?;
+        }
+        k = end;
+    }
+    Ok(())
+}
+
 impl fmt::Debug for FrameChecks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FrameChecks({} frames)", self.0.len())
+        write!(f, "FrameChecks({} frames, {} read back)", self.checks.len(), self.read_back.len())
     }
 }
 

@@ -271,7 +271,7 @@ impl Image {
                 Some(checks) => {
                     let table = &i.manifest.chunks;
                     let stored = |e: &ChunkEntry| table.position(&e.id).map(|k| checks[k]);
-                    i.check_all_frames(&stored, "its stored bytes are not those written (frame check)")?;
+                    i.check_all_frames(&stored, "its stored bytes are not those written (frame check)", &|_| false)?;
                     report.chunks_checked += table.len() as u64;
                     report.bytes_checked += table.entries().iter().map(|e| u64::from(e.stored_len)).sum::<u64>();
                 }
@@ -317,8 +317,9 @@ impl Image {
     /// of reading the pack once, on all cores. [`Image::verify`] checks
     /// the contents of every chunk of the chain against its id.
     pub fn verify_written(&self, checks: &FrameChecks) -> Result<VerifyReport, ReadError> {
-        let written = |e: &ChunkEntry| checks.0.get(&e.id).copied();
-        self.check_all_frames(&written, "reads back other than it was written")?;
+        let written = |e: &ChunkEntry| checks.checks.get(&e.id).copied();
+        let read_back = |e: &&ChunkEntry| checks.read_back.get(&e.id) == Some(&(e.offset, e.stored_len));
+        self.check_all_frames(&written, "reads back other than it was written", &read_back)?;
         let entries = self.manifest.chunks.entries();
         let mut report = self.verify_references()?;
         report.chunks_checked = entries.len() as u64;
@@ -326,16 +327,18 @@ impl Image {
         Ok(report)
     }
 
-    /// Every frame of this image's pack read back, on all cores, and its
-    /// XXH3-64 compared with what `expected` says it was written as (an
-    /// error when it names none, or `differs` when it does not match).
+    /// Every frame of this image's pack but those `skip` says were checked
+    /// already read back, on all cores, and its XXH3-64 compared with what
+    /// `expected` says it was written as (an error when it names none, or
+    /// `differs` when it does not match).
     fn check_all_frames(
         &self,
         expected: &(dyn Fn(&ChunkEntry) -> Option<u64> + Sync),
         differs: &str,
+        skip: &dyn Fn(&&ChunkEntry) -> bool,
     ) -> Result<(), ReadError> {
         let path = self.dir.join(PACK_NAME);
-        let mut entries: Vec<&ChunkEntry> = self.manifest.chunks.entries().iter().collect();
+        let mut entries: Vec<&ChunkEntry> = self.manifest.chunks.entries().iter().filter(|e| !skip(e)).collect();
         entries.sort_by_key(|e| e.offset);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per = entries.len().div_ceil(threads).max(1);
@@ -357,34 +360,17 @@ impl Image {
         differs: &str,
         path: &Path,
     ) -> Result<(), ReadError> {
-        const RUN: u64 = 8 << 20;
-        let mut buf = Vec::new();
-        let mut k = 0;
-        while k < entries.len() {
-            let start = entries[k].offset;
-            let mut end = k;
-            let mut at = start;
-            while end < entries.len() && entries[end].offset == at && (end == k || at - start < RUN) {
-                at += u64::from(entries[end].stored_len);
-                end += 1;
-            }
-            buf.resize((at - start) as usize, 0);
-            self.pack
-                .read_exact_at(&mut buf, start)
-                .map_err(|source| ReadError::Io { path: path.to_owned(), source })?;
-            for e in &entries[k..end] {
-                let from = (e.offset - start) as usize;
-                let frame = &buf[from..from + e.stored_len as usize];
-                let what = match expected(e) {
-                    None => "was not written by this writer",
-                    Some(c) if c != FrameChecks::of(frame) => differs,
-                    Some(_) => continue,
-                };
-                return Err(ReadError::Chunk { path: path.to_owned(), id: e.id, what: what.into() });
-            }
-            k = end;
-        }
-        Ok(())
+        let spans: Vec<(u64, u32)> = entries.iter().map(|e| (e.offset, e.stored_len)).collect();
+        let io = |source| ReadError::Io { path: path.to_owned(), source };
+        crate::chunk::read_frames_back(&self.pack, &spans, io, |k, frame| {
+            let e = entries[k];
+            let what = match expected(e) {
+                None => "was not written by this writer",
+                Some(c) if c != FrameChecks::of(frame) => differs,
+                Some(_) => return Ok(()),
+            };
+            Err(ReadError::Chunk { path: path.to_owned(), id: e.id, what: what.into() })
+        })
     }
 
     /// The part of [`Image::verify`] that reads no chunk: every chunk the

@@ -167,8 +167,9 @@ pub struct WriteOptions {
     /// Worker threads for hashing and compression; 0 means one per CPU.
     pub threads: usize,
     /// Have the pack written to disk while it grows (fdatasync from a
-    /// thread of its own every [`FLUSH_EVERY`] bytes), so that `finish`'s
-    /// sync has little left to wait for. Worth it when the pack is kept as
+    /// thread of its own every [`FLUSH_EVERY`] bytes, which then reads back
+    /// and checks the frames it synced), so that `finish`'s sync, and
+    /// [`Image::verify_written`] after it, have little left to do. Worth it when the pack is kept as
     /// it is written; a pack whose chunks are mostly replaced later (a
     /// live snapshot's first copy) is better left in the page cache.
     pub flush_early: bool,
@@ -189,40 +190,76 @@ impl Default for WriteOptions {
     }
 }
 
-/// The thread that syncs the pack while it is written.
+/// A frame appended to the pack: its chunk, offset, length and check.
+#[derive(Clone, Copy, Debug)]
+struct Appended {
+    id: ChunkId,
+    offset: u64,
+    len: u32,
+    check: u64,
+}
+
+/// The thread that syncs the pack while it is written, and then reads back
+/// the frames that sync wrote and checks them (what
+/// [`Image::verify_written`] would do after `finish`, done while the
+/// writing goes on: a dump waits only for the last frames' check).
 #[derive(Debug)]
 struct Flusher {
-    wake: std::sync::mpsc::Sender<()>,
-    done: std::thread::JoinHandle<std::io::Result<()>>,
+    wake: std::sync::mpsc::Sender<Vec<Appended>>,
+    done: std::thread::JoinHandle<std::io::Result<Vec<Appended>>>,
     /// Bytes appended since it was last woken.
     pending: u64,
+    /// Frames appended since it was last woken.
+    appended: Vec<Appended>,
 }
 
 impl Flusher {
     fn start(file: &File) -> std::io::Result<Flusher> {
         let file = file.try_clone()?;
-        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        let (wake, woken) = std::sync::mpsc::channel::<Vec<Appended>>();
         let done = std::thread::spawn(move || {
-            while woken.recv().is_ok() {
+            let mut read_back = Vec::new();
+            while let Ok(mut frames) = woken.recv() {
                 // One sync for every wake-up that came meanwhile.
-                while woken.try_recv().is_ok() {}
+                while let Ok(more) = woken.try_recv() {
+                    frames.extend(more);
+                }
                 file.sync_data()?;
+                let spans: Vec<(u64, u32)> = frames.iter().map(|a| (a.offset, a.len)).collect();
+                crate::chunk::read_frames_back(
+                    &file,
+                    &spans,
+                    |e| e,
+                    |k, frame| match FrameChecks::of(frame) == frames[k].check {
+                        true => Ok(()),
+                        false => Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("chunk {} reads back other than it was written", frames[k].id),
+                        )),
+                    },
+                )?;
+                read_back.extend(frames);
             }
-            Ok(())
+            Ok(read_back)
         });
-        Ok(Flusher { wake, done, pending: 0 })
+        Ok(Flusher { wake, done, pending: 0, appended: Vec::new() })
     }
 
-    fn wrote(&mut self, bytes: u64) {
+    /// `bytes` more were appended to `pack` (whose buffer is written out
+    /// before the flusher is woken: it reads the file).
+    fn wrote(&mut self, pack: &mut BufWriter<File>, bytes: u64) -> std::io::Result<()> {
         self.pending += bytes;
         if self.pending >= FLUSH_EVERY {
             self.pending = 0;
+            pack.flush()?;
             // A flusher that stopped on an error reports it at `stop`.
-            let _ = self.wake.send(());
+            let _ = self.wake.send(std::mem::take(&mut self.appended));
         }
+        Ok(())
     }
 
-    fn stop(self) -> std::io::Result<()> {
+    /// Wait for the flusher; the frames it read back and found as written.
+    fn stop(self) -> std::io::Result<Vec<Appended>> {
         drop(self.wake);
         self.done.join().unwrap_or_else(|_| Err(std::io::Error::other("the pack's flusher panicked")))
     }
@@ -597,7 +634,10 @@ impl ImageWriter {
         self.stats.stored_bytes += frame.len() as u64;
         self.stats.chunks_stored += 1;
         self.table.insert(id, entry);
-        self.checks.0.insert(id, *check);
+        self.checks.checks.insert(id, *check);
+        if let Some(f) = self.flusher.as_mut() {
+            f.appended.push(Appended { id, offset: entry.offset, len: entry.stored_len, check: *check });
+        }
         Some(frame)
     }
 
@@ -614,7 +654,7 @@ impl ImageWriter {
             pack.write_all(part).map_err(io)?;
         }
         if let Some(f) = self.flusher.as_mut() {
-            f.wrote(frames.iter().map(|f| f.len() as u64).sum());
+            f.wrote(pack, frames.iter().map(|f| f.len() as u64).sum()).map_err(io)?;
         }
         Ok(())
     }
@@ -640,9 +680,12 @@ impl ImageWriter {
         let mut file =
             pack.into_inner().map_err(|e| WriteError::Io { path: self.pack_path.clone(), source: e.into_error() })?;
         if let Some(f) = self.flusher.take() {
-            f.stop().map_err(io(&self.pack_path))?;
+            let read_back = f.stop().map_err(io(&self.pack_path))?;
+            self.checks.read_back = read_back.into_iter().map(|a| (a.id, (a.offset, a.len))).collect();
         }
         if let Some(compact) = self.without_unused_chunks(&mut file)? {
+            // Its frames at other offsets: read back by no one yet.
+            self.checks.read_back.clear();
             file = compact;
         }
         file.sync_all().map_err(io(&self.pack_path))?;
@@ -689,7 +732,7 @@ impl ImageWriter {
         }
         // Each frame's check, in the table's order (every chunk in the
         // table was admitted, and its check taken, here).
-        let checks = table.entries().iter().flat_map(|e| self.checks.0[&e.id].to_le_bytes()).collect();
+        let checks = table.entries().iter().flat_map(|e| self.checks.checks[&e.id].to_le_bytes()).collect();
         sections.push((SectionKind::FrameChecks, 0, checks));
         let bytes = format::encode(&header, &sections);
 

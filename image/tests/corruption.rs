@@ -8,7 +8,9 @@ use std::path::Path;
 
 use common::{noise, sample_regions, small_chunks, write};
 use stasis_image::format::{self, SECTION_REQUIRED};
-use stasis_image::{FrameChecks, Image, Manifest, ReadError, SectionKind, MANIFEST_NAME, PACK_NAME};
+use stasis_image::{
+    ChunkId, FrameChecks, Image, ImageWriter, Manifest, ReadError, SectionKind, WriteOptions, MANIFEST_NAME, PACK_NAME,
+};
 
 fn open_and_verify(dir: &Path) -> Result<(), ReadError> {
     Image::open(dir)?.verify().map(drop)
@@ -123,6 +125,36 @@ fn frame_checks_that_do_not_match_are_refused() {
     assert!(matches!(err, ReadError::Section { kind: SectionKind::FrameChecks, .. }), "{err}");
 }
 
+/// A writer that syncs the pack as it grows (`flush_early`, as a dump
+/// does) reads back and checks each part once its sync is done: a frame
+/// that changed in the pack after it was written fails the write, naming
+/// its chunk, and leaves no image. One that did not change passes, and
+/// the image verifies.
+#[test]
+fn frames_read_back_after_each_early_sync() {
+    let opts = || WriteOptions { flush_early: true, ..WriteOptions::default() };
+    // Past FLUSH_EVERY (64 MiB), for the flusher to run once at least.
+    let (first, rest) = (noise(7, 4 << 20), noise(8, 72 << 20));
+    let good = tempfile::tempdir().unwrap();
+    let summary = write(good.path(), &[(1, 0x40_0000, first.clone()), (1, 0x1000_0000, rest.clone())], opts());
+    Image::open(good.path()).unwrap().verify_written(&summary.checks).unwrap();
+    Image::open(good.path()).unwrap().verify().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = ImageWriter::create(dir.path(), opts()).unwrap();
+    w.add_memory(1, 0x40_0000, &first).unwrap();
+    // The first chunk's frame (raw: noise) starts the pack; change a byte
+    // of it behind the writer's back, before any sync.
+    let pack = fs::OpenOptions::new().write(true).open(dir.path().join(PACK_NAME)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&pack, &[first[100] ^ 0x10], 100).unwrap();
+    let err = w.add_memory(1, 0x1000_0000, &rest).and_then(|()| w.finish().map(drop)).unwrap_err();
+    let first_chunk = ChunkId::of(&first[..64 * 1024]);
+    let cause = std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.to_string().contains(PACK_NAME), "{err}");
+    assert!(cause.contains(&format!("chunk {first_chunk} reads back other than it was written")), "{err}: {cause}");
+    assert!(!dir.path().join(MANIFEST_NAME).exists(), "a failed write left a manifest");
+}
+
 /// An image's frames checked against another writer's checksums: no frame
 /// passes for one it did not write.
 #[test]
@@ -189,7 +221,7 @@ fn missing_parent_chunk_is_caught() {
     let root = tempfile::tempdir().unwrap();
     let (base, child) = (root.path().join("base"), root.path().join("child"));
     write(&base, &[(1, 0, noise(5, 64 * 1024))], small_chunks());
-    let opts = stasis_image::WriteOptions { parent: Some(base.clone()), ..small_chunks() };
+    let opts = WriteOptions { parent: Some(base.clone()), ..small_chunks() };
     write(&child, &[(1, 0, noise(5, 64 * 1024))], opts);
     // Corrupt a chunk the child only references through its parent.
     let pack = base.join(PACK_NAME);
@@ -269,7 +301,7 @@ fn full_disk_leaves_no_image() {
 
     let dir = mnt.path().join("img");
     let result = (|| {
-        let mut w = stasis_image::ImageWriter::create(&dir, small_chunks())?;
+        let mut w = ImageWriter::create(&dir, small_chunks())?;
         w.add_memory(1, 0, &noise(11, 2 * 1024 * 1024))?;
         w.finish()
     })();
