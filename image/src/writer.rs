@@ -78,11 +78,35 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Hash `data` and, unless `known`, compress it (or not: [`Frame::Raw`]).
+/// Hash and compress `slices` in order, as [`hash_and_compress_one`] does,
+/// but without the sample that tells memory which does not shrink for a
+/// chunk that follows one which shrank well: memory comes in runs of one
+/// kind, and the sample is a sixteenth more compression work on every
+/// chunk of a compressible run.
+fn hash_and_compress_run<'a>(
+    slices: impl Iterator<Item = &'a [u8]>,
+    compression: Compression,
+    known: &dyn Fn(&ChunkId) -> bool,
+) -> Result<Vec<Hashed>, WriteError> {
+    let mut shrank = false;
+    slices
+        .map(|data| {
+            let hashed = hash_and_compress_one(data, compression, known, !shrank)?;
+            if let (_, Some((frame, _))) = &hashed {
+                shrank = matches!(frame, Frame::Packed(f) if f.len() * 10 <= data.len() * 9);
+            }
+            Ok(hashed)
+        })
+        .collect()
+}
+
+/// Hash `data` and, unless `known`, compress it (or not: [`Frame::Raw`]),
+/// first a sample of it when `probe` ([`incompressible`]).
 fn hash_and_compress_one(
     data: &[u8],
     compression: Compression,
     known: &dyn Fn(&ChunkId) -> bool,
+    probe: bool,
 ) -> Result<Hashed, WriteError> {
     let id = ChunkId::of(data);
     if known(&id) {
@@ -93,7 +117,7 @@ fn hash_and_compress_one(
     // the raw one means raw.
     let frame = |frame: Vec<u8>| if frame.len() < data.len() { Frame::Packed(frame) } else { Frame::Raw };
     let stored = match compression {
-        Compression::Lz4 => match incompressible(&mut |d| Ok(crate::lz4::compress(d)), data).map_err(err)? {
+        Compression::Lz4 => match probe && incompressible(&mut |d| Ok(crate::lz4::compress(d)), data).map_err(err)? {
             true => Frame::Raw,
             false => frame(crate::lz4::compress(data)),
         },
@@ -103,7 +127,7 @@ fn hash_and_compress_one(
                 *cell = Some((level, zstd::bulk::Compressor::new(level).map_err(err)?));
             }
             let (_, zstd) = cell.as_mut().expect("made above");
-            match incompressible(&mut |d| zstd.compress(d), data).map_err(err)? {
+            match probe && incompressible(&mut |d| zstd.compress(d), data).map_err(err)? {
                 true => Ok(Frame::Raw),
                 false => Ok(frame(zstd.compress(data).map_err(err)?)),
             }
@@ -146,11 +170,9 @@ impl Chunker {
     /// The windows of `data` at `start` hashed and compressed.
     pub fn prepare(&self, start: u64, data: &[u8]) -> Result<Prepared, WriteError> {
         let known = |id: &ChunkId| self.parent.as_ref().is_some_and(|p| p.find_chunk(id).is_some());
-        let hashed = chunk_windows(start, data.len() as u64, self.chunk_size)
-            .map(|(s, l)| {
-                hash_and_compress_one(&data[(s - start) as usize..(s - start + l) as usize], self.compression, &known)
-            })
-            .collect::<Result<_, _>>()?;
+        let windows = chunk_windows(start, data.len() as u64, self.chunk_size)
+            .map(|(s, l)| &data[(s - start) as usize..(s - start + l) as usize]);
+        let hashed = hash_and_compress_run(windows, self.compression, &known)?;
         Ok(Prepared { start, len: data.len() as u64, chunk_size: self.chunk_size, hashed })
     }
 }
@@ -512,7 +534,7 @@ impl ImageWriter {
             self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
         };
         let work = |part: &[&[u8]]| -> Result<Vec<Hashed>, WriteError> {
-            part.iter().map(|s| hash_and_compress_one(s, compression, &known)).collect()
+            hash_and_compress_run(part.iter().copied(), compression, &known)
         };
         if threads <= 1 || slices.len() < 4 {
             return work(slices);

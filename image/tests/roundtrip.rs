@@ -239,8 +239,32 @@ fn incompressible_chunks_are_stored_raw() {
 
     // Nothing raw: no bit.
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), &[(1, 0x40_0000, b"stasis!\n".repeat(16 * 1024))], opts);
+    write(dir.path(), &[(1, 0x40_0000, b"stasis!\n".repeat(16 * 1024))], opts.clone());
     assert_eq!(Image::open(dir.path()).unwrap().header().incompat & 0x10, 0);
+
+    // Random memory right after text (which the writer then compresses
+    // without trying a sample first) is still stored raw, by either way
+    // of writing: whole regions, or pieces prepared on other threads.
+    let text = |seed: u8| (0..64 * 1024).map(|i| b"log line "[i % 9] ^ (seed & (i % 2) as u8)).collect::<Vec<u8>>();
+    let mixed: Vec<u8> = [text(0), noise(11, 64 * 1024), text(1), noise(12, 64 * 1024)].concat();
+    for prepared in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ImageWriter::create(dir.path(), opts.clone()).unwrap();
+        match prepared {
+            false => w.add_memory(1, 0x40_0000, &mixed).unwrap(),
+            true => {
+                let p = w.chunker().prepare(0x40_0000, &mixed).unwrap();
+                w.add_prepared(1, 0x40_0000, &mixed, p).unwrap();
+            }
+        }
+        w.finish().unwrap();
+        let image = Image::open(dir.path()).unwrap();
+        let ids: Vec<_> = image.memory().iter().flat_map(|r| image.region_chunks(r)).map(|(_, _, id)| id).collect();
+        let stored: Vec<bool> = ids.iter().map(|id| image.chunks().get(id).unwrap().stored_len < 64 * 1024).collect();
+        assert_eq!(stored, [true, false, true, false], "which chunks were compressed (prepared: {prepared})");
+        assert_eq!(image.read_region(&image.memory()[0]).unwrap(), mixed);
+        image.verify().unwrap();
+    }
 }
 
 /// Either compression reads back byte-exact, the LZ4 one (the default)
