@@ -279,8 +279,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         clock.phase("mappings");
         // What the tree wrote while its smaps were read (a writer of 1 GiB
         // at 1% every 10 ms: 10-20 MB) is copied now, not frozen.
-        if pre_copy.as_mut().is_some_and(|p| p.last_round()) {
-            clock.phase("last round");
+        if pre_copy.as_mut().is_some_and(|p| p.last_rounds()) {
+            clock.phase("last rounds");
         }
     }
     let mut frozen = freeze::freeze(&opts.target, opts.cgroup.as_deref()).map_err(|source| match source {

@@ -58,6 +58,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_ROUNDS: usize = 10;
 /// No further round once less than this was written during the last one.
 const SMALL_ENOUGH: u64 = 1 << 20;
+/// Rounds just before the freeze, at most ([`PreCopy::last_rounds`]).
+const LAST_ROUNDS: usize = 4;
 /// No further round after this many that found no less written than the
 /// least found before.
 const STALLED: usize = 2;
@@ -298,20 +300,35 @@ impl PreCopy {
         last
     }
 
-    /// [`PreCopy::round`] once more, when the mirrors have room for what
-    /// was written (else the freeze copies it); whether it ran.
-    pub fn last_round(&mut self) -> bool {
-        let mut new = 0;
-        for (&pid, c) in &self.by_pid {
-            if let Ok(runs) = written_since(pid, c, false) {
-                new += c.new_to_mirror(&runs.into_iter().flat_map(|(s, e)| [s, e]).collect::<Vec<u64>>());
+    /// Rounds once more just before the freeze, when the mirrors have
+    /// room for what was written (else the freeze copies it), while each
+    /// copies less than the one before and [`SMALL_ENOUGH`] or more, at
+    /// most [`LAST_ROUNDS`]: the first copies what was written while the
+    /// dump did something else (read the smaps: 15-40 ms), which is as
+    /// long as it takes, and each after it what the one before let be
+    /// written, so the freeze copies what was written during the
+    /// shortest. Whether one ran.
+    pub fn last_rounds(&mut self) -> bool {
+        let mut before = u64::MAX;
+        let mut ran = false;
+        for _ in 0..LAST_ROUNDS {
+            let mut new = 0;
+            for (&pid, c) in &self.by_pid {
+                if let Ok(runs) = written_since(pid, c, false) {
+                    new += c.new_to_mirror(&runs.into_iter().flat_map(|(s, e)| [s, e]).collect::<Vec<u64>>());
+                }
             }
+            if new > self.room.load(Ordering::Relaxed) {
+                break;
+            }
+            let copied = self.round();
+            ran = true;
+            if copied < SMALL_ENOUGH || copied >= before {
+                break;
+            }
+            before = copied;
         }
-        if new > self.room.load(Ordering::Relaxed) {
-            return false;
-        }
-        self.round();
-        true
+        ran
     }
 
     /// What was copied ahead of process `pid`.
