@@ -188,7 +188,10 @@ pub struct ChunkSummary {
     pub stored: usize,
     /// Their bytes before compression.
     pub stored_raw_bytes: u64,
-    /// Bytes of `chunks.pack`.
+    /// Their bytes as stored: the frames in `chunks.pack`.
+    pub stored_bytes: u64,
+    /// Length of `chunks.pack`: more than `stored_bytes` where chunks
+    /// copied ahead and replaced were punched out (holes, no space taken).
     pub pack_bytes: u64,
     /// Distinct chunks the memory index references.
     pub referenced: usize,
@@ -244,6 +247,7 @@ pub(crate) fn inspect(image: &Image) -> Inspection {
         chunks: ChunkSummary {
             stored: image.chunks().len(),
             stored_raw_bytes: image.chunks().entries().iter().map(|e| u64::from(e.raw_len)).sum(),
+            stored_bytes: image.chunks().entries().iter().map(|e| u64::from(e.stored_len)).sum(),
             pack_bytes: info.pack_len,
             referenced: referenced.len(),
             from_parent,

@@ -719,6 +719,10 @@ impl ImageWriter {
             self.checks.read_back.clear();
             file = compact;
         }
+        // The dump's figure, set before the unused chunks went.
+        if let Some(stats) = self.processes.as_mut().and_then(|t| t.stats.as_mut()) {
+            stats.bytes_stored = self.stats.stored_bytes;
+        }
         file.sync_all().map_err(io(&self.pack_path))?;
         drop(file);
 

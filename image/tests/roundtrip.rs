@@ -182,6 +182,9 @@ fn stored_ahead(replaced: u64) {
     assert!(matches!(w.add_stored_memory(1, 0x10000, 0x8000, unused), Err(WriteError::NotAWindow { .. })));
     assert!(matches!(w.add_stored_memory(1, 0x20000, 0x1000, id2), Err(WriteError::NotAWindow { .. })));
     let stored_with_unused = w.stats().stored_bytes;
+    // A dump's figures, taken before the unused chunks went.
+    let stats = stasis_image::records::DumpStats { bytes_stored: stored_with_unused, ..Default::default() };
+    w.set_processes(stasis_image::records::ProcessTree { stats: Some(stats), ..Default::default() });
     let summary = w.finish().unwrap();
     let image = Image::open(dir.path()).unwrap();
     let read: Vec<(u64, Vec<u8>)> = image.memory().iter().map(|r| (r.start, image.read_region(r).unwrap())).collect();
@@ -210,6 +213,12 @@ fn stored_ahead(replaced: u64) {
         _ => assert_eq!(pack.len(), summary.stats.stored_bytes),
     }
     Image::open(dir.path()).unwrap().verify_written(&summary.checks).unwrap();
+    // What inspect and the dump's figures say is stored: the frames kept.
+    let image = Image::open(dir.path()).unwrap();
+    let i = image.inspect();
+    assert_eq!((i.chunks.stored_bytes, i.chunks.pack_bytes), (summary.stats.stored_bytes, pack.len()));
+    let dump = image.processes().and_then(|t| t.stats.clone()).unwrap();
+    assert_eq!(dump.bytes_stored, summary.stats.stored_bytes, "the dump's figure counts chunks no longer stored");
 }
 
 /// Memory zstd cannot shrink is stored raw, without a pass of zstd over

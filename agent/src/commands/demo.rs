@@ -196,7 +196,7 @@ fn describe_image(dir: &Path) -> anyhow::Result<()> {
         bytes(i.memory.logical_bytes),
         i.memory.regions.len(),
         i.chunks.stored,
-        bytes(i.chunks.pack_bytes)
+        bytes(i.chunks.stored_bytes)
     );
     let Some(tree) = image.processes() else { bail!("image {} holds no process", dir.display()) };
     for p in &tree.processes {

@@ -78,7 +78,7 @@ fn print_text(i: &Inspection) {
         "chunks     {} stored here ({} raw, {} packed), {} referenced, {} from parents; chunk size {}",
         i.chunks.stored,
         bytes(i.chunks.stored_raw_bytes),
-        bytes(i.chunks.pack_bytes),
+        bytes(i.chunks.stored_bytes),
         i.chunks.referenced,
         i.chunks.from_parent,
         bytes(u64::from(i.chunk_size))
