@@ -40,6 +40,9 @@ pub const INCOMPAT_RAW_CHUNKS: u32 = 0x10;
 /// (`lz4.rs`), the others as zstd frames or raw; a reader tells the frames
 /// apart by their magic numbers.
 pub const INCOMPAT_LZ4_CHUNKS: u32 = 0x20;
+/// Incompatible feature bit: some chunks are stored as delta frames
+/// (`delta.rs`): the pages they changed from a chunk of the parent chain.
+pub const INCOMPAT_DELTA_CHUNKS: u32 = 0x40;
 /// Incompatible feature bits this reader understands. A reader refuses an
 /// image that sets any other incompatible bit.
 pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE
@@ -47,7 +50,8 @@ pub const KNOWN_INCOMPAT: u32 = INCOMPAT_TREE
     | INCOMPAT_PID_NAMESPACE
     | INCOMPAT_PTYS
     | INCOMPAT_RAW_CHUNKS
-    | INCOMPAT_LZ4_CHUNKS;
+    | INCOMPAT_LZ4_CHUNKS
+    | INCOMPAT_DELTA_CHUNKS;
 /// Upper bound on the manifest file: far above any real image's metadata
 /// (the chunk table of a 1 TiB image at 64 KiB chunks is 768 MiB... of which
 /// a real process never comes close), and what bounds our allocation.
@@ -294,8 +298,8 @@ mod tests {
 
     #[test]
     fn unknown_incompat_feature_is_refused() {
-        let header = Header { version: FORMAT_VERSION, incompat: 1 << 6, compat: 0 };
+        let header = Header { version: FORMAT_VERSION, incompat: 1 << 7, compat: 0 };
         let bytes = encode(&header, &[(SectionKind::Info, 0, vec![])]);
-        assert!(matches!(decode(Path::new("x"), &bytes), Err(ReadError::Features { bits: 64, .. })));
+        assert!(matches!(decode(Path::new("x"), &bytes), Err(ReadError::Features { bits: 128, .. })));
     }
 }

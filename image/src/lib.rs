@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chunk;
+mod delta;
 pub mod error;
 pub mod format;
 mod inspect;

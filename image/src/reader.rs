@@ -204,8 +204,18 @@ impl Image {
             let mut frame = vec![0; e.stored_len as usize];
             self.pack.read_exact_at(&mut frame, e.offset).map_err(io)?;
             check(&frame)?;
-            let lz4 = self.manifest.header.incompat & format::INCOMPAT_LZ4_CHUNKS != 0;
-            unpack_into(&frame, e.raw_len as usize, data, lz4).map_err(corrupt)?;
+            let incompat = self.manifest.header.incompat;
+            if incompat & format::INCOMPAT_DELTA_CHUNKS != 0 && frame.starts_with(&crate::delta::MAGIC) {
+                // Its base is up the chain (never here: the walk ends).
+                let base = crate::delta::base_of(&frame).map_err(corrupt)?;
+                let parent = self.parent.as_deref().ok_or_else(|| corrupt("names a base but has no parent".into()))?;
+                let (image, entry) = parent.find_chunk(&base).ok_or(ReadError::ChunkMissing { id: base })?;
+                image.read_own_chunk_into(entry, hash, data)?;
+                crate::delta::apply(&frame, e.raw_len as usize, data).map_err(corrupt)?;
+            } else {
+                let lz4 = incompat & format::INCOMPAT_LZ4_CHUNKS != 0;
+                unpack_into(&frame, e.raw_len as usize, data, lz4).map_err(corrupt)?;
+            }
         }
         if hash && ChunkId::of(data) != e.id {
             return Err(corrupt("contents do not match its id".into()));

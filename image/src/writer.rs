@@ -84,14 +84,15 @@ thread_local! {
 /// kind, and the sample is a sixteenth more compression work on every
 /// chunk of a compressible run.
 fn hash_and_compress_run<'a>(
-    slices: impl Iterator<Item = &'a [u8]>,
+    slices: impl Iterator<Item = (u64, &'a [u8])>,
     compression: Compression,
     known: &dyn Fn(&ChunkId) -> bool,
+    delta: Option<&Delta<'_>>,
 ) -> Result<Vec<Hashed>, WriteError> {
     let mut shrank = false;
     slices
-        .map(|data| {
-            let hashed = hash_and_compress_one(data, compression, known, !shrank)?;
+        .map(|(at, data)| {
+            let hashed = hash_and_compress_one(data, compression, known, !shrank, delta.map(|d| (d, at)))?;
             if let (_, Some((frame, _))) = &hashed {
                 shrank = matches!(frame, Frame::Packed(f) if f.len() * 10 <= data.len() * 9);
             }
@@ -100,13 +101,19 @@ fn hash_and_compress_run<'a>(
         .collect()
 }
 
+/// The delta frame ([`crate::delta`]) of the window at an address, of the
+/// bytes given, when one is shorter than the length given.
+type Delta<'a> = dyn Fn(u64, &[u8], usize) -> Option<Vec<u8>> + Sync + 'a;
+
 /// Hash `data` and, unless `known`, compress it (or not: [`Frame::Raw`]),
-/// first a sample of it when `probe` ([`incompressible`]).
+/// first a sample of it when `probe` ([`incompressible`]); stored as its
+/// `delta` frame (of the window at the address given), when shorter.
 fn hash_and_compress_one(
     data: &[u8],
     compression: Compression,
     known: &dyn Fn(&ChunkId) -> bool,
     probe: bool,
+    delta: Option<(&Delta<'_>, u64)>,
 ) -> Result<Hashed, WriteError> {
     let id = ChunkId::of(data);
     if known(&id) {
@@ -133,6 +140,14 @@ fn hash_and_compress_one(
             }
         })?,
     };
+    let than = match &stored {
+        Frame::Packed(f) => f.len(),
+        Frame::Raw => data.len(),
+    };
+    let stored = match delta.and_then(|(d, at)| d(at, data, than)) {
+        Some(frame) => Frame::Packed(frame),
+        None => stored,
+    };
     let check = FrameChecks::of(match &stored {
         Frame::Packed(f) => f,
         Frame::Raw => data,
@@ -149,6 +164,35 @@ pub struct Chunker {
     compression: Compression,
     chunk_size: u32,
     parent: Option<Arc<Image>>,
+    /// The parent's chunk of each of its windows in the address space the
+    /// memory is of ([`ImageWriter::chunker_for`]): the base a changed
+    /// window is stored as a delta of.
+    bases: Option<Arc<HashMap<u64, ChunkId>>>,
+}
+
+/// The parent image's chunks by address space and window start, and its
+/// processes' address spaces by pid: where a changed window finds the
+/// base of its delta frame.
+#[derive(Debug, Default)]
+struct Bases {
+    by_mm: HashMap<u32, Arc<HashMap<u64, ChunkId>>>,
+    mm_of: HashMap<i32, u32>,
+}
+
+impl Bases {
+    /// Those of `image`. Its numbers stand for what they stood for then
+    /// (a process's pid; an address space's number, which a dump of the
+    /// same tree gives alike): a base of other memory only makes a delta
+    /// frame too long to be used.
+    fn of(image: &Image) -> Bases {
+        let mut by_mm: HashMap<u32, HashMap<u64, ChunkId>> = HashMap::new();
+        for r in image.memory() {
+            by_mm.entry(r.mm).or_default().extend(image.region_chunks(r).map(|(at, _, id)| (at, id)));
+        }
+        let by_mm = by_mm.into_iter().map(|(mm, w)| (mm, Arc::new(w))).collect();
+        let mm_of = image.processes().map(|t| t.processes.iter().map(|p| (p.pid, p.mm)).collect()).unwrap_or_default();
+        Bases { by_mm, mm_of }
+    }
 }
 
 /// Memory cut into windows, each hashed and compressed by a [`Chunker`]
@@ -171,8 +215,14 @@ impl Chunker {
     pub fn prepare(&self, start: u64, data: &[u8]) -> Result<Prepared, WriteError> {
         let known = |id: &ChunkId| self.parent.as_ref().is_some_and(|p| p.find_chunk(id).is_some());
         let windows = chunk_windows(start, data.len() as u64, self.chunk_size)
-            .map(|(s, l)| &data[(s - start) as usize..(s - start + l) as usize]);
-        let hashed = hash_and_compress_run(windows, self.compression, &known)?;
+            .map(|(s, l)| (s, &data[(s - start) as usize..(s - start + l) as usize]));
+        let delta = |at: u64, data: &[u8], than: usize| {
+            let id = self.bases.as_ref()?.get(&at)?;
+            let base = self.parent.as_ref()?.read_chunk(id).ok()?;
+            crate::delta::encode(data, id, &base, than)
+        };
+        let delta = self.bases.as_ref().map(|_| &delta as &Delta<'_>);
+        let hashed = hash_and_compress_run(windows, self.compression, &known, delta)?;
         Ok(Prepared { start, len: data.len() as u64, chunk_size: self.chunk_size, hashed })
     }
 }
@@ -350,6 +400,11 @@ pub struct ImageWriter {
     /// Whether a chunk was stored as an LZ4 frame
     /// ([`format::INCOMPAT_LZ4_CHUNKS`]).
     lz4_chunks: bool,
+    /// Whether a chunk was stored as a delta frame
+    /// ([`format::INCOMPAT_DELTA_CHUNKS`]).
+    delta_chunks: bool,
+    /// The parent's chunks by address space and window, for delta frames.
+    bases: Bases,
     /// A checksum of each frame as it went into the pack.
     checks: FrameChecks,
 }
@@ -388,6 +443,7 @@ impl ImageWriter {
             .truncate(true)
             .open(&pack_path)
             .map_err(|source| WriteError::Io { path: pack_path.clone(), source })?;
+        let bases = parent.as_ref().map_or_else(Bases::default, |(p, _)| Bases::of(p));
         let flusher = match opts.flush_early {
             true => Some(Flusher::start(&file).map_err(|source| WriteError::Io { path: pack_path.clone(), source })?),
             false => None,
@@ -407,6 +463,8 @@ impl ImageWriter {
             stats: WriteStats::default(),
             raw_chunks: false,
             lz4_chunks: false,
+            delta_chunks: false,
+            bases,
             checks: FrameChecks::default(),
         })
     }
@@ -426,10 +484,10 @@ impl ImageWriter {
         let threads = self.threads();
         // Batches bound the compressed bytes held in memory at once.
         for batch in windows.chunks(threads * 16) {
-            let slices: Vec<&[u8]> =
-                batch.iter().map(|&(s, l)| &data[(s - start) as usize..(s - start + l) as usize]).collect();
-            let done = self.hash_and_compress(&slices, threads)?;
-            for ((id, frame), slice) in done.into_iter().zip(&slices) {
+            let slices: Vec<(u64, &[u8])> =
+                batch.iter().map(|&(s, l)| (s, &data[(s - start) as usize..(s - start + l) as usize])).collect();
+            let done = self.hash_and_compress(&slices, threads, Some(mm))?;
+            for ((id, frame), (_, slice)) in done.into_iter().zip(&slices) {
                 self.stats.logical_bytes += slice.len() as u64;
                 ids.extend_from_slice(&id.0);
                 self.store(id, frame, slice)?;
@@ -470,7 +528,8 @@ impl ImageWriter {
     /// [`ImageWriter::store_chunk`] of several windows at once, hashed and
     /// compressed on all cores; the ids in the order of `windows`.
     pub fn store_chunks(&mut self, windows: &[&[u8]]) -> Result<Vec<ChunkId>, WriteError> {
-        let done = self.hash_and_compress(windows, self.threads())?;
+        let slices: Vec<(u64, &[u8])> = windows.iter().map(|w| (0, *w)).collect();
+        let done = self.hash_and_compress(&slices, self.threads(), None)?;
         let mut ids = Vec::with_capacity(done.len());
         for ((id, frame), data) in done.into_iter().zip(windows) {
             self.store(id, frame, data)?;
@@ -504,9 +563,19 @@ impl ImageWriter {
         if e.stored_len == e.raw_len {
             return Ok(frame);
         }
+        let damaged = |what: String| io(std::io::Error::other(format!("chunk {id} {what}")));
+        if frame.starts_with(&crate::delta::MAGIC) {
+            let base = crate::delta::base_of(&frame).map_err(damaged)?;
+            let parent = self.parent.as_ref().ok_or(WriteError::ChunkMissing { id: base })?;
+            let mut data = parent
+                .0
+                .read_chunk(&base)
+                .map_err(|source| WriteError::Parent { path: parent.0.dir().to_owned(), source: Box::new(source) })?;
+            crate::delta::apply(&frame, e.raw_len as usize, &mut data).map_err(damaged)?;
+            return Ok(data);
+        }
         let mut data = Vec::new();
-        crate::reader::unpack_into(&frame, e.raw_len as usize, &mut data, true)
-            .map_err(|what| io(std::io::Error::other(format!("chunk {id} {what}"))))?;
+        crate::reader::unpack_into(&frame, e.raw_len as usize, &mut data, true).map_err(damaged)?;
         Ok(data)
     }
 
@@ -539,13 +608,25 @@ impl ImageWriter {
 
     /// Hash every slice and compress those not already stored here or in the
     /// parent chain. Runs on `threads` scoped threads for large batches.
-    fn hash_and_compress(&self, slices: &[&[u8]], threads: usize) -> Result<Vec<Hashed>, WriteError> {
+    fn hash_and_compress(
+        &self,
+        slices: &[(u64, &[u8])],
+        threads: usize,
+        mm: Option<u32>,
+    ) -> Result<Vec<Hashed>, WriteError> {
         let compression = self.opts.compression;
         let known = |id: &ChunkId| {
             self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
         };
-        let work = |part: &[&[u8]]| -> Result<Vec<Hashed>, WriteError> {
-            hash_and_compress_run(part.iter().copied(), compression, &known)
+        let bases = mm.and_then(|mm| self.bases.by_mm.get(&mm));
+        let delta = |at: u64, data: &[u8], than: usize| {
+            let id = bases?.get(&at)?;
+            let base = self.parent.as_ref()?.0.read_chunk(id).ok()?;
+            crate::delta::encode(data, id, &base, than)
+        };
+        let delta = bases.map(|_| &delta as &Delta<'_>);
+        let work = |part: &[(u64, &[u8])]| -> Result<Vec<Hashed>, WriteError> {
+            hash_and_compress_run(part.iter().copied(), compression, &known, delta)
         };
         if threads <= 1 || slices.len() < 4 {
             return work(slices);
@@ -569,7 +650,17 @@ impl ImageWriter {
             compression: self.opts.compression,
             chunk_size: self.opts.chunk_size,
             parent: self.parent.as_ref().map(|(p, _)| p.clone()),
+            bases: None,
         }
+    }
+
+    /// A [`Chunker`] of memory of process `pid`, which stores a window
+    /// that changed since the parent image as the pages it changed from the
+    /// parent's chunk of that window of the process of that pid (a delta
+    /// frame, when shorter).
+    pub fn chunker_for(&self, pid: i32) -> Chunker {
+        let mm = self.bases.mm_of.get(&pid);
+        Chunker { bases: mm.and_then(|mm| self.bases.by_mm.get(mm)).cloned(), ..self.chunker() }
     }
 
     /// [`ImageWriter::add_memory`] of `data`, hashed and compressed before
@@ -654,6 +745,7 @@ impl ImageWriter {
         let frame = match frame {
             Frame::Packed(f) => {
                 self.lz4_chunks |= f.starts_with(&crate::lz4::MAGIC);
+                self.delta_chunks |= f.starts_with(&crate::delta::MAGIC);
                 f.as_slice()
             }
             Frame::Raw => {
@@ -755,7 +847,8 @@ impl ImageWriter {
             | if in_pid_namespace { format::INCOMPAT_PID_NAMESPACE } else { 0 }
             | if has_ptys { format::INCOMPAT_PTYS } else { 0 }
             | if self.raw_chunks { format::INCOMPAT_RAW_CHUNKS } else { 0 }
-            | if self.lz4_chunks { format::INCOMPAT_LZ4_CHUNKS } else { 0 };
+            | if self.lz4_chunks { format::INCOMPAT_LZ4_CHUNKS } else { 0 }
+            | if self.delta_chunks { format::INCOMPAT_DELTA_CHUNKS } else { 0 };
         let header = Header { version: FORMAT_VERSION, incompat, compat: 0 };
         let mut sections = vec![
             (SectionKind::Info, SECTION_REQUIRED, info.encode_to_vec()),

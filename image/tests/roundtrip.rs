@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 
 use common::{noise, sample_regions, small_chunks, write};
 use stasis_image::{Compression, Image, ImageWriter, ReadError, WriteError, WriteOptions, PACK_NAME};
@@ -317,4 +318,61 @@ fn lz4_and_zstd_chunks_round_trip() {
         assert_eq!(&image.read_region(r).unwrap(), data);
     }
     image.verify().unwrap();
+}
+
+/// A child image of memory that changed in a few pages stores each changed
+/// window as those pages (a delta frame on the parent's chunk of the
+/// window, by process), reads back byte-exact, and so does a grandchild
+/// whose delta's base is a delta itself; a damaged delta frame is caught
+/// and named.
+#[test]
+fn changed_windows_are_stored_as_deltas() {
+    use stasis_image::records::{Process, ProcessTree, Thread};
+    let thread = Thread { tid: 42, gpregs: vec![0; 216], xstate: vec![0; 576], ..Default::default() };
+    let process = Process { pid: 42, mm: 1, threads: vec![thread], ..Default::default() };
+    let tree = || ProcessTree { processes: vec![process.clone()], ..Default::default() };
+    let opts = |parent: Option<&Path>| WriteOptions {
+        chunk_size: 64 * 1024,
+        parent: parent.map(Path::to_path_buf),
+        ..WriteOptions::default()
+    };
+    let write_with = |dir: &Path, parent: Option<&Path>, data: &[u8]| {
+        let mut w = ImageWriter::create(dir, opts(parent)).unwrap();
+        let prepared = w.chunker_for(42).prepare(0x40_0000, data).unwrap();
+        w.add_prepared(1, 0x40_0000, data, prepared).unwrap();
+        w.set_processes(tree());
+        w.finish().unwrap()
+    };
+    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut data = noise(5, 4 * 64 * 1024);
+    write_with(a.path(), None, &data);
+    // One page changed in two of the four windows.
+    data[3 * 4096 + 17] ^= 1;
+    data[2 * 64 * 1024 + 9 * 4096] ^= 1;
+    let child = write_with(b.path(), Some(a.path()), &data);
+    assert_eq!(child.stats.chunks_stored, 2);
+    assert!(child.stats.stored_bytes < 2 * (4096 + 64), "deltas of one page each: {} bytes", child.stats.stored_bytes);
+    // The same window changed again: a delta on a delta.
+    data[3 * 4096 + 18] ^= 1;
+    let grandchild = write_with(c.path(), Some(b.path()), &data);
+    assert_eq!(grandchild.stats.chunks_stored, 1);
+    for dir in [b.path(), c.path()] {
+        let image = Image::open(dir).unwrap();
+        assert_ne!(image.header().incompat & stasis_image::format::INCOMPAT_DELTA_CHUNKS, 0);
+        image.verify().unwrap();
+        image.verify_frames().unwrap();
+    }
+    let image = Image::open(c.path()).unwrap();
+    assert_eq!(image.read_region(&image.memory()[0]).unwrap(), data);
+    // A page of the grandchild's delta damaged: caught, that chunk named.
+    let pack = c.path().join(PACK_NAME);
+    let mut bytes = fs::read(&pack).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    fs::write(&pack, &bytes).unwrap();
+    let id = Image::open(c.path()).unwrap().chunks().entries()[0].id;
+    match Image::open(c.path()).unwrap().verify() {
+        Err(ReadError::Chunk { id: blamed, .. }) => assert_eq!(blamed, id),
+        other => panic!("a damaged delta frame: {other:?}"),
+    }
 }

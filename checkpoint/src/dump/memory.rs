@@ -253,7 +253,7 @@ pub fn store(
     }
     let total: u64 = pieces.iter().map(|(s, e)| e - s).sum();
     let mut done = 0;
-    let chunker = writer.chunker();
+    let chunker = writer.chunker_for(pid.as_raw());
     read_pieces(pid, &pieces, Some(&chunker), |at, read| {
         let Piece { buf, prepared } = read?;
         writer.add_prepared(mm, at, buf, prepared.take().expect("asked for")).map_err(MemoryError::Write)?;

@@ -590,7 +590,7 @@ fn copy_first(
     }
     let mut bytes = 0;
     let mut got = Vec::new();
-    let chunker = writer.chunker();
+    let chunker = writer.chunker_for(pid.as_raw());
     memory::read_pieces(pid, &pieces, Some(&chunker), |at, read| {
         let buf = match read {
             Ok(memory::Piece { buf, prepared: prepared @ Some(_) }) => {
