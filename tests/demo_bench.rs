@@ -117,6 +117,33 @@ fn bench_live_copies_ahead_and_verifies() {
     assert!(r.stdout.contains("copied ahead ms"), "{}", r.dump());
 }
 
+/// `bench --incremental`: the dump timed is a second one, after the
+/// workload changed 1% of its pages (every 100th) since a first: its image
+/// is under 5% of the first's (the target), both patterns, and each
+/// restore, eager and lazy, reads through both images to the memory the
+/// workload had after its change (its check expects the new checksum).
+#[test]
+fn bench_incremental_images_are_small_and_restore() {
+    let r = run(["bench", "--mib", "64", "--pattern", "random,compressible", "--runs", "1", "--incremental", "--json"])
+        .success();
+    let v = r.json();
+    assert_eq!(v["all_verified"], true, "{}", r.dump());
+    for case in v["cases"].as_array().expect("cases") {
+        let run = &case["runs"][0];
+        let (first, second) = (run["first_image_bytes"].as_f64().unwrap_or(0.0), run["image_bytes"].as_f64().unwrap());
+        assert!(
+            first > 0.0 && second * 20.0 <= first,
+            "image {second} bytes, the first {first}: over 5%\n{}",
+            r.dump()
+        );
+        assert!(run["lazy_running_us"].as_u64().is_some(), "no lazy restore\n{}", r.dump());
+    }
+    let r = run(["bench", "--mib", "8", "--pattern", "random", "--runs", "1", "--incremental"]).success();
+    assert!(r.stdout.contains("image/first") && r.stdout.contains("incremental"), "{}", r.dump());
+    let r = run(["bench", "--mib", "8", "--runs", "1", "--incremental", "--writer"]).expect_code(2);
+    assert!(r.stderr.contains("cannot be used with"), "{}", r.dump());
+}
+
 /// `bench --criu PATH` with a CRIU that does not work here (`criu check`
 /// fails) stops before any run, naming it; CRIU's side of the figures is
 /// measured by hand (docs/checkpoint.md), as CI machines have no CRIU.

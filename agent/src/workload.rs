@@ -53,6 +53,11 @@ enum Kind {
     /// Fill --mib MiB of anonymous memory, then sleep. On DIR/check, check
     /// that the memory still has the checksum it had when filled.
     ///
+    /// On DIR/change (without --dirty), change 1% of the pages, spread out
+    /// (the first word of every 100th page), take the checksum the check
+    /// expects anew, and write DIR/changed: the workload of an incremental
+    /// dump.
+    ///
     /// With --dirty, write instead of sleeping: every 10 ms, the first word
     /// of 1% of the pages, in an order that visits every page once per
     /// round (page k*STRIDE mod PAGES at write k), each with a value made
@@ -310,7 +315,7 @@ fn memory(dir: &Path, mib: u64, pattern: Pattern, dirty: bool) -> anyhow::Result
         // The checksum leaves the writer's words out (as zeros).
         writes.put_words(&mut mem, |_| 0);
     }
-    let sum = checksum(&mem);
+    let mut sum = checksum(&mem);
     let mut done = 0;
     if dirty {
         writes.put_words(&mut mem, |page| writes.value(page, 0));
@@ -327,6 +332,15 @@ fn memory(dir: &Path, mib: u64, pattern: Pattern, dirty: bool) -> anyhow::Result
                     mem[page * PAGE..page * PAGE + 8].copy_from_slice(&writes.value(page, done).to_le_bytes());
                 }
                 sleep(DIRTY_TICK);
+            }
+            false if dir.join("change").exists() && !dir.join("changed").exists() => {
+                for page in (0..mem.len() / PAGE).step_by(100) {
+                    let word = u64::from_le_bytes(mem[page * PAGE..page * PAGE + 8].try_into().expect("8 bytes"));
+                    mem[page * PAGE..page * PAGE + 8].copy_from_slice(&mix(word ^ page as u64).to_le_bytes());
+                }
+                sum = checksum(&mem);
+                println!("memory: 1% of the pages changed, checksum {sum:016x}");
+                write_atomic(dir, "changed", "1\n")?;
             }
             false => sleep(CHECK_POLL),
         }
@@ -502,6 +516,24 @@ impl Workload {
             }
             sleep(POLL);
         }
+    }
+
+    /// Have the memory workload change 1% of its pages (`DIR/change`),
+    /// and wait until it has (`DIR/changed`).
+    pub fn change(&mut self, timeout: Duration, cancel: &Cancel) -> anyhow::Result<()> {
+        fs::write(self.dir.join("change"), "").context("cannot ask the workload to change its memory")?;
+        let deadline = Instant::now() + timeout;
+        while !self.dir.join("changed").exists() {
+            check_cancel(cancel)?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "the workload did not change its memory within {timeout:?}; see {}/stdout.log",
+                    self.dir.display()
+                );
+            }
+            sleep(POLL);
+        }
+        Ok(())
     }
 
     /// Reap the process a dump killed, which frees its pid for the restore.

@@ -48,6 +48,12 @@ use crate::Outcome;
 /// its check also finds any page whose copy is older or newer than the
 /// rest of the image.
 ///
+/// With --incremental, each workload is dumped first and let run
+/// (untimed), then changes 1% of its pages (every 100th), and the dump
+/// timed is an incremental one with the first as `--parent`; the table
+/// adds the first image's size and the second's share of it, and each
+/// restore reads through both images.
+///
 /// With CRIU (`--criu PATH`, or a `criu` found on PATH that passes `criu
 /// check`), each case is also run through it, as many times, on the same
 /// workload: `criu dump --shell-job` (with --live: `criu pre-dump
@@ -95,6 +101,13 @@ pub struct Args {
     /// The workload writes 1% of its pages every 10 ms instead of sleeping.
     #[arg(long)]
     writer: bool,
+    /// Time incremental dumps: each workload is dumped once and let run
+    /// (untimed), changes 1% of its pages (every 100th), and the dump timed
+    /// is then an incremental one (`--parent` the first): the table shows
+    /// the first image's size too, and restores read through both. CRIU is
+    /// not run (its incremental dumps need soft-dirty bits).
+    #[arg(long, conflicts_with_all = ["writer", "volume"])]
+    incremental: bool,
     /// How the dumps compress memory, as `stasis dump --compress`: lz4
     /// (the default) or zstd.
     #[arg(long, value_name = "CODEC", value_enum, default_value_t = super::dump::Codec::Lz4)]
@@ -126,6 +139,8 @@ struct Run {
     rollback_us: Option<u64>,
     /// With --live: the copy ahead, before the freeze.
     pre_copy_us: Option<u64>,
+    /// With --incremental: the first image's files (the parent).
+    first_image_bytes: Option<u64>,
     /// The same image restored with --lazy (not with --volume): until the
     /// process ran, and from then until its memory was all in.
     lazy_running_us: Option<u64>,
@@ -169,6 +184,8 @@ struct Figures {
     rollback_ms: Option<Spread>,
     /// With --live: the copy ahead (CRIU's pre-dump), before the freeze.
     pre_copy_ms: Option<Spread>,
+    /// With --incremental: the first image (the parent), in bytes.
+    first_image_bytes: Option<Spread>,
     lazy_running_ms: Option<Spread>,
     lazy_loaded_ms: Option<Spread>,
     verified: bool,
@@ -193,6 +210,11 @@ impl Figures {
             volume_ms: optional(|r| r.volume_us),
             rollback_ms: optional(|r| r.rollback_us),
             pre_copy_ms: optional(|r| r.pre_copy_us),
+            first_image_bytes: runs
+                .iter()
+                .map(|r| r.first_image_bytes.map(|b| b as f64))
+                .collect::<Option<Vec<f64>>>()
+                .map(Spread::of),
             lazy_running_ms: optional(|r| r.lazy_running_us),
             lazy_loaded_ms: optional(|r| r.lazy_loaded_us),
             verified: runs.iter().all(|r| r.verified),
@@ -334,7 +356,7 @@ fn bench(
             }
             let mut criu_runs = Vec::new();
             for n in 1..=args.runs {
-                let Some(criu) = criu else { break };
+                let Some(criu) = criu.filter(|_| !args.incremental) else { break };
                 let dir = root.join(format!("{mib}-{}-criu-{n}", pattern.name()));
                 let run = criu
                     .one_run(&exe, (mib, pattern), &dir, args, cancel)
@@ -373,8 +395,9 @@ fn say(what: &str, run: &Run) {
         (Some(r), Some(l)) => format!(", lazy restore running in {:.1} ms (loaded {:.1} ms after)", ms(r), ms(l)),
         _ => String::new(),
     };
+    let first = run.first_image_bytes.map_or(String::new(), |b| format!(" (the first: {})", bytes(b)));
     eprintln!(
-        "stasis bench: {what}: {ahead}frozen {:.1} ms{volume}, dump {:.1} ms, image {}, restore {:.1} ms{lazy}, {}",
+        "stasis bench: {what}: {ahead}frozen {:.1} ms{volume}, dump {:.1} ms, image {}{first}, restore {:.1} ms{lazy}, {}",
         ms(run.frozen_us),
         ms(run.dump_us),
         bytes(run.image_bytes),
@@ -427,6 +450,17 @@ fn one_run(
     let (mut wl, slack) = memory_workload(exe, (mib, pattern), &work, args.writer, cancel)?;
 
     let mut opts = workload::dump_options(wl.pid, &images, cancel);
+    let mut first_image_bytes = None;
+    if args.incremental {
+        let first = dir.join("first");
+        let mut first_opts = workload::dump_options(wl.pid, &first, cancel);
+        (first_opts.pre_copy, first_opts.leave_running) = (true, true);
+        first_opts.write.compression = args.compress.into();
+        dump::dump(&first_opts).with_context(|| format!("first dump of process {} failed", wl.pid))?;
+        first_image_bytes = Some(dir_bytes(&first));
+        wl.change(slack, cancel)?;
+        opts.write.parent = Some(first);
+    }
     // A live snapshot lets the workload run on (its frozen time is then
     // the freeze alone, not the image's write); it is killed after.
     opts.pre_copy = live;
@@ -488,6 +522,7 @@ fn one_run(
         volume_us: volume.map(|_| phase_us("volume snapshot")),
         rollback_us,
         pre_copy_us: live.then(|| phase_us("pre-copy")),
+        first_image_bytes,
         lazy_running_us: lazy.map(|(r, _)| r),
         lazy_loaded_us: lazy.map(|(_, l)| l),
         verified: verdict.starts_with("ok"),
@@ -614,6 +649,7 @@ impl Criu {
             volume_us: None,
             rollback_us: None,
             pre_copy_us,
+            first_image_bytes: None,
             lazy_running_us: None,
             lazy_loaded_us: None,
             verified: verdict.starts_with("ok"),
@@ -671,6 +707,9 @@ fn print_table(r: &Report) {
     if r.writer {
         println!("writer:  each workload writes 1% of its pages every 10 ms");
     }
+    if r.cases.iter().any(|c| c.figures.first_image_bytes.is_some()) {
+        println!("dumps:   incremental, after the workload changed 1% of its pages since a first (untimed) dump");
+    }
     if let Some(v) = &r.criu {
         println!("CRIU:    {v}, the same workloads (stasis/CRIU below 1: stasis faster or smaller)");
     }
@@ -699,6 +738,11 @@ fn print_table(r: &Report) {
     if live {
         header.insert(2, "copied ahead ms");
     }
+    let incremental = r.cases.iter().any(|c| c.figures.first_image_bytes.is_some());
+    let first_at = header.iter().position(|h| *h == "image/memory").expect("a column") + 1;
+    if incremental {
+        header.splice(first_at..first_at, ["first image", "image/first"]);
+    }
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     let ms = |s: Spread| format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
     let or_dash = |s: Option<Spread>| s.map_or_else(|| "-".into(), ms);
@@ -723,6 +767,13 @@ fn print_table(r: &Report) {
         }
         if live {
             row.insert(2, or_dash(f.pre_copy_ms));
+        }
+        if incremental {
+            let (first, ratio) = match f.first_image_bytes {
+                Some(b) => (bytes(b.median as u64), format!("{:.1}%", f.image_bytes.median / b.median * 100.0)),
+                None => ("-".into(), "-".into()),
+            };
+            row.splice(first_at..first_at, [first, ratio]);
         }
         row
     };
