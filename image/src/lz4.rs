@@ -59,7 +59,7 @@ fn header_checksum(descriptor: &[u8]) -> u8 {
     (xxh32(descriptor, 0) >> 8) as u8
 }
 
-/// `frame` decompressed into `out` (cleared first), which must come to
+/// `frame` decompressed into `out` (its bytes replaced), which must come to
 /// exactly `len` bytes; `Err` says what is wrong.
 pub(crate) fn decompress_into(frame: &[u8], len: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let field = |from: usize, n: usize| frame.get(from..from + n).ok_or("is cut short");
@@ -84,7 +84,8 @@ pub(crate) fn decompress_into(frame: &[u8], len: usize, out: &mut Vec<u8>) -> Re
     if block_len >= 1 << 31 || frame.len() != OVERHEAD + block_len || field(19 + block_len, 4)? != [0; 4] {
         return Err("has an LZ4 block that is not the frame's only one".into());
     }
-    out.clear();
+    // Zeros written only where the buffer grows (one used again for
+    // chunk after chunk is overwritten whole, or the frame is refused).
     out.resize(len, 0);
     match lz4_flex::block::decompress_into(&frame[19..19 + block_len], out) {
         Ok(n) if n == len => Ok(()),
