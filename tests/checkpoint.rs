@@ -103,6 +103,35 @@ fn live_snapshot_of_memory_written_while_it_is_copied() {
     assert!(outcome.generation < last, "restored at generation {}, after the dump ({last})", outcome.generation);
 }
 
+/// An incremental live snapshot of memory written all over while it is
+/// copied: the second dump (`--parent` the first) copies ahead against the
+/// first's chunks and puts together what was written again meanwhile; the
+/// restored copy (reading through both images) holds exactly the memory
+/// of the second freeze.
+#[test]
+fn live_incremental_snapshot_of_memory_written_while_it_is_copied() {
+    let mut w = Workload::start("mem_writer", &["64"]);
+    w.wait_running();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    dump(&w, first.path(), &["--leave-running"]);
+    let at = w.progress().unwrap_or(0);
+    w.wait_progress(at + 20, Duration::from_secs(60));
+    let (pid, parent) = (w.pid.to_string(), first.path().to_str().unwrap());
+    let images = second.path().to_str().unwrap();
+    let r = run(["dump", "--pid", &pid, "--images", images, "--leave-running", "--parent", parent, "--json"]);
+    assert_eq!(r.code, Some(0), "dump failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("the dump's JSON");
+    assert!(report["pre_copy"]["bytes_used"].as_u64().unwrap_or(0) > 0, "nothing copied ahead was used: {report}");
+    let shown = run(["inspect", "--json", images]).success().json();
+    assert!(shown["parent"]["path"].is_string(), "not an incremental image: {shown}");
+    let at_dump = w.progress().unwrap_or(0);
+    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
+    w.kill();
+    restore(&w, second.path());
+    let outcome = w.check_ok();
+    assert!(outcome.generation < last, "restored at generation {}, after the dump ({last})", outcome.generation);
+}
+
 /// A workload that keeps writing to its files: after a --leave-running dump
 /// the files move on, and a restore that would pair the old process with the
 /// new files is refused, naming the file, with nothing left running.

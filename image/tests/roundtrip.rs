@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use common::{noise, sample_regions, small_chunks, write};
-use stasis_image::{Compression, Image, ImageWriter, ReadError, WriteError, WriteOptions, PACK_NAME};
+use stasis_image::{ChunkId, Compression, Image, ImageWriter, ReadError, WriteError, WriteOptions, PACK_NAME};
 
 #[test]
 fn contents_round_trip() {
@@ -340,6 +340,11 @@ fn changed_windows_are_stored_as_deltas() {
         let mut w = ImageWriter::create(dir, opts(parent)).unwrap();
         let prepared = w.chunker_for(42).prepare(0x40_0000, data).unwrap();
         w.add_prepared(1, 0x40_0000, data, prepared).unwrap();
+        // What a live snapshot puts windows together from: each read back
+        // from the writer (a delta frame through its base).
+        for window in data.chunks(64 * 1024) {
+            assert_eq!(w.read_chunk(&ChunkId::of(window)).unwrap(), window);
+        }
         w.set_processes(tree());
         w.finish().unwrap()
     };
