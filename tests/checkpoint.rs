@@ -94,11 +94,20 @@ fn live_snapshot_of_memory_written_while_it_is_copied() {
     assert!(read >= 64 << 20, "the dump did not copy the memory while the process ran: {pre}");
     assert!(used > 0 && used < logical, "expected some of the memory copied ahead to be used, not all: {pre}");
     assert!(logical < 2 * (64 << 20), "{logical} bytes of memory counted for 64 MiB: {report}");
+    restored_copy_is_behind(&mut w, images.path(), || {
+        assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    });
+}
+
+/// Once the original (left running by a live snapshot) has gone on well
+/// past the dump (`meanwhile` looked at it then), kill it and restore
+/// from `images`: the restored copy starts from the dump, so it is behind.
+fn restored_copy_is_behind(w: &mut Workload, images: &Path, meanwhile: impl FnOnce()) {
     let at_dump = w.progress().unwrap_or(0);
     let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
-    assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    meanwhile();
     w.kill();
-    restore(&w, images.path());
+    restore(w, images);
     let outcome = w.check_ok();
     assert!(outcome.generation < last, "restored at generation {}, after the dump ({last})", outcome.generation);
 }
@@ -124,12 +133,7 @@ fn live_incremental_snapshot_of_memory_written_while_it_is_copied() {
     assert!(report["pre_copy"]["bytes_used"].as_u64().unwrap_or(0) > 0, "nothing copied ahead was used: {report}");
     let shown = run(["inspect", "--json", images]).success().json();
     assert!(shown["parent"]["path"].is_string(), "not an incremental image: {shown}");
-    let at_dump = w.progress().unwrap_or(0);
-    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
-    w.kill();
-    restore(&w, second.path());
-    let outcome = w.check_ok();
-    assert!(outcome.generation < last, "restored at generation {}, after the dump ({last})", outcome.generation);
+    restored_copy_is_behind(&mut w, second.path(), || {});
 }
 
 /// A workload that keeps writing to its files: after a --leave-running dump

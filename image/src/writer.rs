@@ -105,6 +105,20 @@ fn hash_and_compress_run<'a>(
 /// bytes given, when one is shorter than the length given.
 type Delta<'a> = dyn Fn(u64, &[u8], usize) -> Option<Vec<u8>> + Sync + 'a;
 
+/// The delta frame of `data`, the window at `at`, on the chunk `parent`
+/// stored for that window (`bases`), when it is shorter than `than`.
+fn delta_on_parent(
+    parent: Option<&Image>,
+    bases: Option<&HashMap<u64, ChunkId>>,
+    at: u64,
+    data: &[u8],
+    than: usize,
+) -> Option<Vec<u8>> {
+    let id = bases?.get(&at)?;
+    let base = parent?.read_chunk(id).ok()?;
+    crate::delta::encode(data, id, &base, than)
+}
+
 /// Hash `data` and, unless `known`, compress it (or not: [`Frame::Raw`]),
 /// first a sample of it when `probe` ([`incompressible`]); stored as its
 /// `delta` frame (of the window at the address given), when shorter.
@@ -216,11 +230,8 @@ impl Chunker {
         let known = |id: &ChunkId| self.parent.as_ref().is_some_and(|p| p.find_chunk(id).is_some());
         let windows = chunk_windows(start, data.len() as u64, self.chunk_size)
             .map(|(s, l)| (s, &data[(s - start) as usize..(s - start + l) as usize]));
-        let delta = |at: u64, data: &[u8], than: usize| {
-            let id = self.bases.as_ref()?.get(&at)?;
-            let base = self.parent.as_ref()?.read_chunk(id).ok()?;
-            crate::delta::encode(data, id, &base, than)
-        };
+        let delta =
+            |at, data: &[u8], than| delta_on_parent(self.parent.as_deref(), self.bases.as_deref(), at, data, than);
         let delta = self.bases.as_ref().map(|_| &delta as &Delta<'_>);
         let hashed = hash_and_compress_run(windows, self.compression, &known, delta)?;
         Ok(Prepared { start, len: data.len() as u64, chunk_size: self.chunk_size, hashed })
@@ -241,9 +252,10 @@ pub struct WriteOptions {
     /// Have the pack written to disk while it grows (fdatasync from a
     /// thread of its own every [`FLUSH_EVERY`] bytes, which then reads back
     /// and checks the frames it synced), so that `finish`'s sync, and
-    /// [`Image::verify_written`] after it, have little left to do. Worth it when the pack is kept as
-    /// it is written; a pack whose chunks are mostly replaced later (a
-    /// live snapshot's first copy) is better left in the page cache.
+    /// [`Image::verify_written`] after it, have little left to do. Worth
+    /// it when the pack is kept as it is written; a pack whose chunks are
+    /// mostly replaced later (a live snapshot's first copy) is better left
+    /// in the page cache.
     pub flush_early: bool,
 }
 
@@ -618,12 +630,9 @@ impl ImageWriter {
         let known = |id: &ChunkId| {
             self.table.contains_key(id) || self.parent.as_ref().is_some_and(|(p, _)| p.find_chunk(id).is_some())
         };
-        let bases = mm.and_then(|mm| self.bases.by_mm.get(&mm));
-        let delta = |at: u64, data: &[u8], than: usize| {
-            let id = bases?.get(&at)?;
-            let base = self.parent.as_ref()?.0.read_chunk(id).ok()?;
-            crate::delta::encode(data, id, &base, than)
-        };
+        let bases = mm.and_then(|mm| self.bases.by_mm.get(&mm)).map(|b| &**b);
+        let parent = self.parent.as_ref().map(|(p, _)| &**p);
+        let delta = |at, data: &[u8], than| delta_on_parent(parent, bases, at, data, than);
         let delta = bases.map(|_| &delta as &Delta<'_>);
         let work = |part: &[(u64, &[u8])]| -> Result<Vec<Hashed>, WriteError> {
             hash_and_compress_run(part.iter().copied(), compression, &known, delta)
