@@ -271,7 +271,17 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
         None => Ok(None),
         Some(path) => BenchVolume::new(path).map(Some),
     };
-    let criu = Criu::find(args.criu.as_deref(), args.volume.is_some())?;
+    let criu = match args.incremental {
+        // Its incremental dumps need soft-dirty bits; its full ones would
+        // not compare.
+        true => {
+            if args.criu.is_some() {
+                eprintln!("stasis bench: note: --incremental runs stasis alone; --criu is not used");
+            }
+            None
+        }
+        false => Criu::find(args.criu.as_deref(), args.volume.is_some())?,
+    };
     let result = volume.and_then(|v| bench(&args, &root, v.as_ref(), criu.as_ref(), &cancel));
     if let Err(e) = fs::remove_dir_all(&root) {
         eprintln!("stasis: cannot remove {}: {e}", root.display());
@@ -356,7 +366,7 @@ fn bench(
             }
             let mut criu_runs = Vec::new();
             for n in 1..=args.runs {
-                let Some(criu) = criu.filter(|_| !args.incremental) else { break };
+                let Some(criu) = criu else { break };
                 let dir = root.join(format!("{mib}-{}-criu-{n}", pattern.name()));
                 let run = criu
                     .one_run(&exe, (mib, pattern), &dir, args, cancel)
