@@ -136,6 +136,42 @@ fn live_incremental_snapshot_of_memory_written_while_it_is_copied() {
     restored_copy_is_behind(&mut w, second.path(), || {});
 }
 
+/// Write tracking kept between live snapshots (`--keep-tracking`) of
+/// memory written all the time: each dump takes the tracking back from the
+/// last one's holder and copies ahead only what was written since, on the
+/// parent's chunks; the third, which does not keep it, leaves nothing
+/// registered; restored through the three images, the copy holds exactly
+/// the memory of the third freeze (mem_writer checks every page against
+/// the writes it had done).
+#[test]
+fn write_tracking_kept_between_live_snapshots_of_memory_written_meanwhile() {
+    let mut w = Workload::start("mem_writer", &["64"]);
+    w.wait_running();
+    let images: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pid = w.pid.to_string();
+    let dump_json = |i: usize, extra: &[&str]| {
+        let mut args = vec!["dump", "--pid", &pid, "--images", images[i].path().to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let r = run(args);
+        assert_eq!(r.code, Some(0), "dump {i} failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+        let at = w.progress().unwrap_or(0);
+        w.wait_progress(at + 20, Duration::from_secs(60));
+        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("the dump's JSON")
+    };
+    let first = dump_json(0, &["--leave-running", "--keep-tracking"]);
+    assert!(first["tracking"]["holder"].is_i64(), "the tracking was not kept: {first}");
+    let parent = images[0].path().to_str().unwrap().to_owned();
+    let second = dump_json(1, &["--leave-running", "--keep-tracking", "--parent", &parent]);
+    assert_eq!(second["pre_copy"]["resumed"], 1, "the tracking was not taken back: {second}");
+    assert!(second["tracking"]["holder"].is_i64(), "the tracking was not kept again: {second}");
+    let parent = images[1].path().to_str().unwrap().to_owned();
+    let third = dump_json(2, &["--leave-running", "--parent", &parent]);
+    assert_eq!(third["pre_copy"]["resumed"], 1, "the tracking was not taken back: {third}");
+    restored_copy_is_behind(&mut w, images[2].path(), || {
+        assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    });
+}
+
 /// A workload that keeps writing to its files: after a --leave-running dump
 /// the files move on, and a restore that would pair the old process with the
 /// new files is refused, naming the file, with nothing left running.

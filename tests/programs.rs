@@ -454,11 +454,15 @@ pages = 16384
 page = lambda k, v: random.Random(k * 1000 + v).randbytes(4096)
 os.mkfifo(os.path.join(d, "ctl"), 0o600)
 # Page-aligned (a bytearray's bytes start past a header: each of its
-# pages would straddle two of the process's).
-buf = mmap.mmap(-1, pages * 4096)
+# pages would straddle two of the process's). Shared (mmap's default), or
+# private with "private".
+private = sys.argv[2:] == ["private"]
+buf = mmap.mmap(-1, pages * 4096, flags=mmap.MAP_PRIVATE) if private else mmap.mmap(-1, pages * 4096)
 for k in range(pages):
     buf[k * 4096:(k + 1) * 4096] = page(k, 0)
 version = [0] * pages
+# Pages given back to the kernel (MADV_DONTNEED) and read since: zeros.
+dropped = set()
 ctl = os.open(os.path.join(d, "ctl"), os.O_RDWR)
 open(os.path.join(d, "ready"), "w").close()
 while True:
@@ -468,9 +472,17 @@ while True:
             version[k] += 1
             buf[k * 4096:(k + 1) * 4096] = page(k, version[k])
         open(os.path.join(d, "changed"), "w").close()
+    elif order == b"d":
+        for k in range(50, pages, 100):
+            buf.madvise(mmap.MADV_DONTNEED, k * 4096, 4096)
+            dropped.add(k)
+            buf[k * 4096]
+        open(os.path.join(d, "dropped"), "w").close()
     elif order == b"k":
         break
-bad = [k for k in range(pages) if buf[k * 4096:(k + 1) * 4096] != page(k, version[k])]
+zero = bytes(4096)
+want = lambda k: zero if k in dropped else page(k, version[k])
+bad = [k for k in range(pages) if buf[k * 4096:(k + 1) * 4096] != want(k)]
 with open(os.path.join(d, "result.tmp"), "w") as f:
     f.write("ok %d\n" % sum(version) if not bad else "fail: pages %r\n" % bad[:5])
 os.replace(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
@@ -520,4 +532,57 @@ fn incremental_image_of_a_process_that_wrote_one_percent() {
     order(&p.dir, b"k");
     let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
     assert_eq!(result.trim(), "ok 164", "{}", p.log());
+}
+
+/// Write tracking kept between dumps (`dump --keep-tracking`) of private
+/// memory: the second dump (`--parent` the first) reads only what the
+/// process wrote since,
+/// taking the tracking back from the first's holder and keeping it again;
+/// pages given back to the kernel and faulted in again (zeros now) are
+/// not taken from the parent; a third dump, killing it, goes on from the
+/// second's tracking, and the process restored from the three images has
+/// every page as it was at the third (the unchanged ones through the
+/// first two images' chunks).
+#[test]
+fn write_tracking_kept_between_dumps_reads_only_what_was_written() {
+    let mut p = python_script("tracking", PAGES_SCRIPT, &["private"]);
+    p.wait_for(Duration::from_secs(60), "DIR/ready", || p.dir.join("ready").exists().then_some(()));
+    let images: Vec<_> = (0..3).map(|i| tempdir(&format!("tracking-{i}"))).collect();
+    let path = |i: usize| images[i].path().to_str().unwrap().to_owned();
+    let holder_of = |r: &util::Run| {
+        let report = r.json();
+        let holder = report["tracking"]["holder"].as_i64().unwrap_or_else(|| panic!("no holder\n{}", r.dump()));
+        let state = Path::new("/run/stasis/tracking").join(format!("{holder}.json"));
+        assert!(is_alive(holder as i32), "holder {holder} is not running\n{}", r.dump());
+        assert!(state.exists(), "holder {holder} wrote no {}", state.display());
+        (holder as i32, report)
+    };
+    let r = dump_ok(p.pid, images[0].path(), &["--leave-running", "--keep-tracking", "--json"]);
+    let (first_holder, _) = holder_of(&r);
+
+    order(&p.dir, b"c");
+    p.wait_for(Duration::from_secs(30), "DIR/changed", || p.dir.join("changed").exists().then_some(()));
+    order(&p.dir, b"d");
+    p.wait_for(Duration::from_secs(30), "DIR/dropped", || p.dir.join("dropped").exists().then_some(()));
+    let r = dump_ok(p.pid, images[1].path(), &["--leave-running", "--keep-tracking", "--parent", &path(0), "--json"]);
+    let (second_holder, report) = holder_of(&r);
+    assert!(wait_gone(first_holder, Duration::from_secs(10)), "the first holder still runs");
+    let pre = &report["pre_copy"];
+    assert_eq!(pre["resumed"], 1, "the tracking was not taken back\n{}", r.dump());
+    // 1% of 64 MiB written (the interpreter's own writes besides): not
+    // the whole of it read again.
+    let read = pre["bytes_read"].as_u64().unwrap();
+    assert!(read < 8 << 20, "the second dump read {read} bytes ahead\n{}", r.dump());
+
+    fs::remove_file(p.dir.join("changed")).unwrap();
+    order(&p.dir, b"c");
+    p.wait_for(Duration::from_secs(30), "DIR/changed", || p.dir.join("changed").exists().then_some(()));
+    let r = dump_ok(p.pid, images[2].path(), &["--parent", &path(1), "--json"]);
+    assert!(wait_gone(second_holder, Duration::from_secs(10)), "the second holder still runs");
+    assert_eq!(r.json()["pre_copy"]["resumed"], 1, "the tracking was not taken back\n{}", r.dump());
+    p.wait_exit(Duration::from_secs(30));
+    restore_ok(p.pid, images[2].path());
+    order(&p.dir, b"k");
+    let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
+    assert_eq!(result.trim(), "ok 328", "{}", p.log());
 }

@@ -40,6 +40,8 @@ enum Command {
     Volume(commands::volume::Args),
     #[command(hide = true)]
     Workload(workload::Args),
+    #[command(hide = true)]
+    HoldTracking(commands::dump::HoldArgs),
 }
 
 /// Exit status of a command that ran to its end.
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
     // A stasis killed while it held a cgroup frozen left a journal entry:
     // thaw that workload before anything else. (Not in a bundled workload,
     // which is no agent and may be the very process being dumped.)
-    if !matches!(cli.command, Command::Workload(_)) {
+    if !matches!(cli.command, Command::Workload(_) | Command::HoldTracking(_)) {
         for cgroup in stasis_checkpoint::journal::recover() {
             eprintln!("stasis: thawed {}, left frozen by a stasis that did not finish", cgroup.display());
         }
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(args),
         Command::Volume(args) => commands::volume::run(args),
         Command::Workload(args) => workload::run(args),
+        Command::HoldTracking(args) => commands::dump::hold(args),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

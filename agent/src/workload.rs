@@ -663,6 +663,7 @@ pub fn dump_options(pid: i32, images: &Path, cancel: &Cancel) -> stasis_checkpoi
         pre_copy: false,
         skip_in_flight: false,
         max_freeze: None,
+        keep_tracking: false,
     }
 }
 

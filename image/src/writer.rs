@@ -550,6 +550,11 @@ impl ImageWriter {
         Ok(ids)
     }
 
+    /// The parent image, for an incremental image.
+    pub fn parent(&self) -> Option<&Image> {
+        self.parent.as_ref().map(|(p, _)| &**p)
+    }
+
     /// The chunk size windows are cut at.
     pub fn chunk_size(&self) -> u32 {
         self.opts.chunk_size

@@ -343,6 +343,20 @@ impl Userfaultfd {
         Ok(Userfaultfd { fd, features: api.features })
     }
 
+    /// A userfaultfd handshaken before, with `features`, by whoever passed
+    /// `fd` on (another process holding it, whose copy was taken with
+    /// pidfd_getfd): a second `UFFDIO_API` would be refused. An `fd` that is
+    /// no userfaultfd makes every later call fail; it is never unsafe.
+    pub fn adopt(fd: OwnedFd, features: u64) -> Self {
+        Userfaultfd { fd, features }
+    }
+
+    /// Another descriptor of the same userfaultfd (dup): the ranges stay
+    /// registered while any of the two is open.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Userfaultfd { fd: self.fd.try_clone()?, features: self.features })
+    }
+
     /// The features the handshake enabled.
     pub fn features(&self) -> u64 {
         self.features

@@ -74,6 +74,16 @@ pub struct Args {
     /// ms); memory that cannot be tracked is copied frozen too.
     #[arg(long, value_name = "MS", conflicts_with = "no_pre_copy", value_parser = positive_ms)]
     max_freeze: Option<f64>,
+    /// Keep tracking what the processes write after this dump, so that
+    /// the next dump of them with --parent this image reads only the
+    /// memory written since (a dump of 1 GiB with 1% written since reads
+    /// 1% of it instead of all). Their userfaultfds are kept by a small
+    /// process of stasis's, `stasis hold-tracking` (its pid is printed),
+    /// which the next dump of them stops, and which exits with them.
+    /// Killing it ends the tracking: nothing is lost, the next dump reads
+    /// everything. Needs --leave-running and the live snapshot.
+    #[arg(long, requires = "leave_running", conflicts_with = "no_pre_copy")]
+    keep_tracking: bool,
     /// Dump a TCP listener that has connections waiting to be accepted,
     /// leaving them out (their clients see the connection reset after the
     /// restore), instead of refusing it.
@@ -209,10 +219,14 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
         pre_copy: !args.no_pre_copy,
         skip_in_flight: args.skip_in_flight,
         max_freeze: args.max_freeze.map(|ms| std::time::Duration::from_secs_f64(ms / 1e3)),
+        keep_tracking: args.keep_tracking,
     };
-    let result = dump::dump(&opts);
+    let result = dump::dump_keeping(&opts);
     drop(bar);
-    let report = result.with_context(|| format!("dump of {what} failed"))?;
+    let (mut report, kept) = result.with_context(|| format!("dump of {what} failed"))?;
+    if args.keep_tracking {
+        report.tracking = Some(keep_tracking(kept));
+    }
     if args.json {
         json(&report)?;
     } else {
@@ -271,5 +285,49 @@ pub fn run_with(args: Args, volume: Option<dump::WhileFrozen>) -> anyhow::Result
             );
         }
     }
+    if let Some(t) = &report.tracking {
+        match (t.holder, &t.not_kept) {
+            (Some(_), _) if args.json => {}
+            (Some(holder), _) => println!(
+                "write tracking kept by process {holder} ({} process{}): the next dump with --parent {} reads \
+                 only what is written from now on",
+                t.processes,
+                if t.processes == 1 { "" } else { "es" },
+                report.images.display()
+            ),
+            (None, why) => {
+                eprintln!("stasis: warning: the write tracking is not kept: {}", why.as_deref().unwrap_or("unknown"))
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Hand the tracking a dump kept to a holder (this program, as `stasis
+/// hold-tracking`).
+fn keep_tracking(kept: Vec<dump::tracking::Kept>) -> dump::tracking::KeptReport {
+    let processes = kept.len();
+    let handed = std::env::current_exe()
+        .map_err(|e| format!("cannot find the stasis program: {e}"))
+        .and_then(|exe| dump::tracking::hand_over(kept, &exe));
+    match handed {
+        Ok(holder) => dump::tracking::KeptReport { processes, holder: Some(holder), not_kept: None },
+        Err(why) => dump::tracking::KeptReport { processes: 0, holder: None, not_kept: Some(why) },
+    }
+}
+
+/// Keep the write tracking a dump handed over (`dump --keep-tracking`),
+/// until the processes exit or the next dump of them takes it back. Not
+/// for use by hand.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// The dump handing it over.
+    #[arg(long, value_name = "PID")]
+    from: i32,
+}
+
+pub fn hold(args: HoldArgs) -> anyhow::Result<Outcome> {
+    dump::tracking::hold(Pid::from_raw(args.from), std::io::stdin().lock(), std::io::stdout().lock())
+        .map_err(|why| anyhow::anyhow!("cannot hold the write tracking: {why}"))?;
     Ok(Outcome::Success)
 }

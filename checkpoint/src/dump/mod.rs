@@ -27,6 +27,7 @@ pub mod precopy;
 mod task;
 mod tcp_hold;
 mod timers;
+pub mod tracking;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -81,6 +82,11 @@ pub struct DumpOptions {
     /// take no longer than this, and refuse the dump (the tree running on)
     /// when the tree writes faster than that can be reached.
     pub max_freeze: Option<Duration>,
+    /// With `pre_copy` and `leave_running`: keep tracking the tree's writes
+    /// after the dump (the freeze protects the pages written again), for
+    /// [`dump_keeping`] to return, so that the next dump reads only what
+    /// is written from here on ([`tracking`]).
+    pub keep_tracking: bool,
 }
 
 /// What a coherent snapshot does while the tree is frozen.
@@ -113,6 +119,9 @@ pub struct DumpReport {
     pub write: WriteStats,
     /// What the live snapshot copied while the tree ran, when it did.
     pub pre_copy: Option<PreCopyReport>,
+    /// Whether the write tracking was kept, and by whom (set by whoever
+    /// hands it over: [`tracking::hand_over`]).
+    pub tracking: Option<tracking::KeptReport>,
 }
 
 /// What the copy of memory ahead of the freeze did.
@@ -132,6 +141,9 @@ pub struct PreCopyReport {
     /// long that was expected to take (microseconds).
     pub left_for_freeze: u64,
     pub predicted_freeze_us: Option<u64>,
+    /// Processes whose writes were tracked since the parent image (kept
+    /// by the dump that wrote it): only what they wrote since was read.
+    pub resumed: usize,
 }
 
 /// Why a dump failed. The process is left running, unchanged, in every case
@@ -199,6 +211,14 @@ impl Clock {
 
 /// Dump a process tree; see the module docs for the steps.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
+    dump_keeping(opts).map(|(report, _)| report)
+}
+
+/// [`dump`], returning the write tracking kept with
+/// [`DumpOptions::keep_tracking`] (for each process the freeze could
+/// protect again), to hand to a holder ([`tracking::hand_over`]).
+/// Dropping it ends the tracking.
+pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kept>), DumpError> {
     let mut clock = Clock::new();
     let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
 
@@ -250,7 +270,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
                 pre_copy_report = Some(PreCopyReport { untracked: vec![why], ..PreCopyReport::default() });
             }
             None => {
-                let p = precopy::run(&listed.pids, &mut writer, opts.max_freeze)?;
+                // The tracking the last dump of these processes kept, if
+                // any, goes on here (and ends with this dump unless kept).
+                let kept = tracking::take_back(&listed.pids);
+                let keep = opts.keep_tracking && opts.leave_running;
+                let p = precopy::run(&listed.pids, &mut writer, opts.max_freeze, kept, keep)?;
                 for why in &p.untracked {
                     tracing::info!("copied in the freeze instead: {why}");
                 }
@@ -382,9 +406,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     // runs again (it takes a walk of every page table entry it set, and
     // meanwhile a first write to a page only costs the writer a fault the
     // kernel resolves by itself).
-    if let Some(p) = pre_copy.as_mut() {
+    let keep = opts.keep_tracking && !killed;
+    if let Some(p) = pre_copy.as_mut().filter(|_| !keep) {
         p.stop_tracking();
     }
+    let mut kept_tracking = Vec::new();
     // The memory copied ahead and the pages read in the freeze are put
     // together, with the tree running again unless it is to be killed.
     if let Some(mut pre) = pre_copy.take() {
@@ -400,7 +426,11 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
             untracked: pre.untracked.clone(),
             left_for_freeze: pre.left,
             predicted_freeze_us: pre.predicted_freeze.map(|d| d.as_micros() as u64),
+            resumed: pre.resumed,
         });
+        if keep {
+            kept_tracking = pre.keep();
+        }
         clock.phase("assemble");
     }
     let held_so_far = frozen.as_ref().map_or(Duration::ZERO, |f| f.since().elapsed());
@@ -419,6 +449,8 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
     let threads = tree.processes.iter().map(|p| p.threads.len()).sum();
     let (processes, zombies) = (tree.processes.len(), tree.zombies.len());
     let mut stats = tree.stats.clone().expect("set above");
+    let mm_of: HashMap<Pid, u32> = outer.iter().zip(&tree.processes).map(|(&pid, p)| (pid, p.mm)).collect();
+    let chunk_size = writer.chunk_size();
     writer.set_processes(tree);
     let summary = writer.finish()?;
     // Less than before where chunks copied ahead were left out.
@@ -467,7 +499,15 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         }
     }
 
-    Ok(DumpReport {
+    let kept = kept_tracking
+        .into_iter()
+        .filter_map(|(pid, uffd, ranges)| {
+            let start_time = proc::stat(pid).ok()?.start_time;
+            let mm = *mm_of.get(&pid)?;
+            Some(tracking::Kept::new(pid, start_time, mm, summary.manifest_hash, chunk_size, uffd, ranges))
+        })
+        .collect();
+    let report = DumpReport {
         pid: pid.as_raw(),
         images: opts.images.clone(),
         processes,
@@ -481,7 +521,9 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport, DumpError> {
         pages_written: mem_stats.pages_written,
         write: summary.stats,
         pre_copy: pre_copy_report,
-    })
+        tracking: None,
+    };
+    Ok((report, kept))
 }
 
 /// The tree as pre-flight saw it.

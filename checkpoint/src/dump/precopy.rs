@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ use stasis_sys::uffd::{self, Userfaultfd};
 use stasis_sys::Pid;
 
 use super::memory::{self, MemoryError, Pages, Planned};
+use super::tracking::Kept;
 use crate::proc;
 
 /// How long a process may take to stop for the injection that makes its
@@ -183,9 +184,9 @@ impl Mirror {
 pub struct Copied {
     uffd: Userfaultfd,
     registered: Vec<Range<u64>>,
-    /// The windows (by start) stored as chunks in the first copy:
-    /// (length, chunk).
-    first: BTreeMap<u64, (u64, ChunkId)>,
+    /// The windows stored as chunks in the first copy (or the parent
+    /// image's, for a tracking kept since it was written).
+    first: FirstCopy,
     /// The rounds' copies (and the freeze's, see [`Pending`]).
     pub mirror: Mirror,
     /// The pages whose latest copy is in the mirror, as `[start, end)`
@@ -196,6 +197,11 @@ pub struct Copied {
     /// Pages written and protected again whose copy failed (unmapped
     /// meanwhile): the freeze reads them.
     lost: Vec<u64>,
+    /// Whether the freeze protects the pages written again, for the
+    /// tracking to be kept after the dump ([`super::tracking`]).
+    keep: bool,
+    /// Set once the freeze's scan protected them again.
+    rearmed: AtomicBool,
 }
 
 impl Copied {
@@ -215,8 +221,20 @@ impl Copied {
     /// The pages of the registered mappings written since they were last
     /// protected, as `[start, end)` pairs in address order (present pages
     /// of a mapping made there since, not registered, count as written).
+    /// With the tracking to be kept, the freeze calls this: the pages are
+    /// protected again in a second scan (one with `PM_SCAN_WP_MATCHING`
+    /// skips mappings not registered, made there since, whose pages all
+    /// count as written and must be read).
     pub fn written(&self, pid: Pid) -> Result<Vec<u64>, MemoryError> {
-        Ok(written_since(pid, self, false)?.into_iter().flat_map(|(s, e)| [s, e]).collect())
+        let runs = written_since(pid, self, false)?;
+        if self.keep {
+            let again = written_since(pid, self, true);
+            if let Err(e) = &again {
+                tracing::info!("the write tracking of process {pid} is not kept: {e}");
+            }
+            self.rearmed.store(again.is_ok(), Ordering::Relaxed);
+        }
+        Ok(runs.into_iter().flat_map(|(s, e)| [s, e]).collect())
     }
 
     /// Bytes of `runs` (pairs in address order) not yet in the mirror.
@@ -271,6 +289,9 @@ pub struct PreCopy {
     /// How long copying `left` should take, at the rate the last round
     /// copied (none before a round measured it).
     pub predicted_freeze: Option<Duration>,
+    /// Processes whose writes were tracked since the parent image (kept
+    /// after the dump that wrote it): only what they wrote since was read.
+    pub resumed: usize,
 }
 
 impl PreCopy {
@@ -341,6 +362,22 @@ impl PreCopy {
         self.by_pid.get_mut(&pid)
     }
 
+    /// The write tracking of every process the freeze protected again
+    /// (the others' ends when the [`PreCopy`] is dropped): its
+    /// userfaultfd and registered ranges, for [`super::tracking::Kept`].
+    pub fn keep(&mut self) -> Vec<(Pid, Userfaultfd, Vec<Range<u64>>)> {
+        let mut out = Vec::new();
+        for (&pid, c) in self.by_pid.iter_mut() {
+            if !c.rearmed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(uffd) = c.uffd.try_clone() else { continue };
+            // Dropping `c` now closes its descriptor and unregisters nothing.
+            out.push((pid, uffd, std::mem::take(&mut c.registered)));
+        }
+        out
+    }
+
     /// Stop tracking writes: every process's mappings are unregistered
     /// (what was copied stays, for [`assemble`]).
     pub fn stop_tracking(&mut self) {
@@ -379,32 +416,60 @@ pub fn unavailable() -> Option<String> {
 /// rounds go on (up to [`MAX_ROUNDS_TO_FIT`], while they gain) until
 /// copying what was written since the last one fits in it
 /// ([`PreCopy::predicted_freeze`]); the caller decides what a miss means.
-pub fn run(pids: &[Pid], writer: &mut ImageWriter, max_freeze: Option<Duration>) -> Result<PreCopy, MemoryError> {
+pub fn run(
+    pids: &[Pid],
+    writer: &mut ImageWriter,
+    max_freeze: Option<Duration>,
+    mut kept: Vec<Kept>,
+    keep: bool,
+) -> Result<PreCopy, MemoryError> {
     let mut pre = PreCopy { room: Arc::new(AtomicU64::new(mem_available() / 2)), ..PreCopy::default() };
     for &pid in pids {
-        let (uffd, plans) = match track(pid) {
-            Ok(t) => t,
+        let held = kept.iter().position(|k| k.pid == pid).map(|i| kept.swap_remove(i));
+        let started = match held {
+            Some(k) => go_on(pid, k, writer),
+            None => track(pid).map(|(uffd, plans)| Started { uffd, plans, kept: Vec::new(), parent: None }),
+        };
+        let Started { uffd, plans, kept: kept_ranges, parent } = match started {
+            Ok(s) => s,
             Err(why) => {
                 pre.untracked.push(format!("process {pid}: {why}"));
                 continue;
             }
         };
-        let mut registered = Vec::new();
+        let mut registered = kept_ranges.clone();
         let mut tracked = Vec::new();
         for plan in plans {
             let range = plan.vma.start..plan.vma.end;
-            let protect = match uffd.register(range.clone(), uffd::REGISTER_MODE_WP) {
-                Ok(_) => {
-                    registered.push(range.clone());
-                    uffd.write_protect(range, true)
+            let inside = kept_ranges.iter().any(|r| r.start <= range.start && range.end <= r.end);
+            let overlaps = kept_ranges.iter().any(|r| r.start < range.end && range.start < r.end);
+            let protect = match (inside, overlaps) {
+                // Tracked since the parent: its written pages are copied
+                // in the rounds, the rest is the parent's.
+                (true, _) if parent.is_some() => continue,
+                // Tracked, but for another image: from nothing.
+                (true, _) => uffd.write_protect(range, true),
+                (false, true) => {
+                    pre.untracked.push(format!(
+                        "process {pid}: mapping {:#x}-{:#x} grew over what was tracked before",
+                        range.start, range.end
+                    ));
+                    continue;
                 }
-                Err(e) => Err(e),
+                (false, false) => match uffd.register(range.clone(), uffd::REGISTER_MODE_WP) {
+                    Ok(_) => {
+                        registered.push(range.clone());
+                        uffd.write_protect(range, true)
+                    }
+                    Err(e) => Err(e),
+                },
             };
             match protect {
                 Ok(()) => tracked.push(plan),
                 Err(e) => pre.untracked.push(format!("process {pid}: {}", crate::chain(&e))),
             }
         }
+        registered.sort_unstable_by_key(|r| r.start);
         let mirror = match Mirror::new(&registered, pre.room.clone()) {
             Ok(m) => m,
             Err(e) => {
@@ -415,14 +480,20 @@ pub fn run(pids: &[Pid], writer: &mut ImageWriter, max_freeze: Option<Duration>)
                 continue;
             }
         };
+        let (first, covered) = parent.unwrap_or_default();
+        if !covered.is_empty() {
+            pre.resumed += 1;
+        }
         let mut copied = Copied {
             uffd,
             registered,
-            first: BTreeMap::new(),
+            first,
             mirror,
             mirrored: Vec::new(),
-            covered: Vec::new(),
+            covered,
             lost: Vec::new(),
+            keep,
+            rearmed: AtomicBool::new(false),
         };
         // A process that exits meanwhile is the freeze's to report.
         let runs = match Pagemap::open(pid) {
@@ -520,9 +591,23 @@ fn mem_available() -> u64 {
     kib.unwrap_or(0) * 1024
 }
 
-/// The mappings of `pid` whose pages a dump stores, and a userfaultfd of
-/// its address space made by stopping it for a moment.
-fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
+/// The windows (by start) of a first copy: (length, chunk).
+type FirstCopy = BTreeMap<u64, (u64, ChunkId)>;
+
+/// How the tracking of one process starts: its userfaultfd, the mappings
+/// to track, and what it goes on with from the last dump.
+struct Started {
+    uffd: Userfaultfd,
+    plans: Vec<Planned>,
+    /// The ranges registered before, kept since the last dump.
+    kept: Vec<Range<u64>>,
+    /// With the parent image the tracking was kept for: the first copy
+    /// (its chunks) and the pages it covers (`Copied::first`, `covered`).
+    parent: Option<(FirstCopy, Vec<u64>)>,
+}
+
+/// The mappings of `pid` whose pages a dump stores and can track.
+fn trackable(pid: Pid) -> Result<Vec<Planned>, String> {
     // A process of a frozen cgroup cannot stop for ptrace (nor be let go).
     if let Some(cg) = crate::freeze::frozen_cgroup_of(pid) {
         return Err(format!("it is in frozen cgroup {}", cg.display()));
@@ -540,6 +625,13 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
         .filter(|p| p.pages == Pages::All && p.vma.kind != VmaKind::AioRing as i32)
         .collect();
     memory::find_guards(pid, &mut plans).map_err(|e| e.to_string())?;
+    Ok(plans)
+}
+
+/// The mappings of `pid` whose pages a dump stores, and a userfaultfd of
+/// its address space made by stopping it for a moment.
+fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
+    let plans = trackable(pid)?;
     let pidfd = PidFd::open(pid).map_err(|e| crate::chain(&e))?;
     let mut seized = Seized::seize(pid, seize_options(pid)).map_err(|e| crate::chain(&e))?;
     seized.interrupt(STOP_TIMEOUT).map_err(|e| crate::chain(&e))?;
@@ -549,6 +641,31 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
     inj.finish().map_err(|e| crate::chain(&e))?;
     seized.detach().map_err(|e| crate::chain(&e))?;
     Ok((made.map_err(|e| crate::chain(&e))?, plans))
+}
+
+/// Go on with the tracking `kept` since the last dump of `pid`. When that
+/// dump wrote the writer's parent (same chunk size), the parent's chunks
+/// wholly inside the ranges tracked since are the first copy: the pages
+/// still protected hold what they hold.
+fn go_on(pid: Pid, kept: Kept, writer: &ImageWriter) -> Result<Started, String> {
+    let plans = trackable(pid)?;
+    let (mm, image, chunk_size) = (kept.mm, kept.image, kept.chunk_size);
+    let (uffd, ranges) = kept.into_parts();
+    let of_parent = writer.parent().filter(|p| *p.manifest_hash() == image && chunk_size == writer.chunk_size());
+    let parent = of_parent.map(|p| {
+        let mut first = BTreeMap::new();
+        let mut covered = Vec::new();
+        for region in p.memory().iter().filter(|r| r.mm == mm) {
+            for (at, len, id) in p.region_chunks(region) {
+                if ranges.iter().any(|r| r.start <= at && at + len <= r.end) {
+                    first.insert(at, (len, id));
+                    covered.extend([at, at + len]);
+                }
+            }
+        }
+        (first, memory::union(&covered, &[]))
+    });
+    Ok(Started { uffd, plans, kept: ranges, parent })
 }
 
 /// The runs of pages of `pid` written since they were last protected;
