@@ -4,6 +4,8 @@
 
 mod util;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::path::Path;
 use std::time::Duration;
 
@@ -170,6 +172,40 @@ fn write_tracking_kept_between_live_snapshots_of_memory_written_meanwhile() {
     restored_copy_is_behind(&mut w, images[2].path(), || {
         assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
     });
+}
+
+/// A holder killed ends the tracking it kept, and loses nothing: the
+/// process is left with nothing registered, the holder's state file is
+/// taken away by the next dump, which reads all the memory again (nothing
+/// taken back) and restores exactly.
+#[test]
+fn killed_holder_ends_the_tracking_and_the_next_dump_reads_everything() {
+    let mut w = Workload::start("mem_writer", &["64"]);
+    w.wait_running();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pid = w.pid.to_string();
+    let dump_json = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["dump", "--pid", &pid, "--images", dir.to_str().unwrap(), "--leave-running", "--json"];
+        args.extend_from_slice(extra);
+        let r = run(args);
+        assert_eq!(r.code, Some(0), "dump failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("the dump's JSON")
+    };
+    let report = dump_json(first.path(), &["--keep-tracking"]);
+    let holder = report["tracking"]["holder"].as_i64().expect("a holder") as i32;
+    let state = Path::new("/run/stasis/tracking").join(format!("{holder}.json"));
+    assert!(state.exists(), "no {}", state.display());
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "nothing registered");
+    kill(Pid::from_raw(holder), Signal::SIGKILL).unwrap();
+    assert!(util::workload::wait_gone(holder, Duration::from_secs(10)), "holder {holder} still runs");
+    assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    let parent = first.path().to_str().unwrap().to_owned();
+    let report = dump_json(second.path(), &["--parent", &parent]);
+    assert!(!state.exists(), "the state file of the killed holder is still there");
+    let pre = &report["pre_copy"];
+    assert_eq!(pre["resumed"], 0, "{report}");
+    assert!(pre["bytes_read"].as_u64().unwrap() >= 64 << 20, "not everything was read again: {report}");
+    restored_copy_is_behind(&mut w, second.path(), || {});
 }
 
 /// A workload that keeps writing to its files: after a --leave-running dump
