@@ -140,6 +140,15 @@ fn bench_incremental_images_are_small_and_restore() {
     }
     let r = run(["bench", "--mib", "8", "--pattern", "random", "--runs", "1", "--incremental"]).success();
     assert!(r.stdout.contains("image/first") && r.stdout.contains("incremental"), "{}", r.dump());
+    // Going on from the first dump's write tracking, the dump timed reads
+    // ahead only the pages written since (1% of 16 MiB, and the
+    // workload's own few), and restores the same.
+    let args = ["bench", "--mib", "16", "--pattern", "random", "--runs", "1", "--incremental", "--keep-tracking"];
+    let r = run(args.into_iter().chain(["--json"])).success();
+    let v = r.json();
+    assert_eq!((&v["all_verified"], &v["keep_tracking"]), (&true.into(), &true.into()), "{}", r.dump());
+    let read = v["cases"][0]["runs"][0]["read_ahead_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(read < 2 << 20, "the dump read {read} bytes ahead of 16 MiB\n{}", r.dump());
     let r = run(["bench", "--mib", "8", "--runs", "1", "--incremental", "--writer"]).expect_code(2);
     assert!(r.stderr.contains("cannot be used with"), "{}", r.dump());
 }

@@ -52,7 +52,9 @@ use crate::Outcome;
 /// (untimed), then changes 1% of its pages (every 100th), and the dump
 /// timed is an incremental one with the first as `--parent`; the table
 /// adds the first image's size and the second's share of it, and each
-/// restore reads through both images.
+/// restore reads through both images. With --keep-tracking too, the first
+/// dump keeps tracking the workload's writes and the dump timed (a live
+/// snapshot) reads only the pages written since.
 ///
 /// With CRIU (`--criu PATH`, or a `criu` found on PATH that passes `criu
 /// check`), each case is also run through it, as many times, on the same
@@ -108,6 +110,12 @@ pub struct Args {
     /// not run (its incremental dumps need soft-dirty bits).
     #[arg(long, conflicts_with_all = ["writer", "volume"])]
     incremental: bool,
+    /// With --incremental: the first dump keeps tracking what the workload
+    /// writes (`dump --keep-tracking`), and the dump timed, a live snapshot
+    /// (killing the workload after, unless --live), reads only the pages
+    /// written since instead of every page.
+    #[arg(long, requires = "incremental")]
+    keep_tracking: bool,
     /// How the dumps compress memory, as `stasis dump --compress`: lz4
     /// (the default) or zstd.
     #[arg(long, value_name = "CODEC", value_enum, default_value_t = super::dump::Codec::Lz4)]
@@ -137,8 +145,10 @@ struct Run {
     volume_us: Option<u64>,
     /// With --volume: the rollback before the restore.
     rollback_us: Option<u64>,
-    /// With --live: the copy ahead, before the freeze.
+    /// With --live (or --keep-tracking): the copy ahead, before the
+    /// freeze, and the bytes it read.
     pre_copy_us: Option<u64>,
+    read_ahead_bytes: Option<u64>,
     /// With --incremental: the first image's files (the parent).
     first_image_bytes: Option<u64>,
     /// The same image restored with --lazy (not with --volume): until the
@@ -255,6 +265,8 @@ struct Report {
     command: String,
     /// Whether the workloads wrote 1% of their pages every 10 ms.
     writer: bool,
+    /// Whether incremental dumps went on from the first's write tracking.
+    keep_tracking: bool,
     kernel: String,
     cpus: usize,
     /// CRIU's version (`criu --version`), when it was run too.
@@ -290,6 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<Outcome> {
     let report = Report {
         command,
         writer: args.writer,
+        keep_tracking: args.keep_tracking,
         kernel: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         criu: criu.map(|c| c.version),
@@ -466,14 +479,20 @@ fn one_run(
         let mut first_opts = workload::dump_options(wl.pid, &first, cancel);
         (first_opts.pre_copy, first_opts.leave_running) = (true, true);
         first_opts.write.compression = args.compress.into();
-        dump::dump(&first_opts).with_context(|| format!("first dump of process {} failed", wl.pid))?;
+        first_opts.keep_tracking = args.keep_tracking;
+        let (_, kept) =
+            dump::dump_keeping(&first_opts).with_context(|| format!("first dump of process {} failed", wl.pid))?;
+        if args.keep_tracking {
+            dump::tracking::hand_over(kept, exe).map_err(|why| anyhow::anyhow!("the tracking was not kept: {why}"))?;
+        }
         first_image_bytes = Some(dir_bytes(&first));
         wl.change(slack, cancel)?;
         opts.write.parent = Some(first);
     }
     // A live snapshot lets the workload run on (its frozen time is then
     // the freeze alone, not the image's write); it is killed after.
-    opts.pre_copy = live;
+    // Kept tracking is taken back by a live snapshot's copy ahead.
+    opts.pre_copy = live || args.keep_tracking;
     opts.leave_running = live;
     opts.write.compression = args.compress.into();
     // Deleted when the run ends, whichever way.
@@ -487,6 +506,7 @@ fn one_run(
         _snapshot = Some(BenchSnapshot { volume: Arc::clone(&v.volume), name });
     }
     let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
+    let opts_pre_copy = opts.pre_copy;
     let image_bytes = dir_bytes(&images);
     match live {
         true => wl.kill_and_reap()?,
@@ -531,7 +551,8 @@ fn one_run(
         restore_us: restored.total_us,
         volume_us: volume.map(|_| phase_us("volume snapshot")),
         rollback_us,
-        pre_copy_us: live.then(|| phase_us("pre-copy")),
+        pre_copy_us: opts_pre_copy.then(|| phase_us("pre-copy")),
+        read_ahead_bytes: dumped.pre_copy.as_ref().map(|p| p.bytes_read),
         first_image_bytes,
         lazy_running_us: lazy.map(|(r, _)| r),
         lazy_loaded_us: lazy.map(|(_, l)| l),
@@ -659,6 +680,7 @@ impl Criu {
             volume_us: None,
             rollback_us: None,
             pre_copy_us,
+            read_ahead_bytes: None,
             first_image_bytes: None,
             lazy_running_us: None,
             lazy_loaded_us: None,
@@ -719,6 +741,9 @@ fn print_table(r: &Report) {
     }
     if r.cases.iter().any(|c| c.figures.first_image_bytes.is_some()) {
         println!("dumps:   incremental, after the workload changed 1% of its pages since a first (untimed) dump");
+        if r.keep_tracking {
+            println!("         which kept tracking its writes: the dump timed reads only the pages written since");
+        }
     }
     if let Some(v) = &r.criu {
         println!("CRIU:    {v}, the same workloads (stasis/CRIU below 1: stasis faster or smaller)");
