@@ -247,6 +247,33 @@ fn fork_tree_leave_running() {
     leave_running("tree");
 }
 
+/// Write tracking kept for a whole tree (`--keep-tracking`): the second
+/// dump, `--parent` the first, goes on from the tracking of each of its
+/// five live processes; the tree restored from it (through both images)
+/// checks itself, every process's counters against the beats its parent
+/// read, and is behind the original.
+#[test]
+fn fork_tree_with_write_tracking_kept_between_dumps() {
+    let mut w = Workload::start("tree", &[]);
+    w.wait_running();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = dump(&w, first.path(), &["--leave-running", "--keep-tracking", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("the dump's JSON");
+    assert_eq!(report["tracking"]["processes"], 5, "{report}");
+    let at = w.progress().unwrap_or(0);
+    w.wait_progress(at + 20, Duration::from_secs(60));
+    let parent = first.path().to_str().unwrap().to_owned();
+    let out = dump(&w, second.path(), &["--leave-running", "--parent", &parent, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("the dump's JSON");
+    assert_eq!(report["pre_copy"]["resumed"], 5, "{report}");
+    let at_dump = w.progress().unwrap_or(0);
+    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
+    w.kill();
+    restore(&w, second.path());
+    let outcome = w.check_ok();
+    assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
+}
+
 /// A child forked with CLONE_FILES shares its parent's fd table again
 /// after the restore (an fd the parent opens then is in the child's table).
 #[test]

@@ -134,6 +134,15 @@ fn hash_and_compress_one(
         return Ok((id, None));
     }
     let err = |source| WriteError::Compress { id, source };
+    // A window changed in part since the parent: its delta frame first.
+    // One of a quarter of the window or less is kept without compressing
+    // the whole (which would be that short only for memory that shrinks
+    // four times over, where the changed pages shrink as well).
+    let mut delta = delta.and_then(|(d, at)| d(at, data, data.len()));
+    if let Some(frame) = delta.take_if(|f| f.len() * 4 <= data.len()) {
+        let check = FrameChecks::of(&frame);
+        return Ok((id, Some((Frame::Packed(frame), check))));
+    }
     // A frame is always shorter than its chunk: a stored length equal to
     // the raw one means raw.
     let frame = |frame: Vec<u8>| if frame.len() < data.len() { Frame::Packed(frame) } else { Frame::Raw };
@@ -158,9 +167,9 @@ fn hash_and_compress_one(
         Frame::Packed(f) => f.len(),
         Frame::Raw => data.len(),
     };
-    let stored = match delta.and_then(|(d, at)| d(at, data, than)) {
-        Some(frame) => Frame::Packed(frame),
-        None => stored,
+    let stored = match delta {
+        Some(frame) if frame.len() < than => Frame::Packed(frame),
+        _ => stored,
     };
     let check = FrameChecks::of(match &stored {
         Frame::Packed(f) => f,
@@ -419,6 +428,9 @@ pub struct ImageWriter {
     bases: Bases,
     /// A checksum of each frame as it went into the pack.
     checks: FrameChecks,
+    /// Threads hashing and compressing: asked once (finding the CPUs this
+    /// process may use reads its cgroup's files).
+    threads: usize,
 }
 
 impl ImageWriter {
@@ -460,6 +472,10 @@ impl ImageWriter {
             true => Some(Flusher::start(&file).map_err(|source| WriteError::Io { path: pack_path.clone(), source })?),
             false => None,
         };
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         Ok(ImageWriter {
             flusher,
             dir: dir.to_owned(),
@@ -478,6 +494,7 @@ impl ImageWriter {
             delta_chunks: false,
             bases,
             checks: FrameChecks::default(),
+            threads,
         })
     }
 
@@ -485,28 +502,45 @@ impl ImageWriter {
     /// address space `mm`. Both ends must be page-aligned, and the range must
     /// not overlap one added before for the same address space.
     pub fn add_memory(&mut self, mm: u32, start: u64, data: &[u8]) -> Result<(), WriteError> {
-        let len = data.len() as u64;
-        if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || start.checked_add(len).is_none() {
-            return Err(WriteError::Unaligned { start, len });
-        }
-        self.check_free(mm, start, len)?;
+        self.add_memory_runs(mm, &[(start, data)])
+    }
 
-        let windows: Vec<(u64, u64)> = chunk_windows(start, len, self.opts.chunk_size).collect();
-        let mut ids = Vec::with_capacity(windows.len() * 32);
+    /// [`ImageWriter::add_memory`] of several runs of memory at once (in
+    /// address order, apart from one another), one region each: the
+    /// windows of all are hashed and compressed together, on all cores,
+    /// however short each run.
+    pub fn add_memory_runs(&mut self, mm: u32, runs: &[(u64, &[u8])]) -> Result<(), WriteError> {
+        for &(start, data) in runs {
+            let len = data.len() as u64;
+            if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 || start.checked_add(len).is_none() {
+                return Err(WriteError::Unaligned { start, len });
+            }
+            self.check_free(mm, start, len)?;
+        }
+        // Each window, and the run it is of.
+        let mut windows: Vec<(usize, u64, &[u8])> = Vec::new();
+        for (i, &(start, data)) in runs.iter().enumerate() {
+            for (s, l) in chunk_windows(start, data.len() as u64, self.opts.chunk_size) {
+                windows.push((i, s, &data[(s - start) as usize..(s - start + l) as usize]));
+            }
+        }
+        let mut ids: Vec<Vec<u8>> = runs.iter().map(|(_, d)| Vec::with_capacity(d.len() / 4096 * 32)).collect();
         let threads = self.threads();
         // Batches bound the compressed bytes held in memory at once.
         for batch in windows.chunks(threads * 16) {
-            let slices: Vec<(u64, &[u8])> =
-                batch.iter().map(|&(s, l)| (s, &data[(s - start) as usize..(s - start + l) as usize])).collect();
+            let slices: Vec<(u64, &[u8])> = batch.iter().map(|&(_, s, d)| (s, d)).collect();
             let done = self.hash_and_compress(&slices, threads, Some(mm))?;
-            for ((id, frame), (_, slice)) in done.into_iter().zip(&slices) {
+            for ((id, frame), &(run, _, slice)) in done.into_iter().zip(batch) {
                 self.stats.logical_bytes += slice.len() as u64;
-                ids.extend_from_slice(&id.0);
+                ids[run].extend_from_slice(&id.0);
                 self.store(id, frame, slice)?;
             }
         }
-        self.spans.insert((mm, start), start + len);
-        self.regions.push(MemoryRegion { mm, start, len, chunk_ids: ids });
+        for (&(start, data), chunk_ids) in runs.iter().zip(ids) {
+            let len = data.len() as u64;
+            self.spans.insert((mm, start), start + len);
+            self.regions.push(MemoryRegion { mm, start, len, chunk_ids });
+        }
         Ok(())
     }
 
@@ -597,10 +631,7 @@ impl ImageWriter {
     }
 
     fn threads(&self) -> usize {
-        match self.opts.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        self.threads
     }
 
     /// Record chunk `id`, stored before ([`ImageWriter::store_chunk`]), as

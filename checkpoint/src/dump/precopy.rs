@@ -764,15 +764,16 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
     let in_mirror = memory::union(&copied.mirrored, &pending.fresh);
     let mut used = 0;
     let mut last_chunk: Option<(ChunkId, Vec<u8>)> = None;
-    // Windows to compress anew, gathered while they follow one another so
-    // that they are compressed on all cores.
-    let mut batch: Vec<u8> = Vec::new();
-    let mut batch_at = 0;
-    let flush = |writer: &mut ImageWriter, batch: &mut Vec<u8>, at: u64| -> Result<(), MemoryError> {
-        if !batch.is_empty() {
-            writer.add_memory(pending.mm, at, batch).map_err(MemoryError::Write)?;
-            batch.clear();
+    // Windows to compress anew, gathered (those that follow one another
+    // as one run) to be compressed together on all cores.
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut batched = 0;
+    let flush = |writer: &mut ImageWriter, batch: &mut Vec<(u64, Vec<u8>)>| -> Result<(), MemoryError> {
+        let runs: Vec<(u64, &[u8])> = batch.iter().map(|(at, d)| (*at, &d[..])).collect();
+        if !runs.is_empty() {
+            writer.add_memory_runs(pending.mm, &runs).map_err(MemoryError::Write)?;
         }
+        batch.clear();
         Ok(())
     };
     for &(start, end) in &pending.runs {
@@ -780,18 +781,22 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
             let mirrored = memory::within(at..at + len, &in_mirror);
             let first = copied.first.get(&at).filter(|(l, _)| *l == len);
             if let Some(&(_, id)) = first.filter(|_| mirrored.is_empty()) {
-                flush(writer, &mut batch, batch_at)?;
                 writer.add_stored_memory(pending.mm, at, len, id).map_err(MemoryError::Write)?;
                 used += len;
                 continue;
             }
-            if batch_at + batch.len() as u64 != at || batch.len() as u64 >= memory::PIECE {
-                flush(writer, &mut batch, batch_at)?;
-                batch_at = at;
+            if batched >= memory::PIECE {
+                flush(writer, &mut batch)?;
+                batched = 0;
             }
-            let base = batch.len();
-            batch.resize(base + len as usize, 0);
-            let buf = &mut batch[base..];
+            match batch.last_mut() {
+                Some((s, run)) if *s + run.len() as u64 == at => run.resize(run.len() + len as usize, 0),
+                _ => batch.push((at, vec![0; len as usize])),
+            }
+            batched += len;
+            let run = &mut batch.last_mut().expect("just pushed").1;
+            let base = run.len() - len as usize;
+            let buf = &mut run[base..];
             for r in &mirrored {
                 let (s, e) = ((r.start - at) as usize, (r.end - at) as usize);
                 copied
@@ -829,6 +834,6 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
             }
         }
     }
-    flush(writer, &mut batch, batch_at)?;
+    flush(writer, &mut batch)?;
     Ok(used)
 }
