@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -101,6 +101,38 @@ fn hash_and_compress_run<'a>(
         .collect()
 }
 
+/// Chunks of the parent chain read lately by a writer, to be read again:
+/// a live snapshot's windows are put together from the parent's chunks
+/// ([`ImageWriter::prefetch`], [`ImageWriter::read_chunk`]) which are then
+/// the bases of their delta frames. Reading one decompresses it and hashes
+/// it; this saves the second time.
+#[derive(Debug, Default)]
+struct Recent {
+    chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+/// The bytes [`Recent`] holds at most (all of it let go when full).
+const RECENT_MAX: usize = 32 << 20;
+
+impl Recent {
+    fn get(recent: &Mutex<Recent>, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        recent.lock().expect("not poisoned").chunks.get(id).cloned()
+    }
+
+    fn keep(recent: &Mutex<Recent>, id: ChunkId, data: Arc<Vec<u8>>) {
+        let mut r = recent.lock().expect("not poisoned");
+        if r.bytes + data.len() > RECENT_MAX {
+            r.chunks.clear();
+            r.bytes = 0;
+        }
+        r.bytes += data.len();
+        if let Some(old) = r.chunks.insert(id, data) {
+            r.bytes -= old.len();
+        }
+    }
+}
+
 /// The delta frame ([`crate::delta`]) of the window at an address, of the
 /// bytes given, when one is shorter than the length given.
 type Delta<'a> = dyn Fn(u64, &[u8], usize) -> Option<Vec<u8>> + Sync + 'a;
@@ -110,12 +142,16 @@ type Delta<'a> = dyn Fn(u64, &[u8], usize) -> Option<Vec<u8>> + Sync + 'a;
 fn delta_on_parent(
     parent: Option<&Image>,
     bases: Option<&HashMap<u64, ChunkId>>,
+    recent: Option<&Mutex<Recent>>,
     at: u64,
     data: &[u8],
     than: usize,
 ) -> Option<Vec<u8>> {
     let id = bases?.get(&at)?;
-    let base = parent?.read_chunk(id).ok()?;
+    let base = match recent.and_then(|r| Recent::get(r, id)) {
+        Some(base) => base,
+        None => Arc::new(parent?.read_chunk(id).ok()?),
+    };
     crate::delta::encode(data, id, &base, than)
 }
 
@@ -239,8 +275,9 @@ impl Chunker {
         let known = |id: &ChunkId| self.parent.as_ref().is_some_and(|p| p.find_chunk(id).is_some());
         let windows = chunk_windows(start, data.len() as u64, self.chunk_size)
             .map(|(s, l)| (s, &data[(s - start) as usize..(s - start + l) as usize]));
-        let delta =
-            |at, data: &[u8], than| delta_on_parent(self.parent.as_deref(), self.bases.as_deref(), at, data, than);
+        let delta = |at, data: &[u8], than| {
+            delta_on_parent(self.parent.as_deref(), self.bases.as_deref(), None, at, data, than)
+        };
         let delta = self.bases.as_ref().map(|_| &delta as &Delta<'_>);
         let hashed = hash_and_compress_run(windows, self.compression, &known, delta)?;
         Ok(Prepared { start, len: data.len() as u64, chunk_size: self.chunk_size, hashed })
@@ -431,6 +468,8 @@ pub struct ImageWriter {
     /// Threads hashing and compressing: asked once (finding the CPUs this
     /// process may use reads its cgroup's files).
     threads: usize,
+    /// The parent chain's chunks read lately.
+    recent: Mutex<Recent>,
 }
 
 impl ImageWriter {
@@ -495,6 +534,7 @@ impl ImageWriter {
             bases,
             checks: FrameChecks::default(),
             threads,
+            recent: Mutex::default(),
         })
     }
 
@@ -599,11 +639,16 @@ impl ImageWriter {
     pub fn read_chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, WriteError> {
         use std::os::unix::fs::FileExt;
         let Some(e) = self.table.get(id).copied() else {
+            if let Some(data) = Recent::get(&self.recent, id) {
+                return Ok(Vec::clone(&data));
+            }
             let parent = self.parent.as_ref().ok_or(WriteError::ChunkMissing { id: *id })?;
-            return parent
+            let data = parent
                 .0
                 .read_chunk(id)
-                .map_err(|source| WriteError::Parent { path: parent.0.dir().to_owned(), source: Box::new(source) });
+                .map_err(|source| WriteError::Parent { path: parent.0.dir().to_owned(), source: Box::new(source) })?;
+            Recent::keep(&self.recent, *id, Arc::new(data.clone()));
+            return Ok(data);
         };
         let io = |source| WriteError::Io { path: self.pack_path.clone(), source };
         let pack = self.pack.as_mut().expect("pack is open until finish");
@@ -632,6 +677,39 @@ impl ImageWriter {
 
     fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Read the chunks of `ids` the parent chain holds (not this image),
+    /// on all cores, for [`ImageWriter::read_chunk`] (and the delta frames
+    /// of windows of the same addresses) to find them read: a live
+    /// snapshot going on from the parent's chunks reads them ahead of
+    /// putting windows together. Chunks that cannot be read are left to
+    /// `read_chunk` (which says why).
+    pub fn prefetch(&self, ids: &[ChunkId]) {
+        let Some((parent, _)) = &self.parent else { return };
+        let mut wanted: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| !self.table.contains_key(id) && Recent::get(&self.recent, id).is_none())
+            .copied()
+            .collect();
+        wanted.sort_unstable_by_key(|id| id.0);
+        wanted.dedup();
+        if wanted.is_empty() {
+            return;
+        }
+        let per = wanted.len().div_ceil(self.threads());
+        let recent = &self.recent;
+        std::thread::scope(|scope| {
+            for part in wanted.chunks(per) {
+                scope.spawn(move || {
+                    for id in part {
+                        if let Ok(data) = parent.read_chunk(id) {
+                            Recent::keep(recent, *id, Arc::new(data));
+                        }
+                    }
+                });
+            }
+        });
     }
 
     /// Record chunk `id`, stored before ([`ImageWriter::store_chunk`]), as
@@ -668,7 +746,8 @@ impl ImageWriter {
         };
         let bases = mm.and_then(|mm| self.bases.by_mm.get(&mm)).map(|b| &**b);
         let parent = self.parent.as_ref().map(|(p, _)| &**p);
-        let delta = |at, data: &[u8], than| delta_on_parent(parent, bases, at, data, than);
+        let recent = Some(&self.recent);
+        let delta = |at, data: &[u8], than| delta_on_parent(parent, bases, recent, at, data, than);
         let delta = bases.map(|_| &delta as &Delta<'_>);
         let work = |part: &[(u64, &[u8])]| -> Result<Vec<Hashed>, WriteError> {
             hash_and_compress_run(part.iter().copied(), compression, &known, delta)

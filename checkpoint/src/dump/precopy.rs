@@ -59,6 +59,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_ROUNDS: usize = 10;
 /// No further round once less than this was written during the last one.
 const SMALL_ENOUGH: u64 = 1 << 20;
+/// Windows [`assemble`] reads the chunks of ahead, at a time.
+const PREFETCHED: usize = 128;
 /// Rounds just before the freeze, at most ([`PreCopy::last_rounds`]).
 const LAST_ROUNDS: usize = 4;
 /// No further round after this many that found no less written than the
@@ -776,8 +778,29 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
         batch.clear();
         Ok(())
     };
-    for &(start, end) in &pending.runs {
-        for (at, len) in writer.windows(start, end - start).collect::<Vec<_>>() {
+    let windows: Vec<(u64, u64)> =
+        pending.runs.iter().flat_map(|&(start, end)| writer.windows(start, end - start).collect::<Vec<_>>()).collect();
+    // The first copy's chunks a window needs: those holding its pages not
+    // in the mirror (none for one taken whole as it was stored).
+    let needs = |at: u64, len: u64| -> Vec<ChunkId> {
+        let mirrored = memory::within(at..at + len, &in_mirror);
+        if mirrored.is_empty() && copied.first.get(&at).is_some_and(|(l, _)| *l == len) {
+            return Vec::new();
+        }
+        let rest: Vec<u64> = mirrored.iter().flat_map(|r| [r.start, r.end]).collect();
+        let mut ids = Vec::new();
+        for r in memory::without(at..at + len, &rest) {
+            let from = copied.first.range(..=r.start).next_back().map_or(r.start, |(&s, _)| s);
+            ids.extend(copied.first.range(from..r.end).filter(|(&s, &(l, _))| s + l > r.start).map(|(_, &(_, id))| id));
+        }
+        ids
+    };
+    for group in windows.chunks(PREFETCHED) {
+        // Read on all cores ahead of the loop (they are the parent's, for
+        // a tracking kept since it was written).
+        let ids: Vec<ChunkId> = group.iter().flat_map(|&(at, len)| needs(at, len)).collect();
+        writer.prefetch(&ids);
+        for &(at, len) in group {
             let mirrored = memory::within(at..at + len, &in_mirror);
             let first = copied.first.get(&at).filter(|(l, _)| *l == len);
             if let Some(&(_, id)) = first.filter(|_| mirrored.is_empty()) {
