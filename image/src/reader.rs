@@ -25,6 +25,18 @@ pub const MAX_PARENT_DEPTH: usize = 64;
 /// Highest user-space address on x86_64 with 5-level paging.
 const MAX_ADDRESS: u64 = 1 << 57;
 
+/// How a chunk read is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    /// Not at all (its frames were checked a moment before).
+    Nothing,
+    /// Its frame against the frame check stored for it; its contents
+    /// against its id only in an image without frame checks.
+    Frames,
+    /// Both.
+    Contents,
+}
+
 /// An opened, structurally valid image.
 #[derive(Debug)]
 pub struct Image {
@@ -160,6 +172,18 @@ impl Image {
         image.read_own_chunk(entry)
     }
 
+    /// [`Image::read_chunk`] checked against the frame check stored for it
+    /// (XXH3 of the bytes stored) instead of hashing its contents again
+    /// (BLAKE3), which only an image without frame checks still does: what
+    /// the writer of an image on top of this one reads its chunks with,
+    /// the way a restore does after checking the frames.
+    pub fn read_chunk_by_frame(&self, id: &ChunkId) -> Result<Vec<u8>, ReadError> {
+        let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
+        let mut data = Vec::new();
+        image.read_own_chunk_into(entry, Check::Frames, &mut data)?;
+        Ok(data)
+    }
+
     /// [`Image::read_chunk`] into `buf` (its old contents replaced: a
     /// buffer used again takes no new pages, nor zeroing), without hashing
     /// it again: for a reader that has just checked the image's frames
@@ -168,16 +192,18 @@ impl Image {
     /// length is still checked, and a frame still has to decompress.
     pub fn read_verified_chunk_into(&self, id: &ChunkId, buf: &mut Vec<u8>) -> Result<(), ReadError> {
         let (image, entry) = self.find_chunk(id).ok_or(ReadError::ChunkMissing { id: *id })?;
-        image.read_own_chunk_into(entry, false, buf)
+        image.read_own_chunk_into(entry, Check::Nothing, buf)
     }
 
     fn read_own_chunk(&self, e: &ChunkEntry) -> Result<Vec<u8>, ReadError> {
         let mut data = Vec::new();
-        self.read_own_chunk_into(e, true, &mut data)?;
+        self.read_own_chunk_into(e, Check::Contents, &mut data)?;
         Ok(data)
     }
 
-    fn read_own_chunk_into(&self, e: &ChunkEntry, hash: bool, data: &mut Vec<u8>) -> Result<(), ReadError> {
+    fn read_own_chunk_into(&self, e: &ChunkEntry, how: Check, data: &mut Vec<u8>) -> Result<(), ReadError> {
+        // Contents hashed when asked, or when there is no frame check.
+        let hash = how == Check::Contents || (how == Check::Frames && self.manifest.frame_checks.is_none());
         let path = self.dir.join(PACK_NAME);
         let io = |source| ReadError::Io { path: path.clone(), source };
         let corrupt = |what: String| ReadError::Chunk { path: path.clone(), id: e.id, what };
@@ -186,7 +212,7 @@ impl Image {
         // their id in a frame that does not match its check would pass
         // `stasis verify` and be refused by a restore (which checks frames).
         let check = |frame: &[u8]| match &self.manifest.frame_checks {
-            Some(checks) if hash => {
+            Some(checks) if how != Check::Nothing => {
                 let k = self.manifest.chunks.position(&e.id).expect("entries come from the table");
                 match checks[k] == FrameChecks::of(frame) {
                     true => Ok(()),
@@ -210,7 +236,7 @@ impl Image {
                 let base = crate::delta::base_of(&frame).map_err(corrupt)?;
                 let parent = self.parent.as_deref().ok_or_else(|| corrupt("names a base but has no parent".into()))?;
                 let (image, entry) = parent.find_chunk(&base).ok_or(ReadError::ChunkMissing { id: base })?;
-                image.read_own_chunk_into(entry, hash, data)?;
+                image.read_own_chunk_into(entry, how, data)?;
                 crate::delta::apply(&frame, e.raw_len as usize, data).map_err(corrupt)?;
             } else {
                 let lz4 = incompat & format::INCOMPAT_LZ4_CHUNKS != 0;
@@ -307,7 +333,7 @@ impl Image {
                 .map(|part| {
                     scope.spawn(move || {
                         let mut buf = Vec::new();
-                        part.iter().try_for_each(|e| self.read_own_chunk_into(e, true, &mut buf))
+                        part.iter().try_for_each(|e| self.read_own_chunk_into(e, Check::Contents, &mut buf))
                     })
                 })
                 .collect();

@@ -679,14 +679,28 @@ impl ImageWriter {
         self.threads
     }
 
+    /// [`ImageWriter::read_chunk`], shared: a chunk of the parent chain
+    /// read lately ([`ImageWriter::prefetch`]) is not copied.
+    pub fn read_chunk_shared(&mut self, id: &ChunkId) -> Result<Arc<Vec<u8>>, WriteError> {
+        if !self.table.contains_key(id) {
+            if let Some(data) = Recent::get(&self.recent, id) {
+                return Ok(data);
+            }
+        }
+        self.read_chunk(id).map(Arc::new)
+    }
+
     /// Read the chunks of `ids` the parent chain holds (not this image),
     /// on all cores, for [`ImageWriter::read_chunk`] (and the delta frames
-    /// of windows of the same addresses) to find them read: a live
-    /// snapshot going on from the parent's chunks reads them ahead of
-    /// putting windows together. Chunks that cannot be read are left to
-    /// `read_chunk` (which says why).
+    /// of windows of the same addresses) to find them read, instead of
+    /// those read before: a live snapshot going on from the parent's
+    /// chunks reads a group of windows' ahead of putting them together.
+    /// Chunks that cannot be read are left to `read_chunk` (which says
+    /// why).
     pub fn prefetch(&self, ids: &[ChunkId]) {
         let Some((parent, _)) = &self.parent else { return };
+        // What was read for the windows before is not needed again.
+        *self.recent.lock().expect("not poisoned") = Recent::default();
         let mut wanted: Vec<ChunkId> = ids
             .iter()
             .filter(|id| !self.table.contains_key(id) && Recent::get(&self.recent, id).is_none())
@@ -703,7 +717,7 @@ impl ImageWriter {
             for part in wanted.chunks(per) {
                 scope.spawn(move || {
                     for id in part {
-                        if let Ok(data) = parent.read_chunk(id) {
+                        if let Ok(data) = parent.read_chunk_by_frame(id) {
                             Recent::keep(recent, *id, Arc::new(data));
                         }
                     }

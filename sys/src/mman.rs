@@ -232,13 +232,35 @@ impl SparseBuffer {
 
     /// The bytes at `offset`, into `buf`.
     pub fn read(&mut self, offset: usize, buf: &mut [u8]) {
-        let end = offset.checked_add(buf.len()).filter(|&e| e <= self.len);
-        assert!(end.is_some(), "read of {} bytes at {offset} outside a buffer of {}", buf.len(), self.len);
+        self.reader().read(offset, buf);
+    }
+
+    /// Reads from any number of threads at once, while no fill runs (the
+    /// buffer is borrowed mutably as long as the reader lives).
+    pub fn reader(&mut self) -> SparseReader<'_> {
+        SparseReader { buf: self }
+    }
+}
+
+/// Reads of a [`SparseBuffer`] no fill runs into meanwhile
+/// ([`SparseBuffer::reader`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SparseReader<'a> {
+    buf: &'a SparseBuffer,
+}
+
+impl SparseReader<'_> {
+    /// The bytes at `offset`, into `buf`.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        let len = self.buf.len;
+        let end = offset.checked_add(buf.len()).filter(|&e| e <= len);
+        assert!(end.is_some(), "read of {} bytes at {offset} outside a buffer of {len}", buf.len());
         // SAFETY: offset is inside the live mapping (checked above).
-        let start = unsafe { self.ptr.as_ptr().add(offset) };
+        let start = unsafe { self.buf.ptr.as_ptr().add(offset) };
         // SAFETY: start..start + buf.len() is inside the mapping, which the
-        // kernel zero-filled where never written; `&mut self` means no fill
-        // runs now.
+        // kernel zero-filled where never written; the reader was made from
+        // a `&mut SparseBuffer` it still borrows, so no fill runs now, and
+        // reads only share.
         let src = unsafe { std::slice::from_raw_parts(start, buf.len()) };
         buf.copy_from_slice(src);
     }

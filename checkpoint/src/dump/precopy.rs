@@ -39,7 +39,7 @@ use std::time::Duration;
 use stasis_image::records::VmaKind;
 use stasis_image::{ChunkId, ImageWriter};
 use stasis_sys::inject::find_syscall_site;
-use stasis_sys::mman::SparseBuffer;
+use stasis_sys::mman::{SparseBuffer, SparseReader};
 use stasis_sys::pagemap::{Categories, Pagemap, ScanRequest, PM_SCAN_WP_MATCHING};
 use stasis_sys::pidfd::PidFd;
 use stasis_sys::process_vm::RemoteAddr;
@@ -59,8 +59,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_ROUNDS: usize = 10;
 /// No further round once less than this was written during the last one.
 const SMALL_ENOUGH: u64 = 1 << 20;
-/// Windows [`assemble`] reads the chunks of ahead, at a time.
-const PREFETCHED: usize = 128;
+/// Windows [`assemble`] puts together at a time, at most.
+const PREFETCHED: usize = 256;
 /// Rounds just before the freeze, at most ([`PreCopy::last_rounds`]).
 const LAST_ROUNDS: usize = 4;
 /// No further round after this many that found no less written than the
@@ -103,18 +103,7 @@ impl Mirror {
     /// The parts of `[at, at + len)` as (address, offset, length); fails
     /// for any part outside the registered mappings.
     fn parts(&self, at: u64, len: u64) -> Result<Vec<(u64, usize, usize)>, String> {
-        let mut out = Vec::new();
-        let mut a = at;
-        while a < at + len {
-            let i = self.bases.partition_point(|(r, _)| r.end <= a);
-            let Some((r, base)) = self.bases.get(i).filter(|(r, _)| r.start <= a) else {
-                return Err(format!("{a:#x} is in no mapping copied ahead"));
-            };
-            let n = r.end.min(at + len) - a;
-            out.push((a, (base + (a - r.start)) as usize, n as usize));
-            a += n;
-        }
-        Ok(out)
+        parts(&self.bases, at, len)
     }
 
     /// Copy the pages of `pid` at `pieces` (in address order, inside the
@@ -170,9 +159,41 @@ impl Mirror {
         Ok(())
     }
 
+    /// Reads from any number of threads at once, while nothing is copied
+    /// into it.
+    fn reader(&mut self) -> MirrorReader<'_> {
+        MirrorReader { buf: self.buf.reader(), bases: &self.bases }
+    }
+}
+
+/// The parts of `[at, at + len)` in a mirror of mappings at `bases`, as
+/// (address, offset, length); fails for any part outside them.
+fn parts(bases: &[(Range<u64>, u64)], at: u64, len: u64) -> Result<Vec<(u64, usize, usize)>, String> {
+    let mut out = Vec::new();
+    let mut a = at;
+    while a < at + len {
+        let i = bases.partition_point(|(r, _)| r.end <= a);
+        let Some((r, base)) = bases.get(i).filter(|(r, _)| r.start <= a) else {
+            return Err(format!("{a:#x} is in no mapping copied ahead"));
+        };
+        let n = r.end.min(at + len) - a;
+        out.push((a, (base + (a - r.start)) as usize, n as usize));
+        a += n;
+    }
+    Ok(out)
+}
+
+/// Reads of a [`Mirror`] ([`Mirror::reader`]).
+#[derive(Clone, Copy)]
+struct MirrorReader<'a> {
+    buf: SparseReader<'a>,
+    bases: &'a [(Range<u64>, u64)],
+}
+
+impl MirrorReader<'_> {
     /// The memory stored for `at`, into `buf`.
-    fn read(&mut self, at: u64, buf: &mut [u8]) -> Result<(), String> {
-        for (a, off, n) in self.parts(at, buf.len() as u64)? {
+    fn read(&self, at: u64, buf: &mut [u8]) -> Result<(), String> {
+        for (a, off, n) in parts(self.bases, at, buf.len() as u64)? {
             let i = (a - at) as usize;
             self.buf.read(off, &mut buf[i..i + n]);
         }
@@ -765,42 +786,26 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
     let pid = pending.pid;
     let in_mirror = memory::union(&copied.mirrored, &pending.fresh);
     let mut used = 0;
-    let mut last_chunk: Option<(ChunkId, Vec<u8>)> = None;
-    // Windows to compress anew, gathered (those that follow one another
-    // as one run) to be compressed together on all cores.
-    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut batched = 0;
-    let flush = |writer: &mut ImageWriter, batch: &mut Vec<(u64, Vec<u8>)>| -> Result<(), MemoryError> {
-        let runs: Vec<(u64, &[u8])> = batch.iter().map(|(at, d)| (*at, &d[..])).collect();
-        if !runs.is_empty() {
-            writer.add_memory_runs(pending.mm, &runs).map_err(MemoryError::Write)?;
-        }
-        batch.clear();
-        Ok(())
-    };
     let windows: Vec<(u64, u64)> =
         pending.runs.iter().flat_map(|&(start, end)| writer.windows(start, end - start).collect::<Vec<_>>()).collect();
-    // The first copy's chunks a window needs: those holding its pages not
-    // in the mirror (none for one taken whole as it was stored).
-    let needs = |at: u64, len: u64| -> Vec<ChunkId> {
-        let mirrored = memory::within(at..at + len, &in_mirror);
-        if mirrored.is_empty() && copied.first.get(&at).is_some_and(|(l, _)| *l == len) {
-            return Vec::new();
-        }
-        let rest: Vec<u64> = mirrored.iter().flat_map(|r| [r.start, r.end]).collect();
-        let mut ids = Vec::new();
-        for r in memory::without(at..at + len, &rest) {
-            let from = copied.first.range(..=r.start).next_back().map_or(r.start, |(&s, _)| s);
-            ids.extend(copied.first.range(from..r.end).filter(|(&s, &(l, _))| s + l > r.start).map(|(_, &(_, id))| id));
-        }
-        ids
-    };
-    for group in windows.chunks(PREFETCHED) {
-        // Read on all cores ahead of the loop (they are the parent's, for
-        // a tracking kept since it was written).
-        let ids: Vec<ChunkId> = group.iter().flat_map(|&(at, len)| needs(at, len)).collect();
-        writer.prefetch(&ids);
-        for &(at, len) in group {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let mut next = 0;
+    // The windows' bytes, for one group after another: every byte of a
+    // window is written over (from the mirror or a chunk) before it is
+    // read, so what is left from the last group is never seen, and the
+    // memory is zeroed (and faulted in) only once.
+    let mut arena: Vec<u8> = Vec::new();
+    while next < windows.len() {
+        // The windows changed since the first copy, PREFETCHED of them (or
+        // PIECE bytes) at a time, each as a part of a run of them that
+        // follow one another: put together on all cores, then compressed
+        // together on all cores. The others are taken as they were stored.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut bytes = 0;
+        while next < windows.len() && jobs.len() < PREFETCHED && bytes < memory::PIECE {
+            let (at, len) = windows[next];
+            next += 1;
             let mirrored = memory::within(at..at + len, &in_mirror);
             let first = copied.first.get(&at).filter(|(l, _)| *l == len);
             if let Some(&(_, id)) = first.filter(|_| mirrored.is_empty()) {
@@ -808,30 +813,16 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
                 used += len;
                 continue;
             }
-            if batched >= memory::PIECE {
-                flush(writer, &mut batch)?;
-                batched = 0;
-            }
-            match batch.last_mut() {
-                Some((s, run)) if *s + run.len() as u64 == at => run.resize(run.len() + len as usize, 0),
-                _ => batch.push((at, vec![0; len as usize])),
-            }
-            batched += len;
-            let run = &mut batch.last_mut().expect("just pushed").1;
-            let base = run.len() - len as usize;
-            let buf = &mut run[base..];
-            for r in &mirrored {
-                let (s, e) = ((r.start - at) as usize, (r.end - at) as usize);
-                copied
-                    .mirror
-                    .read(r.start, &mut buf[s..e])
-                    .map_err(|e| MemoryError::Mirror { pid, what: e.to_string() })?;
+            match runs.last_mut() {
+                Some((s, l)) if *s + *l == at => *l += len,
+                _ => runs.push((at, len)),
             }
             let fresh: u64 = memory::within(at..at + len, &pending.fresh).iter().map(|r| r.end - r.start).sum();
             used += mirrored.iter().map(|r| r.end - r.start).sum::<u64>() - fresh;
-            let rest: Vec<u64> = mirrored.iter().flat_map(|r| [r.start, r.end]).collect();
-            for r in memory::without(at..at + len, &rest) {
-                // The first copy's chunks hold the rest.
+            // The first copy's chunks hold the rest.
+            let mut fills = Vec::new();
+            let taken: Vec<u64> = mirrored.iter().flat_map(|r| [r.start, r.end]).collect();
+            for r in memory::without(at..at + len, &taken) {
                 let mut a = r.start;
                 while a < r.end {
                     let found = copied.first.range(..=a).next_back().filter(|(&s, &(l, _))| a < s + l);
@@ -842,21 +833,96 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
                             what: "the page was neither copied ahead nor read in the freeze".into(),
                         });
                     };
-                    // A window's pages between mirrored ones come from
-                    // the same chunk: it is read once.
-                    if last_chunk.as_ref().is_none_or(|(k, _)| *k != id) {
-                        last_chunk = Some((id, writer.read_chunk(&id).map_err(MemoryError::Write)?));
-                    }
-                    let chunk = &last_chunk.as_ref().expect("just read").1;
                     let e = (s + l).min(r.end);
-                    buf[(a - at) as usize..(e - at) as usize]
-                        .copy_from_slice(&chunk[(a - s) as usize..(e - s) as usize]);
+                    fills.push((a..e, id, s));
                     used += e - a;
                     a = e;
                 }
             }
+            jobs.push(Job { at, len, mirrored, fills });
+            bytes += len;
         }
+        if jobs.is_empty() {
+            continue;
+        }
+        // The chunks, read on all cores when the parent's (for a tracking
+        // kept since it was written), here when this image's.
+        let ids: Vec<ChunkId> = jobs.iter().flat_map(|j| j.fills.iter().map(|f| f.1)).collect();
+        writer.prefetch(&ids);
+        let mut chunks: HashMap<ChunkId, Arc<Vec<u8>>> = HashMap::new();
+        for id in ids {
+            if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(id) {
+                v.insert(writer.read_chunk_shared(&id).map_err(MemoryError::Write)?);
+            }
+        }
+        if arena.len() < bytes as usize {
+            arena.resize(bytes as usize, 0);
+        }
+        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(runs.len());
+        let mut free = &mut arena[..];
+        for &(_, len) in &runs {
+            let (buf, after) = std::mem::take(&mut free).split_at_mut(len as usize);
+            bufs.push(buf);
+            free = after;
+        }
+        let mut slices: Vec<&mut [u8]> = Vec::with_capacity(jobs.len());
+        let mut jobs_left = &jobs[..];
+        for buf in &mut bufs {
+            let mut left = &mut buf[..];
+            while !left.is_empty() {
+                let (job, others) = jobs_left.split_first().expect("a job for each window of a run");
+                let (window, after) = std::mem::take(&mut left).split_at_mut(job.len as usize);
+                slices.push(window);
+                left = after;
+                jobs_left = others;
+            }
+        }
+        let mirror = copied.mirror.reader();
+        put_together(&jobs, slices, mirror, &chunks, threads).map_err(|what| MemoryError::Mirror { pid, what })?;
+        let runs: Vec<(u64, &[u8])> = runs.iter().zip(bufs).map(|(&(at, _), b)| (at, &*b)).collect();
+        writer.add_memory_runs(pending.mm, &runs).map_err(MemoryError::Write)?;
     }
-    flush(writer, &mut batch)?;
     Ok(used)
+}
+
+/// A window [`assemble`] puts together: its pages in the mirror, and the
+/// others as (addresses, chunk, the chunk's first address).
+struct Job {
+    at: u64,
+    len: u64,
+    mirrored: Vec<Range<u64>>,
+    fills: Vec<(Range<u64>, ChunkId, u64)>,
+}
+
+/// Fill each window's bytes (`slices`, one per job) from the mirror and
+/// the chunks, on a few threads.
+fn put_together(
+    jobs: &[Job],
+    mut slices: Vec<&mut [u8]>,
+    mirror: MirrorReader<'_>,
+    chunks: &HashMap<ChunkId, Arc<Vec<u8>>>,
+    threads: usize,
+) -> Result<(), String> {
+    let fill = |job: &Job, buf: &mut [u8]| -> Result<(), String> {
+        for r in &job.mirrored {
+            mirror.read(r.start, &mut buf[(r.start - job.at) as usize..(r.end - job.at) as usize])?;
+        }
+        for (r, id, s) in &job.fills {
+            let chunk = chunks.get(id).expect("read above");
+            buf[(r.start - job.at) as usize..(r.end - job.at) as usize]
+                .copy_from_slice(&chunk[(r.start - s) as usize..(r.end - s) as usize]);
+        }
+        Ok(())
+    };
+    let per = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut workers = Vec::new();
+        let mut slices = &mut slices[..];
+        for part in jobs.chunks(per) {
+            let (mine, others) = std::mem::take(&mut slices).split_at_mut(part.len());
+            slices = others;
+            workers.push(scope.spawn(move || part.iter().zip(mine.iter_mut()).try_for_each(|(j, b)| fill(j, b))));
+        }
+        workers.into_iter().try_for_each(|w| w.join().expect("assembler panicked"))
+    })
 }
