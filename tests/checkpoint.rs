@@ -174,6 +174,41 @@ fn write_tracking_kept_between_live_snapshots_of_memory_written_meanwhile() {
     });
 }
 
+/// Tracking kept for one image, taken back by a dump that is not
+/// incremental on it (no --parent): that dump uses the userfaultfd as a
+/// fresh one (everything protected anew and read), keeps it again for its
+/// own image, and the next dump, `--parent` that one, goes on from it; the
+/// copy restored through the last two images holds exactly the memory of
+/// the last freeze.
+#[test]
+fn tracking_taken_back_by_a_dump_of_another_parent_starts_anew() {
+    let mut w = Workload::start("mem_writer", &["64"]);
+    w.wait_running();
+    let images: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pid = w.pid.to_string();
+    let dump_json = |i: usize, extra: &[&str]| {
+        let dir = images[i].path().to_str().unwrap();
+        let mut args = vec!["dump", "--pid", &pid, "--images", dir, "--leave-running", "--json"];
+        args.extend_from_slice(extra);
+        let r = run(args);
+        assert_eq!(r.code, Some(0), "dump {i} failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("the dump's JSON")
+    };
+    let first = dump_json(0, &["--keep-tracking"]);
+    let holder = first["tracking"]["holder"].as_i64().expect("a holder") as i32;
+    let second = dump_json(1, &["--keep-tracking"]);
+    assert!(util::workload::wait_gone(holder, Duration::from_secs(10)), "the first holder still runs");
+    let pre = &second["pre_copy"];
+    assert_eq!(pre["resumed"], 0, "{second}");
+    assert!(pre["bytes_read"].as_u64().unwrap() >= 64 << 20, "not everything was read: {second}");
+    let parent = images[1].path().to_str().unwrap().to_owned();
+    let third = dump_json(2, &["--parent", &parent]);
+    assert_eq!(third["pre_copy"]["resumed"], 1, "the tracking was not taken back: {third}");
+    restored_copy_is_behind(&mut w, images[2].path(), || {
+        assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    });
+}
+
 /// A holder killed ends the tracking it kept, and loses nothing: the
 /// process is left with nothing registered, the holder's state file is
 /// taken away by the next dump, which reads all the memory again (nothing
