@@ -557,6 +557,9 @@ fn write_tracking_kept_between_dumps_reads_only_what_was_written() {
         assert!(state.exists(), "holder {holder} wrote no {}", state.display());
         (holder as i32, report)
     };
+    // Kept for a process left running only.
+    let r = util::run(["dump", "--pid", &p.pid.to_string(), "--images", &path(0), "--keep-tracking"]).expect_code(2);
+    assert!(r.stderr.contains("--leave-running"), "{}", r.dump());
     let r = dump_ok(p.pid, images[0].path(), &["--leave-running", "--keep-tracking", "--json"]);
     let (first_holder, _) = holder_of(&r);
 
