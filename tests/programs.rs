@@ -589,3 +589,55 @@ fn write_tracking_kept_between_dumps_reads_only_what_was_written() {
     let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
     assert_eq!(result.trim(), "ok 328", "{}", p.log());
 }
+
+/// A program that runs another (exec) between two dumps: the second
+/// dump finds the tracking the first kept is of the old address space,
+/// starts anew (copies the new program's memory ahead, takes nothing of
+/// the parent for it), and the restored process has the new program's
+/// memory.
+const EXEC_SCRIPT: &str = r#"
+import mmap, os, random, sys
+d, stage = sys.argv[1], sys.argv[2]
+pages = 4096
+page = lambda k: random.Random(k * 7 + len(stage)).randbytes(4096)
+buf = mmap.mmap(-1, pages * 4096, flags=mmap.MAP_PRIVATE)
+for k in range(pages):
+    buf[k * 4096:(k + 1) * 4096] = page(k)
+fifo = os.path.join(d, "ctl")
+if not os.path.exists(fifo):
+    os.mkfifo(fifo, 0o600)
+ctl = os.open(fifo, os.O_RDWR)
+open(os.path.join(d, stage), "w").close()
+while True:
+    order = os.read(ctl, 1)
+    if order == b"e":
+        os.close(ctl)
+        os.execv(sys.executable, [sys.executable, "-I", sys.argv[0], d, "second"])
+    elif order == b"k":
+        break
+bad = [k for k in range(pages) if buf[k * 4096:(k + 1) * 4096] != page(k)]
+with open(os.path.join(d, "result.tmp"), "w") as f:
+    f.write("ok %s\n" % stage if not bad else "fail: pages %r\n" % bad[:5])
+os.replace(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
+"#;
+
+#[test]
+fn tracking_kept_across_an_exec_starts_anew() {
+    let mut p = python_script("tracking-exec", EXEC_SCRIPT, &["first"]);
+    p.wait_for(Duration::from_secs(60), "DIR/first", || p.dir.join("first").exists().then_some(()));
+    let (first, second) = (tempdir("tracking-exec-0"), tempdir("tracking-exec-1"));
+    let r = dump_ok(p.pid, first.path(), &["--leave-running", "--keep-tracking", "--json"]);
+    assert!(r.json()["tracking"]["holder"].is_i64(), "the tracking was not kept\n{}", r.dump());
+    order(&p.dir, b"e");
+    p.wait_for(Duration::from_secs(60), "DIR/second", || p.dir.join("second").exists().then_some(()));
+    let r = dump_ok(p.pid, second.path(), &["--parent", first.path().to_str().unwrap(), "--json"]);
+    let pre = &r.json()["pre_copy"];
+    assert_eq!(pre["resumed"], 0, "the old address space's tracking was used\n{}", r.dump());
+    let read = pre["bytes_read"].as_u64().unwrap_or(0);
+    assert!(read >= 16 << 20, "the new program's memory was not copied ahead ({read} bytes)\n{}", r.dump());
+    p.wait_exit(Duration::from_secs(30));
+    restore_ok(p.pid, second.path());
+    order(&p.dir, b"k");
+    let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
+    assert_eq!(result.trim(), "ok second", "{}", p.log());
+}

@@ -502,9 +502,9 @@ pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kep
     let kept = kept_tracking
         .into_iter()
         .filter_map(|(pid, uffd, ranges)| {
-            let start_time = proc::stat(pid).ok()?.start_time;
-            let mm = *mm_of.get(&pid)?;
-            Some(tracking::Kept::new(pid, start_time, mm, summary.manifest_hash, chunk_size, uffd, ranges))
+            let stat = proc::stat(pid).ok()?;
+            let (mm, marks) = (*mm_of.get(&pid)?, tracking::marks(&stat));
+            Some(tracking::Kept::new(pid, stat.start_time, marks, mm, summary.manifest_hash, chunk_size, uffd, ranges))
         })
         .collect();
     let report = DumpReport {

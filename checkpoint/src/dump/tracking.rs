@@ -54,6 +54,9 @@ pub struct Kept {
     /// When the process started (ticks after boot): a pid used again is
     /// another process.
     pub start_time: u64,
+    /// Where its stack, arguments and environment start: an exec since
+    /// (a new address space, which the userfaultfd is not of) moves them.
+    pub marks: [u64; 3],
     /// The process's address space number in `image`.
     pub mm: u32,
     /// The manifest hash of the image the protected pages are stored in.
@@ -65,16 +68,18 @@ pub struct Kept {
 }
 
 impl Kept {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pid: Pid,
         start_time: u64,
+        marks: [u64; 3],
         mm: u32,
         image: [u8; 32],
         chunk_size: u32,
         uffd: Userfaultfd,
         registered: Vec<Range<u64>>,
     ) -> Kept {
-        Kept { pid, start_time, mm, image, chunk_size, uffd: Some(uffd), registered }
+        Kept { pid, start_time, marks, mm, image, chunk_size, uffd: Some(uffd), registered }
     }
 
     /// The userfaultfd and the ranges registered with it, for the next
@@ -126,6 +131,7 @@ pub struct Held {
 pub struct HeldProcess {
     pub pid: i32,
     pub start_time: u64,
+    pub marks: [u64; 3],
     pub mm: u32,
     /// The image's manifest hash, in hex.
     pub image: String,
@@ -156,6 +162,11 @@ fn start_time(pid: Pid) -> Option<u64> {
     proc::stat(pid).ok().map(|s| s.start_time)
 }
 
+/// Where the stack, arguments and environment of `pid` start ([`Kept::marks`]).
+pub(crate) fn marks(stat: &proc::Stat) -> [u64; 3] {
+    [stat.start_stack, stat.arg_start, stat.env_start]
+}
+
 /// Hand `kept` to a holder: `program` (stasis itself) run as `program
 /// hold-tracking --from PID`, which takes the userfaultfds from this
 /// process and answers once its state file is written. Returns the
@@ -174,6 +185,7 @@ pub fn hand_over(kept: Vec<Kept>, program: &Path) -> Result<i32, String> {
                 HeldProcess {
                     pid: k.pid.as_raw(),
                     start_time: k.start_time,
+                    marks: k.marks,
                     mm: k.mm,
                     image: hex(&k.image),
                     chunk_size: k.chunk_size,
@@ -324,7 +336,14 @@ pub fn take_back(pids: &[Pid]) -> Vec<Kept> {
             };
             let registered = p.ranges.iter().map(|&[s, e]| s..e).collect();
             let uffd = Userfaultfd::adopt(fd, p.features);
-            kept.push(Kept::new(Pid::from_raw(p.pid), p.start_time, p.mm, image, p.chunk_size, uffd, registered));
+            let pid = Pid::from_raw(p.pid);
+            let k = Kept::new(pid, p.start_time, p.marks, p.mm, image, p.chunk_size, uffd, registered);
+            // After an exec the userfaultfd is of the old address space:
+            // of no use (nothing of the new one is registered).
+            match proc::stat(pid).map(|s| marks(&s) == p.marks) {
+                Ok(true) => kept.push(k),
+                _ => tracing::info!("process {pid} ran another program since its tracking was kept: tracked anew"),
+            }
         }
         let _ = pidfd.send_signal(Signal::SIGKILL);
         let _ = std::fs::remove_file(&claimed);
