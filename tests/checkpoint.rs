@@ -12,12 +12,23 @@ use std::time::Duration;
 use util::run;
 use util::workload::Workload;
 
-fn dump(w: &Workload, images: &Path, extra: &[&str]) {
+fn dump(w: &Workload, images: &Path, extra: &[&str]) -> util::Run {
     let pid = w.pid.to_string();
     let mut args = vec!["dump", "--pid", &pid, "--images", images.to_str().unwrap()];
     args.extend_from_slice(extra);
     let r = run(&args);
     assert_eq!(r.code, Some(0), "dump of {} failed\n{}\n--- workload log:\n{}", w.name, r.dump(), w.log());
+    r
+}
+
+/// [`dump`] with `--json`: its report.
+fn dump_json(w: &Workload, images: &Path, extra: &[&str]) -> serde_json::Value {
+    dump(w, images, &[extra, &["--json"]].concat()).json()
+}
+
+/// Whether a mapping of process `pid` is registered with a userfaultfd.
+fn registered(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw")
 }
 
 fn restore(w: &Workload, images: &Path) {
@@ -86,19 +97,15 @@ fn live_snapshot_of_memory_written_while_it_is_copied() {
     let mut w = Workload::start("mem_writer", &["64"]);
     w.wait_running();
     let images = tempfile::tempdir().unwrap();
-    let pid = w.pid.to_string();
-    let r = run(["dump", "--pid", &pid, "--images", images.path().to_str().unwrap(), "--leave-running", "--json"]);
-    assert_eq!(r.code, Some(0), "dump failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("the dump's JSON");
+    let report = dump_json(&w, images.path(), &["--leave-running"]);
     let pre = &report["pre_copy"];
     let (read, used) = (pre["bytes_read"].as_u64().unwrap_or(0), pre["bytes_used"].as_u64().unwrap_or(0));
     let logical = report["write"]["logical_bytes"].as_u64().unwrap();
     assert!(read >= 64 << 20, "the dump did not copy the memory while the process ran: {pre}");
     assert!(used > 0 && used < logical, "expected some of the memory copied ahead to be used, not all: {pre}");
     assert!(logical < 2 * (64 << 20), "{logical} bytes of memory counted for 64 MiB: {report}");
-    restored_copy_is_behind(&mut w, images.path(), || {
-        assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
-    });
+    let pid = w.pid;
+    restored_copy_is_behind(&mut w, images.path(), || assert!(!registered(pid), "left registered"));
 }
 
 /// Once the original (left running by a live snapshot) has gone on well
@@ -127,11 +134,8 @@ fn live_incremental_snapshot_of_memory_written_while_it_is_copied() {
     dump(&w, first.path(), &["--leave-running"]);
     let at = w.progress().unwrap_or(0);
     w.wait_progress(at + 20, Duration::from_secs(60));
-    let (pid, parent) = (w.pid.to_string(), first.path().to_str().unwrap());
-    let images = second.path().to_str().unwrap();
-    let r = run(["dump", "--pid", &pid, "--images", images, "--leave-running", "--parent", parent, "--json"]);
-    assert_eq!(r.code, Some(0), "dump failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
-    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("the dump's JSON");
+    let (parent, images) = (first.path().to_str().unwrap(), second.path().to_str().unwrap());
+    let report = dump_json(&w, second.path(), &["--leave-running", "--parent", parent]);
     assert!(report["pre_copy"]["bytes_used"].as_u64().unwrap_or(0) > 0, "nothing copied ahead was used: {report}");
     let shown = run(["inspect", "--json", images]).success().json();
     assert!(shown["parent"]["path"].is_string(), "not an incremental image: {shown}");
@@ -150,15 +154,12 @@ fn write_tracking_kept_between_live_snapshots_of_memory_written_meanwhile() {
     let mut w = Workload::start("mem_writer", &["64"]);
     w.wait_running();
     let images: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let pid = w.pid.to_string();
+    // Each dump, then 20 generations of writes.
     let dump_json = |i: usize, extra: &[&str]| {
-        let mut args = vec!["dump", "--pid", &pid, "--images", images[i].path().to_str().unwrap(), "--json"];
-        args.extend_from_slice(extra);
-        let r = run(args);
-        assert_eq!(r.code, Some(0), "dump {i} failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
+        let report = dump_json(&w, images[i].path(), extra);
         let at = w.progress().unwrap_or(0);
         w.wait_progress(at + 20, Duration::from_secs(60));
-        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("the dump's JSON")
+        report
     };
     let first = dump_json(0, &["--leave-running", "--keep-tracking"]);
     assert!(first["tracking"]["holder"].is_i64(), "the tracking was not kept: {first}");
@@ -169,9 +170,8 @@ fn write_tracking_kept_between_live_snapshots_of_memory_written_meanwhile() {
     let parent = images[1].path().to_str().unwrap().to_owned();
     let third = dump_json(2, &["--leave-running", "--parent", &parent]);
     assert_eq!(third["pre_copy"]["resumed"], 1, "the tracking was not taken back: {third}");
-    restored_copy_is_behind(&mut w, images[2].path(), || {
-        assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
-    });
+    let pid = w.pid;
+    restored_copy_is_behind(&mut w, images[2].path(), || assert!(!registered(pid), "left registered"));
 }
 
 /// Tracking kept for one image, taken back by a dump that is not
@@ -185,15 +185,7 @@ fn tracking_taken_back_by_a_dump_of_another_parent_starts_anew() {
     let mut w = Workload::start("mem_writer", &["64"]);
     w.wait_running();
     let images: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let pid = w.pid.to_string();
-    let dump_json = |i: usize, extra: &[&str]| {
-        let dir = images[i].path().to_str().unwrap();
-        let mut args = vec!["dump", "--pid", &pid, "--images", dir, "--leave-running", "--json"];
-        args.extend_from_slice(extra);
-        let r = run(args);
-        assert_eq!(r.code, Some(0), "dump {i} failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
-        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("the dump's JSON")
-    };
+    let dump_json = |i: usize, extra: &[&str]| dump_json(&w, images[i].path(), &[&["--leave-running"], extra].concat());
     let first = dump_json(0, &["--keep-tracking"]);
     let holder = first["tracking"]["holder"].as_i64().expect("a holder") as i32;
     let second = dump_json(1, &["--keep-tracking"]);
@@ -204,9 +196,8 @@ fn tracking_taken_back_by_a_dump_of_another_parent_starts_anew() {
     let parent = images[1].path().to_str().unwrap().to_owned();
     let third = dump_json(2, &["--parent", &parent]);
     assert_eq!(third["pre_copy"]["resumed"], 1, "the tracking was not taken back: {third}");
-    restored_copy_is_behind(&mut w, images[2].path(), || {
-        assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
-    });
+    let pid = w.pid;
+    restored_copy_is_behind(&mut w, images[2].path(), || assert!(!registered(pid), "left registered"));
 }
 
 /// A holder killed ends the tracking it kept, and loses nothing: the
@@ -218,24 +209,16 @@ fn killed_holder_ends_the_tracking_and_the_next_dump_reads_everything() {
     let mut w = Workload::start("mem_writer", &["64"]);
     w.wait_running();
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let pid = w.pid.to_string();
-    let dump_json = |dir: &Path, extra: &[&str]| {
-        let mut args = vec!["dump", "--pid", &pid, "--images", dir.to_str().unwrap(), "--leave-running", "--json"];
-        args.extend_from_slice(extra);
-        let r = run(args);
-        assert_eq!(r.code, Some(0), "dump failed\n{}\n--- workload log:\n{}", r.dump(), w.log());
-        serde_json::from_str::<serde_json::Value>(&r.stdout).expect("the dump's JSON")
-    };
-    let report = dump_json(first.path(), &["--keep-tracking"]);
+    let report = dump_json(&w, first.path(), &["--leave-running", "--keep-tracking"]);
     let holder = report["tracking"]["holder"].as_i64().expect("a holder") as i32;
     let state = Path::new("/run/stasis/tracking").join(format!("{holder}.json"));
     assert!(state.exists(), "no {}", state.display());
-    assert!(std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "nothing registered");
+    assert!(registered(w.pid), "nothing registered");
     kill(Pid::from_raw(holder), Signal::SIGKILL).unwrap();
     assert!(util::workload::wait_gone(holder, Duration::from_secs(10)), "holder {holder} still runs");
-    assert!(!std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap().contains(" uw"), "left registered");
+    assert!(!registered(w.pid), "left registered");
     let parent = first.path().to_str().unwrap().to_owned();
-    let report = dump_json(second.path(), &["--parent", &parent]);
+    let report = dump_json(&w, second.path(), &["--leave-running", "--parent", &parent]);
     assert!(!state.exists(), "the state file of the killed holder is still there");
     let pre = &report["pre_copy"];
     assert_eq!(pre["resumed"], 0, "{report}");

@@ -117,10 +117,17 @@ fn leave_running(name: &str) {
     w.wait_running();
     let images = tempfile::tempdir().unwrap();
     dump(&w, images.path(), &["--leave-running"]);
+    restored_copy_is_behind(&mut w, images.path());
+}
+
+/// Once the original (left running by a dump) has gone on well past it,
+/// kill it and restore from `images`: the restored tree starts from the
+/// dump, so it is behind.
+fn restored_copy_is_behind(w: &mut Workload, images: &Path) {
     let at_dump = w.progress().unwrap_or(0);
     let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
     w.kill();
-    restore(&w, images.path());
+    restore(w, images);
     let outcome = w.check_ok();
     assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
 }
@@ -266,12 +273,7 @@ fn fork_tree_with_write_tracking_kept_between_dumps() {
     let out = dump(&w, second.path(), &["--leave-running", "--parent", &parent, "--json"]);
     let report: serde_json::Value = serde_json::from_str(&out).expect("the dump's JSON");
     assert_eq!(report["pre_copy"]["resumed"], 5, "{report}");
-    let at_dump = w.progress().unwrap_or(0);
-    let last = w.wait_progress(at_dump + 150, Duration::from_secs(60));
-    w.kill();
-    restore(&w, second.path());
-    let outcome = w.check_ok();
-    assert!(outcome.generation < last, "restored at generation {}, the original reached {last}", outcome.generation);
+    restored_copy_is_behind(&mut w, second.path());
 }
 
 /// A child forked with CLONE_FILES shares its parent's fd table again

@@ -103,35 +103,10 @@ fn hash_and_compress_run<'a>(
 
 /// Chunks of the parent chain read lately by a writer, to be read again:
 /// a live snapshot's windows are put together from the parent's chunks
-/// ([`ImageWriter::prefetch`], [`ImageWriter::read_chunk`]) which are then
-/// the bases of their delta frames. Reading one decompresses it and hashes
-/// it; this saves the second time.
-#[derive(Debug, Default)]
-struct Recent {
-    chunks: HashMap<ChunkId, Arc<Vec<u8>>>,
-    bytes: usize,
-}
-
-/// The bytes [`Recent`] holds at most (all of it let go when full).
-const RECENT_MAX: usize = 32 << 20;
-
-impl Recent {
-    fn get(recent: &Mutex<Recent>, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        recent.lock().expect("not poisoned").chunks.get(id).cloned()
-    }
-
-    fn keep(recent: &Mutex<Recent>, id: ChunkId, data: Arc<Vec<u8>>) {
-        let mut r = recent.lock().expect("not poisoned");
-        if r.bytes + data.len() > RECENT_MAX {
-            r.chunks.clear();
-            r.bytes = 0;
-        }
-        r.bytes += data.len();
-        if let Some(old) = r.chunks.insert(id, data) {
-            r.bytes -= old.len();
-        }
-    }
-}
+/// ([`ImageWriter::read_chunks`]) which are then the bases of their delta
+/// frames. Reading one decompresses it and checks it; this saves the
+/// second time.
+type Recent = Mutex<HashMap<ChunkId, Arc<Vec<u8>>>>;
 
 /// The delta frame ([`crate::delta`]) of the window at an address, of the
 /// bytes given, when one is shorter than the length given.
@@ -142,13 +117,13 @@ type Delta<'a> = dyn Fn(u64, &[u8], usize) -> Option<Vec<u8>> + Sync + 'a;
 fn delta_on_parent(
     parent: Option<&Image>,
     bases: Option<&HashMap<u64, ChunkId>>,
-    recent: Option<&Mutex<Recent>>,
+    recent: Option<&Recent>,
     at: u64,
     data: &[u8],
     than: usize,
 ) -> Option<Vec<u8>> {
     let id = bases?.get(&at)?;
-    let base = match recent.and_then(|r| Recent::get(r, id)) {
+    let base = match recent.and_then(|r| r.lock().expect("not poisoned").get(id).cloned()) {
         Some(base) => base,
         None => Arc::new(parent?.read_chunk(id).ok()?),
     };
@@ -469,7 +444,7 @@ pub struct ImageWriter {
     /// process may use reads its cgroup's files).
     threads: usize,
     /// The parent chain's chunks read lately.
-    recent: Mutex<Recent>,
+    recent: Recent,
 }
 
 impl ImageWriter {
@@ -639,16 +614,11 @@ impl ImageWriter {
     pub fn read_chunk(&mut self, id: &ChunkId) -> Result<Vec<u8>, WriteError> {
         use std::os::unix::fs::FileExt;
         let Some(e) = self.table.get(id).copied() else {
-            if let Some(data) = Recent::get(&self.recent, id) {
-                return Ok(Vec::clone(&data));
-            }
             let parent = self.parent.as_ref().ok_or(WriteError::ChunkMissing { id: *id })?;
-            let data = parent
+            return parent
                 .0
                 .read_chunk(id)
-                .map_err(|source| WriteError::Parent { path: parent.0.dir().to_owned(), source: Box::new(source) })?;
-            Recent::keep(&self.recent, *id, Arc::new(data.clone()));
-            return Ok(data);
+                .map_err(|source| WriteError::Parent { path: parent.0.dir().to_owned(), source: Box::new(source) });
         };
         let io = |source| WriteError::Io { path: self.pack_path.clone(), source };
         let pack = self.pack.as_mut().expect("pack is open until finish");
@@ -679,51 +649,46 @@ impl ImageWriter {
         self.threads
     }
 
-    /// [`ImageWriter::read_chunk`], shared: a chunk of the parent chain
-    /// read lately ([`ImageWriter::prefetch`]) is not copied.
-    pub fn read_chunk_shared(&mut self, id: &ChunkId) -> Result<Arc<Vec<u8>>, WriteError> {
-        if !self.table.contains_key(id) {
-            if let Some(data) = Recent::get(&self.recent, id) {
-                return Ok(data);
+    /// [`ImageWriter::read_chunk`] of each of `ids`: those of the parent
+    /// chain on all cores (checked by their frame checks), kept for the
+    /// delta frames of windows of the same addresses, which read them
+    /// again, instead of those read before. A live snapshot reads the
+    /// chunks a group of windows needs ahead of putting them together.
+    pub fn read_chunks(&mut self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Arc<Vec<u8>>>, WriteError> {
+        let mut theirs: Vec<ChunkId> = ids.iter().filter(|id| !self.table.contains_key(id)).copied().collect();
+        theirs.sort_unstable_by_key(|id| id.0);
+        theirs.dedup();
+        let mut recent = HashMap::new();
+        if let Some((parent, _)) = self.parent.as_ref().filter(|_| !theirs.is_empty()) {
+            let per = theirs.len().div_ceil(self.threads());
+            let read: Vec<(ChunkId, Vec<u8>)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = theirs
+                    .chunks(per)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            // One that cannot be read is read again below,
+                            // to say why.
+                            let read = part.iter().filter_map(|id| Some((*id, parent.read_chunk_by_frame(id).ok()?)));
+                            read.collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().expect("chunk reader panicked")).collect::<Vec<_>>()
+            });
+            recent.extend(read.into_iter().map(|(id, data)| (id, Arc::new(data))));
+        }
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if !out.contains_key(id) {
+                let data = match recent.get(id) {
+                    Some(data) => Arc::clone(data),
+                    None => Arc::new(self.read_chunk(id)?),
+                };
+                out.insert(*id, data);
             }
         }
-        self.read_chunk(id).map(Arc::new)
-    }
-
-    /// Read the chunks of `ids` the parent chain holds (not this image),
-    /// on all cores, for [`ImageWriter::read_chunk`] (and the delta frames
-    /// of windows of the same addresses) to find them read, instead of
-    /// those read before: a live snapshot going on from the parent's
-    /// chunks reads a group of windows' ahead of putting them together.
-    /// Chunks that cannot be read are left to `read_chunk` (which says
-    /// why).
-    pub fn prefetch(&self, ids: &[ChunkId]) {
-        let Some((parent, _)) = &self.parent else { return };
-        // What was read for the windows before is not needed again.
-        *self.recent.lock().expect("not poisoned") = Recent::default();
-        let mut wanted: Vec<ChunkId> = ids
-            .iter()
-            .filter(|id| !self.table.contains_key(id) && Recent::get(&self.recent, id).is_none())
-            .copied()
-            .collect();
-        wanted.sort_unstable_by_key(|id| id.0);
-        wanted.dedup();
-        if wanted.is_empty() {
-            return;
-        }
-        let per = wanted.len().div_ceil(self.threads());
-        let recent = &self.recent;
-        std::thread::scope(|scope| {
-            for part in wanted.chunks(per) {
-                scope.spawn(move || {
-                    for id in part {
-                        if let Ok(data) = parent.read_chunk_by_frame(id) {
-                            Recent::keep(recent, *id, Arc::new(data));
-                        }
-                    }
-                });
-            }
-        });
+        *self.recent.lock().expect("not poisoned") = recent;
+        Ok(out)
     }
 
     /// Record chunk `id`, stored before ([`ImageWriter::store_chunk`]), as

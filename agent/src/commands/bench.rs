@@ -492,7 +492,8 @@ fn one_run(
     // A live snapshot lets the workload run on (its frozen time is then
     // the freeze alone, not the image's write); it is killed after.
     // Kept tracking is taken back by a live snapshot's copy ahead.
-    opts.pre_copy = live || args.keep_tracking;
+    let pre_copy = live || args.keep_tracking;
+    opts.pre_copy = pre_copy;
     opts.leave_running = live;
     opts.write.compression = args.compress.into();
     // Deleted when the run ends, whichever way.
@@ -506,7 +507,6 @@ fn one_run(
         _snapshot = Some(BenchSnapshot { volume: Arc::clone(&v.volume), name });
     }
     let dumped = dump::dump(&opts).with_context(|| format!("dump of process {} failed", wl.pid))?;
-    let opts_pre_copy = opts.pre_copy;
     let image_bytes = dir_bytes(&images);
     match live {
         true => wl.kill_and_reap()?,
@@ -551,7 +551,7 @@ fn one_run(
         restore_us: restored.total_us,
         volume_us: volume.map(|_| phase_us("volume snapshot")),
         rollback_us,
-        pre_copy_us: opts_pre_copy.then(|| phase_us("pre-copy")),
+        pre_copy_us: pre_copy.then(|| phase_us("pre-copy")),
         read_ahead_bytes: dumped.pre_copy.as_ref().map(|p| p.bytes_read),
         first_image_bytes,
         lazy_running_us: lazy.map(|(r, _)| r),

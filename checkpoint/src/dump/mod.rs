@@ -255,6 +255,8 @@ pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kep
     let mut writer = ImageWriter::create(&opts.images, write)?;
     let mut pre_copy_report = None;
     let mut pre_copy = None;
+    // Tracking is kept only for a tree left running.
+    let keep = opts.keep_tracking && opts.leave_running;
     if opts.pre_copy {
         match precopy::unavailable() {
             Some(why) if opts.max_freeze.is_some() => {
@@ -273,7 +275,6 @@ pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kep
                 // The tracking the last dump of these processes kept, if
                 // any, goes on here (and ends with this dump unless kept).
                 let kept = tracking::take_back(&listed.pids);
-                let keep = opts.keep_tracking && opts.leave_running;
                 let p = precopy::run(&listed.pids, &mut writer, opts.max_freeze, kept, keep)?;
                 for why in &p.untracked {
                     tracing::info!("copied in the freeze instead: {why}");
@@ -406,7 +407,6 @@ pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kep
     // runs again (it takes a walk of every page table entry it set, and
     // meanwhile a first write to a page only costs the writer a fault the
     // kernel resolves by itself).
-    let keep = opts.keep_tracking && !killed;
     if let Some(p) = pre_copy.as_mut().filter(|_| !keep) {
         p.stop_tracking();
     }
@@ -502,9 +502,7 @@ pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kep
     let kept = kept_tracking
         .into_iter()
         .filter_map(|(pid, uffd, ranges)| {
-            let stat = proc::stat(pid).ok()?;
-            let (mm, marks) = (*mm_of.get(&pid)?, tracking::marks(&stat));
-            Some(tracking::Kept::new(pid, stat.start_time, marks, mm, summary.manifest_hash, chunk_size, uffd, ranges))
+            tracking::Kept::now(pid, *mm_of.get(&pid)?, (summary.manifest_hash, chunk_size), uffd, ranges)
         })
         .collect();
     let report = DumpReport {

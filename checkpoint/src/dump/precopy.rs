@@ -100,12 +100,6 @@ impl Mirror {
         self.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(bytes)).is_ok()
     }
 
-    /// The parts of `[at, at + len)` as (address, offset, length); fails
-    /// for any part outside the registered mappings.
-    fn parts(&self, at: u64, len: u64) -> Result<Vec<(u64, usize, usize)>, String> {
-        parts(&self.bases, at, len)
-    }
-
     /// Copy the pages of `pid` at `pieces` (in address order, inside the
     /// registered mappings) into the mirror, on a few threads; returns the
     /// pieces copied and those that could not be read (unmapped meanwhile),
@@ -125,7 +119,7 @@ impl Mirror {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(&(at, end)) = pieces.get(i) else { break };
                             let ok = mem.as_ref().zip(pagemap.as_ref()).is_some_and(|(mem, pagemap)| {
-                                self.parts(at, end - at).is_ok_and(|parts| {
+                                parts(&self.bases, at, end - at).is_ok_and(|parts| {
                                     parts
                                         .iter()
                                         .all(|&(a, off, n)| self.fill_part(pid, mem, pagemap, a, off, n).is_ok())
@@ -848,38 +842,28 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
         // The chunks, read on all cores when the parent's (for a tracking
         // kept since it was written), here when this image's.
         let ids: Vec<ChunkId> = jobs.iter().flat_map(|j| j.fills.iter().map(|f| f.1)).collect();
-        writer.prefetch(&ids);
-        let mut chunks: HashMap<ChunkId, Arc<Vec<u8>>> = HashMap::new();
-        for id in ids {
-            if let std::collections::hash_map::Entry::Vacant(v) = chunks.entry(id) {
-                v.insert(writer.read_chunk_shared(&id).map_err(MemoryError::Write)?);
-            }
-        }
+        let chunks = writer.read_chunks(&ids).map_err(MemoryError::Write)?;
+        // The windows one after another, as the runs they make.
         if arena.len() < bytes as usize {
             arena.resize(bytes as usize, 0);
         }
-        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(runs.len());
-        let mut free = &mut arena[..];
-        for &(_, len) in &runs {
-            let (buf, after) = std::mem::take(&mut free).split_at_mut(len as usize);
-            bufs.push(buf);
-            free = after;
-        }
         let mut slices: Vec<&mut [u8]> = Vec::with_capacity(jobs.len());
-        let mut jobs_left = &jobs[..];
-        for buf in &mut bufs {
-            let mut left = &mut buf[..];
-            while !left.is_empty() {
-                let (job, others) = jobs_left.split_first().expect("a job for each window of a run");
-                let (window, after) = std::mem::take(&mut left).split_at_mut(job.len as usize);
-                slices.push(window);
-                left = after;
-                jobs_left = others;
-            }
+        let mut free = &mut arena[..];
+        for job in &jobs {
+            let (window, after) = std::mem::take(&mut free).split_at_mut(job.len as usize);
+            slices.push(window);
+            free = after;
         }
         let mirror = copied.mirror.reader();
         put_together(&jobs, slices, mirror, &chunks, threads).map_err(|what| MemoryError::Mirror { pid, what })?;
-        let runs: Vec<(u64, &[u8])> = runs.iter().zip(bufs).map(|(&(at, _), b)| (at, &*b)).collect();
+        let mut at = 0;
+        let runs: Vec<(u64, &[u8])> = runs
+            .iter()
+            .map(|&(start, len)| {
+                at += len as usize;
+                (start, &arena[at - len as usize..at])
+            })
+            .collect();
         writer.add_memory_runs(pending.mm, &runs).map_err(MemoryError::Write)?;
     }
     Ok(used)

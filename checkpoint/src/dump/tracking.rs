@@ -68,18 +68,19 @@ pub struct Kept {
 }
 
 impl Kept {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    /// The tracking of `pid` (as it is now: its start time and marks)
+    /// through `uffd`, for address space `mm` of image `image`; none for a
+    /// process gone.
+    pub(crate) fn now(
         pid: Pid,
-        start_time: u64,
-        marks: [u64; 3],
         mm: u32,
-        image: [u8; 32],
-        chunk_size: u32,
+        (image, chunk_size): ([u8; 32], u32),
         uffd: Userfaultfd,
         registered: Vec<Range<u64>>,
-    ) -> Kept {
-        Kept { pid, start_time, marks, mm, image, chunk_size, uffd: Some(uffd), registered }
+    ) -> Option<Kept> {
+        let stat = proc::stat(pid).ok()?;
+        let (start_time, marks) = (stat.start_time, marks(&stat));
+        Some(Kept { pid, start_time, marks, mm, image, chunk_size, uffd: Some(uffd), registered })
     }
 
     /// The userfaultfd and the ranges registered with it, for the next
@@ -87,11 +88,6 @@ impl Kept {
     pub(crate) fn into_parts(mut self) -> (Userfaultfd, Vec<Range<u64>>) {
         let uffd = self.uffd.take().expect("held until taken");
         (uffd, std::mem::take(&mut self.registered))
-    }
-
-    /// Bytes of the ranges registered.
-    pub fn registered_bytes(&self) -> u64 {
-        self.registered.iter().map(|r| r.end - r.start).sum()
     }
 }
 
@@ -162,8 +158,9 @@ fn start_time(pid: Pid) -> Option<u64> {
     proc::stat(pid).ok().map(|s| s.start_time)
 }
 
-/// Where the stack, arguments and environment of `pid` start ([`Kept::marks`]).
-pub(crate) fn marks(stat: &proc::Stat) -> [u64; 3] {
+/// Where the stack, arguments and environment of a process start
+/// ([`Kept::marks`]).
+fn marks(stat: &proc::Stat) -> [u64; 3] {
     [stat.start_stack, stat.arg_start, stat.env_start]
 }
 
@@ -337,7 +334,8 @@ pub fn take_back(pids: &[Pid]) -> Vec<Kept> {
             let registered = p.ranges.iter().map(|&[s, e]| s..e).collect();
             let uffd = Userfaultfd::adopt(fd, p.features);
             let pid = Pid::from_raw(p.pid);
-            let k = Kept::new(pid, p.start_time, p.marks, p.mm, image, p.chunk_size, uffd, registered);
+            let (start_time, marks_then, mm, chunk_size) = (p.start_time, p.marks, p.mm, p.chunk_size);
+            let k = Kept { pid, start_time, marks: marks_then, mm, image, chunk_size, uffd: Some(uffd), registered };
             // After an exec the userfaultfd is of the old address space:
             // of no use (nothing of the new one is registered).
             match proc::stat(pid).map(|s| marks(&s) == p.marks) {
