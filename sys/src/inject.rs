@@ -83,6 +83,10 @@ use crate::process_vm::{self, RemoteAddr};
 use crate::ptrace::{self, Seized, Stop, PTRACE_EVENT_STOP};
 use crate::regs::{self, GpRegs, SyscallStop};
 
+mod batch;
+
+pub use batch::{Answer, Arg, Call, Ran};
+
 /// How long each wait for a stop of the tracee may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -245,14 +249,25 @@ pub enum Error {
         /// What it reported.
         stop: Stop,
     },
-    /// A SIGSTOP intercepted during the injection could not be sent again.
-    #[error("cannot send thread {tid} the SIGSTOP intercepted during injection")]
+    /// A signal intercepted during the injection could not be sent again.
+    #[error("cannot send thread {tid} the {signal} intercepted during injection")]
     Resignal {
         /// The thread.
         tid: Pid,
+        /// The signal.
+        signal: Signal,
         /// The kernel's answer.
         #[source]
         errno: Errno,
+    },
+    /// The code of a batch could not be written into the thread's memory.
+    #[error("cannot write the code of a batch of system calls into thread {tid} (/proc/{tid}/mem)")]
+    WriteCode {
+        /// The thread.
+        tid: Pid,
+        /// The write error.
+        #[source]
+        source: io::Error,
     },
     /// An operation failed and so did putting the thread back.
     #[error("{error}; putting thread {tid} back failed too: {rollback}")]
@@ -351,6 +366,9 @@ pub struct Injection<'a> {
     scratch: Option<RemoteScratch>,
     /// A SIGSTOP intercepted during the injection, sent again at the end.
     held_sigstop: bool,
+    /// A SIGTRAP sent to the thread while a batch ran, sent again at the
+    /// end.
+    held_sigtrap: bool,
     /// `PTRACE_GETEVENTMSG` of the last fork/clone event (the new tid).
     last_event_msg: Option<u64>,
     done: bool,
@@ -380,6 +398,7 @@ impl Seized {
             timeout: DEFAULT_TIMEOUT,
             scratch: None,
             held_sigstop: false,
+            held_sigtrap: false,
             last_event_msg: None,
             done: false,
         })
@@ -793,7 +812,18 @@ impl Injection<'_> {
                     if std::mem::take(&mut self.held_sigstop) {
                         // Queued while the thread is stopped; it will take
                         // its delivery-stop (or group stop) when resumed.
-                        nix::sys::signal::kill(tid, Signal::SIGSTOP).map_err(|errno| Error::Resignal { tid, errno })?;
+                        nix::sys::signal::kill(tid, Signal::SIGSTOP).map_err(|errno| Error::Resignal {
+                            tid,
+                            signal: Signal::SIGSTOP,
+                            errno,
+                        })?;
+                    }
+                    if std::mem::take(&mut self.held_sigtrap) {
+                        resend(tid, Signal::SIGTRAP).map_err(|errno| Error::Resignal {
+                            tid,
+                            signal: Signal::SIGTRAP,
+                            errno,
+                        })?;
                     }
                     return Ok(());
                 }
@@ -851,6 +881,17 @@ impl Drop for Injection<'_> {
     fn drop(&mut self) {
         let _ = self.finish_inner();
     }
+}
+
+/// `tgkill(tgid, tid, signal)`: `signal` to this thread only.
+fn resend(tid: Pid, signal: Signal) -> Result<(), Errno> {
+    let tgid = std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse::<i32>().ok())))
+        .ok_or(Errno::ESRCH)?;
+    // SAFETY: tgkill takes three integers and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid.as_raw(), signal as i32) };
+    Errno::result(ret).map(drop)
 }
 
 fn le_u64s<const N: usize>(raw: &[u8]) -> [u64; N] {

@@ -7,7 +7,7 @@ use std::fs;
 use stasis_image::records::{
     AltStack, Creds, Itimer, KernelLayout, MmFields, Process, Rlimit, Rseq, SeccompFilter, SigAction, SigInfo, Thread,
 };
-use stasis_sys::inject::{find_syscall_site, Injection};
+use stasis_sys::inject::{find_syscall_site, Arg, Call, Ran};
 use stasis_sys::nix::libc;
 use stasis_sys::ptrace::Seized;
 use stasis_sys::Pid;
@@ -209,21 +209,37 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
             .into()));
     }
     let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
-    let (altstack, clear_child_tid, robust) = {
+    // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }; the
+    // clear_child_tid pointer; the robust list's head and length.
+    let calls = [
+        Call::out(libc::SYS_sigaltstack, [0; 6], 1, 24),
+        Call::out(libc::SYS_prctl, [libc::PR_GET_TID_ADDRESS as u64, 0, 0, 0, 0, 0], 1, 8),
+        Call::new(
+            libc::SYS_get_robust_list,
+            [Arg::Value(0), Arg::Out(8), Arg::Out(8), Arg::Value(0), Arg::Value(0), Arg::Value(0)],
+        ),
+    ];
+    let answers = {
         let mut inj = s.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
-        let alt = inj.sigaltstack().map_err(|e| err(crate::chain(&e)))?;
-        let ctid = inj.get_tid_address().map_err(|e| err(crate::chain(&e)))?;
-        let robust = robust_list(&mut inj).map_err(|e| err(crate::chain(&e)))?;
+        let (answers, _) = inj.batch(&calls).map_err(|e| err(crate::chain(&e)))?;
         inj.finish().map_err(|e| err(crate::chain(&e)))?;
-        (alt, ctid, robust)
+        answers
     };
+    for (answer, call) in answers.iter().zip(&calls) {
+        answer.ok(tid, call.nr).map_err(|e| err(crate::chain(&e)))?;
+    }
+    let word = |raw: &[u8], i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let alt = &answers[0].out[0];
+    let altstack = AltStack { sp: word(alt, 0), flags: word(alt, 1) as u32 as i32, size: word(alt, 2) };
+    let clear_child_tid = word(&answers[1].out[0], 0);
+    let robust = (word(&answers[2].out[0], 0), word(&answers[2].out[1], 0));
     Ok(Thread {
         tid: tid.as_raw(),
         gpregs: regs.to_bytes().to_vec(),
         xstate: xstate.into_bytes(),
         sigmask,
         pending: pending.into_iter().map(|p| SigInfo { raw: p.0.to_vec() }).collect(),
-        altstack: Some(AltStack { sp: altstack.sp, flags: altstack.flags, size: altstack.size }),
+        altstack: Some(altstack),
         rseq: rseq.map(|r| Rseq {
             abi: r.rseq_abi_pointer,
             len: r.rseq_abi_size,
@@ -260,15 +276,6 @@ fn hands_to_listener(program: &[u8]) -> bool {
     })
 }
 
-/// `get_robust_list(0, &head, &len)` of the injected thread.
-fn robust_list(inj: &mut Injection<'_>) -> Result<(u64, u64), stasis_sys::inject::Error> {
-    let at = inj.scratch()?.addr().0;
-    inj.syscall_ok(libc::SYS_get_robust_list, [0, at, at + 8, 0, 0, 0])?;
-    let mut raw = [0u8; 16];
-    inj.scratch()?.read(0, &mut raw)?;
-    Ok((u64::from_le_bytes(raw[..8].try_into().expect("8")), u64::from_le_bytes(raw[8..].try_into().expect("8"))))
-}
-
 /// Process-wide state only the process itself can report.
 struct Injected {
     sigactions: Vec<SigAction>,
@@ -285,73 +292,98 @@ fn injected(
     main: &mut Seized,
     timers: &mut [stasis_image::records::PosixTimer],
 ) -> Result<Injected, DumpError> {
+    use stasis_image::records::membarrier as mb;
     let err = |what: String| DumpError::Thread { tid: pid, what };
+    let fail = |what: &str, e: stasis_sys::inject::Error| err(format!("{what}: {}", crate::chain(&e)));
+    // Every signal but SIGKILL and SIGSTOP, whose disposition is fixed.
+    let signals: Vec<i32> = (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP).collect();
+    let get = |nr: i64, first: u64, len: usize| Call::out(nr, [first, 0, 0, 0, 0, 0], 1, len);
+    let mut calls: Vec<Call> =
+        signals.iter().map(|&sig| Call::out(libc::SYS_rt_sigaction, [sig as u64, 0, 0, 8, 0, 0], 2, 32)).collect();
+    // struct itimerval { it_interval, it_value }, each timeval { sec, usec }.
+    calls.extend((0..3).map(|which| get(libc::SYS_getitimer, which, 32)));
+    calls.push(get(libc::SYS_prctl, libc::PR_GET_PDEATHSIG as u64, 4));
+    calls.push(Call::new(libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0].map(Arg::Value)));
+    calls.push(get(libc::SYS_prctl, libc::PR_GET_CHILD_SUBREAPER as u64, 4));
+    calls.push(Call::new(libc::SYS_brk, [Arg::Value(0); 6]));
+    // struct itimerspec { it_interval, it_value }, each { sec, nsec }.
+    calls.extend(timers.iter().map(|t| get(libc::SYS_timer_gettime, t.id as u64, 32)));
+    calls.extend(
+        MEMBARRIER_QUERIES
+            .iter()
+            .map(|&(cmd, _)| Call::new(libc::SYS_membarrier, [u64::from(cmd), 0, 0, 0, 0, 0].map(Arg::Value))),
+    );
+
     let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
     let mut inj = main.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
-    let mut sigactions = Vec::new();
-    // Every signal but SIGKILL and SIGSTOP, whose disposition is fixed.
-    for sig in (1..=64).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
-        let a = inj.sigaction(sig).map_err(|e| err(format!("sigaction({sig}): {e}")))?;
-        sigactions.push(SigAction {
-            signal: sig,
-            handler: a.handler,
-            flags: a.flags,
-            restorer: a.restorer,
-            mask: a.mask,
-        });
-    }
-    let mut itimers = Vec::new();
-    for which in 0..3 {
-        let t = inj.getitimer(which).map_err(|e| err(format!("getitimer({which}): {e}")))?;
-        itimers.push(Itimer { interval_us: t.interval_us, value_us: t.value_us });
-    }
-    let pdeathsig = inj.prctl_get_int(libc::PR_GET_PDEATHSIG).map_err(|e| err(crate::chain(&e)))?;
-    let dumpable = inj.prctl(libc::PR_GET_DUMPABLE, [0; 4]).map_err(|e| err(crate::chain(&e)))? as i32;
-    let child_subreaper = inj.prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).map_err(|e| err(crate::chain(&e)))? != 0;
-    let brk = inj.syscall(libc::SYS_brk, [0; 6]).map_err(|e| err(format!("brk(0): {e}")))? as u64;
-    for t in timers.iter_mut() {
-        // struct itimerspec { it_interval, it_value }, each { sec, nsec }.
-        let at = inj.scratch().map_err(|e| err(crate::chain(&e)))?.addr().0;
-        inj.syscall_ok(libc::SYS_timer_gettime, [t.id as u64, at, 0, 0, 0, 0])
-            .map_err(|e| err(format!("timer_gettime({}): {}", t.id, crate::chain(&e))))?;
-        let mut raw = [0u8; 32];
-        inj.scratch().map_err(|e| err(crate::chain(&e)))?.read(0, &mut raw).map_err(|e| err(crate::chain(&e)))?;
-        let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        t.interval_ns = w(0) * 1_000_000_000 + w(1);
-        t.value_ns = w(2) * 1_000_000_000 + w(3);
-    }
-    let membarrier = membarrier(&mut inj).map_err(|e| err(format!("membarrier: {e}")))?;
+    let (answers, ran) = inj.batch(&calls).map_err(|e| err(crate::chain(&e)))?;
     inj.finish().map_err(|e| err(crate::chain(&e)))?;
+    if let Ran::OneByOne(why) = ran {
+        tracing::debug!(%pid, why, "process state read one system call at a time");
+    }
+
+    let mut answers = answers.iter();
+    let mut next = |what: &str, nr: i64| -> Result<&stasis_sys::inject::Answer, DumpError> {
+        let answer = answers.next().expect("one answer per call");
+        answer.ok(pid, nr).map_err(|e| fail(what, e))?;
+        Ok(answer)
+    };
+    let words = |raw: &[u8]| -> Vec<u64> {
+        raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes"))).collect()
+    };
+    let int = |raw: &[u8]| i32::from_le_bytes(raw[..4].try_into().expect("4 bytes"));
+    let mut sigactions = Vec::with_capacity(signals.len());
+    for &sig in &signals {
+        let a = words(&next(&format!("sigaction({sig})"), libc::SYS_rt_sigaction)?.out[0]);
+        sigactions.push(SigAction { signal: sig, handler: a[0], flags: a[1], restorer: a[2], mask: a[3] });
+    }
+    let mut itimers = Vec::with_capacity(3);
+    for which in 0..3 {
+        let t = words(&next(&format!("getitimer({which})"), libc::SYS_getitimer)?.out[0]);
+        itimers.push(Itimer { interval_us: t[0] * 1_000_000 + t[1], value_us: t[2] * 1_000_000 + t[3] });
+    }
+    let pdeathsig = int(&next("PR_GET_PDEATHSIG", libc::SYS_prctl)?.out[0]);
+    let dumpable = next("PR_GET_DUMPABLE", libc::SYS_prctl)?.ret as i32;
+    let child_subreaper = int(&next("PR_GET_CHILD_SUBREAPER", libc::SYS_prctl)?.out[0]) != 0;
+    let brk = next("brk(0)", libc::SYS_brk)?.ret as u64;
+    for t in timers.iter_mut() {
+        let w = words(&next(&format!("timer_gettime({})", t.id), libc::SYS_timer_gettime)?.out[0]);
+        t.interval_ns = w[0] * 1_000_000_000 + w[1];
+        t.value_ns = w[2] * 1_000_000_000 + w[3];
+    }
+    // The membarrier answers are read raw: their errors are answers too.
+    let mut membarrier = 0;
+    for (&(cmd, registers), answer) in MEMBARRIER_QUERIES.iter().zip(answers) {
+        if cmd == mb::GET_REGISTRATIONS {
+            if answer.ret >= 0 {
+                membarrier |= answer.ret as u32 & registers;
+            }
+        } else if answer.ret == 0 {
+            membarrier |= registers;
+        }
+    }
     Ok(Injected { sigactions, itimers, pdeathsig, dumpable, child_subreaper, brk, membarrier })
 }
 
-/// The membarrier(2) registrations of the address space, as the
-/// `MEMBARRIER_CMD_REGISTER_*` commands a restore issues again. A private
-/// expedited kind is registered when its barrier does not fail with EPERM
-/// (the barrier itself is harmless: every thread is stopped); registering
-/// the SYNC_CORE or RSEQ kind marks the plain kind registered but not
-/// usable, which registering the same commands again repeats. A global
-/// expedited registration shows only through
-/// `MEMBARRIER_CMD_GET_REGISTRATIONS` (Linux 6.3).
-fn membarrier(inj: &mut Injection<'_>) -> Result<u32, stasis_sys::inject::Error> {
+/// The membarrier(2) calls that tell the registrations of the address
+/// space, as the `MEMBARRIER_CMD_REGISTER_*` commands a restore issues
+/// again, with the registrations each reveals. A private expedited kind is
+/// registered when its barrier does not fail with EPERM (the barrier itself
+/// is harmless: every thread is stopped; EINVAL or ENOSYS: not in this
+/// kernel); registering the SYNC_CORE or RSEQ kind marks the plain kind
+/// registered but not usable, which registering the same commands again
+/// repeats. A global expedited registration shows only through
+/// `MEMBARRIER_CMD_GET_REGISTRATIONS` (Linux 6.3), whose answer is masked
+/// with the registration given here.
+const MEMBARRIER_QUERIES: [(u32, u32); 4] = {
     use stasis_image::records::membarrier as mb;
-    let mut registered = 0;
-    let all = inj.syscall(libc::SYS_membarrier, [mb::GET_REGISTRATIONS.into(), 0, 0, 0, 0, 0])?;
-    if all >= 0 && all as u32 & mb::REGISTER_GLOBAL_EXPEDITED != 0 {
-        registered |= mb::REGISTER_GLOBAL_EXPEDITED;
-    }
-    for (barrier, register) in [
+    [
+        (mb::GET_REGISTRATIONS, mb::REGISTER_GLOBAL_EXPEDITED),
         (mb::PRIVATE_EXPEDITED, mb::REGISTER_PRIVATE_EXPEDITED),
         (mb::PRIVATE_EXPEDITED_SYNC_CORE, mb::REGISTER_PRIVATE_EXPEDITED_SYNC_CORE),
         (mb::PRIVATE_EXPEDITED_RSEQ, mb::REGISTER_PRIVATE_EXPEDITED_RSEQ),
-    ] {
-        // 0: registered; EPERM: not; EINVAL or ENOSYS: not in this kernel.
-        if inj.syscall(libc::SYS_membarrier, [barrier.into(), 0, 0, 0, 0, 0])? == 0 {
-            registered |= register;
-        }
-    }
-    Ok(registered)
-}
+    ]
+};
 
 /// The layout of the kernel's special mappings, and the vdso's hash.
 pub(super) fn kernel_layout(pid: Pid, maps: &[Mapping]) -> KernelLayout {
