@@ -29,6 +29,13 @@ impl std::fmt::Debug for ProgressFn {
     }
 }
 
+/// The CPUs this process may use, asked once: `available_parallelism`
+/// reads the cgroup's cpu.max and the affinity mask each time.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// An error and its causes as one line, for errors that are flattened into a
 /// message (the typed source would otherwise be lost).
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {

@@ -54,6 +54,12 @@ use crate::proc;
 
 /// How long a process may take to stop for the injection that makes its
 /// userfaultfd; one that does not is copied in the freeze instead.
+/// A part of the mirror this small is read through /proc/PID/mem at once:
+/// one call, and no pin (see [`memory::runs_by_sharing`]), where asking
+/// pagemap first which pages the process maps alone would be a second.
+/// Most of what is written between the last copy and the freeze comes in
+/// such small parts, scattered.
+const SMALL_PART: usize = 64 << 10;
 const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Rounds of copying what was written, at most, after the first copy.
 const MAX_ROUNDS: usize = 10;
@@ -105,7 +111,7 @@ impl Mirror {
     /// pieces copied and those that could not be read (unmapped meanwhile),
     /// as `[start, end)` pairs in address order.
     pub fn fill(&self, pid: Pid, pieces: &[(u64, u64)]) -> (Vec<u64>, Vec<u64>) {
-        let readers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let readers = crate::cores().clamp(1, 4);
         let next = AtomicUsize::new(0);
         let (mut got, mut failed) = (Vec::new(), Vec::new());
         std::thread::scope(|scope| {
@@ -143,6 +149,9 @@ impl Mirror {
     /// Copy `n` bytes of `pid` at `addr` into the mirror at `off`, as
     /// [`memory::runs_by_sharing`] says.
     fn fill_part(&self, pid: Pid, mem: &ProcMem, pagemap: &Pagemap, addr: u64, off: usize, n: usize) -> Result<(), ()> {
+        if n <= SMALL_PART {
+            return mem.read_into(RemoteAddr(addr), &self.buf, off, n).map_err(drop);
+        }
         for (from, len, alone) in memory::runs_by_sharing(pagemap, addr, n).map_err(drop)? {
             let done = if alone { self.buf.fill_from_process(pid, addr + from as u64, off + from, len) } else { 0 };
             if done < len {
@@ -782,7 +791,7 @@ pub fn assemble(pending: &Pending, copied: &mut Copied, writer: &mut ImageWriter
     let mut used = 0;
     let windows: Vec<(u64, u64)> =
         pending.runs.iter().flat_map(|&(start, end)| writer.windows(start, end - start).collect::<Vec<_>>()).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let threads = crate::cores().clamp(1, 4);
     let mut next = 0;
     // The windows' bytes, for one group after another: every byte of a
     // window is written over (from the mirror or a chunk) before it is

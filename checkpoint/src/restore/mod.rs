@@ -2202,7 +2202,7 @@ fn write_memory(
     let total: u64 = chunks.iter().map(|c| c.1).sum();
     // On all cores: each worker takes the next piece, reads its chunks
     // (decompressed, their hashes checked) and writes them.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunks.len().div_ceil(PIECE));
+    let workers = crate::cores().min(chunks.len().div_ceil(PIECE));
     use std::sync::atomic::{AtomicUsize, Ordering};
     let pieces = chunks.len().div_ceil(PIECE);
     let next = AtomicUsize::new(0);
