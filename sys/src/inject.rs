@@ -85,7 +85,7 @@ use crate::regs::{self, GpRegs, SyscallStop};
 
 mod batch;
 
-pub use batch::{Answer, Arg, Call, Ran};
+pub use batch::{Answer, Arg, BatchArea, Call, Ran};
 
 /// How long each wait for a stop of the tracee may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -7,8 +7,9 @@ use std::fs;
 use stasis_image::records::{
     AltStack, Creds, Itimer, KernelLayout, MmFields, Process, Rlimit, Rseq, SeccompFilter, SigAction, SigInfo, Thread,
 };
-use stasis_sys::inject::{find_syscall_site, Arg, Call, Ran};
+use stasis_sys::inject::{find_syscall_site, Arg, BatchArea, Call, Ran};
 use stasis_sys::nix::libc;
+use stasis_sys::process_vm::RemoteAddr;
 use stasis_sys::ptrace::Seized;
 use stasis_sys::Pid;
 
@@ -74,25 +75,42 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
     let main = frozen.threads()[0].pid();
     debug_assert_eq!(main, pid);
     let cgroups = crate::cgroups::parse(&proc::read(pid, "cgroup").map_err(proc_err("cgroup"))?);
-    let mut threads = Vec::new();
-    for seized in frozen.threads().iter_mut() {
-        let mut t = thread(pid, seized)?;
-        if t.tid != pid.as_raw() {
-            // Where a thread's cgroups differ from its process's.
-            let own = proc::read(pid, &format!("task/{}/cgroup", t.tid)).map_err(proc_err("a thread's cgroup"))?;
-            t.cgroups = crate::cgroups::parse(&own).into_iter().filter(|c| !cgroups.contains(c)).collect();
+    // The calls injected into the threads and the process run as batches
+    // in one area, made in the main thread's injection and unmapped in the
+    // process's (below), or on the way out of an error.
+    let site = find_syscall_site(pid).map_err(|e| DumpError::Thread { tid: pid, what: crate::chain(&e) })?;
+    let mut area = None;
+    let mut collected = || -> Result<_, DumpError> {
+        let mut threads = Vec::new();
+        for seized in frozen.threads().iter_mut() {
+            let mut t = thread(pid, seized, site, &mut area)?;
+            if t.tid != pid.as_raw() {
+                // Where a thread's cgroups differ from its process's.
+                let own = proc::read(pid, &format!("task/{}/cgroup", t.tid)).map_err(proc_err("a thread's cgroup"))?;
+                t.cgroups = crate::cgroups::parse(&own).into_iter().filter(|c| !cgroups.contains(c)).collect();
+            }
+            threads.push(t);
         }
-        threads.push(t);
+        let shared_pending: Vec<SigInfo> = frozen.threads()[0]
+            .peek_siginfo(true)
+            .map_err(|e| DumpError::Thread { tid: pid, what: crate::chain(&e) })?
+            .into_iter()
+            .map(|s| SigInfo { raw: s.0.to_vec() })
+            .collect();
+        let mut posix_timers = super::timers::parse(&proc::read(pid, "timers").map_err(proc_err("timers"))?)
+            .map_err(|e| proc_err("timers")(std::io::Error::other(e)))?;
+        let injected = injected(pid, &mut frozen.threads()[0], &mut posix_timers, site, &mut area)?;
+        Ok((threads, shared_pending, posix_timers, injected))
+    };
+    let collected = collected();
+    if let Some(area) = area.take() {
+        // Best effort: the dump fails anyway.
+        if let Ok(mut inj) = frozen.threads()[0].begin_injection(site) {
+            let _ = area.unmap(&mut inj);
+            let _ = inj.finish();
+        }
     }
-    let shared_pending = frozen.threads()[0]
-        .peek_siginfo(true)
-        .map_err(|e| DumpError::Thread { tid: pid, what: crate::chain(&e) })?
-        .into_iter()
-        .map(|s| SigInfo { raw: s.0.to_vec() })
-        .collect();
-    let mut posix_timers = super::timers::parse(&proc::read(pid, "timers").map_err(proc_err("timers"))?)
-        .map_err(|e| proc_err("timers")(std::io::Error::other(e)))?;
-    let injected = injected(pid, &mut frozen.threads()[0], &mut posix_timers)?;
+    let (threads, shared_pending, posix_timers, injected) = collected?;
 
     Ok(Process {
         pid: pid.as_raw(),
@@ -171,7 +189,7 @@ fn creds(status: &proc::Status) -> Creds {
 }
 
 /// One thread's registers, signal state and attributes.
-fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
+fn thread(pid: Pid, s: &mut Seized, site: RemoteAddr, area: &mut Option<BatchArea>) -> Result<Thread, DumpError> {
     let tid = s.pid();
     let err = |what: String| DumpError::Thread { tid, what };
     let regs = s.get_regs().map_err(|e| err(crate::chain(&e)))?;
@@ -208,7 +226,6 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
                         could not connect again (not supported)"
             .into()));
     }
-    let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
     // stack_t { void *ss_sp; int ss_flags; size_t ss_size; }; the
     // clear_child_tid pointer; the robust list's head and length.
     let calls = [
@@ -221,7 +238,12 @@ fn thread(pid: Pid, s: &mut Seized) -> Result<Thread, DumpError> {
     ];
     let answers = {
         let mut inj = s.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
-        let (answers, _) = inj.batch(&calls).map_err(|e| err(crate::chain(&e)))?;
+        if area.is_none() {
+            // Where it cannot be made, each batch maps its own pages (or
+            // its calls go one by one).
+            *area = inj.batch_area(AREA_ROOM).ok();
+        }
+        let (answers, _) = inj.batch_in(area.as_ref(), &calls).map_err(|e| err(crate::chain(&e)))?;
         inj.finish().map_err(|e| err(crate::chain(&e)))?;
         answers
     };
@@ -276,6 +298,10 @@ fn hands_to_listener(program: &[u8]) -> bool {
     })
 }
 
+/// The bytes of tables and buffers the batch area of a process holds: the
+/// process's own batch (~80 calls, 7.5 KiB) with room for POSIX timers.
+const AREA_ROOM: usize = 16 << 10;
+
 /// Process-wide state only the process itself can report.
 struct Injected {
     sigactions: Vec<SigAction>,
@@ -291,6 +317,8 @@ fn injected(
     pid: Pid,
     main: &mut Seized,
     timers: &mut [stasis_image::records::PosixTimer],
+    site: RemoteAddr,
+    area: &mut Option<BatchArea>,
 ) -> Result<Injected, DumpError> {
     use stasis_image::records::membarrier as mb;
     let err = |what: String| DumpError::Thread { tid: pid, what };
@@ -314,9 +342,11 @@ fn injected(
             .map(|&(cmd, _)| Call::new(libc::SYS_membarrier, [u64::from(cmd), 0, 0, 0, 0, 0].map(Arg::Value))),
     );
 
-    let site = find_syscall_site(pid).map_err(|e| err(crate::chain(&e)))?;
     let mut inj = main.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
-    let (answers, ran) = inj.batch(&calls).map_err(|e| err(crate::chain(&e)))?;
+    let (answers, ran) = inj.batch_in(area.as_ref(), &calls).map_err(|e| err(crate::chain(&e)))?;
+    if let Some(area) = area.take() {
+        area.unmap(&mut inj).map_err(|e| err(crate::chain(&e)))?;
+    }
     inj.finish().map_err(|e| err(crate::chain(&e)))?;
     if let Ran::OneByOne(why) = ran {
         tracing::debug!(%pid, why, "process state read one system call at a time");

@@ -36,7 +36,9 @@
 //! process may map too): the first page holds the loop, written through
 //! /proc/TID/mem (which writes through page protections, as debuggers set
 //! breakpoints); the rest is made read + write for the table and the
-//! buffers the calls fill. It is unmapped before the batch returns.
+//! buffers the calls fill. It is unmapped before the batch returns, or,
+//! made as a [`BatchArea`], serves the batches of every thread of the
+//! process until it is unmapped.
 //!
 //! # The int3
 //!
@@ -164,16 +166,56 @@ enum Unavailable {
     Setup(Error),
 }
 
+/// Pages mapped in a tracee for batches: the loop, then room for the
+/// tables and buffers of batches of up to [`BatchArea::room`] bytes. Made
+/// by [`Injection::batch_area`] in one thread, usable by every thread of the
+/// process (they share its memory), so that each thread's batch costs no
+/// mapping of its own. Unmapping needs an injection: [`BatchArea::unmap`].
+#[derive(Debug)]
+pub struct BatchArea {
+    base: u64,
+    len: usize,
+    page: usize,
+}
+
+impl BatchArea {
+    /// The bytes of table and buffers a batch run in it may take.
+    pub fn room(&self) -> usize {
+        self.len - self.page
+    }
+
+    /// Unmaps it by injecting munmap(2) through `injection`.
+    pub fn unmap(self, injection: &mut Injection<'_>) -> Result<(), Error> {
+        injection.syscall_ok(libc::SYS_munmap, [self.base, self.len as u64, 0, 0, 0, 0]).map(drop)
+    }
+}
+
+/// The calls of a batch with the query of SIGTRAP's disposition first
+/// (see the module's documentation), and the bytes their table and
+/// buffers take.
+fn with_trap_query(calls: &[Call]) -> (Vec<Call>, usize) {
+    let trap = Call::out(libc::SYS_rt_sigaction, [libc::SIGTRAP as u64, 0, 0, 8, 0, 0], 2, 32);
+    let all: Vec<Call> = std::iter::once(trap).chain(calls.iter().copied()).collect();
+    let len = all.len() * ENTRY + all.iter().map(Call::out_len).sum::<usize>();
+    (all, len)
+}
+
 impl Injection<'_> {
     /// Runs `calls` in the thread, in order, and returns what each
     /// returned. The calls must not depend on the signal mask (every
     /// signal but SIGTRAP is blocked while they run) and must not block.
     /// A failing call does not stop the others.
     pub fn batch(&mut self, calls: &[Call]) -> Result<(Vec<Answer>, Ran), Error> {
+        self.batch_in(None, calls)
+    }
+
+    /// [`Injection::batch`] in `area` when given (and the calls fit),
+    /// else in pages mapped for it and unmapped after.
+    pub fn batch_in(&mut self, area: Option<&BatchArea>, calls: &[Call]) -> Result<(Vec<Answer>, Ran), Error> {
         if calls.is_empty() {
             return Ok((Vec::new(), Ran::AtOnce));
         }
-        match self.batch_at_once(calls) {
+        match self.batch_at_once(area, calls) {
             Ok(answers) => Ok((answers, Ran::AtOnce)),
             Err(Ok(unavailable)) => {
                 let why = match unavailable {
@@ -183,6 +225,33 @@ impl Injection<'_> {
                 Ok((self.batch_one_by_one(calls)?, Ran::OneByOne(why)))
             }
             Err(Err(error)) => Err(error),
+        }
+    }
+
+    /// Maps pages for batches of up to `room` bytes of table and buffers
+    /// (see [`BatchArea`]); fails where the loop cannot be put in the
+    /// process (then [`Injection::batch`] injects calls one by one).
+    pub fn batch_area(&mut self, room: usize) -> Result<BatchArea, Error> {
+        let tid = self.tid();
+        let page = crate::mman::page_size();
+        let len = page + room.max(1).div_ceil(page) * page;
+        let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let base = self.syscall_ok(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0])?;
+        let area = BatchArea { base, len, page };
+        let written = OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{tid}/mem"))
+            .and_then(|mem| mem.write_all_at(&LOOP, base))
+            .map_err(|source| Error::WriteCode { tid, source });
+        let data = (base + page as u64, (len - page) as u64);
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        match written.and_then(|()| self.syscall_ok(libc::SYS_mprotect, [data.0, data.1, rw, 0, 0, 0])) {
+            Ok(_) => Ok(area),
+            Err(error) => match area.unmap(self) {
+                Ok(()) => Err(error),
+                Err(rollback) => Err(Error::Rollback { tid, error: Box::new(error), rollback: Box::new(rollback) }),
+            },
         }
     }
 
@@ -226,69 +295,40 @@ impl Injection<'_> {
         Ok(answers)
     }
 
-    /// The calls in one run of the loop. `Err(Ok(_))`: the loop cannot be
-    /// used (nothing was run); `Err(Err(_))`: the injection failed.
-    fn batch_at_once(&mut self, calls: &[Call]) -> Result<Vec<Answer>, Result<Unavailable, Error>> {
-        let tid = self.tid();
-        if trap_pending(tid) {
+    /// The calls in one run of the loop, in `area` or in one mapped for
+    /// them. `Err(Ok(_))`: the loop cannot be used (nothing was run);
+    /// `Err(Err(_))`: the injection failed.
+    fn batch_at_once(
+        &mut self,
+        area: Option<&BatchArea>,
+        calls: &[Call],
+    ) -> Result<Vec<Answer>, Result<Unavailable, Error>> {
+        if trap_pending(self.tid()) {
             return Err(Ok(Unavailable::TrapPending));
         }
-        let page = crate::mman::page_size();
-        // SIGTRAP's disposition first (see the module's documentation).
-        let trap = Call::out(libc::SYS_rt_sigaction, [libc::SIGTRAP as u64, 0, 0, 8, 0, 0], 2, 32);
-        let all: Vec<Call> = std::iter::once(trap).chain(calls.iter().copied()).collect();
-        let table_len = all.len() * ENTRY;
-        let data_len = table_len + all.iter().map(Call::out_len).sum::<usize>();
-        let len = page + data_len.div_ceil(page) * page;
-
-        let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let base = match self.syscall(libc::SYS_mmap, [0, len as u64, prot, flags, u64::MAX, 0]).map_err(Err)? {
-            ret if (-4095..0).contains(&ret) => {
-                let errno = nix::errno::Errno::from_raw(-ret as i32);
-                return Err(Ok(Unavailable::Setup(Error::Failed { tid, nr: libc::SYS_mmap, errno })));
-            }
-            ret => ret as u64,
-        };
-        let answers = self.run_loop(calls, &all, base, page, len);
-        let unmapped = self.syscall_ok(libc::SYS_munmap, [base, len as u64, 0, 0, 0, 0]);
+        let (all, len) = with_trap_query(calls);
+        if let Some(area) = area.filter(|a| a.room() >= len) {
+            return self.run_in(area, &all).map_err(Err);
+        }
+        let area = self.batch_area(len).map_err(|e| match e {
+            // The thread is as before: the calls can go one by one.
+            Error::Failed { .. } | Error::WriteCode { .. } => Ok(Unavailable::Setup(e)),
+            e => Err(e),
+        })?;
+        let answers = self.run_in(&area, &all);
+        let unmapped = area.unmap(self);
         match (answers, unmapped) {
-            (Ok(answers), Ok(_)) => Ok(answers),
-            (Err(Ok(unavailable)), Ok(_)) => Err(Ok(unavailable)),
-            (Err(Err(error)), _) | (Ok(_), Err(error)) => Err(Err(error)),
-            (Err(Ok(_)), Err(error)) => Err(Err(error)),
+            (Ok(answers), Ok(())) => Ok(answers),
+            (Err(error), _) | (Ok(_), Err(error)) => Err(Err(error)),
         }
     }
 
-    /// Writes the loop and the table into the mapping at `base`, runs it,
-    /// and reads the answers back.
-    fn run_loop(
-        &mut self,
-        calls: &[Call],
-        all: &[Call],
-        base: u64,
-        page: usize,
-        len: usize,
-    ) -> Result<Vec<Answer>, Result<Unavailable, Error>> {
+    /// Writes the table of `all` (the SIGTRAP query first) into `area`,
+    /// runs the loop, and reads the answers back (but the query's).
+    fn run_in(&mut self, area: &BatchArea, all: &[Call]) -> Result<Vec<Answer>, Error> {
         let tid = self.tid();
-        let setup = |e: Error| Ok(Unavailable::Setup(e));
-        let mem = OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/{tid}/mem"))
-            .and_then(|mem| mem.write_all_at(&LOOP, base))
-            .map_err(|source| setup(Error::WriteCode { tid, source }));
-        mem?;
-        let data = base + page as u64;
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        match self.syscall(libc::SYS_mprotect, [data, (len - page) as u64, rw, 0, 0, 0]).map_err(Err)? {
-            0 => {}
-            ret => {
-                let errno = nix::errno::Errno::from_raw(-ret as i32);
-                return Err(setup(Error::Failed { tid, nr: libc::SYS_mprotect, errno }));
-            }
-        }
-
-        // The table, then the buffers (zeroed: fresh anonymous memory).
+        let data = area.base + area.page as u64;
+        // The table, then the buffers, zeroed.
         let mut table = Vec::with_capacity(all.len() * ENTRY);
         let mut outs = Vec::with_capacity(all.len());
         let mut next = data + (all.len() * ENTRY) as u64;
@@ -310,17 +350,18 @@ impl Injection<'_> {
             table.extend_from_slice(&[0; 8]);
             outs.push(mine);
         }
-        process_vm::write_exact(tid, RemoteAddr(data), &table).map_err(|e| Err(e.into()))?;
+        let table_end = data + table.len() as u64;
+        table.resize((next - data) as usize, 0);
+        process_vm::write_exact(tid, RemoteAddr(data), &table)?;
 
-        self.run_to_trap(base, data, data + table.len() as u64).map_err(Err)?;
+        self.run_to_trap(area.base, data, table_end)?;
 
         let mut raw = vec![0u8; (next - data) as usize];
-        process_vm::read_exact(tid, RemoteAddr(data), &mut raw).map_err(|e| Err(e.into()))?;
-        let mut answers: Vec<Answer> = all
-            .iter()
+        process_vm::read_exact(tid, RemoteAddr(data), &mut raw)?;
+        let mut answers: Vec<Answer> = outs
+            .into_iter()
             .enumerate()
-            .zip(outs)
-            .map(|((i, _), mine)| {
+            .map(|(i, mine)| {
                 let at = i * ENTRY + 56;
                 let ret = i64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
                 let out = mine
@@ -334,12 +375,11 @@ impl Injection<'_> {
             })
             .collect();
         let trap = answers.remove(0);
-        debug_assert_eq!(answers.len(), calls.len());
         // The int3 reset an ignored SIGTRAP to SIG_DFL: ignore it again.
         if trap.ret == 0 && u64::from_le_bytes(trap.out[0][..8].try_into().expect("8 bytes")) == SIG_IGN {
-            let scratch = self.scratch().map_err(Err)?.addr().0;
-            self.scratch().map_err(Err)?.write(0, &trap.out[0]).map_err(Err)?;
-            self.syscall_ok(libc::SYS_rt_sigaction, [libc::SIGTRAP as u64, scratch, 0, 8, 0, 0]).map_err(Err)?;
+            let scratch = self.scratch()?.addr().0;
+            self.scratch()?.write(0, &trap.out[0])?;
+            self.syscall_ok(libc::SYS_rt_sigaction, [libc::SIGTRAP as u64, scratch, 0, 8, 0, 0])?;
         }
         Ok(answers)
     }
@@ -506,6 +546,43 @@ mod tests {
         assert_eq!(seized.get_sigmask().unwrap(), 0);
         assert_ne!(status_mask(pid, "SigIgn") & SIGTRAP_BIT, 0, "SIGTRAP is no longer ignored");
         assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), maps, "a mapping was left");
+        seized.detach().unwrap();
+        wait_blocked_in(&mut child, libc::SYS_pause);
+    }
+
+    /// An area mapped in one injection serves the batches of later ones
+    /// (as of every thread of a process), a batch too big for it gets
+    /// pages of its own, and nothing is left mapped once it is unmapped.
+    #[test]
+    fn a_batch_area_serves_later_injections_and_is_unmapped() {
+        let mut child = child(0, false);
+        let pid = child.pid();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mut seized = seize_and_interrupt(pid);
+        let site = find_syscall_site(pid).unwrap();
+        let area = {
+            let mut inj = seized.begin_injection(site).unwrap();
+            let area = inj.batch_area(1024).expect("batch area");
+            inj.finish().unwrap();
+            area
+        };
+        assert_ne!(std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), maps, "no area mapped");
+        let small = [Call::out(libc::SYS_rt_sigaction, [libc::SIGUSR1 as u64, 0, 0, 8, 0, 0], 2, 32)];
+        for _ in 0..2 {
+            let mut inj = seized.begin_injection(site).unwrap();
+            let (answers, ran) = inj.batch_in(Some(&area), &small).expect("batch in the area");
+            assert_eq!(ran, Ran::AtOnce);
+            assert_eq!(&answers[0].out[0][..8], &0x1000_1000u64.to_le_bytes());
+            let (all, ran) = inj.batch_in(Some(&area), &sigactions()).expect("batch too big for the area");
+            assert_eq!(ran, Ran::AtOnce);
+            assert_eq!(all[libc::SIGUSR1 as usize - 1], answers[0]);
+            inj.finish().unwrap();
+        }
+        let mut inj = seized.begin_injection(site).unwrap();
+        area.unmap(&mut inj).expect("unmap");
+        inj.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), maps, "a mapping was left");
+        assert_ne!(status_mask(pid, "SigIgn") & SIGTRAP_BIT, 0, "SIGTRAP is no longer ignored");
         seized.detach().unwrap();
         wait_blocked_in(&mut child, libc::SYS_pause);
     }
