@@ -416,8 +416,14 @@ pub fn dump_keeping(opts: &DumpOptions) -> Result<(DumpReport, Vec<tracking::Kep
     if let Some(mut pre) = pre_copy.take() {
         let mut used = 0;
         for p in &pending {
-            let copied = pre.of_mut(p.pid).expect("pending memory is of a process copied ahead");
-            used += precopy::assemble(p, copied, &mut writer)?;
+            let raw: Vec<(u64, &[u8])> = p.raw.iter().map(|(at, buf)| (*at, buf.as_slice())).collect();
+            if !raw.is_empty() {
+                writer.add_memory_runs(p.mm, &raw)?;
+            }
+            if !p.runs.is_empty() {
+                let copied = pre.of_mut(p.pid).expect("pending memory is of a process copied ahead");
+                used += precopy::assemble(p, copied, &mut writer)?;
+            }
         }
         pre_copy_report = Some(PreCopyReport {
             bytes_read: pre.bytes_read,

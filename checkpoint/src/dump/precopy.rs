@@ -779,6 +779,10 @@ pub struct Pending {
     /// The pages the freeze read into the mirror, as `[start, end)` pairs
     /// in address order.
     pub fresh: Vec<u64>,
+    /// Memory not copied ahead (private file mappings' written pages,
+    /// mostly) that the freeze read as it was, by address, to be hashed
+    /// and compressed once the tree runs again.
+    pub raw: Vec<(u64, Vec<u8>)>,
 }
 
 /// Put the memory of `pending` into the image: each window from the
