@@ -369,6 +369,9 @@ pub struct Injection<'a> {
     /// A SIGTRAP sent to the thread while a batch ran, sent again at the
     /// end.
     held_sigtrap: bool,
+    /// Whether a SIGTRAP is pending, as the caller read it since the thread
+    /// stopped: spares the next batch reading it ([`Injection::batch`]).
+    trap_pending: Option<bool>,
     /// `PTRACE_GETEVENTMSG` of the last fork/clone event (the new tid).
     last_event_msg: Option<u64>,
     done: bool,
@@ -399,6 +402,7 @@ impl Seized {
             scratch: None,
             held_sigstop: false,
             held_sigtrap: false,
+            trap_pending: None,
             last_event_msg: None,
             done: false,
         })

@@ -243,6 +243,7 @@ fn thread(pid: Pid, s: &mut Seized, site: RemoteAddr, area: &mut Option<BatchAre
             // its calls go one by one).
             *area = inj.batch_area(AREA_ROOM).ok();
         }
+        inj.set_trap_pending((status.sig_pnd | status.shd_pnd) & 1 << (libc::SIGTRAP - 1) != 0);
         let (answers, _) = inj.batch_in(area.as_ref(), &calls).map_err(|e| err(crate::chain(&e)))?;
         inj.finish().map_err(|e| err(crate::chain(&e)))?;
         answers

@@ -228,6 +228,15 @@ impl Injection<'_> {
         }
     }
 
+    /// Tells the next batch whether a SIGTRAP is pending for the thread or
+    /// its process, as the caller read it (SigPnd, ShdPnd of its /proc
+    /// status) since the thread stopped, which spares the batch reading
+    /// it again. One sent since is told apart all the same (see the
+    /// module's documentation).
+    pub fn set_trap_pending(&mut self, pending: bool) {
+        self.trap_pending = Some(pending);
+    }
+
     /// Maps pages for batches of up to `room` bytes of table and buffers
     /// (see [`BatchArea`]); fails where the loop cannot be put in the
     /// process (then [`Injection::batch`] injects calls one by one).
@@ -303,7 +312,7 @@ impl Injection<'_> {
         area: Option<&BatchArea>,
         calls: &[Call],
     ) -> Result<Vec<Answer>, Result<Unavailable, Error>> {
-        if trap_pending(self.tid()) {
+        if self.trap_pending.take().unwrap_or_else(|| trap_pending(self.tid())) {
             return Err(Ok(Unavailable::TrapPending));
         }
         let (all, len) = with_trap_query(calls);
@@ -600,6 +609,10 @@ mod tests {
         let (answers, ran) = inj.batch(&sigactions()).expect("batch");
         assert_eq!(ran, Ran::OneByOne("a SIGTRAP is pending".into()));
         assert_eq!(&answers[libc::SIGUSR1 as usize - 1].out[0][..8], &0x1000_1000u64.to_le_bytes());
+        // As when the caller says so, having read it.
+        inj.set_trap_pending(true);
+        let (_, ran) = inj.batch(&sigactions()[..1]).expect("batch");
+        assert_eq!(ran, Ran::OneByOne("a SIGTRAP is pending".into()));
         inj.finish().expect("finish");
         let pending: Vec<i32> = seized.peek_siginfo(false).unwrap().iter().map(|s| s.signo()).collect();
         assert_eq!(pending, [libc::SIGTRAP]);
