@@ -641,3 +641,47 @@ fn tracking_kept_across_an_exec_starts_anew() {
     let result = p.wait_for(Duration::from_secs(60), "DIR/result", || fs::read_to_string(p.dir.join("result")).ok());
     assert_eq!(result.trim(), "ok second", "{}", p.log());
 }
+
+/// Ignores SIGTRAP (argument "ignore") or catches it ("catch"), and once
+/// DIR/go exists sends itself one and writes what came of it to
+/// DIR/result. A dump runs its injected calls as one batch ending in an
+/// int3, whose SIGTRAP the kernel forces: it resets an ignored SIGTRAP to
+/// the default action (which kills), so the dump must ignore it again.
+const TRAP_SCRIPT: &str = r#"
+import os, signal, sys, time
+d, mode = sys.argv[1], sys.argv[2]
+caught = []
+signal.signal(signal.SIGTRAP, signal.SIG_IGN if mode == "ignore" else (lambda s, f: caught.append(s)))
+open(os.path.join(d, "ready"), "w").close()
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGTRAP)
+time.sleep(0.05)
+with open(os.path.join(d, "result.tmp"), "w") as f:
+    f.write("%s caught %d\n" % (mode, len(caught)))
+os.replace(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
+"#;
+
+/// A process that ignores or catches SIGTRAP does so still after a
+/// `--leave-running` dump, and so does the copy restored from a second
+/// dump (which would have recorded the default action, had the first
+/// left it).
+#[test]
+fn sigtrap_ignored_or_caught_stays_so_through_dumps() {
+    for (mode, want) in [("ignore", "ignore caught 0"), ("catch", "catch caught 1")] {
+        let mut p = python_script(&format!("trap-{mode}"), TRAP_SCRIPT, &[mode]);
+        p.wait_for(Duration::from_secs(30), "ready", || p.dir.join("ready").exists().then_some(()));
+        let first = tempdir(&format!("trap-{mode}-lr"));
+        dump_ok(p.pid, first.path(), &["--leave-running"]);
+        let second = tempdir(&format!("trap-{mode}-img"));
+        dump_ok(p.pid, second.path(), &[]);
+        p.wait_exit(Duration::from_secs(30));
+        restore_ok(p.pid, second.path());
+        fs::write(p.dir.join("go"), b"").unwrap();
+        let result = p.wait_for(Duration::from_secs(30), "the restored process's result", || {
+            fs::read_to_string(p.dir.join("result")).ok()
+        });
+        assert_eq!(result.trim(), want, "{mode}: SIGTRAP's disposition changed through the dumps\n{}", p.log());
+        p.kill();
+    }
+}
