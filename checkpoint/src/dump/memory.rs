@@ -278,22 +278,19 @@ pub fn store(
     Ok((stats, pending.filter(|p| !p.runs.is_empty())))
 }
 
-/// The runs (start, end) of pages `plans` call for that `pagemap` shows,
-/// but those of the `from_parent` runs.
-///
-/// The kernel walks every page table entry of a range it is asked about,
-/// ~14 ns each (3.6 ms for a GiB, in the freeze): mappings larger than
-/// [`SCAN_PART`] are asked about in parts, on all cores.
-pub(crate) fn runs(
-    pid: Pid,
+/// What the kernel answers to each of `requests`, in order, asked on all
+/// cores. It walks every page table entry of a range it is asked about,
+/// ~14 ns each (3.6 ms for a GiB, in the freeze), so a request larger than
+/// [`SCAN_PART`] is asked in parts, whose answers are joined again where a
+/// region runs on from one part into the next. An error names where the
+/// failing request starts.
+pub(crate) fn scan_all(
     pagemap: &Pagemap,
-    plans: &[Planned],
-    from_parent: &[u64],
-) -> Result<Vec<(u64, u64)>, MemoryError> {
-    // (plan, request), the large ones cut in parts.
+    requests: &[ScanRequest],
+) -> Result<Vec<Vec<PageRegion>>, (u64, stasis_sys::pagemap::Error)> {
+    // (request, part of it)
     let mut jobs: Vec<(usize, ScanRequest)> = Vec::new();
-    for (i, plan) in plans.iter().enumerate() {
-        let Some(req) = scan_request(plan).filter(|_| plan.vma.kind != VmaKind::AioRing as i32) else { continue };
+    for (i, req) in requests.iter().enumerate() {
         let mut at = req.range.start;
         while at < req.range.end {
             let end = if req.range.end - at > SCAN_PART * 3 / 2 { at + SCAN_PART } else { req.range.end };
@@ -301,15 +298,13 @@ pub(crate) fn runs(
             at = end;
         }
     }
-    let scan = |req: &ScanRequest| {
-        pagemap.scan(req).map_err(|e| MemoryError::Scan { pid, start: req.range.start, what: crate::chain(&e) })
-    };
+    let scan = |req: &ScanRequest| pagemap.scan(req).map_err(|e| (req.range.start, e));
     let threads = crate::cores().min(jobs.len().div_ceil(4));
-    let found: Vec<Result<Vec<PageRegion>, MemoryError>> = if threads <= 1 {
+    let found: Vec<Result<Vec<PageRegion>, _>> = if threads <= 1 {
         jobs.iter().map(|(_, req)| scan(req)).collect()
     } else {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut found: Vec<(usize, Result<Vec<PageRegion>, MemoryError>)> = std::thread::scope(|scope| {
+        let mut found: Vec<(usize, Result<Vec<PageRegion>, _>)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
@@ -327,9 +322,38 @@ pub(crate) fn runs(
         found.sort_unstable_by_key(|(j, _)| *j);
         found.into_iter().map(|(_, f)| f).collect()
     };
+    let mut answers: Vec<Vec<PageRegion>> = vec![Vec::new(); requests.len()];
+    for ((i, _), regions) in jobs.iter().zip(found) {
+        let answer = &mut answers[*i];
+        for r in regions? {
+            match answer.last_mut() {
+                Some(last) if last.end == r.start && last.categories == r.categories => last.end = r.end,
+                _ => answer.push(r),
+            }
+        }
+    }
+    Ok(answers)
+}
 
+/// The runs (start, end) of pages `plans` call for that `pagemap` shows,
+/// but those of the `from_parent` runs.
+pub(crate) fn runs(
+    pid: Pid,
+    pagemap: &Pagemap,
+    plans: &[Planned],
+    from_parent: &[u64],
+) -> Result<Vec<(u64, u64)>, MemoryError> {
+    // The plans asked about, and what of them.
+    let (asked, requests): (Vec<usize>, Vec<ScanRequest>) = plans
+        .iter()
+        .enumerate()
+        .filter(|(_, plan)| plan.vma.kind != VmaKind::AioRing as i32)
+        .filter_map(|(i, plan)| Some((i, scan_request(plan)?)))
+        .unzip();
+    let answers =
+        scan_all(pagemap, &requests).map_err(|(start, e)| MemoryError::Scan { pid, start, what: crate::chain(&e) })?;
+    let mut answers = asked.into_iter().zip(answers).peekable();
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut jobs = jobs.iter().map(|(i, _)| *i).zip(found).peekable();
     for (i, plan) in plans.iter().enumerate() {
         let v = &plan.vma;
         // An AIO ring, whole: its pages are the kernel's, mapped into the
@@ -339,33 +363,22 @@ pub(crate) fn runs(
             runs.push((v.start, v.end));
             continue;
         }
-        let first = runs.len();
-        while let Some((_, regions)) = jobs.next_if(|(j, _)| *j == i) {
-            // Guard regions show as swapped (their markers are swap
-            // entries), but have nothing to read; pages still the parent's
-            // come with it.
-            let regions = regions?.into_iter().flat_map(|r| without(r.start..r.end, &v.guards));
-            for r in regions.flat_map(|r| without(r, from_parent)) {
-                // Parts of one mapping that touch are one run, as if it had
-                // been asked about whole.
-                let n = runs.len();
-                match runs.last_mut() {
-                    Some(last) if n > first && last.1 == r.start => last.1 = r.end,
-                    _ => runs.push((r.start, r.end)),
-                }
-            }
-        }
+        let Some((_, regions)) = answers.next_if(|(j, _)| *j == i) else { continue };
+        // Guard regions show as swapped (their markers are swap entries),
+        // but have nothing to read; pages still the parent's come with it.
+        let regions = regions.into_iter().flat_map(|r| without(r.start..r.end, &v.guards));
+        runs.extend(regions.flat_map(|r| without(r, from_parent)).map(|r| (r.start, r.end)));
     }
     Ok(runs)
 }
+
+/// The largest part of a range [`scan_all`] asks the kernel about at once.
+const SCAN_PART: u64 = 64 << 20;
 
 /// The most memory not copied ahead that a live snapshot reads frozen
 /// without compressing it, to compress once the tree runs again (~1.5 MB
 /// for a python: 5 ms of the freeze).
 const RAW_FOR_LATER: u64 = 64 << 20;
-
-/// The largest part of a mapping [`runs`] asks the kernel about at once.
-const SCAN_PART: u64 = 64 << 20;
 
 /// What of `range` is inside the `[start, end)` pairs of `ranges` (in
 /// address order).
@@ -614,26 +627,30 @@ pub(crate) fn without(range: std::ops::Range<u64>, holes: &[u64]) -> Vec<std::op
 /// without PAGEMAP_SCAN) has none to report.
 pub fn find_guards(pid: Pid, plans: &mut [Planned]) -> Result<(), MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-    for plan in plans {
-        let v = &mut plan.vma;
-        let req = ScanRequest {
-            range: v.start..v.end,
+    let requests: Vec<ScanRequest> = plans
+        .iter()
+        .map(|plan| ScanRequest {
+            range: plan.vma.start..plan.vma.end,
             flags: 0,
             required: Categories::GUARD,
             any_of: Categories::NONE,
             inverted: Categories::NONE,
             report: Categories::GUARD,
-        };
-        match pagemap.scan(&req) {
-            Ok(regions) => v.guards = regions.iter().flat_map(|r| [r.start, r.end]).collect(),
-            Err(stasis_sys::pagemap::Error::Scan {
-                errno: stasis_sys::Errno::EINVAL | stasis_sys::Errno::ENOTTY,
-                ..
-            }) => return Ok(()),
-            Err(e) => return Err(MemoryError::Scan { pid, start: v.start, what: crate::chain(&e) }),
+        })
+        .collect();
+    match scan_all(&pagemap, &requests) {
+        Ok(answers) => {
+            for (plan, regions) in plans.iter_mut().zip(answers) {
+                plan.vma.guards = regions.iter().flat_map(|r| [r.start, r.end]).collect();
+            }
+            Ok(())
         }
+        Err((
+            _,
+            stasis_sys::pagemap::Error::Scan { errno: stasis_sys::Errno::EINVAL | stasis_sys::Errno::ENOTTY, .. },
+        )) => Ok(()),
+        Err((start, e)) => Err(MemoryError::Scan { pid, start, what: crate::chain(&e) }),
     }
-    Ok(())
 }
 
 /// Open files of a reader thread, opened at its first piece.

@@ -698,21 +698,24 @@ fn go_on(pid: Pid, kept: Kept, writer: &ImageWriter) -> Result<Started, String> 
 /// `protect` protects them again in the same scan.
 fn written_since(pid: Pid, c: &Copied, protect: bool) -> Result<Vec<(u64, u64)>, MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-    let mut runs = Vec::new();
-    for r in &c.registered {
-        let req = ScanRequest {
+    let requests: Vec<ScanRequest> = c
+        .registered
+        .iter()
+        .map(|r| ScanRequest {
             range: r.clone(),
             flags: if protect { PM_SCAN_WP_MATCHING } else { 0 },
             required: Categories::WRITTEN,
             any_of: Categories::NONE,
             inverted: Categories::NONE,
             report: Categories::WRITTEN,
-        };
-        let found =
-            pagemap.scan(&req).map_err(|e| MemoryError::Scan { pid, start: r.start, what: crate::chain(&e) })?;
-        runs.extend(found.iter().map(|f| (f.start, f.end)));
-    }
-    Ok(runs)
+        })
+        .collect();
+    let answers = memory::scan_all(&pagemap, &requests).map_err(|(start, e)| MemoryError::Scan {
+        pid,
+        start,
+        what: crate::chain(&e),
+    })?;
+    Ok(answers.into_iter().flatten().map(|f| (f.start, f.end)).collect())
 }
 
 /// Read `runs` of `pid` (write-protected before) and store them as chunks
