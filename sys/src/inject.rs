@@ -425,41 +425,6 @@ pub fn inject_syscall(seized: &mut Seized, site: RemoteAddr, nr: i64, args: [u64
     }
 }
 
-/// What `rt_sigaction(sig, NULL, &act)` reports: the kernel's
-/// `struct sigaction` on x86_64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelSigaction {
-    /// `sa_handler`/`sa_sigaction`: SIG_DFL (0), SIG_IGN (1) or an address.
-    pub handler: u64,
-    /// `sa_flags` (SA_SIGINFO, SA_RESTART, SA_ONSTACK, SA_RESTORER, ...).
-    pub flags: u64,
-    /// `sa_restorer`.
-    pub restorer: u64,
-    /// `sa_mask`.
-    pub mask: u64,
-}
-
-/// What `sigaltstack(NULL, &ss)` reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AltStack {
-    /// `ss_sp`.
-    pub sp: u64,
-    /// `ss_flags`: SS_DISABLE (2) when none is set, SS_ONSTACK (1) while
-    /// on it, SS_AUTODISARM (1 << 31).
-    pub flags: i32,
-    /// `ss_size`.
-    pub size: u64,
-}
-
-/// What `getitimer` reports, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ITimer {
-    /// `it_interval`: the reload value, 0 for a one-shot timer.
-    pub interval_us: u64,
-    /// `it_value`: time to the next expiry, 0 when disarmed.
-    pub value_us: u64,
-}
-
 impl Injection<'_> {
     /// The thread.
     pub fn tid(&self) -> Pid {
@@ -633,67 +598,6 @@ impl Injection<'_> {
             self.scratch = Some(self.map_scratch(SCRATCH_PAGE)?);
         }
         Ok(self.scratch.as_ref().expect("mapped above"))
-    }
-
-    /// `rt_sigaction(sig, NULL, &old, 8)`: the disposition of `sig`.
-    pub fn sigaction(&mut self, sig: i32) -> Result<KernelSigaction, Error> {
-        let addr = self.scratch()?.addr().0;
-        self.syscall_ok(libc::SYS_rt_sigaction, [sig as u64, 0, addr, 8, 0, 0])?;
-        let mut raw = [0u8; 32];
-        self.scratch()?.read(0, &mut raw)?;
-        let f = le_u64s::<4>(&raw);
-        Ok(KernelSigaction { handler: f[0], flags: f[1], restorer: f[2], mask: f[3] })
-    }
-
-    /// `sigaltstack(NULL, &old)`: the thread's alternate signal stack.
-    pub fn sigaltstack(&mut self) -> Result<AltStack, Error> {
-        let addr = self.scratch()?.addr().0;
-        self.syscall_ok(libc::SYS_sigaltstack, [0, addr, 0, 0, 0, 0])?;
-        // stack_t: void *ss_sp; int ss_flags; (4 bytes padding) size_t ss_size.
-        let mut raw = [0u8; 24];
-        self.scratch()?.read(0, &mut raw)?;
-        let f = le_u64s::<3>(&raw);
-        Ok(AltStack { sp: f[0], flags: f[1] as u32 as i32, size: f[2] })
-    }
-
-    /// `getitimer(which, &value)` (ITIMER_REAL 0, ITIMER_VIRTUAL 1,
-    /// ITIMER_PROF 2).
-    pub fn getitimer(&mut self, which: i32) -> Result<ITimer, Error> {
-        let addr = self.scratch()?.addr().0;
-        self.syscall_ok(libc::SYS_getitimer, [which as u64, addr, 0, 0, 0, 0])?;
-        // struct itimerval { timeval it_interval; timeval it_value; }, each
-        // timeval { long tv_sec; long tv_usec; }.
-        let mut raw = [0u8; 32];
-        self.scratch()?.read(0, &mut raw)?;
-        let f = le_u64s::<4>(&raw);
-        Ok(ITimer { interval_us: f[0] * 1_000_000 + f[1], value_us: f[2] * 1_000_000 + f[3] })
-    }
-
-    /// `prctl(option, args...)` for options that return their answer
-    /// directly (PR_GET_DUMPABLE, PR_GET_NO_NEW_PRIVS, ...).
-    pub fn prctl(&mut self, option: i32, args: [u64; 4]) -> Result<i64, Error> {
-        let [a, b, c, d] = args;
-        self.syscall_ok(libc::SYS_prctl, [option as u64, a, b, c, d, 0]).map(|v| v as i64)
-    }
-
-    /// `prctl(option, &int)` for options that store an int through their
-    /// second argument (PR_GET_PDEATHSIG, PR_GET_CHILD_SUBREAPER, ...).
-    pub fn prctl_get_int(&mut self, option: i32) -> Result<i32, Error> {
-        let addr = self.scratch()?.addr().0;
-        self.prctl(option, [addr, 0, 0, 0])?;
-        let mut raw = [0u8; 4];
-        self.scratch()?.read(0, &mut raw)?;
-        Ok(i32::from_le_bytes(raw))
-    }
-
-    /// `prctl(PR_GET_TID_ADDRESS)`: the `clear_child_tid` pointer of the
-    /// thread (set_tid_address(2)).
-    pub fn get_tid_address(&mut self) -> Result<u64, Error> {
-        let addr = self.scratch()?.addr().0;
-        self.prctl(libc::PR_GET_TID_ADDRESS, [addr, 0, 0, 0])?;
-        let mut raw = [0u8; 8];
-        self.scratch()?.read(0, &mut raw)?;
-        Ok(u64::from_le_bytes(raw))
     }
 
     /// Creates a thread in the tracee's thread group at `tid` by injecting
@@ -896,14 +800,6 @@ fn resend(tid: Pid, signal: Signal) -> Result<(), Errno> {
     // SAFETY: tgkill takes three integers and touches no memory of ours.
     let ret = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid.as_raw(), signal as i32) };
     Errno::result(ret).map(drop)
-}
-
-fn le_u64s<const N: usize>(raw: &[u8]) -> [u64; N] {
-    let mut out = [0u64; N];
-    for (value, chunk) in out.iter_mut().zip(raw.chunks_exact(8)) {
-        *value = u64::from_le_bytes(chunk.try_into().expect("chunks_exact(8) yields 8 bytes"));
-    }
-    out
 }
 
 /// Anonymous memory mapped inside a tracee by an injected mmap(2), for
@@ -1266,9 +1162,10 @@ mod tests {
 
     static TID_ADDRESS_TARGET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-    /// The dump-side wrappers report what a child set before stopping.
+    /// A batch of the calls a dump makes reports what a child set before
+    /// stopping.
     #[test]
-    fn remote_wrappers_report_the_childs_settings() {
+    fn a_batch_reports_the_childs_settings() {
         const HANDLER: u64 = 0x1000_1000;
         const RESTORER: u64 = 0x1000_2000;
         const FLAGS: u64 = (libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK | SA_RESTORER) as u64;
@@ -1316,23 +1213,42 @@ mod tests {
         wait_blocked_in(&mut child, libc::SYS_pause);
         let mut seized = seize_and_interrupt(pid, Options::empty());
         let site = find_syscall_site(pid).unwrap();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         let mut inj = seized.begin_injection(site).unwrap();
-        let act = inj.sigaction(libc::SIGUSR1).expect("remote rt_sigaction");
-        assert_eq!(act, KernelSigaction { handler: HANDLER, flags: FLAGS, restorer: RESTORER, mask: MASK });
-        let dfl = inj.sigaction(libc::SIGUSR2).unwrap();
-        assert_eq!(dfl.handler, 0, "SIGUSR2 should be SIG_DFL: {dfl:?}");
-        let ss = inj.sigaltstack().expect("remote sigaltstack");
-        assert_eq!(ss, AltStack { sp: ALT_SP, flags: 0, size: ALT_SIZE });
-        let timer = inj.getitimer(libc::ITIMER_REAL).expect("remote getitimer");
-        assert_eq!(timer.interval_us, 7_250_000);
-        assert!((90_000_000..=100_000_000).contains(&timer.value_us), "{timer:?}");
-        assert_eq!(inj.getitimer(libc::ITIMER_VIRTUAL).unwrap(), ITimer { interval_us: 0, value_us: 0 });
-        assert_eq!(inj.prctl_get_int(libc::PR_GET_PDEATHSIG).expect("PR_GET_PDEATHSIG"), libc::SIGWINCH);
-        assert_eq!(inj.prctl(libc::PR_GET_DUMPABLE, [0; 4]).expect("PR_GET_DUMPABLE"), 0);
-        assert_eq!(inj.get_tid_address().expect("PR_GET_TID_ADDRESS"), tid_address);
-        let scratch = inj.scratch().unwrap().addr();
+        let get = |nr: i64, first: i32, len: usize| Call::out(nr, [first as u64, 0, 0, 0, 0, 0], 1, len);
+        let calls = [
+            Call::out(libc::SYS_rt_sigaction, [libc::SIGUSR1 as u64, 0, 0, 8, 0, 0], 2, 32),
+            Call::out(libc::SYS_rt_sigaction, [libc::SIGUSR2 as u64, 0, 0, 8, 0, 0], 2, 32),
+            Call::out(libc::SYS_sigaltstack, [0; 6], 1, 24),
+            get(libc::SYS_getitimer, libc::ITIMER_REAL, 32),
+            get(libc::SYS_getitimer, libc::ITIMER_VIRTUAL, 32),
+            get(libc::SYS_prctl, libc::PR_GET_PDEATHSIG, 4),
+            Call::new(libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0].map(Arg::Value)),
+            get(libc::SYS_prctl, libc::PR_GET_TID_ADDRESS, 8),
+        ];
+        let (answers, ran) = inj.batch(&calls).expect("batch");
+        assert_eq!(ran, Ran::AtOnce);
+        for (answer, call) in answers.iter().zip(&calls) {
+            answer.ok(pid, call.nr).unwrap_or_else(|e| panic!("syscall {}: {e}", call.nr));
+        }
+        let words = |raw: &[u8]| -> Vec<u64> {
+            raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect()
+        };
+        assert_eq!(words(&answers[0].out[0]), [HANDLER, FLAGS, RESTORER, MASK], "SIGUSR1's sigaction");
+        assert_eq!(words(&answers[1].out[0])[0], 0, "SIGUSR2 should be SIG_DFL");
+        // stack_t: ss_sp, ss_flags (an int, padded), ss_size.
+        assert_eq!(words(&answers[2].out[0]), [ALT_SP, 0, ALT_SIZE], "sigaltstack");
+        // struct itimerval: interval and value, each as seconds and µs.
+        let real = words(&answers[3].out[0]);
+        assert_eq!(real[..2], [7, 250_000], "ITIMER_REAL's interval");
+        assert!((90..=100).contains(&real[2]), "ITIMER_REAL's value: {real:?}");
+        assert_eq!(words(&answers[4].out[0]), [0; 4], "ITIMER_VIRTUAL");
+        assert_eq!(answers[5].out[0], libc::SIGWINCH.to_le_bytes(), "PR_GET_PDEATHSIG");
+        assert_eq!(answers[6].ret, 0, "PR_GET_DUMPABLE");
+        assert_eq!(words(&answers[7].out[0]), [tid_address], "PR_GET_TID_ADDRESS");
         inj.finish().expect("finish");
-        assert!(!maps_has(pid, scratch), "the wrappers' scratch page is still mapped");
+        let after = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert_eq!(after, maps, "the batch left a mapping");
         seized.detach().expect("detach");
         wait_blocked_in(&mut child, libc::SYS_pause);
     }
