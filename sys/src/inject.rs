@@ -1231,21 +1231,18 @@ mod tests {
         for (answer, call) in answers.iter().zip(&calls) {
             answer.ok(pid, call.nr).unwrap_or_else(|e| panic!("syscall {}: {e}", call.nr));
         }
-        let words = |raw: &[u8]| -> Vec<u64> {
-            raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect()
-        };
-        assert_eq!(words(&answers[0].out[0]), [HANDLER, FLAGS, RESTORER, MASK], "SIGUSR1's sigaction");
-        assert_eq!(words(&answers[1].out[0])[0], 0, "SIGUSR2 should be SIG_DFL");
+        assert_eq!(answers[0].words(0), [HANDLER, FLAGS, RESTORER, MASK], "SIGUSR1's sigaction");
+        assert_eq!(answers[1].words(0)[0], 0, "SIGUSR2 should be SIG_DFL");
         // stack_t: ss_sp, ss_flags (an int, padded), ss_size.
-        assert_eq!(words(&answers[2].out[0]), [ALT_SP, 0, ALT_SIZE], "sigaltstack");
+        assert_eq!(answers[2].words(0), [ALT_SP, 0, ALT_SIZE], "sigaltstack");
         // struct itimerval: interval and value, each as seconds and µs.
-        let real = words(&answers[3].out[0]);
+        let real = answers[3].words(0);
         assert_eq!(real[..2], [7, 250_000], "ITIMER_REAL's interval");
         assert!((90..=100).contains(&real[2]), "ITIMER_REAL's value: {real:?}");
-        assert_eq!(words(&answers[4].out[0]), [0; 4], "ITIMER_VIRTUAL");
+        assert_eq!(answers[4].words(0), [0; 4], "ITIMER_VIRTUAL");
         assert_eq!(answers[5].out[0], libc::SIGWINCH.to_le_bytes(), "PR_GET_PDEATHSIG");
         assert_eq!(answers[6].ret, 0, "PR_GET_DUMPABLE");
-        assert_eq!(words(&answers[7].out[0]), [tid_address], "PR_GET_TID_ADDRESS");
+        assert_eq!(answers[7].words(0), [tid_address], "PR_GET_TID_ADDRESS");
         inj.finish().expect("finish");
         let after = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         assert_eq!(after, maps, "the batch left a mapping");

@@ -238,7 +238,7 @@ fn thread(pid: Pid, s: &mut Seized, site: RemoteAddr, area: &mut Option<BatchAre
     ];
     let answers = {
         let mut inj = s.begin_injection(site).map_err(|e| err(crate::chain(&e)))?;
-        if area.is_none() {
+        if tid == pid {
             // Where it cannot be made, each batch maps its own pages (or
             // its calls go one by one).
             *area = inj.batch_area(AREA_ROOM).ok();
@@ -251,11 +251,10 @@ fn thread(pid: Pid, s: &mut Seized, site: RemoteAddr, area: &mut Option<BatchAre
     for (answer, call) in answers.iter().zip(&calls) {
         answer.ok(tid, call.nr).map_err(|e| err(crate::chain(&e)))?;
     }
-    let word = |raw: &[u8], i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-    let alt = &answers[0].out[0];
-    let altstack = AltStack { sp: word(alt, 0), flags: word(alt, 1) as u32 as i32, size: word(alt, 2) };
-    let clear_child_tid = word(&answers[1].out[0], 0);
-    let robust = (word(&answers[2].out[0], 0), word(&answers[2].out[1], 0));
+    let alt = answers[0].words(0);
+    let altstack = AltStack { sp: alt[0], flags: alt[1] as u32 as i32, size: alt[2] };
+    let clear_child_tid = answers[1].words(0)[0];
+    let robust = (answers[2].words(0)[0], answers[2].words(1)[0]);
     Ok(Thread {
         tid: tid.as_raw(),
         gpregs: regs.to_bytes().to_vec(),
@@ -359,18 +358,15 @@ fn injected(
         answer.ok(pid, nr).map_err(|e| fail(what, e))?;
         Ok(answer)
     };
-    let words = |raw: &[u8]| -> Vec<u64> {
-        raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes"))).collect()
-    };
     let int = |raw: &[u8]| i32::from_le_bytes(raw[..4].try_into().expect("4 bytes"));
     let mut sigactions = Vec::with_capacity(signals.len());
     for &sig in &signals {
-        let a = words(&next(&format!("sigaction({sig})"), libc::SYS_rt_sigaction)?.out[0]);
+        let a = next(&format!("sigaction({sig})"), libc::SYS_rt_sigaction)?.words(0);
         sigactions.push(SigAction { signal: sig, handler: a[0], flags: a[1], restorer: a[2], mask: a[3] });
     }
     let mut itimers = Vec::with_capacity(3);
     for which in 0..3 {
-        let t = words(&next(&format!("getitimer({which})"), libc::SYS_getitimer)?.out[0]);
+        let t = next(&format!("getitimer({which})"), libc::SYS_getitimer)?.words(0);
         itimers.push(Itimer { interval_us: t[0] * 1_000_000 + t[1], value_us: t[2] * 1_000_000 + t[3] });
     }
     let pdeathsig = int(&next("PR_GET_PDEATHSIG", libc::SYS_prctl)?.out[0]);
@@ -378,7 +374,7 @@ fn injected(
     let child_subreaper = int(&next("PR_GET_CHILD_SUBREAPER", libc::SYS_prctl)?.out[0]) != 0;
     let brk = next("brk(0)", libc::SYS_brk)?.ret as u64;
     for t in timers.iter_mut() {
-        let w = words(&next(&format!("timer_gettime({})", t.id), libc::SYS_timer_gettime)?.out[0]);
+        let w = next(&format!("timer_gettime({})", t.id), libc::SYS_timer_gettime)?.words(0);
         t.interval_ns = w[0] * 1_000_000_000 + w[1];
         t.value_ns = w[2] * 1_000_000_000 + w[3];
     }

@@ -136,6 +136,12 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Buffer `out` read as little-endian 64-bit words (the kernel's
+    /// structs of longs and pointers: sigaction, stack_t, itimerval, ...).
+    pub fn words(&self, out: usize) -> Vec<u64> {
+        self.out[out].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes"))).collect()
+    }
+
     /// The result, with -errno turned into [`Error::Failed`] naming the
     /// call.
     pub fn ok(&self, tid: nix::unistd::Pid, nr: i64) -> Result<u64, Error> {
@@ -385,7 +391,7 @@ impl Injection<'_> {
             .collect();
         let trap = answers.remove(0);
         // The int3 reset an ignored SIGTRAP to SIG_DFL: ignore it again.
-        if trap.ret == 0 && u64::from_le_bytes(trap.out[0][..8].try_into().expect("8 bytes")) == SIG_IGN {
+        if trap.ret == 0 && trap.words(0)[0] == SIG_IGN {
             let scratch = self.scratch()?.addr().0;
             self.scratch()?.write(0, &trap.out[0])?;
             self.syscall_ok(libc::SYS_rt_sigaction, [libc::SIGTRAP as u64, scratch, 0, 8, 0, 0])?;
