@@ -108,6 +108,50 @@ fn live_snapshot_of_memory_written_while_it_is_copied() {
     restored_copy_is_behind(&mut w, images.path(), || assert!(!registered(pid), "left registered"));
 }
 
+/// A live snapshot of memory most of which was never touched (a sparse
+/// mem_writer: a page reads as zeros until its first write, as most of a
+/// thread's stack or of a malloc arena does), while pages are written for
+/// the first time all along: the pages never populated are neither read
+/// ahead nor stored, those first written during the copy or the rounds
+/// are, and the restored copy holds exactly the memory of the freeze
+/// (every page written before it holds its last write; every other, zeros).
+#[test]
+fn live_snapshot_skips_pages_never_populated_and_keeps_those_written_meanwhile() {
+    // 16 pages of 16384 a generation: a tenth of them is written in 10 s.
+    let mut w = Workload::start("mem_writer", &["64", "16", "sparse"]);
+    w.wait_running();
+    let images = tempfile::tempdir().unwrap();
+    let report = dump_json(&w, images.path(), &["--leave-running"]);
+    let (read, logical) =
+        (report["pre_copy"]["bytes_read"].as_u64().unwrap(), report["write"]["logical_bytes"].as_u64().unwrap());
+    assert!(read > 0 && read < 16 << 20, "{read} bytes read ahead of a 64 MiB mapping mostly never touched: {report}");
+    assert!(logical < 16 << 20, "{logical} bytes stored of a 64 MiB mapping mostly never touched: {report}");
+    let pid = w.pid;
+    restored_copy_is_behind(&mut w, images.path(), || assert!(!registered(pid), "left registered"));
+}
+
+/// [`live_snapshot_skips_pages_never_populated_and_keeps_those_written_meanwhile`]
+/// with the write tracking kept between two dumps: the second, going on
+/// with it, again neither reads nor stores the pages never populated, and
+/// the copy restored through both images holds exactly the memory of the
+/// second freeze (pages first written between the dumps included).
+#[test]
+fn kept_tracking_skips_pages_never_populated_and_keeps_those_written_since() {
+    let mut w = Workload::start("mem_writer", &["64", "16", "sparse"]);
+    w.wait_running();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    dump(&w, first.path(), &["--leave-running", "--keep-tracking"]);
+    let at = w.progress().unwrap_or(0);
+    w.wait_progress(at + 20, Duration::from_secs(60));
+    let parent = first.path().to_str().unwrap();
+    let report = dump_json(&w, second.path(), &["--leave-running", "--parent", parent]);
+    assert_eq!(report["pre_copy"]["resumed"], 1, "the tracking was not taken back: {report}");
+    let logical = report["write"]["logical_bytes"].as_u64().unwrap();
+    assert!(logical < 16 << 20, "{logical} bytes stored of a 64 MiB mapping mostly never touched: {report}");
+    let pid = w.pid;
+    restored_copy_is_behind(&mut w, second.path(), || assert!(!registered(pid), "left registered"));
+}
+
 /// Once the original (left running by a live snapshot) has gone on well
 /// past the dump (`meanwhile` looked at it then), kill it and restore
 /// from `images`: the restored copy starts from the dump, so it is behind.

@@ -118,6 +118,18 @@ impl PagemapEntry {
     pub fn pfn(self) -> Option<u64> {
         self.present().then_some(self.0 & ((1 << 55) - 1))
     }
+    /// A userfaultfd write-protect marker: a page never populated (or
+    /// dropped) in a range write-protected with `WP_UNPOPULATED`, which
+    /// holds nothing. It shows as a swap entry of the kernel's marker type
+    /// (`SWP_PTE_MARKER`: the last of the 32 types, above any swap file's)
+    /// with the uffd-wp bit. Telling it from a page really swapped out
+    /// needs the swap type, which pagemap shows only to CAP_SYS_ADMIN:
+    /// without it no entry counts as a marker.
+    pub fn uffd_wp_marker(self) -> bool {
+        const SWAP_TYPE_BITS: u64 = 5;
+        const PTE_MARKER_TYPE: u64 = (1 << SWAP_TYPE_BITS) - 1;
+        self.swapped() && self.uffd_wp() && self.0 & PTE_MARKER_TYPE == PTE_MARKER_TYPE
+    }
 }
 
 /// PAGEMAP_SCAN page categories (`PAGE_IS_*` in include/uapi/linux/fs.h).
@@ -263,6 +275,32 @@ impl Pagemap {
                 PagemapEntry(u64::from_ne_bytes(word))
             })
             .collect())
+    }
+
+    /// The runs of pages of `range` that are userfaultfd write-protect
+    /// markers ([`PagemapEntry::uffd_wp_marker`]), in address order.
+    /// Reads the entries in parts, so memory stays bounded however large
+    /// the range.
+    pub fn uffd_wp_markers(&self, range: Range<u64>) -> Result<Vec<Range<u64>>, Error> {
+        const ENTRIES_PER_READ: u64 = 16 * 1024;
+        let page = crate::mman::page_size() as u64;
+        let mut out: Vec<Range<u64>> = Vec::new();
+        let mut at = range.start / page * page;
+        while at < range.end {
+            let end = (at + ENTRIES_PER_READ * page).min(range.end);
+            for (i, entry) in self.entries(at..end)?.into_iter().enumerate() {
+                if !entry.uffd_wp_marker() {
+                    continue;
+                }
+                let start = at + i as u64 * page;
+                match out.last_mut() {
+                    Some(last) if last.end == start => last.end = start + page,
+                    _ => out.push(start..start + page),
+                }
+            }
+            at = end.div_ceil(page) * page;
+        }
+        Ok(out)
     }
 
     /// The entry of the page holding `addr`.

@@ -542,6 +542,36 @@ mod tests {
         uffd.unregister(map.range()).expect("unregister");
     }
 
+    /// Write-protecting with `WP_ASYNC` (which brings `WP_UNPOPULATED`)
+    /// marks the pages never populated; pagemap tells those markers from
+    /// pages with contents, and a page written or read since is no longer
+    /// one.
+    #[test]
+    fn markers_are_the_pages_never_populated() {
+        let mut map = AnonMapping::new(16).unwrap();
+        for i in [0, 1] {
+            map.touch_page(i, 3);
+        }
+        let uffd = Userfaultfd::new(FEATURE_WP_ASYNC).expect("uffd");
+        uffd.register(map.range(), REGISTER_MODE_WP).expect("register");
+        uffd.write_protect(map.range(), true).expect("write-protect");
+        map.touch_page(5, 7);
+        let p = page_size();
+        assert_eq!(std::hint::black_box(map.as_slice()[7 * p]), 0);
+        let pm = Pagemap::open(nix::unistd::getpid()).unwrap();
+        let a = map.addr();
+        let page = |i: u64| a + i * p as u64;
+        let markers = pm.uffd_wp_markers(map.range()).expect("pagemap");
+        assert_eq!(markers, [page(2)..page(5), page(6)..page(7), page(8)..page(16)]);
+        // A swap entry that is no marker (a page swapped out) is not one.
+        let entries = pm.entries(map.range()).unwrap();
+        assert!(entries[0].present() && !entries[0].uffd_wp_marker());
+        assert!(entries[3].swapped() && entries[3].uffd_wp() && entries[3].uffd_wp_marker());
+        assert!(!crate::pagemap::PagemapEntry((1 << 62) | (1 << 57) | 3).uffd_wp_marker());
+        uffd.unregister(map.range()).expect("unregister");
+        assert_eq!(pm.uffd_wp_markers(map.range()).unwrap(), []);
+    }
+
     /// A userfaultfd made in a child (by injection) tracks the child's
     /// writes: the pages it writes after being write-protected, and only
     /// those, show as written in its pagemap; the child keeps no fd of it,

@@ -215,6 +215,7 @@ pub fn store(
     let mut pending = None;
     if let Some(c) = copied {
         let written = c.written(pid)?;
+        let untouched = c.untouched(&written);
         let mut p = Pending { pid, mm, runs: Vec::new(), fresh: Vec::new(), raw: Vec::new() };
         let mut reads = Vec::new();
         let mut direct = Vec::new();
@@ -223,8 +224,10 @@ pub fn store(
                 direct.push((start, end));
                 continue;
             }
-            p.runs.push((start, end));
-            reads.extend(c.to_read(start, end, &written).into_iter().map(|r| (r.start, r.end)));
+            for r in without(start..end, &untouched) {
+                p.runs.push((r.start, r.end));
+                reads.extend(c.to_read(r.start, r.end, &written).into_iter().map(|r| (r.start, r.end)));
+            }
         }
         let flat: Vec<u64> = reads.iter().flat_map(|&(s, e)| [s, e]).collect();
         tracing::debug!("process {pid}: {} bytes written since the last copy ahead", size(&flat));

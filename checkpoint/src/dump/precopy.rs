@@ -223,6 +223,10 @@ pub struct Copied {
     /// Pages written and protected again whose copy failed (unmapped
     /// meanwhile): the freeze reads them.
     lost: Vec<u64>,
+    /// Pages that held nothing when the tracking started (or went on) and
+    /// have not been written since, as `[start, end)` pairs in address
+    /// order ([`unpopulated`]): neither copied nor stored.
+    unpopulated: Vec<u64>,
     /// Whether the freeze protects the pages written again, for the
     /// tracking to be kept after the dump ([`super::tracking`]).
     keep: bool,
@@ -261,6 +265,16 @@ impl Copied {
             self.rearmed.store(again.is_ok(), Ordering::Relaxed);
         }
         Ok(runs.into_iter().flat_map(|(s, e)| [s, e]).collect())
+    }
+
+    /// The pages that hold nothing, given the pages `written` (pairs in
+    /// address order) since the last round: those unpopulated when the
+    /// tracking started and not written since, as pairs in address order.
+    /// Such a page still shows as swapped (its write-protect marker is a
+    /// swap entry) but is left out of what is stored: a write to it shows
+    /// as written, and a read maps the zero page, which is never stored.
+    pub fn untouched(&self, written: &[u64]) -> Vec<u64> {
+        memory::subtract(&self.unpopulated, written)
     }
 
     /// Bytes of `runs` (pairs in address order) not yet in the mirror.
@@ -332,7 +346,11 @@ impl PreCopy {
         let mut failed = Vec::new();
         for (&pid, c) in self.by_pid.iter_mut() {
             match written_since(pid, c, true) {
-                Ok(runs) => last += copy_raw(pid, &runs, c),
+                Ok(runs) => {
+                    let flat: Vec<u64> = runs.iter().flat_map(|&(s, e)| [s, e]).collect();
+                    c.unpopulated = memory::subtract(&c.unpopulated, &flat);
+                    last += copy_raw(pid, &runs, c);
+                }
                 Err(e) => failed.push((pid, e)),
             }
         }
@@ -518,16 +536,24 @@ pub fn run(
             mirrored: Vec::new(),
             covered,
             lost: Vec::new(),
+            unpopulated: Vec::new(),
             keep,
             rearmed: AtomicBool::new(false),
         };
         // A process that exits meanwhile is the freeze's to report.
-        let runs = match Pagemap::open(pid) {
-            Ok(pagemap) => memory::runs(pid, &pagemap, &tracked, &[]),
-            Err(e) => Err(MemoryError::Scan { pid, start: 0, what: crate::chain(&e) }),
-        };
+        let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) });
+        let runs = pagemap.and_then(|pagemap| {
+            copied.unpopulated = unpopulated(pid, &pagemap, &copied.registered);
+            memory::runs(pid, &pagemap, &tracked, &[])
+        });
         match runs {
             Ok(runs) => {
+                let untouched = copied.untouched(&[]);
+                let runs: Vec<(u64, u64)> = runs
+                    .into_iter()
+                    .flat_map(|(s, e)| memory::without(s..e, &untouched))
+                    .map(|r| (r.start, r.end))
+                    .collect();
                 pre.bytes_read += copy_first(pid, &runs, writer, &mut copied)?;
                 pre.by_pid.insert(pid, copied);
             }
@@ -692,6 +718,41 @@ fn go_on(pid: Pid, kept: Kept, writer: &ImageWriter) -> Result<Started, String> 
         (first, memory::union(&covered, &[]))
     });
     Ok(Started { uffd, plans, kept: ranges, parent })
+}
+
+/// The pages of the `registered` ranges of `pid` that hold nothing (never
+/// populated, or dropped), as `[start, end)` pairs in address order:
+/// write-protecting them left a marker on each, which PAGEMAP_SCAN shows
+/// as swapped and not written, like a page swapped out. They are told
+/// apart by their swap entries in /proc/PID/pagemap, read only where the
+/// scan finds swapped pages. A thread's stack, a malloc arena or a
+/// reserved heap is mostly such pages: without this the first copy would
+/// read them all (zeros). Any error finds none, and they are read.
+fn unpopulated(pid: Pid, pagemap: &Pagemap, registered: &[Range<u64>]) -> Vec<u64> {
+    let requests: Vec<ScanRequest> = registered
+        .iter()
+        .map(|r| ScanRequest {
+            range: r.clone(),
+            flags: 0,
+            required: Categories::SWAPPED | Categories::WRITTEN,
+            any_of: Categories::NONE,
+            inverted: Categories::WRITTEN,
+            report: Categories::SWAPPED,
+        })
+        .collect();
+    let found = memory::scan_all(pagemap, &requests).map_err(|(_, e)| crate::chain(&e)).and_then(|answers| {
+        let mut out = Vec::new();
+        for region in answers.into_iter().flatten() {
+            for r in pagemap.uffd_wp_markers(region.start..region.end).map_err(|e| crate::chain(&e))? {
+                out.extend([r.start, r.end]);
+            }
+        }
+        Ok(memory::union(&out, &[]))
+    });
+    found.unwrap_or_else(|e| {
+        tracing::debug!("process {pid}: its unpopulated pages are read as they are: {e}");
+        Vec::new()
+    })
 }
 
 /// The runs of pages of `pid` written since they were last protected;
