@@ -248,15 +248,13 @@ impl Copied {
         memory::without(start..end, &clean)
     }
 
-    /// The pages of the registered mappings written since they were last
-    /// protected, as `[start, end)` pairs in address order (present pages
-    /// of a mapping made there since, not registered, count as written).
-    /// With the tracking to be kept, the freeze calls this: the pages are
-    /// protected again in a second scan (one with `PM_SCAN_WP_MATCHING`
-    /// skips mappings not registered, made there since, whose pages all
-    /// count as written and must be read).
-    pub fn written(&self, pid: Pid) -> Result<Vec<u64>, MemoryError> {
-        let runs = written_since(pid, self, false)?;
+    /// With the tracking to be kept, protect again the pages written
+    /// since the last round, as the freeze found them (the freeze calls
+    /// this, once it has scanned which: that scan's own written pages
+    /// include those of a mapping made since in a registered range, not
+    /// registered, whose pages all count as written; one with
+    /// `PM_SCAN_WP_MATCHING` skips such mappings).
+    pub fn rearm(&self, pid: Pid) {
         if self.keep {
             let again = written_since(pid, self, true);
             if let Err(e) = &again {
@@ -264,7 +262,6 @@ impl Copied {
             }
             self.rearmed.store(again.is_ok(), Ordering::Relaxed);
         }
-        Ok(runs.into_iter().flat_map(|(s, e)| [s, e]).collect())
     }
 
     /// The pages that hold nothing, given the pages `written` (pairs in
@@ -544,7 +541,7 @@ pub fn run(
         let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) });
         let runs = pagemap.and_then(|pagemap| {
             copied.unpopulated = unpopulated(pid, &pagemap, &copied.registered);
-            memory::runs(pid, &pagemap, &tracked, &[])
+            memory::runs(pid, &pagemap, &tracked, &[], false).map(|found| found.runs)
         });
         match runs {
             Ok(runs) => {
