@@ -17,6 +17,7 @@ pub mod journal;
 pub mod netlock;
 pub mod proc;
 pub mod restore;
+mod workers;
 
 /// Told the bytes done so far, and the total, during a long phase (memory
 /// of a dump or a restore).

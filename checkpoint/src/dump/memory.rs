@@ -320,28 +320,7 @@ pub(crate) fn scan_all(
     }
     let scan = |req: &ScanRequest| pagemap.scan(req).map_err(|e| (req.range.start, e));
     let threads = crate::cores().min(jobs.len().div_ceil(4));
-    let found: Vec<Result<Vec<PageRegion>, _>> = if threads <= 1 {
-        jobs.iter().map(|(_, req)| scan(req)).collect()
-    } else {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut found: Vec<(usize, Result<Vec<PageRegion>, _>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((_, req)) = jobs.get(j) else { return mine };
-                            mine.push((j, scan(req)));
-                        }
-                    })
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().expect("a pagemap scan panicked")).collect()
-        });
-        found.sort_unstable_by_key(|(j, _)| *j);
-        found.into_iter().map(|(_, f)| f).collect()
-    };
+    let found = crate::workers::map(jobs.len(), threads, || (), |_, j| scan(&jobs[j].1));
     let mut joined: Vec<Vec<PageRegion>> = vec![Vec::new(); asks.len()];
     for ((i, _), regions) in jobs.iter().zip(found) {
         let answer = &mut joined[*i];
@@ -528,42 +507,23 @@ pub(crate) fn read_pieces(
     chunker: Option<&Chunker>,
     mut sink: impl FnMut(u64, Result<&mut Piece, MemoryError>) -> Result<(), MemoryError>,
 ) -> Result<(), MemoryError> {
-    let readers = crate::cores().clamp(1, 4);
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-    let pool = &pool;
-    std::thread::scope(|scope| -> Result<(), MemoryError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Result<Piece, MemoryError>)>(readers * 2);
-        for _ in 0..readers {
-            let tx = tx.clone();
-            let next = &next;
-            scope.spawn(move || {
-                let mut files = ReaderFiles::default();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&(at, end)) = pieces.get(i) else { return };
-                    let buf = pool.lock().expect("not poisoned").pop().unwrap_or_default();
-                    let read = read_piece(pid, at, end, &mut files, buf).and_then(|buf| {
-                        let prepared = chunker.map(|c| c.prepare(at, &buf)).transpose().map_err(MemoryError::Write)?;
-                        Ok(Piece { buf, prepared })
-                    });
-                    if tx.send((at, read)).is_err() {
-                        return; // the sink failed and stopped listening
-                    }
-                }
-            });
+    let read = |files: &mut ReaderFiles, i: usize| {
+        let (at, end) = pieces[i];
+        let buf = pool.lock().expect("not poisoned").pop().unwrap_or_default();
+        read_piece(pid, at, end, files, buf).and_then(|buf| {
+            let prepared = chunker.map(|c| c.prepare(at, &buf)).transpose().map_err(MemoryError::Write)?;
+            Ok(Piece { buf, prepared })
+        })
+    };
+    let readers = crate::cores().clamp(1, 4);
+    crate::workers::each(pieces.len(), readers, ReaderFiles::default, read, |i, read| match read {
+        Ok(mut piece) => {
+            sink(pieces[i].0, Ok(&mut piece))?;
+            pool.lock().expect("not poisoned").push(piece.buf);
+            Ok(())
         }
-        drop(tx);
-        for (at, read) in rx {
-            match read {
-                Ok(mut piece) => {
-                    sink(at, Ok(&mut piece))?;
-                    pool.lock().expect("not poisoned").push(piece.buf);
-                }
-                Err(e) => sink(at, Err(e))?,
-            }
-        }
-        Ok(())
+        Err(e) => sink(pieces[i].0, Err(e)),
     })
 }
 

@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,38 +111,22 @@ impl Mirror {
     /// pieces copied and those that could not be read (unmapped meanwhile),
     /// as `[start, end)` pairs in address order.
     pub fn fill(&self, pid: Pid, pieces: &[(u64, u64)]) -> (Vec<u64>, Vec<u64>) {
-        let readers = crate::cores().clamp(1, 4);
-        let next = AtomicUsize::new(0);
-        let (mut got, mut failed) = (Vec::new(), Vec::new());
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..readers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let (mut got, mut failed) = (Vec::new(), Vec::new());
-                        let mem = ProcMem::open(pid, false).ok();
-                        let pagemap = Pagemap::open(pid).ok();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&(at, end)) = pieces.get(i) else { break };
-                            let ok = mem.as_ref().zip(pagemap.as_ref()).is_some_and(|(mem, pagemap)| {
-                                parts(&self.bases, at, end - at).is_ok_and(|parts| {
-                                    parts
-                                        .iter()
-                                        .all(|&(a, off, n)| self.fill_part(pid, mem, pagemap, a, off, n).is_ok())
-                                })
-                            });
-                            if ok { &mut got } else { &mut failed }.extend([at, end]);
-                        }
-                        (got, failed)
-                    })
+        let files = || (ProcMem::open(pid, false).ok(), Pagemap::open(pid).ok());
+        let copy = |files: &mut (Option<ProcMem>, Option<Pagemap>), i: usize| {
+            let (at, end) = pieces[i];
+            files.0.as_ref().zip(files.1.as_ref()).is_some_and(|(mem, pagemap)| {
+                parts(&self.bases, at, end - at).is_ok_and(|parts| {
+                    parts.iter().all(|&(a, off, n)| self.fill_part(pid, mem, pagemap, a, off, n).is_ok())
                 })
-                .collect();
-            for w in workers {
-                let (g, f) = w.join().expect("mirror reader panicked");
-                got.extend(g);
-                failed.extend(f);
-            }
-        });
+            })
+        };
+        let (mut got, mut failed) = (Vec::new(), Vec::new());
+        let copied: Result<(), std::convert::Infallible> =
+            crate::workers::each(pieces.len(), crate::cores().clamp(1, 4), files, copy, |i, ok| {
+                if ok { &mut got } else { &mut failed }.extend([pieces[i].0, pieces[i].1]);
+                Ok(())
+            });
+        let Ok(()) = copied;
         (memory::union(&got, &[]), memory::union(&failed, &[]))
     }
 

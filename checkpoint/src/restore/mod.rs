@@ -2201,50 +2201,22 @@ fn write_memory(
         .collect();
     let total: u64 = chunks.iter().map(|c| c.1).sum();
     // On all cores: each worker takes the next piece, reads its chunks
-    // (decompressed, their hashes checked) and writes them.
-    let workers = crate::cores().min(chunks.len().div_ceil(PIECE));
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    // (decompressed, their hashes checked) and writes them, with buffers
+    // of its own used again piece after piece (fresh ones would each take
+    // new pages, zeroed by the kernel and again by us).
     let pieces = chunks.len().div_ceil(PIECE);
-    let next = AtomicUsize::new(0);
-    let (mem, chunks, next) = (&mem, &chunks, &next);
-    std::thread::scope(|scope| {
-        let (done, written) = std::sync::mpsc::channel::<Result<u64, RestoreError>>();
-        for _ in 0..workers {
-            let done = done.clone();
-            scope.spawn(move || {
-                // The worker's buffers, used again piece after piece (fresh
-                // ones would each take new pages, zeroed by the kernel and
-                // again by us).
-                let mut buffers = vec![Vec::new(); PIECE];
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= pieces {
-                        return;
-                    }
-                    let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
-                    if done.send(write_piece(image, mem, piece, lazy, verified, &mut buffers)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(done);
-        let mut bytes = 0;
-        for w in written {
-            match w {
-                Ok(n) => {
-                    bytes += n;
-                    progress(bytes, total);
-                }
-                Err(e) => {
-                    // The others stop at their next piece.
-                    next.store(pieces, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(bytes / PAGE)
-    })
+    let buffers = || vec![Vec::new(); PIECE];
+    let write = |buffers: &mut Vec<Vec<u8>>, k: usize| {
+        let piece = &chunks[k * PIECE..((k + 1) * PIECE).min(chunks.len())];
+        write_piece(image, &mem, piece, lazy, verified, buffers)
+    };
+    let mut bytes = 0;
+    crate::workers::each(pieces, crate::cores(), buffers, write, |_, written| {
+        bytes += written?;
+        progress(bytes, total);
+        Ok::<(), RestoreError>(())
+    })?;
+    Ok(bytes / PAGE)
 }
 
 /// The chunks of `piece` read from `image` and written into `mem`, runs
