@@ -152,6 +152,33 @@ fn kept_tracking_skips_pages_never_populated_and_keeps_those_written_since() {
     restored_copy_is_behind(&mut w, second.path(), || assert!(!registered(pid), "left registered"));
 }
 
+/// A live snapshot of a process whose memory is the start of 64 GiB of
+/// address space reserved PROT_NONE (a JVM's heap, a V8 cage): the
+/// reservation is not write-protected, so the dump makes no page tables
+/// in the process for it (marking each page never touched took 131 MB of
+/// them, left behind), and the restored copy holds exactly the memory of
+/// the freeze, in the same reservation.
+#[test]
+fn live_snapshot_of_memory_in_a_large_reservation_leaves_no_page_tables_behind() {
+    let mut w = Workload::start("mem_writer", &["64", "16", "reserved"]);
+    w.wait_running();
+    let page_tables = |pid: i32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmPTE:")).expect("VmPTE in status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = page_tables(w.pid);
+    let images = tempfile::tempdir().unwrap();
+    let report = dump_json(&w, images.path(), &["--leave-running"]);
+    let read = report["pre_copy"]["bytes_read"].as_u64().unwrap();
+    assert!((64 << 20..80 << 20).contains(&read), "{read} bytes read ahead of 64 MiB in use: {report}");
+    let after = page_tables(w.pid);
+    assert!(after < before + 4096, "page tables grew from {before} to {after} KiB through the dump");
+    let pid = w.pid;
+    // mem_writer's check includes the rest of the reservation, PROT_NONE.
+    restored_copy_is_behind(&mut w, images.path(), || assert!(!registered(pid), "left registered"));
+}
+
 /// Once the original (left running by a live snapshot) has gone on well
 /// past the dump (`meanwhile` looked at it then), kill it and restore
 /// from `images`: the restored copy starts from the dump, so it is behind.

@@ -4,11 +4,13 @@
  * what each page must hold: a live snapshot copies memory while this runs,
  * and must still restore exactly the memory of the moment of the freeze.
  *
- * Usage: mem_writer DIR [MIB [PAGES [sparse]]]   (MIB defaults to 64;
- * PAGES, the pages written per generation of ~10 ms, to 1% of them;
+ * Usage: mem_writer DIR [MIB [PAGES [sparse|reserved]...]]   (MIB defaults
+ * to 64; PAGES, the pages written per generation of ~10 ms, to 1% of them;
  * "sparse" leaves the pages unwritten at the start: until its first write,
  * a page must read as zeros, and a thread stack or a malloc arena, most
- * of whose pages were never touched, is what this stands for)
+ * of whose pages were never touched, is what this stands for; "reserved"
+ * makes the region the start of 64 GiB of address space reserved
+ * PROT_NONE, the rest left so, as a JVM's heap or a V8 cage is)
  *
  * Write number s (from 0) goes to page (s * STRIDE) mod N (N pages, a power
  * of two; STRIDE odd, so each page once per N writes) and fills it with the
@@ -26,7 +28,25 @@
 
 static uint8_t *region;
 static uint64_t npages, per_gen, writes, inverse;
-static bool sparse;
+static bool sparse, reserved;
+#define RESERVED_SPAN (64ull << 30)
+
+/* In "reserved" mode: the rest of the reservation is still there, PROT_NONE. */
+static void check_reserved(void)
+{
+	char want[64], line[512];
+	snprintf(want, sizeof want, "%lx-%lx ---p", (unsigned long)(region + npages * PAGE),
+		 (unsigned long)(region + RESERVED_SPAN));
+	FILE *maps = fopen("/proc/self/maps", "r");
+	if (!maps)
+		wl_die("/proc/self/maps: %s", strerror(errno));
+	bool found = false;
+	while (fgets(line, sizeof line, maps))
+		found |= strncmp(line, want, strlen(want)) == 0;
+	fclose(maps);
+	if (!found)
+		wl_fail("the reservation after the region is gone: no mapping \"%s\"", want);
+}
 
 /* The pattern page I holds after its write in generation GEN (0: setup). */
 static uint64_t seed_of(uint64_t i, uint64_t gen)
@@ -87,14 +107,30 @@ int main(int argc, char **argv)
 	per_gen = argc > 3 ? strtoull(argv[3], NULL, 0) : npages / 100;
 	if (per_gen == 0)
 		wl_die("PAGES must be > 0");
-	sparse = argc > 4 && strcmp(argv[4], "sparse") == 0;
+	for (int i = 4; i < argc; i++) {
+		if (strcmp(argv[i], "sparse") == 0)
+			sparse = true;
+		else if (strcmp(argv[i], "reserved") == 0)
+			reserved = true;
+		else
+			wl_die("unknown mode %s", argv[i]);
+	}
 	/* STRIDE * inverse = 1 (mod 2^64), by Newton's iteration. */
 	inverse = STRIDE;
 	for (int k = 0; k < 6; k++)
 		inverse *= 2 - STRIDE * inverse;
 
 	size_t len = npages * PAGE;
-	region = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (reserved) {
+		size_t span = RESERVED_SPAN;
+		region = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (region == MAP_FAILED)
+			wl_die("reserve %zu bytes: %s", span, strerror(errno));
+		if (mprotect(region, len, PROT_READ | PROT_WRITE))
+			wl_die("mprotect %zu bytes: %s", len, strerror(errno));
+	} else {
+		region = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
 	if (region == MAP_FAILED)
 		wl_die("mmap %zu bytes: %s", len, strerror(errno));
 	for (uint64_t i = 0; i < npages && !sparse; i++)
@@ -107,5 +143,7 @@ int main(int argc, char **argv)
 	for (uint64_t i = 0; i < npages; i++)
 		if (!page_ok(i, writes))
 			break;
+	if (reserved)
+		check_reserved();
 	wl_finish(dir);
 }

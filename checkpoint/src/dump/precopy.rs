@@ -652,10 +652,20 @@ fn trackable(pid: Pid) -> Result<Vec<Planned>, String> {
     // would read the whole file into the process (and fail past the end
     // of a shorter one). The private copies a file mapping holds are few;
     // the freeze reads them.
+    // Nor mappings nothing may touch (PROT_NONE): address space reserved
+    // (a JVM's heap, a V8 or wasm runtime's cage, a thread's guard page),
+    // usually with no page at all. Write-protecting puts a marker on every
+    // page never touched, and makes the page tables to hold them (the
+    // kernel counts an unpopulated page of a tracked mapping as written
+    // until it is marked): a 64 GiB reservation took 131 MB of page tables,
+    // left in the process after the dump, ~1 s of the copy and 105 ms of
+    // the freeze. The freeze reads what such a mapping holds, and a part
+    // made accessible meanwhile (mprotect: a mapping of its own) is copied
+    // then as a mapping made after the copy started.
     let mut plans: Vec<Planned> = maps
         .iter()
         .filter_map(|m| memory::plan(m).ok())
-        .filter(|p| p.pages == Pages::All && p.vma.kind != VmaKind::AioRing as i32)
+        .filter(|p| p.pages == Pages::All && p.vma.kind != VmaKind::AioRing as i32 && p.vma.prot != 0)
         .collect();
     memory::find_guards(pid, &mut plans).map_err(|e| e.to_string())?;
     Ok(plans)
