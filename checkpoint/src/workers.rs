@@ -12,6 +12,8 @@ use std::sync::mpsc::sync_channel;
 /// their next item, and is returned. At most a few results wait for the
 /// sink at a time, so a slow sink holds the workers back instead of their
 /// results piling up. With one thread, or one item, no thread is started.
+/// Each result goes through a channel, which wakes this thread: for items
+/// of some size (pieces of megabytes); many small ones go through [`map`].
 pub(crate) fn each<S, R: Send, E>(
     items: usize,
     threads: usize,
@@ -52,20 +54,42 @@ pub(crate) fn each<S, R: Send, E>(
     })
 }
 
-/// [`each`] for results wanted in the items' order, all of them.
+/// [`each`] for results wanted in the items' order, all of them, and kept
+/// by each worker until it is done: no channel, no wake-up per item (a
+/// round of a live snapshot copies tens of thousands of scattered pages,
+/// which copied at 0.7 GB/s through [`each`] and at ~1.8 GB/s so).
 pub(crate) fn map<S, R: Send>(
     items: usize,
     threads: usize,
     state: impl Fn() -> S + Sync,
     job: impl Fn(&mut S, usize) -> R + Sync,
 ) -> Vec<R> {
-    let mut out: Vec<Option<R>> = (0..items).map(|_| None).collect();
-    let done: Result<(), std::convert::Infallible> = each(items, threads, state, job, |i, r| {
-        out[i] = Some(r);
-        Ok(())
+    let threads = threads.min(items);
+    if threads <= 1 {
+        let mut mine = state();
+        return (0..items).map(|i| job(&mut mine, i)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let (next, state, job) = (&next, &state, &job);
+    let mut found: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let (mut state, mut done) = (state(), Vec::new());
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= items {
+                            return done;
+                        }
+                        done.push((i, job(&mut state, i)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a worker panicked")).collect()
     });
-    let Ok(()) = done;
-    out.into_iter().map(|r| r.expect("every item was run")).collect()
+    found.sort_unstable_by_key(|(i, _)| *i);
+    found.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]

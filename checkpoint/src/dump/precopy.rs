@@ -121,12 +121,10 @@ impl Mirror {
             })
         };
         let (mut got, mut failed) = (Vec::new(), Vec::new());
-        let copied: Result<(), std::convert::Infallible> =
-            crate::workers::each(pieces.len(), crate::cores().clamp(1, 4), files, copy, |i, ok| {
-                if ok { &mut got } else { &mut failed }.extend([pieces[i].0, pieces[i].1]);
-                Ok(())
-            });
-        let Ok(()) = copied;
+        let copied = crate::workers::map(pieces.len(), crate::cores().clamp(1, 4), files, copy);
+        for (&(at, end), ok) in pieces.iter().zip(copied) {
+            if ok { &mut got } else { &mut failed }.extend([at, end]);
+        }
         (memory::union(&got, &[]), memory::union(&failed, &[]))
     }
 
