@@ -714,9 +714,9 @@ fn go_on(pid: Pid, kept: Kept, writer: &ImageWriter) -> Result<Started, String> 
 /// write-protecting them left a marker on each, which PAGEMAP_SCAN shows
 /// as swapped and not written, like a page swapped out. They are told
 /// apart by their swap entries in /proc/PID/pagemap, read only where the
-/// scan finds swapped pages. A thread's stack, a malloc arena or a
-/// reserved heap is mostly such pages: without this the first copy would
-/// read them all (zeros). Any error finds none, and they are read.
+/// scan finds swapped pages. A thread's stack or a malloc arena is mostly
+/// such pages: without this the first copy would read them all (zeros).
+/// Any error finds none, and they are read.
 fn unpopulated(pid: Pid, pagemap: &Pagemap, registered: &[Range<u64>]) -> Vec<u64> {
     let requests: Vec<ScanRequest> = registered
         .iter()

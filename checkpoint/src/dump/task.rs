@@ -211,7 +211,6 @@ fn creds(status: &proc::Status) -> Creds {
     }
 }
 
-/// One thread's registers, signal state and attributes.
 /// What a thread's /proc files and the scheduler say of it (all but what
 /// ptrace tells), and its cgroups when it is not the main thread.
 struct ThreadFiles {
@@ -219,6 +218,7 @@ struct ThreadFiles {
     cgroup: Option<String>,
 }
 
+/// What [`thread`] takes of [`ThreadFiles`].
 struct ThreadInfo {
     stat: Stat,
     status: proc::Status,
@@ -247,6 +247,7 @@ fn thread_files(pid: Pid, tid: Pid) -> Result<ThreadFiles, DumpError> {
     Ok(ThreadFiles { info: ThreadInfo { stat, status, slack, sched, ioprio, cpus }, cgroup })
 }
 
+/// One thread's registers, signal state and attributes.
 fn thread(
     pid: Pid,
     s: &mut Seized,
