@@ -4,13 +4,15 @@
  * what each page must hold: a live snapshot copies memory while this runs,
  * and must still restore exactly the memory of the moment of the freeze.
  *
- * Usage: mem_writer DIR [MIB [PAGES [sparse|reserved]...]]   (MIB defaults
- * to 64; PAGES, the pages written per generation of ~10 ms, to 1% of them;
- * "sparse" leaves the pages unwritten at the start: until its first write,
- * a page must read as zeros, and a thread stack or a malloc arena, most
- * of whose pages were never touched, is what this stands for; "reserved"
- * makes the region the start of 64 GiB of address space reserved
- * PROT_NONE, the rest left so, as a JVM's heap or a V8 cage is)
+ * Usage: mem_writer DIR [MIB [PAGES [sparse|reserved|arena]...]]   (MIB
+ * defaults to 64; PAGES, the pages written per generation of ~10 ms, to 1%
+ * of them; "sparse" leaves the pages unwritten at the start: until its
+ * first write, a page must read as zeros, and a thread stack or a malloc
+ * arena, most of whose pages were never touched, is what this stands for;
+ * "reserved" makes the region the start of 64 GiB of address space
+ * reserved PROT_NONE, the rest left so, as a JVM's heap or a V8 cage is;
+ * "arena" the start of 64 GiB mapped read-write with MAP_NORESERVE, the
+ * rest never touched, as a sanitizer's shadow memory is)
  *
  * Write number s (from 0) goes to page (s * STRIDE) mod N (N pages, a power
  * of two; STRIDE odd, so each page once per N writes) and fills it with the
@@ -28,15 +30,15 @@
 
 static uint8_t *region;
 static uint64_t npages, per_gen, writes, inverse;
-static bool sparse, reserved;
+static bool sparse, reserved, arena;
 #define RESERVED_SPAN (64ull << 30)
 
-/* In "reserved" mode: the rest of the reservation is still there, PROT_NONE. */
+/* In "reserved" ("arena") mode: the rest of the span is still there, PROT_NONE (read-write). */
 static void check_reserved(void)
 {
 	char want[64], line[512];
-	snprintf(want, sizeof want, "%lx-%lx ---p", (unsigned long)(region + npages * PAGE),
-		 (unsigned long)(region + RESERVED_SPAN));
+	snprintf(want, sizeof want, "%lx-%lx %s", (unsigned long)(region + (arena ? 0 : npages * PAGE)),
+		 (unsigned long)(region + RESERVED_SPAN), arena ? "rw-p" : "---p");
 	FILE *maps = fopen("/proc/self/maps", "r");
 	if (!maps)
 		wl_die("/proc/self/maps: %s", strerror(errno));
@@ -112,6 +114,8 @@ int main(int argc, char **argv)
 			sparse = true;
 		else if (strcmp(argv[i], "reserved") == 0)
 			reserved = true;
+		else if (strcmp(argv[i], "arena") == 0)
+			arena = true;
 		else
 			wl_die("unknown mode %s", argv[i]);
 	}
@@ -128,6 +132,9 @@ int main(int argc, char **argv)
 			wl_die("reserve %zu bytes: %s", span, strerror(errno));
 		if (mprotect(region, len, PROT_READ | PROT_WRITE))
 			wl_die("mprotect %zu bytes: %s", len, strerror(errno));
+	} else if (arena) {
+		region = mmap(NULL, RESERVED_SPAN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			      -1, 0);
 	} else {
 		region = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	}
@@ -143,7 +150,7 @@ int main(int argc, char **argv)
 	for (uint64_t i = 0; i < npages; i++)
 		if (!page_ok(i, writes))
 			break;
-	if (reserved)
+	if (reserved || arena)
 		check_reserved();
 	wl_finish(dir);
 }

@@ -451,15 +451,16 @@ pub fn run(
         let held = kept.iter().position(|k| k.pid == pid).map(|i| kept.swap_remove(i));
         let started = match held {
             Some(k) => go_on(pid, k, writer),
-            None => track(pid).map(|(uffd, plans)| Started { uffd, plans, kept: Vec::new(), parent: None }),
+            None => track(pid),
         };
-        let Started { uffd, plans, kept: kept_ranges, parent } = match started {
+        let Started { uffd, plans, sparse, kept: kept_ranges, parent } = match started {
             Ok(s) => s,
             Err(why) => {
                 pre.untracked.push(format!("process {pid}: {why}"));
                 continue;
             }
         };
+        pre.untracked.extend(sparse.into_iter().map(|why| format!("process {pid}: {why}")));
         let mut registered = kept_ranges.clone();
         let mut tracked = Vec::new();
         for plan in plans {
@@ -630,6 +631,8 @@ type FirstCopy = BTreeMap<u64, (u64, ChunkId)>;
 struct Started {
     uffd: Userfaultfd,
     plans: Vec<Planned>,
+    /// Why mappings it might have were not tracked ([`trackable`]).
+    sparse: Vec<String>,
     /// The ranges registered before, kept since the last dump.
     kept: Vec<Range<u64>>,
     /// With the parent image the tracking was kept for: the first copy
@@ -637,8 +640,14 @@ struct Started {
     parent: Option<(FirstCopy, Vec<u64>)>,
 }
 
-/// The mappings of `pid` whose pages a dump stores and can track.
-fn trackable(pid: Pid) -> Result<Vec<Planned>, String> {
+/// The most of a mapping's pages, never touched, that its tracking may
+/// mark ([`trackable`]): 16 GiB, for which the kernel makes 32 MiB of page
+/// tables.
+const MARKED_MAX: u64 = 16 << 30;
+
+/// The mappings of `pid` whose pages a dump stores and can track, and why
+/// others were not (a mapping mostly empty, [`MARKED_MAX`]).
+fn trackable(pid: Pid) -> Result<(Vec<Planned>, Vec<String>), String> {
     // A process of a frozen cgroup cannot stop for ptrace (nor be let go).
     if let Some(cg) = crate::freeze::frozen_cgroup_of(pid) {
         return Err(format!("it is in frozen cgroup {}", cg.display()));
@@ -660,19 +669,54 @@ fn trackable(pid: Pid) -> Result<Vec<Planned>, String> {
     // the freeze. The freeze reads what such a mapping holds, and a part
     // made accessible meanwhile (mprotect: a mapping of its own) is copied
     // then as a mapping made after the copy started.
-    let mut plans: Vec<Planned> = maps
+    let plans: Vec<Planned> = maps
         .iter()
         .filter_map(|m| memory::plan(m).ok())
         .filter(|p| p.pages == Pages::All && p.vma.kind != VmaKind::AioRing as i32 && p.vma.prot != 0)
         .collect();
+    // The same holds for mappings made accessible but mostly never
+    // touched, however large: the shadow memory of a sanitizer (terabytes),
+    // an arena mapped with MAP_NORESERVE. One whose untouched pages would
+    // take more than 32 MiB of page tables to mark is left to the freeze,
+    // which reads what it holds, and said so.
+    let pagemap = Pagemap::open(pid).map_err(|e| crate::chain(&e))?;
+    let mut sparse = Vec::new();
+    let mut kept = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let (start, end) = (plan.vma.start, plan.vma.end);
+        if end - start > MARKED_MAX {
+            let ask = ScanRequest {
+                range: start..end,
+                flags: 0,
+                required: Categories::NONE,
+                any_of: Categories::PRESENT | Categories::SWAPPED,
+                inverted: Categories::NONE,
+                report: Categories::NONE,
+            };
+            let found = memory::scan_all(&pagemap, &[ask]).map_err(|(_, e)| crate::chain(&e))?;
+            let used: u64 = found.iter().flatten().map(|r| r.end - r.start).sum();
+            if end - start - used > MARKED_MAX {
+                sparse.push(format!(
+                    "mapping {start:#x}-{end:#x} ({} GiB, {} MiB of it in use) is copied frozen: marking its pages \
+                     never touched would take {} MiB of page tables",
+                    (end - start) >> 30,
+                    used >> 20,
+                    (end - start - used) >> 29
+                ));
+                continue;
+            }
+        }
+        kept.push(plan);
+    }
+    let mut plans = kept;
     memory::find_guards(pid, &mut plans).map_err(|e| e.to_string())?;
-    Ok(plans)
+    Ok((plans, sparse))
 }
 
 /// The mappings of `pid` whose pages a dump stores, and a userfaultfd of
 /// its address space made by stopping it for a moment.
-fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
-    let plans = trackable(pid)?;
+fn track(pid: Pid) -> Result<Started, String> {
+    let (plans, sparse) = trackable(pid)?;
     let pidfd = PidFd::open(pid).map_err(|e| crate::chain(&e))?;
     let mut seized = Seized::seize(pid, seize_options(pid)).map_err(|e| crate::chain(&e))?;
     seized.interrupt(STOP_TIMEOUT).map_err(|e| crate::chain(&e))?;
@@ -681,7 +725,7 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
     let made = Userfaultfd::in_process(&mut inj, &pidfd, uffd::FEATURE_WP_ASYNC);
     inj.finish().map_err(|e| crate::chain(&e))?;
     seized.detach().map_err(|e| crate::chain(&e))?;
-    Ok((made.map_err(|e| crate::chain(&e))?, plans))
+    Ok(Started { uffd: made.map_err(|e| crate::chain(&e))?, plans, sparse, kept: Vec::new(), parent: None })
 }
 
 /// Go on with the tracking `kept` since the last dump of `pid`. When that
@@ -689,7 +733,7 @@ fn track(pid: Pid) -> Result<(Userfaultfd, Vec<Planned>), String> {
 /// wholly inside the ranges tracked since are the first copy: the pages
 /// still protected hold what they hold.
 fn go_on(pid: Pid, kept: Kept, writer: &ImageWriter) -> Result<Started, String> {
-    let plans = trackable(pid)?;
+    let (plans, sparse) = trackable(pid)?;
     let (mm, image, chunk_size) = (kept.mm, kept.image, kept.chunk_size);
     let (uffd, ranges) = kept.into_parts();
     let of_parent = writer.parent().filter(|p| *p.manifest_hash() == image && chunk_size == writer.chunk_size());
@@ -706,7 +750,7 @@ fn go_on(pid: Pid, kept: Kept, writer: &ImageWriter) -> Result<Started, String> 
         }
         (first, memory::union(&covered, &[]))
     });
-    Ok(Started { uffd, plans, kept: ranges, parent })
+    Ok(Started { uffd, plans, sparse, kept: ranges, parent })
 }
 
 /// The pages of the `registered` ranges of `pid` that hold nothing (never
