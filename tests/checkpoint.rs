@@ -160,15 +160,9 @@ fn kept_tracking_skips_pages_never_populated_and_keeps_those_written_since() {
 /// the freeze, in the same reservation.
 #[test]
 fn live_snapshot_of_memory_in_a_large_reservation_leaves_no_page_tables_behind() {
-    let mut w = Workload::start("mem_writer", &["64", "16", "reserved"]);
-    w.wait_running();
-    let before = page_tables(w.pid);
-    let images = tempfile::tempdir().unwrap();
-    let report = dump_json(&w, images.path(), &["--leave-running"]);
+    let (mut w, images, report) = live_snapshot_in_64_gib("reserved");
     let read = report["pre_copy"]["bytes_read"].as_u64().unwrap();
     assert!((64 << 20..80 << 20).contains(&read), "{read} bytes read ahead of 64 MiB in use: {report}");
-    let after = page_tables(w.pid);
-    assert!(after < before + 4096, "page tables grew from {before} to {after} KiB through the dump");
     let pid = w.pid;
     // mem_writer's check includes the rest of the reservation, PROT_NONE.
     restored_copy_is_behind(&mut w, images.path(), || assert!(!registered(pid), "left registered"));
@@ -182,25 +176,32 @@ fn live_snapshot_of_memory_in_a_large_reservation_leaves_no_page_tables_behind()
 /// of the freeze, in the same 64 GiB mapping.
 #[test]
 fn live_snapshot_leaves_a_mostly_empty_huge_mapping_to_the_freeze() {
-    let mut w = Workload::start("mem_writer", &["64", "16", "arena"]);
-    w.wait_running();
-    let before = page_tables(w.pid);
-    let images = tempfile::tempdir().unwrap();
-    let report = dump_json(&w, images.path(), &["--leave-running"]);
+    let (mut w, images, report) = live_snapshot_in_64_gib("arena");
     let untracked = report["pre_copy"]["untracked"].to_string();
     assert!(untracked.contains("is copied frozen"), "the 64 GiB mapping is not said to be copied frozen: {report}");
-    let after = page_tables(w.pid);
-    assert!(after < before + 4096, "page tables grew from {before} to {after} KiB through the dump");
     let pid = w.pid;
     // mem_writer's check includes the rest of the mapping, read-write.
     restored_copy_is_behind(&mut w, images.path(), || assert!(!registered(pid), "left registered"));
 }
 
-/// The page tables of process `pid`, in KiB (VmPTE).
-fn page_tables(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmPTE:")).expect("VmPTE in status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+/// A `--leave-running` dump of mem_writer using 64 MiB at the start of a
+/// 64 GiB mapping (`mode`: "reserved" or "arena"), checked to leave the
+/// process's page tables (VmPTE) as they were: the workload, the image
+/// and the report.
+fn live_snapshot_in_64_gib(mode: &str) -> (Workload, tempfile::TempDir, serde_json::Value) {
+    let page_tables = |pid: i32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmPTE:")).expect("VmPTE in status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let w = Workload::start("mem_writer", &["64", "16", mode]);
+    w.wait_running();
+    let before = page_tables(w.pid);
+    let images = tempfile::tempdir().unwrap();
+    let report = dump_json(&w, images.path(), &["--leave-running"]);
+    let after = page_tables(w.pid);
+    assert!(after < before + 4096, "page tables grew from {before} to {after} KiB through the dump");
+    (w, images, report)
 }
 
 /// Once the original (left running by a live snapshot) has gone on well

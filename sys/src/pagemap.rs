@@ -282,25 +282,33 @@ impl Pagemap {
     /// Reads the entries in parts, so memory stays bounded however large
     /// the range.
     pub fn uffd_wp_markers(&self, range: Range<u64>) -> Result<Vec<Range<u64>>, Error> {
-        const ENTRIES_PER_READ: u64 = 16 * 1024;
         let page = crate::mman::page_size() as u64;
         let mut out: Vec<Range<u64>> = Vec::new();
-        let mut at = range.start / page * page;
-        while at < range.end {
-            let end = (at + ENTRIES_PER_READ * page).min(range.end);
-            for (i, entry) in self.entries(at..end)?.into_iter().enumerate() {
-                if !entry.uffd_wp_marker() {
-                    continue;
-                }
-                let start = at + i as u64 * page;
+        self.each_entry(range, |start, entry| {
+            if entry.uffd_wp_marker() {
                 match out.last_mut() {
                     Some(last) if last.end == start => last.end = start + page,
                     _ => out.push(start..start + page),
                 }
             }
+        })?;
+        Ok(out)
+    }
+
+    /// Hands `f` the address and entry of each page of `range`, reading
+    /// the entries in parts so memory stays bounded however large it is.
+    fn each_entry(&self, range: Range<u64>, mut f: impl FnMut(u64, PagemapEntry)) -> Result<(), Error> {
+        const ENTRIES_PER_READ: u64 = 64 * 1024;
+        let page = crate::mman::page_size() as u64;
+        let mut at = range.start / page * page;
+        while at < range.end {
+            let end = (at + ENTRIES_PER_READ * page).min(range.end);
+            for (i, entry) in self.entries(at..end)?.into_iter().enumerate() {
+                f(at + i as u64 * page, entry);
+            }
             at = end.div_ceil(page) * page;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The entry of the page holding `addr`.
@@ -345,41 +353,32 @@ impl Pagemap {
                 errno: Errno::ENOTTY,
             });
         }
-        const ENTRIES_PER_READ: u64 = 64 * 1024;
         let page = crate::mman::page_size() as u64;
         let zero = zero_pfn();
         let mut out: Vec<PageRegion> = Vec::new();
-        let mut at = req.range.start / page * page;
-        while at < req.range.end {
-            let end = (at + ENTRIES_PER_READ * page).min(req.range.end);
-            for (i, entry) in self.entries(at..end)?.into_iter().enumerate() {
-                let mut cat = 0;
-                for (set, c) in [
-                    (entry.present(), Categories::PRESENT),
-                    (entry.swapped(), Categories::SWAPPED),
-                    (entry.file_or_shared(), Categories::FILE),
-                    (entry.soft_dirty(), Categories::SOFT_DIRTY),
-                    (zero.is_some() && entry.pfn() == zero, Categories::PFNZERO),
-                ] {
-                    if set {
-                        cat |= c.0;
-                    }
-                }
-                let seen = cat ^ req.inverted.0;
-                if seen & req.required.0 != req.required.0 || (req.any_of.0 != 0 && seen & req.any_of.0 == 0) {
-                    continue;
-                }
-                let start = at + i as u64 * page;
-                let region = PageRegion { start, end: start + page, categories: Categories(cat & req.report.0) };
-                match out.last_mut() {
-                    Some(last) if last.end == region.start && last.categories == region.categories => {
-                        last.end = region.end
-                    }
-                    _ => out.push(region),
+        self.each_entry(req.range.clone(), |start, entry| {
+            let mut cat = 0;
+            for (set, c) in [
+                (entry.present(), Categories::PRESENT),
+                (entry.swapped(), Categories::SWAPPED),
+                (entry.file_or_shared(), Categories::FILE),
+                (entry.soft_dirty(), Categories::SOFT_DIRTY),
+                (zero.is_some() && entry.pfn() == zero, Categories::PFNZERO),
+            ] {
+                if set {
+                    cat |= c.0;
                 }
             }
-            at = end.div_ceil(page) * page;
-        }
+            let seen = cat ^ req.inverted.0;
+            if seen & req.required.0 != req.required.0 || (req.any_of.0 != 0 && seen & req.any_of.0 == 0) {
+                return;
+            }
+            let region = PageRegion { start, end: start + page, categories: Categories(cat & req.report.0) };
+            match out.last_mut() {
+                Some(last) if last.end == region.start && last.categories == region.categories => last.end = region.end,
+                _ => out.push(region),
+            }
+        })?;
         Ok(out)
     }
 

@@ -528,10 +528,9 @@ pub fn run(
         });
         match runs {
             Ok(runs) => {
-                let untouched = copied.untouched(&[]);
                 let runs: Vec<(u64, u64)> = runs
                     .into_iter()
-                    .flat_map(|(s, e)| memory::without(s..e, &untouched))
+                    .flat_map(|(s, e)| memory::without(s..e, &copied.unpopulated))
                     .map(|r| (r.start, r.end))
                     .collect();
                 pre.bytes_read += copy_first(pid, &runs, writer, &mut copied)?;
@@ -679,7 +678,7 @@ fn trackable(pid: Pid) -> Result<(Vec<Planned>, Vec<String>), String> {
     // an arena mapped with MAP_NORESERVE. One whose untouched pages would
     // take more than 32 MiB of page tables to mark is left to the freeze,
     // which reads what it holds, and said so.
-    let pagemap = Pagemap::open(pid).map_err(|e| crate::chain(&e))?;
+    let mut pagemap = None;
     let mut sparse = Vec::new();
     let mut kept = Vec::with_capacity(plans.len());
     for plan in plans {
@@ -693,7 +692,11 @@ fn trackable(pid: Pid) -> Result<(Vec<Planned>, Vec<String>), String> {
                 inverted: Categories::NONE,
                 report: Categories::NONE,
             };
-            let found = memory::scan_all(&pagemap, &[ask]).map_err(|(_, e)| crate::chain(&e))?;
+            let pagemap = match pagemap {
+                Some(ref p) => p,
+                None => pagemap.insert(Pagemap::open(pid).map_err(|e| crate::chain(&e))?),
+            };
+            let found = memory::scan_all(pagemap, &[ask]).map_err(|(_, e)| crate::chain(&e))?;
             let used: u64 = found.iter().flatten().map(|r| r.end - r.start).sum();
             if end - start - used > MARKED_MAX {
                 sparse.push(format!(

@@ -104,9 +104,10 @@ pub(super) fn process(frozen: &mut FrozenProcess, stat: &Stat) -> Result<Process
             }
             let mut threads = Vec::new();
             for seized in frozen.threads().iter_mut() {
-                let files = rx.recv().expect("one for each thread")?;
-                let mut t = thread(pid, seized, site, &mut area, files.info)?;
-                if let Some(own) = files.cgroup {
+                let mut files = rx.recv().expect("one for each thread")?;
+                let own_cgroup = files.cgroup.take();
+                let mut t = thread(pid, seized, site, &mut area, files)?;
+                if let Some(own) = own_cgroup {
                     // Where a thread's cgroups differ from its process's.
                     t.cgroups = crate::cgroups::parse(&own).into_iter().filter(|c| !cgroups.contains(c)).collect();
                 }
@@ -214,12 +215,7 @@ fn creds(status: &proc::Status) -> Creds {
 /// What a thread's /proc files and the scheduler say of it (all but what
 /// ptrace tells), and its cgroups when it is not the main thread.
 struct ThreadFiles {
-    info: ThreadInfo,
     cgroup: Option<String>,
-}
-
-/// What [`thread`] takes of [`ThreadFiles`].
-struct ThreadInfo {
     stat: Stat,
     status: proc::Status,
     slack: u64,
@@ -244,7 +240,7 @@ fn thread_files(pid: Pid, tid: Pid) -> Result<ThreadFiles, DumpError> {
         true => None,
         false => Some(read("cgroup")?),
     };
-    Ok(ThreadFiles { info: ThreadInfo { stat, status, slack, sched, ioprio, cpus }, cgroup })
+    Ok(ThreadFiles { cgroup, stat, status, slack, sched, ioprio, cpus })
 }
 
 /// One thread's registers, signal state and attributes.
@@ -253,7 +249,7 @@ fn thread(
     s: &mut Seized,
     site: RemoteAddr,
     area: &mut Option<BatchArea>,
-    info: ThreadInfo,
+    files: ThreadFiles,
 ) -> Result<Thread, DumpError> {
     let tid = s.pid();
     let err = |what: String| DumpError::Thread { tid, what };
@@ -262,7 +258,7 @@ fn thread(
     let sigmask = s.get_sigmask().map_err(|e| err(crate::chain(&e)))?;
     let pending = s.peek_siginfo(false).map_err(|e| err(crate::chain(&e)))?;
     let rseq = s.rseq_configuration().map_err(|e| err(crate::chain(&e)))?;
-    let ThreadInfo { stat, status, slack, sched: (sched_policy, sched_priority), ioprio, cpus } = info;
+    let ThreadFiles { stat, status, slack, sched: (sched_policy, sched_priority), ioprio, cpus, .. } = files;
     // Under seccomp: the calls injected below, and the process's after every
     // thread is read, must not be refused (or kill it) by its filters.
     if status.seccomp != 0 {
