@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -283,6 +284,14 @@ pub struct WriteOptions {
 /// Bytes appended to the pack between early flushes.
 pub const FLUSH_EVERY: u64 = 64 << 20;
 
+/// Bytes appended to the pack between the starts of their writeback
+/// (`flush_early`): the device then writes while the dump copies, not
+/// only at each flush. 1 GiB random kill-mode `--no-pre-copy` dump, 2 CPUs
+/// (7 runs each, alternating): 771-896 ms -> 716-809 ms, the wait for the
+/// last flushes after the copy 222-334 -> 17-213 ms; 2 and 32 MiB measured
+/// alike.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
 /// The largest write to the pack, and its buffer's size: the kernel
 /// caches a write in page-cache folios as large as the write (up to 2
 /// MiB), and in a VM whose free memory goes back to the host (free page
@@ -329,6 +338,8 @@ struct Flusher {
     done: std::thread::JoinHandle<std::io::Result<Vec<Appended>>>,
     /// Bytes appended since it was last woken.
     pending: u64,
+    /// Where the bytes whose writeback is not started yet begin.
+    unstarted: u64,
     /// Frames appended since it was last woken.
     appended: Vec<Appended>,
 }
@@ -362,13 +373,19 @@ impl Flusher {
             }
             Ok(read_back)
         });
-        Ok(Flusher { wake, done, pending: 0, appended: Vec::new() })
+        Ok(Flusher { wake, done, pending: 0, unstarted: 0, appended: Vec::new() })
     }
 
-    /// `bytes` more were appended to `pack` (whose buffer is written out
-    /// before the flusher is woken: it reads the file).
-    fn wrote(&mut self, pack: &mut BufWriter<File>, bytes: u64) -> std::io::Result<()> {
+    /// `bytes` more were appended to `pack`, which now ends at `end` (its
+    /// buffer is written out before the writeback starts and before the
+    /// flusher is woken: it reads the file).
+    fn wrote(&mut self, pack: &mut BufWriter<File>, bytes: u64, end: u64) -> std::io::Result<()> {
         self.pending += bytes;
+        if end - self.unstarted >= WRITEBACK_EVERY {
+            pack.flush()?;
+            stasis_sys::writeback::start(pack.get_ref().as_fd(), self.unstarted, end - self.unstarted)?;
+            self.unstarted = end;
+        }
         if self.pending >= FLUSH_EVERY {
             self.pending = 0;
             pack.flush()?;
@@ -884,7 +901,7 @@ impl ImageWriter {
             pack.write_all(part).map_err(io)?;
         }
         if let Some(f) = self.flusher.as_mut() {
-            f.wrote(pack, frames.iter().map(|f| f.len() as u64).sum()).map_err(io)?;
+            f.wrote(pack, frames.iter().map(|f| f.len() as u64).sum(), self.pack_len).map_err(io)?;
         }
         Ok(())
     }

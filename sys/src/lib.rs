@@ -41,6 +41,7 @@ pub mod sysv;
 pub mod tcp;
 pub mod tty;
 pub mod uffd;
+pub mod writeback;
 
 pub use nix::unistd::Pid;
 
