@@ -66,7 +66,11 @@ use crate::Outcome;
 /// check of the restored memory. CRIU's frozen time is its own figure
 /// (--display-stats); its dump and restore times are those of its
 /// commands. The table then adds a row for CRIU and one of ratios
-/// (stasis / CRIU: below 1 is stasis faster or smaller).
+/// (stasis / CRIU: below 1 is stasis faster or smaller). stasis's image is
+/// on disk (synced) when its dump returns, CRIU's may still be in the page
+/// cache: each CRIU image is then synced (fsync of its files and
+/// directories), and a last row gives CRIU's dump time with that sync, and
+/// stasis's over it (the time to an image that survives a crash).
 ///
 /// These are figures, not a pass/fail test of speed. Exit status: 0 when
 /// every restore verified, 1 otherwise, 2 for bad arguments.
@@ -155,6 +159,9 @@ struct Run {
     /// process ran, and from then until its memory was all in.
     lazy_running_us: Option<u64>,
     lazy_loaded_us: Option<u64>,
+    /// CRIU's: its dump and then the sync of its image (stasis's dump
+    /// includes that sync).
+    synced_dump_us: Option<u64>,
     /// The workload's verdict on its memory after the restore.
     verdict: String,
     verified: bool,
@@ -198,6 +205,8 @@ struct Figures {
     first_image_bytes: Option<Spread>,
     lazy_running_ms: Option<Spread>,
     lazy_loaded_ms: Option<Spread>,
+    /// CRIU's dump time with the sync of its image.
+    synced_dump_ms: Option<Spread>,
     verified: bool,
     runs: Vec<Run>,
 }
@@ -227,6 +236,7 @@ impl Figures {
                 .map(Spread::of),
             lazy_running_ms: optional(|r| r.lazy_running_us),
             lazy_loaded_ms: optional(|r| r.lazy_loaded_us),
+            synced_dump_ms: optional(|r| r.synced_dump_us),
             verified: runs.iter().all(|r| r.verified),
             runs,
         }
@@ -248,6 +258,8 @@ struct Ratios {
     dump: f64,
     image: f64,
     restore: f64,
+    /// stasis's dump over CRIU's dump and the sync of its image.
+    synced_dump: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -397,6 +409,7 @@ fn bench(
                     dump: ratio(figures.dump_ms, criu.dump_ms),
                     image: ratio(figures.image_bytes, criu.image_bytes),
                     restore: ratio(figures.restore_ms, criu.restore_ms),
+                    synced_dump: ratio(figures.dump_ms, criu.synced_dump_ms.unwrap_or(criu.dump_ms)),
                 };
                 CriuCase { figures: criu, ratios }
             });
@@ -556,11 +569,28 @@ fn one_run(
         first_image_bytes,
         lazy_running_us: lazy.map(|(r, _)| r),
         lazy_loaded_us: lazy.map(|(_, l)| l),
+        synced_dump_us: None,
         verified: verdict.starts_with("ok"),
         verdict,
         dump_phases: dumped.phases.clone(),
         restore_phases: restored.phases.clone(),
     })
+}
+
+/// fsync every file and directory under `dir`, and `dir`: what makes an
+/// image written there survive a crash.
+fn sync_tree(dir: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", path.display()))?;
+        }
+    }
+    fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
 }
 
 /// A CRIU binary that works here, to compare with.
@@ -657,6 +687,8 @@ impl Criu {
             .find_map(|l| l.strip_prefix("Frozen time:")?.trim().strip_suffix("us")?.trim().parse().ok())
             .context("`criu dump --display-stats` gave no frozen time")?;
         let image_bytes = dir_bytes(&images) + dir_bytes(&parent);
+        sync_tree(&images).and_then(|()| if parent.exists() { sync_tree(&parent) } else { Ok(()) })?;
+        let synced_dump_us = started.elapsed().as_micros() as u64;
         match args.live {
             true => wl.kill_and_reap()?,
             false => wl.reap_killed()?,
@@ -684,6 +716,7 @@ impl Criu {
             first_image_bytes: None,
             lazy_running_us: None,
             lazy_loaded_us: None,
+            synced_dump_us: Some(synced_dump_us),
             verified: verdict.starts_with("ok"),
             verdict,
             dump_phases: Vec::new(),
@@ -837,6 +870,16 @@ fn print_table(r: &Report) {
                 ratios.insert(2, "-".into());
             }
             rows.push(ratios);
+            if let Some(synced) = k.figures.synced_dump_ms {
+                let mut rows_of = |label: &str, dump: String| {
+                    let mut r = vec![String::new(), label.to_owned()];
+                    r.resize(header.len(), "-".to_owned());
+                    r[if live { 4 } else { 3 }] = dump;
+                    rows.push(r);
+                };
+                rows_of("CRIU + sync", ms(synced));
+                rows_of("stasis/(CRIU + sync)", x(k.ratios.synced_dump));
+            }
         }
     }
     let widths: Vec<usize> = (0..header.len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
