@@ -287,8 +287,8 @@ pub const FLUSH_EVERY: u64 = 64 << 20;
 /// Bytes appended to the pack between the starts of their writeback
 /// (`flush_early`): the device then writes while the dump copies, not
 /// only at each flush. 1 GiB random kill-mode `--no-pre-copy` dump, 2 CPUs
-/// (7 runs each, alternating): 771-896 ms -> 716-809 ms, the wait for the
-/// last flushes after the copy 222-334 -> 17-213 ms; 2 and 32 MiB measured
+/// (4 runs each, alternating): 849-918 ms -> 690-747 ms, the wait for the
+/// last flushes after the copy 153-285 -> 47-77 ms; 2 and 32 MiB measured
 /// alike.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
@@ -646,6 +646,12 @@ impl ImageWriter {
             stasis_sys::writeback::start(pack.get_ref().as_fd(), start, end - start).map_err(|e| io(e.into()))?;
         }
         Ok(())
+    }
+
+    /// Whether this writer syncs its pack as it grows (`flush_early`), and
+    /// starts the writeback of all it appends.
+    pub fn flushes_early(&self) -> bool {
+        self.flusher.is_some()
     }
 
     /// The parent image, for an incremental image.

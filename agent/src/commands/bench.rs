@@ -687,8 +687,9 @@ impl Criu {
             .find_map(|l| l.strip_prefix("Frozen time:")?.trim().strip_suffix("us")?.trim().parse().ok())
             .context("`criu dump --display-stats` gave no frozen time")?;
         let image_bytes = dir_bytes(&images) + dir_bytes(&parent);
+        let syncing = Instant::now();
         sync_tree(&images).and_then(|()| if parent.exists() { sync_tree(&parent) } else { Ok(()) })?;
-        let synced_dump_us = started.elapsed().as_micros() as u64;
+        let synced_dump_us = dump_us + syncing.elapsed().as_micros() as u64;
         match args.live {
             true => wl.kill_and_reap()?,
             false => wl.reap_killed()?,
@@ -808,6 +809,7 @@ fn print_table(r: &Report) {
     }
     let incremental = r.cases.iter().any(|c| c.figures.first_image_bytes.is_some());
     let first_at = header.iter().position(|h| *h == "image/memory").expect("a column") + 1;
+    let dump_at = header.iter().position(|h| *h == "dump ms").expect("a column");
     if incremental {
         header.splice(first_at..first_at, ["first image", "image/first"]);
     }
@@ -874,7 +876,7 @@ fn print_table(r: &Report) {
                 let mut rows_of = |label: &str, dump: String| {
                     let mut r = vec![String::new(), label.to_owned()];
                     r.resize(header.len(), "-".to_owned());
-                    r[if live { 4 } else { 3 }] = dump;
+                    r[dump_at] = dump;
                     rows.push(r);
                 };
                 rows_of("CRIU + sync", ms(synced));

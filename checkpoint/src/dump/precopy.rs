@@ -795,11 +795,21 @@ fn unpopulated(pid: Pid, pagemap: &Pagemap, registered: &[Range<u64>]) -> Vec<u6
 /// `protect` protects them again in the same scan.
 fn written_since(pid: Pid, c: &Copied, protect: bool) -> Result<Vec<(u64, u64)>, MemoryError> {
     let pagemap = Pagemap::open(pid).map_err(|e| MemoryError::Scan { pid, start: 0, what: crate::chain(&e) })?;
-    let requests: Vec<ScanRequest> = c
-        .registered
-        .iter()
-        .map(|r| ScanRequest {
-            range: r.clone(),
+    written_in(&pagemap, pid, c.registered.iter().cloned(), protect)
+}
+
+/// The runs of pages of `ranges` (of `pid`, through its `pagemap`) written
+/// since they were last protected; `protect` protects them again in the
+/// same scan.
+fn written_in(
+    pagemap: &Pagemap,
+    pid: Pid,
+    ranges: impl Iterator<Item = Range<u64>>,
+    protect: bool,
+) -> Result<Vec<(u64, u64)>, MemoryError> {
+    let requests: Vec<ScanRequest> = ranges
+        .map(|range| ScanRequest {
+            range,
             flags: if protect { PM_SCAN_WP_MATCHING } else { 0 },
             required: Categories::WRITTEN,
             any_of: Categories::NONE,
@@ -807,7 +817,7 @@ fn written_since(pid: Pid, c: &Copied, protect: bool) -> Result<Vec<(u64, u64)>,
             report: Categories::WRITTEN,
         })
         .collect();
-    let answers = memory::scan_all(&pagemap, &requests).map_err(|(start, e)| MemoryError::Scan {
+    let answers = memory::scan_all(pagemap, &requests).map_err(|(start, e)| MemoryError::Scan {
         pid,
         start,
         what: crate::chain(&e),
@@ -834,7 +844,7 @@ fn copy_first(
     let mut bytes = 0;
     let mut got = Vec::new();
     let chunker = writer.chunker_for(pid.as_raw());
-    let mut early = EarlyWriteback::new(pid);
+    let mut early = EarlyWriteback::new(pid, writer);
     memory::read_pieces(pid, &pieces, Some(&chunker), |at, read| {
         let buf = match read {
             Ok(memory::Piece { buf, prepared: prepared @ Some(_) }) => {
@@ -885,8 +895,10 @@ struct EarlyWriteback {
 }
 
 impl EarlyWriteback {
-    fn new(pid: Pid) -> Self {
-        let pagemap = Pagemap::open(pid).ok();
+    /// Off for a writer that starts the writeback of all it appends (a
+    /// kill-mode dump's).
+    fn new(pid: Pid, writer: &ImageWriter) -> Self {
+        let pagemap = Pagemap::open(pid).ok().filter(|_| !writer.flushes_early());
         EarlyWriteback { pid, on: pagemap.is_some(), pagemap, since: Vec::new(), bytes: 0 }
     }
 
@@ -912,28 +924,12 @@ impl EarlyWriteback {
         let Some(pagemap) = self.pagemap.as_ref().filter(|_| self.on && !since.is_empty()) else {
             return;
         };
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for &(start, len, _) in &since {
-            match ranges.last_mut() {
-                Some(last) if last.1 == start => last.1 = start + len,
-                _ => ranges.push((start, start + len)),
-            }
-        }
-        let requests: Vec<ScanRequest> = ranges
-            .iter()
-            .map(|&(start, end)| ScanRequest {
-                range: start..end,
-                flags: 0,
-                required: Categories::WRITTEN,
-                any_of: Categories::NONE,
-                inverted: Categories::NONE,
-                report: Categories::WRITTEN,
-            })
-            .collect();
-        let written: Vec<(u64, u64)> = match memory::scan_all(pagemap, &requests) {
-            Ok(found) => found.into_iter().flatten().map(|f| (f.start, f.end)).collect(),
-            Err((start, e)) => {
-                tracing::debug!("process {}: no early writeback (scan at {start:#x}: {})", self.pid, crate::chain(&e));
+        let pairs: Vec<u64> = since.iter().flat_map(|&(start, len, _)| [start, start + len]).collect();
+        let ranges = memory::union(&pairs, &[]);
+        let written = match written_in(pagemap, self.pid, ranges.chunks_exact(2).map(|p| p[0]..p[1]), false) {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::debug!("process {}: no early writeback ({e})", self.pid);
                 self.on = false;
                 return;
             }
